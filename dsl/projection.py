@@ -1,0 +1,101 @@
+"""The contract between rules and the span store: which attributes to project.
+
+A rule set names the attributes its predicates read; the store extracts exactly
+those (and nothing else) from each span into typed columns of its span table.
+Both sides derive the column name from the same :class:`AttrRef`, so neither
+guesses the other's naming.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from dataclasses import dataclass
+
+
+class AttrSource(enum.StrEnum):
+    """Where an attribute lives on a span."""
+
+    SPAN = "span"          # Span.attributes
+    RESOURCE = "resource"  # Resource.attributes of the span's resource
+    EVENT = "event"        # attributes of the span's first event named `event`
+
+
+class AttrType(enum.StrEnum):
+    """DuckDB column type of a projected attribute.
+
+    A value of another OTLP type than the column's lands as NULL (nil-safe:
+    every comparison with it is false), except that INT values also fill a
+    DOUBLE column.  ``PRESENT`` (only with ``AttrSource.EVENT`` and an empty
+    key) is a BOOLEAN that says whether the span has an event of that name.
+    """
+
+    STRING = "string"              # VARCHAR
+    INT = "int"                    # BIGINT
+    DOUBLE = "double"              # DOUBLE
+    BOOL = "bool"                  # BOOLEAN
+    STRING_ARRAY = "string[]"      # VARCHAR[]  (array of strings)
+    INT_ARRAY = "int[]"            # BIGINT[]
+    DOUBLE_ARRAY = "double[]"      # DOUBLE[]
+    PRESENT = "present"            # BOOLEAN, events only
+
+    @property
+    def sql_type(self) -> str:
+        return _SQL_TYPES[self]
+
+
+_SQL_TYPES = {
+    AttrType.STRING: "VARCHAR",
+    AttrType.INT: "BIGINT",
+    AttrType.DOUBLE: "DOUBLE",
+    AttrType.BOOL: "BOOLEAN",
+    AttrType.STRING_ARRAY: "VARCHAR[]",
+    AttrType.INT_ARRAY: "BIGINT[]",
+    AttrType.DOUBLE_ARRAY: "DOUBLE[]",
+    AttrType.PRESENT: "BOOLEAN",
+}
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class AttrRef:
+    """One projected attribute: source, key, (event name), type."""
+
+    source: AttrSource
+    key: str
+    type: AttrType = AttrType.STRING
+    event: str = ""
+
+    def __post_init__(self) -> None:
+        if (self.source is AttrSource.EVENT) != bool(self.event):
+            raise ValueError("an event name goes with source 'event' and only with it")
+        if self.type is AttrType.PRESENT and (self.source is not AttrSource.EVENT or self.key):
+            raise ValueError("type 'present' is for an event with an empty key")
+
+
+def column_name(ref: AttrRef) -> str:
+    """The span-table column that holds ``ref``.
+
+    Short, SQL-safe (``[a-z0-9_]`` only, so it never needs quoting) and stable
+    across processes: a readable slug of the key plus a hash of the full ref.
+    """
+    ident = f"{ref.source}\x00{ref.event}\x00{ref.key}\x00{ref.type}"
+    digest = hashlib.blake2b(ident.encode(), digest_size=5).hexdigest()
+    slug = "".join(c if c.isalnum() else "_" for c in ref.key.lower())[:32]
+    return f"a_{ref.source.value[0]}_{slug}_{digest}"
+
+
+# The intrinsic columns every span table has, in order, with their DuckDB
+# types.  The store creates its tables from this list and the rule compiler
+# writes SQL against it; projected attribute columns (``column_name``) follow.
+SPAN_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("trace_id", "BLOB"),         # 16 bytes
+    ("span_id", "BLOB"),          # 8 bytes
+    ("parent_span_id", "BLOB"),   # 8 bytes, NULL for a root span
+    ("service", "VARCHAR"),       # resource attribute service.name ('' if absent)
+    ("name", "VARCHAR"),
+    ("kind", "UTINYINT"),         # OTLP SpanKind: 0 unspecified, 1 internal, 2 server, 3 client, 4 producer, 5 consumer
+    ("start_ns", "BIGINT"),       # start_time_unix_nano
+    ("end_ns", "BIGINT"),         # end_time_unix_nano
+    ("status_code", "UTINYINT"),  # OTLP StatusCode: 0 unset, 1 ok, 2 error
+    ("status_message", "VARCHAR"),
+)
