@@ -1,0 +1,67 @@
+"""Typed values passed between pipeline stages.
+
+receiver --DecodedRequest(SpanBatch)--> store --ReleasedTraces--> evaluator /
+annotator --ExportPayload--> exporters.  Nothing between stages is a loose dict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+
+@dataclass(slots=True)
+class SpanBatch:
+    """The spans of one request, columnar, ready for the store.
+
+    ``table`` has the store's span columns (``dsl.SPAN_COLUMNS``, projected
+    attributes, ``resource_id``, ``scope_id``, ``raw``).  ``resources`` and
+    ``scopes`` map group ids to their encoded heads (``processor.decode``).
+    ``traces`` counts spans per trace id, for the assembler.
+    """
+
+    table: pa.Table
+    resources: dict[int, bytes]
+    scopes: dict[int, bytes]
+    traces: dict[bytes, int]
+
+    @property
+    def span_count(self) -> int:
+        return self.table.num_rows
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedRequest:
+    """A validated request: the accepted spans and what was rejected and why."""
+
+    batch: SpanBatch
+    rejected_spans: int = 0
+    error_message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ReleasedSpans:
+    """Spans leaving the store: row-aligned lists, grouped for export later."""
+
+    trace_ids: list[bytes]
+    span_ids: list[bytes]
+    raw: list[bytes]
+    resource_ids: list[int]
+    scope_ids: list[int]
+    resources: dict[int, bytes]
+    scopes: dict[int, bytes]
+    trace_count: int
+
+    @property
+    def span_count(self) -> int:
+        return len(self.raw)
+
+
+@dataclass(frozen=True, slots=True)
+class ExportPayload:
+    """One encoded ``ExportTraceServiceRequest``, as every exporter receives it."""
+
+    data: bytes
+    span_count: int
+    trace_count: int = 0

@@ -1,0 +1,48 @@
+"""Protobuf wire-format building blocks for OTLP trace payloads.
+
+Export requests are assembled from stored bytes without re-encoding spans:
+a message is the concatenation of its encoded fields, and repeated fields may
+appear anywhere, so a ResourceSpans is its resource "head" (fields 1 and 3)
+followed by one length-delimited field 2 per ScopeSpans, and so on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+# Field numbers, from opentelemetry/proto/trace/v1/trace.proto.
+REQUEST_RESOURCE_SPANS = 1   # ExportTraceServiceRequest.resource_spans
+RESOURCE_SPANS_SCOPE_SPANS = 2  # ResourceSpans.scope_spans
+SCOPE_SPANS_SPANS = 2        # ScopeSpans.spans
+SPAN_ATTRIBUTES = 9          # Span.attributes (repeated KeyValue)
+SPAN_EVENTS = 11             # Span.events (repeated Span.Event)
+
+_SMALL_VARINTS = [bytes([i]) for i in range(128)]
+
+
+def varint(value: int) -> bytes:
+    """Base-128 varint of a non-negative int."""
+    if value < 128:
+        return _SMALL_VARINTS[value]
+    out = bytearray()
+    while value >= 128:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def tag(field: int) -> bytes:
+    """Key of a length-delimited field (wire type 2)."""
+    return varint(field << 3 | 2)
+
+
+def length_delimited(field: int, payload: bytes) -> bytes:
+    """One encoded length-delimited field: key, length, payload."""
+    return tag(field) + varint(len(payload)) + payload
+
+
+def repeated(field: int, payloads: Iterable[bytes]) -> bytes:
+    """Several occurrences of one length-delimited field, concatenated."""
+    key = tag(field)
+    return b"".join(key + varint(len(p)) + p for p in payloads)
