@@ -8,7 +8,7 @@ tests and benchmarks can run several pipelines in one process.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 
@@ -18,6 +18,9 @@ class Telemetry:
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self) -> None:
+        # `_created` series double the exposition for no operational value (the
+        # collector exposes none); the switch is process-wide in prometheus_client.
+        disable_created_metrics()
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.receiver_accepted_spans = Counter(

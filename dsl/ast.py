@@ -1,0 +1,228 @@
+"""The syntax tree of a ``*.rules`` file: frozen dataclasses, one per grammar
+construct, each carrying the ``SourceSpan`` it came from.
+
+This module is the only home of AST types.  Nodes are plain data: names are
+not resolved and types are not known here (that is ``dsl.checker``'s job).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+from dsl.diagnostics import SourceSpan
+
+
+# ---- expressions ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Literal:
+    """A string, number, boolean or duration literal.
+
+    ``kind`` is ``"string" | "int" | "double" | "bool" | "duration"``; a
+    duration's ``value`` is in nanoseconds (int)."""
+
+    kind: str
+    value: object
+    span: SourceSpan
+
+
+@dataclass(frozen=True, slots=True)
+class ListLit:
+    items: tuple[Expr, ...]
+    span: SourceSpan
+
+
+@dataclass(frozen=True, slots=True)
+class Name:
+    """A bare identifier: a const, a list, or an enum value (``error``, ``server``)."""
+
+    name: str
+    span: SourceSpan
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """``var.field``: a span intrinsic, or a trace intrinsic when var is ``trace``."""
+
+    var: str
+    field: str
+    span: SourceSpan
+    var_span: SourceSpan
+    field_span: SourceSpan
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    key: str
+    span: SourceSpan
+
+
+@dataclass(frozen=True, slots=True)
+class Attr:
+    """``var.attr["k"]``, ``var.resource["k"]`` or ``var.event["e"]["k"]``.
+
+    ``keys`` holds alternatives (``"a" | "b"``: the first one present wins).
+    An event reference without keys (``var.event["exception"]``) tests
+    whether the span has such an event.  ``annotation`` is an explicit type
+    (``:int``, ``:string[]``), empty when absent."""
+
+    var: str
+    source: str  # "attr" | "resource" | "event"
+    keys: tuple[Key, ...]
+    event: str
+    annotation: str
+    span: SourceSpan
+    var_span: SourceSpan
+    annotation_span: SourceSpan | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unary:
+    op: str  # "not" | "-"
+    operand: Expr
+    span: SourceSpan
+
+
+@dataclass(frozen=True, slots=True)
+class Binary:
+    """Logical (``and``/``or``), comparison, membership and arithmetic operators."""
+
+    op: str
+    left: Expr
+    right: Expr
+    span: SourceSpan
+    op_span: SourceSpan
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """A macro call ``name(args)``."""
+
+    name: str
+    args: tuple[Expr, ...]
+    span: SourceSpan
+    name_span: SourceSpan
+
+
+@dataclass(frozen=True, slots=True)
+class IsSet:
+    """``exists(expr)``: the value is not nil."""
+
+    operand: Expr
+    span: SourceSpan
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """``span v`` (any span of the trace) or ``child v of other`` etc."""
+
+    relation: str  # "span" | "child" | "parent" | "descendant" | "ancestor" | "sibling"
+    var: str
+    other: str
+    span: SourceSpan
+    var_span: SourceSpan
+    other_span: SourceSpan | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Quantifier:
+    """``exists(binding where p)``, ``count(binding where p)`` and
+    ``min|max|avg|sum(value for binding where p)``."""
+
+    func: str  # "exists" | "count" | "min" | "max" | "avg" | "sum"
+    binding: Binding
+    where: Expr | None
+    value: Expr | None
+    span: SourceSpan
+    func_span: SourceSpan
+
+
+Expr = Union[Literal, ListLit, Name, Field, Attr, Unary, Binary, Call, IsSet, Quantifier]
+
+
+# ---- rules and definitions --------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Meta:
+    """One metadata statement, e.g. ``layer code`` or ``confidence 0.8``."""
+
+    key: str
+    value: Expr
+    span: SourceSpan
+    key_span: SourceSpan
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    bindings: tuple[Binding, ...]
+    where: Expr | None
+    span: SourceSpan
+
+
+@dataclass(frozen=True, slots=True)
+class TemplatePart:
+    """A ``{expr}`` hole of a message template (text parts are plain str)."""
+
+    expr: Expr
+    span: SourceSpan
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    parts: tuple[str | TemplatePart, ...]
+    span: SourceSpan
+
+
+@dataclass(frozen=True, slots=True)
+class Blame:
+    var: str
+    span: SourceSpan
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    id: str
+    meta: tuple[Meta, ...]
+    matches: tuple[Match, ...]
+    blames: tuple[Blame, ...]
+    messages: tuple[Message, ...]
+    span: SourceSpan
+    id_span: SourceSpan
+
+
+@dataclass(frozen=True, slots=True)
+class MacroDef:
+    name: str
+    params: tuple[Name, ...]
+    body: Expr
+    span: SourceSpan
+    name_span: SourceSpan
+
+
+@dataclass(frozen=True, slots=True)
+class ListDef:
+    name: str
+    value: ListLit
+    span: SourceSpan
+    name_span: SourceSpan
+
+
+@dataclass(frozen=True, slots=True)
+class ConstDef:
+    name: str
+    value: Expr
+    span: SourceSpan
+    name_span: SourceSpan
+
+
+Definition = Union[MacroDef, ListDef, ConstDef]
+Item = Union[Rule, MacroDef, ListDef, ConstDef]
+
+
+@dataclass(frozen=True, slots=True)
+class File:
+    path: str
+    items: tuple[Item, ...]

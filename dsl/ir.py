@@ -1,0 +1,255 @@
+"""The checked, typed form of a rule that the compiler turns into SQL.
+
+The checker lowers the AST into these nodes after resolving every name
+(macros expanded, consts and lists inlined, enum values turned into their
+OTLP codes) and typing every expression, so the compiler never re-derives a
+type and never sees an unresolved name.  Nodes are frozen and hashable: the
+checker compares them structurally when it looks for contradictions.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Union
+
+from dsl.diagnostics import SourceSpan
+from dsl.projection import AttrRef
+
+
+class Ty(enum.StrEnum):
+    """Value types of the language."""
+
+    STRING = "string"
+    INT = "int"
+    DOUBLE = "double"
+    BOOL = "bool"
+    DURATION = "duration"
+    TIME = "time"
+    KIND = "kind"
+    STATUS = "status"
+    STRING_ARRAY = "string[]"
+    INT_ARRAY = "int[]"
+    DOUBLE_ARRAY = "double[]"
+    LIST = "list"
+    ERROR = "<error>"  # an ill-typed expression; suppresses follow-on errors
+
+    @property
+    def numeric(self) -> bool:
+        return self in (Ty.INT, Ty.DOUBLE)
+
+    @property
+    def is_array(self) -> bool:
+        return self in (Ty.STRING_ARRAY, Ty.INT_ARRAY, Ty.DOUBLE_ARRAY)
+
+    @property
+    def element(self) -> Ty:
+        return {Ty.STRING_ARRAY: Ty.STRING, Ty.INT_ARRAY: Ty.INT, Ty.DOUBLE_ARRAY: Ty.DOUBLE}[self]
+
+
+# OTLP enum codes (see dsl.projection.SPAN_COLUMNS)
+KINDS = {"unspecified": 0, "internal": 1, "server": 2, "client": 3, "producer": 4, "consumer": 5}
+STATUSES = {"unset": 0, "ok": 1, "error": 2}
+
+# span intrinsics: name -> type (the compiler maps each to SQL)
+SPAN_INTRINSICS: dict[str, Ty] = {
+    "name": Ty.STRING,
+    "service": Ty.STRING,
+    "kind": Ty.KIND,
+    "status": Ty.STATUS,
+    "status_message": Ty.STRING,
+    "duration": Ty.DURATION,
+    "self_time": Ty.DURATION,
+    "start": Ty.TIME,
+    "end": Ty.TIME,
+    "is_root": Ty.BOOL,
+    "depth": Ty.INT,
+}
+# trace intrinsics, read as `trace.<name>`
+TRACE_INTRINSICS: dict[str, Ty] = {
+    "duration": Ty.DURATION,
+    "root_service": Ty.STRING,
+    "root_name": Ty.STRING,
+    "span_count": Ty.INT,
+    "error_count": Ty.INT,
+}
+
+LAYERS = ("code", "data", "infrastructure", "semantic", "config")
+SEVERITIES = {"info": 1, "low": 2, "medium": 3, "high": 4, "critical": 5}
+
+
+@dataclass(frozen=True, slots=True)
+class Const:
+    value: object  # str | int | float | bool ; durations in ns, enums as codes
+    ty: Ty
+
+
+@dataclass(frozen=True, slots=True)
+class Intrinsic:
+    var: str
+    name: str
+    ty: Ty
+
+
+@dataclass(frozen=True, slots=True)
+class TraceIntrinsic:
+    var: str  # any variable of the rule: all of them are in the same trace
+    name: str
+    ty: Ty
+
+
+@dataclass(frozen=True, slots=True)
+class AttrValue:
+    """An attribute read; several refs = the first non-nil one (semconv aliases)."""
+
+    var: str
+    refs: tuple[AttrRef, ...]
+    ty: Ty
+
+
+@dataclass(frozen=True, slots=True)
+class Compare:
+    op: str  # = != < <= > >=
+    left: Node
+    right: Node
+    ty: Ty = Ty.BOOL
+
+
+@dataclass(frozen=True, slots=True)
+class Regex:
+    operand: Node
+    pattern: str
+    negated: bool
+    ty: Ty = Ty.BOOL
+
+
+@dataclass(frozen=True, slots=True)
+class StrTest:
+    op: str  # contains | starts_with | ends_with
+    operand: Node
+    arg: Node
+    ty: Ty = Ty.BOOL
+
+
+@dataclass(frozen=True, slots=True)
+class ArrayHas:
+    operand: Node
+    element: Node
+    ty: Ty = Ty.BOOL
+
+
+@dataclass(frozen=True, slots=True)
+class InList:
+    operand: Node
+    items: tuple[Const, ...]
+    negated: bool
+    ty: Ty = Ty.BOOL
+
+
+@dataclass(frozen=True, slots=True)
+class Arith:
+    op: str  # + - * / %
+    left: Node
+    right: Node
+    ty: Ty
+
+
+@dataclass(frozen=True, slots=True)
+class Negate:
+    operand: Node
+    ty: Ty
+
+
+@dataclass(frozen=True, slots=True)
+class And:
+    items: tuple[Node, ...]
+    ty: Ty = Ty.BOOL
+
+
+@dataclass(frozen=True, slots=True)
+class Or:
+    items: tuple[Node, ...]
+    ty: Ty = Ty.BOOL
+
+
+@dataclass(frozen=True, slots=True)
+class Not:
+    operand: Node
+    ty: Ty = Ty.BOOL
+
+
+@dataclass(frozen=True, slots=True)
+class IsSet:
+    operand: Node
+    ty: Ty = Ty.BOOL
+
+
+@dataclass(frozen=True, slots=True)
+class Rel:
+    """A variable and how it relates to an earlier one (``span`` = any span of
+    the trace of ``other``, or of the batch for a rule's first variable)."""
+
+    var: str
+    relation: str
+    other: str
+
+
+@dataclass(frozen=True, slots=True)
+class Quant:
+    func: str  # exists | count | min | max | avg | sum
+    rel: Rel
+    where: Node | None
+    value: Node | None
+    ty: Ty
+
+
+Node = Union[Const, Intrinsic, TraceIntrinsic, AttrValue, Compare, Regex, StrTest, ArrayHas, InList, Arith, Negate, And, Or, Not, IsSet, Quant]
+
+
+@dataclass(frozen=True, slots=True)
+class RuleMeta:
+    id: str
+    title: str
+    layer: str
+    severity: str
+    confidence: float
+    tags: tuple[str, ...] = ()
+    references: tuple[str, ...] = ()
+    description: str = ""
+
+    @property
+    def severity_weight(self) -> int:
+        return SEVERITIES[self.severity]
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedRule:
+    meta: RuleMeta
+    bindings: tuple[Rel, ...]
+    where: Node | None
+    blame: str
+    message: tuple[str | Node, ...]
+    span: SourceSpan
+
+
+def children(node: Node) -> tuple[Node, ...]:
+    """Direct sub-nodes (used by walkers in the checker and compiler)."""
+    match node:
+        case Compare(_, l, r) | Arith(_, l, r) | StrTest(_, l, r) | ArrayHas(l, r):
+            return (l, r)
+        case Regex(o) | Negate(o) | Not(o) | IsSet(o):
+            return (o,)
+        case InList(o, items):
+            return (o, *items)
+        case And(items) | Or(items):
+            return items
+        case Quant(_, _, where, value):
+            return tuple(n for n in (where, value) if n is not None)
+    return ()
+
+
+def walk(node: Node):
+    """Pre-order traversal."""
+    yield node
+    for child in children(node):
+        yield from walk(child)

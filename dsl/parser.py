@@ -1,0 +1,457 @@
+"""Text -> ``dsl.ast.File``, with syntax problems as ``Diagnostic`` values.
+
+Owns the (lazily built, cached) Lark LALR parser, the structural transformer
+from parse tree to AST, message-template splitting, and the translation of
+Lark's exceptions into diagnostics with "expected ..." hints.  A syntax error
+does not stop the file: the broken top-level item is blanked out and the rest
+is parsed again, so one run reports every broken item.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from importlib import resources
+
+import lark
+from lark import Token, Transformer, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
+
+from dsl import ast
+from dsl.diagnostics import Diagnostic, SourceSpan, did_you_mean
+
+_DURATION_NS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000, "h": 3_600_000_000_000}
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "\\": "\\", '"': '"', "'": "'"}
+# a new top-level item starts at the beginning of a line with one of these
+_ITEM_START = re.compile(r"^[ \t]*(rule|macro|list|const)\b", re.M)
+_MAX_RECOVERIES = 100
+
+
+@functools.cache
+def _lark() -> lark.Lark:
+    """The LALR parser, built on first use (building it costs ~50 ms)."""
+    grammar = resources.files("dsl").joinpath("grammar.lark").read_text(encoding="utf-8")
+    return lark.Lark(
+        grammar,
+        parser="lalr",
+        start=["start", "expr"],
+        propagate_positions=True,
+        maybe_placeholders=True,
+    )
+
+
+def parse(text: str, path: str = "<string>") -> tuple[ast.File, list[Diagnostic]]:
+    """Parse one file; returns its AST (items that parsed) and all problems."""
+    diags: list[Diagnostic] = []
+    work = text
+    for _ in range(_MAX_RECOVERIES):
+        try:
+            tree = _lark().parse(work, start="start")
+        except UnexpectedInput as err:
+            diags.append(_syntax_diagnostic(err, work, path))
+            blanked = _blank_item_at(work, err.pos_in_stream or 0)
+            if blanked == work:  # nothing left to skip: give up on the rest
+                return ast.File(path, ()), diags
+            work = blanked
+            continue
+        builder = _AstBuilder(path, text)
+        items = builder.transform(tree)
+        diags += builder.diagnostics
+        return ast.File(path, tuple(items)), diags
+    return ast.File(path, ()), diags
+
+
+def parse_expr(text: str, path: str = "<string>") -> tuple[ast.Expr | None, list[Diagnostic]]:
+    """Parse a lone expression (tests and tools use this)."""
+    try:
+        tree = _lark().parse(text, start="expr")
+    except UnexpectedInput as err:
+        return None, [_syntax_diagnostic(err, text, path)]
+    builder = _AstBuilder(path, text)
+    return builder.transform(tree), builder.diagnostics
+
+
+def _blank_item_at(text: str, pos: int) -> str:
+    """``text`` with the top-level item around ``pos`` replaced by spaces
+    (newlines kept, so every later position is unchanged)."""
+    starts = [m.start() for m in _ITEM_START.finditer(text)]
+    begin = max((s for s in starts if s <= pos), default=0)
+    end = min((s for s in starts if s > pos), default=len(text))
+    if begin == end:
+        return text
+    chunk = re.sub(r"[^\n]", " ", text[begin:end])
+    return text[:begin] + chunk + text[end:]
+
+
+# ---- Lark errors -> diagnostics ---------------------------------------------
+
+
+def _describe_terminal(name: str) -> str:
+    terminals = {t.name: t for t in _lark().terminals}
+    readable = {"NAME": "a name", "STRING": "a string", "NUMBER": "a number", "DURATION": "a duration"}
+    if name in readable:
+        return readable[name]
+    term = terminals.get(name)
+    if term is not None and term.pattern.type == "str":
+        return f"`{term.pattern.value}`"
+    return name.lower()
+
+
+def _expected_hint(expected: set[str], got: str) -> tuple[str, ...]:
+    names = sorted({_describe_terminal(e) for e in expected if not e.startswith("$")})
+    if not names:
+        return ()
+    keywords = [n.strip("`") for n in names if n.startswith("`") and n[1:2].isalpha()]
+    hints = did_you_mean(got, keywords, cutoff=0.7) if got else ()
+    shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+    return (*hints, f"expected {'one of: ' if len(names) > 1 else ''}{shown}")
+
+
+def _syntax_diagnostic(err: UnexpectedInput, text: str, path: str) -> Diagnostic:
+    pos = err.pos_in_stream if err.pos_in_stream is not None else len(text)
+    if isinstance(err, UnexpectedCharacters):
+        char = text[pos] if pos < len(text) else ""
+        if char in "\"'":
+            end = text.find("\n", pos)
+            span = SourceSpan.at(path, text, pos, len(text) if end < 0 else end)
+            return Diagnostic("E004", "unterminated string", span, ("strings end on the line they start",))
+        span = SourceSpan.at(path, text, pos, pos + 1)
+        hints = _expected_hint(set(err.allowed or ()), "")
+        return Diagnostic("E002", f"unexpected character {char!r}", span, hints)
+    if isinstance(err, UnexpectedEOF) or (isinstance(err, UnexpectedToken) and err.token.type == "$END"):
+        end = len(text.rstrip())
+        span = SourceSpan.at(path, text, end, end)
+        return Diagnostic("E001", "unexpected end of file", span, _expected_hint(set(err.expected), ""))
+    assert isinstance(err, UnexpectedToken)
+    tok = err.token
+    span = SourceSpan(path, tok.line, tok.column, tok.end_line, tok.end_column, tok.start_pos, tok.end_pos)
+    return Diagnostic("E001", f"unexpected {_token_text(tok)}", span, _expected_hint(set(err.expected), str(tok)))
+
+
+def _token_text(tok: Token) -> str:
+    if tok.type == "STRING":
+        return "string"
+    if tok.type in ("NUMBER", "DURATION"):
+        return f"number `{tok}`"
+    if tok.type == "NAME":
+        return f"name `{tok}`"
+    return f"`{tok}`"
+
+
+# ---- parse tree -> AST --------------------------------------------------------
+
+
+def _span(path: str, meta: object) -> SourceSpan:
+    m = meta
+    return SourceSpan(path, m.line, m.column, m.end_line, m.end_column, m.start_pos, m.end_pos)  # type: ignore[attr-defined]
+
+
+def _tspan(path: str, tok: Token) -> SourceSpan:
+    return SourceSpan(path, tok.line, tok.column, tok.end_line, tok.end_column, tok.start_pos, tok.end_pos)
+
+
+@v_args(meta=True)
+class _AstBuilder(Transformer):
+    """Structural: one AST node per tree node; never raises.  Lexical problems
+    (bad escapes) are collected in ``diagnostics``."""
+
+    def __init__(self, path: str, text: str) -> None:
+        super().__init__()
+        self.path = path
+        self.text = text
+        self.diagnostics: list[Diagnostic] = []
+
+    def _s(self, meta: object) -> SourceSpan:
+        return _span(self.path, meta)
+
+    def _t(self, tok: Token) -> SourceSpan:
+        return _tspan(self.path, tok)
+
+    # -- top level
+    def start(self, meta, items):
+        return list(items)
+
+    def rule(self, meta, children):
+        (rid, id_span), *stmts = children
+        pick = lambda cls: tuple(s for s in stmts if isinstance(s, cls))  # noqa: E731
+        return ast.Rule(rid, pick(ast.Meta), pick(ast.Match), pick(ast.Blame), pick(ast.Message), self._s(meta), id_span)
+
+    def dotted(self, meta, names):
+        return ".".join(names), self._s(meta)
+
+    def meta(self, meta, children):
+        key, value = children
+        return ast.Meta(str(key), value, self._s(meta), self._t(key))
+
+    def bare_name(self, meta, children):
+        return ast.Name(str(children[0]), self._s(meta))
+
+    def match(self, meta, children):
+        *bindings, where = children
+        return ast.Match(tuple(bindings), where, self._s(meta))
+
+    def blame(self, meta, children):
+        return ast.Blame(str(children[0]), self._t(children[0]))
+
+    def message(self, meta, children):
+        return ast.Message(self._template(children[0]), self._s(meta))
+
+    def macro_def(self, meta, children):
+        name, *params, body = children
+        params = [p for p in params if p is not None]
+        return ast.MacroDef(str(name), tuple(ast.Name(str(p), self._t(p)) for p in params), body, self._s(meta), self._t(name))
+
+    def list_def(self, meta, children):
+        name, value = children
+        return ast.ListDef(str(name), value, self._s(meta), self._t(name))
+
+    def const_def(self, meta, children):
+        name, value = children
+        return ast.ConstDef(str(name), value, self._s(meta), self._t(name))
+
+    # -- bindings
+    def span_binding(self, meta, children):
+        (var,) = children
+        return ast.Binding("span", str(var), "", self._s(meta), self._t(var))
+
+    def rel_binding(self, meta, children):
+        rel, var, other = children
+        return ast.Binding(rel, str(var), str(other), self._s(meta), self._t(var), self._t(other))
+
+    def relation(self, meta, children):
+        return str(children[0])
+
+    # -- expressions
+    def _binary_chain(self, meta, children, op: str | None = None):
+        """``a op b op c`` (ops either given or interleaved) -> left-nested Binary."""
+        if op is not None:
+            left = children[0]
+            for right in children[1:]:
+                left = ast.Binary(op, left, right, _join(left.span, right.span), left.span)
+            return left
+        left = children[0]
+        for op_tok, right in zip(children[1::2], children[2::2]):
+            left = ast.Binary(str(op_tok), left, right, _join(left.span, right.span), self._t(op_tok))
+        return left
+
+    def or_expr(self, meta, children):
+        return self._binary_chain(meta, children, "or")
+
+    def and_expr(self, meta, children):
+        return self._binary_chain(meta, children, "and")
+
+    def not_(self, meta, children):
+        return ast.Unary("not", children[0], self._s(meta))
+
+    def neg(self, meta, children):
+        return ast.Unary("-", children[0], self._s(meta))
+
+    def compare(self, meta, children):
+        left, op, right = children
+        return ast.Binary(str(op), left, right, self._s(meta), self._t(op))
+
+    def in_(self, meta, children):
+        left, right = children
+        return ast.Binary("in", left, right, self._s(meta), _between(self.path, left.span, right.span))
+
+    def not_in(self, meta, children):
+        left, right = children
+        return ast.Binary("not in", left, right, self._s(meta), _between(self.path, left.span, right.span))
+
+    def sum(self, meta, children):
+        return self._binary_chain(meta, children)
+
+    product = sum
+
+    def comp_op(self, meta, children):
+        return children[0]
+
+    add_op = mul_op = agg = comp_op
+
+    def field(self, meta, children):
+        var, name = children
+        return ast.Field(str(var), str(name), self._s(meta), self._t(var), self._t(name))
+
+    def keys(self, meta, children):
+        return tuple(ast.Key(self._string(tok), self._t(tok)) for tok in children)
+
+    def annotation(self, meta, children):
+        name, array = children
+        return (str(name) + (str(array) if array else ""), self._s(meta))
+
+    def _attr(self, meta, source: str, var: Token, keys, annotation, event: str = ""):
+        ann, ann_span = annotation if annotation else ("", None)
+        return ast.Attr(str(var), source, keys or (), event, ann, self._s(meta), self._t(var), ann_span)
+
+    def attr(self, meta, children):
+        var, keys, annotation = children
+        return self._attr(meta, "attr", var, keys, annotation)
+
+    def resource(self, meta, children):
+        var, keys, annotation = children
+        return self._attr(meta, "resource", var, keys, annotation)
+
+    def event(self, meta, children):
+        var, event, keys, annotation = children
+        return self._attr(meta, "event", var, keys, annotation, self._string(event))
+
+    def name(self, meta, children):
+        return ast.Name(str(children[0]), self._s(meta))
+
+    def call(self, meta, children):
+        name, *args = children
+        args = [a for a in args if a is not None]
+        return ast.Call(str(name), tuple(args), self._s(meta), self._t(name))
+
+    def is_set(self, meta, children):
+        return ast.IsSet(children[0], self._s(meta))
+
+    def _quant(self, meta, func: str, binding, where, value=None):
+        func_span = SourceSpan(self.path, meta.line, meta.column, meta.line, meta.column + len(func), meta.start_pos, meta.start_pos + len(func))
+        return ast.Quantifier(func, binding, where, value, self._s(meta), func_span)
+
+    def exists(self, meta, children):
+        binding, where = children
+        return self._quant(meta, "exists", binding, where)
+
+    def count(self, meta, children):
+        binding, where = children
+        return self._quant(meta, "count", binding, where)
+
+    def aggregate(self, meta, children):
+        func, value, binding, where = children
+        return self._quant(meta, str(func), binding, where, value)
+
+    # -- literals
+    def string(self, meta, children):
+        return ast.Literal("string", self._string(children[0]), self._s(meta))
+
+    def number(self, meta, children):
+        raw = str(children[0])
+        if any(c in raw for c in ".eE"):
+            return ast.Literal("double", float(raw), self._s(meta))
+        return ast.Literal("int", int(raw), self._s(meta))
+
+    def duration(self, meta, children):
+        raw = str(children[0])
+        m = re.fullmatch(r"([0-9.]+)([a-z]+)", raw)
+        assert m is not None  # the DURATION terminal guarantees the shape
+        value = round(float(m.group(1)) * _DURATION_NS[m.group(2)]) if "." in raw else int(m.group(1)) * _DURATION_NS[m.group(2)]
+        return ast.Literal("duration", value, self._s(meta))
+
+    def true(self, meta, children):
+        return ast.Literal("bool", True, self._s(meta))
+
+    def false(self, meta, children):
+        return ast.Literal("bool", False, self._s(meta))
+
+    def list_lit(self, meta, children):
+        return ast.ListLit(tuple(c for c in children if c is not None), self._s(meta))
+
+    # -- strings and templates
+    def _string(self, tok: Token) -> str:
+        return self._unescape(str(tok)[1:-1], tok.start_pos + 1)
+
+    def _unescape(self, raw: str, offset: int) -> str:
+        out: list[str] = []
+        i = 0
+        while i < len(raw):
+            ch = raw[i]
+            if ch != "\\":
+                out.append(ch)
+                i += 1
+                continue
+            nxt = raw[i + 1 : i + 2]
+            if nxt in _ESCAPES:
+                out.append(_ESCAPES[nxt])
+                i += 2
+            elif nxt == "u" and re.fullmatch(r"[0-9a-fA-F]{4}", raw[i + 2 : i + 6]):
+                out.append(chr(int(raw[i + 2 : i + 6], 16)))
+                i += 6
+            else:
+                span = SourceSpan.at(self.path, self.text, offset + i, offset + i + 2)
+                hint = "known escapes: \\n \\t \\r \\0 \\\\ \\\" \\' \\uXXXX"
+                self.diagnostics.append(Diagnostic("E003", f"unknown escape sequence `\\{nxt}`", span, (hint,)))
+                out.append(nxt)
+                i += 2
+        return "".join(out)
+
+    def _template(self, tok: Token) -> tuple[str | ast.TemplatePart, ...]:
+        """Split a message string into text and ``{expr}`` holes (``{{``/``}}``
+        are literal braces).  Holes are parsed with the expression grammar at
+        their true file position, so their diagnostics point into the string."""
+        raw = str(tok)[1:-1]
+        base = tok.start_pos + 1
+        parts: list[str | ast.TemplatePart] = []
+        text_start = i = 0
+        while i < len(raw):
+            if raw.startswith("{{", i) or raw.startswith("}}", i):
+                i += 2
+                continue
+            if raw[i] == "}":
+                span = SourceSpan.at(self.path, self.text, base + i, base + i + 1)
+                self.diagnostics.append(Diagnostic("E034", "unmatched `}` in message template", span, ("write `}}` for a literal brace",)))
+                i += 1
+                continue
+            if raw[i] != "{":
+                i += 1
+                continue
+            close = _hole_end(raw, i + 1)
+            if close < 0:
+                span = SourceSpan.at(self.path, self.text, base + i, base + len(raw))
+                self.diagnostics.append(Diagnostic("E034", "unclosed `{` in message template", span, ("write `{{` for a literal brace",)))
+                break
+            parts.append(self._text_part(raw[text_start:i], base + text_start))
+            parts.append(self._hole(raw[i + 1 : close], base + i + 1))
+            i = text_start = close + 1
+        parts.append(self._text_part(raw[text_start:], base + text_start))
+        return tuple(p for p in parts if p != "")
+
+    def _text_part(self, raw: str, offset: int) -> str:
+        return self._unescape(raw, offset).replace("{{", "{").replace("}}", "}")
+
+    def _hole(self, raw: str, offset: int) -> ast.TemplatePart:
+        span = SourceSpan.at(self.path, self.text, offset, offset + len(raw))
+        # pad so that Lark reports true file positions
+        prefix = re.sub(r"[^\n]", " ", self.text[:offset])
+        try:
+            tree = _lark().parse(prefix + raw, start="expr")
+        except UnexpectedInput as err:
+            diag = _syntax_diagnostic(err, prefix + raw, self.path)
+            self.diagnostics.append(Diagnostic("E034", f"in message template: {diag.message}", diag.span, diag.hints))
+            return ast.TemplatePart(ast.Literal("string", "", span), span)
+        sub = _AstBuilder(self.path, self.text)
+        try:
+            expr = sub.transform(tree)
+        except VisitError as err:  # pragma: no cover - the builder does not raise
+            raise err.orig_exc from None
+        self.diagnostics += sub.diagnostics
+        return ast.TemplatePart(expr, span)
+
+
+def _hole_end(raw: str, i: int) -> int:
+    """Index of the ``}`` closing a hole that starts at ``i`` (quotes inside
+    the hole may contain braces), or -1."""
+    quote = ""
+    while i < len(raw):
+        ch = raw[i]
+        if quote:
+            if ch == "\\":
+                i += 1
+            elif ch == quote:
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "}":
+            return i
+        i += 1
+    return -1
+
+
+def _join(a: SourceSpan, b: SourceSpan) -> SourceSpan:
+    return SourceSpan(a.path, a.line, a.col, b.end_line, b.end_col, a.start, b.end)
+
+
+def _between(path: str, a: SourceSpan, b: SourceSpan) -> SourceSpan:
+    """The gap between two spans (where an operator keyword sits)."""
+    return SourceSpan(path, a.end_line, a.end_col + 1, b.line, max(b.col - 1, 1), a.end + 1, b.start - 1)

@@ -1,0 +1,140 @@
+"""Assembler: decides when a buffered trace is complete and must be released.
+
+Tail-sampling semantics: a trace is complete ``decision_wait`` after its last
+span arrived.  The number of buffered traces is bounded by ``max_traces``
+(the least recently active go first: released early, never dropped), and a
+trace that reaches ``max_spans_per_trace`` is released at once.  Spans that
+arrive after their trace was released are "late": the trace is remembered
+(bounded LRU of ids) so its late spans are released on the next tick, with
+whatever the trace's verdict was.
+
+Pure bookkeeping, no I/O: the pipeline tells it what arrived and asks what is
+due; time is passed in, so tests control it.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+V = TypeVar("V")
+
+
+class ReleaseReason(enum.StrEnum):
+    COMPLETE = "complete"        # decision_wait passed since the last span
+    MAX_TRACES = "max_traces"    # evicted to respect max_traces
+    SPAN_LIMIT = "span_limit"    # reached max_spans_per_trace
+    LATE = "late"                # spans of an already released trace
+    SHUTDOWN = "shutdown"        # flushed on shutdown
+
+
+@dataclass(slots=True)
+class _Trace:
+    last_seen: float
+    spans: int
+
+
+@dataclass(slots=True)
+class Due:
+    """Traces to release now, with the reason for each."""
+
+    trace_ids: list[bytes] = field(default_factory=list)
+    reasons: list[ReleaseReason] = field(default_factory=list)
+
+    def add(self, trace_id: bytes, reason: ReleaseReason) -> None:
+        self.trace_ids.append(trace_id)
+        self.reasons.append(reason)
+
+    def __len__(self) -> int:
+        return len(self.trace_ids)
+
+
+class Assembler(Generic[V]):
+    """Tracks buffered traces by last activity; V is the verdict kept for late spans."""
+
+    def __init__(self, decision_wait: float, max_traces: int, max_spans_per_trace: int,
+                 late_span_cache: int) -> None:
+        self.decision_wait = decision_wait
+        self.max_traces = max_traces
+        self.max_spans_per_trace = max_spans_per_trace
+        self.late_span_cache = late_span_cache
+        self._open: OrderedDict[bytes, _Trace] = OrderedDict()  # oldest activity first
+        self._decided: OrderedDict[bytes, V | None] = OrderedDict()
+        self._urgent = Due()
+        self._urgent_ids: set[bytes] = set()
+
+    @property
+    def buffered_traces(self) -> int:
+        return len(self._open)
+
+    def observe(self, traces: dict[bytes, int], now: float) -> int:
+        """Record spans that were just stored (trace id -> span count); returns how many were late."""
+        late = 0
+        for trace_id, count in traces.items():
+            state = self._open.get(trace_id)
+            if state is None:
+                if trace_id in self._decided:
+                    late += count
+                    self._mark_urgent(trace_id, ReleaseReason.LATE)
+                    continue
+                state = self._open[trace_id] = _Trace(now, 0)
+            else:
+                state.last_seen = now
+                self._open.move_to_end(trace_id)
+            state.spans += count
+            if state.spans >= self.max_spans_per_trace:
+                self._mark_urgent(trace_id, ReleaseReason.SPAN_LIMIT)
+        return late
+
+    def _mark_urgent(self, trace_id: bytes, reason: ReleaseReason) -> None:
+        if trace_id not in self._urgent_ids:
+            self._urgent_ids.add(trace_id)
+            self._urgent.add(trace_id, reason)
+
+    def due(self, now: float) -> Due:
+        """Take the traces to release now (they are considered decided from here on)."""
+        due, self._urgent, self._urgent_ids = self._urgent, Due(), set()
+        for trace_id in due.trace_ids:
+            self._open.pop(trace_id, None)
+        horizon = now - self.decision_wait
+        while self._open:
+            trace_id, state = next(iter(self._open.items()))
+            if state.last_seen > horizon:
+                break
+            self._open.popitem(last=False)
+            due.add(trace_id, ReleaseReason.COMPLETE)
+        while len(self._open) > self.max_traces:
+            trace_id, _ = self._open.popitem(last=False)
+            due.add(trace_id, ReleaseReason.MAX_TRACES)
+        for trace_id in due.trace_ids:
+            self._remember(trace_id, None)
+        return due
+
+    def drain(self) -> Due:
+        """Everything still open or pending, for shutdown."""
+        due, self._urgent, self._urgent_ids = self._urgent, Due(), set()
+        for trace_id in due.trace_ids:
+            self._open.pop(trace_id, None)
+        while self._open:
+            trace_id, _ = self._open.popitem(last=False)
+            due.add(trace_id, ReleaseReason.SHUTDOWN)
+        return due
+
+    def _remember(self, trace_id: bytes, verdict: V | None) -> None:
+        if self.late_span_cache == 0:
+            return
+        if trace_id in self._decided and verdict is None:
+            verdict = self._decided[trace_id]  # a late batch keeps the trace's verdict
+        self._decided[trace_id] = verdict
+        self._decided.move_to_end(trace_id)
+        while len(self._decided) > self.late_span_cache:
+            self._decided.popitem(last=False)
+
+    def set_verdict(self, trace_id: bytes, verdict: V) -> None:
+        """Keep a released trace's verdict so its late spans get it too."""
+        self._remember(trace_id, verdict)
+
+    def verdict(self, trace_id: bytes) -> V | None:
+        return self._decided.get(trace_id)

@@ -1,0 +1,95 @@
+"""The ``faulttrace`` command line: a thin layer over config, pipeline and tools."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from processor.config import ConfigError, Config, load_config
+
+log = logging.getLogger("faulttrace")
+
+
+def _setup_logging(level: str = "info") -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+async def _serve(config: Config) -> None:
+    from processor.pipeline import Pipeline
+
+    pipeline = Pipeline(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await pipeline.start()
+    log.info("faulttrace is running (%s); Ctrl-C to stop",
+             ", ".join(f"{k}={v}" for k, v in pipeline.ports().items()))
+    await stop.wait()
+    log.info("shutting down: exporting buffered traces (at most %.0fs)", config.service.shutdown_timeout)
+    await pipeline.stop()
+    log.info("stopped")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    _setup_logging(config.service.telemetry.logs.get("level", "info"))
+    asyncio.run(_serve(config))
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    p = config.pipeline
+    print(f"{args.config}: valid (receivers: {', '.join(p.receivers)}; processors: "
+          f"{', '.join(p.processors) or '-'}; exporters: {', '.join(p.exporters)})")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from processor.bench import run_bench
+
+    return run_bench(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="faulttrace",
+                                     description="Root-cause localizer for OpenTelemetry traces.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the pipeline (OTLP in, annotated OTLP out)")
+    serve.add_argument("--config", help="collector-shaped YAML file (default: embedded defaults)")
+    serve.set_defaults(func=cmd_serve)
+
+    validate = sub.add_parser("validate", help="check a configuration file and exit")
+    validate.add_argument("--config", required=True)
+    validate.set_defaults(func=cmd_validate)
+
+    bench = sub.add_parser("bench", help="measure throughput and memory of the whole pipeline")
+    bench.add_argument("--seconds", type=float, default=10.0, help="load duration per run (default 10)")
+    bench.add_argument("--runs", type=int, default=3, help="alternating runs of each mode; medians reported")
+    bench.add_argument("--senders", type=int, default=2, help="concurrent client streams in the load process")
+    bench.add_argument("--decision-wait", default="1s")
+    bench.add_argument("--format", choices=["text", "json"], default="text")
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

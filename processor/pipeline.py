@@ -1,0 +1,190 @@
+"""Pipeline: wires receivers -> store -> assembler -> (analysis) -> exporters, starts and stops them in order.
+
+One coroutine owns start and graceful stop.  Start: store (recovering spans a
+file database kept), exporters, the release loop, receivers, the admin server.
+Stop: receivers first (no new data), then every buffered trace is released
+and exported, then exporters drain their queues within the shutdown timeout,
+then the store closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import duckdb
+
+from dsl import AttrRef, AttrSource, AttrType
+from processor.admin import AdminServer
+from processor.annotate import Annotation, annotate
+from processor.assembler import Assembler, Due, ReleaseReason
+from processor.config import Config, FaulttraceProcessorConfig
+from processor.decode import Projection
+from processor.exporters import build_exporter
+from processor.exporters.base import Exporter
+from processor.ingest import Ingest
+from processor.model import ReleasedSpans
+from processor.payload import encode_payloads
+from processor.receivers.otlp_grpc import GrpcReceiver
+from processor.receivers.otlp_http import HttpReceiver
+from processor.store import SpanStore
+from processor.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
+
+RELEASE_CHUNK = 5_000   # traces per store round trip: bounds the latency of one release
+TICK = 0.1              # seconds between release checks
+
+
+@dataclass(frozen=True, slots=True)
+class Analysis:
+    """What an analyzer concluded about a released batch."""
+
+    annotations: dict[tuple[bytes, bytes], Annotation] = field(default_factory=dict)  # (trace, span) -> add
+
+
+class Analyzer(Protocol):
+    """Something that reads released spans in DuckDB and says what to add to them (rules, localizer)."""
+
+    def projection(self) -> frozenset[AttrRef]: ...
+
+    def analyze(self, conn: duckdb.DuckDBPyConnection, table: str) -> Analysis: ...
+
+
+def configured_projection(cfg: FaulttraceProcessorConfig) -> set[AttrRef]:
+    return {AttrRef(AttrSource(a.source), a.key, AttrType(a.type), a.event) for a in cfg.attributes}
+
+
+class Pipeline:
+    """A running faulttrace: build with a Config, ``await start()``, ``await stop()``."""
+
+    def __init__(self, config: Config, analyzer: Analyzer | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.telemetry = Telemetry()
+        self._clock = clock
+        self._analyzer = analyzer
+        proc = config.processor
+        refs = configured_projection(proc) | (set(analyzer.projection()) if analyzer else set())
+        self.store = SpanStore(Projection.of(refs), proc.storage.path, proc.storage.memory_limit)
+        self.assembler: Assembler[None] = Assembler(proc.decision_wait, proc.max_traces,
+                                                    proc.max_spans_per_trace, proc.late_span_cache)
+        self.ingest = Ingest(self.store, proc.max_buffered_spans, self.telemetry, self._on_stored,
+                             retry_after=max(1.0, proc.decision_wait))
+        self.exporters: list[Exporter] = [build_exporter(cid, cfg, self.telemetry)
+                                          for cid, cfg in config.pipeline_exporters().items()]
+        self.receivers: list[GrpcReceiver | HttpReceiver] = []
+        for cid, rcfg in config.pipeline_receivers().items():
+            if rcfg.protocols.grpc is not None:
+                self.receivers.append(GrpcReceiver(cid, rcfg.protocols.grpc, self.ingest, self.telemetry))
+            if rcfg.protocols.http is not None:
+                self.receivers.append(HttpReceiver(cid, rcfg.protocols.http, self.ingest, self.telemetry))
+        address = config.service.telemetry.metrics.address
+        self.admin = AdminServer(address, self.telemetry, self._health) if address else None
+        self._loop_task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._release_lock = asyncio.Lock()
+        self._running = False
+
+    # --- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        recovered = await self.store.open()
+        if recovered:
+            self._on_stored(recovered)
+        for exporter in self.exporters:
+            await exporter.start()
+        self._running = True
+        self._loop_task = asyncio.create_task(self._release_loop(), name="faulttrace-release")
+        for receiver in self.receivers:
+            await receiver.start()
+        if self.admin is not None:
+            await self.admin.start()
+
+    async def stop(self) -> None:
+        """Graceful stop: nothing buffered is lost unless the shutdown timeout runs out."""
+        timeout = self.config.service.shutdown_timeout
+        deadline = self._clock() + timeout
+        for receiver in self.receivers:
+            await receiver.stop(grace=min(5.0, timeout))
+        self._running = False
+        if self._loop_task is not None:
+            self._wake.set()
+            await self._loop_task
+        await self._release(self.assembler.drain())
+        for exporter in self.exporters:
+            await exporter.shutdown(max(0.0, deadline - self._clock()))
+        self.ingest.close()
+        await self.store.close()
+        if self.admin is not None:
+            await self.admin.stop()
+
+    def ports(self) -> dict[str, int]:
+        """Bound ports, by ``<component>/<transport>`` and ``metrics`` (useful with port 0)."""
+        out = {f"{r.component_id}/{'grpc' if isinstance(r, GrpcReceiver) else 'http'}": r.port
+               for r in self.receivers}
+        if self.admin is not None:
+            out["metrics"] = self.admin.port
+        return out
+
+    # --- data path -------------------------------------------------------------
+
+    def _on_stored(self, traces: dict[bytes, int]) -> None:
+        late = self.assembler.observe(traces, self._clock())
+        if late:
+            self.telemetry.late_spans.inc(late)
+            self._wake.set()
+        self._update_gauges()
+
+    def _update_gauges(self) -> None:
+        self.telemetry.buffered_spans.set(self.store.buffered_spans)
+        self.telemetry.buffered_traces.set(self.assembler.buffered_traces)
+
+    async def _release_loop(self) -> None:
+        while self._running:
+            try:
+                await asyncio.wait_for(self._wake.wait(), TICK)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            if not self._running:
+                break
+            try:
+                await self._release(self.assembler.due(self._clock()))
+            except Exception:  # component boundary: keep releasing
+                log.exception("releasing traces failed")
+
+    async def _release(self, due: Due) -> None:
+        async with self._release_lock:
+            for reason in set(due.reasons):
+                self.telemetry.released_traces.labels(reason.value).inc(due.reasons.count(reason))
+            ids = due.trace_ids
+            for start in range(0, len(ids), RELEASE_CHUNK):
+                chunk = ids[start:start + RELEASE_CHUNK]
+                analyze = self._analyzer.analyze if self._analyzer else None
+                spans, analysis = await self.store.release(chunk, analyze)
+                await self._export(spans, analysis)
+            self._update_gauges()
+
+    async def _export(self, spans: ReleasedSpans, analysis: Analysis | None) -> None:
+        raw = spans.raw
+        if analysis is not None and analysis.annotations:
+            edits = {i: analysis.annotations[key]
+                     for i, key in enumerate(zip(spans.trace_ids, spans.span_ids))
+                     if key in analysis.annotations}
+            raw = annotate(raw, edits)
+        for payload in encode_payloads(spans, raw):
+            for exporter in self.exporters:
+                await exporter.export(payload)
+
+    def _health(self) -> dict[str, object]:
+        return {"status": "ok" if self._running else "stopping",
+                "buffered_spans": self.store.buffered_spans,
+                "buffered_traces": self.assembler.buffered_traces}
+
+
+__all__ = ["Analysis", "Analyzer", "Pipeline", "ReleaseReason"]

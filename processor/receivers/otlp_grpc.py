@@ -1,0 +1,80 @@
+"""OTLP/gRPC receiver: ``opentelemetry.proto.collector.trace.v1.TraceService/Export``.
+
+The request arrives as raw bytes (no generated stub deserializes it), so a
+malformed message becomes INVALID_ARGUMENT with our own message and decoding
+happens off the event loop.  gRPC itself enforces ``max_recv_msg_size_mib``
+(RESOURCE_EXHAUSTED) and decompresses gzip.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+
+from processor.config import GrpcServerConfig
+from processor.decode import MalformedRequest
+from processor.ingest import Encoding, Ingest, Overloaded
+from processor.receivers.status import status
+from processor.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
+SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
+
+
+class GrpcReceiver:
+    def __init__(self, component_id: str, config: GrpcServerConfig, ingest: Ingest, telemetry: Telemetry) -> None:
+        self.component_id = component_id
+        self._config = config
+        self._ingest = ingest
+        self._telemetry = telemetry
+        self._server: grpc.aio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> int:
+        options = [("grpc.max_receive_message_length", self._config.max_recv_msg_size_mib * 1024 * 1024),
+                   ("grpc.so_reuseport", 0)]
+        if self._config.max_concurrent_streams:
+            options.append(("grpc.max_concurrent_streams", self._config.max_concurrent_streams))
+        server = grpc.aio.server(options=options)
+        handler = grpc.unary_unary_rpc_method_handler(self._export)  # raw bytes in and out
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Export": handler}),))
+        self.port = server.add_insecure_port(self._config.endpoint)
+        if self.port == 0:
+            raise OSError(f"receivers.{self.component_id}.protocols.grpc: cannot listen on {self._config.endpoint}")
+        await server.start()
+        self._server = server
+        log.info("OTLP/gRPC receiver %s listening on %s", self.component_id,
+                 self._config.endpoint.rsplit(":", 1)[0] + f":{self.port}")
+        return self.port
+
+    async def stop(self, grace: float) -> None:
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+
+    def _count(self, code: grpc.StatusCode) -> None:
+        self._telemetry.receiver_requests.labels(self.component_id, "grpc", code.name).inc()
+
+    async def _export(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        try:
+            result = await self._ingest.submit(request, Encoding.PROTOBUF, self.component_id, "grpc")
+        except MalformedRequest as err:
+            self._count(grpc.StatusCode.INVALID_ARGUMENT)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+        except Overloaded as err:
+            self._count(grpc.StatusCode.UNAVAILABLE)
+            detail = status(grpc.StatusCode.UNAVAILABLE.value[0], str(err), err.retry_after)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(err),
+                                trailing_metadata=(("grpc-status-details-bin", detail.SerializeToString()),))
+        except Exception:  # component boundary: the server keeps serving
+            log.exception("OTLP/gRPC receiver %s: failed to ingest a request", self.component_id)
+            self._count(grpc.StatusCode.INTERNAL)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error while storing spans")
+        self._count(grpc.StatusCode.OK)
+        response = ExportTraceServiceResponse()
+        if result.rejected_spans:
+            response.partial_success.rejected_spans = result.rejected_spans
+            response.partial_success.error_message = result.error_message
+        return response.SerializeToString()
