@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--runs", type=int, default=3, help="alternating runs of each mode; medians reported")
     bench.add_argument("--senders", type=int, default=2, help="concurrent client streams in the load process")
     bench.add_argument("--decision-wait", default="1s")
+    bench.add_argument("--compression", choices=["none", "gzip"], default="none",
+                       help="exporter compression in both modes (default none: loopback)")
     bench.add_argument("--format", choices=["text", "json"], default="text")
     bench.set_defaults(func=cmd_bench)
     return parser

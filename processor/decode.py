@@ -26,6 +26,7 @@ from processor.model import DecodedRequest, SpanBatch
 
 _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
+_MAX_INT64 = 2**63 - 1
 _ARROW_TYPES: dict[str, pa.DataType] = {
     "BLOB": pa.binary(),
     "VARCHAR": pa.string(),
@@ -190,6 +191,10 @@ def decode(req: ExportTraceServiceRequest, projection: Projection) -> DecodedReq
     first_problem = ""
     span_keys, event_refs = projection.span_keys, projection.event_refs
     span_needles, event_needles = projection.span_needles, projection.event_needles
+    # Bound methods: this loop runs once per span, attribute lookups add up.
+    add_trace, add_span, add_parent, add_name = trace_ids.append, span_ids.append, parents.append, names.append
+    add_kind, add_start, add_end, add_code = kinds.append, starts.append, ends.append, codes.append
+    add_message, add_raw = messages.append, raws.append
 
     for rs in req.resource_spans:
         rhead = _head(ResourceSpans, "resource", rs)
@@ -205,6 +210,7 @@ def decode(req: ExportTraceServiceRequest, projection: Projection) -> DecodedReq
             shead = _head(ScopeSpans, "scope", ss)
             sid_group = group_id(shead)
             scopes[sid_group] = shead
+            before = len(raws)
             for span in ss.spans:
                 tid, sid, pid = span.trace_id, span.span_id, span.parent_span_id
                 if len(tid) != 16 or tid == _ZERO_TRACE or len(sid) != 8 or sid == _ZERO_SPAN or (
@@ -213,21 +219,18 @@ def decode(req: ExportTraceServiceRequest, projection: Projection) -> DecodedReq
                     if not first_problem:
                         first_problem = _id_problem(tid, sid, pid)
                     continue
-                trace_ids.append(tid)
-                span_ids.append(sid)
-                parents.append(pid if pid and pid != _ZERO_SPAN else None)
-                services.append(service)
-                names.append(span.name)
-                kinds.append(span.kind)
-                starts.append(span.start_time_unix_nano)
-                ends.append(span.end_time_unix_nano)
+                add_trace(tid)
+                add_span(sid)
+                add_parent(pid if pid and pid != _ZERO_SPAN else None)
+                add_name(span.name)
+                add_kind(span.kind)
+                add_start(span.start_time_unix_nano)
+                add_end(span.end_time_unix_nano)
                 status = span.status
-                codes.append(status.code)
-                messages.append(status.message)
-                resource_ids.append(rid)
-                scope_ids.append(sid_group)
+                add_code(status.code)
+                add_message(status.message)
                 raw = span.SerializeToString()
-                raws.append(raw)
+                add_raw(raw)
                 if width:
                     row = base_row.copy()
                     if span_keys and any(n in raw for n in span_needles):
@@ -235,19 +238,33 @@ def decode(req: ExportTraceServiceRequest, projection: Projection) -> DecodedReq
                     if event_refs and any(n in raw for n in event_needles):
                         _event_values(span, event_refs, row)
                     attr_rows.append(row)
+            # Per-group columns are filled at C speed, not once per span.
+            n = len(raws) - before
+            services.extend([service] * n)
+            resource_ids.extend([rid] * n)
+            scope_ids.extend([sid_group] * n)
 
     columns: list[Sequence[Any]] = [trace_ids, span_ids, parents, services, names, kinds, starts, ends,
                                     codes, messages]
     if width:
         columns += [list(col) for col in zip(*attr_rows)] if attr_rows else [[] for _ in range(width)]
     columns += [resource_ids, scope_ids, raws]
-    table = pa.Table.from_arrays([pa.array(c, type=f.type) for c, f in zip(columns, projection.schema)],
+    table = pa.Table.from_arrays([_column(c, f.type) for c, f in zip(columns, projection.schema)],
                                  schema=projection.schema)
     message = ""
     if rejected:
         message = f"{rejected} span(s) rejected: {first_problem}"
     batch = SpanBatch(table=table, resources=resources, scopes=scopes, traces=dict(Counter(trace_ids)))
     return DecodedRequest(batch=batch, rejected_spans=rejected, error_message=message)
+
+
+def _column(values: Sequence[Any], type_: pa.DataType) -> pa.Array:
+    try:
+        return pa.array(values, type=type_)
+    except OverflowError:
+        # Span times are fixed64 on the wire but BIGINT columns: clamp the rare
+        # out-of-range value (the span's raw bytes keep the original).
+        return pa.array([min(v, _MAX_INT64) for v in values], type=type_)
 
 
 def _id_problem(tid: bytes, sid: bytes, pid: bytes) -> str:

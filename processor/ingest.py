@@ -30,9 +30,10 @@ class Encoding(enum.Enum):
 class Overloaded(Exception):
     """The store is full: refuse with a retryable status and a retry delay."""
 
-    def __init__(self, message: str, retry_after: float) -> None:
+    def __init__(self, message: str, retry_after: float, spans: int = 0) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.spans = spans  # how many spans were refused, when known
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,22 +73,26 @@ class Ingest:
         buffered = self._store.buffered_spans
         if buffered + incoming > self._max_buffered and buffered > 0:
             raise Overloaded(f"faulttrace is at capacity ({buffered} spans buffered, limit "
-                             f"{self._max_buffered}); retry later", self._retry_after)
+                             f"{self._max_buffered}); retry later", self._retry_after, incoming)
+
+    def _decode_and_store(self, data: bytes, encoding: Encoding) -> DecodedRequest:
+        """Worker thread: decode, bound, store — one hop off the event loop per request."""
+        decoded = _decode_body(data, encoding, self._store.projection)
+        self._check_capacity(decoded.batch.span_count)
+        self._store.append_now(decoded.batch)
+        return decoded
 
     async def submit(self, data: bytes, encoding: Encoding, receiver: str, transport: str) -> Accepted:
         """Store the spans of one request body.  Raises MalformedRequest or Overloaded."""
         labels = (receiver, transport)
         self._check_capacity(0)  # refuse early, before paying for decoding
         loop = asyncio.get_running_loop()
-        decoded = await loop.run_in_executor(self._executor, _decode_body, data, encoding,
-                                             self._store.projection)
-        batch = decoded.batch
         try:
-            self._check_capacity(batch.span_count)
-        except Overloaded:
-            self._telemetry.receiver_refused_spans.labels(*labels).inc(batch.span_count + decoded.rejected_spans)
+            decoded = await loop.run_in_executor(self._executor, self._decode_and_store, data, encoding)
+        except Overloaded as err:
+            self._telemetry.receiver_refused_spans.labels(*labels).inc(err.spans)
             raise
-        await self._store.append(batch)
+        batch = decoded.batch
         self._on_stored(batch.traces)
         self._telemetry.receiver_accepted_spans.labels(*labels).inc(batch.span_count)
         if decoded.rejected_spans:

@@ -1,0 +1,375 @@
+"""``faulttrace bench``: end-to-end throughput and memory of the pipeline.
+
+Three processes, so that none of them shares the others' interpreter lock:
+
+* a load generator sending realistic OTLP/gRPC requests as fast as they are
+  accepted (10 spans per trace, ~12 semantic-convention attributes, ~500 B a
+  span, several services per request), retrying refused ones;
+* the server under test: the full pipeline (receiver, DuckDB store,
+  assembler, exporter), or, in alternating runs, a passthrough built from the
+  same receiver and exporter with no store;
+* a real OTLP/gRPC sink counting what arrives.
+
+Throughput is the sink's steady-state rate (after the first ``decision_wait``
+and a warm-up second, until the load stops); every run also checks that every
+accepted span reached the sink.  Each mode runs ``--runs`` times, alternating,
+and medians are reported; ``ratio`` is pipeline / passthrough.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import statistics
+import struct
+import sys
+import time
+from dataclasses import asdict, dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from processor.config import parse_config, parse_duration
+
+SERVICE_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+MARKER = b"\xfa\x17\x7e\x3c\x55\x0d\xb1\x29"  # first half of every template trace id, replaced per send
+SPANS_PER_TRACE = 10
+TRACES_PER_REQUEST = 50
+SERVICES = ("frontend", "checkout", "cart", "payment", "inventory")
+
+
+# --- load --------------------------------------------------------------------------
+
+
+def build_templates(count: int) -> list[bytes]:
+    """Distinct encoded requests whose trace ids all start with MARKER."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+    def kv(key: str, value: object) -> KeyValue:
+        if isinstance(value, int):
+            return KeyValue(key=key, value=AnyValue(int_value=value))
+        return KeyValue(key=key, value=AnyValue(string_value=str(value)))
+
+    out = []
+    seq = 0
+    rng = __import__("random").Random(7)
+    for t in range(count):
+        req = ExportTraceServiceRequest()
+        groups = {}
+        for svc in SERVICES:
+            rs = req.resource_spans.add()
+            rs.resource.attributes.extend([kv("service.name", svc), kv("service.version", "1.4.2"),
+                                           kv("k8s.pod.name", f"{svc}-7d9f8c-{rng.randrange(100):02d}"),
+                                           kv("host.name", f"node-{rng.randrange(8)}")])
+            ss = rs.scope_spans.add()
+            ss.scope.name = "opentelemetry.instrumentation.flask"
+            ss.scope.version = "0.48b0"
+            groups[svc] = ss
+        for _ in range(TRACES_PER_REQUEST):
+            seq += 1
+            trace_id = MARKER + struct.pack(">Q", seq)
+            start = 1_700_000_000_000_000_000 + seq * 1_000_000
+            parent = b""
+            for i in range(SPANS_PER_TRACE):
+                svc = SERVICES[min(i // 2, len(SERVICES) - 1)]
+                span = groups[svc].spans.add()
+                span.trace_id = trace_id
+                span.span_id = os.urandom(8)
+                span.parent_span_id = parent
+                parent = span.span_id
+                span.name = f"{'GET' if i % 2 else 'POST'} /api/{svc}/{{id}}"
+                span.kind = 2 if i % 2 == 0 else 3
+                span.start_time_unix_nano = start + i * 1000
+                span.end_time_unix_nano = start + 5_000_000 - i * 1000
+                span.attributes.extend([
+                    kv("http.request.method", "GET" if i % 2 else "POST"),
+                    kv("http.route", f"/api/{svc}/{{id}}"),
+                    kv("http.response.status_code", 200),
+                    kv("url.path", f"/api/{svc}/{rng.randrange(10**6)}"),
+                    kv("url.scheme", "http"),
+                    kv("server.address", f"{svc}.shop.svc.cluster.local"),
+                    kv("server.port", 8080),
+                    kv("network.protocol.version", "1.1"),
+                    kv("user_agent.original", "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101"),
+                    kv("client.address", f"10.0.{rng.randrange(255)}.{rng.randrange(255)}"),
+                    kv("thread.id", rng.randrange(64)),
+                    kv("code.function.name", f"handle_{svc}"),
+                ])
+        out.append(req.SerializeToString())
+    return out
+
+
+async def _load(port: int, seconds: float, senders: int, result: Connection) -> None:
+    import grpc
+
+    templates = build_templates(16)
+    spans_per_request = TRACES_PER_REQUEST * SPANS_PER_TRACE
+    sent = refused = 0
+    deadline = time.monotonic() + seconds
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary(SERVICE_METHOD)
+
+        async def sender(k: int) -> None:
+            nonlocal sent, refused
+            i = k
+            while time.monotonic() < deadline:
+                data = templates[i % len(templates)].replace(MARKER, os.urandom(8))
+                i += senders
+                while True:
+                    try:
+                        await call(data, timeout=30)
+                        sent += spans_per_request
+                        break
+                    except grpc.aio.AioRpcError as err:
+                        if err.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED):
+                            raise
+                        refused += 1
+                        await asyncio.sleep(0.05)
+
+        await asyncio.gather(*(sender(k) for k in range(senders)))
+    result.send({"sent": sent, "refused_requests": refused})
+
+
+def load_main(port: int, seconds: float, senders: int, result: Connection) -> None:
+    asyncio.run(_load(port, seconds, senders, result))
+
+
+# --- sink --------------------------------------------------------------------------
+
+
+def sink_main(ready: Connection, count: Any, stop: Any) -> None:
+    """A real OTLP/gRPC sink that counts spans into a shared counter."""
+    import grpc
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    async def main() -> None:
+        async def export(request: bytes, context: Any) -> bytes:
+            req = ExportTraceServiceRequest.FromString(request)
+            n = sum(len(ss.spans) for rs in req.resource_spans for ss in rs.scope_spans)
+            with count.get_lock():
+                count.value += n
+            return b""
+
+        server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
+        handler = grpc.unary_unary_rpc_method_handler(export)
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "opentelemetry.proto.collector.trace.v1.TraceService", {"Export": handler}),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        ready.send(port)
+        while not stop.is_set():
+            await asyncio.sleep(0.1)
+        await server.stop(1)
+
+    asyncio.run(main())
+
+
+# --- server under test -------------------------------------------------------------
+
+
+def _config(sink_port: int, decision_wait: float, compression: str) -> Any:
+    return parse_config({
+        "receivers": {"otlp": {"protocols": {"grpc": {"endpoint": "127.0.0.1:0", "max_recv_msg_size_mib": 16}}}},
+        "processors": {"faulttrace": {"decision_wait": decision_wait, "max_buffered_spans": 2_000_000,
+                                      "max_traces": 500_000}},
+        "exporters": {"otlp_grpc": {"endpoint": f"127.0.0.1:{sink_port}", "tls": {"insecure": True},
+                                    "compression": compression}},
+        "service": {"pipelines": {"traces": {"receivers": ["otlp"], "processors": ["faulttrace"],
+                                             "exporters": ["otlp_grpc"]}},
+                    "telemetry": {"metrics": {"address": None}}},
+    }, "<bench>")
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class _Passthrough:
+    """Ingest stand-in: validate (parse) and forward each request, storing nothing."""
+
+    def __init__(self, exporter: Any) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._exporter = exporter
+        self._executor = ThreadPoolExecutor(max_workers=1)
+
+    async def submit(self, data: bytes, encoding: Any, receiver: str, transport: str) -> Any:
+        from processor.decode import parse_protobuf
+        from processor.ingest import Accepted
+        from processor.model import ExportPayload
+
+        def count() -> int:
+            req = parse_protobuf(data)
+            return sum(len(ss.spans) for rs in req.resource_spans for ss in rs.scope_spans)
+
+        n = await asyncio.get_running_loop().run_in_executor(self._executor, count)
+        await self._exporter.export(ExportPayload(data=data, span_count=n))
+        return Accepted(n, 0, "")
+
+
+async def _serve(mode: str, sink_port: int, decision_wait: float, compression: str, ctl: Connection) -> None:
+    from processor.exporters import build_exporter
+    from processor.pipeline import Pipeline
+    from processor.receivers.otlp_grpc import GrpcReceiver
+    from processor.telemetry import Telemetry
+
+    config = _config(sink_port, decision_wait, compression)
+    stats: dict[str, float] = {"max_buffered_spans": 0, "bytes_per_buffered_span": 0.0,
+                               "rss_bytes_per_buffered_span": 0.0}
+    rss0 = _rss_bytes()
+    if mode == "pipeline":
+        pipeline = Pipeline(config)
+        await pipeline.start()
+        port = pipeline.ports()["otlp/grpc"]
+    else:
+        telemetry = Telemetry()
+        exporter = build_exporter("otlp_grpc", config.exporters["otlp_grpc"], telemetry)
+        await exporter.start()
+        receiver = GrpcReceiver("otlp", config.receivers["otlp"].protocols.grpc, _Passthrough(exporter), telemetry)
+        port = await receiver.start()
+    ctl.send(port)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_reader(ctl.fileno(), stop.set)
+    while not stop.is_set():
+        if mode == "pipeline":
+            buffered = pipeline.store.buffered_spans
+            if buffered > stats["max_buffered_spans"]:
+                mem = pipeline.store.memory_bytes()
+                stats.update(max_buffered_spans=buffered, bytes_per_buffered_span=mem / buffered,
+                             rss_bytes_per_buffered_span=(_rss_bytes() - rss0) / buffered)
+        try:
+            await asyncio.wait_for(stop.wait(), 0.25)
+        except TimeoutError:
+            pass
+    loop.remove_reader(ctl.fileno())
+    ctl.recv()
+    if mode == "pipeline":
+        await pipeline.stop()
+    else:
+        await receiver.stop(1)
+        await exporter.shutdown(30)
+    stats["peak_rss_mib"] = _peak_rss_mib()
+    ctl.send(stats)
+
+
+def serve_main(mode: str, sink_port: int, decision_wait: float, compression: str, ctl: Connection) -> None:
+    asyncio.run(_serve(mode, sink_port, decision_wait, compression, ctl))
+
+
+# --- orchestration -----------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    mode: str
+    spans_per_s: float
+    sent: int
+    delivered: int
+    refused_requests: int
+    peak_rss_mib: float
+    bytes_per_buffered_span: float
+    rss_bytes_per_buffered_span: float
+    max_buffered_spans: float
+
+
+def _one_run(ctx: Any, mode: str, sink_port: int, count: Any, args: argparse.Namespace,
+             decision_wait: float) -> RunResult:
+    ctl, child_ctl = ctx.Pipe()
+    server = ctx.Process(target=serve_main, args=(mode, sink_port, decision_wait, args.compression, child_ctl),
+                         daemon=True)
+    server.start()
+    port = ctl.recv()
+    base = count.value
+    res, child_res = ctx.Pipe()
+    load = ctx.Process(target=load_main, args=(port, args.seconds, args.senders, child_res), daemon=True)
+    t_start = time.monotonic()
+    load.start()
+    samples: list[tuple[float, int]] = []
+    while load.is_alive():
+        samples.append((time.monotonic() - t_start, count.value - base))
+        time.sleep(0.1)
+    t_end = time.monotonic() - t_start
+    load_stats = res.recv()
+    load.join()
+    ctl.send("stop")
+    stats = ctl.recv()
+    server.join()
+    deadline = time.monotonic() + 60
+    while count.value - base < load_stats["sent"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    delivered = count.value - base
+    # Steady state: after the first decision_wait plus a warm-up second, until the load stops.
+    lo = decision_wait + 1.0 if mode == "pipeline" else 1.0
+    window = [(t, n) for t, n in samples if lo <= t <= t_end]
+    rate = (window[-1][1] - window[0][1]) / (window[-1][0] - window[0][0]) if len(window) > 1 else 0.0
+    return RunResult(mode, rate, load_stats["sent"], delivered, load_stats["refused_requests"],
+                     stats["peak_rss_mib"], stats["bytes_per_buffered_span"],
+                     stats["rss_bytes_per_buffered_span"], stats["max_buffered_spans"])
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    decision_wait = parse_duration(args.decision_wait)
+    ctx = mp.get_context("spawn")
+    count = ctx.Value("q", 0)
+    stop = ctx.Event()
+    ready, child_ready = ctx.Pipe()
+    sink = ctx.Process(target=sink_main, args=(child_ready, count, stop), daemon=True)
+    sink.start()
+    sink_port = ready.recv()
+    results: list[RunResult] = []
+    try:
+        for run in range(args.runs):
+            for mode in ("pipeline", "passthrough"):
+                r = _one_run(ctx, mode, sink_port, count, args, decision_wait)
+                results.append(r)
+                if args.format == "text":
+                    print(f"run {run + 1} {mode:11s} {r.spans_per_s:>10,.0f} spans/s  sent {r.sent:,} "
+                          f"delivered {r.delivered:,}  peak RSS {r.peak_rss_mib:,.0f} MiB"
+                          + (f"  {r.bytes_per_buffered_span:,.0f} B/buffered span "
+                             f"(max {r.max_buffered_spans:,.0f} buffered)" if mode == "pipeline" else ""),
+                          flush=True)
+    finally:
+        stop.set()
+        sink.join(5)
+    pipe = [r for r in results if r.mode == "pipeline"]
+    thru = [r for r in results if r.mode == "passthrough"]
+    summary = {
+        "spans_per_s": round(statistics.median(r.spans_per_s for r in pipe)),
+        "passthrough_spans_per_s": round(statistics.median(r.spans_per_s for r in thru)),
+        "ratio": round(statistics.median(r.spans_per_s for r in pipe)
+                       / max(1.0, statistics.median(r.spans_per_s for r in thru)), 3),
+        "bytes_per_buffered_span": round(statistics.median(r.bytes_per_buffered_span for r in pipe)),
+        "rss_bytes_per_buffered_span": round(statistics.median(r.rss_bytes_per_buffered_span for r in pipe)),
+        "peak_rss_mib": round(max(r.peak_rss_mib for r in pipe), 1),
+        "passthrough_peak_rss_mib": round(max(r.peak_rss_mib for r in thru), 1),
+        "lossless": all(r.delivered == r.sent for r in results),
+        "runs": args.runs, "seconds": args.seconds, "decision_wait_s": decision_wait,
+        "compression": args.compression, "spans_per_trace": SPANS_PER_TRACE,
+        "spans_per_request": SPANS_PER_TRACE * TRACES_PER_REQUEST,
+    }
+    if args.format == "json":
+        for r in results:
+            print(json.dumps(asdict(r)))
+        print(json.dumps(summary))
+    else:
+        print(f"pipeline {summary['spans_per_s']:,} spans/s (median), passthrough "
+              f"{summary['passthrough_spans_per_s']:,}, ratio {summary['ratio']}; "
+              f"{summary['bytes_per_buffered_span']} B per buffered span; peak RSS {summary['peak_rss_mib']} MiB; "
+              f"lossless: {summary['lossless']}")
+    return 0 if summary["lossless"] else 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(run_bench(argparse.Namespace(seconds=5, runs=1, senders=2, decision_wait="1s", format="text",
+                                          compression="none")))
