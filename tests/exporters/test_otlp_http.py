@@ -1,0 +1,127 @@
+"""The otlp_http exporter against a real HTTP sink."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+from typing import Any
+
+import pytest
+
+from otlp_sink import OtlpHttpSink
+from processor.config import OtlpHttpExporterConfig
+from processor.exporters import build_exporter
+from processor.exporters.otlp_http import OtlpHttpExporter, parse_retry_after, traces_url
+from processor.model import ExportPayload
+from processor.telemetry import Telemetry
+
+from .support import FAST_RETRY, make_request, metric, payload_of
+
+CID = "otlphttp/backend"
+
+
+def exporter(sink: OtlpHttpSink, telemetry: Telemetry, **overrides: Any) -> OtlpHttpExporter:
+    config = {"endpoint": f"http://127.0.0.1:{sink.port}", "timeout": 2,
+              "retry_on_failure": FAST_RETRY, **overrides}
+    built = build_exporter(CID, OtlpHttpExporterConfig(**config), telemetry)
+    assert isinstance(built, OtlpHttpExporter)
+    return built
+
+
+def run(exp: OtlpHttpExporter, payloads: list[ExportPayload]) -> None:
+    async def main() -> None:
+        await exp.start()
+        for p in payloads:
+            await exp.export(p)
+        await exp.shutdown(10)
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("compression", ["gzip", "none"])
+def test_posts_protobuf_to_v1_traces(http_sink: OtlpHttpSink, telemetry: Telemetry, compression: str) -> None:
+    payload = payload_of(make_request(traces=3))
+    run(exporter(http_sink, telemetry, compression=compression), [payload])
+    (received,) = http_sink.received
+    assert received.raw == payload.data  # the sink un-gzips; the bytes are the payload's
+    assert received.headers["content-type"] == "application/x-protobuf"
+    assert received.headers.get("content-encoding") == ("gzip" if compression == "gzip" else None)
+    assert metric(telemetry, "faulttrace_exporter_sent_spans_total", CID) == 6
+
+
+def test_traces_endpoint_overrides_the_composed_url(http_sink: OtlpHttpSink, telemetry: Telemetry) -> None:
+    exp = exporter(http_sink, telemetry, endpoint="http://127.0.0.1:1", traces_endpoint=http_sink.url)
+    run(exp, [payload_of(make_request())])
+    assert len(http_sink.spans()) == 2
+
+
+def test_headers_arrive(http_sink: OtlpHttpSink, telemetry: Telemetry) -> None:
+    run(exporter(http_sink, telemetry, headers={"X-Tenant": "acme"}), [payload_of(make_request())])
+    assert http_sink.received[0].headers["x-tenant"] == "acme"
+
+
+@pytest.mark.parametrize("status", [429, 502, 503, 504])
+def test_retryable_statuses_are_retried(http_sink: OtlpHttpSink, telemetry: Telemetry, status: int) -> None:
+    http_sink.fail_next(2, status)
+    run(exporter(http_sink, telemetry), [payload_of(make_request())])
+    assert [r.failed_with for r in http_sink.received] == [status, status, None]
+    assert len(http_sink.spans()) == 2
+    assert metric(telemetry, "faulttrace_exporter_retries_total", CID) == 2
+
+
+@pytest.mark.parametrize("status", [400, 401, 404, 413, 500])
+def test_other_statuses_are_permanent(http_sink: OtlpHttpSink, telemetry: Telemetry, status: int) -> None:
+    http_sink.fail_next(1, status)
+    run(exporter(http_sink, telemetry), [payload_of(make_request())])
+    assert len(http_sink.received) == 1
+    assert metric(telemetry, "faulttrace_exporter_retries_total", CID) == 0
+    assert metric(telemetry, "faulttrace_exporter_send_failed_spans_total", CID) == 2
+
+
+def test_retry_after_seconds_is_honoured(http_sink: OtlpHttpSink, telemetry: Telemetry) -> None:
+    http_sink.fail_next(1, 503, retry_after=1)  # whole seconds: the header's smallest unit
+    run(exporter(http_sink, telemetry), [payload_of(make_request())])
+    first, second = http_sink.received
+    assert second.at - first.at >= 1.0
+
+
+def test_parse_retry_after() -> None:
+    now = 1_700_000_000.0
+    assert parse_retry_after("120", now) == 120
+    assert parse_retry_after(email.utils.formatdate(now + 30, usegmt=True), now) == pytest.approx(30)
+    assert parse_retry_after(email.utils.formatdate(now - 30, usegmt=True), now) == 0
+    assert parse_retry_after("soon", now) is None
+    assert parse_retry_after(None, now) is None
+
+
+def test_backend_down_for_a_while_then_up_loses_nothing(http_sink: OtlpHttpSink, telemetry: Telemetry) -> None:
+    payloads = [payload_of(make_request(first_trace=i * 10, traces=5)) for i in range(1, 11)]
+    exp = exporter(http_sink, telemetry, sending_queue={"num_consumers": 3})
+
+    async def main() -> None:
+        await exp.start()
+        http_sink.stop()
+        for p in payloads:
+            await exp.export(p)
+        await asyncio.sleep(0.4)  # connection refused meanwhile: retried
+        http_sink.restart()
+        await http_sink.wait_for_spans_async(100)
+        await exp.shutdown(5)
+
+    asyncio.run(main())
+    ids = [span.span_id for span in http_sink.spans()]
+    assert len(ids) == len(set(ids)) == 100
+    assert metric(telemetry, "faulttrace_exporter_retries_total", CID) > 0
+    assert metric(telemetry, "faulttrace_exporter_sent_spans_total", CID) == 100
+
+
+def test_traces_url_composition() -> None:
+    def url(**kw: Any) -> str:
+        return traces_url(OtlpHttpExporterConfig(**kw))
+
+    assert url(endpoint="http://c:4318") == "http://c:4318/v1/traces"
+    assert url(endpoint="http://c:4318/") == "http://c:4318/v1/traces"
+    assert url(endpoint="https://c/otlp") == "https://c/otlp/v1/traces"
+    assert url(endpoint="c:4318", tls={"insecure": True}) == "http://c:4318/v1/traces"
+    assert url(endpoint="c:4318") == "https://c:4318/v1/traces"
+    assert url(endpoint="http://c:4318", traces_endpoint="http://d/traces") == "http://d/traces"

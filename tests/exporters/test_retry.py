@@ -1,0 +1,199 @@
+"""RetryingSender and Backoff against a scripted transport: retries, throttling, queue, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Iterable
+
+from processor.config import QueueConfig, RetryConfig
+from processor.exporters.retry import Attempt, Backoff, RetryingSender
+from processor.model import ExportPayload
+from processor.telemetry import Telemetry
+
+from .support import FAST_RETRY, metric
+
+CID = "otlp/test"
+
+
+class ScriptedTransport:
+    """Answers attempts from a script (then succeeds); records what it was sent."""
+
+    def __init__(self, script: Iterable[Attempt | Exception] = ()) -> None:
+        self.script = list(script)
+        self.calls: list[tuple[bytes, float]] = []
+        self.delivered: list[bytes] = []
+        self.gate: asyncio.Event | None = None  # when set up, each attempt waits for it
+
+    async def __call__(self, data: bytes) -> Attempt:
+        self.calls.append((data, time.monotonic()))
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.script:
+            step = self.script.pop(0)
+            if isinstance(step, Exception):
+                raise step
+            if not step.ok:
+                return step
+        self.delivered.append(data)
+        return Attempt.success()
+
+
+def sender(transport: ScriptedTransport, telemetry: Telemetry, retry: dict | None = None,
+           queue: dict | None = None) -> RetryingSender:
+    return RetryingSender(CID, RetryConfig(**{**FAST_RETRY, **(retry or {})}),
+                          QueueConfig(**(queue or {})), telemetry, transport, random.Random(7))
+
+
+def payload(i: int, spans: int = 3) -> ExportPayload:
+    return ExportPayload(f"payload-{i}".encode(), spans, 1)
+
+
+def run_all(s: RetryingSender, payloads: list[ExportPayload], timeout: float = 5.0) -> None:
+    async def main() -> None:
+        await s.start()
+        for p in payloads:
+            await s.submit(p)
+        await s.shutdown(timeout)
+
+    asyncio.run(main())
+
+
+def test_backoff_grows_by_multiplier_up_to_max_interval_with_bounded_jitter() -> None:
+    config = RetryConfig(initial_interval=1, randomization_factor=0.5, multiplier=2, max_interval=5)
+    backoff = Backoff(config, random.Random(1))
+    delays = [backoff.next_delay() for _ in range(6)]
+    for delay, interval in zip(delays, [1, 2, 4, 5, 5, 5]):
+        assert interval * 0.5 <= delay <= interval * 1.5
+    no_jitter = Backoff(config.model_copy(update={"randomization_factor": 0}), random.Random(1))
+    assert [no_jitter.next_delay() for _ in range(5)] == [1, 2, 4, 5, 5]
+
+
+def test_retryable_failures_are_retried_until_success_exactly_once(telemetry: Telemetry) -> None:
+    transport = ScriptedTransport([Attempt.retry("unavailable"), Attempt.retry("unavailable")])
+    run_all(sender(transport, telemetry), [payload(1)])
+    assert transport.delivered == [b"payload-1"]
+    assert len(transport.calls) == 3
+    assert metric(telemetry, "faulttrace_exporter_retries_total", CID) == 2
+    assert metric(telemetry, "faulttrace_exporter_sent_spans_total", CID) == 3
+    assert metric(telemetry, "faulttrace_exporter_send_failed_spans_total", CID) == 0
+
+
+def test_permanent_error_is_not_retried_and_counts_failed(telemetry: Telemetry) -> None:
+    transport = ScriptedTransport([Attempt.permanent("invalid argument")])
+    run_all(sender(transport, telemetry), [payload(1), payload(2)])
+    assert [data for data, _ in transport.calls] == [b"payload-1", b"payload-2"]
+    assert metric(telemetry, "faulttrace_exporter_retries_total", CID) == 0
+    assert metric(telemetry, "faulttrace_exporter_send_failed_spans_total", CID) == 3
+    assert metric(telemetry, "faulttrace_exporter_sent_spans_total", CID) == 3
+
+
+def test_throttle_hint_is_waited_even_when_backoff_is_shorter(telemetry: Telemetry) -> None:
+    transport = ScriptedTransport([Attempt.retry("slow down", throttle=0.25)])
+    run_all(sender(transport, telemetry), [payload(1)])
+    (_, first), (_, second) = transport.calls
+    assert second - first >= 0.25
+
+
+def test_gives_up_when_max_elapsed_time_would_be_exceeded(telemetry: Telemetry) -> None:
+    transport = ScriptedTransport([Attempt.retry("down")] * 1000)
+    started = time.monotonic()
+    run_all(sender(transport, telemetry, retry={"max_elapsed_time": 0.2}), [payload(1)])
+    assert time.monotonic() - started < 2
+    assert transport.delivered == []
+    assert metric(telemetry, "faulttrace_exporter_send_failed_spans_total", CID) == 3
+
+
+def test_retry_disabled_gives_up_on_first_retryable_failure(telemetry: Telemetry) -> None:
+    transport = ScriptedTransport([Attempt.retry("down")])
+    run_all(sender(transport, telemetry, retry={"enabled": False}), [payload(1)])
+    assert len(transport.calls) == 1
+    assert metric(telemetry, "faulttrace_exporter_send_failed_spans_total", CID) == 3
+
+
+def test_partial_success_counts_rejected_spans_as_failed(telemetry: Telemetry) -> None:
+    async def transport(data: bytes) -> Attempt:
+        return Attempt.success(rejected=1)
+
+    s = RetryingSender(CID, RetryConfig(), QueueConfig(), telemetry, transport)
+    run_all(s, [payload(1)])
+    assert metric(telemetry, "faulttrace_exporter_sent_spans_total", CID) == 2
+    assert metric(telemetry, "faulttrace_exporter_send_failed_spans_total", CID) == 1
+
+
+def test_unexpected_transport_error_fails_that_payload_only(telemetry: Telemetry) -> None:
+    transport = ScriptedTransport([RuntimeError("bug")])
+    run_all(sender(transport, telemetry, queue={"num_consumers": 1}), [payload(1), payload(2)])
+    assert transport.delivered == [b"payload-2"]
+    assert metric(telemetry, "faulttrace_exporter_send_failed_spans_total", CID) == 3
+
+
+def test_full_queue_makes_export_wait_instead_of_dropping(telemetry: Telemetry) -> None:
+    transport = ScriptedTransport()
+    s = sender(transport, telemetry, queue={"num_consumers": 1, "queue_size": 1})
+
+    async def main() -> None:
+        transport.gate = asyncio.Event()
+        await s.start()
+        await s.submit(payload(1))  # taken by the consumer, which blocks on the gate
+        await asyncio.sleep(0.01)
+        await s.submit(payload(2))  # fills the queue
+        assert metric(telemetry, "faulttrace_exporter_queue_size", CID) == 1
+        assert metric(telemetry, "faulttrace_exporter_queue_capacity", CID) == 1
+        third = asyncio.create_task(s.submit(payload(3)))
+        await asyncio.sleep(0.1)
+        assert not third.done(), "export() must wait for room in a full queue"
+        transport.gate.set()
+        await asyncio.wait_for(third, 2)
+        await s.shutdown(2)
+
+    asyncio.run(main())
+    assert transport.delivered == [b"payload-1", b"payload-2", b"payload-3"]
+    assert metric(telemetry, "faulttrace_exporter_send_failed_spans_total", CID) == 0
+
+
+def test_shutdown_drains_the_queue(telemetry: Telemetry) -> None:
+    transport = ScriptedTransport([Attempt.retry("blip")] * 5)
+    payloads = [payload(i) for i in range(50)]
+    run_all(sender(transport, telemetry, queue={"num_consumers": 2, "queue_size": 100}), payloads)
+    assert sorted(transport.delivered) == sorted(p.data for p in payloads)
+    assert metric(telemetry, "faulttrace_exporter_sent_spans_total", CID) == 150
+
+
+def test_shutdown_timeout_counts_undelivered_as_failed(telemetry: Telemetry) -> None:
+    transport = ScriptedTransport([Attempt.retry("down")] * 10_000)
+    s = sender(transport, telemetry, retry={"max_elapsed_time": 0}, queue={"num_consumers": 2})
+    started = time.monotonic()
+    run_all(s, [payload(i) for i in range(10)], timeout=0.3)
+    assert time.monotonic() - started < 1.5
+    assert metric(telemetry, "faulttrace_exporter_send_failed_spans_total", CID) == 30
+    assert metric(telemetry, "faulttrace_exporter_queue_size", CID) == 0
+
+
+def test_without_queue_export_returns_after_the_send(telemetry: Telemetry) -> None:
+    transport = ScriptedTransport([Attempt.retry("blip")])
+    s = sender(transport, telemetry, queue={"enabled": False})
+
+    async def main() -> None:
+        await s.start()
+        await s.submit(payload(1))
+        assert transport.delivered == [b"payload-1"]
+        await s.shutdown(1)
+
+    asyncio.run(main())
+    assert metric(telemetry, "faulttrace_exporter_queue_capacity", CID) == 0
+
+
+def test_export_after_shutdown_counts_failed(telemetry: Telemetry) -> None:
+    transport = ScriptedTransport()
+    s = sender(transport, telemetry)
+
+    async def main() -> None:
+        await s.start()
+        await s.shutdown(1)
+        await s.submit(payload(1))
+
+    asyncio.run(main())
+    assert transport.calls == []
+    assert metric(telemetry, "faulttrace_exporter_send_failed_spans_total", CID) == 3
