@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 RELEASE_CHUNK = 5_000   # traces per store round trip: bounds the latency of one release
 TICK = 0.1              # seconds between release checks
+GROUP_GC_INTERVAL = 30.0  # seconds between sweeps of unreferenced resource/scope heads
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +116,12 @@ class Pipeline:
         if self._loop_task is not None:
             self._wake.set()
             await self._loop_task
-        await self._release(self.assembler.drain())
+        due = self.assembler.drain()
+        try:
+            await asyncio.wait_for(self._release(due), max(0.0, deadline - self._clock()))
+        except TimeoutError:
+            log.error("shutdown timeout (%.0fs) reached with %d spans still buffered; they are lost",
+                      timeout, self.store.buffered_spans)
         for exporter in self.exporters:
             await exporter.shutdown(max(0.0, deadline - self._clock()))
         self.ingest.close()
@@ -145,6 +151,7 @@ class Pipeline:
         self.telemetry.buffered_traces.set(self.assembler.buffered_traces)
 
     async def _release_loop(self) -> None:
+        next_gc = self._clock() + GROUP_GC_INTERVAL
         while self._running:
             try:
                 await asyncio.wait_for(self._wake.wait(), TICK)
@@ -155,6 +162,9 @@ class Pipeline:
                 break
             try:
                 await self._release(self.assembler.due(self._clock()))
+                if self._clock() >= next_gc:
+                    next_gc = self._clock() + GROUP_GC_INTERVAL
+                    await self.store.forget_unused_groups()
             except Exception:  # component boundary: keep releasing
                 log.exception("releasing traces failed")
 
