@@ -195,7 +195,7 @@ def _peak_rss_mib() -> float:
 
 
 class _Passthrough:
-    """Ingest stand-in: validate (parse) and forward each request, storing nothing."""
+    """Ingest stand-in: validate (parse fully, as any OTLP receiver must) and forward, storing nothing."""
 
     def __init__(self, exporter: Any) -> None:
         from concurrent.futures import ThreadPoolExecutor
@@ -204,12 +204,13 @@ class _Passthrough:
         self._executor = ThreadPoolExecutor(max_workers=1)
 
     async def submit(self, data: bytes, encoding: Any, receiver: str, transport: str) -> Any:
-        from processor.decode import parse_protobuf
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
         from processor.ingest import Accepted
         from processor.model import ExportPayload
 
         def count() -> int:
-            req = parse_protobuf(data)
+            req = ExportTraceServiceRequest.FromString(data)
             return sum(len(ss.spans) for rs in req.resource_spans for ss in rs.scope_spans)
 
         n = await asyncio.get_running_loop().run_in_executor(self._executor, count)

@@ -3,9 +3,11 @@
 This is the receivers' hot path, shared by gRPC and HTTP.  It touches only
 what the store keeps: ids, parent, name, kind, times, status, the service
 name, the attributes the rule set projects (``dsl.AttrRef``), and each span's
-encoded bytes.  Attributes nobody projects are never turned into Python
-objects (doing so for every attribute caps the pipeline at a fraction of its
-speed).  Spans with invalid ids are rejected one by one; the rest go on.
+bytes exactly as received (``processor.views``).  Attributes nobody projects
+are never turned into Python objects (doing so for every attribute caps the
+pipeline at a fraction of its speed): the parser builds a map per span and
+projecting is a lookup.  Spans with invalid ids are rejected one by one; the
+rest go on.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from typing import Any
 import pyarrow as pa
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans
 
 from dsl import SPAN_COLUMNS, AttrRef, AttrSource, AttrType, column_name
 from processor.model import DecodedRequest, SpanBatch
+from processor.views import request_view, resource_view, span_view
+from processor.wire import length_delimited
 
 _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
@@ -50,13 +53,12 @@ class MalformedRequest(ValueError):
     """The request as a whole cannot be decoded (maps to INVALID_ARGUMENT / 400)."""
 
 
-def parse_protobuf(data: bytes) -> ExportTraceServiceRequest:
-    req = ExportTraceServiceRequest()
+def parse_protobuf(data: bytes) -> Any:
+    """A request body as a ``RequestView`` (spans still bytes); MalformedRequest if it is not one."""
     try:
-        req.ParseFromString(data)
+        return request_view().FromString(data)
     except DecodeError as err:
         raise MalformedRequest(f"cannot decode the body as an OTLP ExportTraceServiceRequest: {err}") from None
-    return req
 
 
 def group_id(head: bytes) -> int:
@@ -86,13 +88,13 @@ def _convert(value: Any, kind: AttrType) -> Any:
     return None if any(v is None for v in out) else out
 
 
-def _lookup(keyvalues: Iterable[Any], refs: dict[str, list[tuple[int, AttrType]]], row: list[Any]) -> None:
-    """Fill ``row`` slots for the projected keys present in ``keyvalues``."""
-    for kv in keyvalues:
-        targets = refs.get(kv.key)
-        if targets is not None:
+def _lookup(attributes: Any, refs: dict[str, list[tuple[int, AttrType]]], row: list[Any]) -> None:
+    """Fill ``row`` slots for the projected keys present in a map-shaped ``attributes``."""
+    for key, targets in refs.items():
+        value = attributes.get(key)
+        if value is not None:
             for slot, kind in targets:
-                row[slot] = _convert(kv.value, kind)
+                row[slot] = _convert(value, kind)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,19 +141,10 @@ class Projection:
                 + [*STORAGE_COLUMNS])
 
 
-def _service_name(resource: Any) -> str:
-    for kv in resource.attributes:
-        if kv.key == "service.name":
-            return kv.value.string_value
-    return ""
-
-
-def _head(message_type: type, field_name: str, container: Any) -> bytes:
-    """Encoded fields 1 and 3 of a ResourceSpans/ScopeSpans: its resource/scope and schema_url."""
-    head = message_type(schema_url=container.schema_url)
-    if container.HasField(field_name):
-        getattr(head, field_name).CopyFrom(getattr(container, field_name))
-    return head.SerializeToString()
+def _head(field_bytes: bytes | None, schema_url: str) -> bytes:
+    """Encoded fields 1 and 3 of a ResourceSpans/ScopeSpans: its resource/scope bytes, schema_url."""
+    head = b"" if field_bytes is None else length_delimited(1, field_bytes)
+    return head + (length_delimited(3, schema_url.encode()) if schema_url else b"")
 
 
 def _event_values(span: Any, events: dict[str, list[tuple[int, AttrRef]]], row: list[Any]) -> None:
@@ -165,11 +158,27 @@ def _event_values(span: Any, events: dict[str, list[tuple[int, AttrRef]]], row: 
             if ref.type is AttrType.PRESENT:
                 row[slot] = True
             else:
-                _lookup(ev.attributes, {ref.key: [(slot, ref.type)]}, row)
+                value = ev.attributes.get(ref.key)
+                if value is not None:
+                    row[slot] = _convert(value, ref.type)
 
 
-def decode(req: ExportTraceServiceRequest, projection: Projection) -> DecodedRequest:
-    """Flatten a request into a SpanBatch; spans with invalid ids are rejected individually."""
+def decode(request: bytes | ExportTraceServiceRequest | Any, projection: Projection) -> DecodedRequest:
+    """Flatten a request into a SpanBatch; spans with invalid ids are rejected individually.
+
+    ``request`` is an encoded ExportTraceServiceRequest, such a message, or
+    the ``RequestView`` that ``parse_protobuf`` returned.
+    """
+    if isinstance(request, ExportTraceServiceRequest):
+        request = request.SerializeToString()
+    req = parse_protobuf(request) if isinstance(request, bytes) else request
+    try:
+        return _decode(req, projection)
+    except DecodeError as err:
+        raise MalformedRequest(f"cannot decode a span of the request: {err}") from None
+
+
+def _decode(req: Any, projection: Projection) -> DecodedRequest:
     trace_ids: list[bytes] = []
     span_ids: list[bytes] = []
     parents: list[bytes | None] = []
@@ -196,22 +205,28 @@ def decode(req: ExportTraceServiceRequest, projection: Projection) -> DecodedReq
     add_kind, add_start, add_end, add_code = kinds.append, starts.append, ends.append, codes.append
     add_message, add_raw = messages.append, raws.append
 
+    parse_span = span_view().FromString
+    parse_resource = resource_view().FromString
     for rs in req.resource_spans:
-        rhead = _head(ResourceSpans, "resource", rs)
+        resource = rs.resource if rs.HasField("resource") else None
+        rhead = _head(resource, rs.schema_url)
         rid = group_id(rhead)
         resources[rid] = rhead
-        service = _service_name(rs.resource)
+        attrs = parse_resource(resource or b"").attributes
+        name_value = attrs.get("service.name")
+        service = name_value.string_value if name_value is not None else ""
         base_row: list[Any] = [None] * width
         for slot in projection.present_slots:
             base_row[slot] = False
         if projection.resource_keys:
-            _lookup(rs.resource.attributes, projection.resource_keys, base_row)
+            _lookup(attrs, projection.resource_keys, base_row)
         for ss in rs.scope_spans:
-            shead = _head(ScopeSpans, "scope", ss)
+            shead = _head(ss.scope if ss.HasField("scope") else None, ss.schema_url)
             sid_group = group_id(shead)
             scopes[sid_group] = shead
             before = len(raws)
-            for span in ss.spans:
+            for raw in ss.spans:
+                span = parse_span(raw)
                 tid, sid, pid = span.trace_id, span.span_id, span.parent_span_id
                 if len(tid) != 16 or tid == _ZERO_TRACE or len(sid) != 8 or sid == _ZERO_SPAN or (
                         pid and len(pid) != 8):
@@ -229,7 +244,6 @@ def decode(req: ExportTraceServiceRequest, projection: Projection) -> DecodedReq
                 status = span.status
                 add_code(status.code)
                 add_message(status.message)
-                raw = span.SerializeToString()
                 add_raw(raw)
                 if width:
                     row = base_row.copy()

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from processor.decode import MalformedRequest, Projection, decode, parse_protobuf
+from processor.decode import MalformedRequest, Projection, decode
 from processor.model import DecodedRequest
 from processor.otlpjson import request_from_json
 from processor.store import SpanStore
@@ -44,14 +44,14 @@ class Accepted:
 
 
 def _decode_body(data: bytes, encoding: Encoding, projection: Projection) -> DecodedRequest:
-    if encoding is Encoding.PROTOBUF:
-        req = parse_protobuf(data)
-    else:
+    if encoding is Encoding.JSON:
         try:
-            req = request_from_json(data)
+            return decode(request_from_json(data), projection)
         except (ValueError, TypeError, KeyError) as err:  # json_format.ParseError is a ValueError
+            if isinstance(err, MalformedRequest):
+                raise
             raise MalformedRequest(f"cannot decode the body as OTLP/JSON: {err}") from None
-    return decode(req, projection)
+    return decode(data, projection)
 
 
 class Ingest:

@@ -1,0 +1,127 @@
+"""Protobuf views of OTLP trace messages, shaped for the decoder's hot path.
+
+Two departures from the OTLP schema, both wire-compatible:
+
+* ``ScopeSpans.spans`` is read as ``repeated bytes``, and a ResourceSpans'
+  resource and a ScopeSpans' scope as ``optional bytes``: each arrives as the
+  exact bytes the client sent, so the store keeps (and exports) them without
+  re-encoding;
+* every ``repeated KeyValue attributes`` is read as ``map<string, AnyValue>``:
+  a map entry is encoded exactly like a KeyValue (key = 1, value = 2), so the
+  parser (C) builds a hash map and projecting an attribute is one lookup
+  instead of a Python loop over all of a span's attributes.  Duplicate keys,
+  which OTLP forbids, resolve to the last one.
+
+Parsing a span with ``SpanView`` checks all of it, as the generated classes
+would (malformed bytes anywhere fail), only the shape of the result differs.
+The descriptors are built once, on first use, from the installed
+opentelemetry-proto descriptors, so they always match its version.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from opentelemetry.proto.common.v1 import common_pb2
+from opentelemetry.proto.resource.v1 import resource_pb2
+from opentelemetry.proto.trace.v1 import trace_pb2
+
+_PACKAGE = "faulttrace.views"
+_ANY_VALUE = ".opentelemetry.proto.common.v1.AnyValue"
+_F = descriptor_pb2.FieldDescriptorProto
+
+
+def _as_map(message: descriptor_pb2.DescriptorProto, field_name: str, scope: str) -> None:
+    """Turn ``repeated KeyValue <field_name>`` into ``map<string, AnyValue>``."""
+    entry = message.nested_type.add(name="AttributesEntry")
+    entry.options.map_entry = True
+    entry.field.add(name="key", number=1, type=_F.TYPE_STRING, label=_F.LABEL_OPTIONAL)
+    entry.field.add(name="value", number=2, type=_F.TYPE_MESSAGE, label=_F.LABEL_OPTIONAL, type_name=_ANY_VALUE)
+    for f in message.field:
+        if f.name == field_name:
+            f.type_name = f".{scope}.{message.name}.AttributesEntry"
+
+
+def _optional_bytes(message: descriptor_pb2.DescriptorProto, name: str, number: int) -> None:
+    """A sub-message field read as its exact bytes, keeping presence (proto3 ``optional``)."""
+    message.oneof_decl.add(name=f"_{name}")
+    message.field.add(name=name, number=number, type=_F.TYPE_BYTES, label=_F.LABEL_OPTIONAL,
+                      proto3_optional=True, oneof_index=len(message.oneof_decl) - 1)
+
+
+def _retarget(message: descriptor_pb2.DescriptorProto, old: str, new: str) -> None:
+    for f in message.field:
+        if f.type_name.startswith(old):
+            f.type_name = new + f.type_name[len(old):]
+    for nested in message.nested_type:
+        _retarget(nested, old, new)
+
+
+@cache
+def _classes() -> dict[str, Any]:
+    pool = descriptor_pool.DescriptorPool()
+    for module in (common_pb2, resource_pb2, trace_pb2):
+        proto = descriptor_pb2.FileDescriptorProto()
+        module.DESCRIPTOR.CopyToProto(proto)
+        pool.Add(proto)
+
+    fd = descriptor_pb2.FileDescriptorProto(
+        name="faulttrace/views.proto", package=_PACKAGE, syntax="proto3",
+        dependency=["opentelemetry/proto/common/v1/common.proto",
+                    "opentelemetry/proto/resource/v1/resource.proto"])
+
+    span = descriptor_pb2.DescriptorProto()
+    trace_pb2.Span.DESCRIPTOR.CopyToProto(span)
+    span.name = "SpanView"
+    # Nested Event/Link/SpanKind and Status now live under faulttrace.views.
+    _retarget(span, ".opentelemetry.proto.trace.v1.Span.", f".{_PACKAGE}.SpanView.")
+    _retarget(span, ".opentelemetry.proto.trace.v1.Status", f".{_PACKAGE}.Status")
+    _as_map(span, "attributes", _PACKAGE)
+    for nested in span.nested_type:
+        if nested.name in ("Event", "Link"):
+            _as_map(nested, "attributes", f"{_PACKAGE}.SpanView")
+    status = descriptor_pb2.DescriptorProto()
+    trace_pb2.Status.DESCRIPTOR.CopyToProto(status)
+    _retarget(status, ".opentelemetry.proto.trace.v1.Status", f".{_PACKAGE}.Status")
+    fd.message_type.extend([span, status])
+
+    scope_spans = fd.message_type.add(name="ScopeSpansView")
+    _optional_bytes(scope_spans, "scope", 1)
+    scope_spans.field.add(name="spans", number=2, type=_F.TYPE_BYTES, label=_F.LABEL_REPEATED)
+    scope_spans.field.add(name="schema_url", number=3, type=_F.TYPE_STRING, label=_F.LABEL_OPTIONAL)
+
+    resource = descriptor_pb2.DescriptorProto()
+    resource_pb2.Resource.DESCRIPTOR.CopyToProto(resource)
+    resource.name = "ResourceView"
+    _as_map(resource, "attributes", _PACKAGE)
+    fd.message_type.append(resource)
+
+    resource_spans = fd.message_type.add(name="ResourceSpansView")
+    _optional_bytes(resource_spans, "resource", 1)
+    resource_spans.field.add(name="scope_spans", number=2, type=_F.TYPE_MESSAGE, label=_F.LABEL_REPEATED,
+                             type_name=f".{_PACKAGE}.ScopeSpansView")
+    resource_spans.field.add(name="schema_url", number=3, type=_F.TYPE_STRING, label=_F.LABEL_OPTIONAL)
+
+    request = fd.message_type.add(name="RequestView")
+    request.field.add(name="resource_spans", number=1, type=_F.TYPE_MESSAGE, label=_F.LABEL_REPEATED,
+                      type_name=f".{_PACKAGE}.ResourceSpansView")
+    pool.Add(fd)
+    return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.{name}"))
+            for name in ("RequestView", "SpanView", "ScopeSpansView", "ResourceSpansView", "ResourceView")}
+
+
+def request_view() -> Any:
+    """The class reading an ExportTraceServiceRequest with spans as bytes."""
+    return _classes()["RequestView"]
+
+
+def resource_view() -> Any:
+    """The class reading a Resource with map-shaped attributes."""
+    return _classes()["ResourceView"]
+
+
+def span_view() -> Any:
+    """The class reading one Span with map-shaped attributes (span, event, link)."""
+    return _classes()["SpanView"]
