@@ -124,6 +124,8 @@ class FaulttraceProcessorConfig(_Model):
     late_span_cache: int = Field(100_000, ge=0)  # released trace ids remembered for late spans
     storage: StorageConfig = StorageConfig()
     attributes: list[AttributeSpec] = []
+    rules: list[str] = []          # rule files, directories or globs, besides the built-in library
+    builtin_rules: bool = True     # load the library shipped in rules/
 
 
 # --- exporters -------------------------------------------------------------

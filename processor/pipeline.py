@@ -13,17 +13,15 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Protocol
-
-import duckdb
-
 from dsl import AttrRef, AttrSource, AttrType
 from processor.admin import AdminServer
-from processor.annotate import Annotation, annotate
+from processor.analysis import Analyzer, BatchVerdict
+from processor.annotate import annotate
+from processor.annotator import annotations
 from processor.assembler import Assembler, Due, ReleaseReason
 from processor.config import Config, FaulttraceProcessorConfig
 from processor.decode import Projection
+from processor.evaluator import RuleAnalyzer
 from processor.exporters import build_exporter
 from processor.exporters.base import Exporter
 from processor.ingest import Ingest
@@ -31,6 +29,7 @@ from processor.model import ReleasedSpans
 from processor.payload import encode_payloads
 from processor.receivers.otlp_grpc import GrpcReceiver
 from processor.receivers.otlp_http import HttpReceiver
+from processor.ruleset import load_configured_rules
 from processor.store import SpanStore
 from processor.telemetry import Telemetry
 
@@ -39,21 +38,6 @@ log = logging.getLogger(__name__)
 RELEASE_CHUNK = 5_000   # traces per store round trip: bounds the latency of one release
 TICK = 0.1              # seconds between release checks
 GROUP_GC_INTERVAL = 30.0  # seconds between sweeps of unreferenced resource/scope heads
-
-
-@dataclass(frozen=True, slots=True)
-class Analysis:
-    """What an analyzer concluded about a released batch."""
-
-    annotations: dict[tuple[bytes, bytes], Annotation] = field(default_factory=dict)  # (trace, span) -> add
-
-
-class Analyzer(Protocol):
-    """Something that reads released spans in DuckDB and says what to add to them (rules, localizer)."""
-
-    def projection(self) -> frozenset[AttrRef]: ...
-
-    def analyze(self, conn: duckdb.DuckDBPyConnection, table: str) -> Analysis: ...
 
 
 def configured_projection(cfg: FaulttraceProcessorConfig) -> set[AttrRef]:
@@ -68,8 +52,11 @@ class Pipeline:
         self.config = config
         self.telemetry = Telemetry()
         self._clock = clock
-        self._analyzer = analyzer
         proc = config.processor
+        if analyzer is None:
+            rules = load_configured_rules(proc)
+            analyzer = RuleAnalyzer(rules) if len(rules) else None
+        self._analyzer = analyzer
         refs = configured_projection(proc) | (set(analyzer.projection()) if analyzer else set())
         self.store = SpanStore(Projection.of(refs), proc.storage.path, proc.storage.memory_limit)
         self.assembler: Assembler[None] = Assembler(proc.decision_wait, proc.max_traces,
@@ -180,12 +167,11 @@ class Pipeline:
                 await self._export(spans, analysis)
             self._update_gauges()
 
-    async def _export(self, spans: ReleasedSpans, analysis: Analysis | None) -> None:
+    async def _export(self, spans: ReleasedSpans, verdict: BatchVerdict | None) -> None:
         raw = spans.raw
-        if analysis is not None and analysis.annotations:
-            edits = {i: analysis.annotations[key]
-                     for i, key in enumerate(zip(spans.trace_ids, spans.span_ids))
-                     if key in analysis.annotations}
+        adds = annotations(verdict) if verdict is not None else {}
+        if adds:
+            edits = {i: adds[key] for i, key in enumerate(zip(spans.trace_ids, spans.span_ids)) if key in adds}
             raw = annotate(raw, edits)
         for payload in encode_payloads(spans, raw):
             for exporter in self.exporters:
@@ -197,4 +183,4 @@ class Pipeline:
                 "buffered_traces": self.assembler.buffered_traces}
 
 
-__all__ = ["Analysis", "Analyzer", "Pipeline", "ReleaseReason"]
+__all__ = ["Pipeline", "ReleaseReason"]

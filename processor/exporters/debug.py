@@ -62,6 +62,8 @@ def any_value_text(value: AnyValue) -> str:
         return ""
     if kind in ("string_value", "int_value", "double_value", "bool_value"):
         return str(getattr(value, kind))
+    if kind == "array_value":
+        return ",".join(any_value_text(v) for v in value.array_value.values)
     return str(getattr(value, kind)).replace("\n", " ").strip()
 
 

@@ -1,0 +1,57 @@
+"""Annotator: turns trace verdicts into what is added to spans (``rca.*``).
+
+On each blamed span: ``rca.root_cause``, ``rca.rank``, ``rca.confidence``,
+``rca.rule`` (string array), ``rca.layer``, and one ``rca.finding`` event per
+piece of evidence.  On the trace's root span: ``rca.verdict.*`` naming the
+top candidate.  The additions are appended to the spans' original bytes by
+``processor.annotate``; values stay primitive so Jaeger and Tempo show tags.
+"""
+
+from __future__ import annotations
+
+from processor.analysis import BatchVerdict, Candidate, TraceVerdict
+from processor.annotate import Annotation, AttrValue, SpanEvent
+
+
+def _candidate_annotation(c: Candidate) -> tuple[dict[str, AttrValue], list[SpanEvent]]:
+    attributes: dict[str, AttrValue] = {
+        "rca.root_cause": True,
+        "rca.rank": c.rank,
+        "rca.confidence": round(c.confidence, 4),
+        "rca.rule": list(c.rules),
+        "rca.layer": c.layer,
+    }
+    events = [SpanEvent("rca.finding", c.end_ns or c.start_ns,
+                        {"rca.rule": e.source, "rca.layer": e.layer, "rca.confidence": round(e.confidence, 4),
+                         "rca.message": e.message})
+              for e in c.evidence]
+    return attributes, events
+
+
+def _verdict_attributes(v: TraceVerdict, top: Candidate) -> dict[str, AttrValue]:
+    return {
+        "rca.verdict.span_id": top.span_id.hex(),
+        "rca.verdict.service": top.service,
+        "rca.verdict.name": top.name,
+        "rca.verdict.layer": top.layer,
+        "rca.verdict.rule": list(top.rules),
+        "rca.verdict.confidence": round(top.confidence, 4),
+        "rca.verdict.candidates": len(v.candidates),
+    }
+
+
+def annotations(verdict: BatchVerdict) -> dict[tuple[bytes, bytes], Annotation]:
+    """(trace id, span id) -> what to append to that span."""
+    out: dict[tuple[bytes, bytes], Annotation] = {}
+    for trace_id, v in verdict.traces.items():
+        top = v.top
+        if top is None:
+            continue
+        adds: dict[bytes, tuple[dict[str, AttrValue], list[SpanEvent]]] = {
+            c.span_id: _candidate_annotation(c) for c in v.candidates}
+        if v.root_span_id is not None:
+            attrs, events = adds.get(v.root_span_id, ({}, []))
+            adds[v.root_span_id] = ({**attrs, **_verdict_attributes(v, top)}, events)
+        for span_id, (attrs, events) in adds.items():
+            out[(trace_id, span_id)] = Annotation(attrs, events)
+    return out

@@ -1,0 +1,96 @@
+"""Evaluator: runs the compiled rule set over a batch of released traces.
+
+Rules are SQL over the whole batch (``dsl.RuleSet.evaluate``); this module
+groups their findings by blamed span into ranked candidates per trace:
+rank by confidence x severity, deeper spans first on ties.  The span facts a
+verdict needs (service, name, the trace's root) come from one query over the
+batch, not per finding.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+
+import duckdb
+import pyarrow as pa
+
+from dsl import AttrRef, Finding, RuleSet
+from processor.analysis import BatchVerdict, Candidate, Evidence, TraceVerdict
+
+log = logging.getLogger(__name__)
+
+
+class RuleAnalyzer:
+    """The Analyzer for a RuleSet."""
+
+    def __init__(self, rules: RuleSet) -> None:
+        self.rules = rules
+
+    def projection(self) -> frozenset[AttrRef]:
+        return self.rules.projection
+
+    def analyze(self, conn: duckdb.DuckDBPyConnection, table: str) -> BatchVerdict:
+        findings = self.rules.evaluate(conn, table)
+        if not findings:
+            return BatchVerdict()
+        return verdicts(conn, table, findings)
+
+
+def verdicts(conn: duckdb.DuckDBPyConnection, table: str, findings: list[Finding]) -> BatchVerdict:
+    """Ranked candidates per trace from rule findings over ``table``."""
+    by_span: dict[tuple[bytes, bytes], list[Finding]] = defaultdict(list)
+    for f in findings:
+        by_span[(f.trace_id, f.span_id)].append(f)
+    facts = _span_facts(conn, table, {t for t, _ in by_span})
+    per_trace: dict[bytes, list[Candidate]] = defaultdict(list)
+    for (trace_id, span_id), fs in by_span.items():
+        service, name, start, end = facts.spans.get((trace_id, span_id), ("", "", 0, 0))
+        evidence = tuple(Evidence(f.rule_id, f.message, f.confidence, f.score, f.layer)
+                         for f in sorted(fs, key=lambda f: (-f.score, f.rule_id)))
+        per_trace[trace_id].append(Candidate(span_id, service, name, max(f.depth for f in fs), start, end,
+                                             evidence))
+    out = {}
+    for trace_id, candidates in per_trace.items():
+        candidates.sort(key=lambda c: (-c.score, -c.depth, c.span_id))
+        ranked = tuple(_with_rank(c, i + 1) for i, c in enumerate(candidates))
+        out[trace_id] = TraceVerdict(trace_id, facts.roots.get(trace_id), ranked)
+    return BatchVerdict(out)
+
+
+def _with_rank(c: Candidate, rank: int) -> Candidate:
+    return Candidate(c.span_id, c.service, c.name, c.depth, c.start_ns, c.end_ns, c.evidence, rank)
+
+
+class _Facts:
+    def __init__(self) -> None:
+        self.spans: dict[tuple[bytes, bytes], tuple[str, str, int, int]] = {}
+        self.roots: dict[bytes, bytes] = {}
+
+
+def _span_facts(conn: duckdb.DuckDBPyConnection, table: str, trace_ids: set[bytes]) -> _Facts:
+    """Service/name/times of every span of the traces with findings, and each trace's root span.
+
+    The root is the span without a parent in the trace (the earliest such, if
+    several: a broken trace), else the earliest span.
+    """
+    facts = _Facts()
+    conn.register("verdict_traces", pa.table({"trace_id": pa.array(list(trace_ids), pa.binary())}))
+    try:
+        rows = conn.execute(f"""
+            SELECT s.trace_id, s.span_id, s.service, s.name, s.start_ns, s.end_ns,
+                   (s.parent_span_id IS NULL OR p.span_id IS NULL) AS parentless
+            FROM {table} s
+            SEMI JOIN verdict_traces v ON v.trace_id = s.trace_id
+            LEFT JOIN {table} p ON p.trace_id = s.trace_id AND p.span_id = s.parent_span_id
+        """).fetchall()
+    finally:
+        conn.unregister("verdict_traces")
+    best: dict[bytes, tuple[bool, int]] = {}
+    for trace_id, span_id, service, name, start, end, parentless in rows:
+        facts.spans[(trace_id, span_id)] = (service, name, start, end)
+        key = (not parentless, start)  # parentless first, then earliest
+        if trace_id not in best or key < best[trace_id]:
+            best[trace_id] = key
+            facts.roots[trace_id] = span_id
+    return facts

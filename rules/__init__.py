@@ -1,0 +1,1 @@
+"""The built-in rule library, shipped as package data (``processor.builtin_rules``)."""
