@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -51,6 +52,41 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from dsl import cli_check
+
+    return cli_check(args.paths, args.format)
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from processor.ruletest import run_fixture_tests
+
+    return run_fixture_tests(args.paths, sys.stdout)
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from dsl import RuleError, load_rules
+    from processor import explain
+    from processor.config import FaulttraceProcessorConfig
+    from processor.offline import analyze
+    from processor.ruleset import rule_paths
+    from processor.tracefile import TraceFileError, read_requests
+
+    paths = rule_paths(FaulttraceProcessorConfig(builtin_rules=not args.no_builtin_rules, rules=args.rules or []))
+    try:
+        rules = load_rules(paths)
+        requests = read_requests(args.file)
+    except (RuleError, TraceFileError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    result = analyze(requests, rules)
+    if args.format == "json":
+        print(explain.dumps(result))
+    else:
+        explain.write_text(result, sys.stdout)
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from processor.bench import run_bench
 
@@ -69,6 +105,22 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check a configuration file and exit")
     validate.add_argument("--config", required=True)
     validate.set_defaults(func=cmd_validate)
+
+    check = sub.add_parser("check", help="compile rule files and print diagnostics (exit 1 on errors)")
+    check.add_argument("paths", nargs="+", metavar="PATH", help="rule files or directories")
+    check.add_argument("--format", choices=["text", "json"], default="text")
+    check.set_defaults(func=cmd_check)
+
+    test = sub.add_parser("test", help="run rule fixture tests (*.test.yaml)")
+    test.add_argument("paths", nargs="+", metavar="PATH", help="fixture files or directories")
+    test.set_defaults(func=cmd_test)
+
+    explain = sub.add_parser("explain", help="localize root causes in recorded traces (OTLP/JSON, JSON lines, gzip)")
+    explain.add_argument("file", metavar="FILE")
+    explain.add_argument("--rules", nargs="+", metavar="PATH", help="rule files besides the built-in library")
+    explain.add_argument("--no-builtin-rules", action="store_true", help="use only the --rules given")
+    explain.add_argument("--format", choices=["text", "json"], default="text")
+    explain.set_defaults(func=cmd_explain)
 
     bench = sub.add_parser("bench", help="measure throughput and memory of the whole pipeline")
     bench.add_argument("--seconds", type=float, default=10.0, help="load duration per run (default 10)")
@@ -91,6 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `faulttrace explain … | head`
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,73 @@
+"""``faulttrace explain``: localized root causes of recorded traces, as a tree or JSON."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from typing import Any, TextIO
+
+import pyarrow as pa
+
+from processor.analysis import BatchVerdict, Candidate
+from processor.offline import OfflineResult
+
+
+def to_json(result: OfflineResult) -> dict[str, Any]:
+    traces = []
+    for trace_id in _trace_order(result.spans):
+        verdict = result.verdict.traces.get(trace_id)
+        traces.append({"trace_id": trace_id.hex(),
+                       "root_causes": [_candidate_json(c) for c in (verdict.candidates if verdict else ())]})
+    return {"traces": traces}
+
+
+def _candidate_json(c: Candidate) -> dict[str, Any]:
+    return {"rank": c.rank, "span_id": c.span_id.hex(), "service": c.service, "name": c.name,
+            "layer": c.layer, "rules": list(c.rules), "confidence": round(c.confidence, 4),
+            "message": c.evidence[0].message}
+
+
+def _trace_order(spans: pa.Table) -> list[bytes]:
+    return list(dict.fromkeys(spans.column("trace_id").to_pylist()))
+
+
+def write_text(result: OfflineResult, out: TextIO) -> None:
+    """Each trace as an indented span tree; root causes marked with their rank and why."""
+    rows = result.spans.select(["trace_id", "span_id", "parent_span_id", "service", "name", "start_ns", "end_ns",
+                                "status_code"]).to_pylist()
+    by_trace: dict[bytes, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        by_trace[r["trace_id"]].append(r)
+    for trace_id in _trace_order(result.spans):
+        _write_trace(trace_id, by_trace[trace_id], result.verdict, out)
+
+
+def _write_trace(trace_id: bytes, spans: list[dict[str, Any]], verdict: BatchVerdict, out: TextIO) -> None:
+    v = verdict.traces.get(trace_id)
+    blamed = {c.span_id: c for c in v.candidates} if v else {}
+    ids = {s["span_id"] for s in spans}
+    children: dict[bytes | None, list[dict[str, Any]]] = defaultdict(list)
+    for s in sorted(spans, key=lambda s: s["start_ns"]):
+        parent = s["parent_span_id"] if s["parent_span_id"] in ids else None
+        children[parent].append(s)
+    summary = f"{len(v.candidates)} root cause(s)" if v and v.candidates else "no root cause found"
+    out.write(f"trace {trace_id.hex()}: {len(spans)} spans, {summary}\n")
+
+    def walk(span: dict[str, Any], depth: int) -> None:
+        c = blamed.get(span["span_id"])
+        duration = (span["end_ns"] - span["start_ns"]) / 1e6
+        status = " ERROR" if span["status_code"] == 2 else ""
+        mark = f"  <== #{c.rank} {c.layer} {','.join(c.rules)} ({c.confidence:.2f})" if c else ""
+        out.write(f"  {'  ' * depth}{span['service']}: {span['name']} {duration:.1f}ms{status}{mark}\n")
+        if c:
+            for e in c.evidence:
+                out.write(f"  {'  ' * depth}    {e.source}: {e.message}\n")
+        for child in children.get(span["span_id"], []):
+            walk(child, depth + 1)
+
+    for root in children[None]:
+        walk(root, 0)
+
+
+def dumps(result: OfflineResult) -> str:
+    return json.dumps(to_json(result), indent=2)

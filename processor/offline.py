@@ -1,0 +1,42 @@
+"""Offline analysis of recorded traces (``explain``, ``test``): the pipeline's decode
+and analysis stages over a file, with no servers and no waiting."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import duckdb
+import pyarrow as pa
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from dsl import Finding, RuleSet
+from processor.analysis import BatchVerdict
+from processor.decode import Projection, decode
+from processor.evaluator import verdicts
+from processor.store import RELEASED_TABLE
+
+
+@dataclass(frozen=True, slots=True)
+class OfflineResult:
+    spans: pa.Table            # every decoded span (store columns)
+    findings: list[Finding]
+    verdict: BatchVerdict
+
+
+def span_table(requests: Iterable[ExportTraceServiceRequest], projection: Projection) -> pa.Table:
+    tables = [decode(r, projection).batch.table for r in requests]
+    return pa.concat_tables(tables) if tables else projection.schema.empty_table()
+
+
+def analyze(requests: Iterable[ExportTraceServiceRequest], rules: RuleSet) -> OfflineResult:
+    """Findings and ranked verdicts for every trace in ``requests``."""
+    table = span_table(requests, Projection.of(rules.projection))
+    conn = duckdb.connect()
+    try:
+        conn.register(RELEASED_TABLE, table)
+        findings = rules.evaluate(conn, RELEASED_TABLE) if table.num_rows else []
+        verdict = verdicts(conn, RELEASED_TABLE, findings) if findings else BatchVerdict()
+    finally:
+        conn.close()
+    return OfflineResult(table, findings, verdict)
