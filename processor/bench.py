@@ -10,6 +10,9 @@ Three processes, so that none of them shares the others' interpreter lock:
   same receiver and exporter with no store;
 * a real OTLP/gRPC sink counting what arrives.
 
+A third mode runs the pipeline with rules (the built-in library, plus the
+files given with ``--rules``), to show what evaluation costs.
+
 Throughput is the sink's steady-state rate (after the first ``decision_wait``
 and a warm-up second, until the load stops); every run also checks that every
 accepted span reached the sink.  Each mode runs ``--runs`` times, alternating,
@@ -38,6 +41,8 @@ MARKER = b"\xfa\x17\x7e\x3c\x55\x0d\xb1\x29"  # first half of every template tra
 SPANS_PER_TRACE = 10
 TRACES_PER_REQUEST = 50
 SERVICES = ("frontend", "checkout", "cart", "payment", "inventory")
+# pipeline: no rules; rules: the built-in library plus --rules files; passthrough: receiver + exporter only.
+MODES = ("pipeline", "rules", "passthrough")
 
 
 # --- load --------------------------------------------------------------------------
@@ -170,11 +175,13 @@ def sink_main(ready: Connection, count: Any, stop: Any) -> None:
 # --- server under test -------------------------------------------------------------
 
 
-def _config(sink_port: int, decision_wait: float, compression: str) -> Any:
+def _config(sink_port: int, decision_wait: float, compression: str, rules: list[str] | None) -> Any:
+    # rules None: no rules at all; otherwise the built-in library plus these files.
     return parse_config({
         "receivers": {"otlp": {"protocols": {"grpc": {"endpoint": "127.0.0.1:0", "max_recv_msg_size_mib": 16}}}},
         "processors": {"faulttrace": {"decision_wait": decision_wait, "max_buffered_spans": 2_000_000,
-                                      "max_traces": 500_000}},
+                                      "max_traces": 500_000, "builtin_rules": rules is not None,
+                                      "rules": rules or []}},
         "exporters": {"otlp_grpc": {"endpoint": f"127.0.0.1:{sink_port}", "tls": {"insecure": True},
                                     "compression": compression}},
         "service": {"pipelines": {"traces": {"receivers": ["otlp"], "processors": ["faulttrace"],
@@ -218,17 +225,18 @@ class _Passthrough:
         return Accepted(n, 0, "")
 
 
-async def _serve(mode: str, sink_port: int, decision_wait: float, compression: str, ctl: Connection) -> None:
+async def _serve(mode: str, sink_port: int, decision_wait: float, compression: str, rules: list[str],
+                 ctl: Connection) -> None:
     from processor.exporters import build_exporter
     from processor.pipeline import Pipeline
     from processor.receivers.otlp_grpc import GrpcReceiver
     from processor.telemetry import Telemetry
 
-    config = _config(sink_port, decision_wait, compression)
+    config = _config(sink_port, decision_wait, compression, rules if mode == "rules" else None)
     stats: dict[str, float] = {"max_buffered_spans": 0, "bytes_per_buffered_span": 0.0,
                                "rss_bytes_per_buffered_span": 0.0}
     rss0 = _rss_bytes()
-    if mode == "pipeline":
+    if mode != "passthrough":
         pipeline = Pipeline(config)
         await pipeline.start()
         port = pipeline.ports()["otlp/grpc"]
@@ -243,7 +251,7 @@ async def _serve(mode: str, sink_port: int, decision_wait: float, compression: s
     stop = asyncio.Event()
     loop.add_reader(ctl.fileno(), stop.set)
     while not stop.is_set():
-        if mode == "pipeline":
+        if mode != "passthrough":
             buffered = pipeline.store.buffered_spans
             if buffered > stats["max_buffered_spans"]:
                 mem = pipeline.store.memory_bytes()
@@ -255,7 +263,7 @@ async def _serve(mode: str, sink_port: int, decision_wait: float, compression: s
             pass
     loop.remove_reader(ctl.fileno())
     ctl.recv()
-    if mode == "pipeline":
+    if mode != "passthrough":
         await pipeline.stop()
     else:
         await receiver.stop(1)
@@ -264,8 +272,9 @@ async def _serve(mode: str, sink_port: int, decision_wait: float, compression: s
     ctl.send(stats)
 
 
-def serve_main(mode: str, sink_port: int, decision_wait: float, compression: str, ctl: Connection) -> None:
-    asyncio.run(_serve(mode, sink_port, decision_wait, compression, ctl))
+def serve_main(mode: str, sink_port: int, decision_wait: float, compression: str, rules: list[str],
+               ctl: Connection) -> None:
+    asyncio.run(_serve(mode, sink_port, decision_wait, compression, rules, ctl))
 
 
 # --- orchestration -----------------------------------------------------------------
@@ -287,8 +296,8 @@ class RunResult:
 def _one_run(ctx: Any, mode: str, sink_port: int, count: Any, args: argparse.Namespace,
              decision_wait: float) -> RunResult:
     ctl, child_ctl = ctx.Pipe()
-    server = ctx.Process(target=serve_main, args=(mode, sink_port, decision_wait, args.compression, child_ctl),
-                         daemon=True)
+    server = ctx.Process(target=serve_main, args=(mode, sink_port, decision_wait, args.compression,
+                                                  list(args.rules or []), child_ctl), daemon=True)
     server.start()
     port = ctl.recv()
     base = count.value
@@ -311,7 +320,7 @@ def _one_run(ctx: Any, mode: str, sink_port: int, count: Any, args: argparse.Nam
         time.sleep(0.05)
     delivered = count.value - base
     # Steady state: after the first decision_wait plus a warm-up second, until the load stops.
-    lo = decision_wait + 1.0 if mode == "pipeline" else 1.0
+    lo = 1.0 if mode == "passthrough" else decision_wait + 1.0
     window = [(t, n) for t, n in samples if lo <= t <= t_end]
     rate = (window[-1][1] - window[0][1]) / (window[-1][0] - window[0][0]) if len(window) > 1 else 0.0
     return RunResult(mode, rate, load_stats["sent"], delivered, load_stats["refused_requests"],
@@ -331,20 +340,22 @@ def run_bench(args: argparse.Namespace) -> int:
     results: list[RunResult] = []
     try:
         for run in range(args.runs):
-            for mode in ("pipeline", "passthrough"):
+            for mode in MODES:
                 r = _one_run(ctx, mode, sink_port, count, args, decision_wait)
                 results.append(r)
                 if args.format == "text":
                     print(f"run {run + 1} {mode:11s} {r.spans_per_s:>10,.0f} spans/s  sent {r.sent:,} "
                           f"delivered {r.delivered:,}  peak RSS {r.peak_rss_mib:,.0f} MiB"
                           + (f"  {r.bytes_per_buffered_span:,.0f} B/buffered span "
-                             f"(max {r.max_buffered_spans:,.0f} buffered)" if mode == "pipeline" else ""),
+                             f"(max {r.max_buffered_spans:,.0f} buffered)" if mode != "passthrough" else ""),
                           flush=True)
     finally:
         stop.set()
         sink.join(5)
     pipe = [r for r in results if r.mode == "pipeline"]
     thru = [r for r in results if r.mode == "passthrough"]
+    ruled = [r for r in results if r.mode == "rules"]
+    rules_rate = statistics.median(r.spans_per_s for r in ruled)
     summary = {
         "spans_per_s": round(statistics.median(r.spans_per_s for r in pipe)),
         "passthrough_spans_per_s": round(statistics.median(r.spans_per_s for r in thru)),
@@ -354,6 +365,9 @@ def run_bench(args: argparse.Namespace) -> int:
         "rss_bytes_per_buffered_span": round(statistics.median(r.rss_bytes_per_buffered_span for r in pipe)),
         "peak_rss_mib": round(max(r.peak_rss_mib for r in pipe), 1),
         "passthrough_peak_rss_mib": round(max(r.peak_rss_mib for r in thru), 1),
+        "rules_spans_per_s": round(rules_rate),
+        "rules_ratio": round(rules_rate / max(1.0, statistics.median(r.spans_per_s for r in pipe)), 3),
+        "rules": list(args.rules or []) or "built-in",
         "lossless": all(r.delivered == r.sent for r in results),
         "runs": args.runs, "seconds": args.seconds, "decision_wait_s": decision_wait,
         "compression": args.compression, "spans_per_trace": SPANS_PER_TRACE,
@@ -365,7 +379,8 @@ def run_bench(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
     else:
         print(f"pipeline {summary['spans_per_s']:,} spans/s (median), passthrough "
-              f"{summary['passthrough_spans_per_s']:,}, ratio {summary['ratio']}; "
+              f"{summary['passthrough_spans_per_s']:,}, ratio {summary['ratio']}; with rules "
+              f"{summary['rules_spans_per_s']:,} ({summary['rules_ratio']} of no rules); "
               f"{summary['bytes_per_buffered_span']} B per buffered span; peak RSS {summary['peak_rss_mib']} MiB; "
               f"lossless: {summary['lossless']}")
     return 0 if summary["lossless"] else 1

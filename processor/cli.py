@@ -129,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--decision-wait", default="1s")
     bench.add_argument("--compression", choices=["none", "gzip"], default="none",
                        help="exporter compression in both modes (default none: loopback)")
+    bench.add_argument("--rules", nargs="+", metavar="PATH",
+                       help="rule files for the 'rules' mode, besides the built-in library")
     bench.add_argument("--format", choices=["text", "json"], default="text")
     bench.set_defaults(func=cmd_bench)
     return parser

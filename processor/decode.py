@@ -66,35 +66,61 @@ def group_id(head: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(head, digest_size=8).digest(), "little") >> 1
 
 
+def _array(element: AttrType) -> Any:
+    def convert(value: Any) -> Any:
+        out = [_convert(v, element) for v in value.array_value.values]
+        return None if any(v is None for v in out) else out
+    return convert
+
+
+# (column type, AnyValue's set field) -> the value for the column.  Pairs not
+# listed are nil: a value of another type never matches (nil-safe).
+_CONVERTERS: dict[tuple[AttrType, str | None], Any] = {
+    (AttrType.STRING, "string_value"): lambda v: v.string_value,
+    (AttrType.INT, "int_value"): lambda v: v.int_value,
+    (AttrType.DOUBLE, "double_value"): lambda v: v.double_value,
+    (AttrType.DOUBLE, "int_value"): lambda v: float(v.int_value),
+    (AttrType.BOOL, "bool_value"): lambda v: v.bool_value,
+    (AttrType.STRING_ARRAY, "array_value"): _array(AttrType.STRING),
+    (AttrType.INT_ARRAY, "array_value"): _array(AttrType.INT),
+    (AttrType.DOUBLE_ARRAY, "array_value"): _array(AttrType.DOUBLE),
+}
+
+
 def _convert(value: Any, kind: AttrType) -> Any:
     """An AnyValue as the Python value of a column of type ``kind``, or None (nil)."""
-    which = value.WhichOneof("value")
-    if kind is AttrType.STRING:
-        return value.string_value if which == "string_value" else None
-    if kind is AttrType.INT:
-        return value.int_value if which == "int_value" else None
-    if kind is AttrType.DOUBLE:
-        if which == "double_value":
-            return value.double_value
-        return float(value.int_value) if which == "int_value" else None
-    if kind is AttrType.BOOL:
-        return value.bool_value if which == "bool_value" else None
-    if which != "array_value":
-        return None
-    items = value.array_value.values
-    element = {AttrType.STRING_ARRAY: AttrType.STRING, AttrType.INT_ARRAY: AttrType.INT,
-               AttrType.DOUBLE_ARRAY: AttrType.DOUBLE}[kind]
-    out = [_convert(v, element) for v in items]
-    return None if any(v is None for v in out) else out
+    convert = _CONVERTERS.get((kind, value.WhichOneof("value")))
+    return None if convert is None else convert(value)
 
 
-def _lookup(attributes: Any, refs: dict[str, list[tuple[int, AttrType]]], row: list[Any]) -> None:
-    """Fill ``row`` slots for the projected keys present in a map-shaped ``attributes``."""
-    for key, targets in refs.items():
-        value = attributes.get(key)
-        if value is not None:
-            for slot, kind in targets:
-                row[slot] = _convert(value, kind)
+class _Columns:
+    """Projected attribute columns, filled sparsely: most projected keys are absent from most spans."""
+
+    def __init__(self, projection: Projection) -> None:
+        self._present = set(projection.present_slots)
+        self.values: list[list[tuple[int, Any]]] = [[] for _ in projection.refs]  # slot -> (row, value)
+        self.fills: list[tuple[int, int, int, Any]] = []  # resource values: (slot, first row, end row, value)
+
+    def lookup(self, attributes: Any, refs: dict[str, list[tuple[int, AttrType]]], row: int) -> None:
+        """Record the projected keys present in a map-shaped ``attributes`` for ``row``."""
+        # Set intersection in C: only keys both projected and present cost Python work.
+        for key in refs.keys() & attributes.keys():
+            value = attributes[key]
+            for slot, kind in refs[key]:
+                converted = _convert(value, kind)
+                if converted is not None:
+                    self.values[slot].append((row, converted))
+
+    def build(self, rows: int) -> list[list[Any]]:
+        out = []
+        for slot, values in enumerate(self.values):
+            col: list[Any] = [False if slot in self._present else None] * rows
+            for i, v in values:
+                col[i] = v
+            out.append(col)
+        for slot, start, end, value in self.fills:
+            out[slot][start:end] = [value] * (end - start)
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,10 +132,8 @@ class Projection:
     resource_keys: dict[str, list[tuple[int, AttrType]]]
     event_refs: dict[str, list[tuple[int, AttrRef]]]  # event name -> slots
     schema: pa.Schema
-    # Byte strings whose absence from a span's encoding proves it carries no
-    # projected span attribute / no projected event: a C-speed substring test
-    # that spares the (costly) walk over the span's attributes in Python.
-    span_needles: tuple[bytes, ...] = ()
+    # Event names: their absence from a span's bytes proves it has no projected
+    # event, a C-speed test that spares parsing the span's events in Python.
     event_needles: tuple[bytes, ...] = ()
     present_slots: tuple[int, ...] = ()
 
@@ -132,7 +156,6 @@ class Projection:
         present = tuple(slot for slots in event_refs.values() for slot, ref in slots
                         if ref.type is AttrType.PRESENT)
         return cls(ordered, span_keys, resource_keys, event_refs, pa.schema(fields),
-                   span_needles=tuple(k.encode() for k in span_keys),
                    event_needles=tuple(e.encode() for e in event_refs), present_slots=present)
 
     def columns_sql(self) -> list[tuple[str, str]]:
@@ -147,7 +170,7 @@ def _head(field_bytes: bytes | None, schema_url: str) -> bytes:
     return head + (length_delimited(3, schema_url.encode()) if schema_url else b"")
 
 
-def _event_values(span: Any, events: dict[str, list[tuple[int, AttrRef]]], row: list[Any]) -> None:
+def _event_values(span: Any, events: dict[str, list[tuple[int, AttrRef]]], row: int, columns: _Columns) -> None:
     seen: set[str] = set()
     for ev in span.events:
         slots = events.get(ev.name)
@@ -156,11 +179,12 @@ def _event_values(span: Any, events: dict[str, list[tuple[int, AttrRef]]], row: 
         seen.add(ev.name)  # the first event of a name is the one projected
         for slot, ref in slots:
             if ref.type is AttrType.PRESENT:
-                row[slot] = True
+                columns.values[slot].append((row, True))
             else:
                 value = ev.attributes.get(ref.key)
-                if value is not None:
-                    row[slot] = _convert(value, ref.type)
+                converted = None if value is None else _convert(value, ref.type)
+                if converted is not None:
+                    columns.values[slot].append((row, converted))
 
 
 def decode(request: bytes | ExportTraceServiceRequest | Any, projection: Projection) -> DecodedRequest:
@@ -193,13 +217,13 @@ def _decode(req: Any, projection: Projection) -> DecodedRequest:
     scope_ids: list[int] = []
     raws: list[bytes] = []
     width = len(projection.refs)
-    attr_rows: list[list[Any]] = []
+    columns_of_attrs = _Columns(projection)
     resources: dict[int, bytes] = {}
     scopes: dict[int, bytes] = {}
     rejected = 0
     first_problem = ""
     span_keys, event_refs = projection.span_keys, projection.event_refs
-    span_needles, event_needles = projection.span_needles, projection.event_needles
+    event_needles = projection.event_needles
     # Bound methods: this loop runs once per span, attribute lookups add up.
     add_trace, add_span, add_parent, add_name = trace_ids.append, span_ids.append, parents.append, names.append
     add_kind, add_start, add_end, add_code = kinds.append, starts.append, ends.append, codes.append
@@ -215,11 +239,10 @@ def _decode(req: Any, projection: Projection) -> DecodedRequest:
         attrs = parse_resource(resource or b"").attributes
         name_value = attrs.get("service.name")
         service = name_value.string_value if name_value is not None else ""
-        base_row: list[Any] = [None] * width
-        for slot in projection.present_slots:
-            base_row[slot] = False
-        if projection.resource_keys:
-            _lookup(attrs, projection.resource_keys, base_row)
+        group_values: list[tuple[int, Any]] = []
+        for key in projection.resource_keys.keys() & attrs.keys():
+            for slot, kind in projection.resource_keys[key]:
+                group_values.append((slot, _convert(attrs[key], kind)))
         for ss in rs.scope_spans:
             shead = _head(ss.scope if ss.HasField("scope") else None, ss.schema_url)
             sid_group = group_id(shead)
@@ -245,15 +268,13 @@ def _decode(req: Any, projection: Projection) -> DecodedRequest:
                 add_code(status.code)
                 add_message(status.message)
                 add_raw(raw)
-                if width:
-                    row = base_row.copy()
-                    if span_keys and any(n in raw for n in span_needles):
-                        _lookup(span.attributes, span_keys, row)
-                    if event_refs and any(n in raw for n in event_needles):
-                        _event_values(span, event_refs, row)
-                    attr_rows.append(row)
+                if span_keys:
+                    columns_of_attrs.lookup(span.attributes, span_keys, len(raws) - 1)
+                if event_refs and any(n in raw for n in event_needles):
+                    _event_values(span, event_refs, len(raws) - 1, columns_of_attrs)
             # Per-group columns are filled at C speed, not once per span.
             n = len(raws) - before
+            columns_of_attrs.fills += [(slot, before, before + n, v) for slot, v in group_values if v is not None]
             services.extend([service] * n)
             resource_ids.extend([rid] * n)
             scope_ids.extend([sid_group] * n)
@@ -261,7 +282,7 @@ def _decode(req: Any, projection: Projection) -> DecodedRequest:
     columns: list[Sequence[Any]] = [trace_ids, span_ids, parents, services, names, kinds, starts, ends,
                                     codes, messages]
     if width:
-        columns += [list(col) for col in zip(*attr_rows)] if attr_rows else [[] for _ in range(width)]
+        columns += columns_of_attrs.build(len(raws))
     columns += [resource_ids, scope_ids, raws]
     table = pa.Table.from_arrays([_column(c, f.type) for c, f in zip(columns, projection.schema)],
                                  schema=projection.schema)
