@@ -69,6 +69,11 @@ class Assembler(Generic[V]):
     def buffered_traces(self) -> int:
         return len(self._open)
 
+    @property
+    def has_urgent(self) -> bool:
+        """Traces to release without waiting (late spans, span limit reached)."""
+        return bool(self._urgent_ids)
+
     def observe(self, traces: dict[bytes, int], now: float) -> int:
         """Record spans that were just stored (trace id -> span count); returns how many were late."""
         late = 0

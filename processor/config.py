@@ -118,6 +118,9 @@ class AttributeSpec(_Model):
 
 class FaulttraceProcessorConfig(_Model):
     decision_wait: Duration = 5.0
+    # How often completed traces are released, analyzed and exported, as one
+    # batch: rules are SQL over the batch, so fewer, larger batches cost less per span.
+    release_interval: Duration = 1.0
     max_traces: int = Field(50_000, gt=0)
     max_spans_per_trace: int = Field(10_000, gt=0)
     max_buffered_spans: int = Field(1_000_000, gt=0)

@@ -43,13 +43,17 @@ def encode_payloads(spans: ReleasedSpans, raw: list[bytes] | None = None,
     request: list[tuple[tuple[int, int], list[int]]] = []
     size = 0
     for key, rows in groups.items():
+        # The group's resource and scope heads and their framing count too (a resource shared
+        # by several groups is counted for each: a little conservative, never over the limit).
+        heads = len(spans.resources[key[0]]) + len(spans.scopes[key[1]]) + 12
+        size += heads
         start = 0
         for j, i in enumerate(rows):
             n = len(data[i]) + 6
             if size + n > max_bytes and (request or j > start):
                 request.append((key, rows[start:j]))
                 yield _encode(spans, data, request)
-                request, size, start = [], 0, j
+                request, size, start = [], heads, j
             size += n
         request.append((key, rows[start:]))
     if size:

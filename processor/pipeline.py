@@ -36,7 +36,6 @@ from processor.telemetry import Telemetry
 log = logging.getLogger(__name__)
 
 RELEASE_CHUNK = 5_000   # traces per store round trip: bounds the latency of one release
-TICK = 0.1              # seconds between release checks
 GROUP_GC_INTERVAL = 30.0  # seconds between sweeps of unreferenced resource/scope heads
 
 
@@ -130,6 +129,7 @@ class Pipeline:
         late = self.assembler.observe(traces, self._clock())
         if late:
             self.telemetry.late_spans.inc(late)
+        if self.assembler.has_urgent:
             self._wake.set()
         self._update_gauges()
 
@@ -141,7 +141,7 @@ class Pipeline:
         next_gc = self._clock() + GROUP_GC_INTERVAL
         while self._running:
             try:
-                await asyncio.wait_for(self._wake.wait(), TICK)
+                await asyncio.wait_for(self._wake.wait(), self.config.processor.release_interval)
             except TimeoutError:
                 pass
             self._wake.clear()
