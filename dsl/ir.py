@@ -185,6 +185,14 @@ class IsSet:
 
 
 @dataclass(frozen=True, slots=True)
+class First:
+    """``first(a, b, ...)``: the first value that is not nil."""
+
+    items: tuple[Node, ...]
+    ty: Ty
+
+
+@dataclass(frozen=True, slots=True)
 class Rel:
     """A variable and how it relates to an earlier one (``span`` = any span of
     the trace of ``other``, or of the batch for a rule's first variable)."""
@@ -203,7 +211,7 @@ class Quant:
     ty: Ty
 
 
-Node = Union[Const, Intrinsic, TraceIntrinsic, AttrValue, Compare, Regex, StrTest, ArrayHas, InList, Arith, Negate, And, Or, Not, IsSet, Quant]
+Node = Union[Const, Intrinsic, TraceIntrinsic, AttrValue, Compare, Regex, StrTest, ArrayHas, InList, Arith, Negate, And, Or, Not, IsSet, Quant, First]
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,7 +249,7 @@ def children(node: Node) -> tuple[Node, ...]:
             return (o,)
         case InList(o, items):
             return (o, *items)
-        case And(items) | Or(items):
+        case And(items) | Or(items) | First(items):
             return items
         case Quant(_, _, where, value):
             return tuple(n for n in (where, value) if n is not None)

@@ -125,7 +125,24 @@ def _syntax_diagnostic(err: UnexpectedInput, text: str, path: str) -> Diagnostic
     assert isinstance(err, UnexpectedToken)
     tok = err.token
     span = SourceSpan(path, tok.line, tok.column, tok.end_line, tok.end_column, tok.start_pos, tok.end_pos)
-    return Diagnostic("E001", f"unexpected {_token_text(tok)}", span, _expected_hint(set(err.expected), str(tok)))
+    hints = _expected_hint(set(err.expected), str(tok))
+    if not any(h.startswith("did you mean") for h in hints):
+        hints = _misspelt_keyword(text, tok.start_pos) + hints
+    return Diagnostic("E001", f"unexpected {_token_text(tok)}", span, hints)
+
+
+def _misspelt_keyword(text: str, pos: int) -> tuple[str, ...]:
+    """A misspelt keyword often parses as a name and the error surfaces a
+    token later (``match span e wher e.x``): look back along the line."""
+    keywords = {t.pattern.value for t in _lark().terminals if t.pattern.type == "str" and t.pattern.value.isalpha()}
+    line_start = text.rfind("\n", 0, pos) + 1
+    for word in reversed(re.findall(r"[A-Za-z_]+", text[line_start:pos])):
+        if word in keywords:
+            break
+        hint = did_you_mean(word, keywords, cutoff=0.75)
+        if hint:
+            return (f"{hint[0]} (`{word}` is not a keyword)",)
+    return ()
 
 
 def _token_text(tok: Token) -> str:

@@ -15,14 +15,15 @@ from dataclasses import dataclass
 
 from dsl.projection import AttrType
 
-S, I, D, B, SA = AttrType.STRING, AttrType.INT, AttrType.DOUBLE, AttrType.BOOL, AttrType.STRING_ARRAY
+# short names keep the table below readable
+S, INT, D, B, SA = AttrType.STRING, AttrType.INT, AttrType.DOUBLE, AttrType.BOOL, AttrType.STRING_ARRAY
 
 
 @dataclass(frozen=True, slots=True)
 class SemKey:
     key: str
     type: AttrType
-    where: str = "span"  # "span" | "resource" | "event:<event name>"
+    where: str = "span"  # "span" | "resource" | "event:<event name>" | "any"
     deprecated: tuple[str, ...] = ()  # older names of this key, newest first
 
 
@@ -31,21 +32,21 @@ _TABLE: tuple[tuple[str, AttrType, str, tuple[str, ...]], ...] = (
     # http / url / network
     ("http.request.method", S, "span", ("http.method",)),
     ("http.request.method_original", S, "span", ()),
-    ("http.response.status_code", I, "span", ("http.status_code",)),
+    ("http.response.status_code", INT, "span", ("http.status_code",)),
     ("http.route", S, "span", ()),
-    ("http.request.resend_count", I, "span", ("http.resend_count",)),
-    ("http.request.body.size", I, "span", ("http.request_content_length",)),
-    ("http.response.body.size", I, "span", ("http.response_content_length",)),
+    ("http.request.resend_count", INT, "span", ("http.resend_count",)),
+    ("http.request.body.size", INT, "span", ("http.request_content_length",)),
+    ("http.response.body.size", INT, "span", ("http.response_content_length",)),
     ("url.full", S, "span", ("http.url",)),
     ("url.path", S, "span", ("http.target",)),
     ("url.query", S, "span", ()),
     ("url.scheme", S, "span", ("http.scheme",)),
     ("server.address", S, "span", ("net.peer.name",)),
-    ("server.port", I, "span", ("net.peer.port",)),
+    ("server.port", INT, "span", ("net.peer.port",)),
     ("client.address", S, "span", ("http.client_ip",)),
-    ("client.port", I, "span", ()),
+    ("client.port", INT, "span", ()),
     ("network.peer.address", S, "span", ("net.sock.peer.addr",)),
-    ("network.peer.port", I, "span", ("net.sock.peer.port",)),
+    ("network.peer.port", INT, "span", ("net.sock.peer.port",)),
     ("network.protocol.name", S, "span", ()),
     ("network.protocol.version", S, "span", ("http.flavor",)),
     ("network.transport", S, "span", ("net.transport",)),
@@ -59,28 +60,28 @@ _TABLE: tuple[tuple[str, AttrType, str, tuple[str, ...]], ...] = (
     ("db.collection.name", S, "span", ("db.sql.table",)),
     ("db.namespace", S, "span", ("db.name",)),
     ("db.response.status_code", S, "span", ()),
-    ("db.response.returned_rows", I, "span", ()),
-    ("db.operation.batch.size", I, "span", ()),
+    ("db.response.returned_rows", INT, "span", ()),
+    ("db.operation.batch.size", INT, "span", ()),
     ("db.client.connection.pool.name", S, "span", ("db.client.connections.pool.name",)),
     ("db.client.connection.state", S, "span", ()),
     # rpc
     ("rpc.system", S, "span", ()),
     ("rpc.service", S, "span", ()),
     ("rpc.method", S, "span", ()),
-    ("rpc.grpc.status_code", I, "span", ()),
-    ("rpc.jsonrpc.error_code", I, "span", ()),
+    ("rpc.grpc.status_code", INT, "span", ()),
+    ("rpc.jsonrpc.error_code", INT, "span", ()),
     # messaging
     ("messaging.system", S, "span", ()),
     ("messaging.destination.name", S, "span", ("messaging.destination",)),
     ("messaging.operation.type", S, "span", ("messaging.operation",)),
     ("messaging.operation.name", S, "span", ()),
     ("messaging.message.id", S, "span", ()),
-    ("messaging.batch.message_count", I, "span", ()),
+    ("messaging.batch.message_count", INT, "span", ()),
     ("messaging.consumer.group.name", S, "span", ("messaging.kafka.consumer.group",)),
     # code
     ("code.function.name", S, "span", ("code.function",)),
     ("code.file.path", S, "span", ("code.filepath",)),
-    ("code.line.number", I, "span", ("code.lineno",)),
+    ("code.line.number", INT, "span", ("code.lineno",)),
     ("code.stacktrace", S, "span", ()),
     # exceptions (attributes of the `exception` event)
     ("exception.type", S, "event:exception", ()),
@@ -95,15 +96,15 @@ _TABLE: tuple[tuple[str, AttrType, str, tuple[str, ...]], ...] = (
     ("gen_ai.request.temperature", D, "span", ()),
     ("gen_ai.request.top_p", D, "span", ()),
     ("gen_ai.request.top_k", D, "span", ()),
-    ("gen_ai.request.max_tokens", I, "span", ()),
+    ("gen_ai.request.max_tokens", INT, "span", ()),
     ("gen_ai.request.frequency_penalty", D, "span", ()),
     ("gen_ai.request.presence_penalty", D, "span", ()),
-    ("gen_ai.request.seed", I, "span", ()),
+    ("gen_ai.request.seed", INT, "span", ()),
     ("gen_ai.request.stop_sequences", SA, "span", ()),
     ("gen_ai.response.id", S, "span", ()),
     ("gen_ai.response.finish_reasons", SA, "span", ()),
-    ("gen_ai.usage.input_tokens", I, "span", ("gen_ai.usage.prompt_tokens",)),
-    ("gen_ai.usage.output_tokens", I, "span", ("gen_ai.usage.completion_tokens",)),
+    ("gen_ai.usage.input_tokens", INT, "span", ("gen_ai.usage.prompt_tokens",)),
+    ("gen_ai.usage.output_tokens", INT, "span", ("gen_ai.usage.completion_tokens",)),
     ("gen_ai.tool.name", S, "span", ()),
     ("gen_ai.tool.type", S, "span", ()),
     ("gen_ai.tool.description", S, "span", ()),
@@ -115,13 +116,14 @@ _TABLE: tuple[tuple[str, AttrType, str, tuple[str, ...]], ...] = (
     ("gen_ai.conversation.id", S, "span", ()),
     ("gen_ai.output.type", S, "span", ()),
     # feature flags
-    ("feature_flag.key", S, "span", ()),
-    ("feature_flag.result.variant", S, "span", ("feature_flag.variant",)),
-    ("feature_flag.result.reason", S, "span", ("feature_flag.evaluation.reason",)),
-    ("feature_flag.provider.name", S, "span", ("feature_flag.provider_name",)),
-    ("feature_flag.context.id", S, "span", ()),
-    ("feature_flag.set.id", S, "span", ()),
-    ("feature_flag.version", S, "span", ()),
+    # feature flags: on the `feature_flag.evaluation` event (current) or the span
+    ("feature_flag.key", S, "any", ()),
+    ("feature_flag.result.variant", S, "any", ("feature_flag.variant",)),
+    ("feature_flag.result.reason", S, "any", ("feature_flag.evaluation.reason",)),
+    ("feature_flag.provider.name", S, "any", ("feature_flag.provider_name",)),
+    ("feature_flag.context.id", S, "any", ()),
+    ("feature_flag.set.id", S, "any", ()),
+    ("feature_flag.version", S, "any", ()),
     # peer / misc span attributes
     ("peer.service", S, "span", ()),
     ("thread.name", S, "span", ()),
@@ -139,7 +141,7 @@ _TABLE: tuple[tuple[str, AttrType, str, tuple[str, ...]], ...] = (
     ("host.id", S, "resource", ()),
     ("host.arch", S, "resource", ()),
     ("os.type", S, "resource", ()),
-    ("process.pid", I, "resource", ()),
+    ("process.pid", INT, "resource", ()),
     ("process.runtime.name", S, "resource", ()),
     ("process.runtime.version", S, "resource", ()),
     ("container.id", S, "resource", ()),

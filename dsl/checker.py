@@ -1,0 +1,712 @@
+"""Semantic checks: AST -> typed IR (``dsl.ir``) plus every diagnostic.
+
+Resolves names (span variables, consts, lists, macros, enum values), types
+each expression, checks arity, metadata and attribute keys (against
+``dsl.semconv``), expands macros and semconv aliases, and warns about unused
+definitions and rules that provably never fire.  It collects all problems of
+all files and never raises midway: an ill-typed expression gets ``Ty.ERROR``,
+which silences follow-on errors about it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+
+from dsl import ast, ir
+from dsl.diagnostics import Diagnostic, SourceSpan, did_you_mean
+from dsl.ir import Ty
+from dsl.neverfires import contradiction
+from dsl.projection import AttrRef, AttrSource, AttrType
+from dsl.semconv import SemconvTable
+
+_RULE_ID = re.compile(r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)+")
+_ANNOTATIONS = {t.value: t for t in AttrType if t is not AttrType.PRESENT}
+_ATTR_TO_TY = {
+    AttrType.STRING: Ty.STRING, AttrType.INT: Ty.INT, AttrType.DOUBLE: Ty.DOUBLE, AttrType.BOOL: Ty.BOOL,
+    AttrType.STRING_ARRAY: Ty.STRING_ARRAY, AttrType.INT_ARRAY: Ty.INT_ARRAY, AttrType.DOUBLE_ARRAY: Ty.DOUBLE_ARRAY,
+    AttrType.PRESENT: Ty.BOOL,
+}
+# what an un-annotated attribute of unknown type becomes next to a literal
+_INFER_FROM = {Ty.STRING: AttrType.STRING, Ty.INT: AttrType.DOUBLE, Ty.DOUBLE: AttrType.DOUBLE, Ty.BOOL: AttrType.BOOL}
+_LITERAL_TY = {"string": Ty.STRING, "int": Ty.INT, "double": Ty.DOUBLE, "bool": Ty.BOOL, "duration": Ty.DURATION}
+_ORDERED = {Ty.INT, Ty.DOUBLE, Ty.DURATION, Ty.TIME, Ty.STRING}
+# constructs Python's `re` accepts and RE2 refuses, named here for a clearer
+# message; the engine itself (via ``RegexValidator``) has the last word
+_RE2_UNSUPPORTED = re.compile(r"\(\?[=!]|\(\?<[=!]|\(\?>|\(\?\(|\(\?P=|(?<!\\)(?:\\\\)*\\[1-9]")
+_META_KEYS = ("title", "layer", "severity", "confidence", "tags", "references", "description")
+_REQUIRED_META = ("title", "layer", "severity", "confidence")
+
+
+@dataclass
+class CheckResult:
+    rules: list[ir.CheckedRule]
+    diagnostics: list[Diagnostic]
+
+    @property
+    def ok(self) -> bool:
+        return not any(d.is_error for d in self.diagnostics)
+
+
+RegexValidator = Callable[[str], str]  # pattern -> problem ('' if fine)
+
+
+def check(files: Iterable[ast.File], regex_validator: RegexValidator | None = None) -> CheckResult:
+    """Check a whole rule set (definitions are shared across its files).
+
+    ``regex_validator`` asks the regex engine that will run the patterns
+    (RE2 inside DuckDB, see ``dsl.api``) whether it accepts one; without it
+    only RE2's known refusals and general syntax are checked."""
+    return _Checker(list(files), regex_validator).run()
+
+
+@dataclass
+class _Scope:
+    """Span variables visible at a point, and macro parameters."""
+
+    vars: dict[str, str] = field(default_factory=dict)  # name in the source -> name in the IR
+    params: dict[str, ir.Node | str] = field(default_factory=dict)  # str = a span variable (IR name)
+    used: set[str] = field(default_factory=set)
+    anchor: str = ""  # the rule's first variable: `span v` and `trace.x` are of its trace
+    taken: set[str] = field(default_factory=set)  # IR names bound anywhere in the rule
+
+    def child(self) -> _Scope:
+        return _Scope(dict(self.vars), dict(self.params), self.used, self.anchor, self.taken)
+
+
+class _Checker:
+    def __init__(self, files: list[ast.File], regex_validator: RegexValidator | None = None) -> None:
+        self.files = files
+        self.regex_validator = regex_validator
+        self.semconv = SemconvTable()
+        self.diags: list[Diagnostic] = []
+        self.macros: dict[str, ast.MacroDef] = {}
+        self.lists: dict[str, ast.ListDef] = {}
+        self.consts: dict[str, ast.ConstDef] = {}
+        self.used_defs: set[str] = set()
+        self.macro_stack: list[str] = []
+
+    def error(self, code: str, message: str, span: SourceSpan, *hints: str, label: str = "") -> None:
+        self.diags.append(Diagnostic(code, message, span, tuple(h for h in hints if h), label))
+
+    # ---- driver ---------------------------------------------------------------
+
+    def run(self) -> CheckResult:
+        self._collect_definitions()
+        rules: list[ir.CheckedRule] = []
+        seen_ids: dict[str, ast.Rule] = {}
+        for f in self.files:
+            for item in f.items:
+                if isinstance(item, ast.Rule):
+                    if item.id in seen_ids:
+                        first = seen_ids[item.id].id_span
+                        self.error("E015", f"duplicate rule id `{item.id}`", item.id_span, _first_defined(first))
+                    seen_ids.setdefault(item.id, item)
+                    checked = self._rule(item)
+                    if checked is not None:
+                        rules.append(checked)
+        # definitions no rule uses are still checked
+        for const in self.consts.values():
+            self._const(const)
+        for lst in self.lists.values():
+            self._list_items(lst.value)
+        self._unused_definitions()
+        # a macro body reached through several calls reports once
+        unique = list(dict.fromkeys(self.diags))
+        return CheckResult(rules, unique)
+
+    def _collect_definitions(self) -> None:
+        seen: dict[str, SourceSpan] = {}
+        for f in self.files:
+            for item in f.items:
+                if isinstance(item, ast.Rule):
+                    continue
+                if item.name in seen:
+                    first = seen[item.name]
+                    self.error("E016", f"`{item.name}` is already defined", item.name_span, _first_defined(first))
+                    continue
+                seen[item.name] = item.name_span
+                if isinstance(item, ast.MacroDef):
+                    self.macros[item.name] = item
+                elif isinstance(item, ast.ListDef):
+                    self.lists[item.name] = item
+                else:
+                    self.consts[item.name] = item
+
+    def _unused_definitions(self) -> None:
+        for kind, table in (("macro", self.macros), ("list", self.lists), ("const", self.consts)):
+            for name, d in table.items():
+                if name not in self.used_defs:
+                    self.error("W003", f"{kind} `{name}` is never used", d.name_span, "remove it, or use it in a rule")
+
+    # ---- rules ----------------------------------------------------------------
+
+    def _rule(self, rule: ast.Rule) -> ir.CheckedRule | None:
+        before = len([d for d in self.diags if d.is_error])
+        if not _RULE_ID.fullmatch(rule.id):
+            self.error("E033", f"invalid rule id `{rule.id}`", rule.id_span,
+                       "ids are lowercase dotted names such as `code.deepest_exception`")
+        meta = self._meta(rule)
+        if not rule.matches:
+            self.error("E035", f"rule `{rule.id}` has no `match` clause", rule.id_span, "add e.g. `match span s where s.status = error`")
+            return None
+        for extra in rule.matches[1:]:
+            self.error("E032", "a rule has one `match` clause", extra.span, "join the conditions with `and`")
+        for extra in rule.blames[1:]:
+            self.error("E032", "a rule has one `blame` clause", extra.span)
+        for extra in rule.messages[1:]:
+            self.error("E032", "a rule has one `message` clause", extra.span)
+        match = rule.matches[0]
+        scope = _Scope()
+        rels = [self._binding(b, scope) for b in match.bindings]
+        where = self._condition(match.where, scope) if match.where is not None else None
+        blame = self._blame(rule, match, scope)
+        message = self._message(rule, scope)
+        self._unused_vars(match, scope)
+        if where is not None:
+            self._never_fires(where, match.where.span)  # type: ignore[union-attr]
+        if meta is None or len([d for d in self.diags if d.is_error]) > before:
+            return None
+        return ir.CheckedRule(meta, tuple(r for r in rels if r is not None), where, blame, message, rule.span)
+
+    def _meta(self, rule: ast.Rule) -> ir.RuleMeta | None:
+        values: dict[str, object] = {}
+        ok = True
+        for m in rule.meta:
+            if m.key not in _META_KEYS:
+                self.error("E031", f"unknown metadata field `{m.key}`", m.key_span, *did_you_mean(m.key, _META_KEYS),
+                           f"fields: {', '.join(_META_KEYS)}")
+                ok = False
+                continue
+            if m.key in values:
+                self.error("E032", f"duplicate metadata field `{m.key}`", m.key_span)
+                continue
+            value = self._meta_value(m)
+            if value is None:
+                ok = False
+            values[m.key] = value
+        for key in _REQUIRED_META:
+            if key not in values:
+                example = {"title": '"Deepest erroring span"', "layer": "code", "severity": "high", "confidence": "0.8"}[key]
+                self.error("E030", f"rule `{rule.id}` is missing `{key}`", rule.id_span, f"add `{key} {example}`")
+                ok = False
+        if not ok:
+            return None
+        return ir.RuleMeta(
+            id=rule.id, title=str(values["title"]), layer=str(values["layer"]), severity=str(values["severity"]),
+            confidence=float(values["confidence"]),  # type: ignore[arg-type]
+            tags=tuple(values.get("tags", ())), references=tuple(values.get("references", ())),  # type: ignore[arg-type]
+            description=str(values.get("description", "")),
+        )
+
+    def _meta_value(self, m: ast.Meta) -> object:
+        v = m.value
+        word = v.name if isinstance(v, ast.Name) else v.value if isinstance(v, ast.Literal) and v.kind == "string" else None
+        if m.key in ("layer", "severity"):
+            allowed = ir.LAYERS if m.key == "layer" else tuple(ir.SEVERITIES)
+            if word in allowed:
+                return word
+            self.error("E031", f"invalid {m.key} `{word if word is not None else '...'}`", v.span,
+                       *did_you_mean(str(word), allowed), f"one of: {', '.join(allowed)}")
+            return None
+        if m.key == "confidence":
+            if isinstance(v, ast.Literal) and v.kind in ("int", "double") and 0 <= float(v.value) <= 1:  # type: ignore[arg-type]
+                return float(v.value)  # type: ignore[arg-type]
+            self.error("E031", "confidence must be a number between 0 and 1", v.span, "e.g. `confidence 0.8`")
+            return None
+        if m.key in ("tags", "references"):
+            if isinstance(v, ast.ListLit) and all(isinstance(i, ast.Literal) and i.kind == "string" for i in v.items):
+                return tuple(i.value for i in v.items)  # type: ignore[union-attr]
+            self.error("E031", f"{m.key} must be a list of strings", v.span, f'e.g. `{m.key} ["a", "b"]`')
+            return None
+        if isinstance(v, ast.Literal) and v.kind == "string":
+            return v.value
+        self.error("E031", f"{m.key} must be a string", v.span)
+        return None
+
+    def _binding(self, b: ast.Binding, scope: _Scope) -> ir.Rel | None:
+        if b.var == "trace":
+            self.error("E017", "`trace` is reserved for trace intrinsics", b.var_span, "choose another variable name")
+            return None
+        if b.var in scope.vars or b.var in scope.params:
+            self.error("E017", f"variable `{b.var}` is already bound", b.var_span, "choose another variable name")
+            return None
+        other = b.other
+        if b.relation != "span":
+            other = self._var_ref(b.other, b.other_span or b.span, scope)  # type: ignore[assignment]
+            if other is None:
+                return None
+        else:
+            # `span v` after the first variable ranges over the same trace
+            other = scope.anchor
+        # a name reused in another quantifier or a macro body gets a fresh IR
+        # name, so SQL aliases never collide
+        name, n = b.var, 1
+        while name in scope.taken:
+            n += 1
+            name = f"{b.var}_{n}"
+        scope.taken.add(name)
+        scope.vars[b.var] = name
+        scope.anchor = scope.anchor or name
+        return ir.Rel(name, b.relation, other or "")
+
+    def _var_ref(self, name: str, span: SourceSpan, scope: _Scope) -> str | None:
+        """Resolve a span-variable name (through macro parameters) to its IR name."""
+        target = scope.params[name] if name in scope.params else scope.vars.get(name)
+        if isinstance(target, str):
+            scope.used.add(target)
+            return target
+        if name in scope.params:
+            self.error("E019", f"macro parameter `{name}` is not a span variable here", span,
+                       "pass a span variable, e.g. `is_db(s)`")
+            return None
+        self.error("E010", f"unknown span variable `{name}`", span, *did_you_mean(name, scope.vars),
+                   "variables are bound by `match span v`, `child v of w`, ...")
+        return None
+
+    def _blame(self, rule: ast.Rule, match: ast.Match, scope: _Scope) -> str:
+        top = [b.var for b in match.bindings]
+        if not rule.blames:
+            return top[0] if top else ""
+        b = rule.blames[0]
+        if b.var not in top:
+            self.error("E018", f"cannot blame `{b.var}`: not a variable of `match`", b.span, *did_you_mean(b.var, top),
+                       f"blame one of: {', '.join(top)}")
+            return top[0] if top else ""
+        scope.used.add(b.var)
+        return b.var
+
+    def _message(self, rule: ast.Rule, scope: _Scope) -> tuple[str | ir.Node, ...]:
+        if not rule.messages:
+            return (rule.id,)
+        parts: list[str | ir.Node] = []
+        for p in rule.messages[0].parts:
+            if isinstance(p, str):
+                parts.append(p)
+                continue
+            node = self._expr(p.expr, scope)
+            if node.ty is Ty.LIST:
+                self.error("E034", "a list cannot be interpolated", p.span)
+            parts.append(node)
+        return tuple(parts)
+
+    def _unused_vars(self, match: ast.Match, scope: _Scope) -> None:
+        for b in match.bindings[1:]:
+            if b.var not in scope.used:
+                self.error("W005", f"variable `{b.var}` is bound but never used", b.var_span,
+                           "each extra variable multiplies the rows a rule inspects")
+
+    # ---- expressions ------------------------------------------------------------
+
+    def _condition(self, e: ast.Expr, scope: _Scope) -> ir.Node:
+        node = self._expr(e, scope)
+        if node.ty not in (Ty.BOOL, Ty.ERROR):
+            self.error("E023", f"condition must be a boolean, found {node.ty}", e.span,
+                       "compare it, e.g. `... > 0`, or test it with `exists(...)`")
+            return ir.Const(False, Ty.ERROR)
+        return node
+
+    def _expr(self, e: ast.Expr, scope: _Scope, want: AttrType | None = None) -> ir.Node:
+        match e:
+            case ast.Literal():
+                return ir.Const(e.value, _LITERAL_TY[e.kind])
+            case ast.ListLit():
+                items = self._list_items(e)
+                return ir.Const(items, Ty.LIST)
+            case ast.Name():
+                return self._name(e, scope)
+            case ast.Field():
+                return self._field(e, scope)
+            case ast.Attr():
+                return self._attr(e, scope, want)
+            case ast.Unary(op="not"):
+                return ir.Not(self._condition(e.operand, scope))
+            case ast.Unary(op="-"):
+                inner = self._expr(e.operand, scope)
+                if inner.ty not in (Ty.INT, Ty.DOUBLE, Ty.DURATION, Ty.ERROR):
+                    self.error("E022", f"cannot negate a {inner.ty}", e.span)
+                    return ir.Const(None, Ty.ERROR)
+                if isinstance(inner, ir.Const):
+                    return ir.Const(-inner.value, inner.ty)  # type: ignore[operator]
+                return ir.Negate(inner, inner.ty)
+            case ast.Binary(op="and" | "or"):
+                items = (self._condition(e.left, scope), self._condition(e.right, scope))
+                flat: list[ir.Node] = []
+                cls = ir.And if e.op == "and" else ir.Or
+                for it in items:
+                    flat += it.items if isinstance(it, cls) else [it]
+                return cls(tuple(flat))
+            case ast.Binary(op="+" | "-" | "*" | "/" | "%"):
+                return self._arith(e, scope)
+            case ast.Binary():
+                return self._comparison(e, scope)
+            case ast.Call():
+                return self._call(e, scope)
+            case ast.IsSet():
+                return ir.IsSet(self._expr(e.operand, scope))
+            case ast.Quantifier():
+                return self._quantifier(e, scope)
+        raise AssertionError(f"unhandled AST node {e!r}")  # pragma: no cover
+
+    def _list_items(self, lst: ast.ListLit) -> tuple[ir.Const, ...]:
+        items: list[ir.Const] = []
+        for item in lst.items:
+            node = self._expr(item, _Scope())
+            if isinstance(node, ir.Const) and node.ty not in (Ty.LIST, Ty.ERROR):
+                items.append(node)
+            elif node.ty is not Ty.ERROR:
+                self.error("E026", "list items must be literals", item.span)
+        kinds = {_family(i.ty) for i in items}
+        if len(kinds) > 1:
+            self.error("E026", "list mixes item types: " + ", ".join(sorted(kinds)), lst.span, "use one type per list")
+        return tuple(items)
+
+    def _const(self, d: ast.ConstDef) -> ir.Node:
+        node = self._expr(d.value, _Scope())
+        if not isinstance(node, ir.Const) and node.ty is not Ty.ERROR:
+            self.error("E026", f"const `{d.name}` must be a literal", d.value.span)
+            return ir.Const(None, Ty.ERROR)
+        return node
+
+    def _name(self, e: ast.Name, scope: _Scope) -> ir.Node:
+        if e.name in scope.params:
+            target = scope.params[e.name]
+            if isinstance(target, str):
+                return self._var_as_value(e, target)
+            return target
+        if e.name in self.consts:
+            self.used_defs.add(e.name)
+            return self._const(self.consts[e.name])
+        if e.name in self.lists:
+            self.used_defs.add(e.name)
+            return ir.Const(self._list_items(self.lists[e.name].value), Ty.LIST)
+        if e.name in ir.STATUSES:
+            return ir.Const(ir.STATUSES[e.name], Ty.STATUS)
+        if e.name in ir.KINDS:
+            return ir.Const(ir.KINDS[e.name], Ty.KIND)
+        if e.name in scope.vars:
+            return self._var_as_value(e, e.name)
+        if e.name in self.macros:
+            self.error("E014", f"macro `{e.name}` must be called with arguments", e.span, f"write `{e.name}(...)`")
+            return ir.Const(None, Ty.ERROR)
+        known = [*self.consts, *self.lists, *ir.STATUSES, *ir.KINDS, *scope.vars, *scope.params]
+        self.error("E010", f"unknown name `{e.name}`", e.span, *did_you_mean(e.name, known),
+                   "bare names are consts, lists, statuses (ok, error, unset) or kinds (server, client, ...)")
+        return ir.Const(None, Ty.ERROR)
+
+    def _var_as_value(self, e: ast.Name, var: str) -> ir.Node:
+        self.error("E011", f"span variable `{var}` used as a value", e.span, f"read a field, e.g. `{e.name}.name` or `{e.name}.duration`")
+        return ir.Const(None, Ty.ERROR)
+
+    def _field(self, e: ast.Field, scope: _Scope) -> ir.Node:
+        if e.var == "trace" and "trace" not in scope.params:
+            anchor = scope.anchor
+            if e.field not in ir.TRACE_INTRINSICS:
+                self.error("E012", f"unknown trace field `{e.field}`", e.field_span, *did_you_mean(e.field, ir.TRACE_INTRINSICS),
+                           f"trace fields: {', '.join(ir.TRACE_INTRINSICS)}")
+                return ir.Const(None, Ty.ERROR)
+            if not anchor:
+                self.error("E012", "`trace` needs a span variable in scope", e.span)
+                return ir.Const(None, Ty.ERROR)
+            return ir.TraceIntrinsic(anchor, e.field, ir.TRACE_INTRINSICS[e.field])
+        var = self._var_ref(e.var, e.var_span, scope)
+        if var is None:
+            return ir.Const(None, Ty.ERROR)
+        if e.field not in ir.SPAN_INTRINSICS:
+            self.error("E011", f"unknown span field `{e.field}`", e.field_span, *did_you_mean(e.field, ir.SPAN_INTRINSICS),
+                       f"fields: {', '.join(ir.SPAN_INTRINSICS)}; attributes: {e.var}.attr[\"key\"]")
+            return ir.Const(None, Ty.ERROR)
+        return ir.Intrinsic(var, e.field, ir.SPAN_INTRINSICS[e.field])
+
+    def _attr(self, e: ast.Attr, scope: _Scope, want: AttrType | None) -> ir.Node:
+        var = self._var_ref(e.var, e.var_span, scope)
+        if var is None:
+            return ir.Const(None, Ty.ERROR)
+        if e.source == "event" and not e.keys:
+            if not e.event:
+                self.error("E039", "empty event name", e.span)
+                return ir.Const(None, Ty.ERROR)
+            return ir.AttrValue(var, (AttrRef(AttrSource.EVENT, "", AttrType.PRESENT, e.event),), Ty.BOOL)
+        typ = self._attr_type(e, want)
+        if typ is None:
+            return ir.Const(None, Ty.ERROR)
+        source = {"attr": AttrSource.SPAN, "resource": AttrSource.RESOURCE, "event": AttrSource.EVENT}[e.source]
+        names: list[str] = []
+        for k in e.keys:
+            if not k.key:
+                self.error("E039", "empty attribute key", k.span)
+                return ir.Const(None, Ty.ERROR)
+            self._check_key(k, e)
+            names += [n for n in self.semconv.aliases(k.key) if n not in names]
+        refs = tuple(AttrRef(source, n, typ, e.event) for n in names)
+        return ir.AttrValue(var, refs, _ATTR_TO_TY[typ])
+
+    def _attr_type(self, e: ast.Attr, want: AttrType | None) -> AttrType | None:
+        known = next((s for s in (self.semconv.lookup(k.key) for k in e.keys) if s), None)
+        if e.annotation:
+            typ = _ANNOTATIONS.get(e.annotation)
+            if typ is None:
+                self.error("E038", f"unknown type `{e.annotation}`", e.annotation_span or e.span,
+                           *did_you_mean(e.annotation, _ANNOTATIONS), f"types: {', '.join(_ANNOTATIONS)}")
+                return None
+            if known is not None and known.type is not typ:
+                self.error("W007", f"`{known.key}` has type {known.type} in the semantic conventions, read here as {typ}",
+                           e.annotation_span or e.span, "values of another type read as nil")
+            return typ
+        if known is not None:
+            return known.type
+        return want or AttrType.STRING
+
+    def _check_key(self, k: ast.Key, e: ast.Attr) -> None:
+        sem = self.semconv.lookup(k.key)
+        if sem is None:
+            if self.semconv.in_known_namespace(k.key):
+                candidates = [*self.semconv.known_keys(), *self.semconv.current_of]
+                self.error("W001", f"unknown semantic-convention key `{k.key}`", k.span, *did_you_mean(k.key, candidates, 0.75))
+            return
+        if self.semconv.is_deprecated(k.key):
+            self.error("W002", f"`{k.key}` is deprecated; use `{sem.key}`", k.span,
+                       f"`{sem.key}` also matches spans that still send `{k.key}`")
+        expected = {"attr": "span", "resource": "resource", "event": f"event:{e.event}"}[e.source]
+        if sem.where not in (expected, "any"):
+            if sem.where == "resource":
+                how = f'{e.var}.resource["{k.key}"]'
+            elif sem.where.startswith("event:"):
+                how = f'{e.var}.event["{sem.where[6:]}"]["{k.key}"]'
+            else:
+                how = f'{e.var}.attr["{k.key}"]'
+            self.error("W006", f"`{k.key}` is not a {expected.replace(':', ' ')} attribute", k.span, f"read it as `{how}`")
+
+    def _arith(self, e: ast.Binary, scope: _Scope) -> ir.Node:
+        left, right = self._expr(e.left, scope, AttrType.DOUBLE), self._expr(e.right, scope, AttrType.DOUBLE)
+        if Ty.ERROR in (left.ty, right.ty):
+            return ir.Const(None, Ty.ERROR)
+        ty = _arith_type(e.op, left.ty, right.ty)
+        if ty is None:
+            self.error("E022", f"cannot apply `{e.op}` to {left.ty} and {right.ty}", e.op_span,
+                       "durations combine with durations and numbers, e.g. `2 * 100ms`" if Ty.DURATION in (left.ty, right.ty) else "")
+            return ir.Const(None, Ty.ERROR)
+        return ir.Arith(e.op, left, right, ty)
+
+    def _typed_pair(self, e: ast.Binary, scope: _Scope) -> tuple[ir.Node, ir.Node]:
+        """Type both operands; an un-annotated unknown attribute takes its type
+        from the other side when that side is a literal."""
+        if isinstance(e.left, ast.Attr) and not isinstance(e.right, ast.Attr):
+            right = self._expr(e.right, scope)
+            return self._expr(e.left, scope, _want(right, e.op)), right
+        left = self._expr(e.left, scope)
+        return left, self._expr(e.right, scope, _want(left, e.op))
+
+    def _comparison(self, e: ast.Binary, scope: _Scope) -> ir.Node:
+        left, right = self._typed_pair(e, scope)
+        if Ty.ERROR in (left.ty, right.ty):
+            return ir.Const(None, Ty.ERROR)
+        op = e.op
+        if op in ("in", "not in"):
+            return self._membership(e, left, right)
+        if op in ("=~", "!~"):
+            return self._regex(e, left, right)
+        if op in ("contains", "starts_with", "ends_with"):
+            return self._string_test(e, left, right)
+        if not _comparable(left.ty, right.ty):
+            self.error("E020", f"cannot compare {left.ty} with {right.ty}", e.op_span, _compare_hint(left, right))
+            return ir.Const(None, Ty.ERROR)
+        if op not in ("=", "!=") and left.ty not in _ORDERED:
+            self.error("E021", f"`{op}` does not apply to {left.ty}", e.op_span, "only `=` and `!=` compare this type")
+            return ir.Const(None, Ty.ERROR)
+        return ir.Compare(op, left, right)
+
+    def _membership(self, e: ast.Binary, left: ir.Node, right: ir.Node) -> ir.Node:
+        if right.ty is not Ty.LIST:
+            self.error("E026", f"`{e.op}` needs a list on its right, found {right.ty}", e.right.span, "e.g. `x in [500, 503]` or a `list` name")
+            return ir.Const(None, Ty.ERROR)
+        items: tuple[ir.Const, ...] = right.value  # type: ignore[union-attr,assignment]
+        for item in items:
+            if not _comparable(left.ty, item.ty):
+                self.error("E020", f"cannot compare {left.ty} with list item of type {item.ty}", e.right.span, _compare_hint(left, item))
+                return ir.Const(None, Ty.ERROR)
+        return ir.InList(left, items, e.op == "not in")
+
+    def _regex(self, e: ast.Binary, left: ir.Node, right: ir.Node) -> ir.Node:
+        if left.ty is not Ty.STRING:
+            self.error("E021", f"`{e.op}` matches strings, not {left.ty}", e.op_span)
+            return ir.Const(None, Ty.ERROR)
+        if not (isinstance(right, ir.Const) and right.ty is Ty.STRING):
+            self.error("E024", "a regular expression must be a string literal or const", e.right.span)
+            return ir.Const(None, Ty.ERROR)
+        pattern = str(right.value)
+        problem = _regex_problem(pattern, self.regex_validator)
+        if problem:
+            self.error("E024", f"invalid regular expression: {problem}", e.right.span,
+                       "patterns use RE2 syntax (linear time: no backreferences or lookaround)")
+            return ir.Const(None, Ty.ERROR)
+        return ir.Regex(left, pattern, e.op == "!~")
+
+    def _string_test(self, e: ast.Binary, left: ir.Node, right: ir.Node) -> ir.Node:
+        if left.ty.is_array and e.op == "contains":
+            if not _comparable(left.ty.element, right.ty):
+                self.error("E020", f"a {left.ty} cannot contain {right.ty} values", e.op_span)
+                return ir.Const(None, Ty.ERROR)
+            return ir.ArrayHas(left, right)
+        if left.ty is not Ty.STRING or right.ty is not Ty.STRING:
+            self.error("E021", f"`{e.op}` applies to strings (and `contains` to arrays), not {left.ty} and {right.ty}", e.op_span)
+            return ir.Const(None, Ty.ERROR)
+        return ir.StrTest(e.op, left, right)
+
+    def _call(self, e: ast.Call, scope: _Scope) -> ir.Node:
+        macro = self.macros.get(e.name)
+        if macro is None and e.name == "first":
+            return self._first(e, scope)
+        if macro is None:
+            self.error("E013", f"unknown macro `{e.name}`", e.name_span, *did_you_mean(e.name, self.macros),
+                       "built-ins: first(...), exists(...), count(...), min/max/avg/sum(... for ...)")
+            return ir.Const(None, Ty.ERROR)
+        self.used_defs.add(e.name)
+        if len(e.args) != len(macro.params):
+            self.error("E014", f"macro `{e.name}` takes {len(macro.params)} argument(s), got {len(e.args)}", e.span,
+                       f"defined as `{e.name}({', '.join(p.name for p in macro.params)})` at line {macro.name_span.line}")
+            return ir.Const(None, Ty.ERROR)
+        if e.name in self.macro_stack:
+            self.error("E037", f"macro `{e.name}` calls itself", e.name_span, "macros are expanded inline and cannot recurse")
+            return ir.Const(None, Ty.ERROR)
+        # hygienic: the body sees its parameters, not the caller's variables
+        inner = _Scope({}, {}, scope.used, scope.anchor, scope.taken)
+        for param, arg in zip(macro.params, e.args):
+            target = None
+            if isinstance(arg, ast.Name):
+                target = scope.params[arg.name] if arg.name in scope.params else scope.vars.get(arg.name)
+            if isinstance(target, str):
+                inner.params[param.name] = target  # a span variable
+                scope.used.add(target)
+            else:
+                inner.params[param.name] = self._expr(arg, scope)
+        self.macro_stack.append(e.name)
+        mark = len(self.diags)
+        try:
+            return self._expr(macro.body, inner)
+        finally:
+            self.macro_stack.pop()
+            # a problem inside the body is reported there, naming the call
+            where = f"in `{e.name}(...)` called at {e.span.path}:{e.span.line}:{e.span.col}"
+            self.diags[mark:] = [
+                replace(d, hints=(*d.hints, where)) if _inside(d.span, macro.span) else d for d in self.diags[mark:]
+            ]
+
+    def _first(self, e: ast.Call, scope: _Scope) -> ir.Node:
+        """Built-in ``first(a, b, ...)``: the first non-nil value (one type)."""
+        items = [self._expr(a, scope) for a in e.args]
+        if len(items) < 2:
+            self.error("E014", "`first` takes two or more arguments", e.span, 'e.g. `first(s.attr["a"], s.event["x"]["a"])`')
+            return ir.Const(None, Ty.ERROR)
+        if any(i.ty is Ty.ERROR for i in items):
+            return ir.Const(None, Ty.ERROR)
+        ty = items[0].ty
+        for arg, item in zip(e.args[1:], items[1:]):
+            if not _comparable(ty, item.ty) and ty != item.ty:
+                self.error("E020", f"`first` mixes {ty} and {item.ty}", arg.span, "every argument needs the same type")
+                return ir.Const(None, Ty.ERROR)
+        if all(i.ty.numeric for i in items):
+            ty = Ty.DOUBLE if Ty.DOUBLE in {i.ty for i in items} else Ty.INT
+        return ir.First(tuple(items), ty)
+
+    def _quantifier(self, e: ast.Quantifier, scope: _Scope) -> ir.Node:
+        inner = scope.child()
+        rel = self._binding(e.binding, inner)
+        if rel is None:
+            return ir.Const(None, Ty.ERROR)
+        where = self._condition(e.where, inner) if e.where is not None else None
+        value = self._expr(e.value, inner) if e.value is not None else None
+        if e.func in ("exists", "count"):
+            return ir.Quant(e.func, rel, where, None, Ty.BOOL if e.func == "exists" else Ty.INT)
+        assert value is not None
+        if value.ty is Ty.ERROR:
+            return ir.Const(None, Ty.ERROR)
+        allowed = _ORDERED if e.func in ("min", "max") else {Ty.INT, Ty.DOUBLE, Ty.DURATION}
+        if value.ty not in allowed:
+            self.error("E027", f"`{e.func}` cannot aggregate {value.ty} values", e.value.span,  # type: ignore[union-attr]
+                       "sum and avg take numbers or durations; min and max also strings and times")
+            return ir.Const(None, Ty.ERROR)
+        ty = Ty.DOUBLE if e.func == "avg" and value.ty is Ty.INT else value.ty
+        return ir.Quant(e.func, rel, where, value, ty)
+
+    # ---- "never fires" ------------------------------------------------------------
+
+    def _never_fires(self, where: ir.Node, span: SourceSpan) -> None:
+        reason = contradiction(where)
+        if reason:
+            self.error("W004", "this rule can never fire", span, reason)
+
+
+def _first_defined(span: SourceSpan) -> str:
+    return f"first defined at {span.path}:{span.line}:{span.col}"
+
+
+def _inside(inner: SourceSpan, outer: SourceSpan) -> bool:
+    return inner.path == outer.path and outer.start <= inner.start and inner.end <= outer.end
+
+
+# ---- typing helpers ------------------------------------------------------------
+
+
+def _family(ty: Ty) -> str:
+    return "number" if ty.numeric else str(ty)
+
+
+def _comparable(a: Ty, b: Ty) -> bool:
+    if Ty.ERROR in (a, b):
+        return True
+    if a.numeric and b.numeric:
+        return True
+    return a == b and a is not Ty.LIST and not a.is_array
+
+
+def _compare_hint(left: ir.Node, right: ir.Node) -> str:
+    tys = {left.ty, right.ty}
+    if Ty.DURATION in tys and (Ty.INT in tys or Ty.DOUBLE in tys):
+        return "write a duration literal such as `250ms` or `2s`"
+    if tys & {Ty.STATUS, Ty.KIND} and Ty.STRING in tys:
+        return "write the value without quotes, e.g. `s.status = error`, `s.kind = server`"
+    if Ty.STRING in tys and (Ty.INT in tys or Ty.DOUBLE in tys):
+        return "quote the number, or annotate the attribute's type, e.g. `s.attr[\"k\"]:int`"
+    return ""
+
+
+def _want(other: ir.Node, op: str) -> AttrType | None:
+    if op in ("=~", "!~", "starts_with", "ends_with"):
+        return AttrType.STRING
+    if other.ty is Ty.LIST:
+        items = other.value  # type: ignore[union-attr]
+        return _INFER_FROM.get(items[0].ty) if items else None
+    return _INFER_FROM.get(other.ty)
+
+
+def _arith_type(op: str, a: Ty, b: Ty) -> Ty | None:
+    if a.numeric and b.numeric:
+        return Ty.DOUBLE if op == "/" or Ty.DOUBLE in (a, b) else Ty.INT
+    table = {
+        ("+", Ty.DURATION, Ty.DURATION): Ty.DURATION, ("-", Ty.DURATION, Ty.DURATION): Ty.DURATION,
+        ("/", Ty.DURATION, Ty.DURATION): Ty.DOUBLE, ("%", Ty.DURATION, Ty.DURATION): Ty.DURATION,
+        ("-", Ty.TIME, Ty.TIME): Ty.DURATION, ("+", Ty.TIME, Ty.DURATION): Ty.TIME, ("-", Ty.TIME, Ty.DURATION): Ty.TIME,
+        ("+", Ty.DURATION, Ty.TIME): Ty.TIME,
+    }
+    if (op, a, b) in table:
+        return table[(op, a, b)]
+    if op == "*" and {a, b} & {Ty.DURATION} and (a.numeric or b.numeric):
+        return Ty.DURATION
+    if op == "/" and a is Ty.DURATION and b.numeric:
+        return Ty.DURATION
+    return None
+
+
+def _regex_problem(pattern: str, validator: RegexValidator | None) -> str:
+    m = _RE2_UNSUPPORTED.search(pattern)
+    if m:
+        return f"`{m.group(0)}` is not supported by RE2"
+    if validator is not None:
+        return validator(pattern)
+    try:  # without the engine, Python's syntax is the nearest approximation
+        re.compile(pattern)
+    except re.error as err:
+        return str(err)
+    return ""

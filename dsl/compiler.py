@@ -1,0 +1,360 @@
+"""Checked rules (``dsl.ir``) -> DuckDB SQL.
+
+Each rule becomes one SELECT over the *prepared* span table of a batch
+(``prepare_statements``): the store's table plus integer keys (``_row``,
+``_trace``, ``_parent``) and the derived intrinsics the rule set needs
+(``_depth``, ``_self``, trace-level ``_t_*`` columns, and the ancestor
+closure table for descendant/ancestor relations).  Every structural join
+goes through ``_parent``/``_trace``/the closure, which are computed within
+one trace, so spans of different traces never meet.
+
+Literals never enter SQL text: each becomes a numbered parameter (``$n``).
+The only names that do are the store's table name (quoted by ``quote_ident``)
+and attribute columns, whose names ``dsl.projection.column_name`` makes
+``[a-z0-9_]`` only.  Nothing here imports Lark.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dsl import ir
+from dsl.ir import Ty
+from dsl.projection import column_name
+
+SPANS = "__ft_spans"  # prepared span table (temp)
+ANCESTORS = "__ft_ancestors"  # (_row, _anc) for every proper ancestor (temp)
+_DERIVED = "__ft_derived"  # derived per-span values (temp)
+_SOURCE = "__ft_source"  # copy of the batch when it has no row ids (a view)
+_MAX_DEPTH = 256  # guards recursion against parent cycles in bad data
+
+# intrinsic -> SQL over the prepared table (``{v}`` is the span's alias)
+_SPAN_SQL = {
+    "name": "{v}.name",
+    "service": "{v}.service",
+    "kind": "{v}.kind",
+    "status": "{v}.status_code",
+    "status_message": "{v}.status_message",
+    "duration": "({v}.end_ns - {v}.start_ns)",
+    "self_time": "{v}._self",
+    "start": "{v}.start_ns",
+    "end": "{v}.end_ns",
+    "is_root": "{v}._is_root",
+    "depth": "{v}._depth",
+}
+_NULLABLE_INTRINSICS = {"name", "service", "status_message"}
+_NEEDS = {"self_time": "self_time", "depth": "depth"}
+_STR_FUNCS = {"contains": "contains", "starts_with": "starts_with", "ends_with": "ends_with"}
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRule:
+    """One rule as one SQL statement over the prepared table.
+
+    The statement returns ``(trace_id, span_id, depth, message)`` rows, one
+    per blamed span; ``params`` are bound positionally to ``$1..$n``."""
+
+    id: str
+    meta: ir.RuleMeta
+    sql: str
+    params: tuple[object, ...]
+    needs: frozenset[str]  # derived data the prepare step must build
+
+
+def quote_ident(name: str) -> str:
+    """The one function that puts a name into SQL: ``a.b`` -> ``"a"."b"``."""
+    parts = name.split(".")
+    if not name or any(p == "" for p in parts):
+        raise ValueError(f"invalid table name {name!r}")
+    return ".".join('"' + p.replace('"', '""') + '"' for p in parts)
+
+
+@dataclass
+class _Ctx:
+    params: list[object] = field(default_factory=list)
+    aliases: dict[str, str] = field(default_factory=dict)
+    needs: set[str] = field(default_factory=set)
+
+    def bind(self, value: object) -> str:
+        self.params.append(value)
+        return f"${len(self.params)}"
+
+    def alias(self, var: str) -> str:
+        # distinct per name, independent of case (SQL folds identifier case)
+        if var not in self.aliases:
+            self.aliases[var] = f"v{len(self.aliases)}"
+        return self.aliases[var]
+
+
+def compile_rule(rule: ir.CheckedRule) -> CompiledRule:
+    ctx = _Ctx()
+    first = rule.bindings[0]
+    from_sql = f"{SPANS} AS {ctx.alias(first.var)}"
+    for rel in rule.bindings[1:]:
+        from_sql += " " + _join(rel, ctx)
+    where = _bool(rule.where, ctx) if rule.where is not None else "TRUE"
+    blamed = ctx.alias(rule.blame)
+    message = _message(rule.message, ctx)
+    select = f"{blamed}.trace_id, {blamed}.span_id, {blamed}._depth AS depth, {message} AS message"
+    ctx.needs.add("depth")
+    sql = f"SELECT {select} FROM {from_sql} WHERE {where}"
+    if len(rule.bindings) > 1:
+        # several variable assignments may blame the same span: report it once
+        sql = (f"SELECT DISTINCT ON (trace_id, span_id) trace_id, span_id, depth, message FROM "
+               f"({sql}) ORDER BY trace_id, span_id, message")
+    return CompiledRule(rule.meta.id, rule.meta, sql, tuple(ctx.params), frozenset(ctx.needs))
+
+
+# ---- relations --------------------------------------------------------------------
+
+
+def _join(rel: ir.Rel, ctx: _Ctx) -> str:
+    v, o = ctx.alias(rel.var), ctx.alias(rel.other)
+    if rel.relation in ("descendant", "ancestor"):
+        ctx.needs.add("ancestors")
+        k = f"k_{v}"
+        mine, theirs = ("_row", "_anc") if rel.relation == "descendant" else ("_anc", "_row")
+        return (f"JOIN {ANCESTORS} AS {k} ON {k}.{theirs} = {o}._row "
+                f"JOIN {SPANS} AS {v} ON {v}._row = {k}.{mine}")
+    return f"JOIN {SPANS} AS {v} ON {_rel_condition(rel, v, o)}"
+
+
+def _rel_condition(rel: ir.Rel, v: str, o: str) -> str:
+    return {
+        "span": f"{v}._trace = {o}._trace",
+        "child": f"{v}._parent = {o}._row",
+        "parent": f"{v}._row = {o}._parent",
+        "sibling": f"{v}._parent = {o}._parent AND {v}._row <> {o}._row",
+    }[rel.relation]
+
+
+def _subquery_from(rel: ir.Rel, ctx: _Ctx) -> tuple[str, str]:
+    """FROM and WHERE of a correlated subquery ranging over ``rel.var``."""
+    v, o = ctx.alias(rel.var), ctx.alias(rel.other)
+    if rel.relation in ("descendant", "ancestor"):
+        ctx.needs.add("ancestors")
+        k = f"k_{v}"
+        mine, theirs = ("_row", "_anc") if rel.relation == "descendant" else ("_anc", "_row")
+        return f"{ANCESTORS} AS {k} JOIN {SPANS} AS {v} ON {v}._row = {k}.{mine}", f"{k}.{theirs} = {o}._row"
+    return f"{SPANS} AS {v}", _rel_condition(rel, v, o)
+
+
+# ---- expressions ----------------------------------------------------------------------
+
+
+def nullable(node: ir.Node) -> bool:
+    """Whether the SQL for ``node`` may be NULL (nil)."""
+    match node:
+        case ir.Const():
+            return node.value is None
+        case ir.Intrinsic():
+            return node.name in _NULLABLE_INTRINSICS
+        case ir.TraceIntrinsic():
+            return node.name in ("root_service", "root_name")
+        case ir.AttrValue():
+            return True
+        case ir.Arith():
+            return True  # overflow and division by zero are nil
+        case ir.Quant(func="min" | "max" | "avg" | "sum"):
+            return True
+        case ir.Negate():
+            return any(nullable(c) for c in ir.children(node))
+        case ir.First():
+            return all(nullable(c) for c in node.items)
+    return False  # booleans are compiled two-valued
+
+
+def _bool(node: ir.Node, ctx: _Ctx) -> str:
+    """SQL for a condition, never NULL: comparisons with nil are false."""
+    sql = _value(node, ctx)
+    leaf = not isinstance(node, (ir.And, ir.Or, ir.Not, ir.IsSet, ir.Quant))
+    if leaf and any(nullable(c) for c in (node, *ir.children(node))):
+        return f"coalesce({sql}, FALSE)"
+    return sql
+
+
+def _value(node: ir.Node, ctx: _Ctx) -> str:
+    match node:
+        case ir.Const():
+            return ctx.bind(node.value)
+        case ir.Intrinsic():
+            if node.name in _NEEDS:
+                ctx.needs.add(_NEEDS[node.name])
+            return _SPAN_SQL[node.name].format(v=ctx.alias(node.var))
+        case ir.TraceIntrinsic():
+            ctx.needs.add("trace")
+            return f"{ctx.alias(node.var)}._t_{node.name}"
+        case ir.AttrValue():
+            v = ctx.alias(node.var)
+            cols = [f"{v}.{column_name(r)}" for r in node.refs]
+            return cols[0] if len(cols) == 1 else f"coalesce({', '.join(cols)})"
+        case ir.Compare():
+            return f"({_value(node.left, ctx)} {'<>' if node.op == '!=' else node.op} {_value(node.right, ctx)})"
+        case ir.Regex():
+            test = f"regexp_matches({_value(node.operand, ctx)}, {ctx.bind(node.pattern)})"
+            return f"(NOT {test})" if node.negated else test
+        case ir.StrTest():
+            return f"{_STR_FUNCS[node.op]}({_value(node.operand, ctx)}, {_value(node.arg, ctx)})"
+        case ir.ArrayHas():
+            return f"list_contains({_value(node.operand, ctx)}, {_value(node.element, ctx)})"
+        case ir.InList():
+            if not node.items:
+                return "TRUE" if node.negated else "FALSE"
+            items = ", ".join(ctx.bind(i.value) for i in node.items)
+            return f"({_value(node.operand, ctx)} {'NOT IN' if node.negated else 'IN'} ({items}))"
+        case ir.Arith():
+            return _arith(node, ctx)
+        case ir.Negate():
+            return f"(-{_value(node.operand, ctx)})"
+        case ir.And():
+            return "(" + " AND ".join(_bool(i, ctx) for i in node.items) + ")"
+        case ir.Or():
+            return "(" + " OR ".join(_bool(i, ctx) for i in node.items) + ")"
+        case ir.Not():
+            return f"(NOT {_bool(node.operand, ctx)})"
+        case ir.IsSet():
+            return f"({_value(node.operand, ctx)} IS NOT NULL)"
+        case ir.Quant():
+            return _quant(node, ctx)
+        case ir.First():
+            return f"coalesce({', '.join(_value(i, ctx) for i in node.items)})"
+    raise AssertionError(f"unhandled IR node {node!r}")  # pragma: no cover
+
+
+def _arith(node: ir.Arith, ctx: _Ctx) -> str:
+    left, right = _value(node.left, ctx), _value(node.right, ctx)
+    if node.op in ("/", "%"):
+        # division by zero is nil (a double division would give inf)
+        left = f"CAST({left} AS DOUBLE)" if node.op == "/" else left
+        right = f"nullif({right}, 0)"
+    sql = f"({left} {node.op} {right})"
+    # overflow is nil too; DuckDB raises unless wrapped in TRY, which it
+    # does not allow around a subquery (aggregates are far from overflowing)
+    has_subquery = any(isinstance(n, ir.Quant) for n in ir.walk(node))
+    return sql if has_subquery else f"TRY{sql}"
+
+
+def _quant(node: ir.Quant, ctx: _Ctx) -> str:
+    src, cond = _subquery_from(node.rel, ctx)
+    if node.where is not None:
+        cond += f" AND {_bool(node.where, ctx)}"
+    if node.func == "exists":
+        return f"EXISTS (SELECT 1 FROM {src} WHERE {cond})"
+    if node.func == "count":
+        return f"(SELECT count(*) FROM {src} WHERE {cond})"
+    value = _value(node.value, ctx)  # type: ignore[arg-type]
+    return f"(SELECT {node.func}({value}) FROM {src} WHERE {cond})"
+
+
+# ---- messages ---------------------------------------------------------------------
+
+
+def _message(parts: tuple[str | ir.Node, ...], ctx: _Ctx) -> str:
+    pieces = [ctx.bind(p) if isinstance(p, str) else _render(p, ctx) for p in parts]
+    if not pieces:
+        return ctx.bind("")
+    return f"concat({', '.join(pieces)})"
+
+
+def _render(node: ir.Node, ctx: _Ctx) -> str:
+    """SQL text for a value in a message; nil renders as ``nil``."""
+    x = _value(node, ctx)
+    match node.ty:
+        case Ty.DURATION:
+            s = (f"CASE WHEN abs({x}) >= 1e9 THEN printf('%.3gs', {x} / 1e9) "
+                 f"WHEN abs({x}) >= 1e6 THEN printf('%.4gms', {x} / 1e6) "
+                 f"WHEN abs({x}) >= 1e3 THEN printf('%.4gus', {x} / 1e3) "
+                 f"ELSE printf('%dns', CAST({x} AS BIGINT)) END")
+        case Ty.TIME:
+            s = f"strftime(make_timestamp(CAST({x} AS BIGINT) // 1000), '%Y-%m-%dT%H:%M:%S.%fZ')"
+        case Ty.KIND:
+            names = ", ".join(f"'{k}'" for k in ir.KINDS)
+            s = f"[{names}][{x} + 1]"
+        case Ty.STATUS:
+            names = ", ".join(f"'{k}'" for k in ir.STATUSES)
+            s = f"[{names}][{x} + 1]"
+        case Ty.BOOL:
+            s = f"CASE WHEN {x} THEN 'true' WHEN NOT {x} THEN 'false' END"
+        case _:
+            s = f"CAST({x} AS VARCHAR)"
+    return f"coalesce({s}, 'nil')"
+
+
+# ---- the prepare step -----------------------------------------------------------------
+
+
+def prepare_statements(table: str, needs: frozenset[str], columns: tuple[str, ...], has_rowid: bool = True) -> list[str]:
+    """Statements that build the prepared tables for one batch in ``table``.
+
+    ``columns`` are the store columns the rules read (the contract's
+    intrinsics and projected attributes; anything else the store keeps, such
+    as raw span bytes, is not copied).  Derived values are computed on a
+    narrow key table first and joined onto the one wide copy by row id;
+    values the rule set does not need are not computed.  Without a row id
+    (``table`` is a view) the columns are copied first."""
+    src = quote_ident(table)
+    stmts: list[str] = []
+    if not has_rowid:
+        stmts.append(f"CREATE OR REPLACE TEMP TABLE {_SOURCE} AS SELECT {', '.join(columns)} FROM {src}")
+        src = _SOURCE
+    ctes = [
+        # a dense integer per trace: integer joins are much cheaper than on 16-byte ids
+        f"tids AS (SELECT trace_id, CAST(row_number() OVER () AS BIGINT) AS _trace FROM (SELECT DISTINCT trace_id FROM {src}))",
+        f"k AS MATERIALIZED (SELECT b.rowid AS _row, tids._trace, b.span_id, b.parent_span_id, b.start_ns, b.end_ns, "
+        f"b.status_code, b.service, b.name FROM {src} AS b JOIN tids ON tids.trace_id = b.trace_id)",
+        # spans whose parent is in the batch; a duplicated span id keeps its first row
+        "ids AS (SELECT _trace, span_id, min(_row) AS _row FROM k GROUP BY _trace, span_id)",
+        "s AS MATERIALIZED (SELECT k._row, k._trace, k.start_ns, k.end_ns, k.status_code, k.service, k.name, p._row AS _parent, "
+        "(k.parent_span_id IS NULL OR octet_length(k.parent_span_id) = 0) AS _is_root "
+        "FROM k LEFT JOIN ids AS p ON p._trace = k._trace AND p.span_id = k.parent_span_id)",
+        f"d(_row, _depth) AS (SELECT _row, 0 FROM s WHERE _parent IS NULL "
+        f"UNION ALL SELECT s._row, d._depth + 1 FROM s JOIN d ON s._parent = d._row WHERE d._depth < {_MAX_DEPTH})",
+    ]
+    cols = ["s._row", "s._trace", "s._parent", "s._is_root", "CAST(coalesce(d._depth, 0) AS BIGINT) AS _depth"]
+    joins = ["LEFT JOIN d ON d._row = s._row"]
+    if "self_time" in needs:
+        ctes += [
+            # children clipped to their parent's interval
+            "c AS (SELECT ch._parent AS p, greatest(ch.start_ns, pa.start_ns) AS cs, least(ch.end_ns, pa.end_ns) AS ce "
+            "FROM s AS ch JOIN s AS pa ON ch._parent = pa._row)",
+            # the union of the intervals: each child adds what lies beyond the
+            # furthest end of the children that started before it
+            "cw AS (SELECT p, cs, ce, max(ce) OVER (PARTITION BY p ORDER BY cs, ce "
+            "ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS reach FROM c WHERE ce > cs)",
+            "cov AS (SELECT p, sum(greatest(0, ce - greatest(cs, coalesce(reach, cs)))) AS covered FROM cw GROUP BY p)",
+        ]
+        cols.append("CAST((s.end_ns - s.start_ns) - coalesce(cov.covered, 0) AS BIGINT) AS _self")
+        joins.append("LEFT JOIN cov ON cov.p = s._row")
+    if "trace" in needs:
+        ctes.append(
+            "tr AS (SELECT _trace, max(end_ns) - min(start_ns) AS _t_duration, "
+            # the root is the earliest span without a parent; the earliest span
+            # stands in while the root has not arrived
+            "coalesce(arg_min(service, start_ns) FILTER (WHERE _is_root), arg_min(service, start_ns)) AS _t_root_service, "
+            "coalesce(arg_min(name, start_ns) FILTER (WHERE _is_root), arg_min(name, start_ns)) AS _t_root_name, "
+            "count(*) AS _t_span_count, count(*) FILTER (WHERE status_code = 2) AS _t_error_count "
+            "FROM s GROUP BY _trace)"
+        )
+        cols.append("tr._t_duration, tr._t_root_service, tr._t_root_name, tr._t_span_count, tr._t_error_count")
+        joins.append("LEFT JOIN tr ON tr._trace = s._trace")
+    stmts.append(
+        f"CREATE OR REPLACE TEMP TABLE {_DERIVED} AS WITH RECURSIVE {', '.join(ctes)} "
+        f"SELECT {', '.join(cols)} FROM s {' '.join(joins)}"
+    )
+    stmts.append(
+        f"CREATE OR REPLACE TEMP TABLE {SPANS} AS SELECT {', '.join('t.' + c for c in columns)}, x.* "
+        f"FROM {src} AS t JOIN {_DERIVED} AS x ON x._row = t.rowid"
+    )
+    if "ancestors" in needs:
+        stmts.append(
+            f"CREATE OR REPLACE TEMP TABLE {ANCESTORS} AS WITH RECURSIVE a(_row, _anc, _dist) AS ("
+            f"SELECT _row, _parent, 1 FROM {_DERIVED} WHERE _parent IS NOT NULL "
+            f"UNION ALL SELECT a._row, s._parent, a._dist + 1 FROM a JOIN {_DERIVED} AS s ON s._row = a._anc "
+            f"WHERE s._parent IS NOT NULL AND a._dist < {_MAX_DEPTH}) SELECT _row, _anc FROM a"
+        )
+    stmts.append(f"DROP TABLE IF EXISTS {_DERIVED}")
+    return stmts
+
+
+def cleanup_statements() -> list[str]:
+    return [f"DROP TABLE IF EXISTS {t}" for t in (SPANS, ANCESTORS, _DERIVED, _SOURCE)]

@@ -1,0 +1,337 @@
+"""Rule fixture tests in the promtool manner, as data: load them, compare.
+
+A fixture file (YAML) names rule files, and cases: an OTLP/JSON trace file
+and the findings expected from it (rule id + the blamed span by name/service
+or by id; an empty list means "must not fire")::
+
+    rule_files: [../code.rules]
+    tests:
+      - name: deepest erroring span with an exception is blamed
+        trace: traces/code_exception.json
+        rules: [code.deepest_exception]      # optional: rules under test
+        expect:
+          - rule: code.deepest_exception
+            span: {name: "SELECT orders", service: orders-db}
+            message: "ValueError"             # optional substring
+      - name: a handled exception does not fire
+        trace: traces/code_handled.json
+        rules: [code.deepest_exception]
+        expect: []
+
+This module only loads fixtures (and the OTLP/JSON traces they name) into
+typed values and compares expected with actual findings; whoever runs the
+pipeline (``faulttrace test``) supplies the actual findings.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+
+FIXTURE_SUFFIXES = (".test.yaml", ".test.yml")
+
+
+class FixtureError(Exception):
+    """A fixture file or trace file that cannot be used; the message names the file and key."""
+
+
+class FindingLike(Protocol):
+    trace_id: bytes
+    span_id: bytes
+    rule_id: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class FixtureSpan:
+    """The parts of an OTLP span fixtures and rules look at."""
+
+    trace_id: bytes
+    span_id: bytes
+    parent_span_id: bytes | None
+    name: str
+    service: str
+    kind: int
+    start_ns: int
+    end_ns: int
+    status_code: int
+    status_message: str = ""
+    attributes: dict[str, Any] = field(default_factory=dict)
+    resource: dict[str, Any] = field(default_factory=dict)
+    events: tuple[tuple[str, dict[str, Any]], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SpanMatcher:
+    """Which span a finding must blame: by id, or by name and/or service."""
+
+    span_id: str = ""  # hex
+    name: str = ""
+    service: str = ""
+
+    def matches(self, span: FixtureSpan) -> bool:
+        if self.span_id and span.span_id.hex() != self.span_id.lower():
+            return False
+        if self.name and span.name != self.name:
+            return False
+        return not self.service or span.service == self.service
+
+    def describe(self) -> str:
+        parts = [f"id={self.span_id}"] if self.span_id else []
+        parts += [f"name={self.name!r}"] if self.name else []
+        parts += [f"service={self.service!r}"] if self.service else []
+        return " ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class ExpectedFinding:
+    rule: str
+    span: SpanMatcher
+    message: str = ""  # substring the message must contain, if given
+
+
+@dataclass(frozen=True, slots=True)
+class FixtureCase:
+    name: str
+    trace: Path
+    expect: tuple[ExpectedFinding, ...]
+    rules: tuple[str, ...] = ()  # rules under test; empty = every rule loaded
+
+
+@dataclass(frozen=True, slots=True)
+class FixtureFile:
+    path: Path
+    rule_files: tuple[Path, ...]
+    cases: tuple[FixtureCase, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CaseResult:
+    case: FixtureCase
+    missing: tuple[ExpectedFinding, ...]
+    unexpected: tuple[FindingLike, ...]
+    wrong_message: tuple[tuple[ExpectedFinding, FindingLike], ...]
+    spans: tuple[FixtureSpan, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.wrong_message)
+
+    def diff(self) -> str:
+        """A readable account of what differs ('' when the case passed)."""
+        if self.ok:
+            return ""
+        by_id = {s.span_id: s for s in self.spans}
+        lines = [f"FAIL {self.case.name} ({self.case.trace.name})"]
+        for e in self.missing:
+            lines.append(f"  - expected {e.rule} on span {e.span.describe()}" + (f" with message containing {e.message!r}" if e.message else ""))
+        for f in self.unexpected:
+            lines.append(f"  + unexpected {f.rule_id} on span {_describe(f.span_id, by_id)}: {f.message!r}")
+        for e, f in self.wrong_message:
+            lines.append(f"  ~ {e.rule} on span {_describe(f.span_id, by_id)}: message {f.message!r} does not contain {e.message!r}")
+        return "\n".join(lines)
+
+
+def _describe(span_id: bytes, spans: dict[bytes, FixtureSpan]) -> str:
+    s = spans.get(span_id)
+    return f"id={span_id.hex()}" + (f" name={s.name!r} service={s.service!r}" if s else " (not in the trace)")
+
+
+# ---- loading --------------------------------------------------------------------
+
+
+def find_fixture_files(paths: Iterable[str | Path]) -> list[Path]:
+    """Fixture files named by ``paths`` or found below directories in them."""
+    out: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*") if f.name.endswith(FIXTURE_SUFFIXES))
+        elif p.name.endswith(FIXTURE_SUFFIXES):
+            out.append(p)
+    return out
+
+
+def load_fixture_file(path: str | Path) -> FixtureFile:
+    """Parse and validate one fixture file; paths inside are relative to it."""
+    p = Path(path)
+    try:
+        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as err:
+        raise FixtureError(f"{p}: {err}") from err
+    if not isinstance(doc, dict):
+        raise FixtureError(f"{p}: expected a mapping with `rule_files` and `tests`")
+    unknown = set(doc) - {"rule_files", "tests"}
+    if unknown:
+        raise FixtureError(f"{p}: unknown key(s) {', '.join(sorted(unknown))} (expected rule_files, tests)")
+    rule_files = _str_list(doc.get("rule_files"), f"{p}: rule_files")
+    if not rule_files:
+        raise FixtureError(f"{p}: rule_files: name at least one rule file")
+    tests = doc.get("tests")
+    if not isinstance(tests, list) or not tests:
+        raise FixtureError(f"{p}: tests: expected a non-empty list")
+    cases = tuple(_case(p, i, t) for i, t in enumerate(tests))
+    return FixtureFile(p, tuple(p.parent / f for f in rule_files), cases)
+
+
+def _str_list(value: object, where: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise FixtureError(f"{where}: expected a list of strings")
+    return value
+
+
+def _case(path: Path, index: int, t: object) -> FixtureCase:
+    where = f"{path}: tests[{index}]"
+    if not isinstance(t, dict):
+        raise FixtureError(f"{where}: expected a mapping")
+    unknown = set(t) - {"name", "trace", "rules", "expect"}
+    if unknown:
+        raise FixtureError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} (expected name, trace, rules, expect)")
+    if not isinstance(t.get("trace"), str):
+        raise FixtureError(f"{where}.trace: expected the path of an OTLP/JSON file")
+    if "expect" not in t or not isinstance(t["expect"], list):
+        raise FixtureError(f"{where}.expect: expected a list (an empty list means no rule may fire)")
+    expect = tuple(_expected(f"{where}.expect[{j}]", e) for j, e in enumerate(t["expect"]))
+    name = str(t.get("name") or f"test {index + 1}")
+    return FixtureCase(name, path.parent / t["trace"], expect, tuple(_str_list(t.get("rules"), f"{where}.rules")))
+
+
+def _expected(where: str, e: object) -> ExpectedFinding:
+    if not isinstance(e, dict) or not isinstance(e.get("rule"), str):
+        raise FixtureError(f"{where}: expected a mapping with `rule` and `span`")
+    unknown = set(e) - {"rule", "span", "message"}
+    if unknown:
+        raise FixtureError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} (expected rule, span, message)")
+    span = e.get("span")
+    if isinstance(span, str):
+        matcher = SpanMatcher(name=span)
+    elif isinstance(span, dict) and span and set(span) <= {"id", "name", "service"}:
+        matcher = SpanMatcher(str(span.get("id", "")), str(span.get("name", "")), str(span.get("service", "")))
+    else:
+        raise FixtureError(f"{where}.span: expected a span name, or a mapping with id, name and/or service")
+    return ExpectedFinding(e["rule"], matcher, str(e.get("message", "")))
+
+
+# ---- OTLP/JSON ------------------------------------------------------------------
+
+
+def load_otlp_json(path: str | Path) -> list[FixtureSpan]:
+    """Spans of an OTLP/JSON export (one document, or JSON lines; gzip too)."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+        text = (gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw).decode("utf-8")
+    except (OSError, UnicodeDecodeError, gzip.BadGzipFile) as err:
+        raise FixtureError(f"{p}: {err}") from err
+    try:
+        docs = [json.loads(text)]
+    except json.JSONDecodeError:
+        try:
+            docs = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError as err:
+            raise FixtureError(f"{p}: not OTLP/JSON: {err}") from err
+    try:
+        return [s for d in docs for s in _spans_of(d)]
+    except (KeyError, TypeError, ValueError) as err:
+        raise FixtureError(f"{p}: malformed OTLP/JSON: {err!r}") from err
+
+
+def _spans_of(doc: dict[str, Any]) -> Iterable[FixtureSpan]:
+    for rs in doc.get("resourceSpans", []):
+        resource = _attrs(rs.get("resource", {}).get("attributes", []))
+        service = resource.get("service.name", "")
+        for ss in rs.get("scopeSpans", rs.get("instrumentationLibrarySpans", [])):
+            for s in ss.get("spans", []):
+                yield _span(s, resource, service if isinstance(service, str) else "")
+
+
+_KINDS = {"SPAN_KIND_UNSPECIFIED": 0, "SPAN_KIND_INTERNAL": 1, "SPAN_KIND_SERVER": 2, "SPAN_KIND_CLIENT": 3,
+          "SPAN_KIND_PRODUCER": 4, "SPAN_KIND_CONSUMER": 5}
+_STATUS = {"STATUS_CODE_UNSET": 0, "STATUS_CODE_OK": 1, "STATUS_CODE_ERROR": 2}
+
+
+def _span(s: dict[str, Any], resource: dict[str, Any], service: str) -> FixtureSpan:
+    status = s.get("status", {})
+    parent = s.get("parentSpanId") or ""
+    kind, code = s.get("kind", 0), status.get("code", 0)
+    return FixtureSpan(
+        trace_id=_id(s["traceId"]),
+        span_id=_id(s["spanId"]),
+        parent_span_id=_id(parent) if parent else None,
+        name=s.get("name", ""),
+        service=service,
+        kind=_KINDS[kind] if isinstance(kind, str) else int(kind),
+        start_ns=int(s.get("startTimeUnixNano", 0)),
+        end_ns=int(s.get("endTimeUnixNano", 0)),
+        status_code=_STATUS[code] if isinstance(code, str) else int(code),
+        status_message=status.get("message", ""),
+        attributes=_attrs(s.get("attributes", [])),
+        resource=resource,
+        events=tuple((e.get("name", ""), _attrs(e.get("attributes", []))) for e in s.get("events", [])),
+    )
+
+
+def _id(value: str) -> bytes:
+    """OTLP/JSON ids are hex; some exporters write base64, accept both."""
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        return base64.b64decode(value)
+
+
+def _attrs(kvs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    return {kv["key"]: _any_value(kv.get("value", {})) for kv in kvs}
+
+
+def _any_value(v: dict[str, Any]) -> Any:
+    if "stringValue" in v:
+        return v["stringValue"]
+    if "boolValue" in v:
+        return bool(v["boolValue"])
+    if "intValue" in v:
+        return int(v["intValue"])  # int64 travels as a JSON string
+    if "doubleValue" in v:
+        return float(v["doubleValue"])
+    if "arrayValue" in v:
+        return [_any_value(x) for x in v["arrayValue"].get("values", [])]
+    if "kvlistValue" in v:
+        return _attrs(v["kvlistValue"].get("values", []))
+    if "bytesValue" in v:
+        return base64.b64decode(v["bytesValue"])
+    return None
+
+
+# ---- comparing ------------------------------------------------------------------
+
+
+def compare(case: FixtureCase, spans: Sequence[FixtureSpan], findings: Iterable[FindingLike]) -> CaseResult:
+    """Expected vs actual findings of the rules under test.
+
+    Each expectation consumes one matching finding; findings of rules not
+    under test are ignored; every other finding left over is unexpected."""
+    by_id = {s.span_id: s for s in spans}
+    under_test = set(case.rules) or None
+    actual = [f for f in findings if under_test is None or f.rule_id in under_test]
+    missing: list[ExpectedFinding] = []
+    wrong: list[tuple[ExpectedFinding, FindingLike]] = []
+    for e in case.expect:
+        hits = [f for f in actual if f.rule_id == e.rule and f.span_id in by_id and e.span.matches(by_id[f.span_id])]
+        if not hits:
+            missing.append(e)
+            continue
+        good = [f for f in hits if e.message in f.message]
+        if good:
+            actual.remove(good[0])
+        else:
+            wrong.append((e, hits[0]))
+            actual.remove(hits[0])
+    return CaseResult(case, tuple(missing), tuple(actual), tuple(wrong), tuple(spans))

@@ -1,0 +1,139 @@
+"""Benchmark (a script, not a test): 50 rules of mixed kinds over a batch of
+100,000 spans, evaluated with ``RuleSet.evaluate``.
+
+    /tmp/venv/bin/python tests/dsl/bench_rules.py [--spans 100000] [--repeat 3]
+
+Prints the best evaluation time of ``--repeat`` runs (the target is <= 1.0 s
+on the 2-core machine) and how it splits into the prepare step and the rules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import duckdb
+
+from dsl import load_rules
+from dsl.api import RuleSet, create_span_table
+from dsl.compiler import cleanup_statements
+from dsl.projection import SPAN_COLUMNS, AttrType, column_name
+
+SPANS_PER_TRACE = 20
+
+ATTRIBUTE_RULES = [
+    'c.kind = client and c.attr["http.response.status_code"] >= 50{n}',
+    'c.attr["db.system.name"] = "postgresql" and c.duration > {n}00ms',
+    'c.name =~ "^GET /api/v{n}/items/[0-9]+$" or c.attr["url.path"] starts_with "/v{n}/admin"',
+    'c.attr["gen_ai.response.finish_reasons"] contains "length" and c.attr["gen_ai.request.temperature"] > 1.{n}',
+    'c.status = error and c.event["exception"]["exception.type"] in ["E{n}", "TimeoutError", "ValueError"]',
+    'c.resource["k8s.pod.name"] ends_with "-{n}" and c.self_time > {n}00ms',
+]
+STRUCTURAL_RULES = [
+    'c.status = error and not exists(child d of c where d.status = error) and c.depth > {n}',
+    'c.kind = server and count(child d of c where d.kind = client and d.status = error) > {n}',
+    'c.status = error and exists(descendant d of c where d.attr["db.system.name"] = "redis" and d.duration > {n}00ms)',
+    'c.kind = client and exists(sibling s of c where s.name = c.name and s.status = error) and c.end - c.start > {n}00ms',
+    'c.status = error and exists(ancestor a of c where a.kind = server and a.service != c.service) and c.duration > {n}00ms',
+]
+AGGREGATE_RULES = [
+    'c.is_root and count(span s where s.status = error) > {n}',
+    'c.is_root and max(s.duration for span s where s.kind = client) > {n}00ms',
+    'c.is_root and trace.error_count > {n} and trace.duration > 500ms',
+    'c.kind = server and avg(d.duration for child d of c) > {n}0ms',
+]
+
+
+def rule_text(n_rules: int) -> str:
+    kinds = [ATTRIBUTE_RULES, STRUCTURAL_RULES, AGGREGATE_RULES]
+    out = []
+    for i in range(n_rules):
+        family = kinds[i % 3]
+        cond = family[(i // 3) % len(family)].format(n=i % 7 + 1)
+        out.append(
+            f'rule bench.r{i} {{\n  title "bench {i}"\n  layer code\n  severity medium\n  confidence 0.5\n'
+            f"  match span c where {cond}\n  message \"{{c.name}} in {{c.service}} took {{c.duration}}\"\n}}\n"
+        )
+    return "\n".join(out)
+
+
+def _fill(ref_type: AttrType, salt: int) -> str:
+    """A column of synthetic attribute values: mostly healthy, ~1% odd."""
+    h = f"CAST(hash(i, j, {salt}) % 1000003 AS BIGINT)"
+    return {
+        AttrType.STRING: f"CASE WHEN {h} % 3 = 0 THEN NULL ELSE ['postgresql', 'redis', '/v1/x', 'pod-3', 'ValueError', 'E2', 'ok', 'fine'][{h} % 8 + 1] END",
+        AttrType.INT: f"CASE WHEN {h} % 2 = 0 THEN NULL WHEN {h} % 100 = 1 THEN 503 ELSE 200 END",
+        AttrType.DOUBLE: f"CASE WHEN {h} % 100 = 1 THEN 1.9 ELSE 0.7 END",
+        AttrType.BOOL: f"{h} % 2 = 0",
+        AttrType.STRING_ARRAY: f"CASE WHEN {h} % 50 = 0 THEN ['stop', 'length'] ELSE ['stop'] END",
+        AttrType.INT_ARRAY: "[1, 2]",
+        AttrType.DOUBLE_ARRAY: "[1.0]",
+        AttrType.PRESENT: f"{h} % 20 = 0",
+    }[ref_type]
+
+
+def build_batch(conn: duckdb.DuckDBPyConnection, ruleset: RuleSet, n_spans: int) -> None:
+    refs = sorted(ruleset.projection)
+    create_span_table(conn, "batch", refs)
+    n_traces = n_spans // SPANS_PER_TRACE
+    cols = [name for name, _ in SPAN_COLUMNS] + [column_name(r) for r in refs]
+    values = [
+        "encode(printf('%016d', i))",  # trace_id
+        "encode(printf('%08d', j))",  # span_id
+        "CASE WHEN j = 0 THEN NULL ELSE encode(printf('%08d', (j - 1) // 3)) END",  # 3-ary tree
+        "'svc-' || (j % 5)",
+        "['GET /api/v1/items', 'SELECT', 'call', 'handler', 'POST /api/v2/x'][j % 5 + 1]",
+        "CAST(CASE WHEN j = 0 THEN 2 ELSE CAST(hash(i, j) % 4 AS BIGINT) + 1 END AS UTINYINT)",
+        "1700000000000000000 + i * 1000000000 + j * 1000000",
+        # durations: mostly under 10 ms, 1% up to 1 s
+        "1700000000000000000 + i * 1000000000 + j * 1000000 + CASE WHEN hash(i, j, 8) % 100 = 0 "
+        "THEN CAST(hash(i, j, 7) % 1000000000 AS BIGINT) ELSE CAST(hash(i, j, 7) % 10000000 AS BIGINT) END",
+        "CAST(CASE WHEN hash(i, j, 9) % 50 = 0 THEN 2 ELSE 0 END AS UTINYINT)",  # 2% errors
+        "''",
+    ] + [_fill(r.type, k) for k, r in enumerate(refs)]
+    conn.execute(
+        f"INSERT INTO batch ({', '.join(cols)}) SELECT {', '.join(values)} "
+        f"FROM range({n_traces}) AS t(i), range({SPANS_PER_TRACE}) AS s(j)"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--spans", type=int, default=100_000)
+    ap.add_argument("--rules", type=int, default=50)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bench.rules"
+        path.write_text(rule_text(args.rules), encoding="utf-8")
+        ruleset = load_rules([path])
+    conn = duckdb.connect()
+    build_batch(conn, ruleset, args.spans)
+    best = float("inf")
+    findings = []
+    for _ in range(args.repeat):
+        t0 = time.perf_counter()
+        findings = ruleset.evaluate(conn, "batch")
+        best = min(best, time.perf_counter() - t0)
+    # the split, measured separately
+    t0 = time.perf_counter()
+    for stmt in ruleset.prepare_statements(conn, "batch"):
+        conn.execute(stmt)
+    prep = time.perf_counter() - t0
+    slowest = []
+    for rule in ruleset.rules:
+        t1 = time.perf_counter()
+        conn.execute(rule.sql, list(rule.params)).fetchall()
+        slowest.append((time.perf_counter() - t1, rule.id))
+    for stmt in cleanup_statements():
+        conn.execute(stmt)
+    print(f"{len(ruleset)} rules over {args.spans} spans: best of {args.repeat}: {best:.3f} s "
+          f"({len(findings)} findings; prepare {prep:.3f} s)")
+    for secs, rid in sorted(slowest, reverse=True)[:5]:
+        print(f"  {rid}: {secs * 1000:.1f} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""dsl.fixtures: loading fixture YAML and OTLP/JSON, comparing findings."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from dsl import Finding
+from dsl.fixtures import (
+    ExpectedFinding, FixtureCase, FixtureError, SpanMatcher, compare, find_fixture_files, load_fixture_file, load_otlp_json,
+)
+
+OTLP = {
+    "resourceSpans": [{
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "web"}}]},
+        "scopeSpans": [{"spans": [
+            {"traceId": "0102030405060708090a0b0c0d0e0f10", "spanId": "0000000000000001", "name": "root", "kind": 2,
+             "startTimeUnixNano": "1000", "endTimeUnixNano": "2000", "status": {"code": "STATUS_CODE_ERROR", "message": "boom"},
+             "attributes": [
+                 {"key": "i", "value": {"intValue": "42"}}, {"key": "d", "value": {"doubleValue": 0.5}},
+                 {"key": "b", "value": {"boolValue": True}},
+                 {"key": "a", "value": {"arrayValue": {"values": [{"stringValue": "x"}, {"stringValue": "y"}]}}}]},
+            {"traceId": "AQIDBAUGBwgJCgsMDQ4PEA==", "spanId": "AAAAAAAAAAI=", "parentSpanId": "0000000000000001",
+             "name": "child", "kind": "SPAN_KIND_CLIENT", "startTimeUnixNano": 1100, "endTimeUnixNano": 1900,
+             "events": [{"name": "exception", "attributes": [{"key": "exception.type", "value": {"stringValue": "E"}}]}]},
+        ]}],
+    }]
+}
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    p = tmp_path / name
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def test_otlp_json_spans(tmp_path):
+    spans = load_otlp_json(write(tmp_path, "t.json", json.dumps(OTLP)))
+    root, child = spans
+    assert root.trace_id == bytes(range(1, 17)) and child.trace_id == root.trace_id  # hex and base64 ids
+    assert (root.name, root.service, root.kind, root.status_code, root.status_message) == ("root", "web", 2, 2, "boom")
+    assert root.attributes == {"i": 42, "d": 0.5, "b": True, "a": ["x", "y"]}
+    assert child.parent_span_id == root.span_id and child.kind == 3 and child.start_ns == 1100
+    assert child.events == (("exception", {"exception.type": "E"}),)
+
+
+def test_otlp_json_lines_and_gzip(tmp_path):
+    line = json.dumps(OTLP)
+    p = tmp_path / "t.jsonl.gz"
+    p.write_bytes(gzip.compress((line + "\n" + line + "\n").encode()))
+    assert len(load_otlp_json(p)) == 4
+
+
+def test_otlp_errors_name_the_file(tmp_path):
+    with pytest.raises(FixtureError, match="bad.json"):
+        load_otlp_json(write(tmp_path, "bad.json", "{not json"))
+    with pytest.raises(FixtureError, match="malformed"):
+        load_otlp_json(write(tmp_path, "m.json", '{"resourceSpans": [{"scopeSpans": [{"spans": [{"name": "x"}]}]}]}'))
+
+
+def test_fixture_file_loads_typed_cases(tmp_path):
+    p = write(tmp_path, "x.test.yaml", """
+rule_files: [a.rules]
+tests:
+  - name: fires
+    trace: t.json
+    rules: [r.one]
+    expect:
+      - rule: r.one
+        span: {name: root, service: web}
+        message: boom
+      - {rule: r.one, span: child}
+      - {rule: r.one, span: {id: "0000000000000002"}}
+  - trace: t.json
+    expect: []
+""")
+    f = load_fixture_file(p)
+    assert f.rule_files == (tmp_path / "a.rules",)
+    first, second = f.cases
+    assert first.rules == ("r.one",) and first.trace == tmp_path / "t.json"
+    assert first.expect[0] == ExpectedFinding("r.one", SpanMatcher(name="root", service="web"), "boom")
+    assert first.expect[1].span == SpanMatcher(name="child") and first.expect[2].span.span_id == "0000000000000002"
+    assert second.name == "test 2" and second.expect == ()
+    assert find_fixture_files([tmp_path]) == [p]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[]", "expected a mapping"),
+        ("rule_files: [a.rules]\ntests: []\n", "tests: expected a non-empty list"),
+        ("tests: [{trace: t.json, expect: []}]\n", "rule_files: name at least one"),
+        ("rule_files: [a]\ntests: [{trace: t.json}]\n", r"tests\[0\].expect"),
+        ("rule_files: [a]\ntests: [{trace: t.json, expect: [{rule: x, span: {nme: y}}]}]\n", r"expect\[0\].span"),
+        ("rule_files: [a]\ntests: [{trace: t.json, expect: [], extra: 1}]\n", "unknown key"),
+        ("rule_files: [a]\ntest: []\n", "unknown key"),
+    ],
+)
+def test_fixture_errors_name_the_key(tmp_path, text, message):
+    with pytest.raises(FixtureError, match=message):
+        load_fixture_file(write(tmp_path, "x.test.yaml", text))
+
+
+def _finding(rule: str, span_id: bytes, message: str = "m") -> Finding:
+    return Finding(b"t" * 16, span_id, rule, "code", "high", 0.5, message)
+
+
+def test_compare_passes_and_ignores_rules_not_under_test(tmp_path):
+    spans = load_otlp_json(write(tmp_path, "t.json", json.dumps(OTLP)))
+    case = FixtureCase("c", Path("t.json"), (ExpectedFinding("r.one", SpanMatcher(name="child"), "oo"),), ("r.one",))
+    result = compare(case, spans, [_finding("r.one", spans[1].span_id, "boom"), _finding("r.other", spans[0].span_id)])
+    assert result.ok and result.diff() == ""
+
+
+def test_compare_reports_a_readable_diff(tmp_path):
+    spans = load_otlp_json(write(tmp_path, "t.json", json.dumps(OTLP)))
+    expect = (ExpectedFinding("r.one", SpanMatcher(name="child")), ExpectedFinding("r.two", SpanMatcher(name="root"), "needle"))
+    case = FixtureCase("the case", Path("t.json"), expect)
+    result = compare(case, spans, [_finding("r.one", spans[0].span_id, "wrong span"), _finding("r.two", spans[0].span_id, "hay")])
+    assert not result.ok
+    assert result.diff() == (
+        "FAIL the case (t.json)\n"
+        "  - expected r.one on span name='child'\n"
+        "  + unexpected r.one on span id=0000000000000001 name='root' service='web': 'wrong span'\n"
+        "  ~ r.two on span id=0000000000000001 name='root' service='web': message 'hay' does not contain 'needle'"
+    )
+
+
+def test_empty_expectation_means_must_not_fire(tmp_path):
+    spans = load_otlp_json(write(tmp_path, "t.json", json.dumps(OTLP)))
+    case = FixtureCase("neg", Path("t.json"), ())
+    assert not compare(case, spans, [_finding("r.any", spans[0].span_id)]).ok
+    assert compare(case, spans, []).ok

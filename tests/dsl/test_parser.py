@@ -1,0 +1,154 @@
+"""dsl.parser: text -> AST, syntax diagnostics with exact positions, recovery."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from dsl import ast
+from dsl.parser import parse, parse_expr
+
+RULE = '''\
+list codes = [500, 503]
+const slow = 1.5s
+macro failed(s) = s.status = error
+
+rule code.example {
+  title "Example"
+  layer code
+  tags ["a", "b"]
+  match span e, child c of e
+  where failed(e) and c.attr["http.response.status_code" | "http.status_code"]:int in codes
+    and not exists(child d of c where d.duration > 250ms)
+  blame c
+  message "{c.name} took {c.duration}"
+}
+'''
+
+
+def test_parses_every_item_kind():
+    f, diags = parse(RULE, "x.rules")
+    assert diags == []
+    kinds = [type(i) for i in f.items]
+    assert kinds == [ast.ListDef, ast.ConstDef, ast.MacroDef, ast.Rule]
+    rule = f.items[3]
+    assert rule.id == "code.example"
+    assert [m.key for m in rule.meta] == ["title", "layer", "tags"]
+    (match,) = rule.matches
+    assert [(b.relation, b.var, b.other) for b in match.bindings] == [("span", "e", ""), ("child", "c", "e")]
+    assert rule.blames[0].var == "c"
+
+
+def test_literals_are_typed_values():
+    f, _ = parse(RULE)
+    assert f.items[1].value == ast.Literal("duration", 1_500_000_000, f.items[1].value.span)
+    assert [i.value for i in f.items[0].value.items] == [500, 503]
+
+
+@pytest.mark.parametrize(
+    ("text", "ns"),
+    [("1ns", 1), ("2us", 2_000), ("250ms", 250_000_000), ("2s", 2_000_000_000), ("1.5m", 90_000_000_000), ("1h", 3_600_000_000_000)],
+)
+def test_duration_units(text, ns):
+    expr, diags = parse_expr(text)
+    assert diags == [] and expr.kind == "duration" and expr.value == ns
+
+
+def test_attribute_forms():
+    expr, _ = parse_expr('e.event["exception"]["exception.type"]:string')
+    assert (expr.source, expr.event, [k.key for k in expr.keys], expr.annotation) == ("event", "exception", ["exception.type"], "string")
+    presence, _ = parse_expr('e.event["exception"]')
+    assert presence.keys == () and presence.event == "exception"
+    res, _ = parse_expr('e.resource["k8s.pod.name"]')
+    assert res.source == "resource"
+    arr, _ = parse_expr('e.attr["x"]:string[]')
+    assert arr.annotation == "string[]"
+
+
+def test_precedence_and_or_not_arithmetic():
+    expr, _ = parse_expr("not a.depth > 1 + 2 * 3 or b.depth = 1 and c.depth = 2")
+    assert expr.op == "or"
+    assert isinstance(expr.left, ast.Unary) and expr.left.op == "not"
+    cmp = expr.left.operand
+    assert cmp.op == ">" and cmp.right.op == "+" and cmp.right.right.op == "*"
+    assert expr.right.op == "and"
+
+
+def test_positions_are_one_based_and_exact():
+    f, _ = parse(RULE, "x.rules")
+    rule = f.items[3]
+    assert (rule.id_span.line, rule.id_span.col, rule.id_span.end_col) == (5, 6, 18)
+    blame = rule.blames[0]
+    assert (blame.span.line, blame.span.col) == (12, 9)
+
+
+def test_message_template_holes_parse_at_their_file_position():
+    f, diags = parse(RULE, "x.rules")
+    msg = f.items[3].messages[0]
+    holes = [p for p in msg.parts if isinstance(p, ast.TemplatePart)]
+    assert [type(h.expr) for h in holes] == [ast.Field, ast.Field]
+    assert (holes[0].span.line, holes[0].span.col) == (13, 13)
+    assert msg.parts[1] == " took "
+
+
+def test_template_escapes_and_quotes_inside_holes():
+    f, diags = parse('rule a.b { message "{{literal}} {e.attr[\'k}\']} \\u00e9" }')
+    assert diags == []
+    parts = f.items[0].messages[0].parts
+    assert parts[0] == "{literal} "
+    assert parts[1].expr.keys[0].key == "k}"
+    assert parts[2] == " é"
+
+
+def test_syntax_error_position_and_expected_hint():
+    _, diags = parse("rule a.b {\n  match span e wher e.duration > 1ms\n}\n", "f.rules")
+    (d,) = diags
+    assert d.code == "E001"
+    assert (d.span.line, d.span.col) == (2, 22)
+    assert any("did you mean `where`" in h for h in d.hints)
+
+
+def test_unexpected_end_of_file():
+    _, diags = parse("rule a.b {\n  match span e where e.duration >\n", "f.rules")
+    assert [d.code for d in diags] == ["E001"]
+    assert "end of file" in diags[0].message
+    assert any("a duration" in h for h in diags[0].hints)
+
+
+def test_unterminated_string_and_bad_character():
+    _, diags = parse('rule a.b { title "oops\n}\nrule c.d { title @ }\n')
+    assert [d.code for d in diags] == ["E004", "E002"]
+    assert (diags[0].span.line, diags[0].span.col) == (1, 18)
+    assert (diags[1].span.line, diags[1].span.col) == (3, 18)
+
+
+def test_recovery_reports_every_broken_item_and_keeps_good_ones():
+    text = "rule a.one { match span e where }\nrule a.two { match span e }\nrule a.three { match span e where e. }\n"
+    f, diags = parse(text)
+    assert [d.span.line for d in diags] == [1, 3]
+    assert [i.id for i in f.items] == ["a.two"]
+
+
+def test_unknown_escape_is_reported_not_raised():
+    _, diags = parse('rule a.b { title "x\\qy" }')
+    assert [(d.code, d.span.col, d.span.end_col) for d in diags] == [("E003", 20, 22)]
+
+
+def test_template_errors_point_into_the_string():
+    _, diags = parse('rule a.b { message "x {e.} y {z" }')
+    assert [d.code for d in diags] == ["E034", "E034"]
+    assert diags[0].span.col == 26  # the `}` after `e.`
+    assert "unclosed" in diags[1].message
+
+
+def test_comments_and_whitespace_are_ignored():
+    f, diags = parse("# header\nrule a.b { # trailing\n title 'x' }\n")
+    assert diags == [] and f.items[0].meta[0].value.value == "x"
+
+
+def test_no_parser_is_built_at_import():
+    code = "import dsl, dsl.parser; assert dsl.parser._lark.cache_info().currsize == 0; print('ok')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ok"

@@ -1,0 +1,60 @@
+"""The built-in library (rules/): clean under the checker, and every fixture
+case passes when the rules run over its OTLP/JSON trace."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from dsl import RuleSet, check_paths, load_rules
+from dsl.fixtures import compare, find_fixture_files, load_fixture_file, load_otlp_json
+from dsl_spans import load_fixture
+
+RULES = Path(__file__).resolve().parents[2] / "rules"
+FIXTURES = find_fixture_files([RULES])
+CASES = [(f, i) for f in FIXTURES for i in range(len(load_fixture_file(f).cases))]
+
+
+@cache
+def _ruleset(paths: tuple[Path, ...]) -> RuleSet:
+    return load_rules(paths)
+
+
+def test_library_is_clean():
+    assert check_paths([RULES]) == []
+
+
+def test_library_covers_every_layer_with_enough_rules():
+    rs = load_rules([RULES])
+    assert len(rs) >= 15
+    assert {r.meta.layer for r in rs.rules} == {"code", "data", "infrastructure", "semantic", "config"}
+
+
+def test_every_rule_has_a_positive_and_a_negative_case():
+    positive, negative = set(), set()
+    for f in FIXTURES:
+        for case in load_fixture_file(f).cases:
+            positive |= {e.rule for e in case.expect}
+            if not case.expect:
+                negative |= set(case.rules)
+    ids = set(load_rules([RULES]).ids)
+    assert ids - positive == set() and ids - negative == set()
+
+
+@pytest.mark.parametrize(("path", "index"), CASES, ids=[f"{p.stem}[{i}]" for p, i in CASES])
+def test_fixture_case(path: Path, index: int):
+    fixture = load_fixture_file(path)
+    case = fixture.cases[index]
+    ruleset = _ruleset(tuple(fixture.rule_files))
+    spans = load_otlp_json(case.trace)
+    conn = duckdb.connect()
+    try:
+        load_fixture(conn, spans, ruleset.projection)
+        findings = ruleset.evaluate(conn, "batch")
+    finally:
+        conn.close()
+    result = compare(case, spans, findings)
+    assert result.ok, result.diff()
