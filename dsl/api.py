@@ -99,7 +99,7 @@ class RuleSet:
 
     def prepare_statements(self, conn: duckdb.DuckDBPyConnection, table: str) -> list[str]:
         """The statements ``evaluate`` runs first (exposed for benchmarks)."""
-        return prepare_statements(table, self.needs, self.columns, _has_rowid(conn, table))
+        return prepare_statements(table, self.needs, self.columns, _row_key(conn, table))
 
     def evaluate(
         self, conn: duckdb.DuckDBPyConnection, table: str, on_error: Callable[[RuleRuntimeError], None] | None = None,
@@ -135,12 +135,19 @@ def _log_rule_error(err: RuleRuntimeError) -> None:
     log.warning("rule %s failed and was skipped for this batch: %s", err.rule_id, err)
 
 
-def _has_rowid(conn: duckdb.DuckDBPyConnection, table: str) -> bool:
+ROW_KEY = "_row"  # a dense row number a caller may add to the batch table (saves a copy)
+
+
+def _row_key(conn: duckdb.DuckDBPyConnection, table: str) -> str | None:
+    """How rows of ``table`` are numbered: its ``_row`` column, its rowid, or neither (a view)."""
+    cols = [d[0] for d in conn.execute(f"SELECT * FROM {quote_ident(table)} LIMIT 0").description]
+    if ROW_KEY in cols:
+        return ROW_KEY
     try:
-        conn.execute(f"SELECT rowid FROM {quote_ident(table)} LIMIT 0")
+        conn.execute(f"SELECT rowid FROM {quote_ident(table)} LIMIT 0").fetchall()
     except duckdb.Error:
-        return False  # a view: the prepare step copies it first
-    return True
+        return None
+    return "rowid"
 
 
 def _run(conn: duckdb.DuckDBPyConnection, rule: CompiledRule) -> list[Finding]:

@@ -283,24 +283,27 @@ def _render(node: ir.Node, ctx: _Ctx) -> str:
 # ---- the prepare step -----------------------------------------------------------------
 
 
-def prepare_statements(table: str, needs: frozenset[str], columns: tuple[str, ...], has_rowid: bool = True) -> list[str]:
+def prepare_statements(table: str, needs: frozenset[str], columns: tuple[str, ...], row_key: str | None = "rowid"
+                       ) -> list[str]:
     """Statements that build the prepared tables for one batch in ``table``.
 
     ``columns`` are the store columns the rules read (the contract's
     intrinsics and projected attributes; anything else the store keeps, such
     as raw span bytes, is not copied).  Derived values are computed on a
     narrow key table first and joined onto the one wide copy by row id;
-    values the rule set does not need are not computed.  Without a row id
-    (``table`` is a view) the columns are copied first."""
+    values the rule set does not need are not computed.  ``row_key`` is the
+    column that numbers the rows: ``rowid`` for a table, a dense ``_row``
+    column the caller supplies (e.g. on an Arrow batch, saving a copy); with
+    neither (a plain view) the columns are copied first."""
     src = quote_ident(table)
     stmts: list[str] = []
-    if not has_rowid:
+    if row_key is None:
         stmts.append(f"CREATE OR REPLACE TEMP TABLE {_SOURCE} AS SELECT {', '.join(columns)} FROM {src}")
-        src = _SOURCE
+        src, row_key = _SOURCE, "rowid"
     ctes = [
         # a dense integer per trace: integer joins are much cheaper than on 16-byte ids
         f"tids AS (SELECT trace_id, CAST(row_number() OVER () AS BIGINT) AS _trace FROM (SELECT DISTINCT trace_id FROM {src}))",
-        f"k AS MATERIALIZED (SELECT b.rowid AS _row, tids._trace, b.span_id, b.parent_span_id, b.start_ns, b.end_ns, "
+        f"k AS MATERIALIZED (SELECT b.{row_key} AS _row, tids._trace, b.span_id, b.parent_span_id, b.start_ns, b.end_ns, "
         f"b.status_code, b.service, b.name FROM {src} AS b JOIN tids ON tids.trace_id = b.trace_id)",
         # spans whose parent is in the batch; a duplicated span id keeps its first row
         "ids AS (SELECT _trace, span_id, min(_row) AS _row FROM k GROUP BY _trace, span_id)",
@@ -343,7 +346,7 @@ def prepare_statements(table: str, needs: frozenset[str], columns: tuple[str, ..
     )
     stmts.append(
         f"CREATE OR REPLACE TEMP TABLE {SPANS} AS SELECT {', '.join('t.' + c for c in columns)}, x.* "
-        f"FROM {src} AS t JOIN {_DERIVED} AS x ON x._row = t.rowid"
+        f"FROM {src} AS t JOIN {_DERIVED} AS x ON x._row = t.{row_key}"
     )
     if "ancestors" in needs:
         stmts.append(

@@ -14,7 +14,7 @@ from dsl import Finding, RuleSet
 from processor.analysis import BatchVerdict
 from processor.decode import Projection, decode
 from processor.evaluator import verdicts
-from processor.store import RELEASED_TABLE
+from processor.store import RELEASED_TABLE, with_row_numbers
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +34,7 @@ def analyze(requests: Iterable[ExportTraceServiceRequest], rules: RuleSet) -> Of
     table = span_table(requests, Projection.of(rules.projection))
     conn = duckdb.connect()
     try:
-        conn.register(RELEASED_TABLE, table)
+        conn.register(RELEASED_TABLE, with_row_numbers(table))
         findings = rules.evaluate(conn, RELEASED_TABLE) if table.num_rows else []
         verdict = verdicts(conn, RELEASED_TABLE, findings) if findings else BatchVerdict()
     finally:

@@ -51,6 +51,12 @@ T = TypeVar("T")
 RELEASED_TABLE = "released"  # the name rules see the released spans under while they are evaluated
 
 
+def with_row_numbers(table: pa.Table) -> pa.Table:
+    """The batch with a dense ``_row`` column: rules key derived values on it
+    instead of copying the (Arrow) batch into DuckDB first."""
+    return table.append_column("_row", pa.array(range(table.num_rows), pa.int64()))
+
+
 @dataclass(slots=True)
 class _Generation:
     batches: list[pa.RecordBatch] = field(default_factory=list)
@@ -255,7 +261,7 @@ class SpanStore:
                 conn.unregister("release_ids")
         if evaluate is None or released.num_rows == 0:
             return None
-        conn.register(RELEASED_TABLE, released)
+        conn.register(RELEASED_TABLE, with_row_numbers(released))
         try:
             return evaluate(conn, RELEASED_TABLE)
         finally:
