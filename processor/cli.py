@@ -117,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     explain = sub.add_parser("explain", help="localize root causes in recorded traces (OTLP/JSON, JSON lines, gzip)")
     explain.add_argument("file", metavar="FILE")
-    explain.add_argument("--rules", nargs="+", metavar="PATH", help="rule files besides the built-in library")
+    # One PATH per --rules (repeatable): with nargs="+" `explain --rules x.rules FILE` would take FILE as a rule path.
+    explain.add_argument("--rules", action="append", metavar="PATH",
+                         help="rule file, directory or glob besides the built-in library (repeatable)")
     explain.add_argument("--no-builtin-rules", action="store_true", help="use only the --rules given")
     explain.add_argument("--format", choices=["text", "json"], default="text")
     explain.set_defaults(func=cmd_explain)

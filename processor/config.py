@@ -105,6 +105,10 @@ class OtlpReceiverConfig(_Model):
 class StorageConfig(_Model):
     path: str | None = None  # None: in memory
     memory_limit: str | None = None  # DuckDB memory_limit, e.g. "2GB"
+    # DuckDB worker threads for rule evaluation.  One is the cheapest per span
+    # (measured: 4.1 vs 6.0 us/span of CPU with two) while receivers already
+    # keep the other core busy; raise it on machines with cores to spare.
+    threads: int = Field(1, gt=0)
 
 
 class AttributeSpec(_Model):

@@ -111,15 +111,23 @@ class _Columns:
                 if converted is not None:
                     self.values[slot].append((row, converted))
 
-    def build(self, rows: int) -> list[list[Any]]:
+    def build(self, rows: int, types: Sequence[pa.DataType]) -> list[pa.Array]:
+        filled: dict[int, list[tuple[int, int, Any]]] = {}
+        for slot, start, end, value in self.fills:
+            filled.setdefault(slot, []).append((start, end, value))
         out = []
-        for slot, values in enumerate(self.values):
-            col: list[Any] = [False if slot in self._present else None] * rows
+        for slot, (values, type_) in enumerate(zip(self.values, types)):
+            default = False if slot in self._present else None
+            if not values and slot not in filled:
+                # The common case: no span of the request has this attribute.
+                out.append(pa.nulls(rows, type_) if default is None else pa.repeat(default, rows))
+                continue
+            col: list[Any] = [default] * rows
             for i, v in values:
                 col[i] = v
-            out.append(col)
-        for slot, start, end, value in self.fills:
-            out[slot][start:end] = [value] * (end - start)
+            for start, end, value in filled.get(slot, ()):
+                col[start:end] = [value] * (end - start)
+            out.append(_column(col, type_))
         return out
 
 
@@ -132,9 +140,6 @@ class Projection:
     resource_keys: dict[str, list[tuple[int, AttrType]]]
     event_refs: dict[str, list[tuple[int, AttrRef]]]  # event name -> slots
     schema: pa.Schema
-    # Event names: their absence from a span's bytes proves it has no projected
-    # event, a C-speed test that spares parsing the span's events in Python.
-    event_needles: tuple[bytes, ...] = ()
     present_slots: tuple[int, ...] = ()
 
     @classmethod
@@ -156,7 +161,7 @@ class Projection:
         present = tuple(slot for slots in event_refs.values() for slot, ref in slots
                         if ref.type is AttrType.PRESENT)
         return cls(ordered, span_keys, resource_keys, event_refs, pa.schema(fields),
-                   event_needles=tuple(e.encode() for e in event_refs), present_slots=present)
+                   present_slots=present)
 
     def columns_sql(self) -> list[tuple[str, str]]:
         """(name, DuckDB type) of every span-table column, in table order."""
@@ -223,7 +228,6 @@ def _decode(req: Any, projection: Projection) -> DecodedRequest:
     rejected = 0
     first_problem = ""
     span_keys, event_refs = projection.span_keys, projection.event_refs
-    event_needles = projection.event_needles
     # Bound methods: this loop runs once per span, attribute lookups add up.
     add_trace, add_span, add_parent, add_name = trace_ids.append, span_ids.append, parents.append, names.append
     add_kind, add_start, add_end, add_code = kinds.append, starts.append, ends.append, codes.append
@@ -270,7 +274,7 @@ def _decode(req: Any, projection: Projection) -> DecodedRequest:
                 add_raw(raw)
                 if span_keys:
                     columns_of_attrs.lookup(span.attributes, span_keys, len(raws) - 1)
-                if event_refs and any(n in raw for n in event_needles):
+                if event_refs and span.events:
                     _event_values(span, event_refs, len(raws) - 1, columns_of_attrs)
             # Per-group columns are filled at C speed, not once per span.
             n = len(raws) - before
@@ -279,13 +283,14 @@ def _decode(req: Any, projection: Projection) -> DecodedRequest:
             resource_ids.extend([rid] * n)
             scope_ids.extend([sid_group] * n)
 
-    columns: list[Sequence[Any]] = [trace_ids, span_ids, parents, services, names, kinds, starts, ends,
-                                    codes, messages]
+    schema = projection.schema
+    intrinsic = [trace_ids, span_ids, parents, services, names, kinds, starts, ends, codes, messages]
+    arrays = [_column(c, f.type) for c, f in zip(intrinsic, schema)]
     if width:
-        columns += columns_of_attrs.build(len(raws))
-    columns += [resource_ids, scope_ids, raws]
-    table = pa.Table.from_arrays([_column(c, f.type) for c, f in zip(columns, projection.schema)],
-                                 schema=projection.schema)
+        types = [schema.field(i).type for i in range(len(intrinsic), len(intrinsic) + width)]
+        arrays += columns_of_attrs.build(len(raws), types)
+    arrays += [_column(c, f.type) for c, f in zip([resource_ids, scope_ids, raws], list(schema)[-3:])]
+    table = pa.Table.from_arrays(arrays, schema=schema)
     message = ""
     if rejected:
         message = f"{rejected} span(s) rejected: {first_problem}"

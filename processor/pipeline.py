@@ -57,7 +57,8 @@ class Pipeline:
             analyzer = RuleAnalyzer(rules) if len(rules) else None
         self._analyzer = analyzer
         refs = configured_projection(proc) | (set(analyzer.projection()) if analyzer else set())
-        self.store = SpanStore(Projection.of(refs), proc.storage.path, proc.storage.memory_limit)
+        self.store = SpanStore(Projection.of(refs), proc.storage.path, proc.storage.memory_limit,
+                               threads=proc.storage.threads)
         self.assembler: Assembler[None] = Assembler(proc.decision_wait, proc.max_traces,
                                                     proc.max_spans_per_trace, proc.late_span_cache)
         self.ingest = Ingest(self.store, proc.max_buffered_spans, self.telemetry, self._on_stored,

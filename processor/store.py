@@ -62,6 +62,7 @@ class _Generation:
     batches: list[pa.RecordBatch] = field(default_factory=list)
     rows: int = 0
     live: int = 0
+    nbytes: int = 0
     alive: pa.ChunkedArray | None = None  # per-row "not yet released"; None while every row is
 
     def table(self, schema: pa.Schema) -> pa.Table:
@@ -72,11 +73,12 @@ class SpanStore:
     """Buffered spans (in memory, plus a DuckDB journal file for durability)."""
 
     def __init__(self, projection: Projection, path: str | None = None, memory_limit: str | None = None,
-                 generation_rows: int = 20_000) -> None:
+                 generation_rows: int = 20_000, threads: int = 1) -> None:
         self.projection = projection
         self._path = path
         self._memory_limit = memory_limit
         self._generation_rows = generation_rows
+        self._threads = threads
         self._executor: ThreadPoolExecutor | None = None
         self._conn: duckdb.DuckDBPyConnection | None = None
         self._gens: list[_Generation] = []
@@ -113,7 +115,7 @@ class SpanStore:
     def _open(self) -> dict[bytes, int]:
         conn = duckdb.connect(self._path or ":memory:")
         self._conn = conn
-        conn.execute("SET threads TO 2")
+        conn.execute(f"SET threads TO {int(self._threads)}")
         if self._memory_limit:
             conn.execute("SET memory_limit = ?", [self._memory_limit])
         if not self.durable:
@@ -179,6 +181,7 @@ class SpanStore:
         if gen.alive is not None:
             gen.alive = pa.chunked_array([*gen.alive.chunks, pa.array([True] * rows)], pa.bool_())
         gen.batches.extend(batches)
+        gen.nbytes += sum(b.nbytes for b in batches)
         gen.rows += rows
         gen.live += rows
         self.buffered_spans += rows
@@ -291,6 +294,7 @@ class SpanStore:
             if gen is not newest and gen.alive is not None and gen.live * 4 < gen.rows:
                 table = gen.table(self.projection.schema).filter(gen.alive)
                 gen.batches, gen.rows, gen.alive = table.combine_chunks().to_batches(), gen.live, None
+                gen.nbytes = sum(b.nbytes for b in gen.batches)
             kept.append(gen)
         self._gens = kept
         if self.buffered_spans == 0:
@@ -323,7 +327,7 @@ class SpanStore:
             return self._memory_bytes()
 
     def _memory_bytes(self) -> int:
-        spans = sum(b.nbytes for g in self._gens for b in g.batches)
+        spans = sum(g.nbytes for g in self._gens)
         heads = sum(len(h) for h in self._resources.values()) + sum(len(h) for h in self._scopes.values())
         return spans + heads
 
