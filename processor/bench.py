@@ -10,8 +10,9 @@ Three processes, so that none of them shares the others' interpreter lock:
   same receiver and exporter with no store;
 * a real OTLP/gRPC sink counting what arrives.
 
-A third mode runs the pipeline with rules (the built-in library, plus the
-files given with ``--rules``), to show what evaluation costs.
+A third mode runs the pipeline with rules (the built-in library plus the
+files given with ``--rules``, by default 50 generated rules of mixed kinds),
+to show what evaluation costs.
 
 Throughput is the sink's steady-state rate (after the first ``decision_wait``
 and a warm-up second, until the load stops); every run also checks that every
@@ -43,6 +44,47 @@ TRACES_PER_REQUEST = 50
 SERVICES = ("frontend", "checkout", "cart", "payment", "inventory")
 # pipeline: no rules; rules: the built-in library plus --rules files; passthrough: receiver + exporter only.
 MODES = ("pipeline", "rules", "passthrough")
+
+
+# --- rules -------------------------------------------------------------------------
+# 50 rules of mixed kinds (attribute, structural, aggregate) for the 'rules' mode;
+# tests/dsl/bench_rules.py times the same rules alone over a 100,000-span batch.
+
+ATTRIBUTE_RULES = [
+    'c.kind = client and c.attr["http.response.status_code"] >= 50{n}',
+    'c.attr["db.system.name"] = "postgresql" and c.duration > {n}00ms',
+    'c.name =~ "^GET /api/v{n}/items/[0-9]+$" or c.attr["url.path"] starts_with "/v{n}/admin"',
+    'c.attr["gen_ai.response.finish_reasons"] contains "length" and c.attr["gen_ai.request.temperature"] > 1.{n}',
+    'c.status = error and c.event["exception"]["exception.type"] in ["E{n}", "TimeoutError", "ValueError"]',
+    'c.resource["k8s.pod.name"] ends_with "-{n}" and c.self_time > {n}00ms',
+]
+STRUCTURAL_RULES = [
+    'c.status = error and not exists(child d of c where d.status = error) and c.depth > {n}',
+    'c.kind = server and count(child d of c where d.kind = client and d.status = error) > {n}',
+    'c.status = error and exists(descendant d of c where d.attr["db.system.name"] = "redis" and d.duration > {n}00ms)',
+    'c.kind = client and exists(sibling s of c where s.name = c.name and s.status = error) and c.end - c.start > {n}00ms',
+    'c.status = error and exists(ancestor a of c where a.kind = server and a.service != c.service) and c.duration > {n}00ms',
+]
+AGGREGATE_RULES = [
+    'c.is_root and count(span s where s.status = error) > {n}',
+    'c.is_root and max(s.duration for span s where s.kind = client) > {n}00ms',
+    'c.is_root and trace.error_count > {n} and trace.duration > 500ms',
+    'c.kind = server and avg(d.duration for child d of c) > {n}0ms',
+]
+
+
+def bench_rule_text(n_rules: int = 50) -> str:
+    kinds = [ATTRIBUTE_RULES, STRUCTURAL_RULES, AGGREGATE_RULES]
+    out = []
+    for i in range(n_rules):
+        family = kinds[i % 3]
+        cond = family[(i // 3) % len(family)].format(n=i % 7 + 1)
+        out.append(
+            f'rule bench.r{i} {{\n  title "bench {i}"\n  layer code\n  severity medium\n  confidence 0.5\n'
+            f"  match span c where {cond}\n  message \"{{c.name}} in {{c.service}} took {{c.duration}}\"\n}}\n"
+        )
+    return "\n".join(out)
+
 
 
 # --- load --------------------------------------------------------------------------
@@ -176,7 +218,8 @@ def sink_main(ready: Connection, count: Any, stop: Any) -> None:
 
 
 def _config(sink_port: int, decision_wait: float, compression: str, rules: list[str] | None) -> Any:
-    # rules None: no rules at all; otherwise the built-in library plus these files.
+    # rules None: no rules at all; otherwise the built-in library plus these files
+    # (by default a file of the 50 generated bench rules).
     return parse_config({
         "receivers": {"otlp": {"protocols": {"grpc": {"endpoint": "127.0.0.1:0", "max_recv_msg_size_mib": 16}}}},
         "processors": {"faulttrace": {"decision_wait": decision_wait, "max_buffered_spans": 2_000_000,
@@ -232,6 +275,13 @@ async def _serve(mode: str, sink_port: int, decision_wait: float, compression: s
     from processor.receivers.otlp_grpc import GrpcReceiver
     from processor.telemetry import Telemetry
 
+    if mode == "rules" and not rules:
+        import tempfile
+
+        path = os.path.join(tempfile.mkdtemp(prefix="faulttrace-bench-"), "bench.rules")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(bench_rule_text(50))
+        rules = [path]
     config = _config(sink_port, decision_wait, compression, rules if mode == "rules" else None)
     stats: dict[str, float] = {"max_buffered_spans": 0, "bytes_per_buffered_span": 0.0,
                                "rss_bytes_per_buffered_span": 0.0}
@@ -367,7 +417,7 @@ def run_bench(args: argparse.Namespace) -> int:
         "passthrough_peak_rss_mib": round(max(r.peak_rss_mib for r in thru), 1),
         "rules_spans_per_s": round(rules_rate),
         "rules_ratio": round(rules_rate / max(1.0, statistics.median(r.spans_per_s for r in pipe)), 3),
-        "rules": list(args.rules or []) or "built-in",
+        "rules": ["built-in", *(args.rules or ["50 generated bench rules"])],
         "lossless": all(r.delivered == r.sent for r in results),
         "runs": args.runs, "seconds": args.seconds, "decision_wait_s": decision_wait,
         "compression": args.compression, "spans_per_trace": SPANS_PER_TRACE,

@@ -20,44 +20,9 @@ from dsl import load_rules
 from dsl.api import RuleSet, create_span_table
 from dsl.compiler import cleanup_statements
 from dsl.projection import SPAN_COLUMNS, AttrType, column_name
+from processor.bench import bench_rule_text  # the same 50 rules the pipeline bench runs
 
 SPANS_PER_TRACE = 20
-
-ATTRIBUTE_RULES = [
-    'c.kind = client and c.attr["http.response.status_code"] >= 50{n}',
-    'c.attr["db.system.name"] = "postgresql" and c.duration > {n}00ms',
-    'c.name =~ "^GET /api/v{n}/items/[0-9]+$" or c.attr["url.path"] starts_with "/v{n}/admin"',
-    'c.attr["gen_ai.response.finish_reasons"] contains "length" and c.attr["gen_ai.request.temperature"] > 1.{n}',
-    'c.status = error and c.event["exception"]["exception.type"] in ["E{n}", "TimeoutError", "ValueError"]',
-    'c.resource["k8s.pod.name"] ends_with "-{n}" and c.self_time > {n}00ms',
-]
-STRUCTURAL_RULES = [
-    'c.status = error and not exists(child d of c where d.status = error) and c.depth > {n}',
-    'c.kind = server and count(child d of c where d.kind = client and d.status = error) > {n}',
-    'c.status = error and exists(descendant d of c where d.attr["db.system.name"] = "redis" and d.duration > {n}00ms)',
-    'c.kind = client and exists(sibling s of c where s.name = c.name and s.status = error) and c.end - c.start > {n}00ms',
-    'c.status = error and exists(ancestor a of c where a.kind = server and a.service != c.service) and c.duration > {n}00ms',
-]
-AGGREGATE_RULES = [
-    'c.is_root and count(span s where s.status = error) > {n}',
-    'c.is_root and max(s.duration for span s where s.kind = client) > {n}00ms',
-    'c.is_root and trace.error_count > {n} and trace.duration > 500ms',
-    'c.kind = server and avg(d.duration for child d of c) > {n}0ms',
-]
-
-
-def rule_text(n_rules: int) -> str:
-    kinds = [ATTRIBUTE_RULES, STRUCTURAL_RULES, AGGREGATE_RULES]
-    out = []
-    for i in range(n_rules):
-        family = kinds[i % 3]
-        cond = family[(i // 3) % len(family)].format(n=i % 7 + 1)
-        out.append(
-            f'rule bench.r{i} {{\n  title "bench {i}"\n  layer code\n  severity medium\n  confidence 0.5\n'
-            f"  match span c where {cond}\n  message \"{{c.name}} in {{c.service}} took {{c.duration}}\"\n}}\n"
-        )
-    return "\n".join(out)
-
 
 def _fill(ref_type: AttrType, salt: int) -> str:
     """A column of synthetic attribute values: mostly healthy, ~1% odd."""
@@ -107,7 +72,7 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.rules"
-        path.write_text(rule_text(args.rules), encoding="utf-8")
+        path.write_text(bench_rule_text(args.rules), encoding="utf-8")
         ruleset = load_rules([path])
     conn = duckdb.connect()
     build_batch(conn, ruleset, args.spans)

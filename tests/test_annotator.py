@@ -1,0 +1,193 @@
+"""processor.annotator + processor.annotate: verdicts become ``rca.*`` additions that the
+standard OpenTelemetry protobuf ``Span`` parser reads back with the right value types."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+from dsl import load_rules
+from harness import sid, tid
+from processor.analysis import BatchVerdict, Candidate, Evidence, TraceVerdict
+from processor.annotate import Annotation, annotate
+from processor.annotator import annotations
+from processor.offline import analyze
+from processor.tracefile import read_requests
+
+ROOT = Path(__file__).resolve().parents[1]
+CODE_EXCEPTION = ROOT / "rules" / "tests" / "traces" / "code_exception.json"
+
+
+def value(v: AnyValue) -> tuple[str, Any]:
+    """(which AnyValue field is set, the Python value) — the type is part of what is checked."""
+    kind = v.WhichOneof("value")
+    if kind == "array_value":
+        return kind, [value(x) for x in v.array_value.values]
+    return kind, getattr(v, kind)
+
+
+def attrs(kvs: Any) -> dict[str, tuple[str, Any]]:
+    return {a.key: value(a.value) for a in kvs}
+
+
+def rca_attrs(span: Span) -> dict[str, tuple[str, Any]]:
+    return {k: v for k, v in attrs(span.attributes).items() if k.startswith("rca.")}
+
+
+# --- through real rules ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def annotated() -> tuple[list[bytes], list[bytes], list[Span]]:
+    """The shipped code_exception trace, analysed by the built-in rules and annotated."""
+    requests = read_requests(CODE_EXCEPTION)
+    result = analyze(requests, load_rules([ROOT / "rules"]))
+    spans = [s for r in requests for rs in r.resource_spans for ss in rs.scope_spans for s in ss.spans]
+    raw = [s.SerializeToString() for s in spans]
+    adds = annotations(result.verdict)
+    edits = {i: adds[(s.trace_id, s.span_id)] for i, s in enumerate(spans) if (s.trace_id, s.span_id) in adds}
+    out = annotate(raw, edits)
+    return raw, out, [Span.FromString(b) for b in out]
+
+
+def test_blamed_span_attributes_have_exact_types(annotated):
+    raw, out, parsed = annotated
+    blamed = parsed[3]
+    assert blamed.span_id == sid(4) and blamed.name == "charge card"
+    assert rca_attrs(blamed) == {
+        "rca.root_cause": ("bool_value", True),
+        "rca.rank": ("int_value", 1),
+        "rca.confidence": ("double_value", 0.8),
+        "rca.rule": ("array_value", [("string_value", "code.deepest_exception")]),
+        "rca.layer": ("string_value", "code"),
+    }
+    # The original bytes are a prefix; the original attributes and events come first, unchanged.
+    assert out[3].startswith(raw[3])
+    before = Span.FromString(raw[3])
+    assert list(blamed.attributes)[:len(before.attributes)] == list(before.attributes)
+    assert list(blamed.events)[:len(before.events)] == list(before.events)
+
+
+def test_blamed_span_carries_a_finding_event(annotated):
+    raw, _, parsed = annotated
+    blamed, before = parsed[3], Span.FromString(raw[3])
+    added = list(blamed.events)[len(before.events):]
+    assert [e.name for e in added] == ["rca.finding"]
+    event = added[0]
+    assert event.time_unix_nano == blamed.end_time_unix_nano
+    assert attrs(event.attributes) == {
+        "rca.rule": ("string_value", "code.deepest_exception"),
+        "rca.layer": ("string_value", "code"),
+        "rca.confidence": ("double_value", 0.8),
+        "rca.message": ("string_value", "payments: charge card raised ValueError: card declined"),
+    }
+
+
+def test_root_span_carries_the_verdict(annotated):
+    _, _, parsed = annotated
+    root = parsed[0]
+    assert not root.parent_span_id and root.name == "GET /checkout"
+    assert rca_attrs(root) == {
+        "rca.verdict.span_id": ("string_value", sid(4).hex()),
+        "rca.verdict.service": ("string_value", "payments"),
+        "rca.verdict.name": ("string_value", "charge card"),
+        "rca.verdict.layer": ("string_value", "code"),
+        "rca.verdict.rule": ("array_value", [("string_value", "code.deepest_exception")]),
+        "rca.verdict.confidence": ("double_value", 0.8),
+        "rca.verdict.candidates": ("int_value", 1),
+    }
+    assert not any(e.name.startswith("rca.") for e in root.events)
+    # The verdict names a span of this trace that really is annotated as the cause.
+    by_hex = {s.span_id.hex(): s for s in parsed}
+    assert rca_attrs(by_hex[rca_attrs(root)["rca.verdict.span_id"][1]])["rca.root_cause"] == ("bool_value", True)
+
+
+def test_untouched_spans_are_byte_identical(annotated):
+    raw, out, parsed = annotated
+    for i in (1, 2):
+        assert out[i] is raw[i]
+        assert not rca_attrs(parsed[i])
+
+
+# --- hand-made verdicts -------------------------------------------------------------------
+
+
+def candidate(n: int, rank: int, *evidence: Evidence, service: str = "svc", name: str = "op",
+              start: int = 10, end: int = 20, depth: int = 1) -> Candidate:
+    return Candidate(sid(n), service, name, depth, start, end, evidence, rank)
+
+
+def apply(adds: dict[tuple[bytes, bytes], Annotation], trace: int, n: int) -> Span:
+    original = Span(trace_id=tid(trace), span_id=sid(n), name=f"span {n}",
+                    attributes=[KeyValue(key="keep", value=AnyValue(string_value="me"))])
+    raw = original.SerializeToString()
+    return Span.FromString(annotate([raw], {0: adds[(tid(trace), sid(n))]})[0])
+
+
+def test_every_candidate_is_annotated_with_its_own_rank_and_the_root_names_the_top():
+    top = candidate(3, 1, Evidence("r.deep", "deep broke", 0.9, 4.5, "data"),
+                    Evidence("r.other", "also", 0.5, 1.0, "code"), service="db", name="query", end=99)
+    second = candidate(2, 2, Evidence("r.mid", "mid broke", 1.0, 4.0, "infrastructure"), start=7, end=0)
+    adds = annotations(BatchVerdict({tid(1): TraceVerdict(tid(1), sid(1), (top, second))}))
+    assert set(adds) == {(tid(1), sid(1)), (tid(1), sid(2)), (tid(1), sid(3))}
+
+    deep = apply(adds, 1, 3)
+    assert rca_attrs(deep) == {
+        "rca.root_cause": ("bool_value", True), "rca.rank": ("int_value", 1),
+        "rca.confidence": ("double_value", 0.9), "rca.layer": ("string_value", "data"),
+        "rca.rule": ("array_value", [("string_value", "r.deep"), ("string_value", "r.other")]),
+    }
+    assert [(e.name, e.time_unix_nano, attrs(e.attributes)["rca.rule"], attrs(e.attributes)["rca.message"])
+            for e in deep.events] == [("rca.finding", 99, ("string_value", "r.deep"), ("string_value", "deep broke")),
+                                      ("rca.finding", 99, ("string_value", "r.other"), ("string_value", "also"))]
+
+    mid = apply(adds, 1, 2)
+    assert rca_attrs(mid)["rca.rank"] == ("int_value", 2)
+    assert rca_attrs(mid)["rca.confidence"] == ("double_value", 1.0)  # a whole number stays a double
+    assert [e.time_unix_nano for e in mid.events] == [7]  # no end time: the start
+    assert attrs(mid.attributes)["keep"] == ("string_value", "me")
+
+    root = apply(adds, 1, 1)
+    assert rca_attrs(root) == {
+        "rca.verdict.span_id": ("string_value", sid(3).hex()), "rca.verdict.service": ("string_value", "db"),
+        "rca.verdict.name": ("string_value", "query"), "rca.verdict.layer": ("string_value", "data"),
+        "rca.verdict.rule": ("array_value", [("string_value", "r.deep"), ("string_value", "r.other")]),
+        "rca.verdict.confidence": ("double_value", 0.9), "rca.verdict.candidates": ("int_value", 2),
+    }
+    assert list(root.events) == []
+
+
+def test_a_blamed_root_gets_both_its_finding_and_the_verdict():
+    c = candidate(1, 1, Evidence("r.root", "root broke", 0.7, 2.1, "config"), depth=0)
+    adds = annotations(BatchVerdict({tid(5): TraceVerdict(tid(5), sid(1), (c,))}))
+    assert list(adds) == [(tid(5), sid(1))]
+    span = apply(adds, 5, 1)
+    got = rca_attrs(span)
+    assert got["rca.root_cause"] == ("bool_value", True)
+    assert got["rca.verdict.span_id"] == ("string_value", sid(1).hex())
+    assert got["rca.verdict.rule"] == ("array_value", [("string_value", "r.root")])
+    assert [e.name for e in span.events] == ["rca.finding"]
+    # Each key once: a parser that keeps the last duplicate must see the same values.
+    keys = [a.key for a in span.attributes]
+    assert len(keys) == len(set(keys))
+
+
+def test_traces_are_annotated_separately_and_empty_verdicts_add_nothing():
+    a = candidate(2, 1, Evidence("r.a", "in a", 0.5, 1.0, "code"), service="A")
+    b = candidate(2, 1, Evidence("r.b", "in b", 0.5, 1.0, "data"), service="B")
+    adds = annotations(BatchVerdict({
+        tid(1): TraceVerdict(tid(1), sid(1), (a,)),
+        tid(2): TraceVerdict(tid(2), sid(9), (b,)),
+        tid(3): TraceVerdict(tid(3), sid(1), ()),      # nothing found: nothing added, not even a verdict
+        tid(4): TraceVerdict(tid(4), None, (a,)),      # no root known: only the blamed span
+    }))
+    assert set(adds) == {(tid(1), sid(1)), (tid(1), sid(2)), (tid(2), sid(9)), (tid(2), sid(2)), (tid(4), sid(2))}
+    assert rca_attrs(apply(adds, 1, 2))["rca.rule"] == ("array_value", [("string_value", "r.a")])
+    assert rca_attrs(apply(adds, 2, 2))["rca.rule"] == ("array_value", [("string_value", "r.b")])
+    assert rca_attrs(apply(adds, 2, 9))["rca.verdict.service"] == ("string_value", "B")
+    assert not any(k.startswith("rca.verdict") for k in rca_attrs(apply(adds, 4, 2)))
+    assert annotations(BatchVerdict()) == {}
