@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from processor.httpserver import serve
 from processor.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -25,14 +26,8 @@ class AdminServer:
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        host, port = self._endpoint.rsplit(":", 1)
-        site = web.TCPSite(runner, host.strip("[]"), int(port), reuse_address=True)
-        await site.start()
-        self._runner = runner
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        log.info("metrics on http://%s:%d/metrics", host, self.port)
+        self._runner, self.port = await serve(app, self._endpoint)
+        log.info("metrics on http://%s:%d/metrics", self._endpoint.rsplit(":", 1)[0], self.port)
         return self.port
 
     async def stop(self) -> None:

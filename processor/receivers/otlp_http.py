@@ -22,6 +22,7 @@ from processor.config import HttpServerConfig
 from processor.decode import MalformedRequest
 from processor.ingest import Encoding, Ingest, Overloaded
 from processor.receivers import status as st
+from processor.httpserver import serve
 from processor.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -65,14 +66,9 @@ class HttpReceiver:
         app = web.Application(client_max_size=self._config.max_request_body_size)
         app.router.add_route("*", self._config.traces_url_path, self._handle)
         # We decompress ourselves, to enforce the limit on the decompressed size.
-        runner = web.AppRunner(app, auto_decompress=False, access_log=None)
-        await runner.setup()
-        host, port = self._config.endpoint.rsplit(":", 1)
-        site = web.TCPSite(runner, host.strip("[]"), int(port), reuse_address=True)
-        await site.start()
-        self._runner = runner
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        log.info("OTLP/HTTP receiver %s listening on %s:%d", self.component_id, host, self.port)
+        self._runner, self.port = await serve(app, self._config.endpoint, auto_decompress=False)
+        log.info("OTLP/HTTP receiver %s listening on %s:%d", self.component_id,
+                 self._config.endpoint.rsplit(":", 1)[0], self.port)
         return self.port
 
     async def stop(self, grace: float) -> None:

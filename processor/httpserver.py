@@ -1,0 +1,21 @@
+"""Starting an aiohttp application on a ``host:port`` endpoint (port 0: any free port)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+
+async def serve(app: web.Application, endpoint: str, **runner_options: Any) -> tuple[web.AppRunner, int]:
+    """Start ``app`` listening on ``endpoint``; returns its runner (for cleanup) and the bound port."""
+    runner = web.AppRunner(app, access_log=None, **runner_options)
+    await runner.setup()
+    host, port = endpoint.rsplit(":", 1)
+    site = web.TCPSite(runner, host.strip("[]"), int(port), reuse_address=True)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
