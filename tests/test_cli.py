@@ -1,0 +1,110 @@
+"""The ``faulttrace`` command as a user runs it: a real subprocess, real ports, real signals."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from harness import assert_same_spans, free_port, from_otlp_json, grpc_export, simple_request, wait_until
+
+pytestmark = pytest.mark.timeout(90)
+
+GOOD = {
+    "receivers": {"otlp": {"protocols": {"grpc": {"endpoint": "127.0.0.1:4317"}}}},
+    "exporters": {"debug": {}},
+    "service": {"pipelines": {"traces": {"receivers": ["otlp"], "exporters": ["debug"]}}},
+}
+
+
+def faulttrace(*args: str) -> list[str]:
+    script = Path(sys.executable).with_name("faulttrace")
+    if script.exists():
+        return [str(script), *args]
+    return [sys.executable, "-m", "processor.cli", *args]
+
+
+def write_yaml(tmp_path: Path, doc: dict, name: str = "config.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    return path
+
+
+def test_validate_accepts_a_good_file(tmp_path):
+    path = write_yaml(tmp_path, GOOD)
+    done = subprocess.run(faulttrace("validate", "--config", str(path)), capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "valid" in done.stdout and "receivers: otlp" in done.stdout and "exporters: debug" in done.stdout
+
+
+def test_validate_rejects_a_bad_file_naming_the_key(tmp_path):
+    bad = json.loads(json.dumps(GOOD))
+    bad["exporters"] = {"otlp_grpc": {"endpoint": "x:1", "tls": {"insecur": True}}}
+    bad["service"]["pipelines"]["traces"]["exporters"] = ["otlp_grpc"]
+    path = write_yaml(tmp_path, bad)
+    done = subprocess.run(faulttrace("validate", "--config", str(path)), capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2
+    assert "exporters.otlp_grpc.tls.insecur: unknown key" in done.stderr
+    assert done.stdout == ""
+
+
+def test_validate_requires_config_and_serve_refuses_a_bad_one(tmp_path):
+    done = subprocess.run(faulttrace("validate"), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--config" in done.stderr
+    done = subprocess.run(faulttrace("serve", "--config", str(tmp_path / "nope.yaml")), capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2 and "cannot read" in done.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_serve_exports_buffered_traces_on_signal(tmp_path, sig):
+    grpc_port, http_port, metrics_port = free_port(), free_port(), free_port()
+    out = tmp_path / "out" / "traces.jsonl"
+    config = {
+        "receivers": {"otlp": {"protocols": {"grpc": {"endpoint": f"127.0.0.1:{grpc_port}"},
+                                             "http": {"endpoint": f"127.0.0.1:{http_port}"}}}},
+        "processors": {"faulttrace": {"decision_wait": "10m", "builtin_rules": False}},  # nothing completes on its own
+        "exporters": {"file": {"path": str(out)}},
+        "service": {"pipelines": {"traces": {"receivers": ["otlp"], "processors": ["faulttrace"],
+                                             "exporters": ["file"]}},
+                    "telemetry": {"metrics": {"address": f"127.0.0.1:{metrics_port}"}},
+                    "shutdown_timeout": "10s"},
+    }
+    path = write_yaml(tmp_path, config)
+    proc = subprocess.Popen(faulttrace("serve", "--config", str(path)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        def healthy() -> bool:
+            assert proc.poll() is None, proc.communicate()[1]
+            try:
+                return requests.get(f"http://127.0.0.1:{metrics_port}/healthz", timeout=1).status_code == 200
+            except requests.ConnectionError:
+                return False
+
+        wait_until(healthy, timeout=30, what="faulttrace serve to come up")
+        sent = [simple_request(1, traces=3, spans_per_trace=3), simple_request(10, traces=2, service="web")]
+        grpc_export(f"127.0.0.1:{grpc_port}", sent[0])
+        reply = requests.post(f"http://127.0.0.1:{http_port}/v1/traces", data=sent[1].SerializeToString(),
+                              headers={"Content-Type": "application/x-protobuf"}, timeout=10)
+        assert reply.status_code == 200
+        health = requests.get(f"http://127.0.0.1:{metrics_port}/healthz", timeout=5).json()
+        assert health["buffered_spans"] == 13 and health["buffered_traces"] == 5
+        assert not out.exists() or out.read_text() == ""  # still buffered
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, stderr
+    assert "shutting down" in stderr
+    received = [from_otlp_json(json.loads(line)) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert_same_spans(sent, received)
