@@ -9,6 +9,8 @@ top candidate.  The additions are appended to the spans' original bytes by
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from processor.analysis import BatchVerdict, Candidate, TraceVerdict
 from processor.annotate import Annotation, AttrValue, SpanEvent
 
@@ -54,4 +56,20 @@ def annotations(verdict: BatchVerdict) -> dict[tuple[bytes, bytes], Annotation]:
             adds[v.root_span_id] = ({**attrs, **_verdict_attributes(v, top)}, events)
         for span_id, (attrs, events) in adds.items():
             out[(trace_id, span_id)] = Annotation(attrs, events)
+    return out
+
+
+def late_annotations(trace_ids: list[bytes], span_ids: list[bytes], parent_ids: list[bytes | None],
+                     verdict_of: Callable[[bytes], TraceVerdict | None]) -> dict[tuple[bytes, bytes], Annotation]:
+    """For spans that arrived after their trace was analyzed: a late root span
+    still gets its trace's ``rca.verdict.*`` (the root often ends, and so
+    arrives, last)."""
+    out: dict[tuple[bytes, bytes], Annotation] = {}
+    for trace_id, span_id, parent in zip(trace_ids, span_ids, parent_ids):
+        if parent is not None:
+            continue
+        v = verdict_of(trace_id)
+        top = v.top if v is not None else None
+        if top is not None:
+            out[(trace_id, span_id)] = Annotation(_verdict_attributes(v, top))
     return out

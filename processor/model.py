@@ -46,6 +46,7 @@ class ReleasedSpans:
 
     trace_ids: list[bytes]
     span_ids: list[bytes]
+    parent_span_ids: list[bytes | None]
     raw: list[bytes]
     resource_ids: list[int]
     scope_ids: list[int]

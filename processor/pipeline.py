@@ -15,9 +15,9 @@ import time
 from collections.abc import Callable
 from dsl import AttrRef, AttrSource, AttrType
 from processor.admin import AdminServer
-from processor.analysis import Analyzer, BatchVerdict
-from processor.annotate import annotate
-from processor.annotator import annotations
+from processor.analysis import Analyzer, TraceVerdict
+from processor.annotate import Annotation, annotate
+from processor.annotator import annotations, late_annotations
 from processor.assembler import Assembler, Due, ReleaseReason
 from processor.config import Config, FaulttraceProcessorConfig
 from processor.decode import Projection
@@ -59,7 +59,7 @@ class Pipeline:
         refs = configured_projection(proc) | (set(analyzer.projection()) if analyzer else set())
         self.store = SpanStore(Projection.of(refs), proc.storage.path, proc.storage.memory_limit,
                                threads=proc.storage.threads)
-        self.assembler: Assembler[None] = Assembler(proc.decision_wait, proc.max_traces,
+        self.assembler: Assembler[TraceVerdict] = Assembler(proc.decision_wait, proc.max_traces,
                                                     proc.max_spans_per_trace, proc.late_span_cache)
         self.ingest = Ingest(self.store, proc.max_buffered_spans, self.telemetry, self._on_stored,
                              retry_after=max(1.0, proc.decision_wait))
@@ -160,17 +160,25 @@ class Pipeline:
         async with self._release_lock:
             for reason in set(due.reasons):
                 self.telemetry.released_traces.labels(reason.value).inc(due.reasons.count(reason))
-            ids = due.trace_ids
-            for start in range(0, len(ids), RELEASE_CHUNK):
-                chunk = ids[start:start + RELEASE_CHUNK]
-                analyze = self._analyzer.analyze if self._analyzer else None
-                spans, analysis = await self.store.release(chunk, analyze)
-                await self._export(spans, analysis)
+            # Late spans are not analyzed again on their own (a fragment of a
+            # trace would mislead the rules): they get the verdict their trace got.
+            late = [t for t, r in zip(due.trace_ids, due.reasons) if r is ReleaseReason.LATE]
+            fresh = [t for t, r in zip(due.trace_ids, due.reasons) if r is not ReleaseReason.LATE]
+            analyze = self._analyzer.analyze if self._analyzer else None
+            for start in range(0, len(fresh), RELEASE_CHUNK):
+                spans, verdict = await self.store.release(fresh[start:start + RELEASE_CHUNK], analyze)
+                if verdict is not None:
+                    for trace_id, trace_verdict in verdict.traces.items():
+                        self.assembler.set_verdict(trace_id, trace_verdict)
+                await self._export(spans, annotations(verdict) if verdict is not None else {})
+            for start in range(0, len(late), RELEASE_CHUNK):
+                spans, _ = await self.store.release(late[start:start + RELEASE_CHUNK])
+                await self._export(spans, late_annotations(spans.trace_ids, spans.span_ids, spans.parent_span_ids,
+                                                           self.assembler.verdict))
             self._update_gauges()
 
-    async def _export(self, spans: ReleasedSpans, verdict: BatchVerdict | None) -> None:
+    async def _export(self, spans: ReleasedSpans, adds: dict[tuple[bytes, bytes], Annotation]) -> None:
         raw = spans.raw
-        adds = annotations(verdict) if verdict is not None else {}
         if adds:
             edits = {i: adds[key] for i, key in enumerate(zip(spans.trace_ids, spans.span_ids)) if key in adds}
             raw = annotate(raw, edits)

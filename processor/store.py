@@ -276,6 +276,7 @@ class SpanStore:
         return ReleasedSpans(
             trace_ids=released.column("trace_id").to_pylist(),
             span_ids=released.column("span_id").to_pylist(),
+            parent_span_ids=released.column("parent_span_id").to_pylist(),
             raw=released.column("raw").to_pylist(),
             resource_ids=resource_ids,
             scope_ids=scope_ids,

@@ -14,7 +14,7 @@ from dsl import load_rules
 from harness import sid, tid
 from processor.analysis import BatchVerdict, Candidate, Evidence, TraceVerdict
 from processor.annotate import Annotation, annotate
-from processor.annotator import annotations
+from processor.annotator import annotations, late_annotations
 from processor.offline import analyze
 from processor.tracefile import read_requests
 
@@ -191,3 +191,15 @@ def test_traces_are_annotated_separately_and_empty_verdicts_add_nothing():
     assert rca_attrs(apply(adds, 2, 9))["rca.verdict.service"] == ("string_value", "B")
     assert not any(k.startswith("rca.verdict") for k in rca_attrs(apply(adds, 4, 2)))
     assert annotations(BatchVerdict()) == {}
+
+
+def test_a_late_root_span_gets_its_traces_verdict_and_other_late_spans_nothing():
+    top = candidate(3, 1, Evidence("code.x", "boom", 0.8, 2.4, "code"), service="payments")
+    verdicts = {tid(1): TraceVerdict(tid(1), None, (top,))}
+    adds = late_annotations([tid(1), tid(1), tid(2)], [sid(1), sid(4), sid(5)], [None, sid(1), None],
+                            verdicts.get)
+    assert set(adds) == {(tid(1), sid(1))}  # the late child and the trace without a verdict: untouched
+    got = rca_attrs(apply(adds, 1, 1))
+    assert got["rca.verdict.span_id"] == ("string_value", sid(3).hex())
+    assert got["rca.verdict.service"] == ("string_value", "payments")
+    assert "rca.root_cause" not in got

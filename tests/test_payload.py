@@ -30,7 +30,8 @@ def released(rows: list[tuple[str, str, int, int]], name_size: int = 0) -> Relea
     raw = [Span(trace_id=tid(t), span_id=sid(n), name=f"{r}/{s}/{n}" + "x" * name_size).SerializeToString()
            for r, s, t, n in rows]
     return ReleasedSpans(
-        trace_ids=[tid(t) for _, _, t, _ in rows], span_ids=[sid(n) for _, _, _, n in rows], raw=raw,
+        trace_ids=[tid(t) for _, _, t, _ in rows], span_ids=[sid(n) for _, _, _, n in rows],
+        parent_span_ids=[None for _ in rows], raw=raw,
         resource_ids=[group_id(resource_head(r)) for r, _, _, _ in rows],
         scope_ids=[group_id(scope_head(s)) for _, s, _, _ in rows],
         resources=resources, scopes=scopes, trace_count=len({t for _, _, t, _ in rows}))
