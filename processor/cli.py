@@ -87,6 +87,17 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from processor.evalset import DatasetError, run
+    from processor.localizer import SOURCES
+
+    try:
+        return run(args.dataset, args.format, sys.stdout, [s for s in SOURCES if s not in (args.without or [])])
+    except DatasetError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from processor.bench import run_bench
 
@@ -123,6 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--no-builtin-rules", action="store_true", help="use only the --rules given")
     explain.add_argument("--format", choices=["text", "json"], default="text")
     explain.set_defaults(func=cmd_explain)
+
+    evaluate = sub.add_parser("eval", help="root-cause accuracy (AC@k) on a labelled dataset")
+    evaluate.add_argument("dataset", metavar="DATASET", help="dataset folder (dataset.json, baseline/, cases/)")
+    evaluate.add_argument("--format", choices=["text", "json"], default="text")
+    evaluate.add_argument("--without", action="append", metavar="SOURCE",
+                          choices=["latency", "explain_away", "shape", "errors"],
+                          help="leave out an evidence source (repeatable; for ablation)")
+    evaluate.set_defaults(func=cmd_eval)
 
     bench = sub.add_parser("bench", help="measure throughput and memory of the whole pipeline")
     bench.add_argument("--seconds", type=float, default=10.0, help="load duration per run (default 10)")

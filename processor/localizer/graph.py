@@ -118,4 +118,4 @@ def _walk(span: Span, until: int, children: dict[bytes | None, list[Span]], path
         path.append(last)
         _walk(last, point, children, path)
         point = max(min(last.start_ns, point), span.start_ns)
-        kids = [c for c in kids if c is not last and min(c.end_ns, point + 1) <= point and c.start_ns < point]
+        kids = [c for c in kids if c is not last and c.end_ns <= point and c.start_ns < point]

@@ -1,0 +1,140 @@
+"""Labelled trace datasets (``../shared/corpora/README.md`` layout) and AC@k scoring.
+
+A dataset is ``dataset.json``, an optional ``baseline/traces.jsonl.gz`` of
+fault-free traffic, and ``cases/<id>/{traces.jsonl.gz,label.json}``.  Each
+case's services are ranked by the localizer; AC@k is the share of cases
+whose true root-cause service is among the first k, Avg@5 the mean of
+AC@1..AC@5, overall and per fault type.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import duckdb
+
+from processor.localizer import SOURCES, Baseline, rank_services, read_spans, span_metrics
+
+TRACES = "traces.jsonl.gz"
+
+
+class DatasetError(ValueError):
+    """A dataset folder that does not have the expected layout; the message names the path."""
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    case_id: str
+    traces: Path
+    service: str          # the true root-cause service
+    fault: str
+
+
+@dataclass(frozen=True, slots=True)
+class CaseResult:
+    case: Case
+    rank: int | None      # 1-based rank of the true service; None if never ranked
+    top: tuple[str, ...]  # the first five services
+
+
+@dataclass(frozen=True, slots=True)
+class Dataset:
+    root: Path
+    name: str
+    baseline: Path | None
+    cases: tuple[Case, ...]
+
+    @classmethod
+    def load(cls, root: str | Path) -> Dataset:
+        p = Path(root)
+        meta_path = p / "dataset.json"
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError) as err:
+            raise DatasetError(f"{meta_path}: cannot read dataset metadata: {err}") from None
+        cases = []
+        for case_dir in sorted((p / "cases").glob("*/")):
+            label_path = case_dir / "label.json"
+            try:
+                rc = json.loads(label_path.read_text())["root_cause"]
+                cases.append(Case(case_dir.name, case_dir / TRACES, rc["service"], rc.get("fault", "unknown")))
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                raise DatasetError(f"{label_path}: not a label: {err}") from None
+        if not cases:
+            raise DatasetError(f"{p}: no cases/<id>/label.json found")
+        base = p / "baseline" / TRACES
+        return cls(p, str(meta.get("name", p.name)), base if base.exists() else None, tuple(cases))
+
+
+def evaluate(dataset: Dataset, sources: Iterable[str] = SOURCES) -> list[CaseResult]:
+    """Rank every case's services; one DuckDB connection and one baseline for the whole set."""
+    sources = tuple(sources)
+    conn = duckdb.connect()
+    try:
+        baseline = Baseline.from_file(conn, dataset.baseline) if dataset.baseline else None
+        results = []
+        for case in dataset.cases:
+            metrics = span_metrics(conn, read_spans(case.traces))
+            base = baseline if baseline is not None else Baseline.learn(conn, metrics)
+            ranked = [r.service for r in rank_services(conn, metrics, base, sources)]
+            rank = ranked.index(case.service) + 1 if case.service in ranked else None
+            results.append(CaseResult(case, rank, tuple(ranked[:5])))
+        return results
+    finally:
+        conn.close()
+
+
+def accuracy(results: Sequence[CaseResult]) -> dict[str, float]:
+    """AC@1, AC@3, AC@5 and Avg@5 of a list of case results."""
+    n = len(results)
+    ac = {k: sum(1 for r in results if r.rank is not None and r.rank <= k) / n if n else 0.0 for k in range(1, 6)}
+    return {"ac@1": ac[1], "ac@3": ac[3], "ac@5": ac[5], "avg@5": sum(ac.values()) / 5}
+
+
+def summary(results: Sequence[CaseResult]) -> dict[str, Any]:
+    by_fault: dict[str, list[CaseResult]] = defaultdict(list)
+    for r in results:
+        by_fault[r.case.fault].append(r)
+    out: dict[str, Any] = {"cases": len(results), **_rounded(accuracy(results))}
+    out["by_fault"] = {f: {"cases": len(rs), **_rounded(accuracy(rs))} for f, rs in sorted(by_fault.items())}
+    return out
+
+
+def _rounded(d: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 4) for k, v in d.items()}
+
+
+def write_report(dataset: Dataset, results: Sequence[CaseResult], seconds: float, fmt: str, out: TextIO) -> None:
+    """Per case the rank of the true root cause, then the figures; with ``json`` the last line
+    is one JSON object."""
+    for r in results:
+        rank = str(r.rank) if r.rank is not None else "-"
+        line = f"{r.case.case_id}  {r.case.fault:<16} {r.case.service:<24} rank {rank:>2}  top: {', '.join(r.top[:3])}"
+        if fmt == "json":
+            out.write(json.dumps({"case": r.case.case_id, "fault": r.case.fault, "service": r.case.service,
+                                  "rank": r.rank, "top": list(r.top)}) + "\n")
+        else:
+            out.write(line + "\n")
+    s = summary(results)
+    if fmt == "json":
+        out.write(json.dumps({**s, "seconds": round(seconds, 2)}) + "\n")
+        return
+    out.write(f"\n{dataset.name}: {s['cases']} cases in {seconds:.1f}s\n")
+    out.write(f"{'':<18}{'cases':>6}{'AC@1':>8}{'AC@3':>8}{'AC@5':>8}{'Avg@5':>8}\n")
+    for label, row in [("overall", s), *s["by_fault"].items()]:
+        out.write(f"{label:<18}{row['cases']:>6}{row['ac@1']:>8.3f}{row['ac@3']:>8.3f}{row['ac@5']:>8.3f}"
+                  f"{row['avg@5']:>8.3f}\n")
+
+
+def run(path: str | Path, fmt: str, out: TextIO, sources: Iterable[str] = SOURCES) -> int:
+    started = time.perf_counter()
+    dataset = Dataset.load(path)
+    results = evaluate(dataset, sources)
+    write_report(dataset, results, time.perf_counter() - started, fmt, out)
+    return 0

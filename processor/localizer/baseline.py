@@ -1,0 +1,81 @@
+"""Baselines: what normal looks like, per operation, learned from fault-free traffic.
+
+Per (service, span name): the distribution of self time and duration (median,
+MAD, p99, count).  Per parent operation: the distribution of its *call
+shapes* (which child operations a span of it makes, as a multiset), so a
+window can be compared with normal both in timing and in structure.  Both
+are DuckDB tables, learned from span metrics (``graph.span_metrics``) of any
+set of traces — a baseline file or completed traces as they pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from processor.localizer.graph import span_metrics
+from processor.localizer.spans import read_spans
+
+OPS_SQL = """
+WITH m AS (SELECT service, name, self_ns, dur, status_code,
+                  median(self_ns) OVER (PARTITION BY service, name) AS med FROM {table})
+SELECT service, name, count(*) AS n, any_value(med) AS self_med,
+       median(abs(self_ns - med)) AS self_mad,
+       quantile_cont(self_ns, 0.99) AS self_p99,
+       median(dur) AS dur_med, quantile_cont(dur, 0.99) AS dur_p99,
+       avg(CASE WHEN status_code = 2 THEN 1.0 ELSE 0.0 END) AS err_rate
+FROM m GROUP BY service, name
+"""
+
+# One row per span: its operation, its call shape (sorted child operations), how many
+# children it has, and the service charged when the tree stops after its last child.
+SHAPES_SQL = """
+WITH kids AS (
+    SELECT c.trace_id, c.parent_span_id AS pid,
+           string_agg(c.service || ':' || c.name, '|' ORDER BY c.service, c.name) AS sig,
+           count(*) AS k, arg_max(c.blame, c.end_ns) AS last_blame
+    FROM {table} c GROUP BY c.trace_id, c.parent_span_id
+)
+SELECT p.trace_id, p.span_id, p.service, p.name, p.blame,
+       coalesce(kids.sig, '') AS sig, coalesce(kids.k, 0) AS k, kids.last_blame
+FROM {table} p LEFT JOIN kids ON kids.trace_id = p.trace_id AND kids.pid = p.span_id
+"""
+
+SHAPE_DIST_SQL = """
+WITH s AS ({shapes}),
+n AS (SELECT service, name, count(*) AS n, median(k) AS k_med FROM s GROUP BY ALL)
+SELECT s.service, s.name, s.sig, count(*) / any_value(n.n) AS share, any_value(n.n) AS n,
+       any_value(n.k_med) AS k_med
+FROM s JOIN n USING (service, name) GROUP BY ALL
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Baseline:
+    """Normal behaviour: ``ops`` (timing per operation) and ``shapes`` (call shapes per operation)."""
+
+    ops: pa.Table
+    shapes: pa.Table
+
+    @classmethod
+    def learn(cls, conn: duckdb.DuckDBPyConnection, metrics: pa.Table) -> Baseline:
+        conn.register("_lz_base", metrics)
+        try:
+            ops = conn.sql(OPS_SQL.format(table="_lz_base")).to_arrow_table()
+            shapes = conn.sql(SHAPE_DIST_SQL.format(shapes=SHAPES_SQL.format(table="_lz_base"))).to_arrow_table()
+        finally:
+            conn.unregister("_lz_base")
+        return cls(ops, shapes)
+
+    @classmethod
+    def from_file(cls, conn: duckdb.DuckDBPyConnection, path: str | Path) -> Baseline:
+        """Learn from a file of normal traffic (OTLP/JSON lines or protobuf, gzip or not)."""
+        return cls.learn(conn, span_metrics(conn, read_spans(path)))
+
+    def register(self, conn: duckdb.DuckDBPyConnection) -> None:
+        """Make the baseline visible to SQL as ``base_ops`` and ``base_shapes``."""
+        conn.register("base_ops", self.ops)
+        conn.register("base_shapes", self.shapes)
