@@ -166,7 +166,10 @@ class Pipeline:
             fresh = [t for t, r in zip(due.trace_ids, due.reasons) if r is not ReleaseReason.LATE]
             analyze = self._analyzer.analyze if self._analyzer else None
             for start in range(0, len(fresh), RELEASE_CHUNK):
+                began = time.perf_counter()
                 spans, verdict = await self.store.release(fresh[start:start + RELEASE_CHUNK], analyze)
+                log.debug("released %d spans of %d traces in %.3fs", spans.span_count, spans.trace_count,
+                          time.perf_counter() - began)
                 if verdict is not None:
                     for trace_id, trace_verdict in verdict.traces.items():
                         self.assembler.set_verdict(trace_id, trace_verdict)
