@@ -4,7 +4,10 @@ A dataset is ``dataset.json``, an optional ``baseline/traces.jsonl.gz`` of
 fault-free traffic, and ``cases/<id>/{traces.jsonl.gz,label.json}``.  Each
 case's services are ranked by the localizer; AC@k is the share of cases
 whose true root-cause service is among the first k, Avg@5 the mean of
-AC@1..AC@5, overall and per fault type.
+AC@1..AC@5, overall and per fault type.  When labels carry ``span_ids`` (the
+span where the fault originates, one per affected trace), span-level AC@k
+too: among the traces that contain a labelled span, the share whose first k
+candidates (``localizer.blame_traces``) include it.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from processor.localizer import SOURCES, Baseline, rank_services, read_spans, span_metrics
+from processor.localizer import SOURCES, Baseline, LocalizedBatch, blame_traces, rank_services, read_spans, span_metrics
 
 TRACES = "traces.jsonl.gz"
 
@@ -34,6 +39,7 @@ class Case:
     traces: Path
     service: str          # the true root-cause service
     fault: str
+    span_ids: tuple[bytes, ...] = ()   # the spans where the fault originates, if labelled
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +47,7 @@ class CaseResult:
     case: Case
     rank: int | None      # 1-based rank of the true service; None if never ranked
     top: tuple[str, ...]  # the first five services
+    span_ranks: tuple[int | None, ...] = ()   # per labelled span found in the traces: its rank in its trace
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +70,10 @@ class Dataset:
             label_path = case_dir / "label.json"
             try:
                 rc = json.loads(label_path.read_text())["root_cause"]
-                cases.append(Case(case_dir.name, case_dir / TRACES, rc["service"], rc.get("fault", "unknown")))
-            except (OSError, ValueError, KeyError, TypeError) as err:
+                span_ids = tuple(bytes.fromhex(s) for s in rc.get("span_ids") or ())
+                cases.append(Case(case_dir.name, case_dir / TRACES, rc["service"], rc.get("fault", "unknown"),
+                                  span_ids))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
                 raise DatasetError(f"{label_path}: not a label: {err}") from None
         if not cases:
             raise DatasetError(f"{p}: no cases/<id>/label.json found")
@@ -82,19 +91,40 @@ def evaluate(dataset: Dataset, sources: Iterable[str] = SOURCES) -> list[CaseRes
         for case in dataset.cases:
             metrics = span_metrics(conn, read_spans(case.traces))
             base = baseline if baseline is not None else Baseline.learn(conn, metrics)
-            ranked = [r.service for r in rank_services(conn, metrics, base, sources)]
+            scores = rank_services(conn, metrics, base, sources)
+            ranked = [r.service for r in scores]
             rank = ranked.index(case.service) + 1 if case.service in ranked else None
-            results.append(CaseResult(case, rank, tuple(ranked[:5])))
+            span_ranks = ()
+            if case.span_ids:
+                span_ranks = _span_ranks(blame_traces(conn, metrics, base, scores), metrics, case.span_ids)
+            results.append(CaseResult(case, rank, tuple(ranked[:5]), span_ranks))
         return results
     finally:
         conn.close()
 
 
+def _span_ranks(verdict: LocalizedBatch, metrics: pa.Table, span_ids: tuple[bytes, ...]) -> tuple[int | None, ...]:
+    """For each labelled span present in the case's traces, its rank among its trace's candidates."""
+    hit = metrics.filter(pc.is_in(metrics.column("span_id"), value_set=pa.array(span_ids, pa.binary())))
+    out: list[int | None] = []
+    for trace_id, span_id in zip(hit.column("trace_id").to_pylist(), hit.column("span_id").to_pylist()):
+        v = verdict.traces.get(trace_id)
+        ranks = [c.rank for c in v.candidates if c.span_id == span_id] if v else []
+        out.append(ranks[0] if ranks else None)
+    return tuple(out)
+
+
 def accuracy(results: Sequence[CaseResult]) -> dict[str, float]:
-    """AC@1, AC@3, AC@5 and Avg@5 of a list of case results."""
+    """AC@1, AC@3, AC@5 and Avg@5 of a list of case results; span AC@1 and AC@3 (over the
+    traces that contain a labelled span) when any case has span labels."""
     n = len(results)
     ac = {k: sum(1 for r in results if r.rank is not None and r.rank <= k) / n if n else 0.0 for k in range(1, 6)}
-    return {"ac@1": ac[1], "ac@3": ac[3], "ac@5": ac[5], "avg@5": sum(ac.values()) / 5}
+    out = {"ac@1": ac[1], "ac@3": ac[3], "ac@5": ac[5], "avg@5": sum(ac.values()) / 5}
+    spans = [rank for r in results for rank in r.span_ranks]
+    if spans:
+        for k in (1, 3):
+            out[f"span_ac@{k}"] = sum(1 for rank in spans if rank is not None and rank <= k) / len(spans)
+    return out
 
 
 def summary(results: Sequence[CaseResult]) -> dict[str, Any]:
@@ -102,6 +132,8 @@ def summary(results: Sequence[CaseResult]) -> dict[str, Any]:
     for r in results:
         by_fault[r.case.fault].append(r)
     out: dict[str, Any] = {"cases": len(results), **_rounded(accuracy(results))}
+    if "span_ac@1" in out:
+        out["span_traces"] = sum(len(r.span_ranks) for r in results)
     out["by_fault"] = {f: {"cases": len(rs), **_rounded(accuracy(rs))} for f, rs in sorted(by_fault.items())}
     return out
 
@@ -116,9 +148,15 @@ def write_report(dataset: Dataset, results: Sequence[CaseResult], seconds: float
     for r in results:
         rank = str(r.rank) if r.rank is not None else "-"
         line = f"{r.case.case_id}  {r.case.fault:<16} {r.case.service:<24} rank {rank:>2}  top: {', '.join(r.top[:3])}"
+        if r.span_ranks:
+            first = sum(1 for k in r.span_ranks if k == 1)
+            line += f"  span rank 1 in {first} of {len(r.span_ranks)} traces"
         if fmt == "json":
-            out.write(json.dumps({"case": r.case.case_id, "fault": r.case.fault, "service": r.case.service,
-                                  "rank": r.rank, "top": list(r.top)}) + "\n")
+            row: dict[str, Any] = {"case": r.case.case_id, "fault": r.case.fault, "service": r.case.service,
+                                   "rank": r.rank, "top": list(r.top)}
+            if r.case.span_ids:
+                row["span_ranks"] = list(r.span_ranks)
+            out.write(json.dumps(row) + "\n")
         else:
             out.write(line + "\n")
     s = summary(results)
@@ -130,6 +168,9 @@ def write_report(dataset: Dataset, results: Sequence[CaseResult], seconds: float
     for label, row in [("overall", s), *s["by_fault"].items()]:
         out.write(f"{label:<18}{row['cases']:>6}{row['ac@1']:>8.3f}{row['ac@3']:>8.3f}{row['ac@5']:>8.3f}"
                   f"{row['avg@5']:>8.3f}\n")
+    if "span_ac@1" in s:
+        out.write(f"span level: {s['span_traces']} traces with a labelled span, "
+                  f"AC@1 {s['span_ac@1']:.3f}, AC@3 {s['span_ac@3']:.3f}\n")
 
 
 def run(path: str | Path, fmt: str, out: TextIO, sources: Iterable[str] = SOURCES) -> int:

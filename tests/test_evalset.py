@@ -20,19 +20,40 @@ CASES = {
     "c3": ("db", "exception", synth.Faults(error={"db"})),
     "c4": ("catalog", "return", synth.Faults(cut={"catalog"})),
 }
+# Where labels carry span ids: the span where the fault originates in each trace.
+ORIGINS = {"c1": ("payment", "Charge", None), "c3": ("db", "SELECT", "payment")}
 
 
-@pytest.fixture
-def dataset(tmp_path: Path) -> Path:
+def _origins(rows: list[dict], service: str, name: str, parent_service: str | None) -> list[str]:
+    """Ids of the (service, name) spans, only those called from ``parent_service`` if given."""
+    by_id = {r["span_id"]: r for r in rows}
+    return [r["span_id"].hex() for r in rows if (r["service"], r["name"]) == (service, name)
+            and (parent_service is None or by_id[r["parent_span_id"]]["service"] == parent_service)]
+
+
+def _write(tmp_path: Path, span_labels: bool) -> Path:
     root = tmp_path / "tiny"
     root.mkdir()
     (root / "dataset.json").write_text(json.dumps({"name": "tiny", "level": "service", "cases": len(CASES)}))
     synth.write_otlp(synth.spans(n=80, seed=0), root / "baseline" / "traces.jsonl.gz")
     for i, (case_id, (service, fault, faults)) in enumerate(CASES.items()):
-        synth.write_otlp(synth.spans(n=40, faults=faults, seed=i + 1), root / "cases" / case_id / "traces.jsonl.gz")
-        (root / "cases" / case_id / "label.json").write_text(
-            json.dumps({"root_cause": {"service": service, "fault": fault}, "inject_time_unix_nano": 0}))
+        rows = synth.spans(n=40, faults=faults, seed=i + 1)
+        synth.write_otlp(rows, root / "cases" / case_id / "traces.jsonl.gz")
+        rc: dict = {"service": service, "fault": fault}
+        if span_labels and case_id in ORIGINS:
+            rc["span_ids"] = _origins(rows, *ORIGINS[case_id])
+        (root / "cases" / case_id / "label.json").write_text(json.dumps({"root_cause": rc, "inject_time_unix_nano": 0}))
     return root
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    return _write(tmp_path, span_labels=False)
+
+
+@pytest.fixture
+def span_dataset(tmp_path: Path) -> Path:
+    return _write(tmp_path, span_labels=True)
 
 
 def test_eval_json_last_line_is_the_summary(dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -43,6 +64,22 @@ def test_eval_json_last_line_is_the_summary(dataset: Path, capsys: pytest.Captur
     assert summary["ac@1"] == 1.0 and summary["ac@3"] == 1.0 and summary["avg@5"] == 1.0
     assert set(summary["by_fault"]) == {"cpu", "network", "exception", "return"}
     assert [json.loads(line)["rank"] for line in lines[:-1]] == [1, 1, 1, 1]
+    assert "span_ac@1" not in summary      # no span labels
+
+
+def test_eval_scores_spans_when_labels_carry_span_ids(span_dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["eval", str(span_dataset), "--format", "json"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    summary = json.loads(lines[-1])
+    assert summary["span_traces"] == 80    # 40 traces in each of c1 and c3 contain a labelled span
+    # c3's traces have two db origins (under catalog and under payment); the label names one
+    assert summary["span_ac@1"] >= 0.95 and summary["span_ac@3"] == 1.0
+    assert summary["by_fault"]["cpu"]["span_ac@1"] == 1.0 and "span_ac@1" not in summary["by_fault"]["network"]
+    assert json.loads(lines[0])["span_ranks"] == [1] * 40
+    assert main(["eval", str(span_dataset)]) == 0
+    out = capsys.readouterr().out
+    assert "span level: 80 traces with a labelled span, AC@1 0.9" in out and "AC@3 1.000" in out
+    assert "span rank 1 in 40 of 40 traces" in out
 
 
 def test_eval_text_prints_ranks_and_table(dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -72,3 +109,10 @@ def test_accuracy_counts_misses_as_never_in_top_k() -> None:
     assert acc["ac@1"] == pytest.approx(1 / 3) and acc["ac@3"] == pytest.approx(1 / 3)
     assert acc["ac@5"] == pytest.approx(2 / 3)
     assert acc["avg@5"] == pytest.approx((1 + 1 + 1 + 2 + 2) / 15)
+
+
+def test_span_accuracy_is_over_traces_not_cases() -> None:
+    case = Case("x", Path("."), "a", "f", (b"\x01" * 8,))
+    results = [CaseResult(case, 1, (), (1, 2, None)), CaseResult(case, 1, (), (1,))]
+    acc = accuracy(results)
+    assert acc["span_ac@1"] == pytest.approx(2 / 4) and acc["span_ac@3"] == pytest.approx(3 / 4)

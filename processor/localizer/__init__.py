@@ -2,7 +2,10 @@
 
 ``localize_window`` ranks the services of a window of traces against a
 baseline of normal traffic (``Baseline``); the evidence sources are in
-``scoring``, span-tree structure in ``graph``.
+``scoring``, span-tree structure in ``graph``.  ``blame`` turns a ranking into
+per-trace candidates and symptoms, ``attribution`` finds the attribute values
+anomalous spans share, and ``LocalizerAnalyzer`` runs it all in the live
+pipeline against a baseline that keeps learning (``history``).
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ from collections.abc import Iterable
 import duckdb
 import pyarrow as pa
 
+from processor.localizer.analyzer import LocalizerAnalyzer
 from processor.localizer.baseline import Baseline
+from processor.localizer.blame import LocalizedBatch, blame_traces
 from processor.localizer.graph import span_metrics
 from processor.localizer.spans import read_spans
 from processor.localizer.window import SOURCES, ServiceScore, rank_services
@@ -34,4 +39,5 @@ def localize_window(spans: pa.Table, baseline: Baseline | None = None,
         conn.close()
 
 
-__all__ = ["SOURCES", "Baseline", "ServiceScore", "localize_window", "rank_services", "read_spans", "span_metrics"]
+__all__ = ["SOURCES", "Baseline", "LocalizedBatch", "LocalizerAnalyzer", "ServiceScore", "blame_traces",
+           "localize_window", "rank_services", "read_spans", "span_metrics"]

@@ -147,6 +147,7 @@ WITH b AS (SELECT service, name, err_rate FROM base_ops)
 SELECT m.blame, m.service, m.name, count(*) AS n,
        sum(CASE WHEN m.status_code = 2 AND NOT m.child_error
                 THEN CASE WHEN m.exception THEN 2 ELSE 1 END ELSE 0 END) AS origins,
+       count(*) FILTER (WHERE m.status_code = 2 AND NOT m.child_error) AS failed,
        any_value(coalesce(b.err_rate, 0)) AS base_rate
 FROM m LEFT JOIN b USING (service, name)
 GROUP BY ALL
@@ -156,9 +157,9 @@ GROUP BY ALL
 def errors(conn: duckdb.DuckDBPyConnection) -> list[ServiceEvidence]:
     score: dict[str, float] = defaultdict(float)
     why: dict[str, list[str]] = defaultdict(list)
-    for blame, service, name, n, origins, base_rate in conn.sql(ERRORS_SQL).fetchall():
+    for blame, service, name, n, origins, failed, base_rate in conn.sql(ERRORS_SQL).fetchall():
         rate = max(0.0, wilson_lower(min(origins, n), n) - base_rate)
         if rate > 0:
             score[blame] += rate
-            why[blame].append(f"errors originate in {service}:{name} ({origins} of {n})")
+            why[blame].append(f"errors originate in {service}:{name} ({failed} of {n})")
     return [ServiceEvidence("errors", s, v, "; ".join(why[s][:3])) for s, v in score.items() if v > 0]

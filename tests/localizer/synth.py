@@ -138,3 +138,26 @@ def write_otlp(rows: list[dict[str, Any]], path: Path) -> None:
         "scopeSpans": [{"scope": {"name": "synth"}, "spans": s}]}]}) for svc, s in by_service.items()]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+
+
+def batch(rows: list[dict[str, Any]], columns: dict[str, list[Any]] | None = None) -> pa.Table:
+    """A released batch as the store registers it for analyzers: the intrinsic span columns,
+    the exception-event flag and any other projected ``columns`` (by column name), ``_row``."""
+    from dsl import column_name
+    from processor.localizer.analyzer import EXCEPTION
+
+    out = pa.table({
+        "trace_id": pa.array([r["trace_id"] for r in rows], pa.binary()),
+        "span_id": pa.array([r["span_id"] for r in rows], pa.binary()),
+        "parent_span_id": pa.array([r["parent_span_id"] for r in rows], pa.binary()),
+        "service": [r["service"] for r in rows], "name": [r["name"] for r in rows],
+        "kind": pa.array([r["kind"] for r in rows], pa.uint8()),
+        "start_ns": pa.array([r["start_ns"] for r in rows], pa.int64()),
+        "end_ns": pa.array([r["end_ns"] for r in rows], pa.int64()),
+        "status_code": pa.array([r["status_code"] for r in rows], pa.uint8()),
+        "status_message": [r.get("status_message", "") for r in rows],
+        column_name(EXCEPTION): pa.array([r["exception"] for r in rows], pa.bool_()),
+    })
+    for name, values in (columns or {}).items():
+        out = out.append_column(name, pa.array(values))
+    return out.append_column("_row", pa.array(range(len(rows)), pa.int64()))

@@ -1,0 +1,136 @@
+"""The localizer as a live ``Analyzer``: per batch of completed traces, root causes and symptoms
+against a baseline it keeps learning.
+
+Per batch (on the store thread, the batch registered in DuckDB as ``table``):
+span metrics (``graph``), the window ranking of services (``window``) and the
+per-trace candidates and symptoms (``blame``) against the learned baseline
+(``history``); then the attribute values the candidates share
+(``attribution``), added to their evidence; then the batch is learned — a
+trace with candidates only with weight ``learn_suspect`` so a fault does not
+teach the baseline that it is normal, yet a lasting change is absorbed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from dsl import AttrRef, AttrSource, AttrType, column_name
+from processor.analysis import BatchVerdict, TraceVerdict
+from processor.localizer.attribution import Attribution, attribute
+from processor.localizer.blame import LocalizedBatch, blame_traces
+from processor.localizer.graph import span_metrics
+from processor.localizer.history import History, HistoryConfig
+from processor.localizer.window import SOURCES, rank_services
+
+log = logging.getLogger(__name__)
+
+EXCEPTION = AttrRef(AttrSource.EVENT, "", AttrType.PRESENT, "exception")
+EXCEPTION_TYPE = AttrRef(AttrSource.EVENT, "exception.type", AttrType.STRING, "exception")
+EXCEPTION_MESSAGE = AttrRef(AttrSource.EVENT, "exception.message", AttrType.STRING, "exception")
+
+# Where anomalous spans commonly have something in common (OpenTelemetry semantic conventions).
+ATTRIBUTION: tuple[AttrRef, ...] = (
+    *(AttrRef(AttrSource.RESOURCE, k) for k in (
+        "k8s.node.name", "k8s.pod.name", "k8s.namespace.name", "host.name", "service.version",
+        "service.instance.id", "cloud.availability_zone", "cloud.region", "deployment.environment")),
+    *(AttrRef(AttrSource.SPAN, k) for k in (
+        "http.request.method", "server.address", "peer.service", "db.system", "rpc.method")),
+    AttrRef(AttrSource.SPAN, "http.response.status_code", AttrType.INT),
+)
+
+
+class LocalizerAnalyzer:
+    """Rule-free localization for the live pipeline (``processor.analysis.Analyzer``)."""
+
+    def __init__(self, baseline: str | Path | None = None, *, sources: Iterable[str] = SOURCES,
+                 history: HistoryConfig | None = None, attribution: Iterable[AttrRef] = ATTRIBUTION,
+                 per_trace: int = 5, learn_suspect: float = 0.1) -> None:
+        self.history = History(history)
+        self.sources = tuple(sources)
+        self.attribution = tuple(attribution)
+        self.per_trace = per_trace
+        self.learn_suspect = learn_suspect
+        if baseline is not None:
+            self.history.seed(baseline)
+
+    def projection(self) -> frozenset[AttrRef]:
+        return frozenset({EXCEPTION, EXCEPTION_TYPE, EXCEPTION_MESSAGE, *self.attribution})
+
+    def close(self) -> None:
+        self.history.close()
+
+    def analyze(self, conn: duckdb.DuckDBPyConnection, table: str) -> BatchVerdict:
+        try:
+            return self.localize(conn, table)
+        except Exception:  # component boundary: a localizer failure must not stop the export
+            log.exception("localizing a batch of %s failed", table)
+            return BatchVerdict()
+
+    def localize(self, conn: duckdb.DuckDBPyConnection, table: str) -> LocalizedBatch:
+        columns = set(conn.sql(f"SELECT * FROM {table} LIMIT 0").columns)
+        metrics = span_metrics(conn, _spans(conn, table, columns))
+        if metrics.num_rows == 0:
+            return LocalizedBatch()
+        baseline = self.history.baseline()
+        ranking = rank_services(conn, metrics, baseline, self.sources)
+        verdict = blame_traces(conn, metrics, baseline, ranking, self.per_trace, _details(conn, table, columns))
+        found = self._attribute(conn, table, verdict)
+        self.history.learn(metrics, dict.fromkeys(verdict.traces, self.learn_suspect))
+        return _with_attributions(verdict, found)
+
+    def _attribute(self, conn: duckdb.DuckDBPyConnection, table: str, verdict: LocalizedBatch) -> list[Attribution]:
+        # every candidate has evidence of its own (an error origin or latency), so all are anomalous
+        spans = [(t, c.span_id) for t, v in verdict.traces.items() for c in v.candidates]
+        if not spans or not self.attribution:
+            return []
+        selected = pa.table({"trace_id": pa.array([t for t, _ in spans], pa.binary()),
+                             "span_id": pa.array([s for _, s in spans], pa.binary())})
+        return attribute(conn, table, selected, {ref.key: column_name(ref) for ref in self.attribution})
+
+
+def _spans(conn: duckdb.DuckDBPyConnection, table: str, columns: set[str]) -> pa.Table:
+    """The localizer's span columns (``spans.SCHEMA``) of the batch; the exception flag from the
+    projected exception event when the store has it."""
+    exc = column_name(EXCEPTION)
+    flag = f"coalesce({exc}, false)" if exc in columns else "false"
+    return conn.sql(f"""
+        SELECT trace_id, span_id, parent_span_id, service, name, kind, start_ns, end_ns, status_code,
+               {flag} AS exception
+        FROM {table}""").to_arrow_table()
+
+
+def _details(conn: duckdb.DuckDBPyConnection, table: str, columns: set[str]) -> dict[tuple[bytes, bytes], str]:
+    """Per erroring span, what it said: exception type and message, else its status message."""
+    parts = [column_name(r) for r in (EXCEPTION_TYPE, EXCEPTION_MESSAGE) if column_name(r) in columns]
+    exc = f"nullif(concat_ws(': ', {', '.join(parts)}), '')" if parts else "NULL"
+    status = "nullif(status_message, '')" if "status_message" in columns else "NULL"
+    rows = conn.execute(f"""
+        SELECT trace_id, span_id, coalesce({exc}, {status}) AS detail
+        FROM {table} WHERE status_code = 2 AND coalesce({exc}, {status}) IS NOT NULL""").fetchall()
+    return {(t, s): d for t, s, d in rows}
+
+
+def _with_attributions(verdict: LocalizedBatch, found: list[Attribution]) -> LocalizedBatch:
+    """The verdict with each attribution added to the evidence of the candidates it covers."""
+    if not found:
+        return verdict
+    extra: dict[tuple[bytes, bytes], list[Attribution]] = {}
+    for a in found:
+        for key in a.spans:
+            extra.setdefault(key, []).append(a)
+    traces = {}
+    for trace_id, v in verdict.traces.items():
+        cands = []
+        for c in v.candidates:
+            adds = extra.get((trace_id, c.span_id), [])
+            head = c.evidence[0]
+            more = tuple(dataclasses.replace(head, source="localizer.attribution", message=a.message) for a in adds)
+            cands.append(dataclasses.replace(c, evidence=c.evidence + more))
+        traces[trace_id] = TraceVerdict(trace_id, v.root_span_id, tuple(cands))
+    return LocalizedBatch(traces, verdict.symptoms, tuple(found))

@@ -1,0 +1,280 @@
+"""Per-trace root causes: the spans where a trace's error or delay originates, and its symptoms.
+
+Two kinds of evidence, each judged within one trace against the baseline and
+weighed by the window's service ranking (``window.rank_services``), which
+carries what one trace cannot show (consistency across traces, explaining
+away):
+
+- *error origin*: an erroring span none of whose children errors; an
+  exception event makes it stronger.  Repeated failures of one operation in a
+  trace (a retry loop) are one candidate, its first attempt.
+- *latency blame*: self time above the operation's baseline p99 on the
+  trace's critical path (``graph.critical_path``), so a parallel sibling that
+  finished early is not blamed.  A client span's self time is charged to the
+  callee's server span, or to the client span itself when the window says the
+  caller is the one slow on all its calls.  Without window support a span must
+  stand out on its own: as far beyond p99 as p99 is beyond the median.
+
+*Symptoms* are the ancestors that inherited a candidate's error (they error
+too) or delay (on the critical path, slower than their own p99).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from processor.analysis import BatchVerdict, Candidate, Evidence, TraceVerdict
+from processor.localizer.attribution import Attribution
+from processor.localizer.baseline import Baseline
+from processor.localizer.graph import Span, children_of, critical_path
+from processor.localizer.window import ServiceScore
+
+MIN_WINDOW = 0.1             # window score (share of a service's work abnormal) that supports a span
+ERROR_CONFIDENCE = 0.6       # an erroring span with no erroring child
+EXCEPTION_CONFIDENCE = 0.85  # ... that also recorded an exception event
+
+# Every span of the traces with evidence: an error origin, or self time above p99.
+ROWS_SQL = """
+WITH j AS (
+    SELECT m.trace_id, m.span_id, m.parent_span_id, m.service, m.name, m.callee, m.start_ns, m.end_ns,
+           m.n_children, m.dur::DOUBLE AS dur, m.self_ns::DOUBLE AS self_ns, m.status_code = 2 AS error,
+           coalesce(m.exception, false) AS exception,
+           (m.status_code = 2 AND NOT m.child_error) AS origin,
+           o.self_med::DOUBLE AS self_med, o.self_p99::DOUBLE AS self_p99, o.dur_p99::DOUBLE AS dur_p99
+    FROM m LEFT JOIN base_ops o USING (service, name)
+)
+SELECT * FROM j
+WHERE trace_id IN (SELECT trace_id FROM j WHERE origin OR self_ns > self_p99)
+ORDER BY trace_id, start_ns
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class LocalizedBatch(BatchVerdict):
+    """A ``BatchVerdict`` plus, per trace, the spans whose error or delay is inherited
+    from its root causes (annotated ``rca.symptom=true``)."""
+
+    symptoms: dict[bytes, tuple[bytes, ...]] = field(default_factory=dict)
+    attributions: tuple[Attribution, ...] = ()   # attribute values the candidates share
+
+
+@dataclass(slots=True)
+class _Blame:
+    """Evidence gathered against one span of one trace."""
+
+    span: dict[str, Any]
+    charged: str
+    own: float = 0.0                      # the trace-local severity
+    confidence: float = 0.0
+    error: bool = False
+    messages: list[tuple[str, str]] = field(default_factory=list)   # (source, message)
+
+
+def blame_traces(conn: duckdb.DuckDBPyConnection, metrics: pa.Table, baseline: Baseline,
+                 ranking: Sequence[ServiceScore], per_trace: int = 5,
+                 details: dict[tuple[bytes, bytes], str] | None = None) -> LocalizedBatch:
+    """Ranked candidates and symptoms for every trace of ``metrics`` that has evidence.
+
+    ``details`` optionally gives an error span's exception or status message.
+    """
+    conn.register("m", metrics)
+    baseline.register(conn)
+    try:
+        rows = conn.sql(ROWS_SQL).to_arrow_table().to_pylist()
+    finally:
+        for name in ("m", "base_ops", "base_shapes"):
+            conn.unregister(name)
+    window = {r.service: r for r in ranking if r.score >= MIN_WINDOW}
+    traces: dict[bytes, TraceVerdict] = {}
+    symptoms: dict[bytes, tuple[bytes, ...]] = {}
+    for trace_id, spans in _by_trace(rows):
+        verdict, inherited = _trace(trace_id, spans, window, per_trace, details or {})
+        if verdict.candidates:
+            traces[trace_id] = verdict
+            if inherited:
+                symptoms[trace_id] = inherited
+    return LocalizedBatch(traces, symptoms)
+
+
+def _by_trace(rows: list[dict[str, Any]]) -> Iterable[tuple[bytes, list[dict[str, Any]]]]:
+    group: list[dict[str, Any]] = []
+    for r in rows:
+        if group and r["trace_id"] != group[0]["trace_id"]:
+            yield group[0]["trace_id"], group
+            group = []
+        group.append(r)
+    if group:
+        yield group[0]["trace_id"], group
+
+
+def _trace(trace_id: bytes, rows: list[dict[str, Any]], window: dict[str, ServiceScore], per_trace: int,
+           details: dict[tuple[bytes, bytes], str]) -> tuple[TraceVerdict, tuple[bytes, ...]]:
+    by_id = {r["span_id"]: r for r in rows}
+    spans = [Span(r["span_id"], r["parent_span_id"], r["service"], r["name"], r["start_ns"], r["end_ns"])
+             for r in rows]
+    children = children_of(spans)
+    on_path = {s.span_id for root in children.get(None, []) for s in critical_path(root, children)}
+    trace_ns = max(1, max(r["end_ns"] for r in rows) - min(r["start_ns"] for r in rows))
+    blames: dict[bytes, _Blame] = {}
+    _errors(rows, by_id, blames, details)
+    _latency(rows, by_id, children, on_path, trace_ns, window, blames)
+    _merge_within_services(blames, by_id)
+    ranked = _rank(blames, by_id, window, per_trace)
+    roots = children.get(None, [])
+    root = next((s.span_id for s in roots if s.parent_span_id is None), roots[0].span_id if roots else None)
+    inherited = _symptoms(ranked, blames, by_id, on_path)
+    return TraceVerdict(trace_id, root, ranked), inherited
+
+
+def _errors(rows: list[dict[str, Any]], by_id: dict[bytes, dict[str, Any]], blames: dict[bytes, _Blame],
+            details: dict[tuple[bytes, bytes], str]) -> None:
+    attempts: dict[tuple[str, str, bytes | None], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        attempts[(r["service"], r["name"], _caller(r, by_id))].append(r)
+    for (service, name, _), same in attempts.items():
+        failed = [r for r in same if r["origin"]]
+        if not failed:
+            continue
+        first = failed[0]
+        exception = any(r["exception"] for r in failed)
+        what = "error origin: status ERROR and no erroring child"
+        if exception:
+            what += ", exception recorded"
+        detail = next((details[(r["trace_id"], r["span_id"])] for r in failed
+                       if (r["trace_id"], r["span_id"]) in details), "")
+        if detail:
+            what += f" ({detail})"
+        if len(same) > 1:
+            what += f"; {len(failed)} of {len(same)} {service}:{name} attempts failed (retried)"
+        b = blames.setdefault(first["span_id"], _Blame(first, service))
+        b.error = True
+        b.own += 1.5 if exception else 1.0
+        b.confidence = max(b.confidence, EXCEPTION_CONFIDENCE if exception else ERROR_CONFIDENCE)
+        b.messages.append(("localizer.errors", what))
+
+
+def _caller(r: dict[str, Any], by_id: dict[bytes, dict[str, Any]]) -> bytes | None:
+    """The span that issued ``r``: its parent, or the parent's parent when the parent is a
+    client span in another service wrapping only ``r`` (retries make one such per attempt)."""
+    parent = by_id.get(r["parent_span_id"]) if r["parent_span_id"] else None
+    if parent is None:
+        return r["parent_span_id"]
+    if parent["service"] != r["service"] and parent["n_children"] == 1:
+        return parent["parent_span_id"]
+    return parent["span_id"]
+
+
+def _latency(rows: list[dict[str, Any]], by_id: dict[bytes, dict[str, Any]], children: dict[bytes | None, list[Span]],
+             on_path: set[bytes], trace_ns: int, window: dict[str, ServiceScore],
+             blames: dict[bytes, _Blame]) -> None:
+    for r in rows:
+        p99, med = r["self_p99"], r["self_med"]
+        if r["span_id"] not in on_path or p99 is None or r["self_ns"] <= p99:
+            continue
+        target, charged, how = _charge(r, children, by_id, window)
+        strong = r["self_ns"] - p99 >= p99 - (med or 0.0)
+        if not (strong or charged in window):
+            continue
+        excess = r["self_ns"] - p99
+        msg = (f"{how}self time {_ms(r['self_ns'])} vs p99 {_ms(p99)} (median {_ms(med or 0.0)}) "
+               f"on the critical path, {excess / trace_ns:.0%} of the trace's {_ms(trace_ns)}")
+        b = blames.setdefault(target["span_id"], _Blame(target, charged))
+        b.own += min(1.0, excess / trace_ns)
+        b.confidence = max(b.confidence, 1.0 - p99 / r["self_ns"])
+        b.messages.append(("localizer.latency", msg))
+
+
+def _charge(r: dict[str, Any], children: dict[bytes | None, list[Span]], by_id: dict[bytes, dict[str, Any]],
+            window: dict[str, ServiceScore]) -> tuple[dict[str, Any], str, str]:
+    """The span (and service) a slow span's self time is charged to, and how to say so."""
+    callee = r["callee"]
+    if callee is None:
+        return r, r["service"], ""
+    caller_score = window[r["service"]].score if r["service"] in window else 0.0
+    callee_score = window[callee].score if callee in window else 0.0
+    if caller_score > callee_score:
+        return r, r["service"], f"{r['service']} slow on its calls: client span to {callee}, "
+    server = max((c for c in children.get(r["span_id"], []) if c.service == callee),
+                 key=lambda c: c.end_ns - c.start_ns, default=None)
+    how = f"call from {r['service']} ({r['name']}) waits outside {callee}'s span (network, queueing): "
+    return (by_id[server.span_id] if server else r), callee, how
+
+
+def _merge_within_services(blames: dict[bytes, _Blame], by_id: dict[bytes, dict[str, Any]]) -> None:
+    """Fold a candidate into an enclosing candidate charged to the same service, reached without
+    leaving that service (a slow service's own span and the calls it is slow on are one cause)."""
+    for span_id in sorted(blames, key=lambda s: -_depth(s, by_id)):
+        b = blames[span_id]
+        parent = by_id[span_id]["parent_span_id"]
+        while parent in by_id and by_id[parent]["service"] == b.charged:
+            into = blames.get(parent)
+            if into is not None and into.charged == b.charged:
+                into.own += b.own
+                into.confidence = max(into.confidence, b.confidence)
+                into.error = into.error or b.error
+                into.messages.extend(b.messages)
+                del blames[span_id]
+                break
+            parent = by_id[parent]["parent_span_id"]
+
+
+def _rank(blames: dict[bytes, _Blame], by_id: dict[bytes, dict[str, Any]], window: dict[str, ServiceScore],
+          per_trace: int) -> tuple[Candidate, ...]:
+    scored = []
+    for b in blames.values():
+        w = window.get(b.charged)
+        key = b.own + (w.score if w else 0.0)
+        confidence = 1.0 - (1.0 - b.confidence) * (1.0 - (w.confidence if w else 0.0))
+        messages = list(b.messages)
+        if w is not None:
+            why = "; ".join(e.message for e in w.evidence if e.message)
+            messages.append(("localizer.window", f"{b.charged} anomalous across the window" + (f": {why}" if why else "")))
+        evidence = tuple(Evidence(source, msg, round(confidence, 4), key, "") for source, msg in messages)
+        s = b.span
+        scored.append((key, _depth(s["span_id"], by_id), s["span_id"],
+                       Candidate(s["span_id"], s["service"], s["name"], 0, s["start_ns"], s["end_ns"], evidence)))
+    scored.sort(key=lambda t: (-t[0], -t[1], t[2]))
+    return tuple(Candidate(c.span_id, c.service, c.name, depth, c.start_ns, c.end_ns, c.evidence, rank=i)
+                 for i, (_, depth, _, c) in enumerate(scored[:per_trace], 1))
+
+
+def _depth(span_id: bytes, by_id: dict[bytes, dict[str, Any]]) -> int:
+    depth, seen = 0, {span_id}
+    parent = by_id[span_id]["parent_span_id"]
+    while parent in by_id and parent not in seen:
+        seen.add(parent)
+        depth += 1
+        parent = by_id[parent]["parent_span_id"]
+    return depth
+
+
+def _symptoms(ranked: tuple[Candidate, ...], blames: dict[bytes, _Blame], by_id: dict[bytes, dict[str, Any]],
+              on_path: set[bytes]) -> tuple[bytes, ...]:
+    """Ancestors of the candidates that inherited their error or delay."""
+    chosen = {c.span_id for c in ranked}
+    out: dict[bytes, None] = {}
+    for c in ranked:
+        error = blames[c.span_id].error
+        slow = any(src == "localizer.latency" for src, _ in blames[c.span_id].messages)
+        parent, seen = by_id[c.span_id]["parent_span_id"], set()
+        while parent in by_id and parent not in seen:
+            seen.add(parent)
+            p = by_id[parent]
+            delayed = slow and parent in on_path and (p["dur_p99"] is None or p["dur"] > p["dur_p99"])
+            if parent not in chosen and ((error and p["error"]) or delayed):
+                out[parent] = None
+            parent = p["parent_span_id"]
+    return tuple(out)
+
+
+def _ms(ns: float) -> str:
+    ms = ns / 1e6
+    if ms >= 1000:
+        return f"{ms / 1000:.2f} s"
+    return f"{ms:.0f} ms" if ms >= 10 else f"{ms:.2f} ms"

@@ -1,0 +1,212 @@
+"""A baseline that learns: decayed, bounded sketches of normal traffic in DuckDB.
+
+Per (service, span name) the distributions of self time and duration are
+kept as log-bucketed histograms (DDSketch-style: bucket ``b > 0`` holds values in
+``(UNIT·γ^(b-2), UNIT·γ^(b-1)]``, so a quantile is within a relative error of
+about ``(γ - 1) / 2``), with an error count; per operation the call shapes it makes
+(``baseline.SHAPES_SQL``).  Each update first multiplies every weight by
+``0.5 ** (new traces / half_life)`` — decay by traffic volume, not by clock,
+so a baseline seeded from yesterday's file stays valid until enough new
+traffic has replaced it — and prunes what decayed to nothing.  Memory is
+bounded by the bucket range per operation, ``max_shapes`` call shapes per
+operation and ``max_ops`` operations (the least seen are dropped).
+
+``baseline()`` turns the sketches into the ``Baseline`` tables the scoring
+reads, so a learned baseline and one learned from a file score the same way.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from processor.localizer.baseline import SHAPES_SQL, Baseline
+from processor.localizer.graph import span_metrics
+from processor.localizer.spans import read_spans
+
+UNIT_NS = 1_000   # values below one microsecond all land in bucket 0
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryConfig:
+    gamma: float = 1.05          # bucket growth: quantiles within 5%
+    half_life: float = 20_000    # traces after which old weight counts half
+    min_count: float = 20.0      # effective samples before an operation is judged
+    max_ops: int = 20_000
+    max_shapes: int = 32         # call shapes kept per operation
+    prune: float = 0.01          # weights below this are dropped
+
+
+SCHEMA_SQL = """
+CREATE TABLE IF NOT EXISTS lz_hist (service VARCHAR, name VARCHAR, metric UTINYINT, b INTEGER, w DOUBLE);
+CREATE TABLE IF NOT EXISTS lz_ops (service VARCHAR, name VARCHAR, n DOUBLE, errors DOUBLE);
+CREATE TABLE IF NOT EXISTS lz_shapes (service VARCHAR, name VARCHAR, sig VARCHAR, k INTEGER, w DOUBLE);
+"""
+
+# New observations: span metrics with a per-trace learning weight (``lz_weights``, default 1).
+NEW_SQL = """
+SELECT m.*, coalesce(w.weight, 1.0) AS weight
+FROM lz_new m LEFT JOIN lz_weights w USING (trace_id)
+"""
+
+HIST_SQL = """
+CREATE OR REPLACE TABLE lz_hist AS
+SELECT service, name, metric, b, sum(w) AS w FROM (
+    SELECT service, name, metric, b, w * $f AS w FROM lz_hist
+    UNION ALL
+    SELECT service, name, metric,
+           CASE WHEN v < {unit} THEN 0 ELSE ceil(ln(v / {unit}) / ln({gamma}))::INTEGER + 1 END AS b,
+           weight AS w
+    FROM (SELECT service, name, weight, unnest([0, 1]) AS metric, unnest([self_ns, dur]) AS v FROM lz_in)
+) GROUP BY ALL HAVING sum(w) >= $prune
+"""
+
+OPS_UPDATE_SQL = """
+CREATE OR REPLACE TABLE lz_ops AS
+SELECT service, name, sum(n) AS n, sum(errors) AS errors FROM (
+    SELECT service, name, n * $f AS n, errors * $f AS errors FROM lz_ops
+    UNION ALL
+    SELECT service, name, weight, CASE WHEN status_code = 2 THEN weight ELSE 0 END FROM lz_in
+) GROUP BY ALL HAVING sum(n) >= $prune
+ORDER BY n DESC LIMIT $max_ops
+"""
+
+SHAPES_UPDATE_SQL = """
+CREATE OR REPLACE TABLE lz_shapes AS
+WITH s AS (
+    SELECT service, name, sig, k, sum(w) AS w FROM (
+        SELECT service, name, sig, k, w * $f AS w FROM lz_shapes
+        UNION ALL
+        SELECT s.service, s.name, s.sig, s.k, w.weight
+        FROM ({shapes}) s JOIN (SELECT DISTINCT trace_id, weight FROM lz_in) w USING (trace_id)
+    ) GROUP BY ALL HAVING sum(w) >= $prune
+)
+SELECT service, name, sig, k, w FROM s
+QUALIFY row_number() OVER (PARTITION BY service, name ORDER BY w DESC, sig) <= $max_shapes
+"""
+
+# Quantiles of a sketch: the first bucket whose cumulative weight reaches q — the median at
+# the bucket's centre, p99 at its upper edge (a threshold for "slow" errs on the high side);
+# MAD is the weighted median of |centre - median|.
+BASE_OPS_SQL = """
+WITH o AS (SELECT * FROM lz_ops WHERE n >= $min_count),
+h AS (
+    SELECT h.service, h.name, h.metric, h.w,
+           CASE WHEN h.b = 0 THEN 0.0 ELSE {unit} * 2 * pow({gamma}, h.b - 1) / ({gamma} + 1) END AS v,
+           CASE WHEN h.b = 0 THEN {unit} ELSE {unit} * pow({gamma}, h.b - 1) END AS hi,
+           sum(h.w) OVER (PARTITION BY h.service, h.name, h.metric ORDER BY h.b) AS cum,
+           sum(h.w) OVER (PARTITION BY h.service, h.name, h.metric) AS tot
+    FROM lz_hist h SEMI JOIN o USING (service, name)
+),
+q AS (
+    SELECT service, name, metric,
+           arg_min(v, cum) FILTER (WHERE cum >= 0.5 * tot) AS med,
+           arg_min(hi, cum) FILTER (WHERE cum >= 0.99 * tot) AS p99
+    FROM h GROUP BY ALL
+),
+d AS (
+    SELECT h.service, h.name, abs(h.v - q.med) AS dev, h.w,
+           sum(h.w) OVER (PARTITION BY h.service, h.name ORDER BY abs(h.v - q.med)) AS cum,
+           sum(h.w) OVER (PARTITION BY h.service, h.name) AS tot
+    FROM h JOIN q USING (service, name, metric) WHERE h.metric = 0
+),
+mad AS (SELECT service, name, arg_min(dev, cum) FILTER (WHERE cum >= 0.5 * tot) AS self_mad FROM d GROUP BY ALL)
+SELECT o.service, o.name, o.n::BIGINT AS n,
+       s.med AS self_med, mad.self_mad, s.p99 AS self_p99,
+       t.med AS dur_med, t.p99 AS dur_p99,
+       o.errors / o.n AS err_rate
+FROM o
+JOIN q s ON s.service = o.service AND s.name = o.name AND s.metric = 0
+JOIN q t ON t.service = o.service AND t.name = o.name AND t.metric = 1
+LEFT JOIN mad ON mad.service = o.service AND mad.name = o.name
+"""
+
+BASE_SHAPES_SQL = """
+WITH s AS (SELECT * FROM lz_shapes SEMI JOIN (SELECT * FROM lz_ops WHERE n >= $min_count) USING (service, name)),
+n AS (
+    SELECT service, name, sum(w) AS n,
+           arg_min(k, cum) FILTER (WHERE cum >= 0.5 * tot) AS k_med
+    FROM (SELECT *, sum(w) OVER (PARTITION BY service, name ORDER BY k) AS cum,
+                 sum(w) OVER (PARTITION BY service, name) AS tot FROM s)
+    GROUP BY ALL
+)
+SELECT s.service, s.name, s.sig, sum(s.w) / any_value(n.n) AS share, any_value(n.n) AS n,
+       any_value(n.k_med)::DOUBLE AS k_med
+FROM s JOIN n USING (service, name) GROUP BY ALL
+"""
+
+
+class History:
+    """Decayed sketches of normal traffic in a private DuckDB connection (thread-safe)."""
+
+    def __init__(self, config: HistoryConfig | None = None) -> None:
+        self.config = config or HistoryConfig()
+        self._conn = duckdb.connect()
+        self._conn.execute(SCHEMA_SQL)
+        self._lock = threading.Lock()
+        self._cached: Baseline | None = None
+        self.traces_seen = 0
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def seed(self, path: str | Path) -> int:
+        """Learn a file of normal traffic (OTLP/JSON lines or protobuf, gzip or not); returns traces."""
+        spans = read_spans(path)
+        with self._lock:
+            metrics = span_metrics(self._conn, spans)
+        return self.learn(metrics)
+
+    def learn(self, metrics: pa.Table, weights: dict[bytes, float] | None = None) -> int:
+        """Fold span metrics (``graph.span_metrics``) in, each trace weighted by ``weights``
+        (default 1: a weight below one learns a suspicious trace only a little)."""
+        if metrics.num_rows == 0:
+            return 0
+        cfg = self.config
+        with self._lock:
+            conn = self._conn
+            conn.register("lz_new", metrics)
+            conn.register("lz_weights", pa.table({
+                "trace_id": pa.array(list(weights or {}), pa.binary()),
+                "weight": pa.array(list((weights or {}).values()), pa.float64())}))
+            try:
+                traces = conn.execute("SELECT count(DISTINCT trace_id) FROM lz_new").fetchall()[0][0]
+                conn.execute(f"CREATE OR REPLACE TEMP VIEW lz_in AS {NEW_SQL}")
+                f = 0.5 ** (traces / cfg.half_life)
+                common = {"f": f, "prune": cfg.prune}
+                conn.execute(HIST_SQL.format(unit=UNIT_NS, gamma=cfg.gamma), common)
+                conn.execute(OPS_UPDATE_SQL, {**common, "max_ops": cfg.max_ops})
+                conn.execute(SHAPES_UPDATE_SQL.format(shapes=SHAPES_SQL.format(table="lz_in")),
+                             {**common, "max_shapes": cfg.max_shapes})
+                # operations evicted from lz_ops take their buckets with them
+                conn.execute("DELETE FROM lz_hist WHERE (service, name) NOT IN (SELECT (service, name) FROM lz_ops)")
+                conn.execute("DELETE FROM lz_shapes WHERE (service, name) NOT IN (SELECT (service, name) FROM lz_ops)")
+            finally:
+                conn.execute("DROP VIEW IF EXISTS lz_in")
+                conn.unregister("lz_new")
+                conn.unregister("lz_weights")
+            self._cached = None
+            self.traces_seen += traces
+        return traces
+
+    def baseline(self) -> Baseline:
+        """The operations seen at least ``min_count`` times (effective), as a ``Baseline``."""
+        with self._lock:
+            if self._cached is None:
+                p = {"min_count": self.config.min_count}
+                g = self.config.gamma
+                ops = self._conn.sql(BASE_OPS_SQL.format(unit=UNIT_NS, gamma=g), params=p).to_arrow_table()
+                shapes = self._conn.sql(BASE_SHAPES_SQL, params=p).to_arrow_table()
+                self._cached = Baseline(ops, shapes)
+            return self._cached
+
+    def size(self) -> dict[str, int]:
+        """Rows held per table: what bounds memory."""
+        with self._lock:
+            return {t: self._conn.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0]
+                    for t in ("lz_hist", "lz_ops", "lz_shapes")}
+

@@ -1,0 +1,196 @@
+"""The live analyzer: a baseline learned over batches, per-trace candidates, symptoms, attribution."""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pytest
+import synth
+
+from dsl import AttrRef, AttrSource, column_name
+from processor.analysis import BatchVerdict
+from processor.localizer import LocalizedBatch, LocalizerAnalyzer
+from processor.localizer.analyzer import EXCEPTION, EXCEPTION_MESSAGE, EXCEPTION_TYPE
+
+NODE = column_name(AttrRef(AttrSource.RESOURCE, "k8s.node.name"))
+
+
+@pytest.fixture
+def conn() -> Iterator[duckdb.DuckDBPyConnection]:
+    c = duckdb.connect()
+    yield c
+    c.close()
+
+
+def _analyze(analyzer: LocalizerAnalyzer, conn: duckdb.DuckDBPyConnection, batch: pa.Table) -> LocalizedBatch:
+    conn.register("released", batch)
+    try:
+        verdict = analyzer.analyze(conn, "released")
+    finally:
+        conn.unregister("released")
+    assert isinstance(verdict, LocalizedBatch)
+    return verdict
+
+
+@pytest.fixture(scope="module")
+def learned() -> LocalizerAnalyzer:
+    """An analyzer that has seen three batches of normal traffic, and nothing else."""
+    analyzer = LocalizerAnalyzer()
+    conn = duckdb.connect()
+    for seed in range(3):
+        assert not _analyze(analyzer, conn, synth.batch(synth.spans(n=40, seed=100 + seed))).traces
+    return analyzer
+
+
+def _mixed(faults: synth.Faults, seed: int, n_bad: int = 8) -> tuple[list[dict[str, Any]], set[bytes]]:
+    normal = synth.spans(n=40, seed=seed)
+    bad = synth.spans(n=n_bad, faults=faults, seed=seed + 1)
+    return normal + bad, {r["trace_id"] for r in bad}
+
+
+def test_projection_asks_for_exceptions_and_attribution_keys() -> None:
+    refs = LocalizerAnalyzer().projection()
+    assert {EXCEPTION, EXCEPTION_TYPE, EXCEPTION_MESSAGE} <= refs
+    assert AttrRef(AttrSource.RESOURCE, "k8s.node.name") in refs
+
+
+def test_a_cold_analyzer_blames_no_latency_then_learns(conn: duckdb.DuckDBPyConnection) -> None:
+    analyzer = LocalizerAnalyzer()
+    slow = synth.batch(synth.spans(n=20, faults=synth.Faults(slow={"db": 20.0}), seed=5))
+    assert not _analyze(analyzer, conn, slow).traces           # nothing to compare with yet
+    for seed in range(3):
+        _analyze(analyzer, conn, synth.batch(synth.spans(n=40, seed=10 + seed)))
+    assert analyzer.history.traces_seen == 140
+    assert {"db", "payment", "frontend"} <= set(analyzer.history.baseline().ops.column("service").to_pylist())
+
+
+def test_learned_baseline_blames_the_slow_leaf_not_its_waiting_parents(
+        learned: LocalizerAnalyzer, conn: duckdb.DuckDBPyConnection) -> None:
+    rows, bad = _mixed(synth.Faults(slow={"db": 20.0}), seed=200)
+    verdict = _analyze(learned, conn, synth.batch(rows))
+    assert set(verdict.traces) == bad                      # normal traces get no candidates
+    for trace_id in bad:
+        v = verdict.traces[trace_id]
+        assert v.top is not None and (v.top.service, v.top.name, v.top.rank) == ("db", "SELECT", 1)
+        assert re.match(r"self time 2\d ms vs p99 0\.\d\d ms \(median 0\.\d\d ms\) on the critical path",
+                        v.top.evidence[0].message)
+        assert v.top.confidence > 0.9
+        # the ancestors only waited: they are symptoms, not candidates
+        names = {r["span_id"]: (r["service"], r["name"]) for r in rows if r["trace_id"] == trace_id}
+        symptoms = {names[s] for s in verdict.symptoms[trace_id]}
+        assert ("frontend", "GET /") in symptoms and ("payment", "Charge") in symptoms
+        assert not symptoms & {(c.service, c.name) for c in v.candidates}
+        assert v.root_span_id is not None and names[v.root_span_id] == ("frontend", "GET /")
+
+
+def test_a_seeded_analyzer_blames_from_the_first_batch(tmp_path: Path, conn: duckdb.DuckDBPyConnection) -> None:
+    synth.write_otlp(synth.spans(n=80, seed=0), tmp_path / "normal.jsonl.gz")
+    analyzer = LocalizerAnalyzer(tmp_path / "normal.jsonl.gz")
+    rows, bad = _mixed(synth.Faults(net={"cart": 8.0}), seed=300)
+    verdict = _analyze(analyzer, conn, synth.batch(rows))
+    assert set(verdict.traces) == bad
+    top = [verdict.traces[t].top for t in bad]
+    assert all(c is not None and c.service == "cart" for c in top)
+    assert "waits outside cart's span" in top[0].evidence[0].message
+
+
+def test_error_origin_carries_the_exception_and_its_propagation_is_symptoms(
+        learned: LocalizerAnalyzer, conn: duckdb.DuckDBPyConnection) -> None:
+    rows = synth.spans(n=10, faults=synth.Faults(error={"shipping"}), seed=400)
+    exc_type = ["TimeoutError" if r["exception"] else None for r in rows]
+    exc_msg = ["quote backend timed out" if r["exception"] else None for r in rows]
+    batch = synth.batch(rows, {column_name(EXCEPTION_TYPE): exc_type, column_name(EXCEPTION_MESSAGE): exc_msg})
+    verdict = _analyze(learned, conn, batch)
+    assert len(verdict.traces) == 10
+    names = {r["span_id"]: (r["service"], r["name"]) for r in rows}
+    for trace_id, v in verdict.traces.items():
+        assert (v.top.service, v.top.name) == ("shipping", "Quote")
+        assert "exception recorded (TimeoutError: quote backend timed out)" in v.top.evidence[0].message
+        # shipping -> checkout's client span -> PlaceOrder -> frontend's client span -> GET /
+        assert {names[s] for s in verdict.symptoms[trace_id]} == {
+            ("checkout", "shipping/Quote"), ("checkout", "PlaceOrder"),
+            ("frontend", "checkout/PlaceOrder"), ("frontend", "GET /")}
+
+
+def _span(trace: bytes, i: int, parent: int | None, service: str, name: str, start: float, end: float,
+          error: bool = False) -> dict[str, Any]:
+    return {"trace_id": trace, "span_id": i.to_bytes(8, "big"), "parent_span_id": parent.to_bytes(8, "big")
+            if parent else None, "service": service, "name": name, "kind": 0, "start_ns": int(start * 1e6),
+            "end_ns": int(end * 1e6), "status_code": 2 if error else 0, "exception": error}
+
+
+def test_a_retry_loop_is_one_candidate_its_first_failed_attempt(
+        learned: LocalizerAnalyzer, conn: duckdb.DuckDBPyConnection) -> None:
+    # frontend calls cart three times in a row (normal timings); the first two attempts fail
+    t = b"\x07" * 16
+    rows = [_span(t, 1, None, "frontend", "GET /", 0, 5.2)]
+    for attempt, start in enumerate((0.5, 1.9, 3.3)):
+        failed = attempt < 2
+        client, server = 10 + 2 * attempt, 11 + 2 * attempt
+        rows.append(_span(t, client, 1, "frontend", "cart/GetCart", start, start + 1.4, error=failed))
+        rows.append(_span(t, server, client, "cart", "GetCart", start + 0.2, start + 1.2, error=failed))
+    verdict = _analyze(learned, conn, synth.batch(rows))
+    v = verdict.traces[t]
+    assert len(v.candidates) == 1 and v.top.span_id == (11).to_bytes(8, "big")   # the first attempt
+    assert "2 of 3 cart:GetCart attempts failed (retried)" in v.top.evidence[0].message
+    # the failed client spans inherited the error; the caller recovered, so its span is not a symptom
+    assert set(verdict.symptoms[t]) == {(10).to_bytes(8, "big")}
+
+
+def test_a_broken_trace_without_its_root_still_blames_its_slow_leaf(
+        learned: LocalizerAnalyzer, conn: duckdb.DuckDBPyConnection) -> None:
+    rows, bad = _mixed(synth.Faults(slow={"db": 20.0}), seed=500)
+    kept = [r for r in rows if not (r["trace_id"] in bad and r["parent_span_id"] is None)]
+    verdict = _analyze(learned, conn, synth.batch(kept))
+    assert set(verdict.traces) == bad
+    names = {r["span_id"]: (r["service"], r["name"]) for r in kept}
+    for trace_id in bad:
+        v = verdict.traces[trace_id]
+        assert (v.top.service, v.top.name) == ("db", "SELECT")
+        assert names[v.root_span_id] == ("frontend", "cart/GetCart")   # the earliest fragment's head
+        assert ("checkout", "PlaceOrder") in {names[s] for s in verdict.symptoms[trace_id]}
+
+
+def test_a_missing_middle_span_keeps_the_error_origin_a_candidate(
+        learned: LocalizerAnalyzer, conn: duckdb.DuckDBPyConnection) -> None:
+    rows = synth.spans(n=10, faults=synth.Faults(error={"db"}), seed=510)
+    # payment's client span to db is lost: db's span is an orphan, payment's Charge looks like an origin
+    kept = [r for r in rows if (r["service"], r["name"]) != ("payment", "db/SELECT")]
+    verdict = _analyze(learned, conn, synth.batch(kept))
+    assert len(verdict.traces) == 10
+    for v in verdict.traces.values():
+        # both look like origins now (the gap hides which child failed Charge); db keeps its exception
+        origins = {(c.service, c.name): c for c in v.candidates}
+        assert {("db", "SELECT"), ("payment", "Charge")} <= set(origins)
+        assert "exception recorded" in origins[("db", "SELECT")].evidence[0].message
+
+
+def test_attribution_names_the_node_the_slow_spans_share(
+        learned: LocalizerAnalyzer, conn: duckdb.DuckDBPyConnection) -> None:
+    rows, bad = _mixed(synth.Faults(slow={"db": 20.0, "redis": 20.0}), seed=600)
+    rng = random.Random(6)
+    nodes = ["node-3" if r["trace_id"] in bad and r["service"] in ("db", "redis") else f"node-{rng.randint(1, 4)}"
+             for r in rows]
+    verdict = _analyze(learned, conn, synth.batch(rows, {NODE: nodes}))
+    assert [(a.key, a.value) for a in verdict.attributions] == [("k8s.node.name", "node-3")]
+    a = verdict.attributions[0]
+    assert a.share == 1.0 and a.normal_share < 0.4
+    assert a.message.startswith("k8s.node.name=node-3 in 100% of anomalous spans vs ")
+    tops = [verdict.traces[t].top for t in bad]
+    assert all(any(e.source == "localizer.attribution" for e in c.evidence) for c in tops)
+
+
+def test_a_failing_batch_is_logged_and_yields_an_empty_verdict(
+        conn: duckdb.DuckDBPyConnection, caplog: pytest.LogCaptureFixture) -> None:
+    conn.register("released", pa.table({"trace_id": [b"x"]}))
+    with caplog.at_level(logging.ERROR):
+        verdict = LocalizerAnalyzer().analyze(conn, "released")
+    assert type(verdict) is BatchVerdict and not verdict.traces
+    assert "localizing a batch of released failed" in caplog.text
