@@ -243,11 +243,18 @@ class SpanStore:
                 hit = pc.is_in(table.column("trace_id"), value_set=ids)
                 if gen.alive is not None:
                     hit = pc.and_(hit, gen.alive)  # a late span's trace: not its already released rows
-                taken = table.filter(hit)
-                if taken.num_rows:
-                    parts.append(taken)
-                    gen.live -= taken.num_rows
-                    gen.alive = pc.and_not(gen.alive, hit) if gen.alive is not None else pc.invert(hit)
+                count = pc.sum(hit).as_py() or 0
+                if count == 0:
+                    continue
+                if count == gen.rows:
+                    # The whole generation is due (the common case: traces complete
+                    # in arrival order): hand its batches over without copying.
+                    parts.append(table)
+                    gen.batches, gen.rows, gen.live, gen.nbytes, gen.alive = [], 0, 0, 0, None
+                    continue
+                parts.append(table.filter(hit))
+                gen.live -= count
+                gen.alive = pc.and_not(gen.alive, hit) if gen.alive is not None else pc.invert(hit)
         released = pa.concat_tables(parts) if parts else self.projection.schema.empty_table()
         self.buffered_spans -= released.num_rows
         return released

@@ -280,3 +280,17 @@ def test_projected_columns_are_typed_for_evaluation():
         return rows
 
     assert run(test, projection=projection) == [("POST", "svc", None), ("GET", "svc", None)]
+
+
+def test_a_wholly_released_generation_is_handed_over_and_never_released_twice():
+    async def test(store: SpanStore) -> None:
+        await store.append(batch(range(1, 3), spans_per_trace=2))
+        whole, _ = await store.release([tid(1), tid(2)])  # every row of the generation: no copy
+        assert sorted(whole.span_ids) == [sid(101), sid(102), sid(201), sid(202)]
+        assert store.buffered_spans == 0 and store.memory_bytes() == 0
+        await store.append(batch(range(3, 4)))       # lands in the same (newest) generation
+        late, _ = await store.release([tid(1), tid(3)])
+        assert late.span_ids == [sid(301)]           # trace 1's rows are not handed out again
+        assert store.buffered_spans == 0
+
+    run(test, generation_rows=1000)
