@@ -13,17 +13,22 @@ import logging
 import re
 import sys
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import TextIO
 
 import duckdb
+import pyarrow as pa
 
 from dsl import ir
-from dsl.checker import check
-from dsl.compiler import CompiledRule, cleanup_statements, compile_rule, prepare_statements, quote_ident
-from dsl.diagnostics import Diagnostic, SourceSpan, render_all, sort_key, to_json
+from dsl.checker import CheckResult, check
+from dsl.compiler import (
+    CompiledRule, EvidenceQuery, cleanup_statements, compile_evidence, compile_rule, foldable, prepare_statements,
+    quote_ident,
+)
+from dsl.diagnostics import Diagnostic, SourceSpan, did_you_mean, render_all, sort_key, to_json
+from dsl.faulttree import TRUE, UNKNOWN, BatchEvidence, TreeOutcome, TreePlan, evaluate_trees, explain
 from dsl.parser import parse
 from dsl.projection import SPAN_COLUMNS, AttrRef, column_name
 
@@ -71,15 +76,34 @@ class RuleRuntimeError(Exception):
         super().__init__(f"rule {rule_id}: {cause}")
 
 
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """What a rule set says about one batch: rule findings (ranked within
+    each trace) and the verdicts of fault trees whose top event is not false."""
+
+    findings: list[Finding]
+    trees: list[TreeOutcome]
+
+
 @dataclass(frozen=True)
 class RuleSet:
-    """Compiled rules plus what the store must provide for them."""
+    """Compiled rules and fault trees plus what the store must provide for them.
+
+    ``conditions`` are the span conditions of house events and top events
+    (run like rules; their findings are evidence, not reported);
+    ``evidence`` finds, per trace, the tree-referenced rules that could not
+    be evaluated and the span conditions that hold (those it cannot fold in
+    run as their own statements)."""
 
     rules: tuple[CompiledRule, ...]
     warnings: tuple[Diagnostic, ...] = ()
     projection: frozenset[AttrRef] = frozenset()
     needs: frozenset[str] = frozenset()
     sources: dict[str, str] = field(default_factory=dict, compare=False)
+    trees: tuple[TreePlan, ...] = field(default=(), compare=False)
+    conditions: tuple[CompiledRule, ...] = ()
+    evidence: EvidenceQuery | None = None
+    checked: dict[str, ir.CheckedRule] = field(default_factory=dict, compare=False)
 
     def __len__(self) -> int:
         return len(self.rules)
@@ -92,7 +116,22 @@ class RuleSet:
         """The rule set restricted to ``ids`` (fixture tests run a few rules)."""
         wanted = set(ids)
         rules = tuple(r for r in self.rules if r.id in wanted)
-        return RuleSet(rules, self.warnings, self.projection, _needs(rules), self.sources)
+        return RuleSet(rules, self.warnings, self.projection, _needs(rules), self.sources, checked=self.checked)
+
+    @property
+    def tree_ids(self) -> tuple[str, ...]:
+        return tuple(p.id for p in self.trees)
+
+    def tree(self, tree_id: str) -> TreePlan | None:
+        return next((p for p in self.trees if p.id == tree_id), None)
+
+    def select_trees(self, tree_ids: Iterable[str], rule_ids: Iterable[str] = ()) -> RuleSet:
+        """The rule set restricted to the trees ``tree_ids``, the rules they
+        reference and ``rule_ids`` (fixture tests of trees)."""
+        wanted = set(tree_ids)
+        plans = tuple(p for p in self.trees if p.id in wanted)
+        rules = tuple(r for r in self.rules if r.id in _tree_rules(plans) | set(rule_ids))
+        return _assemble(rules, self.checked, plans, self.conditions, self.warnings, self.projection, self.sources)
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -114,18 +153,82 @@ class RuleSet:
         each rule's statement over the whole batch, and drops the temp tables.
         A rule that fails in DuckDB does not cost the others their findings:
         the error goes to ``on_error`` (default: logged) and evaluation goes on."""
-        if not self.rules:
-            return []
-        report = on_error or _log_rule_error
+        return self.evaluate_all(conn, table, on_error).findings
+
+    def evaluate_all(
+        self, conn: duckdb.DuckDBPyConnection, table: str, on_error: Callable[[RuleRuntimeError], None] | None = None,
+    ) -> Evaluation:
+        """``evaluate``, plus the fault trees: per trace, each tree's top
+        event in three-valued logic from the rule findings, and its
+        confidence (see ``dsl.faulttree``).  A rule that fails in DuckDB is
+        unknown evidence for every trace of the batch."""
+        if not self.rules and not self.conditions:
+            return Evaluation([], [])
+        failed: set[str] = set()
+
+        def report(err: RuleRuntimeError) -> None:
+            failed.add(err.rule_id)
+            (on_error or _log_rule_error)(err)
+
         for stmt in self.prepare_statements(conn, table):
             conn.execute(stmt)
         try:
-            findings = self._run_all(conn, report)
+            findings = self._run_all(conn, report) if self.rules else []
+            conditions: list[Finding] = []
+            per_trace: pa.Table | None = None
+            if self.trees:
+                folded = set(self.evidence.condition_ids) if self.evidence else set()
+                conditions = _run_conditions(conn, [c for c in self.conditions if c.id not in folded], report)
+                if self.evidence is not None:
+                    per_trace = conn.sql(self.evidence.sql, params=list(self.evidence.params)).to_arrow_table()
         finally:
             for stmt in cleanup_statements():
                 conn.execute(stmt)
         findings.sort(key=lambda f: (f.trace_id, -f.score, -f.depth, f.rule_id, f.span_id))
-        return findings
+        trees = self._trees(findings, conditions, per_trace, failed) if self.trees else []
+        return Evaluation(findings, trees)
+
+    def _trees(self, findings: list[Finding], conditions: list[Finding], per_trace: pa.Table | None,
+               failed: set[str]) -> list[TreeOutcome]:
+        """Assemble the batch's evidence (``dsl.faulttree.BatchEvidence``) and evaluate the trees."""
+        ev = self.evidence
+        if per_trace is None or ev is None:
+            return []
+        columns = per_trace.columns
+        trace_ids = columns[0].to_pylist()
+        index = {t: i for i, t in enumerate(trace_ids)}
+        n = len(trace_ids)
+        broken = _state_bytes(columns[1])
+        unknown_cols = {rid: k + 2 for k, rid in enumerate(ev.rule_ids)}
+        ids = set(self.ids)
+        states: dict[str, bytearray] = {}
+        for rid in _tree_rules(self.trees):
+            if rid in failed or rid not in ids:
+                states[rid] = bytearray([UNKNOWN]) * n
+            elif rid in unknown_cols:
+                states[rid] = _state_bytes(columns[unknown_cols[rid]])
+            else:
+                states[rid] = bytearray(broken)
+        blamed: dict[tuple[int, str], list[bytes]] = {}
+        for f in findings:
+            i = index.get(f.trace_id)
+            if i is None or f.rule_id not in states:
+                continue
+            states[f.rule_id][i] = TRUE
+            blamed.setdefault((i, f.rule_id), []).append(f.span_id)
+        holds: dict[str, set[int]] = {}
+        first = 2 + len(ev.rule_ids)
+        top_spans: dict[str, list[bytes | None]] = {}
+        for k, cid in enumerate(ev.condition_ids):
+            spans = columns[first + k].to_pylist()
+            holds[cid] = {i for i, span_id in enumerate(spans) if span_id is not None}
+            top_spans[cid] = spans
+        for f in conditions:
+            i = index.get(f.trace_id)
+            if i is not None:
+                holds.setdefault(f.rule_id, set()).add(i)
+                blamed.setdefault((i, f.rule_id), []).append(f.span_id)
+        return evaluate_trees(self.trees, BatchEvidence(trace_ids, states, holds, blamed, top_spans))
 
 
     def _run_all(self, conn: duckdb.DuckDBPyConnection,
@@ -164,6 +267,67 @@ def _union(rules: tuple[CompiledRule, ...]) -> tuple[str, list[object]]:
         parts.append(f"SELECT {i} AS __rule, * FROM ({sql})")
         params += list(rule.params)
     return " UNION ALL ".join(parts), params
+
+
+def _state_bytes(col: pa.ChunkedArray) -> bytearray:
+    """A UTINYINT column without nulls as one byte per row, without a Python loop."""
+    arr = col.combine_chunks()
+    data = arr.buffers()[1]
+    return bytearray(memoryview(data)[arr.offset:arr.offset + len(arr)]) if data is not None else bytearray()
+
+
+def _run_conditions(conn: duckdb.DuckDBPyConnection, conditions: Iterable[CompiledRule],
+                    report: Callable[[RuleRuntimeError], None]) -> list[Finding]:
+    """Findings of the trees' span conditions; conditions written alike by
+    several trees (the same top event) run once."""
+    groups: dict[tuple[str, tuple[object, ...]], list[CompiledRule]] = {}
+    for cond in conditions:
+        groups.setdefault((cond.sql, cond.params), []).append(cond)
+    out: list[Finding] = []
+    for same in groups.values():
+        try:
+            found = _run(conn, same[0])
+        except RuleRuntimeError as err:
+            report(err)
+            continue
+        out += [replace(f, rule_id=c.id) for c in same for f in found]
+    return out
+
+
+def _tree_rules(plans: Iterable[TreePlan]) -> set[str]:
+    """Rules the trees read: their basic events and rule top events."""
+    out: set[str] = set()
+    for p in plans:
+        out |= {b.rule for b in p.tree.basics}
+        if p.tree.top_rule:
+            out.add(p.tree.top_rule)
+    return out
+
+
+def _tree_conditions(plans: Iterable[TreePlan]) -> set[str]:
+    out: set[str] = set()
+    for p in plans:
+        if p.tree.top_condition is not None:
+            out.add(p.tree.top_condition.meta.id)
+        out |= {h.condition.meta.id for h in p.tree.houses if h.condition is not None}
+    return out
+
+
+def _assemble(rules: tuple[CompiledRule, ...], checked: dict[str, ir.CheckedRule], plans: tuple[TreePlan, ...],
+              conditions: Iterable[CompiledRule], warnings: tuple[Diagnostic, ...], projection: frozenset[AttrRef],
+              sources: dict[str, str]) -> RuleSet:
+    """A RuleSet of ``rules`` and the trees ``plans`` (with their conditions
+    and evidence query); ``projection`` stays as loaded so a selection reads
+    the same store columns."""
+    wanted = _tree_conditions(plans)
+    conds = tuple(c for c in conditions if c.id in wanted)
+    basic_rules = {b.rule for p in plans for b in p.tree.basics}
+    evidence = None
+    if plans:
+        three = [checked[r.id] for r in rules if r.id in basic_rules and r.id in checked]
+        evidence = compile_evidence(three, [checked[c.id] for c in conds if foldable(checked[c.id])])
+    needs = _needs(rules) | _needs(conds) | (evidence.needs if evidence else frozenset())
+    return RuleSet(rules, warnings, projection, needs, sources, plans, conds, evidence, checked)
 
 
 def _log_rule_error(err: RuleRuntimeError) -> None:
@@ -239,7 +403,7 @@ def expand_paths(paths: Iterable[PathLike]) -> tuple[list[Path], list[Diagnostic
     return unique, diags
 
 
-def _analyse(paths: Iterable[PathLike]) -> tuple[list[ir.CheckedRule], list[Diagnostic], dict[str, str]]:
+def _analyse(paths: Iterable[PathLike]) -> tuple[CheckResult, list[Diagnostic], dict[str, str]]:
     files, diags = expand_paths(paths)
     sources: dict[str, str] = {}
     trees = []
@@ -258,7 +422,16 @@ def _analyse(paths: Iterable[PathLike]) -> tuple[list[ir.CheckedRule], list[Diag
         result = check(trees, lambda pattern: _re2_problem(conn, pattern))
     finally:
         conn.close()
-    return result.rules, diags + result.diagnostics, sources
+    trees = [replace(t, top_text=_top_text(t, sources)) for t in result.trees]
+    return replace(result, trees=trees), diags + result.diagnostics, sources
+
+
+def _top_text(tree: ir.CheckedTree, sources: dict[str, str]) -> str:
+    if tree.top_condition is None:
+        return f"rule {tree.top_rule}"
+    span = tree.top_condition.span
+    text = sources.get(span.path, "")[span.start:span.end]
+    return " ".join(text.split()).removeprefix("top ")
 
 
 def _re2_problem(conn: duckdb.DuckDBPyConnection, pattern: str) -> str:
@@ -269,13 +442,25 @@ def _re2_problem(conn: duckdb.DuckDBPyConnection, pattern: str) -> str:
     return ""
 
 
-def _diagnose(paths: Iterable[PathLike]) -> tuple[list[ir.CheckedRule], list[Diagnostic], dict[str, str]]:
+def _diagnose(paths: Iterable[PathLike]) -> tuple[CheckResult, list[Diagnostic], dict[str, str]]:
     """Everything ``faulttrace check`` reports: parse and check problems, and,
     when there is no error, DuckDB's verdict on each compiled statement."""
-    rules, diags, sources = _analyse(paths)
+    result, diags, sources = _analyse(paths)
     if not any(d.is_error for d in diags):
-        diags += _validate([compile_rule(r) for r in rules], rules)
-    return rules, sorted(diags, key=sort_key), sources
+        diags += _validate(_build(result, (), sources))
+    return result, sorted(diags, key=sort_key), sources
+
+
+def _build(result: CheckResult, warnings: tuple[Diagnostic, ...], sources: dict[str, str]) -> RuleSet:
+    """Compile a checked rule set: rules, fault trees and their conditions."""
+    compiled = tuple(compile_rule(r) for r in result.rules)
+    plans = tuple(TreePlan.of(t) for t in result.trees)
+    cond_rules = [t.top_condition for t in result.trees if t.top_condition is not None]
+    cond_rules += [h.condition for h in result.houses if h.condition is not None]
+    conditions = tuple(compile_rule(c) for c in cond_rules)
+    checked = {r.meta.id: r for r in [*result.rules, *cond_rules]}
+    projection = _projection([*result.rules, *cond_rules])
+    return _assemble(compiled, checked, plans, conditions, warnings, projection, sources)
 
 
 def check_paths(paths: Iterable[PathLike]) -> list[Diagnostic]:
@@ -290,36 +475,42 @@ def load_rules(paths: Iterable[PathLike], *, validate: bool = True) -> RuleSet:
     warnings are kept on the returned ``RuleSet``.  With ``validate`` each
     compiled statement is run once over an empty table so that DuckDB itself
     confirms it (e.g. RE2 accepts every pattern) before any batch arrives."""
-    rules, diags, sources = _analyse(paths)
+    result, diags, sources = _analyse(paths)
     if any(d.is_error for d in diags):
         raise RuleError(sorted(diags, key=sort_key), sources)
-    compiled = tuple(compile_rule(r) for r in rules)
+    ruleset = _build(result, tuple(sorted(diags, key=sort_key)), sources)
     if validate:
-        problems = _validate(list(compiled), rules)
+        problems = _validate(ruleset)
         if problems:
             raise RuleError(problems + diags, sources)
-    return RuleSet(compiled, tuple(sorted(diags, key=sort_key)), _projection(rules), _needs(compiled), sources)
+    return ruleset
 
 
-def _validate(compiled: list[CompiledRule], checked: list[ir.CheckedRule]) -> list[Diagnostic]:
+def _validate(ruleset: RuleSet) -> list[Diagnostic]:
     """Run every statement over an empty contract table (in a private
     in-memory database); a failure is a compiler bug or a bad regex."""
-    if not compiled:
+    if not ruleset.rules and not ruleset.conditions:
         return []
-    projection = _projection(checked)
     conn = duckdb.connect()
     try:
-        create_span_table(conn, "spans", projection)
-        columns = tuple(n for n, _ in SPAN_COLUMNS) + tuple(column_name(r) for r in sorted(projection))
-        for stmt in prepare_statements("spans", _needs(compiled), columns):
+        create_span_table(conn, "spans", ruleset.projection)
+        for stmt in prepare_statements("spans", ruleset.needs, ruleset.columns):
             conn.execute(stmt)
         diags = []
-        for rule, source in zip(compiled, checked):
+        for rule in (*ruleset.rules, *ruleset.conditions):
             try:
                 conn.execute(rule.sql, list(rule.params)).fetchall()
             except duckdb.Error as err:
+                source = ruleset.checked[rule.id]
                 diags.append(Diagnostic("E050", f"rule `{rule.id}` was rejected by DuckDB: {err}", source.span,
                                         ("this is a bug in faulttrace's compiler unless a regex is at fault",)))
+        if ruleset.evidence is not None:
+            try:
+                conn.execute(ruleset.evidence.sql, list(ruleset.evidence.params)).fetchall()
+            except duckdb.Error as err:
+                where = ruleset.trees[0].tree.span
+                diags.append(Diagnostic("E050", f"the fault-tree evidence query was rejected by DuckDB: {err}", where,
+                                        ("this is a bug in faulttrace's compiler",)))
         return diags
     finally:
         conn.close()
@@ -340,11 +531,31 @@ def cli_check(paths: Iterable[PathLike], fmt: str = "text", out: TextIO | None =
     """Print the diagnostics of the rule files under ``paths`` (``fmt`` is
     ``text`` or ``json``); the exit code is 1 if any is an error."""
     stream = out if out is not None else sys.stdout
-    rules, diags, sources = _diagnose(paths)
+    result, diags, sources = _diagnose(paths)
     if fmt == "json":
         stream.write(to_json(diags) + "\n")
     elif diags:
         stream.write(render_all(diags, sources) + "\n")
     else:
-        stream.write(f"ok: {len(rules)} rule(s) in {len(sources)} file(s)\n")
+        trees = f", {len(result.trees)} fault tree(s)" if result.trees else ""
+        stream.write(f"ok: {len(result.rules)} rule(s){trees} in {len(sources)} file(s)\n")
     return 1 if any(d.is_error for d in diags) else 0
+
+
+def cli_explain_tree(paths: Iterable[PathLike], tree_id: str, out: TextIO | None = None) -> int:
+    """``faulttrace check --explain TREE_ID``: the tree, its minimal cut sets
+    and the importance of its basic events (diagnostics first, if any)."""
+    stream = out if out is not None else sys.stdout
+    result, diags, sources = _diagnose(paths)
+    if diags:
+        stream.write(render_all(diags, sources) + "\n\n")
+    if any(d.is_error for d in diags):
+        return 1
+    tree = next((t for t in result.trees if t.meta.id == tree_id), None)
+    if tree is None:
+        known = [t.meta.id for t in result.trees]
+        hint = " ".join(did_you_mean(tree_id, known)) or (f"trees: {', '.join(known)}" if known else "no trees are defined")
+        stream.write(f"error: no fault tree `{tree_id}` in these files; {hint}\n")
+        return 1
+    stream.write(explain(TreePlan.of(tree), f"{tree.span.path}:{tree.span.line}") + "\n")
+    return 0

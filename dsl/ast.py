@@ -218,8 +218,95 @@ class ConstDef:
     name_span: SourceSpan
 
 
+# ---- fault trees ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GateRef:
+    """A name in a gate: an event (intermediate, basic, house) or, dotted, a rule id."""
+
+    name: str
+    span: SourceSpan
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    """``a and b``, ``a or b``, ``not a``, ``atleast k of {a, b, c}``."""
+
+    op: str  # "and" | "or" | "not" | "atleast"
+    items: tuple[GateExpr, ...]
+    span: SourceSpan
+    k: int = 0  # atleast only
+    k_span: SourceSpan | None = None
+
+
+GateExpr = Union[GateRef, Gate]
+
+
+@dataclass(frozen=True, slots=True)
+class Top:
+    """A tree's top event: the symptom, as a span predicate or a rule id."""
+
+    rule: str  # "" for a span predicate
+    binding: Binding | None
+    where: Expr | None
+    span: SourceSpan
+
+
+@dataclass(frozen=True, slots=True)
+class Cause:
+    gate: GateExpr
+    span: SourceSpan
+
+
+@dataclass(frozen=True, slots=True)
+class Tree:
+    id: str
+    meta: tuple[Meta, ...]
+    tops: tuple[Top, ...]
+    causes: tuple[Cause, ...]
+    span: SourceSpan
+    id_span: SourceSpan
+
+
+@dataclass(frozen=True, slots=True)
+class EventDef:
+    """``event name = gate``: an intermediate event, usable by every tree."""
+
+    name: str
+    gate: GateExpr
+    span: SourceSpan
+    name_span: SourceSpan
+
+
+@dataclass(frozen=True, slots=True)
+class BasicDef:
+    """``basic name = rule rule.id [prior p]``."""
+
+    name: str
+    rule: str
+    prior: float | None
+    span: SourceSpan
+    name_span: SourceSpan
+    rule_span: SourceSpan
+    prior_span: SourceSpan | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HouseDef:
+    """``house name = span s where ...`` (true for a trace with such a span) or ``= true|false``."""
+
+    name: str
+    binding: Binding | None
+    where: Expr | None
+    value: bool | None
+    span: SourceSpan
+    name_span: SourceSpan
+
+
 Definition = Union[MacroDef, ListDef, ConstDef]
-Item = Union[Rule, MacroDef, ListDef, ConstDef]
+TreeItem = Union[Tree, EventDef, BasicDef, HouseDef]
+Item = Union[Rule, MacroDef, ListDef, ConstDef, Tree, EventDef, BasicDef, HouseDef]
 
 
 @dataclass(frozen=True, slots=True)

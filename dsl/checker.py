@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 
 from dsl import ast, ir
 from dsl.diagnostics import Diagnostic, SourceSpan, did_you_mean
+from dsl.faulttree import DEFAULT_PRIOR, PROBE, condition_id, matters, never_fires, substitute
 from dsl.ir import Ty
 from dsl.neverfires import contradiction
 from dsl.projection import AttrRef, AttrSource, AttrType
@@ -43,6 +44,8 @@ _REQUIRED_META = ("title", "layer", "severity", "confidence")
 class CheckResult:
     rules: list[ir.CheckedRule]
     diagnostics: list[Diagnostic]
+    trees: list[ir.CheckedTree] = field(default_factory=list)
+    houses: list[ir.HouseEvent] = field(default_factory=list)  # every house event with a span condition
 
     @property
     def ok(self) -> bool:
@@ -106,6 +109,7 @@ class _Checker:
                     checked = self._rule(item)
                     if checked is not None:
                         rules.append(checked)
+        trees, houses = _TreeChecker(self, seen_ids, {r.meta.id: r.meta for r in rules}).run()
         # definitions no rule uses are still checked
         for const in self.consts.values():
             self._const(const)
@@ -114,13 +118,13 @@ class _Checker:
         self._unused_definitions()
         # a macro body reached through several calls reports once
         unique = list(dict.fromkeys(self.diags))
-        return CheckResult(rules, unique)
+        return CheckResult(rules, unique, trees, houses)
 
     def _collect_definitions(self) -> None:
         seen: dict[str, SourceSpan] = {}
         for f in self.files:
             for item in f.items:
-                if isinstance(item, ast.Rule):
+                if isinstance(item, (ast.Rule, ast.Tree, ast.EventDef, ast.BasicDef, ast.HouseDef)):
                     continue
                 if item.name in seen:
                     first = seen[item.name]
@@ -636,6 +640,301 @@ class _Checker:
         reason = contradiction(where)
         if reason:
             self.error("W004", "this rule can never fire", span, reason)
+
+
+# ---- fault trees --------------------------------------------------------------------
+
+_TREE_META_KEYS = ("title", "layer", "severity", "description", "tags", "references")
+
+
+class _TreeChecker:
+    """Trees, intermediate/basic/house events: names, cycles, gate arity,
+    priors; lowers each tree to ``ir.CheckedTree``; warns about gates that can
+    never fire (W010) or never matter (W011) and events no tree uses (W003).
+    Span conditions (house events, top predicates) are checked like rules."""
+
+    def __init__(self, checker: _Checker, rule_ids: dict[str, ast.Rule], metas: dict[str, ir.RuleMeta]) -> None:
+        self.c = checker
+        self.rule_ids = rule_ids
+        self.metas = metas
+        self.events: dict[str, ast.EventDef] = {}
+        self.basics: dict[str, ast.BasicDef] = {}
+        self.houses: dict[str, ast.HouseDef] = {}
+        self.trees: list[ast.Tree] = []
+        self.used: set[str] = set()
+        self.house_ir: dict[str, ir.HouseEvent] = {}
+        self.bad: set[str] = set()  # definitions with errors
+
+    def error(self, code: str, message: str, span: SourceSpan, *hints: str) -> None:
+        self.c.error(code, message, span, *hints)
+
+    def run(self) -> tuple[list[ir.CheckedTree], list[ir.HouseEvent]]:
+        self._collect()
+        for b in self.basics.values():
+            self._basic_def(b)
+        for h in self.houses.values():
+            self._house_def(h)
+        out = []
+        for t in self.trees:
+            checked = self._tree(t)
+            if checked is not None:
+                out.append(checked)
+        for kind, table in (("event", self.events), ("basic event", self.basics), ("house event", self.houses)):
+            for name, d in table.items():
+                if name not in self.used:
+                    self.error("W003", f"{kind} `{name}` is never used", d.name_span, "use it in a tree's `cause`, or remove it")
+        houses = [h for h in self.house_ir.values() if h.condition is not None]
+        return out, houses
+
+    def _collect(self) -> None:
+        seen: dict[str, SourceSpan] = {}
+        tree_ids: dict[str, SourceSpan] = {}
+        for f in self.c.files:
+            for item in f.items:
+                if isinstance(item, ast.Tree):
+                    if item.id in tree_ids:
+                        self.error("E062", f"duplicate tree id `{item.id}`", item.id_span, _first_defined(tree_ids[item.id]))
+                        continue
+                    tree_ids[item.id] = item.id_span
+                    self.trees.append(item)
+                elif isinstance(item, (ast.EventDef, ast.BasicDef, ast.HouseDef)):
+                    if item.name in seen:
+                        self.error("E062", f"event `{item.name}` is already defined", item.name_span,
+                                   _first_defined(seen[item.name]), "intermediate, basic and house events share one namespace")
+                        continue
+                    seen[item.name] = item.name_span
+                    table = {ast.EventDef: self.events, ast.BasicDef: self.basics, ast.HouseDef: self.houses}[type(item)]
+                    table[item.name] = item  # type: ignore[index]
+
+    def _rule_ref(self, rule: str, span: SourceSpan) -> bool:
+        if rule in self.rule_ids:
+            return True
+        self.error("E060", f"unknown rule `{rule}`", span, *did_you_mean(rule, self.rule_ids),
+                   "basic events and `top rule` name rules by id")
+        return False
+
+    def _basic_def(self, b: ast.BasicDef) -> None:
+        if not self._rule_ref(b.rule, b.rule_span):
+            self.bad.add(b.name)
+        if b.prior is not None and not 0 <= b.prior <= 1:
+            self.error("E066", f"prior {b.prior:g} is not a probability", b.prior_span or b.span, "write a number between 0 and 1")
+            self.bad.add(b.name)
+
+    def _basic(self, name: str, rule: str, prior: float | None) -> ir.BasicEvent:
+        meta = self.metas.get(rule)
+        return ir.BasicEvent(name, rule, DEFAULT_PRIOR if prior is None else prior, meta.confidence if meta else 1.0)
+
+    def _house_def(self, h: ast.HouseDef) -> None:
+        if h.binding is None:
+            self.house_ir[h.name] = ir.HouseEvent(h.name, h.value)
+            return
+        cond = self._condition_rule(condition_id("house", h.name), f"house event {h.name}", h.binding, h.where, h.span)
+        if cond is None:
+            self.bad.add(h.name)
+            return
+        self.house_ir[h.name] = ir.HouseEvent(h.name, None, cond)
+
+    def _condition_rule(self, cid: str, title: str, binding: ast.Binding, where: ast.Expr | None,
+                        span: SourceSpan) -> ir.CheckedRule | None:
+        before = sum(d.is_error for d in self.c.diags)
+        scope = _Scope()
+        rel = self.c._binding(binding, scope)
+        cond = self.c._condition(where, scope) if where is not None else None
+        if cond is not None and where is not None:
+            reason = contradiction(cond)
+            if reason:
+                self.error("W004", "this condition can never hold", where.span, reason)
+        if rel is None or sum(d.is_error for d in self.c.diags) > before:
+            return None
+        meta = ir.RuleMeta(cid, title, "code", "info", 1.0)
+        return ir.CheckedRule(meta, (rel,), cond, rel.var, (), span)
+
+    # -- one tree
+
+    def _tree(self, t: ast.Tree) -> ir.CheckedTree | None:
+        before = sum(d.is_error for d in self.c.diags)
+        if not _RULE_ID.fullmatch(t.id):
+            self.error("E033", f"invalid tree id `{t.id}`", t.id_span,
+                       "ids are lowercase dotted names such as `checkout.failure`")
+        meta = self._tree_meta(t)
+        if not t.tops:
+            self.error("E065", f"tree `{t.id}` has no `top` event", t.id_span,
+                       "add e.g. `top span s where s.is_root and s.status = error`, or `top rule <rule id>`")
+        if not t.causes:
+            self.error("E065", f"tree `{t.id}` has no `cause`", t.id_span, "add e.g. `cause a or (b and c)`")
+        for extra in t.tops[1:]:
+            self.error("E032", "a tree has one `top` event", extra.span)
+        for extra in t.causes[1:]:
+            self.error("E032", "a tree has one `cause`", extra.span)
+        top_rule, top_cond = "", None
+        if t.tops:
+            top = t.tops[0]
+            if top.rule:
+                if self._rule_ref(top.rule, top.span):
+                    top_rule = top.rule
+            elif top.binding is not None:
+                top_cond = self._condition_rule(condition_id("top", t.id), f"top event of {t.id}", top.binding, top.where, top.span)
+        cause = None
+        if t.causes:
+            basics: dict[str, ir.BasicEvent] = {}
+            houses: dict[str, ir.HouseEvent] = {}
+            cause = self._resolve(t.causes[0].gate, basics, houses, [], None, record=True)
+        if meta is None or cause is None or sum(d.is_error for d in self.c.diags) > before:
+            return None
+        tree = ir.CheckedTree(meta, top_rule, top_cond, cause, tuple(basics.values()), tuple(houses.values()),
+                              t.span)
+        self._warn_dead(t, tree)
+        return tree
+
+    def _tree_meta(self, t: ast.Tree) -> ir.TreeMeta | None:
+        values: dict[str, object] = {}
+        ok = True
+        for m in t.meta:
+            if m.key not in _TREE_META_KEYS:
+                self.error("E031", f"unknown metadata field `{m.key}` for a tree", m.key_span,
+                           *did_you_mean(m.key, _TREE_META_KEYS), f"fields: {', '.join(_TREE_META_KEYS)}")
+                ok = False
+                continue
+            if m.key in values:
+                self.error("E032", f"duplicate metadata field `{m.key}`", m.key_span)
+                continue
+            value = self.c._meta_value(m)
+            ok = ok and value is not None
+            values[m.key] = value
+        if "title" not in values:
+            self.error("E030", f"tree `{t.id}` is missing `title`", t.id_span, 'add `title "Checkout fails"`')
+            return None
+        if not ok:
+            return None
+        return ir.TreeMeta(t.id, str(values["title"]), str(values.get("layer", "")), str(values.get("severity", "high")),
+                           str(values.get("description", "")), tuple(values.get("tags", ())),  # type: ignore[arg-type]
+                           tuple(values.get("references", ())))  # type: ignore[arg-type]
+
+    def _resolve(self, g: ast.GateExpr, basics: dict[str, ir.BasicEvent], houses: dict[str, ir.HouseEvent],
+                 stack: list[str], probe: object | None, record: bool = False,
+                 memo: dict[str, ir.FtNode | None] | None = None) -> ir.FtNode | None:
+        """Lower a gate expression; intermediate events become shared nodes.
+        ``probe`` (an AST node) is replaced by the probe variable (W011)."""
+        memo = {} if memo is None else memo
+        if g is probe:
+            return ir.FtEvent(PROBE)
+        if isinstance(g, ast.Gate):
+            if record:
+                self._gate_checks(g)
+            items = [self._resolve(i, basics, houses, stack, probe, record, memo) for i in g.items]
+            if any(i is None for i in items):
+                return None
+            k = g.k if g.op == "atleast" else 0
+            if g.op == "atleast" and not 1 <= k <= len(items):
+                return None
+            return ir.FtGate(g.op, tuple(items), k)  # type: ignore[arg-type]
+        name = g.name
+        if record:
+            self.used.add(name)
+        if "." in name and name not in self.events:
+            if name not in self.rule_ids:
+                if record:
+                    self.error("E060", f"unknown rule `{name}`", g.span, *did_you_mean(name, [*self.rule_ids, *self._names()]),
+                               "a dotted name in a gate is a rule id (a basic event with the default prior)")
+                return None
+            basics.setdefault(name, self._basic(name, name, None))
+            return ir.FtEvent(name)
+        if name in self.basics:
+            b = self.basics[name]
+            if name in self.bad:
+                return None
+            basics.setdefault(name, self._basic(name, b.rule, b.prior))
+            return ir.FtEvent(name)
+        if name in self.houses:
+            if name in self.bad:
+                return None
+            houses.setdefault(name, self.house_ir[name])
+            return ir.FtEvent(name)
+        if name in self.events:
+            if name in stack:
+                if record:
+                    cycle = " -> ".join([*stack[stack.index(name):], name])
+                    self.error("E061", f"events form a cycle: {cycle}", g.span, "a fault tree is acyclic: an event cannot cause itself")
+                return None
+            if name in memo and probe is None:
+                return memo[name]
+            stack.append(name)
+            try:
+                inner = self._resolve(self.events[name].gate, basics, houses, stack, probe, record, memo)
+            finally:
+                stack.pop()
+            if isinstance(inner, ir.FtGate):
+                inner = ir.FtGate(inner.op, inner.items, inner.k, name)
+            memo[name] = inner
+            return inner
+        if record:
+            self.error("E060", f"unknown event `{name}`", g.span, *did_you_mean(name, [*self._names(), *self.rule_ids]),
+                       "define it with `event`, `basic` or `house`, or name a rule by its dotted id")
+        return None
+
+    def _names(self) -> list[str]:
+        return [*self.events, *self.basics, *self.houses]
+
+    def _gate_checks(self, g: ast.Gate) -> None:
+        if g.op == "atleast" and not 1 <= g.k <= len(g.items):
+            self.error("E063", f"`atleast {g.k} of` needs 1 <= k <= {len(g.items)} (the number of events listed)",
+                       g.k_span or g.span, "`atleast 1 of` is `or`, `atleast n of` is `and`")
+        seen: dict[str, ast.GateRef] = {}
+        for item in g.items:
+            if isinstance(item, ast.GateRef):
+                if item.name in seen:
+                    self.error("E064", f"`{item.name}` appears twice under one `{g.op}` gate", item.span,
+                               "list each event once; the second occurrence changes nothing" if g.op != "atleast"
+                               else "an event counts once towards `atleast`")
+                seen.setdefault(item.name, item)
+
+    def _warn_dead(self, t: ast.Tree, tree: ir.CheckedTree) -> None:
+        constants = {h.name: h.value for h in tree.houses if h.value is not None}
+        root = t.causes[0].gate
+        whole = substitute(tree.cause, constants)
+        if never_fires(whole):
+            off = [n for n, v in constants.items() if not v]
+            self.error("W010", f"tree `{t.id}` can never fire", t.causes[0].span,
+                       f"house event(s) {', '.join(f'`{n}`' for n in off)} are false" if off
+                       else "its branches contradict each other (e.g. `a and not a`)")
+            return
+        dead: set[int] = set()  # nodes inside a gate that can never fire: W010 says it all
+        for node in _gate_nodes(root, self.events):
+            if node is root or id(node) in dead:
+                continue
+            basics: dict[str, ir.BasicEvent] = {}
+            houses: dict[str, ir.HouseEvent] = {}
+            if isinstance(node, ast.Gate):
+                alone = self._resolve(node, basics, houses, [], None)
+                if alone is not None and never_fires(substitute(alone, constants)):
+                    self.error("W010", f"this gate can never fire (in tree `{t.id}`)", node.span,
+                               "its inputs contradict each other, or a house event is false")
+                    dead |= {id(n) for n in _gate_nodes(node, self.events)}
+                    continue
+            probed = self._resolve(root, basics, houses, [], node)
+            if probed is not None and not matters(tree.cause, probed, constants):
+                what = f"event `{node.name}`" if isinstance(node, ast.GateRef) else "this gate"
+                self.error("W011", f"{what} never matters to tree `{t.id}`", node.span,
+                           "the top event is decided without it (e.g. absorbed: `a or (a and b)` is `a`)")
+                dead |= {id(n) for n in _gate_nodes(node, self.events)}
+
+
+def _gate_nodes(root: ast.GateExpr, events: dict[str, ast.EventDef]) -> list[ast.GateExpr]:
+    """Every gate expression reachable from ``root`` (through named events), once."""
+    out: list[ast.GateExpr] = []
+    seen_events: set[str] = set()
+
+    def walk(g: ast.GateExpr) -> None:
+        out.append(g)
+        if isinstance(g, ast.Gate):
+            for i in g.items:
+                walk(i)
+        elif g.name in events and g.name not in seen_events:
+            seen_events.add(g.name)
+            walk(events[g.name].gate)
+
+    walk(root)
+    return out
 
 
 def _first_defined(span: SourceSpan) -> str:

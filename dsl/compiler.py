@@ -246,6 +246,81 @@ def _quant(node: ir.Quant, ctx: _Ctx) -> str:
     return f"(SELECT {node.func}({value}) FROM {src} WHERE {cond})"
 
 
+# ---- fault-tree evidence: which rules could not be evaluated --------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EvidenceQuery:
+    """One grouped scan of the prepared table giving, per trace: its id;
+    whether it is broken (a span's parent is missing from it); for each rule
+    of ``rule_ids``, whether its condition was undetermined (NULL: an
+    attribute it needs is absent) on some span; and for each span condition
+    of ``condition_ids`` (house and top events), the earliest span meeting
+    it, or NULL."""
+
+    sql: str
+    params: tuple[object, ...]
+    rule_ids: tuple[str, ...]
+    condition_ids: tuple[str, ...]
+    needs: frozenset[str]
+
+
+def _local(rule: ir.CheckedRule) -> bool:
+    """One variable and no quantifier: the condition is a column expression."""
+    return len(rule.bindings) == 1 and (rule.where is None or not any(isinstance(n, ir.Quant) for n in ir.walk(rule.where)))
+
+
+def three_valued(rule: ir.CheckedRule) -> bool:
+    """Whether a rule's condition is evaluated three-valued for fault trees:
+    one variable, no quantifier (structural rules are two-valued), and a
+    leaf that can be nil."""
+    if not _local(rule) or rule.where is None:
+        return False
+    return any(nullable(n) for n in ir.walk(rule.where) if not isinstance(n, (ir.And, ir.Or, ir.Not, ir.IsSet)))
+
+
+def foldable(condition: ir.CheckedRule) -> bool:
+    """Whether a span condition can go into the evidence scan (else it runs as its own statement)."""
+    return _local(condition)
+
+
+def compile_evidence(rules: list[ir.CheckedRule], conditions: list[ir.CheckedRule]) -> EvidenceQuery:
+    """Columns: trace id; ``broken`` as a state byte (2 = unknown, 0 = known);
+    one state byte per three-valued rule (2 when the trace is broken or the
+    condition was NULL on some span); one span id (or NULL) per condition."""
+    ctx = _Ctx()
+    broken = "bool_or(NOT s._is_root AND s._parent IS NULL)"
+    cols = ["any_value(s.trace_id)", f"CAST(CASE WHEN {broken} THEN 2 ELSE 0 END AS UTINYINT)"]
+    rule_ids, cond_ids = [], []
+    for rule in rules:
+        if not three_valued(rule):
+            continue
+        ctx.aliases = {rule.bindings[0].var: "s"}
+        unknown = f"bool_or(({_kleene(rule.where, ctx)}) IS NULL)"  # type: ignore[arg-type]
+        cols.append(f"CAST(CASE WHEN {broken} OR {unknown} THEN 2 ELSE 0 END AS UTINYINT)")
+        rule_ids.append(rule.meta.id)
+    for cond in conditions:
+        ctx.aliases = {cond.bindings[0].var: "s"}
+        where = _bool(cond.where, ctx) if cond.where is not None else "TRUE"
+        cols.append(f"arg_min(s.span_id, s.start_ns) FILTER (WHERE {where})")
+        cond_ids.append(cond.meta.id)
+    sql = f"SELECT {', '.join(cols)} FROM {SPANS} AS s GROUP BY s._trace"
+    return EvidenceQuery(sql, tuple(ctx.params), tuple(rule_ids), tuple(cond_ids), frozenset(ctx.needs))
+
+
+def _kleene(node: ir.Node, ctx: _Ctx) -> str:
+    """SQL for a condition in SQL's own three-valued logic (NULL = unknown),
+    i.e. ``_bool`` without the ``coalesce(..., FALSE)`` around nil-able leaves."""
+    match node:
+        case ir.And():
+            return "(" + " AND ".join(_kleene(i, ctx) for i in node.items) + ")"
+        case ir.Or():
+            return "(" + " OR ".join(_kleene(i, ctx) for i in node.items) + ")"
+        case ir.Not():
+            return f"(NOT {_kleene(node.operand, ctx)})"
+    return _value(node, ctx)
+
+
 # ---- messages ---------------------------------------------------------------------
 
 

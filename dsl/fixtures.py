@@ -17,6 +17,14 @@ or by id; an empty list means "must not fire")::
         trace: traces/code_handled.json
         rules: [code.deepest_exception]
         expect: []
+      - name: pool exhaustion makes the checkout tree fire
+        trace: traces/infra_pool.json
+        trees:                                # fault trees under test (`expect` is then optional)
+          - tree: checkout.failure
+            fired: true
+            cut_sets: [[pool_exhausted]]      # optional: exactly these satisfied cut sets
+            confidence: 0.8                   # optional: +- 0.005
+            spans: [SELECT carts]             # optional: spans the fired cut set blames
 
 This module only loads fixtures (and the OTLP/JSON traces they name) into
 typed values and compares expected with actual findings; whoever runs the
@@ -98,11 +106,27 @@ class ExpectedFinding:
 
 
 @dataclass(frozen=True, slots=True)
+class ExpectedTree:
+    """What a fault tree must conclude about the case's trace (``None``: not checked)."""
+
+    tree: str
+    fired: bool
+    cut_sets: tuple[frozenset[str], ...] | None = None
+    confidence: float | None = None
+    spans: tuple[SpanMatcher, ...] = ()
+
+
+CONFIDENCE_TOLERANCE = 0.005
+
+
+@dataclass(frozen=True, slots=True)
 class FixtureCase:
     name: str
     trace: Path
     expect: tuple[ExpectedFinding, ...]
     rules: tuple[str, ...] = ()  # rules under test; empty = every rule loaded
+    trees: tuple[ExpectedTree, ...] = ()  # fault trees under test
+    checks_findings: bool = True  # False: a tree case without `expect`
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,10 +143,11 @@ class CaseResult:
     unexpected: tuple[FindingLike, ...]
     wrong_message: tuple[tuple[ExpectedFinding, FindingLike], ...]
     spans: tuple[FixtureSpan, ...]
+    tree_problems: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.unexpected or self.wrong_message)
+        return not (self.missing or self.unexpected or self.wrong_message or self.tree_problems)
 
     def diff(self) -> str:
         """A readable account of what differs ('' when the case passed)."""
@@ -136,6 +161,7 @@ class CaseResult:
             lines.append(f"  + unexpected {f.rule_id} on span {_describe(f.span_id, by_id)}: {f.message!r}")
         for e, f in self.wrong_message:
             lines.append(f"  ~ {e.rule} on span {_describe(f.span_id, by_id)}: message {f.message!r} does not contain {e.message!r}")
+        lines += [f"  ~ {p}" for p in self.tree_problems]
         return "\n".join(lines)
 
 
@@ -193,16 +219,52 @@ def _case(path: Path, index: int, t: object) -> FixtureCase:
     where = f"{path}: tests[{index}]"
     if not isinstance(t, dict):
         raise FixtureError(f"{where}: expected a mapping")
-    unknown = set(t) - {"name", "trace", "rules", "expect"}
+    unknown = set(t) - {"name", "trace", "rules", "expect", "trees"}
     if unknown:
-        raise FixtureError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} (expected name, trace, rules, expect)")
+        raise FixtureError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} (expected name, trace, rules, expect, trees)")
     if not isinstance(t.get("trace"), str):
         raise FixtureError(f"{where}.trace: expected the path of an OTLP/JSON file")
-    if "expect" not in t or not isinstance(t["expect"], list):
+    trees = t.get("trees")
+    if trees is not None and (not isinstance(trees, list) or not trees):
+        raise FixtureError(f"{where}.trees: expected a non-empty list of tree expectations")
+    checks_findings = "expect" in t or trees is None
+    if checks_findings and not isinstance(t.get("expect"), list):
         raise FixtureError(f"{where}.expect: expected a list (an empty list means no rule may fire)")
-    expect = tuple(_expected(f"{where}.expect[{j}]", e) for j, e in enumerate(t["expect"]))
+    expect = tuple(_expected(f"{where}.expect[{j}]", e) for j, e in enumerate(t.get("expect") or []))
+    expected_trees = tuple(_expected_tree(f"{where}.trees[{j}]", e) for j, e in enumerate(trees or []))
     name = str(t.get("name") or f"test {index + 1}")
-    return FixtureCase(name, path.parent / t["trace"], expect, tuple(_str_list(t.get("rules"), f"{where}.rules")))
+    return FixtureCase(name, path.parent / t["trace"], expect, tuple(_str_list(t.get("rules"), f"{where}.rules")),
+                       expected_trees, checks_findings)
+
+
+def _expected_tree(where: str, e: object) -> ExpectedTree:
+    if not isinstance(e, dict) or not isinstance(e.get("tree"), str) or not isinstance(e.get("fired"), bool):
+        raise FixtureError(f"{where}: expected a mapping with `tree` and `fired` (true or false)")
+    unknown = set(e) - {"tree", "fired", "cut_sets", "confidence", "spans"}
+    if unknown:
+        raise FixtureError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} (expected tree, fired, cut_sets, confidence, spans)")
+    cut_sets = None
+    if "cut_sets" in e:
+        raw = e["cut_sets"]
+        if not isinstance(raw, list) or not all(isinstance(cs, list) and all(isinstance(x, str) for x in cs) for cs in raw):
+            raise FixtureError(f"{where}.cut_sets: expected a list of lists of event ids, e.g. [[pool_exhausted]]")
+        cut_sets = tuple(frozenset(cs) for cs in raw)
+    confidence = e.get("confidence")
+    if confidence is not None and (isinstance(confidence, bool) or not isinstance(confidence, (int, float))):
+        raise FixtureError(f"{where}.confidence: expected a number between 0 and 1")
+    spans = e.get("spans", [])
+    if not isinstance(spans, list):
+        raise FixtureError(f"{where}.spans: expected a list of span names or mappings")
+    matchers = tuple(_matcher(f"{where}.spans[{j}]", s) for j, s in enumerate(spans))
+    return ExpectedTree(e["tree"], e["fired"], cut_sets, None if confidence is None else float(confidence), matchers)
+
+
+def _matcher(where: str, span: object) -> SpanMatcher:
+    if isinstance(span, str):
+        return SpanMatcher(name=span)
+    if isinstance(span, dict) and span and set(span) <= {"id", "name", "service"}:
+        return SpanMatcher(str(span.get("id", "")), str(span.get("name", "")), str(span.get("service", "")))
+    raise FixtureError(f"{where}: expected a span name, or a mapping with id, name and/or service")
 
 
 def _expected(where: str, e: object) -> ExpectedFinding:
@@ -211,14 +273,7 @@ def _expected(where: str, e: object) -> ExpectedFinding:
     unknown = set(e) - {"rule", "span", "message"}
     if unknown:
         raise FixtureError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} (expected rule, span, message)")
-    span = e.get("span")
-    if isinstance(span, str):
-        matcher = SpanMatcher(name=span)
-    elif isinstance(span, dict) and span and set(span) <= {"id", "name", "service"}:
-        matcher = SpanMatcher(str(span.get("id", "")), str(span.get("name", "")), str(span.get("service", "")))
-    else:
-        raise FixtureError(f"{where}.span: expected a span name, or a mapping with id, name and/or service")
-    return ExpectedFinding(e["rule"], matcher, str(e.get("message", "")))
+    return ExpectedFinding(e["rule"], _matcher(f"{where}.span", e.get("span")), str(e.get("message", "")))
 
 
 # ---- OTLP/JSON ------------------------------------------------------------------
@@ -313,12 +368,26 @@ def _any_value(v: dict[str, Any]) -> Any:
 # ---- comparing ------------------------------------------------------------------
 
 
-def compare(case: FixtureCase, spans: Sequence[FixtureSpan], findings: Iterable[FindingLike]) -> CaseResult:
-    """Expected vs actual findings of the rules under test.
+class TreeOutcomeLike(Protocol):
+    tree_id: str
+    fired: bool
+    confidence: float
+    cut_sets: tuple[tuple[str, ...], ...]
+    spans: tuple[tuple[bytes, tuple[str, ...], str], ...]
+
+
+def compare(case: FixtureCase, spans: Sequence[FixtureSpan], findings: Iterable[FindingLike],
+            trees: Iterable[TreeOutcomeLike] = ()) -> CaseResult:
+    """Expected vs actual findings of the rules under test, and what the
+    trees under test concluded.
 
     Each expectation consumes one matching finding; findings of rules not
-    under test are ignored; every other finding left over is unexpected."""
+    under test are ignored; every other finding left over is unexpected.  A
+    tree case without ``expect`` does not look at findings."""
     by_id = {s.span_id: s for s in spans}
+    tree_problems = tuple(_compare_trees(case.trees, by_id, list(trees)))
+    if not case.checks_findings:
+        return CaseResult(case, (), (), (), tuple(spans), tree_problems)
     under_test = set(case.rules) or None
     actual = [f for f in findings if under_test is None or f.rule_id in under_test]
     missing: list[ExpectedFinding] = []
@@ -334,4 +403,29 @@ def compare(case: FixtureCase, spans: Sequence[FixtureSpan], findings: Iterable[
         else:
             wrong.append((e, hits[0]))
             actual.remove(hits[0])
-    return CaseResult(case, tuple(missing), tuple(actual), tuple(wrong), tuple(spans))
+    return CaseResult(case, tuple(missing), tuple(actual), tuple(wrong), tuple(spans), tree_problems)
+
+
+def _compare_trees(expected: Sequence[ExpectedTree], by_id: dict[bytes, FixtureSpan],
+                   outcomes: list[TreeOutcomeLike]) -> Iterable[str]:
+    for e in expected:
+        got = next((o for o in outcomes if o.tree_id == e.tree), None)
+        fired = got is not None and got.fired
+        if fired != e.fired:
+            why = "" if got is None else f" (confidence {got.confidence:.4g}, cut sets {_sets(got.cut_sets)})"
+            yield f"tree {e.tree}: expected {'to fire' if e.fired else 'not to fire'}, it {'fired' if fired else 'did not'}{why}"
+            continue
+        confidence = got.confidence if got is not None else 0.0
+        if e.confidence is not None and abs(confidence - e.confidence) > CONFIDENCE_TOLERANCE:
+            yield f"tree {e.tree}: confidence {confidence:.4g}, expected {e.confidence:.4g}"
+        actual_sets = {frozenset(cs) for cs in got.cut_sets} if got is not None else set()
+        if e.cut_sets is not None and actual_sets != set(e.cut_sets):
+            yield f"tree {e.tree}: cut sets {_sets(got.cut_sets if got else ())}, expected {_sets(e.cut_sets)}"
+        blamed = [by_id[s] for s, _, _ in (got.spans if got is not None else ()) if s in by_id]
+        for m in e.spans:
+            if not any(m.matches(s) for s in blamed):
+                yield f"tree {e.tree}: no blamed span matches {m.describe()} (blamed: {', '.join(s.name for s in blamed) or 'none'})"
+
+
+def _sets(cut_sets: Iterable[Iterable[str]]) -> str:
+    return "[" + ", ".join("{" + ", ".join(sorted(cs)) + "}" for cs in cut_sets) + "]"

@@ -261,3 +261,78 @@ def walk(node: Node):
     yield node
     for child in children(node):
         yield from walk(child)
+
+
+# ---- fault trees ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FtEvent:
+    """A leaf of a fault tree: a basic event (a rule) or a house event (a context)."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class FtGate:
+    """``and``/``or``/``not``/``atleast k of``; ``name`` is the intermediate
+    event it defines (empty for an anonymous gate)."""
+
+    op: str
+    items: tuple[FtNode, ...]
+    k: int = 0
+    name: str = ""
+
+
+FtNode = Union[FtEvent, FtGate]
+
+
+@dataclass(frozen=True, slots=True)
+class BasicEvent:
+    """A basic event: ``rule`` fired in the trace.  ``weight`` is the rule's
+    confidence: the probability that the event occurred given that the rule fired."""
+
+    name: str
+    rule: str
+    prior: float
+    weight: float
+
+
+@dataclass(frozen=True, slots=True)
+class HouseEvent:
+    """A context switch: constant (``value``) or true for a trace with a span
+    matching ``condition``."""
+
+    name: str
+    value: bool | None
+    condition: CheckedRule | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TreeMeta:
+    id: str
+    title: str
+    layer: str = ""
+    severity: str = "high"
+    description: str = ""
+    tags: tuple[str, ...] = ()
+    references: tuple[str, ...] = ()
+
+    @property
+    def severity_weight(self) -> int:
+        return SEVERITIES[self.severity]
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedTree:
+    """A checked fault tree: the top event (a rule id, or a span condition)
+    and its cause, with intermediate events expanded (shared, not copied)."""
+
+    meta: TreeMeta
+    top_rule: str
+    top_condition: CheckedRule | None
+    cause: FtNode
+    basics: tuple[BasicEvent, ...]
+    houses: tuple[HouseEvent, ...]
+    span: SourceSpan
+    top_text: str = ""

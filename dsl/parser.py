@@ -23,7 +23,7 @@ from dsl.diagnostics import Diagnostic, SourceSpan, did_you_mean
 _DURATION_NS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000, "h": 3_600_000_000_000}
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "\\": "\\", '"': '"', "'": "'"}
 # a new top-level item starts at the beginning of a line with one of these
-_ITEM_START = re.compile(r"^[ \t]*(rule|macro|list|const)\b", re.M)
+_ITEM_START = re.compile(r"^[ \t]*(rule|macro|list|const|tree|event|basic|house)\b", re.M)
 _MAX_RECOVERIES = 100
 
 
@@ -225,6 +225,65 @@ class _AstBuilder(Transformer):
     def const_def(self, meta, children):
         name, value = children
         return ast.ConstDef(str(name), value, self._s(meta), self._t(name))
+
+    # -- fault trees
+    def tree(self, meta, children):
+        (tid, id_span), *stmts = children
+        pick = lambda cls: tuple(s for s in stmts if isinstance(s, cls))  # noqa: E731
+        return ast.Tree(tid, pick(ast.Meta), pick(ast.Top), pick(ast.Cause), self._s(meta), id_span)
+
+    def top_span(self, meta, children):
+        var, where = children
+        binding = ast.Binding("span", str(var), "", self._t(var), self._t(var))
+        return ast.Top("", binding, where, self._s(meta))
+
+    def top_rule(self, meta, children):
+        (rid, _), = children
+        return ast.Top(rid, None, None, self._s(meta))
+
+    def cause(self, meta, children):
+        return ast.Cause(children[0], self._s(meta))
+
+    def event_def(self, meta, children):
+        name, gate = children
+        return ast.EventDef(str(name), gate, self._s(meta), self._t(name))
+
+    def basic_def(self, meta, children):
+        name, (rid, rid_span), prior = children
+        value = float(prior) if prior is not None else None
+        return ast.BasicDef(str(name), rid, value, self._s(meta), self._t(name), rid_span,
+                            self._t(prior) if prior is not None else None)
+
+    def house_span(self, meta, children):
+        name, var, where = children
+        binding = ast.Binding("span", str(var), "", self._t(var), self._t(var))
+        return ast.HouseDef(str(name), binding, where, None, self._s(meta), self._t(name))
+
+    def house_true(self, meta, children):
+        return ast.HouseDef(str(children[0]), None, None, True, self._s(meta), self._t(children[0]))
+
+    def house_false(self, meta, children):
+        return ast.HouseDef(str(children[0]), None, None, False, self._s(meta), self._t(children[0]))
+
+    def gate_ref(self, meta, children):
+        name, span = children[0]
+        return ast.GateRef(name, span)
+
+    def _gate_chain(self, op: str, meta, children):
+        return ast.Gate(op, tuple(children), self._s(meta))
+
+    def gate_or(self, meta, children):
+        return self._gate_chain("or", meta, children)
+
+    def gate_and(self, meta, children):
+        return self._gate_chain("and", meta, children)
+
+    def gate_neg(self, meta, children):
+        return ast.Gate("not", (children[0],), self._s(meta))
+
+    def gate_atleast(self, meta, children):
+        k, *items = children
+        return ast.Gate("atleast", tuple(items), self._s(meta), int(float(k)), self._t(k))
 
     # -- bindings
     def span_binding(self, meta, children):

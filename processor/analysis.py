@@ -13,18 +13,21 @@ from typing import Protocol
 
 import duckdb
 
-from dsl import AttrRef
+from dsl import AttrRef, TreeOutcome
 
 
 @dataclass(frozen=True, slots=True)
 class Evidence:
-    """One reason a span is blamed: a rule firing (later: a fault tree, a baseline deviation)."""
+    """One reason a span is blamed: a rule firing, a fault tree whose fired
+    cut set contains a rule blaming the span, a baseline deviation."""
 
-    source: str       # rule id
+    source: str       # rule id (fault tree id when kind is "fault_tree")
     message: str
     confidence: float
-    score: float      # ranking weight (confidence x severity for rules)
+    score: float      # ranking weight (confidence x severity for rules and trees)
     layer: str
+    kind: str = "rule"                 # "rule" | "fault_tree"
+    cut_set: tuple[str, ...] = ()      # fault trees: the fired minimal cut set (event ids)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,19 +45,33 @@ class Candidate:
 
     @property
     def score(self) -> float:
+        """Ranking weight: the strongest evidence, a fired fault tree's included."""
         return max(e.score for e in self.evidence)
 
     @property
+    def _primary(self) -> tuple[Evidence, ...]:
+        """The evidence about this span itself (rules), else all of it: a
+        fault tree's confidence is about its top event, not about one span."""
+        own = tuple(e for e in self.evidence if e.kind != "fault_tree")
+        return own or self.evidence
+
+    @property
     def confidence(self) -> float:
-        return max(e.confidence for e in self.evidence)
+        return max(e.confidence for e in self._primary)
 
     @property
     def layer(self) -> str:
-        return max(self.evidence, key=lambda e: e.score).layer
+        return max(self._primary, key=lambda e: e.score).layer
 
     @property
     def rules(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(e.source for e in self.evidence))
+        return tuple(dict.fromkeys(e.source for e in self.evidence if e.kind != "fault_tree"))
+
+    @property
+    def fault_tree(self) -> Evidence | None:
+        """The strongest fault-tree evidence on this span, if a tree fired through it."""
+        trees = [e for e in self.evidence if e.kind == "fault_tree"]
+        return max(trees, key=lambda e: e.score) if trees else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +79,13 @@ class TraceVerdict:
     trace_id: bytes
     root_span_id: bytes | None      # the trace's root (no parent in the trace), if present
     candidates: tuple[Candidate, ...]
+    fault_trees: tuple[TreeOutcome, ...] = ()  # trees whose top event is true (fired) or unknown
+
+    @property
+    def fired_tree(self) -> TreeOutcome | None:
+        """The fired tree with the highest score (confidence x severity)."""
+        fired = [t for t in self.fault_trees if t.fired]
+        return max(fired, key=lambda t: (t.score, t.tree_id)) if fired else None
 
     @property
     def top(self) -> Candidate | None:

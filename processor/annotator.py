@@ -3,7 +3,10 @@
 On each blamed span: ``rca.root_cause``, ``rca.rank``, ``rca.confidence``,
 ``rca.rule`` (string array), ``rca.layer``, and one ``rca.finding`` event per
 piece of evidence.  On the trace's root span: ``rca.verdict.*`` naming the
-top candidate.  The additions are appended to the spans' original bytes by
+top candidate.  A fault tree that fired adds, on each span its fired cut set
+blames, ``rca.fault_tree`` and ``rca.cut_set`` (string array of event ids)
+and an ``rca.finding`` event naming the tree and cut set; the root span gets
+``rca.verdict.fault_tree``.  The additions are appended to the spans' original bytes by
 ``processor.annotate``; values stay primitive so Jaeger and Tempo show tags.
 """
 
@@ -11,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from processor.analysis import BatchVerdict, Candidate, TraceVerdict
+from processor.analysis import BatchVerdict, Candidate, Evidence, TraceVerdict
 from processor.annotate import Annotation, AttrValue, SpanEvent
 
 
@@ -23,15 +26,24 @@ def _candidate_annotation(c: Candidate) -> tuple[dict[str, AttrValue], list[Span
         "rca.rule": list(c.rules),
         "rca.layer": c.layer,
     }
-    events = [SpanEvent("rca.finding", c.end_ns or c.start_ns,
-                        {"rca.rule": e.source, "rca.layer": e.layer, "rca.confidence": round(e.confidence, 4),
-                         "rca.message": e.message})
-              for e in c.evidence]
+    tree = c.fault_tree
+    if tree is not None:
+        attributes["rca.fault_tree"] = tree.source
+        attributes["rca.cut_set"] = list(tree.cut_set)
+    events = [SpanEvent("rca.finding", c.end_ns or c.start_ns, _finding_attributes(e)) for e in c.evidence]
     return attributes, events
 
 
+def _finding_attributes(e: Evidence) -> dict[str, AttrValue]:
+    if e.kind == "fault_tree":
+        return {"rca.fault_tree": e.source, "rca.cut_set": list(e.cut_set), "rca.layer": e.layer,
+                "rca.confidence": round(e.confidence, 4), "rca.message": e.message}
+    return {"rca.rule": e.source, "rca.layer": e.layer, "rca.confidence": round(e.confidence, 4),
+            "rca.message": e.message}
+
+
 def _verdict_attributes(v: TraceVerdict, top: Candidate) -> dict[str, AttrValue]:
-    return {
+    out: dict[str, AttrValue] = {
         "rca.verdict.span_id": top.span_id.hex(),
         "rca.verdict.service": top.service,
         "rca.verdict.name": top.name,
@@ -40,6 +52,10 @@ def _verdict_attributes(v: TraceVerdict, top: Candidate) -> dict[str, AttrValue]
         "rca.verdict.confidence": round(top.confidence, 4),
         "rca.verdict.candidates": len(v.candidates),
     }
+    tree = v.fired_tree
+    if tree is not None:
+        out["rca.verdict.fault_tree"] = tree.tree_id
+    return out
 
 
 def annotations(verdict: BatchVerdict) -> dict[tuple[bytes, bytes], Annotation]:

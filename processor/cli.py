@@ -54,7 +54,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from dsl import cli_check
+    from dsl.api import cli_explain_tree
 
+    if args.explain:
+        return cli_explain_tree(args.paths, args.explain)
     return cli_check(args.paths, args.format)
 
 
@@ -120,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="compile rule files and print diagnostics (exit 1 on errors)")
     check.add_argument("paths", nargs="+", metavar="PATH", help="rule files or directories")
     check.add_argument("--format", choices=["text", "json"], default="text")
+    check.add_argument("--explain", metavar="TREE_ID",
+                       help="print a fault tree, its minimal cut sets and the importance of its basic events")
     check.set_defaults(func=cmd_check)
 
     test = sub.add_parser("test", help="run rule fixture tests (*.test.yaml)")

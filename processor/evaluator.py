@@ -2,7 +2,10 @@
 
 Rules are SQL over the whole batch (``dsl.RuleSet.evaluate``); this module
 groups their findings by blamed span into ranked candidates per trace:
-rank by confidence x severity, deeper spans first on ties.  The span facts a
+rank by confidence x severity, deeper spans first on ties.  A fault tree
+that fired adds its evidence (confidence x severity) to the spans its fired
+cut set blames; every tree whose top event is true or unknown is kept on the
+trace's verdict.  The span facts a
 verdict needs (service, name, the trace's root) come from one query over the
 batch, not per finding.
 """
@@ -15,7 +18,7 @@ from collections import defaultdict
 import duckdb
 import pyarrow as pa
 
-from dsl import AttrRef, Finding, RuleSet
+from dsl import AttrRef, Finding, RuleSet, TreeOutcome
 from processor.analysis import BatchVerdict, Candidate, Evidence, TraceVerdict
 
 log = logging.getLogger(__name__)
@@ -31,35 +34,63 @@ class RuleAnalyzer:
         return self.rules.projection
 
     def analyze(self, conn: duckdb.DuckDBPyConnection, table: str) -> BatchVerdict:
-        findings = self.rules.evaluate(conn, table)
-        if not findings:
+        evaluation = self.rules.evaluate_all(conn, table)
+        if not evaluation.findings and not evaluation.trees:
             return BatchVerdict()
-        return verdicts(conn, table, findings)
+        return verdicts(conn, table, evaluation.findings, evaluation.trees)
 
 
-def verdicts(conn: duckdb.DuckDBPyConnection, table: str, findings: list[Finding]) -> BatchVerdict:
-    """Ranked candidates per trace from rule findings over ``table``."""
+def verdicts(conn: duckdb.DuckDBPyConnection, table: str, findings: list[Finding],
+             trees: list[TreeOutcome] | tuple[TreeOutcome, ...] = ()) -> BatchVerdict:
+    """Ranked candidates per trace from rule findings (and fault-tree
+    outcomes) over ``table``.  A fired tree adds evidence to each span its
+    fired cut set blames, weighted by the tree's confidence x severity, so it
+    enters the ranking like a rule."""
     by_span: dict[tuple[bytes, bytes], list[Finding]] = defaultdict(list)
     for f in findings:
         by_span[(f.trace_id, f.span_id)].append(f)
-    facts = _span_facts(conn, table, {t for t, _ in by_span})
+    tree_evidence = _tree_evidence(trees, by_span)
+    per_tree_trace: dict[bytes, list[TreeOutcome]] = defaultdict(list)
+    for t in trees:
+        per_tree_trace[t.trace_id].append(t)
+    facts = _span_facts(conn, table, {t for t, _ in by_span} | set(per_tree_trace))
     per_trace: dict[bytes, list[Candidate]] = defaultdict(list)
     for (trace_id, span_id), fs in by_span.items():
         service, name, start, end = facts.spans.get((trace_id, span_id), ("", "", 0, 0))
-        evidence = tuple(Evidence(f.rule_id, f.message, f.confidence, f.score, f.layer)
-                         for f in sorted(fs, key=lambda f: (-f.score, f.rule_id)))
+        evidence = [Evidence(f.rule_id, f.message, f.confidence, f.score, f.layer) for f in fs]
+        evidence += tree_evidence.get((trace_id, span_id), [])
+        evidence.sort(key=lambda e: (e.kind == "fault_tree", -e.score, e.source))
         per_trace[trace_id].append(Candidate(span_id, service, name, max(f.depth for f in fs), start, end,
-                                             evidence))
+                                             tuple(evidence)))
     out = {}
-    for trace_id, candidates in per_trace.items():
+    for trace_id in dict.fromkeys([*per_trace, *per_tree_trace]):
+        candidates = per_trace.get(trace_id, [])
         candidates.sort(key=lambda c: (-c.score, -c.depth, c.span_id))
         ranked = tuple(_with_rank(c, i + 1) for i, c in enumerate(candidates))
-        out[trace_id] = TraceVerdict(trace_id, facts.roots.get(trace_id), ranked)
+        tree_outcomes = tuple(sorted(per_tree_trace.get(trace_id, ()), key=lambda t: (not t.fired, -t.score, t.tree_id)))
+        out[trace_id] = TraceVerdict(trace_id, facts.roots.get(trace_id), ranked, tree_outcomes)
     return BatchVerdict(out)
+
+
+def _tree_evidence(trees: list[TreeOutcome] | tuple[TreeOutcome, ...],
+                   by_span: dict[tuple[bytes, bytes], list[Finding]]) -> dict[tuple[bytes, bytes], list[Evidence]]:
+    """Evidence of the fired trees, per blamed span (one per tree and span)."""
+    out: dict[tuple[bytes, bytes], list[Evidence]] = defaultdict(list)
+    for t in trees:
+        if not t.fired:
+            continue
+        for span_id, cut_set, rule in t.spans:
+            key = (t.trace_id, span_id)
+            rule_layer = next((f.layer for f in by_span.get(key, ()) if f.rule_id == rule), "")
+            message = f"fault tree {t.tree_id} ({t.title}) fired: cut set {{{', '.join(cut_set)}}}"
+            out[key].append(Evidence(t.tree_id, message, t.confidence, t.score, t.layer or rule_layer,
+                                     "fault_tree", cut_set))
+    return out
 
 
 def _with_rank(c: Candidate, rank: int) -> Candidate:
     return Candidate(c.span_id, c.service, c.name, c.depth, c.start_ns, c.end_ns, c.evidence, rank)
+
 
 
 class _Facts:

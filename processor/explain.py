@@ -8,6 +8,7 @@ from typing import Any, TextIO
 
 import pyarrow as pa
 
+from dsl import TreeOutcome
 from processor.analysis import BatchVerdict, Candidate
 from processor.offline import OfflineResult
 
@@ -17,14 +18,24 @@ def to_json(result: OfflineResult) -> dict[str, Any]:
     for trace_id in _trace_order(result.spans):
         verdict = result.verdict.traces.get(trace_id)
         traces.append({"trace_id": trace_id.hex(),
-                       "root_causes": [_candidate_json(c) for c in (verdict.candidates if verdict else ())]})
+                       "root_causes": [_candidate_json(c) for c in (verdict.candidates if verdict else ())],
+                       "fault_trees": [_tree_json(t) for t in (verdict.fault_trees if verdict else ())]})
     return {"traces": traces}
+
+
+def _tree_json(t: TreeOutcome) -> dict[str, Any]:
+    """A fault tree whose top event is true (fired) or unknown: for a fired
+    tree the satisfied minimal cut sets and the spans they blame; otherwise
+    the cut sets still possible and the basic events whose evidence is unknown."""
+    return {"id": t.tree_id, "fired": t.fired, "confidence": round(t.confidence, 4),
+            "cut_sets": [list(cs) for cs in t.cut_sets], "spans": list(dict.fromkeys(s.hex() for s, _, _ in t.spans)),
+            "unknown": list(t.unknown)}
 
 
 def _candidate_json(c: Candidate) -> dict[str, Any]:
     return {"rank": c.rank, "span_id": c.span_id.hex(), "service": c.service, "name": c.name,
             "layer": c.layer, "rules": list(c.rules), "confidence": round(c.confidence, 4),
-            "message": c.evidence[0].message}
+            "message": next((e.message for e in c.evidence if e.kind == "rule"), c.evidence[0].message)}
 
 
 def _trace_order(spans: pa.Table) -> list[bytes]:
@@ -52,6 +63,12 @@ def _write_trace(trace_id: bytes, spans: list[dict[str, Any]], verdict: BatchVer
         children[parent].append(s)
     summary = f"{len(v.candidates)} root cause(s)" if v and v.candidates else "no root cause found"
     out.write(f"trace {trace_id.hex()}: {len(spans)} spans, {summary}\n")
+    for t in v.fault_trees if v else ():
+        if t.fired:
+            sets = " or ".join("{" + ", ".join(cs) + "}" for cs in t.cut_sets)
+            out.write(f"  fault tree {t.tree_id} fired ({t.confidence:.2f}): cut set {sets}\n")
+        else:
+            out.write(f"  fault tree {t.tree_id} unknown ({t.confidence:.2f}): no evidence for {', '.join(t.unknown)}\n")
 
     def walk(span: dict[str, Any], depth: int) -> None:
         c = blamed.get(span["span_id"])

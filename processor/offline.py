@@ -4,13 +4,13 @@ and analysis stages over a file, with no servers and no waiting."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import duckdb
 import pyarrow as pa
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from dsl import Finding, RuleSet
+from dsl import Finding, RuleSet, TreeOutcome
 from processor.analysis import BatchVerdict
 from processor.decode import Projection, decode
 from processor.evaluator import verdicts
@@ -22,6 +22,7 @@ class OfflineResult:
     spans: pa.Table            # every decoded span (store columns)
     findings: list[Finding]
     verdict: BatchVerdict
+    trees: list[TreeOutcome] = field(default_factory=list)  # fault trees whose top event is not false
 
 
 def span_table(requests: Iterable[ExportTraceServiceRequest], projection: Projection) -> pa.Table:
@@ -35,8 +36,10 @@ def analyze(requests: Iterable[ExportTraceServiceRequest], rules: RuleSet) -> Of
     conn = duckdb.connect()
     try:
         conn.register(RELEASED_TABLE, with_row_numbers(table))
-        findings = rules.evaluate(conn, RELEASED_TABLE) if table.num_rows else []
-        verdict = verdicts(conn, RELEASED_TABLE, findings) if findings else BatchVerdict()
+        evaluation = rules.evaluate_all(conn, RELEASED_TABLE) if table.num_rows else None
+        findings = evaluation.findings if evaluation else []
+        trees = evaluation.trees if evaluation else []
+        verdict = verdicts(conn, RELEASED_TABLE, findings, trees) if findings or trees else BatchVerdict()
     finally:
         conn.close()
-    return OfflineResult(table, findings, verdict)
+    return OfflineResult(table, findings, verdict, trees)

@@ -1,4 +1,4 @@
-"""``faulttrace test``: run rule fixture tests (promtool-style) through the real decode and analysis."""
+"""``faulttrace test``: run rule and fault-tree fixture tests (promtool-style) through the real decode and analysis."""
 
 from __future__ import annotations
 
@@ -35,8 +35,17 @@ def run_fixture_tests(paths: Iterable[str | Path], out: TextIO) -> int:
                 out.write(f"ERROR {path}: {case.name}: {err}\n")
                 failed += 1
                 continue
-            selected = rules.select(case.rules) if case.rules else rules
-            result = compare(case, spans, analyze(requests, selected).findings)
+            missing = sorted({t.tree for t in case.trees} - set(rules.tree_ids))
+            if missing:
+                out.write(f"ERROR {path}: {case.name}: unknown fault tree(s) {', '.join(missing)}\n")
+                failed += 1
+                continue
+            if case.trees:
+                selected = rules.select_trees([t.tree for t in case.trees], case.rules)
+            else:
+                selected = rules.select(case.rules) if case.rules else rules
+            outcome = analyze(requests, selected)
+            result = compare(case, spans, outcome.findings, outcome.trees)
             if result.ok:
                 passed += 1
             else:

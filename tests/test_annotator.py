@@ -64,6 +64,9 @@ def test_blamed_span_attributes_have_exact_types(annotated):
         "rca.confidence": ("double_value", 0.8),
         "rca.rule": ("array_value", [("string_value", "code.deepest_exception")]),
         "rca.layer": ("string_value", "code"),
+        # the built-in tree request.failure fired through this span's rule
+        "rca.fault_tree": ("string_value", "request.failure"),
+        "rca.cut_set": ("array_value", [("string_value", "exception")]),
     }
     # The original bytes are a prefix; the original attributes and events come first, unchanged.
     assert out[3].startswith(raw[3])
@@ -76,7 +79,7 @@ def test_blamed_span_carries_a_finding_event(annotated):
     raw, _, parsed = annotated
     blamed, before = parsed[3], Span.FromString(raw[3])
     added = list(blamed.events)[len(before.events):]
-    assert [e.name for e in added] == ["rca.finding"]
+    assert [e.name for e in added] == ["rca.finding", "rca.finding"]
     event = added[0]
     assert event.time_unix_nano == blamed.end_time_unix_nano
     assert attrs(event.attributes) == {
@@ -85,6 +88,11 @@ def test_blamed_span_carries_a_finding_event(annotated):
         "rca.confidence": ("double_value", 0.8),
         "rca.message": ("string_value", "payments: charge card raised ValueError: card declined"),
     }
+    # the fault tree's finding names the tree and the cut set that fired
+    tree = attrs(added[1].attributes)
+    assert tree["rca.fault_tree"] == ("string_value", "request.failure")
+    assert tree["rca.cut_set"] == ("array_value", [("string_value", "exception")])
+    assert "fired: cut set {exception}" in tree["rca.message"][1]
 
 
 def test_root_span_carries_the_verdict(annotated):
@@ -99,6 +107,7 @@ def test_root_span_carries_the_verdict(annotated):
         "rca.verdict.rule": ("array_value", [("string_value", "code.deepest_exception")]),
         "rca.verdict.confidence": ("double_value", 0.8),
         "rca.verdict.candidates": ("int_value", 1),
+        "rca.verdict.fault_tree": ("string_value", "request.failure"),
     }
     assert not any(e.name.startswith("rca.") for e in root.events)
     # The verdict names a span of this trace that really is annotated as the cause.

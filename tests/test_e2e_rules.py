@@ -186,7 +186,10 @@ def test_sdk_trace_through_pipeline_with_builtin_and_custom_rules(pipeline_facto
     assert attrs["rca.rule"][0] == "array_value" and "code.deepest_exception" in attrs["rca.rule"][1]
     assert attrs["rca.confidence"][0] == "double_value"
     findings = [{a.key: a.value.string_value for a in e.attributes} for e in card.events if e.name == "rca.finding"]
-    assert {f["rca.rule"] for f in findings} == set(attrs["rca.rule"][1])
+    assert {f["rca.rule"] for f in findings if "rca.rule" in f} == set(attrs["rca.rule"][1])
+    # the built-in fault tree request.failure fired through this span: its finding names tree and cut set
+    assert [f["rca.fault_tree"] for f in findings if "rca.fault_tree" in f] == ["request.failure"]
+    assert attrs["rca.fault_tree"] == ("string_value", "request.failure")
     deepest = next(f for f in findings if f["rca.rule"] == "code.deepest_exception")
     assert deepest["rca.message"] == "payments: charge card raised ValueError: card declined"
     # The original attributes and events (the SDK's exception event) come first, unchanged.

@@ -81,7 +81,7 @@ def test_json_matches_the_schema():
     assert [t["trace_id"] for t in doc["traces"]] == [FAILING, HEALTHY]
     keys = ["rank", "span_id", "service", "name", "layer", "rules", "confidence", "message"]
     for trace in doc["traces"]:
-        assert list(trace) == ["trace_id", "root_causes"]
+        assert list(trace) == ["trace_id", "root_causes", "fault_trees"]
         for cause in trace["root_causes"]:
             assert list(cause) == keys
             assert isinstance(cause["rank"], int) and isinstance(cause["confidence"], float)
@@ -104,8 +104,8 @@ def test_custom_rules_alone(custom_rules):
                     '  match span c where c.name = "GET /cart" }\n')
     doc = explain_json("--no-builtin-rules", "--rules", custom_rules, "--rules", cart, CHECKOUT)
     assert doc == {"traces": [
-        {"trace_id": FAILING, "root_causes": []},
-        {"trace_id": HEALTHY, "root_causes": [
+        {"trace_id": FAILING, "root_causes": [], "fault_trees": []},
+        {"trace_id": HEALTHY, "fault_trees": [], "root_causes": [
             {"rank": 1, "span_id": "b000000000000002", "service": "frontend", "name": "GET /cart",
              "layer": "data", "rules": ["custom.cart"], "confidence": 1.0, "message": "custom.cart"},
             {"rank": 2, "span_id": "b000000000000001", "service": "frontend", "name": "GET /home",
@@ -128,7 +128,8 @@ def test_custom_rules_beside_the_builtin_library_from_gzipped_json_lines(tmp_pat
 
 def test_no_rules_at_all_finds_nothing():
     doc = explain_json("--no-builtin-rules", CHECKOUT)
-    assert doc == {"traces": [{"trace_id": FAILING, "root_causes": []}, {"trace_id": HEALTHY, "root_causes": []}]}
+    assert doc == {"traces": [{"trace_id": FAILING, "root_causes": [], "fault_trees": []},
+                              {"trace_id": HEALTHY, "root_causes": [], "fault_trees": []}]}
 
 
 def test_bad_inputs_exit_2_with_a_message(tmp_path):

@@ -33,6 +33,16 @@ def test_library_covers_every_layer_with_enough_rules():
     assert {r.meta.layer for r in rs.rules} == {"code", "data", "infrastructure", "semantic", "config"}
 
 
+def test_every_tree_fires_and_does_not_fire_in_fixtures():
+    fired, quiet = set(), set()
+    for f in FIXTURES:
+        for case in load_fixture_file(f).cases:
+            fired |= {t.tree for t in case.trees if t.fired}
+            quiet |= {t.tree for t in case.trees if not t.fired}
+    ids = set(load_rules([RULES]).tree_ids)
+    assert len(ids) >= 4 and ids - fired == set() and ids - quiet == set()
+
+
 def test_every_rule_has_a_positive_and_a_negative_case():
     positive, negative = set(), set()
     for f in FIXTURES:
@@ -49,12 +59,14 @@ def test_fixture_case(path: Path, index: int):
     fixture = load_fixture_file(path)
     case = fixture.cases[index]
     ruleset = _ruleset(tuple(fixture.rule_files))
+    if case.trees:
+        ruleset = ruleset.select_trees([t.tree for t in case.trees], case.rules)
     spans = load_otlp_json(case.trace)
     conn = duckdb.connect()
     try:
         load_fixture(conn, spans, ruleset.projection)
-        findings = ruleset.evaluate(conn, "batch")
+        evaluation = ruleset.evaluate_all(conn, "batch")
     finally:
         conn.close()
-    result = compare(case, spans, findings)
+    result = compare(case, spans, evaluation.findings, evaluation.trees)
     assert result.ok, result.diff()
