@@ -26,7 +26,7 @@ class Evidence:
     confidence: float
     score: float      # ranking weight (confidence x severity for rules and trees)
     layer: str
-    kind: str = "rule"                 # "rule" | "fault_tree"
+    kind: str = "rule"                 # "rule" | "fault_tree" | "localizer"
     cut_set: tuple[str, ...] = ()      # fault trees: the fired minimal cut set (event ids)
 
 
@@ -95,6 +95,10 @@ class TraceVerdict:
 @dataclass(frozen=True, slots=True)
 class BatchVerdict:
     traces: dict[bytes, TraceVerdict] = field(default_factory=dict)
+    # trace id -> spans whose error or delay is inherited from the root causes (rca.symptom)
+    symptoms: dict[bytes, tuple[bytes, ...]] = field(default_factory=dict)
+    # services ranked by how consistently they are anomalous across the batch's traces
+    services: tuple[tuple[str, float], ...] = ()
 
 
 class Analyzer(Protocol):

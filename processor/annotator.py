@@ -72,6 +72,13 @@ def annotations(verdict: BatchVerdict) -> dict[tuple[bytes, bytes], Annotation]:
             adds[v.root_span_id] = ({**attrs, **_verdict_attributes(v, top)}, events)
         for span_id, (attrs, events) in adds.items():
             out[(trace_id, span_id)] = Annotation(attrs, events)
+    for trace_id, spans in verdict.symptoms.items():
+        for span_id in spans:
+            # error or delay inherited from the root cause; a blamed span is never a symptom
+            if (trace_id, span_id) in out and "rca.root_cause" in out[(trace_id, span_id)].attributes:
+                continue
+            have = out.get((trace_id, span_id), Annotation())
+            out[(trace_id, span_id)] = Annotation({**have.attributes, "rca.symptom": True}, have.events)
     return out
 
 

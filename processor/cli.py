@@ -82,7 +82,20 @@ def cmd_explain(args: argparse.Namespace) -> int:
     except (RuleError, TraceFileError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    result = analyze(requests, rules)
+    localizer = None
+    if not args.no_localizer:
+        from processor.localizer import LocalizerAnalyzer
+
+        try:
+            localizer = LocalizerAnalyzer(args.baseline)
+        except (OSError, ValueError) as err:
+            print(f"error: --baseline {args.baseline}: {err}", file=sys.stderr)
+            return 2
+    try:
+        result = analyze(requests, rules, localizer)
+    finally:
+        if localizer is not None:
+            localizer.close()
     if args.format == "json":
         print(explain.dumps(result))
     else:
@@ -137,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--rules", action="append", metavar="PATH",
                          help="rule file, directory or glob besides the built-in library (repeatable)")
     explain.add_argument("--no-builtin-rules", action="store_true", help="use only the --rules given")
+    explain.add_argument("--baseline", metavar="FILE",
+                         help="normal traffic (OTLP/JSON lines) to judge timing and call shapes against")
+    explain.add_argument("--no-localizer", action="store_true", help="rules and fault trees only")
     explain.add_argument("--format", choices=["text", "json"], default="text")
     explain.set_defaults(func=cmd_explain)
 

@@ -120,6 +120,13 @@ class AttributeSpec(_Model):
     event: str = ""
 
 
+class LocalizerConfig(_Model):
+    """Localization without rules: structure and timing against a learned baseline."""
+
+    enabled: bool = True
+    baseline: str | None = None  # OTLP/JSON lines of normal traffic to start the baseline from
+
+
 class FaulttraceProcessorConfig(_Model):
     decision_wait: Duration = 5.0
     # How often completed traces are released, analyzed and exported, as one
@@ -133,6 +140,7 @@ class FaulttraceProcessorConfig(_Model):
     attributes: list[AttributeSpec] = []
     rules: list[str] = []          # rule files, directories or globs, besides the built-in library
     builtin_rules: bool = True     # load the library shipped in rules/
+    localizer: LocalizerConfig = LocalizerConfig()
 
 
 # --- exporters -------------------------------------------------------------

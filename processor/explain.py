@@ -20,7 +20,8 @@ def to_json(result: OfflineResult) -> dict[str, Any]:
         traces.append({"trace_id": trace_id.hex(),
                        "root_causes": [_candidate_json(c) for c in (verdict.candidates if verdict else ())],
                        "fault_trees": [_tree_json(t) for t in (verdict.fault_trees if verdict else ())]})
-    return {"traces": traces}
+    return {"traces": traces,
+            "services": [{"service": svc, "score": score} for svc, score in result.verdict.services]}
 
 
 def _tree_json(t: TreeOutcome) -> dict[str, Any]:
@@ -35,7 +36,9 @@ def _tree_json(t: TreeOutcome) -> dict[str, Any]:
 def _candidate_json(c: Candidate) -> dict[str, Any]:
     return {"rank": c.rank, "span_id": c.span_id.hex(), "service": c.service, "name": c.name,
             "layer": c.layer, "rules": list(c.rules), "confidence": round(c.confidence, 4),
-            "message": next((e.message for e in c.evidence if e.kind == "rule"), c.evidence[0].message)}
+            "message": next((e.message for e in c.evidence if e.kind == "rule"), c.evidence[0].message),
+            "evidence": [{"source": e.source, "kind": e.kind, "message": e.message,
+                          "confidence": round(e.confidence, 4)} for e in c.evidence]}
 
 
 def _trace_order(spans: pa.Table) -> list[bytes]:

@@ -11,7 +11,8 @@ import pyarrow as pa
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from dsl import Finding, RuleSet, TreeOutcome
-from processor.analysis import BatchVerdict
+from processor.analysis import Analyzer, BatchVerdict
+from processor.combine import merge, on_rule_scale
 from processor.decode import Projection, decode
 from processor.evaluator import verdicts
 from processor.store import RELEASED_TABLE, with_row_numbers
@@ -30,9 +31,12 @@ def span_table(requests: Iterable[ExportTraceServiceRequest], projection: Projec
     return pa.concat_tables(tables) if tables else projection.schema.empty_table()
 
 
-def analyze(requests: Iterable[ExportTraceServiceRequest], rules: RuleSet) -> OfflineResult:
-    """Findings and ranked verdicts for every trace in ``requests``."""
-    table = span_table(requests, Projection.of(rules.projection))
+def analyze(requests: Iterable[ExportTraceServiceRequest], rules: RuleSet,
+            localizer: Analyzer | None = None) -> OfflineResult:
+    """Findings and ranked verdicts for every trace in ``requests``; with a
+    ``localizer``, its rule-free candidates merged in (``processor.combine``)."""
+    refs = set(rules.projection) | (set(localizer.projection()) if localizer else set())
+    table = span_table(requests, Projection.of(refs))
     conn = duckdb.connect()
     try:
         conn.register(RELEASED_TABLE, with_row_numbers(table))
@@ -40,6 +44,8 @@ def analyze(requests: Iterable[ExportTraceServiceRequest], rules: RuleSet) -> Of
         findings = evaluation.findings if evaluation else []
         trees = evaluation.trees if evaluation else []
         verdict = verdicts(conn, RELEASED_TABLE, findings, trees) if findings or trees else BatchVerdict()
+        if localizer is not None and table.num_rows:
+            verdict = merge([verdict, on_rule_scale(localizer.analyze(conn, RELEASED_TABLE))])
     finally:
         conn.close()
     return OfflineResult(table, findings, verdict, trees)

@@ -16,12 +16,12 @@ from collections.abc import Callable
 from dsl import AttrRef, AttrSource, AttrType
 from processor.admin import AdminServer
 from processor.analysis import Analyzer, TraceVerdict
+from processor.analyzers import build_analyzer
 from processor.annotate import Annotation, annotate
 from processor.annotator import annotations, late_annotations
 from processor.assembler import Assembler, Due, ReleaseReason
 from processor.config import Config, FaulttraceProcessorConfig
 from processor.decode import Projection
-from processor.evaluator import RuleAnalyzer
 from processor.exporters import build_exporter
 from processor.exporters.base import Exporter
 from processor.ingest import Ingest
@@ -29,7 +29,6 @@ from processor.model import ReleasedSpans
 from processor.payload import encode_payloads
 from processor.receivers.otlp_grpc import GrpcReceiver
 from processor.receivers.otlp_http import HttpReceiver
-from processor.ruleset import load_configured_rules
 from processor.store import SpanStore
 from processor.telemetry import Telemetry
 
@@ -53,8 +52,7 @@ class Pipeline:
         self._clock = clock
         proc = config.processor
         if analyzer is None:
-            rules = load_configured_rules(proc)
-            analyzer = RuleAnalyzer(rules) if len(rules) else None
+            analyzer = build_analyzer(proc)
         self._analyzer = analyzer
         refs = configured_projection(proc) | (set(analyzer.projection()) if analyzer else set())
         self.store = SpanStore(Projection.of(refs), proc.storage.path, proc.storage.memory_limit,
@@ -113,6 +111,9 @@ class Pipeline:
             await exporter.shutdown(max(0.0, deadline - self._clock()))
         self.ingest.close()
         await self.store.close()
+        close = getattr(self._analyzer, "close", None)
+        if close is not None:
+            close()
         if self.admin is not None:
             await self.admin.stop()
 

@@ -51,9 +51,10 @@ def config_dict(exporters: dict[str, Any], *, decision_wait: float = 0.2, proces
     return {
         "receivers": {"otlp": {"protocols": {"grpc": {"endpoint": "127.0.0.1:0", **(grpc or {})},
                                              "http": {"endpoint": "127.0.0.1:0", **(http or {})}}}},
-        # No rule library: these tests are about the lossless data path, so nothing may annotate.
-        # Releases every 50 ms keep the tests fast.
+        # No rule library, no localizer: these tests are about the lossless data path, so
+        # nothing may annotate.  Releases every 50 ms keep the tests fast.
         "processors": {"faulttrace": {"decision_wait": decision_wait, "builtin_rules": False,
+                                      "localizer": {"enabled": False},
                                       "release_interval": 0.05, **(processor or {})}},
         "exporters": exporters,
         "service": {"pipelines": {"traces": {"receivers": ["otlp"], "processors": ["faulttrace"],

@@ -230,3 +230,23 @@ def test_builtin_rules_switched_off(pipeline_factory, grpc_sink, custom_rules):
     assert rca(client)["rca.rule"] == ("array_value", ["custom.legacy_provider"])
     assert rca(client)["rca.rank"] == ("int_value", 1)
     assert rca(got[("frontend", "GET /checkout")])["rca.verdict.span_id"] == ("string_value", client.span_id.hex())
+
+
+def test_rules_and_localizer_together_blame_the_origin_and_mark_its_symptoms(pipeline_factory, grpc_sink):
+    # The product's default analysis: the rule library and the rule-free localizer, merged.
+    sent, received = run(pipeline_factory, grpc_sink, {"builtin_rules": True, "localizer": {"enabled": True}},
+                         failing_checkout, healthy_home)
+    assert_same_spans(sent, [without_rca(r) for r in received])
+    got = by_name(received)
+    card = rca(got[("payments", "charge card")])
+    assert card["rca.rank"] == ("int_value", 1)
+    assert "code.deepest_exception" in card["rca.rule"][1]
+    assert any(r.startswith("localizer.") for r in card["rca.rule"][1])  # both kinds of evidence agree
+    # the spans that only propagated the error up are symptoms, never root causes
+    for key in (("payments", "POST /charge"), ("frontend", "POST /charge"), ("frontend", "GET /checkout")):
+        attrs = rca(got[key])
+        assert attrs.get("rca.symptom") == ("bool_value", True) or attrs.get("rca.rank", ("", 0))[1] > 1, key
+    assert rca(got[("frontend", "GET /checkout")])["rca.verdict.service"] == ("string_value", "payments")
+    # the healthy trace carries nothing
+    for key in (("frontend", "GET /home"), ("frontend", "GET /cart")):
+        assert not rca(got[key]), key

@@ -82,7 +82,8 @@ class LocalizerAnalyzer:
         verdict = blame_traces(conn, metrics, baseline, ranking, self.per_trace, _details(conn, table, columns))
         found = self._attribute(conn, table, verdict)
         self.history.learn(metrics, dict.fromkeys(verdict.traces, self.learn_suspect))
-        return _with_attributions(verdict, found)
+        services = tuple((r.service, round(r.score, 4)) for r in ranking if r.score > 0)
+        return dataclasses.replace(_with_attributions(verdict, found), services=services)
 
     def _attribute(self, conn: duckdb.DuckDBPyConnection, table: str, verdict: LocalizedBatch) -> list[Attribution]:
         # every candidate has evidence of its own (an error origin or latency), so all are anomalous
@@ -133,4 +134,4 @@ def _with_attributions(verdict: LocalizedBatch, found: list[Attribution]) -> Loc
             more = tuple(dataclasses.replace(head, source="localizer.attribution", message=a.message) for a in adds)
             cands.append(dataclasses.replace(c, evidence=c.evidence + more))
         traces[trace_id] = TraceVerdict(trace_id, v.root_span_id, tuple(cands))
-    return LocalizedBatch(traces, verdict.symptoms, tuple(found))
+    return dataclasses.replace(verdict, traces=traces, attributions=tuple(found))

@@ -57,10 +57,9 @@ ORDER BY trace_id, start_ns
 
 @dataclass(frozen=True, slots=True)
 class LocalizedBatch(BatchVerdict):
-    """A ``BatchVerdict`` plus, per trace, the spans whose error or delay is inherited
-    from its root causes (annotated ``rca.symptom=true``)."""
+    """A ``BatchVerdict`` (with, per trace, the spans whose error or delay is inherited
+    from its root causes: ``symptoms``) plus the attribute values candidates share."""
 
-    symptoms: dict[bytes, tuple[bytes, ...]] = field(default_factory=dict)
     attributions: tuple[Attribution, ...] = ()   # attribute values the candidates share
 
 
