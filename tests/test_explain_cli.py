@@ -39,9 +39,18 @@ def faulttrace(*args: str | Path) -> subprocess.CompletedProcess[str]:
 
 
 def explain_json(*args: str | Path) -> dict:
-    run = faulttrace("explain", "--format", "json", *args)
+    # Rules and fault trees alone here; the localizer's evidence has a test of its own.
+    run = faulttrace("explain", "--no-localizer", "--format", "json", *args)
     assert run.returncode == 0, run.stderr
     return json.loads(run.stdout)
+
+
+def without_evidence(doc: dict) -> dict:
+    """The document with each root cause's evidence list taken off (checked elsewhere)."""
+    for trace in doc["traces"]:
+        for cause in trace["root_causes"]:
+            assert cause.pop("evidence")
+    return doc
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +61,7 @@ def custom_rules(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_text_shows_the_tree_with_the_root_cause_marked():
-    run = faulttrace("explain", CHECKOUT)
+    run = faulttrace("explain", "--no-localizer", CHECKOUT)
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
     assert lines[0] == f"trace {FAILING}: 4 spans, 2 root cause(s)"
@@ -77,9 +86,9 @@ def test_text_shows_the_tree_with_the_root_cause_marked():
 
 def test_json_matches_the_schema():
     doc = explain_json(CHECKOUT)
-    assert list(doc) == ["traces"]
+    assert list(doc) == ["traces", "services"]
     assert [t["trace_id"] for t in doc["traces"]] == [FAILING, HEALTHY]
-    keys = ["rank", "span_id", "service", "name", "layer", "rules", "confidence", "message"]
+    keys = ["rank", "span_id", "service", "name", "layer", "rules", "confidence", "message", "evidence"]
     for trace in doc["traces"]:
         assert list(trace) == ["trace_id", "root_causes", "fault_trees"]
         for cause in trace["root_causes"]:
@@ -87,6 +96,9 @@ def test_json_matches_the_schema():
             assert isinstance(cause["rank"], int) and isinstance(cause["confidence"], float)
             assert all(isinstance(r, str) for r in cause["rules"])
     first, second = doc["traces"][0]["root_causes"]
+    for cause in (first, second):  # one piece of evidence per rule (and per fault tree through it)
+        evidence = cause.pop("evidence")
+        assert [e["source"] for e in evidence if e["kind"] == "rule"] == cause["rules"]
     assert first == {"rank": 1, "span_id": "a000000000000004", "service": "payments", "name": "SELECT cards",
                      "layer": "code",
                      "rules": ["code.deepest_exception", "infra.connection_pool_exhausted", "data.failed_db_query"],
@@ -103,7 +115,7 @@ def test_custom_rules_alone(custom_rules):
     cart.write_text('rule custom.cart { title "cart" layer data severity info confidence 1\n'
                     '  match span c where c.name = "GET /cart" }\n')
     doc = explain_json("--no-builtin-rules", "--rules", custom_rules, "--rules", cart, CHECKOUT)
-    assert doc == {"traces": [
+    assert without_evidence(doc) == {"services": [], "traces": [
         {"trace_id": FAILING, "root_causes": [], "fault_trees": []},
         {"trace_id": HEALTHY, "fault_trees": [], "root_causes": [
             {"rank": 1, "span_id": "b000000000000002", "service": "frontend", "name": "GET /cart",
@@ -129,7 +141,7 @@ def test_custom_rules_beside_the_builtin_library_from_gzipped_json_lines(tmp_pat
 def test_no_rules_at_all_finds_nothing():
     doc = explain_json("--no-builtin-rules", CHECKOUT)
     assert doc == {"traces": [{"trace_id": FAILING, "root_causes": [], "fault_trees": []},
-                              {"trace_id": HEALTHY, "root_causes": [], "fault_trees": []}]}
+                              {"trace_id": HEALTHY, "root_causes": [], "fault_trees": []}], "services": []}
 
 
 def test_bad_inputs_exit_2_with_a_message(tmp_path):
@@ -146,3 +158,15 @@ def test_bad_inputs_exit_2_with_a_message(tmp_path):
     assert run.returncode == 2
     assert f"{bad_rules}:1:" in run.stderr and "error[E031]" in run.stderr
     assert run.stdout == ""
+
+
+def test_the_localizer_adds_its_evidence_and_a_service_ranking():
+    run = faulttrace("explain", "--format", "json", CHECKOUT)
+    assert run.returncode == 0, run.stderr
+    doc = json.loads(run.stdout)
+    first = doc["traces"][0]["root_causes"][0]
+    assert first["span_id"] == "a000000000000004"  # the rules' verdict still leads
+    kinds = {e["kind"] for e in first["evidence"]}
+    assert kinds == {"rule", "localizer", "fault_tree"} or kinds == {"rule", "localizer"}
+    assert any(e["source"] == "localizer.errors" for e in first["evidence"])
+    assert doc["services"][0]["service"] == "payments" and doc["services"][0]["score"] > 0
