@@ -10,9 +10,10 @@ Three processes, so that none of them shares the others' interpreter lock:
   same receiver and exporter with no store;
 * a real OTLP/gRPC sink counting what arrives.
 
-A third mode runs the pipeline with rules (the built-in library plus the
-files given with ``--rules``, by default 50 generated rules of mixed kinds),
-to show what evaluation costs.
+Two more modes show what analysis costs: ``rules`` runs the built-in library
+plus the files given with ``--rules`` (by default 50 generated rules of mixed
+kinds), ``full`` what ``faulttrace serve`` runs by default (the rule library,
+its fault trees and the localizer).
 
 Throughput is the sink's steady-state rate (after the first ``decision_wait``
 and a warm-up second, until the load stops); every run also checks that every
@@ -42,8 +43,10 @@ MARKER = b"\xfa\x17\x7e\x3c\x55\x0d\xb1\x29"  # first half of every template tra
 SPANS_PER_TRACE = 10
 TRACES_PER_REQUEST = 50
 SERVICES = ("frontend", "checkout", "cart", "payment", "inventory")
-# pipeline: no rules; rules: the built-in library plus --rules files; passthrough: receiver + exporter only.
-MODES = ("pipeline", "rules", "passthrough")
+# pipeline: no analysis; rules: the built-in library plus --rules files (default: 50 generated
+# rules); full: the default analysis of `faulttrace serve` (rule library + localizer);
+# passthrough: receiver + exporter only.
+MODES = ("pipeline", "rules", "full", "passthrough")
 
 
 # --- rules -------------------------------------------------------------------------
@@ -217,14 +220,15 @@ def sink_main(ready: Connection, count: Any, stop: Any) -> None:
 # --- server under test -------------------------------------------------------------
 
 
-def _config(sink_port: int, decision_wait: float, compression: str, rules: list[str] | None) -> Any:
+def _config(sink_port: int, decision_wait: float, compression: str, rules: list[str] | None,
+            localizer: bool = False) -> Any:
     # rules None: no rules at all; otherwise the built-in library plus these files
     # (by default a file of the 50 generated bench rules).
     return parse_config({
         "receivers": {"otlp": {"protocols": {"grpc": {"endpoint": "127.0.0.1:0", "max_recv_msg_size_mib": 16}}}},
         "processors": {"faulttrace": {"decision_wait": decision_wait, "max_buffered_spans": 2_000_000,
                                       "max_traces": 500_000, "builtin_rules": rules is not None,
-                                      "rules": rules or []}},
+                                      "rules": rules or [], "localizer": {"enabled": localizer}}},
         "exporters": {"otlp_grpc": {"endpoint": f"127.0.0.1:{sink_port}", "tls": {"insecure": True},
                                     "compression": compression}},
         "service": {"pipelines": {"traces": {"receivers": ["otlp"], "processors": ["faulttrace"],
@@ -282,7 +286,10 @@ async def _serve(mode: str, sink_port: int, decision_wait: float, compression: s
         with open(path, "w", encoding="utf-8") as f:
             f.write(bench_rule_text(50))
         rules = [path]
-    config = _config(sink_port, decision_wait, compression, rules if mode == "rules" else None)
+    if mode == "full":  # what `faulttrace serve` runs by default: the rule library and the localizer
+        config = _config(sink_port, decision_wait, compression, [], localizer=True)
+    else:
+        config = _config(sink_port, decision_wait, compression, rules if mode == "rules" else None)
     stats: dict[str, float] = {"max_buffered_spans": 0, "bytes_per_buffered_span": 0.0,
                                "rss_bytes_per_buffered_span": 0.0}
     rss0 = _rss_bytes()
@@ -324,6 +331,9 @@ async def _serve(mode: str, sink_port: int, decision_wait: float, compression: s
 
 def serve_main(mode: str, sink_port: int, decision_wait: float, compression: str, rules: list[str],
                ctl: Connection) -> None:
+    from processor.pipeline import tune_process
+
+    tune_process()  # as `faulttrace serve` does, in every mode
     asyncio.run(_serve(mode, sink_port, decision_wait, compression, rules, ctl))
 
 
@@ -406,6 +416,7 @@ def run_bench(args: argparse.Namespace) -> int:
     thru = [r for r in results if r.mode == "passthrough"]
     ruled = [r for r in results if r.mode == "rules"]
     rules_rate = statistics.median(r.spans_per_s for r in ruled)
+    full_rate = statistics.median(r.spans_per_s for r in results if r.mode == "full")
     summary = {
         "spans_per_s": round(statistics.median(r.spans_per_s for r in pipe)),
         "passthrough_spans_per_s": round(statistics.median(r.spans_per_s for r in thru)),
@@ -418,6 +429,8 @@ def run_bench(args: argparse.Namespace) -> int:
         "rules_spans_per_s": round(rules_rate),
         "rules_ratio": round(rules_rate / max(1.0, statistics.median(r.spans_per_s for r in pipe)), 3),
         "rules": ["built-in", *(args.rules or ["50 generated bench rules"])],
+        "full_spans_per_s": round(full_rate),
+        "full_ratio": round(full_rate / max(1.0, statistics.median(r.spans_per_s for r in pipe)), 3),
         "lossless": all(r.delivered == r.sent for r in results),
         "runs": args.runs, "seconds": args.seconds, "decision_wait_s": decision_wait,
         "compression": args.compression, "spans_per_trace": SPANS_PER_TRACE,
@@ -430,7 +443,8 @@ def run_bench(args: argparse.Namespace) -> int:
     else:
         print(f"pipeline {summary['spans_per_s']:,} spans/s (median), passthrough "
               f"{summary['passthrough_spans_per_s']:,}, ratio {summary['ratio']}; with rules "
-              f"{summary['rules_spans_per_s']:,} ({summary['rules_ratio']} of no rules); "
+              f"{summary['rules_spans_per_s']:,} ({summary['rules_ratio']} of no rules); default analysis "
+              f"{summary['full_spans_per_s']:,} ({summary['full_ratio']}); "
               f"{summary['bytes_per_buffered_span']} B per buffered span; peak RSS {summary['peak_rss_mib']} MiB; "
               f"lossless: {summary['lossless']}")
     return 0 if summary["lossless"] else 1

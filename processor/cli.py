@@ -21,8 +21,9 @@ def _setup_logging(level: str = "info") -> None:
 
 
 async def _serve(config: Config) -> None:
-    from processor.pipeline import Pipeline
+    from processor.pipeline import Pipeline, tune_process
 
+    tune_process()
     pipeline = Pipeline(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
