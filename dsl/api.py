@@ -283,14 +283,27 @@ def _run_conditions(conn: duckdb.DuckDBPyConnection, conditions: Iterable[Compil
     groups: dict[tuple[str, tuple[object, ...]], list[CompiledRule]] = {}
     for cond in conditions:
         groups.setdefault((cond.sql, cond.params), []).append(cond)
+    firsts = tuple(same[0] for same in groups.values())
+    if not firsts:
+        return []
+    sql, params = _union(firsts)  # one statement, as for the rules
+    try:
+        rows = conn.execute(sql, params).fetchall()
+        found: dict[int, list[Finding]] = {}
+        for i, t, sp, d, msg in rows:
+            found.setdefault(i, []).append(_finding(firsts[i], t, sp, d, msg))
+    except duckdb.Error:
+        found = {}
+        for i, cond in enumerate(firsts):
+            try:
+                found[i] = _run(conn, cond)
+            except RuleRuntimeError as err:
+                report(err)
+                for c in list(groups.values())[i][1:]:
+                    report(RuleRuntimeError(c.id, err))
     out: list[Finding] = []
-    for same in groups.values():
-        try:
-            found = _run(conn, same[0])
-        except RuleRuntimeError as err:
-            report(err)
-            continue
-        out += [replace(f, rule_id=c.id) for c in same for f in found]
+    for i, same in enumerate(groups.values()):
+        out += [replace(f, rule_id=c.id) for c in same for f in found.get(i, [])]
     return out
 
 
