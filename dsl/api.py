@@ -24,8 +24,8 @@ import pyarrow as pa
 from dsl import ir
 from dsl.checker import CheckResult, check
 from dsl.compiler import (
-    CompiledRule, EvidenceQuery, cleanup_statements, compile_evidence, compile_rule, foldable, prepare_statements,
-    quote_ident,
+    BASELINE_COLUMNS, BASELINE_TABLE, CompiledRule, EvidenceQuery, cleanup_statements, compile_evidence, compile_rule, foldable,
+    prepare_statements, quote_ident,
 )
 from dsl.diagnostics import Diagnostic, SourceSpan, did_you_mean, render_all, sort_key, to_json
 from dsl.faulttree import TRUE, UNKNOWN, BatchEvidence, TreeOutcome, TreePlan, evaluate_trees, explain
@@ -140,7 +140,8 @@ class RuleSet:
 
     def prepare_statements(self, conn: duckdb.DuckDBPyConnection, table: str) -> list[str]:
         """The statements ``evaluate`` runs first (exposed for benchmarks)."""
-        return prepare_statements(table, self.needs, self.columns, _row_key(conn, table))
+        baseline = "baseline" in self.needs and _has_baseline(conn)
+        return prepare_statements(table, self.needs, self.columns, _row_key(conn, table), baseline)
 
     def evaluate(
         self, conn: duckdb.DuckDBPyConnection, table: str, on_error: Callable[[RuleRuntimeError], None] | None = None,
@@ -360,6 +361,15 @@ def _row_key(conn: duckdb.DuckDBPyConnection, table: str) -> str | None:
     except duckdb.Error:
         return None
     return "rowid"
+
+
+def _has_baseline(conn: duckdb.DuckDBPyConnection) -> bool:
+    """Whether ``BASELINE_TABLE`` (with its columns) is on the connection: the baseline intrinsics read it."""
+    try:
+        conn.execute(f"SELECT {', '.join(BASELINE_COLUMNS)} FROM {BASELINE_TABLE} LIMIT 0").fetchall()
+    except duckdb.Error:
+        return False
+    return True
 
 
 def _run(conn: duckdb.DuckDBPyConnection, rule: CompiledRule) -> list[Finding]:

@@ -26,6 +26,9 @@ SPANS = "__ft_spans"  # prepared span table (temp)
 ANCESTORS = "__ft_ancestors"  # (_row, _anc) for every proper ancestor (temp)
 _DERIVED = "__ft_derived"  # derived per-span values (temp)
 _SOURCE = "__ft_source"  # copy of the batch when it has no row ids (a view)
+BASELINE_TABLE = "__ft_baseline"  # learned baseline the caller registers (optional): service VARCHAR,
+# name VARCHAR, p99_self_ns, median_self_ns, mad_self_ns (numbers, in ns), one row per operation
+BASELINE_COLUMNS = ("service", "name", "p99_self_ns", "median_self_ns", "mad_self_ns")
 _MAX_DEPTH = 256  # guards recursion against parent cycles in bad data
 
 # intrinsic -> SQL over the prepared table (``{v}`` is the span's alias)
@@ -41,9 +44,14 @@ _SPAN_SQL = {
     "end": "{v}.end_ns",
     "is_root": "{v}._is_root",
     "depth": "{v}._depth",
+    "baseline_p99": "{v}._b_p99",
+    "baseline_median": "{v}._b_median",
+    # robust z-score of the self time; nil when MAD is 0 (like a division by zero)
+    "zscore": "(({v}._self - {v}._b_median_f) / nullif(1.4826 * {v}._b_mad, 0))",
 }
-_NULLABLE_INTRINSICS = {"name", "service", "status_message"}
-_NEEDS = {"self_time": "self_time", "depth": "depth"}
+_NULLABLE_INTRINSICS = {"name", "service", "status_message", "baseline_p99", "baseline_median", "zscore"}
+_NEEDS = {"self_time": ("self_time",), "depth": ("depth",), "baseline_p99": ("baseline",),
+          "baseline_median": ("baseline",), "zscore": ("baseline", "self_time")}
 _STR_FUNCS = {"contains": "contains", "starts_with": "starts_with", "ends_with": "ends_with"}
 
 
@@ -178,8 +186,7 @@ def _value(node: ir.Node, ctx: _Ctx) -> str:
         case ir.Const():
             return ctx.bind(node.value)
         case ir.Intrinsic():
-            if node.name in _NEEDS:
-                ctx.needs.add(_NEEDS[node.name])
+            ctx.needs.update(_NEEDS.get(node.name, ()))
             return _SPAN_SQL[node.name].format(v=ctx.alias(node.var))
         case ir.TraceIntrinsic():
             ctx.needs.add("trace")
@@ -358,8 +365,8 @@ def _render(node: ir.Node, ctx: _Ctx) -> str:
 # ---- the prepare step -----------------------------------------------------------------
 
 
-def prepare_statements(table: str, needs: frozenset[str], columns: tuple[str, ...], row_key: str | None = "rowid"
-                       ) -> list[str]:
+def prepare_statements(table: str, needs: frozenset[str], columns: tuple[str, ...], row_key: str | None = "rowid",
+                       baseline: bool = False) -> list[str]:
     """Statements that build the prepared tables for one batch in ``table``.
 
     ``columns`` are the store columns the rules read (the contract's
@@ -369,7 +376,9 @@ def prepare_statements(table: str, needs: frozenset[str], columns: tuple[str, ..
     values the rule set does not need are not computed.  ``row_key`` is the
     column that numbers the rows: ``rowid`` for a table, a dense ``_row``
     column the caller supplies (e.g. on an Arrow batch, saving a copy); with
-    neither (a plain view) the columns are copied first."""
+    neither (a plain view) the columns are copied first.  ``baseline``: whether
+    ``BASELINE_TABLE`` exists on the connection (when a rule needs it); without
+    it the baseline intrinsics are nil."""
     src = quote_ident(table)
     stmts: list[str] = []
     if row_key is None:
@@ -415,6 +424,20 @@ def prepare_statements(table: str, needs: frozenset[str], columns: tuple[str, ..
         )
         cols.append("tr._t_duration, tr._t_root_service, tr._t_root_name, tr._t_span_count, tr._t_error_count")
         joins.append("LEFT JOIN tr ON tr._trace = s._trace")
+    if "baseline" in needs:
+        if baseline:
+            # one row per operation even if the caller's table repeats one
+            ctes.append(
+                "bl AS (SELECT service, name, max(CAST(p99_self_ns AS DOUBLE)) AS p99, "
+                "max(CAST(median_self_ns AS DOUBLE)) AS med, max(CAST(mad_self_ns AS DOUBLE)) AS mad "
+                f"FROM {BASELINE_TABLE} GROUP BY service, name)"
+            )
+            cols.append("CAST(round(bl.p99) AS BIGINT) AS _b_p99, CAST(round(bl.med) AS BIGINT) AS _b_median, "
+                        "bl.med AS _b_median_f, bl.mad AS _b_mad")
+            joins.append("LEFT JOIN bl ON bl.service = s.service AND bl.name = s.name")
+        else:
+            cols.append("CAST(NULL AS BIGINT) AS _b_p99, CAST(NULL AS BIGINT) AS _b_median, "
+                        "CAST(NULL AS DOUBLE) AS _b_median_f, CAST(NULL AS DOUBLE) AS _b_mad")
     stmts.append(
         f"CREATE OR REPLACE TEMP TABLE {_DERIVED} AS WITH RECURSIVE {', '.join(ctes)} "
         f"SELECT {', '.join(cols)} FROM s {' '.join(joins)}"

@@ -64,6 +64,10 @@ SPAN_INTRINSICS: dict[str, Ty] = {
     "end": Ty.TIME,
     "is_root": Ty.BOOL,
     "depth": Ty.INT,
+    # the operation's learned baseline (``dsl.compiler.BASELINE_TABLE``); nil without one
+    "baseline_p99": Ty.DURATION,
+    "baseline_median": Ty.DURATION,
+    "zscore": Ty.DOUBLE,
 }
 # trace intrinsics, read as `trace.<name>`
 TRACE_INTRINSICS: dict[str, Ty] = {

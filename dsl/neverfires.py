@@ -14,7 +14,7 @@ from dsl import ir
 from dsl.ir import Ty
 
 _FLIP = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "=": "=", "!=": "!="}
-_NONNEGATIVE = {"duration", "self_time", "depth", "span_count", "error_count"}
+_NONNEGATIVE = {"duration", "self_time", "depth", "span_count", "error_count", "baseline_p99", "baseline_median"}
 
 
 def _conjuncts(node: ir.Node) -> Iterator[ir.Node]:

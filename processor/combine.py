@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import duckdb
 
-from dsl import AttrRef
+from dsl import BASELINE_TABLE, AttrRef
 from processor.analysis import Analyzer, BatchVerdict, Candidate, Evidence, TraceVerdict
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,23 @@ def _rank(candidates: tuple[Candidate, ...]) -> tuple[Candidate, ...]:
     return tuple(dataclasses.replace(c, rank=i) for i, c in enumerate(ordered, 1))
 
 
+def register_baseline(conn: duckdb.DuckDBPyConnection, analyzers: Sequence[Analyzer]) -> bool:
+    """Register the first learned baseline among ``analyzers`` (one with ``baseline_table()``,
+    i.e. the localizer) as ``dsl.BASELINE_TABLE`` for the rules' baseline intrinsics;
+    whether one was registered (the caller unregisters it)."""
+    for analyzer in analyzers:
+        baseline_table = getattr(analyzer, "baseline_table", None)
+        if baseline_table is None:
+            continue
+        try:
+            conn.register(BASELINE_TABLE, baseline_table())
+        except Exception:  # without it the baseline intrinsics are nil; the rules still run
+            log.exception("registering the baseline of %s failed", type(analyzer).__name__)
+            return False
+        return True
+    return False
+
+
 class CombinedAnalyzer:
     """Runs each analyzer over the batch and merges their verdicts.
 
@@ -87,14 +104,27 @@ class CombinedAnalyzer:
 
     def analyze(self, conn: duckdb.DuckDBPyConnection, table: str) -> BatchVerdict:
         verdicts = []
-        for analyzer, statistical in [(a, False) for a in self.analyzers] + [(a, True) for a in self.statistical]:
-            try:
-                verdict = analyzer.analyze(conn, table)
-            except Exception:  # component boundary: the other analyzers' evidence still counts
-                log.exception("%s failed on a batch", type(analyzer).__name__)
-                continue
-            verdicts.append(on_rule_scale(verdict) if statistical else verdict)
+        # rules read the baseline learned so far (before the localizer learns this batch)
+        registered = register_baseline(conn, self.statistical) if self.analyzers else False
+        try:
+            for analyzer in self.analyzers:
+                self._run(analyzer, conn, table, verdicts, False)
+        finally:
+            if registered:
+                conn.unregister(BASELINE_TABLE)
+        for analyzer in self.statistical:
+            self._run(analyzer, conn, table, verdicts, True)
         return merge(verdicts) if len(verdicts) != 1 else verdicts[0]
+
+    @staticmethod
+    def _run(analyzer: Analyzer, conn: duckdb.DuckDBPyConnection, table: str, verdicts: list[BatchVerdict],
+             statistical: bool) -> None:
+        try:
+            verdict = analyzer.analyze(conn, table)
+        except Exception:  # component boundary: the other analyzers' evidence still counts
+            log.exception("%s failed on a batch", type(analyzer).__name__)
+            return
+        verdicts.append(on_rule_scale(verdict) if statistical else verdict)
 
     def close(self) -> None:
         for analyzer in (*self.analyzers, *self.statistical):

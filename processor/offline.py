@@ -10,9 +10,9 @@ import duckdb
 import pyarrow as pa
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from dsl import Finding, RuleSet, TreeOutcome
+from dsl import BASELINE_TABLE, Finding, RuleSet, TreeOutcome
 from processor.analysis import Analyzer, BatchVerdict
-from processor.combine import merge, on_rule_scale
+from processor.combine import merge, on_rule_scale, register_baseline
 from processor.decode import Projection, decode
 from processor.evaluator import verdicts
 from processor.store import RELEASED_TABLE, with_row_numbers
@@ -40,7 +40,10 @@ def analyze(requests: Iterable[ExportTraceServiceRequest], rules: RuleSet,
     conn = duckdb.connect()
     try:
         conn.register(RELEASED_TABLE, with_row_numbers(table))
+        registered = register_baseline(conn, [localizer]) if localizer is not None and table.num_rows else False
         evaluation = rules.evaluate_all(conn, RELEASED_TABLE) if table.num_rows else None
+        if registered:
+            conn.unregister(BASELINE_TABLE)
         findings = evaluation.findings if evaluation else []
         trees = evaluation.trees if evaluation else []
         verdict = verdicts(conn, RELEASED_TABLE, findings, trees) if findings or trees else BatchVerdict()

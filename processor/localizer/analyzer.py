@@ -65,6 +65,14 @@ class LocalizerAnalyzer:
     def close(self) -> None:
         self.history.close()
 
+    def baseline_table(self) -> pa.Table:
+        """The learned per-operation self-time baseline in the rule language's shape
+        (``dsl.BASELINE_COLUMNS``): what `s.baseline_p99`, `s.baseline_median`, `s.zscore` read."""
+        ops = self.history.baseline().ops
+        cols = {"service": "service", "name": "name", "p99_self_ns": "self_p99", "median_self_ns": "self_med",
+                "mad_self_ns": "self_mad"}
+        return pa.table({k: ops.column(v) for k, v in cols.items()})
+
     def analyze(self, conn: duckdb.DuckDBPyConnection, table: str) -> BatchVerdict:
         try:
             return self.localize(conn, table)

@@ -189,3 +189,18 @@ def test_regexes_are_judged_by_re2_when_a_validator_is_given():
     assert _regex_problem(r"a\++", None) == ""
     assert _regex_problem(r"\p{Greek}", lambda p: "") == ""  # RE2 syntax Python lacks
     assert _regex_problem("x", lambda p: "nope") == "nope"
+
+
+def test_baseline_intrinsics_type():
+    r = checked("e.self_time > 5 * e.baseline_p99 and e.zscore > 3 and e.duration - e.baseline_median > 1s")
+    assert r.ok and codes(r) == []
+    a, b, c = r.rules[0].where.items
+    assert a.right.ty is Ty.DURATION and a.right.right == ir.Intrinsic("e", "baseline_p99", Ty.DURATION)
+    assert b.left == ir.Intrinsic("e", "zscore", Ty.DOUBLE)
+    assert c.left.ty is Ty.DURATION
+    r = checked("e.zscore > 250ms")
+    assert not r.ok and codes(r) == ["E020"]
+    r = checked("e.baseline_p99 > 3")
+    assert not r.ok and codes(r) == ["E020"]
+    r = checked("e.zscor > 3")
+    assert codes(r) == ["E011"] and any("zscore" in h for h in r.diagnostics[0].hints)

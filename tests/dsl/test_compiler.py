@@ -6,8 +6,10 @@ from __future__ import annotations
 import time
 
 import duckdb
+import pyarrow as pa
 import pytest
 
+from dsl import BASELINE_TABLE
 from dsl.compiler import quote_ident
 from dsl_spans import Trace, load
 
@@ -324,3 +326,59 @@ def test_a_failing_rule_does_not_cost_the_others(rules_from, shop):
     findings = rs.evaluate(conn, "batch", on_error=errors.append)
     assert [f.rule_id for f in findings] == ["t.b"]
     assert [e.rule_id for e in errors] == ["t.a"] and "boom" in str(errors[0])
+
+
+# ---- baseline intrinsics ------------------------------------------------------------------
+
+
+def _baseline_run(ruleset, *traces, baseline=None):
+    conn = duckdb.connect()
+    try:
+        load(conn, traces, ruleset.projection)
+        if baseline is not None:
+            conn.register(BASELINE_TABLE, pa.table({
+                "service": [b[0] for b in baseline], "name": [b[1] for b in baseline],
+                "p99_self_ns": [b[2] for b in baseline], "median_self_ns": [float(b[3]) for b in baseline],
+                "mad_self_ns": [float(b[4]) for b in baseline]}))
+        return ruleset.evaluate(conn, "batch")
+    finally:
+        conn.close()
+
+
+def _slow_trace() -> Trace:
+    t = Trace()
+    r = t.span("GET /", start=0, end=200, service="front")
+    t.span("query", r, start=10, end=190, service="db")   # self 180ms
+    t.span("lookup", r, start=0, end=5, service="cache")   # self 5ms, no baseline
+    return t
+
+
+MSNS = 1_000_000
+BASE = [("db", "query", 20 * MSNS, 10 * MSNS, 2 * MSNS), ("front", "GET /", 100 * MSNS, 30 * MSNS, 5 * MSNS)]
+
+
+def test_baseline_intrinsics_read_the_registered_baseline(rules_from):
+    t = _slow_trace()
+    rs = rules_from(rule("e.self_time > 5 * e.baseline_p99",
+                         message='"{e.name} {e.baseline_p99} {e.baseline_median} {e.zscore}"'))
+    (f,) = _baseline_run(rs, t, baseline=BASE)
+    assert f.message.startswith("query 20ms 10ms 57.33")  # (180 - 10) / (1.4826 * 2)
+    rs = rules_from(rule("e.zscore > 3", message='"{e.name}"'))
+    # query: (180 - 10) / (1.4826 * 2) ~ 57; GET /: self 15ms, (15 - 30) / (1.4826 * 5) < 0
+    assert [f.message for f in _baseline_run(rs, t, baseline=BASE)] == ["query"]
+    rs = rules_from(rule("not exists(e.zscore)", message='"{e.name}"'))
+    assert [f.message for f in _baseline_run(rs, t, baseline=BASE)] == ["lookup"]  # no baseline: nil
+
+
+def test_baseline_intrinsics_are_nil_without_a_baseline_table(rules_from):
+    t = _slow_trace()
+    rs = rules_from(rule("e.self_time > 5 * e.baseline_p99 or e.zscore > 3"))
+    assert _baseline_run(rs, t) == []
+    rs = rules_from(rule("true", message='"{e.name} {e.baseline_p99} {e.zscore}"'))
+    assert sorted(f.message for f in _baseline_run(rs, t)) == ["GET / nil nil", "lookup nil nil", "query nil nil"]
+
+
+def test_zscore_is_nil_when_the_mad_is_zero(rules_from):
+    rs = rules_from(rule("exists(e.baseline_median) and not exists(e.zscore)", message='"{e.name}"'))
+    base = [("db", "query", 20 * MSNS, 10 * MSNS, 0)]
+    assert [f.message for f in _baseline_run(rs, _slow_trace(), baseline=base)] == ["query"]

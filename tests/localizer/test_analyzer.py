@@ -14,8 +14,12 @@ import pyarrow as pa
 import pytest
 import synth
 
-from dsl import AttrRef, AttrSource, column_name
+from dsl import BASELINE_TABLE, AttrRef, AttrSource, column_name, load_rules
 from processor.analysis import BatchVerdict
+from processor.combine import CombinedAnalyzer
+from processor.evaluator import RuleAnalyzer
+from processor.offline import analyze
+from processor.tracefile import read_requests
 from processor.localizer import LocalizedBatch, LocalizerAnalyzer
 from processor.localizer.analyzer import EXCEPTION, EXCEPTION_MESSAGE, EXCEPTION_TYPE
 
@@ -194,3 +198,52 @@ def test_a_failing_batch_is_logged_and_yields_an_empty_verdict(
         verdict = LocalizerAnalyzer().analyze(conn, "released")
     assert type(verdict) is BatchVerdict and not verdict.traces
     assert "localizing a batch of released failed" in caplog.text
+
+
+def test_rules_read_the_learned_baseline_through_the_combined_analyzer(
+        tmp_path: Path, conn: duckdb.DuckDBPyConnection) -> None:
+    path = tmp_path / "baseline.rules"
+    path.write_text('''rule code.slow_vs_baseline {
+  title "self time far above its baseline"
+  layer code
+  severity high
+  confidence 0.9
+  match span e where e.self_time > 5 * e.baseline_p99 and e.zscore > 3
+  message "{e.self_time} vs p99 {e.baseline_p99}"
+}
+''', encoding="utf-8")
+    rules = load_rules([path])
+
+    def run(combined: CombinedAnalyzer, rows: list[dict[str, Any]]) -> BatchVerdict:
+        conn.register("released", synth.batch(rows))
+        try:
+            return combined.analyze(conn, "released")
+        finally:
+            conn.unregister("released")
+
+    def fired(verdict: BatchVerdict) -> set[bytes]:
+        return {t for t, v in verdict.traces.items() for c in v.candidates for e in c.evidence
+                if e.source == "code.slow_vs_baseline" and c.service == "db"}
+
+    rows, bad = _mixed(synth.Faults(slow={"db": 20.0}), seed=420)
+    cold = CombinedAnalyzer([RuleAnalyzer(rules)], [LocalizerAnalyzer()])
+    assert fired(run(cold, rows)) == set()  # no baseline yet: the rule's values are nil
+    combined = CombinedAnalyzer([RuleAnalyzer(rules)], [LocalizerAnalyzer()])
+    for seed in range(3):
+        run(combined, synth.spans(n=40, seed=410 + seed))
+    assert fired(run(combined, rows)) == bad
+    assert conn.execute(f"SELECT count(*) FROM duckdb_views() WHERE view_name = '{BASELINE_TABLE}'").fetchall() == [(0,)]
+
+
+def test_offline_analysis_gives_rules_the_seeded_baseline(tmp_path: Path) -> None:
+    synth.write_otlp(synth.spans(n=80, seed=0), tmp_path / "normal.jsonl.gz")
+    rows, bad = _mixed(synth.Faults(slow={"db": 20.0}), seed=500)
+    synth.write_otlp(rows, tmp_path / "incident.jsonl.gz")
+    path = tmp_path / "b.rules"
+    path.write_text('rule code.slow {\n title "t"\n layer code\n severity high\n confidence 0.9\n'
+                    ' match span e where e.service = "db" and e.self_time > 5 * e.baseline_p99\n}\n', encoding="utf-8")
+    rules = load_rules([path])
+    requests = read_requests(tmp_path / "incident.jsonl.gz")
+    assert analyze(requests, rules).findings == []  # no localizer, no baseline: nil
+    result = analyze(requests, rules, LocalizerAnalyzer(tmp_path / "normal.jsonl.gz"))
+    assert {f.trace_id for f in result.findings} == bad
