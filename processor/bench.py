@@ -357,7 +357,7 @@ def _one_run(ctx: Any, mode: str, sink_port: int, count: Any, args: argparse.Nam
              decision_wait: float) -> RunResult:
     ctl, child_ctl = ctx.Pipe()
     server = ctx.Process(target=serve_main, args=(mode, sink_port, decision_wait, args.compression,
-                                                  list(args.rules or []), child_ctl), daemon=True)
+                                                  list(args.rules or []), child_ctl))
     server.start()
     port = ctl.recv()
     base = count.value

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dsl import AttrRef, AttrSource, AttrType
 from processor.admin import AdminServer
 from processor.analysis import Analyzer, TraceVerdict
-from processor.analyzers import build_analyzer
+from processor.analyzers import pipeline_analyzer
 from processor.annotate import Annotation, annotate
 from processor.annotator import annotations, late_annotations
 from processor.assembler import Assembler, Due, ReleaseReason
@@ -66,7 +66,7 @@ class Pipeline:
         self._clock = clock
         proc = config.processor
         if analyzer is None:
-            analyzer = build_analyzer(proc)
+            analyzer = pipeline_analyzer(proc)
         self._analyzer = analyzer
         refs = configured_projection(proc) | (set(analyzer.projection()) if analyzer else set())
         self.store = SpanStore(Projection.of(refs), proc.storage.path, proc.storage.memory_limit,
