@@ -250,27 +250,6 @@ class Bdd:
 
         return go(node)
 
-    def restrict(self, f: int, name: str, value: bool) -> int:
-        level = self.level[name]
-        memo: dict[int, int] = {}
-
-        def go(n: int) -> int:
-            if n <= 1:
-                return n
-            if n in memo:
-                return memo[n]
-            lvl, lo, hi = self.nodes[n]
-            if lvl > level:
-                out = n
-            elif lvl == level:
-                out = hi if value else lo
-            else:
-                out = self._mk(lvl, go(lo), go(hi))
-            memo[n] = out
-            return out
-
-        return go(f)
-
     def probability(self, f: int, p: Mapping[str, float]) -> float:
         """P(f) with independent variables, P(v) = p[v] (Shannon expansion)."""
         probs = [p[v] for v in self.order]

@@ -448,8 +448,3 @@ def run_bench(args: argparse.Namespace) -> int:
               f"{summary['bytes_per_buffered_span']} B per buffered span; peak RSS {summary['peak_rss_mib']} MiB; "
               f"lossless: {summary['lossless']}")
     return 0 if summary["lossless"] else 1
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(run_bench(argparse.Namespace(seconds=5, runs=1, senders=2, decision_wait="1s", format="text",
-                                          compression="none")))

@@ -8,8 +8,6 @@ followed by one length-delimited field 2 per ScopeSpans, and so on.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 # Field numbers, from opentelemetry/proto/trace/v1/trace.proto.
 REQUEST_RESOURCE_SPANS = 1   # ExportTraceServiceRequest.resource_spans
 RESOURCE_SPANS_SCOPE_SPANS = 2  # ResourceSpans.scope_spans
@@ -40,9 +38,3 @@ def tag(field: int) -> bytes:
 def length_delimited(field: int, payload: bytes) -> bytes:
     """One encoded length-delimited field: key, length, payload."""
     return tag(field) + varint(len(payload)) + payload
-
-
-def repeated(field: int, payloads: Iterable[bytes]) -> bytes:
-    """Several occurrences of one length-delimited field, concatenated."""
-    key = tag(field)
-    return b"".join(key + varint(len(p)) + p for p in payloads)

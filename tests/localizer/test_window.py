@@ -68,12 +68,12 @@ def test_wilson_lower_bound_is_cautious_on_small_samples() -> None:
 
 def test_trace_verdicts_blame_the_slow_span_in_each_trace(baseline: Baseline) -> None:
     from processor.localizer import rank_services
-    from processor.localizer.verdict import trace_verdicts
+    from processor.localizer.blame import blame_traces
 
     conn = duckdb.connect()
     metrics = span_metrics(conn, synth.table(synth.spans(faults=synth.Faults(slow={"payment": 5.0}), seed=7)))
     ranking = rank_services(conn, metrics, baseline)
-    verdict = trace_verdicts(conn, metrics, baseline, ranking)
+    verdict = blame_traces(conn, metrics, baseline, ranking, 3)
     assert len(verdict.traces) >= 50
     tops = [v.top for v in verdict.traces.values()]
     assert all(t is not None and t.rank == 1 and t.service == "payment" for t in tops)
