@@ -1,19 +1,31 @@
-"""What analysis concludes about a batch of completed traces, and the analyzer interface.
+"""What analysis concludes about a batch of completed traces, and its interfaces.
 
-An analyzer (rules now; fault trees and the localizer later) reads the
-released spans in DuckDB and returns a ``BatchVerdict``: per trace, ranked
-root-cause candidates.  The annotator turns verdicts into span annotations;
-``faulttrace explain`` prints them.
+An ``Analyzer`` (rules with their fault trees, the localizer, or both
+combined) reads the released spans in DuckDB and returns a ``BatchVerdict``:
+per trace, ranked root-cause candidates.  An ``Analysis`` is where a
+pipeline's analyzer runs (``processor.analyzers``, ``processor.worker``).
+The annotator turns verdicts into span annotations; ``faulttrace explain``
+prints them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import duckdb
+import pyarrow as pa
 
 from dsl import AttrRef, TreeOutcome
+
+RELEASED_TABLE = "released"  # the name analyzers read a released batch under
+
+
+def with_row_numbers(table: pa.Table) -> pa.Table:
+    """The batch with a dense ``_row`` column: rules key derived values on it
+    instead of copying the (Arrow) batch into DuckDB first."""
+    return table.append_column("_row", pa.array(range(table.num_rows), pa.int64()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +114,24 @@ class BatchVerdict:
 
 
 class Analyzer(Protocol):
-    """Reads released spans in DuckDB (table ``table``) on the store thread; says what it found."""
+    """Reads released spans in DuckDB (table ``table``, with the attribute
+    columns of ``projection()``); says what it found."""
 
     def projection(self) -> frozenset[AttrRef]: ...
 
     def analyze(self, conn: duckdb.DuckDBPyConnection, table: str) -> BatchVerdict: ...
+
+
+class Analysis(Protocol):
+    """Where a pipeline's analysis runs: it gets each released batch as the
+    store kept it (``project.STORE_SCHEMA``, span bytes included) with the
+    heads of the batch's resources, projects the attributes its analyzer
+    reads and returns the verdict.  Batches are analyzed one at a time, in
+    the order given.  It never raises: a failed analysis costs the batch its
+    verdict, not its spans."""
+
+    def projection(self) -> frozenset[AttrRef]: ...
+
+    async def analyze(self, released: pa.Table, resources: Mapping[int, bytes]) -> BatchVerdict: ...
+
+    def close(self) -> None: ...

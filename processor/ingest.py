@@ -15,7 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from processor.decode import MalformedRequest, Projection, decode
+from processor.decode import MalformedRequest, decode
 from processor.model import DecodedRequest
 from processor.otlpjson import request_from_json
 from processor.store import SpanStore
@@ -43,15 +43,15 @@ class Accepted:
     error_message: str
 
 
-def _decode_body(data: bytes, encoding: Encoding, projection: Projection) -> DecodedRequest:
+def _decode_body(data: bytes, encoding: Encoding) -> DecodedRequest:
     if encoding is Encoding.JSON:
         try:
-            return decode(request_from_json(data), projection)
+            return decode(request_from_json(data))
         except (ValueError, TypeError, KeyError) as err:  # json_format.ParseError is a ValueError
             if isinstance(err, MalformedRequest):
                 raise
             raise MalformedRequest(f"cannot decode the body as OTLP/JSON: {err}") from None
-    return decode(data, projection)
+    return decode(data)
 
 
 class Ingest:
@@ -77,7 +77,7 @@ class Ingest:
 
     def _decode_and_store(self, data: bytes, encoding: Encoding) -> DecodedRequest:
         """Worker thread: decode, bound, store — one hop off the event loop per request."""
-        decoded = _decode_body(data, encoding, self._store.projection)
+        decoded = _decode_body(data, encoding)
         self._check_capacity(decoded.batch.span_count)
         self._store.append_now(decoded.batch)
         return decoded

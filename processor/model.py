@@ -42,7 +42,8 @@ class DecodedRequest:
 
 @dataclass(frozen=True, slots=True)
 class ReleasedSpans:
-    """Spans leaving the store: row-aligned lists, grouped for export later."""
+    """Spans leaving the store: row-aligned lists, grouped for export later, and
+    ``table``, the same rows as the store kept them (``project.STORE_SCHEMA``) for analysis."""
 
     trace_ids: list[bytes]
     span_ids: list[bytes]
@@ -53,6 +54,7 @@ class ReleasedSpans:
     resources: dict[int, bytes]
     scopes: dict[int, bytes]
     trace_count: int
+    table: pa.Table | None = None
 
     @property
     def span_count(self) -> int:

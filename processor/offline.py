@@ -11,11 +11,10 @@ import pyarrow as pa
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from dsl import BASELINE_TABLE, Finding, RuleSet, TreeOutcome
-from processor.analysis import Analyzer, BatchVerdict
+from processor.analysis import RELEASED_TABLE, Analyzer, BatchVerdict, with_row_numbers
 from processor.combine import merge, on_rule_scale, register_baseline
 from processor.decode import Projection, decode
 from processor.evaluator import verdicts
-from processor.store import RELEASED_TABLE, with_row_numbers
 
 
 @dataclass(frozen=True, slots=True)

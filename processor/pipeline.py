@@ -14,15 +14,14 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from dsl import AttrRef, AttrSource, AttrType
+
 from processor.admin import AdminServer
-from processor.analysis import Analyzer, TraceVerdict
-from processor.analyzers import pipeline_analyzer
+from processor.analysis import Analyzer, BatchVerdict, TraceVerdict
+from processor.analyzers import pipeline_analysis
 from processor.annotate import Annotation, annotate
 from processor.annotator import annotations, late_annotations
 from processor.assembler import Assembler, Due, ReleaseReason
-from processor.config import Config, FaulttraceProcessorConfig
-from processor.decode import Projection
+from processor.config import Config
 from processor.exporters import build_exporter
 from processor.exporters.base import Exporter
 from processor.ingest import Ingest
@@ -52,10 +51,6 @@ RELEASE_CHUNK = 5_000   # traces per store round trip: bounds the latency of one
 GROUP_GC_INTERVAL = 30.0  # seconds between sweeps of unreferenced resource/scope heads
 
 
-def configured_projection(cfg: FaulttraceProcessorConfig) -> set[AttrRef]:
-    return {AttrRef(AttrSource(a.source), a.key, AttrType(a.type), a.event) for a in cfg.attributes}
-
-
 class Pipeline:
     """A running faulttrace: build with a Config, ``await start()``, ``await stop()``."""
 
@@ -65,12 +60,9 @@ class Pipeline:
         self.telemetry = Telemetry()
         self._clock = clock
         proc = config.processor
-        if analyzer is None:
-            analyzer = pipeline_analyzer(proc)
-        self._analyzer = analyzer
-        refs = configured_projection(proc) | (set(analyzer.projection()) if analyzer else set())
-        self.store = SpanStore(Projection.of(refs), proc.storage.path, proc.storage.memory_limit,
-                               threads=proc.storage.threads)
+        # ``analyzer``: run this one (in this process) instead of the configured analysis
+        self._analysis = pipeline_analysis(proc, analyzer)
+        self.store = SpanStore(proc.storage.path, proc.storage.memory_limit, threads=proc.storage.threads)
         self.assembler: Assembler[TraceVerdict] = Assembler(proc.decision_wait, proc.max_traces,
                                                     proc.max_spans_per_trace, proc.late_span_cache)
         self.ingest = Ingest(self.store, proc.max_buffered_spans, self.telemetry, self._on_stored,
@@ -125,9 +117,8 @@ class Pipeline:
             await exporter.shutdown(max(0.0, deadline - self._clock()))
         self.ingest.close()
         await self.store.close()
-        close = getattr(self._analyzer, "close", None)
-        if close is not None:
-            close()
+        if self._analysis is not None:
+            self._analysis.close()
         if self.admin is not None:
             await self.admin.stop()
 
@@ -155,16 +146,21 @@ class Pipeline:
 
     async def _release_loop(self) -> None:
         next_gc = self._clock() + GROUP_GC_INTERVAL
+        interval = self.config.processor.release_interval
+        began = self._clock()
         while self._running:
+            # A period, not a pause: a release that took longer than the
+            # interval (a backlog) is followed by the next one at once.
             try:
-                await asyncio.wait_for(self._wake.wait(), self.config.processor.release_interval)
+                await asyncio.wait_for(self._wake.wait(), max(0.0, began + interval - self._clock()))
             except TimeoutError:
                 pass
             self._wake.clear()
             if not self._running:
                 break
+            began = self._clock()
             try:
-                await self._release(self.assembler.due(self._clock()))
+                await self._release(self.assembler.due(began))
                 if self._clock() >= next_gc:
                     next_gc = self._clock() + GROUP_GC_INTERVAL
                     await self.store.forget_unused_groups()
@@ -179,21 +175,38 @@ class Pipeline:
             # trace would mislead the rules): they get the verdict their trace got.
             late = [t for t, r in zip(due.trace_ids, due.reasons) if r is ReleaseReason.LATE]
             fresh = [t for t, r in zip(due.trace_ids, due.reasons) if r is not ReleaseReason.LATE]
-            analyze = self._analyzer.analyze if self._analyzer else None
+            # One chunk is analyzed while the one before it is annotated and
+            # exported and the next is taken from the store, so the analysis
+            # (by default a process of its own) and this process work at once.
+            previous: tuple[ReleasedSpans, asyncio.Future[BatchVerdict] | None] | None = None
             for start in range(0, len(fresh), RELEASE_CHUNK):
-                began = time.perf_counter()
-                spans, verdict = await self.store.release(fresh[start:start + RELEASE_CHUNK], analyze)
-                log.debug("released %d spans of %d traces in %.3fs", spans.span_count, spans.trace_count,
-                          time.perf_counter() - began)
-                if verdict is not None:
-                    for trace_id, trace_verdict in verdict.traces.items():
-                        self.assembler.set_verdict(trace_id, trace_verdict)
-                await self._export(spans, annotations(verdict) if verdict is not None else {})
+                spans = await self.store.release(fresh[start:start + RELEASE_CHUNK])
+                analysis = None
+                if self._analysis is not None and spans.span_count and spans.table is not None:
+                    analysis = asyncio.ensure_future(self._analysis.analyze(spans.table, spans.resources))
+                if previous is not None:
+                    await self._finish(*previous)
+                previous = (spans, analysis)
+            if previous is not None:
+                await self._finish(*previous)
             for start in range(0, len(late), RELEASE_CHUNK):
-                spans, _ = await self.store.release(late[start:start + RELEASE_CHUNK])
+                spans = await self.store.release(late[start:start + RELEASE_CHUNK])
                 await self._export(spans, late_annotations(spans.trace_ids, spans.span_ids, spans.parent_span_ids,
                                                            self.assembler.verdict))
             self._update_gauges()
+
+    async def _finish(self, spans: ReleasedSpans, analysis: asyncio.Future[BatchVerdict] | None) -> None:
+        """Wait for a chunk's verdict, remember it for late spans, annotate and export the chunk."""
+        verdict = None
+        if analysis is not None:
+            try:
+                verdict = await analysis
+            except Exception:  # never expected (an Analysis does not raise), and never worth the spans
+                log.exception("analysis of %d spans failed; they are exported without a verdict", spans.span_count)
+        if verdict is not None:
+            for trace_id, trace_verdict in verdict.traces.items():
+                self.assembler.set_verdict(trace_id, trace_verdict)
+        await self._export(spans, annotations(verdict) if verdict is not None else {})
 
     async def _export(self, spans: ReleasedSpans, adds: dict[tuple[bytes, bytes], Annotation]) -> None:
         raw = spans.raw

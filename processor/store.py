@@ -1,8 +1,10 @@
 """SpanStore: every buffered span, and the one owner of the DuckDB connection.
 
-Spans wait here, one row each (``dsl.SPAN_COLUMNS``, projected attributes, the
-span's encoded bytes and its resource/scope group ids), until the assembler
-releases their trace; resource and scope heads are kept once per group.
+Spans wait here, one row each (``dsl.SPAN_COLUMNS``, the span's encoded bytes
+and its resource/scope group ids: ``project.STORE_SCHEMA``), until the
+assembler releases their trace; resource and scope heads are kept once per
+group.  Attributes are not columns here: analysis decodes the ones it reads
+from the released spans' bytes (``processor.project``).
 
 Rows live in Arrow record batches that DuckDB reads in place.  Measured on
 the 2-core machine, inserting a request's spans into a DuckDB table costs
@@ -11,7 +13,7 @@ DuckDB keeps deleted rows until their row group is rewritten, so a table under
 constant insert/delete churn holds about twice its live data; keeping the
 decoded Arrow batches costs nothing to insert and exactly their size in
 memory.  Released spans are selected with Arrow's vectorized ``is_in`` and
-handed to DuckDB (zero copy) for rules and localization.
+handed back as an Arrow table too, which analysis reads (``processor.analyzers``).
 
 Batches are grouped into *generations*: appends go to the newest; a
 generation whose spans are all released is dropped whole; an old one holding
@@ -42,21 +44,13 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from processor.decode import Projection
 from processor.model import ReleasedSpans, SpanBatch
+from processor.project import STORE_SCHEMA, Projection
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-RELEASED_TABLE = "released"  # the name rules see the released spans under while they are evaluated
-
-
-def with_row_numbers(table: pa.Table) -> pa.Table:
-    """The batch with a dense ``_row`` column: rules key derived values on it
-    instead of copying the (Arrow) batch into DuckDB first."""
-    return table.append_column("_row", pa.array(range(table.num_rows), pa.int64()))
-
-
+_COLUMNS_SQL = ", ".join(f"{c} {t}" for c, t in Projection.of(()).columns_sql())
 @dataclass(slots=True)
 class _Generation:
     batches: list[pa.RecordBatch] = field(default_factory=list)
@@ -72,9 +66,9 @@ class _Generation:
 class SpanStore:
     """Buffered spans (in memory, plus a DuckDB journal file for durability)."""
 
-    def __init__(self, projection: Projection, path: str | None = None, memory_limit: str | None = None,
+    def __init__(self, path: str | None = None, memory_limit: str | None = None,
                  generation_rows: int = 20_000, threads: int = 1) -> None:
-        self.projection = projection
+        self.schema = STORE_SCHEMA
         self._path = path
         self._memory_limit = memory_limit
         self._generation_rows = generation_rows
@@ -122,8 +116,7 @@ class SpanStore:
             return {}
         conn.execute("CREATE TABLE IF NOT EXISTS resources (id BIGINT PRIMARY KEY, head BLOB NOT NULL)")
         conn.execute("CREATE TABLE IF NOT EXISTS scopes (id BIGINT PRIMARY KEY, head BLOB NOT NULL)")
-        cols = ", ".join(f"{c} {t}" for c, t in self.projection.columns_sql())
-        conn.execute(f"CREATE TABLE IF NOT EXISTS spans ({cols})")
+        conn.execute(f"CREATE TABLE IF NOT EXISTS spans ({_COLUMNS_SQL})")
         return self._recover()
 
     def _recover(self) -> dict[bytes, int]:
@@ -132,14 +125,14 @@ class SpanStore:
         assert conn is not None
         have = [r[0] for r in conn.execute(
             "SELECT column_name FROM duckdb_columns() WHERE table_name = 'spans' ORDER BY column_index").fetchall()]
-        # A projection that changed since reads as NULL for attributes not extracted then.
-        select = ", ".join(c if c in have else f"NULL::{t} AS {c}" for c, t in self.projection.columns_sql())
-        table = conn.sql(f"SELECT {select} FROM spans").to_arrow_table().cast(self.projection.schema)
+        # A journal of an older version may have more columns (attributes were
+        # once projected on arrival): its rows are read as the store keeps them now.
+        table = conn.sql(f"SELECT {', '.join(self.schema.names)} FROM spans").to_arrow_table().cast(self.schema)
         self._resources = dict(conn.execute("SELECT id, head FROM resources").fetchall())
         self._scopes = dict(conn.execute("SELECT id, head FROM scopes").fetchall())
-        if have != [c for c, _ in self.projection.columns_sql()]:
+        if have != self.schema.names:
             conn.execute("DROP TABLE spans")
-            conn.execute(f"CREATE TABLE spans ({', '.join(f'{c} {t}' for c, t in self.projection.columns_sql())})")
+            conn.execute(f"CREATE TABLE spans ({_COLUMNS_SQL})")
             self._journal(table)
         if table.num_rows == 0:
             return {}
@@ -209,28 +202,20 @@ class SpanStore:
 
     # --- release -------------------------------------------------------------
 
-    async def release(self, trace_ids: Iterable[bytes],
-                      evaluate: Callable[[duckdb.DuckDBPyConnection, str], T] | None = None,
-                      ) -> tuple[ReleasedSpans, T | None]:
-        """Remove the traces' spans from the store and hand them back.
-
-        ``evaluate(conn, table)``, if given, runs on the store thread while the
-        released spans are visible to DuckDB as ``table`` (rules and
-        localization read them there, vectorized); its result is returned
-        beside the spans.
-        """
+    async def release(self, trace_ids: Iterable[bytes]) -> ReleasedSpans:
+        """Remove the traces' spans from the store (and its journal) and hand them back."""
         ids = pa.array(list(trace_ids), pa.binary())
-        return await self._run(self._release, ids, evaluate)
+        return await self._run(self._release, ids)
 
-    def _release(self, ids: pa.Array, evaluate: Callable[[duckdb.DuckDBPyConnection, str], T] | None,
-                 ) -> tuple[ReleasedSpans, T | None]:
+    def _release(self, ids: pa.Array) -> ReleasedSpans:
         with self._rows_lock:
             released = self._take(ids)
             spans = self._released_spans(released, len(ids))
             self._collect_generations()
-        with self._db_lock:
-            verdict = self._after_take(ids, released, evaluate) if len(ids) else None
-        return spans, verdict
+        if self.durable and len(ids):
+            with self._db_lock:
+                self._unjournal(ids)
+        return spans
 
     def _take(self, ids: pa.Array) -> pa.Table:
         """Select (and mark released) the rows of ``ids`` in every generation."""
@@ -239,7 +224,7 @@ class SpanStore:
             for gen in self._gens:
                 if gen.live == 0:
                     continue
-                table = gen.table(self.projection.schema)
+                table = gen.table(self.schema)
                 hit = pc.is_in(table.column("trace_id"), value_set=ids)
                 if gen.alive is not None:
                     hit = pc.and_(hit, gen.alive)  # a late span's trace: not its already released rows
@@ -255,27 +240,18 @@ class SpanStore:
                 parts.append(table.filter(hit))
                 gen.live -= count
                 gen.alive = pc.and_not(gen.alive, hit) if gen.alive is not None else pc.invert(hit)
-        released = pa.concat_tables(parts) if parts else self.projection.schema.empty_table()
+        released = pa.concat_tables(parts) if parts else self.schema.empty_table()
         self.buffered_spans -= released.num_rows
         return released
 
-    def _after_take(self, ids: pa.Array, released: pa.Table,
-                    evaluate: Callable[[duckdb.DuckDBPyConnection, str], T] | None) -> T | None:
+    def _unjournal(self, ids: pa.Array) -> None:
         conn = self._conn
         assert conn is not None
-        if self.durable:
-            conn.register("release_ids", pa.table({"trace_id": ids}))
-            try:
-                conn.execute("DELETE FROM spans WHERE trace_id IN (SELECT trace_id FROM release_ids)")
-            finally:
-                conn.unregister("release_ids")
-        if evaluate is None or released.num_rows == 0:
-            return None
-        conn.register(RELEASED_TABLE, with_row_numbers(released))
+        conn.register("release_ids", pa.table({"trace_id": ids}))
         try:
-            return evaluate(conn, RELEASED_TABLE)
+            conn.execute("DELETE FROM spans WHERE trace_id IN (SELECT trace_id FROM release_ids)")
         finally:
-            conn.unregister(RELEASED_TABLE)
+            conn.unregister("release_ids")
 
     def _released_spans(self, released: pa.Table, trace_count: int) -> ReleasedSpans:
         resource_ids = released.column("resource_id").to_pylist()
@@ -290,6 +266,7 @@ class SpanStore:
             resources={r: self._resources[r] for r in set(resource_ids)},
             scopes={s: self._scopes[s] for s in set(scope_ids)},
             trace_count=trace_count,
+            table=released,
         )
 
     def _collect_generations(self) -> None:
@@ -300,7 +277,7 @@ class SpanStore:
             if gen is not newest and gen.live == 0:
                 continue  # its batches are freed with it
             if gen is not newest and gen.alive is not None and gen.live * 4 < gen.rows:
-                table = gen.table(self.projection.schema).filter(gen.alive)
+                table = gen.table(self.schema).filter(gen.alive)
                 gen.batches, gen.rows, gen.alive = table.combine_chunks().to_batches(), gen.live, None
                 gen.nbytes = sum(b.nbytes for b in gen.batches)
             kept.append(gen)
@@ -319,7 +296,7 @@ class SpanStore:
             self._forget_unused_groups_locked()
 
     def _forget_unused_groups_locked(self) -> None:
-        tables = [g.table(self.projection.schema) for g in self._gens]
+        tables = [g.table(self.schema) for g in self._gens]
         for heads, col in ((self._resources, "resource_id"), (self._scopes, "scope_id")):
             used: set[int] = set()
             for t in tables:

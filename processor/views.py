@@ -44,6 +44,16 @@ def _as_map(message: descriptor_pb2.DescriptorProto, field_name: str, scope: str
             f.type_name = f".{scope}.{message.name}.AttributesEntry"
 
 
+def _bytes_map(message: descriptor_pb2.DescriptorProto, field_name: str, number: int, scope: str) -> None:
+    """Add ``map<string, bytes> <field_name> = <number>``: a KeyValue list read with each value's encoding."""
+    entry = message.nested_type.add(name="AttributesEntry")
+    entry.options.map_entry = True
+    entry.field.add(name="key", number=1, type=_F.TYPE_STRING, label=_F.LABEL_OPTIONAL)
+    entry.field.add(name="value", number=2, type=_F.TYPE_BYTES, label=_F.LABEL_OPTIONAL)
+    message.field.add(name=field_name, number=number, type=_F.TYPE_MESSAGE, label=_F.LABEL_REPEATED,
+                      type_name=f".{scope}.AttributesEntry")
+
+
 def _optional_bytes(message: descriptor_pb2.DescriptorProto, name: str, number: int) -> None:
     """A sub-message field read as its exact bytes, keeping presence (proto3 ``optional``)."""
     message.oneof_decl.add(name=f"_{name}")
@@ -104,12 +114,25 @@ def _classes() -> dict[str, Any]:
                              type_name=f".{_PACKAGE}.ScopeSpansView")
     resource_spans.field.add(name="schema_url", number=3, type=_F.TYPE_STRING, label=_F.LABEL_OPTIONAL)
 
+    # A span's attributes and events only, attribute values as their encoded
+    # AnyValue: what projection reads when a trace is released (the span was
+    # checked whole when it was received); equal values have equal bytes, so
+    # a converted value can be cached by them.  Other fields are skipped.
+    attrs = fd.message_type.add(name="SpanAttributesView")
+    _bytes_map(attrs, "attributes", 9, f"{_PACKAGE}.SpanAttributesView")
+    event = attrs.nested_type.add(name="Event")
+    event.field.add(name="name", number=2, type=_F.TYPE_STRING, label=_F.LABEL_OPTIONAL)
+    _bytes_map(event, "attributes", 3, f"{_PACKAGE}.SpanAttributesView.Event")
+    attrs.field.add(name="events", number=11, type=_F.TYPE_MESSAGE, label=_F.LABEL_REPEATED,
+                    type_name=f".{_PACKAGE}.SpanAttributesView.Event")
+
     request = fd.message_type.add(name="RequestView")
     request.field.add(name="resource_spans", number=1, type=_F.TYPE_MESSAGE, label=_F.LABEL_REPEATED,
                       type_name=f".{_PACKAGE}.ResourceSpansView")
     pool.Add(fd)
     return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.{name}"))
-            for name in ("RequestView", "SpanView", "ScopeSpansView", "ResourceSpansView", "ResourceView")}
+            for name in ("RequestView", "SpanView", "ScopeSpansView", "ResourceSpansView", "ResourceView",
+                         "SpanAttributesView")}
 
 
 def request_view() -> Any:
@@ -120,6 +143,16 @@ def request_view() -> Any:
 def resource_view() -> Any:
     """The class reading a Resource with map-shaped attributes."""
     return _classes()["ResourceView"]
+
+
+def resource_spans_view() -> Any:
+    """The class reading a ResourceSpans (or a group head of one) with the resource as bytes."""
+    return _classes()["ResourceSpansView"]
+
+
+def span_attributes_view() -> Any:
+    """The class reading only a span's attributes and events, attribute values as encoded AnyValue."""
+    return _classes()["SpanAttributesView"]
 
 
 def span_view() -> Any:

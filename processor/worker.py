@@ -1,65 +1,67 @@
-"""Analysis in a worker process: rules, fault trees and the localizer off the receiving process.
+"""Analysis in a worker process: projection, rules, fault trees and the localizer off the receiving process.
 
 In one process every return from DuckDB waits for the interpreter lock that
-decoding keeps busy; in its own process the analysis competes only for CPU.
-The batch crosses as Arrow IPC (without the span bytes, which stay behind for
-annotation and export), the verdict comes back pickled.  The worker builds its
+decoding keeps busy, and decoding the attributes analysis reads would double
+the receiving process's work per span; in its own process the analysis
+competes only for CPU.  Each released batch crosses as Arrow IPC (the span
+bytes only when attributes are read from them; they stay behind too for
+annotation and export), with the heads of its resources when resource
+attributes are read; the verdict comes back pickled.  The worker builds its
 analyzer from the same processor config, so its state (the localizer's
 baseline) lives there.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import multiprocessing as mp
 import pickle
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 
-import duckdb
 import pyarrow as pa
 
 from dsl import AttrRef
 from processor.analysis import BatchVerdict
 from processor.config import FaulttraceProcessorConfig
+from processor.project import Projection
 
 log = logging.getLogger(__name__)
-_LEFT_BEHIND = ("raw", "resource_id", "scope_id")  # what analysis never reads
 
 
 def _serve(config_json: str, conn: Connection) -> None:
-    from processor.analyzers import build_analyzer
+    from processor.analyzers import analysis_connection, analysis_projection, analyze_released, build_analyzer
     from processor.pipeline import tune_process
+    from processor.project import Projector
 
     tune_process()
     config = FaulttraceProcessorConfig.model_validate_json(config_json)
     analyzer = build_analyzer(config)
-    db = duckdb.connect()
-    db.execute(f"SET threads TO {int(config.storage.threads)}")
-    conn.send(pickle.dumps(frozenset(analyzer.projection()) if analyzer else frozenset()))
+    projection = analysis_projection(config, analyzer) if analyzer else Projection.of(())
+    projector = Projector(projection)
+    db = analysis_connection(config.storage)
+    conn.send(pickle.dumps(projection.refs))
     while True:
         try:
-            data = conn.recv_bytes()
+            resources = pickle.loads(conn.recv_bytes())  # None: stop
+            data = conn.recv_bytes() if resources is not None else b""
         except EOFError:
             break
-        if not data:
+        if resources is None:
             break
         table = pa.ipc.open_stream(data).read_all()
-        db.register("released", table)
-        try:
-            verdict = analyzer.analyze(db, "released") if analyzer else BatchVerdict()
-        except Exception:  # the worker's boundary: report nothing for this batch, keep serving
-            logging.getLogger(__name__).exception("analysis failed on a batch")
-            verdict = BatchVerdict()
-        finally:
-            db.unregister("released")
+        verdict = (analyze_released(analyzer, projector, db, table, resources) if analyzer
+                   else BatchVerdict())
         conn.send_bytes(pickle.dumps(verdict, protocol=pickle.HIGHEST_PROTOCOL))
     close = getattr(analyzer, "close", None)
     if close is not None:
         close()
 
 
-class ProcessAnalyzer:
-    """An Analyzer whose work runs in a child process (``processor.analysis.Analyzer``)."""
+class ProcessAnalysis:
+    """The pipeline's analysis run in a child process (``processor.analysis.Analysis``)."""
 
     def __init__(self, config: FaulttraceProcessorConfig) -> None:
         ctx = mp.get_context("spawn")
@@ -69,22 +71,37 @@ class ProcessAnalyzer:
         self._process.start()
         child.close()
         try:
-            self._projection: frozenset[AttrRef] = pickle.loads(self._conn.recv())
+            projection = Projection.of(pickle.loads(self._conn.recv()))
         except EOFError:
             self._process.join(5)
             raise RuntimeError("the analysis process failed to start (its error is logged above)") from None
+        self._projection = projection
+        # one thread: a batch's round trip is not interleaved with another's
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="faulttrace-analysis")
+        # What the worker never reads is not sent: the span bytes unless span or
+        # event attributes are projected, the group ids unless resource ones are.
+        self._left_behind = ["scope_id"]
+        if not projection.reads_span_bytes:
+            self._left_behind.append("raw")
+        if not projection.reads_resources:
+            self._left_behind.append("resource_id")
 
     def projection(self) -> frozenset[AttrRef]:
-        return self._projection
+        return frozenset(self._projection.refs)
 
-    def analyze(self, conn: duckdb.DuckDBPyConnection, table: str, arrow: pa.Table | None = None) -> BatchVerdict:
-        if arrow is None:
-            arrow = conn.sql(f"SELECT * EXCLUDE ({', '.join(_LEFT_BEHIND)}) FROM {table}").to_arrow_table()
-        batch = arrow.drop_columns([c for c in _LEFT_BEHIND if c in arrow.column_names])
+    async def analyze(self, released: pa.Table, resources: Mapping[int, bytes]) -> BatchVerdict:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.analyze_now, released,
+                                                                resources)
+
+    def analyze_now(self, released: pa.Table, resources: Mapping[int, bytes]) -> BatchVerdict:
+        """``analyze`` on the calling thread: send the batch, wait for the verdict."""
+        batch = released.drop_columns([c for c in self._left_behind if c in released.column_names])
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, batch.schema) as writer:
             writer.write_table(batch)
+        heads = dict(resources) if self._projection.reads_resources else {}
         try:
+            self._conn.send_bytes(pickle.dumps(heads, protocol=pickle.HIGHEST_PROTOCOL))
             self._conn.send_bytes(sink.getvalue())
             return pickle.loads(self._conn.recv_bytes())
         except (EOFError, OSError) as err:
@@ -92,8 +109,9 @@ class ProcessAnalyzer:
             return BatchVerdict()
 
     def close(self) -> None:
+        self._executor.shutdown(wait=True)
         try:
-            self._conn.send_bytes(b"")
+            self._conn.send_bytes(pickle.dumps(None))
         except OSError:
             pass
         self._process.join(10)

@@ -21,7 +21,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 
 from dsl import AttrRef, AttrSource, AttrType
 from harness import assert_same_spans
-from processor.decode import Projection, decode, parse_protobuf
+from processor.decode import decode, parse_protobuf
+from processor.project import Projection, Projector
 from processor.payload import encode_payloads
 from processor.store import SpanStore
 
@@ -114,15 +115,23 @@ def _valid(span: Span) -> bool:
 
 
 async def _through_the_store(data: bytes, max_bytes: int) -> tuple[list[ExportTraceServiceRequest], int]:
-    decoded = decode(parse_protobuf(data), PROJECTION)
-    store = SpanStore(PROJECTION, generation_rows=5)  # several generations per example
+    decoded = decode(parse_protobuf(data))
+    store = SpanStore(generation_rows=5)  # several generations per example
+    projector = Projector(PROJECTION)
+
+    def projected(spans):  # what analysis does with a released batch: it must cope with any of them
+        table = projector.project(spans.table, spans.resources)
+        assert table.schema == PROJECTION.schema and table.num_rows == spans.span_count
+
     await store.open()
     try:
         await store.append(decoded.batch)
         trace_ids = list(decoded.batch.traces)
         # Release in two rounds, so released and still-buffered spans coexist.
-        first, _ = await store.release(trace_ids[::2])
-        second, _ = await store.release(trace_ids[1::2])
+        first = await store.release(trace_ids[::2])
+        second = await store.release(trace_ids[1::2])
+        projected(first)
+        projected(second)
         assert store.buffered_spans == 0
     finally:
         await store.close()

@@ -10,17 +10,16 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
-from dsl import AttrRef, AttrSource, AttrType, column_name
+import duckdb
+
 from harness import kv, sid, tid
-from processor.decode import Projection, decode
+from processor.decode import decode
 from processor.model import SpanBatch
-from processor.store import RELEASED_TABLE, SpanStore
+from processor.project import STORE_SCHEMA
+from processor.store import SpanStore
 
-EMPTY = Projection.of([])
 
-
-def batch(traces: range, spans_per_trace: int = 1, service: str = "svc", scope: str = "lib",
-          projection: Projection = EMPTY) -> SpanBatch:
+def batch(traces: range, spans_per_trace: int = 1, service: str = "svc", scope: str = "lib") -> SpanBatch:
     req = ExportTraceServiceRequest()
     rs = req.resource_spans.add()
     rs.resource.attributes.append(kv("service.name", service))
@@ -30,14 +29,14 @@ def batch(traces: range, spans_per_trace: int = 1, service: str = "svc", scope: 
         for s in range(spans_per_trace):
             span = ss.spans.add(trace_id=tid(t), span_id=sid(t * 100 + s + 1), name=f"{service}/{scope}/{t}/{s}")
             span.attributes.append(kv("http.method", "GET" if s else "POST"))
-    decoded = decode(req, projection)
+    decoded = decode(req)
     assert decoded.rejected_spans == 0
     return decoded.batch
 
 
 def run(test: Callable[[SpanStore], Awaitable[Any]], **store_args: Any) -> Any:
     async def main() -> Any:
-        store = SpanStore(store_args.pop("projection", EMPTY), **store_args)
+        store = SpanStore(**store_args)
         await store.open()
         try:
             return await test(store)
@@ -55,8 +54,7 @@ def test_append_then_release_returns_the_spans_with_their_heads():
     async def test(store: SpanStore) -> None:
         await store.append(batch(range(1, 4), spans_per_trace=2))
         assert store.buffered_spans == 6
-        spans, verdict = await store.release([tid(1), tid(3)])
-        assert verdict is None
+        spans = await store.release([tid(1), tid(3)])
         assert spans.span_count == 4 and spans.trace_count == 2
         assert sorted(spans.span_ids) == [sid(101), sid(102), sid(301), sid(302)]
         assert {Span.FromString(r).name for r in spans.raw} == {"svc/lib/1/0", "svc/lib/1/1", "svc/lib/3/0",
@@ -66,35 +64,28 @@ def test_append_then_release_returns_the_spans_with_their_heads():
             == kv("service.name", "svc")
         assert ScopeSpans.FromString(spans.scopes[spans.scope_ids[0]]).scope.name == "lib"
         assert store.buffered_spans == 2
-        again, _ = await store.release([tid(1)])  # already released: nothing
+        again = await store.release([tid(1)])  # already released: nothing
         assert again.span_count == 0
-        rest, _ = await store.release([tid(2), tid(99)])
+        rest = await store.release([tid(2), tid(99)])
         assert [Span.FromString(r).name for r in rest.raw] == ["svc/lib/2/0", "svc/lib/2/1"]
         assert store.buffered_spans == 0
 
     run(test)
 
 
-def test_release_runs_evaluate_over_the_released_spans_only():
-    ref = AttrRef(AttrSource.SPAN, "http.method")
-    projection = Projection.of([ref])
-    seen: list[Any] = []
-
-    def evaluate(conn, table):
-        assert table == RELEASED_TABLE
-        rows = conn.execute(f"SELECT name, {column_name(ref)} FROM {table} ORDER BY name").fetchall()
-        seen.extend(rows)
-        return len(rows)
-
+def test_released_spans_come_with_their_rows_as_stored_for_analysis():
     async def test(store: SpanStore) -> None:
-        await store.append(batch(range(1, 3), spans_per_trace=2, projection=projection))
-        spans, verdict = await store.release([tid(2)], evaluate)
-        assert verdict == 2 == spans.span_count
-        nothing, verdict = await store.release([tid(7)], evaluate)
-        assert verdict is None  # not called for an empty release
+        await store.append(batch(range(1, 3), spans_per_trace=2))
+        spans = await store.release([tid(2)])
+        table = spans.table
+        assert table.schema == STORE_SCHEMA  # span bytes included: analysis projects from them
+        assert table.column("raw").to_pylist() == spans.raw
+        assert sorted(table.column("name").to_pylist()) == ["svc/lib/2/0", "svc/lib/2/1"]
+        assert set(spans.resources) == set(table.column("resource_id").to_pylist())
+        nothing = await store.release([tid(7)])
+        assert nothing.table.num_rows == 0 and nothing.table.schema == STORE_SCHEMA
 
-    run(test, projection=projection)
-    assert seen == [("svc/lib/2/0", "POST"), ("svc/lib/2/1", "GET")]
+    run(test)
 
 
 def test_heads_of_spans_still_buffered_survive_other_releases():
@@ -104,7 +95,7 @@ def test_heads_of_spans_still_buffered_survive_other_releases():
         await store.append(batch(range(1, 2), scope="first"))
         await store.append(batch(range(2, 3), scope="second", service="other"))
         await store.release([tid(1)])
-        spans, _ = await store.release([tid(2)])
+        spans = await store.release([tid(2)])
         assert ScopeSpans.FromString(spans.scopes[spans.scope_ids[0]]).scope.name == "second"
         assert ResourceSpans.FromString(spans.resources[spans.resource_ids[0]]).resource.attributes[0] \
             == kv("service.name", "other")
@@ -119,7 +110,7 @@ def test_resource_and_scope_heads_are_kept_once(tmp_path):
         for first in (1, 10, 20):
             await store.append(batch(range(first, first + 3)))
         await store.append(batch(range(30, 31), scope="other-scope"))
-        spans, _ = await store.release([tid(t) for t in (1, 10, 20, 30)])
+        spans = await store.release([tid(t) for t in (1, 10, 20, 30)])
         assert spans.span_count == 4
         assert len(spans.resources) == 1 and len(spans.scopes) == 2
         assert len(set(spans.resource_ids)) == 1
@@ -140,11 +131,11 @@ def test_unreferenced_heads_are_forgotten_and_referenced_ones_kept():
         released = store.memory_bytes()
         await store.forget_unused_groups()
         assert store.memory_bytes() <= released - 50_000  # the big resource head is gone
-        spans, _ = await store.release([tid(2)])  # its heads survived the clean-up
+        spans = await store.release([tid(2)])  # its heads survived the clean-up
         assert ScopeSpans.FromString(spans.scopes[spans.scope_ids[0]]).scope.name == "y"
         # Everything released: a new batch brings its own heads back.
         await store.append(batch(range(3, 4), service=big, scope="x"))
-        spans, _ = await store.release([tid(3)])
+        spans = await store.release([tid(3)])
         assert ResourceSpans.FromString(spans.resources[spans.resource_ids[0]]).resource.attributes[0] \
             == kv("service.name", big)
 
@@ -162,7 +153,7 @@ def test_an_emptied_generation_frees_its_memory():
         await store.release([tid(t) for t in range(11, 21)])
         assert store.memory_bytes() <= after * 0.6
         assert store.buffered_spans == 10
-        spans, _ = await store.release([tid(t) for t in range(21, 31)])
+        spans = await store.release([tid(t) for t in range(21, 31)])
         assert spans.span_count == 10 and store.buffered_spans == 0
 
     run(test, generation_rows=10)
@@ -176,7 +167,7 @@ def test_stragglers_do_not_pin_an_old_generation():
         await store.release([tid(t) for t in range(1, 99)])  # 2 long-lived traces stay behind
         assert store.buffered_spans == 3
         assert store.memory_bytes() < full * 0.2  # compacted to the stragglers
-        spans, _ = await store.release([tid(99), tid(100), tid(101)])
+        spans = await store.release([tid(99), tid(100), tid(101)])
         assert sorted(Span.FromString(r).name for r in spans.raw) == [
             "svc/lib/100/0", "svc/lib/101/0", "svc/lib/99/0"]
         assert len(spans.scopes) == 1 and len(spans.resources) == 1
@@ -188,23 +179,26 @@ def test_spans_of_a_trace_spread_over_generations_are_released_together():
     async def test(store: SpanStore) -> None:
         for _ in range(3):
             await store.append(batch(range(1, 4)))  # the same traces again (ids repeat: fine)
-        spans, _ = await store.release([tid(2)])
+        spans = await store.release([tid(2)])
         assert spans.span_count == 3 and set(spans.trace_ids) == {tid(2)}
-        late, _ = await store.release([tid(2)])
+        late = await store.release([tid(2)])
         assert late.span_count == 0  # released rows are not handed out twice
         await store.append(batch(range(2, 3)))  # a late span of the released trace
-        late, _ = await store.release([tid(2)])
+        late = await store.release([tid(2)])
         assert late.span_count == 1
 
     run(test, generation_rows=3)
 
 
+def released_names(spans) -> list[str]:
+    return sorted(Span.FromString(r).name for r in spans.raw)
+
+
 def test_file_storage_survives_close_and_reopen(tmp_path):
     path = str(tmp_path / "spans.duckdb")
-    ref = AttrRef(AttrSource.SPAN, "http.method")
 
     async def first() -> None:
-        store = SpanStore(EMPTY, path=path, generation_rows=4)
+        store = SpanStore(path=path, generation_rows=4)
         assert await store.open() == {}
         await store.append(batch(range(1, 3), spans_per_trace=2))
         await store.append(batch(range(3, 4), spans_per_trace=2, scope="second"))
@@ -212,36 +206,27 @@ def test_file_storage_survives_close_and_reopen(tmp_path):
         await store.close()
 
     async def second() -> None:
-        # Reopened with a projection that has a new column: old rows read NULL there.
-        projection = Projection.of([ref])
-        store = SpanStore(projection, path=path, generation_rows=4)
+        store = SpanStore(path=path, generation_rows=4)
         recovered = await store.open()
         assert recovered == {tid(1): 2, tid(3): 2}
         assert store.buffered_spans == 4
-        seen: list = []
-        spans, _ = await store.release([tid(1), tid(3)], lambda conn, table: seen.extend(conn.execute(
-            f"SELECT name, {column_name(ref)} FROM {table} ORDER BY name").fetchall()))
-        assert seen == [("svc/lib/1/0", None), ("svc/lib/1/1", None), ("svc/second/3/0", None),
-                        ("svc/second/3/1", None)]
-        assert spans.span_count == 4
+        spans = await store.release([tid(1), tid(3)])
+        assert released_names(spans) == ["svc/lib/1/0", "svc/lib/1/1", "svc/second/3/0", "svc/second/3/1"]
         assert {ScopeSpans.FromString(spans.scopes[s]).scope.name for s in spans.scope_ids} == {"lib", "second"}
-        await store.append(batch(range(5, 6), projection=projection))
+        await store.append(batch(range(5, 6)))
         await store.close()
 
     async def third() -> None:
-        store = SpanStore(Projection.of([ref]), path=path, generation_rows=4)
+        store = SpanStore(path=path, generation_rows=4)
         assert await store.open() == {tid(5): 1}
-        seen: list = []
-        spans, _ = await store.release([tid(5)], lambda conn, table: seen.extend(conn.execute(
-            f"SELECT {column_name(ref)} FROM {table}").fetchall()))
-        assert [Span.FromString(r).name for r in spans.raw] == ["svc/lib/5/0"]
-        assert seen == [("POST",)]
+        spans = await store.release([tid(5)])
+        assert released_names(spans) == ["svc/lib/5/0"]
         assert ResourceSpans.FromString(spans.resources[spans.resource_ids[0]]).resource.attributes[0] \
             == kv("service.name", "svc")
         await store.close()
 
     async def fourth() -> None:
-        store = SpanStore(Projection.of([ref]), path=path)
+        store = SpanStore(path=path)
         assert await store.open() == {}  # nothing left buffered
         await store.close()
 
@@ -249,6 +234,32 @@ def test_file_storage_survives_close_and_reopen(tmp_path):
     asyncio.run(second())
     asyncio.run(third())
     asyncio.run(fourth())
+
+
+def test_a_journal_with_the_attribute_columns_of_an_older_version_is_recovered(tmp_path):
+    path = str(tmp_path / "spans.duckdb")
+
+    async def write() -> None:
+        store = SpanStore(path=path)
+        await store.open()
+        await store.append(batch(range(1, 3), spans_per_trace=2))
+        await store.close()
+
+    async def recover() -> None:
+        store = SpanStore(path=path)
+        assert await store.open() == {tid(1): 2, tid(2): 2}
+        spans = await store.release([tid(1), tid(2)])
+        assert released_names(spans) == ["svc/lib/1/0", "svc/lib/1/1", "svc/lib/2/0", "svc/lib/2/1"]
+        await store.close()
+
+    asyncio.run(write())
+    with duckdb.connect(path) as conn:  # older versions kept projected attributes as columns
+        conn.execute("ALTER TABLE spans ADD COLUMN a_s_http_method_0123456789 VARCHAR DEFAULT 'GET'")
+    asyncio.run(recover())
+    with duckdb.connect(path) as conn:
+        columns = [r[0] for r in conn.execute("SELECT column_name FROM duckdb_columns() "
+                                              "WHERE table_name = 'spans' ORDER BY column_index").fetchall()]
+    assert columns == STORE_SCHEMA.names  # the journal is rewritten in the current layout
 
 
 def test_memory_bytes_grows_with_buffered_spans():
@@ -262,34 +273,19 @@ def test_memory_bytes_grows_with_buffered_spans():
 
 
 def test_an_unopened_store_refuses_work():
-    store = SpanStore(EMPTY)
+    store = SpanStore()
     with pytest.raises(AssertionError, match="not open"):
         asyncio.run(store.append(batch(range(1, 2))))
-
-
-def test_projected_columns_are_typed_for_evaluation():
-    refs = [AttrRef(AttrSource.SPAN, "http.method"), AttrRef(AttrSource.RESOURCE, "service.name"),
-            AttrRef(AttrSource.SPAN, "http.method", AttrType.INT)]
-    projection = Projection.of(refs)
-    cols = ", ".join(column_name(r) for r in refs)
-
-    async def test(store: SpanStore) -> list:
-        await store.append(batch(range(1, 2), spans_per_trace=2, projection=projection))
-        _, rows = await store.release([tid(1)], lambda conn, table: conn.execute(
-            f"SELECT {cols} FROM {table} ORDER BY span_id").fetchall())
-        return rows
-
-    assert run(test, projection=projection) == [("POST", "svc", None), ("GET", "svc", None)]
 
 
 def test_a_wholly_released_generation_is_handed_over_and_never_released_twice():
     async def test(store: SpanStore) -> None:
         await store.append(batch(range(1, 3), spans_per_trace=2))
-        whole, _ = await store.release([tid(1), tid(2)])  # every row of the generation: no copy
+        whole = await store.release([tid(1), tid(2)])  # every row of the generation: no copy
         assert sorted(whole.span_ids) == [sid(101), sid(102), sid(201), sid(202)]
         assert store.buffered_spans == 0 and store.memory_bytes() == 0
         await store.append(batch(range(3, 4)))       # lands in the same (newest) generation
-        late, _ = await store.release([tid(1), tid(3)])
+        late = await store.release([tid(1), tid(3)])
         assert late.span_ids == [sid(301)]           # trace 1's rows are not handed out again
         assert store.buffered_spans == 0
 

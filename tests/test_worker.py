@@ -1,42 +1,72 @@
-"""processor.worker: analysis in a child process gives the same verdict as in this one."""
+"""processor.worker: analysis in a child process gives the same verdict as in this one.
+
+Both get the batch as the store releases it (span bytes, no attribute
+columns) and project the attributes their analyzer reads themselves.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
-import duckdb
+import pyarrow as pa
 
-from processor.analyzers import build_analyzer
+from processor.analyzers import LocalAnalysis, analysis_projection, build_analyzer
 from processor.config import FaulttraceProcessorConfig
-from processor.decode import Projection
-from processor.offline import span_table
-from processor.store import RELEASED_TABLE, with_row_numbers
+from processor.decode import decode
+from processor.project import STORE_SCHEMA
 from processor.tracefile import read_requests
-from processor.worker import ProcessAnalyzer
+from processor.worker import ProcessAnalysis
 
 TRACE = Path(__file__).resolve().parents[1] / "rules" / "tests" / "traces" / "code_exception.json"
 
 
-def verdict_of(analyzer, table) -> dict:
-    conn = duckdb.connect()
-    conn.register(RELEASED_TABLE, with_row_numbers(table))
-    v = analyzer.analyze(conn, RELEASED_TABLE)
+def released_batch() -> tuple[pa.Table, dict[int, bytes]]:
+    """The spans of TRACE as the store would release them."""
+    tables, resources = [], {}
+    for request in read_requests(TRACE):
+        batch = decode(request).batch
+        tables.append(batch.table)
+        resources.update(batch.resources)
+    table = pa.concat_tables(tables)
+    assert table.schema == STORE_SCHEMA
+    return table, resources
+
+
+def verdict_of(analysis, table, resources) -> dict:
+    v = asyncio.run(analysis.analyze(table, resources))
     return {t: [(c.span_id, c.rank, c.rules) for c in tv.candidates] for t, tv in v.traces.items()}
 
 
 def test_a_worker_process_finds_what_the_analyzer_finds_here():
     config = FaulttraceProcessorConfig(localizer={"enabled": False})
-    here = build_analyzer(config)
-    worker = ProcessAnalyzer(config)
+    analyzer = build_analyzer(config)
+    here = LocalAnalysis(analyzer, analysis_projection(config, analyzer))
+    worker = ProcessAnalysis(config)
+    table, resources = released_batch()
     try:
-        assert worker.projection() == here.projection()
-        table = span_table(read_requests(TRACE), Projection.of(worker.projection()))
-        expected = verdict_of(here, table)
+        assert worker.projection() == here.projection() == analyzer.projection()
+        expected = verdict_of(here, table, resources)
+        # the deepest-exception rule reads event attributes: projected from the span bytes
         assert expected and any("code.deepest_exception" in r for cs in expected.values() for _, _, r in cs)
-        assert verdict_of(worker, table) == expected
-        assert verdict_of(worker, table) == expected  # the worker keeps serving batch after batch
+        assert verdict_of(worker, table, resources) == expected
+        assert verdict_of(worker, table, resources) == expected  # batch after batch
     finally:
         worker.close()
+        here.close()
     assert not worker._process.is_alive()
     # a closed worker no longer analyzes, and says so instead of hanging
-    assert verdict_of(worker, table) == {}
+    assert worker.analyze_now(table, resources).traces == {}
+
+
+def test_a_failing_analysis_costs_the_batch_its_verdict_not_the_pipeline():
+    class Broken:
+        def projection(self):
+            return frozenset()
+
+        def analyze(self, conn, table):
+            raise RuntimeError("boom")
+
+    table, resources = released_batch()
+    analysis = LocalAnalysis(Broken(), analysis_projection(FaulttraceProcessorConfig(), Broken()))
+    assert verdict_of(analysis, table, resources) == {}
