@@ -172,7 +172,7 @@ class RuleSet:
             (on_error or _log_rule_error)(err)
 
         for stmt in self.prepare_statements(conn, table):
-            conn.execute(stmt)
+            conn.execute(parsed(stmt))
         try:
             findings = self._run_all(conn, report) if self.rules else []
             conditions: list[Finding] = []
@@ -181,7 +181,7 @@ class RuleSet:
                 folded = set(self.evidence.condition_ids) if self.evidence else set()
                 conditions = _run_conditions(conn, [c for c in self.conditions if c.id not in folded], report)
                 if self.evidence is not None:
-                    per_trace = conn.sql(self.evidence.sql, params=list(self.evidence.params)).to_arrow_table()
+                    per_trace = conn.sql(parsed(self.evidence.sql), params=list(self.evidence.params)).to_arrow_table()
         finally:
             for stmt in cleanup_statements():
                 conn.execute(stmt)
@@ -240,7 +240,7 @@ class RuleSet:
         rule does not cost the others their findings."""
         sql, params = _union(self.rules)
         try:
-            rows = conn.execute(sql, params).fetchall()
+            rows = conn.execute(parsed(sql), params).fetchall()
         except duckdb.Error:
             findings = []
             for rule in self.rules:
@@ -250,6 +250,15 @@ class RuleSet:
                     report(err)
             return findings
         return [_finding(self.rules[i], t, sp, d, msg) for i, t, sp, d, msg in rows]
+
+
+@lru_cache(maxsize=256)
+def parsed(sql: str) -> duckdb.Statement:
+    """``sql`` (one statement) parsed once.  A rule set runs the same
+    statements on every batch, and parsing is a fixed cost per batch that
+    matters: ~40 ms for the union of seventy rules, a third of its run over
+    an empty batch.  A parsed statement runs on any connection."""
+    return duckdb.extract_statements(sql)[0]
 
 
 _PARAM = re.compile(r"\$(\d+)")
@@ -289,7 +298,7 @@ def _run_conditions(conn: duckdb.DuckDBPyConnection, conditions: Iterable[Compil
         return []
     sql, params = _union(firsts)  # one statement, as for the rules
     try:
-        rows = conn.execute(sql, params).fetchall()
+        rows = conn.execute(parsed(sql), params).fetchall()
         found: dict[int, list[Finding]] = {}
         for i, t, sp, d, msg in rows:
             found.setdefault(i, []).append(_finding(firsts[i], t, sp, d, msg))
