@@ -174,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="exporter compression in both modes (default none: loopback)")
     bench.add_argument("--rules", nargs="+", metavar="PATH",
                        help="rule files for the 'rules' mode, besides the built-in library")
+    bench.add_argument("--modes", nargs="+", choices=["pipeline", "rules", "full", "passthrough"],
+                       default=["pipeline", "rules", "full", "passthrough"],
+                       help="modes to run (default all); ratios need their reference mode")
     bench.add_argument("--format", choices=["text", "json"], default="text")
     bench.set_defaults(func=cmd_bench)
     return parser
