@@ -54,6 +54,9 @@ class Candidate:
     end_ns: int
     evidence: tuple[Evidence, ...]
     rank: int = 0
+    # The probability that this span is its trace's root cause, once the
+    # trace's candidates are calibrated together (``processor.combine.calibrate``).
+    probability: float | None = None
 
     @property
     def score(self) -> float:
@@ -69,6 +72,9 @@ class Candidate:
 
     @property
     def confidence(self) -> float:
+        """The calibrated probability, else the most confident evidence about the span itself."""
+        if self.probability is not None:
+            return self.probability
         return max(e.confidence for e in self._primary)
 
     @property

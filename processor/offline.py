@@ -12,7 +12,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from dsl import BASELINE_TABLE, Finding, RuleSet, TreeOutcome
 from processor.analysis import RELEASED_TABLE, Analyzer, BatchVerdict, with_row_numbers
-from processor.combine import merge, on_rule_scale, register_baseline
+from processor.combine import calibrate, merge, on_rule_scale, register_baseline
 from processor.decode import Projection, decode
 from processor.evaluator import verdicts
 
@@ -48,6 +48,8 @@ def analyze(requests: Iterable[ExportTraceServiceRequest], rules: RuleSet,
         verdict = verdicts(conn, RELEASED_TABLE, findings, trees) if findings or trees else BatchVerdict()
         if localizer is not None and table.num_rows:
             verdict = merge([verdict, on_rule_scale(localizer.analyze(conn, RELEASED_TABLE))])
+        else:
+            verdict = calibrate(verdict)  # as the pipeline annotates: confidences are probabilities
     finally:
         conn.close()
     return OfflineResult(table, findings, verdict, trees)

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "localizer"))
-import synth  # noqa: E402
+import synth
 
-from processor.cli import main  # noqa: E402
-from processor.evalset import CaseResult, Case, Dataset, DatasetError, accuracy  # noqa: E402
+from processor.cli import main
+from processor.evalset import (
+    Case,
+    CaseResult,
+    Dataset,
+    DatasetError,
+    accuracy,
+    brier_score,
+    expected_calibration_error,
+)
 
 CASES = {
     "c1": ("payment", "cpu", synth.Faults(slow={"payment": 5.0})),
@@ -116,3 +125,38 @@ def test_span_accuracy_is_over_traces_not_cases() -> None:
     results = [CaseResult(case, 1, (), (1, 2, None)), CaseResult(case, 1, (), (1,))]
     acc = accuracy(results)
     assert acc["span_ac@1"] == pytest.approx(2 / 4) and acc["span_ac@3"] == pytest.approx(3 / 4)
+
+
+def test_calibration_figures_by_hand() -> None:
+    pairs = [(0.95, True), (0.92, False), (0.55, True), (0.05, False)]
+    # bins [0.9, 1]: accuracy 0.5 vs mean confidence 0.935; [0.5, 0.6): 1 vs 0.55; [0, 0.1): 0 vs 0.05
+    assert expected_calibration_error(pairs) == pytest.approx(2 / 4 * 0.435 + 1 / 4 * 0.45 + 1 / 4 * 0.05)
+    assert brier_score(pairs) == pytest.approx((0.05 ** 2 + 0.92 ** 2 + 0.45 ** 2 + 0.05 ** 2) / 4)
+    assert expected_calibration_error([(1.0, True), (0.0, False)]) == 0.0   # 1.0 falls in the last bin
+    assert expected_calibration_error([(0.7, True)] * 7 + [(0.7, False)] * 3) == pytest.approx(0.0)
+    assert expected_calibration_error([]) == 0.0 and brier_score([]) == 0.0
+
+
+def test_accuracy_reports_the_calibration_of_the_top_confidence() -> None:
+    case = Case("x", Path("."), "a", "f", (b"\x01" * 8,))
+    results = [CaseResult(case, 1, (), (1,), 0.9, ((0.8, True),)), CaseResult(case, 2, (), (None,), 0.6, ((0.4, False),))]
+    acc = accuracy(results)
+    assert acc["ece"] == pytest.approx(0.5 * 0.1 + 0.5 * 0.6)
+    assert acc["brier"] == pytest.approx((0.1 ** 2 + 0.6 ** 2) / 2)
+    assert acc["span_ece"] == pytest.approx(0.5 * 0.2 + 0.5 * 0.4)
+    assert acc["span_brier"] == pytest.approx((0.2 ** 2 + 0.4 ** 2) / 2)
+
+
+def test_eval_reports_calibration_end_to_end(span_dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["eval", str(span_dataset), "--format", "json"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    summary, rows = json.loads(lines[-1]), [json.loads(line) for line in lines[:-1]]
+    assert all(0.0 < r["confidence"] <= 1.0 for r in rows)
+    top = [(r["confidence"], r["rank"] == 1) for r in rows]
+    assert summary["ece"] == round(expected_calibration_error(top), 4)
+    assert summary["brier"] == round(brier_score(top), 4)
+    assert 0.0 <= summary["span_ece"] <= 1.0 and 0.0 <= summary["span_brier"] <= 1.0
+    assert "ece" in summary["by_fault"]["cpu"]
+    assert main(["eval", str(span_dataset)]) == 0
+    out = capsys.readouterr().out
+    assert "ECE" in out and "Brier" in out and re.search(r"span level: .*, ECE \d\.\d{3}, Brier \d\.\d{3}", out)

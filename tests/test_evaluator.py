@@ -15,6 +15,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from dsl import Finding, RuleSet, load_rules
 from harness import kv, sid, tid
 from processor.analysis import BatchVerdict, Candidate, Evidence, TraceVerdict
+from processor.combine import CombinedAnalyzer
 from processor.decode import Projection
 from processor.evaluator import RuleAnalyzer, verdicts
 from processor.offline import analyze, span_table
@@ -139,7 +140,10 @@ def test_a_span_blamed_by_two_rules_is_one_candidate_with_both(rules):
     assert both.rules == ("t.b", "t.a")  # strongest evidence first
     assert [e.source for e in both.evidence] == ["t.b", "t.a"]
     assert [e.message for e in both.evidence] == ["b on both", "a on both"]
-    assert both.confidence == pytest.approx(0.9)  # the most confident evidence
+    # Calibrated: the support of its most confident rule (0.9, odds 9) against the root's (c: 0.3, odds 3/7),
+    # as exclusive explanations of the trace: 9 / (1 + 9 + 3/7).
+    assert both.confidence == pytest.approx(9 / (1 + 9 + 3 / 7), abs=1e-6)
+    assert v.candidates[1].confidence == pytest.approx((3 / 7) / (1 + 9 + 3 / 7), abs=1e-6)
     assert both.layer == "data"                   # the layer of the strongest evidence
     assert both.score == pytest.approx(2.0)
     assert v.candidates[1].span_id == sid(1) and v.candidates[1].rank == 2
@@ -224,10 +228,11 @@ def test_traces_in_one_batch_do_not_mix(rules):
 
 
 def test_rule_analyzer_over_a_registered_table(rules):
-    """The pipeline's path: ``RuleAnalyzer.analyze(conn, table)`` equals the offline verdict."""
+    """The pipeline's path (``RuleAnalyzer`` under ``CombinedAnalyzer``, which calibrates)
+    equals the offline verdict."""
     req = request(("svc", [span(1, 1, None, "root", c=True), span(1, 2, 1, "x", b=True)]),
                   ("other", [span(2, 1, None, "fine")]))
-    analyzer = RuleAnalyzer(rules)
+    analyzer = CombinedAnalyzer([RuleAnalyzer(rules)])
     assert analyzer.projection() == rules.projection
     assert {r.key for r in analyzer.projection()} >= {"t.a", "t.b", "t.c"}
     conn = duckdb.connect()

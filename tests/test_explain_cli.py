@@ -71,8 +71,9 @@ def test_text_shows_the_tree_with_the_root_cause_marked():
         ("  ", "frontend: GET /checkout"), ("    ", "frontend: POST /charge"),
         ("      ", "payments: POST /charge"), ("        ", "payments: SELECT cards")]
     assert tree[3] == ("        payments: SELECT cards 60.0ms ERROR  <== #1 code "
-                       "code.deepest_exception,infra.connection_pool_exhausted,data.failed_db_query (0.80)")
-    assert tree[0].endswith("ERROR  <== #2 config config.failing_flag_variant (0.40)")
+                       "code.deepest_exception,infra.connection_pool_exhausted,data.failed_db_query (0.71)")
+    # calibrated (processor.combine): supports 0.8 and 0.4, odds 4 and 2/3, so 4/(1+4+2/3) and (2/3)/(1+4+2/3)
+    assert tree[0].endswith("ERROR  <== #2 config config.failing_flag_variant (0.12)")
     assert "<==" not in tree[1] and "<==" not in tree[2]
     # Under the marked span: one line per rule with its message.
     i = lines.index(tree[3])
@@ -102,9 +103,10 @@ def test_json_matches_the_schema():
     assert first == {"rank": 1, "span_id": "a000000000000004", "service": "payments", "name": "SELECT cards",
                      "layer": "code",
                      "rules": ["code.deepest_exception", "infra.connection_pool_exhausted", "data.failed_db_query"],
-                     "confidence": 0.8, "message": POOL_MESSAGE}
+                     "confidence": round(4 / (1 + 4 + 2 / 3), 4), "message": POOL_MESSAGE}
     assert second == {"rank": 2, "span_id": "a000000000000001", "service": "frontend", "name": "GET /checkout",
-                      "layer": "config", "rules": ["config.failing_flag_variant"], "confidence": 0.4,
+                      "layer": "config", "rules": ["config.failing_flag_variant"],
+                      "confidence": round((2 / 3) / (1 + 4 + 2 / 3), 4),
                       "message": "flag new-checkout = on on frontend"}
     assert doc["traces"][1]["root_causes"] == []
 
@@ -119,9 +121,11 @@ def test_custom_rules_alone(custom_rules):
         {"trace_id": FAILING, "root_causes": [], "fault_trees": []},
         {"trace_id": HEALTHY, "fault_trees": [], "root_causes": [
             {"rank": 1, "span_id": "b000000000000002", "service": "frontend", "name": "GET /cart",
-             "layer": "data", "rules": ["custom.cart"], "confidence": 1.0, "message": "custom.cart"},
+             "layer": "data", "rules": ["custom.cart"], "confidence": round(999 / (1 + 999 + 0.35 / 0.65), 4),
+             "message": "custom.cart"},  # support 1 is capped at 0.999 (odds 999) so a rival keeps a share
             {"rank": 2, "span_id": "b000000000000001", "service": "frontend", "name": "GET /home",
-             "layer": "semantic", "rules": ["custom.home_route"], "confidence": 0.35,
+             "layer": "semantic", "rules": ["custom.home_route"],
+             "confidence": round((0.35 / 0.65) / (1 + 999 + 0.35 / 0.65), 4),
              "message": "frontend served /home with 1 child span(s)"}]},
     ]}
 

@@ -4,10 +4,12 @@ against a baseline it keeps learning.
 Per batch (on the store thread, the batch registered in DuckDB as ``table``):
 span metrics (``graph``), the window ranking of services (``window``) and the
 per-trace candidates and symptoms (``blame``) against the learned baseline
-(``history``); then the attribute values the candidates share
-(``attribution``), added to their evidence; then the batch is learned — a
-trace with candidates only with weight ``learn_suspect`` so a fault does not
-teach the baseline that it is normal, yet a lasting change is absorbed.
+(``history``); then the attribute values the candidates share beyond what
+their services normally carry (``attribution`` against the values the history
+counted), added to their evidence; then the batch — timings, call shapes and
+attribute values — is learned, a trace with candidates only with weight
+``learn_suspect`` so a fault does not teach the baseline that it is normal,
+yet a lasting change is absorbed.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ class LocalizerAnalyzer:
         self.per_trace = per_trace
         self.learn_suspect = learn_suspect
         if baseline is not None:
-            self.history.seed(baseline)
+            self.history.seed(baseline, self.attribution)
 
     def projection(self) -> frozenset[AttrRef]:
         return frozenset({EXCEPTION, EXCEPTION_TYPE, EXCEPTION_MESSAGE, *self.attribution})
@@ -89,7 +91,8 @@ class LocalizerAnalyzer:
         ranking = rank_services(conn, metrics, baseline, self.sources)
         verdict = blame_traces(conn, metrics, baseline, ranking, self.per_trace, _details(conn, table, columns))
         found = self._attribute(conn, table, verdict)
-        self.history.learn(metrics, dict.fromkeys(verdict.traces, self.learn_suspect))
+        self.history.learn(metrics, dict.fromkeys(verdict.traces, self.learn_suspect),
+                           _values(conn, table, columns, self.attribution))
         services = tuple((r.service, round(r.score, 4)) for r in ranking if r.score > 0)
         return dataclasses.replace(_with_attributions(verdict, found), services=services)
 
@@ -100,7 +103,18 @@ class LocalizerAnalyzer:
             return []
         selected = pa.table({"trace_id": pa.array([t for t, _ in spans], pa.binary()),
                              "span_id": pa.array([s for _, s in spans], pa.binary())})
-        return attribute(conn, table, selected, {ref.key: column_name(ref) for ref in self.attribution})
+        return attribute(conn, table, selected, {ref.key: column_name(ref) for ref in self.attribution},
+                         self.history.values())
+
+
+def _values(conn: duckdb.DuckDBPyConnection, table: str, columns: set[str],
+            refs: tuple[AttrRef, ...]) -> pa.Table | None:
+    """The batch's attribution values as strings (``History.learn``), None when it projects none."""
+    cols = [c for c in dict.fromkeys(column_name(r) for r in refs) if c in columns]
+    if not cols:
+        return None
+    casts = ", ".join(f"CAST({c} AS VARCHAR) AS {c}" for c in cols)
+    return conn.sql(f"SELECT trace_id, service, {casts} FROM {table}").to_arrow_table()
 
 
 def _spans(conn: duckdb.DuckDBPyConnection, table: str, columns: set[str]) -> pa.Table:

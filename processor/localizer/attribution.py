@@ -1,17 +1,25 @@
-"""Attribution (BubbleUp-style): which attribute values the anomalous spans share.
+"""Attribution (BubbleUp-style): which attribute values the anomalous spans share beyond the usual.
 
 Given a selection of anomalous spans in a batch (the candidates), every
-projected attribute column is compared between the selection and the normal
-spans of the same services: a value carried by most anomalous spans and few
-normal ones (``k8s.node.name=node-3`` in 92% of slow spans vs 10% normally)
-points at what they have in common — a node, a version, a zone, an endpoint.
-Comparing within the selection's services keeps a service's own constant
-attributes from looking special.  All counting is one DuckDB query over the
-unpivoted columns; only the significant values come back to Python.
+projected attribute column is compared with how often each value is carried
+*normally* by the same services: a value carried by most anomalous spans and
+by few spans normally (``k8s.node.name=node-3`` in 92% of slow spans vs 10%
+in the baseline) points at what they have in common — a node, a version, a
+zone, an endpoint.
+
+"Normally" is, per service, the learned baseline's share of the service's
+spans carrying the value (``ValueBaseline``, kept by ``history``) when the
+baseline knows the service, else the share among the batch's other spans of
+that service.  The anomalous spans of several services are compared with the
+mix of their services' references (the count expected if each behaved like
+its service), so one service's constant attributes never look special.
+All counting is one DuckDB query over the unpivoted columns; only the
+significant values come back to Python.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -21,20 +29,61 @@ import pyarrow as pa
 from processor.localizer.scoring import wilson_lower
 
 MIN_SUPPORT = 3    # anomalous spans that must carry a value before it is reported
-MIN_LIFT = 0.2     # lower bound of its anomalous share minus its normal share
+MIN_LIFT = 0.2     # lower bound of its anomalous share minus its reference share
+
+VALUES_SCHEMA = pa.schema([("service", pa.string()), ("key", pa.string()), ("val", pa.string()),
+                           ("share", pa.float64())])
+UNKNOWN_SCHEMA = pa.schema([("service", pa.string()), ("key", pa.string()), ("share", pa.float64())])
+KNOWN_SCHEMA = pa.schema([("service", pa.string())])
+
+
+@dataclass(frozen=True, slots=True)
+class ValueBaseline:
+    """How often attribute values are carried normally, per service (``History.values``).
+
+    ``values``: (service, key, val, share) — key is the attribute's column name;
+    ``unknown``: (service, key, share) — the most a value not listed can have
+    (values evicted by the per-attribute cap); ``known``: the services the
+    baseline has seen enough of to be compared with.
+    """
+
+    values: pa.Table
+    unknown: pa.Table
+    known: pa.Table
+
+    @classmethod
+    def empty(cls) -> ValueBaseline:
+        return cls(VALUES_SCHEMA.empty_table(), UNKNOWN_SCHEMA.empty_table(), KNOWN_SCHEMA.empty_table())
+
 
 COUNTS_SQL = """
 WITH t AS (
-    SELECT s.trace_id, s.span_id, (x.span_id IS NOT NULL) AS hit, {casts}
+    SELECT s.service, (x.span_id IS NOT NULL) AS hit, {casts}
     FROM {table} s LEFT JOIN lz_sel x ON x.trace_id = s.trace_id AND x.span_id = s.span_id
     WHERE s.service IN (SELECT DISTINCT a.service FROM {table} a
                         SEMI JOIN lz_sel y ON y.trace_id = a.trace_id AND y.span_id = a.span_id)
 ),
-tot AS (SELECT count(*) FILTER (WHERE hit) AS n_sel, count(*) FILTER (WHERE NOT hit) AS n_norm FROM t),
-u AS (UNPIVOT (SELECT hit, {keys} FROM t) ON {keys} INTO NAME key VALUE val)
-SELECT u.key, u.val, count(*) FILTER (WHERE u.hit) AS k_sel, count(*) FILTER (WHERE NOT u.hit) AS k_norm,
-       any_value(tot.n_sel) AS n_sel, any_value(tot.n_norm) AS n_norm
-FROM u, tot GROUP BY u.key, u.val HAVING count(*) FILTER (WHERE u.hit) >= $min_support
+per AS (SELECT service, count(*) FILTER (WHERE hit) AS n_sel, count(*) FILTER (WHERE NOT hit) AS n_norm
+        FROM t GROUP BY service HAVING count(*) FILTER (WHERE hit) > 0),
+c AS (
+    SELECT service, key, val, count(*) FILTER (WHERE hit) AS k_sel, count(*) FILTER (WHERE NOT hit) AS k_norm
+    FROM (UNPIVOT (SELECT service, hit, {keys} FROM t) ON {keys} INTO NAME key VALUE val) GROUP BY ALL
+),
+v AS (SELECT key, val FROM c GROUP BY ALL HAVING sum(k_sel) >= $min_support),
+r AS (  -- per candidate value and selected service: the service's reference share of the value
+    SELECT v.key, v.val, per.n_sel, coalesce(c.k_sel, 0) AS k_sel, kn.service IS NOT NULL AS from_baseline,
+           CASE WHEN kn.service IS NOT NULL THEN coalesce(bv.share, bu.share, 0.0)
+                WHEN per.n_norm > 0 THEN coalesce(c.k_norm, 0) / per.n_norm END AS share
+    FROM v CROSS JOIN per
+    LEFT JOIN c ON c.service = per.service AND c.key = v.key AND c.val = v.val
+    LEFT JOIN lz_known kn ON kn.service = per.service
+    LEFT JOIN lz_bvalues bv ON bv.service = per.service AND bv.key = v.key AND bv.val = v.val
+    LEFT JOIN lz_bunknown bu ON bu.service = per.service AND bu.key = v.key
+)
+SELECT key, val, sum(k_sel) AS k_sel, sum(n_sel) AS n_sel, sum(n_sel * share) AS expected,
+       bool_or(from_baseline) AS any_baseline, bool_and(from_baseline) AS all_baseline
+FROM r WHERE share IS NOT NULL   -- a service with no reference (no baseline, no normal spans) says nothing
+GROUP BY key, val HAVING sum(k_sel) >= $min_support
 """
 
 HITS_SQL = """
@@ -54,10 +103,10 @@ class Attribution:
     key: str
     value: str
     selected: int          # anomalous spans carrying it
-    selected_total: int
-    normal: int            # normal spans (of the same services) carrying it
-    normal_total: int
-    score: float           # lower bound of the anomalous share minus the normal share
+    selected_total: int    # anomalous spans of the services compared
+    expected: float        # how many of them would carry it if they behaved like their services normally
+    score: float           # lower bound of the anomalous share minus the reference share
+    reference: str = "baseline"   # "baseline", "batch" (the batch's normal spans) or "baseline and batch"
     spans: tuple[tuple[bytes, bytes], ...] = ()   # (trace id, span id) of the anomalous spans carrying it
 
     @property
@@ -66,53 +115,59 @@ class Attribution:
 
     @property
     def normal_share(self) -> float:
-        return self.normal / self.normal_total if self.normal_total else 0.0
+        """The share expected normally (the reference)."""
+        return self.expected / self.selected_total if self.selected_total else 0.0
 
     @property
     def message(self) -> str:
-        return (f"{self.key}={self.value} in {self.share:.0%} of anomalous spans vs {self.normal_share:.0%} "
-                f"normally ({self.selected} of {self.selected_total} vs {self.normal} of {self.normal_total})")
+        where = {"baseline": "in the baseline", "batch": "normally in this batch"}.get(
+            self.reference, "normally (baseline and batch)")
+        return (f"{self.key}={self.value} in {self.share:.0%} of anomalous spans vs {self.normal_share:.0%} {where} "
+                f"({self.selected} of {self.selected_total} spans)")
 
 
 def attribute(conn: duckdb.DuckDBPyConnection, table: str, selected: pa.Table, columns: Mapping[str, str],
-              min_support: int = MIN_SUPPORT, min_lift: float = MIN_LIFT, limit: int = 5) -> list[Attribution]:
+              reference: ValueBaseline | None = None, min_support: int = MIN_SUPPORT, min_lift: float = MIN_LIFT,
+              limit: int = 5) -> list[Attribution]:
     """Values of ``columns`` (attribute label -> column of ``table``) over-represented among the
-    ``selected`` spans (a table of ``trace_id``, ``span_id``), strongest first.
+    ``selected`` spans (a table of ``trace_id``, ``span_id``), strongest first, against
+    ``reference`` (keyed by column name) where it knows the service, else within the batch.
 
     Columns missing from ``table`` are skipped; NULL (attribute absent) is never a value.
     """
     present = set(conn.sql(f"SELECT * FROM {table} LIMIT 0").columns)
-    cols = {label: col for label, col in columns.items() if col in present}
-    if not cols or selected.num_rows == 0:
+    labels = {col: label for label, col in columns.items() if col in present}
+    if not labels or selected.num_rows == 0:
         return []
-    labels = list(cols)
-    casts = ", ".join(f"CAST({cols[label]} AS VARCHAR) AS k{i}" for i, label in enumerate(labels))
-    keys = ", ".join(f"k{i}" for i in range(len(labels)))
-    conn.register("lz_sel", selected.select(["trace_id", "span_id"]))
+    casts = ", ".join(f"CAST({col} AS VARCHAR) AS {col}" for col in labels)
+    keys = ", ".join(labels)
+    ref = reference or ValueBaseline.empty()
+    views = {"lz_sel": selected.select(["trace_id", "span_id"]), "lz_bvalues": ref.values,
+             "lz_bunknown": ref.unknown, "lz_known": ref.known}
+    for name, t in views.items():
+        conn.register(name, t)
     try:
         rows = conn.execute(COUNTS_SQL.format(table=table, casts=casts, keys=keys),
                             {"min_support": min_support}).fetchall()
-        found = []
-        for key, val, k_sel, k_norm, n_sel, n_norm in rows:
-            if not n_norm:
-                continue   # nothing normal to compare with
-            score = wilson_lower(k_sel, n_sel) - k_norm / n_norm
+        found: list[tuple[str, Attribution]] = []   # (column, attribution)
+        for col, val, k_sel, n_sel, expected, any_base, all_base in rows:
+            score = wilson_lower(k_sel, n_sel) - expected / n_sel
             if score >= min_lift:
-                found.append(Attribution(labels[int(key[1:])], val, k_sel, n_sel, k_norm, n_norm, score))
-        found.sort(key=lambda a: (-a.score, a.key, a.value))
+                where = "baseline" if all_base else "baseline and batch" if any_base else "batch"
+                found.append((col, Attribution(labels[col], val, k_sel, n_sel, expected, score, where)))
+        found.sort(key=lambda f: (-f[1].score, f[1].key, f[1].value))
         found = found[:limit]
         if not found:
             return []
-        conn.register("lz_found", pa.table({"key": [f"k{labels.index(a.key)}" for a in found],
-                                            "val": [a.value for a in found]}))
+        conn.register("lz_found", pa.table({"key": [col for col, _ in found], "val": [a.value for _, a in found]}))
         try:
             hits = conn.execute(HITS_SQL.format(table=table, casts=casts, keys=keys)).fetchall()
         finally:
             conn.unregister("lz_found")
     finally:
-        conn.unregister("lz_sel")
+        for name in views:
+            conn.unregister(name)
     spans: dict[tuple[str, str], list[tuple[bytes, bytes]]] = {}
     for key, val, trace_id, span_id in hits:
-        spans.setdefault((labels[int(key[1:])], val), []).append((trace_id, span_id))
-    return [Attribution(a.key, a.value, a.selected, a.selected_total, a.normal, a.normal_total, a.score,
-                        tuple(spans.get((a.key, a.value), ()))) for a in found]
+        spans.setdefault((labels[key], val), []).append((trace_id, span_id))
+    return [dataclasses.replace(a, spans=tuple(spans.get((a.key, a.value), ()))) for _, a in found]

@@ -17,6 +17,23 @@ away):
 
 *Symptoms* are the ancestors that inherited a candidate's error (they error
 too) or delay (on the critical path, slower than their own p99).
+
+Each candidate's confidence is its evidence mapped to a probability of
+causation, the share of what was observed that normal behaviour cannot
+account for (the attributable fraction ``1 - 1/RR`` of epidemiology):
+
+- latency: ``1 - p99 / self time`` — the part of the span's self time beyond
+  what normal traffic reaches 99% of the time;
+- error origin: ``(1 - baseline error rate) x`` the reliability of the
+  structural claim that the error starts here — ``EXCEPTION_CONFIDENCE`` when
+  the span recorded raising an exception, ``ERROR_CONFIDENCE`` when only its
+  status says so (a callee that failed silently or a lost child span would
+  look the same);
+- the window's support for the charged service (``ServiceScore.confidence``,
+  odds equal to its score);
+
+independent lines of evidence combined by noisy-OR.  How candidates of one
+trace compete for the blame is ``processor.combine``'s part.
 """
 
 from __future__ import annotations
@@ -46,7 +63,8 @@ WITH j AS (
            m.n_children, m.dur::DOUBLE AS dur, m.self_ns::DOUBLE AS self_ns, m.status_code = 2 AS error,
            coalesce(m.exception, false) AS exception,
            (m.status_code = 2 AND NOT m.child_error) AS origin,
-           o.self_med::DOUBLE AS self_med, o.self_p99::DOUBLE AS self_p99, o.dur_p99::DOUBLE AS dur_p99
+           o.self_med::DOUBLE AS self_med, o.self_p99::DOUBLE AS self_p99, o.dur_p99::DOUBLE AS dur_p99,
+           coalesce(o.err_rate, 0.0)::DOUBLE AS err_rate
     FROM m LEFT JOIN base_ops o USING (service, name)
 )
 SELECT * FROM j
@@ -154,7 +172,9 @@ def _errors(rows: list[dict[str, Any]], by_id: dict[bytes, dict[str, Any]], blam
         b = blames.setdefault(first["span_id"], _Blame(first, service))
         b.error = True
         b.own += 1.5 if exception else 1.0
-        b.confidence = max(b.confidence, EXCEPTION_CONFIDENCE if exception else ERROR_CONFIDENCE)
+        # an operation that also fails normally explains that share of its failures by background noise
+        structural = EXCEPTION_CONFIDENCE if exception else ERROR_CONFIDENCE
+        b.confidence = max(b.confidence, structural * (1.0 - min(1.0, first["err_rate"])))
         b.messages.append(("localizer.errors", what))
 
 

@@ -11,6 +11,18 @@ traffic has replaced it — and prunes what decayed to nothing.  Memory is
 bounded by the bucket range per operation, ``max_shapes`` call shapes per
 operation and ``max_ops`` operations (the least seen are dropped).
 
+Per service, the values of the attributes the localizer projects for
+attribution (``lz_values``) are counted the same way — decayed weights,
+pruned — against the service's decayed span count (``lz_vtot``), so
+attribution can ask how often a value is carried *normally*.  Per service,
+not per operation: the attributes that localize a fault (node, pod, version,
+zone) are properties of where a service runs, shared by all its operations,
+and a value concentrated in one operation (an endpoint, a peer) is itself what
+attribution should report; per-operation cells would also be thinner and
+multiply memory.  At most ``max_values`` values are kept per (service,
+attribute); the weight of those evicted is kept as one "other" row (value
+NULL), so a value not kept is known to be at most that common.
+
 ``baseline()`` turns the sketches into the ``Baseline`` tables the scoring
 reads, so a learned baseline and one learned from a file score the same way.
 """
@@ -18,12 +30,15 @@ reads, so a learned baseline and one learned from a file score the same way.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 
+from dsl import AttrRef, column_name
+from processor.localizer.attribution import ValueBaseline
 from processor.localizer.baseline import SHAPES_SQL, Baseline
 from processor.localizer.graph import span_metrics
 from processor.localizer.spans import read_spans
@@ -39,12 +54,15 @@ class HistoryConfig:
     max_ops: int = 20_000
     max_shapes: int = 32         # call shapes kept per operation
     prune: float = 0.01          # weights below this are dropped
+    max_values: int = 64         # attribute values kept per (service, attribute)
 
 
 SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS lz_hist (service VARCHAR, name VARCHAR, metric UTINYINT, b INTEGER, w DOUBLE);
 CREATE TABLE IF NOT EXISTS lz_ops (service VARCHAR, name VARCHAR, n DOUBLE, errors DOUBLE);
 CREATE TABLE IF NOT EXISTS lz_shapes (service VARCHAR, name VARCHAR, sig VARCHAR, k INTEGER, w DOUBLE);
+CREATE TABLE IF NOT EXISTS lz_values (service VARCHAR, key VARCHAR, val VARCHAR, w DOUBLE);
+CREATE TABLE IF NOT EXISTS lz_vtot (service VARCHAR, n DOUBLE);
 """
 
 # New observations: span metrics with a per-trace learning weight (``lz_weights``, default 1).
@@ -87,6 +105,58 @@ WITH s AS (
 )
 SELECT service, name, sig, k, w FROM s
 QUALIFY row_number() OVER (PARTITION BY service, name ORDER BY w DESC, sig) <= $max_shapes
+"""
+
+# Attribute values of the new spans (``lz_vin``: trace_id, service, one VARCHAR column per
+# attribute) weighted like their traces; NULL (attribute absent) is never a value.
+VALUES_NEW_SQL = """
+SELECT a.service, coalesce(w.weight, 1.0) AS weight, {cols}
+FROM lz_vin a LEFT JOIN lz_weights w USING (trace_id)
+"""
+
+VTOT_UPDATE_SQL = """
+CREATE OR REPLACE TABLE lz_vtot AS
+SELECT service, sum(n) AS n FROM (
+    SELECT service, n * $f AS n FROM lz_vtot
+    UNION ALL
+    SELECT service, weight FROM lz_vnew
+) GROUP BY ALL HAVING sum(n) >= $prune
+"""
+
+# Old weights decay, new ones add; per (service, key) the ``max_values`` heaviest values are
+# kept and the rest folds into the "other" row (val NULL).
+VALUES_UPDATE_SQL = """
+CREATE OR REPLACE TABLE lz_values AS
+WITH merged AS (
+    SELECT service, key, val, sum(w) AS w FROM (
+        SELECT service, key, val, w * $f AS w FROM lz_values
+        UNION ALL
+        SELECT service, key, val, weight AS w FROM (UNPIVOT lz_vnew ON {cols} INTO NAME key VALUE val)
+    ) GROUP BY ALL
+),
+ranked AS (
+    SELECT *, val IS NOT NULL AND row_number() OVER (
+                  PARTITION BY service, key, val IS NULL ORDER BY w DESC, val) <= $max_values AS keep
+    FROM merged
+)
+SELECT service, key, val, w FROM ranked WHERE keep AND w >= $prune
+UNION ALL
+SELECT service, key, NULL, sum(w) FROM ranked WHERE NOT keep GROUP BY service, key HAVING sum(w) >= $prune
+"""
+
+# What attribution compares with: per service seen ``min_count`` times, each kept value's share
+# of its spans, and per attribute the share a value *not* kept can have at most (the smaller
+# of the evicted weight and the lightest kept value's).
+BASE_VALUES_SQL = """
+WITH t AS (SELECT * FROM lz_vtot WHERE n >= $min_count)
+SELECT v.service, v.key, v.val, v.w / t.n AS share FROM lz_values v JOIN t USING (service) WHERE v.val IS NOT NULL
+"""
+
+BASE_UNKNOWN_SQL = """
+WITH t AS (SELECT * FROM lz_vtot WHERE n >= $min_count)
+SELECT v.service, v.key,
+       least(sum(v.w) FILTER (WHERE v.val IS NULL), min(v.w) FILTER (WHERE v.val IS NOT NULL)) / any_value(t.n) AS share
+FROM lz_values v JOIN t USING (service) GROUP BY ALL HAVING sum(v.w) FILTER (WHERE v.val IS NULL) > 0
 """
 
 # Quantiles of a sketch: the first bucket whose cumulative weight reaches q — the median at
@@ -149,21 +219,28 @@ class History:
         self._conn.execute(SCHEMA_SQL)
         self._lock = threading.Lock()
         self._cached: Baseline | None = None
+        self._cached_values: ValueBaseline | None = None
         self.traces_seen = 0
 
     def close(self) -> None:
         self._conn.close()
 
-    def seed(self, path: str | Path) -> int:
-        """Learn a file of normal traffic (OTLP/JSON lines or protobuf, gzip or not); returns traces."""
-        spans = read_spans(path)
+    def seed(self, path: str | Path, attributes: Sequence[AttrRef] = ()) -> int:
+        """Learn a file of normal traffic (OTLP/JSON lines or protobuf, gzip or not), with the
+        values of ``attributes``; returns traces."""
+        spans = read_spans(path, attributes)
         with self._lock:
             metrics = span_metrics(self._conn, spans)
-        return self.learn(metrics)
+        keys = [column_name(ref) for ref in attributes]
+        values = spans.select(["trace_id", "service", *keys]) if keys else None
+        return self.learn(metrics, values=values)
 
-    def learn(self, metrics: pa.Table, weights: dict[bytes, float] | None = None) -> int:
+    def learn(self, metrics: pa.Table, weights: dict[bytes, float] | None = None,
+              values: pa.Table | None = None) -> int:
         """Fold span metrics (``graph.span_metrics``) in, each trace weighted by ``weights``
-        (default 1: a weight below one learns a suspicious trace only a little)."""
+        (default 1: a weight below one learns a suspicious trace only a little); ``values``
+        (``trace_id``, ``service`` and one string column per attribute, named by
+        ``dsl.column_name``) are the same spans' attribute values, counted per service."""
         if metrics.num_rows == 0:
             return 0
         cfg = self.config
@@ -178,6 +255,8 @@ class History:
                 conn.execute(f"CREATE OR REPLACE TEMP VIEW lz_in AS {NEW_SQL}")
                 f = 0.5 ** (traces / cfg.half_life)
                 common = {"f": f, "prune": cfg.prune}
+                if values is not None and values.num_columns > 2:
+                    self._learn_values(values, common)
                 conn.execute(HIST_SQL.format(unit=UNIT_NS, gamma=cfg.gamma), common)
                 conn.execute(OPS_UPDATE_SQL, {**common, "max_ops": cfg.max_ops})
                 conn.execute(SHAPES_UPDATE_SQL.format(shapes=SHAPES_SQL.format(table="lz_in")),
@@ -185,13 +264,31 @@ class History:
                 # operations evicted from lz_ops take their buckets with them
                 conn.execute("DELETE FROM lz_hist WHERE (service, name) NOT IN (SELECT (service, name) FROM lz_ops)")
                 conn.execute("DELETE FROM lz_shapes WHERE (service, name) NOT IN (SELECT (service, name) FROM lz_ops)")
+                conn.execute("DELETE FROM lz_values WHERE service NOT IN (SELECT service FROM lz_ops)")
+                conn.execute("DELETE FROM lz_vtot WHERE service NOT IN (SELECT service FROM lz_ops)")
             finally:
                 conn.execute("DROP VIEW IF EXISTS lz_in")
                 conn.unregister("lz_new")
                 conn.unregister("lz_weights")
             self._cached = None
+            self._cached_values = None
             self.traces_seen += traces
         return traces
+
+    def _learn_values(self, values: pa.Table, common: dict[str, float]) -> None:
+        """Count attribute values per service (under the lock, in ``learn``).  A trace's weight
+        applies to its spans' values as to its timings."""
+        conn = self._conn
+        keys = [n for n in values.column_names if n not in ("trace_id", "service")]
+        cols = ", ".join(_quote(k) for k in keys)
+        conn.register("lz_vin", values)
+        try:
+            conn.execute(f"CREATE OR REPLACE TEMP TABLE lz_vnew AS {VALUES_NEW_SQL.format(cols=cols)}")
+            conn.execute(VTOT_UPDATE_SQL, common)
+            conn.execute(VALUES_UPDATE_SQL.format(cols=cols), {**common, "max_values": self.config.max_values})
+        finally:
+            conn.execute("DROP TABLE IF EXISTS lz_vnew")
+            conn.unregister("lz_vin")
 
     def baseline(self) -> Baseline:
         """The operations seen at least ``min_count`` times (effective), as a ``Baseline``."""
@@ -204,9 +301,25 @@ class History:
                 self._cached = Baseline(ops, shapes)
             return self._cached
 
+    def values(self) -> ValueBaseline:
+        """How often each attribute value is carried normally, per service seen at least
+        ``min_count`` times (effective spans)."""
+        with self._lock:
+            if self._cached_values is None:
+                p = {"min_count": self.config.min_count}
+                self._cached_values = ValueBaseline(
+                    self._conn.sql(BASE_VALUES_SQL, params=p).to_arrow_table(),
+                    self._conn.sql(BASE_UNKNOWN_SQL, params=p).to_arrow_table(),
+                    self._conn.sql("SELECT service FROM lz_vtot WHERE n >= $min_count", params=p).to_arrow_table())
+            return self._cached_values
+
     def size(self) -> dict[str, int]:
         """Rows held per table: what bounds memory."""
         with self._lock:
             return {t: self._conn.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0]
-                    for t in ("lz_hist", "lz_ops", "lz_shapes")}
+                    for t in ("lz_hist", "lz_ops", "lz_shapes", "lz_values", "lz_vtot")}
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 

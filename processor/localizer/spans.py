@@ -6,16 +6,23 @@ more) from protobuf; for OTLP/JSON files — datasets hold hundreds of
 thousands of spans — going through protobuf's ``json_format`` costs ten times
 more than the analysis, so JSON lines are read straight into columns here.
 Other files fall back to ``processor.tracefile`` + ``processor.decode``.
+Resource and span attributes asked for come as extra string columns named
+``dsl.column_name(ref)``, stringified as DuckDB casts the store's columns
+(``CAST(x AS VARCHAR)``), so a baseline file and live batches count the same
+values.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+
+from dsl import AttrRef, AttrSource, column_name
 
 SCHEMA = pa.schema([
     ("trace_id", pa.binary()), ("span_id", pa.binary()), ("parent_span_id", pa.binary()),
@@ -33,41 +40,81 @@ def from_decoded(table: pa.Table) -> pa.Table:
     return pa.Table.from_arrays(cols, schema=SCHEMA)
 
 
-def read_spans(path: str | Path) -> pa.Table:
-    """Every span in a recorded trace file (OTLP/JSON lines or protobuf, gzip or not)."""
+def read_spans(path: str | Path, attributes: Sequence[AttrRef] = ()) -> pa.Table:
+    """Every span in a recorded trace file (OTLP/JSON lines or protobuf, gzip or not); with
+    the values of the resource and span ``attributes`` as string columns."""
     p = Path(path)
+    refs = [r for r in dict.fromkeys(attributes) if r.source in (AttrSource.RESOURCE, AttrSource.SPAN)]
     data = p.read_bytes()
     if data[:2] == b"\x1f\x8b":
         data = gzip.decompress(data)
     try:
         docs = [json.loads(line) for line in data.splitlines() if line.strip()]
     except (ValueError, UnicodeDecodeError):
-        return _read_slow(p)
+        return _read_slow(p, refs)
     cols: dict[str, list[Any]] = {f.name: [] for f in SCHEMA}
+    cols.update({column_name(r): [] for r in refs})
     for doc in docs:
         if not isinstance(doc, dict):
-            return _read_slow(p)
+            return _read_slow(p, refs)
         for rs in doc.get("resourceSpans") or doc.get("resource_spans") or []:
-            _add_resource_spans(rs, cols)
-    return pa.Table.from_pydict(cols, schema=SCHEMA)
+            _add_resource_spans(rs, cols, refs)
+    return pa.Table.from_pydict(cols, schema=_schema(refs))
 
 
-def _read_slow(p: Path) -> pa.Table:
+def _schema(refs: Sequence[AttrRef]) -> pa.Schema:
+    return pa.schema([*SCHEMA, *((column_name(r), pa.string()) for r in refs)])
+
+
+def _read_slow(p: Path, refs: Sequence[AttrRef]) -> pa.Table:
+    import pyarrow.compute as pc
+
     from processor.decode import Projection, decode
     from processor.tracefile import read_requests
 
-    projection = Projection.of([])
-    tables = [from_decoded(decode(r, projection).batch.table) for r in read_requests(p)]
-    return pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+    projection = Projection.of(refs)
+    tables = []
+    for r in read_requests(p):
+        decoded = decode(r, projection).batch.table
+        t = from_decoded(decoded)
+        for ref in refs:
+            t = t.append_column(column_name(ref), pc.cast(decoded.column(column_name(ref)), pa.string()))
+        tables.append(t)
+    return pa.concat_tables(tables) if tables else _schema(refs).empty_table()
 
 
-def _add_resource_spans(rs: dict[str, Any], cols: dict[str, list[Any]]) -> None:
-    service = ""
-    for attr in (rs.get("resource") or {}).get("attributes") or []:
-        if attr.get("key") == "service.name":
-            service = (attr.get("value") or {}).get("stringValue", "")
+def _value(v: dict[str, Any] | None) -> str | None:
+    """An OTLP/JSON AnyValue as DuckDB would cast the store's column to VARCHAR."""
+    if not v:
+        return None
+    if "stringValue" in v:
+        return str(v["stringValue"])
+    if "intValue" in v:
+        return str(int(v["intValue"]))
+    if "boolValue" in v:
+        return "true" if v["boolValue"] else "false"
+    if "doubleValue" in v:
+        return str(float(v["doubleValue"]))
+    return None
+
+
+def _attrs(attrs: list[dict[str, Any]] | None) -> dict[str, dict[str, Any]]:
+    return {a.get("key", ""): a.get("value") or {} for a in attrs or ()}
+
+
+def _add_resource_spans(rs: dict[str, Any], cols: dict[str, list[Any]], refs: Sequence[AttrRef]) -> None:
+    resource = _attrs((rs.get("resource") or {}).get("attributes"))
+    service = resource.get("service.name", {}).get("stringValue", "")
+    fixed = {column_name(r): _value(resource.get(r.key)) for r in refs if r.source == AttrSource.RESOURCE}
+    per_span = [(column_name(r), r.key) for r in refs if r.source == AttrSource.SPAN]
     for ss in rs.get("scopeSpans") or rs.get("scope_spans") or []:
         for span in ss.get("spans") or []:
+            for col, value in fixed.items():
+                cols[col].append(value)
+            if per_span:
+                own = _attrs(span.get("attributes"))
+                for col, key in per_span:
+                    cols[col].append(_value(own.get(key)))
             parent = span.get("parentSpanId") or span.get("parent_span_id")
             status = span.get("status") or {}
             cols["trace_id"].append(bytes.fromhex(span.get("traceId") or span["trace_id"]))

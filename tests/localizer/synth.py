@@ -161,3 +161,16 @@ def batch(rows: list[dict[str, Any]], columns: dict[str, list[Any]] | None = Non
     for name, values in (columns or {}).items():
         out = out.append_column(name, pa.array(values))
     return out.append_column("_row", pa.array(range(len(rows)), pa.int64()))
+
+
+def with_nodes(path: Path, nodes: dict[str, str]) -> None:
+    """Rewrite an OTLP/JSON lines file (``write_otlp``) so each service in ``nodes`` carries the
+    resource attribute ``k8s.node.name`` with that value."""
+    lines = [json.loads(line) for line in gzip.decompress(path.read_bytes()).splitlines() if line.strip()]
+    for doc in lines:
+        for rs in doc["resourceSpans"]:
+            attrs = rs["resource"]["attributes"]
+            service = next(a["value"]["stringValue"] for a in attrs if a["key"] == "service.name")
+            if service in nodes:
+                attrs.append({"key": "k8s.node.name", "value": {"stringValue": nodes[service]}})
+    path.write_bytes(gzip.compress(("\n".join(json.dumps(d) for d in lines) + "\n").encode()))

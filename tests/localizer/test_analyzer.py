@@ -247,3 +247,24 @@ def test_offline_analysis_gives_rules_the_seeded_baseline(tmp_path: Path) -> Non
     assert analyze(requests, rules).findings == []  # no localizer, no baseline: nil
     result = analyze(requests, rules, LocalizerAnalyzer(tmp_path / "normal.jsonl.gz"))
     assert {f.trace_id for f in result.findings} == bad
+
+
+def test_attribution_compares_with_the_values_learned_from_the_baseline(
+        tmp_path: Path, conn: duckdb.DuckDBPyConnection) -> None:
+    # normally db runs on node-1; today every db span runs on node-3, slow or not — within the
+    # batch node-3 is nothing special, against the baseline it is what the slow spans share
+    path = tmp_path / "baseline.jsonl.gz"
+    synth.write_otlp(synth.spans(n=60, seed=700), path)
+    synth.with_nodes(path, {"db": "node-1"})
+    analyzer = LocalizerAnalyzer(path)
+    rows, bad = _mixed(synth.Faults(slow={"db": 20.0}), seed=710)
+    nodes = ["node-3" if r["service"] == "db" else None for r in rows]
+    verdict = _analyze(analyzer, conn, synth.batch(rows, {NODE: nodes}))
+    assert [(a.key, a.value, a.reference) for a in verdict.attributions] == [("k8s.node.name", "node-3", "baseline")]
+    assert verdict.attributions[0].message.startswith("k8s.node.name=node-3 in 100% of anomalous spans vs 0% in the baseline")
+    tops = [verdict.traces[t].top for t in bad]
+    assert all(any("node-3" in e.message for e in c.evidence if e.source == "localizer.attribution") for c in tops)
+    # the batch was learned too (weighted): node-3 now has some weight in db's counts
+    assert ("db", NODE, "node-3") in {(r["service"], r["key"], r["val"])
+                                     for r in analyzer.history.values().values.to_pylist()}
+    analyzer.close()

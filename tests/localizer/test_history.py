@@ -6,9 +6,14 @@ import duckdb
 import pyarrow as pa
 import pytest
 import synth
+from synth import with_nodes
 
+from dsl import AttrRef, AttrSource, column_name
 from processor.localizer import Baseline, span_metrics
 from processor.localizer.history import History, HistoryConfig
+
+NODE_REF = AttrRef(AttrSource.RESOURCE, "k8s.node.name")
+NODE = column_name(NODE_REF)
 
 
 def _metrics(n: int, seed: int, faults: synth.Faults | None = None) -> pa.Table:
@@ -67,3 +72,60 @@ def test_memory_is_bounded() -> None:
     size = history.size()
     assert size["lz_ops"] == 5 and size["lz_shapes"] <= 5
     assert size["lz_hist"] <= 5 * 2 * 60
+
+
+def _values(rows: list[dict], nodes: list[str | None]) -> pa.Table:
+    return pa.table({"trace_id": pa.array([r["trace_id"] for r in rows], pa.binary()),
+                     "service": [r["service"] for r in rows], NODE: pa.array(nodes, pa.string())})
+
+
+def _shares(history: History) -> dict[tuple[str, str], float]:
+    return {(r["service"], r["val"]): r["share"] for r in history.values().values.to_pylist()}
+
+
+def test_attribute_values_are_counted_per_service_against_all_its_spans() -> None:
+    history = History(HistoryConfig(min_count=1))
+    rows = synth.spans(n=50, seed=1)
+    # db spans alternate node-1 / node-2; every other service has no node attribute at all
+    nodes = [(f"node-{i % 2 + 1}" if r["service"] == "db" else None) for i, r in enumerate(rows)]
+    history.learn(span_metrics(duckdb.connect(), synth.table(rows)), values=_values(rows, nodes))
+    shares = _shares(history)
+    assert shares[("db", "node-1")] == pytest.approx(0.5) and shares[("db", "node-2")] == pytest.approx(0.5)
+    assert {s for s, _ in shares} == {"db"}
+    known = set(history.values().known.column("service").to_pylist())
+    assert {"db", "frontend", "cart"} <= known     # frontend is known: it normally carries no node
+
+
+def test_value_counts_stay_bounded_and_evicted_weight_is_remembered() -> None:
+    history = History(HistoryConfig(min_count=1, max_values=3))
+    for seed in range(4):
+        rows = synth.spans(n=40, seed=seed)
+        nodes = [f"node-{(i + seed) % 12}" for i in range(len(rows))]   # 12 nodes, evenly used
+        history.learn(span_metrics(duckdb.connect(), synth.table(rows)), values=_values(rows, nodes))
+    size = history.size()
+    services = len(history.values().known)
+    assert size["lz_vtot"] == services
+    assert size["lz_values"] <= services * (3 + 1)   # three values and one "other" row per (service, key)
+    unknown = {r["service"]: r["share"] for r in history.values().unknown.to_pylist()}
+    # a node not kept was seen, so its share is not known to be zero — but it is at most a kept one's
+    for (service, _), share in _shares(history).items():
+        assert 0 < unknown[service] <= share + 1e-9
+
+
+def test_value_counts_decay_with_traffic_so_a_move_is_learned() -> None:
+    history = History(HistoryConfig(min_count=1, half_life=50))
+    for seed, node in [(1, "node-1"), *((s, "node-2") for s in range(2, 12))]:
+        rows = synth.spans(n=50, seed=seed)
+        history.learn(span_metrics(duckdb.connect(), synth.table(rows)), values=_values(rows, [node] * len(rows)))
+    shares = _shares(history)
+    assert shares[("db", "node-2")] > 0.99 and shares.get(("db", "node-1"), 0.0) < 0.01
+
+
+def test_seeding_from_a_file_learns_the_attribute_values(tmp_path) -> None:
+    path = tmp_path / "base.jsonl.gz"
+    synth.write_otlp(synth.spans(n=40, seed=3), path)
+    with_nodes(path, {"db": "node-1"})
+    history = History(HistoryConfig(min_count=1))
+    history.seed(path, [NODE_REF])
+    shares = _shares(history)
+    assert shares == {("db", "node-1"): pytest.approx(1.0)}
