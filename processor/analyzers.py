@@ -24,6 +24,7 @@ from processor.combine import CombinedAnalyzer
 from processor.config import FaulttraceProcessorConfig, StorageConfig
 from processor.evaluator import RuleAnalyzer
 from processor.localizer import LocalizerAnalyzer
+from processor.localizer.analyzer import ATTRIBUTION
 from processor.project import Projection, Projector
 from processor.ruleset import load_configured_rules
 
@@ -33,7 +34,8 @@ LEFT_BEHIND = ("raw", "resource_id", "scope_id")  # store columns no analyzer re
 
 
 def configured_projection(config: FaulttraceProcessorConfig) -> set[AttrRef]:
-    """The attributes the config asks for besides those the analyzers read."""
+    """The attributes the config names (``attributes``): projected for every batch, and
+    compared by the localizer's attribution."""
     return {AttrRef(AttrSource(a.source), a.key, AttrType(a.type), a.event) for a in config.attributes}
 
 
@@ -129,7 +131,11 @@ def build_analyzer(config: FaulttraceProcessorConfig, source: str = "<config>") 
     """The analysis in this process; None when there is nothing to run (no rules, localizer off)."""
     rules = load_configured_rules(config, source)
     rule_analyzers: list[Analyzer] = [RuleAnalyzer(rules)] if len(rules) else []
-    localizers: list[Analyzer] = [LocalizerAnalyzer(config.localizer.baseline)] if config.localizer.enabled else []
+    localizers: list[Analyzer] = []
+    if config.localizer.enabled:
+        # the configured attributes are also compared by attribution, besides the conventional ones
+        attribution = tuple(dict.fromkeys([*ATTRIBUTION, *sorted(configured_projection(config))]))
+        localizers.append(LocalizerAnalyzer(config.localizer.baseline, attribution=attribution))
     if not rule_analyzers and not localizers:
         return None
     return CombinedAnalyzer(rule_analyzers, localizers)

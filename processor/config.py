@@ -105,14 +105,15 @@ class OtlpReceiverConfig(_Model):
 class StorageConfig(_Model):
     path: str | None = None  # None: in memory
     memory_limit: str | None = None  # DuckDB memory_limit, e.g. "2GB"
-    # DuckDB worker threads for rule evaluation.  One is the cheapest per span
-    # (measured: 4.1 vs 6.0 us/span of CPU with two) while receivers already
-    # keep the other core busy; raise it on machines with cores to spare.
+    # DuckDB threads for analysis (rules, fault trees, localizer).  One is the
+    # cheapest per span (measured: 4.1 vs 6.0 us/span of CPU with two) while
+    # receivers keep the other core busy; raise it on machines with cores to spare.
     threads: int = Field(1, gt=0)
 
 
 class AttributeSpec(_Model):
-    """One attribute the store projects into a column (rules add theirs)."""
+    """An attribute projected for analysis besides those the rules read, and compared by the
+    localizer's attribution (which values the anomalous spans share) besides its defaults."""
 
     key: str
     source: Literal["span", "resource", "event"] = "span"
@@ -141,9 +142,9 @@ class FaulttraceProcessorConfig(_Model):
     rules: list[str] = []          # rule files, directories or globs, besides the built-in library
     builtin_rules: bool = True     # load the library shipped in rules/
     localizer: LocalizerConfig = LocalizerConfig()
-    # Run rules, fault trees and the localizer in a worker process: in the
-    # receiving process every DuckDB result waits for the interpreter lock that
-    # decoding keeps busy (measured: ~1.8x the analysed throughput).
+    # Run attribute decoding, rules, fault trees and the localizer in a worker
+    # process: in the receiving process they compete with receiving for the
+    # interpreter lock and one core (processor.worker).
     analysis_process: bool = True
 
 

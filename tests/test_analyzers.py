@@ -1,0 +1,59 @@
+"""processor.analyzers: which analysis a config runs, and what it projects."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pyarrow as pa
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from dsl import AttrRef, AttrSource, column_name
+from harness import kv, sid, tid
+from processor.analysis import BatchVerdict
+from processor.analyzers import LocalAnalysis, analysis_projection, build_analyzer, pipeline_analysis
+from processor.config import FaulttraceProcessorConfig
+from processor.decode import decode
+from processor.localizer.analyzer import ATTRIBUTION
+
+FLAG = AttrRef(AttrSource.SPAN, "feature_flag.variant")
+
+
+def test_configured_attributes_are_projected_and_compared_by_attribution():
+    config = FaulttraceProcessorConfig(builtin_rules=False, attributes=[{"key": "feature_flag.variant"}])
+    analyzer = build_analyzer(config)
+    localizer = analyzer.statistical[0]
+    assert FLAG in localizer.attribution and set(ATTRIBUTION) <= set(localizer.attribution)
+    assert FLAG in analysis_projection(config, analyzer).refs
+    analyzer.close()
+
+
+def test_nothing_to_run_is_no_analysis():
+    config = FaulttraceProcessorConfig(builtin_rules=False, localizer={"enabled": False}, analysis_process=False)
+    assert pipeline_analysis(config) is None
+
+
+def test_an_analyzer_reads_the_projected_columns_of_a_released_batch():
+    seen: list[list] = []
+
+    class Reader:
+        def projection(self):
+            return frozenset({FLAG})
+
+        def analyze(self, conn, table):
+            seen.append(conn.execute(f"SELECT {column_name(FLAG)} FROM {table} ORDER BY _row").fetchall())
+            return BatchVerdict()
+
+    req = ExportTraceServiceRequest()
+    spans = req.resource_spans.add(resource={"attributes": [kv("service.name", "api")]}).scope_spans.add().spans
+    for n, variant in ((1, "on"), (2, None)):
+        span = spans.add(trace_id=tid(n), span_id=sid(n), name="op")
+        if variant:
+            span.attributes.append(kv("feature_flag.variant", variant))
+    batch = decode(req).batch
+    analysis = LocalAnalysis(Reader(), analysis_projection(FaulttraceProcessorConfig(), Reader()))
+    try:
+        assert asyncio.run(analysis.analyze(batch.table, batch.resources)) == BatchVerdict()
+    finally:
+        analysis.close()
+    assert seen == [[("on",), (None,)]]
+    assert isinstance(batch.table, pa.Table) and column_name(FLAG) not in batch.table.column_names
