@@ -17,9 +17,11 @@ import asyncio
 import logging
 import multiprocessing as mp
 import pickle
+import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 
 import pyarrow as pa
 
@@ -61,20 +63,21 @@ def _serve(config_json: str, conn: Connection) -> None:
 
 
 class ProcessAnalysis:
-    """The pipeline's analysis run in a child process (``processor.analysis.Analysis``)."""
+    """The pipeline's analysis run in a child process (``processor.analysis.Analysis``).
+
+    A worker that dies (killed, out of memory, a crash in native code) costs
+    the batch it had its verdict; the next batch starts a new one, at most
+    every ``RESTART_INTERVAL`` seconds.  The new worker starts from the
+    configured state: a learned baseline is relearned (or re-seeded).
+    """
+
+    RESTART_INTERVAL = 5.0
 
     def __init__(self, config: FaulttraceProcessorConfig) -> None:
-        ctx = mp.get_context("spawn")
-        self._conn, child = ctx.Pipe()
-        self._process = ctx.Process(target=_serve, args=(config.model_dump_json(), child), daemon=True,
-                                    name="faulttrace-analysis")
-        self._process.start()
-        child.close()
-        try:
-            projection = Projection.of(pickle.loads(self._conn.recv()))
-        except EOFError:
-            self._process.join(5)
-            raise RuntimeError("the analysis process failed to start (its error is logged above)") from None
+        self._config_json = config.model_dump_json()
+        self._closed = False
+        self._started_at = 0.0
+        self._process, self._conn, projection = self._start()
         self._projection = projection
         # one thread: a batch's round trip is not interleaved with another's
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="faulttrace-analysis")
@@ -86,6 +89,20 @@ class ProcessAnalysis:
         if not projection.reads_resources:
             self._left_behind.append("resource_id")
 
+    def _start(self) -> tuple[BaseProcess, Connection, Projection]:
+        ctx = mp.get_context("spawn")
+        conn, child = ctx.Pipe()
+        process = ctx.Process(target=_serve, args=(self._config_json, child), daemon=True, name="faulttrace-analysis")
+        self._started_at = time.monotonic()
+        process.start()
+        child.close()
+        try:
+            projection = Projection.of(pickle.loads(conn.recv()))
+        except EOFError:
+            process.join(5)
+            raise RuntimeError("the analysis process failed to start (its error is logged above)") from None
+        return process, conn, projection
+
     def projection(self) -> frozenset[AttrRef]:
         return frozenset(self._projection.refs)
 
@@ -95,6 +112,8 @@ class ProcessAnalysis:
 
     def analyze_now(self, released: pa.Table, resources: Mapping[int, bytes]) -> BatchVerdict:
         """``analyze`` on the calling thread: send the batch, wait for the verdict."""
+        if not self._process.is_alive() and not self._restart():
+            return BatchVerdict()
         batch = released.drop_columns([c for c in self._left_behind if c in released.column_names])
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, batch.schema) as writer:
@@ -105,10 +124,31 @@ class ProcessAnalysis:
             self._conn.send_bytes(sink.getvalue())
             return pickle.loads(self._conn.recv_bytes())
         except (EOFError, OSError) as err:
-            log.error("the analysis process is gone (%s); this batch is exported without analysis", err)
+            self._process.join(1)  # reap it: its exit code, and the next batch sees it dead
+            log.error("the analysis process is gone (%s, exit code %s); %d spans are exported without analysis",
+                      err, self._process.exitcode, released.num_rows)
             return BatchVerdict()
 
+    def _restart(self) -> bool:
+        """Start a new worker for a dead one (not after close, not twice within RESTART_INTERVAL)."""
+        if self._closed or time.monotonic() - self._started_at < self.RESTART_INTERVAL:
+            return False
+        self._conn.close()
+        try:
+            process, conn, projection = self._start()
+        except RuntimeError as err:
+            log.error("restarting the analysis process failed: %s", err)
+            return False
+        if projection != self._projection:  # the same config projects the same attributes
+            log.error("the restarted analysis process projects other attributes; stopping it")
+            process.kill()
+            return False
+        self._process, self._conn = process, conn
+        log.warning("the analysis process was restarted; its learned state starts over")
+        return True
+
     def close(self) -> None:
+        self._closed = True
         self._executor.shutdown(wait=True)
         try:
             self._conn.send_bytes(pickle.dumps(None))

@@ -70,3 +70,22 @@ def test_a_failing_analysis_costs_the_batch_its_verdict_not_the_pipeline():
     table, resources = released_batch()
     analysis = LocalAnalysis(Broken(), analysis_projection(FaulttraceProcessorConfig(), Broken()))
     assert verdict_of(analysis, table, resources) == {}
+
+
+def test_a_dead_worker_is_replaced_for_the_next_batch():
+    config = FaulttraceProcessorConfig(localizer={"enabled": False})
+    worker = ProcessAnalysis(config)
+    table, resources = released_batch()
+    try:
+        expected = verdict_of(worker, table, resources)
+        assert expected
+        first = worker._process
+        first.kill()
+        first.join(5)
+        assert verdict_of(worker, table, resources) == {}  # too soon after the last start: no new worker yet
+        worker.RESTART_INTERVAL = 0.0
+        assert verdict_of(worker, table, resources) == expected  # a new worker took over
+        assert worker._process is not first and worker._process.is_alive()
+    finally:
+        worker.close()
+    assert not worker._process.is_alive()
