@@ -6,7 +6,8 @@ annotator --ExportPayload--> exporters.  Nothing between stages is a loose dict.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 
@@ -63,8 +64,18 @@ class ReleasedSpans:
 
 @dataclass(frozen=True, slots=True)
 class ExportPayload:
-    """One encoded ``ExportTraceServiceRequest``, as every exporter receives it."""
+    """One encoded ``ExportTraceServiceRequest``, as every exporter receives it.
+
+    ``on_settled``, if set, is called once the exporter is done with the
+    payload for good: delivered, or given up on (a permanent error, retries
+    exhausted).  Not when shutdown leaves it undelivered: a durable store then
+    keeps its spans for the next start."""
 
     data: bytes
     span_count: int
     trace_count: int = 0
+    on_settled: Callable[[], None] | None = field(default=None, compare=False, repr=False)
+
+    def settled(self) -> None:
+        if self.on_settled is not None:
+            self.on_settled()

@@ -10,6 +10,7 @@ then the store closes.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import sys
 import time
@@ -80,6 +81,7 @@ class Pipeline:
         self._loop_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._release_lock = asyncio.Lock()
+        self._delivered: list[tuple[bytes, bytes]] = []  # (trace id, span id) settled by every exporter
         self._running = False
 
     # --- lifecycle -------------------------------------------------------------
@@ -111,10 +113,12 @@ class Pipeline:
         try:
             await asyncio.wait_for(self._release(due), max(0.0, deadline - self._clock()))
         except TimeoutError:
-            log.error("shutdown timeout (%.0fs) reached with %d spans still buffered; they are lost",
-                      timeout, self.store.buffered_spans)
+            log.error("shutdown timeout (%.0fs) reached with %d spans still buffered; %s", timeout,
+                      self.store.buffered_spans,
+                      "the journal keeps them for the next start" if self.store.durable else "they are lost")
         for exporter in self.exporters:
             await exporter.shutdown(max(0.0, deadline - self._clock()))
+        await self._forget_delivered()  # what is still undelivered stays in the journal
         self.ingest.close()
         await self.store.close()
         if self._analysis is not None:
@@ -161,6 +165,7 @@ class Pipeline:
             began = self._clock()
             try:
                 await self._release(self.assembler.due(began))
+                await self._forget_delivered()
                 if self._clock() >= next_gc:
                     next_gc = self._clock() + GROUP_GC_INTERVAL
                     await self.store.forget_unused_groups()
@@ -213,9 +218,21 @@ class Pipeline:
         if adds:
             edits = {i: adds[key] for i, key in enumerate(zip(spans.trace_ids, spans.span_ids)) if key in adds}
             raw = annotate(raw, edits)
+        # A durable store keeps the chunk's spans in its journal until every
+        # exporter is done with every payload of it.
+        settlement = _Settlement(spans, self._delivered.extend) if self.store.durable else None
         for payload in encode_payloads(spans, raw):
             for exporter in self.exporters:
-                await exporter.export(payload)
+                await exporter.export(payload if settlement is None
+                                      else dataclasses.replace(payload, on_settled=settlement.expect()))
+        if settlement is not None:
+            settlement.seal()
+
+    async def _forget_delivered(self) -> None:
+        """Let delivered spans leave the journal (durable store)."""
+        if self._delivered:
+            done, self._delivered = self._delivered, []
+            await self.store.forget(done)
 
     def _health(self) -> dict[str, object]:
         return {"status": "ok" if self._running else "stopping",
@@ -224,3 +241,37 @@ class Pipeline:
 
 
 __all__ = ["Pipeline", "ReleaseReason"]
+
+
+class _Settlement:
+    """Counts a chunk's payloads out to the exporters and back: once the chunk
+    is sealed (all handed out) and every one is settled, ``done`` gets the
+    chunk's (trace id, span id) keys.  Exporters settle on the event loop."""
+
+    def __init__(self, spans: ReleasedSpans, done: Callable[[list[tuple[bytes, bytes]]], None]) -> None:
+        self._keys = list(zip(spans.trace_ids, spans.span_ids))
+        self._done: Callable[[list[tuple[bytes, bytes]]], None] | None = done
+        self._pending = 0
+        self._sealed = False
+
+    def expect(self) -> Callable[[], None]:
+        """A callback for one payload handed to one exporter."""
+        self._pending += 1
+        settled = False
+
+        def settle() -> None:
+            nonlocal settled
+            if not settled:  # once per payload and exporter, whatever the exporter does
+                settled = True
+                self._pending -= 1
+                self._check()
+        return settle
+
+    def seal(self) -> None:
+        self._sealed = True
+        self._check()
+
+    def _check(self) -> None:
+        if self._sealed and self._pending == 0 and self._done is not None:
+            done, self._done = self._done, None
+            done(self._keys)

@@ -21,8 +21,9 @@ only a few stragglers (long traces) is compacted to them.
 
 With ``storage.path`` the store is also durable: every batch is journaled into
 a DuckDB file (table ``spans`` plus the group heads) before it is
-acknowledged, released traces are deleted from it, and a restart recovers
-what was still buffered.
+acknowledged, a span leaves it once it is delivered (``forget``, called by
+the pipeline when every exporter is done with it), and a restart recovers
+what was still buffered or undelivered: delivery is at least once.
 
 All work on buffered spans and every DuckDB call runs on the store's own
 worker thread (off the event loop, and one thread needs no locking; Arrow and
@@ -203,7 +204,8 @@ class SpanStore:
     # --- release -------------------------------------------------------------
 
     async def release(self, trace_ids: Iterable[bytes]) -> ReleasedSpans:
-        """Remove the traces' spans from the store (and its journal) and hand them back."""
+        """Remove the traces' spans from the store and hand them back.  A durable
+        store keeps them in its journal until they are ``forget``-ten (delivered)."""
         ids = pa.array(list(trace_ids), pa.binary())
         return await self._run(self._release, ids)
 
@@ -212,10 +214,16 @@ class SpanStore:
             released = self._take(ids)
             spans = self._released_spans(released, len(ids))
             self._collect_generations()
-        if self.durable and len(ids):
-            with self._db_lock:
-                self._unjournal(ids)
         return spans
+
+    async def forget(self, spans: Iterable[tuple[bytes, bytes]]) -> None:
+        """Drop released spans, by (trace id, span id), from the journal: they are
+        delivered (or given up on for good), so a restart must not send them again."""
+        if not self.durable:
+            return
+        keys = list(spans)
+        if keys:
+            await self._run(self._forget, keys)
 
     def _take(self, ids: pa.Array) -> pa.Table:
         """Select (and mark released) the rows of ``ids`` in every generation."""
@@ -244,14 +252,17 @@ class SpanStore:
         self.buffered_spans -= released.num_rows
         return released
 
-    def _unjournal(self, ids: pa.Array) -> None:
+    def _forget(self, keys: list[tuple[bytes, bytes]]) -> None:
         conn = self._conn
         assert conn is not None
-        conn.register("release_ids", pa.table({"trace_id": ids}))
-        try:
-            conn.execute("DELETE FROM spans WHERE trace_id IN (SELECT trace_id FROM release_ids)")
-        finally:
-            conn.unregister("release_ids")
+        done = pa.table({"trace_id": pa.array([t for t, _ in keys], pa.binary()),
+                         "span_id": pa.array([s for _, s in keys], pa.binary())})
+        with self._db_lock:
+            conn.register("delivered", done)
+            try:
+                conn.execute("DELETE FROM spans WHERE (trace_id, span_id) IN (SELECT (trace_id, span_id) FROM delivered)")
+            finally:
+                conn.unregister("delivered")
 
     def _released_spans(self, released: pa.Table, trace_count: int) -> ReleasedSpans:
         resource_ids = released.column("resource_id").to_pylist()

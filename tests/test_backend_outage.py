@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 
+import duckdb
 import grpc
 import pytest
 import requests
@@ -114,3 +115,35 @@ def test_refusing_backend_gets_each_span_once_plus_one_try_per_refusal(pipeline_
             first_fail = failed[0]
             resend = next(r for r in received if r.at > first_fail.at and r.raw == first_fail.raw)
             assert resend.at - first_fail.at >= 0.9
+
+
+def test_a_durable_store_keeps_undelivered_spans_across_a_restart(pipeline_factory, tmp_path):
+    """Spans released while the backend is down and still undelivered at shutdown stay in the
+    journal; the next start delivers them. Delivered spans leave the journal."""
+    journal = str(tmp_path / "spans.duckdb")
+    sink = OtlpGrpcSink()
+    port = sink.port
+    sink.stop()  # the backend is down
+    config = config_dict({"otlp_grpc": grpc_exporter(port)}, shutdown_timeout=1.0,
+                         processor={"storage": {"path": journal}})
+    running = pipeline_factory(config)
+    sent = _send_traffic(running, first=300)
+    total = span_count(sent)
+    wait_until(lambda: running.pipeline.store.buffered_spans == 0, what="every trace released")
+    wait_until(lambda: running.metric("faulttrace_exporter_retries_total", exporter="otlp_grpc") >= 3,
+               what="the exporter to retry")  # only the exporter holds the spans now, and cannot deliver
+    running.stop()  # the shutdown timeout runs out with every payload undelivered
+    assert running.metric("faulttrace_exporter_sent_spans_total", exporter="otlp_grpc") == 0
+
+    sink.restart()
+    try:
+        again = pipeline_factory(config)
+        assert again.pipeline.store.buffered_spans == total  # recovered from the journal
+        sink.wait_for_spans(total, timeout=15)
+        time.sleep(0.3)  # a duplicate would arrive by now
+        assert_same_spans(sent, sink.requests)
+        again.stop()
+    finally:
+        sink.stop()
+    with duckdb.connect(journal) as conn:  # delivered: nothing left to send again
+        assert conn.execute("SELECT count(*) FROM spans").fetchone() == (0,)

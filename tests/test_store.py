@@ -202,7 +202,9 @@ def test_file_storage_survives_close_and_reopen(tmp_path):
         assert await store.open() == {}
         await store.append(batch(range(1, 3), spans_per_trace=2))
         await store.append(batch(range(3, 4), spans_per_trace=2, scope="second"))
-        await store.release([tid(2)])
+        delivered = await store.release([tid(2)])
+        await store.forget(zip(delivered.trace_ids, delivered.span_ids))
+        await store.release([tid(3)])  # released but never delivered: the journal keeps it
         await store.close()
 
     async def second() -> None:
@@ -213,6 +215,7 @@ def test_file_storage_survives_close_and_reopen(tmp_path):
         spans = await store.release([tid(1), tid(3)])
         assert released_names(spans) == ["svc/lib/1/0", "svc/lib/1/1", "svc/second/3/0", "svc/second/3/1"]
         assert {ScopeSpans.FromString(spans.scopes[s]).scope.name for s in spans.scope_ids} == {"lib", "second"}
+        await store.forget(zip(spans.trace_ids, spans.span_ids))
         await store.append(batch(range(5, 6)))
         await store.close()
 
@@ -223,11 +226,13 @@ def test_file_storage_survives_close_and_reopen(tmp_path):
         assert released_names(spans) == ["svc/lib/5/0"]
         assert ResourceSpans.FromString(spans.resources[spans.resource_ids[0]]).resource.attributes[0] \
             == kv("service.name", "svc")
+        await store.forget(zip(spans.trace_ids, spans.span_ids))
         await store.close()
 
     async def fourth() -> None:
         store = SpanStore(path=path)
-        assert await store.open() == {}  # nothing left buffered
+        assert await store.open() == {}  # nothing left buffered or undelivered
+        await store.forget([(tid(9), sid(901))])  # nothing to forget: a no-op
         await store.close()
 
     asyncio.run(first())
@@ -250,6 +255,7 @@ def test_a_journal_with_the_attribute_columns_of_an_older_version_is_recovered(t
         assert await store.open() == {tid(1): 2, tid(2): 2}
         spans = await store.release([tid(1), tid(2)])
         assert released_names(spans) == ["svc/lib/1/0", "svc/lib/1/1", "svc/lib/2/0", "svc/lib/2/1"]
+        await store.forget(zip(spans.trace_ids, spans.span_ids))
         await store.close()
 
     asyncio.run(write())

@@ -116,8 +116,10 @@ class DebugExporter(Exporter):
             logging.getLogger(__name__).exception("exporter %s: cannot print %d spans",
                                                   self.component_id, payload.span_count)
             self._failed.inc(payload.span_count)
+            payload.settled()
             return
         self._sent.inc(payload.span_count)
+        payload.settled()
 
     async def shutdown(self, timeout: float) -> None:
         if self._handler is not None:

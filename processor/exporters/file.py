@@ -53,8 +53,10 @@ class FileExporter(Exporter):
                 log.exception("exporter %s: dropping %d spans: cannot write to %s", self.component_id,
                               payload.span_count, self._path)
                 self._failed.inc(payload.span_count)
+                payload.settled()
                 return
         self._sent.inc(payload.span_count)
+        payload.settled()
 
     async def shutdown(self, timeout: float) -> None:
         async with self._lock:

@@ -111,7 +111,7 @@ class RetryingSender:
     async def submit(self, payload: ExportPayload) -> None:
         """Queue ``payload`` (waiting while the queue is full), or send it inline without a queue."""
         if self._closed:
-            self._give_up(payload, "exporter is shut down")
+            self._give_up(payload, "exporter is shut down", settled=False)
             return
         if self._queue is None:
             await self._send_inline(payload)
@@ -152,11 +152,12 @@ class RetryingSender:
             try:
                 await self._deliver(payload)
             except asyncio.CancelledError:
-                self._give_up(payload, "shutdown timeout reached while sending")
+                self._give_up(payload, "shutdown timeout reached while sending", settled=False)
                 raise
             except Exception:  # component boundary: a bug in a transport must not kill the consumer
                 log.exception("exporter %s: unexpected error sending %d spans", self._id, payload.span_count)
                 self._failed.inc(payload.span_count)
+                payload.settled()
             finally:
                 self._queue.task_done()
 
@@ -168,6 +169,7 @@ class RetryingSender:
         except Exception:  # component boundary, as in _consume
             log.exception("exporter %s: unexpected error sending %d spans", self._id, payload.span_count)
             self._failed.inc(payload.span_count)
+            payload.settled()
         finally:
             self._inflight -= 1
             if self._inflight == 0:
@@ -184,7 +186,7 @@ class RetryingSender:
         assert self._queue is not None
         while True:
             while not self._queue.empty():
-                self._give_up(self._queue.get_nowait(), "not sent before shutdown timeout")
+                self._give_up(self._queue.get_nowait(), "not sent before shutdown timeout", settled=False)
                 self._queue.task_done()
             if self._pending_puts == 0:
                 break
@@ -203,6 +205,7 @@ class RetryingSender:
                 self._sent.inc(payload.span_count - rejected)
                 if rejected:
                     self._failed.inc(rejected)
+                payload.settled()
                 return
             if not attempt.retryable or not self._retry.enabled:
                 self._give_up(payload, attempt.error)
@@ -217,13 +220,20 @@ class RetryingSender:
                                        f"{max_elapsed:g}s")
                 return
             if self._deadline is not None and now + delay > self._deadline:
-                self._give_up(payload, f"{attempt.error}; shutting down, no time left to retry")
+                self._give_up(payload, f"{attempt.error}; shutting down, no time left to retry", settled=False)
                 return
             log.info("exporter %s: %s; retrying %d spans in %.3fs",
                      self._id, attempt.error, payload.span_count, delay)
             self._retries.inc()
             await asyncio.sleep(delay)
 
-    def _give_up(self, payload: ExportPayload, reason: str) -> None:
-        log.error("exporter %s: dropping %d spans: %s", self._id, payload.span_count, reason)
+    def _give_up(self, payload: ExportPayload, reason: str, settled: bool = True) -> None:
+        """Count ``payload`` as failed; ``settled``: for good (not a shutdown leaving it
+        undelivered, whose spans a durable store keeps for the next start)."""
         self._failed.inc(payload.span_count)
+        if settled:
+            log.error("exporter %s: dropping %d spans: %s", self._id, payload.span_count, reason)
+            payload.settled()
+        else:  # a durable store sends them again on the next start; without one they are lost
+            log.error("exporter %s: %d spans not delivered before shutdown: %s", self._id, payload.span_count,
+                      reason)

@@ -197,3 +197,36 @@ def test_export_after_shutdown_counts_failed(telemetry: Telemetry) -> None:
     asyncio.run(main())
     assert transport.calls == []
     assert metric(telemetry, "faulttrace_exporter_send_failed_spans_total", CID) == 3
+
+
+def settling(i: int, settled: list[int]) -> ExportPayload:
+    return ExportPayload(f"payload-{i}".encode(), 3, 1, on_settled=lambda: settled.append(i))
+
+
+def test_a_payload_is_settled_when_delivered_or_given_up_for_good(telemetry: Telemetry) -> None:
+    settled: list[int] = []
+    transport = ScriptedTransport([Attempt.permanent("invalid"), Attempt.retry("down"), RuntimeError("bug")])
+    run_all(sender(transport, telemetry, queue={"num_consumers": 1}), [settling(i, settled) for i in (1, 2, 3)])
+    assert sorted(settled) == [1, 2, 3]  # refused for good, delivered after a retry, a transport bug
+    settled.clear()
+    run_all(sender(ScriptedTransport(), telemetry, queue={"enabled": False}), [settling(4, settled)])
+    assert settled == [4]  # sent inline, without a queue
+
+
+def test_a_payload_left_undelivered_by_shutdown_is_not_settled(telemetry: Telemetry) -> None:
+    """A durable store keeps such spans for the next start: settling would lose them."""
+    settled: list[int] = []
+    transport = ScriptedTransport([Attempt.retry("down")] * 1000)
+    s = sender(transport, telemetry, queue={"num_consumers": 1})
+
+    async def main() -> None:
+        await s.start()
+        for i in (1, 2):  # one being retried, one waiting in the queue
+            await s.submit(settling(i, settled))
+        await asyncio.sleep(0.2)
+        await s.shutdown(0.3)
+        await s.submit(settling(3, settled))  # after shutdown
+
+    asyncio.run(main())
+    assert transport.delivered == [] and settled == []
+    assert metric(telemetry, "faulttrace_exporter_send_failed_spans_total", CID) == 9
