@@ -79,7 +79,11 @@ class Candidate:
 
     @property
     def layer(self) -> str:
-        return max(self._primary, key=lambda e: e.score).layer
+        """The layer of the strongest evidence that names one: the localizer's
+        evidence names none, so a rule on the span gives it even when the
+        localizer's score is higher ('' when no evidence names a layer)."""
+        known = [e for e in self._primary if e.layer]
+        return max(known, key=lambda e: e.score).layer if known else ""
 
     @property
     def rules(self) -> tuple[str, ...]:

@@ -39,6 +39,8 @@ def test_a_span_blamed_by_both_is_one_candidate_and_ranking_is_redone():
     assert [c.span_id for c in v.candidates] == [sid(3), sid(2), sid(4)]  # 3.2 > 2.7 > 0.6
     assert [c.rank for c in v.candidates] == [1, 2, 3]
     assert [e.source for e in v.candidates[1].evidence] == ["code.weak", "localizer.errors"]
+    # the localizer's evidence outscores the rule's but names no layer: the rule's layer stands
+    assert v.candidates[1].layer == "code" and v.candidates[2].layer == ""
     assert v.root_span_id == sid(1)
     assert merged.symptoms[tid(1)] == (sid(1), sid(5))  # a blamed span is never a symptom
     assert merged.services == (("svc", 1.5),)
