@@ -115,12 +115,21 @@ class TraceVerdict:
 
 
 @dataclass(frozen=True, slots=True)
+class ServiceRank:
+    """A service in the window-level ranking (``localizer.window``)."""
+
+    service: str
+    score: float          # abnormality beyond chance, summed over the evidence sources
+    probability: float    # that the window's fault originates here, given that it holds one
+
+
+@dataclass(frozen=True, slots=True)
 class BatchVerdict:
     traces: dict[bytes, TraceVerdict] = field(default_factory=dict)
     # trace id -> spans whose error or delay is inherited from the root causes (rca.symptom)
     symptoms: dict[bytes, tuple[bytes, ...]] = field(default_factory=dict)
     # services ranked by how consistently they are anomalous across the batch's traces
-    services: tuple[tuple[str, float], ...] = ()
+    services: tuple[ServiceRank, ...] = ()
 
 
 class Analyzer(Protocol):

@@ -21,7 +21,8 @@ def to_json(result: OfflineResult) -> dict[str, Any]:
                        "root_causes": [_candidate_json(c) for c in (verdict.candidates if verdict else ())],
                        "fault_trees": [_tree_json(t) for t in (verdict.fault_trees if verdict else ())]})
     return {"traces": traces,
-            "services": [{"service": svc, "score": score} for svc, score in result.verdict.services]}
+            "services": [{"service": r.service, "score": r.score, "probability": r.probability}
+                         for r in result.verdict.services]}
 
 
 def _tree_json(t: TreeOutcome) -> dict[str, Any]:
@@ -54,6 +55,10 @@ def write_text(result: OfflineResult, out: TextIO) -> None:
         by_trace[r["trace_id"]].append(r)
     for trace_id in _trace_order(result.spans):
         _write_trace(trace_id, by_trace[trace_id], result.verdict, out)
+    if result.verdict.services:
+        out.write("services, most likely origin first (across all traces of the file):\n")
+        for n, r in enumerate(result.verdict.services, 1):
+            out.write(f"  {n}. {r.service}  score {r.score:.2f}  p {r.probability:.2f}\n")
 
 
 def _write_trace(trace_id: bytes, spans: list[dict[str, Any]], verdict: BatchVerdict, out: TextIO) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from harness import sid, tid
 
-from processor.analysis import BatchVerdict, Candidate, Evidence, TraceVerdict
+from processor.analysis import BatchVerdict, Candidate, Evidence, ServiceRank, TraceVerdict
 from processor.annotator import annotations
 from processor.combine import STATISTICAL_WEIGHT, compete, merge, on_rule_scale, support
 
@@ -33,7 +33,7 @@ def test_a_span_blamed_by_both_is_one_candidate_and_ranking_is_redone():
         cand(3, rule("code.x", 0.8, 4), depth=3, rank=1), cand(2, rule("code.weak", 0.3, 2), rank=2)))})
     local = on_rule_scale(BatchVerdict({tid(1): TraceVerdict(tid(1), None, (
         cand(2, stat("localizer.errors", 0.9), rank=1), cand(4, stat("localizer.latency", 0.2), rank=2)))},
-        symptoms={tid(1): (sid(1), sid(2), sid(5))}, services=(("svc", 1.5),)))
+        symptoms={tid(1): (sid(1), sid(2), sid(5))}, services=(ServiceRank("svc", 1.5, 1.0),)))
     merged = merge([rules, local])
     v = merged.traces[tid(1)]
     assert [c.span_id for c in v.candidates] == [sid(3), sid(2), sid(4)]  # 3.2 > 2.7 > 0.6
@@ -43,7 +43,7 @@ def test_a_span_blamed_by_both_is_one_candidate_and_ranking_is_redone():
     assert v.candidates[1].layer == "code" and v.candidates[2].layer == ""
     assert v.root_span_id == sid(1)
     assert merged.symptoms[tid(1)] == (sid(1), sid(5))  # a blamed span is never a symptom
-    assert merged.services == (("svc", 1.5),)
+    assert merged.services == (ServiceRank("svc", 1.5, 1.0),)
 
 
 def test_symptoms_are_annotated_and_the_root_keeps_its_verdict():

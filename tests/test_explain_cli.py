@@ -174,3 +174,15 @@ def test_the_localizer_adds_its_evidence_and_a_service_ranking():
     assert kinds == {"rule", "localizer", "fault_tree"} or kinds == {"rule", "localizer"}
     assert any(e["source"] == "localizer.errors" for e in first["evidence"])
     assert doc["services"][0]["service"] == "payments" and doc["services"][0]["score"] > 0
+    probabilities = [s["probability"] for s in doc["services"]]
+    assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1.0001
+
+
+def test_text_ends_with_the_window_ranking_of_services():
+    run = faulttrace("explain", CHECKOUT)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    at = lines.index("services, most likely origin first (across all traces of the file):")
+    assert re.fullmatch(r"  1\. payments  score \d+\.\d\d  p \d\.\d\d", lines[at + 1])
+    # rules alone rank no services
+    assert "services, most likely" not in faulttrace("explain", "--no-localizer", CHECKOUT).stdout

@@ -23,7 +23,7 @@ import duckdb
 import pyarrow as pa
 
 from dsl import AttrRef, AttrSource, AttrType, column_name
-from processor.analysis import BatchVerdict, TraceVerdict
+from processor.analysis import BatchVerdict, ServiceRank, TraceVerdict
 from processor.localizer.attribution import Attribution, attribute
 from processor.localizer.blame import LocalizedBatch, blame_traces
 from processor.localizer.graph import span_metrics
@@ -93,7 +93,8 @@ class LocalizerAnalyzer:
         found = self._attribute(conn, table, verdict)
         self.history.learn(metrics, dict.fromkeys(verdict.traces, self.learn_suspect),
                            _values(conn, table, columns, self.attribution))
-        services = tuple((r.service, round(r.score, 4)) for r in ranking if r.score > 0)
+        services = tuple(ServiceRank(r.service, round(r.score, 4), round(r.probability, 4))
+                         for r in ranking if r.score > 0)
         return dataclasses.replace(_with_attributions(verdict, found), services=services)
 
     def _attribute(self, conn: duckdb.DuckDBPyConnection, table: str, verdict: LocalizedBatch) -> list[Attribution]:
