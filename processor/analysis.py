@@ -10,7 +10,8 @@ prints them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -94,6 +95,13 @@ class Candidate:
         """The strongest fault-tree evidence on this span, if a tree fired through it."""
         trees = [e for e in self.evidence if e.kind == "fault_tree"]
         return max(trees, key=lambda e: e.score) if trees else None
+
+
+def rank_candidates(candidates: Iterable[Candidate]) -> tuple[Candidate, ...]:
+    """Candidates in ranking order, numbered from 1: the strongest evidence
+    first (confidence x severity), deeper spans first on ties, then by span id."""
+    ordered = sorted(candidates, key=lambda c: (-c.score, -c.depth, c.span_id))
+    return tuple(dataclasses.replace(c, rank=i) for i, c in enumerate(ordered, 1))
 
 
 @dataclass(frozen=True, slots=True)

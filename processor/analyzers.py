@@ -72,20 +72,14 @@ def analyze_released(analyzer: Analyzer, projector: Projector, conn: duckdb.Duck
         return BatchVerdict()
 
 
-class LocalAnalysis:
-    """Analysis in this process, on a thread of its own (DuckDB and Arrow
-    release the interpreter lock) with its own DuckDB connection."""
+class SerialAnalysis:
+    """The ``processor.analysis.Analysis`` interface over ``analyze_now``:
+    batches run one at a time, in order, on a thread of their own (the
+    analyzers' state needs no locks; DuckDB and Arrow release the interpreter
+    lock)."""
 
-    def __init__(self, analyzer: Analyzer, projection: Projection, storage: StorageConfig | None = None) -> None:
-        self.analyzer = analyzer
-        self._projector = Projector(projection)
-        self._storage = storage or StorageConfig()
-        self._conn: duckdb.DuckDBPyConnection | None = None
-        # one thread: batches in order, and the analyzers' state needs no locks
+    def __init__(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="faulttrace-analysis")
-
-    def projection(self) -> frozenset[AttrRef]:
-        return frozenset(self._projector.projection.refs)
 
     async def analyze(self, released: pa.Table, resources: Mapping[int, bytes]) -> BatchVerdict:
         return await asyncio.get_running_loop().run_in_executor(self._executor, self.analyze_now, released,
@@ -93,12 +87,32 @@ class LocalAnalysis:
 
     def analyze_now(self, released: pa.Table, resources: Mapping[int, bytes]) -> BatchVerdict:
         """``analyze`` on the calling thread."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
+class LocalAnalysis(SerialAnalysis):
+    """Analysis in this process, with its own DuckDB connection."""
+
+    def __init__(self, analyzer: Analyzer, projection: Projection, storage: StorageConfig | None = None) -> None:
+        super().__init__()
+        self.analyzer = analyzer
+        self._projector = Projector(projection)
+        self._storage = storage or StorageConfig()
+        self._conn: duckdb.DuckDBPyConnection | None = None
+
+    def projection(self) -> frozenset[AttrRef]:
+        return frozenset(self._projector.projection.refs)
+
+    def analyze_now(self, released: pa.Table, resources: Mapping[int, bytes]) -> BatchVerdict:
         if self._conn is None:
             self._conn = analysis_connection(self._storage)
         return analyze_released(self.analyzer, self._projector, self._conn, released, resources)
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        super().close()
         close = getattr(self.analyzer, "close", None)
         if close is not None:
             close()

@@ -35,11 +35,9 @@ def _candidate_annotation(c: Candidate) -> tuple[dict[str, AttrValue], list[Span
 
 
 def _finding_attributes(e: Evidence) -> dict[str, AttrValue]:
-    if e.kind == "fault_tree":
-        return {"rca.fault_tree": e.source, "rca.cut_set": list(e.cut_set), "rca.layer": e.layer,
-                "rca.confidence": round(e.confidence, 4), "rca.message": e.message}
-    return {"rca.rule": e.source, "rca.layer": e.layer, "rca.confidence": round(e.confidence, 4),
-            "rca.message": e.message}
+    source: dict[str, AttrValue] = ({"rca.fault_tree": e.source, "rca.cut_set": list(e.cut_set)}
+                                    if e.kind == "fault_tree" else {"rca.rule": e.source})
+    return {**source, "rca.layer": e.layer, "rca.confidence": round(e.confidence, 4), "rca.message": e.message}
 
 
 def _verdict_attributes(v: TraceVerdict, top: Candidate) -> dict[str, AttrValue]:
@@ -74,9 +72,8 @@ def annotations(verdict: BatchVerdict) -> dict[tuple[bytes, bytes], Annotation]:
             out[(trace_id, span_id)] = Annotation(attrs, events)
     for trace_id, spans in verdict.symptoms.items():
         for span_id in spans:
-            # error or delay inherited from the root cause; a blamed span is never a symptom
-            if (trace_id, span_id) in out and "rca.root_cause" in out[(trace_id, span_id)].attributes:
-                continue
+            # error or delay inherited from the root cause (never a blamed span: localizer.blame
+            # leaves them out, combine.merge drops those another analyzer blames)
             have = out.get((trace_id, span_id), Annotation())
             out[(trace_id, span_id)] = Annotation({**have.attributes, "rca.symptom": True}, have.events)
     return out

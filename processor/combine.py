@@ -37,7 +37,7 @@ from collections.abc import Sequence
 import duckdb
 
 from dsl import BASELINE_TABLE, AttrRef
-from processor.analysis import Analyzer, BatchVerdict, Candidate, Evidence, TraceVerdict
+from processor.analysis import Analyzer, BatchVerdict, Candidate, Evidence, TraceVerdict, rank_candidates
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def merge(verdicts: Sequence[BatchVerdict]) -> BatchVerdict:
     for verdict in verdicts:
         for trace_id, v in verdict.traces.items():
             traces[trace_id] = _merge_trace(traces[trace_id], v) if trace_id in traces else v
-    ranked = {t: calibrate_trace(dataclasses.replace(v, candidates=_rank(v.candidates))) for t, v in traces.items()}
+    ranked = {t: calibrate_trace(dataclasses.replace(v, candidates=rank_candidates(v.candidates))) for t, v in traces.items()}
     symptoms: dict[bytes, tuple[bytes, ...]] = {}
     for verdict in verdicts:
         for trace_id, spans in verdict.symptoms.items():
@@ -118,11 +118,6 @@ def _merge_trace(a: TraceVerdict, b: TraceVerdict) -> TraceVerdict:
             by_span[c.span_id] = c
     return TraceVerdict(a.trace_id, a.root_span_id or b.root_span_id, tuple(by_span.values()),
                         a.fault_trees + b.fault_trees)
-
-
-def _rank(candidates: tuple[Candidate, ...]) -> tuple[Candidate, ...]:
-    ordered = sorted(candidates, key=lambda c: (-c.score, -c.depth, c.span_id))
-    return tuple(dataclasses.replace(c, rank=i) for i, c in enumerate(ordered, 1))
 
 
 def register_baseline(conn: duckdb.DuckDBPyConnection, analyzers: Sequence[Analyzer]) -> bool:

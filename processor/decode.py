@@ -70,7 +70,7 @@ def decode(request: bytes | ExportTraceServiceRequest | Any, projection: Project
         decoded = _decode(req)
     except DecodeError as err:
         raise MalformedRequest(f"cannot decode a span of the request: {err}") from None
-    if projection is not None and projection.refs:
+    if projection is not None:
         batch = decoded.batch
         batch.table = Projector(projection).project(batch.table, batch.resources)
     return decoded

@@ -18,8 +18,8 @@ from collections import defaultdict
 import duckdb
 import pyarrow as pa
 
-from dsl import AttrRef, Finding, RuleSet, TreeOutcome
-from processor.analysis import BatchVerdict, Candidate, Evidence, TraceVerdict
+from dsl import AttrRef, Evaluation, Finding, RuleSet, TreeOutcome
+from processor.analysis import BatchVerdict, Candidate, Evidence, TraceVerdict, rank_candidates
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,11 @@ class RuleAnalyzer:
         return self.rules.projection
 
     def analyze(self, conn: duckdb.DuckDBPyConnection, table: str) -> BatchVerdict:
-        evaluation = self.rules.evaluate_all(conn, table)
+        return self.verdict_of(conn, table, self.rules.evaluate_all(conn, table))
+
+    @staticmethod
+    def verdict_of(conn: duckdb.DuckDBPyConnection, table: str, evaluation: Evaluation) -> BatchVerdict:
+        """The ranked verdict of an evaluation of ``table``."""
         if not evaluation.findings and not evaluation.trees:
             return BatchVerdict()
         return verdicts(conn, table, evaluation.findings, evaluation.trees)
@@ -64,9 +68,7 @@ def verdicts(conn: duckdb.DuckDBPyConnection, table: str, findings: list[Finding
                                              tuple(evidence)))
     out = {}
     for trace_id in dict.fromkeys([*per_trace, *per_tree_trace]):
-        candidates = per_trace.get(trace_id, [])
-        candidates.sort(key=lambda c: (-c.score, -c.depth, c.span_id))
-        ranked = tuple(_with_rank(c, i + 1) for i, c in enumerate(candidates))
+        ranked = rank_candidates(per_trace.get(trace_id, ()))
         tree_outcomes = tuple(sorted(per_tree_trace.get(trace_id, ()), key=lambda t: (not t.fired, -t.score, t.tree_id)))
         out[trace_id] = TraceVerdict(trace_id, facts.roots.get(trace_id), ranked, tree_outcomes)
     return BatchVerdict(out)
@@ -86,11 +88,6 @@ def _tree_evidence(trees: list[TreeOutcome] | tuple[TreeOutcome, ...],
             out[key].append(Evidence(t.tree_id, message, t.confidence, t.score, t.layer or rule_layer,
                                      "fault_tree", cut_set))
     return out
-
-
-def _with_rank(c: Candidate, rank: int) -> Candidate:
-    return Candidate(c.span_id, c.service, c.name, c.depth, c.start_ns, c.end_ns, c.evidence, rank)
-
 
 
 class _Facts:

@@ -10,11 +10,12 @@ import duckdb
 import pyarrow as pa
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from dsl import BASELINE_TABLE, Finding, RuleSet, TreeOutcome
+from dsl import Evaluation, Finding, RuleSet, TreeOutcome
 from processor.analysis import RELEASED_TABLE, Analyzer, BatchVerdict, with_row_numbers
-from processor.combine import calibrate, merge, on_rule_scale, register_baseline
-from processor.decode import Projection, decode
-from processor.evaluator import verdicts
+from processor.combine import CombinedAnalyzer
+from processor.decode import decode
+from processor.evaluator import RuleAnalyzer
+from processor.project import Projection, Projector
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,30 +27,41 @@ class OfflineResult:
 
 
 def span_table(requests: Iterable[ExportTraceServiceRequest], projection: Projection) -> pa.Table:
-    tables = [decode(r, projection).batch.table for r in requests]
-    return pa.concat_tables(tables) if tables else projection.schema.empty_table()
+    """The requests' spans as the pipeline's analysis reads them: the store's
+    columns plus ``projection``'s, decoded once over all of them."""
+    batches = [decode(r).batch for r in requests]
+    if not batches:
+        return projection.schema.empty_table()
+    resources = {rid: head for b in batches for rid, head in b.resources.items()}
+    return Projector(projection).project(pa.concat_tables([b.table for b in batches]), resources)
+
+
+class _KeepingEvaluation(RuleAnalyzer):
+    """The rules' analyzer, keeping its evaluation: fixture tests compare the findings and tree outcomes."""
+
+    evaluation: Evaluation | None = None
+
+    def analyze(self, conn: duckdb.DuckDBPyConnection, table: str) -> BatchVerdict:
+        self.evaluation = self.rules.evaluate_all(conn, table)
+        return self.verdict_of(conn, table, self.evaluation)
 
 
 def analyze(requests: Iterable[ExportTraceServiceRequest], rules: RuleSet,
             localizer: Analyzer | None = None) -> OfflineResult:
-    """Findings and ranked verdicts for every trace in ``requests``; with a
-    ``localizer``, its rule-free candidates merged in (``processor.combine``)."""
-    refs = set(rules.projection) | (set(localizer.projection()) if localizer else set())
-    table = span_table(requests, Projection.of(refs))
-    conn = duckdb.connect()
-    try:
-        conn.register(RELEASED_TABLE, with_row_numbers(table))
-        registered = register_baseline(conn, [localizer]) if localizer is not None and table.num_rows else False
-        evaluation = rules.evaluate_all(conn, RELEASED_TABLE) if table.num_rows else None
-        if registered:
-            conn.unregister(BASELINE_TABLE)
-        findings = evaluation.findings if evaluation else []
-        trees = evaluation.trees if evaluation else []
-        verdict = verdicts(conn, RELEASED_TABLE, findings, trees) if findings or trees else BatchVerdict()
-        if localizer is not None and table.num_rows:
-            verdict = merge([verdict, on_rule_scale(localizer.analyze(conn, RELEASED_TABLE))])
-        else:
-            verdict = calibrate(verdict)  # as the pipeline annotates: confidences are probabilities
-    finally:
-        conn.close()
-    return OfflineResult(table, findings, verdict, trees)
+    """Findings and ranked verdicts for every trace in ``requests``: the
+    pipeline's analysis (``processor.combine.CombinedAnalyzer``: rules and fault
+    trees, with a ``localizer`` its rule-free candidates merged in)."""
+    rule_analyzer = _KeepingEvaluation(rules)
+    combined = CombinedAnalyzer([rule_analyzer], [localizer] if localizer is not None else [])
+    table = span_table(requests, Projection.of(combined.projection()))
+    verdict = BatchVerdict()
+    if table.num_rows:
+        conn = duckdb.connect()
+        try:
+            conn.register(RELEASED_TABLE, with_row_numbers(table))
+            verdict = combined.analyze(conn, RELEASED_TABLE)
+        finally:
+            conn.close()
+    evaluation = rule_analyzer.evaluation
+    return OfflineResult(table, list(evaluation.findings) if evaluation else [], verdict,
+                         list(evaluation.trees) if evaluation else [])

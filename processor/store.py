@@ -1,4 +1,4 @@
-"""SpanStore: every buffered span, and the one owner of the DuckDB connection.
+"""SpanStore: every buffered span, and (with ``storage.path``) their DuckDB journal.
 
 Spans wait here, one row each (``dsl.SPAN_COLUMNS``, the span's encoded bytes
 and its resource/scope group ids: ``project.STORE_SCHEMA``), until the
@@ -51,7 +51,9 @@ from processor.project import STORE_SCHEMA, Projection
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_COLUMNS_SQL = ", ".join(f"{c} {t}" for c, t in Projection.of(()).columns_sql())
+_COLUMNS_SQL = ", ".join(f"{c} {t}" for c, t in Projection.of(()).columns_sql())  # the journal's spans table
+
+
 @dataclass(slots=True)
 class _Generation:
     batches: list[pa.RecordBatch] = field(default_factory=list)
@@ -108,13 +110,13 @@ class SpanStore:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def _open(self) -> dict[bytes, int]:
-        conn = duckdb.connect(self._path or ":memory:")
+        if not self.durable:
+            return {}  # spans live in Arrow batches; DuckDB is only the journal (analysis has its own)
+        conn = duckdb.connect(self._path)
         self._conn = conn
         conn.execute(f"SET threads TO {int(self._threads)}")
         if self._memory_limit:
             conn.execute("SET memory_limit = ?", [self._memory_limit])
-        if not self.durable:
-            return {}
         conn.execute("CREATE TABLE IF NOT EXISTS resources (id BIGINT PRIMARY KEY, head BLOB NOT NULL)")
         conn.execute("CREATE TABLE IF NOT EXISTS scopes (id BIGINT PRIMARY KEY, head BLOB NOT NULL)")
         conn.execute(f"CREATE TABLE IF NOT EXISTS spans ({_COLUMNS_SQL})")
@@ -328,7 +330,7 @@ class SpanStore:
         return spans + heads
 
     async def run(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
-        """Run ``fn(conn)`` on the store thread (for components that query DuckDB)."""
+        """Run ``fn(conn)`` against the journal on the store thread (a durable store)."""
         return await self._run(self._with_conn, fn)
 
     def _with_conn(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:

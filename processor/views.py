@@ -33,12 +33,21 @@ _ANY_VALUE = ".opentelemetry.proto.common.v1.AnyValue"
 _F = descriptor_pb2.FieldDescriptorProto
 
 
-def _as_map(message: descriptor_pb2.DescriptorProto, field_name: str, scope: str) -> None:
-    """Turn ``repeated KeyValue <field_name>`` into ``map<string, AnyValue>``."""
+def _attributes_entry(message: descriptor_pb2.DescriptorProto, value_as_bytes: bool) -> None:
+    """Nest a map entry ``AttributesEntry`` in ``message``: key = 1, value = 2, encoded
+    exactly like a KeyValue; the value an AnyValue, or (``value_as_bytes``) its encoding."""
     entry = message.nested_type.add(name="AttributesEntry")
     entry.options.map_entry = True
     entry.field.add(name="key", number=1, type=_F.TYPE_STRING, label=_F.LABEL_OPTIONAL)
-    entry.field.add(name="value", number=2, type=_F.TYPE_MESSAGE, label=_F.LABEL_OPTIONAL, type_name=_ANY_VALUE)
+    if value_as_bytes:
+        entry.field.add(name="value", number=2, type=_F.TYPE_BYTES, label=_F.LABEL_OPTIONAL)
+    else:
+        entry.field.add(name="value", number=2, type=_F.TYPE_MESSAGE, label=_F.LABEL_OPTIONAL, type_name=_ANY_VALUE)
+
+
+def _as_map(message: descriptor_pb2.DescriptorProto, field_name: str, scope: str) -> None:
+    """Turn ``repeated KeyValue <field_name>`` into ``map<string, AnyValue>``."""
+    _attributes_entry(message, value_as_bytes=False)
     for f in message.field:
         if f.name == field_name:
             f.type_name = f".{scope}.{message.name}.AttributesEntry"
@@ -46,10 +55,7 @@ def _as_map(message: descriptor_pb2.DescriptorProto, field_name: str, scope: str
 
 def _bytes_map(message: descriptor_pb2.DescriptorProto, field_name: str, number: int, scope: str) -> None:
     """Add ``map<string, bytes> <field_name> = <number>``: a KeyValue list read with each value's encoding."""
-    entry = message.nested_type.add(name="AttributesEntry")
-    entry.options.map_entry = True
-    entry.field.add(name="key", number=1, type=_F.TYPE_STRING, label=_F.LABEL_OPTIONAL)
-    entry.field.add(name="value", number=2, type=_F.TYPE_BYTES, label=_F.LABEL_OPTIONAL)
+    _attributes_entry(message, value_as_bytes=True)
     message.field.add(name=field_name, number=number, type=_F.TYPE_MESSAGE, label=_F.LABEL_REPEATED,
                       type_name=f".{scope}.AttributesEntry")
 

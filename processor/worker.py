@@ -13,13 +13,11 @@ baseline) lives there.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import multiprocessing as mp
 import pickle
 import time
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
@@ -27,16 +25,16 @@ import pyarrow as pa
 
 from dsl import AttrRef
 from processor.analysis import BatchVerdict
+from processor.analyzers import (SerialAnalysis, analysis_connection, analysis_projection, analyze_released,
+                                 build_analyzer)
 from processor.config import FaulttraceProcessorConfig
-from processor.project import Projection
+from processor.project import Projection, Projector
 
 log = logging.getLogger(__name__)
 
 
 def _serve(config_json: str, conn: Connection) -> None:
-    from processor.analyzers import analysis_connection, analysis_projection, analyze_released, build_analyzer
     from processor.pipeline import tune_process
-    from processor.project import Projector
 
     tune_process()
     config = FaulttraceProcessorConfig.model_validate_json(config_json)
@@ -62,7 +60,7 @@ def _serve(config_json: str, conn: Connection) -> None:
         close()
 
 
-class ProcessAnalysis:
+class ProcessAnalysis(SerialAnalysis):
     """The pipeline's analysis run in a child process (``processor.analysis.Analysis``).
 
     A worker that dies (killed, out of memory, a crash in native code) costs
@@ -79,8 +77,7 @@ class ProcessAnalysis:
         self._started_at = 0.0
         self._process, self._conn, projection = self._start()
         self._projection = projection
-        # one thread: a batch's round trip is not interleaved with another's
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="faulttrace-analysis")
+        super().__init__()  # one round trip at a time: batches are not interleaved on the pipe
         # What the worker never reads is not sent: the span bytes unless span or
         # event attributes are projected, the group ids unless resource ones are.
         self._left_behind = ["scope_id"]
@@ -106,12 +103,8 @@ class ProcessAnalysis:
     def projection(self) -> frozenset[AttrRef]:
         return frozenset(self._projection.refs)
 
-    async def analyze(self, released: pa.Table, resources: Mapping[int, bytes]) -> BatchVerdict:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self.analyze_now, released,
-                                                                resources)
-
     def analyze_now(self, released: pa.Table, resources: Mapping[int, bytes]) -> BatchVerdict:
-        """``analyze`` on the calling thread: send the batch, wait for the verdict."""
+        """Send the batch, wait for the verdict."""
         if not self._process.is_alive() and not self._restart():
             return BatchVerdict()
         batch = released.drop_columns([c for c in self._left_behind if c in released.column_names])
@@ -149,7 +142,7 @@ class ProcessAnalysis:
 
     def close(self) -> None:
         self._closed = True
-        self._executor.shutdown(wait=True)
+        super().close()
         try:
             self._conn.send_bytes(pickle.dumps(None))
         except OSError:

@@ -254,7 +254,7 @@ def _rank(blames: dict[bytes, _Blame], by_id: dict[bytes, dict[str, Any]], windo
         if w is not None:
             why = "; ".join(e.message for e in w.evidence if e.message)
             messages.append(("localizer.window", f"{b.charged} anomalous across the window" + (f": {why}" if why else "")))
-        evidence = tuple(Evidence(source, msg, round(confidence, 4), key, "") for source, msg in messages)
+        evidence = tuple(Evidence(source, msg, round(confidence, 4), key, "", "localizer") for source, msg in messages)
         s = b.span
         scored.append((key, _depth(s["span_id"], by_id), s["span_id"],
                        Candidate(s["span_id"], s["service"], s["name"], 0, s["start_ns"], s["end_ns"], evidence)))

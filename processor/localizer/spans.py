@@ -69,18 +69,15 @@ def _schema(refs: Sequence[AttrRef]) -> pa.Schema:
 def _read_slow(p: Path, refs: Sequence[AttrRef]) -> pa.Table:
     import pyarrow.compute as pc
 
-    from processor.decode import Projection, decode
+    from processor.offline import span_table
+    from processor.project import Projection
     from processor.tracefile import read_requests
 
-    projection = Projection.of(refs)
-    tables = []
-    for r in read_requests(p):
-        decoded = decode(r, projection).batch.table
-        t = from_decoded(decoded)
-        for ref in refs:
-            t = t.append_column(column_name(ref), pc.cast(decoded.column(column_name(ref)), pa.string()))
-        tables.append(t)
-    return pa.concat_tables(tables) if tables else _schema(refs).empty_table()
+    decoded = span_table(read_requests(p), Projection.of(refs))
+    t = from_decoded(decoded)
+    for ref in refs:
+        t = t.append_column(column_name(ref), pc.cast(decoded.column(column_name(ref)), pa.string()))
+    return t
 
 
 def _value(v: dict[str, Any] | None) -> str | None:
