@@ -57,3 +57,18 @@ def test_an_analyzer_reads_the_projected_columns_of_a_released_batch():
         analysis.close()
     assert seen == [[("on",), (None,)]]
     assert isinstance(batch.table, pa.Table) and column_name(FLAG) not in batch.table.column_names
+
+
+def test_a_configured_event_attribute_does_not_break_seeding_the_baseline():
+    """Attribution learns span and resource values from a baseline file; an event attribute
+    in the config has none there (it used to fail the localizer's start with a KeyError)."""
+    from pathlib import Path
+
+    baseline = Path(__file__).parent / "data" / "checkout.json"
+    config = FaulttraceProcessorConfig(builtin_rules=False, localizer={"baseline": str(baseline)}, attributes=[
+        {"key": "exception.type", "source": "event", "event": "exception"}, {"key": "feature_flag.variant"}])
+    analyzer = build_analyzer(config)
+    localizer = analyzer.statistical[0]
+    assert localizer.history.traces_seen > 0
+    assert AttrRef(AttrSource.EVENT, "exception.type", event="exception") in localizer.attribution
+    analyzer.close()

@@ -231,7 +231,8 @@ class History:
         spans = read_spans(path, attributes)
         with self._lock:
             metrics = span_metrics(self._conn, spans)
-        keys = [column_name(ref) for ref in attributes]
+        # a file gives span and resource values only (an event attribute has none to learn)
+        keys = [c for c in dict.fromkeys(column_name(ref) for ref in attributes) if c in spans.column_names]
         values = spans.select(["trace_id", "service", *keys]) if keys else None
         return self.learn(metrics, values=values)
 
