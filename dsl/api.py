@@ -52,11 +52,8 @@ class Finding:
 
     @property
     def score(self) -> float:
-        """Ranking weight: confidence x severity (1 info .. 5 critical).
-
-        Rounded so that products equal in decimal tie (0.6 x 3 is 1.7999999999999998
-        in binary floating point, 0.9 x 2 is 1.8) and the tie goes to the deeper span."""
-        return round(self.confidence * ir.SEVERITIES[self.severity], 9)
+        """Ranking weight (``ir.score``)."""
+        return ir.score(self.confidence, self.severity)
 
 
 class RuleError(Exception):
@@ -130,7 +127,8 @@ class RuleSet:
         reference and ``rule_ids`` (fixture tests of trees)."""
         wanted = set(tree_ids)
         plans = tuple(p for p in self.trees if p.id in wanted)
-        rules = tuple(r for r in self.rules if r.id in _tree_rules(plans) | set(rule_ids))
+        keep = _tree_rules(plans) | set(rule_ids)
+        rules = tuple(r for r in self.rules if r.id in keep)
         return _assemble(rules, self.checked, plans, self.conditions, self.warnings, self.projection, self.sources)
 
     @property
@@ -174,7 +172,7 @@ class RuleSet:
         for stmt in self.prepare_statements(conn, table):
             conn.execute(parsed(stmt))
         try:
-            findings = self._run_all(conn, report) if self.rules else []
+            findings = [f for _, f in _run_union(conn, self.rules, report)] if self.rules else []
             conditions: list[Finding] = []
             per_trace: pa.Table | None = None
             if self.trees:
@@ -232,26 +230,6 @@ class RuleSet:
         return evaluate_trees(self.trees, BatchEvidence(trace_ids, states, holds, blamed, top_spans))
 
 
-    def _run_all(self, conn: duckdb.DuckDBPyConnection,
-                 report: Callable[[RuleRuntimeError], None]) -> list[Finding]:
-        """Every rule in one statement (one round trip: in a busy process each
-        return from DuckDB waits for the interpreter lock, so seventy statements
-        cost far more than one); rule by rule only if that fails, so one broken
-        rule does not cost the others their findings."""
-        sql, params = _union(self.rules)
-        try:
-            rows = conn.execute(parsed(sql), params).fetchall()
-        except duckdb.Error:
-            findings = []
-            for rule in self.rules:
-                try:
-                    findings += _run(conn, rule)
-                except RuleRuntimeError as err:
-                    report(err)
-            return findings
-        return [_finding(self.rules[i], t, sp, d, msg) for i, t, sp, d, msg in rows]
-
-
 @lru_cache(maxsize=256)
 def parsed(sql: str) -> duckdb.Statement:
     """``sql`` (one statement) parsed once.  A rule set runs the same
@@ -286,6 +264,28 @@ def _state_bytes(col: pa.ChunkedArray) -> bytearray:
     return bytearray(memoryview(data)[arr.offset:arr.offset + len(arr)]) if data is not None else bytearray()
 
 
+def _run_union(conn: duckdb.DuckDBPyConnection, rules: tuple[CompiledRule, ...],
+               report: Callable[[RuleRuntimeError], None]) -> list[tuple[int, Finding]]:
+    """The findings of ``rules``, each tagged with the index of its rule.
+
+    Every rule in one statement (one round trip: in a busy process each
+    return from DuckDB waits for the interpreter lock, so seventy statements
+    cost far more than one); rule by rule only if that fails, so one broken
+    rule does not cost the others their findings (its error goes to ``report``)."""
+    sql, params = _union(rules)
+    try:
+        rows = conn.execute(parsed(sql), params).fetchall()
+    except duckdb.Error:
+        tagged: list[tuple[int, Finding]] = []
+        for i, rule in enumerate(rules):
+            try:
+                tagged += [(i, f) for f in _run(conn, rule)]
+            except RuleRuntimeError as err:
+                report(err)
+        return tagged
+    return [(i, _finding(rules[i], t, sp, d, msg)) for i, t, sp, d, msg in rows]
+
+
 def _run_conditions(conn: duckdb.DuckDBPyConnection, conditions: Iterable[CompiledRule],
                     report: Callable[[RuleRuntimeError], None]) -> list[Finding]:
     """Findings of the trees' span conditions; conditions written alike by
@@ -296,21 +296,17 @@ def _run_conditions(conn: duckdb.DuckDBPyConnection, conditions: Iterable[Compil
     firsts = tuple(same[0] for same in groups.values())
     if not firsts:
         return []
-    sql, params = _union(firsts)  # one statement, as for the rules
-    try:
-        rows = conn.execute(parsed(sql), params).fetchall()
-        found: dict[int, list[Finding]] = {}
-        for i, t, sp, d, msg in rows:
-            found.setdefault(i, []).append(_finding(firsts[i], t, sp, d, msg))
-    except duckdb.Error:
-        found = {}
-        for i, cond in enumerate(firsts):
-            try:
-                found[i] = _run(conn, cond)
-            except RuleRuntimeError as err:
-                report(err)
-                for c in list(groups.values())[i][1:]:
-                    report(RuleRuntimeError(c.id, err))
+    alike = {same[0].id: same[1:] for same in groups.values()}  # condition ids are unique (checker)
+
+    def report_alike(err: RuleRuntimeError) -> None:
+        # the conditions written alike were not run on their own: they fail with it
+        report(err)
+        for c in alike[err.rule_id]:
+            report(RuleRuntimeError(c.id, err))
+
+    found: dict[int, list[Finding]] = {}
+    for i, f in _run_union(conn, firsts, report_alike):
+        found.setdefault(i, []).append(f)
     out: list[Finding] = []
     for i, same in enumerate(groups.values()):
         out += [replace(f, rule_id=c.id) for c in same for f in found.get(i, [])]
@@ -474,13 +470,16 @@ def _re2_problem(conn: duckdb.DuckDBPyConnection, pattern: str) -> str:
     return ""
 
 
-def _diagnose(paths: Iterable[PathLike]) -> tuple[CheckResult, list[Diagnostic], dict[str, str]]:
+def _diagnose(paths: Iterable[PathLike]) -> tuple[CheckResult, list[Diagnostic], dict[str, str], RuleSet | None]:
     """Everything ``faulttrace check`` reports: parse and check problems, and,
-    when there is no error, DuckDB's verdict on each compiled statement."""
+    when there is no error, DuckDB's verdict on each compiled statement (of
+    the rule set returned with them, None if there was an error before)."""
     result, diags, sources = _analyse(paths)
+    ruleset = None
     if not any(d.is_error for d in diags):
-        diags += _validate(_build(result, (), sources))
-    return result, sorted(diags, key=sort_key), sources
+        ruleset = _build(result, (), sources)
+        diags += _validate(ruleset)
+    return result, sorted(diags, key=sort_key), sources, ruleset
 
 
 def _build(result: CheckResult, warnings: tuple[Diagnostic, ...], sources: dict[str, str]) -> RuleSet:
@@ -563,7 +562,7 @@ def cli_check(paths: Iterable[PathLike], fmt: str = "text", out: TextIO | None =
     """Print the diagnostics of the rule files under ``paths`` (``fmt`` is
     ``text`` or ``json``); the exit code is 1 if any is an error."""
     stream = out if out is not None else sys.stdout
-    result, diags, sources = _diagnose(paths)
+    result, diags, sources, _ = _diagnose(paths)
     if fmt == "json":
         stream.write(to_json(diags) + "\n")
     elif diags:
@@ -578,16 +577,17 @@ def cli_explain_tree(paths: Iterable[PathLike], tree_id: str, out: TextIO | None
     """``faulttrace check --explain TREE_ID``: the tree, its minimal cut sets
     and the importance of its basic events (diagnostics first, if any)."""
     stream = out if out is not None else sys.stdout
-    result, diags, sources = _diagnose(paths)
+    result, diags, sources, ruleset = _diagnose(paths)
     if diags:
         stream.write(render_all(diags, sources) + "\n\n")
-    if any(d.is_error for d in diags):
+    if ruleset is None or any(d.is_error for d in diags):
         return 1
-    tree = next((t for t in result.trees if t.meta.id == tree_id), None)
-    if tree is None:
+    plan = ruleset.tree(tree_id)  # as compiled: no second cut-set analysis
+    if plan is None:
         known = [t.meta.id for t in result.trees]
         hint = " ".join(did_you_mean(tree_id, known)) or (f"trees: {', '.join(known)}" if known else "no trees are defined")
         stream.write(f"error: no fault tree `{tree_id}` in these files; {hint}\n")
         return 1
-    stream.write(explain(TreePlan.of(tree), f"{tree.span.path}:{tree.span.line}") + "\n")
+    span = plan.tree.span
+    stream.write(explain(plan, f"{span.path}:{span.line}") + "\n")
     return 0

@@ -93,6 +93,11 @@ class _Checker:
     def error(self, code: str, message: str, span: SourceSpan, *hints: str, label: str = "") -> None:
         self.diags.append(Diagnostic(code, message, span, tuple(h for h in hints if h), label))
 
+    @property
+    def error_count(self) -> int:
+        """Errors so far: a piece that counts more after checking than before has failed."""
+        return sum(d.is_error for d in self.diags)
+
     # ---- driver ---------------------------------------------------------------
 
     def run(self) -> CheckResult:
@@ -147,7 +152,7 @@ class _Checker:
     # ---- rules ----------------------------------------------------------------
 
     def _rule(self, rule: ast.Rule) -> ir.CheckedRule | None:
-        before = len([d for d in self.diags if d.is_error])
+        before = self.error_count
         if not _RULE_ID.fullmatch(rule.id):
             self.error("E033", f"invalid rule id `{rule.id}`", rule.id_span,
                        "ids are lowercase dotted names such as `code.deepest_exception`")
@@ -170,26 +175,12 @@ class _Checker:
         self._unused_vars(match, scope)
         if where is not None:
             self._never_fires(where, match.where.span)  # type: ignore[union-attr]
-        if meta is None or len([d for d in self.diags if d.is_error]) > before:
+        if meta is None or self.error_count > before:
             return None
         return ir.CheckedRule(meta, tuple(r for r in rels if r is not None), where, blame, message, rule.span)
 
     def _meta(self, rule: ast.Rule) -> ir.RuleMeta | None:
-        values: dict[str, object] = {}
-        ok = True
-        for m in rule.meta:
-            if m.key not in _META_KEYS:
-                self.error("E031", f"unknown metadata field `{m.key}`", m.key_span, *did_you_mean(m.key, _META_KEYS),
-                           f"fields: {', '.join(_META_KEYS)}")
-                ok = False
-                continue
-            if m.key in values:
-                self.error("E032", f"duplicate metadata field `{m.key}`", m.key_span)
-                continue
-            value = self._meta_value(m)
-            if value is None:
-                ok = False
-            values[m.key] = value
+        values, ok = self._meta_fields(rule.meta, _META_KEYS)
         for key in _REQUIRED_META:
             if key not in values:
                 example = {"title": '"Deepest erroring span"', "layer": "code", "severity": "high", "confidence": "0.8"}[key]
@@ -203,6 +194,28 @@ class _Checker:
             tags=tuple(values.get("tags", ())), references=tuple(values.get("references", ())),  # type: ignore[arg-type]
             description=str(values.get("description", "")),
         )
+
+    def _meta_fields(self, meta: Iterable[ast.Meta], keys: tuple[str, ...],
+                     owner: str = "") -> tuple[dict[str, object], bool]:
+        """The metadata fields of a rule or a tree, and whether every one is
+        known and valid; ``keys`` are the fields it may have, ``owner`` ends
+        the message about an unknown one (e.g. `` for a tree``)."""
+        values: dict[str, object] = {}
+        ok = True
+        for m in meta:
+            if m.key not in keys:
+                self.error("E031", f"unknown metadata field `{m.key}`{owner}", m.key_span, *did_you_mean(m.key, keys),
+                           f"fields: {', '.join(keys)}")
+                ok = False
+                continue
+            if m.key in values:
+                self.error("E032", f"duplicate metadata field `{m.key}`", m.key_span)
+                continue
+            value = self._meta_value(m)
+            if value is None:
+                ok = False
+            values[m.key] = value
+        return values, ok
 
     def _meta_value(self, m: ast.Meta) -> object:
         v = m.value
@@ -736,7 +749,7 @@ class _TreeChecker:
 
     def _condition_rule(self, cid: str, title: str, binding: ast.Binding, where: ast.Expr | None,
                         span: SourceSpan) -> ir.CheckedRule | None:
-        before = sum(d.is_error for d in self.c.diags)
+        before = self.c.error_count
         scope = _Scope()
         rel = self.c._binding(binding, scope)
         cond = self.c._condition(where, scope) if where is not None else None
@@ -744,7 +757,7 @@ class _TreeChecker:
             reason = contradiction(cond)
             if reason:
                 self.error("W004", "this condition can never hold", where.span, reason)
-        if rel is None or sum(d.is_error for d in self.c.diags) > before:
+        if rel is None or self.c.error_count > before:
             return None
         meta = ir.RuleMeta(cid, title, "code", "info", 1.0)
         return ir.CheckedRule(meta, (rel,), cond, rel.var, (), span)
@@ -752,7 +765,7 @@ class _TreeChecker:
     # -- one tree
 
     def _tree(self, t: ast.Tree) -> ir.CheckedTree | None:
-        before = sum(d.is_error for d in self.c.diags)
+        before = self.c.error_count
         if not _RULE_ID.fullmatch(t.id):
             self.error("E033", f"invalid tree id `{t.id}`", t.id_span,
                        "ids are lowercase dotted names such as `checkout.failure`")
@@ -779,7 +792,7 @@ class _TreeChecker:
             basics: dict[str, ir.BasicEvent] = {}
             houses: dict[str, ir.HouseEvent] = {}
             cause = self._resolve(t.causes[0].gate, basics, houses, [], None, record=True)
-        if meta is None or cause is None or sum(d.is_error for d in self.c.diags) > before:
+        if meta is None or cause is None or self.c.error_count > before:
             return None
         tree = ir.CheckedTree(meta, top_rule, top_cond, cause, tuple(basics.values()), tuple(houses.values()),
                               t.span)
@@ -787,20 +800,7 @@ class _TreeChecker:
         return tree
 
     def _tree_meta(self, t: ast.Tree) -> ir.TreeMeta | None:
-        values: dict[str, object] = {}
-        ok = True
-        for m in t.meta:
-            if m.key not in _TREE_META_KEYS:
-                self.error("E031", f"unknown metadata field `{m.key}` for a tree", m.key_span,
-                           *did_you_mean(m.key, _TREE_META_KEYS), f"fields: {', '.join(_TREE_META_KEYS)}")
-                ok = False
-                continue
-            if m.key in values:
-                self.error("E032", f"duplicate metadata field `{m.key}`", m.key_span)
-                continue
-            value = self.c._meta_value(m)
-            ok = ok and value is not None
-            values[m.key] = value
+        values, ok = self.c._meta_fields(t.meta, _TREE_META_KEYS, " for a tree")
         if "title" not in values:
             self.error("E030", f"tree `{t.id}` is missing `title`", t.id_span, 'add `title "Checkout fails"`')
             return None

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from dsl import ir
 
@@ -342,11 +343,11 @@ class TreePlan:
     def exact(self) -> bool:
         return len(self.variables) <= EXACT_LIMIT
 
-    @property
+    @cached_property  # read per outcome on the per-batch path
     def basics(self) -> dict[str, ir.BasicEvent]:
         return {b.name: b for b in self.tree.basics}
 
-    @property
+    @cached_property
     def houses(self) -> dict[str, ir.HouseEvent]:
         return {h.name: h for h in self.tree.houses}
 
@@ -472,7 +473,8 @@ class TreeOutcome:
 
     @property
     def score(self) -> float:
-        return round(self.confidence * ir.SEVERITIES[self.severity], 9)
+        """Ranking weight (``ir.score``), as for a rule finding."""
+        return ir.score(self.confidence, self.severity)
 
 
 @dataclass

@@ -82,6 +82,15 @@ LAYERS = ("code", "data", "infrastructure", "semantic", "config")
 SEVERITIES = {"info": 1, "low": 2, "medium": 3, "high": 4, "critical": 5}
 
 
+def score(confidence: float, severity: str) -> float:
+    """The ranking weight of a rule finding or a tree verdict: confidence x
+    severity (1 info .. 5 critical).
+
+    Rounded so that products equal in decimal tie (0.6 x 3 is 1.7999999999999998
+    in binary floating point, 0.9 x 2 is 1.8) and the tie goes to the deeper span."""
+    return round(confidence * SEVERITIES[severity], 9)
+
+
 @dataclass(frozen=True, slots=True)
 class Const:
     value: object  # str | int | float | bool ; durations in ns, enums as codes
@@ -321,10 +330,6 @@ class TreeMeta:
     description: str = ""
     tags: tuple[str, ...] = ()
     references: tuple[str, ...] = ()
-
-    @property
-    def severity_weight(self) -> int:
-        return SEVERITIES[self.severity]
 
 
 @dataclass(frozen=True, slots=True)
