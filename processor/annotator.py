@@ -6,16 +6,18 @@ piece of evidence.  On the trace's root span: ``rca.verdict.*`` naming the
 top candidate.  A fault tree that fired adds, on each span its fired cut set
 blames, ``rca.fault_tree`` and ``rca.cut_set`` (string array of event ids)
 and an ``rca.finding`` event naming the tree and cut set; the root span gets
-``rca.verdict.fault_tree``.  The additions are appended to the spans' original bytes by
-``processor.annotate``; values stay primitive so Jaeger and Tempo show tags.
+``rca.verdict.fault_tree``.  ``annotate`` appends the additions to the
+released spans' original bytes (``otlp.spanedit``); values stay primitive so
+Jaeger and Tempo show tags.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
-from processor.analysis import BatchVerdict, Candidate, Evidence, TraceVerdict
-from processor.annotate import Annotation, AttrValue, SpanEvent
+from processor.analysis.verdict import BatchVerdict, Candidate, Evidence, TraceVerdict
+from processor.model import ReleasedSpans
+from processor.otlp.spanedit import Annotation, AttrValue, SpanEvent, append_to_spans
 
 
 def _candidate_annotation(c: Candidate) -> tuple[dict[str, AttrValue], list[SpanEvent]]:
@@ -93,3 +95,12 @@ def late_annotations(trace_ids: list[bytes], span_ids: list[bytes], parent_ids: 
         if top is not None:
             out[(trace_id, span_id)] = Annotation(_verdict_attributes(v, top))
     return out
+
+
+def annotate(spans: ReleasedSpans, adds: Mapping[tuple[bytes, bytes], Annotation]) -> list[bytes]:
+    """The released spans' bytes, row-aligned, with ``adds`` (by (trace id, span id))
+    appended; spans without an addition keep their very bytes."""
+    if not adds:
+        return spans.raw
+    edits = {i: adds[key] for i, key in enumerate(zip(spans.trace_ids, spans.span_ids)) if key in adds}
+    return append_to_spans(spans.raw, edits)

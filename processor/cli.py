@@ -10,7 +10,8 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from processor.config import ConfigError, Config, load_config
+from processor.config import Config, load_config
+from processor.confmap import ConfigError
 
 log = logging.getLogger("faulttrace")
 
@@ -21,7 +22,8 @@ def _setup_logging(level: str = "info") -> None:
 
 
 async def _serve(config: Config) -> None:
-    from processor.pipeline import Pipeline, tune_process
+    from processor.pipeline import Pipeline
+    from processor.service.process import tune_process
 
     tune_process()
     pipeline = Pipeline(config)
@@ -63,18 +65,18 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    from processor.ruletest import run_fixture_tests
+    from processor.tools.ruletest import run_fixture_tests
 
     return run_fixture_tests(args.paths, sys.stdout)
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from dsl import RuleError, load_rules
-    from processor import explain
+    from processor.analysis.build import rule_paths
     from processor.config import FaulttraceProcessorConfig
-    from processor.offline import analyze
-    from processor.ruleset import rule_paths
-    from processor.tracefile import TraceFileError, read_requests
+    from processor.otlp.tracefile import TraceFileError, read_requests
+    from processor.tools import explain
+    from processor.tools.offline import analyze
 
     paths = rule_paths(FaulttraceProcessorConfig(builtin_rules=not args.no_builtin_rules, rules=args.rules or []))
     try:
@@ -105,8 +107,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from processor.evalset import DatasetError, run
     from processor.localizer import SOURCES
+    from processor.tools.evaluation import DatasetError, run
 
     try:
         return run(args.dataset, args.format, sys.stdout, [s for s in SOURCES if s not in (args.without or [])])
@@ -116,7 +118,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from processor.bench import run_bench
+    from processor.tools.bench import run_bench
 
     return run_bench(args)
 

@@ -1,7 +1,9 @@
 """Typed values passed between pipeline stages.
 
-receiver --DecodedRequest(SpanBatch)--> store --ReleasedTraces--> evaluator /
-annotator --ExportPayload--> exporters.  Nothing between stages is a loose dict.
+receiver --DecodedRequest(SpanBatch)--> store --ReleasedSpans--> release
+(analysis reads ``ReleasedSpans.table``; the verdict types are in
+``analysis.verdict``) --> annotator --ExportPayload--> exporters.  Nothing
+between stages is a loose dict.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ import pyarrow as pa
 class SpanBatch:
     """The spans of one request, columnar, ready for the store.
 
-    ``table`` has the store's span columns (``dsl.SPAN_COLUMNS``, projected
-    attributes, ``resource_id``, ``scope_id``, ``raw``).  ``resources`` and
-    ``scopes`` map group ids to their encoded heads (``processor.decode``).
+    ``table`` has the store's columns (``store.STORE_SCHEMA``: ``dsl.SPAN_COLUMNS``,
+    ``resource_id``, ``scope_id``, ``raw``; no attributes).  ``resources`` and
+    ``scopes`` map group ids to their encoded heads (``receivers.decode``).
     ``traces`` counts spans per trace id, for the assembler.
     """
 
@@ -44,7 +46,7 @@ class DecodedRequest:
 @dataclass(frozen=True, slots=True)
 class ReleasedSpans:
     """Spans leaving the store: row-aligned lists, grouped for export later, and
-    ``table``, the same rows as the store kept them (``project.STORE_SCHEMA``) for analysis."""
+    ``table``, the same rows as the store kept them (``store.STORE_SCHEMA``) for analysis."""
 
     trace_ids: list[bytes]
     span_ids: list[bytes]

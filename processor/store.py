@@ -1,10 +1,10 @@
 """SpanStore: every buffered span, and (with ``storage.path``) their DuckDB journal.
 
 Spans wait here, one row each (``dsl.SPAN_COLUMNS``, the span's encoded bytes
-and its resource/scope group ids: ``project.STORE_SCHEMA``), until the
+and its resource/scope group ids: ``STORE_SCHEMA``), until the
 assembler releases their trace; resource and scope heads are kept once per
 group.  Attributes are not columns here: analysis decodes the ones it reads
-from the released spans' bytes (``processor.project``).
+from the released spans' bytes (``processor.analysis.attributes``).
 
 Rows live in Arrow record batches that DuckDB reads in place.  Measured on
 the 2-core machine, inserting a request's spans into a DuckDB table costs
@@ -13,7 +13,7 @@ DuckDB keeps deleted rows until their row group is rewritten, so a table under
 constant insert/delete churn holds about twice its live data; keeping the
 decoded Arrow batches costs nothing to insert and exactly their size in
 memory.  Released spans are selected with Arrow's vectorized ``is_in`` and
-handed back as an Arrow table too, which analysis reads (``processor.analyzers``).
+handed back as an Arrow table too, which analysis reads (``processor.analysis``).
 
 Batches are grouped into *generations*: appends go to the newest; a
 generation whose spans are all released is dropped whole; an old one holding
@@ -22,7 +22,7 @@ only a few stragglers (long traces) is compacted to them.
 With ``storage.path`` the store is also durable: every batch is journaled into
 a DuckDB file (table ``spans`` plus the group heads) before it is
 acknowledged, a span leaves it once it is delivered (``forget``, called by
-the pipeline when every exporter is done with it), and a restart recovers
+the release when every exporter is done with it), and a restart recovers
 what was still buffered or undelivered: delivery is at least once.
 
 All work on buffered spans and every DuckDB call runs on the store's own
@@ -45,13 +45,32 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dsl import SPAN_COLUMNS
 from processor.model import ReleasedSpans, SpanBatch
-from processor.project import STORE_SCHEMA, Projection
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_COLUMNS_SQL = ", ".join(f"{c} {t}" for c, t in Projection.of(()).columns_sql())  # the journal's spans table
+ARROW_TYPES: dict[str, pa.DataType] = {
+    "BLOB": pa.binary(),
+    "VARCHAR": pa.string(),
+    "UTINYINT": pa.uint8(),
+    "BIGINT": pa.int64(),
+    "DOUBLE": pa.float64(),
+    "BOOLEAN": pa.bool_(),
+    "VARCHAR[]": pa.list_(pa.string()),
+    "BIGINT[]": pa.list_(pa.int64()),
+    "DOUBLE[]": pa.list_(pa.float64()),
+}
+# Columns after the intrinsics and projections: where the span came from and its bytes.
+STORAGE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("resource_id", "BIGINT"),
+    ("scope_id", "BIGINT"),
+    ("raw", "BLOB"),
+)
+# What the store keeps of a span: its intrinsics, where it came from and its bytes.
+STORE_SCHEMA = pa.schema([pa.field(name, ARROW_TYPES[sql]) for name, sql in (*SPAN_COLUMNS, *STORAGE_COLUMNS)])
+_COLUMNS_SQL = ", ".join(f"{c} {t}" for c, t in (*SPAN_COLUMNS, *STORAGE_COLUMNS))  # the journal's spans table
 
 
 @dataclass(slots=True)

@@ -1,4 +1,4 @@
-"""processor.annotator + processor.annotate: verdicts become ``rca.*`` additions that the
+"""processor.annotator + processor.otlp.spanedit: verdicts become ``rca.*`` additions that the
 standard OpenTelemetry protobuf ``Span`` parser reads back with the right value types."""
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from dsl import load_rules
-from harness import sid, tid
-from processor.analysis import BatchVerdict, Candidate, Evidence, TraceVerdict
-from processor.annotate import Annotation, annotate
+from processor.analysis.verdict import BatchVerdict, Candidate, Evidence, TraceVerdict
 from processor.annotator import annotations, late_annotations
-from processor.offline import analyze
-from processor.tracefile import read_requests
+from processor.otlp.spanedit import Annotation, append_to_spans
+from processor.otlp.tracefile import read_requests
+from processor.tools.offline import analyze
+from tests.support.harness import sid, tid
 
 ROOT = Path(__file__).resolve().parents[1]
 CODE_EXCEPTION = ROOT / "rules" / "tests" / "traces" / "code_exception.json"
@@ -50,7 +50,7 @@ def annotated() -> tuple[list[bytes], list[bytes], list[Span]]:
     raw = [s.SerializeToString() for s in spans]
     adds = annotations(result.verdict)
     edits = {i: adds[(s.trace_id, s.span_id)] for i, s in enumerate(spans) if (s.trace_id, s.span_id) in adds}
-    out = annotate(raw, edits)
+    out = append_to_spans(raw, edits)
     return raw, out, [Span.FromString(b) for b in out]
 
 
@@ -134,7 +134,7 @@ def apply(adds: dict[tuple[bytes, bytes], Annotation], trace: int, n: int) -> Sp
     original = Span(trace_id=tid(trace), span_id=sid(n), name=f"span {n}",
                     attributes=[KeyValue(key="keep", value=AnyValue(string_value="me"))])
     raw = original.SerializeToString()
-    return Span.FromString(annotate([raw], {0: adds[(tid(trace), sid(n))]})[0])
+    return Span.FromString(append_to_spans([raw], {0: adds[(tid(trace), sid(n))]})[0])
 
 
 def test_every_candidate_is_annotated_with_its_own_rank_and_the_root_names_the_top():

@@ -12,7 +12,7 @@ import pytest
 import requests
 import yaml
 
-from harness import assert_same_spans, free_port, from_otlp_json, grpc_export, simple_request, wait_until
+from tests.support.harness import assert_same_spans, free_port, from_otlp_json, grpc_export, simple_request, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 

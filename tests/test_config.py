@@ -6,16 +6,9 @@ import textwrap
 
 import pytest
 
-from processor.config import (
-    ConfigError,
-    DebugExporterConfig,
-    FileExporterConfig,
-    OtlpExporterConfig,
-    expand_env,
-    load_config,
-    parse_config,
-    parse_duration,
-)
+from processor.config import load_config, parse_config
+from processor.confmap import ConfigError, expand_env, parse_duration
+from processor.exporters.config import DebugExporterConfig, FileExporterConfig, OtlpExporterConfig
 
 ISSUE_YAML = """\
 receivers:

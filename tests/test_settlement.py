@@ -1,10 +1,10 @@
-"""processor.pipeline._Settlement: a chunk leaves the journal only when every exporter is done with every payload."""
+"""processor.settlement.Settlement: a chunk leaves the journal only when every exporter is done with every payload."""
 
 from __future__ import annotations
 
-from harness import sid, tid
 from processor.model import ReleasedSpans
-from processor.pipeline import _Settlement
+from processor.settlement import Settlement
+from tests.support.harness import sid, tid
 
 
 def chunk(n: int) -> ReleasedSpans:
@@ -15,7 +15,7 @@ def chunk(n: int) -> ReleasedSpans:
 
 def test_the_keys_come_once_when_all_payloads_of_all_exporters_are_settled():
     done: list[list] = []
-    s = _Settlement(chunk(2), done.append)
+    s = Settlement(chunk(2), done.append)
     first_a, first_b, second_a = s.expect(), s.expect(), s.expect()  # 2 payloads x 2 exporters, one still coming
     first_a()
     first_b()
@@ -33,5 +33,5 @@ def test_the_keys_come_once_when_all_payloads_of_all_exporters_are_settled():
 
 def test_a_chunk_without_payloads_is_settled_when_sealed():
     done: list[list] = []
-    _Settlement(chunk(0), done.append).seal()
+    Settlement(chunk(0), done.append).seal()
     assert done == [[]]

@@ -6,17 +6,15 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import duckdb
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
-import duckdb
-
-from harness import kv, sid, tid
-from processor.decode import decode
 from processor.model import SpanBatch
-from processor.project import STORE_SCHEMA
-from processor.store import SpanStore
+from processor.receivers.decode import decode
+from processor.store import STORE_SCHEMA, SpanStore
+from tests.support.harness import kv, sid, tid
 
 
 def batch(traces: range, spans_per_trace: int = 1, service: str = "svc", scope: str = "lib") -> SpanBatch:

@@ -1,8 +1,9 @@
-"""The exporter interface every exporter implements, and the result it reports.
+"""The exporter interface every exporter implements.
 
 Modelled on opentelemetry-python's SpanExporter: a tiny surface (``start``,
 ``export``, ``shutdown``), failures expected in normal operation reported as
-values, not raised.  ``export`` may wait (a full sending queue pushes back on
+values, not raised: a payload's outcome reaches the pipeline through its
+``on_settled`` callback (``model.ExportPayload``).  ``export`` may wait (a full sending queue pushes back on
 the pipeline, which then stops releasing traces and, once its store is full,
 makes receivers refuse with a retryable status); it never drops a payload
 silently: a payload given up on is counted as failed.
@@ -11,14 +12,8 @@ silently: a payload given up on is counted as failed.
 from __future__ import annotations
 
 import abc
-import enum
 
 from processor.model import ExportPayload
-
-
-class ExportResult(enum.Enum):
-    SUCCESS = "success"
-    FAILURE = "failure"  # given up on: permanent error or retries exhausted
 
 
 class Exporter(abc.ABC):

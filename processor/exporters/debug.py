@@ -18,10 +18,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from processor.config import DebugExporterConfig
 from processor.exporters.base import Exporter
+from processor.exporters.config import DebugExporterConfig
 from processor.model import ExportPayload
-from processor.telemetry import Telemetry
+from processor.service.telemetry import Telemetry
 
 LOGGER_NAME = "faulttrace.debug"
 VERDICT_PREFIX = "rca.verdict."

@@ -1,7 +1,7 @@
 """The ``file`` exporter: OTLP/JSON lines, optionally gzipped, like the collector's.
 
 Each payload becomes one line holding one ``ExportTraceServiceRequest`` in
-OTLP/JSON (:mod:`processor.otlpjson`), appended to ``path``.  With
+OTLP/JSON (:mod:`processor.otlp.otlpjson`), appended to ``path``.  With
 ``compression: gzip`` each write is one complete gzip member: a file of
 concatenated members is a valid gzip file (``gzip.open`` / ``zcat`` read it
 whole), and everything written survives a crash.  Decoding, encoding and
@@ -18,11 +18,11 @@ from typing import BinaryIO
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from processor.config import FileExporterConfig
 from processor.exporters.base import Exporter
+from processor.exporters.config import FileExporterConfig
 from processor.model import ExportPayload
-from processor.otlpjson import request_to_json
-from processor.telemetry import Telemetry
+from processor.otlp.otlpjson import request_to_json
+from processor.service.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 

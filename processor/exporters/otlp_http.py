@@ -22,11 +22,11 @@ from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
-from processor.config import OtlpHttpExporterConfig, TlsClientConfig
 from processor.exporters.base import Exporter
+from processor.exporters.config import OtlpHttpExporterConfig, TlsClientConfig
 from processor.exporters.retry import Attempt, RetryingSender
 from processor.model import ExportPayload
-from processor.telemetry import Telemetry
+from processor.service.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 

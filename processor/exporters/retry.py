@@ -22,9 +22,9 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from processor.config import QueueConfig, RetryConfig
+from processor.exporters.config import QueueConfig, RetryConfig
 from processor.model import ExportPayload
-from processor.telemetry import Telemetry
+from processor.service.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 

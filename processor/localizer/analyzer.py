@@ -1,7 +1,8 @@
 """The localizer as a live ``Analyzer``: per batch of completed traces, root causes and symptoms
 against a baseline it keeps learning.
 
-Per batch (on the store thread, the batch registered in DuckDB as ``table``):
+Per batch (on the analysis thread or worker process, the batch registered in
+DuckDB as ``table``):
 span metrics (``graph``), the window ranking of services (``window``) and the
 per-trace candidates and symptoms (``blame``) against the learned baseline
 (``history``); then the attribute values the candidates share beyond what
@@ -23,7 +24,7 @@ import duckdb
 import pyarrow as pa
 
 from dsl import AttrRef, AttrSource, AttrType, column_name
-from processor.analysis import BatchVerdict, ServiceRank, TraceVerdict
+from processor.analysis.verdict import BatchVerdict, ServiceRank, TraceVerdict
 from processor.localizer.attribution import Attribution, attribute
 from processor.localizer.blame import LocalizedBatch, blame_traces
 from processor.localizer.graph import span_metrics
@@ -48,7 +49,7 @@ ATTRIBUTION: tuple[AttrRef, ...] = (
 
 
 class LocalizerAnalyzer:
-    """Rule-free localization for the live pipeline (``processor.analysis.Analyzer``)."""
+    """Rule-free localization for the live pipeline (``processor.analysis.protocols.Analyzer``)."""
 
     def __init__(self, baseline: str | Path | None = None, *, sources: Iterable[str] = SOURCES,
                  history: HistoryConfig | None = None, attribution: Iterable[AttrRef] = ATTRIBUTION,
@@ -76,11 +77,7 @@ class LocalizerAnalyzer:
         return pa.table({k: ops.column(v) for k, v in cols.items()})
 
     def analyze(self, conn: duckdb.DuckDBPyConnection, table: str) -> BatchVerdict:
-        try:
-            return self.localize(conn, table)
-        except Exception:  # component boundary: a localizer failure must not stop the export
-            log.exception("localizing a batch of %s failed", table)
-            return BatchVerdict()
+        return self.localize(conn, table)
 
     def localize(self, conn: duckdb.DuckDBPyConnection, table: str) -> LocalizedBatch:
         columns = set(conn.sql(f"SELECT * FROM {table} LIMIT 0").columns)

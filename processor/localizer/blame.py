@@ -33,7 +33,7 @@ account for (the attributable fraction ``1 - 1/RR`` of epidemiology):
   odds equal to its score);
 
 independent lines of evidence combined by noisy-OR.  How candidates of one
-trace compete for the blame is ``processor.combine``'s part.
+trace compete for the blame is ``processor.analysis.combined``'s part.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from processor.analysis import BatchVerdict, Candidate, Evidence, TraceVerdict
+from processor.analysis.verdict import BatchVerdict, Candidate, Evidence, TraceVerdict
 from processor.localizer.attribution import Attribution
 from processor.localizer.baseline import Baseline
 from processor.localizer.graph import Span, children_of, critical_path

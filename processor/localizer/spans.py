@@ -1,11 +1,11 @@
 """The span columns the localizer reads, and a fast reader of recorded traces into them.
 
 The localizer needs only ids, service, name, kind, times, status and whether a
-span carries an exception event.  ``processor.decode`` yields these (and much
+span carries an exception event.  ``processor.receivers.decode`` yields these (and much
 more) from protobuf; for OTLP/JSON files — datasets hold hundreds of
 thousands of spans — going through protobuf's ``json_format`` costs ten times
 more than the analysis, so JSON lines are read straight into columns here.
-Other files fall back to ``processor.tracefile`` + ``processor.decode``.
+Other files fall back to ``processor.otlp.tracefile`` + ``processor.receivers.decode``.
 Resource and span attributes asked for come as extra string columns named
 ``dsl.column_name(ref)``, stringified as DuckDB casts the store's columns
 (``CAST(x AS VARCHAR)``), so a baseline file and live batches count the same
@@ -34,7 +34,7 @@ _DECODED = [f.name for f in SCHEMA if f.name != "exception"]
 
 
 def from_decoded(table: pa.Table) -> pa.Table:
-    """The localizer's columns from a ``processor.decode`` span table (no exception flag known)."""
+    """The localizer's columns from a ``processor.receivers.decode`` span table (no exception flag known)."""
     cols = [table.column(n) for n in _DECODED]
     cols.append(pa.nulls(table.num_rows, pa.bool_()))
     return pa.Table.from_arrays(cols, schema=SCHEMA)
@@ -69,9 +69,9 @@ def _schema(refs: Sequence[AttrRef]) -> pa.Schema:
 def _read_slow(p: Path, refs: Sequence[AttrRef]) -> pa.Table:
     import pyarrow.compute as pc
 
-    from processor.offline import span_table
-    from processor.project import Projection
-    from processor.tracefile import read_requests
+    from processor.analysis.attributes import Projection
+    from processor.otlp.tracefile import read_requests
+    from processor.tools.offline import span_table
 
     decoded = span_table(read_requests(p), Projection.of(refs))
     t = from_decoded(decoded)

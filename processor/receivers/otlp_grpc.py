@@ -13,17 +13,19 @@ import logging
 import grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
-from processor.config import GrpcServerConfig
-from processor.decode import MalformedRequest
-from processor.ingest import Encoding, Ingest, Overloaded
+from processor.receivers.config import GrpcServerConfig
+from processor.receivers.decode import MalformedRequest
+from processor.receivers.ingest import Encoding, Ingest, Overloaded
 from processor.receivers.status import status
-from processor.telemetry import Telemetry
+from processor.service.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 
 
 class GrpcReceiver:
+    transport = "grpc"
+
     def __init__(self, component_id: str, config: GrpcServerConfig, ingest: Ingest, telemetry: Telemetry) -> None:
         self.component_id = component_id
         self._config = config

@@ -18,12 +18,12 @@ from aiohttp import web
 from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
-from processor.config import HttpServerConfig
-from processor.decode import MalformedRequest
-from processor.ingest import Encoding, Ingest, Overloaded
 from processor.receivers import status as st
-from processor.httpserver import serve
-from processor.telemetry import Telemetry
+from processor.receivers.config import HttpServerConfig
+from processor.receivers.decode import MalformedRequest
+from processor.receivers.ingest import Encoding, Ingest, Overloaded
+from processor.service.httpserver import serve
+from processor.service.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,8 @@ def _inflate(body: bytes, limit: int) -> bytes:
 
 
 class HttpReceiver:
+    transport = "http"
+
     def __init__(self, component_id: str, config: HttpServerConfig, ingest: Ingest, telemetry: Telemetry) -> None:
         self.component_id = component_id
         self._config = config

@@ -4,7 +4,7 @@ The 50 mixed rules of ``bench_rules.py`` over a batch of 100,000 spans, alone
 and with 20 fault trees over them (basic events on those rules, gates of
 every kind, house events, four kinds of top event):
 
-    /tmp/venv/bin/python tests/dsl/bench_faulttree.py [--spans 100000] [--trees 20] [--repeat 5]
+    .venv/bin/python -m tests.dsl.bench_faulttree [--spans 100000] [--trees 20] [--repeat 5]
 
 Prints the best time of ``--repeat`` runs of each and the overhead of the
 trees (the target is <= 20%).
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import duckdb
 
-from bench_rules import build_batch
 from dsl import load_rules
-from processor.bench import bench_rule_text
+from processor.tools.bench import bench_rule_text
+from tests.dsl.bench_rules import build_batch
 
 TOPS = [
     "top span r where r.is_root and r.status = error",

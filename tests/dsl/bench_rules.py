@@ -1,7 +1,7 @@
 """Benchmark (a script, not a test): 50 rules of mixed kinds over a batch of
 100,000 spans, evaluated with ``RuleSet.evaluate``.
 
-    /tmp/venv/bin/python tests/dsl/bench_rules.py [--spans 100000] [--repeat 3]
+    .venv/bin/python -m tests.dsl.bench_rules [--spans 100000] [--repeat 3]
 
 Prints the best evaluation time of ``--repeat`` runs (the target is <= 1.0 s
 on the 2-core machine) and how it splits into the prepare step and the rules.
@@ -20,7 +20,7 @@ from dsl import load_rules
 from dsl.api import RuleSet, create_span_table
 from dsl.compiler import cleanup_statements
 from dsl.projection import SPAN_COLUMNS, AttrType, column_name
-from processor.bench import bench_rule_text  # the same 50 rules the pipeline bench runs
+from processor.tools.bench import bench_rule_text  # the same 50 rules the pipeline bench runs
 
 SPANS_PER_TRACE = 20
 

@@ -10,7 +10,7 @@ import duckdb
 import pytest
 
 from dsl import Finding, RuleSet, load_rules
-from dsl_spans import Trace, load
+from tests.support.dsl_spans import Trace, load
 
 
 @pytest.fixture

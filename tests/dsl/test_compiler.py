@@ -11,7 +11,7 @@ import pytest
 
 from dsl import BASELINE_TABLE
 from dsl.compiler import quote_ident
-from dsl_spans import Trace, load
+from tests.support.dsl_spans import Trace, load
 
 HEAD = 'title "t"\n  layer code\n  severity low\n  confidence 0.5\n'
 

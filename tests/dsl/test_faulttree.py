@@ -14,9 +14,17 @@ import pytest
 from dsl import check_paths, ir
 from dsl.api import cli_explain_tree
 from dsl.faulttree import (
-    FALSE, TRUE, UNKNOWN, Bdd, TreePlan, cut_set_text, kleene, minimal_cut_sets, rare_event,
+    FALSE,
+    TRUE,
+    UNKNOWN,
+    Bdd,
+    TreePlan,
+    cut_set_text,
+    kleene,
+    minimal_cut_sets,
+    rare_event,
 )
-from dsl_spans import Trace, load
+from tests.support.dsl_spans import Trace, load
 
 RULES = '''
 macro failed(s) = s.status = error

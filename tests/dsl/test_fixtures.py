@@ -10,7 +10,14 @@ import pytest
 
 from dsl import Finding
 from dsl.fixtures import (
-    ExpectedFinding, FixtureCase, FixtureError, SpanMatcher, compare, find_fixture_files, load_fixture_file, load_otlp_json,
+    ExpectedFinding,
+    FixtureCase,
+    FixtureError,
+    SpanMatcher,
+    compare,
+    find_fixture_files,
+    load_fixture_file,
+    load_otlp_json,
 )
 
 OTLP = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import duckdb
 import pytest
 
-from dsl_spans import Trace, load
+from tests.support.dsl_spans import Trace, load
 
 HOSTILE = [
     "'); DROP TABLE spans; --",

@@ -11,7 +11,7 @@ import pytest
 
 from dsl import RuleSet, check_paths, load_rules
 from dsl.fixtures import compare, find_fixture_files, load_fixture_file, load_otlp_json
-from dsl_spans import load_fixture
+from tests.support.dsl_spans import load_fixture
 
 RULES = Path(__file__).resolve().parents[2] / "rules"
 FIXTURES = find_fixture_files([RULES])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from processor.telemetry import Telemetry
+from processor.service.telemetry import Telemetry
 
 
 @pytest.fixture

@@ -9,12 +9,11 @@ import sys
 import pytest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
-from processor.config import DebugExporterConfig
-from processor.exporters import build_exporter
+from processor.exporters.config import DebugExporterConfig
+from processor.exporters.factory import build_exporter
 from processor.model import ExportPayload
-from processor.telemetry import Telemetry
-
-from .support import make_request, metric, payload_of
+from processor.service.telemetry import Telemetry
+from tests.support.exporters import make_request, metric, payload_of
 
 CID = "debug"
 
@@ -78,10 +77,10 @@ def test_prints_to_stderr_without_logging_configured() -> None:
     # A fresh interpreter: no handlers anywhere, as when the app has not configured logging.
     code = (
         "import asyncio\n"
-        "from processor.config import DebugExporterConfig\n"
+        "from processor.exporters.config import DebugExporterConfig\n"
         "from processor.exporters.debug import DebugExporter\n"
         "from processor.model import ExportPayload\n"
-        "from processor.telemetry import Telemetry\n"
+        "from processor.service.telemetry import Telemetry\n"
         "from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest\n"
         "req = ExportTraceServiceRequest()\n"
         "req.resource_spans.add().scope_spans.add().spans.add(trace_id=b'\\x01' * 16, span_id=b'\\x02' * 8)\n"

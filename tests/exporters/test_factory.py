@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from processor.config import parse_config
-from processor.exporters import build_exporter
 from processor.exporters.debug import DebugExporter
+from processor.exporters.factory import build_exporter
 from processor.exporters.file import FileExporter
 from processor.exporters.otlp_grpc import OtlpGrpcExporter
 from processor.exporters.otlp_http import OtlpHttpExporter
-from processor.telemetry import Telemetry
+from processor.service.telemetry import Telemetry
 
 
 def test_every_configured_type_builds_its_exporter(tmp_path: object) -> None:

@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from processor.config import FileExporterConfig
-from processor.exporters import build_exporter
+from processor.exporters.config import FileExporterConfig
+from processor.exporters.factory import build_exporter
 from processor.model import ExportPayload
-from processor.otlpjson import request_from_json
-from processor.telemetry import Telemetry
-
-from .support import make_request, metric, payload_of
+from processor.otlp.otlpjson import request_from_json
+from processor.service.telemetry import Telemetry
+from tests.support.exporters import make_request, metric, payload_of
 
 CID = "file/out"
 

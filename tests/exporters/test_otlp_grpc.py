@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from concurrent import futures
 from collections.abc import Awaitable, Callable
+from concurrent import futures
 from typing import Any
 
 import grpc
 import pytest
 
-from otlp_sink import ByteCountingProxy, OtlpGrpcSink, retry_info_status
-from processor.config import OtlpExporterConfig
-from processor.exporters import build_exporter
+from processor.exporters.config import OtlpExporterConfig
+from processor.exporters.factory import build_exporter
 from processor.exporters.otlp_grpc import OtlpGrpcExporter, classify_error, grpc_target
 from processor.model import ExportPayload
-from processor.telemetry import Telemetry
-
-from .support import FAST_RETRY, make_request, metric, payload_of
+from processor.service.telemetry import Telemetry
+from tests.support.exporters import FAST_RETRY, make_request, metric, payload_of
+from tests.support.otlp_sink import ByteCountingProxy, OtlpGrpcSink, retry_info_status
 
 CID = "otlp/backend"
 

@@ -8,14 +8,13 @@ from typing import Any
 
 import pytest
 
-from otlp_sink import OtlpHttpSink
-from processor.config import OtlpHttpExporterConfig
-from processor.exporters import build_exporter
+from processor.exporters.config import OtlpHttpExporterConfig
+from processor.exporters.factory import build_exporter
 from processor.exporters.otlp_http import OtlpHttpExporter, parse_retry_after, traces_url
 from processor.model import ExportPayload
-from processor.telemetry import Telemetry
-
-from .support import FAST_RETRY, make_request, metric, payload_of
+from processor.service.telemetry import Telemetry
+from tests.support.exporters import FAST_RETRY, make_request, metric, payload_of
+from tests.support.otlp_sink import OtlpHttpSink
 
 CID = "otlphttp/backend"
 

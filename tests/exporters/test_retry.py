@@ -7,12 +7,11 @@ import random
 import time
 from collections.abc import Iterable
 
-from processor.config import QueueConfig, RetryConfig
+from processor.exporters.config import QueueConfig, RetryConfig
 from processor.exporters.retry import Attempt, Backoff, RetryingSender
 from processor.model import ExportPayload
-from processor.telemetry import Telemetry
-
-from .support import FAST_RETRY, metric
+from processor.service.telemetry import Telemetry
+from tests.support.exporters import FAST_RETRY, metric
 
 CID = "otlp/test"
 

@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from otlp_sink import OtlpGrpcSink, OtlpHttpSink
-from processor.config import OtlpExporterConfig, OtlpHttpExporterConfig
-from processor.exporters import build_exporter
 from processor.exporters.base import Exporter
-from processor.telemetry import Telemetry
-
-from .support import FAST_RETRY, make_request, metric, payload_of
+from processor.exporters.config import OtlpExporterConfig, OtlpHttpExporterConfig
+from processor.exporters.factory import build_exporter
+from processor.service.telemetry import Telemetry
+from tests.support.exporters import FAST_RETRY, make_request, metric, payload_of
+from tests.support.otlp_sink import OtlpGrpcSink, OtlpHttpSink
 
 
 @pytest.fixture(scope="module")

@@ -12,16 +12,18 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 import pytest
-import synth
 
 from dsl import BASELINE_TABLE, AttrRef, AttrSource, column_name, load_rules
-from processor.analysis import BatchVerdict
-from processor.combine import CombinedAnalyzer
-from processor.evaluator import RuleAnalyzer
-from processor.offline import analyze
-from processor.tracefile import read_requests
+from processor.analysis.attributes import Projection, Projector
+from processor.analysis.combined import CombinedAnalyzer
+from processor.analysis.rules import RuleAnalyzer
+from processor.analysis.runner import analyze_released
+from processor.analysis.verdict import BatchVerdict
 from processor.localizer import LocalizedBatch, LocalizerAnalyzer
 from processor.localizer.analyzer import EXCEPTION, EXCEPTION_MESSAGE, EXCEPTION_TYPE
+from processor.otlp.tracefile import read_requests
+from processor.tools.offline import analyze
+from tests.support import localizer_synth as synth
 
 NODE = column_name(AttrRef(AttrSource.RESOURCE, "k8s.node.name"))
 
@@ -191,13 +193,19 @@ def test_attribution_names_the_node_the_slow_spans_share(
     assert all(any(e.source == "localizer.attribution" for e in c.evidence) for c in tops)
 
 
-def test_a_failing_batch_is_logged_and_yields_an_empty_verdict(
+def test_a_failing_batch_is_logged_at_the_analysis_boundary_and_yields_an_empty_verdict(
         conn: duckdb.DuckDBPyConnection, caplog: pytest.LogCaptureFixture) -> None:
-    conn.register("released", pa.table({"trace_id": [b"x"]}))
+    # a batch without the span columns: the localizer raises, the analysis boundary
+    # (runner.analyze_released) logs it and the batch goes on without a verdict
+    localizer = LocalizerAnalyzer()
+    with pytest.raises(duckdb.Error):
+        conn.register("broken", pa.table({"trace_id": [b"x"]}))
+        localizer.analyze(conn, "broken")
+    released = pa.table({"trace_id": pa.array([b"x"], pa.binary())})
     with caplog.at_level(logging.ERROR):
-        verdict = LocalizerAnalyzer().analyze(conn, "released")
+        verdict = analyze_released(localizer, Projector(Projection.of(())), conn, released, {})
     assert type(verdict) is BatchVerdict and not verdict.traces
-    assert "localizing a batch of released failed" in caplog.text
+    assert "analysis failed on a batch of 1 spans" in caplog.text
 
 
 def test_rules_read_the_learned_baseline_through_the_combined_analyzer(

@@ -5,12 +5,12 @@ from __future__ import annotations
 import duckdb
 import pyarrow as pa
 import pytest
-import synth
-from synth import with_nodes
 
 from dsl import AttrRef, AttrSource, column_name
 from processor.localizer import Baseline, span_metrics
 from processor.localizer.history import History, HistoryConfig
+from tests.support import localizer_synth as synth
+from tests.support.localizer_synth import with_nodes
 
 NODE_REF = AttrRef(AttrSource.RESOURCE, "k8s.node.name")
 NODE = column_name(NODE_REF)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import duckdb
 import pytest
-import synth
 
 from processor.localizer import Baseline, localize_window, span_metrics
 from processor.localizer.scoring import wilson_lower
+from tests.support import localizer_synth as synth
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from harness import (
+from tests.support.harness import (
     config_dict,
     grpc_export,
     grpc_exporter,
@@ -34,7 +34,7 @@ from harness import (
     tid,
     wait_until,
 )
-from otlp_sink import OtlpGrpcSink
+from tests.support.otlp_sink import OtlpGrpcSink
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -1,0 +1,64 @@
+"""Calibrated confidence: the probability that a candidate is its trace's root cause.
+
+Ranking weighs evidence by consequence (severity); a candidate's
+*confidence* is the probability that it is the trace's root cause
+(``calibrate``), in two steps:
+
+1. *support* — what the span's own evidence says.  Each piece of evidence
+   carries a probability: a rule's confidence is how often its finding is
+   right, the localizer's a probability of causation (``localizer.blame``).
+   Evidence of one family is not independent (rules of one library overlap, a
+   fault tree is built from the rules on the span, the localizer's sources
+   read the same spans), so a family counts with its most confident piece;
+   the families — a team's knowledge and the statistics of the traffic — are
+   independent, and combine by noisy-OR.
+2. *competition* — a trace has one root cause, so its candidates are
+   exclusive explanations.  Each candidate's support, as odds against "the
+   root cause is none of these", is its likelihood ratio; normalising over
+   the candidates and that alternative, ``p_i = o_i / (1 + sum_j o_j)``.  A
+   lone candidate keeps its support; a clear winner keeps most of it; a
+   near tie splits it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from processor.analysis.verdict import BatchVerdict, Candidate, TraceVerdict
+
+MAX_SUPPORT = 0.999       # support is capped below certainty so its odds stay finite
+
+
+def support(c: Candidate) -> float:
+    """The probability that ``c`` is a root cause on its own evidence: the most confident piece
+    of each family (rules, with a fault tree only when no rule blames the span; the
+    localizer), the families combined by noisy-OR."""
+    rules = [e.confidence for e in c.evidence if e.kind == "rule"]
+    trees = [e.confidence for e in c.evidence if e.kind == "fault_tree"]
+    stats = [e.confidence for e in c.evidence if e.kind == "localizer"]
+    miss = 1.0
+    for family in (rules or trees, stats):
+        if family:
+            miss *= 1.0 - min(1.0, max(0.0, max(family)))
+    return 1.0 - miss
+
+
+def compete(supports: Sequence[float]) -> list[float]:
+    """Probabilities of exclusive candidates from their supports: ``o_i / (1 + sum_j o_j)``
+    with ``o = s / (1 - s)`` — a lone candidate keeps its support, rivals share it."""
+    odds = [min(s, MAX_SUPPORT) / (1.0 - min(s, MAX_SUPPORT)) for s in supports]
+    total = 1.0 + sum(odds)
+    return [o / total for o in odds]
+
+
+def calibrate_trace(v: TraceVerdict) -> TraceVerdict:
+    """The trace's candidates, in the same order, with calibrated confidences."""
+    probabilities = compete([support(c) for c in v.candidates])
+    cands = tuple(dataclasses.replace(c, probability=round(p, 6)) for c, p in zip(v.candidates, probabilities))
+    return dataclasses.replace(v, candidates=cands)
+
+
+def calibrate(verdict: BatchVerdict) -> BatchVerdict:
+    """A verdict whose candidates' confidences are calibrated (``calibrate_trace``)."""
+    return dataclasses.replace(verdict, traces={t: calibrate_trace(v) for t, v in verdict.traces.items()})

@@ -1,0 +1,115 @@
+"""Several analyzers as one: rules (with fault trees) and the localizer over the same batch.
+
+Each analyzer reads the batch on its own; their verdicts merge per trace: a
+span blamed by several keeps one candidate with all the evidence, and the
+trace's candidates are ranked again.  Localizer evidence is statistical, rule
+evidence is a team's knowledge, so a localizer score is put on the rules'
+scale as confidence x the weight of a *medium* severity (3 of 5): a rule that
+fires with high severity and reasonable confidence outranks a deviation, a
+weak rule does not.
+
+A candidate's confidence is then calibrated over its trace
+(``processor.analysis.calibration``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import duckdb
+
+from dsl import BASELINE_TABLE, AttrRef
+from processor.analysis.calibration import calibrate, calibrate_trace
+from processor.analysis.protocols import Analyzer
+from processor.analysis.verdict import BatchVerdict, Evidence, TraceVerdict, rank_candidates
+
+STATISTICAL_WEIGHT = 3.0  # the rule-severity weight statistical evidence is scored at (medium)
+
+
+def on_rule_scale(verdict: BatchVerdict) -> BatchVerdict:
+    """A statistical analyzer's verdict with evidence scores as confidence x
+    STATISTICAL_WEIGHT, marked ``kind="localizer"`` so readers can tell it from rules."""
+    def rescale(e: Evidence) -> Evidence:
+        return dataclasses.replace(e, score=round(e.confidence * STATISTICAL_WEIGHT, 6), kind="localizer")
+    traces = {t: dataclasses.replace(v, candidates=tuple(
+        dataclasses.replace(c, evidence=tuple(rescale(e) for e in c.evidence)) for c in v.candidates))
+        for t, v in verdict.traces.items()}
+    return dataclasses.replace(verdict, traces=traces)
+
+
+def merge(verdicts: Sequence[BatchVerdict]) -> BatchVerdict:
+    """One verdict from several over the same batch, ranked and calibrated."""
+    traces: dict[bytes, TraceVerdict] = {}
+    for verdict in verdicts:
+        for trace_id, v in verdict.traces.items():
+            traces[trace_id] = _merge_trace(traces[trace_id], v) if trace_id in traces else v
+    ranked = {t: calibrate_trace(dataclasses.replace(v, candidates=rank_candidates(v.candidates))) for t, v in traces.items()}
+    symptoms: dict[bytes, tuple[bytes, ...]] = {}
+    for verdict in verdicts:
+        for trace_id, spans in verdict.symptoms.items():
+            blamed = {c.span_id for c in ranked[trace_id].candidates} if trace_id in ranked else set()
+            merged = dict.fromkeys((*symptoms.get(trace_id, ()), *spans))
+            symptoms[trace_id] = tuple(s for s in merged if s not in blamed)
+    services = next((v.services for v in verdicts if v.services), ())
+    return BatchVerdict(ranked, {t: s for t, s in symptoms.items() if s}, services)
+
+
+def _merge_trace(a: TraceVerdict, b: TraceVerdict) -> TraceVerdict:
+    by_span = {c.span_id: c for c in a.candidates}
+    for c in b.candidates:
+        if c.span_id in by_span:
+            first = by_span[c.span_id]
+            by_span[c.span_id] = dataclasses.replace(first, evidence=first.evidence + c.evidence,
+                                                     depth=max(first.depth, c.depth))
+        else:
+            by_span[c.span_id] = c
+    return TraceVerdict(a.trace_id, a.root_span_id or b.root_span_id, tuple(by_span.values()),
+                        a.fault_trees + b.fault_trees)
+
+
+def register_baseline(conn: duckdb.DuckDBPyConnection, analyzers: Sequence[Analyzer]) -> bool:
+    """Register the first learned baseline among ``analyzers`` (one with ``baseline_table()``,
+    i.e. the localizer) as ``dsl.BASELINE_TABLE`` for the rules' baseline intrinsics;
+    whether one was registered (the caller unregisters it)."""
+    for analyzer in analyzers:
+        baseline_table = getattr(analyzer, "baseline_table", None)
+        if baseline_table is None:
+            continue
+        conn.register(BASELINE_TABLE, baseline_table())
+        return True
+    return False
+
+
+class CombinedAnalyzer:
+    """Runs each analyzer over the batch and merges their verdicts.
+
+    ``statistical`` analyzers (the localizer) get their evidence put on the
+    rules' scale first.  A failure is not caught here: it costs the batch its
+    verdict at the analysis boundary (``runner.analyze_released``).
+    """
+
+    def __init__(self, analyzers: Sequence[Analyzer], statistical: Sequence[Analyzer] = ()) -> None:
+        self.analyzers = tuple(analyzers)
+        self.statistical = tuple(statistical)
+
+    def projection(self) -> frozenset[AttrRef]:
+        return frozenset().union(*(a.projection() for a in (*self.analyzers, *self.statistical)))
+
+    def analyze(self, conn: duckdb.DuckDBPyConnection, table: str) -> BatchVerdict:
+        verdicts = []
+        # rules read the baseline learned so far (before the localizer learns this batch)
+        registered = register_baseline(conn, self.statistical) if self.analyzers else False
+        try:
+            verdicts.extend(analyzer.analyze(conn, table) for analyzer in self.analyzers)
+        finally:
+            if registered:
+                conn.unregister(BASELINE_TABLE)
+        verdicts.extend(on_rule_scale(analyzer.analyze(conn, table)) for analyzer in self.statistical)
+        # one verdict keeps its analyzer's ranking; either way confidences are calibrated
+        return merge(verdicts) if len(verdicts) != 1 else calibrate(verdicts[0])
+
+
+    def close(self) -> None:
+        for analyzer in (*self.analyzers, *self.statistical):
+            analyzer.close()

@@ -1,0 +1,127 @@
+"""Evaluator: runs the compiled rule set over a batch of released traces.
+
+Rules are SQL over the whole batch (``dsl.RuleSet.evaluate``); this module
+groups their findings by blamed span into ranked candidates per trace:
+rank by confidence x severity, deeper spans first on ties.  A fault tree
+that fired adds its evidence (confidence x severity) to the spans its fired
+cut set blames; every tree whose top event is true or unknown is kept on the
+trace's verdict.  The span facts a
+verdict needs (service, name, the trace's root) come from one query over the
+batch, not per finding.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+
+import duckdb
+import pyarrow as pa
+
+from dsl import AttrRef, Evaluation, Finding, RuleSet, TreeOutcome
+from processor.analysis.verdict import BatchVerdict, Candidate, Evidence, TraceVerdict, rank_candidates
+
+log = logging.getLogger(__name__)
+
+
+class RuleAnalyzer:
+    """The Analyzer for a RuleSet."""
+
+    def __init__(self, rules: RuleSet) -> None:
+        self.rules = rules
+
+    def projection(self) -> frozenset[AttrRef]:
+        return self.rules.projection
+
+    def close(self) -> None:
+        """Nothing to release: a rule set holds no state between batches."""
+
+    def analyze(self, conn: duckdb.DuckDBPyConnection, table: str) -> BatchVerdict:
+        return self.verdict_of(conn, table, self.rules.evaluate_all(conn, table))
+
+    @staticmethod
+    def verdict_of(conn: duckdb.DuckDBPyConnection, table: str, evaluation: Evaluation) -> BatchVerdict:
+        """The ranked verdict of an evaluation of ``table``."""
+        if not evaluation.findings and not evaluation.trees:
+            return BatchVerdict()
+        return verdicts(conn, table, evaluation.findings, evaluation.trees)
+
+
+def verdicts(conn: duckdb.DuckDBPyConnection, table: str, findings: list[Finding],
+             trees: list[TreeOutcome] | tuple[TreeOutcome, ...] = ()) -> BatchVerdict:
+    """Ranked candidates per trace from rule findings (and fault-tree
+    outcomes) over ``table``.  A fired tree adds evidence to each span its
+    fired cut set blames, weighted by the tree's confidence x severity, so it
+    enters the ranking like a rule."""
+    by_span: dict[tuple[bytes, bytes], list[Finding]] = defaultdict(list)
+    for f in findings:
+        by_span[(f.trace_id, f.span_id)].append(f)
+    tree_evidence = _tree_evidence(trees, by_span)
+    per_tree_trace: dict[bytes, list[TreeOutcome]] = defaultdict(list)
+    for t in trees:
+        per_tree_trace[t.trace_id].append(t)
+    facts = _span_facts(conn, table, {t for t, _ in by_span} | set(per_tree_trace))
+    per_trace: dict[bytes, list[Candidate]] = defaultdict(list)
+    for (trace_id, span_id), fs in by_span.items():
+        service, name, start, end = facts.spans.get((trace_id, span_id), ("", "", 0, 0))
+        evidence = [Evidence(f.rule_id, f.message, f.confidence, f.score, f.layer) for f in fs]
+        evidence += tree_evidence.get((trace_id, span_id), [])
+        evidence.sort(key=lambda e: (e.kind == "fault_tree", -e.score, e.source))
+        per_trace[trace_id].append(Candidate(span_id, service, name, max(f.depth for f in fs), start, end,
+                                             tuple(evidence)))
+    out = {}
+    for trace_id in dict.fromkeys([*per_trace, *per_tree_trace]):
+        ranked = rank_candidates(per_trace.get(trace_id, ()))
+        tree_outcomes = tuple(sorted(per_tree_trace.get(trace_id, ()), key=lambda t: (not t.fired, -t.score, t.tree_id)))
+        out[trace_id] = TraceVerdict(trace_id, facts.roots.get(trace_id), ranked, tree_outcomes)
+    return BatchVerdict(out)
+
+
+def _tree_evidence(trees: list[TreeOutcome] | tuple[TreeOutcome, ...],
+                   by_span: dict[tuple[bytes, bytes], list[Finding]]) -> dict[tuple[bytes, bytes], list[Evidence]]:
+    """Evidence of the fired trees, per blamed span (one per tree and span)."""
+    out: dict[tuple[bytes, bytes], list[Evidence]] = defaultdict(list)
+    for t in trees:
+        if not t.fired:
+            continue
+        for span_id, cut_set, rule in t.spans:
+            key = (t.trace_id, span_id)
+            rule_layer = next((f.layer for f in by_span.get(key, ()) if f.rule_id == rule), "")
+            message = f"fault tree {t.tree_id} ({t.title}) fired: cut set {{{', '.join(cut_set)}}}"
+            out[key].append(Evidence(t.tree_id, message, t.confidence, t.score, t.layer or rule_layer,
+                                     "fault_tree", cut_set))
+    return out
+
+
+class _Facts:
+    def __init__(self) -> None:
+        self.spans: dict[tuple[bytes, bytes], tuple[str, str, int, int]] = {}
+        self.roots: dict[bytes, bytes] = {}
+
+
+def _span_facts(conn: duckdb.DuckDBPyConnection, table: str, trace_ids: set[bytes]) -> _Facts:
+    """Service/name/times of every span of the traces with findings, and each trace's root span.
+
+    The root is the span without a parent in the trace (the earliest such, if
+    several: a broken trace), else the earliest span.
+    """
+    facts = _Facts()
+    conn.register("verdict_traces", pa.table({"trace_id": pa.array(list(trace_ids), pa.binary())}))
+    try:
+        rows = conn.execute(f"""
+            SELECT s.trace_id, s.span_id, s.service, s.name, s.start_ns, s.end_ns,
+                   (s.parent_span_id IS NULL OR p.span_id IS NULL) AS parentless
+            FROM {table} s
+            SEMI JOIN verdict_traces v ON v.trace_id = s.trace_id
+            LEFT JOIN {table} p ON p.trace_id = s.trace_id AND p.span_id = s.parent_span_id
+        """).fetchall()
+    finally:
+        conn.unregister("verdict_traces")
+    best: dict[bytes, tuple[bool, int]] = {}
+    for trace_id, span_id, service, name, start, end, parentless in rows:
+        facts.spans[(trace_id, span_id)] = (service, name, start, end)
+        key = (not parentless, start)  # parentless first, then earliest
+        if trace_id not in best or key < best[trace_id]:
+            best[trace_id] = key
+            facts.roots[trace_id] = span_id
+    return facts

@@ -1,0 +1,104 @@
+"""Running an analyzer over released batches: the analysis boundary, and analysis on a thread.
+
+Wherever analysis runs (a thread of this process, ``LocalAnalysis``, or a
+worker process, ``processor.analysis.worker``), a released batch goes through
+``analyze_released``: the attributes the analyzer reads are decoded from the
+span bytes, then the analyzer reads the batch in DuckDB.  That function is the
+one place an analysis failure is caught: it costs the batch its verdict,
+never its spans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+
+import duckdb
+import pyarrow as pa
+
+from dsl import AttrRef
+from processor.analysis.attributes import Projection, Projector
+from processor.analysis.protocols import RELEASED_TABLE, Analyzer, with_row_numbers
+from processor.analysis.verdict import BatchVerdict
+from processor.config import StorageConfig
+
+log = logging.getLogger(__name__)
+
+LEFT_BEHIND = ("raw", "resource_id", "scope_id")  # store columns no analyzer reads
+
+
+def analysis_connection(storage: StorageConfig) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB for analysis, with the storage settings (threads, memory limit)."""
+    conn = duckdb.connect()
+    conn.execute(f"SET threads TO {int(storage.threads)}")
+    if storage.memory_limit:
+        conn.execute("SET memory_limit = ?", [storage.memory_limit])
+    return conn
+
+
+def analyze_released(analyzer: Analyzer, projector: Projector, conn: duckdb.DuckDBPyConnection,
+                     released: pa.Table, resources: Mapping[int, bytes]) -> BatchVerdict:
+    """Project a released batch and run ``analyzer`` over it as ``RELEASED_TABLE``.
+
+    The analysis boundary: a failure is logged and costs this batch its
+    verdict, never its spans (they are exported without annotations)."""
+    try:
+        table = projector.project(released, resources)
+        table = table.drop_columns([c for c in LEFT_BEHIND if c in table.column_names])
+        conn.register(RELEASED_TABLE, with_row_numbers(table))
+        try:
+            return analyzer.analyze(conn, RELEASED_TABLE)
+        finally:
+            conn.unregister(RELEASED_TABLE)
+    except Exception:
+        log.exception("analysis failed on a batch of %d spans; it is exported without a verdict",
+                      released.num_rows)
+        return BatchVerdict()
+
+
+class SerialAnalysis:
+    """The ``protocols.Analysis`` interface over ``analyze_now``:
+    batches run one at a time, in order, on a thread of their own (the
+    analyzers' state needs no locks; DuckDB and Arrow release the interpreter
+    lock)."""
+
+    def __init__(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="faulttrace-analysis")
+
+    async def analyze(self, released: pa.Table, resources: Mapping[int, bytes]) -> BatchVerdict:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.analyze_now, released,
+                                                                resources)
+
+    def analyze_now(self, released: pa.Table, resources: Mapping[int, bytes]) -> BatchVerdict:
+        """``analyze`` on the calling thread."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
+class LocalAnalysis(SerialAnalysis):
+    """Analysis in this process, with its own DuckDB connection."""
+
+    def __init__(self, analyzer: Analyzer, projection: Projection, storage: StorageConfig | None = None) -> None:
+        super().__init__()
+        self.analyzer = analyzer
+        self._projector = Projector(projection)
+        self._storage = storage or StorageConfig()
+        self._conn: duckdb.DuckDBPyConnection | None = None
+
+    def projection(self) -> frozenset[AttrRef]:
+        return frozenset(self._projector.projection.refs)
+
+    def analyze_now(self, released: pa.Table, resources: Mapping[int, bytes]) -> BatchVerdict:
+        if self._conn is None:
+            self._conn = analysis_connection(self._storage)
+        return analyze_released(self.analyzer, self._projector, self._conn, released, resources)
+
+    def close(self) -> None:
+        super().close()
+        self.analyzer.close()
+        if self._conn is not None:
+            self._conn.close()

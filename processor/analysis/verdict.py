@@ -1,0 +1,127 @@
+"""What analysis concludes about a batch of completed traces: the verdict types.
+
+Per trace, ranked root-cause candidates (``Candidate``), each with the
+evidence that blames it (``Evidence``: a rule, a fault tree, the localizer),
+and the spans that only inherited the problem (symptoms).  Analyzers
+(``processor.analysis.protocols``) produce a ``BatchVerdict``; the annotator
+turns it into span annotations and ``faulttrace explain`` prints it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from dsl import TreeOutcome
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """One reason a span is blamed: a rule firing, a fault tree whose fired
+    cut set contains a rule blaming the span, a baseline deviation."""
+
+    source: str       # rule id (fault tree id when kind is "fault_tree")
+    message: str
+    confidence: float
+    score: float      # ranking weight (confidence x severity for rules and trees)
+    layer: str
+    kind: str = "rule"                 # "rule" | "fault_tree" | "localizer"
+    cut_set: tuple[str, ...] = ()      # fault trees: the fired minimal cut set (event ids)
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A span localized as a root cause of its trace."""
+
+    span_id: bytes
+    service: str
+    name: str
+    depth: int
+    start_ns: int
+    end_ns: int
+    evidence: tuple[Evidence, ...]
+    rank: int = 0
+    # The probability that this span is its trace's root cause, once the
+    # trace's candidates are calibrated together (``processor.analysis.calibration``).
+    probability: float | None = None
+
+    @property
+    def score(self) -> float:
+        """Ranking weight: the strongest evidence, a fired fault tree's included."""
+        return max(e.score for e in self.evidence)
+
+    @property
+    def _primary(self) -> tuple[Evidence, ...]:
+        """The evidence about this span itself (rules), else all of it: a
+        fault tree's confidence is about its top event, not about one span."""
+        own = tuple(e for e in self.evidence if e.kind != "fault_tree")
+        return own or self.evidence
+
+    @property
+    def confidence(self) -> float:
+        """The calibrated probability, else the most confident evidence about the span itself."""
+        if self.probability is not None:
+            return self.probability
+        return max(e.confidence for e in self._primary)
+
+    @property
+    def layer(self) -> str:
+        """The layer of the strongest evidence that names one: the localizer's
+        evidence names none, so a rule on the span gives it even when the
+        localizer's score is higher ('' when no evidence names a layer)."""
+        known = [e for e in self._primary if e.layer]
+        return max(known, key=lambda e: e.score).layer if known else ""
+
+    @property
+    def rules(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(e.source for e in self.evidence if e.kind != "fault_tree"))
+
+    @property
+    def fault_tree(self) -> Evidence | None:
+        """The strongest fault-tree evidence on this span, if a tree fired through it."""
+        trees = [e for e in self.evidence if e.kind == "fault_tree"]
+        return max(trees, key=lambda e: e.score) if trees else None
+
+
+def rank_candidates(candidates: Iterable[Candidate]) -> tuple[Candidate, ...]:
+    """Candidates in ranking order, numbered from 1: the strongest evidence
+    first (confidence x severity), deeper spans first on ties, then by span id."""
+    ordered = sorted(candidates, key=lambda c: (-c.score, -c.depth, c.span_id))
+    return tuple(dataclasses.replace(c, rank=i) for i, c in enumerate(ordered, 1))
+
+
+@dataclass(frozen=True, slots=True)
+class TraceVerdict:
+    trace_id: bytes
+    root_span_id: bytes | None      # the trace's root (no parent in the trace), if present
+    candidates: tuple[Candidate, ...]
+    fault_trees: tuple[TreeOutcome, ...] = ()  # trees whose top event is true (fired) or unknown
+
+    @property
+    def fired_tree(self) -> TreeOutcome | None:
+        """The fired tree with the highest score (confidence x severity)."""
+        fired = [t for t in self.fault_trees if t.fired]
+        return max(fired, key=lambda t: (t.score, t.tree_id)) if fired else None
+
+    @property
+    def top(self) -> Candidate | None:
+        return self.candidates[0] if self.candidates else None
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceRank:
+    """A service in the window-level ranking (``localizer.window``)."""
+
+    service: str
+    score: float          # abnormality beyond chance, summed over the evidence sources
+    probability: float    # that the window's fault originates here, given that it holds one
+
+
+@dataclass(frozen=True, slots=True)
+class BatchVerdict:
+    traces: dict[bytes, TraceVerdict] = field(default_factory=dict)
+    # trace id -> spans whose error or delay is inherited from the root causes (rca.symptom)
+    symptoms: dict[bytes, tuple[bytes, ...]] = field(default_factory=dict)
+    # services ranked by how consistently they are anomalous across the batch's traces
+    services: tuple[ServiceRank, ...] = ()

@@ -1,0 +1,150 @@
+"""Analysis in a worker process: projection, rules, fault trees and the localizer off the receiving process.
+
+In one process every return from DuckDB waits for the interpreter lock that
+decoding keeps busy, and decoding the attributes analysis reads would double
+the receiving process's work per span; in its own process the analysis
+competes only for CPU.  Each released batch crosses as Arrow IPC (the span
+bytes only when attributes are read from them; they stay behind too for
+annotation and export), with the heads of its resources when resource
+attributes are read; the verdict comes back pickled.  The worker builds its
+analyzer from the same processor config, so its state (the localizer's
+baseline) lives there.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import pickle
+import time
+from collections.abc import Mapping
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+
+import pyarrow as pa
+
+from dsl import AttrRef
+from processor.analysis.attributes import Projection, Projector
+from processor.analysis.build import analysis_projection, build_analyzer
+from processor.analysis.runner import SerialAnalysis, analysis_connection, analyze_released
+from processor.analysis.verdict import BatchVerdict
+from processor.config import FaulttraceProcessorConfig
+from processor.service.process import tune_process
+
+log = logging.getLogger(__name__)
+
+
+def _serve(config_json: str, conn: Connection) -> None:
+    tune_process()
+    config = FaulttraceProcessorConfig.model_validate_json(config_json)
+    analyzer = build_analyzer(config)
+    projection = analysis_projection(config, analyzer) if analyzer else Projection.of(())
+    projector = Projector(projection)
+    db = analysis_connection(config.storage)
+    conn.send(pickle.dumps(projection.refs))
+    while True:
+        try:
+            resources = pickle.loads(conn.recv_bytes())  # None: stop
+            data = conn.recv_bytes() if resources is not None else b""
+        except EOFError:
+            break
+        if resources is None:
+            break
+        table = pa.ipc.open_stream(data).read_all()
+        verdict = (analyze_released(analyzer, projector, db, table, resources) if analyzer
+                   else BatchVerdict())
+        conn.send_bytes(pickle.dumps(verdict, protocol=pickle.HIGHEST_PROTOCOL))
+    if analyzer is not None:
+        analyzer.close()
+
+
+class ProcessAnalysis(SerialAnalysis):
+    """The pipeline's analysis run in a child process (``protocols.Analysis``).
+
+    A worker that dies (killed, out of memory, a crash in native code) costs
+    the batch it had its verdict; the next batch starts a new one, at most
+    every ``RESTART_INTERVAL`` seconds.  The new worker starts from the
+    configured state: a learned baseline is relearned (or re-seeded).
+    """
+
+    RESTART_INTERVAL = 5.0
+
+    def __init__(self, config: FaulttraceProcessorConfig) -> None:
+        self._config_json = config.model_dump_json()
+        self._closed = False
+        self._started_at = 0.0
+        self._process, self._conn, projection = self._start()
+        self._projection = projection
+        super().__init__()  # one round trip at a time: batches are not interleaved on the pipe
+        # What the worker never reads is not sent: the span bytes unless span or
+        # event attributes are projected, the group ids unless resource ones are.
+        self._left_behind = ["scope_id"]
+        if not projection.reads_span_bytes:
+            self._left_behind.append("raw")
+        if not projection.reads_resources:
+            self._left_behind.append("resource_id")
+
+    def _start(self) -> tuple[BaseProcess, Connection, Projection]:
+        ctx = mp.get_context("spawn")
+        conn, child = ctx.Pipe()
+        process = ctx.Process(target=_serve, args=(self._config_json, child), daemon=True, name="faulttrace-analysis")
+        self._started_at = time.monotonic()
+        process.start()
+        child.close()
+        try:
+            projection = Projection.of(pickle.loads(conn.recv()))
+        except EOFError:
+            process.join(5)
+            raise RuntimeError("the analysis process failed to start (its error is logged above)") from None
+        return process, conn, projection
+
+    def projection(self) -> frozenset[AttrRef]:
+        return frozenset(self._projection.refs)
+
+    def analyze_now(self, released: pa.Table, resources: Mapping[int, bytes]) -> BatchVerdict:
+        """Send the batch, wait for the verdict."""
+        if not self._process.is_alive() and not self._restart():
+            return BatchVerdict()
+        batch = released.drop_columns([c for c in self._left_behind if c in released.column_names])
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, batch.schema) as writer:
+            writer.write_table(batch)
+        heads = dict(resources) if self._projection.reads_resources else {}
+        try:
+            self._conn.send_bytes(pickle.dumps(heads, protocol=pickle.HIGHEST_PROTOCOL))
+            self._conn.send_bytes(sink.getvalue())
+            return pickle.loads(self._conn.recv_bytes())
+        except (EOFError, OSError) as err:
+            self._process.join(1)  # reap it: its exit code, and the next batch sees it dead
+            log.error("the analysis process is gone (%s, exit code %s); %d spans are exported without analysis",
+                      err, self._process.exitcode, released.num_rows)
+            return BatchVerdict()
+
+    def _restart(self) -> bool:
+        """Start a new worker for a dead one (not after close, not twice within RESTART_INTERVAL)."""
+        if self._closed or time.monotonic() - self._started_at < self.RESTART_INTERVAL:
+            return False
+        self._conn.close()
+        try:
+            process, conn, projection = self._start()
+        except RuntimeError as err:
+            log.error("restarting the analysis process failed: %s", err)
+            return False
+        if projection != self._projection:  # the same config projects the same attributes
+            log.error("the restarted analysis process projects other attributes; stopping it")
+            process.kill()
+            return False
+        self._process, self._conn = process, conn
+        log.warning("the analysis process was restarted; its learned state starts over")
+        return True
+
+    def close(self) -> None:
+        self._closed = True
+        super().close()
+        try:
+            self._conn.send_bytes(pickle.dumps(None))
+        except OSError:
+            pass
+        self._process.join(10)
+        if self._process.is_alive():
+            self._process.kill()

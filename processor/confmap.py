@@ -1,0 +1,93 @@
+"""Shared pieces of collector-shaped configuration (the collector's confmap): strict models,
+Go-style durations, ``host:port`` endpoints, ``type[/name]`` component ids,
+``${env:VAR}`` expansion and the error every config problem becomes.
+
+Each component's config model lives beside the component (``receivers/config.py``,
+``exporters/config.py``); ``processor.config`` reads the whole file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: Any) -> float:
+    """Go-style duration (``5s``, ``250ms``, ``1m30s``) or a number of seconds -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 5s or 250ms")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        pos, seconds = 0, 0.0
+        for m in _DURATION_PART.finditer(text):
+            if m.start() != pos:
+                break
+            seconds += float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+            pos = m.end()
+        if not text or pos != len(text):
+            raise ValueError(f"invalid duration {value!r}: expected e.g. 5s, 250ms, 1m30s")
+    else:
+        raise ValueError("expected a duration such as 5s or 250ms")
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class StrictModel(BaseModel):
+    """A config model: unknown keys are errors, values are frozen."""
+
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_endpoint(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"endpoint {value!r} must be host:port")
+    return value
+
+
+Endpoint = Annotated[str, BeforeValidator(lambda v: _check_endpoint(str(v)))]
+
+
+def component_type(component_id: str) -> str:
+    """``otlp/backend`` -> ``otlp`` (the collector's type[/name] ids)."""
+    return component_id.split("/", 1)[0]
+
+
+class ConfigError(Exception):
+    """A configuration problem, with every message naming its YAML key path."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+_ENV = re.compile(r"\$\{(?:env:)?([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\$")
+
+
+def expand_env(text: str, environ: dict[str, str] | None = None) -> str:
+    """Collector-style ``${env:VAR}`` / ``${VAR}`` / ``${env:VAR:-default}``; ``$$`` escapes ``$``."""
+    env = os.environ if environ is None else environ
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        value = env.get(m.group(1))
+        if value is None:
+            return m.group(2) if m.group(2) is not None else ""
+        return value
+
+    return _ENV.sub(sub, text)

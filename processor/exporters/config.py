@@ -1,0 +1,61 @@
+"""Configuration of the exporters (``exporters.<type>``): TLS, retry, sending queue and each type's own keys."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from processor.confmap import Duration, StrictModel
+
+
+class TlsClientConfig(StrictModel):
+    insecure: bool = False
+    insecure_skip_verify: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsClientConfig:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
+class RetryConfig(StrictModel):
+    enabled: bool = True
+    initial_interval: Duration = 5.0
+    randomization_factor: float = Field(0.5, ge=0, le=1)
+    multiplier: float = Field(1.5, ge=1)
+    max_interval: Duration = 30.0
+    max_elapsed_time: Duration = 300.0  # 0: retry forever
+
+
+class QueueConfig(StrictModel):
+    enabled: bool = True
+    num_consumers: int = Field(10, gt=0)
+    queue_size: int = Field(1000, gt=0)  # batches
+
+
+class OtlpExporterConfig(StrictModel):
+    endpoint: str
+    tls: TlsClientConfig = TlsClientConfig()
+    headers: dict[str, str] = {}
+    compression: Literal["gzip", "none", ""] = "gzip"
+    timeout: Duration = 5.0
+    retry_on_failure: RetryConfig = RetryConfig()
+    sending_queue: QueueConfig = QueueConfig()
+
+
+class OtlpHttpExporterConfig(OtlpExporterConfig):
+    traces_endpoint: str | None = None  # default: endpoint + /v1/traces
+
+
+class FileExporterConfig(StrictModel):
+    path: str
+    compression: Literal["gzip", "none", ""] = "none"
+
+
+class DebugExporterConfig(StrictModel):
+    verbosity: Literal["basic", "normal", "detailed"] = "basic"

@@ -1,0 +1,100 @@
+"""Ingest: the one path from a received request body to spans in the store.
+
+Both receivers (gRPC and HTTP) call it, so validation, overload refusal,
+decoding, storing and metrics are one piece of code.  A request is accepted
+only once its spans are in the store; the caller acknowledges after that.
+Decoding runs on its own worker thread, so the event loop keeps serving and
+decoding the next request overlaps DuckDB inserting the last one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from processor.model import DecodedRequest
+from processor.otlp.otlpjson import request_from_json
+from processor.receivers.decode import MalformedRequest, decode
+from processor.service.telemetry import Telemetry
+from processor.store import SpanStore
+
+
+class Encoding(enum.Enum):
+    PROTOBUF = "protobuf"
+    JSON = "json"
+
+
+class Overloaded(Exception):
+    """The store is full: refuse with a retryable status and a retry delay."""
+
+    def __init__(self, message: str, retry_after: float, spans: int = 0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.spans = spans  # how many spans were refused, when known
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    accepted_spans: int
+    rejected_spans: int
+    error_message: str
+
+
+def _decode_body(data: bytes, encoding: Encoding) -> DecodedRequest:
+    if encoding is Encoding.JSON:
+        try:
+            return decode(request_from_json(data))
+        except (ValueError, TypeError, KeyError) as err:  # json_format.ParseError is a ValueError
+            if isinstance(err, MalformedRequest):
+                raise
+            raise MalformedRequest(f"cannot decode the body as OTLP/JSON: {err}") from None
+    return decode(data)
+
+
+class Ingest:
+    """Decode, bound, store, then report what was accepted."""
+
+    def __init__(self, store: SpanStore, max_buffered_spans: int, telemetry: Telemetry,
+                 on_stored: Callable[[dict[bytes, int]], None], retry_after: float = 1.0) -> None:
+        self._store = store
+        self._max_buffered = max_buffered_spans
+        self._telemetry = telemetry
+        self._on_stored = on_stored
+        self._retry_after = retry_after
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="faulttrace-decode")
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+    def _check_capacity(self, incoming: int) -> None:
+        buffered = self._store.buffered_spans
+        if buffered + incoming > self._max_buffered and buffered > 0:
+            raise Overloaded(f"faulttrace is at capacity ({buffered} spans buffered, limit "
+                             f"{self._max_buffered}); retry later", self._retry_after, incoming)
+
+    def _decode_and_store(self, data: bytes, encoding: Encoding) -> DecodedRequest:
+        """Worker thread: decode, bound, store — one hop off the event loop per request."""
+        decoded = _decode_body(data, encoding)
+        self._check_capacity(decoded.batch.span_count)
+        self._store.append_now(decoded.batch)
+        return decoded
+
+    async def submit(self, data: bytes, encoding: Encoding, receiver: str, transport: str) -> Accepted:
+        """Store the spans of one request body.  Raises MalformedRequest or Overloaded."""
+        labels = (receiver, transport)
+        self._check_capacity(0)  # refuse early, before paying for decoding
+        loop = asyncio.get_running_loop()
+        try:
+            decoded = await loop.run_in_executor(self._executor, self._decode_and_store, data, encoding)
+        except Overloaded as err:
+            self._telemetry.receiver_refused_spans.labels(*labels).inc(err.spans)
+            raise
+        batch = decoded.batch
+        self._on_stored(batch.traces)
+        self._telemetry.receiver_accepted_spans.labels(*labels).inc(batch.span_count)
+        if decoded.rejected_spans:
+            self._telemetry.receiver_refused_spans.labels(*labels).inc(decoded.rejected_spans)
+        return Accepted(batch.span_count, decoded.rejected_spans, decoded.error_message)

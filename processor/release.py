@@ -1,0 +1,148 @@
+"""Release: completed traces leave the store, are analysed, annotated and exported.
+
+The release loop runs every ``release_interval`` (sooner when the assembler
+has urgent work): it asks the assembler which traces are due, takes them from
+the store in chunks, and for each chunk waits for the analysis verdict,
+annotates the spans (``annotator``), frames them into payloads (``otlp.payload``)
+and hands each payload to every exporter.  One chunk is analysed while the
+one before it is annotated and exported and the next is taken from the store,
+so the analysis (by default a process of its own) and this process work at
+once.  Late spans of an already released trace get the verdict their trace
+got; they are not analysed again on their own (a fragment would mislead the
+rules).  With a durable store, a chunk's spans leave the journal once every
+exporter has settled every payload of it (``settlement``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Callable, Sequence
+
+from processor.analysis.protocols import Analysis
+from processor.analysis.verdict import BatchVerdict, TraceVerdict
+from processor.annotator import annotate, annotations, late_annotations
+from processor.assembler import Assembler, Due, ReleaseReason
+from processor.exporters.base import Exporter
+from processor.model import ReleasedSpans
+from processor.otlp.payload import encode_payloads
+from processor.otlp.spanedit import Annotation
+from processor.service.telemetry import Telemetry
+from processor.settlement import Settlement
+from processor.store import SpanStore
+
+log = logging.getLogger(__name__)
+
+RELEASE_CHUNK = 5_000   # traces per store round trip: bounds the latency of one release
+GROUP_GC_INTERVAL = 30.0  # seconds between sweeps of unreferenced resource/scope heads
+
+
+class Releaser:
+    """Owns the release loop: ``run()`` until ``stop()``; ``release(due)`` for one set of traces."""
+
+    def __init__(self, store: SpanStore, assembler: Assembler[TraceVerdict], analysis: Analysis | None,
+                 exporters: Sequence[Exporter], telemetry: Telemetry, interval: float,
+                 clock: Callable[[], float]) -> None:
+        self._store = store
+        self._assembler = assembler
+        self._analysis = analysis
+        self._exporters = tuple(exporters)
+        self._telemetry = telemetry
+        self._interval = interval
+        self._clock = clock
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._delivered: list[tuple[bytes, bytes]] = []  # (trace id, span id) settled by every exporter
+        self._running = True   # until stop()
+
+    def observe(self, traces: dict[bytes, int]) -> None:
+        """Spans were stored (span count by trace id): the assembler learns of them,
+        and an urgent release (a full trace, too many traces) starts now."""
+        late = self._assembler.observe(traces, self._clock())
+        if late:
+            self._telemetry.late_spans.inc(late)
+        if self._assembler.has_urgent:
+            self._wake.set()
+        self.update_gauges()
+
+    def update_gauges(self) -> None:
+        self._telemetry.buffered_spans.set(self._store.buffered_spans)
+        self._telemetry.buffered_traces.set(self._assembler.buffered_traces)
+
+    async def run(self) -> None:
+        next_gc = self._clock() + GROUP_GC_INTERVAL
+        began = self._clock()
+        while self._running:
+            # A period, not a pause: a release that took longer than the
+            # interval (a backlog) is followed by the next one at once.
+            try:
+                await asyncio.wait_for(self._wake.wait(), max(0.0, began + self._interval - self._clock()))
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            if not self._running:
+                break
+            began = self._clock()
+            try:
+                await self.release(self._assembler.due(began))
+                await self.forget_delivered()
+                if self._clock() >= next_gc:
+                    next_gc = self._clock() + GROUP_GC_INTERVAL
+                    await self._store.forget_unused_groups()
+            except Exception:  # component boundary: keep releasing
+                log.exception("releasing traces failed")
+
+    def stop(self) -> None:
+        """End ``run()`` after the release under way."""
+        self._running = False
+        self._wake.set()
+
+    async def release(self, due: Due) -> None:
+        async with self._lock:
+            for reason in set(due.reasons):
+                self._telemetry.released_traces.labels(reason.value).inc(due.reasons.count(reason))
+            late = [t for t, r in zip(due.trace_ids, due.reasons) if r is ReleaseReason.LATE]
+            fresh = [t for t, r in zip(due.trace_ids, due.reasons) if r is not ReleaseReason.LATE]
+            previous: tuple[ReleasedSpans, asyncio.Future[BatchVerdict] | None] | None = None
+            for start in range(0, len(fresh), RELEASE_CHUNK):
+                spans = await self._store.release(fresh[start:start + RELEASE_CHUNK])
+                analysis = None
+                if self._analysis is not None and spans.span_count and spans.table is not None:
+                    analysis = asyncio.ensure_future(self._analysis.analyze(spans.table, spans.resources))
+                if previous is not None:
+                    await self._finish(*previous)
+                previous = (spans, analysis)
+            if previous is not None:
+                await self._finish(*previous)
+            for start in range(0, len(late), RELEASE_CHUNK):
+                spans = await self._store.release(late[start:start + RELEASE_CHUNK])
+                await self._export(spans, late_annotations(spans.trace_ids, spans.span_ids, spans.parent_span_ids,
+                                                           self._assembler.verdict))
+            self.update_gauges()
+
+    async def _finish(self, spans: ReleasedSpans, analysis: asyncio.Future[BatchVerdict] | None) -> None:
+        """Wait for a chunk's verdict, remember it for late spans, annotate and export the chunk."""
+        verdict = await analysis if analysis is not None else None  # an Analysis never raises
+        if verdict is not None:
+            for trace_id, trace_verdict in verdict.traces.items():
+                self._assembler.set_verdict(trace_id, trace_verdict)
+        await self._export(spans, annotations(verdict) if verdict is not None else {})
+
+    async def _export(self, spans: ReleasedSpans, adds: dict[tuple[bytes, bytes], Annotation]) -> None:
+        raw = annotate(spans, adds)
+        # A durable store keeps the chunk's spans in its journal until every
+        # exporter is done with every payload of it.
+        settlement = Settlement(spans, self._delivered.extend) if self._store.durable else None
+        for payload in encode_payloads(spans, raw):
+            for exporter in self._exporters:
+                await exporter.export(payload if settlement is None
+                                      else dataclasses.replace(payload, on_settled=settlement.expect()))
+        if settlement is not None:
+            settlement.seal()
+
+    async def forget_delivered(self) -> None:
+        """Let delivered spans leave the journal (durable store)."""
+        if self._delivered:
+            done, self._delivered = self._delivered, []
+            await self._store.forget(done)

@@ -1,0 +1,467 @@
+"""``faulttrace bench``: end-to-end throughput and memory of the pipeline.
+
+Three processes, so that none of them shares the others' interpreter lock:
+
+* a load generator sending realistic OTLP/gRPC requests as fast as they are
+  accepted (10 spans per trace, ~12 semantic-convention attributes, ~500 B a
+  span, several services per request), retrying refused ones;
+* the server under test: the full pipeline (receiver, DuckDB store,
+  assembler, exporter), or, in alternating runs, a passthrough built from the
+  same receiver and exporter with no store;
+* a real OTLP/gRPC sink counting what arrives.
+
+Two more modes show what analysis costs: ``rules`` runs the built-in library
+plus the files given with ``--rules`` (by default 50 generated rules of mixed
+kinds), ``full`` what ``faulttrace serve`` runs by default (the rule library,
+its fault trees and the localizer).
+
+Throughput is the sink's steady-state rate (from a warm-up second after the
+first span reaches it until the load stops), with the same buffer limit in
+every mode (``MAX_BUFFERED_SPANS``); every run also checks that every
+accepted span reached the sink.  Each mode runs ``--runs`` times, alternating,
+and medians are reported; ``ratio`` is pipeline / passthrough.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import statistics
+import struct
+import time
+from dataclasses import asdict, dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from processor.config import parse_config
+from processor.confmap import parse_duration
+
+SERVICE_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+MARKER = b"\xfa\x17\x7e\x3c\x55\x0d\xb1\x29"  # first half of every template trace id, replaced per send
+SPANS_PER_TRACE = 10
+TRACES_PER_REQUEST = 50
+SERVICES = ("frontend", "checkout", "cart", "payment", "inventory")
+# pipeline: no analysis; rules: the built-in library plus --rules files (default: 50 generated
+# rules); full: the default analysis of `faulttrace serve` (rule library + localizer);
+# passthrough: receiver + exporter only.
+MODES = ("pipeline", "rules", "full", "passthrough")
+# The buffer limit in every mode: above what the pipeline without analysis ever holds here
+# (~3 s of traffic: decision_wait, release interval), so a mode that cannot keep up with the
+# load fills it within a run and is then measured at its sustained rate, refusing the excess
+# (as in production), instead of while a backlog grows without bound.
+MAX_BUFFERED_SPANS = 500_000
+
+
+# --- rules -------------------------------------------------------------------------
+# 50 rules of mixed kinds (attribute, structural, aggregate) for the 'rules' mode;
+# tests/dsl/bench_rules.py times the same rules alone over a 100,000-span batch.
+
+ATTRIBUTE_RULES = [
+    'c.kind = client and c.attr["http.response.status_code"] >= 50{n}',
+    'c.attr["db.system.name"] = "postgresql" and c.duration > {n}00ms',
+    'c.name =~ "^GET /api/v{n}/items/[0-9]+$" or c.attr["url.path"] starts_with "/v{n}/admin"',
+    'c.attr["gen_ai.response.finish_reasons"] contains "length" and c.attr["gen_ai.request.temperature"] > 1.{n}',
+    'c.status = error and c.event["exception"]["exception.type"] in ["E{n}", "TimeoutError", "ValueError"]',
+    'c.resource["k8s.pod.name"] ends_with "-{n}" and c.self_time > {n}00ms',
+]
+STRUCTURAL_RULES = [
+    'c.status = error and not exists(child d of c where d.status = error) and c.depth > {n}',
+    'c.kind = server and count(child d of c where d.kind = client and d.status = error) > {n}',
+    'c.status = error and exists(descendant d of c where d.attr["db.system.name"] = "redis" and d.duration > {n}00ms)',
+    'c.kind = client and exists(sibling s of c where s.name = c.name and s.status = error) and c.end - c.start > {n}00ms',
+    'c.status = error and exists(ancestor a of c where a.kind = server and a.service != c.service) and c.duration > {n}00ms',
+]
+AGGREGATE_RULES = [
+    'c.is_root and count(span s where s.status = error) > {n}',
+    'c.is_root and max(s.duration for span s where s.kind = client) > {n}00ms',
+    'c.is_root and trace.error_count > {n} and trace.duration > 500ms',
+    'c.kind = server and avg(d.duration for child d of c) > {n}0ms',
+]
+
+
+def bench_rule_text(n_rules: int = 50) -> str:
+    kinds = [ATTRIBUTE_RULES, STRUCTURAL_RULES, AGGREGATE_RULES]
+    out = []
+    for i in range(n_rules):
+        family = kinds[i % 3]
+        cond = family[(i // 3) % len(family)].format(n=i % 7 + 1)
+        out.append(
+            f'rule bench.r{i} {{\n  title "bench {i}"\n  layer code\n  severity medium\n  confidence 0.5\n'
+            f"  match span c where {cond}\n  message \"{{c.name}} in {{c.service}} took {{c.duration}}\"\n}}\n"
+        )
+    return "\n".join(out)
+
+
+
+# --- load --------------------------------------------------------------------------
+
+
+def build_templates(count: int) -> list[bytes]:
+    """Distinct encoded requests whose trace ids all start with MARKER."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+    def kv(key: str, value: object) -> KeyValue:
+        if isinstance(value, int):
+            return KeyValue(key=key, value=AnyValue(int_value=value))
+        return KeyValue(key=key, value=AnyValue(string_value=str(value)))
+
+    out = []
+    seq = 0
+    rng = __import__("random").Random(7)
+    for t in range(count):
+        req = ExportTraceServiceRequest()
+        groups = {}
+        for svc in SERVICES:
+            rs = req.resource_spans.add()
+            rs.resource.attributes.extend([kv("service.name", svc), kv("service.version", "1.4.2"),
+                                           kv("k8s.pod.name", f"{svc}-7d9f8c-{rng.randrange(100):02d}"),
+                                           kv("host.name", f"node-{rng.randrange(8)}")])
+            ss = rs.scope_spans.add()
+            ss.scope.name = "opentelemetry.instrumentation.flask"
+            ss.scope.version = "0.48b0"
+            groups[svc] = ss
+        for _ in range(TRACES_PER_REQUEST):
+            seq += 1
+            trace_id = MARKER + struct.pack(">Q", seq)
+            start = 1_700_000_000_000_000_000 + seq * 1_000_000
+            parent = b""
+            for i in range(SPANS_PER_TRACE):
+                svc = SERVICES[min(i // 2, len(SERVICES) - 1)]
+                span = groups[svc].spans.add()
+                span.trace_id = trace_id
+                span.span_id = os.urandom(8)
+                span.parent_span_id = parent
+                parent = span.span_id
+                span.name = f"{'GET' if i % 2 else 'POST'} /api/{svc}/{{id}}"
+                span.kind = 2 if i % 2 == 0 else 3
+                span.start_time_unix_nano = start + i * 1000
+                span.end_time_unix_nano = start + 5_000_000 - i * 1000
+                span.attributes.extend([
+                    kv("http.request.method", "GET" if i % 2 else "POST"),
+                    kv("http.route", f"/api/{svc}/{{id}}"),
+                    kv("http.response.status_code", 200),
+                    kv("url.path", f"/api/{svc}/{rng.randrange(10**6)}"),
+                    kv("url.scheme", "http"),
+                    kv("server.address", f"{svc}.shop.svc.cluster.local"),
+                    kv("server.port", 8080),
+                    kv("network.protocol.version", "1.1"),
+                    kv("user_agent.original", "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101"),
+                    kv("client.address", f"10.0.{rng.randrange(255)}.{rng.randrange(255)}"),
+                    kv("thread.id", rng.randrange(64)),
+                    kv("code.function.name", f"handle_{svc}"),
+                ])
+        out.append(req.SerializeToString())
+    return out
+
+
+async def _load(port: int, seconds: float, senders: int, result: Connection) -> None:
+    import grpc
+
+    templates = build_templates(16)
+    spans_per_request = TRACES_PER_REQUEST * SPANS_PER_TRACE
+    sent = refused = 0
+    deadline = time.monotonic() + seconds
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary(SERVICE_METHOD)
+
+        async def sender(k: int) -> None:
+            nonlocal sent, refused
+            i = k
+            while time.monotonic() < deadline:
+                data = templates[i % len(templates)].replace(MARKER, os.urandom(8))
+                i += senders
+                while True:
+                    try:
+                        await call(data, timeout=30)
+                        sent += spans_per_request
+                        break
+                    except grpc.aio.AioRpcError as err:
+                        if err.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED):
+                            raise
+                        refused += 1
+                        await asyncio.sleep(0.05)
+
+        await asyncio.gather(*(sender(k) for k in range(senders)))
+    result.send({"sent": sent, "refused_requests": refused})
+
+
+def load_main(port: int, seconds: float, senders: int, result: Connection) -> None:
+    asyncio.run(_load(port, seconds, senders, result))
+
+
+# --- sink --------------------------------------------------------------------------
+
+
+def sink_main(ready: Connection, count: Any, stop: Any) -> None:
+    """A real OTLP/gRPC sink that counts spans into a shared counter."""
+    import grpc
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    async def main() -> None:
+        async def export(request: bytes, context: Any) -> bytes:
+            req = ExportTraceServiceRequest.FromString(request)
+            n = sum(len(ss.spans) for rs in req.resource_spans for ss in rs.scope_spans)
+            with count.get_lock():
+                count.value += n
+            return b""
+
+        server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
+        handler = grpc.unary_unary_rpc_method_handler(export)
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "opentelemetry.proto.collector.trace.v1.TraceService", {"Export": handler}),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        ready.send(port)
+        while not stop.is_set():
+            await asyncio.sleep(0.1)
+        await server.stop(1)
+
+    asyncio.run(main())
+
+
+# --- server under test -------------------------------------------------------------
+
+
+def _config(sink_port: int, decision_wait: float, compression: str, rules: list[str] | None,
+            localizer: bool = False) -> Any:
+    # rules None: no rules at all; otherwise the built-in library plus these files
+    # (by default a file of the 50 generated bench rules).
+    return parse_config({
+        "receivers": {"otlp": {"protocols": {"grpc": {"endpoint": "127.0.0.1:0", "max_recv_msg_size_mib": 16}}}},
+        "processors": {"faulttrace": {"decision_wait": decision_wait, "max_buffered_spans": MAX_BUFFERED_SPANS,
+                                      "max_traces": 500_000, "builtin_rules": rules is not None,
+                                      "rules": rules or [], "localizer": {"enabled": localizer}}},
+        "exporters": {"otlp_grpc": {"endpoint": f"127.0.0.1:{sink_port}", "tls": {"insecure": True},
+                                    "compression": compression}},
+        "service": {"pipelines": {"traces": {"receivers": ["otlp"], "processors": ["faulttrace"],
+                                             "exporters": ["otlp_grpc"]}},
+                    "telemetry": {"metrics": {"address": None}}},
+    }, "<bench>")
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class _Passthrough:
+    """Ingest stand-in: validate (parse fully, as any OTLP receiver must) and forward, storing nothing."""
+
+    def __init__(self, exporter: Any) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._exporter = exporter
+        self._executor = ThreadPoolExecutor(max_workers=1)
+
+    async def submit(self, data: bytes, encoding: Any, receiver: str, transport: str) -> Any:
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+        from processor.model import ExportPayload
+        from processor.receivers.ingest import Accepted
+
+        def count() -> int:
+            req = ExportTraceServiceRequest.FromString(data)
+            return sum(len(ss.spans) for rs in req.resource_spans for ss in rs.scope_spans)
+
+        n = await asyncio.get_running_loop().run_in_executor(self._executor, count)
+        await self._exporter.export(ExportPayload(data=data, span_count=n))
+        return Accepted(n, 0, "")
+
+
+async def _serve(mode: str, sink_port: int, decision_wait: float, compression: str, rules: list[str],
+                 ctl: Connection) -> None:
+    from processor.exporters.factory import build_exporter
+    from processor.pipeline import Pipeline
+    from processor.receivers.otlp_grpc import GrpcReceiver
+    from processor.service.telemetry import Telemetry
+
+    if mode == "rules" and not rules:
+        import tempfile
+
+        path = os.path.join(tempfile.mkdtemp(prefix="faulttrace-bench-"), "bench.rules")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(bench_rule_text(50))
+        rules = [path]
+    if mode == "full":  # what `faulttrace serve` runs by default: the rule library and the localizer
+        config = _config(sink_port, decision_wait, compression, [], localizer=True)
+    else:
+        config = _config(sink_port, decision_wait, compression, rules if mode == "rules" else None)
+    stats: dict[str, float] = {"max_buffered_spans": 0, "bytes_per_buffered_span": 0.0,
+                               "rss_bytes_per_buffered_span": 0.0}
+    rss0 = _rss_bytes()
+    if mode != "passthrough":
+        pipeline = Pipeline(config)
+        await pipeline.start()
+        port = pipeline.ports()["otlp/grpc"]
+    else:
+        telemetry = Telemetry()
+        exporter = build_exporter("otlp_grpc", config.exporters["otlp_grpc"], telemetry)
+        await exporter.start()
+        receiver = GrpcReceiver("otlp", config.receivers["otlp"].protocols.grpc, _Passthrough(exporter), telemetry)
+        port = await receiver.start()
+    ctl.send(port)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_reader(ctl.fileno(), stop.set)
+    while not stop.is_set():
+        if mode != "passthrough":
+            buffered = pipeline.store.buffered_spans
+            if buffered > stats["max_buffered_spans"]:
+                mem = pipeline.store.memory_bytes()
+                stats.update(max_buffered_spans=buffered, bytes_per_buffered_span=mem / buffered,
+                             rss_bytes_per_buffered_span=(_rss_bytes() - rss0) / buffered)
+        try:
+            await asyncio.wait_for(stop.wait(), 0.25)
+        except TimeoutError:
+            pass
+    loop.remove_reader(ctl.fileno())
+    ctl.recv()
+    if mode != "passthrough":
+        await pipeline.stop()
+    else:
+        await receiver.stop(1)
+        await exporter.shutdown(30)
+    stats["peak_rss_mib"] = _peak_rss_mib()
+    ctl.send(stats)
+
+
+def serve_main(mode: str, sink_port: int, decision_wait: float, compression: str, rules: list[str],
+               ctl: Connection) -> None:
+    from processor.service.process import tune_process
+
+    tune_process()  # as `faulttrace serve` does, in every mode
+    asyncio.run(_serve(mode, sink_port, decision_wait, compression, rules, ctl))
+
+
+# --- orchestration -----------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    mode: str
+    spans_per_s: float
+    sent: int
+    delivered: int
+    refused_requests: int
+    peak_rss_mib: float
+    bytes_per_buffered_span: float
+    rss_bytes_per_buffered_span: float
+    max_buffered_spans: float
+
+
+def _one_run(ctx: Any, mode: str, sink_port: int, count: Any, args: argparse.Namespace,
+             decision_wait: float) -> RunResult:
+    ctl, child_ctl = ctx.Pipe()
+    server = ctx.Process(target=serve_main, args=(mode, sink_port, decision_wait, args.compression,
+                                                  list(args.rules or []), child_ctl))
+    server.start()
+    port = ctl.recv()
+    base = count.value
+    res, child_res = ctx.Pipe()
+    load = ctx.Process(target=load_main, args=(port, args.seconds, args.senders, child_res), daemon=True)
+    t_start = time.monotonic()
+    load.start()
+    samples: list[tuple[float, int]] = []
+    while load.is_alive():
+        samples.append((time.monotonic() - t_start, count.value - base))
+        time.sleep(0.1)
+    t_end = time.monotonic() - t_start
+    load_stats = res.recv()
+    load.join()
+    ctl.send("stop")
+    stats = ctl.recv()
+    server.join()
+    deadline = time.monotonic() + 60
+    while count.value - base < load_stats["sent"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    delivered = count.value - base
+    # Steady state: from a warm-up second after the first span arrives (each mode has its own
+    # latency: decision_wait, the first analysis) until the load stops.
+    first = next((t for t, n in samples if n > 0), t_end)
+    window = [(t, n) for t, n in samples if first + 1.0 <= t <= t_end]
+    rate = (window[-1][1] - window[0][1]) / (window[-1][0] - window[0][0]) if len(window) > 1 else 0.0
+    return RunResult(mode, rate, load_stats["sent"], delivered, load_stats["refused_requests"],
+                     stats["peak_rss_mib"], stats["bytes_per_buffered_span"],
+                     stats["rss_bytes_per_buffered_span"], stats["max_buffered_spans"])
+
+
+def _median(results: list[RunResult], mode: str, field: str = "spans_per_s") -> float | None:
+    values = [getattr(r, field) for r in results if r.mode == mode]
+    return statistics.median(values) if values else None
+
+
+def summarize(results: list[RunResult]) -> dict[str, Any]:
+    """Medians per mode and the ratios between modes that ran (a ratio needs both of its modes)."""
+    pipe, thru = _median(results, "pipeline"), _median(results, "passthrough")
+    rules, full = _median(results, "rules"), _median(results, "full")
+    summary: dict[str, Any] = {}
+    if pipe is not None:
+        summary["spans_per_s"] = round(pipe)
+        summary["bytes_per_buffered_span"] = round(_median(results, "pipeline", "bytes_per_buffered_span") or 0)
+        summary["rss_bytes_per_buffered_span"] = round(
+            _median(results, "pipeline", "rss_bytes_per_buffered_span") or 0)
+        summary["peak_rss_mib"] = round(max(r.peak_rss_mib for r in results if r.mode == "pipeline"), 1)
+    if thru is not None:
+        summary["passthrough_spans_per_s"] = round(thru)
+        summary["passthrough_peak_rss_mib"] = round(max(r.peak_rss_mib for r in results
+                                                        if r.mode == "passthrough"), 1)
+        if pipe is not None:
+            summary["ratio"] = round(pipe / max(1.0, thru), 3)
+    for name, rate in (("rules", rules), ("full", full)):
+        if rate is not None:
+            summary[f"{name}_spans_per_s"] = round(rate)
+            if pipe is not None:
+                summary[f"{name}_ratio"] = round(rate / max(1.0, pipe), 3)
+    summary["lossless"] = all(r.delivered == r.sent for r in results)
+    return summary
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    decision_wait = parse_duration(args.decision_wait)
+    ctx = mp.get_context("spawn")
+    count = ctx.Value("q", 0)
+    stop = ctx.Event()
+    ready, child_ready = ctx.Pipe()
+    sink = ctx.Process(target=sink_main, args=(child_ready, count, stop), daemon=True)
+    sink.start()
+    sink_port = ready.recv()
+    results: list[RunResult] = []
+    try:
+        for run in range(args.runs):
+            for mode in [m for m in MODES if m in getattr(args, "modes", MODES)]:
+                r = _one_run(ctx, mode, sink_port, count, args, decision_wait)
+                results.append(r)
+                if args.format == "text":
+                    print(f"run {run + 1} {mode:11s} {r.spans_per_s:>10,.0f} spans/s  sent {r.sent:,} "
+                          f"delivered {r.delivered:,}  peak RSS {r.peak_rss_mib:,.0f} MiB"
+                          + (f"  {r.bytes_per_buffered_span:,.0f} B/buffered span "
+                             f"(max {r.max_buffered_spans:,.0f} buffered)" if mode != "passthrough" else ""),
+                          flush=True)
+    finally:
+        stop.set()
+        sink.join(5)
+    summary = summarize(results)
+    summary.update({"rules": ["built-in", *(args.rules or ["50 generated bench rules"])],
+                    "runs": args.runs, "seconds": args.seconds, "decision_wait_s": decision_wait,
+                    "compression": args.compression, "spans_per_trace": SPANS_PER_TRACE,
+                    "spans_per_request": SPANS_PER_TRACE * TRACES_PER_REQUEST})
+    if args.format == "json":
+        for r in results:
+            print(json.dumps(asdict(r)))
+        print(json.dumps(summary))
+    else:
+        print("; ".join(f"{k} {v:,}" if isinstance(v, (int, float)) and not isinstance(v, bool) else f"{k} {v}"
+                        for k, v in summary.items() if k not in ("rules", "runs", "seconds", "decision_wait_s",
+                                                                 "compression", "spans_per_trace",
+                                                                 "spans_per_request")))
+    return 0 if summary["lossless"] else 1

@@ -1,0 +1,113 @@
+"""processor.analysis.combined: merging rule and localizer verdicts over one batch."""
+
+from __future__ import annotations
+
+import pytest
+
+from processor.analysis.calibration import compete, support
+from processor.analysis.combined import STATISTICAL_WEIGHT, merge, on_rule_scale
+from processor.analysis.verdict import BatchVerdict, Candidate, Evidence, ServiceRank, TraceVerdict
+from processor.annotator import annotations
+from tests.support.harness import sid, tid
+
+
+def cand(n: int, *evidence: Evidence, depth: int = 1, rank: int = 0) -> Candidate:
+    return Candidate(sid(n), "svc", f"op{n}", depth, 10, 20, evidence, rank)
+
+
+def rule(source: str, confidence: float, severity_weight: float) -> Evidence:
+    return Evidence(source, f"{source} fired", confidence, confidence * severity_weight, "code")
+
+
+def stat(source: str, confidence: float, raw_score: float = 40.0) -> Evidence:
+    return Evidence(source, f"{source} deviates", confidence, raw_score, "")
+
+
+def test_statistical_scores_move_onto_the_rule_scale_and_are_marked():
+    v = on_rule_scale(BatchVerdict({tid(1): TraceVerdict(tid(1), sid(1), (cand(2, stat("localizer.latency", 0.5)),))}))
+    (e,) = v.traces[tid(1)].candidates[0].evidence
+    assert e.score == 0.5 * STATISTICAL_WEIGHT and e.kind == "localizer"
+
+
+def test_a_span_blamed_by_both_is_one_candidate_and_ranking_is_redone():
+    rules = BatchVerdict({tid(1): TraceVerdict(tid(1), sid(1), (
+        cand(3, rule("code.x", 0.8, 4), depth=3, rank=1), cand(2, rule("code.weak", 0.3, 2), rank=2)))})
+    local = on_rule_scale(BatchVerdict({tid(1): TraceVerdict(tid(1), None, (
+        cand(2, stat("localizer.errors", 0.9), rank=1), cand(4, stat("localizer.latency", 0.2), rank=2)))},
+        symptoms={tid(1): (sid(1), sid(2), sid(5))}, services=(ServiceRank("svc", 1.5, 1.0),)))
+    merged = merge([rules, local])
+    v = merged.traces[tid(1)]
+    assert [c.span_id for c in v.candidates] == [sid(3), sid(2), sid(4)]  # 3.2 > 2.7 > 0.6
+    assert [c.rank for c in v.candidates] == [1, 2, 3]
+    assert [e.source for e in v.candidates[1].evidence] == ["code.weak", "localizer.errors"]
+    # the localizer's evidence outscores the rule's but names no layer: the rule's layer stands
+    assert v.candidates[1].layer == "code" and v.candidates[2].layer == ""
+    assert v.root_span_id == sid(1)
+    assert merged.symptoms[tid(1)] == (sid(1), sid(5))  # a blamed span is never a symptom
+    assert merged.services == (ServiceRank("svc", 1.5, 1.0),)
+
+
+def test_symptoms_are_annotated_and_the_root_keeps_its_verdict():
+    v = BatchVerdict({tid(1): TraceVerdict(tid(1), sid(1), (cand(3, rule("code.x", 0.8, 4), rank=1),))},
+                     symptoms={tid(1): (sid(1), sid(2))})
+    adds = annotations(v)
+    assert adds[(tid(1), sid(2))].attributes == {"rca.symptom": True}
+    root = adds[(tid(1), sid(1))].attributes
+    assert root["rca.symptom"] is True and root["rca.verdict.span_id"] == sid(3).hex()
+    assert "rca.symptom" not in adds[(tid(1), sid(3))].attributes
+
+
+def _trace(*candidates: Candidate) -> BatchVerdict:
+    return BatchVerdict({tid(1): TraceVerdict(tid(1), sid(1), candidates)})
+
+
+def _confidences(v: BatchVerdict) -> dict[bytes, float]:
+    return {c.span_id: c.confidence for c in v.traces[tid(1)].candidates}
+
+
+def test_a_lone_candidate_keeps_its_support_and_rivals_share_it():
+    lone = merge([_trace(cand(2, rule("code.x", 0.8, 4)))])
+    assert _confidences(lone) == {sid(2): pytest.approx(0.8)}
+    # a near tie: two spans each with 0.8 -> odds 4 each -> 4 / (1 + 4 + 4)
+    tie = merge([_trace(cand(2, rule("code.x", 0.8, 4)), cand(3, rule("code.y", 0.8, 4)))])
+    assert _confidences(tie) == {sid(2): pytest.approx(4 / 9), sid(3): pytest.approx(4 / 9)}
+    # a clear winner: the rival has little support (odds 0.25) and takes little away
+    clear = merge([_trace(cand(2, rule("code.x", 0.8, 4)), cand(3, rule("code.y", 0.2, 4)))])
+    assert _confidences(clear)[sid(2)] == pytest.approx(4 / 5.25)
+    assert _confidences(clear)[sid(2)] > _confidences(tie)[sid(2)]
+
+
+def test_confidences_are_probabilities_of_exclusive_explanations():
+    for supports in ([1.0], [1.0, 1.0], [0.0, 0.5], [0.99, 0.9, 0.3, 0.01]):
+        ps = compete(supports)
+        assert all(0.0 <= p <= 1.0 for p in ps) and sum(ps) <= 1.0
+        assert ps == sorted(ps, reverse=True) or supports != sorted(supports, reverse=True)
+
+
+def test_independent_families_combine_by_noisy_or_and_a_family_counts_once():
+    rules = _trace(cand(2, rule("code.x", 0.6, 4), rule("code.y", 0.5, 4)))
+    local = on_rule_scale(_trace(cand(2, stat("localizer.latency", 0.5), stat("localizer.window", 0.4))))
+    (both,) = merge([rules, local]).traces[tid(1)].candidates
+    assert support(both) == pytest.approx(1 - 0.4 * 0.5) == both.confidence
+    # a fault tree built from the span's rules adds nothing beyond them; alone, it counts
+    tree = Evidence("tree.t", "fired", 0.95, 4.0, "code", kind="fault_tree")
+    assert support(cand(2, rule("code.x", 0.6, 4), tree)) == pytest.approx(0.6)
+    assert support(cand(2, tree)) == pytest.approx(0.95)
+
+
+def test_a_severe_rule_still_outranks_a_weak_deviation_and_confidence_follows_evidence():
+    rules = _trace(cand(2, rule("code.severe", 0.7, 5)))
+    local = on_rule_scale(_trace(cand(3, stat("localizer.latency", 0.3))))
+    v = merge([rules, local]).traces[tid(1)]
+    assert [c.span_id for c in v.candidates] == [sid(2), sid(3)]
+    assert v.candidates[0].confidence > v.candidates[1].confidence > 0
+
+
+def test_annotations_carry_the_calibrated_confidence():
+    v = merge([_trace(cand(3, rule("code.x", 0.8, 4)), cand(4, rule("code.y", 0.8, 4)))])
+    adds = annotations(v)
+    top = v.traces[tid(1)].top
+    assert adds[(tid(1), top.span_id)].attributes["rca.confidence"] == round(4 / 9, 4)
+    assert adds[(tid(1), sid(1))].attributes["rca.verdict.confidence"] == round(4 / 9, 4)
+    # the evidence keeps its own confidence: what the rule said
+    assert all(e.attributes["rca.confidence"] == 0.8 for e in adds[(tid(1), top.span_id)].events)

@@ -1,0 +1,95 @@
+"""processor.analysis.worker: analysis in a child process gives the same verdict as in this one.
+
+Both get the batch as the store releases it (span bytes, no attribute
+columns) and project the attributes their analyzer reads themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pyarrow as pa
+
+from processor.analysis.build import analysis_projection, build_analyzer
+from processor.analysis.runner import LocalAnalysis
+from processor.analysis.worker import ProcessAnalysis
+from processor.config import FaulttraceProcessorConfig
+from processor.otlp.tracefile import read_requests
+from processor.receivers.decode import decode
+from processor.store import STORE_SCHEMA
+
+TRACE = Path(__file__).resolve().parents[2] / "rules" / "tests" / "traces" / "code_exception.json"
+
+
+def released_batch() -> tuple[pa.Table, dict[int, bytes]]:
+    """The spans of TRACE as the store would release them."""
+    tables, resources = [], {}
+    for request in read_requests(TRACE):
+        batch = decode(request).batch
+        tables.append(batch.table)
+        resources.update(batch.resources)
+    table = pa.concat_tables(tables)
+    assert table.schema == STORE_SCHEMA
+    return table, resources
+
+
+def verdict_of(analysis, table, resources) -> dict:
+    v = asyncio.run(analysis.analyze(table, resources))
+    return {t: [(c.span_id, c.rank, c.rules) for c in tv.candidates] for t, tv in v.traces.items()}
+
+
+def test_a_worker_process_finds_what_the_analyzer_finds_here():
+    config = FaulttraceProcessorConfig(localizer={"enabled": False})
+    analyzer = build_analyzer(config)
+    here = LocalAnalysis(analyzer, analysis_projection(config, analyzer))
+    worker = ProcessAnalysis(config)
+    table, resources = released_batch()
+    try:
+        assert worker.projection() == here.projection() == analyzer.projection()
+        expected = verdict_of(here, table, resources)
+        # the deepest-exception rule reads event attributes: projected from the span bytes
+        assert expected and any("code.deepest_exception" in r for cs in expected.values() for _, _, r in cs)
+        assert verdict_of(worker, table, resources) == expected
+        assert verdict_of(worker, table, resources) == expected  # batch after batch
+    finally:
+        worker.close()
+        here.close()
+    assert not worker._process.is_alive()
+    # a closed worker no longer analyzes, and says so instead of hanging
+    assert worker.analyze_now(table, resources).traces == {}
+
+
+def test_a_failing_analysis_costs_the_batch_its_verdict_not_the_pipeline():
+    class Broken:
+        def projection(self):
+            return frozenset()
+
+        def analyze(self, conn, table):
+            raise RuntimeError("boom")
+
+        def close(self):
+            pass
+
+    table, resources = released_batch()
+    analysis = LocalAnalysis(Broken(), analysis_projection(FaulttraceProcessorConfig(), Broken()))
+    assert verdict_of(analysis, table, resources) == {}
+
+
+def test_a_dead_worker_is_replaced_for_the_next_batch():
+    config = FaulttraceProcessorConfig(localizer={"enabled": False})
+    worker = ProcessAnalysis(config)
+    table, resources = released_batch()
+    try:
+        expected = verdict_of(worker, table, resources)
+        assert expected
+        first = worker._process
+        first.kill()
+        first.join(5)
+        assert verdict_of(worker, table, resources) == {}  # too soon after the last start: no new worker yet
+        worker.RESTART_INTERVAL = 0.0
+        assert verdict_of(worker, table, resources) == expected  # a new worker took over
+        assert worker._process is not first and worker._process.is_alive()
+    finally:
+        worker.close()
+    assert not worker._process.is_alive()
