@@ -1,8 +1,9 @@
 """Annotator: turns trace verdicts into what is added to spans (``rca.*``).
 
 On each blamed span: ``rca.root_cause``, ``rca.rank``, ``rca.confidence``,
-``rca.rule`` (string array), ``rca.layer``, and one ``rca.finding`` event per
-piece of evidence.  On the trace's root span: ``rca.verdict.*`` naming the
+``rca.rule`` (string array: the rules that fired), ``rca.evidence`` (string
+array: the localizer's sources, ``localizer.latency`` …, when it blames the
+span too), ``rca.layer``, and one ``rca.finding`` event per piece of evidence.  On the trace's root span: ``rca.verdict.*`` naming the
 top candidate.  A fault tree that fired adds, on each span its fired cut set
 blames, ``rca.fault_tree`` and ``rca.cut_set`` (string array of event ids)
 and an ``rca.finding`` event naming the tree and cut set; the root span gets
@@ -28,6 +29,8 @@ def _candidate_annotation(c: Candidate) -> tuple[dict[str, AttrValue], list[Span
         "rca.rule": list(c.rules),
         "rca.layer": c.layer,
     }
+    if c.statistical:
+        attributes["rca.evidence"] = list(c.statistical)
     tree = c.fault_tree
     if tree is not None:
         attributes["rca.fault_tree"] = tree.source
@@ -36,9 +39,12 @@ def _candidate_annotation(c: Candidate) -> tuple[dict[str, AttrValue], list[Span
     return attributes, events
 
 
+_SOURCE_KEY = {"rule": "rca.rule", "localizer": "rca.evidence"}
+
+
 def _finding_attributes(e: Evidence) -> dict[str, AttrValue]:
     source: dict[str, AttrValue] = ({"rca.fault_tree": e.source, "rca.cut_set": list(e.cut_set)}
-                                    if e.kind == "fault_tree" else {"rca.rule": e.source})
+                                    if e.kind == "fault_tree" else {_SOURCE_KEY[e.kind]: e.source})
     return {**source, "rca.layer": e.layer, "rca.confidence": round(e.confidence, 4), "rca.message": e.message}
 
 
@@ -52,6 +58,8 @@ def _verdict_attributes(v: TraceVerdict, top: Candidate) -> dict[str, AttrValue]
         "rca.verdict.confidence": round(top.confidence, 4),
         "rca.verdict.candidates": len(v.candidates),
     }
+    if top.statistical:
+        out["rca.verdict.evidence"] = list(top.statistical)
     tree = v.fired_tree
     if tree is not None:
         out["rca.verdict.fault_tree"] = tree.tree_id

@@ -170,6 +170,25 @@ def test_every_candidate_is_annotated_with_its_own_rank_and_the_root_names_the_t
     assert list(root.events) == []
 
 
+def test_localizer_evidence_is_named_in_rca_evidence_not_in_rca_rule():
+    # rca.rule names the rules that fired (DESIGN.md); the localizer's sources get their own attribute
+    both = candidate(3, 1, Evidence("r.deep", "deep broke", 0.8, 4.0, "data"),
+                     Evidence("localizer.latency", "3x its p99", 0.6, 1.8, "", "localizer"))
+    alone = candidate(4, 1, Evidence("localizer.errors", "error origin", 0.7, 2.1, "", "localizer"))
+    adds = annotations(BatchVerdict({tid(1): TraceVerdict(tid(1), sid(1), (both,)),
+                                     tid(2): TraceVerdict(tid(2), sid(1), (alone,))}))
+    span = rca_attrs(apply(adds, 1, 3))
+    assert span["rca.rule"] == ("array_value", [("string_value", "r.deep")])
+    assert span["rca.evidence"] == ("array_value", [("string_value", "localizer.latency")])
+    events = [attrs(e.attributes) for e in apply(adds, 1, 3).events]
+    assert [e.get("rca.rule") for e in events] == [("string_value", "r.deep"), None]
+    assert [e.get("rca.evidence") for e in events] == [None, ("string_value", "localizer.latency")]
+    root = rca_attrs(apply(adds, 2, 1))
+    assert root["rca.verdict.rule"] == ("array_value", [])
+    assert root["rca.verdict.evidence"] == ("array_value", [("string_value", "localizer.errors")])
+    assert rca_attrs(apply(adds, 1, 1))["rca.verdict.evidence"] == ("array_value", [("string_value", "localizer.latency")])
+
+
 def test_a_blamed_root_gets_both_its_finding_and_the_verdict():
     c = candidate(1, 1, Evidence("r.root", "root broke", 0.7, 2.1, "config"), depth=0)
     adds = annotations(BatchVerdict({tid(5): TraceVerdict(tid(5), sid(1), (c,))}))

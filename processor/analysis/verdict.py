@@ -75,7 +75,13 @@ class Candidate:
 
     @property
     def rules(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(e.source for e in self.evidence if e.kind != "fault_tree"))
+        """The rules that fired on this span (``rca.rule``)."""
+        return tuple(dict.fromkeys(e.source for e in self.evidence if e.kind == "rule"))
+
+    @property
+    def statistical(self) -> tuple[str, ...]:
+        """The localizer's sources that blame this span (``rca.evidence``: ``localizer.latency``, …)."""
+        return tuple(dict.fromkeys(e.source for e in self.evidence if e.kind == "localizer"))
 
     @property
     def fault_tree(self) -> Evidence | None:

@@ -82,7 +82,7 @@ def _write_trace(trace_id: bytes, spans: list[dict[str, Any]], verdict: BatchVer
         c = blamed.get(span["span_id"])
         duration = (span["end_ns"] - span["start_ns"]) / 1e6
         status = " ERROR" if span["status_code"] == 2 else ""
-        mark = f"  <== #{c.rank} {c.layer} {','.join(c.rules)} ({c.confidence:.2f})" if c else ""
+        mark = f"  <== #{c.rank} {c.layer} {','.join((*c.rules, *c.statistical))} ({c.confidence:.2f})" if c else ""
         out.write(f"  {'  ' * depth}{span['service']}: {span['name']} {duration:.1f}ms{status}{mark}\n")
         if c:
             for e in c.evidence:

@@ -241,7 +241,9 @@ def test_rules_and_localizer_together_blame_the_origin_and_mark_its_symptoms(pip
     card = rca(got[("payments", "charge card")])
     assert card["rca.rank"] == ("int_value", 1)
     assert "code.deepest_exception" in card["rca.rule"][1]
-    assert any(r.startswith("localizer.") for r in card["rca.rule"][1])  # both kinds of evidence agree
+    # both kinds of evidence agree: rca.rule names the rules, rca.evidence the localizer's sources
+    assert not any(r.startswith("localizer.") for r in card["rca.rule"][1])
+    assert card["rca.evidence"][1] and all(r.startswith("localizer.") for r in card["rca.evidence"][1])
     # the spans that only propagated the error up are symptoms, never root causes
     for key in (("payments", "POST /charge"), ("frontend", "POST /charge"), ("frontend", "GET /checkout")):
         attrs = rca(got[key])
