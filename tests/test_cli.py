@@ -14,7 +14,7 @@ import yaml
 
 from tests.support.harness import assert_same_spans, free_port, from_otlp_json, grpc_export, simple_request, wait_until
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.timeout(90), pytest.mark.slow]  # the real `faulttrace` command in a subprocess
 
 GOOD = {
     "receivers": {"otlp": {"protocols": {"grpc": {"endpoint": "127.0.0.1:4317"}}}},

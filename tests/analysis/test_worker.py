@@ -10,6 +10,7 @@ import asyncio
 from pathlib import Path
 
 import pyarrow as pa
+import pytest
 
 from processor.analysis.build import analysis_projection, build_analyzer
 from processor.analysis.runner import LocalAnalysis
@@ -39,6 +40,7 @@ def verdict_of(analysis, table, resources) -> dict:
     return {t: [(c.span_id, c.rank, c.rules) for c in tv.candidates] for t, tv in v.traces.items()}
 
 
+@pytest.mark.slow  # starts an analysis worker process
 def test_a_worker_process_finds_what_the_analyzer_finds_here():
     config = FaulttraceProcessorConfig(localizer={"enabled": False})
     analyzer = build_analyzer(config)
@@ -76,6 +78,7 @@ def test_a_failing_analysis_costs_the_batch_its_verdict_not_the_pipeline():
     assert verdict_of(analysis, table, resources) == {}
 
 
+@pytest.mark.slow  # starts an analysis worker process
 def test_a_dead_worker_is_replaced_for_the_next_batch():
     config = FaulttraceProcessorConfig(localizer={"enabled": False})
     worker = ProcessAnalysis(config)

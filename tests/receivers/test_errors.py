@@ -312,6 +312,7 @@ def test_empty_request_is_accepted(running):
 # --- overload ---------------------------------------------------------------------
 
 
+@pytest.mark.slow  # fills the store to its limit, then waits for it to drain
 def test_overload_is_unavailable_with_retry_info_then_recovers():
     with OtlpGrpcSink() as overload_sink:
         # decision_wait: long enough to send the refused requests while the store is full.

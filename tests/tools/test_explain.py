@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.slow]  # the real `faulttrace` command in a subprocess
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKOUT = ROOT / "tests" / "data" / "checkout.json"

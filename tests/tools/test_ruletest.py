@@ -13,7 +13,7 @@ import yaml
 
 from dsl.fixtures import find_fixture_files, load_fixture_file
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.slow]  # the real `faulttrace` command in a subprocess
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "rules"
