@@ -125,7 +125,8 @@ class SpanStore:
         self._executor = None
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
-        assert self._executor is not None, "store is not open"
+        if self._executor is None:  # an API guard, so not an assert (python -O drops those)
+            raise RuntimeError("the store is not open: await open() first")
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def _open(self) -> dict[bytes, int]:

@@ -278,7 +278,7 @@ def test_memory_bytes_grows_with_buffered_spans():
 
 def test_an_unopened_store_refuses_work():
     store = SpanStore()
-    with pytest.raises(AssertionError, match="not open"):
+    with pytest.raises(RuntimeError, match="not open"):
         asyncio.run(store.append(batch(range(1, 2))))
 
 

@@ -125,7 +125,8 @@ class OtlpGrpcExporter(Exporter):
         return grpc.aio.secure_channel(self._target, channel_credentials(tls), options=options)
 
     async def _send_once(self, data: bytes) -> Attempt:
-        assert self._call is not None, "start() was not called"
+        if self._call is None:
+            raise RuntimeError(f"exporter {self.component_id}: start() was not called")
         try:
             response: ExportTraceServiceResponse = await self._call(
                 data, timeout=self._config.timeout or None, metadata=self._metadata,

@@ -119,7 +119,8 @@ class OtlpHttpExporter(Exporter):
             await self._session.close()
 
     async def _send_once(self, data: bytes) -> Attempt:
-        assert self._session is not None, "start() was not called"
+        if self._session is None:
+            raise RuntimeError(f"exporter {self.component_id}: start() was not called")
         body = await self._encode(data)
         try:
             async with self._session.post(self._url, data=body, headers=self._headers,
