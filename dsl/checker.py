@@ -14,6 +14,8 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
+import networkx as nx
+
 from dsl import ast, ir
 from dsl.diagnostics import Diagnostic, SourceSpan, did_you_mean
 from dsl.faulttree import DEFAULT_PRIOR, PROBE, condition_id, matters, never_fires, substitute
@@ -683,6 +685,7 @@ class _TreeChecker:
 
     def run(self) -> tuple[list[ir.CheckedTree], list[ir.HouseEvent]]:
         self._collect()
+        self._cycles()
         for b in self.basics.values():
             self._basic_def(b)
         for h in self.houses.values():
@@ -718,6 +721,40 @@ class _TreeChecker:
                     seen[item.name] = item.name_span
                     table = {ast.EventDef: self.events, ast.BasicDef: self.basics, ast.HouseDef: self.houses}[type(item)]
                     table[item.name] = item  # type: ignore[index]
+
+    def _cycles(self) -> None:
+        """E061 once for each group of intermediate events that reach each other (a
+        strongly connected component: linear time, however many cycles a hostile file
+        holds), naming one cycle through it and pointing at the reference that closes
+        it; its events are marked bad, so no tree is lowered through them."""
+        graph: nx.DiGraph = nx.DiGraph()
+        closing: dict[tuple[str, str], SourceSpan] = {}
+        for name, d in self.events.items():
+            graph.add_node(name)
+            for ref in _gate_refs(d.gate):
+                if ref.name in self.events:
+                    graph.add_edge(name, ref.name)
+                    closing.setdefault((name, ref.name), ref.span)
+        self._groups: dict[str, frozenset[str]] = {}
+        order = {name: i for i, name in enumerate(self.events)}  # definition order: stable messages
+        groups = [g for g in nx.strongly_connected_components(graph)
+                  if len(g) > 1 or graph.has_edge(next(iter(g)), next(iter(g)))]
+        for group in sorted(groups, key=lambda g: min(order[n] for n in g)):
+            first = min(group, key=order.__getitem__)
+            cycle = [u for u, _ in nx.find_cycle(graph.subgraph(group), first)]
+            self.error("E061", f"events form a cycle: {' -> '.join([*cycle, first])}", closing[(cycle[-1], first)],
+                       "a fault tree is acyclic: an event cannot cause itself")
+            self.bad.update(group)
+            self._groups.update(dict.fromkeys(group, frozenset(group)))
+
+    def _record_cycle(self, name: str) -> None:
+        """A tree reaches an event on a cycle: what the cycle's events name is used and
+        checked (unknown names, gate arity) as if lowered, each event's gate once."""
+        group = self._groups.pop(name, frozenset())
+        for event in sorted(group):
+            self._groups.pop(event, None)
+            self.used.add(event)
+            self._resolve(self.events[event].gate, {}, {}, None, record=True)
 
     def _rule_ref(self, rule: str, span: SourceSpan) -> bool:
         if rule in self.rule_ids:
@@ -791,7 +828,7 @@ class _TreeChecker:
         if t.causes:
             basics: dict[str, ir.BasicEvent] = {}
             houses: dict[str, ir.HouseEvent] = {}
-            cause = self._resolve(t.causes[0].gate, basics, houses, [], None, record=True)
+            cause = self._resolve(t.causes[0].gate, basics, houses, None, record=True)
         if meta is None or cause is None or self.c.error_count > before:
             return None
         tree = ir.CheckedTree(meta, top_rule, top_cond, cause, tuple(basics.values()), tuple(houses.values()),
@@ -811,7 +848,7 @@ class _TreeChecker:
                            tuple(values.get("references", ())))  # type: ignore[arg-type]
 
     def _resolve(self, g: ast.GateExpr, basics: dict[str, ir.BasicEvent], houses: dict[str, ir.HouseEvent],
-                 stack: list[str], probe: object | None, record: bool = False,
+                 probe: object | None, record: bool = False,
                  memo: dict[str, ir.FtNode | None] | None = None) -> ir.FtNode | None:
         """Lower a gate expression; intermediate events become shared nodes.
         ``probe`` (an AST node) is replaced by the probe variable (W011)."""
@@ -821,7 +858,7 @@ class _TreeChecker:
         if isinstance(g, ast.Gate):
             if record:
                 self._gate_checks(g)
-            items = [self._resolve(i, basics, houses, stack, probe, record, memo) for i in g.items]
+            items = [self._resolve(i, basics, houses, probe, record, memo) for i in g.items]
             if any(i is None for i in items):
                 return None
             k = g.k if g.op == "atleast" else 0
@@ -851,18 +888,13 @@ class _TreeChecker:
             houses.setdefault(name, self.house_ir[name])
             return ir.FtEvent(name)
         if name in self.events:
-            if name in stack:
+            if name in self.bad:
                 if record:
-                    cycle = " -> ".join([*stack[stack.index(name):], name])
-                    self.error("E061", f"events form a cycle: {cycle}", g.span, "a fault tree is acyclic: an event cannot cause itself")
+                    self._record_cycle(name)
                 return None
             if name in memo and probe is None:
                 return memo[name]
-            stack.append(name)
-            try:
-                inner = self._resolve(self.events[name].gate, basics, houses, stack, probe, record, memo)
-            finally:
-                stack.pop()
+            inner = self._resolve(self.events[name].gate, basics, houses, probe, record, memo)
             if isinstance(inner, ir.FtGate):
                 inner = ir.FtGate(inner.op, inner.items, inner.k, name)
             memo[name] = inner
@@ -905,13 +937,13 @@ class _TreeChecker:
             basics: dict[str, ir.BasicEvent] = {}
             houses: dict[str, ir.HouseEvent] = {}
             if isinstance(node, ast.Gate):
-                alone = self._resolve(node, basics, houses, [], None)
+                alone = self._resolve(node, basics, houses, None)
                 if alone is not None and never_fires(substitute(alone, constants)):
                     self.error("W010", f"this gate can never fire (in tree `{t.id}`)", node.span,
                                "its inputs contradict each other, or a house event is false")
                     dead |= {id(n) for n in _gate_nodes(node, self.events)}
                     continue
-            probed = self._resolve(root, basics, houses, [], node)
+            probed = self._resolve(root, basics, houses, node)
             if probed is not None and not matters(tree.cause, probed, constants):
                 what = f"event `{node.name}`" if isinstance(node, ast.GateRef) else "this gate"
                 self.error("W011", f"{what} never matters to tree `{t.id}`", node.span,
@@ -1009,3 +1041,12 @@ def _regex_problem(pattern: str, validator: RegexValidator | None) -> str:
     except re.error as err:
         return str(err)
     return ""
+
+
+def _gate_refs(g: ast.GateExpr) -> Iterable[ast.GateRef]:
+    """Every name a gate expression mentions, in source order."""
+    if isinstance(g, ast.GateRef):
+        yield g
+    else:
+        for item in g.items:
+            yield from _gate_refs(item)

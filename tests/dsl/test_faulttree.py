@@ -303,3 +303,20 @@ def test_check_explain_prints_tree_cut_sets_and_importance(tmp_path):
     out = io.StringIO()
     assert cli_explain_tree([path], "demo.failur", out) == 1
     assert "did you mean `demo.failure`?" in out.getvalue()
+
+
+def test_event_cycles_are_reported_once_per_group_even_when_a_file_holds_very_many(tmp_path):
+    # 30 events that all name each other hold astronomically many simple cycles: the
+    # checker reports the group once (strongly connected components), at once
+    names = [f"e{i}" for i in range(30)]
+    events = "".join(f"event {n} = {' or '.join(m for m in names if m != n)}\n" for n in names)
+    text = RULES + events + "event self = self or t.slow\n" + 'tree x.y { title "t" top rule t.slow cause e0 or self }\n'
+    path = tmp_path / "t.rules"
+    path.write_text(text)
+    cycles = [d for d in check_paths([path]) if d.code == "E061"]
+    assert [d.message for d in cycles] == ["events form a cycle: e0 -> e1 -> e0", "events form a cycle: self -> self"]
+    # each points at the reference that closes its cycle
+    lines = text.splitlines()
+    for d in cycles:
+        name = d.message.split()[-1]
+        assert lines[d.span.line - 1][d.span.col - 1:].startswith(name)
