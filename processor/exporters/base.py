@@ -12,8 +12,14 @@ silently: a payload given up on is counted as failed.
 from __future__ import annotations
 
 import abc
+import asyncio
+import logging
+from collections.abc import Callable
 
 from processor.model import ExportPayload
+from processor.service.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
 
 
 class Exporter(abc.ABC):
@@ -32,3 +38,25 @@ class Exporter(abc.ABC):
     @abc.abstractmethod
     async def shutdown(self, timeout: float) -> None:
         """Deliver what is queued, waiting at most ``timeout`` seconds, then close."""
+
+
+class LocalExporter(Exporter):
+    """An exporter that writes each payload here (a file, a log) instead of sending
+    it: a payload is done once written, or once writing it failed (logged, counted)."""
+
+    def __init__(self, component_id: str, telemetry: Telemetry) -> None:
+        super().__init__(component_id)
+        self._sent = telemetry.exporter_sent_spans.labels(component_id)
+        self._failed = telemetry.exporter_send_failed_spans.labels(component_id)
+
+    async def _write_settled(self, payload: ExportPayload, write: Callable[[bytes], None], doing: str) -> None:
+        """``write(payload.data)`` on a thread (decoding a large payload takes
+        milliseconds), counted and settled either way."""
+        try:
+            await asyncio.to_thread(write, payload.data)
+        except Exception:  # component boundary: a bad payload or a full disk fails this payload only
+            log.exception("exporter %s: dropping %d spans: cannot %s", self.component_id, payload.span_count, doing)
+            self._failed.inc(payload.span_count)
+        else:
+            self._sent.inc(payload.span_count)
+        payload.settled()

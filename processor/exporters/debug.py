@@ -8,7 +8,6 @@ span (name, service, duration, status).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from processor.exporters.base import Exporter
+from processor.exporters.base import LocalExporter
 from processor.exporters.config import DebugExporterConfig
 from processor.model import ExportPayload
 from processor.service.telemetry import Telemetry
@@ -90,14 +89,12 @@ def summarize(req: ExportTraceServiceRequest) -> Iterator[TraceSummary]:
     return iter(traces.values())
 
 
-class DebugExporter(Exporter):
+class DebugExporter(LocalExporter):
     def __init__(self, component_id: str, config: DebugExporterConfig, telemetry: Telemetry) -> None:
-        super().__init__(component_id)
+        super().__init__(component_id, telemetry)
         self._detailed = config.verbosity == "detailed"
         self._log = logging.getLogger(LOGGER_NAME)
         self._handler: logging.Handler | None = None
-        self._sent = telemetry.exporter_sent_spans.labels(component_id)
-        self._failed = telemetry.exporter_send_failed_spans.labels(component_id)
 
     async def start(self) -> None:
         # The debug exporter's output is its purpose: make sure it reaches stderr even when
@@ -109,17 +106,7 @@ class DebugExporter(Exporter):
             self._log.addHandler(self._handler)
 
     async def export(self, payload: ExportPayload) -> None:
-        # Decoding a large payload takes milliseconds: keep it off the event loop.
-        try:
-            await asyncio.to_thread(self._print, payload.data)
-        except Exception:  # component boundary: one undecodable payload must not stop the pipeline
-            logging.getLogger(__name__).exception("exporter %s: cannot print %d spans",
-                                                  self.component_id, payload.span_count)
-            self._failed.inc(payload.span_count)
-            payload.settled()
-            return
-        self._sent.inc(payload.span_count)
-        payload.settled()
+        await self._write_settled(payload, self._print, "print them")
 
     async def shutdown(self, timeout: float) -> None:
         if self._handler is not None:

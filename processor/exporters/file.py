@@ -18,7 +18,7 @@ from typing import BinaryIO
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from processor.exporters.base import Exporter
+from processor.exporters.base import LocalExporter
 from processor.exporters.config import FileExporterConfig
 from processor.model import ExportPayload
 from processor.otlp.otlpjson import request_to_json
@@ -27,15 +27,13 @@ from processor.service.telemetry import Telemetry
 log = logging.getLogger(__name__)
 
 
-class FileExporter(Exporter):
+class FileExporter(LocalExporter):
     def __init__(self, component_id: str, config: FileExporterConfig, telemetry: Telemetry) -> None:
-        super().__init__(component_id)
+        super().__init__(component_id, telemetry)
         self._path = Path(config.path)
         self._gzip = config.compression == "gzip"
         self._file: BinaryIO | None = None
         self._lock = asyncio.Lock()  # one writer at a time keeps lines whole and in order
-        self._sent = telemetry.exporter_sent_spans.labels(component_id)
-        self._failed = telemetry.exporter_send_failed_spans.labels(component_id)
 
     async def start(self) -> None:
         self._file = await asyncio.to_thread(self._open)
@@ -47,16 +45,7 @@ class FileExporter(Exporter):
                           payload.span_count)
                 self._failed.inc(payload.span_count)
                 return
-            try:
-                await asyncio.to_thread(self._write, payload.data)
-            except Exception:  # component boundary: a bad payload or a full disk fails this payload only
-                log.exception("exporter %s: dropping %d spans: cannot write to %s", self.component_id,
-                              payload.span_count, self._path)
-                self._failed.inc(payload.span_count)
-                payload.settled()
-                return
-        self._sent.inc(payload.span_count)
-        payload.settled()
+            await self._write_settled(payload, self._write, f"write to {self._path}")
 
     async def shutdown(self, timeout: float) -> None:
         async with self._lock:

@@ -95,3 +95,15 @@ def test_prints_to_stderr_without_logging_configured() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""
     assert result.stderr.strip() == f"trace {'01' * 16}: 1 spans, services: unknown_service"
+
+
+def test_an_undecodable_payload_is_counted_failed_settled_and_the_next_printed(
+        caplog: pytest.LogCaptureFixture, telemetry: Telemetry) -> None:
+    settled: list[int] = []
+    bad = ExportPayload(b"\xff\xff\xff", 4, on_settled=lambda: settled.append(4))
+    with caplog.at_level("INFO"):
+        print_payloads([bad, payload_of(make_request())], telemetry)
+    assert metric(telemetry, "faulttrace_exporter_send_failed_spans_total", CID) == 4
+    assert settled == [4]
+    assert "exporter debug: dropping 4 spans: cannot print them" in caplog.text
+    assert debug_lines(caplog)  # the good payload after it still printed

@@ -63,6 +63,9 @@ def test_appends_across_runs(tmp_path: Path, telemetry: Telemetry, compression: 
 
 def test_undecodable_payload_counts_failed(tmp_path: Path, telemetry: Telemetry) -> None:
     path = tmp_path / "traces.jsonl"
-    write(path, "none", [ExportPayload(b"\xff\xff\xff", 4), payload_of(make_request())], telemetry)
+    settled: list[int] = []
+    bad = ExportPayload(b"\xff\xff\xff", 4, on_settled=lambda: settled.append(4))
+    write(path, "none", [bad, payload_of(make_request())], telemetry)
     assert len(path.read_text().splitlines()) == 1
     assert metric(telemetry, "faulttrace_exporter_send_failed_spans_total", CID) == 4
+    assert settled == [4]  # done with for good: a durable store may forget it
