@@ -10,11 +10,12 @@ __all__ = ["SPAN_COLUMNS", "AttrRef", "AttrSource", "AttrType", "column_name"]
 
 from dsl import fixtures  # noqa: E402  (dsl.fixtures: fixture tests as data)
 from dsl.api import Evaluation, Finding, RuleError, RuleRuntimeError, RuleSet, check_paths, cli_check, load_rules  # noqa: E402
-from dsl.faulttree import TreeOutcome  # noqa: E402
 from dsl.compiler import BASELINE_COLUMNS, BASELINE_TABLE  # noqa: E402
 from dsl.diagnostics import Diagnostic, Severity, SourceSpan  # noqa: E402
+from dsl.faulttree import TreeOutcome  # noqa: E402
+from dsl.spantree import covered_sql, self_time_sql  # noqa: E402
 
 __all__ += [
     "BASELINE_COLUMNS", "BASELINE_TABLE", "Diagnostic", "Evaluation", "Finding", "TreeOutcome", "RuleError", "RuleRuntimeError", "RuleSet", "Severity", "SourceSpan",
-    "check_paths", "cli_check", "fixtures", "load_rules",
+    "check_paths", "cli_check", "covered_sql", "fixtures", "load_rules", "self_time_sql",
 ]

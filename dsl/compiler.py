@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from dsl import ir
 from dsl.ir import Ty
 from dsl.projection import column_name
+from dsl.spantree import covered_sql, self_time_sql
 
 SPANS = "__ft_spans"  # prepared span table (temp)
 ANCESTORS = "__ft_ancestors"  # (_row, _anc) for every proper ancestor (temp)
@@ -400,18 +401,11 @@ def prepare_statements(table: str, needs: frozenset[str], columns: tuple[str, ..
     cols = ["s._row", "s._trace", "s._parent", "s._is_root", "CAST(coalesce(d._depth, 0) AS BIGINT) AS _depth"]
     joins = ["LEFT JOIN d ON d._row = s._row"]
     if "self_time" in needs:
-        ctes += [
-            # children clipped to their parent's interval
-            "c AS (SELECT ch._parent AS p, greatest(ch.start_ns, pa.start_ns) AS cs, least(ch.end_ns, pa.end_ns) AS ce "
-            "FROM s AS ch JOIN s AS pa ON ch._parent = pa._row)",
-            # the union of the intervals: each child adds what lies beyond the
-            # furthest end of the children that started before it
-            "cw AS (SELECT p, cs, ce, max(ce) OVER (PARTITION BY p ORDER BY cs, ce "
-            "ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS reach FROM c WHERE ce > cs)",
-            "cov AS (SELECT p, sum(greatest(0, ce - greatest(cs, coalesce(reach, cs)))) AS covered FROM cw GROUP BY p)",
-        ]
-        cols.append("CAST((s.end_ns - s.start_ns) - coalesce(cov.covered, 0) AS BIGINT) AS _self")
-        joins.append("LEFT JOIN cov ON cov.p = s._row")
+        # keyed by row: a duplicated span id's children are its first copy's (``ids``), so self time is
+        # negative only for a span that ends before it starts
+        ctes.append(f"cov AS ({covered_sql('s', key=('_row',), ref=('_parent',))})")
+        cols.append(f"CAST({self_time_sql('s', 'cov.covered')} AS BIGINT) AS _self")
+        joins.append("LEFT JOIN cov ON cov._row = s._row")
     if "trace" in needs:
         ctes.append(
             "tr AS (SELECT _trace, max(end_ns) - min(start_ns) AS _t_duration, "

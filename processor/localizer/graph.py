@@ -5,9 +5,11 @@ per-trace critical path is a walk over one span tree (``critical_path``).
 
 *Self time* is the part of a span's duration covered by none of its children
 (children clipped to the parent, so clock skew cannot make it negative and
-parallel siblings are counted once).  A span with a child in another service
-is a *client span*: its self time is network, queueing and the callee's
-accept path, so it is charged to the callee (``blame``).
+parallel siblings are counted once): the rule language's ``self_time``, from
+the same SQL (``dsl.covered_sql``, ``dsl.self_time_sql``).  A span with a
+child in another service is a *client span*: its self time is network,
+queueing and the callee's accept path, so it is charged to the callee
+(``blame``).
 """
 
 from __future__ import annotations
@@ -19,32 +21,15 @@ from dataclasses import dataclass
 import duckdb
 import pyarrow as pa
 
+from dsl import covered_sql, self_time_sql
+
 METRICS_SQL = """
 WITH sp AS (
     SELECT trace_id, span_id, parent_span_id, service, name, start_ns, end_ns,
            coalesce(status_code, 0) AS status_code, coalesce(exception, false) AS exception
     FROM {table}
 ),
-ch AS (  -- children clipped to their parent
-    SELECT c.trace_id, c.parent_span_id AS pid,
-           greatest(c.start_ns, p.start_ns) AS s, least(c.end_ns, p.end_ns) AS e
-    FROM sp c JOIN sp p ON c.trace_id = p.trace_id AND c.parent_span_id = p.span_id
-),
-ord AS (
-    SELECT *, max(e) OVER (PARTITION BY trace_id, pid ORDER BY s, e
-                           ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_e
-    FROM ch WHERE e > s
-),
-isl AS (
-    SELECT *, sum(CASE WHEN prev_e IS NULL OR s > prev_e THEN 1 ELSE 0 END)
-                  OVER (PARTITION BY trace_id, pid ORDER BY s, e ROWS UNBOUNDED PRECEDING) AS grp
-    FROM ord
-),
-covered AS (
-    SELECT trace_id, pid, sum(e2 - s2) AS covered
-    FROM (SELECT trace_id, pid, grp, min(s) AS s2, max(greatest(e, s)) AS e2 FROM isl GROUP BY ALL)
-    GROUP BY ALL
-),
+covered AS ({covered}),  -- dsl.spantree: keyed by (trace_id, span_id), so copies of a span id share it
 kids AS (  -- per parent: the callee service (a child in another service), errors below
     SELECT c.trace_id, c.parent_span_id AS pid,
            arg_max(CASE WHEN c.service <> p.service THEN c.service END,
@@ -57,7 +42,7 @@ kids AS (  -- per parent: the callee service (a child in another service), error
 SELECT sp.trace_id, sp.span_id, sp.parent_span_id, sp.service, sp.name, sp.start_ns, sp.end_ns,
        sp.status_code, sp.exception,
        sp.end_ns - sp.start_ns AS dur,
-       greatest(sp.end_ns - sp.start_ns - coalesce(cv.covered, 0), 0) AS self_ns,
+       greatest({self_time}, 0) AS self_ns,  -- not below 0 for a span ending before it starts, or such a copy
        p.service AS parent_service, p.name AS parent_name,
        (sp.parent_span_id IS NOT NULL AND p.span_id IS NULL) AS orphan,
        k.callee,
@@ -66,7 +51,7 @@ SELECT sp.trace_id, sp.span_id, sp.parent_span_id, sp.service, sp.name, sp.start
        coalesce(k.child_error, false) AS child_error
 FROM sp
 LEFT JOIN sp p ON sp.trace_id = p.trace_id AND sp.parent_span_id = p.span_id
-LEFT JOIN covered cv ON sp.trace_id = cv.trace_id AND sp.span_id = cv.pid
+LEFT JOIN covered cv ON sp.trace_id = cv.trace_id AND sp.span_id = cv.span_id
 LEFT JOIN kids k ON sp.trace_id = k.trace_id AND sp.span_id = k.pid
 """
 
@@ -75,7 +60,9 @@ def span_metrics(conn: duckdb.DuckDBPyConnection, spans: pa.Table) -> pa.Table:
     """Per span: duration, self time, parent, callee and the service its self time is charged to."""
     conn.register("_lz_spans", spans)
     try:
-        return conn.sql(METRICS_SQL.format(table="_lz_spans")).to_arrow_table()
+        covered = covered_sql("sp", key=("trace_id", "span_id"), ref=("trace_id", "parent_span_id"))
+        sql = METRICS_SQL.format(table="_lz_spans", covered=covered, self_time=self_time_sql("sp", "cv.covered"))
+        return conn.sql(sql).to_arrow_table()
     finally:
         conn.unregister("_lz_spans")
 
