@@ -4,7 +4,8 @@ Both receivers (gRPC and HTTP) call it, so validation, overload refusal,
 decoding, storing and metrics are one piece of code.  A request is accepted
 only once its spans are in the store; the caller acknowledges after that.
 Decoding runs on its own worker thread, so the event loop keeps serving and
-decoding the next request overlaps DuckDB inserting the last one.
+decoding the next request overlaps the store appending (and, when durable,
+journaling) the last one.
 """
 
 from __future__ import annotations
