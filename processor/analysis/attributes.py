@@ -24,10 +24,12 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from dsl import SPAN_COLUMNS, AttrRef, AttrSource, AttrType, column_name
 from processor.otlp.views import resource_spans_view, resource_view, span_attributes_view
+from processor.receivers.decode import decode
 from processor.store import ARROW_TYPES, STORAGE_COLUMNS
 
 CACHED_VALUES = 50_000   # distinct encoded values remembered per column type
@@ -215,3 +217,14 @@ def _resource_attributes(head: bytes) -> Any:
     """The attribute map of a resource head (fields 1 and 3 of a ResourceSpans)."""
     resource = resource_spans_view().FromString(head).resource
     return resource_view().FromString(resource or b"").attributes
+
+
+def span_table(requests: Iterable[ExportTraceServiceRequest], projection: Projection) -> pa.Table:
+    """The requests' spans as the pipeline's analysis reads them, for traces read from files
+    (``processor.tools.offline``, the localizer's protobuf baselines): the store's columns plus
+    ``projection``'s, decoded once over all of them."""
+    batches = [decode(r).batch for r in requests]
+    if not batches:
+        return projection.schema.empty_table()
+    resources = {rid: head for b in batches for rid, head in b.resources.items()}
+    return Projector(projection).project(pa.concat_tables([b.table for b in batches]), resources)

@@ -4,8 +4,9 @@ The localizer needs only ids, service, name, kind, times, status and whether a
 span carries an exception event.  ``processor.receivers.decode`` yields these (and much
 more) from protobuf; for OTLP/JSON files — datasets hold hundreds of
 thousands of spans — going through protobuf's ``json_format`` costs ten times
-more than the analysis, so JSON lines are read straight into columns here.
-Other files fall back to ``processor.otlp.tracefile`` + ``processor.receivers.decode``.
+more than the analysis, so their documents are walked straight into columns
+(``processor.otlp.otlpjson.spans``).  Protobuf files are decoded as the
+pipeline decodes them (``processor.analysis.attributes.span_table``).
 Resource and span attributes asked for come as extra string columns named
 ``dsl.column_name(ref)``, stringified as DuckDB casts the store's columns
 (``CAST(x AS VARCHAR)``), so a baseline file and live batches count the same
@@ -14,15 +15,18 @@ values.
 
 from __future__ import annotations
 
-import gzip
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from dsl import AttrRef, AttrSource, column_name
+from processor.analysis.attributes import Projection, span_table
+from processor.otlp import otlpjson
+from processor.otlp.tracefile import read_trace_file
 
 SCHEMA = pa.schema([
     ("trace_id", pa.binary()), ("span_id", pa.binary()), ("parent_span_id", pa.binary()),
@@ -41,95 +45,73 @@ def from_decoded(table: pa.Table) -> pa.Table:
 
 
 def read_spans(path: str | Path, attributes: Sequence[AttrRef] = ()) -> pa.Table:
-    """Every span in a recorded trace file (OTLP/JSON lines or protobuf, gzip or not); with
-    the values of the resource and span ``attributes`` as string columns."""
-    p = Path(path)
+    """Every span in a recorded trace file (``processor.otlp.tracefile``: OTLP/JSON or protobuf,
+    gzip or not); with the values of the resource and span ``attributes`` as string columns."""
     refs = [r for r in dict.fromkeys(attributes) if r.source in (AttrSource.RESOURCE, AttrSource.SPAN)]
-    data = p.read_bytes()
-    if data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
-    try:
-        docs = [json.loads(line) for line in data.splitlines() if line.strip()]
-    except (ValueError, UnicodeDecodeError):
-        return _read_slow(p, refs)
-    cols: dict[str, list[Any]] = {f.name: [] for f in SCHEMA}
-    cols.update({column_name(r): [] for r in refs})
-    for doc in docs:
-        if not isinstance(doc, dict):
-            return _read_slow(p, refs)
-        for rs in doc.get("resourceSpans") or doc.get("resource_spans") or []:
-            _add_resource_spans(rs, cols, refs)
-    return pa.Table.from_pydict(cols, schema=_schema(refs))
+    trace = read_trace_file(path)
+    if trace.request is not None:
+        return _decoded(trace.request, refs)
+    columns = _Columns(refs)
+    trace.parse(columns.add)
+    return columns.table()
 
 
-def _schema(refs: Sequence[AttrRef]) -> pa.Schema:
-    return pa.schema([*SCHEMA, *((column_name(r), pa.string()) for r in refs)])
-
-
-def _read_slow(p: Path, refs: Sequence[AttrRef]) -> pa.Table:
-    import pyarrow.compute as pc
-
-    from processor.analysis.attributes import Projection
-    from processor.otlp.tracefile import read_requests
-    from processor.tools.offline import span_table
-
-    decoded = span_table(read_requests(p), Projection.of(refs))
+def _decoded(request: ExportTraceServiceRequest, refs: Sequence[AttrRef]) -> pa.Table:
+    decoded = span_table([request], Projection.of(refs))
     t = from_decoded(decoded)
     for ref in refs:
         t = t.append_column(column_name(ref), pc.cast(decoded.column(column_name(ref)), pa.string()))
     return t
 
 
-def _value(v: dict[str, Any] | None) -> str | None:
+class _Columns:
+    """The spans of OTLP/JSON documents gathered as the columns of ``SCHEMA`` plus attribute columns."""
+
+    def __init__(self, refs: Sequence[AttrRef]) -> None:
+        # columns, not rows: a list of per-span tuples keeps the garbage collector busy
+        self.columns: list[list[Any]] = [[] for _ in SCHEMA]
+        self.resource_refs = [(column_name(r), r.key) for r in refs if r.source == AttrSource.RESOURCE]
+        self.span_refs = [(column_name(r), r.key) for r in refs if r.source == AttrSource.SPAN]
+        self.values: dict[str, list[str | None]] = {column_name(r): [] for r in refs}
+
+    def add(self, doc: dict[str, Any]) -> None:
+        # one append per column, unrolled: this loop runs once for every span of a dataset
+        (add_trace_id, add_span_id, add_parent, add_service, add_name, add_kind, add_start, add_end, add_code,
+         add_exception) = (c.append for c in self.columns)
+        values, resource_refs, span_refs = self.values, self.resource_refs, self.span_refs
+        last_resource: dict[str, Any] | None = None
+        fixed: list[tuple[str, str | None]] = []
+        for resource, span, intrinsics in otlpjson.spans(doc):
+            trace_id, span_id, parent, service, name, kind, start, end, code, _ = intrinsics
+            add_trace_id(trace_id)
+            add_span_id(span_id)
+            add_parent(parent)
+            add_service(service)
+            add_name(name)
+            add_kind(kind)
+            add_start(start)
+            add_end(end)
+            add_code(code)
+            add_exception(any(e.get("name") == "exception" for e in span.get("events") or ()))
+            if resource_refs:
+                if resource is not last_resource:
+                    last_resource, fixed = resource, [(col, _text(resource.get(key))) for col, key in resource_refs]
+                for col, value in fixed:
+                    values[col].append(value)
+            if span_refs:
+                own = otlpjson.attributes(span.get("attributes"))
+                for col, key in span_refs:
+                    values[col].append(_text(own.get(key)))
+
+    def table(self) -> pa.Table:
+        schema = pa.schema([*SCHEMA, *((col, pa.string()) for col in self.values)])
+        return pa.Table.from_pydict(dict(zip(schema.names, [*self.columns, *self.values.values()], strict=True)),
+                                    schema=schema)
+
+
+def _text(value: dict[str, Any] | None) -> str | None:
     """An OTLP/JSON AnyValue as DuckDB would cast the store's column to VARCHAR."""
-    if not v:
-        return None
-    if "stringValue" in v:
-        return str(v["stringValue"])
-    if "intValue" in v:
-        return str(int(v["intValue"]))
-    if "boolValue" in v:
-        return "true" if v["boolValue"] else "false"
-    if "doubleValue" in v:
-        return str(float(v["doubleValue"]))
-    return None
-
-
-def _attrs(attrs: list[dict[str, Any]] | None) -> dict[str, dict[str, Any]]:
-    return {a.get("key", ""): a.get("value") or {} for a in attrs or ()}
-
-
-def _add_resource_spans(rs: dict[str, Any], cols: dict[str, list[Any]], refs: Sequence[AttrRef]) -> None:
-    resource = _attrs((rs.get("resource") or {}).get("attributes"))
-    service = resource.get("service.name", {}).get("stringValue", "")
-    fixed = {column_name(r): _value(resource.get(r.key)) for r in refs if r.source == AttrSource.RESOURCE}
-    per_span = [(column_name(r), r.key) for r in refs if r.source == AttrSource.SPAN]
-    for ss in rs.get("scopeSpans") or rs.get("scope_spans") or []:
-        for span in ss.get("spans") or []:
-            for col, value in fixed.items():
-                cols[col].append(value)
-            if per_span:
-                own = _attrs(span.get("attributes"))
-                for col, key in per_span:
-                    cols[col].append(_value(own.get(key)))
-            parent = span.get("parentSpanId") or span.get("parent_span_id")
-            status = span.get("status") or {}
-            cols["trace_id"].append(bytes.fromhex(span.get("traceId") or span["trace_id"]))
-            cols["span_id"].append(bytes.fromhex(span.get("spanId") or span["span_id"]))
-            cols["parent_span_id"].append(bytes.fromhex(parent) if parent else None)
-            cols["service"].append(service)
-            cols["name"].append(span.get("name", ""))
-            cols["kind"].append(_enum(span.get("kind", 0), _KINDS))
-            cols["start_ns"].append(int(span.get("startTimeUnixNano") or 0))
-            cols["end_ns"].append(int(span.get("endTimeUnixNano") or 0))
-            cols["status_code"].append(_enum(status.get("code", 0), _CODES))
-            cols["exception"].append(any(e.get("name") == "exception" for e in span.get("events") or ()))
-
-
-_KINDS = {"SPAN_KIND_UNSPECIFIED": 0, "SPAN_KIND_INTERNAL": 1, "SPAN_KIND_SERVER": 2, "SPAN_KIND_CLIENT": 3,
-          "SPAN_KIND_PRODUCER": 4, "SPAN_KIND_CONSUMER": 5}
-_CODES = {"STATUS_CODE_UNSET": 0, "STATUS_CODE_OK": 1, "STATUS_CODE_ERROR": 2}
-
-
-def _enum(value: Any, names: dict[str, int]) -> int:
-    return names.get(value, 0) if isinstance(value, str) else int(value)
+    value = otlpjson.any_value(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value) if isinstance(value, (str, int, float)) else None

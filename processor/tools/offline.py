@@ -11,12 +11,11 @@ import pyarrow as pa
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from dsl import Evaluation, Finding, RuleSet, TreeOutcome
-from processor.analysis.attributes import Projection, Projector
+from processor.analysis.attributes import Projection, span_table
 from processor.analysis.combined import CombinedAnalyzer
 from processor.analysis.protocols import RELEASED_TABLE, Analyzer, with_row_numbers
 from processor.analysis.rules import RuleAnalyzer
 from processor.analysis.verdict import BatchVerdict
-from processor.receivers.decode import decode
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,16 +24,6 @@ class OfflineResult:
     findings: list[Finding]
     verdict: BatchVerdict
     trees: list[TreeOutcome] = field(default_factory=list)  # fault trees whose top event is not false
-
-
-def span_table(requests: Iterable[ExportTraceServiceRequest], projection: Projection) -> pa.Table:
-    """The requests' spans as the pipeline's analysis reads them: the store's
-    columns plus ``projection``'s, decoded once over all of them."""
-    batches = [decode(r).batch for r in requests]
-    if not batches:
-        return projection.schema.empty_table()
-    resources = {rid: head for b in batches for rid, head in b.resources.items()}
-    return Projector(projection).project(pa.concat_tables([b.table for b in batches]), resources)
 
 
 class _KeepingEvaluation(RuleAnalyzer):

@@ -1,7 +1,9 @@
-"""OTLP/JSON encoding: hex ids, integer enums, lowerCamelCase; lossless round trips."""
+"""OTLP/JSON encoding: hex ids, integer enums, lowerCamelCase; lossless round trips; the document
+walk reads what the messages hold."""
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
@@ -10,7 +12,17 @@ from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
 
-from processor.otlp.otlpjson import OtlpJsonError, request_from_json, request_to_json
+from processor.otlp.otlpjson import (
+    SPAN_KINDS,
+    OtlpJsonError,
+    any_value,
+    attribute_values,
+    enum,
+    request_from_json,
+    request_to_json,
+    span_id,
+    spans,
+)
 
 # From opentelemetry-proto examples/trace.json (ids in upper case, as there).
 SPEC_EXAMPLE = """{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name",
@@ -117,3 +129,76 @@ def test_arbitrary_spans_round_trip(trace_id: bytes, span_id: bytes, parent: byt
         trace_id=trace_id, span_id=span_id, parent_span_id=parent, name=name, kind=kind)
     span.attributes.extend(KeyValue(key=k, value=AnyValue(int_value=v)) for k, v in attrs.items())
     assert request_from_json(request_to_json(req)) == req
+
+
+# --- the document walk (``spans``): the same reading as the messages ------------------------
+
+
+def _spans_of(doc: dict) -> list:
+    return [({k: any_value(v) for k, v in resource.items()}, intrinsics) for resource, _, intrinsics in spans(doc)]
+
+
+def test_spans_read_what_request_from_json_reads() -> None:
+    req = rich_request()
+    [(resource, span, intrinsics)] = list(spans(json.loads(request_to_json(req))))
+    message = req.resource_spans[0].scope_spans[0].spans[0]
+    assert intrinsics == (message.trace_id, message.span_id, message.parent_span_id, "checkout", message.name,
+                          message.kind, message.start_time_unix_nano, message.end_time_unix_nano,
+                          message.status.code, message.status.message)
+    assert any_value(resource["service.name"]) == "checkout"
+    assert attribute_values(span["attributes"]) == {
+        "s": "ü", "b": True, "i": -(2**63), "d": 1.5, "bytes": b"\x00\x01", "arr": [1], "kv": {"x": "y"}}
+
+
+def test_spans_and_requests_accept_the_same_variants() -> None:
+    """snake_case keys, enum names and numeric strings, base64 ids, the legacy scope key."""
+    camel = json.loads(SPEC_EXAMPLE)
+    variant = {"resource_spans": [{
+        "resource": {"attributes": [{"key": "service.name", "value": {"string_value": "my.service"}}]},
+        "instrumentationLibrarySpans": [{"instrumentationLibrary": {"name": "my.library"}, "spans": [{
+            "trace_id": base64.b64encode(bytes.fromhex("5B8EFFF798038103D269B633813FC60C")).decode(),
+            "span_id": "EEE19B7EC3C1B174",
+            "parent_span_id": base64.b64encode(bytes.fromhex("EEE19B7EC3C1B173")).decode(),
+            "name": "I'm a server span", "start_time_unix_nano": "1544712660000000000",
+            "end_time_unix_nano": 1544712661000000000, "kind": "SPAN_KIND_SERVER", "status": {"code": "0"}}]}]}]}
+    assert _spans_of(variant) == _spans_of(camel)
+    expected = request_from_json(SPEC_EXAMPLE)
+    expected.resource_spans[0].scope_spans[0].spans[0].ClearField("attributes")
+    expected.resource_spans[0].scope_spans[0].spans[0].status.SetInParent()
+    expected.resource_spans[0].scope_spans[0].scope.Clear()
+    expected.resource_spans[0].scope_spans[0].scope.name = "my.library"
+    assert request_from_json(variant) == expected
+
+
+@pytest.mark.parametrize("value, expected", [(2, 2), ("2", 2), ("SPAN_KIND_SERVER", 2), ("SPAN_KIND_FUTURE", 0),
+                                             (None, 0)])
+def test_enums_read_as_json_format_reads_them(value, expected) -> None:
+    assert enum(value, SPAN_KINDS) == expected
+    doc = {"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "01" * 16, "spanId": "02" * 8, "kind": value}]}]}]}
+    assert request_from_json(doc).resource_spans[0].scope_spans[0].spans[0].kind == expected
+
+
+@pytest.mark.parametrize("value", ["xyz", "zz", "AAE=", 5])
+def test_an_id_neither_hex_nor_base64_of_an_id_is_refused(value) -> None:
+    with pytest.raises(OtlpJsonError, match="is not a hex id"):
+        span_id(value, "traceId")
+
+
+@pytest.mark.parametrize("span, message", [
+    ({"spanId": "02" * 8}, r"^resourceSpans\[0\]\.scopeSpans\[0\]\.spans\[0\]\.traceId: missing$"),
+    ({"traceId": "01" * 16, "spanId": "xyz"}, r"spans\[0\]\.spanId: 'xyz' is not a hex id"),
+    ({"traceId": "01" * 16, "spanId": "02" * 8, "startTimeUnixNano": "soon"}, r"spans\[0\]: malformed span: "),
+    (5, r"spans\[0\]: expected an object, not int"),
+])
+def test_a_malformed_span_says_where(span, message) -> None:
+    with pytest.raises(OtlpJsonError, match=message):
+        list(spans({"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]}))
+
+
+def test_any_value_kinds_in_both_spellings() -> None:
+    assert [any_value(v) for v in ({"stringValue": "a"}, {"string_value": "a"}, {"intValue": "7"}, {"int_value": 7},
+                                    {"boolValue": False}, {"doubleValue": 2}, {"bytesValue": "AAE="},
+                                    {"arrayValue": {"values": [{"intValue": "1"}]}},
+                                    {"kvlist_value": {"values": [{"key": "k", "value": {"boolValue": True}}]}},
+                                    {}, None, {"stringValue": None})] == \
+        ["a", "a", 7, 7, False, 2.0, b"\x00\x01", [1], {"k": True}, None, None, None]

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from processor.otlp.tracefile import TraceFileError, read_requests
+from processor.otlp.otlpjson import OtlpJsonError
+from processor.otlp.tracefile import TraceFileError, read_requests, read_trace_file
 from tests.support.harness import from_otlp_json, otlp_json, simple_request, span_count
 
 CHECKOUT = Path(__file__).resolve().parents[1] / "data" / "checkout.json"
@@ -129,3 +130,50 @@ def test_missing_file(tmp_path):
     path = tmp_path / "nope.json"
     message = error_of(path)
     assert message.startswith(f"{path}: cannot read") and "No such file" in message
+
+
+# --- the shared reader: any reading of the documents, errors named alike ---------------------
+
+
+def test_parse_gives_each_document_to_the_reader(tmp_path, checkout):
+    path = tmp_path / "export.jsonl"
+    path.write_text(f"\n{line(checkout)}\n{line(simple_request(7))}\n")
+    trace = read_trace_file(path)
+    assert trace.request is None
+    assert trace.parse(lambda doc: len(doc["resourceSpans"])) == [len(checkout.resource_spans), 1]
+    assert read_trace_file(CHECKOUT).parse(lambda doc: sorted(doc)) == [["resourceSpans"]]
+
+
+def test_what_the_reader_raises_names_file_and_line(tmp_path, checkout):
+    path = tmp_path / "export.jsonl"
+    path.write_text(f"{line(checkout)}\n\n{line(checkout)}\n")
+
+    seen = []
+
+    def refuse_second(doc):
+        seen.append(doc)
+        if len(seen) == 2:
+            raise OtlpJsonError("resourceSpans[0]: wrong")
+
+    with pytest.raises(TraceFileError) as info:
+        read_trace_file(path).parse(refuse_second)
+    assert str(info.value) == f"{path}:3: not an OTLP/JSON request: resourceSpans[0]: wrong"
+
+
+def test_protobuf_is_parsed_up_front(tmp_path, checkout):
+    path = tmp_path / "traces.pb"
+    path.write_bytes(checkout.SerializeToString())
+    assert read_trace_file(path).request == checkout
+
+
+def test_a_document_after_blank_lines_is_named_by_its_first_line(tmp_path):
+    path = tmp_path / "padded.json"
+    path.write_text("\n\n" + CHECKOUT.read_text().replace('"a000000000000004"', '"nothex"'))
+    assert error_of(path).startswith(f"{path}:3: ")
+
+
+def test_bytes_that_are_not_utf8_name_their_line(tmp_path, checkout):
+    path = tmp_path / "export.jsonl"
+    path.write_bytes(f"{line(checkout)}\n".encode() + b'{"resourceSpans": ["\xff"]}\n')
+    message = error_of(path)
+    assert message.startswith(f"{path}:2: not an OTLP/JSON request: invalid JSON: ") and "utf-8" in message
