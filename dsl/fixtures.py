@@ -26,16 +26,14 @@ or by id; an empty list means "must not fire")::
             confidence: 0.8                   # optional: +- 0.005
             spans: [SELECT carts]             # optional: spans the fired cut set blames
 
-This module only loads fixtures (and the OTLP/JSON traces they name) into
-typed values and compares expected with actual findings; whoever runs the
-pipeline (``faulttrace test``) supplies the actual findings.
+This module only loads fixtures into typed values and compares expected with
+actual findings; whoever runs the pipeline (``faulttrace test``) reads the
+trace a case names and supplies its spans (``FixtureSpan``) and the actual
+findings.
 """
 
 from __future__ import annotations
 
-import base64
-import gzip
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +57,7 @@ class FindingLike(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class FixtureSpan:
-    """The parts of an OTLP span fixtures and rules look at."""
+    """The parts of an OTLP span fixtures and rules look at (attribute values as Python values)."""
 
     trace_id: bytes
     span_id: bytes
@@ -274,95 +272,6 @@ def _expected(where: str, e: object) -> ExpectedFinding:
     if unknown:
         raise FixtureError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} (expected rule, span, message)")
     return ExpectedFinding(e["rule"], _matcher(f"{where}.span", e.get("span")), str(e.get("message", "")))
-
-
-# ---- OTLP/JSON ------------------------------------------------------------------
-
-
-def load_otlp_json(path: str | Path) -> list[FixtureSpan]:
-    """Spans of an OTLP/JSON export (one document, or JSON lines; gzip too)."""
-    p = Path(path)
-    try:
-        raw = p.read_bytes()
-        text = (gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw).decode("utf-8")
-    except (OSError, UnicodeDecodeError, gzip.BadGzipFile) as err:
-        raise FixtureError(f"{p}: {err}") from err
-    try:
-        docs = [json.loads(text)]
-    except json.JSONDecodeError:
-        try:
-            docs = [json.loads(line) for line in text.splitlines() if line.strip()]
-        except json.JSONDecodeError as err:
-            raise FixtureError(f"{p}: not OTLP/JSON: {err}") from err
-    try:
-        return [s for d in docs for s in _spans_of(d)]
-    except (KeyError, TypeError, ValueError) as err:
-        raise FixtureError(f"{p}: malformed OTLP/JSON: {err!r}") from err
-
-
-def _spans_of(doc: dict[str, Any]) -> Iterable[FixtureSpan]:
-    for rs in doc.get("resourceSpans", []):
-        resource = _attrs(rs.get("resource", {}).get("attributes", []))
-        service = resource.get("service.name", "")
-        for ss in rs.get("scopeSpans", rs.get("instrumentationLibrarySpans", [])):
-            for s in ss.get("spans", []):
-                yield _span(s, resource, service if isinstance(service, str) else "")
-
-
-_KINDS = {"SPAN_KIND_UNSPECIFIED": 0, "SPAN_KIND_INTERNAL": 1, "SPAN_KIND_SERVER": 2, "SPAN_KIND_CLIENT": 3,
-          "SPAN_KIND_PRODUCER": 4, "SPAN_KIND_CONSUMER": 5}
-_STATUS = {"STATUS_CODE_UNSET": 0, "STATUS_CODE_OK": 1, "STATUS_CODE_ERROR": 2}
-
-
-def _span(s: dict[str, Any], resource: dict[str, Any], service: str) -> FixtureSpan:
-    status = s.get("status", {})
-    parent = s.get("parentSpanId") or ""
-    kind, code = s.get("kind", 0), status.get("code", 0)
-    return FixtureSpan(
-        trace_id=_id(s["traceId"]),
-        span_id=_id(s["spanId"]),
-        parent_span_id=_id(parent) if parent else None,
-        name=s.get("name", ""),
-        service=service,
-        kind=_KINDS[kind] if isinstance(kind, str) else int(kind),
-        start_ns=int(s.get("startTimeUnixNano", 0)),
-        end_ns=int(s.get("endTimeUnixNano", 0)),
-        status_code=_STATUS[code] if isinstance(code, str) else int(code),
-        status_message=status.get("message", ""),
-        attributes=_attrs(s.get("attributes", [])),
-        resource=resource,
-        events=tuple((e.get("name", ""), _attrs(e.get("attributes", []))) for e in s.get("events", [])),
-    )
-
-
-def _id(value: str) -> bytes:
-    """OTLP/JSON ids are hex; some exporters write base64, accept both."""
-    try:
-        return bytes.fromhex(value)
-    except ValueError:
-        return base64.b64decode(value)
-
-
-def _attrs(kvs: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    return {kv["key"]: _any_value(kv.get("value", {})) for kv in kvs}
-
-
-def _any_value(v: dict[str, Any]) -> Any:
-    if "stringValue" in v:
-        return v["stringValue"]
-    if "boolValue" in v:
-        return bool(v["boolValue"])
-    if "intValue" in v:
-        return int(v["intValue"])  # int64 travels as a JSON string
-    if "doubleValue" in v:
-        return float(v["doubleValue"])
-    if "arrayValue" in v:
-        return [_any_value(x) for x in v["arrayValue"].get("values", [])]
-    if "kvlistValue" in v:
-        return _attrs(v["kvlistValue"].get("values", []))
-    if "bytesValue" in v:
-        return base64.b64decode(v["bytesValue"])
-    return None
 
 
 # ---- comparing ------------------------------------------------------------------

@@ -1,15 +1,48 @@
-"""``faulttrace test``: run rule and fault-tree fixture tests (promtool-style) through the real decode and analysis."""
+"""``faulttrace test``: run rule and fault-tree fixture tests (promtool-style) through the real decode and analysis.
+
+A case's trace is read once (``processor.otlp.tracefile``): its requests go to
+the analysis, and the same requests, read through the OTLP/JSON mapping
+(``processor.otlp.otlpjson``), are the spans ``dsl.fixtures.compare`` matches
+expectations against.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from dsl import RuleError, load_rules
-from dsl.fixtures import FixtureError, compare, find_fixture_files, load_fixture_file, load_otlp_json
+from dsl.fixtures import FixtureError, FixtureSpan, compare, find_fixture_files, load_fixture_file
+from processor.otlp import otlpjson
 from processor.otlp.tracefile import TraceFileError, read_requests
 from processor.tools.offline import analyze
+
+
+def read_trace(path: str | Path) -> tuple[list[ExportTraceServiceRequest], list[FixtureSpan]]:
+    """A case's trace file (OTLP/JSON, JSON lines, gzip, protobuf): its requests, and their spans."""
+    try:
+        requests = read_requests(path)
+        return requests, [s for r in requests for s in _fixture_spans(otlpjson.request_to_document(r))]
+    except TraceFileError as err:
+        raise FixtureError(str(err)) from None
+    except otlpjson.OtlpJsonError as err:
+        raise FixtureError(f"{path}: malformed OTLP/JSON: {err}") from None
+
+
+def _fixture_spans(doc: dict[str, Any]) -> Iterator[FixtureSpan]:
+    """The spans of a request's OTLP/JSON document, attribute values decoded."""
+    for resource, span, intrinsics in otlpjson.spans(doc):
+        trace_id, span_id, parent, service, name, kind, start, end, code, message = intrinsics
+        yield FixtureSpan(
+            trace_id, span_id, parent, name, service, kind, start, end, code, message,
+            attributes=otlpjson.attribute_values(span.get("attributes")),
+            resource={key: otlpjson.any_value(value) for key, value in resource.items()},
+            events=tuple((e.get("name", ""), otlpjson.attribute_values(e.get("attributes")))
+                         for e in span.get("events") or ()),
+        )
 
 
 def run_fixture_tests(paths: Iterable[str | Path], out: TextIO) -> int:
@@ -29,9 +62,8 @@ def run_fixture_tests(paths: Iterable[str | Path], out: TextIO) -> int:
             continue
         for case in fixture.cases:
             try:
-                requests = read_requests(case.trace)
-                spans = load_otlp_json(case.trace)
-            except (TraceFileError, FixtureError) as err:
+                requests, spans = read_trace(case.trace)
+            except FixtureError as err:
                 out.write(f"ERROR {path}: {case.name}: {err}\n")
                 failed += 1
                 continue

@@ -1,9 +1,7 @@
-"""dsl.fixtures: loading fixture YAML and OTLP/JSON, comparing findings."""
+"""dsl.fixtures: loading fixture YAML, comparing findings."""
 
 from __future__ import annotations
 
-import gzip
-import json
 from pathlib import Path
 
 import pytest
@@ -13,59 +11,23 @@ from dsl.fixtures import (
     ExpectedFinding,
     FixtureCase,
     FixtureError,
+    FixtureSpan,
     SpanMatcher,
     compare,
     find_fixture_files,
     load_fixture_file,
-    load_otlp_json,
 )
 
-OTLP = {
-    "resourceSpans": [{
-        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "web"}}]},
-        "scopeSpans": [{"spans": [
-            {"traceId": "0102030405060708090a0b0c0d0e0f10", "spanId": "0000000000000001", "name": "root", "kind": 2,
-             "startTimeUnixNano": "1000", "endTimeUnixNano": "2000", "status": {"code": "STATUS_CODE_ERROR", "message": "boom"},
-             "attributes": [
-                 {"key": "i", "value": {"intValue": "42"}}, {"key": "d", "value": {"doubleValue": 0.5}},
-                 {"key": "b", "value": {"boolValue": True}},
-                 {"key": "a", "value": {"arrayValue": {"values": [{"stringValue": "x"}, {"stringValue": "y"}]}}}]},
-            {"traceId": "AQIDBAUGBwgJCgsMDQ4PEA==", "spanId": "AAAAAAAAAAI=", "parentSpanId": "0000000000000001",
-             "name": "child", "kind": "SPAN_KIND_CLIENT", "startTimeUnixNano": 1100, "endTimeUnixNano": 1900,
-             "events": [{"name": "exception", "attributes": [{"key": "exception.type", "value": {"stringValue": "E"}}]}]},
-        ]}],
-    }]
-}
+# Two spans as ``faulttrace test`` reads them from a trace (tests/tools/test_fixture_traces.py).
+TRACE_ID = bytes(range(1, 17))
+ROOT_SPAN = FixtureSpan(TRACE_ID, bytes.fromhex("0000000000000001"), None, "root", "web", 2, 1000, 2000, 2, "boom")
+CHILD_SPAN = FixtureSpan(TRACE_ID, bytes.fromhex("0000000000000002"), ROOT_SPAN.span_id, "child", "web", 3, 1100, 1900, 0)
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
     p = tmp_path / name
     p.write_text(text, encoding="utf-8")
     return p
-
-
-def test_otlp_json_spans(tmp_path):
-    spans = load_otlp_json(write(tmp_path, "t.json", json.dumps(OTLP)))
-    root, child = spans
-    assert root.trace_id == bytes(range(1, 17)) and child.trace_id == root.trace_id  # hex and base64 ids
-    assert (root.name, root.service, root.kind, root.status_code, root.status_message) == ("root", "web", 2, 2, "boom")
-    assert root.attributes == {"i": 42, "d": 0.5, "b": True, "a": ["x", "y"]}
-    assert child.parent_span_id == root.span_id and child.kind == 3 and child.start_ns == 1100
-    assert child.events == (("exception", {"exception.type": "E"}),)
-
-
-def test_otlp_json_lines_and_gzip(tmp_path):
-    line = json.dumps(OTLP)
-    p = tmp_path / "t.jsonl.gz"
-    p.write_bytes(gzip.compress((line + "\n" + line + "\n").encode()))
-    assert len(load_otlp_json(p)) == 4
-
-
-def test_otlp_errors_name_the_file(tmp_path):
-    with pytest.raises(FixtureError, match="bad.json"):
-        load_otlp_json(write(tmp_path, "bad.json", "{not json"))
-    with pytest.raises(FixtureError, match="malformed"):
-        load_otlp_json(write(tmp_path, "m.json", '{"resourceSpans": [{"scopeSpans": [{"spans": [{"name": "x"}]}]}]}'))
 
 
 def test_fixture_file_loads_typed_cases(tmp_path):
@@ -116,14 +78,14 @@ def _finding(rule: str, span_id: bytes, message: str = "m") -> Finding:
 
 
 def test_compare_passes_and_ignores_rules_not_under_test(tmp_path):
-    spans = load_otlp_json(write(tmp_path, "t.json", json.dumps(OTLP)))
+    spans = [ROOT_SPAN, CHILD_SPAN]
     case = FixtureCase("c", Path("t.json"), (ExpectedFinding("r.one", SpanMatcher(name="child"), "oo"),), ("r.one",))
     result = compare(case, spans, [_finding("r.one", spans[1].span_id, "boom"), _finding("r.other", spans[0].span_id)])
     assert result.ok and result.diff() == ""
 
 
 def test_compare_reports_a_readable_diff(tmp_path):
-    spans = load_otlp_json(write(tmp_path, "t.json", json.dumps(OTLP)))
+    spans = [ROOT_SPAN, CHILD_SPAN]
     expect = (ExpectedFinding("r.one", SpanMatcher(name="child")), ExpectedFinding("r.two", SpanMatcher(name="root"), "needle"))
     case = FixtureCase("the case", Path("t.json"), expect)
     result = compare(case, spans, [_finding("r.one", spans[0].span_id, "wrong span"), _finding("r.two", spans[0].span_id, "hay")])
@@ -137,7 +99,7 @@ def test_compare_reports_a_readable_diff(tmp_path):
 
 
 def test_empty_expectation_means_must_not_fire(tmp_path):
-    spans = load_otlp_json(write(tmp_path, "t.json", json.dumps(OTLP)))
+    spans = [ROOT_SPAN, CHILD_SPAN]
     case = FixtureCase("neg", Path("t.json"), ())
     assert not compare(case, spans, [_finding("r.any", spans[0].span_id)]).ok
     assert compare(case, spans, []).ok

@@ -10,7 +10,8 @@ import duckdb
 import pytest
 
 from dsl import RuleSet, check_paths, load_rules
-from dsl.fixtures import compare, find_fixture_files, load_fixture_file, load_otlp_json
+from dsl.fixtures import compare, find_fixture_files, load_fixture_file
+from processor.tools.ruletest import read_trace
 from tests.support.dsl_spans import load_fixture
 
 RULES = Path(__file__).resolve().parents[2] / "rules"
@@ -61,7 +62,7 @@ def test_fixture_case(path: Path, index: int):
     ruleset = _ruleset(tuple(fixture.rule_files))
     if case.trees:
         ruleset = ruleset.select_trees([t.tree for t in case.trees], case.rules)
-    spans = load_otlp_json(case.trace)
+    _, spans = read_trace(case.trace)
     conn = duckdb.connect()
     try:
         load_fixture(conn, spans, ruleset.projection)
