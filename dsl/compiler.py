@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from dsl import ir
 from dsl.ir import Ty
 from dsl.projection import column_name
-from dsl.spantree import covered_sql, self_time_sql
+from dsl.spantree import covered_sql, no_parent_sql, root_key_sql, self_time_sql
 
 SPANS = "__ft_spans"  # prepared span table (temp)
 ANCESTORS = "__ft_ancestors"  # (_row, _anc) for every proper ancestor (temp)
@@ -393,7 +393,7 @@ def prepare_statements(table: str, needs: frozenset[str], columns: tuple[str, ..
         # spans whose parent is in the batch; a duplicated span id keeps its first row
         "ids AS (SELECT _trace, span_id, min(_row) AS _row FROM k GROUP BY _trace, span_id)",
         "s AS MATERIALIZED (SELECT k._row, k._trace, k.start_ns, k.end_ns, k.status_code, k.service, k.name, p._row AS _parent, "
-        "(k.parent_span_id IS NULL OR octet_length(k.parent_span_id) = 0) AS _is_root "
+        f"{no_parent_sql('k.parent_span_id')} AS _is_root "
         "FROM k LEFT JOIN ids AS p ON p._trace = k._trace AND p.span_id = k.parent_span_id)",
         f"d(_row, _depth) AS (SELECT _row, 0 FROM s WHERE _parent IS NULL "
         f"UNION ALL SELECT s._row, d._depth + 1 FROM s JOIN d ON s._parent = d._row WHERE d._depth < {_MAX_DEPTH})",
@@ -407,12 +407,11 @@ def prepare_statements(table: str, needs: frozenset[str], columns: tuple[str, ..
         cols.append(f"CAST({self_time_sql('s', 'cov.covered')} AS BIGINT) AS _self")
         joins.append("LEFT JOIN cov ON cov._row = s._row")
     if "trace" in needs:
+        # the trace's root span, as dsl.spantree defines it for the processor's verdicts too
+        root = root_key_sql("s", no_parent="s._is_root", parent_found="s._parent IS NOT NULL")
         ctes.append(
             "tr AS (SELECT _trace, max(end_ns) - min(start_ns) AS _t_duration, "
-            # the root is the earliest span without a parent; the earliest span
-            # stands in while the root has not arrived
-            "coalesce(arg_min(service, start_ns) FILTER (WHERE _is_root), arg_min(service, start_ns)) AS _t_root_service, "
-            "coalesce(arg_min(name, start_ns) FILTER (WHERE _is_root), arg_min(name, start_ns)) AS _t_root_name, "
+            f"arg_min(service, {root}) AS _t_root_service, arg_min(name, {root}) AS _t_root_name, "
             "count(*) AS _t_span_count, count(*) FILTER (WHERE status_code = 2) AS _t_error_count "
             "FROM s GROUP BY _trace)"
         )

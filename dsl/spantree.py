@@ -44,3 +44,29 @@ def self_time_sql(span: str, covered: str) -> str:
     ends before it starts, or a duplicated span id whose copies' children
     cover more than this copy."""
     return f"(({span}.end_ns - {span}.start_ns) - coalesce({covered}, 0))"
+
+
+def no_parent_sql(parent_id: str) -> str:
+    """Whether a span names no parent: OTLP leaves ``parent_span_id`` empty; NULL counts the same."""
+    return f"({parent_id} IS NULL OR octet_length({parent_id}) = 0)"
+
+
+def root_key_sql(span: str, no_parent: str, parent_found: str) -> str:
+    """The ordering key whose least value over a trace's spans is the trace's
+    root span (``arg_min(x, key)``): ``span`` is the span's alias,
+    ``no_parent`` its ``no_parent_sql``, ``parent_found`` whether the parent
+    it names is in the trace.
+
+    The root is the earliest span that names no parent (the root as
+    instrumented).  While that has not arrived (or was lost), it is the
+    earliest span whose parent is missing from the trace: the head of the
+    earliest fragment, the topmost span there is, and the one nearest the
+    real root since callers start before their callees.  A span whose parent
+    is present is never picked while there is either, however early clock
+    skew makes it start; a span that names no parent wins over fragment heads
+    that start before it (their parents exist somewhere).  Several
+    candidates of one kind (a broken trace): the earliest, on a tie the one
+    that ends first.  Only when every span's parent is present (a cycle in
+    bad data) is it the earliest span of all."""
+    rank = f"CASE WHEN {no_parent} THEN 0 WHEN {parent_found} THEN 2 ELSE 1 END"
+    return f"({rank}, {span}.start_ns, {span}.end_ns)"

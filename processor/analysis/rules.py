@@ -18,7 +18,7 @@ from collections import defaultdict
 import duckdb
 import pyarrow as pa
 
-from dsl import AttrRef, Evaluation, Finding, RuleSet, TreeOutcome
+from dsl import AttrRef, Evaluation, Finding, RuleSet, TreeOutcome, no_parent_sql, root_key_sql
 from processor.analysis.verdict import BatchVerdict, Candidate, Evidence, TraceVerdict, rank_candidates
 
 log = logging.getLogger(__name__)
@@ -100,28 +100,22 @@ class _Facts:
 
 
 def _span_facts(conn: duckdb.DuckDBPyConnection, table: str, trace_ids: set[bytes]) -> _Facts:
-    """Service/name/times of every span of the traces with findings, and each trace's root span.
-
-    The root is the span without a parent in the trace (the earliest such, if
-    several: a broken trace), else the earliest span.
-    """
+    """Service/name/times of every span of the traces with findings, and each trace's root span
+    (``dsl.root_key_sql``, as the rules' ``trace.root_service`` sees it)."""
     facts = _Facts()
+    root = root_key_sql("s", no_parent=no_parent_sql("s.parent_span_id"), parent_found="p.span_id IS NOT NULL")
     conn.register("verdict_traces", pa.table({"trace_id": pa.array(list(trace_ids), pa.binary())}))
     try:
         rows = conn.execute(f"""
             SELECT s.trace_id, s.span_id, s.service, s.name, s.start_ns, s.end_ns,
-                   (s.parent_span_id IS NULL OR p.span_id IS NULL) AS parentless
+                   arg_min(s.span_id, {root}) OVER (PARTITION BY s.trace_id) AS root
             FROM {table} s
             SEMI JOIN verdict_traces v ON v.trace_id = s.trace_id
             LEFT JOIN {table} p ON p.trace_id = s.trace_id AND p.span_id = s.parent_span_id
         """).fetchall()
     finally:
         conn.unregister("verdict_traces")
-    best: dict[bytes, tuple[bool, int]] = {}
-    for trace_id, span_id, service, name, start, end, parentless in rows:
+    for trace_id, span_id, service, name, start, end, root_id in rows:
         facts.spans[(trace_id, span_id)] = (service, name, start, end)
-        key = (not parentless, start)  # parentless first, then earliest
-        if trace_id not in best or key < best[trace_id]:
-            best[trace_id] = key
-            facts.roots[trace_id] = span_id
+        facts.roots[trace_id] = root_id
     return facts

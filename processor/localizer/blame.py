@@ -46,6 +46,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from dsl import no_parent_sql, root_key_sql
 from processor.analysis.verdict import BatchVerdict, Candidate, Evidence, TraceVerdict
 from processor.localizer.attribution import Attribution
 from processor.localizer.baseline import Baseline
@@ -56,18 +57,21 @@ MIN_WINDOW = 0.1             # window score (share of a service's work abnormal)
 ERROR_CONFIDENCE = 0.6       # an erroring span with no erroring child
 EXCEPTION_CONFIDENCE = 0.85  # ... that also recorded an exception event
 
-# Every span of the traces with evidence: an error origin, or self time above p99.
-ROWS_SQL = """
+# Every span of the traces with evidence: an error origin, or self time above p99; with its trace's root
+# (``dsl.root_key_sql``: the one the rules and their ``trace.root_service`` see too).
+ROWS_SQL = f"""
 WITH j AS (
     SELECT m.trace_id, m.span_id, m.parent_span_id, m.service, m.name, m.callee, m.start_ns, m.end_ns,
            m.n_children, m.dur::DOUBLE AS dur, m.self_ns::DOUBLE AS self_ns, m.status_code = 2 AS error,
            coalesce(m.exception, false) AS exception,
-           (m.status_code = 2 AND NOT m.child_error) AS origin,
+           (m.status_code = 2 AND NOT m.child_error) AS origin, m.orphan,
            o.self_med::DOUBLE AS self_med, o.self_p99::DOUBLE AS self_p99, o.dur_p99::DOUBLE AS dur_p99,
            coalesce(o.err_rate, 0.0)::DOUBLE AS err_rate
     FROM m LEFT JOIN base_ops o USING (service, name)
 )
-SELECT * FROM j
+SELECT *, arg_min(span_id, {root_key_sql("j", no_parent_sql("j.parent_span_id"), "NOT j.orphan")})
+              OVER (PARTITION BY trace_id) AS trace_root
+FROM j
 WHERE trace_id IN (SELECT trace_id FROM j WHERE origin OR self_ns > self_p99)
 ORDER BY trace_id, start_ns
 """
@@ -143,10 +147,8 @@ def _trace(trace_id: bytes, rows: list[dict[str, Any]], window: dict[str, Servic
     _latency(rows, by_id, children, on_path, trace_ns, window, blames)
     _merge_within_services(blames, by_id)
     ranked = _rank(blames, by_id, window, per_trace)
-    roots = children.get(None, [])
-    root = next((s.span_id for s in roots if s.parent_span_id is None), roots[0].span_id if roots else None)
     inherited = _symptoms(ranked, blames, by_id, on_path)
-    return TraceVerdict(trace_id, root, ranked), inherited
+    return TraceVerdict(trace_id, rows[0]["trace_root"], ranked), inherited
 
 
 def _errors(rows: list[dict[str, Any]], by_id: dict[bytes, dict[str, Any]], blames: dict[bytes, _Blame],

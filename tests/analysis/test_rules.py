@@ -198,6 +198,20 @@ def test_broken_trace_root_is_the_earliest_parentless_span(rules):
     assert v.candidates[0].span_id == sid(11)
 
 
+def test_a_root_naming_no_parent_wins_over_an_earlier_fragment_and_rules_see_the_same_root(tmp_path):
+    # Clock skew: the orphan (its parent lost) starts before the root.  The verdict's root and the
+    # rules' trace.root_name are one definition (dsl.root_key_sql).
+    path = tmp_path / "root.rules"
+    path.write_text('rule t.root { title "root" layer code severity low confidence 0.5\n'
+                    '  match span s where s.status = error  message "{trace.root_name}" }')
+    v = verdict_of(load_rules([path]), ("svc", [
+        span(1, 5, 99, "orphan", start_ms=0, error=True),
+        span(1, 1, None, "root", start_ms=20),
+    ])).traces[tid(1)]
+    assert v.root_span_id == sid(1)
+    assert v.candidates[0].evidence[0].message == "root"
+
+
 def test_blamed_root_is_also_the_root(rules):
     v = verdict_of(rules, ("svc", [span(1, 1, None, "root", b=True), span(1, 2, 1, "child")])).traces[tid(1)]
     assert v.root_span_id == sid(1) == v.candidates[0].span_id

@@ -1,11 +1,11 @@
-"""dsl.spantree: self time from the union of clipped children, under either keying of spans."""
+"""dsl.spantree: self time from the union of clipped children, under either keying of spans; the trace's root."""
 
 from __future__ import annotations
 
 import duckdb
 import pytest
 
-from dsl import covered_sql, self_time_sql
+from dsl import covered_sql, no_parent_sql, root_key_sql, self_time_sql
 
 # (row, span id, parent id, start, end) of one trace
 Row = tuple[int, str, str | None, int, int]
@@ -43,3 +43,32 @@ def test_a_duplicated_span_id_is_one_span_by_id_and_its_first_copy_by_row() -> N
     # by id both copies have the child, clipped to each: it covers [0, 200), more than either copy
     assert _self_times(rows, "ids") == {0: 100 - 200, 1: 150 - 200, 2: 200}
     assert _self_times(rows, "rows") == {0: 0, 1: 150, 2: 200}
+
+
+def _root(rows: list[tuple[str, str | None, int, int]]) -> str:
+    """The root span id of one trace of (span id, parent id, start, end) rows."""
+    conn = duckdb.connect()
+    conn.execute("CREATE TABLE t (span_id VARCHAR, parent_span_id VARCHAR, start_ns BIGINT, end_ns BIGINT)")
+    conn.executemany("INSERT INTO t VALUES (?, ?, ?, ?)", rows)
+    key = root_key_sql("s", no_parent_sql("s.parent_span_id::BLOB"), "p.span_id IS NOT NULL")
+    return conn.execute(f"SELECT arg_min(s.span_id, {key}) FROM t AS s "
+                        "LEFT JOIN t AS p ON p.span_id = s.parent_span_id").fetchone()[0]
+
+
+def test_the_root_is_the_span_naming_no_parent_even_when_a_fragment_starts_earlier() -> None:
+    assert _root([("orphan", "lost", 0, 50), ("root", None, 10, 100), ("child", "root", 5, 20)]) == "root"
+    assert _root([("orphan", "lost", 0, 50), ("root", "", 10, 100)]) == "root"   # OTLP's empty parent id
+
+
+def test_without_its_root_a_trace_is_headed_by_its_earliest_fragment_never_by_a_skewed_child() -> None:
+    rows = [("late", "lost", 30, 90), ("skewed", "late", 5, 40), ("early", "gone", 10, 60), ("child", "early", 60, 70)]
+    assert _root(rows) == "early"
+
+
+def test_several_roots_give_the_earliest_then_the_one_ending_first() -> None:
+    assert _root([("b", None, 10, 50), ("a", None, 20, 30)]) == "b"
+    assert _root([("b", None, 10, 50), ("a", None, 10, 30)]) == "a"
+
+
+def test_when_every_parent_is_present_the_earliest_span_stands_in() -> None:
+    assert _root([("a", "b", 10, 50), ("b", "a", 5, 60)]) == "b"
