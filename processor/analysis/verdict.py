@@ -100,7 +100,7 @@ def rank_candidates(candidates: Iterable[Candidate]) -> tuple[Candidate, ...]:
 @dataclass(frozen=True, slots=True)
 class TraceVerdict:
     trace_id: bytes
-    root_span_id: bytes | None      # the trace's root (no parent in the trace), if present
+    root_span_id: bytes | None      # the trace's root span (dsl.root_key_sql), if it has spans
     candidates: tuple[Candidate, ...]
     fault_trees: tuple[TreeOutcome, ...] = ()  # trees whose top event is true (fired) or unknown
 
