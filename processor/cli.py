@@ -176,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="exporter compression in both modes (default none: loopback)")
     bench.add_argument("--rules", nargs="+", metavar="PATH",
                        help="rule files for the 'rules' mode, besides the built-in library")
+    bench.add_argument("--storage", choices=["memory", "journal"], default="memory",
+                       help="where the store keeps spans: in memory (default, comparable with earlier figures) "
+                            "or journaled to a DuckDB file as `serve` does by default")
     bench.add_argument("--modes", nargs="+", choices=["pipeline", "rules", "full", "passthrough"],
                        default=["pipeline", "rules", "full", "passthrough"],
                        help="modes to run (default all); ratios need their reference mode")

@@ -20,6 +20,11 @@ first span reaches it until the load stops), with the same buffer limit in
 every mode (``MAX_BUFFERED_SPANS``); every run also checks that every
 accepted span reached the sink.  Each mode runs ``--runs`` times, alternating,
 and medians are reported; ``ratio`` is pipeline / passthrough.
+
+The store keeps spans in memory by default (``--storage memory``), so figures
+stay comparable with earlier ones; ``--storage journal`` journals them to a
+DuckDB file, as ``faulttrace serve`` does by default, in a fresh temporary
+directory per run (removed after it).  The output says which.
 """
 
 from __future__ import annotations
@@ -227,14 +232,15 @@ def sink_main(ready: Connection, count: Any, stop: Any) -> None:
 
 
 def _config(sink_port: int, decision_wait: float, compression: str, rules: list[str] | None,
-            localizer: bool = False) -> Any:
+            localizer: bool = False, journal: str | None = None) -> Any:
     # rules None: no rules at all; otherwise the built-in library plus these files
     # (by default a file of the 50 generated bench rules).
     return parse_config({
         "receivers": {"otlp": {"protocols": {"grpc": {"endpoint": "127.0.0.1:0", "max_recv_msg_size_mib": 16}}}},
         "processors": {"faulttrace": {"decision_wait": decision_wait, "max_buffered_spans": MAX_BUFFERED_SPANS,
                                       "max_traces": 500_000, "builtin_rules": rules is not None,
-                                      "rules": rules or [], "localizer": {"enabled": localizer}}},
+                                      "rules": rules or [], "localizer": {"enabled": localizer},
+                                      "storage": {"path": journal}}},
         "exporters": {"otlp_grpc": {"endpoint": f"127.0.0.1:{sink_port}", "tls": {"insecure": True},
                                     "compression": compression}},
         "service": {"pipelines": {"traces": {"receivers": ["otlp"], "processors": ["faulttrace"],
@@ -279,23 +285,28 @@ class _Passthrough:
 
 
 async def _serve(mode: str, sink_port: int, decision_wait: float, compression: str, rules: list[str],
-                 ctl: Connection) -> None:
+                 storage: str, ctl: Connection) -> None:
+    import shutil
+    import tempfile
+
     from processor.exporters.factory import build_exporter
     from processor.pipeline import Pipeline
     from processor.receivers.otlp_grpc import GrpcReceiver
     from processor.service.telemetry import Telemetry
 
     if mode == "rules" and not rules:
-        import tempfile
-
         path = os.path.join(tempfile.mkdtemp(prefix="faulttrace-bench-"), "bench.rules")
         with open(path, "w", encoding="utf-8") as f:
             f.write(bench_rule_text(50))
         rules = [path]
+    # A fresh journal per run: nothing recovered from an earlier one.
+    state = tempfile.mkdtemp(prefix="faulttrace-bench-") if storage == "journal" else None
+    journal = os.path.join(state, "journal.duckdb") if state else None
     if mode == "full":  # what `faulttrace serve` runs by default: the rule library and the localizer
-        config = _config(sink_port, decision_wait, compression, [], localizer=True)
+        config = _config(sink_port, decision_wait, compression, [], localizer=True, journal=journal)
     else:
-        config = _config(sink_port, decision_wait, compression, rules if mode == "rules" else None)
+        config = _config(sink_port, decision_wait, compression, rules if mode == "rules" else None,
+                         journal=journal)
     stats: dict[str, float] = {"max_buffered_spans": 0, "bytes_per_buffered_span": 0.0,
                                "rss_bytes_per_buffered_span": 0.0}
     rss0 = _rss_bytes()
@@ -331,16 +342,18 @@ async def _serve(mode: str, sink_port: int, decision_wait: float, compression: s
     else:
         await receiver.stop(1)
         await exporter.shutdown(30)
+    if state is not None:
+        shutil.rmtree(state, ignore_errors=True)
     stats["peak_rss_mib"] = _peak_rss_mib()
     ctl.send(stats)
 
 
 def serve_main(mode: str, sink_port: int, decision_wait: float, compression: str, rules: list[str],
-               ctl: Connection) -> None:
+               storage: str, ctl: Connection) -> None:
     from processor.service.process import tune_process
 
     tune_process()  # as `faulttrace serve` does, in every mode
-    asyncio.run(_serve(mode, sink_port, decision_wait, compression, rules, ctl))
+    asyncio.run(_serve(mode, sink_port, decision_wait, compression, rules, storage, ctl))
 
 
 # --- orchestration -----------------------------------------------------------------
@@ -363,7 +376,7 @@ def _one_run(ctx: Any, mode: str, sink_port: int, count: Any, args: argparse.Nam
              decision_wait: float) -> RunResult:
     ctl, child_ctl = ctx.Pipe()
     server = ctx.Process(target=serve_main, args=(mode, sink_port, decision_wait, args.compression,
-                                                  list(args.rules or []), child_ctl))
+                                                  list(args.rules or []), args.storage, child_ctl))
     server.start()
     port = ctl.recv()
     base = count.value
@@ -451,6 +464,7 @@ def run_bench(args: argparse.Namespace) -> int:
         stop.set()
         sink.join(5)
     summary = summarize(results)
+    summary["storage"] = args.storage
     summary.update({"rules": ["built-in", *(args.rules or ["50 generated bench rules"])],
                     "runs": args.runs, "seconds": args.seconds, "decision_wait_s": decision_wait,
                     "compression": args.compression, "spans_per_trace": SPANS_PER_TRACE,
