@@ -39,17 +39,34 @@ class _Refusal(Exception):
 
 
 def _inflate(body: bytes, limit: int) -> bytes:
-    """gzip-decompress at most ``limit`` bytes; more is a 413, garbage a 400."""
-    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    """gzip-decompress every member of ``body`` (RFC 1952: a gzip file is a series of
+    members, each a whole gzip stream), at most ``limit`` bytes in all; more is a 413,
+    garbage (data after a member that is not one too) a 400."""
+    pieces: list[bytes] = []
+    size = 0
+    view = memoryview(body)
+    pos = 0
     try:
-        out = inflater.decompress(body, limit + 1)
-        if len(out) > limit:
-            raise _Refusal(413, st.RESOURCE_EXHAUSTED, f"decompressed body exceeds {limit} bytes")
-        if not inflater.eof:
-            raise _Refusal(400, st.INVALID_ARGUMENT, "gzip body is truncated")
+        while True:  # a member per turn; a body has at least one
+            inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+            # Input in growing chunks: what follows a member is copied once more (unused_data),
+            # so many tiny members cost little and a large one few calls.
+            chunk = 256
+            while not inflater.eof:
+                if pos >= len(body):
+                    raise _Refusal(400, st.INVALID_ARGUMENT, "gzip body is truncated")
+                piece = inflater.decompress(view[pos:pos + chunk], limit + 1 - size)
+                pos += chunk
+                size += len(piece)
+                if size > limit:
+                    raise _Refusal(413, st.RESOURCE_EXHAUSTED, f"decompressed body exceeds {limit} bytes")
+                pieces.append(piece)
+                chunk = min(chunk * 2, 1 << 20)
+            pos = min(pos, len(body)) - len(inflater.unused_data)
+            if pos >= len(body):
+                return pieces[0] if len(pieces) == 1 else b"".join(pieces)
     except zlib.error as err:
         raise _Refusal(400, st.INVALID_ARGUMENT, f"cannot gunzip the body: {err}") from None
-    return out
 
 
 class HttpReceiver:

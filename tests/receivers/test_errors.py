@@ -182,6 +182,28 @@ def test_http_gzip_body_that_inflates_to_just_under_the_limit_is_accepted(runnin
     assert reply.status_code == 200
 
 
+def test_http_multi_member_gzip_is_read_whole(running, sink):
+    # RFC 1952: a gzip body is a series of members; concatenated requests are one (protobuf merges them).
+    first, second = fresh(), fresh()
+    body = gzip.compress(first.SerializeToString()) + gzip.compress(second.SerializeToString())
+    reply = requests.post(running.http_url, data=body, headers={**PROTOBUF, "Content-Encoding": "gzip"}, timeout=10)
+    assert reply.status_code == 200
+    assert ExportTraceServiceResponse.FromString(reply.content) == ExportTraceServiceResponse()
+    both = ExportTraceServiceRequest()
+    both.MergeFrom(first)
+    both.MergeFrom(second)
+    _assert_valid_part_exported(sink, both)
+
+
+def test_http_gzip_limit_counts_every_member(running):
+    half = gzip.compress(b"\x00" * (HTTP_LIMIT // 2 + 1))
+    reply = requests.post(running.http_url, data=half + half, headers={**PROTOBUF, "Content-Encoding": "gzip"},
+                          timeout=10)
+    assert reply.status_code == 413
+    assert "decompressed" in http_status_body(reply).message
+    assert_serving(running)
+
+
 @pytest.mark.parametrize("content_type", ["text/plain", "application/xml", "application/octet-stream", None])
 def test_http_unsupported_content_type_is_415(running, content_type):
     headers = {"Content-Type": content_type} if content_type else {}
@@ -199,8 +221,9 @@ def test_http_unsupported_content_encoding_is_415(running):
     assert_serving(running)
 
 
-@pytest.mark.parametrize("body", [b"definitely not gzip", gzip.compress(b"x" * 1000)[:-12]], ids=["garbage",
-                                                                                                   "truncated"])
+@pytest.mark.parametrize("body", [b"definitely not gzip", gzip.compress(b"x" * 1000)[:-12],
+                                  gzip.compress(b"x" * 1000) + b"trailing", b""],
+                         ids=["garbage", "truncated", "trailing-garbage", "empty"])
 @pytest.mark.parametrize("headers", [PROTOBUF, JSON], ids=["protobuf", "json"])
 def test_http_bad_gzip_is_400(running, body, headers):
     reply = requests.post(running.http_url, data=body, headers={**headers, "Content-Encoding": "gzip"}, timeout=10)
