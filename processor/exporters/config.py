@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -39,6 +39,8 @@ class QueueConfig(StrictModel):
 
 
 class OtlpExporterConfig(StrictModel):
+    """The ``otlp_grpc`` exporter's keys; ``otlp_http`` adds ``traces_endpoint``."""
+
     endpoint: str
     tls: TlsClientConfig = TlsClientConfig()
     headers: dict[str, str] = {}
@@ -47,9 +49,23 @@ class OtlpExporterConfig(StrictModel):
     retry_on_failure: RetryConfig = RetryConfig()
     sending_queue: QueueConfig = QueueConfig()
 
+    # grpcio's channel credentials always verify the server's certificate: there is no switch.
+    can_skip_verify: ClassVar[bool] = False
+
+    @model_validator(mode="after")
+    def _skip_verify(self) -> OtlpExporterConfig:
+        if self.tls.insecure_skip_verify and not self.can_skip_verify:
+            raise ValueError("tls.insecure_skip_verify is not supported by the gRPC exporter: grpcio always "
+                             "verifies the server's certificate; trust it with tls.ca_file (a self-signed "
+                             "certificate can be its own CA), or use the otlp_http exporter, which can skip "
+                             "verification")
+        return self
+
 
 class OtlpHttpExporterConfig(OtlpExporterConfig):
     traces_endpoint: str | None = None  # default: endpoint + /v1/traces
+
+    can_skip_verify: ClassVar[bool] = True
 
 
 class FileExporterConfig(StrictModel):

@@ -1,4 +1,5 @@
-"""Both OTLP exporters over TLS (and gRPC with a client certificate), with a throwaway cert."""
+"""Both OTLP exporters over TLS (and gRPC with a client certificate), with a throwaway cert;
+``tls.insecure_skip_verify`` works for HTTP and is refused for gRPC, which cannot honour it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from processor.config import parse_config
+from processor.confmap import ConfigError
 from processor.exporters.base import Exporter
 from processor.exporters.config import OtlpExporterConfig, OtlpHttpExporterConfig
 from processor.exporters.factory import build_exporter
@@ -72,3 +75,44 @@ def test_http_over_tls(cert: tuple[Path, Path]) -> None:
                                         tls={"ca_file": str(cert_file)}, retry_on_failure=FAST_RETRY)
         deliver(build_exporter("otlphttp", config, Telemetry()))
         assert len(sink.spans()) == 2
+
+
+def test_http_insecure_skip_verify_delivers_to_a_self_signed_server(cert: tuple[Path, Path]) -> None:
+    cert_file, key_file = cert
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert_file, key_file)
+    with OtlpHttpSink(tls=server_ctx) as sink:
+        # No ca_file: only skipping verification lets the exporter through.
+        config = OtlpHttpExporterConfig(endpoint=f"https://127.0.0.1:{sink.port}",
+                                        tls={"insecure_skip_verify": True}, retry_on_failure=FAST_RETRY)
+        deliver(build_exporter("otlp_http", config, Telemetry()))
+        assert len(sink.spans()) == 2
+
+
+def test_http_verifies_the_server_by_default(cert: tuple[Path, Path]) -> None:
+    cert_file, key_file = cert
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert_file, key_file)
+    telemetry = Telemetry()
+    with OtlpHttpSink(tls=server_ctx) as sink:
+        config = OtlpHttpExporterConfig(endpoint=f"https://127.0.0.1:{sink.port}", timeout=1,
+                                        retry_on_failure={**FAST_RETRY, "max_elapsed_time": 0.3})
+        deliver(build_exporter("otlp_http", config, telemetry))
+        assert sink.received == []
+    assert metric(telemetry, "faulttrace_exporter_send_failed_spans_total", "otlp_http") == 2
+
+
+@pytest.mark.parametrize("kind", ["otlp_grpc", "otlp"])
+def test_grpc_refuses_insecure_skip_verify_saying_why_and_what_to_do(kind: str) -> None:
+    doc = {"receivers": {"otlp": {}},
+           "exporters": {kind: {"endpoint": "backend:4317", "tls": {"insecure_skip_verify": True}}},
+           "service": {"pipelines": {"traces": {"receivers": ["otlp"], "exporters": [kind]}}}}
+    with pytest.raises(ConfigError) as err:
+        parse_config(doc, "<test>")
+    [message] = err.value.problems
+    assert message.startswith(f"exporters.{kind}: tls.insecure_skip_verify is not supported by the gRPC "
+                              "exporter: grpcio always verifies the server's certificate")
+    assert "tls.ca_file" in message and "otlp_http" in message
+    doc["exporters"] = {"otlp_http": doc["exporters"][kind]}
+    doc["service"]["pipelines"]["traces"]["exporters"] = ["otlp_http"]
+    assert parse_config(doc, "<test>").exporters["otlp_http"].tls.insecure_skip_verify
