@@ -91,14 +91,12 @@ class _Checker:
         self.consts: dict[str, ast.ConstDef] = {}
         self.used_defs: set[str] = set()
         self.macro_stack: list[str] = []
+        self.error_count = 0  # errors so far: a piece that counts more after checking than before has failed
 
     def error(self, code: str, message: str, span: SourceSpan, *hints: str, label: str = "") -> None:
-        self.diags.append(Diagnostic(code, message, span, tuple(h for h in hints if h), label))
-
-    @property
-    def error_count(self) -> int:
-        """Errors so far: a piece that counts more after checking than before has failed."""
-        return sum(d.is_error for d in self.diags)
+        diag = Diagnostic(code, message, span, tuple(h for h in hints if h), label)
+        self.diags.append(diag)
+        self.error_count += diag.is_error
 
     # ---- driver ---------------------------------------------------------------
 

@@ -9,9 +9,11 @@ rule set from loading, ``W0xx`` warnings never do.
 
 from __future__ import annotations
 
+import bisect
 import difflib
 import enum
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -31,16 +33,42 @@ class SourceSpan:
 
     @staticmethod
     def at(path: str, text: str, start: int, end: int) -> SourceSpan:
-        """The span of ``text[start:end]``, computing lines and columns."""
-        line, col = _line_col(text, start)
-        end_line, end_col = _line_col(text, max(end, start))
-        return SourceSpan(path, line, col, end_line, end_col, start, max(end, start))
+        """The span of ``text[start:end]``, computing lines and columns
+        (for many spans of one text, build one ``LineIndex``)."""
+        return LineIndex(text).span(path, start, end)
 
 
-def _line_col(text: str, offset: int) -> tuple[int, int]:
-    line = text.count("\n", 0, offset) + 1
-    col = offset - (text.rfind("\n", 0, offset) + 1) + 1
-    return line, col
+class LineIndex:
+    """Where each line of a text starts, so that the line and column of an
+    offset, or the text of a line, cost a binary search instead of a scan
+    from the start (which made a large file's diagnostics quadratic)."""
+
+    __slots__ = ("text", "_starts")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._starts = [0, *(m.end() for m in re.finditer("\n", text))]
+
+    def line_col(self, offset: int) -> tuple[int, int]:
+        """1-based line and column of ``offset``."""
+        line = bisect.bisect_right(self._starts, offset)
+        return line, offset - self._starts[line - 1] + 1
+
+    def span(self, path: str, start: int, end: int) -> SourceSpan:
+        """The span of ``text[start:end]``."""
+        end = max(end, start)
+        line, col = self.line_col(start)
+        end_line, end_col = self.line_col(end)
+        return SourceSpan(path, line, col, end_line, end_col, start, end)
+
+    def line(self, number: int) -> str | None:
+        """The text of line ``number`` (1-based, without its newline), as
+        ``text.split("\\n")[number - 1]``; None past the last line."""
+        if not 0 < number <= len(self._starts):
+            return None
+        start = self._starts[number - 1]
+        end = self._starts[number] - 1 if number < len(self._starts) else len(self.text)
+        return self.text[start:end]
 
 
 class Severity(enum.StrEnum):
@@ -96,11 +124,15 @@ def render(diag: Diagnostic, source: str | None) -> str:
     """``path:line:col: error[E012]: message``, the source line, a caret under
     the span and ``= hint:`` lines.  ``source`` is the file's text (``None``
     when it could not be read; then only the header and hints are shown)."""
+    return _render(diag, LineIndex(source) if source is not None else None)
+
+
+def _render(diag: Diagnostic, lines: LineIndex | None) -> str:
     s = diag.span
     out = [f"{s.path}:{s.line}:{s.col}: {diag.severity.value}[{diag.code}]: {diag.message}"]
-    lines = source.split("\n") if source is not None else []
-    if 0 < s.line <= len(lines):
-        text = lines[s.line - 1].rstrip("\r")
+    line = lines.line(s.line) if lines is not None else None
+    if line is not None:
+        text = line.rstrip("\r")
         gutter = " " * len(str(s.line))
         # a span over several lines is underlined to the end of its first line
         end_col = s.end_col if s.end_line == s.line else len(text) + 1
@@ -115,7 +147,9 @@ def render(diag: Diagnostic, source: str | None) -> str:
 
 def render_all(diags: Sequence[Diagnostic], sources: dict[str, str]) -> str:
     """All diagnostics, sorted by position, then a summary line."""
-    blocks = [render(d, sources.get(d.span.path)) for d in sorted(diags, key=sort_key)]
+    wanted = {d.span.path for d in diags}
+    indexes = {path: LineIndex(text) for path, text in sources.items() if path in wanted}
+    blocks = [_render(d, indexes.get(d.span.path)) for d in sorted(diags, key=sort_key)]
     errors = sum(d.is_error for d in diags)
     warnings = len(diags) - errors
     if diags:

@@ -12,13 +12,14 @@ from __future__ import annotations
 import functools
 import re
 from importlib import resources
+from typing import Any
 
 import lark
-from lark import Token, Transformer, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
+from lark import Token, Tree
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from dsl import ast
-from dsl.diagnostics import Diagnostic, SourceSpan, did_you_mean
+from dsl.diagnostics import Diagnostic, LineIndex, SourceSpan, did_you_mean
 
 _DURATION_NS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000, "h": 3_600_000_000_000}
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "\\": "\\", '"': '"', "'": "'"}
@@ -43,19 +44,20 @@ def _lark() -> lark.Lark:
 def parse(text: str, path: str = "<string>") -> tuple[ast.File, list[Diagnostic]]:
     """Parse one file; returns its AST (items that parsed) and all problems."""
     diags: list[Diagnostic] = []
+    lines = LineIndex(text)  # blanking keeps every newline: one index serves every attempt
     work = text
     for _ in range(_MAX_RECOVERIES):
         try:
             tree = _lark().parse(work, start="start")
         except UnexpectedInput as err:
-            diags.append(_syntax_diagnostic(err, work, path))
+            diags.append(_syntax_diagnostic(err, work, path, lines))
             blanked = _blank_item_at(work, err.pos_in_stream or 0)
             if blanked == work:  # nothing left to skip: give up on the rest
                 return ast.File(path, ()), diags
             work = blanked
             continue
-        builder = _AstBuilder(path, text)
-        items = builder.transform(tree)
+        builder = _AstBuilder(path, text, lines)
+        items = builder.build(tree)
         diags += builder.diagnostics
         return ast.File(path, tuple(items)), diags
     return ast.File(path, ()), diags
@@ -67,8 +69,8 @@ def parse_expr(text: str, path: str = "<string>") -> tuple[ast.Expr | None, list
         tree = _lark().parse(text, start="expr")
     except UnexpectedInput as err:
         return None, [_syntax_diagnostic(err, text, path)]
-    builder = _AstBuilder(path, text)
-    return builder.transform(tree), builder.diagnostics
+    builder = _AstBuilder(path, text, LineIndex(text))
+    return builder.build(tree), builder.diagnostics
 
 
 def _blank_item_at(text: str, pos: int) -> str:
@@ -107,20 +109,22 @@ def _expected_hint(expected: set[str], got: str) -> tuple[str, ...]:
     return (*hints, f"expected {'one of: ' if len(names) > 1 else ''}{shown}")
 
 
-def _syntax_diagnostic(err: UnexpectedInput, text: str, path: str) -> Diagnostic:
+def _syntax_diagnostic(err: UnexpectedInput, text: str, path: str, lines: LineIndex | None = None) -> Diagnostic:
+    """``lines`` indexes ``text`` (or a text with the same line breaks)."""
+    lines = lines or LineIndex(text)
     pos = err.pos_in_stream if err.pos_in_stream is not None else len(text)
     if isinstance(err, UnexpectedCharacters):
         char = text[pos] if pos < len(text) else ""
         if char in "\"'":
             end = text.find("\n", pos)
-            span = SourceSpan.at(path, text, pos, len(text) if end < 0 else end)
+            span = lines.span(path, pos, len(text) if end < 0 else end)
             return Diagnostic("E004", "unterminated string", span, ("strings end on the line they start",))
-        span = SourceSpan.at(path, text, pos, pos + 1)
+        span = lines.span(path, pos, pos + 1)
         hints = _expected_hint(set(err.allowed or ()), "")
         return Diagnostic("E002", f"unexpected character {char!r}", span, hints)
     if isinstance(err, UnexpectedEOF) or (isinstance(err, UnexpectedToken) and err.token.type == "$END"):
         end = len(text.rstrip())
-        span = SourceSpan.at(path, text, end, end)
+        span = lines.span(path, end, end)
         return Diagnostic("E001", "unexpected end of file", span, _expected_hint(set(err.expected), ""))
     assert isinstance(err, UnexpectedToken)
     tok = err.token
@@ -158,31 +162,71 @@ def _token_text(tok: Token) -> str:
 # ---- parse tree -> AST --------------------------------------------------------
 
 
-def _span(path: str, meta: object) -> SourceSpan:
-    m = meta
-    return SourceSpan(path, m.line, m.column, m.end_line, m.end_column, m.start_pos, m.end_pos)  # type: ignore[attr-defined]
+# where a sub-text parsed on its own (a message template's hole) starts in
+# its file: line, column and offset of its first character
+Origin = tuple[int, int, int]
 
 
-def _tspan(path: str, tok: Token) -> SourceSpan:
-    return SourceSpan(path, tok.line, tok.column, tok.end_line, tok.end_column, tok.start_pos, tok.end_pos)
+def _shift(span: SourceSpan, origin: Origin | None) -> SourceSpan:
+    """A span in a sub-text, moved to where the sub-text sits in its file."""
+    if origin is None:
+        return span
+    line, col, pos = origin
+    return SourceSpan(span.path, line + span.line - 1, col + span.col - 1 if span.line == 1 else span.col,
+                      line + span.end_line - 1, col + span.end_col - 1 if span.end_line == 1 else span.end_col,
+                      pos + span.start, pos + span.end)
 
 
-@v_args(meta=True)
-class _AstBuilder(Transformer):
-    """Structural: one AST node per tree node; never raises.  Lexical problems
-    (bad escapes) are collected in ``diagnostics``."""
+class _AstBuilder:
+    """Structural: one AST node per tree node, by the method named after the
+    node's grammar rule (called with the node's position and its children's
+    results); never raises.  Lexical problems (bad escapes) are collected in
+    ``diagnostics``.  ``text`` is the whole file and ``lines`` its index;
+    ``origin`` places a sub-text the parse tree was parsed from (``None``:
+    the tree is of the whole file)."""
 
-    def __init__(self, path: str, text: str) -> None:
-        super().__init__()
+    def __init__(self, path: str, text: str, lines: LineIndex, origin: Origin | None = None) -> None:
         self.path = path
         self.text = text
+        self.lines = lines
+        self.origin = origin
         self.diagnostics: list[Diagnostic] = []
 
+    def _span(self, line: int, col: int, end_line: int, end_col: int, start: int, end: int) -> SourceSpan:
+        return _shift(SourceSpan(self.path, line, col, end_line, end_col, start, end), self.origin)
+
     def _s(self, meta: object) -> SourceSpan:
-        return _span(self.path, meta)
+        m = meta
+        return self._span(m.line, m.column, m.end_line, m.end_column, m.start_pos, m.end_pos)  # type: ignore[attr-defined]
 
     def _t(self, tok: Token) -> SourceSpan:
-        return _tspan(self.path, tok)
+        return self._span(tok.line, tok.column, tok.end_line, tok.end_column, tok.start_pos, tok.end_pos)  # type: ignore[arg-type]
+
+    def _offset(self, pos: int) -> int:
+        """The file offset of position ``pos`` of the parsed text."""
+        return pos + (self.origin[2] if self.origin else 0)
+
+    def build(self, tree: Tree) -> Any:
+        """The AST of ``tree``, children first.  A loop with its own stack,
+        not recursion: however deeply the input nests, this step cannot
+        exhaust Python's stack (the depth limit is checked on its result);
+        and a plain method call per node, which costs a fraction of Lark's
+        ``Transformer`` with ``v_args(meta=True)``."""
+        todo: list[tuple[bool, Any]] = [(False, tree)]
+        values: list[Any] = []
+        while todo:
+            children_done, node = todo.pop()
+            if children_done:
+                k = len(node.children)
+                children = values[len(values) - k:]
+                del values[len(values) - k:]
+                values.append(getattr(self, node.data)(node.meta, children))
+            elif isinstance(node, Tree):
+                todo.append((True, node))
+                todo.extend((False, c) for c in reversed(node.children))
+            else:
+                values.append(node)  # a token, or None for an absent optional part
+        return values[0]
 
     # -- top level
     def start(self, meta, items):
@@ -383,7 +427,7 @@ class _AstBuilder(Transformer):
         return ast.IsSet(children[0], self._s(meta))
 
     def _quant(self, meta, func: str, binding, where, value=None):
-        func_span = SourceSpan(self.path, meta.line, meta.column, meta.line, meta.column + len(func), meta.start_pos, meta.start_pos + len(func))
+        func_span = self._span(meta.line, meta.column, meta.line, meta.column + len(func), meta.start_pos, meta.start_pos + len(func))
         return ast.Quantifier(func, binding, where, value, self._s(meta), func_span)
 
     def exists(self, meta, children):
@@ -426,7 +470,7 @@ class _AstBuilder(Transformer):
 
     # -- strings and templates
     def _string(self, tok: Token) -> str:
-        return self._unescape(str(tok)[1:-1], tok.start_pos + 1)
+        return self._unescape(str(tok)[1:-1], self._offset(tok.start_pos) + 1)
 
     def _unescape(self, raw: str, offset: int) -> str:
         out: list[str] = []
@@ -445,7 +489,7 @@ class _AstBuilder(Transformer):
                 out.append(chr(int(raw[i + 2 : i + 6], 16)))
                 i += 6
             else:
-                span = SourceSpan.at(self.path, self.text, offset + i, offset + i + 2)
+                span = self.lines.span(self.path, offset + i, offset + i + 2)
                 hint = "known escapes: \\n \\t \\r \\0 \\\\ \\\" \\' \\uXXXX"
                 self.diagnostics.append(Diagnostic("E003", f"unknown escape sequence `\\{nxt}`", span, (hint,)))
                 out.append(nxt)
@@ -457,7 +501,7 @@ class _AstBuilder(Transformer):
         are literal braces).  Holes are parsed with the expression grammar at
         their true file position, so their diagnostics point into the string."""
         raw = str(tok)[1:-1]
-        base = tok.start_pos + 1
+        base = self._offset(tok.start_pos) + 1
         parts: list[str | ast.TemplatePart] = []
         text_start = i = 0
         while i < len(raw):
@@ -465,7 +509,7 @@ class _AstBuilder(Transformer):
                 i += 2
                 continue
             if raw[i] == "}":
-                span = SourceSpan.at(self.path, self.text, base + i, base + i + 1)
+                span = self.lines.span(self.path, base + i, base + i + 1)
                 self.diagnostics.append(Diagnostic("E034", "unmatched `}` in message template", span, ("write `}}` for a literal brace",)))
                 i += 1
                 continue
@@ -474,7 +518,7 @@ class _AstBuilder(Transformer):
                 continue
             close = _hole_end(raw, i + 1)
             if close < 0:
-                span = SourceSpan.at(self.path, self.text, base + i, base + len(raw))
+                span = self.lines.span(self.path, base + i, base + len(raw))
                 self.diagnostics.append(Diagnostic("E034", "unclosed `{` in message template", span, ("write `{{` for a literal brace",)))
                 break
             parts.append(self._text_part(raw[text_start:i], base + text_start))
@@ -487,20 +531,18 @@ class _AstBuilder(Transformer):
         return self._unescape(raw, offset).replace("{{", "{").replace("}}", "}")
 
     def _hole(self, raw: str, offset: int) -> ast.TemplatePart:
-        span = SourceSpan.at(self.path, self.text, offset, offset + len(raw))
-        # pad so that Lark reports true file positions
-        prefix = re.sub(r"[^\n]", " ", self.text[:offset])
+        """The hole ``raw`` at file offset ``offset``, parsed on its own and
+        placed at its file position (so its diagnostics point into the string)."""
+        span = self.lines.span(self.path, offset, offset + len(raw))
+        origin = (span.line, span.col, offset)
         try:
-            tree = _lark().parse(prefix + raw, start="expr")
+            tree = _lark().parse(raw, start="expr")
         except UnexpectedInput as err:
-            diag = _syntax_diagnostic(err, prefix + raw, self.path)
-            self.diagnostics.append(Diagnostic("E034", f"in message template: {diag.message}", diag.span, diag.hints))
+            diag = _syntax_diagnostic(err, raw, self.path)
+            self.diagnostics.append(Diagnostic("E034", f"in message template: {diag.message}", _shift(diag.span, origin), diag.hints))
             return ast.TemplatePart(ast.Literal("string", "", span), span)
-        sub = _AstBuilder(self.path, self.text)
-        try:
-            expr = sub.transform(tree)
-        except VisitError as err:  # pragma: no cover - the builder does not raise
-            raise err.orig_exc from None
+        sub = _AstBuilder(self.path, self.text, self.lines, origin)
+        expr = sub.build(tree)
         self.diagnostics += sub.diagnostics
         return ast.TemplatePart(expr, span)
 
