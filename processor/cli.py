@@ -41,9 +41,15 @@ async def _serve(config: Config) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from processor.store import JournalError
+
     config = load_config(args.config)
     _setup_logging(config.service.telemetry.logs.get("level", "info"))
-    asyncio.run(_serve(config))
+    try:
+        asyncio.run(_serve(config))
+    except JournalError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -25,13 +25,43 @@ from processor.receivers.factory import RECEIVERS
 # --- the faulttrace processor ---------------------------------------------
 
 
+JOURNAL_FILE = "journal.duckdb"  # the journal's name in the state directory (the default storage.path)
+IN_MEMORY = ":memory:"  # storage.path that keeps spans in memory only
+
+
+def default_journal_path() -> str:
+    """``$XDG_STATE_HOME/faulttrace/journal.duckdb``, else ``~/.local/state/faulttrace/journal.duckdb``
+    (the XDG base directory spec: state that should survive a restart, per user)."""
+    state = os.environ.get("XDG_STATE_HOME", "")
+    base = Path(state) if os.path.isabs(state) else Path(os.path.expanduser("~")) / ".local" / "state"
+    return str(base / "faulttrace" / JOURNAL_FILE)
+
+
 class StorageConfig(StrictModel):
-    path: str | None = None  # None: in memory
+    # The journal: every span is written to this DuckDB file before it is acknowledged
+    # and leaves it once delivered, so a restart (a deploy, a crash) loses nothing
+    # acknowledged.  Unset or null: default_journal_path() (its directory is made at
+    # start).  ":memory:" opts out: what is buffered or undelivered dies with the process.
+    path: str = Field(default_factory=default_journal_path)
     memory_limit: str | None = None  # DuckDB memory_limit, e.g. "2GB"
     # DuckDB threads for analysis (rules, fault trees, localizer).  One is the
     # cheapest per span (measured: 4.1 vs 6.0 us/span of CPU with two) while
     # receivers keep the other core busy; raise it on machines with cores to spare.
     threads: int = Field(1, gt=0)
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _path(cls, v: Any) -> Any:
+        if v is None:
+            return default_journal_path()
+        if isinstance(v, str) and not v.strip():
+            raise ValueError(f"empty: give a journal file, or {IN_MEMORY!r} to keep spans in memory only")
+        return v
+
+    @property
+    def journal(self) -> str | None:
+        """The journal file, or None to keep spans in memory only."""
+        return None if self.path == IN_MEMORY else self.path
 
 
 class AttributeSpec(StrictModel):
@@ -60,7 +90,7 @@ class FaulttraceProcessorConfig(StrictModel):
     max_spans_per_trace: int = Field(10_000, gt=0)
     max_buffered_spans: int = Field(1_000_000, gt=0)
     late_span_cache: int = Field(100_000, ge=0)  # released trace ids remembered for late spans
-    storage: StorageConfig = StorageConfig()
+    storage: StorageConfig = Field(default_factory=StorageConfig)  # its default path reads the environment
     attributes: list[AttributeSpec] = []
     rules: list[str] = []          # rule files, directories or globs, besides the built-in library
     builtin_rules: bool = True     # load the library shipped in rules/

@@ -1,8 +1,8 @@
 """Pipeline: builds receivers -> store -> assembler -> release (analysis, annotation) -> exporters
 from a Config, and starts and stops them in order.
 
-One coroutine owns start and graceful stop.  Start: store (recovering spans a
-file database kept), exporters, the release loop, receivers, the admin server.
+One coroutine owns start and graceful stop.  Start: store (recovering spans its
+journal kept), exporters, the release loop, receivers, the admin server.
 Stop: receivers first (no new data), then every buffered trace is released
 and exported, then exporters drain their queues within the shutdown timeout,
 then the store closes.
@@ -27,7 +27,7 @@ from processor.receivers.ingest import Ingest
 from processor.release import Releaser
 from processor.service.admin import AdminServer
 from processor.service.telemetry import Telemetry
-from processor.store import SpanStore
+from processor.store import JournalError, SpanStore
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class Pipeline:
         proc = config.processor
         # ``analyzer``: run this one (in this process) instead of the configured analysis
         self._analysis = pipeline_analysis(proc, analyzer)
-        self.store = SpanStore(proc.storage.path, proc.storage.memory_limit, threads=proc.storage.threads)
+        self.store = SpanStore(proc.storage.journal, proc.storage.memory_limit, threads=proc.storage.threads)
         self.assembler: Assembler[TraceVerdict] = Assembler(proc.decision_wait, proc.max_traces,
                                                             proc.max_spans_per_trace, proc.late_span_cache)
         self.exporters: list[Exporter] = [build_exporter(cid, cfg, self.telemetry)
@@ -60,7 +60,13 @@ class Pipeline:
         self._running = False
 
     async def start(self) -> None:
-        recovered = await self.store.open()
+        """Start every component; ``store.JournalError`` if the journal cannot be opened."""
+        try:
+            recovered = await self.store.open()
+        except JournalError:
+            if self._analysis is not None:
+                self._analysis.close()
+            raise
         if recovered:
             self._releaser.observe(recovered)
         for exporter in self.exporters:

@@ -19,11 +19,13 @@ Batches are grouped into *generations*: appends go to the newest; a
 generation whose spans are all released is dropped whole; an old one holding
 only a few stragglers (long traces) is compacted to them.
 
-With ``storage.path`` the store is also durable: every batch is journaled into
-a DuckDB file (table ``spans`` plus the group heads) before it is
-acknowledged, a span leaves it once it is delivered (``forget``, called by
-the release when every exporter is done with it), and a restart recovers
-what was still buffered or undelivered: delivery is at least once.
+With a journal file (``storage.path``, by default in the user's state
+directory) the store is also durable: every batch is journaled into a DuckDB
+file (table ``spans`` plus the group heads) before it is acknowledged, a span
+leaves it once it is delivered (``forget``, called by the release when every
+exporter is done with it), and a restart recovers what was still buffered or
+undelivered: delivery is at least once.  DuckDB locks the file: a second
+process opening it gets ``JournalError``.
 
 All work on buffered spans and every DuckDB call runs on the store's own
 worker thread (off the event loop, and one thread needs no locking; Arrow and
@@ -35,10 +37,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypeVar
 
 import duckdb
@@ -71,6 +75,11 @@ STORAGE_COLUMNS: tuple[tuple[str, str], ...] = (
 # What the store keeps of a span: its intrinsics, where it came from and its bytes.
 STORE_SCHEMA = pa.schema([pa.field(name, ARROW_TYPES[sql]) for name, sql in (*SPAN_COLUMNS, *STORAGE_COLUMNS)])
 _COLUMNS_SQL = ", ".join(f"{c} {t}" for c, t in (*SPAN_COLUMNS, *STORAGE_COLUMNS))  # the journal's spans table
+_PATH_KEY = "processors.faulttrace.storage.path"  # named in errors about the journal file
+
+
+class JournalError(RuntimeError):
+    """The journal file cannot be opened (another process holds it, no permission, not a database)."""
 
 
 @dataclass(slots=True)
@@ -113,9 +122,15 @@ class SpanStore:
     # --- lifecycle -----------------------------------------------------------
 
     async def open(self) -> dict[bytes, int]:
-        """Open the database; returns the span count per trace recovered from the journal."""
+        """Open the journal; returns the span count per trace recovered from it.
+        ``JournalError`` if it cannot be opened (another process holds it)."""
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="faulttrace-store")
-        return await self._run(self._open)
+        try:
+            return await self._run(self._open)
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise
 
     async def close(self) -> None:
         if self._executor is None:
@@ -132,7 +147,7 @@ class SpanStore:
     def _open(self) -> dict[bytes, int]:
         if not self.durable:
             return {}  # spans live in Arrow batches; DuckDB is only the journal (analysis has its own)
-        conn = duckdb.connect(self._path)
+        conn = self._connect()
         self._conn = conn
         conn.execute(f"SET threads TO {int(self._threads)}")
         if self._memory_limit:
@@ -141,6 +156,22 @@ class SpanStore:
         conn.execute("CREATE TABLE IF NOT EXISTS scopes (id BIGINT PRIMARY KEY, head BLOB NOT NULL)")
         conn.execute(f"CREATE TABLE IF NOT EXISTS spans ({_COLUMNS_SQL})")
         return self._recover()
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        assert self._path is not None
+        path = Path(self._path)
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            return duckdb.connect(str(path))
+        except (OSError, duckdb.Error) as err:
+            # DuckDB: 'Could not set lock on file "…": Conflicting lock is held in <program> (PID n).'
+            if isinstance(err, duckdb.IOException) and "Could not set lock" in str(err):
+                holder = re.search(r"PID \d+", str(err))
+                raise JournalError(
+                    f"the journal {path} is in use by another process{f' ({holder[0]})' if holder else ''}: "
+                    "two faulttrace processes cannot share one journal; give each its own "
+                    f"{_PATH_KEY} (or ':memory:' to keep spans in memory only)") from None
+            raise JournalError(f"cannot open the journal {path} ({_PATH_KEY}): {err}") from None
 
     def _recover(self) -> dict[bytes, int]:
         """Load what a previous process left buffered in the journal."""

@@ -1,4 +1,5 @@
-"""Shared fixtures: real OTLP sinks and pipelines started on ports chosen at run time."""
+"""Shared fixtures: real OTLP sinks and pipelines started on ports chosen at run time, and a
+state directory (the default journal's) per test."""
 
 from __future__ import annotations
 
@@ -9,6 +10,15 @@ import pytest
 
 from tests.support.harness import RunningPipeline, start_pipeline
 from tests.support.otlp_sink import OtlpGrpcSink, OtlpHttpSink
+
+
+@pytest.fixture(autouse=True)
+def state_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test's own XDG state directory, where the default journal lives (for
+    `faulttrace serve` subprocesses too): no test writes to the user's, or shares one."""
+    path = str(tmp_path_factory.mktemp("state"))
+    monkeypatch.setenv("XDG_STATE_HOME", path)
+    return path
 
 
 @pytest.fixture

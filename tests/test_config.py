@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from processor.config import load_config, parse_config
+from processor.config import DEFAULT_CONFIG, load_config, parse_config
 from processor.confmap import ConfigError, expand_env, parse_duration
 from processor.exporters.config import DebugExporterConfig, FileExporterConfig, OtlpExporterConfig
 
@@ -54,16 +54,42 @@ def test_the_issues_yaml_works(tmp_path, exporter):
     assert isinstance(exp, OtlpExporterConfig)
     assert exp.endpoint == "127.0.0.1:14317" and exp.tls.insecure is True
     assert exp.compression == "gzip"
-    assert config.processor.storage.path is None  # in memory
+    assert config.processor.storage.path.endswith("/faulttrace/journal.duckdb")  # journaled by default
 
 
 def test_no_file_means_defaults():
     config = load_config(None)
     protocols = config.pipeline_receivers()["otlp"].protocols
     assert protocols.grpc.endpoint == "127.0.0.1:4317" and protocols.http.endpoint == "127.0.0.1:4318"
-    assert config.processor.storage.path is None and config.processor.decision_wait == 5.0
+    assert config.processor.decision_wait == 5.0
     assert [type(e) for e in config.pipeline_exporters().values()] == [DebugExporterConfig]
     assert config.service.telemetry.metrics.address == "127.0.0.1:8888"
+
+
+def test_the_journal_defaults_to_the_users_state_directory(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    storage = load_config(None).processor.storage
+    assert storage.path == str(tmp_path / "state" / "faulttrace" / "journal.duckdb") == storage.journal
+    monkeypatch.delenv("XDG_STATE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    expected = str(tmp_path / "home" / ".local" / "state" / "faulttrace" / "journal.duckdb")
+    assert load_config(None).processor.storage.path == expected
+    monkeypatch.setenv("XDG_STATE_HOME", "relative/state")  # not absolute: ignored, as the XDG spec says
+    assert load_config(None).processor.storage.path == expected
+
+
+@pytest.mark.parametrize(("path", "journal"), [(":memory:", None), ("/var/lib/ft/j.duckdb", "/var/lib/ft/j.duckdb"),
+                                               (None, "default")])
+def test_storage_path_memory_a_file_or_null_for_the_default(monkeypatch, tmp_path, path, journal):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    storage = parse_config({**DEFAULT_CONFIG, "processors": {"faulttrace": {"storage": {"path": path}}}}).processor.storage
+    default = str(tmp_path / "faulttrace" / "journal.duckdb")
+    assert storage.journal == (default if journal == "default" else journal)
+
+
+def test_an_empty_storage_path_is_an_error():
+    with pytest.raises(ConfigError, match=r"processors\.faulttrace\.storage\.path: empty: .*':memory:'"):
+        parse_config({**DEFAULT_CONFIG, "processors": {"faulttrace": {"storage": {"path": " "}}}})
 
 
 def test_empty_protocol_means_its_defaults(tmp_path):

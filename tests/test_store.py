@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -13,7 +15,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 
 from processor.model import SpanBatch
 from processor.receivers.decode import decode
-from processor.store import STORE_SCHEMA, SpanStore
+from processor.store import STORE_SCHEMA, JournalError, SpanStore
 from tests.support.harness import kv, sid, tid
 
 
@@ -237,6 +239,28 @@ def test_file_storage_survives_close_and_reopen(tmp_path):
     asyncio.run(second())
     asyncio.run(third())
     asyncio.run(fourth())
+
+
+def test_the_journals_directory_is_made(tmp_path):
+    path = tmp_path / "state" / "faulttrace" / "journal.duckdb"
+    run(lambda store: store.append(batch(range(1, 2))), path=str(path))
+    assert path.is_file()
+
+
+def test_a_journal_another_process_holds_is_one_clear_error(tmp_path):
+    path = tmp_path / "journal.duckdb"
+    holder = subprocess.Popen([sys.executable, "-c", f"import duckdb, sys; c = duckdb.connect({str(path)!r}); "
+                               "print('open', flush=True); sys.stdin.read()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "open\n"
+        with pytest.raises(JournalError) as err:
+            run(lambda store: asyncio.sleep(0), path=str(path))
+    finally:
+        holder.communicate("", timeout=30)
+    message = str(err.value)
+    assert f"the journal {path} is in use by another process (PID {holder.pid})" in message
+    assert "processors.faulttrace.storage.path" in message
 
 
 def test_a_journal_with_the_attribute_columns_of_an_older_version_is_recovered(tmp_path):

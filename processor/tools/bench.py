@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from processor.config import parse_config
+from processor.config import IN_MEMORY, JOURNAL_FILE, parse_config
 from processor.confmap import parse_duration
 
 SERVICE_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
@@ -232,7 +232,7 @@ def sink_main(ready: Connection, count: Any, stop: Any) -> None:
 
 
 def _config(sink_port: int, decision_wait: float, compression: str, rules: list[str] | None,
-            localizer: bool = False, journal: str | None = None) -> Any:
+            localizer: bool = False, journal: str = IN_MEMORY) -> Any:
     # rules None: no rules at all; otherwise the built-in library plus these files
     # (by default a file of the 50 generated bench rules).
     return parse_config({
@@ -301,7 +301,7 @@ async def _serve(mode: str, sink_port: int, decision_wait: float, compression: s
         rules = [path]
     # A fresh journal per run: nothing recovered from an earlier one.
     state = tempfile.mkdtemp(prefix="faulttrace-bench-") if storage == "journal" else None
-    journal = os.path.join(state, "journal.duckdb") if state else None
+    journal = os.path.join(state, JOURNAL_FILE) if state else IN_MEMORY
     if mode == "full":  # what `faulttrace serve` runs by default: the rule library and the localizer
         config = _config(sink_port, decision_wait, compression, [], localizer=True, journal=journal)
     else:

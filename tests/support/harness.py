@@ -47,14 +47,16 @@ def free_port() -> int:
 def config_dict(exporters: dict[str, Any], *, decision_wait: float = 0.2, processor: dict[str, Any] | None = None,
                 grpc: dict[str, Any] | None = None, http: dict[str, Any] | None = None,
                 shutdown_timeout: float = 10.0, metrics: str = "127.0.0.1:0") -> dict[str, Any]:
-    """A collector-shaped config: both receivers on port 0, the given exporters."""
+    """A collector-shaped config: both receivers on port 0, the given exporters, spans in
+    memory (a test about the journal gives ``processor={"storage": {"path": …}}``)."""
     return {
         "receivers": {"otlp": {"protocols": {"grpc": {"endpoint": "127.0.0.1:0", **(grpc or {})},
                                              "http": {"endpoint": "127.0.0.1:0", **(http or {})}}}},
         # No rule library, no localizer: these tests are about the lossless data path, so
-        # nothing may annotate.  Releases every 50 ms keep the tests fast.
+        # nothing may annotate.  Releases every 50 ms keep the tests fast.  In memory: two
+        # pipelines of one process must not share the default journal (DuckDB lets them).
         "processors": {"faulttrace": {"decision_wait": decision_wait, "builtin_rules": False,
-                                      "localizer": {"enabled": False},
+                                      "localizer": {"enabled": False}, "storage": {"path": ":memory:"},
                                       "release_interval": 0.05, **(processor or {})}},
         "exporters": exporters,
         "service": {"pipelines": {"traces": {"receivers": ["otlp"], "processors": ["faulttrace"],
