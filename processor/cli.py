@@ -22,6 +22,7 @@ def _setup_logging(level: str = "info") -> None:
 
 
 async def _serve(config: Config) -> None:
+    """Run until SIGINT/SIGTERM; a failed start raises StartError once what had started is stopped."""
     from processor.pipeline import Pipeline
     from processor.service.process import tune_process
 
@@ -41,6 +42,7 @@ async def _serve(config: Config) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from processor.pipeline import StartError
     from processor.store import JournalError
 
     config = load_config(args.config)
@@ -50,6 +52,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except JournalError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except StartError as err:  # one line, e.g. "receivers.otlp.protocols.http: cannot listen on …"
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -5,7 +5,9 @@ One coroutine owns start and graceful stop.  Start: store (recovering spans its
 journal kept), exporters, the release loop, receivers, the admin server.
 Stop: receivers first (no new data), then every buffered trace is released
 and exported, then exporters drain their queues within the shutdown timeout,
-then the store closes.
+then the store closes.  A start that fails stops what had started; a port or
+file that cannot be used is a ``StartError`` whose one-line message names the
+key path.
 """
 
 from __future__ import annotations
@@ -27,9 +29,17 @@ from processor.receivers.ingest import Ingest
 from processor.release import Releaser
 from processor.service.admin import AdminServer
 from processor.service.telemetry import Telemetry
-from processor.store import JournalError, SpanStore
+from processor.store import SpanStore
 
 log = logging.getLogger(__name__)
+
+
+class StartError(Exception):
+    """The pipeline could not start (a port in use, an unreadable certificate or token file).
+
+    The message is one line naming the key path, e.g. ``receivers.otlp.protocols.http:
+    cannot listen on 127.0.0.1:4318: Address already in use``; what had started is stopped.
+    """
 
 
 class Pipeline:
@@ -58,19 +68,32 @@ class Pipeline:
         self.admin = AdminServer(address, self.telemetry, self._health) if address else None
         self._loop_task: asyncio.Task[None] | None = None
         self._running = False
+        # What has started, so that stop() after a failed start stops exactly that.
+        self._store_open = False
+        self._started_exporters: list[Exporter] = []
 
     async def start(self) -> None:
-        """Start every component; ``store.JournalError`` if the journal cannot be opened."""
+        """Start every component.  On failure what had started is stopped, then the error is raised:
+        ``store.JournalError`` if the journal cannot be opened, ``StartError`` for a port or file
+        that cannot be used."""
         try:
-            recovered = await self.store.open()
-        except JournalError:
-            if self._analysis is not None:
-                self._analysis.close()
+            await self._start()
+        except BaseException as err:
+            await self.stop()
+            if isinstance(err, OSError):
+                raise StartError(str(err)) from err
             raise
+        for receiver in self.receivers:
+            log.info("%s", receiver.describe())
+
+    async def _start(self) -> None:
+        recovered = await self.store.open()
+        self._store_open = True
         if recovered:
             self._releaser.observe(recovered)
         for exporter in self.exporters:
             await exporter.start()
+            self._started_exporters.append(exporter)
         self._running = True
         self._loop_task = asyncio.create_task(self._releaser.run(), name="faulttrace-release")
         for receiver in self.receivers:
@@ -88,18 +111,24 @@ class Pipeline:
         if self._loop_task is not None:
             self._releaser.stop()
             await self._loop_task
-        try:
-            await asyncio.wait_for(self._releaser.release(self.assembler.drain()),
-                                   max(0.0, deadline - self._clock()))
-        except TimeoutError:
-            log.error("shutdown timeout (%.0fs) reached with %d spans still buffered; %s", timeout,
-                      self.store.buffered_spans,
-                      "the journal keeps them for the next start" if self.store.durable else "they are lost")
-        for exporter in self.exporters:
+            self._loop_task = None
+        if self._store_open:
+            try:
+                await asyncio.wait_for(self._releaser.release(self.assembler.drain()),
+                                       max(0.0, deadline - self._clock()))
+            except TimeoutError:
+                log.error("shutdown timeout (%.0fs) reached with %d spans still buffered; %s", timeout,
+                          self.store.buffered_spans,
+                          "the journal keeps them for the next start" if self.store.durable else "they are lost")
+        for exporter in self._started_exporters:
             await exporter.shutdown(max(0.0, deadline - self._clock()))
-        await self._releaser.forget_delivered()  # what is still undelivered stays in the journal
+        self._started_exporters = []
+        if self._store_open:
+            await self._releaser.forget_delivered()  # what is still undelivered stays in the journal
         self.ingest.close()
-        await self.store.close()
+        if self._store_open:
+            await self.store.close()
+            self._store_open = False
         if self._analysis is not None:
             self._analysis.close()
         if self.admin is not None:

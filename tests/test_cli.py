@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -108,3 +109,31 @@ def test_serve_exports_buffered_traces_on_signal(tmp_path, sig):
     assert "shutting down" in stderr
     received = [from_otlp_json(json.loads(line)) for line in out.read_text(encoding="utf-8").splitlines()]
     assert_same_spans(sent, received)
+
+
+def serve_config(grpc: dict, http: dict) -> dict:
+    return {
+        "receivers": {"otlp": {"protocols": {"grpc": {"endpoint": "127.0.0.1:0", **grpc},
+                                             "http": {"endpoint": "127.0.0.1:0", **http}}}},
+        "processors": {"faulttrace": {"builtin_rules": False, "localizer": {"enabled": False}}},
+        "exporters": {"debug": {}},
+        "service": {"pipelines": {"traces": {"receivers": ["otlp"], "processors": ["faulttrace"],
+                                             "exporters": ["debug"]}},
+                    "telemetry": {"metrics": {"address": "127.0.0.1:0"}}},
+    }
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_serve_on_a_port_in_use_fails_with_one_line(tmp_path, protocol):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        endpoint = {"endpoint": f"127.0.0.1:{port}"}
+        path = write_yaml(tmp_path, serve_config(endpoint if protocol == "grpc" else {},
+                                                 endpoint if protocol == "http" else {}))
+        done = subprocess.run(faulttrace("serve", "--config", str(path)), capture_output=True, text=True,
+                              timeout=60)
+    assert done.returncode == 1
+    assert done.stderr == (f"error: receivers.otlp.protocols.{protocol}: cannot listen on 127.0.0.1:{port}: "
+                           "Address already in use\n")

@@ -30,6 +30,8 @@ class Receiver(Protocol):
 
     async def start(self) -> int: ...
 
+    def describe(self) -> str: ...  # what listens where, once started
+
     async def stop(self, grace: float) -> None: ...
 
 

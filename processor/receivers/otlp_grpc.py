@@ -3,12 +3,16 @@
 The request arrives as raw bytes (no generated stub deserializes it), so a
 malformed message becomes INVALID_ARGUMENT with our own message and decoding
 happens off the event loop.  gRPC itself enforces ``max_recv_msg_size_mib``
-(RESOURCE_EXHAUSTED) and decompresses gzip.
+(RESOURCE_EXHAUSTED) and decompresses gzip.  A port that cannot be bound is an
+OSError naming the key path and the endpoint (grpcio's own error says little).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import socket
 
 import grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
@@ -23,6 +27,26 @@ log = logging.getLogger(__name__)
 SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 
 
+def _check_free(endpoint: str) -> None:
+    """OSError if ``endpoint``'s port is taken: grpcio would only raise RuntimeError and print to stderr."""
+    host, _, port = endpoint.rpartition(":")
+    if int(port) == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host.strip("[]") or None, int(port), type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except OSError:
+        return  # leave the verdict to grpcio
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpcio binds
+            try:
+                probe.bind(address)
+            except OSError as err:
+                if err.errno in (errno.EADDRINUSE, errno.EACCES):
+                    raise OSError(os.strerror(err.errno)) from None
+
+
 class GrpcReceiver:
     transport = "grpc"
 
@@ -34,22 +58,38 @@ class GrpcReceiver:
         self._server: grpc.aio.Server | None = None
         self.port = 0
 
+    @property
+    def _where(self) -> str:
+        return f"receivers.{self.component_id}.protocols.grpc"
+
     async def start(self) -> int:
+        """Listen; OSError naming the key path and endpoint when the port cannot be bound."""
         options = [("grpc.max_receive_message_length", self._config.max_recv_msg_size_mib * 1024 * 1024),
                    ("grpc.so_reuseport", 0)]
         if self._config.max_concurrent_streams:
             options.append(("grpc.max_concurrent_streams", self._config.max_concurrent_streams))
+        endpoint = self._config.endpoint
+        try:
+            _check_free(endpoint)
+        except OSError as err:
+            raise OSError(f"{self._where}: cannot listen on {endpoint}: {err}") from None
         server = grpc.aio.server(options=options)
         handler = grpc.unary_unary_rpc_method_handler(self._export)  # raw bytes in and out
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Export": handler}),))
-        self.port = server.add_insecure_port(self._config.endpoint)
+        try:
+            self.port = server.add_insecure_port(endpoint)
+        except RuntimeError:  # grpcio: "Failed to bind to address …"
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"receivers.{self.component_id}.protocols.grpc: cannot listen on {self._config.endpoint}")
+            await server.stop(None)
+            raise OSError(f"{self._where}: cannot listen on {endpoint}")
         await server.start()
         self._server = server
-        log.info("OTLP/gRPC receiver %s listening on %s", self.component_id,
-                 self._config.endpoint.rsplit(":", 1)[0] + f":{self.port}")
         return self.port
+
+    def describe(self) -> str:
+        host = self._config.endpoint.rsplit(":", 1)[0]
+        return f"OTLP/gRPC receiver {self.component_id} on {host}:{self.port}"
 
     async def stop(self, grace: float) -> None:
         if self._server is not None:
@@ -80,3 +120,4 @@ class GrpcReceiver:
             response.partial_success.rejected_spans = result.rejected_spans
             response.partial_success.error_message = result.error_message
         return response.SerializeToString()
+

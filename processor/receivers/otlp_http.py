@@ -4,12 +4,15 @@ Status codes follow the OTLP/HTTP specification: 200 with an
 ``ExportTraceServiceResponse`` (partial success when spans were rejected),
 400 malformed, 413 over the body limit (checked after decompression, so a
 small gzip bomb cannot exhaust memory), 415 unsupported media type or
-encoding, 503 with ``Retry-After`` when the store is full.  Error bodies are
-``google.rpc.Status`` in the request's content type.
+encoding, 503 with ``Retry-After`` when the store is full.  A body that does
+not arrive within ``read_timeout`` gets 408 and the connection is closed; a client that disconnects mid-body is counted as 499 and logged at
+debug level.  Error bodies are ``google.rpc.Status`` in the request's
+content type.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import zlib
@@ -30,12 +33,21 @@ log = logging.getLogger(__name__)
 _MEDIA = {"application/x-protobuf": Encoding.PROTOBUF, "application/json": Encoding.JSON}
 
 
+CLIENT_CLOSED = "499"  # nginx's code for a client that went away before the response: counted, never sent
+
+
 class _Refusal(Exception):
-    def __init__(self, http_status: int, code: int, message: str, retry_after: float | None = None) -> None:
+    def __init__(self, http_status: int, code: int, message: str, retry_after: float | None = None,
+                 close: bool = False) -> None:
         super().__init__(message)
         self.http_status = http_status
         self.code = code
         self.retry_after = retry_after
+        self.close = close  # drop the connection after replying (the rest of the body may still trickle in)
+
+
+class _Disconnected(Exception):
+    """The client closed the connection before its body arrived."""
 
 
 def _inflate(body: bytes, limit: int) -> bytes:
@@ -80,15 +92,29 @@ class HttpReceiver:
         self._runner: web.AppRunner | None = None
         self.port = 0
 
+    @property
+    def _where(self) -> str:
+        return f"receivers.{self.component_id}.protocols.http"
+
     async def start(self) -> int:
+        """Listen; OSError naming the key path and endpoint when the port cannot be bound."""
+        config = self._config
         # Compressed bodies may not exceed the limit either; aiohttp refuses those with 413.
-        app = web.Application(client_max_size=self._config.max_request_body_size)
-        app.router.add_route("*", self._config.traces_url_path, self._handle)
-        # We decompress ourselves, to enforce the limit on the decompressed size.
-        self._runner, self.port = await serve(app, self._config.endpoint, auto_decompress=False)
-        log.info("OTLP/HTTP receiver %s listening on %s:%d", self.component_id,
-                 self._config.endpoint.rsplit(":", 1)[0], self.port)
+        app = web.Application(client_max_size=config.max_request_body_size)
+        app.router.add_route("*", config.traces_url_path, self._handle)
+        try:
+            # We decompress ourselves, to enforce the limit on the decompressed size.  aiohttp's
+            # keep-alive timer also bounds the wait for a request's headers (see HttpServerConfig).
+            self._runner, self.port = await serve(
+                app, config.endpoint, auto_decompress=False,
+                keepalive_timeout=min(config.read_header_timeout, config.idle_timeout))
+        except OSError as err:
+            raise OSError(f"{self._where}: {err}") from None
         return self.port
+
+    def describe(self) -> str:
+        host = self._config.endpoint.rsplit(":", 1)[0]
+        return f"OTLP/HTTP receiver {self.component_id} on {host}:{self.port}"
 
     async def stop(self, grace: float) -> None:
         if self._runner is not None:
@@ -108,7 +134,14 @@ class HttpReceiver:
             body = await self._read_body(request)
             result = await self._ingest.submit(body, encoding, self.component_id, "http")
         except _Refusal as err:
-            return self._refuse(err, encoding)
+            response = self._refuse(err, encoding)
+            if err.close:
+                await _send_and_close(request, response)
+            return response
+        except _Disconnected:
+            log.debug("%s: client %s disconnected before its body arrived", self._where, request.remote)
+            self._telemetry.receiver_requests.labels(self.component_id, "http", CLIENT_CLOSED).inc()
+            return web.Response(status=400)  # nobody reads it; aiohttp discards it
         except MalformedRequest as err:
             return self._refuse(_Refusal(400, st.INVALID_ARGUMENT, str(err)), encoding)
         except Overloaded as err:
@@ -128,10 +161,17 @@ class HttpReceiver:
         if coding not in ("gzip", "identity", ""):
             raise _Refusal(415, st.INVALID_ARGUMENT, f"unsupported Content-Encoding {coding!r}; use gzip")
         try:
-            body = await request.read()
+            async with asyncio.timeout(self._config.read_timeout or None):
+                body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise _Refusal(413, st.RESOURCE_EXHAUSTED,
                            f"body exceeds {self._config.max_request_body_size} bytes") from None
+        except TimeoutError:
+            raise _Refusal(408, st.DEADLINE_EXCEEDED,
+                           f"the body did not arrive within read_timeout ({self._config.read_timeout:g}s)",
+                           close=True) from None
+        except ConnectionError:  # aiohttp: ConnectionResetError("Connection lost")
+            raise _Disconnected from None
         if coding == "gzip":
             body = _inflate(body, self._config.max_request_body_size)
         return body
@@ -144,6 +184,14 @@ class HttpReceiver:
         if err.http_status == 405:
             response.headers["Allow"] = "POST"
         return response
+
+
+async def _send_and_close(request: web.Request, response: web.Response) -> None:
+    """Send ``response`` now, then close the connection: after the handler, aiohttp would keep
+    it open up to 10 s more, reading the rest of a body that is being trickled in."""
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()
 
 
 def _reply(http_status: int, message: object, encoding: Encoding) -> web.Response:

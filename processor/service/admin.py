@@ -26,7 +26,10 @@ class AdminServer:
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
-        self._runner, self.port = await serve(app, self._endpoint)
+        try:
+            self._runner, self.port = await serve(app, self._endpoint)
+        except OSError as err:
+            raise OSError(f"service.telemetry.metrics.address: {err}") from None
         log.info("metrics on http://%s:%d/metrics", self._endpoint.rsplit(":", 1)[0], self.port)
         return self.port
 
