@@ -10,6 +10,8 @@ from __future__ import annotations
 
 # Field numbers, from opentelemetry/proto/trace/v1/trace.proto.
 REQUEST_RESOURCE_SPANS = 1   # ExportTraceServiceRequest.resource_spans
+GROUP_HEAD = 1               # ResourceSpans.resource, ScopeSpans.scope
+GROUP_SCHEMA_URL = 3         # ResourceSpans.schema_url, ScopeSpans.schema_url
 RESOURCE_SPANS_SCOPE_SPANS = 2  # ResourceSpans.scope_spans
 SCOPE_SPANS_SPANS = 2        # ScopeSpans.spans
 SPAN_ATTRIBUTES = 9          # Span.attributes (repeated KeyValue)
@@ -38,3 +40,10 @@ def tag(field: int) -> bytes:
 def length_delimited(field: int, payload: bytes) -> bytes:
     """One encoded length-delimited field: key, length, payload."""
     return tag(field) + varint(len(payload)) + payload
+
+
+def group_head(message: bytes | None, schema_url: str) -> bytes:
+    """The "head" of a ResourceSpans or ScopeSpans: its encoded resource or scope (None: absent)
+    and schema_url, fields 1 and 3; the group's spans follow it as fields 2."""
+    head = b"" if message is None else length_delimited(GROUP_HEAD, message)
+    return head + (length_delimited(GROUP_SCHEMA_URL, schema_url.encode()) if schema_url else b"")

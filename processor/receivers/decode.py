@@ -1,13 +1,20 @@
 """Turn an OTLP export request into a columnar SpanBatch for the store.
 
-This is the receivers' hot path, shared by gRPC and HTTP.  It touches only
-what the store keeps: ids, parent, name, kind, times, status, the service
-name, and each span's bytes exactly as received (``processor.otlp.views``).  No
-attribute becomes a Python object here: the attributes analysis reads are
-decoded from the bytes when the trace is released (``processor.analysis.attributes``),
-in the analysis process.  Every span is still parsed whole, so a malformed
-one is refused now, not found later.  Spans with invalid ids are rejected one
-by one; the rest go on.
+This is the receivers' hot path, shared by gRPC and HTTP.  It keeps what the
+store keeps: ids, parent, name, kind, times, status, the service name, each
+span's bytes exactly as received and its resource and scope "heads"
+(``processor.otlp.wire.group_head``) exactly as received.  No attribute
+becomes a Python object here: the attributes analysis reads are decoded from
+the bytes when the trace is released (``processor.analysis.attributes``), in
+the analysis process.
+
+Everything the exporters will send again is checked first: the request is
+parsed whole with the OTLP classes, every resource, scope and span as what
+it claims to be (nested attribute values too), at the depth a downstream
+parses the payloads framed from it.  A request that does not parse is
+refused whole, naming the first part that does not (``MalformedRequest``);
+nothing of it is stored.  Spans with invalid ids (their own or their links')
+are rejected one by one; the rest go on.
 """
 
 from __future__ import annotations
@@ -20,10 +27,19 @@ from typing import Any
 import pyarrow as pa
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from processor.model import DecodedRequest, SpanBatch
-from processor.otlp.views import request_view, resource_view, span_view
-from processor.otlp.wire import length_delimited
+from processor.otlp.views import request_view
+from processor.otlp.wire import (
+    REQUEST_RESOURCE_SPANS,
+    RESOURCE_SPANS_SCOPE_SPANS,
+    SCOPE_SPANS_SPANS,
+    group_head,
+    length_delimited,
+)
 from processor.store import STORE_SCHEMA
 
 _ZERO_TRACE = bytes(16)
@@ -36,7 +52,8 @@ class MalformedRequest(ValueError):
 
 
 def parse_protobuf(data: bytes) -> Any:
-    """A request body as a ``RequestView`` (spans still bytes); MalformedRequest if it is not one."""
+    """A request body as a ``RequestView`` (resources, scopes and spans as their bytes);
+    MalformedRequest if its framing is not a request's."""
     try:
         return request_view().FromString(data)
     except DecodeError as err:
@@ -48,31 +65,25 @@ def group_id(head: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(head, digest_size=8).digest(), "little") >> 1
 
 
-def _head(field_bytes: bytes | None, schema_url: str) -> bytes:
-    """Encoded fields 1 and 3 of a ResourceSpans/ScopeSpans: its resource/scope bytes, schema_url."""
-    head = b"" if field_bytes is None else length_delimited(1, field_bytes)
-    return head + (length_delimited(3, schema_url.encode()) if schema_url else b"")
+def decode(request: bytes | ExportTraceServiceRequest) -> DecodedRequest:
+    """Check and flatten a request into a SpanBatch; spans with invalid ids are rejected individually.
 
-
-def decode(request: bytes | ExportTraceServiceRequest | Any) -> DecodedRequest:
-    """Flatten a request into a SpanBatch; spans with invalid ids are rejected individually.
-
-    ``request`` is an encoded ExportTraceServiceRequest, such a message, or
-    the ``RequestView`` that ``parse_protobuf`` returned.  The batch has the
-    store's columns (``store.STORE_SCHEMA``); the attributes analysis reads
-    are decoded when traces are released (``processor.analysis.attributes``).
+    ``request`` is an encoded ExportTraceServiceRequest or such a message.
+    The batch has the store's columns (``store.STORE_SCHEMA``); the
+    attributes analysis reads are decoded when traces are released
+    (``processor.analysis.attributes``).  MalformedRequest if any of it does
+    not parse as what it claims to be.
     """
-    if isinstance(request, ExportTraceServiceRequest):
-        request = request.SerializeToString()
-    req = parse_protobuf(request) if isinstance(request, bytes) else request
+    data = request.SerializeToString() if isinstance(request, ExportTraceServiceRequest) else request
     try:
-        decoded = _decode(req)
+        # The OTLP classes check all of it; the view hands over the same parts as their bytes.
+        whole = ExportTraceServiceRequest.FromString(data)
     except DecodeError as err:
-        raise MalformedRequest(f"cannot decode a span of the request: {err}") from None
-    return decoded
+        raise MalformedRequest(_problem(data, err)) from None
+    return _decode(whole, parse_protobuf(data))
 
 
-def _decode(req: Any) -> DecodedRequest:
+def _decode(whole: ExportTraceServiceRequest, frames: Any) -> DecodedRequest:
     trace_ids: list[bytes] = []
     span_ids: list[bytes] = []
     parents: list[bytes | None] = []
@@ -95,29 +106,23 @@ def _decode(req: Any) -> DecodedRequest:
     add_kind, add_start, add_end, add_code = kinds.append, starts.append, ends.append, codes.append
     add_message, add_raw = messages.append, raws.append
 
-    parse_span = span_view().FromString
-    parse_resource = resource_view().FromString
-    for rs in req.resource_spans:
-        resource = rs.resource if rs.HasField("resource") else None
-        rhead = _head(resource, rs.schema_url)
+    for rs, rs_frame in zip(whole.resource_spans, frames.resource_spans):
+        rhead = group_head(rs_frame.resource if rs_frame.HasField("resource") else None, rs_frame.schema_url)
         rid = group_id(rhead)
         resources[rid] = rhead
-        attrs = parse_resource(resource or b"").attributes
-        name_value = attrs.get("service.name")
-        service = name_value.string_value if name_value is not None else ""
-        for ss in rs.scope_spans:
-            shead = _head(ss.scope if ss.HasField("scope") else None, ss.schema_url)
+        service = _service_name(rs.resource)
+        for ss, ss_frame in zip(rs.scope_spans, rs_frame.scope_spans):
+            shead = group_head(ss_frame.scope if ss_frame.HasField("scope") else None, ss_frame.schema_url)
             sid_group = group_id(shead)
             scopes[sid_group] = shead
             before = len(raws)
-            for raw in ss.spans:
-                span = parse_span(raw)
+            for span, raw in zip(ss.spans, ss_frame.spans):
                 tid, sid, pid = span.trace_id, span.span_id, span.parent_span_id
                 if len(tid) != 16 or tid == _ZERO_TRACE or len(sid) != 8 or sid == _ZERO_SPAN or (
-                        pid and len(pid) != 8):
+                        pid and len(pid) != 8) or (span.links and _link_problem(span)):
                     rejected += 1
                     if not first_problem:
-                        first_problem = _id_problem(tid, sid, pid)
+                        first_problem = _id_problem(span)
                     continue
                 add_trace(tid)
                 add_span(sid)
@@ -146,6 +151,15 @@ def _decode(req: Any) -> DecodedRequest:
     return DecodedRequest(batch=batch, rejected_spans=rejected, error_message=message)
 
 
+def _service_name(resource: Resource) -> str:
+    """The resource's ``service.name`` string ("" if none); the last one if repeated."""
+    service = ""
+    for kv in resource.attributes:
+        if kv.key == "service.name":
+            service = kv.value.string_value
+    return service
+
+
 def _column(values: Sequence[Any], type_: pa.DataType) -> pa.Array:
     try:
         return pa.array(values, type=type_)
@@ -155,7 +169,8 @@ def _column(values: Sequence[Any], type_: pa.DataType) -> pa.Array:
         return pa.array([min(v, _MAX_INT64) for v in values], type=type_)
 
 
-def _id_problem(tid: bytes, sid: bytes, pid: bytes) -> str:
+def _id_problem(span: Span) -> str:
+    tid, sid, pid = span.trace_id, span.span_id, span.parent_span_id
     if len(tid) != 16:
         return f"trace_id must be 16 bytes, got {len(tid)}"
     if tid == _ZERO_TRACE:
@@ -164,4 +179,73 @@ def _id_problem(tid: bytes, sid: bytes, pid: bytes) -> str:
         return f"span_id must be 8 bytes, got {len(sid)}"
     if sid == _ZERO_SPAN:
         return "span_id is all zeroes"
-    return f"parent_span_id must be empty or 8 bytes, got {len(pid)}"
+    if pid and len(pid) != 8:
+        return f"parent_span_id must be empty or 8 bytes, got {len(pid)}"
+    return _link_problem(span)
+
+
+def _link_problem(span: Span) -> str:
+    """What is wrong with a link's ids, as OTLP receivers (the collector's among them) refuse
+    them: an id is empty or of its full length; "" when nothing is."""
+    for i, link in enumerate(span.links):
+        if len(link.trace_id) not in (0, 16):
+            return f"links[{i}].trace_id must be empty or 16 bytes, got {len(link.trace_id)}"
+        if len(link.span_id) not in (0, 8):
+            return f"links[{i}].span_id must be empty or 8 bytes, got {len(link.span_id)}"
+    return ""
+
+
+# --- naming what does not parse (only for refused requests) ---------------------------------
+
+
+def _problem(data: bytes, err: DecodeError) -> str:
+    """Which part of a request that does not parse is the first not to, and as what.
+
+    Each resource, scope and span is parsed alone and then framed at its own
+    place in a request: protobuf parsers limit nesting (100 levels here and in
+    C++; counted from the request), so a part may parse alone and still be too
+    deep where it stands.
+    """
+    try:
+        frames = request_view().FromString(data)
+    except DecodeError as frame_err:
+        return f"cannot decode the body as an OTLP ExportTraceServiceRequest: {frame_err}"
+    for i, rs in enumerate(frames.resource_spans):
+        where = f"resource_spans[{i}]"
+        if rs.HasField("resource"):
+            found = _part_problem(f"{where}.resource", Resource, rs.resource,
+                                  _request_with(resource=rs.resource))
+            if found:
+                return found
+        for j, ss in enumerate(rs.scope_spans):
+            if ss.HasField("scope"):
+                found = _part_problem(f"{where}.scope_spans[{j}].scope", InstrumentationScope, ss.scope,
+                                      _request_with(scope=ss.scope))
+                if found:
+                    return found
+            for k, raw in enumerate(ss.spans):
+                found = _part_problem(f"{where}.scope_spans[{j}].spans[{k}]", Span, raw, _request_with(span=raw))
+                if found:
+                    return found
+    return f"cannot decode the body as an OTLP ExportTraceServiceRequest: {err}"
+
+
+def _part_problem(where: str, kind: Any, raw: bytes, framed: bytes) -> str:
+    """"" if ``raw`` parses as ``kind``, alone and framed in a request as it stood."""
+    try:
+        kind.FromString(raw)
+    except DecodeError:
+        return f"{where} is not a valid {kind.DESCRIPTOR.name} ({len(raw)} bytes that do not parse as one)"
+    try:
+        ExportTraceServiceRequest.FromString(framed)
+    except DecodeError:
+        return f"{where} is nested too deeply: protobuf parsers refuse more than 100 levels from the request"
+    return ""
+
+
+def _request_with(resource: bytes | None = None, scope: bytes | None = None, span: bytes | None = None) -> bytes:
+    """A request holding just one resource, scope or span, at the depth it has in any request."""
+    if resource is not None:
+        return length_delimited(REQUEST_RESOURCE_SPANS, group_head(resource, ""))
+    inner = group_head(scope, "") if scope is not None else length_delimited(SCOPE_SPANS_SPANS, span or b"")
+    return length_delimited(REQUEST_RESOURCE_SPANS, length_delimited(RESOURCE_SPANS_SCOPE_SPANS, inner))

@@ -22,7 +22,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 from dsl import AttrRef, AttrSource, AttrType
 from processor.analysis.attributes import Projection, Projector
 from processor.otlp.payload import encode_payloads
-from processor.receivers.decode import decode, parse_protobuf
+from processor.receivers.decode import decode
 from processor.store import SpanStore
 from tests.support.harness import assert_same_spans
 
@@ -115,7 +115,7 @@ def _valid(span: Span) -> bool:
 
 
 async def _through_the_store(data: bytes, max_bytes: int) -> tuple[list[ExportTraceServiceRequest], int]:
-    decoded = decode(parse_protobuf(data))
+    decoded = decode(data)
     store = SpanStore(generation_rows=5)  # several generations per example
     projector = Projector(PROJECTION)
 

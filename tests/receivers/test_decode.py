@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
 from dsl import AttrRef, AttrSource, AttrType, column_name
 from processor.analysis.attributes import Projection, Projector
+from processor.otlp.wire import length_delimited
 from processor.receivers.decode import MalformedRequest, decode, group_id, parse_protobuf
 from tests.support.harness import kv, sid, tid
 
@@ -245,3 +248,95 @@ def test_projection_schema_orders_intrinsics_projections_storage():
     assert names[-3:] == ["resource_id", "scope_id", "raw"]
     assert len(names) == 10 + 2 + 3
     assert projection.schema.names == names
+
+
+# --- everything re-emitted parses as what it claims ------------------------------------
+
+
+def _frame(*, resource: bytes | None = None, scope: bytes | None = None, spans: tuple[bytes, ...] = ()) -> bytes:
+    """A request of one resource and one scope, from their bytes (nothing checks them here)."""
+    scope_spans = (length_delimited(1, scope) if scope is not None else b"") + b"".join(
+        length_delimited(2, s) for s in spans)
+    body = (length_delimited(1, resource) if resource is not None else b"") + length_delimited(2, scope_spans)
+    return length_delimited(1, body)
+
+
+def _nested(depth: int) -> bytes:
+    """An encoded AnyValue of arrays ``depth`` deep (encoded by hand: the protobuf encoder has its own limit)."""
+    raw = AnyValue(string_value="x").SerializeToString()
+    for _ in range(depth):
+        raw = length_delimited(5, length_delimited(1, raw))  # AnyValue.array_value, ArrayValue.values
+    return raw
+
+
+def test_a_scope_that_is_not_an_instrumentation_scope_refuses_the_request():
+    # The measured case: 0a LEN 12 LEN [0a 03 ff ff ff 12 LEN <valid span>].
+    data = _frame(scope=b"\xff\xff\xff", spans=(valid_span().SerializeToString(),))
+    assert data[0] == 0x0A and data[2] == 0x12 and data[4:10] == b"\x0a\x03\xff\xff\xff\x12"
+    with pytest.raises(MalformedRequest, match=r"resource_spans\[0\]\.scope_spans\[0\]\.scope is not a valid "
+                                               r"InstrumentationScope"):
+        decode(data)
+
+
+def test_a_resource_that_is_not_a_resource_refuses_the_request():
+    with pytest.raises(MalformedRequest, match=r"resource_spans\[0\]\.resource is not a valid Resource"):
+        decode(_frame(resource=b"\x0a\x02\x0a", spans=(valid_span().SerializeToString(),)))
+
+
+@pytest.mark.parametrize("bad", [
+    b"\x0a\x05abc",  # truncated
+    length_delimited(9, length_delimited(1, b"\xc3\x28")),  # an attribute key that is not UTF-8
+    length_delimited(9, length_delimited(1, b"k") + length_delimited(2, length_delimited(
+        6, length_delimited(1, length_delimited(1, b"inner") + length_delimited(2, length_delimited(
+            1, b"\xff"))))))  # a string deep in a kvlist value that is not UTF-8
+], ids=["truncated", "key-not-utf8", "nested-string-not-utf8"])
+def test_a_span_that_does_not_parse_refuses_the_request_naming_it(bad):
+    good = valid_span().SerializeToString()
+    with pytest.raises(MalformedRequest, match=r"resource_spans\[0\]\.scope_spans\[0\]\.spans\[1\] is not a valid "
+                                               r"Span"):
+        decode(_frame(spans=(good, bad, good)))
+
+
+def test_nesting_is_checked_at_the_depth_a_downstream_parses_it():
+    # Protobuf parsers (upb, C++) refuse more than 100 levels counted from the request: an
+    # attribute value that parses inside a lone span can be too deep inside a request.
+    def span(depth: int) -> bytes:
+        return valid_span().SerializeToString() + length_delimited(
+            9, length_delimited(1, b"k") + length_delimited(2, _nested(depth)))
+
+    deep = span(48)
+    Span.FromString(deep)  # fine alone
+    with pytest.raises(MalformedRequest, match=r"spans\[0\] is nested too deeply"):
+        decode(_frame(spans=(deep,)))
+    assert decode(_frame(spans=(span(45),))).batch.span_count == 1
+    with pytest.raises(MalformedRequest, match=r"spans\[0\] is not a valid Span"):
+        decode(_frame(spans=(span(10_000),)))
+
+
+def test_unknown_fields_are_kept_as_they_came():
+    unknown = length_delimited(100, b"future") + bytes([0x98, 0x06, 0x01])  # field 100 bytes, field 99 varint
+    span = valid_span().SerializeToString() + unknown
+    resource = Resource(attributes=[kv("service.name", "api")]).SerializeToString() + unknown
+    scope = InstrumentationScope(name="lib").SerializeToString() + unknown
+    batch = decode(_frame(resource=resource, scope=scope, spans=(span,))).batch
+    assert batch.table.column("raw").to_pylist() == [span]
+    assert batch.table.column("service").to_pylist() == ["api"]
+    assert list(batch.resources.values()) == [length_delimited(1, resource)]
+    assert list(batch.scopes.values()) == [length_delimited(1, scope)]
+
+
+@pytest.mark.parametrize("link, problem", [
+    ({"trace_id": b"\x01" * 3, "span_id": sid(1)}, "links[0].trace_id must be empty or 16 bytes, got 3"),
+    ({"trace_id": tid(5), "span_id": b"\x01" * 9}, "links[0].span_id must be empty or 8 bytes, got 9"),
+])
+def test_spans_with_invalid_link_ids_are_rejected_individually(link, problem):
+    bad = valid_span(span_id=sid(2))
+    bad.links.add(**link)
+    ok = valid_span()
+    ok.links.add(trace_id=tid(5), span_id=sid(6))
+    ok.links.add()  # empty ids: what a collector takes
+    req = one_span_request(ok)
+    req.resource_spans[0].scope_spans[0].spans.append(bad)
+    decoded = decode(req)
+    assert decoded.rejected_spans == 1 and decoded.error_message == f"1 span(s) rejected: {problem}"
+    assert decoded.batch.table.column("span_id").to_pylist() == [sid(1)]

@@ -249,6 +249,32 @@ def test_http_other_paths_are_404(running):
     assert_serving(running)
 
 
+# --- parts that are not what they claim: the request is refused whole -------------------
+
+
+def scope_not_a_scope(name: str) -> bytes:
+    """The measured case: a ScopeSpans whose scope bytes are no InstrumentationScope, with a valid span."""
+    span = fresh().resource_spans[0].scope_spans[0].spans[0]
+    span.name = name
+    scope_spans = b"\x0a\x03\xff\xff\xff" + b"\x12" + bytes([span.ByteSize()]) + span.SerializeToString()
+    rs = b"\x12" + bytes([len(scope_spans)]) + scope_spans
+    return b"\x0a" + bytes([len(rs)]) + rs
+
+
+def test_a_request_with_a_part_that_is_not_what_it_claims_is_refused_whole(running, sink):
+    with pytest.raises(grpc.RpcError) as err:
+        grpc_export(running.grpc_target, scope_not_a_scope("never-stored"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "scope_spans[0].scope is not a valid InstrumentationScope" in err.value.details()
+    reply = requests.post(running.http_url, data=scope_not_a_scope("never-stored"), headers=PROTOBUF, timeout=10)
+    assert reply.status_code == 400
+    assert "scope_spans[0].scope is not a valid InstrumentationScope" in http_status_body(reply).message
+    after = fresh()
+    grpc_export(running.grpc_target, after)
+    _assert_valid_part_exported(sink, after)  # released after the refused ones would have been
+    assert not [s for s in sink.spans() if s.name == "never-stored"]
+
+
 # --- invalid ids: partial success ---------------------------------------------------
 
 N_INVALID = 6
