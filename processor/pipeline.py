@@ -5,9 +5,9 @@ One coroutine owns start and graceful stop.  Start: store (recovering spans its
 journal kept), exporters, the release loop, receivers, the admin server.
 Stop: receivers first (no new data), then every buffered trace is released
 and exported, then exporters drain their queues within the shutdown timeout,
-then the store closes.  A start that fails stops what had started; a port or
-file that cannot be used is a ``StartError`` whose one-line message names the
-key path.
+then the store deletes what was delivered from its journal and closes.  A
+start that fails stops what had started; a port or file that cannot be used is
+a ``StartError`` whose one-line message names the key path.
 """
 
 from __future__ import annotations
@@ -123,11 +123,9 @@ class Pipeline:
         for exporter in self._started_exporters:
             await exporter.shutdown(max(0.0, deadline - self._clock()))
         self._started_exporters = []
-        if self._store_open:
-            await self._releaser.forget_delivered()  # what is still undelivered stays in the journal
         self.ingest.close()
         if self._store_open:
-            await self.store.close()
+            await self.store.close()  # deletes what was delivered; the undelivered stays in the journal
             self._store_open = False
         if self._analysis is not None:
             self._analysis.close()

@@ -9,8 +9,8 @@ one before it is annotated and exported and the next is taken from the store,
 so the analysis (by default a process of its own) and this process work at
 once.  Late spans of an already released trace get the verdict their trace
 got; they are not analysed again on their own (a fragment would mislead the
-rules).  With a durable store, a chunk's spans leave the journal once every
-exporter has settled every payload of it (``settlement``).
+rules).  With a durable store, a payload's spans leave the journal as soon as
+every exporter has settled that payload (``settlement``).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Callable, Sequence
+from functools import partial
 
 from processor.analysis.protocols import Analysis
 from processor.analysis.verdict import BatchVerdict, TraceVerdict
@@ -29,7 +30,7 @@ from processor.model import ReleasedSpans
 from processor.otlp.payload import encode_payloads
 from processor.otlp.spanedit import Annotation
 from processor.service.telemetry import Telemetry
-from processor.settlement import Settlement
+from processor.settlement import Settlement, with_keys
 from processor.store import SpanStore
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,6 @@ class Releaser:
         self._clock = clock
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
-        self._delivered: list[tuple[bytes, bytes]] = []  # (trace id, span id) settled by every exporter
         self._running = True   # until stop()
 
     def observe(self, traces: dict[bytes, int]) -> None:
@@ -86,7 +86,6 @@ class Releaser:
             began = self._clock()
             try:
                 await self.release(self._assembler.due(began))
-                await self.forget_delivered()
                 if self._clock() >= next_gc:
                     next_gc = self._clock() + GROUP_GC_INTERVAL
                     await self._store.forget_unused_groups()
@@ -130,19 +129,15 @@ class Releaser:
         await self._export(spans, annotations(verdict) if verdict is not None else {})
 
     async def _export(self, spans: ReleasedSpans, adds: dict[tuple[bytes, bytes], Annotation]) -> None:
-        raw = annotate(spans, adds)
-        # A durable store keeps the chunk's spans in its journal until every
-        # exporter is done with every payload of it.
-        settlement = Settlement(spans, self._delivered.extend) if self._store.durable else None
-        for payload in encode_payloads(spans, raw):
+        payloads = encode_payloads(spans, annotate(spans, adds))
+        if not self._store.durable:
+            for payload in payloads:
+                for exporter in self._exporters:
+                    await exporter.export(payload)
+            return
+        # A durable store keeps a payload's spans in its journal until every exporter is done with it.
+        for payload, keys in with_keys(spans, payloads):
+            settlement = Settlement(partial(self._store.forget, keys))
             for exporter in self._exporters:
-                await exporter.export(payload if settlement is None
-                                      else dataclasses.replace(payload, on_settled=settlement.expect()))
-        if settlement is not None:
+                await exporter.export(dataclasses.replace(payload, on_settled=settlement.expect()))
             settlement.seal()
-
-    async def forget_delivered(self) -> None:
-        """Let delivered spans leave the journal (durable store)."""
-        if self._delivered:
-            done, self._delivered = self._delivered, []
-            await self._store.forget(done)

@@ -1,39 +1,43 @@
-"""Settlement: when a chunk of released spans may leave the durable journal.
+"""Settlement: when a payload's spans may leave the durable journal.
 
-A chunk's spans are framed into payloads and each payload goes to every
-exporter; each exporter settles a payload once it is done with it for good
-(delivered, refused permanently, or retries exhausted).  Only when every
-payload of the chunk is settled by every exporter do its spans leave the
-journal (``store.forget``): a crash or a shutdown before that keeps them for
-the next start.
+Released spans are framed into payloads (``otlp.payload``) and each payload
+goes to every exporter; each exporter settles a payload once it is done with
+it for good (delivered, refused permanently, or retries exhausted).  As soon
+as every exporter has settled a payload, its spans leave the journal
+(``SpanStore.forget``, which gathers them into few deletes): payload by
+payload, not once a whole released chunk is done, so a crash soon after
+delivery sends little again.  A crash or a shutdown before that keeps them
+for the next start.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
-from processor.model import ReleasedSpans
+import pyarrow as pa
+
+from processor.model import ExportPayload, ReleasedSpans
+from processor.store import KEY_COLUMNS
 
 
 class Settlement:
-    """Counts a chunk's payloads out to the exporters and back: once the chunk
-    is sealed (all handed out) and every one is settled, ``done`` gets the
-    chunk's (trace id, span id) keys.  Exporters settle on the event loop."""
+    """Counts one payload out to the exporters and back: once it is sealed (handed
+    to every exporter) and every one has settled it, ``done()`` is called, once.
+    Exporters settle on the event loop."""
 
-    def __init__(self, spans: ReleasedSpans, done: Callable[[list[tuple[bytes, bytes]]], None]) -> None:
-        self._keys = list(zip(spans.trace_ids, spans.span_ids))
-        self._done: Callable[[list[tuple[bytes, bytes]]], None] | None = done
+    def __init__(self, done: Callable[[], None]) -> None:
+        self._done: Callable[[], None] | None = done
         self._pending = 0
         self._sealed = False
 
     def expect(self) -> Callable[[], None]:
-        """A callback for one payload handed to one exporter."""
+        """A callback for the payload handed to one exporter."""
         self._pending += 1
         settled = False
 
         def settle() -> None:
             nonlocal settled
-            if not settled:  # once per payload and exporter, whatever the exporter does
+            if not settled:  # once per exporter, whatever the exporter does
                 settled = True
                 self._pending -= 1
                 self._check()
@@ -46,4 +50,28 @@ class Settlement:
     def _check(self) -> None:
         if self._sealed and self._pending == 0 and self._done is not None:
             done, self._done = self._done, None
-            done(self._keys)
+            done()
+
+
+def with_keys(spans: ReleasedSpans, payloads: Iterable[ExportPayload]) -> Iterator[tuple[ExportPayload, pa.Table]]:
+    """Each payload of ``encode_payloads(spans, …)`` with its spans' ``KEY_COLUMNS``.
+
+    ``encode_payloads`` fills payloads group by group ((resource, scope) in the
+    order each first appears, a group's rows in order), cutting a group where a
+    payload is full: so each payload holds the next ``span_count`` rows of that
+    order (tests/test_settlement.py checks this against the payloads' bytes)."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, key in enumerate(zip(spans.resource_ids, spans.scope_ids)):
+        rows = groups.get(key)
+        if rows is None:
+            groups[key] = [i]
+        else:
+            rows.append(i)
+    order = pa.array([i for rows in groups.values() for i in rows], pa.int64())
+    keys = (spans.table.select(KEY_COLUMNS) if spans.table is not None
+            else pa.table({"trace_id": pa.array(spans.trace_ids, pa.binary()),
+                           "span_id": pa.array(spans.span_ids, pa.binary())}))
+    start = 0
+    for payload in payloads:
+        yield payload, keys.take(order.slice(start, payload.span_count))
+        start += payload.span_count

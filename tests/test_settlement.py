@@ -1,37 +1,70 @@
-"""processor.settlement.Settlement: a chunk leaves the journal only when every exporter is done with every payload."""
+"""processor.settlement: a payload's spans leave the journal once every exporter is done with that payload."""
 
 from __future__ import annotations
 
+import random
+
+import pyarrow as pa
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
+
 from processor.model import ReleasedSpans
-from processor.settlement import Settlement
-from tests.support.harness import sid, tid
+from processor.otlp.payload import encode_payloads
+from processor.settlement import Settlement, with_keys
+from tests.support.harness import kv, sid, tid
 
 
-def chunk(n: int) -> ReleasedSpans:
-    return ReleasedSpans(trace_ids=[tid(1)] * n, span_ids=[sid(i) for i in range(1, n + 1)],
-                         parent_span_ids=[None] * n, raw=[b""] * n, resource_ids=[0] * n, scope_ids=[0] * n,
-                         resources={}, scopes={}, trace_count=1)
-
-
-def test_the_keys_come_once_when_all_payloads_of_all_exporters_are_settled():
-    done: list[list] = []
-    s = Settlement(chunk(2), done.append)
-    first_a, first_b, second_a = s.expect(), s.expect(), s.expect()  # 2 payloads x 2 exporters, one still coming
-    first_a()
-    first_b()
-    assert done == []                  # not sealed: more payloads may follow
-    second_b = s.expect()
+def test_done_comes_once_when_every_exporter_has_settled_the_payload():
+    done: list[str] = []
+    s = Settlement(lambda: done.append("done"))
+    first = s.expect()
+    first()
+    assert done == []                  # not sealed: another exporter may still get the payload
+    second = s.expect()
     s.seal()
-    second_a()
-    second_a()                         # settling twice counts once
-    assert done == []                  # the second exporter still holds the second payload
-    second_b()
-    assert done == [[(tid(1), sid(1)), (tid(1), sid(2))]]
-    second_b()
-    assert len(done) == 1
+    first()                            # settling twice counts once
+    assert done == []                  # the second exporter still holds it
+    second()
+    assert done == ["done"]
+    second()
+    assert done == ["done"]
 
 
-def test_a_chunk_without_payloads_is_settled_when_sealed():
-    done: list[list] = []
-    Settlement(chunk(0), done.append).seal()
-    assert done == [[]]
+def test_a_payload_no_exporter_holds_is_settled_when_sealed():
+    done: list[str] = []
+    Settlement(lambda: done.append("done")).seal()
+    assert done == ["done"]
+
+
+def released(n: int, groups: int, seed: int, with_table: bool) -> ReleasedSpans:
+    """``n`` spans of 40 traces spread at random over ``groups`` (resource, scope) pairs."""
+    rng = random.Random(seed)
+    resources = {r: ResourceSpans(resource={"attributes": [kv("service.name", f"s{r}")]}).SerializeToString()
+                 for r in range(groups)}
+    scopes = {s: ScopeSpans(scope={"name": f"scope{s}"}).SerializeToString() for s in range(groups)}
+    pairs = [rng.randrange(groups) for _ in range(n)]
+    traces = [tid(rng.randrange(40)) for _ in range(n)]
+    raw = [Span(trace_id=t, span_id=sid(i + 1), name="x" * rng.randrange(50, 400)).SerializeToString()
+             for i, t in enumerate(traces)]
+    span_ids = [sid(i + 1) for i in range(n)]
+    # The store hands the rows back as a table too (keys are taken from it then), tests may not.
+    table = pa.table({"trace_id": pa.array(traces, pa.binary()), "span_id": pa.array(span_ids, pa.binary())})
+    return ReleasedSpans(trace_ids=traces, span_ids=span_ids, parent_span_ids=[None] * n, raw=raw,
+                         resource_ids=pairs, scope_ids=pairs, resources=resources, scopes=scopes, trace_count=40,
+                         table=table if with_table else None)
+
+
+@pytest.mark.parametrize(("n", "groups", "max_bytes"), [(1, 1, 3 << 20), (300, 1, 4000), (500, 7, 5000),
+                                                        (800, 3, 3 << 20), (200, 5, 300)])
+@pytest.mark.parametrize("with_table", [True, False])
+def test_each_payloads_keys_are_the_spans_it_carries(n, groups, max_bytes, with_table):
+    spans = released(n, groups, seed=n + groups, with_table=with_table)
+    seen = 0
+    for payload, keys in with_keys(spans, encode_payloads(spans, max_bytes=max_bytes)):
+        request = ExportTraceServiceRequest.FromString(payload.data)
+        carried = sorted((span.trace_id, span.span_id) for rs in request.resource_spans
+                         for ss in rs.scope_spans for span in ss.spans)
+        assert sorted(zip(keys.column("trace_id").to_pylist(), keys.column("span_id").to_pylist())) == carried
+        seen += len(carried)
+    assert seen == n

@@ -9,13 +9,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
 from processor.model import SpanBatch
 from processor.receivers.decode import decode
-from processor.store import STORE_SCHEMA, JournalError, SpanStore
+from processor.store import KEY_COLUMNS, STORE_SCHEMA, JournalError, SpanStore
 from tests.support.harness import kv, sid, tid
 
 
@@ -190,6 +191,10 @@ def test_spans_of_a_trace_spread_over_generations_are_released_together():
     run(test, generation_rows=3)
 
 
+def keys(spans) -> pa.Table:
+    return spans.table.select(KEY_COLUMNS)
+
+
 def released_names(spans) -> list[str]:
     return sorted(Span.FromString(r).name for r in spans.raw)
 
@@ -203,7 +208,7 @@ def test_file_storage_survives_close_and_reopen(tmp_path):
         await store.append(batch(range(1, 3), spans_per_trace=2))
         await store.append(batch(range(3, 4), spans_per_trace=2, scope="second"))
         delivered = await store.release([tid(2)])
-        await store.forget(zip(delivered.trace_ids, delivered.span_ids))
+        store.forget(keys(delivered))
         await store.release([tid(3)])  # released but never delivered: the journal keeps it
         await store.close()
 
@@ -215,7 +220,7 @@ def test_file_storage_survives_close_and_reopen(tmp_path):
         spans = await store.release([tid(1), tid(3)])
         assert released_names(spans) == ["svc/lib/1/0", "svc/lib/1/1", "svc/second/3/0", "svc/second/3/1"]
         assert {ScopeSpans.FromString(spans.scopes[s]).scope.name for s in spans.scope_ids} == {"lib", "second"}
-        await store.forget(zip(spans.trace_ids, spans.span_ids))
+        store.forget(keys(spans))
         await store.append(batch(range(5, 6)))
         await store.close()
 
@@ -226,19 +231,57 @@ def test_file_storage_survives_close_and_reopen(tmp_path):
         assert released_names(spans) == ["svc/lib/5/0"]
         assert ResourceSpans.FromString(spans.resources[spans.resource_ids[0]]).resource.attributes[0] \
             == kv("service.name", "svc")
-        await store.forget(zip(spans.trace_ids, spans.span_ids))
+        store.forget(keys(spans))
         await store.close()
 
     async def fourth() -> None:
         store = SpanStore(path=path)
         assert await store.open() == {}  # nothing left buffered or undelivered
-        await store.forget([(tid(9), sid(901))])  # nothing to forget: a no-op
+        store.forget(pa.table({"trace_id": [tid(9)], "span_id": [sid(901)]}))  # not journaled: a no-op
         await store.close()
 
     asyncio.run(first())
     asyncio.run(second())
     asyncio.run(third())
     asyncio.run(fourth())
+
+
+def test_delivered_spans_leave_the_journal_soon_gathered_into_one_delete(tmp_path):
+    async def test(store: SpanStore) -> None:
+        await store.append(batch(range(1, 5), spans_per_trace=2))
+        spans = await store.release([tid(1), tid(2), tid(3)])
+        deletes = 0
+        forget = store._forget
+
+        def counted(keys: pa.Table) -> None:
+            nonlocal deletes
+            deletes += 1
+            forget(keys)
+
+        store._forget = counted
+        store.forget(keys(spans).slice(0, 2))  # one payload settled
+        store.forget(keys(spans).slice(2, 4))  # another, soon after
+        assert await count(store, "spans") == 8  # gathered, not deleted yet
+        await asyncio.sleep(0.3)  # forget_delay 0.05 s: no release tick, no close needed
+        assert await count(store, "spans") == 2 and deletes == 1
+        store.forget(keys(spans).slice(0, 2))  # forgetting again is harmless
+        await asyncio.sleep(0.3)
+        assert await count(store, "spans") == 2 and deletes == 2
+
+    run(test, path=str(tmp_path / "spans.duckdb"), forget_delay=0.05)
+
+
+def test_close_deletes_what_was_delivered_before_closing(tmp_path):
+    path = str(tmp_path / "spans.duckdb")
+
+    async def test(store: SpanStore) -> None:
+        await store.append(batch(range(1, 4)))
+        store.forget(keys(await store.release([tid(1), tid(2)])))
+        assert await count(store, "spans") == 3  # still gathered when the store closes
+
+    run(test, path=path, forget_delay=60)
+    with duckdb.connect(path) as conn:
+        assert conn.execute("SELECT count(*) FROM spans").fetchone() == (1,)
 
 
 def test_the_journals_directory_is_made(tmp_path):
@@ -277,7 +320,7 @@ def test_a_journal_with_the_attribute_columns_of_an_older_version_is_recovered(t
         assert await store.open() == {tid(1): 2, tid(2): 2}
         spans = await store.release([tid(1), tid(2)])
         assert released_names(spans) == ["svc/lib/1/0", "svc/lib/1/1", "svc/lib/2/0", "svc/lib/2/1"]
-        await store.forget(zip(spans.trace_ids, spans.span_ids))
+        store.forget(keys(spans))
         await store.close()
 
     asyncio.run(write())
