@@ -26,6 +26,7 @@ import binascii
 import copy
 import json
 from collections.abc import Callable, Iterator
+from itertools import accumulate
 from typing import Any
 
 from google.protobuf import json_format
@@ -40,6 +41,12 @@ _LEGACY_SCOPE = ("instrumentationLibrary", "instrumentation_library")
 _SPAN_ID_KEYS = ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id")
 _LINK_ID_KEYS = ("traceId", "spanId", "trace_id", "span_id")
 _ID_SIZES = (8, 16)  # span and trace ids: base64 that decodes to another size is not taken for one
+
+# JSON nested deeper than this is refused before it is parsed: far deeper than any document json_format
+# takes (it stops at 100 nested messages), far shallower than the recursion that would stop json.loads.
+MAX_JSON_DEPTH = 256
+_NOT_MARKS = bytes(sorted(set(range(256)) - set(b'[]{}"')))
+_STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")  # as signed bytes: +1 opens, -1 closes
 
 SPAN_KINDS = {"SPAN_KIND_UNSPECIFIED": 0, "SPAN_KIND_INTERNAL": 1, "SPAN_KIND_SERVER": 2, "SPAN_KIND_CLIENT": 3,
               "SPAN_KIND_PRODUCER": 4, "SPAN_KIND_CONSUMER": 5}
@@ -113,12 +120,29 @@ def _rename(obj: dict[str, Any], legacy: tuple[str, ...], current: tuple[str, ..
 
 
 def parse_json(data: str | bytes) -> dict[str, Any]:
-    """The top-level object of a JSON text."""
+    """The top-level object of a JSON text (nested at most ``MAX_JSON_DEPTH`` deep)."""
+    _check_depth(data)
     try:
         value = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise OtlpJsonError(f"invalid JSON: {err}") from None
     return document(value)
+
+
+def _check_depth(data: str | bytes) -> None:
+    """OtlpJsonError if the brackets and braces of ``data`` outside strings nest deeper than
+    ``MAX_JSON_DEPTH`` anywhere: deeper than a parser reading it would recurse, valid or not."""
+    text = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    if b"\\" in text:  # escapes first, read left to right as JSON does: no quote is left escaped
+        text = text.replace(b"\\\\", b"").replace(b'\\"', b"")
+    # Quotes and brackets only.  Two adjacent quotes enclose a string without brackets (nearly all
+    # strings) or lie between two strings: dropping them leaves every bracket where it was.
+    marks = text.translate(None, _NOT_MARKS).replace(b'""', b"")
+    if b'"' in marks:
+        marks = b"".join(marks.split(b'"')[::2])  # what lies outside strings
+    steps = memoryview(marks.translate(_STEPS)).cast("b")
+    if max(accumulate(steps), default=0) > MAX_JSON_DEPTH:
+        raise OtlpJsonError(f"invalid JSON: nested deeper than {MAX_JSON_DEPTH} levels")
 
 
 def document(value: Any) -> dict[str, Any]:

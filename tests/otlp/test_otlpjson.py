@@ -13,11 +13,13 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
 
 from processor.otlp.otlpjson import (
+    MAX_JSON_DEPTH,
     SPAN_KINDS,
     OtlpJsonError,
     any_value,
     attribute_values,
     enum,
+    parse_json,
     request_from_json,
     request_to_json,
     span_id,
@@ -116,6 +118,50 @@ def test_dict_input_is_not_mutated() -> None:
 def test_malformed_input_raises_with_context(text: str, message: str) -> None:
     with pytest.raises(OtlpJsonError, match=message):
         request_from_json(text)
+
+
+@pytest.mark.parametrize("text", [
+    '{"resourceSpans":' + "[" * 10_000 + "]" * 10_000 + "}",
+    '{"a":' * 10_000 + "1" + "}" * 10_000,
+    "[" * 10_000,  # never closed: no parser may follow it down either
+    '{"resourceSpans":[{"scopeSpans":[{"spans":[{"attributes":[{"key":"k","value":'
+    + '{"arrayValue":{"values":[' * 200 + '{"intValue":"1"}' + "]}}" * 200 + "}]}]}]}]}",
+], ids=["lists", "objects", "unclosed", "any-values"])
+def test_json_nested_too_deep_is_refused_before_it_is_parsed(text: str) -> None:
+    with pytest.raises(OtlpJsonError, match=f"invalid JSON: nested deeper than {MAX_JSON_DEPTH} levels"):
+        request_from_json(text)
+
+
+def _depth(value: object) -> int:
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    return 0
+
+
+# Strings full of what a depth count must not take for structure: brackets, quotes, escapes.
+_tricky_text = st.text(alphabet='[]{}"\\ab\n', max_size=6)
+_json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), _tricky_text),
+    lambda children: st.one_of(st.lists(children, max_size=3),
+                               st.dictionaries(_tricky_text, children, max_size=3)),
+    max_leaves=8)
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=_json_values, wrappers=st.lists(st.sampled_from(["list", "object"]), min_size=MAX_JSON_DEPTH - 12,
+                                             max_size=MAX_JSON_DEPTH + 4))
+def test_the_depth_limit_counts_exactly_the_nesting_json_reads(value: object, wrappers: list[str]) -> None:
+    for kind in wrappers:
+        value = [value] if kind == "list" else {"[\\\"{": value}
+    doc = {"k": value}
+    text = json.dumps(doc)
+    if _depth(doc) <= MAX_JSON_DEPTH:
+        assert parse_json(text) == doc
+    else:
+        with pytest.raises(OtlpJsonError, match="nested deeper"):
+            parse_json(text)
 
 
 @settings(max_examples=60, deadline=None)

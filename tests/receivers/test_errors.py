@@ -145,7 +145,8 @@ def test_http_malformed_protobuf_is_400_with_status(running, body):
     (b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "zz", "spanId": "0102030405060708"}]}]}]}',
      "traceId"),
     (b"\xff\xfe", "invalid JSON"),
-], ids=["syntax", "array", "wrong-type", "bad-hex-id", "not-utf8"])
+    (b'{"resourceSpans":' + b"[" * 10_000 + b"]" * 10_000 + b"}", "nested deeper than"),
+], ids=["syntax", "array", "wrong-type", "bad-hex-id", "not-utf8", "nested-10000-deep"])
 def test_http_malformed_json_is_400_with_json_status(running, body, fragment):
     reply = requests.post(running.http_url, data=body, headers=JSON, timeout=10)
     assert reply.status_code == 400
