@@ -32,6 +32,12 @@ RETRYABLE_CODES = frozenset({
     grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED,
     grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DATA_LOSS,
 })
+# Not retryable, and about the data sent (malformed, unprocessable, too large without RetryInfo), unlike
+# UNAUTHENTICATED, PERMISSION_DENIED, NOT_FOUND or UNIMPLEMENTED, which every part of it would get too.
+REFUSAL_CODES = frozenset({
+    grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.RESOURCE_EXHAUSTED,
+})
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 
@@ -67,6 +73,8 @@ def classify_error(err: grpc.aio.AioRpcError) -> Attempt:
         throttle = None
     if code in RETRYABLE_CODES or (code == grpc.StatusCode.RESOURCE_EXHAUSTED and throttle is not None):
         return Attempt.retry(message, throttle)
+    if code in REFUSAL_CODES:
+        return Attempt.refusal(message)
     return Attempt.permanent(message)
 
 

@@ -31,6 +31,8 @@ from processor.service.telemetry import Telemetry
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
+# Not retryable, and about the body sent (bad data, too large, unprocessable), unlike 401, 403, 404 or 415.
+REFUSAL_STATUSES = frozenset({400, 413, 422, 500})
 PROTOBUF = "application/x-protobuf"
 # Bodies above this are gzipped in a worker thread: zlib releases the GIL, the loop stays responsive.
 _THREAD_COMPRESS_BYTES = 64 * 1024
@@ -75,6 +77,8 @@ def classify_response(status: int, headers: Mapping[str, str], body: bytes) -> A
     message = f"HTTP {status}: {_status_message(body)}"
     if status in RETRYABLE_STATUSES:
         return Attempt.retry(message, parse_retry_after(headers.get("Retry-After")))
+    if status in REFUSAL_STATUSES:
+        return Attempt.refusal(message)
     return Attempt.permanent(message)
 
 

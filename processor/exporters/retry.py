@@ -8,6 +8,13 @@ before trying again.  The transport (gRPC or HTTP) only performs one attempt
 and classifies its result as an :class:`Attempt`; everything about when and
 whether to try again lives here, once, for both.
 
+A payload the downstream refuses as data (malformed, unprocessable: an
+:meth:`Attempt.refusal`) is cut in halves (``otlp.payload.split_payload``:
+by resource, then scope, then span) and each half delivered the same way, so
+one bad span never costs the others: only what the downstream refuses alone
+is dropped, logged once with its trace id.  The payload settles once, when
+every part is done.
+
 Nothing is dropped silently: ``submit`` waits for room in a full queue
 (backpressure), and whatever is given up on — a permanent error, retries
 exhausted, or still undelivered when ``shutdown`` times out — is counted in
@@ -17,13 +24,15 @@ exhausted, or still undelivered when ``shutdown`` times out — is counted in
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from processor.exporters.config import QueueConfig, RetryConfig
 from processor.model import ExportPayload
+from processor.otlp.payload import span_ids, split_payload
 from processor.service.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -38,6 +47,7 @@ class Attempt:
     throttle: float | None = None  # seconds the server asked us to wait (RetryInfo / Retry-After)
     rejected: int = 0  # spans refused in a partial-success response (never retried, per OTLP)
     error: str = ""
+    refused: bool = False  # permanent, and about the data: a part of it may still be taken
 
     @classmethod
     def success(cls, rejected: int = 0) -> Attempt:
@@ -50,6 +60,12 @@ class Attempt:
     @classmethod
     def permanent(cls, error: str) -> Attempt:
         return cls(ok=False, error=error)
+
+    @classmethod
+    def refusal(cls, error: str) -> Attempt:
+        """Not retryable, and because of what the payload holds (malformed, unprocessable), not
+        because of who sends it or where: the parts of it the downstream does take are sent."""
+        return cls(ok=False, error=error, refused=True)
 
 
 SendOnce = Callable[[bytes], Awaitable[Attempt]]
@@ -72,6 +88,21 @@ class Backoff:
         delay = self._interval - delta + self._rng.random() * 2 * delta
         self._interval = min(self._interval * self._config.multiplier, self._config.max_interval)
         return delay
+
+
+class _Outcome(enum.Enum):
+    SENT = "sent"
+    REFUSED = "refused"  # permanently, because of its data
+    FAILED = "failed"  # given up on for good: another permanent error, or retries exhausted
+    UNSENT = "unsent"  # shutdown came first: not settled, a durable store sends it again
+
+
+@dataclass(slots=True)
+class _Tally:
+    """What became of one payload's spans so far, across the parts it was cut into."""
+
+    counted: int = 0  # spans counted as sent or failed
+    refused: list[tuple[ExportPayload, str]] = field(default_factory=list)  # dropped: refused alone
 
 
 class RetryingSender:
@@ -150,14 +181,7 @@ class RetryingSender:
             payload = await self._queue.get()
             self._queue_size.set(self._queue.qsize())
             try:
-                await self._deliver(payload)
-            except asyncio.CancelledError:
-                self._give_up(payload, "shutdown timeout reached while sending", settled=False)
-                raise
-            except Exception:  # component boundary: a bug in a transport must not kill the consumer
-                log.exception("exporter %s: unexpected error sending %d spans", self._id, payload.span_count)
-                self._failed.inc(payload.span_count)
-                payload.settled()
+                await self._deliver(payload)  # counts and settles whatever happens, cancellation too
             finally:
                 self._queue.task_done()
 
@@ -166,10 +190,6 @@ class RetryingSender:
         self._idle.clear()
         try:
             await self._deliver(payload)
-        except Exception:  # component boundary, as in _consume
-            log.exception("exporter %s: unexpected error sending %d spans", self._id, payload.span_count)
-            self._failed.inc(payload.span_count)
-            payload.settled()
         finally:
             self._inflight -= 1
             if self._inflight == 0:
@@ -194,38 +214,93 @@ class RetryingSender:
         self._queue_size.set(0)
 
     async def _deliver(self, payload: ExportPayload) -> None:
-        """Send with retries until success, a permanent error, or the retry budget runs out."""
+        """Deliver every part of ``payload`` the downstream takes; settle it once, when all are done."""
+        tally = _Tally()
+        try:
+            settled = await self._deliver_part(payload, tally)
+        except asyncio.CancelledError:
+            self._failed.inc(payload.span_count - tally.counted)
+            log.error("exporter %s: %d spans not delivered before shutdown: shutdown timeout reached while "
+                      "sending", self._id, payload.span_count - tally.counted)
+            raise
+        except Exception:  # component boundary: a bug in a transport must not kill the consumer
+            log.exception("exporter %s: unexpected error sending %d spans", self._id, payload.span_count)
+            self._failed.inc(payload.span_count - tally.counted)
+            settled = True
+        if tally.refused:
+            self._log_refused(payload, tally)
+        if settled:
+            payload.settled()
+        else:  # shutdown left the rest undelivered: counted, and kept by a durable store for the next start
+            self._failed.inc(payload.span_count - tally.counted)
+
+    async def _deliver_part(self, part: ExportPayload, tally: _Tally) -> bool:
+        """Send ``part``, cutting it where the downstream refuses its data; False if shutdown
+        left some of it undelivered (not counted yet)."""
+        outcome, attempt = await self._send(part)
+        if outcome is _Outcome.REFUSED:
+            halves = split_payload(part)
+            if halves:
+                log.info("exporter %s: %s; sending its %d spans in two parts to find what is refused",
+                         self._id, attempt.error, part.span_count)
+                for half in halves:
+                    if not await self._deliver_part(half, tally):
+                        return False
+                return True
+            tally.refused.append((part, attempt.error))
+            self._failed.inc(part.span_count)
+        elif outcome is _Outcome.SENT:
+            rejected = min(attempt.rejected, part.span_count)
+            self._sent.inc(part.span_count - rejected)
+            if rejected:
+                self._failed.inc(rejected)
+        elif outcome is _Outcome.FAILED:
+            log.error("exporter %s: dropping %d spans: %s", self._id, part.span_count, attempt.error)
+            self._failed.inc(part.span_count)
+        else:
+            log.error("exporter %s: %d spans not delivered before shutdown: %s", self._id, part.span_count,
+                      attempt.error)
+            return False
+        tally.counted += part.span_count
+        return True
+
+    async def _send(self, part: ExportPayload) -> tuple[_Outcome, Attempt]:
+        """Attempts until success, a permanent error, or the retry budget runs out."""
         loop = asyncio.get_running_loop()
         backoff = Backoff(self._retry, self._rng)
         started = loop.time()
         while True:
-            attempt = await self._send_once(payload.data)
+            attempt = await self._send_once(part.data)
             if attempt.ok:
-                rejected = min(attempt.rejected, payload.span_count)
-                self._sent.inc(payload.span_count - rejected)
-                if rejected:
-                    self._failed.inc(rejected)
-                payload.settled()
-                return
+                return _Outcome.SENT, attempt
+            if attempt.refused:
+                return _Outcome.REFUSED, attempt
             if not attempt.retryable or not self._retry.enabled:
-                self._give_up(payload, attempt.error)
-                return
+                return _Outcome.FAILED, attempt
             delay = backoff.next_delay()
             if attempt.throttle is not None:
                 delay = max(delay, attempt.throttle)
             now = loop.time()
             max_elapsed = self._retry.max_elapsed_time
             if max_elapsed and now - started + delay > max_elapsed:
-                self._give_up(payload, f"{attempt.error}; no more retries within max_elapsed_time "
-                                       f"{max_elapsed:g}s")
-                return
+                return _Outcome.FAILED, Attempt.permanent(
+                    f"{attempt.error}; no more retries within max_elapsed_time {max_elapsed:g}s")
             if self._deadline is not None and now + delay > self._deadline:
-                self._give_up(payload, f"{attempt.error}; shutting down, no time left to retry", settled=False)
-                return
+                return _Outcome.UNSENT, Attempt.permanent(f"{attempt.error}; shutting down, no time left to retry")
             log.info("exporter %s: %s; retrying %d spans in %.3fs",
-                     self._id, attempt.error, payload.span_count, delay)
+                     self._id, attempt.error, part.span_count, delay)
             self._retries.inc()
             await asyncio.sleep(delay)
+
+    def _log_refused(self, payload: ExportPayload, tally: _Tally) -> None:
+        """One line for what the downstream refused of ``payload``: how much, which span, why."""
+        dropped = sum(part.span_count for part, _ in tally.refused)
+        part, error = tally.refused[0]
+        ids = next((i for i in span_ids(part) if i is not None), None)
+        which = f"trace {ids[0].hex()} span {ids[1].hex()}" if ids else "a span that does not decode"
+        more = f" (and {len(tally.refused) - 1} more part(s))" if len(tally.refused) > 1 else ""
+        log.error("exporter %s: dropping %d of %d spans the downstream refused on their own: %s%s: %s",
+                  self._id, dropped, payload.span_count, which, more, error)
 
     def _give_up(self, payload: ExportPayload, reason: str, settled: bool = True) -> None:
         """Count ``payload`` as failed; ``settled``: for good (not a shutdown leaving it

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from concurrent import futures
@@ -82,16 +83,17 @@ def test_resource_exhausted_is_retried_only_with_retry_info(grpc_sink: OtlpGrpcS
     grpc_sink.fail_next(1, grpc.StatusCode.RESOURCE_EXHAUSTED)
     exp = exporter(grpc_sink.port, telemetry, sending_queue={"enabled": False})
     run(exp, [payload_of(make_request(first_trace=1)), payload_of(make_request(first_trace=2))])
-    # The first payload was throttled and then failed for good (no RetryInfo the second time);
-    # the second payload went through.
+    # The first payload was throttled, then refused without RetryInfo: not retried, but sent
+    # in two parts (what is too large for a server goes through in smaller ones), which it took.
     assert [r.failed_with for r in grpc_sink.received] == [
-        grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.RESOURCE_EXHAUSTED, None]
+        grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.RESOURCE_EXHAUSTED, None, None, None]
     assert metric(telemetry, "faulttrace_exporter_retries_total", CID) == 1
-    assert metric(telemetry, "faulttrace_exporter_send_failed_spans_total", CID) == 2
-    assert metric(telemetry, "faulttrace_exporter_sent_spans_total", CID) == 2
+    assert metric(telemetry, "faulttrace_exporter_send_failed_spans_total", CID) == 0
+    assert metric(telemetry, "faulttrace_exporter_sent_spans_total", CID) == 4
 
 
-@pytest.mark.parametrize("code", [grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED])
+@pytest.mark.parametrize("code", [grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED,
+                                  grpc.StatusCode.UNIMPLEMENTED])
 def test_non_retryable_status_is_not_retried(grpc_sink: OtlpGrpcSink, telemetry: Telemetry,
                                               code: grpc.StatusCode) -> None:
     grpc_sink.fail_next(1, code)
@@ -100,6 +102,31 @@ def test_non_retryable_status_is_not_retried(grpc_sink: OtlpGrpcSink, telemetry:
     assert grpc_sink.spans() == []
     assert metric(telemetry, "faulttrace_exporter_retries_total", CID) == 0
     assert metric(telemetry, "faulttrace_exporter_send_failed_spans_total", CID) == 2
+
+
+def test_only_the_span_the_downstream_refuses_alone_is_dropped(grpc_sink: OtlpGrpcSink, telemetry: Telemetry,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    req = make_request(first_trace=1, traces=3, spans_per_trace=3)
+    req.MergeFrom(make_request(first_trace=10, traces=2, spans_per_trace=2, service="payments"))
+    poison = req.resource_spans[1].scope_spans[0].spans[2]
+    poison.name = "poison"
+    grpc_sink.refuse_containing(b"poison")
+    settled: list[int] = []
+    payload = dataclasses.replace(payload_of(req), on_settled=lambda: settled.append(1))
+    run(exporter(grpc_sink.port, telemetry), [payload])
+    good = sorted(s.SerializeToString() for rs in req.resource_spans for ss in rs.scope_spans for s in ss.spans
+                  if s.name != "poison")
+    assert sorted(s.SerializeToString() for s in grpc_sink.spans()) == good
+    assert grpc_sink.spans().count(poison) == 0
+    assert metric(telemetry, "faulttrace_exporter_send_failed_spans_total", CID) == 1
+    assert metric(telemetry, "faulttrace_exporter_sent_spans_total", CID) == 12
+    assert metric(telemetry, "faulttrace_exporter_retries_total", CID) == 0
+    assert settled == [1]
+    # Each span reached the sink's parser at most once on its own; the refused one is logged once.
+    dropped = [r.getMessage() for r in caplog.records if "refused on their own" in r.getMessage()]
+    assert dropped == [f"exporter {CID}: dropping 1 of 13 spans the downstream refused on their own: "
+                       f"trace {poison.trace_id.hex()} span {poison.span_id.hex()}: gRPC INVALID_ARGUMENT: "
+                       f"the request holds b'poison', which this sink refuses"]
 
 
 def test_backend_down_for_a_while_then_up_loses_nothing(grpc_sink: OtlpGrpcSink,
@@ -217,6 +244,16 @@ def rpc_error(code: grpc.StatusCode, details_trailer: bytes | None = None) -> gr
 def test_retryable_codes_follow_the_otlp_spec(code: grpc.StatusCode, retryable: bool) -> None:
     attempt = classify_error(rpc_error(code))
     assert (attempt.ok, attempt.retryable, attempt.throttle) == (False, retryable, None)
+
+
+@pytest.mark.parametrize("code, refused", [
+    (grpc.StatusCode.INVALID_ARGUMENT, True), (grpc.StatusCode.INTERNAL, True), (grpc.StatusCode.UNKNOWN, True),
+    (grpc.StatusCode.RESOURCE_EXHAUSTED, True), (grpc.StatusCode.FAILED_PRECONDITION, True),
+    (grpc.StatusCode.UNAUTHENTICATED, False), (grpc.StatusCode.PERMISSION_DENIED, False),
+    (grpc.StatusCode.UNIMPLEMENTED, False), (grpc.StatusCode.NOT_FOUND, False), (grpc.StatusCode.UNAVAILABLE, False),
+])
+def test_refusals_of_the_data_are_told_from_other_errors(code: grpc.StatusCode, refused: bool) -> None:
+    assert classify_error(rpc_error(code)).refused is refused
 
 
 def test_retry_info_is_read_from_the_status_details_trailer() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.utils
 from typing import Any
 
@@ -68,13 +69,38 @@ def test_retryable_statuses_are_retried(http_sink: OtlpHttpSink, telemetry: Tele
     assert metric(telemetry, "faulttrace_exporter_retries_total", CID) == 2
 
 
-@pytest.mark.parametrize("status", [400, 401, 404, 413, 500])
+@pytest.mark.parametrize("status", [401, 403, 404, 415])
 def test_other_statuses_are_permanent(http_sink: OtlpHttpSink, telemetry: Telemetry, status: int) -> None:
     http_sink.fail_next(1, status)
     run(exporter(http_sink, telemetry), [payload_of(make_request())])
     assert len(http_sink.received) == 1
     assert metric(telemetry, "faulttrace_exporter_retries_total", CID) == 0
     assert metric(telemetry, "faulttrace_exporter_send_failed_spans_total", CID) == 2
+
+
+@pytest.mark.parametrize("status", [400, 413, 422, 500])
+def test_refused_data_is_not_retried_but_sent_in_parts(http_sink: OtlpHttpSink, telemetry: Telemetry,
+                                                       status: int) -> None:
+    http_sink.fail_next(1, status)
+    run(exporter(http_sink, telemetry), [payload_of(make_request())])
+    assert [r.failed_with for r in http_sink.received] == [status, None, None]  # two halves of one span each
+    assert len(http_sink.spans()) == 2
+    assert metric(telemetry, "faulttrace_exporter_retries_total", CID) == 0
+    assert metric(telemetry, "faulttrace_exporter_send_failed_spans_total", CID) == 0
+
+
+def test_only_the_span_the_downstream_refuses_alone_is_dropped(http_sink: OtlpHttpSink,
+                                                              telemetry: Telemetry) -> None:
+    req = make_request(first_trace=1, traces=4, spans_per_trace=2)
+    req.resource_spans[0].scope_spans[0].spans[5].name = "poison"
+    http_sink.refuse_containing(b"poison")
+    settled: list[int] = []
+    run(exporter(http_sink, telemetry, compression="gzip"),
+        [dataclasses.replace(payload_of(req), on_settled=lambda: settled.append(1))])
+    assert sorted(s.name for s in http_sink.spans()) == ["op0"] * 4 + ["op1"] * 3
+    assert metric(telemetry, "faulttrace_exporter_send_failed_spans_total", CID) == 1
+    assert metric(telemetry, "faulttrace_exporter_sent_spans_total", CID) == 7
+    assert settled == [1]
 
 
 def test_retry_after_seconds_is_honoured(http_sink: OtlpHttpSink, telemetry: Telemetry) -> None:

@@ -1,17 +1,23 @@
-"""RetryingSender and Backoff against a scripted transport: retries, throttling, queue, shutdown."""
+"""RetryingSender and Backoff against a scripted transport: retries, throttling, queue, shutdown,
+refused data cut into parts."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import random
 import time
 from collections.abc import Iterable
+
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from processor.exporters.config import QueueConfig, RetryConfig
 from processor.exporters.retry import Attempt, Backoff, RetryingSender
 from processor.model import ExportPayload
 from processor.service.telemetry import Telemetry
-from tests.support.exporters import FAST_RETRY, metric
+from tests.support.exporters import FAST_RETRY, make_request, metric, payload_of
 
 CID = "otlp/test"
 
@@ -229,3 +235,93 @@ def test_a_payload_left_undelivered_by_shutdown_is_not_settled(telemetry: Teleme
     asyncio.run(main())
     assert transport.delivered == [] and settled == []
     assert metric(telemetry, "faulttrace_exporter_send_failed_spans_total", CID) == 9
+
+
+# --- refused data: cut until only what is refused alone is left ----------------------------
+
+
+class RefusingTransport:
+    """Refuses every request holding ``marker`` as bad data, once per ``blips`` asks to retry first;
+    takes the rest and keeps the spans it took."""
+
+    def __init__(self, marker: bytes = b"poison", blips: int = 0) -> None:
+        self.marker = marker
+        self.blips = blips
+        self.calls = 0
+        self.taken: list[bytes] = []
+
+    async def __call__(self, data: bytes) -> Attempt:
+        self.calls += 1
+        if self.blips:
+            self.blips -= 1
+            return Attempt.retry("blip")
+        if self.marker in data:
+            return Attempt.refusal("HTTP 400: bad span")
+        request = ExportTraceServiceRequest.FromString(data)
+        self.taken += [s.SerializeToString() for rs in request.resource_spans for ss in rs.scope_spans
+                       for s in ss.spans]
+        return Attempt.success()
+
+
+def poisoned(poison: list[int], traces: int = 8) -> tuple[ExportPayload, list[bytes]]:
+    """A payload of ``traces`` x 3 spans in two resources; spans at ``poison`` (indexes) are named
+    "poison".  Also the good spans' bytes."""
+    req = make_request(first_trace=1, traces=traces // 2, spans_per_trace=3)
+    req.MergeFrom(make_request(first_trace=100, traces=traces - traces // 2, spans_per_trace=3, service="db"))
+    spans = [s for rs in req.resource_spans for ss in rs.scope_spans for s in ss.spans]
+    for i in poison:
+        spans[i].name = "poison"
+    return payload_of(req), sorted(s.SerializeToString() for s in spans if s.name != "poison")
+
+
+def test_a_refused_payload_is_cut_until_only_the_refused_spans_are_left(telemetry: Telemetry,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    settled: list[int] = []
+    base, good = poisoned([4, 17])
+    transport = RefusingTransport()
+    run_all(sender(transport, telemetry), [dataclasses.replace(base, on_settled=lambda: settled.append(1))])
+    assert sorted(transport.taken) == good
+    assert settled == [1]
+    assert metric(telemetry, "faulttrace_exporter_sent_spans_total", CID) == 22
+    assert metric(telemetry, "faulttrace_exporter_send_failed_spans_total", CID) == 2
+    assert metric(telemetry, "faulttrace_exporter_retries_total", CID) == 0
+    assert transport.calls <= 1 + 2 * 2 * 5  # a bisection per bad span: log2(24) levels, two sends a level
+    dropped = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(dropped) == 1 and "dropping 2 of 24 spans the downstream refused on their own: trace " in dropped[0]
+    assert "(and 1 more part(s)): HTTP 400: bad span" in dropped[0]
+
+
+def test_parts_are_retried_like_any_payload(telemetry: Telemetry) -> None:
+    base, good = poisoned([0], traces=2)
+    transport = RefusingTransport(blips=3)
+    run_all(sender(transport, telemetry), [base])
+    assert sorted(transport.taken) == good
+    assert metric(telemetry, "faulttrace_exporter_retries_total", CID) == 3
+    assert metric(telemetry, "faulttrace_exporter_send_failed_spans_total", CID) == 1
+
+
+def test_a_payload_refused_whole_is_dropped_span_by_span_and_settled_once(telemetry: Telemetry) -> None:
+    settled: list[int] = []
+    base, _ = poisoned(list(range(6)), traces=2)
+    run_all(sender(RefusingTransport(), telemetry), [dataclasses.replace(base, on_settled=lambda: settled.append(1))])
+    assert settled == [1]
+    assert metric(telemetry, "faulttrace_exporter_send_failed_spans_total", CID) == 6
+    # Bytes that are not a request framed from spans cannot be cut: refused, dropped whole.
+    transport = ScriptedTransport([Attempt.refusal("bad")])
+    run_all(sender(transport, telemetry), [settling(7, settled)])
+    assert len(transport.calls) == 1 and settled == [1, 7]
+    assert metric(telemetry, "faulttrace_exporter_send_failed_spans_total", CID) == 9
+
+
+def test_shutdown_while_parts_are_pending_counts_the_rest_and_does_not_settle(telemetry: Telemetry) -> None:
+    settled: list[int] = []
+    base, _ = poisoned([5], traces=4)
+
+    async def transport(data: bytes) -> Attempt:  # refuses the poisoned parts, asks to retry the others
+        return Attempt.refusal("bad") if b"poison" in data else Attempt.retry("down")
+
+    s = sender(transport, telemetry, retry={"max_elapsed_time": 0})
+    run_all(s, [dataclasses.replace(base, on_settled=lambda: settled.append(1))], timeout=0.3)
+    assert settled == []
+    assert metric(telemetry, "faulttrace_exporter_send_failed_spans_total", CID) == 12
+    assert metric(telemetry, "faulttrace_exporter_sent_spans_total", CID) == 0

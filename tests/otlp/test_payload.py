@@ -1,12 +1,15 @@
-"""processor.otlp.payload: released spans framed as ExportTraceServiceRequests, regrouped, split at max_bytes."""
+"""processor.otlp.payload: released spans framed as ExportTraceServiceRequests, regrouped, split at max_bytes;
+refused payloads cut in halves."""
 
 from __future__ import annotations
+
+import dataclasses
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
-from processor.model import ReleasedSpans
-from processor.otlp.payload import encode_payloads
+from processor.model import ExportPayload, ReleasedSpans
+from processor.otlp.payload import encode_payloads, span_ids, split_payload
 from processor.receivers.decode import group_id
 from tests.support.harness import assert_same_spans, kv, sid, tid
 
@@ -109,3 +112,59 @@ def test_a_span_larger_than_max_bytes_travels_alone():
     assert [p.span_count for p in payloads] == [1, 1, 1]
     assert_same_spans([expected_request(rows, name_size=5000)],
                       [ExportTraceServiceRequest.FromString(p.data) for p in payloads])
+
+
+# --- cutting a refused payload in halves ------------------------------------------------------
+
+
+def _layout(p: ExportPayload) -> list[tuple[str, str, int]]:
+    """(service, scope, span number) of each span, in order."""
+    req = ExportTraceServiceRequest.FromString(p.data)
+    return [(rs.resource.attributes[0].value.string_value, ss.scope.name, s.span_id[-1])
+            for rs in req.resource_spans for ss in rs.scope_spans for s in ss.spans]
+
+
+def _halves_until_single_spans(p: ExportPayload) -> list[ExportPayload]:
+    halves = split_payload(p)
+    if not halves:
+        return [p]
+    assert [h.on_settled for h in halves] == [None, None] and sum(h.span_count for h in halves) == p.span_count
+    return [leaf for h in halves for leaf in _halves_until_single_spans(h)]
+
+
+def test_a_payload_is_cut_between_resources_then_scopes_then_spans():
+    whole = dataclasses.replace(next(encode_payloads(released(ROWS))), on_settled=lambda: None)
+    by_resource = split_payload(whole)
+    assert [sorted({svc for svc, _, _ in _layout(h)}) for h in by_resource] == [["api"], ["db"]]
+    by_scope = split_payload(by_resource[0])  # api: scopes http (3 spans) and grpc (1)
+    assert [sorted({scope for _, scope, _ in _layout(h)}) for h in by_scope] == [["http"], ["grpc"]]
+    by_span = split_payload(by_scope[0])
+    assert [[n for _, _, n in _layout(h)] for h in by_span] == [[1], [4, 6]]
+    assert split_payload(by_span[0]) == []  # one span: nothing left to cut
+
+
+def test_halves_carry_the_heads_and_span_bytes_unchanged():
+    spans = released(ROWS)
+    whole = next(encode_payloads(spans))
+    leaves = _halves_until_single_spans(whole)
+    assert len(leaves) == 7
+    assert_same_spans([ExportTraceServiceRequest.FromString(whole.data)],
+                      [ExportTraceServiceRequest.FromString(p.data) for p in leaves])
+    for leaf in leaves:  # each is framed like any payload: the stored heads, the span's bytes
+        alone = next(encode_payloads(_only(spans, span_ids(leaf)[0])))
+        assert (leaf.data, leaf.span_count) == (alone.data, alone.span_count)
+
+
+def _only(spans: ReleasedSpans, ids: tuple[bytes, bytes] | None) -> ReleasedSpans:
+    assert ids is not None
+    i = list(zip(spans.trace_ids, spans.span_ids)).index(ids)
+    return dataclasses.replace(spans, trace_ids=[spans.trace_ids[i]], span_ids=[spans.span_ids[i]],
+                               parent_span_ids=[None], raw=[spans.raw[i]], resource_ids=[spans.resource_ids[i]],
+                               scope_ids=[spans.scope_ids[i]], trace_count=1)
+
+
+def test_what_is_not_a_framed_request_is_not_cut():
+    assert split_payload(ExportPayload(b"\xff\xff", 2)) == []
+    two = next(encode_payloads(released(ROWS[:2])))
+    assert split_payload(dataclasses.replace(two, span_count=3)) == []  # the count does not match: not ours
+    assert span_ids(ExportPayload(b"\xff", 1)) == []

@@ -7,7 +7,11 @@ running.  Each binds ``127.0.0.1:0`` (or a given port), stores every accepted
 ``ExportTraceServiceRequest`` with its raw bytes and headers, and can be told
 to fail the next requests (``fail_next``, optionally with a RetryInfo /
 ``Retry-After`` hint) or to go down and come back on the same port
-(``stop`` / ``restart``).  ``ByteCountingProxy`` sits in front of a sink to
+(``stop`` / ``restart``).  Like a real collector, each refuses a request it
+cannot take whole, as malformed (INVALID_ARGUMENT / 400): one that does not
+parse as an ``ExportTraceServiceRequest`` (strictly: UTF-8 strings, nesting
+limit) or holds an id of the wrong length; told to, also one whose bytes
+contain a marker (``refuse_containing``).  ``ByteCountingProxy`` sits in front of a sink to
 show what went over the wire (e.g. that gzip really compressed it).
 """
 
@@ -28,6 +32,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
@@ -42,6 +47,7 @@ SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 class Failure:
     code: Any  # grpc.StatusCode for the gRPC sink, an HTTP status int for the HTTP sink
     retry_after: float | str | None = None  # str: sent verbatim as Retry-After (an HTTP-date)
+    message: str = ""  # why, when the sink refused the request itself
 
 
 @dataclass(frozen=True)
@@ -54,8 +60,24 @@ class Received:
     failed_with: Any = None
 
 
+def collector_problem(req: ExportTraceServiceRequest) -> str:
+    """Why a collector refuses a parsed request ("" if it does not): an id of the wrong
+    length (empty is taken), as pdata's TraceID/SpanID unmarshalling refuses it."""
+    for rs in req.resource_spans:
+        for ss in rs.scope_spans:
+            for span in ss.spans:
+                ids = [(span.trace_id, 16), (span.span_id, 8), (span.parent_span_id, 8)]
+                ids += [pair for link in span.links for pair in ((link.trace_id, 16), (link.span_id, 8))]
+                for value, size in ids:
+                    if len(value) not in (0, size):
+                        return f"invalid length for ID: {len(value)} bytes, expected {size}"
+    return ""
+
+
 class _Recorder:
     """Storage and failure injection shared by both sinks; thread-safe."""
+
+    refusal: Any  # the status a request the sink cannot take gets
 
     def __init__(self, keep: bool) -> None:
         self._keep = keep  # False: count spans only, keep no messages (benchmarks)
@@ -64,6 +86,12 @@ class _Recorder:
         self._received: list[Received] = []
         self._failures: deque[Failure] = deque()
         self._span_count = 0
+        self._refuse_marker: bytes | None = None
+
+    def refuse_containing(self, marker: bytes | None) -> None:
+        """Refuse, as malformed, every request whose bytes contain ``marker`` (None: stop)."""
+        with self._cond:
+            self._refuse_marker = marker
 
     def fail_next(self, n: int, code: Any, retry_after: float | str | None = None) -> None:
         """Fail the next ``n`` requests with ``code``, optionally asking the client to wait."""
@@ -102,11 +130,17 @@ class _Recorder:
         return await asyncio.to_thread(self.wait_for_spans, n, timeout)
 
     def _take(self, raw: bytes, headers: dict[str, str]) -> Failure | None:
-        """Record one incoming request; the failure to answer with, if one is pending."""
+        """Record one incoming request; the failure to answer with, if one is pending or the
+        sink cannot take the request."""
         with self._cond:
             failure = self._failures.popleft() if self._failures else None
-        # Parsed outside the lock: concurrent handler threads must not queue behind one parse.
-        req = ExportTraceServiceRequest.FromString(raw) if failure is None else None
+            marker = self._refuse_marker
+        req = None
+        if failure is None:
+            # Parsed outside the lock: concurrent handler threads must not queue behind one parse.
+            req, problem = self._parse(raw, marker)
+            if req is None:
+                failure = Failure(self.refusal, message=problem)
         with self._cond:
             self._received.append(Received(raw if self._keep else b"", headers, time.monotonic(),
                                            failure.code if failure else None))
@@ -116,6 +150,18 @@ class _Recorder:
                 self._span_count += sum(len(ss.spans) for rs in req.resource_spans for ss in rs.scope_spans)
                 self._cond.notify_all()
         return failure
+
+
+    @staticmethod
+    def _parse(raw: bytes, marker: bytes | None) -> tuple[ExportTraceServiceRequest | None, str]:
+        try:
+            req = ExportTraceServiceRequest.FromString(raw)
+        except DecodeError as err:
+            return None, f"cannot decode the request: {err}"
+        problem = collector_problem(req)
+        if not problem and marker is not None and marker in raw:
+            problem = f"the request holds {marker!r}, which this sink refuses"
+        return (None, problem) if problem else (req, "")
 
 
 def retry_info_status(code: int, message: str, delay: float) -> bytes:
@@ -132,6 +178,8 @@ class OtlpGrpcSink(_Recorder):
 
     ``tls=(cert_pem, key_pem)`` serves TLS; ``client_ca`` (PEM) then requires client certificates.
     """
+
+    refusal = grpc.StatusCode.INVALID_ARGUMENT
 
     def __init__(self, port: int = 0, keep: bool = True, tls: tuple[bytes, bytes] | None = None,
                  client_ca: bytes | None = None) -> None:
@@ -183,7 +231,7 @@ class OtlpGrpcSink(_Recorder):
         failure = self._take(raw, headers)
         if failure is None:
             return ExportTraceServiceResponse().SerializeToString()
-        message = f"sink told to fail with {failure.code.name}"
+        message = failure.message or f"sink told to fail with {failure.code.name}"
         if failure.retry_after is not None:
             details = retry_info_status(failure.code.value[0], message, float(failure.retry_after))
             context.set_trailing_metadata((("grpc-status-details-bin", details),))
@@ -195,6 +243,7 @@ class OtlpHttpSink(_Recorder):
     """``POST /v1/traces`` (protobuf) on 127.0.0.1; ``fail_next`` takes an HTTP status."""
 
     path = "/v1/traces"
+    refusal = HTTPStatus.BAD_REQUEST
 
     def __init__(self, port: int = 0, keep: bool = True, tls: ssl.SSLContext | None = None) -> None:
         super().__init__(keep)
@@ -260,7 +309,7 @@ class OtlpHttpSink(_Recorder):
         extra = {}
         if failure.retry_after is not None:
             extra["Retry-After"] = str(failure.retry_after)
-        status = status_pb2.Status(message=f"sink told to fail with {failure.code}")
+        status = status_pb2.Status(message=failure.message or f"sink told to fail with {failure.code}")
         self._reply(req, failure.code, status.SerializeToString(), extra)
 
     @staticmethod
