@@ -7,14 +7,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from dsl import load_rules
+from dsl import TreeOutcome, load_rules
 from processor.analysis.verdict import BatchVerdict, Candidate, Evidence, TraceVerdict
 from processor.annotator import annotations, late_annotations
 from processor.otlp.spanedit import Annotation, append_to_spans
 from processor.otlp.tracefile import read_requests
+from processor.otlp.wire import length_delimited
+from processor.receivers.decode import decode
 from processor.tools.offline import analyze
 from tests.support.harness import sid, tid
 
@@ -231,3 +235,57 @@ def test_a_late_root_span_gets_its_traces_verdict_and_other_late_spans_nothing()
     assert got["rca.verdict.span_id"] == ("string_value", sid(3).hex())
     assert got["rca.verdict.service"] == ("string_value", "payments")
     assert "rca.root_cause" not in got
+
+
+# --- property: whatever a verdict holds, annotated spans stay valid OTLP -------------------
+
+_texts = st.text(max_size=12)  # any Unicode a rule message or a span name may carry
+_evidence = st.builds(
+    Evidence, source=_texts, message=st.text(max_size=40), confidence=st.floats(), score=st.floats(),
+    layer=st.sampled_from(["code", "data", "infrastructure", ""]),
+    kind=st.sampled_from(["rule", "fault_tree", "localizer"]), cut_set=st.lists(_texts, max_size=3).map(tuple))
+_times = st.integers(0, 2**63 - 1)  # the store's BIGINT columns
+
+
+@st.composite
+def _verdicts(draw: st.DrawFn, trace: bytes, span_ids: list[bytes]) -> BatchVerdict:
+    candidates = tuple(
+        Candidate(span_id=span, service=draw(_texts), name=draw(_texts), depth=draw(st.integers(0, 50)),
+                  start_ns=draw(_times), end_ns=draw(_times),
+                  evidence=tuple(draw(st.lists(_evidence, min_size=1, max_size=3))), rank=rank,
+                  probability=draw(st.one_of(st.none(), st.floats())))
+        for rank, span in enumerate(draw(st.lists(st.sampled_from(span_ids), unique=True, max_size=3)), 1))
+    trees = tuple(
+        TreeOutcome(trace_id=trace, tree_id=draw(_texts), title=draw(_texts), layer="code", severity="high",
+                    fired=draw(st.booleans()), confidence=draw(st.floats(0, 1)), cut_sets=(), spans=())
+        for _ in range(draw(st.integers(0, 2))))
+    root = draw(st.one_of(st.none(), st.sampled_from(span_ids)))
+    symptoms = tuple(draw(st.lists(st.sampled_from(span_ids), unique=True, max_size=3)))
+    return BatchVerdict(traces={trace: TraceVerdict(trace, root, candidates, trees)}, symptoms={trace: symptoms})
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), names=st.lists(_texts, min_size=1, max_size=4))
+def test_annotated_spans_parse_as_spans_with_only_rca_additions(data: st.DataObject, names: list[str]) -> None:
+    originals = []
+    for n, name in enumerate(names, 1):
+        span = Span(trace_id=tid(1), span_id=sid(n), name=name, start_time_unix_nano=n, end_time_unix_nano=n + 9)
+        span.attributes.extend([KeyValue(key="http.route", value=AnyValue(string_value=name))])
+        span.events.add(name="exception", time_unix_nano=n)
+        originals.append(span.SerializeToString())
+    verdict = data.draw(_verdicts(tid(1), [sid(n) for n in range(1, len(names) + 1)]))
+    adds = annotations(verdict)
+    annotated = append_to_spans(originals, {i: adds[(tid(1), sid(i + 1))] for i in range(len(names))
+                                            if (tid(1), sid(i + 1)) in adds})
+    # The spans' own bytes framed in a request, parsed whole as a receiver (ours, a downstream's) does.
+    scope_spans = b"".join(length_delimited(2, raw) for raw in annotated)
+    decoded = decode(length_delimited(1, length_delimited(2, scope_spans)))
+    assert decoded.rejected_spans == 0 and decoded.batch.span_count == len(names)
+    for before, after in zip(originals, annotated):
+        assert after.startswith(before)
+        added = Span.FromString(after[len(before):])  # appended fields parse on their own too
+        assert all(a.key.startswith("rca.") for a in added.attributes)
+        assert all(e.name == "rca.finding" and all(a.key.startswith("rca.") for a in e.attributes)
+                   for e in added.events)
+        assert not added.trace_id and not added.name  # nothing but attributes and events
+
