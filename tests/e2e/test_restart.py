@@ -36,7 +36,7 @@ from tests.support.harness import EXPORT_METHOD, FAST_RETRY, free_port, simple_r
 from tests.support.otlp_sink import OtlpGrpcSink
 from tests.test_cli import faulttrace
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = pytest.mark.timeout(300)  # two process starts and a drain, on a busy machine
 
 TRACES_PER_REQUEST = 100
 SPANS_PER_TRACE = 4
@@ -152,7 +152,7 @@ class Sender:
 
     def send(self, n: int) -> None:
         req = request(n)
-        self._call(req.SerializeToString(), timeout=10)
+        self._call(req.SerializeToString(), timeout=30)
         with self._lock:
             self.acknowledged.append(req)
 
@@ -206,7 +206,7 @@ def restart_and_deliver(serve: Serve, sink: OtlpGrpcSink, acknowledged: Counter[
     before = len(sink.requests)
     serve.start()
     try:  # the figures are reported either way
-        wait_until(lambda: not (acknowledged.keys() - keys(sink.requests).keys()), timeout=30,
+        wait_until(lambda: not (acknowledged.keys() - keys(sink.requests).keys()), timeout=60,
                    what="every acknowledged span to reach the sink")
     except AssertionError:
         pass
@@ -233,7 +233,7 @@ def test_sigterm_with_the_backend_down_loses_nothing_on_the_default_journal(serv
     serve.start()
     sender = Sender(serve.target)
     acknowledged = sender.send_all()
-    wait_until(lambda: serve.metric("faulttrace_exporter_retries_total") >= 2, what="the exporter to retry")
+    wait_until(lambda: serve.metric("faulttrace_exporter_retries_total") >= 2, timeout=30, what="the exporter to retry")
     serve.sigterm()  # the shutdown timeout runs out with nothing delivered
     journal = Path(state_home) / "faulttrace" / "journal.duckdb"
     journaled = journal_rows(journal) if journal.exists() else 0
@@ -270,8 +270,8 @@ def test_kill_9_during_export_with_the_backend_down_loses_nothing(serve_factory,
     serve.start()
     sender = Sender(serve.target)
     acknowledged = sender.send_all()
-    wait_until(lambda: serve.health()["buffered_spans"] == 0, what="every trace released")
-    wait_until(lambda: serve.metric("faulttrace_exporter_retries_total") >= 2, what="the exporter to retry")
+    wait_until(lambda: serve.health()["buffered_spans"] == 0, timeout=30, what="every trace released")
+    wait_until(lambda: serve.metric("faulttrace_exporter_retries_total") >= 2, timeout=30, what="the exporter to retry")
     serve.kill()  # the exporter holds every span and cannot deliver
     sink.restart()
     figures = restart_and_deliver(serve, sink, acknowledged)
