@@ -163,9 +163,12 @@ def _service_name(resource: Resource) -> str:
 def _column(values: Sequence[Any], type_: pa.DataType) -> pa.Array:
     try:
         return pa.array(values, type=type_)
-    except OverflowError:
-        # Span times are fixed64 on the wire but BIGINT columns: clamp the rare
-        # out-of-range value (the span's raw bytes keep the original).
+    except (OverflowError, pa.ArrowInvalid):
+        # The rare value out of the column's range (the span's raw bytes keep the original):
+        # kind and status code are open enums (int32) on the wire but UTINYINT columns, read
+        # as 0 (unspecified, unset); span times are fixed64 but BIGINT columns, clamped.
+        if pa.types.is_uint8(type_):
+            return pa.array([v if 0 <= v <= 255 else 0 for v in values], type=type_)
         return pa.array([min(v, _MAX_INT64) for v in values], type=type_)
 
 

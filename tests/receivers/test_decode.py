@@ -340,3 +340,14 @@ def test_spans_with_invalid_link_ids_are_rejected_individually(link, problem):
     decoded = decode(req)
     assert decoded.rejected_spans == 1 and decoded.error_message == f"1 span(s) rejected: {problem}"
     assert decoded.batch.table.column("span_id").to_pylist() == [sid(1)]
+
+
+@pytest.mark.parametrize("value", [-1, 6, 255, 256, 2**31 - 1, -(2**31)])
+def test_kind_and_status_code_are_open_enums(value):
+    # Any int32 is a valid enum value on the wire; the columns read those they cannot hold as 0.
+    span = valid_span(kind=value)
+    span.status.code = value
+    row = decode(one_span_request(span)).batch.table.to_pylist()[0]
+    fits = value if 0 <= value <= 255 else 0
+    assert (row["kind"], row["status_code"]) == (fits, fits)
+    assert Span.FromString(row["raw"]) == span
