@@ -84,6 +84,7 @@ class Figures:
     lost: int = 0
     altered: int = 0
     duplicated: int = 0
+    annotated: int = 0  # control spans that arrived with rca.* additions (and nothing else added)
     downstream_refused: int = 0
     logged_errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -104,7 +105,8 @@ class Figures:
             f"crashes {len(self.crashes)}, hangs {len(self.hangs)}, invalid answers {len(self.invalid_answers)}, "
             f"errors logged by the pipeline {len(self.logged_errors)}",
             f"control: {self.control_requests} requests, {self.control_spans} acknowledged spans (each expected "
-            f"at 2 sinks): lost {self.lost}, altered {self.altered}, duplicated {self.duplicated}",
+            f"at 2 sinks): lost {self.lost}, altered {self.altered}, duplicated {self.duplicated}; "
+            f"{self.annotated} arrivals carried rca.* annotations",
             f"spans the downstream refused (accepted but not valid there): {self.downstream_refused}",
             f"{sum(self.mutations.values())} mutations in {self.seconds:.1f}s",
         ]
@@ -647,9 +649,10 @@ def check_control(expected: dict[tuple[bytes, bytes], Placement], sinks: list[An
                 continue
             figures.duplicated += len(arrived) - 1
             r, s, span = arrived[0]
-            if (r, s) != (rhead, shead) or not span.startswith(raw) or (
-                    len(span) > len(raw) and not _only_annotations(span[len(raw):])):
+            annotated = len(span) > len(raw) and _only_annotations(span[len(raw):])
+            if (r, s) != (rhead, shead) or not span.startswith(raw) or (len(span) > len(raw) and not annotated):
                 figures.altered += 1
+            figures.annotated += annotated
 
 
 # --- the run ------------------------------------------------------------------------
