@@ -22,8 +22,11 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TypeVar
 
 from dsl import ir
+
+T = TypeVar("T")
 
 EXACT_LIMIT = 30  # variables; beyond, the rare-event approximation
 CUT_SET_LIMIT = 10_000  # cut sets kept per tree (MOCUS can blow up on wide atleast gates)
@@ -130,21 +133,30 @@ def minimal_cut_sets(node: ir.FtNode | _Const, limit: int = CUT_SET_LIMIT) -> tu
 def _atleast(k: int, children: list[list[CutSet]], cap: Callable[[list[CutSet]], list[CutSet]]) -> list[CutSet]:
     """Cut sets of ``atleast k of`` the children (k=1: or, k=n: and), by the
     recurrence T(i, k) = (c_i and T(i+1, k-1)) or T(i+1, k)."""
-    n = len(children)
-    memo: dict[tuple[int, int], list[CutSet]] = {}
+    out = _band(k, len(children), [frozenset()], [],
+                lambda i, with_i, without_i: cap(_product(children[i], with_i) + without_i))
+    return list(out)  # not the shared base-case list
 
-    def t(i: int, need: int) -> list[CutSet]:
+
+def _band(k: int, n: int, yes: T, no: T, step: Callable[[int, T, T], T]) -> T:
+    """T(0, k) of the recurrence T(i, need) = step(i, T(i+1, need-1), T(i+1, need)),
+    with T = ``yes`` once nothing more is needed and ``no`` once fewer than
+    ``need`` of the ``n`` inputs are left: bottom up, the pairs reachable from
+    (0, k) once each, in a loop (a gate may have thousands of inputs; recursion
+    would be as deep)."""
+
+    def t(row: dict[int, T], i: int, need: int) -> T:
         if need <= 0:
-            return [frozenset()]
+            return yes
         if n - i < need:
-            return []
-        key = (i, need)
-        if key not in memo:
-            with_i = _product(children[i], t(i + 1, need - 1))
-            memo[key] = cap(with_i + t(i + 1, need))
-        return memo[key]
+            return no
+        return row[need]
 
-    return t(0, k)
+    below: dict[int, T] = {}  # T(i + 1, need) for the needs reachable at i + 1
+    for i in range(n - 1, -1, -1):
+        below = {need: step(i, t(below, i + 1, need - 1), t(below, i + 1, need))
+                 for need in range(max(1, k - i), min(k, n - i) + 1)}
+    return t(below, 0, k)
 
 
 def _product(a: list[CutSet], b: list[CutSet]) -> list[CutSet]:
@@ -190,6 +202,31 @@ class Bdd:
         return self._mk(self.level[name], 0, 1)
 
     def ite(self, f: int, g: int, h: int) -> int:
+        """If ``f`` then ``g`` else ``h``.  Shannon expansion on the top
+        variable, with an explicit stack: it goes one variable deeper per
+        step, and a tree may have thousands of variables."""
+        todo: list[tuple[int, int, int] | tuple[tuple[int, int, int], int]] = [(f, g, h)]
+        done: list[int] = []
+        while todo:
+            step = todo.pop()
+            if len(step) == 2:  # both cofactors are done: make the node
+                key, top = step  # type: ignore[misc]
+                hi, lo = done.pop(), done.pop()
+                out = self._ite[key] = self._mk(top, lo, hi)
+                done.append(out)
+                continue
+            f, g, h = step  # type: ignore[misc]
+            known = self._ite_known(f, g, h)
+            if known is not None:
+                done.append(known)
+                continue
+            top = min(self.nodes[f][0], self.nodes[g][0], self.nodes[h][0])
+            todo.append(((f, g, h), top))
+            todo.append(tuple(self._cofactor(x, top, True) for x in (f, g, h)))  # type: ignore[arg-type]
+            todo.append(tuple(self._cofactor(x, top, False) for x in (f, g, h)))  # type: ignore[arg-type]
+        return done[0]
+
+    def _ite_known(self, f: int, g: int, h: int) -> int | None:
         if f == 1:
             return g
         if f == 0:
@@ -198,15 +235,7 @@ class Bdd:
             return g
         if g == 1 and h == 0:
             return f
-        key = (f, g, h)
-        hit = self._ite.get(key)
-        if hit is not None:
-            return hit
-        top = min(self.nodes[f][0], self.nodes[g][0], self.nodes[h][0])
-        lo = self.ite(*(self._cofactor(x, top, False) for x in (f, g, h)))
-        hi = self.ite(*(self._cofactor(x, top, True) for x in (f, g, h)))
-        out = self._ite[key] = self._mk(top, lo, hi)
-        return out
+        return self._ite.get((f, g, h))
 
     def _cofactor(self, f: int, level: int, value: bool) -> int:
         lvl, lo, hi = self.nodes[f]
@@ -218,18 +247,7 @@ class Bdd:
         return self.ite(f, 0, 1)
 
     def atleast(self, k: int, fs: Sequence[int]) -> int:
-        memo: dict[tuple[int, int], int] = {}
-
-        def t(i: int, need: int) -> int:
-            if need <= 0:
-                return 1
-            if len(fs) - i < need:
-                return 0
-            if (i, need) not in memo:
-                memo[(i, need)] = self.ite(fs[i], t(i + 1, need - 1), t(i + 1, need))
-            return memo[(i, need)]
-
-        return t(0, k)
+        return _band(k, len(fs), 1, 0, lambda i, with_i, without_i: self.ite(fs[i], with_i, without_i))
 
     def build(self, node: ir.FtNode | _Const) -> int:
         memo: dict[int, int] = {}
@@ -255,15 +273,20 @@ class Bdd:
         """P(f) with independent variables, P(v) = p[v] (Shannon expansion)."""
         probs = [p[v] for v in self.order]
         memo: dict[int, float] = {0: 0.0, 1: 1.0}
-
-        def go(n: int) -> float:
-            if n in memo:
-                return memo[n]
+        todo = [f]  # a loop: a path through the diagram is as long as there are variables
+        while todo:
+            n = todo[-1]
+            if n in memo:  # a terminal, or a node reached twice
+                todo.pop()
+                continue
             lvl, lo, hi = self.nodes[n]
-            out = memo[n] = probs[lvl] * go(hi) + (1.0 - probs[lvl]) * go(lo)
-            return out
-
-        return go(f)
+            missing = [c for c in (lo, hi) if c not in memo]
+            if missing:
+                todo += missing
+                continue
+            todo.pop()
+            memo[n] = probs[lvl] * memo[hi] + (1.0 - probs[lvl]) * memo[lo]
+        return memo[f]
 
 
 def rare_event(cut_sets: Iterable[CutSet], p: Mapping[str, float]) -> float:

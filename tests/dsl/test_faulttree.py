@@ -22,6 +22,7 @@ from dsl.faulttree import (
     cut_set_text,
     kleene,
     minimal_cut_sets,
+    never_fires,
     rare_event,
 )
 from tests.support.dsl_spans import Trace, load
@@ -99,6 +100,17 @@ def test_bdd_probability_is_exact(node):
     p = {"a": 0.1, "b": 0.35, "c": 0.5, "d": 0.9}
     bdd = Bdd(sorted(p))
     assert bdd.probability(bdd.build(node), p) == pytest.approx(_brute(node, p))
+
+
+def test_wide_gates_are_analysed_in_loops_not_recursion():
+    # a gate's inputs and a diagram's variables once each cost a level of recursion
+    events = [ev(f"b{i}") for i in range(3_000)]
+    wide_or, wide_and = g("or", *events), g("and", *events[:1_500])
+    assert not never_fires(wide_or)
+    bdd = Bdd([e.name for e in events])
+    assert bdd.probability(bdd.build(wide_and), dict.fromkeys(bdd.order, 0.5)) == pytest.approx(0.5 ** 1_500)
+    (cut_set,), truncated = minimal_cut_sets(wide_and)
+    assert len(cut_set) == 1_500 and not truncated
 
 
 def test_rare_event_approximation_is_the_sum_of_cut_sets():
