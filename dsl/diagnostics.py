@@ -136,13 +136,32 @@ def _render(diag: Diagnostic, lines: LineIndex | None) -> str:
         gutter = " " * len(str(s.line))
         # a span over several lines is underlined to the end of its first line
         end_col = s.end_col if s.end_line == s.line else len(text) + 1
-        width = max(1, end_col - s.col)
+        text, col, end_col = _window(text, s.col, end_col)
+        width = max(1, end_col - col)
         # tabs keep their width so the caret lines up under the source text
-        pad = "".join("\t" if ch == "\t" else " " for ch in text[: s.col - 1])
+        pad = "".join("\t" if ch == "\t" else " " for ch in text[: col - 1])
         label = f" {diag.label}" if diag.label else ""
         out += [f"{gutter} |", f"{s.line} | {text}", f"{gutter} | {pad}{'^' * width}{label}"]
     out += [f"  = hint: {h}" for h in diag.hints]
     return "\n".join(out)
+
+
+_LONG_LINE = 400  # characters; a longer source line is shown around the caret
+_CONTEXT = 80
+
+
+def _window(text: str, col: int, end_col: int) -> tuple[str, int, int]:
+    """``text`` and the span's columns in it, or for a line past ``_LONG_LINE``
+    (a generated or hostile file: a huge literal, a thousand ``not``s) the
+    ``2 * _CONTEXT`` characters around the span's start, cut with ``...``."""
+    if len(text) <= _LONG_LINE:
+        return text, col, end_col
+    first = max(0, col - 1 - _CONTEXT)
+    last = min(len(text), first + 2 * _CONTEXT)
+    head = "..." if first else ""
+    shown = head + text[first:last] + ("..." if last < len(text) else "")
+    shift = len(head) - first
+    return shown, col + shift, min(end_col, last + 1) + shift
 
 
 def render_all(diags: Sequence[Diagnostic], sources: dict[str, str]) -> str:

@@ -62,3 +62,12 @@ def test_json_form():
 def test_did_you_mean():
     assert did_you_mean("duraton", ["duration", "depth"]) == ("did you mean `duration`?",)
     assert did_you_mean("zzz", ["duration"]) == ()
+
+
+def test_a_very_long_line_is_shown_around_the_caret():
+    src = "x" * 1_000 + " BAD " + "y" * 1_000 + "\n"
+    start = src.index("BAD")
+    text = render(Diagnostic("E005", "m", SourceSpan.at("f", src, start, start + 3)), src)
+    _, _, line, caret = text.splitlines()
+    assert line.startswith("1 | ...x") and line.endswith("y...") and len(line) < 200
+    assert line[caret.index("^"):].startswith("BAD") and caret.endswith("^^^")
