@@ -59,7 +59,8 @@ def test_metrics_count_what_happened(grpc_sink, pipeline_factory):
 
 
 def test_send_failures_are_counted(grpc_sink, pipeline_factory):
-    grpc_sink.fail_next(1, grpc.StatusCode.INVALID_ARGUMENT)  # permanent: not retried
+    # permanent (not retried) for the payload and for every part the exporter splits it into
+    grpc_sink.fail_next(100, grpc.StatusCode.INVALID_ARGUMENT)
     running = pipeline_factory(config_dict({"otlp_grpc": grpc_exporter(grpc_sink.port)}))
     grpc_export(running.grpc_target, simple_request(1, traces=1, spans_per_trace=4))
     wait_until(lambda: value(scrape(running), "faulttrace_exporter_send_failed_spans_total",
