@@ -23,7 +23,7 @@ from typing import TextIO
 import duckdb
 import pyarrow as pa
 
-from dsl import ir
+from dsl import ast, ir
 from dsl.checker import CheckResult, check
 from dsl.compiler import (
     BASELINE_COLUMNS, BASELINE_TABLE, CompiledRule, EvidenceQuery, cleanup_statements, compile_evidence, compile_rule, foldable,
@@ -31,6 +31,7 @@ from dsl.compiler import (
 )
 from dsl.diagnostics import Diagnostic, SourceSpan, did_you_mean, render_all, sort_key, to_json
 from dsl.faulttree import TRUE, UNKNOWN, BatchEvidence, TreeOutcome, TreePlan, evaluate_trees, explain
+from dsl.limits import MAX_FILE_BYTES
 from dsl.parser import parse
 from dsl.projection import SPAN_COLUMNS, AttrRef, column_name
 
@@ -451,16 +452,29 @@ def _no_cycle_collection() -> Iterator[None]:
         gc.enable()
 
 
-def _analyse(paths: Iterable[PathLike]) -> tuple[CheckResult, list[Diagnostic], dict[str, str]]:
+def _read(path: Path) -> str | Diagnostic:
+    """The text of a rule file (newlines as in text mode), or why not: E040,
+    or E041 past ``MAX_FILE_BYTES`` (read no further than that)."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+        if len(data) > MAX_FILE_BYTES:
+            return Diagnostic("E041", f"rule file too large: more than {MAX_FILE_BYTES:,} bytes", SourceSpan(str(path), 1, 1, 1, 1),
+                              ("split it into several files (definitions are shared by every file of a rule set)",))
+        return data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+    except (OSError, UnicodeDecodeError) as err:
+        return Diagnostic("E040", f"cannot read `{path}`: {err}", SourceSpan(str(path), 0, 0, 0, 0))
+
+
+def _analyse(paths: Iterable[PathLike], sources: dict[str, str]) -> tuple[CheckResult, list[Diagnostic]]:
+    """Parse and check the rule files under ``paths``; ``sources`` receives each file's text as it is read."""
     files, diags = expand_paths(paths)
-    sources: dict[str, str] = {}
     trees = []
     with _no_cycle_collection():
         for path in files:
-            try:
-                text = path.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as err:
-                diags.append(Diagnostic("E040", f"cannot read `{path}`: {err}", SourceSpan(str(path), 0, 0, 0, 0)))
+            text = _read(path)
+            if isinstance(text, Diagnostic):
+                diags.append(text)
                 continue
             sources[str(path)] = text
             tree, syntax = parse(text, str(path))
@@ -472,7 +486,7 @@ def _analyse(paths: Iterable[PathLike]) -> tuple[CheckResult, list[Diagnostic], 
         finally:
             conn.close()
     trees = [replace(t, top_text=_top_text(t, sources)) for t in result.trees]
-    return replace(result, trees=trees), diags + result.diagnostics, sources
+    return replace(result, trees=trees), diags + result.diagnostics
 
 
 def _top_text(tree: ir.CheckedTree, sources: dict[str, str]) -> str:
@@ -491,16 +505,56 @@ def _re2_problem(conn: duckdb.DuckDBPyConnection, pattern: str) -> str:
     return ""
 
 
-def _diagnose(paths: Iterable[PathLike]) -> tuple[CheckResult, list[Diagnostic], dict[str, str], RuleSet | None]:
+def _diagnose(paths: Iterable[PathLike], validate: bool = True,
+              ) -> tuple[CheckResult, list[Diagnostic], dict[str, str], RuleSet | None]:
     """Everything ``faulttrace check`` reports: parse and check problems, and,
-    when there is no error, DuckDB's verdict on each compiled statement (of
-    the rule set returned with them, None if there was an error before)."""
-    result, diags, sources = _analyse(paths)
-    ruleset = None
-    if not any(d.is_error for d in diags):
-        ruleset = _build(result, (), sources)
-        diags += _validate(ruleset)
+    when there is no error, (with ``validate``) DuckDB's verdict on each
+    compiled statement; with the rule set (None after an error before
+    compiling), its warnings kept on it.
+
+    The boundary of the rule compiler: an exception in any of it is a bug,
+    and becomes one E000 diagnostic instead of a traceback."""
+    paths = list(paths)
+    sources: dict[str, str] = {}
+    try:
+        result, diags = _analyse(paths, sources)
+        if any(d.is_error for d in diags):
+            return result, sorted(diags, key=sort_key), sources, None
+        ruleset = _build(result, tuple(sorted(diags, key=sort_key)), sources)
+        if validate:
+            diags += _validate(ruleset)
+    except Exception as err:  # the component's boundary
+        log.debug("internal error checking %s", [str(p) for p in paths], exc_info=True)
+        return CheckResult([], []), [_internal_error(err, paths, sources)], sources, None
     return result, sorted(diags, key=sort_key), sources, ruleset
+
+
+def _internal_error(err: Exception, paths: list[PathLike], sources: dict[str, str]) -> Diagnostic:
+    """E000 for an unexpected exception, where the compiler was if its traceback shows it."""
+    first = next(iter(sources), str(paths[0]) if paths else "<rules>")
+    span = _traceback_span(err) or SourceSpan(first, 0, 0, 0, 0)
+    what = str(err)
+    what = what if len(what) <= 200 else what[:200] + "..."
+    return Diagnostic("E000", f"internal error: {type(err).__name__}: {what}", span,
+                      ("this is a bug in faulttrace, not in the rules: please report it with the rule files",))
+
+
+def _traceback_span(err: BaseException) -> SourceSpan | None:
+    """The span of the syntax-tree node (or checked rule) the innermost frame
+    of ``err``'s traceback that holds one was working on: the position of the
+    bug's trigger, without every step of the compiler tracking it."""
+    frames = []
+    tb = err.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        for value in frame.f_locals.values():
+            if type(value).__module__ in (ast.__name__, ir.__name__):
+                span = getattr(value, "span", None)
+                if isinstance(span, SourceSpan) and span.line > 0:
+                    return span
+    return None
 
 
 def _build(result: CheckResult, warnings: tuple[Diagnostic, ...], sources: dict[str, str]) -> RuleSet:
@@ -527,14 +581,9 @@ def load_rules(paths: Iterable[PathLike], *, validate: bool = True) -> RuleSet:
     warnings are kept on the returned ``RuleSet``.  With ``validate`` each
     compiled statement is run once over an empty table so that DuckDB itself
     confirms it (e.g. RE2 accepts every pattern) before any batch arrives."""
-    result, diags, sources = _analyse(paths)
-    if any(d.is_error for d in diags):
-        raise RuleError(sorted(diags, key=sort_key), sources)
-    ruleset = _build(result, tuple(sorted(diags, key=sort_key)), sources)
-    if validate:
-        problems = _validate(ruleset)
-        if problems:
-            raise RuleError(problems + diags, sources)
+    _, diags, sources, ruleset = _diagnose(paths, validate)
+    if ruleset is None or any(d.is_error for d in diags):
+        raise RuleError(diags, sources)
     return ruleset
 
 

@@ -87,13 +87,24 @@ class Unary:
 
 @dataclass(frozen=True, slots=True)
 class Binary:
-    """Logical (``and``/``or``), comparison, membership and arithmetic operators."""
+    """Comparison, membership and arithmetic operators; ``a + b - c`` is
+    ``(a + b) - c``, left-nested, as its SQL is."""
 
     op: str
     left: Expr
     right: Expr
     span: SourceSpan
     op_span: SourceSpan
+
+
+@dataclass(frozen=True, slots=True)
+class Logical:
+    """``a and b and c`` or ``a or b or c``: a chain of any length is one
+    node (its SQL is one flat ``AND``/``OR``), so its length costs no nesting."""
+
+    op: str  # "and" | "or"
+    items: tuple[Expr, ...]
+    span: SourceSpan
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +150,7 @@ class Quantifier:
     func_span: SourceSpan
 
 
-Expr = Union[Literal, ListLit, Name, Field, Attr, Unary, Binary, Call, IsSet, Quantifier]
+Expr = Union[Literal, ListLit, Name, Field, Attr, Unary, Binary, Logical, Call, IsSet, Quantifier]
 
 
 # ---- rules and definitions --------------------------------------------------
@@ -313,3 +324,43 @@ Item = Union[Rule, MacroDef, ListDef, ConstDef, Tree, EventDef, BasicDef, HouseD
 class File:
     path: str
     items: tuple[Item, ...]
+
+
+# ---- walking -------------------------------------------------------------------
+
+
+def children(node: Expr | GateExpr) -> tuple[Expr | GateExpr, ...]:
+    """The sub-expressions of an expression, or the inputs of a gate."""
+    match node:
+        case Unary() | IsSet():
+            return (node.operand,)
+        case Binary():
+            return (node.left, node.right)
+        case Logical() | ListLit() | Gate():
+            return node.items
+        case Call():
+            return node.args
+        case Quantifier():
+            return tuple(x for x in (node.where, node.value) if x is not None)
+    return ()
+
+
+def roots(item: Item) -> tuple[Expr | GateExpr, ...]:
+    """The outermost expressions and gates of a top-level item."""
+    match item:
+        case Rule():
+            holes = (p.expr for m in item.messages for p in m.parts if isinstance(p, TemplatePart))
+            wheres = (m.where for m in item.matches if m.where is not None)
+            return (*(m.value for m in item.meta), *wheres, *holes)
+        case Tree():
+            wheres = (t.where for t in item.tops if t.where is not None)
+            return (*(m.value for m in item.meta), *wheres, *(c.gate for c in item.causes))
+        case MacroDef():
+            return (item.body,)
+        case ListDef() | ConstDef():
+            return (item.value,)
+        case EventDef():
+            return (item.gate,)
+        case HouseDef():
+            return (item.where,) if item.where is not None else ()
+    return ()

@@ -20,6 +20,7 @@ from dsl import ast, ir
 from dsl.diagnostics import Diagnostic, SourceSpan, did_you_mean
 from dsl.faulttree import DEFAULT_PRIOR, PROBE, condition_id, matters, never_fires, substitute
 from dsl.ir import Ty
+from dsl.limits import MAX_NESTING, nesting_diagnostic
 from dsl.neverfires import contradiction
 from dsl.projection import AttrRef, AttrSource, AttrType
 from dsl.semconv import SemconvTable
@@ -91,12 +92,19 @@ class _Checker:
         self.consts: dict[str, ast.ConstDef] = {}
         self.used_defs: set[str] = set()
         self.macro_stack: list[str] = []
+        self.definition_stack: list[str] = []  # consts and lists being evaluated
         self.error_count = 0  # errors so far: a piece that counts more after checking than before has failed
+        # levels of the expression being lowered, macros expanded: the parser
+        # bounds the source's nesting, this bounds what macros make of it
+        self.depth = 0
+        self.cut_short = False  # an expansion was refused: which definitions are used is not known
 
-    def error(self, code: str, message: str, span: SourceSpan, *hints: str, label: str = "") -> None:
-        diag = Diagnostic(code, message, span, tuple(h for h in hints if h), label)
+    def _report(self, diag: Diagnostic) -> None:
         self.diags.append(diag)
         self.error_count += diag.is_error
+
+    def error(self, code: str, message: str, span: SourceSpan, *hints: str, label: str = "") -> None:
+        self._report(Diagnostic(code, message, span, tuple(h for h in hints if h), label))
 
     # ---- driver ---------------------------------------------------------------
 
@@ -116,10 +124,10 @@ class _Checker:
                         rules.append(checked)
         trees, houses = _TreeChecker(self, seen_ids, {r.meta.id: r.meta for r in rules}).run()
         # definitions no rule uses are still checked
-        for const in self.consts.values():
-            self._const(const)
-        for lst in self.lists.values():
-            self._list_items(lst.value)
+        for name, const in self.consts.items():
+            self._defining(name, lambda: self._const(const))
+        for name, lst in self.lists.items():
+            self._defining(name, lambda: ir.Const(self._list_items(lst.value), Ty.LIST))
         self._unused_definitions()
         # a macro body reached through several calls reports once
         unique = list(dict.fromkeys(self.diags))
@@ -144,6 +152,8 @@ class _Checker:
                     self.consts[item.name] = item
 
     def _unused_definitions(self) -> None:
+        if self.cut_short:
+            return
         for kind, table in (("macro", self.macros), ("list", self.lists), ("const", self.consts)):
             for name, d in table.items():
                 if name not in self.used_defs:
@@ -325,6 +335,23 @@ class _Checker:
         return node
 
     def _expr(self, e: ast.Expr, scope: _Scope, want: AttrType | None = None) -> ir.Node:
+        if self.depth >= MAX_NESTING:
+            # the parser refused deeper source: only expanding macros (or consts) gets here
+            self._too_deep(e.span)
+            return ir.Const(None, Ty.ERROR)
+        self.depth += 1
+        try:
+            return self._lower(e, scope, want)
+        finally:
+            self.depth -= 1
+
+    def _too_deep(self, span: SourceSpan) -> None:
+        self.cut_short = True
+        self._report(nesting_diagnostic(span, "expression nested too deeply once macros are expanded",
+                                        "macros expand inline: a chain of macros calling macros nests as deep as "
+                                        "all their bodies together", label=""))
+
+    def _lower(self, e: ast.Expr, scope: _Scope, want: AttrType | None) -> ir.Node:
         match e:
             case ast.Literal():
                 return ir.Const(e.value, _LITERAL_TY[e.kind])
@@ -347,11 +374,11 @@ class _Checker:
                 if isinstance(inner, ir.Const):
                     return ir.Const(-inner.value, inner.ty)  # type: ignore[operator]
                 return ir.Negate(inner, inner.ty)
-            case ast.Binary(op="and" | "or"):
-                items = (self._condition(e.left, scope), self._condition(e.right, scope))
+            case ast.Logical():
                 flat: list[ir.Node] = []
                 cls = ir.And if e.op == "and" else ir.Or
-                for it in items:
+                for item in e.items:
+                    it = self._condition(item, scope)
                     flat += it.items if isinstance(it, cls) else [it]
                 return cls(tuple(flat))
             case ast.Binary(op="+" | "-" | "*" | "/" | "%"):
@@ -391,13 +418,14 @@ class _Checker:
             target = scope.params[e.name]
             if isinstance(target, str):
                 return self._var_as_value(e, target)
+            if self.depth + ir.height(target) - 1 > MAX_NESTING:  # the argument nests on from here
+                self._too_deep(e.span)
+                return ir.Const(None, Ty.ERROR)
             return target
         if e.name in self.consts:
-            self.used_defs.add(e.name)
-            return self._const(self.consts[e.name])
+            return self._definition(e, "const", lambda: self._const(self.consts[e.name]))
         if e.name in self.lists:
-            self.used_defs.add(e.name)
-            return ir.Const(self._list_items(self.lists[e.name].value), Ty.LIST)
+            return self._definition(e, "list", lambda: ir.Const(self._list_items(self.lists[e.name].value), Ty.LIST))
         if e.name in ir.STATUSES:
             return ir.Const(ir.STATUSES[e.name], Ty.STATUS)
         if e.name in ir.KINDS:
@@ -411,6 +439,21 @@ class _Checker:
         self.error("E010", f"unknown name `{e.name}`", e.span, *did_you_mean(e.name, known),
                    "bare names are consts, lists, statuses (ok, error, unset) or kinds (server, client, ...)")
         return ir.Const(None, Ty.ERROR)
+
+    def _definition(self, e: ast.Name, kind: str, value: Callable[[], ir.Node]) -> ir.Node:
+        """The ``value`` of the const or list ``e`` names, unless it is defined through itself."""
+        if e.name in self.definition_stack:
+            self.error("E026", f"{kind} `{e.name}` is defined through itself", e.span, f"give `{e.name}` a literal value")
+            return ir.Const(None, Ty.ERROR)
+        self.used_defs.add(e.name)
+        return self._defining(e.name, value)
+
+    def _defining(self, name: str, value: Callable[[], ir.Node]) -> ir.Node:
+        self.definition_stack.append(name)
+        try:
+            return value()
+        finally:
+            self.definition_stack.pop()
 
     def _var_as_value(self, e: ast.Name, var: str) -> ir.Node:
         self.error("E011", f"span variable `{var}` used as a value", e.span, f"read a field, e.g. `{e.name}.name` or `{e.name}.duration`")
@@ -684,6 +727,7 @@ class _TreeChecker:
     def run(self) -> tuple[list[ir.CheckedTree], list[ir.HouseEvent]]:
         self._collect()
         self._cycles()
+        self._heights()
         for b in self.basics.values():
             self._basic_def(b)
         for h in self.houses.values():
@@ -744,6 +788,56 @@ class _TreeChecker:
                        "a fault tree is acyclic: an event cannot cause itself")
             self.bad.update(group)
             self._groups.update(dict.fromkeys(group, frozenset(group)))
+        self._graph = graph
+
+    def _heights(self) -> None:
+        """How many levels each event's gate takes once the events it names
+        are expanded (``self.heights``), referenced events first.  An event
+        past ``MAX_NESTING`` is an E005 at the reference that takes it there,
+        and is marked bad like a cycle: no tree is lowered through it, so no
+        walk of a lowered tree goes deeper than the limit."""
+        self.heights: dict[str, int] = {}
+        self.deep: set[str] = set()  # too deep, or naming an event that is (reported once, at the first)
+        acyclic = self._graph.subgraph(n for n in self._graph if n not in self.bad)
+        for name in reversed(list(nx.topological_sort(acyclic))):
+            gate = self.events[name].gate
+            if any(self.deep.intersection(acyclic.successors(name))):
+                self.deep.add(name)
+                continue
+            height, over = self._expanded(gate)
+            if over is None:
+                self.heights[name] = height
+                continue
+            self._too_deep(over, f"event `{name}` nests too deeply once the events it names are expanded", gate)
+            self.deep.add(name)
+        self.bad |= self.deep
+
+    def _expanded(self, gate: ast.GateExpr) -> tuple[int, ast.GateExpr | None]:
+        """Levels of ``gate`` with the events it names expanded (their heights
+        known), and its first node, in source order, past ``MAX_NESTING``."""
+        height, todo = 0, [(gate, 1)]
+        while todo:
+            node, level = todo.pop()
+            if isinstance(node, ast.GateRef):
+                level += self.heights.get(node.name, 1) - 1  # an event's gate takes the reference's place
+            if level > MAX_NESTING:
+                return level, node
+            height = max(height, level)
+            todo.extend((child, level + 1) for child in reversed(ast.children(node)))
+        return height, None
+
+    def _too_deep(self, at: ast.GateExpr, message: str, gate: ast.GateExpr) -> None:
+        """E005; what ``gate`` names counts as used (it is not lowered, so W003 would follow)."""
+        self.c._report(nesting_diagnostic(at.span, message, "events expand inline: a chain of events naming events "
+                                          "nests as deep as all their gates together", label=""))
+        for ref in _gate_refs(gate):
+            self._used_below(ref.name)
+
+    def _used_below(self, name: str) -> None:
+        """``name`` and every event it reaches count as used."""
+        self.used.add(name)
+        if name in self._graph:
+            self.used.update(nx.descendants(self._graph, name))
 
     def _record_cycle(self, name: str) -> None:
         """A tree reaches an event on a cycle: what the cycle's events name is used and
@@ -823,7 +917,11 @@ class _TreeChecker:
             elif top.binding is not None:
                 top_cond = self._condition_rule(condition_id("top", t.id), f"top event of {t.id}", top.binding, top.where, top.span)
         cause = None
-        if t.causes:
+        over = self._expanded(t.causes[0].gate)[1] if t.causes else None
+        if over is not None:
+            self._too_deep(over, f"the cause of tree `{t.id}` nests too deeply once the events it names are expanded",
+                           t.causes[0].gate)
+        elif t.causes:
             basics: dict[str, ir.BasicEvent] = {}
             houses: dict[str, ir.HouseEvent] = {}
             cause = self._resolve(t.causes[0].gate, basics, houses, None, record=True)
@@ -887,7 +985,9 @@ class _TreeChecker:
             return ir.FtEvent(name)
         if name in self.events:
             if name in self.bad:
-                if record:
+                if record and name in self.deep:
+                    self._used_below(name)
+                elif record:
                     self._record_cycle(name)
                 return None
             if name in memo and probe is None:

@@ -276,6 +276,17 @@ def walk(node: Node):
         yield from walk(child)
 
 
+def height(node: Node) -> int:
+    """Levels of ``node``: 1 for a leaf, one more per level of nesting (a loop, not recursion)."""
+    best = 0
+    todo = [(node, 1)]
+    while todo:
+        n, level = todo.pop()
+        best = max(best, level)
+        todo.extend((c, level + 1) for c in children(n))
+    return best
+
+
 # ---- fault trees ---------------------------------------------------------------
 
 

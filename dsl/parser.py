@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable, Iterable
 from importlib import resources
 from typing import Any
 
@@ -20,12 +21,14 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from dsl import ast
 from dsl.diagnostics import Diagnostic, LineIndex, SourceSpan, did_you_mean
+from dsl.limits import MAX_STRING_CHARS, nesting_diagnostic, too_deep
 
 _DURATION_NS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000, "h": 3_600_000_000_000}
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "\\": "\\", '"': '"', "'": "'"}
 # a new top-level item starts at the beginning of a line with one of these
 _ITEM_START = re.compile(r"^[ \t]*(rule|macro|list|const|tree|event|basic|house)\b", re.M)
 _MAX_RECOVERIES = 100
+_INT64_MAX = 2**63 - 1  # integers and durations (in ns) are BIGINT in SQL
 
 
 @functools.cache
@@ -59,7 +62,7 @@ def parse(text: str, path: str = "<string>") -> tuple[ast.File, list[Diagnostic]
         builder = _AstBuilder(path, text, lines)
         items = builder.build(tree)
         diags += builder.diagnostics
-        return ast.File(path, tuple(items)), diags
+        return ast.File(path, tuple(_within_nesting(items, diags))), diags
     return ast.File(path, ()), diags
 
 
@@ -70,7 +73,24 @@ def parse_expr(text: str, path: str = "<string>") -> tuple[ast.Expr | None, list
     except UnexpectedInput as err:
         return None, [_syntax_diagnostic(err, text, path)]
     builder = _AstBuilder(path, text, LineIndex(text))
-    return builder.build(tree), builder.diagnostics
+    expr = builder.build(tree)
+    kept = _within_nesting([expr], builder.diagnostics, lambda e: (e,))
+    return (kept[0] if kept else None), builder.diagnostics
+
+
+def _within_nesting(items: list[Any], diags: list[Diagnostic],
+                    roots: Callable[[Any], Iterable[Any]] = ast.roots) -> list[Any]:
+    """``items`` without those nesting past ``MAX_NESTING`` (an E005 each, in
+    ``diags``): nothing after the parser has to walk a deeper expression."""
+    kept = []
+    for item in items:
+        deep = next((n for n in map(too_deep, roots(item)) if n is not None), None)
+        if deep is None:
+            kept.append(item)
+        else:
+            what = "gate" if isinstance(deep, (ast.Gate, ast.GateRef)) else "expression"
+            diags.append(nesting_diagnostic(deep.span, f"{what} nested too deeply"))
+    return kept
 
 
 def _blank_item_at(text: str, pos: int) -> str:
@@ -327,7 +347,8 @@ class _AstBuilder:
 
     def gate_atleast(self, meta, children):
         k, *items = children
-        return ast.Gate("atleast", tuple(items), self._s(meta), int(float(k)), self._t(k))
+        count = float(k)  # `atleast 1e999 of` is out of range (E063), not an overflow
+        return ast.Gate("atleast", tuple(items), self._s(meta), int(min(count, _INT64_MAX)), self._t(k))
 
     # -- bindings
     def span_binding(self, meta, children):
@@ -342,23 +363,18 @@ class _AstBuilder:
         return str(children[0])
 
     # -- expressions
-    def _binary_chain(self, meta, children, op: str | None = None):
-        """``a op b op c`` (ops either given or interleaved) -> left-nested Binary."""
-        if op is not None:
-            left = children[0]
-            for right in children[1:]:
-                left = ast.Binary(op, left, right, _join(left.span, right.span), left.span)
-            return left
+    def _binary_chain(self, meta, children):
+        """``a op b op c`` (operators interleaved) -> left-nested Binary."""
         left = children[0]
         for op_tok, right in zip(children[1::2], children[2::2]):
             left = ast.Binary(str(op_tok), left, right, _join(left.span, right.span), self._t(op_tok))
         return left
 
     def or_expr(self, meta, children):
-        return self._binary_chain(meta, children, "or")
+        return ast.Logical("or", tuple(children), _join(children[0].span, children[-1].span))
 
     def and_expr(self, meta, children):
-        return self._binary_chain(meta, children, "and")
+        return ast.Logical("and", tuple(children), _join(children[0].span, children[-1].span))
 
     def not_(self, meta, children):
         return ast.Unary("not", children[0], self._s(meta))
@@ -450,14 +466,28 @@ class _AstBuilder:
         raw = str(children[0])
         if any(c in raw for c in ".eE"):
             return ast.Literal("double", float(raw), self._s(meta))
-        return ast.Literal("int", int(raw), self._s(meta))
+        return self._int64("int", _digits(raw), self._s(meta))
 
     def duration(self, meta, children):
         raw = str(children[0])
         m = re.fullmatch(r"([0-9.]+)([a-z]+)", raw)
         assert m is not None  # the DURATION terminal guarantees the shape
-        value = round(float(m.group(1)) * _DURATION_NS[m.group(2)]) if "." in raw else int(m.group(1)) * _DURATION_NS[m.group(2)]
-        return ast.Literal("duration", value, self._s(meta))
+        unit = _DURATION_NS[m.group(2)]
+        if "." in raw:
+            ns = float(m.group(1)) * unit
+            value = round(ns) if ns <= _INT64_MAX else _INT64_MAX + 1
+        else:
+            value = _digits(m.group(1)) * unit
+        return self._int64("duration", value, self._s(meta))
+
+    def _int64(self, kind: str, value: int, span: SourceSpan) -> ast.Literal:
+        """An int or duration literal, or E007 if it does not fit in 64 bits
+        (and the largest value, which draws no follow-on warnings)."""
+        if value <= _INT64_MAX:
+            return ast.Literal(kind, value, span)
+        limit = "9223372036854775807" if kind == "int" else "9223372036854775807ns (about 292 years)"
+        self.diagnostics.append(Diagnostic("E007", f"{kind} literal out of range", span, (f"the largest is {limit}",)))
+        return ast.Literal(kind, _INT64_MAX, span)
 
     def true(self, meta, children):
         return ast.Literal("bool", True, self._s(meta))
@@ -470,9 +500,25 @@ class _AstBuilder:
 
     # -- strings and templates
     def _string(self, tok: Token) -> str:
+        if self._too_long(tok):
+            return ""
         return self._unescape(str(tok)[1:-1], self._offset(tok.start_pos) + 1)
 
+    def _too_long(self, tok: Token) -> bool:
+        """Whether the string ``tok`` is past ``MAX_STRING_CHARS`` (then an E006, at its opening quote)."""
+        size = len(tok) - 2
+        if size <= MAX_STRING_CHARS:
+            return False
+        start = self._t(tok)
+        span = SourceSpan(self.path, start.line, start.col, start.line, start.col + 1, start.start, start.start + 1)
+        self.diagnostics.append(Diagnostic(
+            "E006", f"string literal too long: {size:,} characters (at most {MAX_STRING_CHARS:,})", span,
+            ("strings are names, patterns and messages; keep large data out of rule files",), "the string starts here"))
+        return True
+
     def _unescape(self, raw: str, offset: int) -> str:
+        if "\\" not in raw:
+            return raw
         out: list[str] = []
         i = 0
         while i < len(raw):
@@ -500,6 +546,8 @@ class _AstBuilder:
         """Split a message string into text and ``{expr}`` holes (``{{``/``}}``
         are literal braces).  Holes are parsed with the expression grammar at
         their true file position, so their diagnostics point into the string."""
+        if self._too_long(tok):
+            return ()
         raw = str(tok)[1:-1]
         base = self._offset(tok.start_pos) + 1
         parts: list[str | ast.TemplatePart] = []
@@ -545,6 +593,13 @@ class _AstBuilder:
         expr = sub.build(tree)
         self.diagnostics += sub.diagnostics
         return ast.TemplatePart(expr, span)
+
+
+def _digits(raw: str) -> int:
+    """The value of a run of decimal digits, or (past 19 digits, which no
+    64-bit value has) one more than the largest 64-bit integer: Python
+    refuses to convert thousands of digits, and none would fit anyway."""
+    return int(raw) if len(raw.lstrip("0")) <= 19 else _INT64_MAX + 1
 
 
 def _hole_end(raw: str, i: int) -> int:

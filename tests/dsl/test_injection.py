@@ -5,6 +5,7 @@ from __future__ import annotations
 import duckdb
 import pytest
 
+from dsl.limits import MAX_STRING_CHARS
 from tests.support.dsl_spans import Trace, load
 
 HOSTILE = [
@@ -14,7 +15,7 @@ HOSTILE = [
     "back\\slash\\\\ and \\' escaped",
     "nul\x00byte",
     "$1 $2 ? :name",
-    "x" * 100_000,
+    "x" * MAX_STRING_CHARS,  # the longest literal allowed
     "ünïcödé ☃ \u2028",
 ]
 

@@ -69,11 +69,20 @@ def test_attribute_forms():
 
 def test_precedence_and_or_not_arithmetic():
     expr, _ = parse_expr("not a.depth > 1 + 2 * 3 or b.depth = 1 and c.depth = 2")
-    assert expr.op == "or"
-    assert isinstance(expr.left, ast.Unary) and expr.left.op == "not"
-    cmp = expr.left.operand
+    assert isinstance(expr, ast.Logical) and expr.op == "or"
+    first, second = expr.items
+    assert isinstance(first, ast.Unary) and first.op == "not"
+    cmp = first.operand
     assert cmp.op == ">" and cmp.right.op == "+" and cmp.right.right.op == "*"
-    assert expr.right.op == "and"
+    assert isinstance(second, ast.Logical) and second.op == "and"
+
+
+def test_and_or_chains_are_one_node_arithmetic_is_left_nested():
+    chain, _ = parse_expr(" or ".join(f"e.depth = {i}" for i in range(5)))
+    assert isinstance(chain, ast.Logical) and len(chain.items) == 5
+    assert (chain.span.col, chain.span.end_col) == (1, chain.items[-1].span.end_col)
+    diff, _ = parse_expr("1 - 2 - 3")
+    assert diff.op == "-" and diff.left.op == "-" and diff.right.value == 3
 
 
 def test_positions_are_one_based_and_exact():
