@@ -31,6 +31,13 @@ BASELINE_TABLE = "__ft_baseline"  # learned baseline the caller registers (optio
 # name VARCHAR, p99_self_ns, median_self_ns, mad_self_ns (numbers, in ns), one row per operation
 BASELINE_COLUMNS = ("service", "name", "p99_self_ns", "median_self_ns", "mad_self_ns")
 _MAX_DEPTH = 256  # guards recursion against parent cycles in bad data
+# A chain of more than this many `and`/`or` items goes to DuckDB inside
+# ``coalesce(..., FALSE)`` (a no-op: conditions are never NULL), and so do the
+# `and` items of such an `or`: DuckDB's optimizer pairs up the conjuncts of a
+# WHERE clause (filter pushdown) and the `and` items of an `or` (its
+# distributivity rewrite), which for thousands of them costs minutes and
+# gigabytes (2,000 conjuncts: 10 s and 2.6 GB; 10,000: killed at 23 GB).
+_WIDE_CHAIN = 64
 
 # intrinsic -> SQL over the prepared table (``{v}`` is the span's alias)
 _SPAN_SQL = {
@@ -214,10 +221,8 @@ def _value(node: ir.Node, ctx: _Ctx) -> str:
             return _arith(node, ctx)
         case ir.Negate():
             return f"(-{_value(node.operand, ctx)})"
-        case ir.And():
-            return "(" + " AND ".join(_bool(i, ctx) for i in node.items) + ")"
-        case ir.Or():
-            return "(" + " OR ".join(_bool(i, ctx) for i in node.items) + ")"
+        case ir.And() | ir.Or():
+            return _chain(node, ctx)
         case ir.Not():
             return f"(NOT {_bool(node.operand, ctx)})"
         case ir.IsSet():
@@ -227,6 +232,17 @@ def _value(node: ir.Node, ctx: _Ctx) -> str:
         case ir.First():
             return f"coalesce({', '.join(_value(i, ctx) for i in node.items)})"
     raise AssertionError(f"unhandled IR node {node!r}")  # pragma: no cover
+
+
+def _chain(node: ir.And | ir.Or, ctx: _Ctx) -> str:
+    """``(a AND b ...)`` or ``(a OR b ...)``; a wide one opaque to DuckDB's optimizer (``_WIDE_CHAIN``)."""
+    wide = len(node.items) > _WIDE_CHAIN
+    parts = []
+    for item in node.items:
+        sql = _bool(item, ctx)
+        parts.append(f"coalesce({sql}, FALSE)" if wide and isinstance(node, ir.Or) and isinstance(item, ir.And) else sql)
+    sql = "(" + (" AND " if isinstance(node, ir.And) else " OR ").join(parts) + ")"
+    return f"coalesce({sql}, FALSE)" if wide else sql
 
 
 def _arith(node: ir.Arith, ctx: _Ctx) -> str:
