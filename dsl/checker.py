@@ -85,6 +85,7 @@ class _Checker:
     def __init__(self, files: list[ast.File], regex_validator: RegexValidator | None = None) -> None:
         self.files = files
         self.regex_validator = regex_validator
+        self.regex_problems: dict[str, str] = {}  # asking the engine costs ~3 ms; a library repeats its patterns
         self.semconv = SemconvTable()
         self.diags: list[Diagnostic] = []
         self.macros: dict[str, ast.MacroDef] = {}
@@ -596,7 +597,9 @@ class _Checker:
             self.error("E024", "a regular expression must be a string literal or const", e.right.span)
             return ir.Const(None, Ty.ERROR)
         pattern = str(right.value)
-        problem = _regex_problem(pattern, self.regex_validator)
+        if pattern not in self.regex_problems:
+            self.regex_problems[pattern] = _regex_problem(pattern, self.regex_validator)
+        problem = self.regex_problems[pattern]
         if problem:
             self.error("E024", f"invalid regular expression: {problem}", e.right.span,
                        "patterns use RE2 syntax (linear time: no backreferences or lookaround)")

@@ -205,12 +205,16 @@ class _AstBuilder:
     ``origin`` places a sub-text the parse tree was parsed from (``None``:
     the tree is of the whole file)."""
 
-    def __init__(self, path: str, text: str, lines: LineIndex, origin: Origin | None = None) -> None:
+    def __init__(self, path: str, text: str, lines: LineIndex, origin: Origin | None = None,
+                 holes: dict[str, Tree] | None = None) -> None:
         self.path = path
         self.text = text
         self.lines = lines
         self.origin = origin
         self.diagnostics: list[Diagnostic] = []
+        # parse trees of the message holes seen so far, by text: a hole is parsed on its own (its
+        # positions are relative to it), and a file's messages repeat the same few holes
+        self.holes: dict[str, Tree] = {} if holes is None else holes
 
     def _span(self, line: int, col: int, end_line: int, end_col: int, start: int, end: int) -> SourceSpan:
         return _shift(SourceSpan(self.path, line, col, end_line, end_col, start, end), self.origin)
@@ -583,13 +587,15 @@ class _AstBuilder:
         placed at its file position (so its diagnostics point into the string)."""
         span = self.lines.span(self.path, offset, offset + len(raw))
         origin = (span.line, span.col, offset)
-        try:
-            tree = _lark().parse(raw, start="expr")
-        except UnexpectedInput as err:
-            diag = _syntax_diagnostic(err, raw, self.path)
-            self.diagnostics.append(Diagnostic("E034", f"in message template: {diag.message}", _shift(diag.span, origin), diag.hints))
-            return ast.TemplatePart(ast.Literal("string", "", span), span)
-        sub = _AstBuilder(self.path, self.text, self.lines, origin)
+        tree = self.holes.get(raw)
+        if tree is None:
+            try:
+                tree = self.holes[raw] = _lark().parse(raw, start="expr")
+            except UnexpectedInput as err:
+                diag = _syntax_diagnostic(err, raw, self.path)
+                self.diagnostics.append(Diagnostic("E034", f"in message template: {diag.message}", _shift(diag.span, origin), diag.hints))
+                return ast.TemplatePart(ast.Literal("string", "", span), span)
+        sub = _AstBuilder(self.path, self.text, self.lines, origin, self.holes)
         expr = sub.build(tree)
         self.diagnostics += sub.diagnostics
         return ast.TemplatePart(expr, span)
