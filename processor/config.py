@@ -1,9 +1,10 @@
 """Configuration: the whole collector-shaped file, and the faulttrace processor's own settings.
 
 The shape follows the OpenTelemetry Collector (``receivers``, ``processors``,
-``exporters``, ``service.pipelines``; component ids ``type[/name]``).  Defaults
-live only in the models; receivers' and exporters' models live beside them and
-are found through their registries (``receivers.factory``, ``exporters.factory``).  ``${env:VAR}`` (and ``${VAR}``) are substituted in the
+``exporters``, ``extensions``, ``service.pipelines``, ``service.extensions``;
+component ids ``type[/name]``).  Defaults live only in the models; receivers',
+exporters' and extensions' models live beside them and are found through their
+registries (``receivers.factory``, ``exporters.factory``, ``extensions.factory``).  ``${env:VAR}`` (and ``${VAR}``) are substituted in the
 YAML text before parsing, as the collector does, with ``${env:VAR:-default}``
 for a fallback.  Errors name the YAML key path (``exporters.otlp.endpoint``).
 """
@@ -19,6 +20,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from processor.confmap import ConfigError, Duration, Endpoint, StrictModel, component_type, expand_env
 from processor.exporters.factory import EXPORTERS
+from processor.extensions.factory import EXTENSIONS, unsupported_message
 from processor.receivers.config import OtlpReceiverConfig
 from processor.receivers.factory import RECEIVERS
 
@@ -126,6 +128,7 @@ class TelemetryConfig(StrictModel):
 
 class ServiceConfig(StrictModel):
     pipelines: dict[str, PipelineConfig]
+    extensions: list[str] = []  # ids under `extensions:` to start, before everything else
     telemetry: TelemetryConfig = TelemetryConfig()
     shutdown_timeout: Duration = 30.0
 
@@ -148,6 +151,25 @@ class Config(StrictModel):
     exporters: dict[str, Any]
     extensions: dict[str, Any] = {}
     service: ServiceConfig
+
+    @model_validator(mode="after")
+    def _extension_references(self) -> Config:
+        enabled = self.service.extensions
+        for cid in enabled:
+            if cid not in self.extensions:
+                raise ValueError(f"service.extensions: {cid!r} is not defined under extensions")
+        for cid in self.extensions:
+            if cid not in enabled:
+                raise ValueError(f"extensions.{cid}: defined but not enabled; add it to service.extensions "
+                                 "or remove it")
+        for rid, receiver in self.receivers.items():
+            for path, ext in receiver.authenticators().items():
+                if ext not in enabled:
+                    raise ValueError(f"receivers.{rid}.{path}: {ext!r} is not an enabled extension "
+                                     f"(service.extensions: [{', '.join(enabled)}])")
+                if not EXTENSIONS[component_type(ext)].authenticator:
+                    raise ValueError(f"receivers.{rid}.{path}: {ext!r} is not an authenticator")
+        return self
 
     @model_validator(mode="after")
     def _references(self) -> Config:
@@ -201,7 +223,15 @@ _SECTIONS: tuple[tuple[str, dict[str, type[BaseModel]]], ...] = (
     ("receivers", {kind: c.config for kind, c in RECEIVERS.items()}),
     ("processors", {"faulttrace": FaulttraceProcessorConfig}),
     ("exporters", {kind: c.config for kind, c in EXPORTERS.items()}),
+    ("extensions", {kind: e.config for kind, e in EXTENSIONS.items()}),
 )
+
+
+def _unknown_type(section: str, cid: str, types: dict[str, type[BaseModel]]) -> str:
+    if section == "extensions" and (message := unsupported_message(cid)):
+        return message
+    kind = component_type(cid)
+    return f"{section}.{cid}: unknown type {kind!r} (known: {', '.join(sorted(types))})"
 
 
 def _problems(err: ValidationError, prefix: tuple[Any, ...] = ()) -> list[str]:
@@ -233,7 +263,7 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
         for cid, body in comps.items():
             kind = component_type(str(cid))
             if kind not in types:
-                problems.append(f"{section}.{cid}: unknown type {kind!r} (known: {', '.join(sorted(types))})")
+                problems.append(_unknown_type(section, str(cid), types))
                 continue
             try:
                 parsed[cid] = types[kind].model_validate({} if body is None else body)

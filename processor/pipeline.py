@@ -1,13 +1,14 @@
 """Pipeline: builds receivers -> store -> assembler -> release (analysis, annotation) -> exporters
 from a Config, and starts and stops them in order.
 
-One coroutine owns start and graceful stop.  Start: store (recovering spans its
-journal kept), exporters, the release loop, receivers, the admin server.
-Stop: receivers first (no new data), then every buffered trace is released
-and exported, then exporters drain their queues within the shutdown timeout,
-then the store deletes what was delivered from its journal and closes.  A
-start that fails stops what had started; a port or file that cannot be used is
-a ``StartError`` whose one-line message names the key path.
+One coroutine owns start and graceful stop.  Start: extensions (the
+authenticators receivers consult), store (recovering spans its journal kept),
+exporters, the release loop, receivers, the admin server.  Stop: receivers
+first (no new data), then every buffered trace is released and exported, then
+exporters drain their queues within the shutdown timeout, then the store
+deletes what was delivered from its journal and closes, then the extensions
+stop.  A start that fails stops what had started; a port or file that cannot
+be used is a ``StartError`` whose one-line message names the key path.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from processor.assembler import Assembler
 from processor.config import Config
 from processor.exporters.base import Exporter
 from processor.exporters.factory import build_exporter
+from processor.extensions.factory import build_extensions
 from processor.receivers.factory import Receiver, build_receivers
 from processor.receivers.ingest import Ingest
 from processor.release import Releaser
@@ -50,6 +52,7 @@ class Pipeline:
         self.config = config
         self.telemetry = Telemetry()
         self._clock = clock
+        self.extensions = build_extensions(config.extensions, config.service.extensions)
         proc = config.processor
         # ``analyzer``: run this one (in this process) instead of the configured analysis
         self._analysis = pipeline_analysis(proc, analyzer)
@@ -63,12 +66,14 @@ class Pipeline:
         self.ingest = Ingest(self.store, proc.max_buffered_spans, self.telemetry, self._releaser.observe,
                              retry_after=max(1.0, proc.decision_wait))
         self.receivers: list[Receiver] = [r for cid, rcfg in config.pipeline_receivers().items()
-                                          for r in build_receivers(cid, rcfg, self.ingest, self.telemetry)]
+                                          for r in build_receivers(cid, rcfg, self.ingest, self.telemetry,
+                                                                   self.extensions)]
         address = config.service.telemetry.metrics.address
         self.admin = AdminServer(address, self.telemetry, self._health) if address else None
         self._loop_task: asyncio.Task[None] | None = None
         self._running = False
         # What has started, so that stop() after a failed start stops exactly that.
+        self._started_extensions: list[str] = []
         self._store_open = False
         self._started_exporters: list[Exporter] = []
 
@@ -87,6 +92,9 @@ class Pipeline:
             log.info("%s", receiver.describe())
 
     async def _start(self) -> None:
+        for cid, extension in self.extensions.items():
+            await extension.start()
+            self._started_extensions.append(cid)
         recovered = await self.store.open()
         self._store_open = True
         if recovered:
@@ -131,6 +139,9 @@ class Pipeline:
             self._analysis.close()
         if self.admin is not None:
             await self.admin.stop()
+        for cid in reversed(self._started_extensions):
+            await self.extensions[cid].shutdown()
+        self._started_extensions = []
 
     def ports(self) -> dict[str, int]:
         """Bound ports, by ``<component>/<transport>`` and ``metrics`` (useful with port 0)."""

@@ -137,3 +137,25 @@ def test_serve_on_a_port_in_use_fails_with_one_line(tmp_path, protocol):
     assert done.returncode == 1
     assert done.stderr == (f"error: receivers.otlp.protocols.{protocol}: cannot listen on 127.0.0.1:{port}: "
                            "Address already in use\n")
+
+
+def test_serve_with_a_key_that_is_not_a_key_fails_with_one_line(tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("not a certificate\n", encoding="utf-8")
+    key.write_text("not a key\n", encoding="utf-8")
+    path = write_yaml(tmp_path, serve_config({}, {"tls": {"cert_file": str(cert), "key_file": str(key)}}))
+    done = subprocess.run(faulttrace("serve", "--config", str(path)), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"error: receivers.otlp.protocols.http.tls: cannot load cert_file {cert} "
+                                  f"with key_file {key}: not PEM")
+
+
+def test_validate_names_a_missing_certificate_by_its_key_path(tmp_path):
+    path = write_yaml(tmp_path, serve_config({"tls": {"cert_file": str(tmp_path / "nope.pem"),
+                                                      "key_file": str(tmp_path / "nope.key")}}, {}))
+    done = subprocess.run(faulttrace("validate", "--config", str(path)), capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2
+    assert f"receivers.otlp.protocols.grpc.tls.cert_file: no such file: {tmp_path / 'nope.pem'}" in done.stderr
+    assert f"receivers.otlp.protocols.grpc.tls.key_file: no such file: {tmp_path / 'nope.key'}" in done.stderr

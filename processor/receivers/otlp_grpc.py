@@ -3,8 +3,10 @@
 The request arrives as raw bytes (no generated stub deserializes it), so a
 malformed message becomes INVALID_ARGUMENT with our own message and decoding
 happens off the event loop.  gRPC itself enforces ``max_recv_msg_size_mib``
-(RESOURCE_EXHAUSTED) and decompresses gzip.  A port that cannot be bound is an
-OSError naming the key path and the endpoint (grpcio's own error says little).
+(RESOURCE_EXHAUSTED) and decompresses gzip.  With ``tls`` the port serves
+TLS (client certificates required with ``client_ca_file``); with ``auth``
+every call must carry ``authorization`` metadata the named authenticator
+accepts, else UNAUTHENTICATED, which says nothing about the expected value.
 """
 
 from __future__ import annotations
@@ -17,14 +19,17 @@ import socket
 import grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
+from processor.extensions.factory import ServerAuthenticator
 from processor.receivers.config import GrpcServerConfig
 from processor.receivers.decode import MalformedRequest
 from processor.receivers.ingest import Encoding, Ingest, Overloaded
 from processor.receivers.status import status
+from processor.receivers.tls import grpc_credentials, security_summary
 from processor.service.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
+UNAUTHENTICATED_MESSAGE = "missing or invalid authorization"
 
 
 def _check_free(endpoint: str) -> None:
@@ -50,11 +55,13 @@ def _check_free(endpoint: str) -> None:
 class GrpcReceiver:
     transport = "grpc"
 
-    def __init__(self, component_id: str, config: GrpcServerConfig, ingest: Ingest, telemetry: Telemetry) -> None:
+    def __init__(self, component_id: str, config: GrpcServerConfig, ingest: Ingest, telemetry: Telemetry,
+                 authenticator: ServerAuthenticator | None = None) -> None:
         self.component_id = component_id
         self._config = config
         self._ingest = ingest
         self._telemetry = telemetry
+        self._auth = authenticator
         self._server: grpc.aio.Server | None = None
         self.port = 0
 
@@ -63,7 +70,8 @@ class GrpcReceiver:
         return f"receivers.{self.component_id}.protocols.grpc"
 
     async def start(self) -> int:
-        """Listen; OSError naming the key path and endpoint when the port cannot be bound."""
+        """Listen; OSError naming the key path and endpoint when the port or the TLS files fail."""
+        credentials = grpc_credentials(self._config.tls, f"{self._where}.tls") if self._config.tls else None
         options = [("grpc.max_receive_message_length", self._config.max_recv_msg_size_mib * 1024 * 1024),
                    ("grpc.so_reuseport", 0)]
         if self._config.max_concurrent_streams:
@@ -77,7 +85,10 @@ class GrpcReceiver:
         handler = grpc.unary_unary_rpc_method_handler(self._export)  # raw bytes in and out
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Export": handler}),))
         try:
-            self.port = server.add_insecure_port(endpoint)
+            if credentials is None:
+                self.port = server.add_insecure_port(endpoint)
+            else:
+                self.port = server.add_secure_port(endpoint, credentials)
         except RuntimeError:  # grpcio: "Failed to bind to address …"
             self.port = 0
         if self.port == 0:
@@ -85,11 +96,14 @@ class GrpcReceiver:
             raise OSError(f"{self._where}: cannot listen on {endpoint}")
         await server.start()
         self._server = server
+        if self._auth is not None and credentials is None:
+            log.warning("%s: %s checks tokens without tls: they cross the network in clear text",
+                        self._where, self._auth.component_id)
         return self.port
 
     def describe(self) -> str:
         host = self._config.endpoint.rsplit(":", 1)[0]
-        return f"OTLP/gRPC receiver {self.component_id} on {host}:{self.port}"
+        return f"OTLP/gRPC receiver {self.component_id} on {host}:{self.port}{security_summary(self._config.tls, self._auth)}"
 
     async def stop(self, grace: float) -> None:
         if self._server is not None:
@@ -100,6 +114,10 @@ class GrpcReceiver:
         self._telemetry.receiver_requests.labels(self.component_id, "grpc", code.name).inc()
 
     async def _export(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        if self._auth is not None and not self._auth.authenticate(_authorization(context)):
+            self._count(grpc.StatusCode.UNAUTHENTICATED)
+            log.debug("%s: refused a call without valid authorization from %s", self._where, context.peer())
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
         try:
             result = await self._ingest.submit(request, Encoding.PROTOBUF, self.component_id, "grpc")
         except MalformedRequest as err:
@@ -120,4 +138,11 @@ class GrpcReceiver:
             response.partial_success.rejected_spans = result.rejected_spans
             response.partial_success.error_message = result.error_message
         return response.SerializeToString()
+
+
+def _authorization(context: grpc.aio.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and isinstance(value, str):
+            return value
+    return None
 

@@ -4,8 +4,11 @@ Status codes follow the OTLP/HTTP specification: 200 with an
 ``ExportTraceServiceResponse`` (partial success when spans were rejected),
 400 malformed, 413 over the body limit (checked after decompression, so a
 small gzip bomb cannot exhaust memory), 415 unsupported media type or
-encoding, 503 with ``Retry-After`` when the store is full.  A body that does
-not arrive within ``read_timeout`` gets 408 and the connection is closed; a client that disconnects mid-body is counted as 499 and logged at
+encoding, 503 with ``Retry-After`` when the store is full.  With ``auth``, a
+request without an ``Authorization`` header the authenticator accepts gets
+401 before its body is read, with nothing about the expected value.  A body
+that does not arrive within ``read_timeout`` gets 408 and the connection is
+closed; a client that disconnects mid-body is counted as 499 and logged at
 debug level.  Error bodies are ``google.rpc.Status`` in the request's
 content type.
 """
@@ -21,10 +24,12 @@ from aiohttp import web
 from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
+from processor.extensions.factory import ServerAuthenticator
 from processor.receivers import status as st
 from processor.receivers.config import HttpServerConfig
 from processor.receivers.decode import MalformedRequest
 from processor.receivers.ingest import Encoding, Ingest, Overloaded
+from processor.receivers.tls import security_summary, server_context
 from processor.service.httpserver import serve
 from processor.service.telemetry import Telemetry
 
@@ -33,6 +38,7 @@ log = logging.getLogger(__name__)
 _MEDIA = {"application/x-protobuf": Encoding.PROTOBUF, "application/json": Encoding.JSON}
 
 
+UNAUTHENTICATED_MESSAGE = "missing or invalid authorization"
 CLIENT_CLOSED = "499"  # nginx's code for a client that went away before the response: counted, never sent
 
 
@@ -84,11 +90,13 @@ def _inflate(body: bytes, limit: int) -> bytes:
 class HttpReceiver:
     transport = "http"
 
-    def __init__(self, component_id: str, config: HttpServerConfig, ingest: Ingest, telemetry: Telemetry) -> None:
+    def __init__(self, component_id: str, config: HttpServerConfig, ingest: Ingest, telemetry: Telemetry,
+                 authenticator: ServerAuthenticator | None = None) -> None:
         self.component_id = component_id
         self._config = config
         self._ingest = ingest
         self._telemetry = telemetry
+        self._auth = authenticator
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -97,8 +105,9 @@ class HttpReceiver:
         return f"receivers.{self.component_id}.protocols.http"
 
     async def start(self) -> int:
-        """Listen; OSError naming the key path and endpoint when the port cannot be bound."""
+        """Listen; OSError naming the key path and endpoint when the port or the TLS files fail."""
         config = self._config
+        ssl_context = server_context(config.tls, f"{self._where}.tls") if config.tls else None
         # Compressed bodies may not exceed the limit either; aiohttp refuses those with 413.
         app = web.Application(client_max_size=config.max_request_body_size)
         app.router.add_route("*", config.traces_url_path, self._handle)
@@ -106,15 +115,18 @@ class HttpReceiver:
             # We decompress ourselves, to enforce the limit on the decompressed size.  aiohttp's
             # keep-alive timer also bounds the wait for a request's headers (see HttpServerConfig).
             self._runner, self.port = await serve(
-                app, config.endpoint, auto_decompress=False,
+                app, config.endpoint, ssl_context=ssl_context, auto_decompress=False,
                 keepalive_timeout=min(config.read_header_timeout, config.idle_timeout))
         except OSError as err:
             raise OSError(f"{self._where}: {err}") from None
+        if self._auth is not None and ssl_context is None:
+            log.warning("%s: %s checks tokens without tls: they cross the network in clear text",
+                        self._where, self._auth.component_id)
         return self.port
 
     def describe(self) -> str:
         host = self._config.endpoint.rsplit(":", 1)[0]
-        return f"OTLP/HTTP receiver {self.component_id} on {host}:{self.port}"
+        return f"OTLP/HTTP receiver {self.component_id} on {host}:{self.port}{security_summary(self._config.tls, self._auth)}"
 
     async def stop(self, grace: float) -> None:
         if self._runner is not None:
@@ -125,6 +137,9 @@ class HttpReceiver:
     async def _handle(self, request: web.Request) -> web.Response:
         encoding = _MEDIA.get(request.content_type, Encoding.PROTOBUF)
         try:
+            if self._auth is not None and not self._auth.authenticate(request.headers.get("Authorization")):
+                log.debug("%s: refused a request without valid authorization from %s", self._where, request.remote)
+                raise _Refusal(401, st.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
             if request.method != "POST":
                 raise _Refusal(405, st.INVALID_ARGUMENT, f"method {request.method} not allowed; use POST")
             if request.content_type not in _MEDIA:
@@ -183,6 +198,8 @@ class HttpReceiver:
             response.headers["Retry-After"] = str(max(1, math.ceil(err.retry_after)))
         if err.http_status == 405:
             response.headers["Allow"] = "POST"
+        if err.http_status == 401 and self._auth is not None and self._auth.scheme:
+            response.headers["WWW-Authenticate"] = self._auth.scheme
         return response
 
 

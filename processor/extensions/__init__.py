@@ -1,0 +1,1 @@
+"""Extensions (``extensions:`` and ``service.extensions``): the bearer-token authenticator receivers use."""
