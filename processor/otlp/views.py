@@ -1,4 +1,4 @@
-"""Protobuf views of OTLP trace messages, shaped for the decoder's hot path.
+"""Protobuf views of OTLP trace messages, shaped for the decoder's and the projection's hot paths.
 
 Two departures from the OTLP schema, both wire-compatible:
 
@@ -6,16 +6,17 @@ Two departures from the OTLP schema, both wire-compatible:
   resource and a ScopeSpans' scope as ``optional bytes``: each arrives as the
   exact bytes the client sent, so the store keeps (and exports) them without
   re-encoding;
-* every ``repeated KeyValue attributes`` is read as ``map<string, AnyValue>``:
-  a map entry is encoded exactly like a KeyValue (key = 1, value = 2), so the
-  parser (C) builds a hash map and projecting an attribute is one lookup
-  instead of a Python loop over all of a span's attributes.  Duplicate keys,
+* a Resource's ``repeated KeyValue attributes`` is read as ``map<string,
+  AnyValue>``: a map entry is encoded exactly like a KeyValue (key = 1,
+  value = 2), so the parser (C) builds a hash map and projecting an attribute
+  is one lookup instead of a Python loop over all of them.  Duplicate keys,
   which OTLP forbids, resolve to the last one.
 
-Parsing a span with ``SpanView`` checks all of it, as the generated classes
-would (malformed bytes anywhere fail), only the shape of the result differs.
-The descriptors are built once, on first use, from the installed
-opentelemetry-proto descriptors, so they always match its version.
+A view with bytes where messages were checks nothing inside them: the
+receivers check requests whole with the OTLP classes
+(``processor.receivers.decode``).  The descriptors are built once, on first
+use, from the installed opentelemetry-proto descriptors, so they always match
+its version.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from typing import Any
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.resource.v1 import resource_pb2
-from opentelemetry.proto.trace.v1 import trace_pb2
 
 _PACKAGE = "faulttrace.views"
 _ANY_VALUE = ".opentelemetry.proto.common.v1.AnyValue"
@@ -67,18 +67,10 @@ def _optional_bytes(message: descriptor_pb2.DescriptorProto, name: str, number: 
                       proto3_optional=True, oneof_index=len(message.oneof_decl) - 1)
 
 
-def _retarget(message: descriptor_pb2.DescriptorProto, old: str, new: str) -> None:
-    for f in message.field:
-        if f.type_name.startswith(old):
-            f.type_name = new + f.type_name[len(old):]
-    for nested in message.nested_type:
-        _retarget(nested, old, new)
-
-
 @cache
 def _classes() -> dict[str, Any]:
     pool = descriptor_pool.DescriptorPool()
-    for module in (common_pb2, resource_pb2, trace_pb2):
+    for module in (common_pb2, resource_pb2):
         proto = descriptor_pb2.FileDescriptorProto()
         module.DESCRIPTOR.CopyToProto(proto)
         pool.Add(proto)
@@ -87,21 +79,6 @@ def _classes() -> dict[str, Any]:
         name="faulttrace/views.proto", package=_PACKAGE, syntax="proto3",
         dependency=["opentelemetry/proto/common/v1/common.proto",
                     "opentelemetry/proto/resource/v1/resource.proto"])
-
-    span = descriptor_pb2.DescriptorProto()
-    trace_pb2.Span.DESCRIPTOR.CopyToProto(span)
-    span.name = "SpanView"
-    # Nested Event/Link/SpanKind and Status now live under faulttrace.views.
-    _retarget(span, ".opentelemetry.proto.trace.v1.Span.", f".{_PACKAGE}.SpanView.")
-    _retarget(span, ".opentelemetry.proto.trace.v1.Status", f".{_PACKAGE}.Status")
-    _as_map(span, "attributes", _PACKAGE)
-    for nested in span.nested_type:
-        if nested.name in ("Event", "Link"):
-            _as_map(nested, "attributes", f"{_PACKAGE}.SpanView")
-    status = descriptor_pb2.DescriptorProto()
-    trace_pb2.Status.DESCRIPTOR.CopyToProto(status)
-    _retarget(status, ".opentelemetry.proto.trace.v1.Status", f".{_PACKAGE}.Status")
-    fd.message_type.extend([span, status])
 
     scope_spans = fd.message_type.add(name="ScopeSpansView")
     _optional_bytes(scope_spans, "scope", 1)
@@ -137,8 +114,7 @@ def _classes() -> dict[str, Any]:
                       type_name=f".{_PACKAGE}.ResourceSpansView")
     pool.Add(fd)
     return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.{name}"))
-            for name in ("RequestView", "SpanView", "ScopeSpansView", "ResourceSpansView", "ResourceView",
-                         "SpanAttributesView")}
+            for name in ("RequestView", "ScopeSpansView", "ResourceSpansView", "ResourceView", "SpanAttributesView")}
 
 
 def request_view() -> Any:
@@ -160,7 +136,3 @@ def span_attributes_view() -> Any:
     """The class reading only a span's attributes and events, attribute values as encoded AnyValue."""
     return _classes()["SpanAttributesView"]
 
-
-def span_view() -> Any:
-    """The class reading one Span with map-shaped attributes (span, event, link)."""
-    return _classes()["SpanView"]
