@@ -103,6 +103,7 @@ class _Tally:
 
     counted: int = 0  # spans counted as sent or failed
     refused: list[tuple[ExportPayload, str]] = field(default_factory=list)  # dropped: refused alone
+    cut: bool = False  # the payload was sent in parts (said once in the log)
 
 
 class RetryingSender:
@@ -241,8 +242,10 @@ class RetryingSender:
         if outcome is _Outcome.REFUSED:
             halves = split_payload(part)
             if halves:
-                log.info("exporter %s: %s; sending its %d spans in two parts to find what is refused",
-                         self._id, attempt.error, part.span_count)
+                if not tally.cut:
+                    tally.cut = True
+                    log.info("exporter %s: %s; sending the %d spans in parts to find what is refused",
+                             self._id, attempt.error, part.span_count)
                 for half in halves:
                     if not await self._deliver_part(half, tally):
                         return False
@@ -297,7 +300,7 @@ class RetryingSender:
         dropped = sum(part.span_count for part, _ in tally.refused)
         part, error = tally.refused[0]
         ids = next((i for i in span_ids(part) if i is not None), None)
-        which = f"trace {ids[0].hex()} span {ids[1].hex()}" if ids else "a span that does not decode"
+        which = f"trace {ids[0].hex()} span {ids[1].hex()}" if ids else "spans that do not decode"
         more = f" (and {len(tally.refused) - 1} more part(s))" if len(tally.refused) > 1 else ""
         log.error("exporter %s: dropping %d of %d spans the downstream refused on their own: %s%s: %s",
                   self._id, dropped, payload.span_count, which, more, error)
