@@ -28,6 +28,7 @@ _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "\\": "\\", '"': '"', "'
 # a new top-level item starts at the beginning of a line with one of these
 _ITEM_START = re.compile(r"^[ \t]*(rule|macro|list|const|tree|event|basic|house)\b", re.M)
 _MAX_RECOVERIES = 100
+_LOOK_BACK = 8  # words before a syntax error searched for a misspelt keyword
 _INT64_MAX = 2**63 - 1  # integers and durations (in ns) are BIGINT in SQL
 
 
@@ -157,10 +158,11 @@ def _syntax_diagnostic(err: UnexpectedInput, text: str, path: str, lines: LineIn
 
 def _misspelt_keyword(text: str, pos: int) -> tuple[str, ...]:
     """A misspelt keyword often parses as a name and the error surfaces a
-    token later (``match span e wher e.x``): look back along the line."""
+    token later (``match span e wher e.x``): look back along the line, a few
+    words (not all of a generated line's thousands, each a fuzzy match)."""
     keywords = {t.pattern.value for t in _lark().terminals if t.pattern.type == "str" and t.pattern.value.isalpha()}
     line_start = text.rfind("\n", 0, pos) + 1
-    for word in reversed(re.findall(r"[A-Za-z_]+", text[line_start:pos])):
+    for word in reversed(re.findall(r"[A-Za-z_]+", text[line_start:pos])[-_LOOK_BACK:]):
         if word in keywords:
             break
         hint = did_you_mean(word, keywords, cutoff=0.75)
