@@ -203,11 +203,31 @@ class HttpReceiver:
         return response
 
 
+# Lingering close, as Apache and nginx do it: after the reply, read and discard what the client
+# is still sending until it pauses for _LINGER_IDLE or _LINGER_MAX has passed. Closing a socket
+# with unread bytes in it sends a reset, and a reset can reach the client before it has read the
+# reply, which it then never sees.
+_LINGER_IDLE = 0.5
+_LINGER_MAX = 2.0
+
+
 async def _send_and_close(request: web.Request, response: web.Response) -> None:
     """Send ``response`` now, then close the connection: after the handler, aiohttp would keep
     it open up to 10 s more, reading the rest of a body that is being trickled in."""
     await response.prepare(request)
     await response.write_eof()
+    transport = request.transport
+    if transport is not None and transport.can_write_eof():
+        transport.write_eof()  # the reply is complete: FIN now, read what is still in flight
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _LINGER_MAX
+        try:
+            while (left := deadline - loop.time()) > 0:
+                async with asyncio.timeout(min(_LINGER_IDLE, left)):
+                    if not await request.content.readany():
+                        break
+        except (TimeoutError, ConnectionError):
+            pass
     request.protocol.force_close()
 
 
