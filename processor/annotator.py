@@ -80,12 +80,15 @@ def annotations(verdict: BatchVerdict) -> dict[tuple[bytes, bytes], Annotation]:
             adds[v.root_span_id] = ({**attrs, **_verdict_attributes(v, top)}, events)
         for span_id, (attrs, events) in adds.items():
             out[(trace_id, span_id)] = Annotation(attrs, events)
-    for trace_id, spans in verdict.symptoms.items():
-        for span_id in spans:
-            # error or delay inherited from the root cause (never a blamed span: localizer.blame
-            # leaves them out, combine.merge drops those another analyzer blames)
-            have = out.get((trace_id, span_id), Annotation())
-            out[(trace_id, span_id)] = Annotation({**have.attributes, "rca.symptom": True}, have.events)
+    for trace_id, symptoms in verdict.symptoms.items():
+        for s in symptoms:
+            # error or delay that comes from a root cause (never a blamed span: localizer.blame
+            # leaves them out, combined.merge drops those another analyzer blames)
+            have = out.get((trace_id, s.span_id), Annotation())
+            adds: dict[str, AttrValue] = {"rca.symptom": True}
+            if s.caused_by is not None:
+                adds["rca.caused_by"] = s.caused_by.hex()
+            out[(trace_id, s.span_id)] = Annotation({**have.attributes, **adds}, have.events)
     return out
 
 

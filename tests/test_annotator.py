@@ -13,7 +13,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from dsl import TreeOutcome, load_rules
-from processor.analysis.verdict import BatchVerdict, Candidate, Evidence, TraceVerdict
+from processor.analysis.verdict import BatchVerdict, Candidate, Evidence, Symptom, TraceVerdict
 from processor.annotator import annotations, late_annotations
 from processor.otlp.spanedit import Annotation, append_to_spans
 from processor.otlp.tracefile import read_requests
@@ -260,7 +260,8 @@ def _verdicts(draw: st.DrawFn, trace: bytes, span_ids: list[bytes]) -> BatchVerd
                     fired=draw(st.booleans()), confidence=draw(st.floats(0, 1)), cut_sets=(), spans=())
         for _ in range(draw(st.integers(0, 2))))
     root = draw(st.one_of(st.none(), st.sampled_from(span_ids)))
-    symptoms = tuple(draw(st.lists(st.sampled_from(span_ids), unique=True, max_size=3)))
+    symptoms = tuple(Symptom(s, draw(st.one_of(st.none(), st.sampled_from(span_ids))))
+                     for s in draw(st.lists(st.sampled_from(span_ids), unique=True, max_size=3)))
     return BatchVerdict(traces={trace: TraceVerdict(trace, root, candidates, trees)}, symptoms={trace: symptoms})
 
 

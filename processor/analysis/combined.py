@@ -22,7 +22,7 @@ import duckdb
 from dsl import BASELINE_TABLE, AttrRef
 from processor.analysis.calibration import calibrate, calibrate_trace
 from processor.analysis.protocols import Analyzer
-from processor.analysis.verdict import BatchVerdict, Evidence, TraceVerdict, rank_candidates
+from processor.analysis.verdict import BatchVerdict, Evidence, Symptom, TraceVerdict, rank_candidates
 
 STATISTICAL_WEIGHT = 3.0  # the rule-severity weight statistical evidence is scored at (medium)
 
@@ -44,15 +44,35 @@ def merge(verdicts: Sequence[BatchVerdict]) -> BatchVerdict:
     for verdict in verdicts:
         for trace_id, v in verdict.traces.items():
             traces[trace_id] = _merge_trace(traces[trace_id], v) if trace_id in traces else v
-    ranked = {t: calibrate_trace(dataclasses.replace(v, candidates=rank_candidates(v.candidates))) for t, v in traces.items()}
-    symptoms: dict[bytes, tuple[bytes, ...]] = {}
+    found: dict[bytes, dict[bytes, Symptom]] = {}
     for verdict in verdicts:
         for trace_id, spans in verdict.symptoms.items():
-            blamed = {c.span_id for c in ranked[trace_id].candidates} if trace_id in ranked else set()
-            merged = dict.fromkeys((*symptoms.get(trace_id, ()), *spans))
-            symptoms[trace_id] = tuple(s for s in merged if s not in blamed)
+            have = found.setdefault(trace_id, {})
+            for s in spans:
+                # an explanation (knowledge, lift) says more than inheritance up the parent chain
+                if s.span_id not in have or (s.explained and not have[s.span_id].explained):
+                    have[s.span_id] = s
+    ranked: dict[bytes, TraceVerdict] = {}
+    symptoms: dict[bytes, tuple[Symptom, ...]] = {}
+    for trace_id, v in traces.items():
+        explained = _explained(v, found.get(trace_id, {}))
+        candidates = tuple(c for c in v.candidates if c.span_id not in explained)
+        ranked[trace_id] = calibrate_trace(dataclasses.replace(v, candidates=rank_candidates(candidates)))
+    for trace_id, have in found.items():
+        blamed = {c.span_id for c in ranked[trace_id].candidates} if trace_id in ranked else set()
+        kept = tuple(s for s in have.values() if s.span_id not in blamed)
+        if kept:
+            symptoms[trace_id] = kept
     services = next((v.services for v in verdicts if v.services), ())
-    return BatchVerdict(ranked, {t: s for t, s in symptoms.items() if s}, services)
+    return BatchVerdict(ranked, symptoms, services)
+
+
+def _explained(v: TraceVerdict, symptoms: dict[bytes, Symptom]) -> set[bytes]:
+    """Candidates another candidate explains: they only followed from it, so they leave the
+    ranking (an explanation whose cause blames nothing is ignored, so a trace keeps a cause)."""
+    blamed = {c.span_id for c in v.candidates}
+    return {s.span_id for s in symptoms.values()
+            if s.explained and s.caused_by in blamed and s.caused_by != s.span_id}
 
 
 def _merge_trace(a: TraceVerdict, b: TraceVerdict) -> TraceVerdict:

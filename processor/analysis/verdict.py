@@ -125,9 +125,26 @@ class ServiceRank:
 
 
 @dataclass(frozen=True, slots=True)
+class Symptom:
+    """A span that only shows a problem originating elsewhere in its trace (``rca.symptom``).
+
+    ``caused_by`` is the candidate that explains it (``rca.caused_by``). An *inherited*
+    symptom (an ancestor that propagated the error or waited out the delay) stays a
+    candidate if some analyzer blames it on its own. An *explained* one (a rule's
+    ``explains``, a fired fault tree's cut set, the counterfactual lift) is no candidate
+    at all while its cause is one: knowledge or the window says it only followed.
+    """
+
+    span_id: bytes
+    caused_by: bytes | None = None
+    reason: str = ""          # the link's evidence, for explain (inherited error, lift, rule)
+    explained: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class BatchVerdict:
     traces: dict[bytes, TraceVerdict] = field(default_factory=dict)
-    # trace id -> spans whose error or delay is inherited from the root causes (rca.symptom)
-    symptoms: dict[bytes, tuple[bytes, ...]] = field(default_factory=dict)
+    # trace id -> spans whose error or delay comes from the root causes (rca.symptom)
+    symptoms: dict[bytes, tuple[Symptom, ...]] = field(default_factory=dict)
     # services ranked by how consistently they are anomalous across the batch's traces
     services: tuple[ServiceRank, ...] = ()

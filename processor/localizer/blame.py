@@ -47,7 +47,7 @@ import duckdb
 import pyarrow as pa
 
 from dsl import no_parent_sql, root_key_sql
-from processor.analysis.verdict import BatchVerdict, Candidate, Evidence, TraceVerdict
+from processor.analysis.verdict import BatchVerdict, Candidate, Evidence, Symptom, TraceVerdict
 from processor.localizer.attribution import Attribution
 from processor.localizer.baseline import Baseline
 from processor.localizer.graph import Span, children_of, critical_path
@@ -113,7 +113,7 @@ def blame_traces(conn: duckdb.DuckDBPyConnection, metrics: pa.Table, baseline: B
             conn.unregister(name)
     window = {r.service: r for r in ranking if r.score >= MIN_WINDOW}
     traces: dict[bytes, TraceVerdict] = {}
-    symptoms: dict[bytes, tuple[bytes, ...]] = {}
+    symptoms: dict[bytes, tuple[Symptom, ...]] = {}
     for trace_id, spans in _by_trace(rows):
         verdict, inherited = _trace(trace_id, spans, window, per_trace, details or {})
         if verdict.candidates:
@@ -276,10 +276,11 @@ def _depth(span_id: bytes, by_id: dict[bytes, dict[str, Any]]) -> int:
 
 
 def _symptoms(ranked: tuple[Candidate, ...], blames: dict[bytes, _Blame], by_id: dict[bytes, dict[str, Any]],
-              on_path: set[bytes]) -> tuple[bytes, ...]:
-    """Ancestors of the candidates that inherited their error or delay."""
+              on_path: set[bytes]) -> tuple[Symptom, ...]:
+    """Ancestors of the candidates that inherited their error or delay, each caused by the
+    best-ranked candidate it inherited from."""
     chosen = {c.span_id for c in ranked}
-    out: dict[bytes, None] = {}
+    out: dict[bytes, Symptom] = {}
     for c in ranked:
         error = blames[c.span_id].error
         slow = any(src == "localizer.latency" for src, _ in blames[c.span_id].messages)
@@ -288,10 +289,10 @@ def _symptoms(ranked: tuple[Candidate, ...], blames: dict[bytes, _Blame], by_id:
             seen.add(parent)
             p = by_id[parent]
             delayed = slow and parent in on_path and (p["dur_p99"] is None or p["dur"] > p["dur_p99"])
-            if parent not in chosen and ((error and p["error"]) or delayed):
-                out[parent] = None
+            if parent not in chosen and parent not in out and ((error and p["error"]) or delayed):
+                out[parent] = Symptom(parent, c.span_id, "inherited error" if error and p["error"] else "waited")
             parent = p["parent_span_id"]
-    return tuple(out)
+    return tuple(out.values())
 
 
 def _ms(ns: float) -> str:

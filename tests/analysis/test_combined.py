@@ -6,7 +6,7 @@ import pytest
 
 from processor.analysis.calibration import compete, support
 from processor.analysis.combined import STATISTICAL_WEIGHT, merge, on_rule_scale
-from processor.analysis.verdict import BatchVerdict, Candidate, Evidence, ServiceRank, TraceVerdict
+from processor.analysis.verdict import BatchVerdict, Candidate, Evidence, ServiceRank, Symptom, TraceVerdict
 from processor.annotator import annotations
 from tests.support.harness import sid, tid
 
@@ -34,7 +34,7 @@ def test_a_span_blamed_by_both_is_one_candidate_and_ranking_is_redone():
         cand(3, rule("code.x", 0.8, 4), depth=3, rank=1), cand(2, rule("code.weak", 0.3, 2), rank=2)))})
     local = on_rule_scale(BatchVerdict({tid(1): TraceVerdict(tid(1), None, (
         cand(2, stat("localizer.errors", 0.9), rank=1), cand(4, stat("localizer.latency", 0.2), rank=2)))},
-        symptoms={tid(1): (sid(1), sid(2), sid(5))}, services=(ServiceRank("svc", 1.5, 1.0),)))
+        symptoms={tid(1): (Symptom(sid(1), sid(2)), Symptom(sid(2), sid(4)), Symptom(sid(5), sid(2)))}, services=(ServiceRank("svc", 1.5, 1.0),)))
     merged = merge([rules, local])
     v = merged.traces[tid(1)]
     assert [c.span_id for c in v.candidates] == [sid(3), sid(2), sid(4)]  # 3.2 > 2.7 > 0.6
@@ -43,18 +43,42 @@ def test_a_span_blamed_by_both_is_one_candidate_and_ranking_is_redone():
     # the localizer's evidence outscores the rule's but names no layer: the rule's layer stands
     assert v.candidates[1].layer == "code" and v.candidates[2].layer == ""
     assert v.root_span_id == sid(1)
-    assert merged.symptoms[tid(1)] == (sid(1), sid(5))  # a blamed span is never a symptom
+    # a blamed span is never a symptom: inherited is weaker than being blamed
+    assert merged.symptoms[tid(1)] == (Symptom(sid(1), sid(2)), Symptom(sid(5), sid(2)))
     assert merged.services == (ServiceRank("svc", 1.5, 1.0),)
 
 
 def test_symptoms_are_annotated_and_the_root_keeps_its_verdict():
     v = BatchVerdict({tid(1): TraceVerdict(tid(1), sid(1), (cand(3, rule("code.x", 0.8, 4), rank=1),))},
-                     symptoms={tid(1): (sid(1), sid(2))})
+                     symptoms={tid(1): (Symptom(sid(1), sid(3)), Symptom(sid(2)))})
     adds = annotations(v)
     assert adds[(tid(1), sid(2))].attributes == {"rca.symptom": True}
+    assert adds[(tid(1), sid(1))].attributes["rca.caused_by"] == sid(3).hex()
     root = adds[(tid(1), sid(1))].attributes
     assert root["rca.symptom"] is True and root["rca.verdict.span_id"] == sid(3).hex()
     assert "rca.symptom" not in adds[(tid(1), sid(3))].attributes
+
+
+def test_an_explained_candidate_leaves_the_ranking_and_points_at_its_cause():
+    # the parser's exception is blamed by the localizer; a rule says the truncated chat explains it
+    rules = BatchVerdict({tid(1): TraceVerdict(tid(1), sid(1), (cand(2, rule("semantic.truncated", 0.7, 3)),))},
+                         symptoms={tid(1): (Symptom(sid(4), sid(2), "truncated output", explained=True),)})
+    local = on_rule_scale(BatchVerdict({tid(1): TraceVerdict(tid(1), sid(1), (
+        cand(4, stat("localizer.errors", 0.95)),))}, symptoms={tid(1): (Symptom(sid(1), sid(4)),)}))
+    merged = merge([rules, local])
+    assert [c.span_id for c in merged.traces[tid(1)].candidates] == [sid(2)]
+    assert {s.span_id: s.caused_by for s in merged.symptoms[tid(1)]} == {sid(4): sid(2), sid(1): sid(4)}
+    adds = annotations(merged)
+    assert adds[(tid(1), sid(4))].attributes == {"rca.symptom": True, "rca.caused_by": sid(2).hex()}
+    assert adds[(tid(1), sid(2))].attributes["rca.root_cause"] is True
+
+
+def test_an_explanation_whose_cause_blames_nothing_leaves_the_trace_its_candidate():
+    local = BatchVerdict({tid(1): TraceVerdict(tid(1), sid(1), (cand(4, stat("localizer.errors", 0.9)),))},
+                         symptoms={tid(1): (Symptom(sid(4), sid(7), explained=True),)})
+    merged = merge([local])
+    assert [c.span_id for c in merged.traces[tid(1)].candidates] == [sid(4)]
+    assert tid(1) not in merged.symptoms
 
 
 def _trace(*candidates: Candidate) -> BatchVerdict:

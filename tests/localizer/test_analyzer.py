@@ -90,7 +90,7 @@ def test_learned_baseline_blames_the_slow_leaf_not_its_waiting_parents(
         assert v.top.confidence > 0.9
         # the ancestors only waited: they are symptoms, not candidates
         names = {r["span_id"]: (r["service"], r["name"]) for r in rows if r["trace_id"] == trace_id}
-        symptoms = {names[s] for s in verdict.symptoms[trace_id]}
+        symptoms = {names[s.span_id] for s in verdict.symptoms[trace_id]}
         assert ("frontend", "GET /") in symptoms and ("payment", "Charge") in symptoms
         assert not symptoms & {(c.service, c.name) for c in v.candidates}
         assert v.root_span_id is not None and names[v.root_span_id] == ("frontend", "GET /")
@@ -120,9 +120,11 @@ def test_error_origin_carries_the_exception_and_its_propagation_is_symptoms(
         assert (v.top.service, v.top.name) == ("shipping", "Quote")
         assert "exception recorded (TimeoutError: quote backend timed out)" in v.top.evidence[0].message
         # shipping -> checkout's client span -> PlaceOrder -> frontend's client span -> GET /
-        assert {names[s] for s in verdict.symptoms[trace_id]} == {
+        assert {names[s.span_id] for s in verdict.symptoms[trace_id]} == {
             ("checkout", "shipping/Quote"), ("checkout", "PlaceOrder"),
             ("frontend", "checkout/PlaceOrder"), ("frontend", "GET /")}
+        # each names the origin it inherited from, which the annotator writes as rca.caused_by
+        assert {s.caused_by for s in verdict.symptoms[trace_id]} == {v.top.span_id}
 
 
 def _span(trace: bytes, i: int, parent: int | None, service: str, name: str, start: float, end: float,
@@ -147,7 +149,7 @@ def test_a_retry_loop_is_one_candidate_its_first_failed_attempt(
     assert len(v.candidates) == 1 and v.top.span_id == (11).to_bytes(8, "big")   # the first attempt
     assert "2 of 3 cart:GetCart attempts failed (retried)" in v.top.evidence[0].message
     # the failed client spans inherited the error; the caller recovered, so its span is not a symptom
-    assert set(verdict.symptoms[t]) == {(10).to_bytes(8, "big")}
+    assert {s.span_id for s in verdict.symptoms[t]} == {(10).to_bytes(8, "big")}
 
 
 def test_a_broken_trace_without_its_root_still_blames_its_slow_leaf(
@@ -161,7 +163,7 @@ def test_a_broken_trace_without_its_root_still_blames_its_slow_leaf(
         v = verdict.traces[trace_id]
         assert (v.top.service, v.top.name) == ("db", "SELECT")
         assert names[v.root_span_id] == ("frontend", "cart/GetCart")   # the earliest fragment's head
-        assert ("checkout", "PlaceOrder") in {names[s] for s in verdict.symptoms[trace_id]}
+        assert ("checkout", "PlaceOrder") in {names[s.span_id] for s in verdict.symptoms[trace_id]}
 
 
 def test_a_missing_middle_span_keeps_the_error_origin_a_candidate(
