@@ -245,9 +245,14 @@ def test_rules_and_localizer_together_blame_the_origin_and_mark_its_symptoms(pip
     assert not any(r.startswith("localizer.") for r in card["rca.rule"][1])
     assert card["rca.evidence"][1] and all(r.startswith("localizer.") for r in card["rca.evidence"][1])
     # the spans that only propagated the error up are symptoms, never root causes
+    symptoms = [k for k in (("payments", "POST /charge"), ("frontend", "POST /charge"), ("frontend", "GET /checkout"))
+                if "rca.symptom" in rca(got[k])]
+    assert symptoms, "no span was marked a symptom"
     for key in (("payments", "POST /charge"), ("frontend", "POST /charge"), ("frontend", "GET /checkout")):
         attrs = rca(got[key])
         assert attrs.get("rca.symptom") == ("bool_value", True) or attrs.get("rca.rank", ("", 0))[1] > 1, key
+        if "rca.symptom" in attrs:  # one link from what the user saw to the cause
+            assert attrs["rca.caused_by"] == ("string_value", got[("payments", "charge card")].span_id.hex()), key
     assert rca(got[("frontend", "GET /checkout")])["rca.verdict.service"] == ("string_value", "payments")
     # the healthy trace carries nothing
     for key in (("frontend", "GET /home"), ("frontend", "GET /cart")):
