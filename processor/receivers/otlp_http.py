@@ -3,7 +3,8 @@
 Status codes follow the OTLP/HTTP specification: 200 with an
 ``ExportTraceServiceResponse`` (partial success when spans were rejected),
 400 malformed, 413 over the body limit (checked after decompression, so a
-small gzip bomb cannot exhaust memory), 415 unsupported media type or
+small gzip bomb cannot exhaust memory; bodies inflate on a thread of their
+own, never on the event loop), 415 unsupported media type or
 encoding, 503 with ``Retry-After`` when the store is full.  With ``auth``, a
 request without an ``Authorization`` header the authenticator accepts gets
 401 before its body is read, with nothing about the expected value.  A body
@@ -19,6 +20,7 @@ import asyncio
 import logging
 import math
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 from google.protobuf import json_format
@@ -98,6 +100,12 @@ class HttpReceiver:
         self._telemetry = telemetry
         self._auth = authenticator
         self._runner: web.AppRunner | None = None
+        # gzip bodies are inflated here, not on the event loop: 20 MiB of zeros (a bomb at the
+        # default limit) takes ~0.2-0.4 s, during which no other request would be answered.  One
+        # thread of its own: zlib releases the interpreter lock, so other requests are decoded
+        # meanwhile, and concurrent bodies inflate one at a time, so they hold at most one
+        # limit's worth of inflated bytes beyond those being decoded.
+        self._gunzip: ThreadPoolExecutor | None = None
         self.port = 0
 
     @property
@@ -111,6 +119,7 @@ class HttpReceiver:
         # Compressed bodies may not exceed the limit either; aiohttp refuses those with 413.
         app = web.Application(client_max_size=config.max_request_body_size)
         app.router.add_route("*", config.traces_url_path, self._handle)
+        self._gunzip = ThreadPoolExecutor(max_workers=1, thread_name_prefix="faulttrace-gunzip")
         try:
             # We decompress ourselves, to enforce the limit on the decompressed size.  aiohttp's
             # keep-alive timer also bounds the wait for a request's headers (see HttpServerConfig).
@@ -118,6 +127,8 @@ class HttpReceiver:
                 app, config.endpoint, ssl_context=ssl_context, auto_decompress=False,
                 keepalive_timeout=min(config.read_header_timeout, config.idle_timeout))
         except OSError as err:
+            self._gunzip.shutdown(wait=False)
+            self._gunzip = None
             raise OSError(f"{self._where}: {err}") from None
         if self._auth is not None and ssl_context is None:
             log.warning("%s: %s checks tokens without tls: they cross the network in clear text",
@@ -133,6 +144,9 @@ class HttpReceiver:
             await self._runner.shutdown()
             await self._runner.cleanup()
             self._runner = None
+        if self._gunzip is not None:
+            self._gunzip.shutdown(wait=True)
+            self._gunzip = None
 
     async def _handle(self, request: web.Request) -> web.Response:
         encoding = _MEDIA.get(request.content_type, Encoding.PROTOBUF)
@@ -188,7 +202,9 @@ class HttpReceiver:
         except ConnectionError:  # aiohttp: ConnectionResetError("Connection lost")
             raise _Disconnected from None
         if coding == "gzip":
-            body = _inflate(body, self._config.max_request_body_size)
+            assert self._gunzip is not None  # started
+            body = await asyncio.get_running_loop().run_in_executor(
+                self._gunzip, _inflate, body, self._config.max_request_body_size)
         return body
 
     def _refuse(self, err: _Refusal, encoding: Encoding) -> web.Response:

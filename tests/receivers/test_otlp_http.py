@@ -1,11 +1,14 @@
 """The HTTP receiver against misbehaving connections: a client that disconnects mid-body is one
 debug line and a count, not a traceback; headers or bodies trickled in (slowloris), silent and
-idle connections are dropped after their timeouts; the receiver keeps serving throughout."""
+idle connections are dropped after their timeouts; a gzip body inflating holds up no other request;
+the receiver keeps serving throughout."""
 
 from __future__ import annotations
 
+import gzip
 import logging
 import socket
+import threading
 import time
 
 import pytest
@@ -136,3 +139,32 @@ def test_a_body_trickled_in_gets_408_and_the_connection_is_closed(running, caplo
     assert requests_counted(running, "408") == before + 1
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
     assert_serving(running)
+
+
+def test_a_gzip_body_inflating_does_not_stall_other_requests(running, monkeypatch):
+    """gzip bodies inflate off the event loop: while one is held mid-inflate, other requests
+    (plain HTTP here) are answered, and the held one is answered once it finishes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from processor.receivers import otlp_http
+
+    entered, go_on = threading.Event(), threading.Event()
+    inflate = otlp_http._inflate
+
+    def held(body: bytes, limit: int) -> bytes:
+        entered.set()
+        assert go_on.wait(10), "never released"
+        return inflate(body, limit)
+
+    monkeypatch.setattr(otlp_http, "_inflate", held)
+    body = gzip.compress(simple_request(503).SerializeToString())
+    with ThreadPoolExecutor(1) as pool:
+        gzipped = pool.submit(requests.post, running.http_url, data=body, timeout=15,
+                              headers={"Content-Type": "application/x-protobuf", "Content-Encoding": "gzip"})
+        try:
+            assert entered.wait(10), "the gzip body never reached _inflate"
+            assert_serving(running)  # answered while the gzip body is still being inflated
+            assert not gzipped.done()
+        finally:
+            go_on.set()
+        assert gzipped.result().status_code == 200
