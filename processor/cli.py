@@ -49,10 +49,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _setup_logging(config.service.telemetry.logs.get("level", "info"))
     try:
         asyncio.run(_serve(config))
-    except JournalError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except StartError as err:  # one line, e.g. "receivers.otlp.protocols.http: cannot listen on …"
+    except (StartError, JournalError) as err:
+        # One line, e.g. "receivers.otlp.protocols.http: cannot listen on …"; exit 1 for any
+        # failure to start, as the collector does (2 is for a configuration that is invalid).
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

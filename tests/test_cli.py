@@ -159,3 +159,16 @@ def test_validate_names_a_missing_certificate_by_its_key_path(tmp_path):
     assert done.returncode == 2
     assert f"receivers.otlp.protocols.grpc.tls.cert_file: no such file: {tmp_path / 'nope.pem'}" in done.stderr
     assert f"receivers.otlp.protocols.grpc.tls.key_file: no such file: {tmp_path / 'nope.key'}" in done.stderr
+
+
+def test_serve_on_a_journal_it_cannot_open_fails_with_one_line_and_exit_1(tmp_path):
+    # Like a port in use: a failure to start (exit 1), not an invalid configuration (exit 2).
+    journal = tmp_path / "journal.duckdb"
+    journal.write_bytes(b"not a DuckDB database" * 1000)
+    config = serve_config({}, {})
+    config["processors"]["faulttrace"]["storage"] = {"path": str(journal)}
+    done = subprocess.run(faulttrace("serve", "--config", str(write_yaml(tmp_path, config))), capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"error: cannot open the journal {journal} (processors.faulttrace.storage.path)")

@@ -325,7 +325,7 @@ def test_a_second_process_on_the_same_journal_is_refused_naming_the_file_and_key
     done = subprocess.run(faulttrace("serve", "--config", str(second.config)), capture_output=True, text=True,
                           timeout=60)
     journal = Path(state_home) / "faulttrace" / "journal.duckdb"
-    assert done.returncode == 2
+    assert done.returncode == 1
     assert done.stderr.count("error:") == 1, done.stderr
     assert f"the journal {journal} is in use by another process (PID {first.proc.pid})" in done.stderr
     assert "processors.faulttrace.storage.path" in done.stderr
