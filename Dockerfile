@@ -12,6 +12,14 @@
 # exports to ${OTLP_ENDPOINT} (default jaeger:4317) over plaintext OTLP/gRPC.
 # Mount your own file over it to change anything:
 #   -v $PWD/config.yaml:/etc/faulttrace/config.yaml:ro
+#
+# Spans are journaled before they are acknowledged, by default in
+# $XDG_STATE_HOME/faulttrace/journal.duckdb: /var/lib/faulttrace/state/faulttrace/
+# here.  That directory is a VOLUME, outside the container's own layer: name it
+# so that what was buffered or not yet delivered survives the container being
+# replaced (a new image, `docker run` again; an anonymous volume goes with
+# `--rm`).  One container per volume: a journal belongs to one process.
+#   -v faulttrace-state:/var/lib/faulttrace/state
 
 ARG PYTHON_VERSION=3.11
 
@@ -32,8 +40,10 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 FROM python:${PYTHON_VERSION}-slim
 
 # MALLOC_ARENA_MAX: fewer glibc malloc arenas, less RSS fragmentation across
-# the gRPC and DuckDB threads.
+# the gRPC and DuckDB threads.  XDG_STATE_HOME: where the journal is, whatever
+# user the container runs as (without it, ~ decides: / for a uid with no home).
 ENV PYTHONDONTWRITEBYTECODE=1 \
+    XDG_STATE_HOME=/var/lib/faulttrace/state \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_INPUT=1 \
@@ -45,16 +55,21 @@ RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --find-links=/wheels faulttrace \
     && faulttrace --help >/dev/null
 
-# Unprivileged user; its home is the working directory, where a file-backed
-# store (processors.faulttrace.storage.path) and DuckDB's spill files can live.
+# Unprivileged user; its home is the working directory (DuckDB's spill files).
+# The state directory holds the journal (processors.faulttrace.storage.path's
+# default); made here, owned by the user, so that a volume mounted on it starts
+# with that owner.
 RUN groupadd --gid 10001 faulttrace \
     && useradd --uid 10001 --gid faulttrace --no-log-init \
-       --home-dir /var/lib/faulttrace --create-home --shell /usr/sbin/nologin faulttrace
+       --home-dir /var/lib/faulttrace --create-home --shell /usr/sbin/nologin faulttrace \
+    && install -d -o faulttrace -g faulttrace -m 0700 /var/lib/faulttrace/state
 
 COPY examples/docker/config.yaml /etc/faulttrace/config.yaml
 
 USER 10001:10001
 WORKDIR /var/lib/faulttrace
+# The journal: buffered and undelivered spans outlive the container.
+VOLUME ["/var/lib/faulttrace/state"]
 
 # 4317 OTLP/gRPC, 4318 OTLP/HTTP, 8888 /metrics and /healthz
 EXPOSE 4317 4318 8888
