@@ -18,7 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from processor.confmap import ConfigError, Duration, Endpoint, StrictModel, component_type, expand_env
+from processor.confmap import ConfigError, Duration, Endpoint, StrictModel, component_type, expand_config
 from processor.exporters.factory import EXPORTERS
 from processor.extensions.factory import EXTENSIONS, unsupported_message
 from processor.receivers.config import OtlpReceiverConfig
@@ -279,7 +279,7 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
 
 
 def load_config(path: str | os.PathLike[str] | None) -> Config:
-    """Read, env-expand and validate a config file; None -> the embedded defaults."""
+    """Read, expand (``${env:}``, ``${file:}``) and validate a config file; None -> the embedded defaults."""
     if path is None:
         return parse_config(DEFAULT_CONFIG, "<defaults>")
     source = str(path)
@@ -288,11 +288,14 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
     except OSError as err:
         raise ConfigError(source, [f"cannot read: {err.strerror}"]) from None
     try:
-        data = yaml.safe_load(expand_env(text))
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise ConfigError(source, [f"{where}{getattr(err, 'problem', None) or err}"]) from None
     if data is None:
         raise ConfigError(source, ["the file is empty"])
+    data, problems = expand_config(data)
+    if problems:
+        raise ConfigError(source, problems)
     return parse_config(data, source)

@@ -1,6 +1,6 @@
 """Shared pieces of collector-shaped configuration (the collector's confmap): strict models,
 Go-style durations, ``host:port`` endpoints, ``type[/name]`` component ids,
-``${env:VAR}`` expansion and the error every config problem becomes.
+``${env:VAR}`` / ``${file:PATH}`` expansion and the error every config problem becomes.
 
 Each component's config model lives beside the component (``receivers/config.py``,
 ``exporters/config.py``); ``processor.config`` reads the whole file.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict
@@ -75,19 +76,62 @@ class ConfigError(Exception):
         super().__init__(f"{source}: invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
 
 
-_ENV = re.compile(r"\$\{(?:env:)?([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\$")
+# ${env:VAR}, ${VAR}, ${env:VAR:-default}, ${file:/path}, ${scheme:...} (refused), and $$.
+_REF = re.compile(r"\$\{(?:([a-z][a-z0-9+.-]*):)?([^}:]*?)(?::-([^}]*))?\}|\$\$")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def expand_env(text: str, environ: dict[str, str] | None = None) -> str:
-    """Collector-style ``${env:VAR}`` / ``${VAR}`` / ``${env:VAR:-default}``; ``$$`` escapes ``$``."""
+    """Expand the collector's config references in one value.
+
+    ``${env:VAR}`` and ``${VAR}`` read the environment, ``${env:VAR:-default}`` falls back
+    to ``default``; ``${file:PATH}`` reads a file (a mounted secret), without its trailing
+    newline; ``$$`` is a literal ``$``. An unset variable with no default, an unreadable
+    file, or another provider (``http``, ``yaml``, …) is a ``ValueError``: the collector
+    would pass an empty string on, which silently points an exporter nowhere.
+    """
     env = os.environ if environ is None else environ
 
     def sub(m: re.Match[str]) -> str:
         if m.group(0) == "$$":
             return "$"
-        value = env.get(m.group(1))
+        scheme, name, default = m.group(1) or "env", m.group(2), m.group(3)
+        if scheme == "file":
+            try:
+                return Path(name).read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as err:
+                raise ValueError(f"${{file:{name}}}: cannot read: {err.strerror}") from None
+        if scheme != "env":
+            raise ValueError(f"${{{scheme}:...}}: the {scheme!r} config provider is supported by the "
+                             "collector, not by faulttrace; use ${env:VAR} or ${file:PATH}")
+        if not _ENV_NAME.fullmatch(name):
+            raise ValueError(f"${{env:{name}}}: not an environment variable name")
+        value = env.get(name)
         if value is None:
-            return m.group(2) if m.group(2) is not None else ""
+            if default is None:
+                raise ValueError(f"${{env:{name}}} is not set; set it or give a default: "
+                                 f"${{env:{name}:-value}}")
+            return default
         return value
 
-    return _ENV.sub(sub, text)
+    return _REF.sub(sub, text)
+
+
+def expand_config(data: Any, environ: dict[str, str] | None = None) -> tuple[Any, list[str]]:
+    """``data`` (parsed YAML) with every string value expanded (``expand_env``), and the
+    problems found, each naming its key path. Keys and comments are not expanded."""
+    problems: list[str] = []
+
+    def walk(value: Any, path: str) -> Any:
+        if isinstance(value, dict):
+            return {k: walk(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        if isinstance(value, str) and "$" in value:
+            try:
+                return expand_env(value, environ)
+            except ValueError as err:
+                problems.append(f"{path or '<top>'}: {err}")
+        return value
+
+    return walk(data, ""), problems

@@ -161,8 +161,38 @@ def test_env_substitution(tmp_path, monkeypatch):
 
 
 def test_expand_env_unit():
-    env = {"A": "1"}
-    assert expand_env("${env:A}-${A}-${env:B:-x}-${env:B}-$$", env) == "1-1-x--$"
+    env = {"A": "1", "E": ""}
+    assert expand_env("${env:A}-${A}-${env:B:-x}-${env:E}-$$", env) == "1-1-x--$"
+    with pytest.raises(ValueError, match=r"\$\{env:B\} is not set; .*\$\{env:B:-value\}"):
+        expand_env("${env:B}", env)
+    with pytest.raises(ValueError, match="'http' config provider is supported by the collector, not by faulttrace"):
+        expand_env("${http://example.com/config}", env)
+
+
+def test_an_unset_variable_is_an_error_naming_the_key_not_an_empty_endpoint(tmp_path, monkeypatch):
+    monkeypatch.delenv("FT_UNSET_BACKEND", raising=False)
+    text = ISSUE_YAML.replace("127.0.0.1:14317", "${env:FT_UNSET_BACKEND}")
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text))
+    (problem,) = err.value.problems
+    assert problem.startswith("exporters.otlp_grpc.endpoint: ${env:FT_UNSET_BACKEND} is not set"), problem
+
+
+def test_a_reference_in_a_comment_is_not_expanded(tmp_path, monkeypatch):
+    monkeypatch.delenv("FT_UNSET_BACKEND", raising=False)
+    load_config(write(tmp_path, "# endpoint: ${env:FT_UNSET_BACKEND}\n" + ISSUE_YAML))
+
+
+def test_file_references_read_a_mounted_secret(tmp_path):
+    secret = tmp_path / "token"
+    secret.write_text("s3cret\n", encoding="utf-8")
+    text = ISSUE_YAML.replace("tls: {insecure: true}",
+                              f"tls: {{insecure: true}}\n    headers: {{authorization: \"Bearer ${{file:{secret}}}\"}}")
+    exp = load_config(write(tmp_path, text)).pipeline_exporters()["otlp_grpc"]
+    assert exp.headers == {"authorization": "Bearer s3cret"}
+    missing = text.replace(str(secret), str(tmp_path / "absent"))
+    with pytest.raises(ConfigError, match=r"exporters\.otlp_grpc\.headers\.authorization: \$\{file:.*absent\}: cannot read"):
+        load_config(write(tmp_path, missing))
 
 
 @pytest.mark.parametrize("text, seconds", [("5s", 5.0), ("250ms", 0.25), ("1m30s", 90.0), ("1h", 3600.0),

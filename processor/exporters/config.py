@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from processor.confmap import Duration, StrictModel
 
@@ -41,7 +41,7 @@ class QueueConfig(StrictModel):
 class OtlpExporterConfig(StrictModel):
     """The ``otlp_grpc`` exporter's keys; ``otlp_http`` adds ``traces_endpoint``."""
 
-    endpoint: str
+    endpoint: str = Field(min_length=1)  # "" would be a channel to nowhere that drops every span
     tls: TlsClientConfig = TlsClientConfig()
     headers: dict[str, str] = {}
     compression: Literal["gzip", "none", ""] = "gzip"
@@ -66,6 +66,15 @@ class OtlpHttpExporterConfig(OtlpExporterConfig):
     traces_endpoint: str | None = None  # default: endpoint + /v1/traces
 
     can_skip_verify: ClassVar[bool] = True
+
+    @field_validator("endpoint", "traces_endpoint")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        # As the collector's otlphttp: a URL. Guessing a scheme for "host:4318" picks https
+        # or http behind the user's back, and the wrong one fails every export.
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} is not a URL: write http://{value} or https://{value}")
+        return value
 
 
 class FileExporterConfig(StrictModel):

@@ -42,9 +42,7 @@ def traces_url(config: OtlpHttpExporterConfig) -> str:
     """``traces_endpoint`` as given, else ``endpoint`` + ``/v1/traces`` (as the collector composes it)."""
     if config.traces_endpoint:
         return config.traces_endpoint
-    base = config.endpoint
-    if "://" not in base:
-        base = ("http://" if config.tls.insecure else "https://") + base
+    base = config.endpoint  # a URL with its scheme (OtlpHttpExporterConfig checks)
     return base + ("v1/traces" if base.endswith("/") else "/v1/traces")
 
 

@@ -8,6 +8,7 @@ import email.utils
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from processor.exporters.config import OtlpHttpExporterConfig
 from processor.exporters.factory import build_exporter
@@ -147,6 +148,11 @@ def test_traces_url_composition() -> None:
     assert url(endpoint="http://c:4318") == "http://c:4318/v1/traces"
     assert url(endpoint="http://c:4318/") == "http://c:4318/v1/traces"
     assert url(endpoint="https://c/otlp") == "https://c/otlp/v1/traces"
-    assert url(endpoint="c:4318", tls={"insecure": True}) == "http://c:4318/v1/traces"
-    assert url(endpoint="c:4318") == "https://c:4318/v1/traces"
     assert url(endpoint="http://c:4318", traces_endpoint="http://d/traces") == "http://d/traces"
+
+
+@pytest.mark.parametrize("kw", [{"endpoint": "c:4318"}, {"endpoint": "c:4318", "tls": {"insecure": True}},
+                                {"endpoint": "http://c:4318", "traces_endpoint": "d/traces"}, {"endpoint": ""}])
+def test_an_endpoint_that_is_not_a_url_is_refused_rather_than_guessed(kw: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        OtlpHttpExporterConfig(**kw)

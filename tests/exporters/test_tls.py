@@ -113,6 +113,6 @@ def test_grpc_refuses_insecure_skip_verify_saying_why_and_what_to_do(kind: str) 
     assert message.startswith(f"exporters.{kind}: tls.insecure_skip_verify is not supported by the gRPC "
                               "exporter: grpcio always verifies the server's certificate")
     assert "tls.ca_file" in message and "otlp_http" in message
-    doc["exporters"] = {"otlp_http": doc["exporters"][kind]}
+    doc["exporters"] = {"otlp_http": {**doc["exporters"][kind], "endpoint": "https://backend:4318"}}
     doc["service"]["pipelines"]["traces"]["exporters"] = ["otlp_http"]
     assert parse_config(doc, "<test>").exporters["otlp_http"].tls.insecure_skip_verify
