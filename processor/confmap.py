@@ -54,9 +54,10 @@ class StrictModel(BaseModel):
 
 def _check_endpoint(value: str) -> str:
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"endpoint {value!r} must be host:port")
-    return value
+    # The collector's ":4317" listens on every interface.
+    return value if host else f"0.0.0.0:{port}"
 
 
 Endpoint = Annotated[str, BeforeValidator(lambda v: _check_endpoint(str(v)))]

@@ -223,3 +223,12 @@ def test_empty_and_unreadable_files(tmp_path):
 def test_parse_config_rejects_non_mappings():
     with pytest.raises(ConfigError, match="must be a mapping"):
         parse_config(["not", "a", "mapping"])
+
+
+def test_collector_shorthands_carry_over(tmp_path):
+    # ":4317" listens on every interface; integer and boolean header values are text
+    text = ISSUE_YAML.replace("{endpoint: 127.0.0.1:4317}", '{endpoint: ":4317"}') \
+        .replace("tls: {insecure: true}", "tls: {insecure: true}\n    headers: {x-tenant: 42, x-debug: true}")
+    config = load_config(write(tmp_path, text))
+    assert config.receivers["otlp"].protocols.grpc.endpoint == "0.0.0.0:4317"
+    assert config.pipeline_exporters()["otlp_grpc"].headers == {"x-tenant": "42", "x-debug": "true"}

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from processor.confmap import Duration, StrictModel
+
+
+def _header_value(value: object) -> object:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value) if isinstance(value, (int, float)) else value
 
 
 class TlsClientConfig(StrictModel):
@@ -43,7 +49,8 @@ class OtlpExporterConfig(StrictModel):
 
     endpoint: str = Field(min_length=1)  # "" would be a channel to nowhere that drops every span
     tls: TlsClientConfig = TlsClientConfig()
-    headers: dict[str, str] = {}
+    # The collector's YAML takes `x-tenant: 42`; a header value is text either way.
+    headers: dict[str, Annotated[str, BeforeValidator(_header_value)]] = {}
     compression: Literal["gzip", "none", ""] = "gzip"
     timeout: Duration = 5.0
     retry_on_failure: RetryConfig = RetryConfig()
