@@ -52,6 +52,7 @@ class Finding:
     message: str
     depth: int = 0  # of the blamed span; deeper spans rank first on ties
     title: str = ""
+    explains: tuple[bytes, ...] = ()  # spans the finding explains (the rule's `explains`): symptoms of this one
 
     @property
     def score(self) -> float:
@@ -286,7 +287,7 @@ def _run_union(conn: duckdb.DuckDBPyConnection, rules: tuple[CompiledRule, ...],
             except RuleRuntimeError as err:
                 report(err)
         return tagged
-    return [(i, _finding(rules[i], t, sp, d, msg)) for i, t, sp, d, msg in rows]
+    return [(i, _finding(rules[i], t, sp, d, msg, ex)) for i, t, sp, d, msg, ex in rows]
 
 
 def _run_conditions(conn: duckdb.DuckDBPyConnection, conditions: Iterable[CompiledRule],
@@ -385,13 +386,17 @@ def _run(conn: duckdb.DuckDBPyConnection, rule: CompiledRule) -> list[Finding]:
         rows = conn.execute(rule.sql, list(rule.params)).fetchall()
     except duckdb.Error as err:
         raise RuleRuntimeError(rule.id, err) from err
-    return [_finding(rule, t, s, d, msg) for t, s, d, msg in rows]
+    return [_finding(rule, t, s, d, msg, ex) for t, s, d, msg, ex in rows]
 
 
-def _finding(rule: CompiledRule, trace_id: bytes, span_id: bytes, depth: int, message: str) -> Finding:
+def _finding(rule: CompiledRule, trace_id: bytes, span_id: bytes, depth: int, message: str,
+             explains: list[bytes] | None = None) -> Finding:
     m = rule.meta
-    return Finding(bytes(trace_id), bytes(span_id), m.id, m.layer, m.severity, m.confidence, message, int(depth),
-                   m.title)
+    span = bytes(span_id)
+    # the blamed span never explains itself (`s before s` holds for a span of no duration)
+    explained = tuple(dict.fromkeys(e for e in map(bytes, explains or ()) if e != span))
+    return Finding(bytes(trace_id), span, m.id, m.layer, m.severity, m.confidence, message, int(depth),
+                   m.title, explained)
 
 
 def _needs(rules: Iterable[CompiledRule]) -> frozenset[str]:

@@ -108,6 +108,19 @@ class Logical:
 
 
 @dataclass(frozen=True, slots=True)
+class Order:
+    """``a before b`` (a ended before b started) or ``a after b`` (a started
+    after b ended): two span variables of the same trace, ordered in time."""
+
+    op: str  # "before" | "after"
+    left: str
+    right: str
+    span: SourceSpan
+    left_span: SourceSpan
+    right_span: SourceSpan
+
+
+@dataclass(frozen=True, slots=True)
 class Call:
     """A macro call ``name(args)``."""
 
@@ -129,7 +142,9 @@ class IsSet:
 class Binding:
     """``span v`` (any span of the trace) or ``child v of other`` etc."""
 
-    relation: str  # "span" | "child" | "parent" | "descendant" | "ancestor" | "sibling"
+    # "span" | "child" | "parent" | "descendant" | "ancestor" | "sibling"
+    # | "preceding_sibling" | "following_sibling"
+    relation: str
     var: str
     other: str
     span: SourceSpan
@@ -150,7 +165,7 @@ class Quantifier:
     func_span: SourceSpan
 
 
-Expr = Union[Literal, ListLit, Name, Field, Attr, Unary, Binary, Logical, Call, IsSet, Quantifier]
+Expr = Union[Literal, ListLit, Name, Field, Attr, Unary, Binary, Logical, Order, Call, IsSet, Quantifier]
 
 
 # ---- rules and definitions --------------------------------------------------
@@ -194,6 +209,15 @@ class Blame:
 
 
 @dataclass(frozen=True, slots=True)
+class Explains:
+    """``explains f, g``: span variables the rule's finding explains (symptoms
+    of the blamed span), each with its own position."""
+
+    vars: tuple[Name, ...]
+    span: SourceSpan
+
+
+@dataclass(frozen=True, slots=True)
 class Rule:
     id: str
     meta: tuple[Meta, ...]
@@ -202,6 +226,7 @@ class Rule:
     messages: tuple[Message, ...]
     span: SourceSpan
     id_span: SourceSpan
+    explains: tuple[Explains, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -99,6 +99,8 @@ class _Checker:
         # bounds the source's nesting, this bounds what macros make of it
         self.depth = 0
         self.cut_short = False  # an expansion was refused: which definitions are used is not known
+        # the quantifiers of the rule being checked, as lowered (by ``id`` of the AST node), for `explains`
+        self.lowered: dict[int, ir.Node] = {}
 
     def _report(self, diag: Diagnostic) -> None:
         self.diags.append(diag)
@@ -179,16 +181,18 @@ class _Checker:
             self.error("E032", "a rule has one `message` clause", extra.span)
         match = rule.matches[0]
         scope = _Scope()
+        self.lowered.clear()
         rels = [self._binding(b, scope) for b in match.bindings]
         where = self._condition(match.where, scope) if match.where is not None else None
         blame = self._blame(rule, match, scope)
+        explains = self._explains(rule, match, scope, blame)
         message = self._message(rule, scope)
         self._unused_vars(match, scope)
         if where is not None:
             self._never_fires(where, match.where.span)  # type: ignore[union-attr]
         if meta is None or self.error_count > before:
             return None
-        return ir.CheckedRule(meta, tuple(r for r in rels if r is not None), where, blame, message, rule.span)
+        return ir.CheckedRule(meta, tuple(r for r in rels if r is not None), where, blame, message, rule.span, explains)
 
     def _meta(self, rule: ast.Rule) -> ir.RuleMeta | None:
         values, ok = self._meta_fields(rule.meta, _META_KEYS)
@@ -305,6 +309,53 @@ class _Checker:
         scope.used.add(b.var)
         return b.var
 
+    def _explains(self, rule: ast.Rule, match: ast.Match, scope: _Scope, blame: str) -> tuple[ir.Explained, ...]:
+        """The spans ``explains`` names: variables of ``match``, or bound by a
+        quantifier of its condition (not under ``not``, not in an aggregated
+        value or a macro's argument: there, the spans a firing rule explains
+        are not defined)."""
+        for extra in rule.explains[1:]:
+            self.error("E032", "a rule has one `explains` clause", extra.span, "name every span in one: `explains f, g`")
+        if not rule.explains:
+            return ()
+        top = {b.var: scope.vars[b.var] for b in match.bindings if scope.vars.get(b.var) is not None}
+        bound = _quantified(match.where) if match.where is not None else {}
+        out: list[ir.Explained] = []
+        seen: set[str] = set()
+        for name in rule.explains[0].vars:
+            if name.name in seen:
+                self.error("E032", f"`{name.name}` is named twice in `explains`", name.span, "name each span once")
+                continue
+            seen.add(name.name)
+            if name.name == blame:
+                self.error("E071", f"`{name.name}` is the span this rule blames: it cannot explain itself", name.span,
+                           "`blame` names the cause, `explains` the spans that only followed from it, e.g. a later failing sibling",
+                           label="the blamed span")
+                continue
+            if name.name in top:
+                scope.used.add(top[name.name])
+                out.append(ir.Explained(top[name.name]))
+                continue
+            found = bound.get(name.name, [])
+            if not found:
+                self.error("E070", f"`explains` names no span variable of this rule: `{name.name}`", name.span,
+                           *did_you_mean(name.name, [*top, *bound]),
+                           "name a variable of `match` or one bound by `exists(...)` in its condition")
+                continue
+            if len(found) > 1:
+                self.error("E072", f"cannot explain `{name.name}`: several quantifiers bind it", name.span,
+                           "give the one whose spans the rule explains a name of its own")
+                continue
+            path, problem = found[0]
+            if problem:
+                self.error("E072", f"cannot explain `{name.name}`: it is bound {_UNNAMEABLE[problem][0]}", name.span,
+                           _UNNAMEABLE[problem][1])
+                continue
+            lowered = [self.lowered.get(id(q)) for q in path]
+            if all(isinstance(q, ir.Quant) for q in lowered):
+                out.append(ir.Explained(lowered[-1].rel.var, tuple(lowered)))  # type: ignore[union-attr,arg-type]
+        return tuple(out)
+
     def _message(self, rule: ast.Rule, scope: _Scope) -> tuple[str | ir.Node, ...]:
         if not rule.messages:
             return (rule.id,)
@@ -388,6 +439,8 @@ class _Checker:
                 return self._comparison(e, scope)
             case ast.Call():
                 return self._call(e, scope)
+            case ast.Order():
+                return self._order(e, scope)
             case ast.IsSet():
                 return ir.IsSet(self._expr(e.operand, scope))
             case ast.Quantifier():
@@ -656,6 +709,15 @@ class _Checker:
                 replace(d, hints=(*d.hints, where)) if _inside(d.span, macro.span) else d for d in self.diags[mark:]
             ]
 
+    def _order(self, e: ast.Order, scope: _Scope) -> ir.Node:
+        """``a before b``: a ended no later than b started; ``a after b``: ``b before a``."""
+        left = self._var_ref(e.left, e.left_span, scope)
+        right = self._var_ref(e.right, e.right_span, scope)
+        if left is None or right is None:
+            return ir.Const(None, Ty.ERROR)
+        first, then = (left, right) if e.op == "before" else (right, left)
+        return ir.Compare("<=", ir.Intrinsic(first, "end", Ty.TIME), ir.Intrinsic(then, "start", Ty.TIME))
+
     def _first(self, e: ast.Call, scope: _Scope) -> ir.Node:
         """Built-in ``first(a, b, ...)``: the first non-nil value (one type)."""
         items = [self._expr(a, scope) for a in e.args]
@@ -674,6 +736,12 @@ class _Checker:
         return ir.First(tuple(items), ty)
 
     def _quantifier(self, e: ast.Quantifier, scope: _Scope) -> ir.Node:
+        node = self._quantified(e, scope)
+        if not self.macro_stack:  # a macro's body is one AST node for every call: its variables cannot be named
+            self.lowered[id(e)] = node
+        return node
+
+    def _quantified(self, e: ast.Quantifier, scope: _Scope) -> ir.Node:
         inner = scope.child()
         rel = self._binding(e.binding, inner)
         if rel is None:
@@ -1067,6 +1135,39 @@ def _gate_nodes(root: ast.GateExpr, events: dict[str, ast.EventDef]) -> list[ast
             walk(events[g.name].gate)
 
     walk(root)
+    return out
+
+
+# where a quantifier's variable cannot be named by `explains`: how to say it, and the hint
+_UNNAMEABLE = {
+    "not": ("under `not`", "when the rule fires no span matches a negated quantifier: bind it positively, "
+            "e.g. `exists(following sibling f of s where f.status = error)`"),
+    "value": ("inside an aggregated value", "bind it in a quantifier's `where` or in the rule's condition"),
+    "call": ("inside a macro's argument", "bind it in the rule's own condition, outside the macro call"),
+}
+
+
+def _quantified(where: ast.Expr) -> dict[str, list[tuple[tuple[ast.Quantifier, ...], str]]]:
+    """Span variables the quantifiers of a rule's condition bind: name -> each
+    binding's path of quantifiers (outermost first) and why it cannot be
+    named by `explains` ('' when it can: see ``_UNNAMEABLE``)."""
+    out: dict[str, list[tuple[tuple[ast.Quantifier, ...], str]]] = {}
+    todo: list[tuple[ast.Expr, tuple[ast.Quantifier, ...], str]] = [(where, (), "")]
+    while todo:
+        node, path, problem = todo.pop()
+        if isinstance(node, ast.Quantifier):
+            here = (*path, node)
+            out.setdefault(node.binding.var, []).append((here, problem))
+            if node.where is not None:
+                todo.append((node.where, here, problem))
+            if node.value is not None:
+                todo.append((node.value, here, problem or "value"))
+            continue
+        if isinstance(node, ast.Unary) and node.op == "not":
+            problem = problem or "not"
+        elif isinstance(node, ast.Call):
+            problem = problem or "call"
+        todo.extend((c, path, problem) for c in ast.children(node))  # type: ignore[misc]
     return out
 
 

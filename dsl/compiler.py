@@ -67,8 +67,10 @@ _STR_FUNCS = {"contains": "contains", "starts_with": "starts_with", "ends_with":
 class CompiledRule:
     """One rule as one SQL statement over the prepared table.
 
-    The statement returns ``(trace_id, span_id, depth, message)`` rows, one
-    per blamed span; ``params`` are bound positionally to ``$1..$n``."""
+    The statement returns ``(trace_id, span_id, depth, message, explains)``
+    rows, one per blamed span (``explains``: the span ids the finding
+    explains, NULL for a rule without ``explains``); ``params`` are bound
+    positionally to ``$1..$n``."""
 
     id: str
     meta: ir.RuleMeta
@@ -111,14 +113,39 @@ def compile_rule(rule: ir.CheckedRule) -> CompiledRule:
     where = _bool(rule.where, ctx) if rule.where is not None else "TRUE"
     blamed = ctx.alias(rule.blame)
     message = _message(rule.message, ctx)
-    select = f"{blamed}.trace_id, {blamed}.span_id, {blamed}._depth AS depth, {message} AS message"
+    explains = _explains(rule.explains, ctx)
+    select = (f"{blamed}.trace_id, {blamed}.span_id, {blamed}._depth AS depth, {message} AS message, "
+              f"{explains} AS explains")
     ctx.needs.add("depth")
     sql = f"SELECT {select} FROM {from_sql} WHERE {where}"
-    if len(rule.bindings) > 1:
-        # several variable assignments may blame the same span: report it once
-        sql = (f"SELECT DISTINCT ON (trace_id, span_id) trace_id, span_id, depth, message FROM "
+    if len(rule.bindings) > 1 and rule.explains:
+        # several variable assignments may blame the same span: report it once, explaining what all of them do
+        sql = (f"SELECT trace_id, span_id, min(depth) AS depth, min(message) AS message, "
+               f"list_distinct(flatten(list(explains))) AS explains FROM ({sql}) GROUP BY trace_id, span_id")
+    elif len(rule.bindings) > 1:
+        sql = (f"SELECT DISTINCT ON (trace_id, span_id) trace_id, span_id, depth, message, explains FROM "
                f"({sql}) ORDER BY trace_id, span_id, message")
     return CompiledRule(rule.meta.id, rule.meta, sql, tuple(ctx.params), frozenset(ctx.needs))
+
+
+def _explains(explained: tuple[ir.Explained, ...], ctx: _Ctx) -> str:
+    """SQL for the span ids a finding explains (a BLOB list; NULL when the rule explains nothing)."""
+    if not explained:
+        return "CAST(NULL AS BLOB[])"
+    lists = []
+    for ex in explained:
+        if not ex.path:
+            lists.append(f"[{ctx.alias(ex.var)}.span_id]")
+            continue
+        # every assignment of the quantifiers down to the variable that satisfies them
+        froms, conds = [], []
+        for q in ex.path:
+            src, cond = _subquery_from(q.rel, ctx)
+            froms.append(src)
+            conds.append(cond if q.where is None else f"{cond} AND {_bool(q.where, ctx)}")
+        lists.append(f"(SELECT list({ctx.alias(ex.var)}.span_id) FROM {' CROSS JOIN '.join(froms)} "
+                     f"WHERE {' AND '.join(conds)})")
+    return lists[0] if len(lists) == 1 else f"flatten([{', '.join(lists)}])"
 
 
 # ---- relations --------------------------------------------------------------------
@@ -141,6 +168,9 @@ def _rel_condition(rel: ir.Rel, v: str, o: str) -> str:
         "child": f"{v}._parent = {o}._row",
         "parent": f"{v}._row = {o}._parent",
         "sibling": f"{v}._parent = {o}._parent AND {v}._row <> {o}._row",
+        # in program order under the same parent: ended before the other started, started after it ended
+        "preceding_sibling": f"{v}._parent = {o}._parent AND {v}._row <> {o}._row AND {v}.end_ns <= {o}.start_ns",
+        "following_sibling": f"{v}._parent = {o}._parent AND {v}._row <> {o}._row AND {v}.start_ns >= {o}.end_ns",
     }[rel.relation]
 
 

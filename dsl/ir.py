@@ -208,7 +208,9 @@ class First:
 @dataclass(frozen=True, slots=True)
 class Rel:
     """A variable and how it relates to an earlier one (``span`` = any span of
-    the trace of ``other``, or of the batch for a rule's first variable)."""
+    the trace of ``other``, or of the batch for a rule's first variable;
+    ``preceding_sibling``/``following_sibling``: a sibling that ended before
+    ``other`` started / started after it ended)."""
 
     var: str
     relation: str
@@ -244,6 +246,18 @@ class RuleMeta:
 
 
 @dataclass(frozen=True, slots=True)
+class Explained:
+    """A span a rule's finding explains (``explains f``): a variable of the
+    rule's ``match`` (``path`` empty), or one bound by a quantifier: ``path``
+    holds the quantifiers from the rule's condition down to the one binding
+    ``var`` (outermost first), each found in its parent's ``where``.  The
+    spans explained are every assignment of ``var`` that satisfies them."""
+
+    var: str
+    path: tuple[Quant, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class CheckedRule:
     meta: RuleMeta
     bindings: tuple[Rel, ...]
@@ -251,6 +265,7 @@ class CheckedRule:
     blame: str
     message: tuple[str | Node, ...]
     span: SourceSpan
+    explains: tuple[Explained, ...] = ()
 
 
 def children(node: Node) -> tuple[Node, ...]:

@@ -261,7 +261,8 @@ class _AstBuilder:
     def rule(self, meta, children):
         (rid, id_span), *stmts = children
         pick = lambda cls: tuple(s for s in stmts if isinstance(s, cls))  # noqa: E731
-        return ast.Rule(rid, pick(ast.Meta), pick(ast.Match), pick(ast.Blame), pick(ast.Message), self._s(meta), id_span)
+        return ast.Rule(rid, pick(ast.Meta), pick(ast.Match), pick(ast.Blame), pick(ast.Message), self._s(meta), id_span,
+                        pick(ast.Explains))
 
     def dotted(self, meta, names):
         return ".".join(names), self._s(meta)
@@ -279,6 +280,9 @@ class _AstBuilder:
 
     def blame(self, meta, children):
         return ast.Blame(str(children[0]), self._t(children[0]))
+
+    def explains(self, meta, children):
+        return ast.Explains(tuple(ast.Name(str(t), self._t(t)) for t in children), self._s(meta))
 
     def message(self, meta, children):
         return ast.Message(self._template(children[0]), self._s(meta))
@@ -366,7 +370,7 @@ class _AstBuilder:
         return ast.Binding(rel, str(var), str(other), self._s(meta), self._t(var), self._t(other))
 
     def relation(self, meta, children):
-        return str(children[0])
+        return "_".join(str(c) for c in children)  # `following sibling` -> following_sibling
 
     # -- expressions
     def _binary_chain(self, meta, children):
@@ -399,6 +403,14 @@ class _AstBuilder:
     def not_in(self, meta, children):
         left, right = children
         return ast.Binary("not in", left, right, self._s(meta), _between(self.path, left.span, right.span))
+
+    def before(self, meta, children):
+        left, right = children
+        return ast.Order("before", str(left), str(right), self._s(meta), self._t(left), self._t(right))
+
+    def after(self, meta, children):
+        left, right = children
+        return ast.Order("after", str(left), str(right), self._s(meta), self._t(left), self._t(right))
 
     def sum(self, meta, children):
         return self._binary_chain(meta, children)
