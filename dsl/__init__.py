@@ -13,10 +13,10 @@ from dsl.api import Evaluation, Finding, RuleError, RuleRuntimeError, RuleSet, c
 from dsl.compiler import BASELINE_COLUMNS, BASELINE_TABLE  # noqa: E402
 from dsl.diagnostics import Diagnostic, Severity, SourceSpan  # noqa: E402
 from dsl.faulttree import TreeOutcome  # noqa: E402
-from dsl.spantree import covered_sql, no_parent_sql, root_key_sql, self_time_sql  # noqa: E402
+from dsl.spantree import antecedents_sql, covered_sql, no_parent_sql, root_key_sql, self_time_sql  # noqa: E402
 
 __all__ += [
     "BASELINE_COLUMNS", "BASELINE_TABLE", "Diagnostic", "Evaluation", "Finding", "TreeOutcome", "RuleError", "RuleRuntimeError", "RuleSet", "Severity", "SourceSpan",
-    "check_paths", "cli_check", "covered_sql", "fixtures", "load_rules", "no_parent_sql", "root_key_sql",
+    "antecedents_sql", "check_paths", "cli_check", "covered_sql", "fixtures", "load_rules", "no_parent_sql", "root_key_sql",
     "self_time_sql",
 ]

@@ -70,3 +70,46 @@ def root_key_sql(span: str, no_parent: str, parent_found: str) -> str:
     bad data) is it the earliest span of all."""
     rank = f"CASE WHEN {no_parent} THEN 0 WHEN {parent_found} THEN 2 ELSE 1 END"
     return f"({rank}, {span}.start_ns, {span}.end_ns)"
+
+
+def antecedents_sql(spans: str, targets: str, max_depth: int = 256) -> str:
+    """A query: for each target span, its *antecedents* — the spans of its trace whose output
+    could have reached it (its causal past).
+
+    ``spans`` and ``targets`` are relations with ``trace_id`` and ``span_id``; ``spans`` also
+    has ``parent_span_id``, ``start_ns`` and ``end_ns``.  The antecedents of a span B are
+    B's descendants (they ran inside it), and for B and each of its ancestors X (up to
+    ``max_depth`` levels) the earlier siblings of X — children of X's parent that ended
+    before X started — with their subtrees.  The parent chain itself is not there: an
+    ancestor is still running when B fails.  Result columns: ``trace_id``, ``span_id`` (the
+    target), ``antecedent_id`` and ``distance`` (0 inside B, 1 an earlier sibling of B or
+    below one, k + 1 an earlier sibling of B's k-th ancestor or below one; the least when
+    several paths reach a span).  Cycles in bad data stop: each step keeps sets."""
+    return f"""
+WITH RECURSIVE
+chain(trace_id, target, x, up) AS (
+    SELECT t.trace_id, t.span_id, t.span_id, 0 FROM {targets} t
+    UNION
+    SELECT c.trace_id, c.target, s.parent_span_id, c.up + 1
+    FROM chain c JOIN {spans} s ON s.trace_id = c.trace_id AND s.span_id = c.x
+    WHERE NOT {no_parent_sql("s.parent_span_id")} AND c.up < {int(max_depth)}
+),
+heads AS (
+    SELECT c.trace_id, c.target, k.span_id AS a, 0 AS distance
+    FROM chain c JOIN {spans} k ON k.trace_id = c.trace_id AND k.parent_span_id = c.x
+    WHERE c.up = 0
+    UNION
+    SELECT c.trace_id, c.target, sib.span_id, c.up + 1
+    FROM chain c JOIN {spans} x ON x.trace_id = c.trace_id AND x.span_id = c.x
+    JOIN {spans} sib ON sib.trace_id = x.trace_id AND sib.parent_span_id = x.parent_span_id
+    WHERE NOT {no_parent_sql("x.parent_span_id")} AND sib.span_id <> x.span_id AND sib.end_ns <= x.start_ns
+),
+below(trace_id, target, a, distance) AS (
+    SELECT trace_id, target, a, distance FROM heads
+    UNION
+    SELECT b.trace_id, b.target, k.span_id, b.distance
+    FROM below b JOIN {spans} k ON k.trace_id = b.trace_id AND k.parent_span_id = b.a
+)
+SELECT trace_id, target AS span_id, a AS antecedent_id, min(distance) AS distance
+FROM below WHERE a <> target GROUP BY ALL
+"""

@@ -1,11 +1,13 @@
-"""dsl.spantree: self time from the union of clipped children, under either keying of spans; the trace's root."""
+"""dsl.spantree: self time from the union of clipped children, under either keying of spans; the trace's root;
+a span's antecedents (its causal past)."""
 
 from __future__ import annotations
 
 import duckdb
+import pyarrow as pa
 import pytest
 
-from dsl import covered_sql, no_parent_sql, root_key_sql, self_time_sql
+from dsl import antecedents_sql, covered_sql, no_parent_sql, root_key_sql, self_time_sql
 
 # (row, span id, parent id, start, end) of one trace
 Row = tuple[int, str, str | None, int, int]
@@ -72,3 +74,26 @@ def test_several_roots_give_the_earliest_then_the_one_ending_first() -> None:
 
 def test_when_every_parent_is_present_the_earliest_span_stands_in() -> None:
     assert _root([("a", "b", 10, 50), ("b", "a", 5, 60)]) == "b"
+
+
+def test_antecedents_are_earlier_siblings_their_subtrees_and_own_children_up_the_chain() -> None:
+    # r ─┬ a [a1]  (0-10)         earlier sibling of b, c, d and their subtrees
+    #    ├ b       (12-30)
+    #    ├ e       (20-70)        overlaps c and d: its output cannot have reached them
+    #    ├ c [c1 (32-40), c2 (41-50)]
+    #    └ d       (61-90)
+    rows = [("r", None, 0, 100), ("a", "r", 0, 10), ("a1", "a", 1, 5), ("b", "r", 12, 30), ("c", "r", 31, 60),
+            ("c1", "c", 32, 40), ("c2", "c", 41, 50), ("d", "r", 61, 90), ("e", "r", 20, 70)]
+    spans = pa.table({"trace_id": [b"t"] * len(rows), "span_id": [r[0].encode() for r in rows],
+                      "parent_span_id": [r[1].encode() if r[1] else None for r in rows],
+                      "start_ns": [r[2] for r in rows], "end_ns": [r[3] for r in rows]})
+    targets = pa.table({"trace_id": [b"t", b"t", b"t"], "span_id": [b"c2", b"d", b"c"]})
+    conn = duckdb.connect()
+    conn.register("sp", spans)
+    conn.register("tg", targets)
+    got: dict[bytes, dict[bytes, int]] = {}
+    for _, target, ante, distance in conn.sql(antecedents_sql("sp", "tg")).fetchall():
+        got.setdefault(target, {})[ante] = distance
+    assert got[b"c2"] == {b"c1": 1, b"a": 2, b"a1": 2, b"b": 2}
+    assert got[b"d"] == {b"a": 1, b"a1": 1, b"b": 1, b"c": 1, b"c1": 1, b"c2": 1}
+    assert got[b"c"] == {b"c1": 0, b"c2": 0, b"a": 1, b"a1": 1, b"b": 1}
