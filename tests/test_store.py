@@ -361,3 +361,17 @@ def test_a_wholly_released_generation_is_handed_over_and_never_released_twice():
         assert store.buffered_spans == 0
 
     run(test, generation_rows=1000)
+
+
+def test_the_newest_generation_emptied_in_parts_frees_its_memory():
+    async def test(store: SpanStore) -> None:
+        await store.append(batch(range(1, 11)))
+        await store.release([tid(t) for t in range(1, 6)])  # part of the only (newest) generation
+        assert store.memory_bytes() > 0
+        await store.release([tid(t) for t in range(6, 11)])
+        assert store.buffered_spans == 0 and store.memory_bytes() == 0
+        await store.append(batch(range(11, 13)))  # a new generation takes the next spans
+        spans = await store.release([tid(t) for t in range(1, 13)])
+        assert sorted(spans.trace_ids) == [tid(11), tid(12)]
+
+    run(test, generation_rows=1000)
