@@ -117,12 +117,18 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from dsl import RuleError, load_rules
+    from processor.analysis.build import rule_paths
+    from processor.config import FaulttraceProcessorConfig
     from processor.localizer import SOURCES
+    from processor.otlp.tracefile import TraceFileError
     from processor.tools.evaluation import DatasetError, run
 
+    paths = rule_paths(FaulttraceProcessorConfig(builtin_rules=not args.no_builtin_rules, rules=args.rules or []))
     try:
-        return run(args.dataset, args.format, sys.stdout, [s for s in SOURCES if s not in (args.without or [])])
-    except DatasetError as err:
+        return run(args.dataset, args.format, sys.stdout, [s for s in SOURCES if s not in (args.without or [])],
+                   lambda: load_rules(paths), args.from_export or ())
+    except (DatasetError, RuleError, TraceFileError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
@@ -175,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--without", action="append", metavar="SOURCE",
                           choices=["latency", "explain_away", "shape", "errors"],
                           help="leave out an evidence source (repeatable; for ablation)")
+    evaluate.add_argument("--rules", action="append", metavar="PATH",
+                          help="rule file, directory or glob besides the built-in library (repeatable)")
+    evaluate.add_argument("--no-builtin-rules", action="store_true", help="use only the --rules given")
+    evaluate.add_argument("--from-export", action="append", metavar="FILE",
+                          help="score the spans `faulttrace serve` exported (file exporter) after the cases "
+                               "were replayed into it, instead of analyzing in process (repeatable)")
     evaluate.set_defaults(func=cmd_eval)
 
     bench = sub.add_parser("bench", help="measure throughput and memory of the whole pipeline")

@@ -1,20 +1,37 @@
 """Labelled trace datasets (``../shared/corpora/README.md`` layout) and AC@k scoring.
 
 A dataset is ``dataset.json``, an optional ``baseline/traces.jsonl.gz`` of
-fault-free traffic, and ``cases/<id>/{traces.jsonl.gz,label.json}``.  Each
-case's services are ranked by the localizer; AC@k is the share of cases
-whose true root-cause service is among the first k, Avg@5 the mean of
-AC@1..AC@5, overall and per fault type.  When labels carry ``span_ids`` (the
-span where the fault originates, one per affected trace), span-level AC@k
-too: among the traces that contain a labelled span, the share whose first k
-candidates (``localizer.blame_traces``) include it.
+fault-free traffic, and ``cases/<id>/{traces.jsonl.gz,label.json}``.
+
+**Services, per case.** Each case's services are ranked by the localizer's
+window ranking against the baseline; AC@k is the share of cases whose true
+root-cause service is among the first k, Avg@5 the mean of AC@1..AC@5,
+overall and per fault kind.
+
+**Spans, per trace.** Where labels carry ``span_ids`` (the spans where the
+fault originates), every case is analyzed as ``faulttrace explain`` and
+``serve`` analyze a batch (``tools.offline.analyze``: the rules, fault trees
+and the localizer seeded with the baseline), the annotator's ``rca.*``
+attributes are what is scored (``tools.scoring``), and the service ranking is
+that analysis' own.  Among the *affected* traces (those holding a labelled
+span) span AC@k is the share whose first k candidates (``rca.rank``) include
+one of the trace's labelled spans, whatever their number.  Also: the share
+whose first candidate is in the labelled service (``span_service@1``) or has
+the labelled layer (``span_layer``, over cases whose label names one), and
+the share of labelled ``symptom_span_ids`` whose ``rca.caused_by`` names a
+labelled cause (``caused_by``).
+
+**From an export.** ``--from-export FILE`` scores the spans a running
+``faulttrace serve`` exported (its ``file`` exporter) instead of analyzing in
+process: the same scoring over the same attributes; a case's service ranking
+is then read off the spans (``scoring.services_from_outcomes``).
 
 Calibration of the top-1 confidence is measured too: per case the
-probability given to the first service (``ServiceScore.probability``) against
-whether it is the true one, and per trace with a labelled span the
-probability of its first candidate (``analysis.calibration.calibrate_trace``) against
-whether it is that span — as expected calibration error (10 equal-width
-bins, ``ece``) and Brier score (``brier``; ``span_ece``, ``span_brier``).
+probability given to the first service against whether it is the true one,
+and per affected trace the first candidate's ``rca.confidence`` against
+whether it is a labelled span — as expected calibration error (10
+equal-width bins, ``ece``, ``span_ece``) and Brier score (``brier``,
+``span_brier``).
 """
 
 from __future__ import annotations
@@ -22,24 +39,29 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 import duckdb
-import pyarrow as pa
-import pyarrow.compute as pc
 
-from processor.analysis.calibration import calibrate_trace
-from processor.localizer import (
-    SOURCES,
-    Baseline,
-    LocalizedBatch,
-    blame_traces,
-    rank_services,
-    read_spans,
-    span_metrics,
+from dsl import RuleSet, load_rules
+from processor.analysis.build import rule_paths
+from processor.config import FaulttraceProcessorConfig
+from processor.localizer import SOURCES, Baseline, LocalizerAnalyzer, rank_services, read_spans, span_metrics
+from processor.otlp.tracefile import read_requests
+from processor.tools.offline import analyze
+from processor.tools.scoring import (
+    Label,
+    TraceOutcome,
+    TraceScore,
+    caused_by_hits,
+    export_attributes,
+    outcomes,
+    score_trace,
+    services_from_outcomes,
+    verdict_attributes,
 )
 
 TRACES = "traces.jsonl.gz"
@@ -55,7 +77,13 @@ class Case:
     traces: Path
     service: str          # the true root-cause service
     fault: str
-    span_ids: tuple[bytes, ...] = ()   # the spans where the fault originates, if labelled
+    span_ids: tuple[bytes, ...] = ()          # the spans where the fault originates, if labelled
+    layer: str = ""                           # the labelled layer, if any
+    symptom_span_ids: tuple[bytes, ...] = ()  # spans that only show the fault, if labelled
+
+    @property
+    def label(self) -> Label:
+        return Label(self.service, self.layer, frozenset(self.span_ids), frozenset(self.symptom_span_ids))
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +91,9 @@ class CaseResult:
     case: Case
     rank: int | None      # 1-based rank of the true service; None if never ranked
     top: tuple[str, ...]  # the first five services
-    span_ranks: tuple[int | None, ...] = ()   # per labelled span found in the traces: its rank in its trace
+    traces: tuple[TraceScore, ...] = ()   # the case's affected traces, scored
     confidence: float = 0.0   # the probability given to the first service
-    # per labelled span whose trace has candidates: (first candidate's confidence, it is the labelled span)
-    span_top: tuple[tuple[float, bool], ...] = ()
+    symptoms: tuple[int, int] = (0, 0)    # labelled symptom spans present, those caused_by a labelled cause
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +102,11 @@ class Dataset:
     name: str
     baseline: Path | None
     cases: tuple[Case, ...]
+    level: str = "service"
+
+    @property
+    def span_labelled(self) -> bool:
+        return self.level == "span" or any(c.span_ids for c in self.cases)
 
     @classmethod
     def load(cls, root: str | Path) -> Dataset:
@@ -88,21 +120,34 @@ class Dataset:
         for case_dir in sorted((p / "cases").glob("*/")):
             label_path = case_dir / "label.json"
             try:
-                rc = json.loads(label_path.read_text())["root_cause"]
-                span_ids = tuple(bytes.fromhex(s) for s in rc.get("span_ids") or ())
+                label = json.loads(label_path.read_text())
+                rc = label["root_cause"]
+                symptoms = label.get("symptom_span_ids", rc.get("symptom_span_ids")) or ()
                 cases.append(Case(case_dir.name, case_dir / TRACES, rc["service"], rc.get("fault", "unknown"),
-                                  span_ids))
+                                  _ids(rc.get("span_ids")), str(rc.get("layer") or ""), _ids(symptoms)))
             except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
                 raise DatasetError(f"{label_path}: not a label: {err}") from None
         if not cases:
             raise DatasetError(f"{p}: no cases/<id>/label.json found")
         base = p / "baseline" / TRACES
-        return cls(p, str(meta.get("name", p.name)), base if base.exists() else None, tuple(cases))
+        return cls(p, str(meta.get("name", p.name)), base if base.exists() else None, tuple(cases),
+                   str(meta.get("level", "service")))
 
 
-def evaluate(dataset: Dataset, sources: Iterable[str] = SOURCES) -> list[CaseResult]:
-    """Rank every case's services; one DuckDB connection and one baseline for the whole set."""
+def _ids(values: Iterable[str] | None) -> tuple[bytes, ...]:
+    return tuple(bytes.fromhex(s) for s in values or ())
+
+
+def evaluate(dataset: Dataset, sources: Iterable[str] = SOURCES,
+             rules: Callable[[], RuleSet] | None = None) -> list[CaseResult]:
+    """Every case analyzed in process.  Span-labelled datasets go through the product's analysis
+    (the rule set ``rules()`` loads, by default the built-in library; fault trees; the localizer
+    seeded afresh with the baseline for each case, so no case learns from another);
+    service-level ones through the localizer's window ranking alone, one baseline for the set."""
     sources = tuple(sources)
+    if dataset.span_labelled:
+        ruleset = rules() if rules is not None else load_rules(rule_paths(FaulttraceProcessorConfig()))
+        return [_analyzed_case(dataset, case, sources, ruleset) for case in dataset.cases]
     conn = duckdb.connect()
     try:
         baseline = Baseline.from_file(conn, dataset.baseline) if dataset.baseline else None
@@ -111,34 +156,41 @@ def evaluate(dataset: Dataset, sources: Iterable[str] = SOURCES) -> list[CaseRes
             metrics = span_metrics(conn, read_spans(case.traces))
             base = baseline if baseline is not None else Baseline.learn(conn, metrics)
             scores = rank_services(conn, metrics, base, sources)
-            ranked = [r.service for r in scores]
-            rank = ranked.index(case.service) + 1 if case.service in ranked else None
-            span_ranks: tuple[int | None, ...] = ()
-            span_top: tuple[tuple[float, bool], ...] = ()
-            if case.span_ids:
-                span_ranks, span_top = _span_ranks(blame_traces(conn, metrics, base, scores), metrics, case.span_ids)
-            confidence = scores[0].probability if scores else 0.0
-            results.append(CaseResult(case, rank, tuple(ranked[:5]), span_ranks, confidence, span_top))
+            results.append(case_result(case, [(s.service, s.probability) for s in scores], []))
         return results
     finally:
         conn.close()
 
 
-def _span_ranks(verdict: LocalizedBatch, metrics: pa.Table, span_ids: tuple[bytes, ...]
-                ) -> tuple[tuple[int | None, ...], tuple[tuple[float, bool], ...]]:
-    """For each labelled span present in the case's traces, its rank among its trace's candidates;
-    and, where the trace has candidates, the first one's confidence and whether it is that span."""
-    hit = metrics.filter(pc.is_in(metrics.column("span_id"), value_set=pa.array(span_ids, pa.binary())))
-    ranks_out: list[int | None] = []
-    top_out: list[tuple[float, bool]] = []
-    for trace_id, span_id in zip(hit.column("trace_id").to_pylist(), hit.column("span_id").to_pylist()):
-        v = verdict.traces.get(trace_id)
-        ranks = [c.rank for c in v.candidates if c.span_id == span_id] if v else []
-        ranks_out.append(ranks[0] if ranks else None)
-        if v is not None and v.candidates:
-            top = calibrate_trace(v).candidates[0]
-            top_out.append((top.confidence, top.span_id == span_id))
-    return tuple(ranks_out), tuple(top_out)
+def _analyzed_case(dataset: Dataset, case: Case, sources: tuple[str, ...], rules: RuleSet) -> CaseResult:
+    localizer = LocalizerAnalyzer(dataset.baseline, sources=sources)
+    try:
+        result = analyze(read_requests(case.traces), rules, localizer)
+    finally:
+        localizer.close()
+    traces = outcomes(result.spans, verdict_attributes(result.verdict))
+    return case_result(case, [(s.service, s.probability) for s in result.verdict.services], traces)
+
+
+def evaluate_export(dataset: Dataset, paths: Sequence[str | Path]) -> list[CaseResult]:
+    """Every case scored from the spans ``faulttrace serve`` exported to ``paths`` (its cases'
+    traces replayed into it): the annotations are looked up by trace and span id."""
+    attributes = export_attributes(paths)
+    results = []
+    for case in dataset.cases:
+        traces = outcomes(read_spans(case.traces), attributes)
+        results.append(case_result(case, services_from_outcomes(traces), traces))
+    return results
+
+
+def case_result(case: Case, services: Sequence[tuple[str, float]], traces: Sequence[TraceOutcome]) -> CaseResult:
+    """A case scored: ``services`` its ranking (service, probability), ``traces`` what its spans say."""
+    ranked = [s for s, _ in services]
+    rank = ranked.index(case.service) + 1 if case.service in ranked else None
+    label = case.label
+    scored = tuple(s for s in (score_trace(label, t) for t in traces) if s is not None)
+    return CaseResult(case, rank, tuple(ranked[:5]), scored, services[0][1] if services else 0.0,
+                      caused_by_hits(label, traces))
 
 
 def expected_calibration_error(pairs: Sequence[tuple[float, bool]], bins: int = 10) -> float:
@@ -157,21 +209,38 @@ def brier_score(pairs: Sequence[tuple[float, bool]]) -> float:
 
 
 def accuracy(results: Sequence[CaseResult]) -> dict[str, float]:
-    """AC@1, AC@3, AC@5 and Avg@5 of a list of case results, with the ECE and Brier score of
-    the top-1 confidence; span AC@1 and AC@3 (over the traces that contain a labelled span),
-    span ECE and Brier (over those of them with candidates) when any case has span labels."""
+    """AC@1, AC@3, AC@5 and Avg@5 of the cases' service rankings, with the ECE and Brier score
+    of the top-1 confidence; span figures (``span_accuracy``) when any case has affected traces."""
     n = len(results)
     ac = {k: sum(1 for r in results if r.rank is not None and r.rank <= k) / n if n else 0.0 for k in range(1, 6)}
     out = {"ac@1": ac[1], "ac@3": ac[3], "ac@5": ac[5], "avg@5": sum(ac.values()) / 5}
     top = [(r.confidence, r.rank == 1) for r in results]
     out.update(ece=expected_calibration_error(top), brier=brier_score(top))
-    spans = [rank for r in results for rank in r.span_ranks]
-    if spans:
-        for k in (1, 3):
-            out[f"span_ac@{k}"] = sum(1 for rank in spans if rank is not None and rank <= k) / len(spans)
-        span_top = [t for r in results for t in r.span_top]
-        if span_top:
-            out.update(span_ece=expected_calibration_error(span_top), span_brier=brier_score(span_top))
+    out.update(span_accuracy(results))
+    return out
+
+
+def span_accuracy(results: Sequence[CaseResult]) -> dict[str, float]:
+    """Per affected trace: span AC@1..5 and Avg@5, the first candidate's service and layer
+    right, ECE and Brier of its confidence (over traces with a candidate); the share of labelled
+    symptom spans whose ``rca.caused_by`` names a labelled cause.  Empty without affected traces."""
+    traces = [t for r in results for t in r.traces]
+    out: dict[str, float] = {}
+    if traces:
+        n = len(traces)
+        ac = {k: sum(t.hit(k) for t in traces) / n for k in range(1, 6)}
+        out.update({"span_traces": n, **{f"span_ac@{k}": ac[k] for k in (1, 3, 5)},
+                    "span_avg@5": sum(ac.values()) / 5,
+                    "span_service@1": sum(t.service_hit for t in traces) / n})
+        layered = [t.layer_hit for t in traces if t.layer_hit is not None]
+        if layered:
+            out.update(span_layer=sum(layered) / len(layered), span_layer_traces=len(layered))
+        top = [(t.confidence, t.hit(1)) for t in traces if t.confidence is not None]
+        if top:
+            out.update(span_ece=expected_calibration_error(top), span_brier=brier_score(top))
+    present = sum(r.symptoms[0] for r in results)
+    if present:
+        out.update(symptom_spans=present, caused_by=sum(r.symptoms[1] for r in results) / present)
     return out
 
 
@@ -180,55 +249,96 @@ def summary(results: Sequence[CaseResult]) -> dict[str, Any]:
     for r in results:
         by_fault[r.case.fault].append(r)
     out: dict[str, Any] = {"cases": len(results), **_rounded(accuracy(results))}
-    if "span_ac@1" in out:
-        out["span_traces"] = sum(len(r.span_ranks) for r in results)
     out["by_fault"] = {f: {"cases": len(rs), **_rounded(accuracy(rs))} for f, rs in sorted(by_fault.items())}
     return out
 
 
 def _rounded(d: dict[str, float]) -> dict[str, float]:
-    return {k: round(v, 4) for k, v in d.items()}
+    return {k: v if isinstance(v, int) else round(v, 4) for k, v in d.items()}
 
 
-def write_report(dataset: Dataset, results: Sequence[CaseResult], seconds: float, fmt: str, out: TextIO) -> None:
+def write_report(dataset: Dataset, results: Sequence[CaseResult], seconds: float, fmt: str, out: TextIO,
+                 source: str = "") -> None:
     """Per case the rank of the true root cause, then the figures; with ``json`` the last line
     is one JSON object."""
     for r in results:
-        rank = str(r.rank) if r.rank is not None else "-"
-        line = (f"{r.case.case_id}  {r.case.fault:<16} {r.case.service:<24} rank {rank:>2}  p {r.confidence:.2f}"
-                f"  top: {', '.join(r.top[:3])}")
-        if r.span_ranks:
-            first = sum(1 for k in r.span_ranks if k == 1)
-            line += f"  span rank 1 in {first} of {len(r.span_ranks)} traces"
         if fmt == "json":
-            row: dict[str, Any] = {"case": r.case.case_id, "fault": r.case.fault, "service": r.case.service,
-                                   "rank": r.rank, "top": list(r.top), "confidence": round(r.confidence, 4)}
-            if r.case.span_ids:
-                row["span_ranks"] = list(r.span_ranks)
-            out.write(json.dumps(row) + "\n")
+            out.write(json.dumps(_case_json(r)) + "\n")
         else:
-            out.write(line + "\n")
+            out.write(_case_line(r) + "\n")
     s = summary(results)
     if fmt == "json":
-        out.write(json.dumps({**s, "seconds": round(seconds, 2)}) + "\n")
+        out.write(json.dumps({**s, "seconds": round(seconds, 2), **({"source": source} if source else {})}) + "\n")
         return
-    out.write(f"\n{dataset.name}: {s['cases']} cases in {seconds:.1f}s\n")
-    out.write(f"{'':<18}{'cases':>6}{'AC@1':>8}{'AC@3':>8}{'AC@5':>8}{'Avg@5':>8}{'ECE':>8}{'Brier':>8}\n")
+    scored = f" ({source})" if source else ""
+    out.write(f"\n{dataset.name}: {s['cases']} cases in {seconds:.1f}s{scored}\n")
+    out.write("services, per case: the true service among the first k of the window ranking\n")
+    out.write(f"{'':<22}{'cases':>6}{'AC@1':>8}{'AC@3':>8}{'AC@5':>8}{'Avg@5':>8}{'ECE':>8}{'Brier':>8}\n")
     for label, row in [("overall", s), *s["by_fault"].items()]:
-        out.write(f"{label:<18}{row['cases']:>6}{row['ac@1']:>8.3f}{row['ac@3']:>8.3f}{row['ac@5']:>8.3f}"
+        out.write(f"{label:<22}{row['cases']:>6}{row['ac@1']:>8.3f}{row['ac@3']:>8.3f}{row['ac@5']:>8.3f}"
                   f"{row['avg@5']:>8.3f}{row['ece']:>8.3f}{row['brier']:>8.3f}\n")
     out.write("ECE (10 bins) and Brier score of the confidence given to the first service\n")
-    if "span_ac@1" in s:
-        line = (f"span level: {s['span_traces']} traces with a labelled span, "
-                f"AC@1 {s['span_ac@1']:.3f}, AC@3 {s['span_ac@3']:.3f}")
-        if "span_ece" in s:
-            line += f", ECE {s['span_ece']:.3f}, Brier {s['span_brier']:.3f} (first candidate's confidence)"
-        out.write(line + "\n")
+    if "span_traces" in s:
+        _write_span_table(s, out)
 
 
-def run(path: str | Path, fmt: str, out: TextIO, sources: Iterable[str] = SOURCES) -> int:
+def _write_span_table(s: dict[str, Any], out: TextIO) -> None:
+    out.write("\nspans, per affected trace (one holding a labelled root-cause span): AC@k, a labelled span among\n"
+              "its first k candidates (rca.rank); svc@1 and layer, the first candidate's service and rca.layer right;\n"
+              "caused_by, the labelled symptom spans whose rca.caused_by names a labelled cause\n")
+    out.write(f"{'':<22}{'traces':>7}{'AC@1':>8}{'AC@3':>8}{'AC@5':>8}{'Avg@5':>8}{'svc@1':>8}{'layer':>8}"
+              f"{'caused_by':>11}\n")
+    rows = [("overall", s), *((f, row) for f, row in s["by_fault"].items() if "span_traces" in row)]
+    for label, row in rows:
+        layer = f"{row['span_layer']:>8.3f}" if "span_layer" in row else f"{'-':>8}"
+        caused = f"{row['caused_by']:>11.3f}" if "caused_by" in row else f"{'-':>11}"
+        out.write(f"{label:<22}{row['span_traces']:>7}{row['span_ac@1']:>8.3f}{row['span_ac@3']:>8.3f}"
+                  f"{row['span_ac@5']:>8.3f}{row['span_avg@5']:>8.3f}{row['span_service@1']:>8.3f}{layer}{caused}\n")
+    notes = []
+    if "symptom_spans" in s:
+        notes.append(f"caused_by over {s['symptom_spans']} labelled symptom spans")
+    if "span_layer_traces" in s:
+        notes.append(f"layer over {s['span_layer_traces']} traces whose label names one")
+    if "span_ece" in s:
+        notes.append(f"first candidate's confidence: ECE {s['span_ece']:.3f}, Brier {s['span_brier']:.3f}")
+    if notes:
+        out.write("; ".join(notes) + "\n")
+
+
+def _case_line(r: CaseResult) -> str:
+    rank = str(r.rank) if r.rank is not None else "-"
+    line = (f"{r.case.case_id}  {r.case.fault:<16} {r.case.service:<24} rank {rank:>2}  p {r.confidence:.2f}"
+            f"  top: {', '.join(r.top[:3])}")
+    if r.traces:
+        first = sum(t.hit(1) for t in r.traces)
+        line += f"  span rank 1 in {first} of {len(r.traces)} traces"
+    if r.symptoms[0]:
+        line += f"  caused_by right on {r.symptoms[1]} of {r.symptoms[0]} symptoms"
+    return line
+
+
+def _case_json(r: CaseResult) -> dict[str, Any]:
+    row: dict[str, Any] = {"case": r.case.case_id, "fault": r.case.fault, "service": r.case.service,
+                           "rank": r.rank, "top": list(r.top), "confidence": round(r.confidence, 4)}
+    if r.case.span_ids:
+        # one entry per affected trace: the best rank of a labelled span among its candidates
+        row["span_ranks"] = [t.rank for t in r.traces]
+        row["layer"] = r.case.layer
+    if r.case.symptom_span_ids:
+        row["symptom_spans"], row["caused_by_right"] = r.symptoms
+    return row
+
+
+def run(path: str | Path, fmt: str, out: TextIO, sources: Iterable[str] = SOURCES,
+        rules: Callable[[], RuleSet] | None = None, exports: Sequence[str | Path] = ()) -> int:
+    """``faulttrace eval``: score in process, or the spans of ``exports`` when given; ``rules``
+    loads the rule set, called only when a span-labelled dataset is analyzed."""
     started = time.perf_counter()
     dataset = Dataset.load(path)
-    results = evaluate(dataset, sources)
-    write_report(dataset, results, time.perf_counter() - started, fmt, out)
+    if exports:
+        results = evaluate_export(dataset, exports)
+    else:
+        results = evaluate(dataset, sources, rules)
+    source = f"from {', '.join(map(str, exports))}" if exports else ""
+    write_report(dataset, results, time.perf_counter() - started, fmt, out, source)
     return 0
