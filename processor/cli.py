@@ -139,6 +139,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(args)
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    import time
+
+    from processor.demo import write_dataset
+
+    started = time.perf_counter()
+    try:
+        w = write_dataset(args.write_dataset, seed=args.seed, traces_per_case=args.traces_per_case,
+                          cases_per_kind=args.cases_per_kind, baseline_traces=args.baseline_traces)
+    except OSError as err:
+        print(f"error: {args.write_dataset}: {err.strerror or err}", file=sys.stderr)
+        return 2
+    print(f"{w.path}: {w.cases} cases, {w.traces} traces ({w.affected} affected by their fault), {w.spans} spans "
+          f"in {time.perf_counter() - started:.1f}s; score with `faulttrace eval {w.path}`")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="faulttrace",
                                      description="Root-cause localizer for OpenTelemetry traces.")
@@ -206,6 +223,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="modes to run (default all); ratios need their reference mode")
     bench.add_argument("--format", choices=["text", "json"], default="text")
     bench.set_defaults(func=cmd_bench)
+
+    demo = sub.add_parser("demo", help="simulate a shop with an LLM agent and write a labelled dataset")
+    demo.add_argument("--write-dataset", required=True, metavar="DIR",
+                      help="folder to write (dataset.json, baseline/, cases/<id>/{traces.jsonl.gz,label.json})")
+    demo.add_argument("--seed", type=int, default=1, help="same seed, same dataset (default 1)")
+    demo.add_argument("--traces-per-case", type=int, default=40, metavar="N", help="default 40")
+    demo.add_argument("--cases-per-kind", type=int, default=2, metavar="N",
+                      help="cases of each fault kind, each another variant where there are several (default 2)")
+    demo.add_argument("--baseline-traces", type=int, default=400, metavar="N", help="fault-free traces (default 400)")
+    demo.set_defaults(func=cmd_demo)
     return parser
 
 
