@@ -13,6 +13,7 @@ or by id; an empty list means "must not fire")::
           - rule: code.deepest_exception
             span: {name: "SELECT orders", service: orders-db}
             message: "ValueError"             # optional substring
+            explains: [GET /orders]           # optional: exactly the spans the finding explains
       - name: a handled exception does not fire
         trace: traces/code_handled.json
         rules: [code.deepest_exception]
@@ -101,6 +102,22 @@ class ExpectedFinding:
     rule: str
     span: SpanMatcher
     message: str = ""  # substring the message must contain, if given
+    explains: tuple[SpanMatcher, ...] | None = None  # exactly the spans the finding explains, if given
+
+    def explains_match(self, finding: FindingLike, spans: dict[bytes, FixtureSpan]) -> bool:
+        """Whether ``finding`` explains exactly the spans expected (each matcher takes one)."""
+        if self.explains is None:
+            return True
+        explained = getattr(finding, "explains", ())
+        left = [spans[s] for s in explained if s in spans]
+        if len(left) != len(explained):
+            return False
+        for m in self.explains:
+            hit = next((s for s in left if m.matches(s)), None)
+            if hit is None:
+                return False
+            left.remove(hit)
+        return not left
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +175,12 @@ class CaseResult:
         for f in self.unexpected:
             lines.append(f"  + unexpected {f.rule_id} on span {_describe(f.span_id, by_id)}: {f.message!r}")
         for e, f in self.wrong_message:
-            lines.append(f"  ~ {e.rule} on span {_describe(f.span_id, by_id)}: message {f.message!r} does not contain {e.message!r}")
+            if e.message not in f.message:
+                lines.append(f"  ~ {e.rule} on span {_describe(f.span_id, by_id)}: message {f.message!r} does not contain {e.message!r}")
+            else:
+                got = ", ".join(_describe(x, by_id) for x in getattr(f, "explains", ())) or "nothing"
+                want = ", ".join(m.describe() for m in e.explains or ()) or "nothing"
+                lines.append(f"  ~ {e.rule} on span {_describe(f.span_id, by_id)}: explains {got}, expected {want}")
         lines += [f"  ~ {p}" for p in self.tree_problems]
         return "\n".join(lines)
 
@@ -268,10 +290,14 @@ def _matcher(where: str, span: object) -> SpanMatcher:
 def _expected(where: str, e: object) -> ExpectedFinding:
     if not isinstance(e, dict) or not isinstance(e.get("rule"), str):
         raise FixtureError(f"{where}: expected a mapping with `rule` and `span`")
-    unknown = set(e) - {"rule", "span", "message"}
+    unknown = set(e) - {"rule", "span", "message", "explains"}
     if unknown:
-        raise FixtureError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} (expected rule, span, message)")
-    return ExpectedFinding(e["rule"], _matcher(f"{where}.span", e.get("span")), str(e.get("message", "")))
+        raise FixtureError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} (expected rule, span, message, explains)")
+    explains = e.get("explains")
+    if explains is not None and not isinstance(explains, list):
+        raise FixtureError(f"{where}.explains: expected a list of span names or mappings ([] = explains nothing)")
+    matchers = None if explains is None else tuple(_matcher(f"{where}.explains[{j}]", s) for j, s in enumerate(explains))
+    return ExpectedFinding(e["rule"], _matcher(f"{where}.span", e.get("span")), str(e.get("message", "")), matchers)
 
 
 # ---- comparing ------------------------------------------------------------------
@@ -306,7 +332,7 @@ def compare(case: FixtureCase, spans: Sequence[FixtureSpan], findings: Iterable[
         if not hits:
             missing.append(e)
             continue
-        good = [f for f in hits if e.message in f.message]
+        good = [f for f in hits if e.message in f.message and e.explains_match(f, by_id)]
         if good:
             actual.remove(good[0])
         else:

@@ -103,3 +103,30 @@ def test_empty_expectation_means_must_not_fire(tmp_path):
     case = FixtureCase("neg", Path("t.json"), ())
     assert not compare(case, spans, [_finding("r.any", spans[0].span_id)]).ok
     assert compare(case, spans, []).ok
+
+
+def test_explains_expects_exactly_the_spans_a_finding_explains(tmp_path):
+    p = write(tmp_path, "x.test.yaml", """
+rule_files: [a.rules]
+tests:
+  - trace: t.json
+    expect:
+      - {rule: r.one, span: child, explains: [root]}
+      - {rule: r.two, span: child, explains: []}
+      - {rule: r.three, span: child}
+""")
+    one, two, three = load_fixture_file(p).cases[0].expect
+    assert one.explains == (SpanMatcher(name="root"),) and two.explains == () and three.explains is None
+    spans = [ROOT_SPAN, CHILD_SPAN]
+    explaining = Finding(b"t" * 16, CHILD_SPAN.span_id, "r.one", "code", "high", 0.5, "m", explains=(ROOT_SPAN.span_id,))
+    case = FixtureCase("c", Path("t.json"), (one,))
+    assert compare(case, spans, [explaining]).ok
+    case = FixtureCase("c", Path("t.json"), (ExpectedFinding("r.one", SpanMatcher(name="child"), explains=()),))
+    result = compare(case, spans, [explaining])
+    assert result.diff() == (
+        "FAIL c (t.json)\n"
+        "  ~ r.one on span id=0000000000000002 name='child' service='web': "
+        "explains id=0000000000000001 name='root' service='web', expected nothing"
+    )
+    with pytest.raises(FixtureError, match=r"expect\[0\].explains"):
+        load_fixture_file(write(tmp_path, "y.test.yaml", "rule_files: [a]\ntests: [{trace: t.json, expect: [{rule: x, span: y, explains: z}]}]\n"))
