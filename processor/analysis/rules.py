@@ -5,7 +5,12 @@ groups their findings by blamed span into ranked candidates per trace:
 rank by confidence x severity, deeper spans first on ties.  A fault tree
 that fired adds its evidence (confidence x severity) to the spans its fired
 cut set blames; every tree whose top event is true or unknown is kept on the
-trace's verdict.  The span facts a
+trace's verdict.
+
+Causes and symptoms: a finding's ``explains`` spans, and the top-event spans
+of a fired tree (explained by the best-ranked span of its fired cut sets),
+are explained symptoms (``Symptom``): they leave the ranking while what
+explains them is a candidate.  The span facts a
 verdict needs (service, name, the trace's root) come from one query over the
 batch, not per finding.
 """
@@ -19,7 +24,7 @@ import duckdb
 import pyarrow as pa
 
 from dsl import AttrRef, Evaluation, Finding, RuleSet, TreeOutcome, no_parent_sql, root_key_sql
-from processor.analysis.verdict import BatchVerdict, Candidate, Evidence, TraceVerdict, rank_candidates
+from processor.analysis.verdict import BatchVerdict, Candidate, Evidence, Symptom, TraceVerdict, rank_candidates
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +75,68 @@ def verdicts(conn: duckdb.DuckDBPyConnection, table: str, findings: list[Finding
         per_trace[trace_id].append(Candidate(span_id, service, name, max(f.depth for f in fs), start, end,
                                              tuple(evidence)))
     out = {}
+    symptoms: dict[bytes, tuple[Symptom, ...]] = {}
     for trace_id in dict.fromkeys([*per_trace, *per_tree_trace]):
         ranked = rank_candidates(per_trace.get(trace_id, ()))
         tree_outcomes = tuple(sorted(per_tree_trace.get(trace_id, ()), key=lambda t: (not t.fired, -t.score, t.tree_id)))
+        explained = _symptoms(ranked, [f for fs in by_span.values() for f in fs if f.trace_id == trace_id and f.explains],
+                              tree_outcomes)
+        ranked = _without_explained(ranked, explained)
+        kept = {c.span_id for c in ranked}
+        if explained:
+            symptoms[trace_id] = tuple(s for s in explained.values() if s.span_id not in kept)
         out[trace_id] = TraceVerdict(trace_id, facts.roots.get(trace_id), ranked, tree_outcomes)
-    return BatchVerdict(out)
+    return BatchVerdict(out, {t: s for t, s in symptoms.items() if s})
+
+
+def _symptoms(ranked: tuple[Candidate, ...], findings: list[Finding],
+              trees: tuple[TreeOutcome, ...]) -> dict[bytes, Symptom]:
+    """The trace's explained symptoms, one per span: each finding's ``explains``
+    spans, and each fired tree's top-event spans, which its best-ranked cause
+    span (a span of its fired cut sets) explains.  A span explained several
+    times keeps the explanation whose cause ranks best."""
+    explained = {span for f in findings for span in f.explains}
+    # the best cause: one no rule explains away, then the best ranked
+    order = {c.span_id: (c.span_id in explained, c.rank) for c in ranked}
+    links: list[tuple[bytes, bytes, str]] = []  # (symptom, cause, reason)
+    for f in findings:
+        links += [(span, f.span_id, f"rule {f.rule_id}: {f.message}") for span in f.explains]
+    for t in trees:
+        causes = sorted({s for s, _, _ in t.spans if s in order}, key=order.__getitem__)
+        if not t.fired or not causes:
+            continue
+        cut = next(cs for s, cs, _ in t.spans if s == causes[0])
+        reason = f"fault tree {t.tree_id} fired: cut set {{{', '.join(cut)}}} explains its top event"
+        links += [(span, causes[0], reason) for span in t.top_spans if span not in causes]
+    out: dict[bytes, Symptom] = {}
+    for span, cause, reason in sorted(links, key=lambda x: order.get(x[1], (True, len(order) + 1))):
+        if span != cause and span not in out:
+            out[span] = Symptom(span, cause, reason, explained=True)
+    return out
+
+
+def _without_explained(ranked: tuple[Candidate, ...], symptoms: dict[bytes, Symptom]) -> tuple[Candidate, ...]:
+    """The candidates no other candidate explains, ranked again.  A candidate
+    leaves when a candidate explains it (directly or down a chain); where
+    explanations go round in a circle (a explains b, b explains a), the
+    best-ranked candidate of the circle stays, so a trace always keeps a cause."""
+    blamed = {c.span_id for c in ranked}
+    cause_of = {s.span_id: s.caused_by for s in symptoms.values() if s.span_id in blamed and s.caused_by in blamed}
+    kept = [c for c in ranked if c.span_id not in cause_of]
+    while True:
+        reached = {c.span_id for c in kept}
+        frontier = list(reached)
+        while frontier:  # everything the kept candidates explain, down the chains
+            cause = frontier.pop()
+            for span, by in cause_of.items():
+                if by == cause and span not in reached:
+                    reached.add(span)
+                    frontier.append(span)
+        circle = [c for c in ranked if c.span_id not in reached]
+        if not circle:
+            return rank_candidates(kept)
+        kept.append(circle[0])  # the best-ranked candidate of a circle no kept candidate explains
+        cause_of.pop(circle[0].span_id)
 
 
 def _tree_evidence(trees: list[TreeOutcome] | tuple[TreeOutcome, ...],

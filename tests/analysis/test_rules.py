@@ -276,3 +276,67 @@ def test_candidate_properties_follow_the_strongest_evidence():
                                               Evidence("r.y", "m", 0.9, 1.8, "code"),
                                               Evidence("r.x", "again", 0.3, 0.3, "semantic")))
     assert (c.score, c.confidence, c.layer, c.rules) == (2.0, 0.9, "semantic", ("r.x", "r.y"))
+
+
+# --- causes and symptoms ----------------------------------------------------------------
+
+
+def _hand_made(findings: list[Finding], trees=()) -> BatchVerdict:
+    conn = duckdb.connect()
+    try:
+        spans = [span(1, n, None if n == 1 else 1, f"s{n}") for n in range(1, 6)]
+        conn.register("batch", span_table([request(("svc", spans))], Projection.of(frozenset())))
+        return verdicts(conn, "batch", findings, trees)
+    finally:
+        conn.close()
+
+
+def _finding(n: int, confidence: float, explains: tuple[int, ...] = ()) -> Finding:
+    return Finding(tid(1), sid(n), f"r.{n}", "code", "high", confidence, f"on {n}", 1,
+                   explains=tuple(sid(e) for e in explains))
+
+
+def test_a_span_a_finding_explains_is_a_symptom_not_a_candidate():
+    v = _hand_made([_finding(2, 0.3, explains=(3,)), _finding(3, 0.9)])
+    assert ranked(v.traces[tid(1)]) == [(1, sid(2), ("r.2",))]
+    (symptom,) = v.symptoms[tid(1)]
+    assert (symptom.span_id, symptom.caused_by, symptom.explained) == (sid(3), sid(2), True)
+    assert symptom.reason == "rule r.2: on 2"
+
+
+def test_an_explained_span_nothing_blames_is_still_a_symptom():
+    v = _hand_made([_finding(2, 0.3, explains=(4,))])
+    assert ranked(v.traces[tid(1)]) == [(1, sid(2), ("r.2",))]
+    assert [(s.span_id, s.caused_by) for s in v.symptoms[tid(1)]] == [(sid(4), sid(2))]
+
+
+def test_a_chain_of_explanations_keeps_its_head():
+    v = _hand_made([_finding(2, 0.2, explains=(3,)), _finding(3, 0.5, explains=(4,)), _finding(4, 0.9)])
+    assert [c.span_id for c in v.traces[tid(1)].candidates] == [sid(2)]
+    assert {(s.span_id, s.caused_by) for s in v.symptoms[tid(1)]} == {(sid(3), sid(2)), (sid(4), sid(3))}
+
+
+def test_explanations_in_a_circle_keep_the_best_ranked_candidate():
+    v = _hand_made([_finding(2, 0.4, explains=(3,)), _finding(3, 0.9, explains=(2,)), _finding(5, 0.1)])
+    assert [c.span_id for c in v.traces[tid(1)].candidates] == [sid(3), sid(5)]
+    assert [(s.span_id, s.caused_by) for s in v.symptoms[tid(1)]] == [(sid(2), sid(3))]
+
+
+def test_a_fired_tree_makes_its_top_spans_symptoms_of_its_best_cause():
+    from dsl import TreeOutcome
+    tree = TreeOutcome(tid(1), "t.tree", "Tree", "", "high", True, 0.7, (("a",), ("b",)),
+                       ((sid(2), ("a",), "r.2"), (sid(3), ("b",), "r.3")), (), (sid(4), sid(3)))
+    v = _hand_made([_finding(2, 0.3), _finding(3, 0.2), _finding(4, 0.9)], [tree])
+    # the tree's evidence lifts both causes to its score; the top span (4) leaves the ranking
+    assert [c.span_id for c in v.traces[tid(1)].candidates] == [sid(2), sid(3)]
+    (symptom,) = v.symptoms[tid(1)]  # a cause that is also a top span stays a cause
+    assert (symptom.span_id, symptom.caused_by) == (sid(4), sid(2))
+    assert symptom.reason == "fault tree t.tree fired: cut set {a} explains its top event"
+
+
+def test_a_tree_that_did_not_fire_explains_nothing():
+    from dsl import TreeOutcome
+    tree = TreeOutcome(tid(1), "t.tree", "Tree", "", "high", False, 0.3, (("a",),), (), ("a",), (sid(4),))
+    v = _hand_made([_finding(2, 0.3), _finding(4, 0.9)], [tree])
+    assert [c.span_id for c in v.traces[tid(1)].candidates] == [sid(4), sid(2)]
+    assert v.symptoms == {}
