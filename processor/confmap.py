@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict
 
@@ -61,6 +61,17 @@ def _check_endpoint(value: str) -> str:
 
 
 Endpoint = Annotated[str, BeforeValidator(lambda v: _check_endpoint(str(v)))]
+
+
+# YAML reads `min_version: 1.2` as a number.  1.0 and 1.1 are deprecated (RFC 8996) and refused.
+TlsVersion = Annotated[Literal["1.2", "1.3"], BeforeValidator(lambda v: str(v) if isinstance(v, float) else v)]
+
+COLLECTOR_ONLY = "supported by the collector, not by faulttrace"
+
+
+def collector_only(hint: str) -> str:
+    """The message for a collector option faulttrace does not have: what it is, then what to do instead."""
+    return f"{COLLECTOR_ONLY}: {hint}"
 
 
 def component_type(component_id: str) -> str:

@@ -18,7 +18,7 @@ from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from processor.exporters.base import Exporter
-from processor.exporters.config import OtlpExporterConfig, TlsClientConfig
+from processor.exporters.config import KeepaliveClientConfig, OtlpExporterConfig, TlsClientConfig
 from processor.exporters.retry import Attempt, RetryingSender
 from processor.model import ExportPayload
 from processor.service.telemetry import Telemetry
@@ -87,6 +87,17 @@ def channel_credentials(tls: TlsClientConfig) -> grpc.ChannelCredentials:
         certificate_chain=read(tls.cert_file))
 
 
+def keepalive_options(keepalive: KeepaliveClientConfig | None) -> list[tuple[str, int]]:
+    """grpcio channel arguments for configgrpc's client ``keepalive`` (Go's keepalive.ClientParameters)."""
+    if keepalive is None:
+        return []
+    return [("grpc.keepalive_time_ms", max(1, round(keepalive.time * 1000))),
+            ("grpc.keepalive_timeout_ms", max(1, round(keepalive.timeout * 1000))),
+            ("grpc.keepalive_permit_without_calls", int(keepalive.permit_without_stream)),
+            # grpcio otherwise stops pinging after two pings without data in between.
+            ("grpc.http2.max_pings_without_data", 0)]
+
+
 class OtlpGrpcExporter(Exporter):
     def __init__(self, component_id: str, config: OtlpExporterConfig, telemetry: Telemetry) -> None:
         super().__init__(component_id)
@@ -123,10 +134,13 @@ class OtlpGrpcExporter(Exporter):
             ("grpc.initial_reconnect_backoff_ms", max(1, int(retry.initial_interval * 1000))),
             ("grpc.max_reconnect_backoff_ms", max(1, int(retry.max_interval * 1000))),
             ("grpc.max_send_message_length", -1),
+            *keepalive_options(self._config.keepalive),
         ]
         tls = self._config.tls
         if tls.insecure and not self._force_tls:
             return grpc.aio.insecure_channel(self._target, options=options)
+        if tls.server_name_override:
+            options.append(("grpc.ssl_target_name_override", tls.server_name_override))
         # tls.insecure_skip_verify is refused by the config: grpcio always verifies.
         return grpc.aio.secure_channel(self._target, channel_credentials(tls), options=options)
 

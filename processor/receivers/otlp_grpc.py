@@ -3,7 +3,8 @@
 The request arrives as raw bytes (no generated stub deserializes it), so a
 malformed message becomes INVALID_ARGUMENT with our own message and decoding
 happens off the event loop.  gRPC itself enforces ``max_recv_msg_size_mib``
-(RESOURCE_EXHAUSTED) and decompresses gzip.  With ``tls`` the port serves
+(RESOURCE_EXHAUSTED) and decompresses gzip; ``keepalive`` maps to grpcio's
+channel arguments (``receivers.config.grpc_server_options``).  With ``tls`` the port serves
 TLS (client certificates required with ``client_ca_file``); with ``auth``
 every call must carry ``authorization`` metadata the named authenticator
 accepts, else UNAUTHENTICATED, which says nothing about the expected value.
@@ -20,7 +21,7 @@ import grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from processor.extensions.factory import ServerAuthenticator
-from processor.receivers.config import GrpcServerConfig
+from processor.receivers.config import GrpcServerConfig, grpc_server_options
 from processor.receivers.decode import MalformedRequest
 from processor.receivers.ingest import Encoding, Ingest, Overloaded
 from processor.receivers.status import status
@@ -72,10 +73,7 @@ class GrpcReceiver:
     async def start(self) -> int:
         """Listen; OSError naming the key path and endpoint when the port or the TLS files fail."""
         credentials = grpc_credentials(self._config.tls, f"{self._where}.tls") if self._config.tls else None
-        options = [("grpc.max_receive_message_length", self._config.max_recv_msg_size_mib * 1024 * 1024),
-                   ("grpc.so_reuseport", 0)]
-        if self._config.max_concurrent_streams:
-            options.append(("grpc.max_concurrent_streams", self._config.max_concurrent_streams))
+        options = grpc_server_options(self._config)
         endpoint = self._config.endpoint
         try:
             _check_free(endpoint)

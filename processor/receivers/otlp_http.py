@@ -1,10 +1,10 @@
-"""OTLP/HTTP receiver: ``POST /v1/traces`` with protobuf or JSON bodies, gzip.
+"""OTLP/HTTP receiver: ``POST /v1/traces`` with protobuf or JSON bodies, gzip or zstd.
 
 Status codes follow the OTLP/HTTP specification: 200 with an
 ``ExportTraceServiceResponse`` (partial success when spans were rejected),
 400 malformed, 413 over the body limit (checked after decompression, so a
-small gzip bomb cannot exhaust memory; bodies inflate on a thread of their
-own, never on the event loop), 415 unsupported media type or
+small gzip or zstd bomb cannot exhaust memory; bodies inflate on a thread of
+their own, never on the event loop), 415 unsupported media type or
 encoding, 503 with ``Retry-After`` when the store is full.  With ``auth``, a
 request without an ``Authorization`` header the authenticator accepts gets
 401 before its body is read, with nothing about the expected value.  A body
@@ -19,8 +19,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import sys
 import zlib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from aiohttp import web
 from google.protobuf import json_format
@@ -34,6 +37,11 @@ from processor.receivers.ingest import Encoding, Ingest, Overloaded
 from processor.receivers.tls import security_summary, server_context
 from processor.service.httpserver import serve
 from processor.service.telemetry import Telemetry
+
+if sys.version_info >= (3, 14):
+    from compression import zstd
+else:
+    from backports import zstd
 
 log = logging.getLogger(__name__)
 
@@ -58,35 +66,64 @@ class _Disconnected(Exception):
     """The client closed the connection before its body arrived."""
 
 
+# zstd frames may ask for a window up to 2 GiB; 32 MiB covers every encoder's default (8 MiB at most)
+# and zstd --long (128 MiB) bodies are refused rather than allocated for.
+_ZSTD_WINDOW_LOG_MAX = 25
+
+
+def _gzip_member() -> Any:
+    return zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+
+
+def _zstd_frame() -> Any:
+    return zstd.ZstdDecompressor(options={zstd.DecompressionParameter.window_log_max: _ZSTD_WINDOW_LOG_MAX})
+
+
 def _inflate(body: bytes, limit: int) -> bytes:
     """gzip-decompress every member of ``body`` (RFC 1952: a gzip file is a series of
     members, each a whole gzip stream), at most ``limit`` bytes in all; more is a 413,
     garbage (data after a member that is not one too) a 400."""
+    try:
+        return _decompress(body, limit, _gzip_member, "gzip")
+    except zlib.error as err:
+        raise _Refusal(400, st.INVALID_ARGUMENT, f"cannot gunzip the body: {err}") from None
+
+
+def _unzstd(body: bytes, limit: int) -> bytes:
+    """zstd-decompress every frame of ``body`` (RFC 8878: frames may follow one another), with
+    the same limit and refusals as gzip."""
+    try:
+        return _decompress(body, limit, _zstd_frame, "zstd")
+    except zstd.ZstdError as err:
+        raise _Refusal(400, st.INVALID_ARGUMENT, f"cannot decompress the zstd body: {err}") from None
+
+
+def _decompress(body: bytes, limit: int, new_decompressor: Callable[[], Any], coding: str) -> bytes:
+    """Every member (gzip) or frame (zstd) of ``body``, each through a decompressor of the zlib
+    interface (``decompress(data, max_length)``, ``eof``, ``unused_data``), at most ``limit``
+    bytes in all."""
     pieces: list[bytes] = []
     size = 0
     view = memoryview(body)
     pos = 0
-    try:
-        while True:  # a member per turn; a body has at least one
-            inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-            # Input in growing chunks: what follows a member is copied once more (unused_data),
-            # so many tiny members cost little and a large one few calls.
-            chunk = 256
-            while not inflater.eof:
-                if pos >= len(body):
-                    raise _Refusal(400, st.INVALID_ARGUMENT, "gzip body is truncated")
-                piece = inflater.decompress(view[pos:pos + chunk], limit + 1 - size)
-                pos += chunk
-                size += len(piece)
-                if size > limit:
-                    raise _Refusal(413, st.RESOURCE_EXHAUSTED, f"decompressed body exceeds {limit} bytes")
-                pieces.append(piece)
-                chunk = min(chunk * 2, 1 << 20)
-            pos = min(pos, len(body)) - len(inflater.unused_data)
+    while True:  # a member per turn; a body has at least one
+        decompressor = new_decompressor()
+        # Input in growing chunks: what follows a member is copied once more (unused_data),
+        # so many tiny members cost little and a large one few calls.
+        chunk = 256
+        while not decompressor.eof:
             if pos >= len(body):
-                return pieces[0] if len(pieces) == 1 else b"".join(pieces)
-    except zlib.error as err:
-        raise _Refusal(400, st.INVALID_ARGUMENT, f"cannot gunzip the body: {err}") from None
+                raise _Refusal(400, st.INVALID_ARGUMENT, f"{coding} body is truncated")
+            piece = decompressor.decompress(view[pos:pos + chunk], limit + 1 - size)
+            pos += chunk
+            size += len(piece)
+            if size > limit:
+                raise _Refusal(413, st.RESOURCE_EXHAUSTED, f"decompressed body exceeds {limit} bytes")
+            pieces.append(piece)
+            chunk = min(chunk * 2, 1 << 20)
+        pos = min(pos, len(body)) - len(decompressor.unused_data)
+        if pos >= len(body):
+            return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
 class HttpReceiver:
@@ -187,8 +224,8 @@ class HttpReceiver:
 
     async def _read_body(self, request: web.Request) -> bytes:
         coding = request.headers.get("Content-Encoding", "identity").strip().lower()
-        if coding not in ("gzip", "identity", ""):
-            raise _Refusal(415, st.INVALID_ARGUMENT, f"unsupported Content-Encoding {coding!r}; use gzip")
+        if coding not in ("gzip", "zstd", "identity", ""):
+            raise _Refusal(415, st.INVALID_ARGUMENT, f"unsupported Content-Encoding {coding!r}; use gzip or zstd")
         try:
             async with asyncio.timeout(self._config.read_timeout or None):
                 body = await request.read()
@@ -201,10 +238,10 @@ class HttpReceiver:
                            close=True) from None
         except ConnectionError:  # aiohttp: ConnectionResetError("Connection lost")
             raise _Disconnected from None
-        if coding == "gzip":
+        if coding in ("gzip", "zstd"):
             assert self._gunzip is not None  # started
             body = await asyncio.get_running_loop().run_in_executor(
-                self._gunzip, _inflate, body, self._config.max_request_body_size)
+                self._gunzip, _inflate if coding == "gzip" else _unzstd, body, self._config.max_request_body_size)
         return body
 
     def _refuse(self, err: _Refusal, encoding: Encoding) -> web.Response:

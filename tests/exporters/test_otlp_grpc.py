@@ -262,3 +262,23 @@ def test_retry_info_is_read_from_the_status_details_trailer() -> None:
     assert attempt.retryable and attempt.throttle == 1.25
     garbled = classify_error(rpc_error(grpc.StatusCode.UNAVAILABLE, b"\xff\xff"))
     assert garbled.retryable and garbled.throttle is None
+
+
+def test_zstd_is_refused_for_grpc_saying_what_to_do_instead() -> None:
+    with pytest.raises(ValueError) as err:
+        OtlpExporterConfig(endpoint="backend:4317", compression="zstd")
+    assert "grpcio compresses with gzip only" in str(err.value) and "otlp_http" in str(err.value)
+
+
+def test_keepalive_maps_to_grpcio_channel_arguments_and_delivers(grpc_sink: OtlpGrpcSink,
+                                                                  telemetry: Telemetry) -> None:
+    from processor.exporters.otlp_grpc import keepalive_options
+
+    keepalive = {"time": "10s", "timeout": "2s", "permit_without_stream": True}
+    config = OtlpExporterConfig(endpoint="backend:4317", keepalive=keepalive)
+    assert dict(keepalive_options(config.keepalive)) == {
+        "grpc.keepalive_time_ms": 10_000, "grpc.keepalive_timeout_ms": 2_000,
+        "grpc.keepalive_permit_without_calls": 1, "grpc.http2.max_pings_without_data": 0}
+    assert keepalive_options(None) == []
+    run(exporter(grpc_sink.port, telemetry, keepalive=keepalive), [payload_of(make_request())])
+    assert len(grpc_sink.spans()) == 2

@@ -39,14 +39,14 @@ def run(exp: OtlpHttpExporter, payloads: list[ExportPayload]) -> None:
     asyncio.run(main())
 
 
-@pytest.mark.parametrize("compression", ["gzip", "none"])
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
 def test_posts_protobuf_to_v1_traces(http_sink: OtlpHttpSink, telemetry: Telemetry, compression: str) -> None:
     payload = payload_of(make_request(traces=3))
     run(exporter(http_sink, telemetry, compression=compression), [payload])
     (received,) = http_sink.received
-    assert received.raw == payload.data  # the sink un-gzips; the bytes are the payload's
+    assert received.raw == payload.data  # the sink decompresses; the bytes are the payload's
     assert received.headers["content-type"] == "application/x-protobuf"
-    assert received.headers.get("content-encoding") == ("gzip" if compression == "gzip" else None)
+    assert received.headers.get("content-encoding") == (None if compression == "none" else compression)
     assert metric(telemetry, "faulttrace_exporter_sent_spans_total", CID) == 6
 
 
@@ -156,3 +156,18 @@ def test_traces_url_composition() -> None:
 def test_an_endpoint_that_is_not_a_url_is_refused_rather_than_guessed(kw: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
         OtlpHttpExporterConfig(**kw)
+
+
+@pytest.mark.parametrize("codec", ["snappy", "zlib", "deflate", "lz4"])
+def test_the_collectors_other_codecs_are_refused_saying_what_to_use(codec: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        OtlpHttpExporterConfig(endpoint="http://backend:4318", compression=codec)
+    assert f"supported by the collector, not by faulttrace: '{codec}'; use gzip or zstd" in str(err.value)
+
+
+def test_a_large_payload_is_zstd_compressed_off_the_loop_and_arrives_whole(http_sink: OtlpHttpSink,
+                                                                             telemetry: Telemetry) -> None:
+    payload = payload_of(make_request(traces=1000))
+    assert len(payload.data) > 64 * 1024  # compressed on a worker thread
+    run(exporter(http_sink, telemetry, compression="zstd"), [payload])
+    assert http_sink.received[0].raw == payload.data

@@ -116,3 +116,65 @@ def test_grpc_refuses_insecure_skip_verify_saying_why_and_what_to_do(kind: str) 
     doc["exporters"] = {"otlp_http": {**doc["exporters"][kind], "endpoint": "https://backend:4318"}}
     doc["service"]["pipelines"]["traces"]["exporters"] = ["otlp_http"]
     assert parse_config(doc, "<test>").exporters["otlp_http"].tls.insecure_skip_verify
+
+
+@pytest.fixture(scope="module")
+def named_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for backend.internal only (no IP): reached at 127.0.0.1, it
+    verifies only when the exporter is told the name to expect."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    d = tmp_path_factory.mktemp("tls-named")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem"), "-subj", "/CN=backend.internal",
+                    "-addext", "subjectAltName=DNS:backend.internal"],
+                   check=True, capture_output=True, timeout=60)
+    return d / "cert.pem", d / "key.pem"
+
+
+@pytest.mark.parametrize("override", ["backend.internal", ""])
+def test_grpc_server_name_override_names_the_certificate_to_expect(named_cert: tuple[Path, Path],
+                                                                    override: str) -> None:
+    cert_file, key_file = named_cert
+    telemetry = Telemetry()
+    with OtlpGrpcSink(tls=(cert_file.read_bytes(), key_file.read_bytes())) as sink:
+        config = OtlpExporterConfig(endpoint=f"127.0.0.1:{sink.port}", timeout=1,
+                                    tls={"ca_file": str(cert_file), "server_name_override": override},
+                                    retry_on_failure={**FAST_RETRY, "max_elapsed_time": 0.3})
+        deliver(build_exporter("otlp", config, telemetry))
+        assert len(sink.spans()) == (2 if override else 0)
+
+
+@pytest.mark.parametrize("override", ["backend.internal", ""])
+def test_http_server_name_override_names_the_certificate_to_expect(named_cert: tuple[Path, Path],
+                                                                    override: str) -> None:
+    cert_file, key_file = named_cert
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert_file, key_file)
+    with OtlpHttpSink(tls=server_ctx) as sink:
+        config = OtlpHttpExporterConfig(endpoint=f"https://127.0.0.1:{sink.port}", timeout=1,
+                                        tls={"ca_file": str(cert_file), "server_name_override": override},
+                                        retry_on_failure={**FAST_RETRY, "max_elapsed_time": 0.3})
+        deliver(build_exporter("otlp_http", config, Telemetry()))
+        assert len(sink.spans()) == (2 if override else 0)
+
+
+@pytest.mark.parametrize("server_max, delivered", [(ssl.TLSVersion.TLSv1_2, False), (ssl.TLSVersion.TLSv1_3, True)])
+def test_http_min_version_13_refuses_a_tls12_server(cert: tuple[Path, Path], server_max: ssl.TLSVersion,
+                                                     delivered: bool) -> None:
+    cert_file, key_file = cert
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert_file, key_file)
+    server_ctx.maximum_version = server_max
+    with OtlpHttpSink(tls=server_ctx) as sink:
+        config = OtlpHttpExporterConfig(endpoint=f"https://127.0.0.1:{sink.port}", timeout=1,
+                                        tls={"ca_file": str(cert_file), "min_version": "1.3"},
+                                        retry_on_failure={**FAST_RETRY, "max_elapsed_time": 0.3})
+        deliver(build_exporter("otlp_http", config, Telemetry()))
+        assert (len(sink.spans()) == 2) is delivered
+
+
+def test_grpc_min_version_13_is_refused_saying_why() -> None:
+    with pytest.raises(ValueError, match="grpcio cannot require TLS 1.3"):
+        OtlpExporterConfig(endpoint="backend:4317", tls={"min_version": 1.3})
+    assert OtlpExporterConfig(endpoint="backend:4317", tls={"min_version": 1.2}).tls.min_version == "1.2"

@@ -83,3 +83,40 @@ def test_auth_needs_an_authenticator():
     assert problems(doc(http={"auth": {"authenticator": "bearertokenauth"}})) == [
         "receivers.otlp.protocols.http.auth.authenticator: 'bearertokenauth' is not an enabled extension "
         "(service.extensions: [])"]
+
+
+KEEPALIVE = {"server_parameters": {"max_connection_idle": "11s", "max_connection_age": "30s",
+                                   "max_connection_age_grace": "5s", "time": "10s", "timeout": "2s"},
+             "enforcement_policy": {"min_time": "5s", "permit_without_stream": True}}
+
+
+def test_grpc_keepalive_maps_to_grpcio_channel_arguments():
+    from processor.receivers.config import grpc_server_options
+
+    grpc = parse_config(doc(grpc={"keepalive": KEEPALIVE}), "<test>").receivers["otlp"].protocols.grpc
+    options = dict(grpc_server_options(grpc))
+    assert options["grpc.max_connection_idle_ms"] == 11_000
+    assert options["grpc.max_connection_age_ms"] == 30_000
+    assert options["grpc.max_connection_age_grace_ms"] == 5_000
+    assert options["grpc.keepalive_time_ms"] == 10_000
+    assert options["grpc.keepalive_timeout_ms"] == 2_000
+    assert options["grpc.http2.min_ping_interval_without_data_ms"] == 5_000
+    assert options["grpc.keepalive_permit_without_calls"] == 1
+    plain = dict(grpc_server_options(parse_config(doc(), "<test>").receivers["otlp"].protocols.grpc))
+    assert not any("keepalive" in k or "connection" in k for k in plain)  # grpcio's defaults
+
+
+def test_a_grpc_server_with_keepalive_serves():
+    from tests.support.harness import config_dict, grpc_export, simple_request, start_pipeline
+
+    running = start_pipeline(config_dict({"debug": {}}, grpc={"keepalive": KEEPALIVE, "include_metadata": True}))
+    try:
+        assert grpc_export(running.grpc_target, simple_request(1)).ByteSize() == 0
+    finally:
+        running.stop()
+
+
+def test_include_metadata_is_accepted_on_both_protocols():
+    protocols = parse_config(doc(grpc={"include_metadata": True}, http={"include_metadata": True}),
+                             "<test>").receivers["otlp"].protocols
+    assert protocols.grpc.include_metadata and protocols.http.include_metadata

@@ -397,3 +397,58 @@ def test_overload_is_unavailable_with_retry_info_then_recovers():
             overload_sink.wait_for_spans(6)
         finally:
             p.stop()
+
+
+# --- zstd bodies: the same limit and refusals as gzip --------------------------------------
+
+
+def _zstd(data: bytes) -> bytes:
+    import sys
+
+    if sys.version_info >= (3, 14):
+        from compression import zstd
+    else:
+        from backports import zstd
+    return zstd.compress(data)
+
+
+@pytest.mark.parametrize("headers", [PROTOBUF, JSON], ids=["protobuf", "json"])
+def test_http_zstd_body_is_accepted_and_exported(running, sink, headers):
+    req = fresh()
+    data = req.SerializeToString() if headers is PROTOBUF else json.dumps(otlp_json(req)).encode()
+    reply = requests.post(running.http_url, data=_zstd(data), headers={**headers, "Content-Encoding": "zstd"},
+                          timeout=10)
+    assert reply.status_code == 200
+    _assert_valid_part_exported(sink, req)
+
+
+def test_http_multi_frame_zstd_is_read_whole(running, sink):
+    first, second = fresh(), fresh()
+    body = _zstd(first.SerializeToString()) + _zstd(second.SerializeToString())
+    reply = requests.post(running.http_url, data=body, headers={**PROTOBUF, "Content-Encoding": "zstd"}, timeout=10)
+    assert reply.status_code == 200
+    both = ExportTraceServiceRequest()
+    both.MergeFrom(first)
+    both.MergeFrom(second)
+    _assert_valid_part_exported(sink, both)
+
+
+def test_http_zstd_bomb_is_413(running):
+    bomb = _zstd(b"\x00" * (64 * HTTP_LIMIT))
+    assert len(bomb) < 4096  # tiny on the wire, 16 MiB once decompressed
+    reply = requests.post(running.http_url, data=bomb, headers={**PROTOBUF, "Content-Encoding": "zstd"}, timeout=10)
+    assert reply.status_code == 413
+    status = http_status_body(reply)
+    assert status.code == code_pb2.RESOURCE_EXHAUSTED and "decompressed" in status.message
+    assert_serving(running)
+
+
+@pytest.mark.parametrize("body", [b"definitely not zstd", _zstd(b"x" * 1000)[:-5], _zstd(b"x" * 1000) + b"trailing",
+                                  b""], ids=["garbage", "truncated", "trailing-garbage", "empty"])
+def test_http_bad_zstd_is_400(running, body):
+    reply = requests.post(running.http_url, data=body, headers={**PROTOBUF, "Content-Encoding": "zstd"}, timeout=10)
+    assert reply.status_code == 400
+    status = http_status_body(reply)
+    assert status.code == code_pb2.INVALID_ARGUMENT
+    assert "zstd" in status.message
+    assert_serving(running)

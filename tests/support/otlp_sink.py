@@ -21,6 +21,7 @@ import asyncio
 import gzip
 import socket
 import ssl
+import sys
 import threading
 import time
 from collections import deque
@@ -39,6 +40,11 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+if sys.version_info >= (3, 14):
+    from compression import zstd
+else:
+    from backports import zstd
 
 SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 
@@ -302,6 +308,8 @@ class OtlpHttpSink(_Recorder):
             return
         if headers.get("content-encoding") == "gzip":
             body = gzip.decompress(body)
+        elif headers.get("content-encoding") == "zstd":
+            body = zstd.decompress(body)
         failure = self._take(body, headers)
         if failure is None:
             self._reply(req, HTTPStatus.OK, ExportTraceServiceResponse().SerializeToString())
