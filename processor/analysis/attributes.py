@@ -14,6 +14,17 @@ and events only, values as the encoded ``AnyValue``) and converts each value
 once per distinct encoding: attribute values repeat across spans (routes,
 hosts, status codes, pod names), so most cost one dictionary lookup.
 Conversion is nil-safe: a value of another type than the column's is nil.
+
+``ALL_ATTRIBUTES`` asks for every span attribute at once, in long form: a
+list per span of ``(k, t, s, n)`` — key, type (``string``, ``bool``, ``int``,
+``double``, ``string[]``, …), the value as text (strings, bools, array
+elements) and as a number (ints, doubles) — for analyses that learn what any
+attribute normally holds (the localizer's silent abnormality).  An array
+gives one entry per element (an empty one the entry ``[]``).  Its cost is
+bounded by what the data shows: a string-valued key whose values are mostly
+new (ids, urls, query texts, messages: ``KeyCardinality``) is kept as
+presence only (``s`` NULL), except for values of at most two encoded bytes
+(the empty string), which say something whatever the key.
 """
 
 from __future__ import annotations
@@ -33,6 +44,115 @@ from processor.receivers.decode import decode
 from processor.store import ARROW_TYPES, STORAGE_COLUMNS
 
 CACHED_VALUES = 50_000   # distinct encoded values remembered per column type
+
+# Every span attribute in long form (module docstring); "*" is no attribute key.
+ALL_ATTRIBUTES = AttrRef(AttrSource.SPAN, "*")
+ALL_ATTRIBUTES_TYPE = pa.list_(pa.struct([("k", pa.string()), ("t", pa.string()), ("s", pa.string()),
+                                          ("n", pa.float64())]))
+ALL_ATTRIBUTES_SQL_TYPE = "STRUCT(k VARCHAR, t VARCHAR, s VARCHAR, n DOUBLE)[]"
+SHORT_VALUE = 2   # encoded bytes: a value this short (the empty string) is kept even for a high-cardinality key
+
+
+def all_attributes_sql(table: str) -> str:
+    """A query: ``table``'s ``ALL_ATTRIBUTES`` column in long form, one row per (span, value):
+    ``trace_id, span_id, service, name, key, type, sval, nval``."""
+    col = column_name(ALL_ATTRIBUTES)
+    return (f"SELECT trace_id, span_id, service, name, a.k AS key, a.t AS type, a.s AS sval, a.n AS nval "
+            f"FROM (SELECT trace_id, span_id, service, name, unnest({col}) AS a FROM {table})")
+
+
+class KeyCardinality:
+    """Which string-valued attribute keys are high-cardinality, learned from the values seen:
+    once a key has shown ``MIN_SEEN`` values of which more than half were new, a typical
+    value of it recurs less than twice — there is no distribution to learn, only presence."""
+
+    MIN_SEEN = 32
+
+    def __init__(self) -> None:
+        self._counts: dict[str, list[int]] = {}   # key -> [values seen, new values]
+        self.high: set[str] = set()
+
+    def observe(self, key: str, new: bool) -> None:
+        c = self._counts.get(key)
+        if c is None:
+            c = self._counts[key] = [0, 0]
+        c[0] += 1
+        c[1] += new
+        if c[0] >= self.MIN_SEEN and 2 * c[1] > c[0]:
+            self.high.add(key)
+            del self._counts[key]
+
+
+def _long_entries(key: str, value: Any) -> list[tuple[str, str, str | None, float | None]]:
+    """An attribute's Python value (``otlpjson.any_value``, or converted from an AnyValue) as
+    ``ALL_ATTRIBUTES`` entries."""
+    if isinstance(value, list):
+        if not value:
+            return [(key, "[]", "[]", None)]
+        return [(key, f"{t}[]", s, n) for v in value for _, t, s, n in _long_entries(key, v)]
+    if isinstance(value, bool):
+        return [(key, "bool", "true" if value else "false", None)]
+    if isinstance(value, int):
+        return [(key, "int", None, float(value))]
+    if isinstance(value, float):
+        return [(key, "double", None, value)]
+    if isinstance(value, str):
+        return [(key, "string", value, None)]
+    return [(key, "bytes" if isinstance(value, bytes) else "kvlist", None, None)]
+
+
+def _python_value(value: Any) -> Any:
+    """An AnyValue message as a Python value (kvlists as dicts, only their presence matters)."""
+    kind = value.WhichOneof("value")
+    if kind == "array_value":
+        return [_python_value(v) for v in value.array_value.values]
+    if kind == "kvlist_value":
+        return {}
+    return getattr(value, kind) if kind else None
+
+
+def long_entries_json(cardinality: KeyCardinality, seen: set[tuple[str, str]], attrs: Mapping[str, Any]
+                      ) -> list[tuple[str, str, str | None, float | None]]:
+    """``ALL_ATTRIBUTES`` entries of a span's OTLP/JSON attributes (key -> Python value), the
+    high-cardinality string keys (``cardinality``, fed here; ``seen`` remembers values) as presence."""
+    out: list[tuple[str, str, str | None, float | None]] = []
+    for key, value in attrs.items():
+        entries = _long_entries(key, value)
+        if entries and entries[0][1] in ("string", "string[]"):
+            if key not in cardinality.high:
+                text = str(value)
+                new = (key, text) not in seen
+                if new:
+                    if len(seen) >= CACHED_VALUES:
+                        seen.clear()
+                    seen.add((key, text))
+                cardinality.observe(key, new)
+            if key in cardinality.high:
+                entries = [(k, t, s if s == "" else None, n) for k, t, s, n in entries]
+        out.extend(entries)
+    return out
+
+
+def long_array(rows: Sequence[list[tuple[str, str, str | None, float | None]]]) -> pa.Array:
+    """Per-span entry lists as an ``ALL_ATTRIBUTES_TYPE`` array, built from flat columns."""
+    offsets = [0]
+    flat: list[tuple[str, str, str | None, float | None]] = []
+    for entries in rows:
+        flat.extend(entries)
+        offsets.append(len(flat))
+    ks, ts, ss, ns = (list(c) for c in zip(*flat)) if flat else ([], [], [], [])
+    struct = pa.StructArray.from_arrays(
+        [pa.array(ks, pa.string()), pa.array(ts, pa.string()), pa.array(ss, pa.string()),
+         pa.array(ns, pa.float64())], fields=list(ALL_ATTRIBUTES_TYPE.value_type))
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), struct, type=ALL_ATTRIBUTES_TYPE)
+
+
+def _field_type(ref: AttrRef) -> pa.DataType:
+    return ALL_ATTRIBUTES_TYPE if ref == ALL_ATTRIBUTES else ARROW_TYPES[ref.type.sql_type]
+
+
+def _sql_type(ref: AttrRef) -> str:
+    return ALL_ATTRIBUTES_SQL_TYPE if ref == ALL_ATTRIBUTES else ref.type.sql_type
 
 
 def _array(element: AttrType) -> Any:
@@ -73,13 +193,13 @@ class Projection:
     def of(cls, refs: Iterable[AttrRef]) -> Projection:
         ordered = tuple(sorted(set(refs)))
         fields = [pa.field(name, ARROW_TYPES[sql]) for name, sql in SPAN_COLUMNS]
-        fields += [pa.field(column_name(r), ARROW_TYPES[r.type.sql_type]) for r in ordered]
+        fields += [pa.field(column_name(r), _field_type(r)) for r in ordered]
         fields += [pa.field(name, ARROW_TYPES[sql]) for name, sql in STORAGE_COLUMNS]
         return cls(ordered, pa.schema(fields))
 
     def columns_sql(self) -> list[tuple[str, str]]:
         """(name, DuckDB type) of every span-table column, in table order."""
-        return ([*SPAN_COLUMNS] + [(column_name(r), r.type.sql_type) for r in self.refs]
+        return ([*SPAN_COLUMNS] + [(column_name(r), _sql_type(r)) for r in self.refs]
                 + [*STORAGE_COLUMNS])
 
     @property
@@ -108,9 +228,14 @@ class Projector:
         self._span_keys: dict[str, list[tuple[int, AttrType, dict[bytes, Any]]]] = {}
         self._event_keys: dict[str, list[tuple[int, str, AttrType, dict[bytes, Any]]]] = {}
         self._resource_refs: list[tuple[int, AttrRef]] = []
+        self._all_slot: int | None = None
+        self._all_cache: dict[bytes, list[tuple[str, str | None, float | None]]] = {}
+        self.cardinality = KeyCardinality()
         for slot, ref in enumerate(projection.refs):
             cache = caches.setdefault(ref.type, {})
-            if ref.source is AttrSource.SPAN:
+            if ref == ALL_ATTRIBUTES:
+                self._all_slot = slot
+            elif ref.source is AttrSource.SPAN:
                 self._span_keys.setdefault(ref.key, []).append((slot, ref.type, cache))
             elif ref.source is AttrSource.RESOURCE:
                 self._resource_refs.append((slot, ref))
@@ -129,7 +254,7 @@ class Projector:
             return table
         rows = table.num_rows
         columns: list[list[Any] | pa.Array | None] = [None] * len(refs)
-        if self._span_keys or self._event_keys:
+        if self._span_keys or self._event_keys or self._all_slot is not None:
             self._span_values(table.column("raw").to_pylist(), columns)
         if self._resource_refs:
             self._resource_values(table.column("resource_id"), resources, columns)
@@ -150,8 +275,12 @@ class Projector:
         parse = span_attributes_view().FromString
         span_keys, event_keys = self._span_keys, self._event_keys
         wanted = span_keys.keys()
+        every: list[list[tuple[str, str, str | None, float | None]]] | None = (
+            None if self._all_slot is None else [])
         for row, raw in enumerate(raws):
             span = parse(raw)
+            if every is not None:
+                every.append(self._all_entries(span.attributes))
             if wanted:
                 attrs = span.attributes
                 # Set intersection in C: only keys both projected and present cost Python work.
@@ -168,6 +297,29 @@ class Projector:
                             column[row] = value
             if event_keys and span.events:
                 self._event_values(span.events, row, rows, columns)
+        if every is not None and self._all_slot is not None:
+            columns[self._all_slot] = long_array(every)
+
+    def _all_entries(self, attrs: Any) -> list[tuple[str, str, str | None, float | None]]:
+        """A span's ``ALL_ATTRIBUTES`` entries; values converted once per distinct encoding."""
+        out: list[tuple[str, str, str | None, float | None]] = []
+        cache, cardinality = self._all_cache, self.cardinality
+        for key, data in attrs.items():
+            high = key in cardinality.high
+            if high and len(data) > SHORT_VALUE:
+                out.append((key, _ENCODED_TYPES.get(data[0], "string"), None, None))
+                continue
+            entries = cache.get(data)
+            new = entries is None
+            if entries is None:
+                if len(cache) >= CACHED_VALUES:
+                    cache.clear()
+                entries = cache[data] = [(t, s, n) for _, t, s, n in
+                                         _long_entries("", _python_value(AnyValue.FromString(data)))]
+            if not high and entries and entries[0][0] in ("string", "string[]"):
+                cardinality.observe(key, new)
+            out.extend((key, t, s, n) for t, s, n in entries)
+        return out
 
     def _event_values(self, events: Any, row: int, rows: int, columns: list[Any]) -> None:
         seen: set[str] = set()
@@ -211,6 +363,11 @@ class Projector:
             type_ = self.projection.schema.field(len(SPAN_COLUMNS) + slot).type
             per_resource = [None if (v := a.get(ref.key)) is None else convert_value(v, ref.type) for a in attrs]
             columns[slot] = pa.array(per_resource, type_).take(where)
+
+
+# the type of an encoded AnyValue from its first byte (field tag): high-cardinality keys are not decoded
+_ENCODED_TYPES = {0x0A: "string", 0x10: "bool", 0x18: "int", 0x21: "double", 0x2A: "string[]",
+                  0x32: "kvlist", 0x3A: "bytes"}
 
 
 def _resource_attributes(head: bytes) -> Any:

@@ -3,14 +3,21 @@ against a baseline it keeps learning.
 
 Per batch (on the analysis thread or worker process, the batch registered in
 DuckDB as ``table``):
-span metrics (``graph``), the window ranking of services (``window``) and the
-per-trace candidates and symptoms (``blame``) against the learned baseline
-(``history``); then the attribute values the candidates share beyond what
-their services normally carry (``attribution`` against the values the history
-counted), added to their evidence; then the batch — timings, call shapes and
-attribute values — is learned, a trace with candidates only with weight
-``learn_suspect`` so a fault does not teach the baseline that it is normal,
-yet a lasting change is absorbed.
+span metrics (``graph``), the window ranking of services (``window``), the
+span attribute values improbable under their operation's baseline
+(``silent``), and the per-trace candidates and symptoms (``blame``: a failing
+span whose causal past holds an abnormality that the window shows it follows
+is explained by it) against the learned baseline (``history``); then the
+attribute values the candidates share beyond what their services normally
+carry (``attribution`` against the values the history counted), added to
+their evidence; then each candidate's layer (``conventions``); then the
+batch — timings, call shapes and attribute values — is learned, a trace with
+candidates only with weight ``learn_suspect`` so a fault does not teach the
+baseline that it is normal, yet a lasting change is absorbed.
+
+``silent``, ``causal_past`` and ``lift`` switch the parts of the causal model
+off for an ablation (``SOURCES`` names them, so ``faulttrace eval --without``
+takes them too).
 """
 
 from __future__ import annotations
@@ -24,12 +31,18 @@ import duckdb
 import pyarrow as pa
 
 from dsl import AttrRef, AttrSource, AttrType, column_name
+from processor.analysis.attributes import ALL_ATTRIBUTES, all_attributes_sql
 from processor.analysis.verdict import BatchVerdict, ServiceRank, TraceVerdict
+from processor.localizer import conventions
 from processor.localizer.attribution import Attribution, attribute
 from processor.localizer.blame import LocalizedBatch, blame_traces
 from processor.localizer.graph import span_metrics
 from processor.localizer.history import History, HistoryConfig
+from processor.localizer.silent import Silent, abnormal_spans
 from processor.localizer.window import SOURCES, rank_services
+
+# The parts of the causal model, by the names ``SOURCES`` gives them.
+CAUSAL = ("silent", "causal_past", "lift")
 
 log = logging.getLogger(__name__)
 
@@ -53,17 +66,23 @@ class LocalizerAnalyzer:
 
     def __init__(self, baseline: str | Path | None = None, *, sources: Iterable[str] = SOURCES,
                  history: HistoryConfig | None = None, attribution: Iterable[AttrRef] = ATTRIBUTION,
-                 per_trace: int = 5, learn_suspect: float = 0.1) -> None:
+                 per_trace: int = 5, learn_suspect: float = 0.1, silent: bool = True, causal_past: bool = True,
+                 lift: bool = True) -> None:
         self.history = History(history)
         self.sources = tuple(sources)
         self.attribution = tuple(attribution)
         self.per_trace = per_trace
         self.learn_suspect = learn_suspect
+        # the causal model's switches: a name missing from ``sources`` switches its part off too
+        self.silent = silent and "silent" in self.sources
+        self.causal_past = causal_past and "causal_past" in self.sources
+        self.lift = lift and "lift" in self.sources
         if baseline is not None:
-            self.history.seed(baseline, self.attribution)
+            self.history.seed(baseline, self.attribution, every=True)
 
     def projection(self) -> frozenset[AttrRef]:
-        return frozenset({EXCEPTION, EXCEPTION_TYPE, EXCEPTION_MESSAGE, *self.attribution})
+        # every span attribute, for their baseline and for the layer's conventions
+        return frozenset({EXCEPTION, EXCEPTION_TYPE, EXCEPTION_MESSAGE, ALL_ATTRIBUTES, *self.attribution})
 
     def close(self) -> None:
         self.history.close()
@@ -86,13 +105,21 @@ class LocalizerAnalyzer:
             return LocalizedBatch()
         baseline = self.history.baseline()
         ranking = rank_services(conn, metrics, baseline, self.sources)
-        verdict = blame_traces(conn, metrics, baseline, ranking, self.per_trace, _details(conn, table, columns))
+        long = all_attributes_sql(table) if column_name(ALL_ATTRIBUTES) in columns else None
+        silent = None
+        if long is not None and self.silent:
+            abnormal = abnormal_spans(conn, long, table, self.history.attributes(), self.history.config.max_keys)
+            silent = Silent(tuple(abnormal), self.causal_past, self.lift)
+        details = _details(conn, table, columns)
+        verdict = blame_traces(conn, metrics, baseline, ranking, self.per_trace, details, silent)
         found = self._attribute(conn, table, verdict)
+        verdict = _with_layers(_with_attributions(verdict, found), _span_attributes(conn, long, verdict), details)
+        learned = conn.sql(long).to_arrow_table() if long is not None else None
         self.history.learn(metrics, dict.fromkeys(verdict.traces, self.learn_suspect),
-                           _values(conn, table, columns, self.attribution))
+                           _values(conn, table, columns, self.attribution), learned)
         services = tuple(ServiceRank(r.service, round(r.score, 4), round(r.probability, 4))
                          for r in ranking if r.score > 0)
-        return dataclasses.replace(_with_attributions(verdict, found), services=services)
+        return dataclasses.replace(verdict, services=services)
 
     def _attribute(self, conn: duckdb.DuckDBPyConnection, table: str, verdict: LocalizedBatch) -> list[Attribution]:
         # every candidate has evidence of its own (an error origin or latency), so all are anomalous
@@ -155,3 +182,54 @@ def _with_attributions(verdict: LocalizedBatch, found: list[Attribution]) -> Loc
             cands.append(dataclasses.replace(c, evidence=c.evidence + more))
         traces[trace_id] = TraceVerdict(trace_id, v.root_span_id, tuple(cands))
     return dataclasses.replace(verdict, traces=traces, attributions=tuple(found))
+
+
+def _span_attributes(conn: duckdb.DuckDBPyConnection, long: str | None, verdict: LocalizedBatch
+                     ) -> dict[tuple[bytes, bytes], dict[str, float | None]]:
+    """Per candidate span: its attribute keys, with the numeric value where there is one."""
+    spans = [(t, c.span_id) for t, v in verdict.traces.items() for c in v.candidates]
+    if long is None or not spans:
+        return {}
+    conn.register("lz_cands", pa.table({"trace_id": pa.array([t for t, _ in spans], pa.binary()),
+                                        "span_id": pa.array([s for _, s in spans], pa.binary())}))
+    try:
+        rows = conn.execute(f"SELECT l.trace_id, l.span_id, l.key, any_value(l.nval) FROM ({long}) l "
+                            "SEMI JOIN lz_cands c ON c.trace_id = l.trace_id AND c.span_id = l.span_id "
+                            "GROUP BY ALL").fetchall()
+    finally:
+        conn.unregister("lz_cands")
+    out: dict[tuple[bytes, bytes], dict[str, float | None]] = {}
+    for trace_id, span_id, key, number in rows:
+        out.setdefault((trace_id, span_id), {})[key] = number
+    return out
+
+
+def _with_layers(verdict: LocalizedBatch, attrs: dict[tuple[bytes, bytes], dict[str, float | None]],
+                 details: dict[tuple[bytes, bytes], str]) -> LocalizedBatch:
+    """Every candidate's evidence with the layer its evidence and conventions give
+    (``conventions.layer``), the reason said in its first message."""
+    shared: dict[tuple[bytes, bytes], list[str]] = {}
+    for a in verdict.attributions:
+        for key in a.spans:
+            shared.setdefault(key, []).append(a.key)
+    traces = {}
+    for trace_id, v in verdict.traces.items():
+        cands = []
+        for c in v.candidates:
+            key = (trace_id, c.span_id)
+            sources = {e.source for e in c.evidence}
+            own = attrs.get(key, {})
+            layer, reason = conventions.layer(
+                own, error="localizer.errors" in sources,
+                exception=any("exception recorded" in e.message for e in c.evidence if e.source == "localizer.errors"),
+                slow="localizer.latency" in sources, silent="localizer.silent" in sources,
+                detail=details.get(key, ""), abnormal_keys=[a.key for a in verdict.abnormal.get(key, ())],
+                shared=shared.get(key, ()), numbers={k: n for k, n in own.items() if n is not None})
+            if not layer:
+                cands.append(c)
+                continue
+            evidence = [dataclasses.replace(e, layer=layer) for e in c.evidence]
+            evidence[0] = dataclasses.replace(evidence[0], message=f"{evidence[0].message} [layer {layer}: {reason}]")
+            cands.append(dataclasses.replace(c, evidence=tuple(evidence)))
+        traces[trace_id] = TraceVerdict(trace_id, v.root_span_id, tuple(cands))
+    return dataclasses.replace(verdict, traces=traces)

@@ -15,8 +15,15 @@ away):
   caller is the one slow on all its calls.  Without window support a span must
   stand out on its own: as far beyond p99 as p99 is beyond the median.
 
+A failing span (error or latency origin) is no candidate when a silently
+abnormal span of its causal past explains it (``silent``: an attribute value
+improbable under its operation's baseline, after which the window shows the
+failure far more often than without it): that span is the candidate
+(``localizer.silent``), the failing span an *explained* symptom caused by it.
+
 *Symptoms* are the ancestors that inherited a candidate's error (they error
-too) or delay (on the critical path, slower than their own p99).
+too) or delay (on the critical path, slower than their own p99); those of an
+explained span are caused by its explanation.
 
 Each candidate's confidence is its evidence mapped to a probability of
 causation, the share of what was observed that normal behaviour cannot
@@ -51,6 +58,7 @@ from processor.analysis.verdict import BatchVerdict, Candidate, Evidence, Sympto
 from processor.localizer.attribution import Attribution
 from processor.localizer.baseline import Baseline
 from processor.localizer.graph import Span, children_of, critical_path
+from processor.localizer.silent import Abnormality, Explanation, Silent, explain_failures
 from processor.localizer.window import ServiceScore
 
 MIN_WINDOW = 0.1             # window score (share of a service's work abnormal) that supports a span
@@ -83,6 +91,8 @@ class LocalizedBatch(BatchVerdict):
     from its root causes: ``symptoms``) plus the attribute values candidates share."""
 
     attributions: tuple[Attribution, ...] = ()   # attribute values the candidates share
+    # (trace id, span id) -> the span's improbable attribute values (``silent``)
+    abnormal: dict[tuple[bytes, bytes], list[Abnormality]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -95,32 +105,49 @@ class _Blame:
     confidence: float = 0.0
     error: bool = False
     messages: list[tuple[str, str]] = field(default_factory=list)   # (source, message)
+    explains: list[bytes] = field(default_factory=list)              # failing spans it explains
+
+    @property
+    def how(self) -> str:
+        """What kind of failure this is: "error" or "slow"."""
+        return "error" if self.error else "slow"
 
 
 def blame_traces(conn: duckdb.DuckDBPyConnection, metrics: pa.Table, baseline: Baseline,
                  ranking: Sequence[ServiceScore], per_trace: int = 5,
-                 details: dict[tuple[bytes, bytes], str] | None = None) -> LocalizedBatch:
+                 details: dict[tuple[bytes, bytes], str] | None = None,
+                 silent: Silent | None = None) -> LocalizedBatch:
     """Ranked candidates and symptoms for every trace of ``metrics`` that has evidence.
 
-    ``details`` optionally gives an error span's exception or status message.
+    ``details`` optionally gives an error span's exception or status message; ``silent``
+    the batch's silent abnormalities, which may explain a failing span.
     """
     conn.register("m", metrics)
     baseline.register(conn)
     try:
         rows = conn.sql(ROWS_SQL).to_arrow_table().to_pylist()
+        window = {r.service: r for r in ranking if r.score >= MIN_WINDOW}
+        gathered = [_gather(trace_id, spans, window, details or {}) for trace_id, spans in _by_trace(rows)]
+        explained: dict[tuple[bytes, bytes], Explanation] = {}
+        abnormal: dict[tuple[bytes, bytes], list[Abnormality]] = {}
+        if silent is not None and silent.abnormal:
+            failing = [(t.trace_id, sid, b.span["service"], b.span["name"], b.how)
+                       for t in gathered for sid, b in t.blames.items()]
+            ops = baseline.ops.select(["service", "name", "n", "err_rate"]).to_pylist()
+            base = {(o["service"], o["name"]): (float(o["n"]), float(o["err_rate"] or 0.0)) for o in ops}
+            explained, abnormal = explain_failures(conn, silent, failing, base)
     finally:
         for name in ("m", "base_ops", "base_shapes"):
             conn.unregister(name)
-    window = {r.service: r for r in ranking if r.score >= MIN_WINDOW}
     traces: dict[bytes, TraceVerdict] = {}
     symptoms: dict[bytes, tuple[Symptom, ...]] = {}
-    for trace_id, spans in _by_trace(rows):
-        verdict, inherited = _trace(trace_id, spans, window, per_trace, details or {})
+    for t in gathered:
+        verdict, inherited = _finish(t, window, per_trace, explained, abnormal)
         if verdict.candidates:
-            traces[trace_id] = verdict
+            traces[t.trace_id] = verdict
             if inherited:
-                symptoms[trace_id] = inherited
-    return LocalizedBatch(traces, symptoms)
+                symptoms[t.trace_id] = inherited
+    return LocalizedBatch(traces, symptoms, abnormal=abnormal)
 
 
 def _by_trace(rows: list[dict[str, Any]]) -> Iterable[tuple[bytes, list[dict[str, Any]]]]:
@@ -134,8 +161,19 @@ def _by_trace(rows: list[dict[str, Any]]) -> Iterable[tuple[bytes, list[dict[str
         yield group[0]["trace_id"], group
 
 
-def _trace(trace_id: bytes, rows: list[dict[str, Any]], window: dict[str, ServiceScore], per_trace: int,
-           details: dict[tuple[bytes, bytes], str]) -> tuple[TraceVerdict, tuple[bytes, ...]]:
+@dataclass(slots=True)
+class _Gathered:
+    """One trace's spans and the evidence against them, before explanation and ranking."""
+
+    trace_id: bytes
+    root: bytes | None
+    by_id: dict[bytes, dict[str, Any]]
+    on_path: set[bytes]
+    blames: dict[bytes, _Blame]
+
+
+def _gather(trace_id: bytes, rows: list[dict[str, Any]], window: dict[str, ServiceScore],
+            details: dict[tuple[bytes, bytes], str]) -> _Gathered:
     by_id = {r["span_id"]: r for r in rows}
     spans = [Span(r["span_id"], r["parent_span_id"], r["service"], r["name"], r["start_ns"], r["end_ns"])
              for r in rows]
@@ -145,10 +183,46 @@ def _trace(trace_id: bytes, rows: list[dict[str, Any]], window: dict[str, Servic
     blames: dict[bytes, _Blame] = {}
     _errors(rows, by_id, blames, details)
     _latency(rows, by_id, children, on_path, trace_ns, window, blames)
-    _merge_within_services(blames, by_id)
-    ranked = _rank(blames, by_id, window, per_trace)
-    inherited = _symptoms(ranked, blames, by_id, on_path)
-    return TraceVerdict(trace_id, rows[0]["trace_root"], ranked), inherited
+    return _Gathered(trace_id, rows[0]["trace_root"], by_id, on_path, blames)
+
+
+def _finish(t: _Gathered, window: dict[str, ServiceScore], per_trace: int,
+            explained: dict[tuple[bytes, bytes], Explanation], abnormal: dict[tuple[bytes, bytes], list[Abnormality]]
+            ) -> tuple[TraceVerdict, tuple[Symptom, ...]]:
+    causes = _explain(t, explained)
+    _merge_within_services(t.blames, t.by_id)
+    ranked = _rank(t.blames, t.by_id, window, per_trace, {s: abnormal.get((t.trace_id, s), []) for s in t.blames})
+    inherited = _symptoms(ranked, t.blames, t.by_id, t.on_path, causes)
+    return TraceVerdict(t.trace_id, t.root, ranked), inherited
+
+
+def _explain(t: _Gathered, explained: dict[tuple[bytes, bytes], Explanation]) -> dict[bytes, tuple[bytes, str, _Blame]]:
+    """Move the blame of each explained failing span to its cause (followed through chains:
+    a cause that is itself an explained failure passes it on); returns per explained span
+    (cause, why, its own blame before it moved)."""
+    direct = {s: e for (trace, s), e in explained.items() if trace == t.trace_id and s in t.blames}
+    out: dict[bytes, tuple[bytes, str, _Blame]] = {}
+    for span_id, e in direct.items():
+        cause, seen = e.cause.span_id, {span_id}
+        while cause in direct and cause not in seen:
+            seen.add(cause)
+            cause = direct[cause].cause.span_id
+        if cause == span_id or cause not in t.by_id:
+            continue
+        out[span_id] = (cause, e.message, t.blames[span_id])
+    for span_id, (cause, why, failed) in out.items():
+        del t.blames[span_id]
+        b = t.blames.get(cause)
+        if b is None:
+            b = t.blames[cause] = _Blame(t.by_id[cause], t.by_id[cause]["service"])
+        e = direct[span_id]
+        f = failed.span
+        b.own += failed.own
+        b.confidence = max(b.confidence, e.fraction * max(failed.confidence, e.cause.confidence))
+        b.explains.append(span_id)
+        b.messages.append(("localizer.silent", f"{e.message}; explains {f['service']}:{f['name']}'s "
+                                               f"{'error' if failed.error else 'delay'}"))
+    return out
 
 
 def _errors(rows: list[dict[str, Any]], by_id: dict[bytes, dict[str, Any]], blames: dict[bytes, _Blame],
@@ -246,13 +320,18 @@ def _merge_within_services(blames: dict[bytes, _Blame], by_id: dict[bytes, dict[
 
 
 def _rank(blames: dict[bytes, _Blame], by_id: dict[bytes, dict[str, Any]], window: dict[str, ServiceScore],
-          per_trace: int) -> tuple[Candidate, ...]:
+          per_trace: int, abnormal: dict[bytes, list[Abnormality]] | None = None) -> tuple[Candidate, ...]:
     scored = []
-    for b in blames.values():
+    for span_id, b in blames.items():
         w = window.get(b.charged)
         key = b.own + (w.score if w else 0.0)
         confidence = 1.0 - (1.0 - b.confidence) * (1.0 - (w.confidence if w else 0.0))
         messages = list(b.messages)
+        # the candidate's own improbable values (a setting out of range, an unusual answer)
+        said = {m for _, m in messages}
+        for a in sorted((abnormal or {}).get(span_id, ()), key=lambda a: a.p)[:3]:
+            if not any(a.message in m for m in said):
+                messages.append(("localizer.silent", f"{a.message} on the span itself"))
         if w is not None:
             why = "; ".join(e.message for e in w.evidence if e.message)
             messages.append(("localizer.window", f"{b.charged} anomalous across the window" + (f": {why}" if why else "")))
@@ -276,21 +355,28 @@ def _depth(span_id: bytes, by_id: dict[bytes, dict[str, Any]]) -> int:
 
 
 def _symptoms(ranked: tuple[Candidate, ...], blames: dict[bytes, _Blame], by_id: dict[bytes, dict[str, Any]],
-              on_path: set[bytes]) -> tuple[Symptom, ...]:
-    """Ancestors of the candidates that inherited their error or delay, each caused by the
-    best-ranked candidate it inherited from."""
+              on_path: set[bytes], explained: dict[bytes, tuple[bytes, str, _Blame]] | None = None
+              ) -> tuple[Symptom, ...]:
+    """The failing spans a candidate explains (``explained``), then the ancestors that inherited
+    a candidate's or an explained span's error or delay, each caused by the best-ranked
+    candidate it comes from."""
     chosen = {c.span_id for c in ranked}
     out: dict[bytes, Symptom] = {}
-    for c in ranked:
-        error = blames[c.span_id].error
-        slow = any(src == "localizer.latency" for src, _ in blames[c.span_id].messages)
-        parent, seen = by_id[c.span_id]["parent_span_id"], set()
+    starts: list[tuple[bytes, bytes, _Blame]] = [(c.span_id, c.span_id, blames[c.span_id]) for c in ranked]
+    for span_id, (cause, why, failed) in (explained or {}).items():
+        if cause in chosen:
+            out[span_id] = Symptom(span_id, cause, why, explained=True)
+            starts.append((span_id, cause, failed))
+    for start, cause, b in starts:
+        error = b.error
+        slow = any(src == "localizer.latency" for src, _ in b.messages)
+        parent, seen = by_id[start]["parent_span_id"], set()
         while parent in by_id and parent not in seen:
             seen.add(parent)
             p = by_id[parent]
             delayed = slow and parent in on_path and (p["dur_p99"] is None or p["dur"] > p["dur_p99"])
             if parent not in chosen and parent not in out and ((error and p["error"]) or delayed):
-                out[parent] = Symptom(parent, c.span_id, "inherited error" if error and p["error"] else "waited")
+                out[parent] = Symptom(parent, cause, "inherited error" if error and p["error"] else "waited")
             parent = p["parent_span_id"]
     return tuple(out.values())
 

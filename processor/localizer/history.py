@@ -23,6 +23,15 @@ multiply memory.  At most ``max_values`` values are kept per (service,
 attribute); the weight of those evicted is kept as one "other" row (value
 NULL), so a value not kept is known to be at most that common.
 
+Per (service, span name), every span attribute's values are learned too
+(from ``attributes.ALL_ATTRIBUTES``, long form): how often each key is present
+(``lz_akeys``, against the operation's span count ``lz_aops``), the shares of
+its text values (``lz_acat``: strings, bools, array elements; at most
+``max_values`` per key, the rest one "other" row) and a signed log-bucket
+histogram of its numeric values (``lz_anum``: ints, doubles).  At most
+``max_keys`` keys per operation are kept (the most often present).  What is
+improbable under them is the localizer's *silent abnormality* (``silent``).
+
 ``baseline()`` turns the sketches into the ``Baseline`` tables the scoring
 reads, so a learned baseline and one learned from a file score the same way.
 """
@@ -38,8 +47,10 @@ import duckdb
 import pyarrow as pa
 
 from dsl import AttrRef, column_name
+from processor.analysis.attributes import ALL_ATTRIBUTES, all_attributes_sql
 from processor.localizer.attribution import ValueBaseline
 from processor.localizer.baseline import SHAPES_SQL, Baseline
+from processor.localizer.silent import AttributeBaseline
 from processor.localizer.graph import span_metrics
 from processor.localizer.spans import read_spans
 
@@ -54,7 +65,9 @@ class HistoryConfig:
     max_ops: int = 20_000
     max_shapes: int = 32         # call shapes kept per operation
     prune: float = 0.01          # weights below this are dropped
-    max_values: int = 64         # attribute values kept per (service, attribute)
+    max_values: int = 64         # attribute values kept per (service, attribute), and per (operation, key)
+    max_keys: int = 64           # span attribute keys whose values are learned per operation
+    attr_gamma: float = 1.1      # numeric attribute buckets: values within 10%
 
 
 SCHEMA_SQL = """
@@ -63,7 +76,84 @@ CREATE TABLE IF NOT EXISTS lz_ops (service VARCHAR, name VARCHAR, n DOUBLE, erro
 CREATE TABLE IF NOT EXISTS lz_shapes (service VARCHAR, name VARCHAR, sig VARCHAR, k INTEGER, w DOUBLE);
 CREATE TABLE IF NOT EXISTS lz_values (service VARCHAR, key VARCHAR, val VARCHAR, w DOUBLE);
 CREATE TABLE IF NOT EXISTS lz_vtot (service VARCHAR, n DOUBLE);
+CREATE TABLE IF NOT EXISTS lz_aops (service VARCHAR, name VARCHAR, n DOUBLE);
+CREATE TABLE IF NOT EXISTS lz_akeys (service VARCHAR, name VARCHAR, key VARCHAR, w DOUBLE);
+CREATE TABLE IF NOT EXISTS lz_acat (service VARCHAR, name VARCHAR, key VARCHAR, val VARCHAR, w DOUBLE);
+CREATE TABLE IF NOT EXISTS lz_anum (service VARCHAR, name VARCHAR, key VARCHAR, b INTEGER, w DOUBLE);
 """
+
+ATTR_UNIT = 1e-9   # numeric attribute values closer to 0 than this share bucket 0
+
+
+def attr_bucket_sql(v: str, gamma: float) -> str:
+    """The signed log bucket of a numeric attribute value: 0 around zero, ``±(k + 1)`` for
+    ``|v|`` in ``(UNIT·γ^(k-1), UNIT·γ^k]`` — so order is kept across signs."""
+    return (f"(CASE WHEN abs({v}) < {ATTR_UNIT} THEN 0 ELSE sign({v})::INTEGER * "
+            f"(ceil(ln(abs({v}) / {ATTR_UNIT}) / ln({gamma}))::INTEGER + 1) END)")
+
+
+def attr_bucket_value(b: int, gamma: float) -> float:
+    """A representative value of bucket ``b`` (its upper edge), for messages."""
+    return 0.0 if b == 0 else (1 if b > 0 else -1) * ATTR_UNIT * gamma ** (abs(b) - 1)
+
+
+# New attribute values (``lz_ain``: the long form, ``attributes.all_attributes_sql``) weighted like
+# their traces; presence is counted once per span and key.
+ATTR_NEW_SQL = """
+SELECT a.service, a.name, a.trace_id, a.span_id, a.key, a.type, a.sval, a.nval, coalesce(w.weight, 1.0) AS weight
+FROM lz_ain a LEFT JOIN lz_weights w USING (trace_id)
+"""
+
+AOPS_UPDATE_SQL = """
+CREATE OR REPLACE TABLE lz_aops AS
+SELECT service, name, sum(n) AS n FROM (
+    SELECT service, name, n * $f AS n FROM lz_aops
+    UNION ALL
+    SELECT service, name, weight FROM lz_in
+) GROUP BY ALL HAVING sum(n) >= $prune
+"""
+
+AKEYS_UPDATE_SQL = """
+CREATE OR REPLACE TABLE lz_akeys AS
+WITH m AS (
+    SELECT service, name, key, sum(w) AS w FROM (
+        SELECT service, name, key, w * $f AS w FROM lz_akeys
+        UNION ALL
+        SELECT service, name, key, any_value(weight) FROM lz_anew GROUP BY service, name, trace_id, span_id, key
+    ) GROUP BY ALL HAVING sum(w) >= $prune
+)
+SELECT * FROM m QUALIFY row_number() OVER (PARTITION BY service, name ORDER BY w DESC, key) <= $max_keys
+"""
+
+ACAT_UPDATE_SQL = """
+CREATE OR REPLACE TABLE lz_acat AS
+WITH merged AS (
+    SELECT service, name, key, val, sum(w) AS w FROM (
+        SELECT service, name, key, val, w * $f AS w FROM lz_acat
+        UNION ALL
+        SELECT service, name, key, sval, any_value(weight) FROM lz_anew WHERE sval IS NOT NULL
+        GROUP BY service, name, trace_id, span_id, key, sval
+    ) SEMI JOIN lz_akeys USING (service, name, key) GROUP BY ALL
+),
+ranked AS (
+    SELECT *, val IS NOT NULL AND row_number() OVER (
+                  PARTITION BY service, name, key, val IS NULL ORDER BY w DESC, val) <= $max_values AS keep
+    FROM merged
+)
+SELECT service, name, key, val, w FROM ranked WHERE keep AND w >= $prune
+UNION ALL
+SELECT service, name, key, NULL, sum(w) FROM ranked WHERE NOT keep GROUP BY ALL HAVING sum(w) >= $prune
+"""
+
+ANUM_UPDATE_SQL = """
+CREATE OR REPLACE TABLE lz_anum AS
+SELECT service, name, key, b, sum(w) AS w FROM (
+    SELECT service, name, key, b, w * $f AS w FROM lz_anum
+    UNION ALL
+    SELECT service, name, key, {bucket} AS b, weight FROM lz_anew WHERE nval IS NOT NULL AND isfinite(nval)
+) SEMI JOIN lz_akeys USING (service, name, key) GROUP BY ALL HAVING sum(w) >= $prune
+"""
+
 
 # New observations: span metrics with a per-trace learning weight (``lz_weights``, default 1).
 NEW_SQL = """
@@ -220,28 +310,39 @@ class History:
         self._lock = threading.Lock()
         self._cached: Baseline | None = None
         self._cached_values: ValueBaseline | None = None
+        self._cached_attributes: AttributeBaseline | None = None
         self.traces_seen = 0
 
     def close(self) -> None:
         self._conn.close()
 
-    def seed(self, path: str | Path, attributes: Sequence[AttrRef] = ()) -> int:
+    def seed(self, path: str | Path, attributes: Sequence[AttrRef] = (), every: bool = False) -> int:
         """Learn a file of normal traffic (OTLP/JSON lines or protobuf, gzip or not), with the
-        values of ``attributes``; returns traces."""
-        spans = read_spans(path, attributes)
+        values of ``attributes`` and, with ``every``, of all span attributes; returns traces."""
+        refs = [r for r in attributes if r != ALL_ATTRIBUTES]
+        spans = read_spans(path, [*refs, ALL_ATTRIBUTES] if every else refs)
+        long = None
         with self._lock:
             metrics = span_metrics(self._conn, spans)
+            if every:
+                self._conn.register("lz_seed", spans)
+                try:
+                    long = self._conn.sql(all_attributes_sql("lz_seed")).to_arrow_table()
+                finally:
+                    self._conn.unregister("lz_seed")
         # a file gives span and resource values only (an event attribute has none to learn)
-        keys = [c for c in dict.fromkeys(column_name(ref) for ref in attributes) if c in spans.column_names]
+        keys = [c for c in dict.fromkeys(column_name(ref) for ref in refs) if c in spans.column_names]
         values = spans.select(["trace_id", "service", *keys]) if keys else None
-        return self.learn(metrics, values=values)
+        return self.learn(metrics, values=values, attributes=long)
 
     def learn(self, metrics: pa.Table, weights: dict[bytes, float] | None = None,
-              values: pa.Table | None = None) -> int:
+              values: pa.Table | None = None, attributes: pa.Table | None = None) -> int:
         """Fold span metrics (``graph.span_metrics``) in, each trace weighted by ``weights``
         (default 1: a weight below one learns a suspicious trace only a little); ``values``
         (``trace_id``, ``service`` and one string column per attribute, named by
-        ``dsl.column_name``) are the same spans' attribute values, counted per service."""
+        ``dsl.column_name``) are the same spans' attribute values, counted per service;
+        ``attributes`` all their span attributes in long form (``attributes.all_attributes_sql``),
+        learned per operation."""
         if metrics.num_rows == 0:
             return 0
         cfg = self.config
@@ -258,6 +359,8 @@ class History:
                 common = {"f": f, "prune": cfg.prune}
                 if values is not None and values.num_columns > 2:
                     self._learn_values(values, common)
+                if attributes is not None:
+                    self._learn_attributes(attributes, common)
                 conn.execute(HIST_SQL.format(unit=UNIT_NS, gamma=cfg.gamma), common)
                 conn.execute(OPS_UPDATE_SQL, {**common, "max_ops": cfg.max_ops})
                 conn.execute(SHAPES_UPDATE_SQL.format(shapes=SHAPES_SQL.format(table="lz_in")),
@@ -267,12 +370,15 @@ class History:
                 conn.execute("DELETE FROM lz_shapes WHERE (service, name) NOT IN (SELECT (service, name) FROM lz_ops)")
                 conn.execute("DELETE FROM lz_values WHERE service NOT IN (SELECT service FROM lz_ops)")
                 conn.execute("DELETE FROM lz_vtot WHERE service NOT IN (SELECT service FROM lz_ops)")
+                for t in ("lz_aops", "lz_akeys", "lz_acat", "lz_anum"):
+                    conn.execute(f"DELETE FROM {t} WHERE (service, name) NOT IN (SELECT (service, name) FROM lz_ops)")
             finally:
                 conn.execute("DROP VIEW IF EXISTS lz_in")
                 conn.unregister("lz_new")
                 conn.unregister("lz_weights")
             self._cached = None
             self._cached_values = None
+            self._cached_attributes = None
             self.traces_seen += traces
         return traces
 
@@ -290,6 +396,37 @@ class History:
         finally:
             conn.execute("DROP TABLE IF EXISTS lz_vnew")
             conn.unregister("lz_vin")
+
+    def _learn_attributes(self, attributes: pa.Table, common: dict[str, float]) -> None:
+        """Learn every span attribute per operation (under the lock, in ``learn``)."""
+        conn, cfg = self._conn, self.config
+        conn.register("lz_ain", attributes)
+        try:
+            conn.execute(f"CREATE OR REPLACE TEMP TABLE lz_anew AS {ATTR_NEW_SQL}")
+            conn.execute(AOPS_UPDATE_SQL, common)
+            conn.execute(AKEYS_UPDATE_SQL, {**common, "max_keys": cfg.max_keys})
+            conn.execute(ACAT_UPDATE_SQL, {**common, "max_values": cfg.max_values})
+            conn.execute(ANUM_UPDATE_SQL.format(bucket=attr_bucket_sql("nval", cfg.attr_gamma)), common)
+        finally:
+            conn.execute("DROP TABLE IF EXISTS lz_anew")
+            conn.unregister("lz_ain")
+
+    def attributes(self) -> AttributeBaseline:
+        """What each operation's span attributes normally hold, for the operations whose
+        attributes were learned on at least ``min_count`` (effective) spans."""
+        with self._lock:
+            if self._cached_attributes is None:
+                p = {"min_count": self.config.min_count}
+                q = self._conn.sql
+                ops = q("SELECT service, name, n FROM lz_aops WHERE n >= $min_count", params=p).to_arrow_table()
+                known = "SEMI JOIN (SELECT service, name FROM lz_aops WHERE n >= $min_count) USING (service, name)"
+                self._cached_attributes = AttributeBaseline(
+                    ops,
+                    q(f"SELECT * FROM lz_akeys {known}", params=p).to_arrow_table(),
+                    q(f"SELECT * FROM lz_acat {known}", params=p).to_arrow_table(),
+                    q(f"SELECT * FROM lz_anum {known}", params=p).to_arrow_table(),
+                    self.config.attr_gamma)
+            return self._cached_attributes
 
     def baseline(self) -> Baseline:
         """The operations seen at least ``min_count`` times (effective), as a ``Baseline``."""
@@ -318,7 +455,8 @@ class History:
         """Rows held per table: what bounds memory."""
         with self._lock:
             return {t: self._conn.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0]
-                    for t in ("lz_hist", "lz_ops", "lz_shapes", "lz_values", "lz_vtot")}
+                    for t in ("lz_hist", "lz_ops", "lz_shapes", "lz_values", "lz_vtot", "lz_aops", "lz_akeys",
+                              "lz_acat", "lz_anum")}
 
 
 def _quote(name: str) -> str:

@@ -10,7 +10,8 @@ pipeline decodes them (``processor.analysis.attributes.span_table``).
 Resource and span attributes asked for come as extra string columns named
 ``dsl.column_name(ref)``, stringified as DuckDB casts the store's columns
 (``CAST(x AS VARCHAR)``), so a baseline file and live batches count the same
-values.
+values; ``attributes.ALL_ATTRIBUTES`` comes in its long form, as the pipeline
+projects it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,14 @@ import pyarrow.compute as pc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from dsl import AttrRef, AttrSource, column_name
-from processor.analysis.attributes import Projection, span_table
+from processor.analysis.attributes import (
+    ALL_ATTRIBUTES,
+    KeyCardinality,
+    Projection,
+    long_array,
+    long_entries_json,
+    span_table,
+)
 from processor.otlp import otlpjson
 from processor.otlp.tracefile import read_trace_file
 
@@ -60,7 +68,8 @@ def _decoded(request: ExportTraceServiceRequest, refs: Sequence[AttrRef]) -> pa.
     decoded = span_table([request], Projection.of(refs))
     t = from_decoded(decoded)
     for ref in refs:
-        t = t.append_column(column_name(ref), pc.cast(decoded.column(column_name(ref)), pa.string()))
+        col = decoded.column(column_name(ref))
+        t = t.append_column(column_name(ref), col if ref == ALL_ATTRIBUTES else pc.cast(col, pa.string()))
     return t
 
 
@@ -71,8 +80,13 @@ class _Columns:
         # columns, not rows: a list of per-span tuples keeps the garbage collector busy
         self.columns: list[list[Any]] = [[] for _ in SCHEMA]
         self.resource_refs = [(column_name(r), r.key) for r in refs if r.source == AttrSource.RESOURCE]
-        self.span_refs = [(column_name(r), r.key) for r in refs if r.source == AttrSource.SPAN]
-        self.values: dict[str, list[str | None]] = {column_name(r): [] for r in refs}
+        self.span_refs = [(column_name(r), r.key) for r in refs
+                          if r.source == AttrSource.SPAN and r != ALL_ATTRIBUTES]
+        self.values: dict[str, list[str | None]] = {column_name(r): [] for r in refs if r != ALL_ATTRIBUTES}
+        self.every: list[list[tuple[str, str, str | None, float | None]]] | None = (
+            [] if ALL_ATTRIBUTES in refs else None)
+        self.cardinality = KeyCardinality()
+        self.seen: set[tuple[str, str]] = set()
 
     def add(self, doc: dict[str, Any]) -> None:
         # one append per column, unrolled: this loop runs once for every span of a dataset
@@ -102,11 +116,17 @@ class _Columns:
                 own = otlpjson.attributes(span.get("attributes"))
                 for col, key in span_refs:
                     values[col].append(_text(own.get(key)))
+            if self.every is not None:
+                self.every.append(long_entries_json(self.cardinality, self.seen,
+                                                    otlpjson.attribute_values(span.get("attributes"))))
 
     def table(self) -> pa.Table:
         schema = pa.schema([*SCHEMA, *((col, pa.string()) for col in self.values)])
-        return pa.Table.from_pydict(dict(zip(schema.names, [*self.columns, *self.values.values()], strict=True)),
-                                    schema=schema)
+        t = pa.Table.from_pydict(dict(zip(schema.names, [*self.columns, *self.values.values()], strict=True)),
+                                 schema=schema)
+        if self.every is not None:
+            t = t.append_column(column_name(ALL_ATTRIBUTES), long_array(self.every))
+        return t
 
 
 def _text(value: dict[str, Any] | None) -> str | None:

@@ -27,8 +27,9 @@ from processor.localizer import scoring
 from processor.localizer.baseline import Baseline
 from processor.localizer.scoring import ServiceEvidence
 
-# Evidence sources by name; ``explain_away`` switches the caller/callee split of latency.
-SOURCES: tuple[str, ...] = ("latency", "explain_away", "shape", "errors")
+# Evidence sources by name; ``explain_away`` switches the caller/callee split of latency; ``silent``,
+# ``causal_past`` and ``lift`` the per-trace causal model (``silent``, read by ``LocalizerAnalyzer``).
+SOURCES: tuple[str, ...] = ("latency", "explain_away", "shape", "errors", "silent", "causal_past", "lift")
 
 
 @dataclass(frozen=True, slots=True)

@@ -102,3 +102,21 @@ def test_no_projection_leaves_the_table_as_it_is():
     table, resources = stored(request([("a", [{"k": "v"}])]))
     assert Projector(Projection.of(())).project(table, resources) is table
     assert Span.FromString(table.column("raw")[0].as_py()).attributes[0] == kv("k", "v")
+
+
+def test_every_attribute_in_long_form_with_high_cardinality_keys_as_presence():
+    from processor.analysis.attributes import ALL_ATTRIBUTES, KeyCardinality
+
+    spans = [{"db.rows": i % 3, "route": "/x" if i % 2 else "/y", "request.id": f"id-{i}",
+              "tags": ["a", "b"], "ok": True} for i in range(KeyCardinality.MIN_SEEN + 8)]
+    spans[-1]["request.id"] = ""   # the empty value says something whatever the key
+    table, resources = stored(request([("a", spans)]))
+    projector = Projector(Projection.of([ALL_ATTRIBUTES]))
+    entries = column(projector.project(table, resources), ALL_ATTRIBUTES)
+    first = {(e["k"], e["t"], e["s"], e["n"]) for e in entries[0]}
+    assert first == {("db.rows", "int", None, 0.0), ("route", "string", "/y", None),
+                     ("request.id", "string", "id-0", None), ("tags", "string[]", "a", None),
+                     ("tags", "string[]", "b", None), ("ok", "bool", "true", None)}
+    assert "request.id" in projector.cardinality.high and "route" not in projector.cardinality.high
+    ids = [next(e["s"] for e in row if e["k"] == "request.id") for row in entries]
+    assert ids[-2] is None and ids[-1] == ""   # learned to be ids: present, value not kept

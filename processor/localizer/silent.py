@@ -1,0 +1,394 @@
+"""Silent abnormality and the counterfactual from the window: a cause that raised nothing.
+
+A span can be abnormal without an error: an attribute value its operation
+rarely or never shows (``finish_reasons=length``, an unknown tool name, an
+empty result), a number outside its usual range (zero rows, a low score, a
+temperature or timeout out of range), a key present that normally is not, or
+absent that normally is.  Against the operation's learned attribute baseline
+(``AttributeBaseline``, kept by ``history``) each value gets the probability
+of a value *this unusual*:
+
+- text (strings, bools, array elements): the baseline weight of the values no
+  more common than it (Good–Turing: a value never seen is as likely as the
+  values seen once together), the values the cap evicted and, for a
+  high-cardinality key, those never recorded; the empty value against how
+  often the key is empty;
+- numbers: the baseline weight at or beyond its bucket on its side (a tail);
+- presence: the share of the operation's spans with (or without) the key;
+
+each with half a count of prior, over the operation's count plus one.  A
+value is *abnormal* when that is below ``1 - QUANTILE`` (the latency
+evidence's p99).  Its probability of causation is the attributable fraction
+``1 - p / q``, ``q`` the lower bound of how often the operation shows it in
+the window.
+
+Abnormal is not a cause.  For a failing span B (an error origin or a latency
+origin) and an abnormal antecedent A (``dsl.antecedents_sql``: B's causal
+past), the window is the control group: among its traces with B's operation,
+how often does it fail when A's operation shows that abnormality (``n1``,
+``k1``) and when it does not (``n0``, ``k0``)?  The baseline adds its counts
+(B's operation fails at its baseline rate; A's abnormality is as rare as the
+baseline says, and followed by the baseline rate).  The lift's lower bound is
+the Wilson lower bound of ``k1 / n1`` over the larger of the pooled control's
+Wilson upper bound and the window control's lower bound (a window whose
+traces fail without the abnormality too says the failure does not need it);
+A *explains* B when the attributable fraction ``1 - 1 / lift`` exceeds 1/2
+(more likely than not).  Normal noise explains nothing: a value healthy
+traffic shows without failing is common (not abnormal) or has a low lift.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import duckdb
+import pyarrow as pa
+
+from dsl import antecedents_sql
+from processor.localizer.scoring import QUANTILE, Z, wilson_lower
+
+RARE = 1.0 - QUANTILE      # a value is abnormal when one this unusual is rarer than this
+MORE_LIKELY_THAN_NOT = 0.5  # the attributable fraction above which an antecedent explains a failure
+EMPTY = ("", "[]")          # the empty string and the empty array (``attributes.ALL_ATTRIBUTES``)
+
+OPS_SCHEMA = pa.schema([("service", pa.string()), ("name", pa.string()), ("n", pa.float64())])
+KEYS_SCHEMA = pa.schema([("service", pa.string()), ("name", pa.string()), ("key", pa.string()), ("w", pa.float64())])
+CAT_SCHEMA = pa.schema([("service", pa.string()), ("name", pa.string()), ("key", pa.string()), ("val", pa.string()),
+                        ("w", pa.float64())])
+NUM_SCHEMA = pa.schema([("service", pa.string()), ("name", pa.string()), ("key", pa.string()), ("b", pa.int32()),
+                        ("w", pa.float64())])
+
+
+@dataclass(frozen=True, slots=True)
+class AttributeBaseline:
+    """What each operation's span attributes normally hold (``History.attributes``): ``ops``
+    (service, name, n spans), ``keys`` (…, key, w spans carrying it), ``cat`` (…, key, val,
+    w; val NULL the values evicted by the cap), ``num`` (…, key, b bucket, w)."""
+
+    ops: pa.Table
+    keys: pa.Table
+    cat: pa.Table
+    num: pa.Table
+    gamma: float = 1.1
+
+    @classmethod
+    def empty(cls) -> AttributeBaseline:
+        return cls(OPS_SCHEMA.empty_table(), KEYS_SCHEMA.empty_table(), CAT_SCHEMA.empty_table(),
+                   NUM_SCHEMA.empty_table())
+
+
+@dataclass(frozen=True, slots=True)
+class Abnormality:
+    """An improbable value on one span."""
+
+    trace_id: bytes
+    span_id: bytes
+    service: str
+    name: str
+    key: str
+    kind: str          # "value", "low", "high", "present", "absent"
+    value: str         # the value as text ('' for presence)
+    p: float           # the probability of a value this unusual under the baseline
+    n: float           # the baseline's spans it is judged against
+    usual: str         # what the baseline usually shows, for messages
+    confidence: float = 0.0   # attributable fraction against the window (``1 - p / q``)
+
+    @property
+    def event(self) -> tuple[str, str, str, str, str]:
+        """What the window counts: this abnormality on this operation."""
+        return (self.service, self.name, self.key, self.kind, self.value if self.kind == "value" else "")
+
+    @property
+    def message(self) -> str:
+        what = {"value": f"{self.key}={self.value!r}", "low": f"{self.key}={self.value}, below its usual range",
+                "high": f"{self.key}={self.value}, above its usual range",
+                "present": f"{self.key} present", "absent": f"{self.key} absent"}[self.kind]
+        return f"{what} ({self.usual}; p={self.p:.2g} over {self.n:,.0f} baseline spans)"
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """An abnormal antecedent that explains a failing span."""
+
+    cause: Abnormality
+    lift: float        # lower bound of how much more often the failure follows the abnormality
+    fraction: float    # attributable fraction ``1 - 1 / lift``: the probability of causation
+    counts: tuple[float, float, float, float]   # k1, n1, k0, n0 (window and baseline)
+    window: tuple[int, int, int, int]           # the same in the window alone
+    distance: int      # ``antecedents_sql``'s distance (-1: no causal past asked)
+
+    @property
+    def message(self) -> str:
+        k1, n1, k0, n0 = self.window
+        return (f"{self.cause.message}; the failure follows it {self.lift:.1f}x more often than without it "
+                f"(lower bound; window: {k1} of {n1} traces with it fail, {k0} of {n0} without)")
+
+
+def wilson_upper(k: float, n: float, z: float = Z) -> float:
+    """Upper confidence bound of a rate k/n (1 with no data)."""
+    if n <= 0:
+        return 1.0
+    return 1.0 - wilson_lower(n - k, n, z)
+
+
+# Per (span, key): the batch's values judged against the baseline; only the improbable come back.
+ABNORMAL_SQL = """
+WITH
+ops AS (SELECT * FROM sb_ops),
+keyed AS (  -- per (operation, key): spans with the key, and the least weight of a kept key
+    SELECT k.*, min(k.w) OVER (PARTITION BY k.service, k.name) AS w_min_key,
+           count(*) OVER (PARTITION BY k.service, k.name) AS n_keys
+    FROM sb_keys k
+),
+tv AS (SELECT DISTINCT service, name, key, sval FROM sl_long WHERE sval IS NOT NULL),
+cs AS (  -- per (operation, key): weights recorded, evicted, empty
+    SELECT service, name, key, sum(w) AS w_rec, coalesce(sum(w) FILTER (WHERE val IS NULL), 0) AS w_other,
+           coalesce(sum(w) FILTER (WHERE val IN ('', '[]')), 0) AS w_empty
+    FROM sb_cat GROUP BY ALL
+),
+cat AS (
+    SELECT tv.service, tv.name, tv.key, 'value' AS kind, tv.sval AS val, k.w AS n_ref,
+           CASE WHEN tv.sval IN ('', '[]') THEN (coalesce(cs.w_empty, 0) + 0.5) / (k.w + 1)
+                ELSE (coalesce((SELECT sum(c2.w) FROM sb_cat c2
+                                WHERE c2.service = tv.service AND c2.name = tv.name AND c2.key = tv.key
+                                  AND c2.val IS NOT NULL AND c2.val NOT IN ('', '[]')
+                                  AND c2.w <= greatest(coalesce(c.w, 0), 1)), 0)
+                      + coalesce(cs.w_other, 0) + greatest(k.w - coalesce(cs.w_rec, 0), 0) + 0.5) / (k.w + 1)
+           END AS p,
+           CASE WHEN tv.sval IN ('', '[]') THEN coalesce(cs.w_empty, 0) / k.w ELSE coalesce(c.w, 0) / k.w END AS share
+    FROM tv JOIN keyed k USING (service, name, key)
+    LEFT JOIN sb_cat c ON c.service = tv.service AND c.name = tv.name AND c.key = tv.key AND c.val = tv.sval
+    LEFT JOIN cs ON cs.service = tv.service AND cs.name = tv.name AND cs.key = tv.key
+),
+nv AS (SELECT DISTINCT service, name, key, {bucket} AS b FROM sl_long WHERE nval IS NOT NULL AND isfinite(nval)),
+hist AS (
+    SELECT *, sum(w) OVER (PARTITION BY service, name, key ORDER BY b) AS cum,
+           sum(w) OVER (PARTITION BY service, name, key) AS tot
+    FROM sb_num
+),
+qs AS (
+    SELECT service, name, key, any_value(tot) AS tot,
+           arg_min(b, cum) FILTER (WHERE cum >= 0.01 * tot) AS b_lo,
+           arg_min(b, cum) FILTER (WHERE cum >= 0.5 * tot) AS b_med,
+           arg_min(b, cum) FILTER (WHERE cum >= 0.99 * tot) AS b_hi
+    FROM hist GROUP BY ALL
+),
+num AS (
+    SELECT nv.service, nv.name, nv.key, nv.b, any_value(qs.tot) AS tot,
+           coalesce(sum(h.w) FILTER (WHERE h.b <= nv.b), 0) AS le,
+           coalesce(sum(h.w) FILTER (WHERE h.b >= nv.b), 0) AS ge,
+           any_value(qs.b_lo) AS b_lo, any_value(qs.b_med) AS b_med, any_value(qs.b_hi) AS b_hi
+    FROM nv JOIN qs USING (service, name, key) JOIN sb_num h USING (service, name, key)
+    GROUP BY ALL
+),
+pres AS (  -- keys on spans of operations where they are rare, or keys the operation has not kept
+    SELECT DISTINCT l.service, l.name, l.key, o.n,
+           (coalesce(k.w, CASE WHEN kc.n_keys >= $max_keys THEN kc.w_min_key ELSE 0 END) + 0.5) / (o.n + 1) AS p,
+           coalesce(k.w, 0) / o.n AS share
+    FROM sl_long l JOIN ops o USING (service, name)
+    LEFT JOIN keyed k USING (service, name, key)
+    LEFT JOIN (SELECT DISTINCT service, name, n_keys, w_min_key FROM keyed) kc USING (service, name)
+),
+spans_long AS (SELECT DISTINCT trace_id, span_id, key FROM sl_long)
+SELECT l.trace_id, l.span_id, l.service, l.name, l.key, c.kind, l.sval AS val, c.p, c.n_ref AS n, c.share,
+       NULL::INTEGER AS b_lo, NULL::INTEGER AS b_hi, NULL::INTEGER AS b_med
+FROM sl_long l JOIN cat c ON c.service = l.service AND c.name = l.name AND c.key = l.key AND c.val = l.sval
+WHERE c.p < $rare
+UNION ALL
+SELECT l.trace_id, l.span_id, l.service, l.name, l.key,
+       CASE WHEN nm.le <= nm.ge THEN 'low' ELSE 'high' END, CAST(l.nval AS VARCHAR),
+       (least(nm.le, nm.ge) + 0.5) / (nm.tot + 1), nm.tot, least(nm.le, nm.ge) / nm.tot, nm.b_lo, nm.b_hi, nm.b_med
+FROM sl_long l JOIN num nm ON nm.service = l.service AND nm.name = l.name AND nm.key = l.key
+                          AND nm.b = {bucket_l}
+WHERE (least(nm.le, nm.ge) + 0.5) / (nm.tot + 1) < $rare
+UNION ALL
+SELECT DISTINCT l.trace_id, l.span_id, l.service, l.name, l.key, 'present', '', pr.p, pr.n, pr.share,
+       NULL, NULL, NULL
+FROM sl_long l JOIN pres pr USING (service, name, key) WHERE pr.p < $rare
+UNION ALL
+SELECT s.trace_id, s.span_id, s.service, s.name, k.key, 'absent', '', (o.n - k.w + 0.5) / (o.n + 1), o.n,
+       k.w / o.n, NULL, NULL, NULL
+FROM sl_spans s JOIN ops o USING (service, name) JOIN sb_keys k USING (service, name)
+WHERE (o.n - k.w + 0.5) / (o.n + 1) < $rare
+  AND NOT EXISTS (SELECT 1 FROM spans_long x WHERE x.trace_id = s.trace_id AND x.span_id = s.span_id AND x.key = k.key)
+"""
+
+
+def abnormal_spans(conn: duckdb.DuckDBPyConnection, long: str, spans: str, base: AttributeBaseline,
+                   max_keys: int) -> list[Abnormality]:
+    """The improbable attribute values of the batch: ``long`` is its long form
+    (``attributes.all_attributes_sql``), ``spans`` its spans (trace_id, span_id, service, name)."""
+    from processor.localizer.history import attr_bucket_sql, attr_bucket_value
+
+    if base.ops.num_rows == 0:
+        return []
+    views = {"sb_ops": base.ops, "sb_keys": base.keys, "sb_cat": base.cat, "sb_num": base.num}
+    for name, t in views.items():
+        conn.register(name, t)
+    conn.execute(f"CREATE OR REPLACE TEMP VIEW sl_long AS {long}")
+    conn.execute(f"CREATE OR REPLACE TEMP VIEW sl_spans AS SELECT trace_id, span_id, service, name FROM {spans}")
+    try:
+        sql = ABNORMAL_SQL.format(bucket=attr_bucket_sql("nval", base.gamma), bucket_l=attr_bucket_sql("l.nval", base.gamma))
+        rows = conn.execute(sql, {"rare": RARE, "max_keys": max_keys}).fetchall()
+    finally:
+        conn.execute("DROP VIEW IF EXISTS sl_long")
+        conn.execute("DROP VIEW IF EXISTS sl_spans")
+        for name in views:
+            conn.unregister(name)
+    out = []
+    for trace_id, span_id, service, name, key, kind, val, p, n, share, b_lo, b_hi, b_med in rows:
+        if kind in ("low", "high"):
+            lo, hi, med = (_number(attr_bucket_value(b, base.gamma)) for b in (b_lo, b_hi, b_med))
+            usual = f"usually {lo}..{hi}, median {med}; {share:.1%} of its spans this {kind}"
+            val = _number(float(val))
+        elif kind == "value" and val in EMPTY:
+            usual = f"empty on {share:.1%} of its spans"
+        elif kind == "value":
+            usual = f"on {share:.2%} of its spans" if share > 0 else "never seen"
+        else:
+            usual = f"normally on {share:.1%} of its spans"
+        out.append(Abnormality(trace_id, span_id, service, name, key, kind, val or "", p, n, usual))
+    return out
+
+
+def _number(v: float) -> str:
+    return f"{v:.0f}" if float(v).is_integer() and abs(v) < 1e15 else f"{v:.3g}"
+
+
+@dataclass(slots=True)
+class Window:
+    """Per operation, the window's traces where it occurs and fails; per abnormality, the
+    traces (and spans) that show it."""
+
+    occurs: dict[tuple[str, str], set[bytes]] = field(default_factory=dict)
+    errors: dict[tuple[str, str], set[bytes]] = field(default_factory=dict)
+    slow: dict[tuple[str, str], set[bytes]] = field(default_factory=dict)
+    spans: dict[tuple[str, str], int] = field(default_factory=dict)
+    shows: dict[tuple[str, str, str, str, str], set[bytes]] = field(default_factory=lambda: defaultdict(set))
+    shown_spans: dict[tuple[str, str, str, str, str], int] = field(default_factory=lambda: defaultdict(int))
+
+
+WINDOW_SQL = """
+SELECT m.service, m.name, list(DISTINCT m.trace_id) AS occurs,
+       list(DISTINCT m.trace_id) FILTER (WHERE m.status_code = 2 AND NOT m.child_error) AS errors,
+       list(DISTINCT m.trace_id) FILTER (WHERE m.self_ns > o.self_p99) AS slow, count(*) AS spans
+FROM m LEFT JOIN base_ops o USING (service, name) GROUP BY ALL
+"""
+
+
+def window(conn: duckdb.DuckDBPyConnection, abnormal: Iterable[Abnormality]) -> Window:
+    """The window's counts (``m``: span metrics, ``base_ops`` registered)."""
+    w = Window()
+    for service, name, occurs, errors, slow, spans in conn.execute(WINDOW_SQL).fetchall():
+        w.occurs[(service, name)] = set(occurs)
+        w.errors[(service, name)] = set(errors or ())
+        w.slow[(service, name)] = set(slow or ())
+        w.spans[(service, name)] = spans
+    for a in abnormal:
+        w.shows[a.event].add(a.trace_id)
+        w.shown_spans[a.event] += 1
+    return w
+
+
+def with_confidence(abnormal: list[Abnormality], w: Window) -> list[Abnormality]:
+    """Each abnormality with its attributable fraction against the window: ``1 - p / q``, ``q``
+    the lower bound of the share of its operation's spans that show it."""
+    from dataclasses import replace
+
+    out = []
+    for a in abnormal:
+        q = wilson_lower(w.shown_spans[a.event], w.spans.get((a.service, a.name), 0))
+        out.append(replace(a, confidence=max(0.0, 1.0 - a.p / q) if q > 0 else 0.0))
+    return out
+
+
+def lift(w: Window, cause: Abnormality, failed: tuple[str, str], how: str, base_rate: float,
+         base_n: float) -> tuple[float, tuple[float, float, float, float], tuple[int, int, int, int]]:
+    """The lower bound of how much more often ``failed`` (an operation) fails (``how``: "error"
+    or "slow") in traces where ``cause`` shows than in those where it does not, with the window
+    and the baseline's counts."""
+    occurs = w.occurs.get(failed, set())
+    fails = (w.errors if how == "error" else w.slow).get(failed, set()) & occurs
+    shows = w.shows.get(cause.event, set())
+    n1w, k1w = len(occurs & shows), len(fails & shows)
+    n0w, k0w = len(occurs - shows), len(fails - shows)
+    seen = max(0.0, cause.p * (cause.n + 1) - 0.5)   # the baseline's spans that showed it
+    n1, k1 = n1w + seen, k1w + seen * base_rate
+    n0, k0 = n0w + base_n, k0w + base_n * base_rate
+    control = max(wilson_upper(k0, n0), wilson_lower(k0w, n0w))
+    treated = wilson_lower(k1, n1)
+    value = treated / control if control > 0 else math.inf
+    return value, (k1, n1, k0, n0), (k1w, n1w, k0w, n0w)
+
+
+def antecedents(conn: duckdb.DuckDBPyConnection, spans: str, targets: list[tuple[bytes, bytes]],
+                causal_past: bool = True) -> dict[tuple[bytes, bytes], dict[bytes, int]]:
+    """Per target (trace id, span id): its antecedents and their distance (``dsl.antecedents_sql``);
+    without ``causal_past``, every other span of its trace (distance -1)."""
+    if not targets:
+        return {}
+    conn.register("sl_targets", pa.table({"trace_id": pa.array([t for t, _ in targets], pa.binary()),
+                                          "span_id": pa.array([s for _, s in targets], pa.binary())}))
+    try:
+        if causal_past:
+            rows = conn.execute(antecedents_sql(spans, "sl_targets")).fetchall()
+        else:
+            rows = conn.execute(f"""SELECT t.trace_id, t.span_id, s.span_id, -1 FROM sl_targets t
+                                    JOIN {spans} s ON s.trace_id = t.trace_id AND s.span_id <> t.span_id""").fetchall()
+    finally:
+        conn.unregister("sl_targets")
+    out: dict[tuple[bytes, bytes], dict[bytes, int]] = defaultdict(dict)
+    for trace_id, target, ante, distance in rows:
+        out[(trace_id, target)][ante] = distance
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Silent:
+    """The batch's silent abnormalities and how to judge them (the ablation switches)."""
+
+    abnormal: tuple[Abnormality, ...] = ()
+    causal_past: bool = True   # explain a failure only by its antecedents (else by any span of its trace)
+    lift: bool = True          # require the window's lift (else the most improbable antecedent explains)
+
+
+def explain_failures(conn: duckdb.DuckDBPyConnection, silent: Silent,
+                     failing: list[tuple[bytes, bytes, str, str, str]],
+                     base: dict[tuple[str, str], tuple[float, float]]
+                     ) -> tuple[dict[tuple[bytes, bytes], Explanation], dict[tuple[bytes, bytes], list[Abnormality]]]:
+    """For each failing span (trace id, span id, service, name, "error" or "slow"), the abnormal
+    antecedent that explains it, if one does; and every abnormality by span (with its
+    window confidence).  ``m`` (span metrics) and ``base_ops`` must be registered;
+    ``base`` gives per operation its baseline (spans, error rate)."""
+    if not silent.abnormal:
+        return {}, {}
+    w = window(conn, silent.abnormal)
+    by_span: dict[tuple[bytes, bytes], list[Abnormality]] = defaultdict(list)
+    for a in with_confidence(list(silent.abnormal), w):
+        by_span[(a.trace_id, a.span_id)].append(a)
+    if not failing:
+        return {}, by_span
+    past = antecedents(conn, "m", [(t, s) for t, s, *_ in failing], silent.causal_past)
+    found: dict[tuple[bytes, bytes], Explanation] = {}
+    for trace_id, span_id, service, name, how in failing:
+        n, err_rate = base.get((service, name), (0.0, 0.0))
+        rate = err_rate if how == "error" else RARE
+        best: tuple[tuple[float, float, int], Explanation] | None = None
+        for ante, distance in past.get((trace_id, span_id), {}).items():
+            for a in by_span.get((trace_id, ante), ()):
+                if silent.lift:
+                    value, counts, in_window = lift(w, a, (service, name), how, rate, n)
+                    fraction = 1.0 - 1.0 / value if value > 1 else 0.0
+                else:
+                    value, counts, in_window, fraction = math.inf, (0, 0, 0, 0), (0, 0, 0, 0), a.confidence
+                if fraction <= MORE_LIKELY_THAN_NOT:
+                    continue
+                key = (fraction, a.confidence, -abs(distance))
+                if best is None or key > best[0]:
+                    best = (key, Explanation(a, value, fraction, counts, in_window, distance))
+        if best is not None:
+            found[(trace_id, span_id)] = best[1]
+    return found, by_span

@@ -1,0 +1,192 @@
+"""Silent causes: an improbable value in a failing span's causal past explains the failure when
+the window shows the lift; normal noise explains nothing."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pytest
+
+from dsl import column_name
+from processor.analysis.attributes import ALL_ATTRIBUTES, long_array
+from processor.localizer import LocalizedBatch, LocalizerAnalyzer
+from processor.localizer.silent import wilson_upper
+from tests.support import localizer_synth as synth
+
+ALL = column_name(ALL_ATTRIBUTES)
+Entries = list[tuple[str, str, str | None, float | None]]
+
+
+@pytest.fixture
+def conn() -> Iterator[duckdb.DuckDBPyConnection]:
+    c = duckdb.connect()
+    yield c
+    c.close()
+
+
+class _Shop:
+    """GET /product: a query for the product's rows, then rendering them.  ``rows`` is what the
+    query returns; rendering fails (exception) when told to."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.rows: list[dict[str, Any]] = []
+        self.attrs: list[Entries] = []
+        self.t = 1_700_000_000_000.0
+
+    def _id(self) -> bytes:
+        return self.rng.getrandbits(64).to_bytes(8, "big")
+
+    def _span(self, trace: bytes, parent: bytes | None, service: str, name: str, start: float, end: float,
+              attrs: Entries, error: bool = False) -> bytes:
+        sid = self._id()
+        self.rows.append({"trace_id": trace, "span_id": sid, "parent_span_id": parent, "service": service,
+                          "name": name, "kind": 0, "start_ns": int(start * 1e6), "end_ns": int(end * 1e6),
+                          "status_code": 2 if error else 0, "exception": error})
+        self.attrs.append(attrs)
+        return sid
+
+    def trace(self, rows: int, fail: bool) -> None:
+        trace = self.rng.getrandbits(128).to_bytes(16, "big")
+        t = self.t
+        self.t += 100.0
+        j = self.rng.uniform
+        root = self._span(trace, None, "web", "GET /product", t, t + 10, [("http.route", "string", "/product", None)],
+                          error=fail)
+        q_end = t + 1 + j(1.5, 2.5)
+        self._span(trace, root, "web", "SELECT products", t + 1, q_end,
+                   [("db.system", "string", "postgresql", None), ("db.rows", "int", None, float(rows))])
+        self._span(trace, root, "web", "render", q_end + 0.1, q_end + 0.1 + j(0.8, 1.2),
+                   [("template", "string", "product.html", None)], error=fail)
+
+    def batch(self) -> pa.Table:
+        rows = self.rows
+        out = synth.batch(rows)
+        out = out.add_column(out.num_columns - 1, ALL, long_array(self.attrs))
+        self.rows, self.attrs = [], []
+        return out
+
+
+def _analyze(analyzer: LocalizerAnalyzer, conn: duckdb.DuckDBPyConnection, batch: pa.Table) -> LocalizedBatch:
+    conn.register("released", batch)
+    try:
+        verdict = analyzer.analyze(conn, "released")
+    finally:
+        conn.unregister("released")
+    assert isinstance(verdict, LocalizedBatch)
+    return verdict
+
+
+def _learned(shop: _Shop, conn: duckdb.DuckDBPyConnection, zero_share: float = 0.0, **kw: Any) -> LocalizerAnalyzer:
+    """An analyzer that has seen 240 healthy traces; ``zero_share`` of their queries return no rows."""
+    analyzer = LocalizerAnalyzer(**kw)
+    for _ in range(4):
+        for _ in range(60):
+            shop.trace(0 if shop.rng.random() < zero_share else shop.rng.randint(3, 20), fail=False)
+        assert not _analyze(analyzer, conn, shop.batch()).traces
+    return analyzer
+
+
+def _by_name(verdict: LocalizedBatch, shop_rows: list[dict[str, Any]]) -> dict[bytes, str]:
+    return {r["span_id"]: r["name"] for r in shop_rows}
+
+
+def test_zero_rows_then_a_failing_caller_blames_the_query(conn: duckdb.DuckDBPyConnection) -> None:
+    shop = _Shop(1)
+    analyzer = _learned(shop, conn)
+    for _ in range(40):
+        shop.trace(shop.rng.randint(3, 20), fail=False)
+    for _ in range(6):
+        shop.trace(0, fail=True)
+    names = _by_name(LocalizedBatch(), shop.rows)
+    verdict = _analyze(analyzer, conn, shop.batch())
+    assert len(verdict.traces) == 6
+    for trace_id, v in verdict.traces.items():
+        top = v.candidates[0]
+        assert names[top.span_id] == "SELECT products"
+        assert "localizer.silent" in top.statistical
+        assert any("db.rows=0, below its usual range" in e.message for e in top.evidence)
+        assert top.layer == "data"
+        assert all(names[c.span_id] != "render" for c in v.candidates)
+        symptoms = {names[s.span_id]: s for s in verdict.symptoms[trace_id]}
+        assert symptoms["render"].explained and symptoms["render"].caused_by == top.span_id
+        assert "more often" in symptoms["render"].reason
+        assert symptoms["GET /product"].caused_by == top.span_id   # the error the caller inherited
+
+
+def test_zero_rows_that_healthy_traffic_shows_explain_nothing(conn: duckdb.DuckDBPyConnection) -> None:
+    shop = _Shop(2)
+    analyzer = _learned(shop, conn, zero_share=0.2)   # an empty result page is normal here
+    for _ in range(40):
+        shop.trace(0 if shop.rng.random() < 0.2 else shop.rng.randint(3, 20), fail=False)
+    for _ in range(6):
+        shop.trace(0, fail=True)
+    names = _by_name(LocalizedBatch(), shop.rows)
+    verdict = _analyze(analyzer, conn, shop.batch())
+    assert len(verdict.traces) == 6
+    for trace_id, v in verdict.traces.items():
+        assert names[v.candidates[0].span_id] == "render"
+        assert not any(s.explained for s in verdict.symptoms.get(trace_id, ()))
+
+
+def _noisy_window(shop: _Shop) -> None:
+    """Zero rows are new, but most are handled, and rendering fails as often without them."""
+    for _ in range(40):
+        shop.trace(0, fail=False)
+        shop.trace(shop.rng.randint(3, 20), fail=False)
+    for _ in range(3):
+        shop.trace(0, fail=True)
+        shop.trace(shop.rng.randint(3, 20), fail=True)
+
+
+def test_an_abnormal_value_after_which_failures_are_no_likelier_explains_nothing(
+        conn: duckdb.DuckDBPyConnection) -> None:
+    shop = _Shop(3)
+    analyzer = _learned(shop, conn)   # the baseline never saw zero rows
+    _noisy_window(shop)
+    names = _by_name(LocalizedBatch(), shop.rows)
+    verdict = _analyze(analyzer, conn, shop.batch())
+    assert len(verdict.traces) == 6
+    for v in verdict.traces.values():
+        assert names[v.candidates[0].span_id] == "render"
+
+
+def test_without_lift_the_abnormal_antecedent_explains_regardless(conn: duckdb.DuckDBPyConnection) -> None:
+    shop = _Shop(3)
+    analyzer = _learned(shop, conn, lift=False)
+    _noisy_window(shop)
+    names = _by_name(LocalizedBatch(), shop.rows)
+    verdict = _analyze(analyzer, conn, shop.batch())
+    tops = [names[v.candidates[0].span_id] for v in verdict.traces.values()]
+    assert sorted(tops) == ["SELECT products"] * 3 + ["render"] * 3
+
+
+def test_without_silent_abnormality_the_failing_span_stays_the_candidate(conn: duckdb.DuckDBPyConnection) -> None:
+    shop = _Shop(1)
+    analyzer = _learned(shop, conn, silent=False)
+    for _ in range(40):
+        shop.trace(shop.rng.randint(3, 20), fail=False)
+    for _ in range(6):
+        shop.trace(0, fail=True)
+    names = _by_name(LocalizedBatch(), shop.rows)
+    verdict = _analyze(analyzer, conn, shop.batch())
+    assert {names[v.candidates[0].span_id] for v in verdict.traces.values()} == {"render"}
+    assert {v.candidates[0].layer for v in verdict.traces.values()} == {"code"}
+
+
+def test_a_handful_of_traces_against_a_noisy_control_is_not_enough() -> None:
+    from processor.localizer.silent import Abnormality, Window, lift
+
+    cause = Abnormality(b"t", b"a", "s", "q", "k", "value", "x", 0.001, 1000.0, "never seen")
+    w = Window(occurs={("s", "b"): {bytes([i]) for i in range(100)}},
+               errors={("s", "b"): {bytes([i]) for i in range(30)}})
+    w.shows[cause.event] = {bytes([0]), bytes([1])}
+    # two traces show it and fail, but 28 of 98 fail without it: no lift worth a cause
+    value, _, window = lift(w, cause, ("s", "b"), "error", 0.0, 1000.0)
+    assert window == (2, 2, 28, 98)
+    assert value < 2.0
+    assert wilson_upper(0, 0) == 1.0
