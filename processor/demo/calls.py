@@ -66,9 +66,8 @@ class Request:
             if service in self.canary:
                 self.routes[service] = self.canary[service]
             else:
-                pods = self.cluster.stable(service)
-                near = [p for p in pods if p.node == self.prefer_node]
-                self.routes[service] = self.rng.choice(near or pods)
+                near = [p for p in self.cluster.stable(service) if p.node == self.prefer_node]
+                self.routes[service] = self.rng.choice(near) if near else self.cluster.pick(service, self.rng)
         return self.routes[service]
 
     # --- service to service ------------------------------------------------------------------------

@@ -157,7 +157,9 @@ def catalog_get_product(req: Request, op: Op, sku: str, known: bool = True) -> s
     gc_pause(op)
     empty = req.fault.at("empty-cache-entry", "catalog.redis")
     zero = req.fault.at("zero-rows", "catalog.product")
-    hit = not zero and (empty or (known and req.rng.random() < 0.75))
+    # an exhausted pool comes with a cold cache: evictions send every read to the database
+    cold = req.fault.at("pool-exhaustion", "catalog") is not None
+    hit = not zero and not cold and (empty or (known and req.rng.random() < 0.75))
     with req.db(op, "redis", "GET", None, f"GET product:{sku}", db__namespace="0") as cache:
         cache.work(0.35)
         cache.set(db__response__returned_rows=1 if hit else 0)

@@ -78,6 +78,8 @@ class Cluster:
 
     rng: random.Random
     pods: dict[str, list[Pod]] = field(default_factory=dict)
+    rollout: Pod | None = None     # a healthy canary taking a share of its service's requests
+    rollout_share: float = 0.0
 
     @classmethod
     def build(cls, seed: int) -> Cluster:
@@ -91,7 +93,16 @@ class Cluster:
         return cluster
 
     def pick(self, service: str, rng: random.Random) -> Pod:
+        if self.rollout is not None and self.rollout.service == service and rng.random() < self.rollout_share:
+            return self.rollout
         return rng.choice(self.stable(service))
+
+    def roll_out(self, service: str, rng: random.Random) -> None:
+        """A healthy release of ``service`` (its next patch version) on a canary pod taking 20-40% of
+        its requests: deployments happen whether or not something else goes wrong."""
+        major, minor, patch = self.pods[service][0].version.split(".")
+        self.rollout = self.canary(service, f"{major}.{minor}.{int(patch) + 1}")
+        self.rollout_share = rng.uniform(0.2, 0.4)
 
     def stable(self, service: str) -> list[Pod]:
         """The pods of the service's current release (a canary is routed to explicitly)."""

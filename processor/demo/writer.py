@@ -34,7 +34,7 @@ from processor.demo.calls import Request
 from processor.demo.faults import KINDS, Fault, FaultKind
 from processor.demo.shop import browse, checkout_request, search
 from processor.demo.spans import Op, SimError, SimTrace
-from processor.demo.topology import NODES, Cluster
+from processor.demo.topology import NODES, SERVICES, Cluster
 from processor.otlp.otlpjson import request_to_json
 
 FLOWS: dict[str, Callable[[Request], None]] = {"browse": browse, "search": search, "agent": agent_chat,
@@ -43,6 +43,7 @@ MIX = {"browse": 0.34, "search": 0.22, "agent": 0.26, "checkout": 0.18}
 EPOCH_NS = 1_795_420_800 * 10**9          # 2026-11-21T00:00:00Z: the baseline's first trace
 MEAN_GAP_MS = 400                          # mean time between requests (Poisson arrivals)
 MIN_STRETCH_MS = 2.0                       # a throttled span slowed by less is not labelled
+ROLLOUT_SHARE = 0.35                       # share of windows (cases, baseline) with a healthy rollout going on
 
 
 @dataclass(frozen=True)
@@ -58,9 +59,13 @@ class Written:
 
 def simulate(seed_key: str, start_ns: int, count: int, fault: Fault | None,
              cluster: Cluster) -> list[SimTrace]:
-    """``count`` requests from ``start_ns``; with a fault, each active with the case's probability."""
+    """``count`` requests from ``start_ns``; with a fault, each active with the case's probability.
+    Now and then a healthy release of another service is rolling out at the same time."""
     rng = random.Random(seed_key)
     rate = rng.uniform(0.3, 0.6)
+    if rng.random() < ROLLOUT_SHARE:
+        hit = fault.variant["target"].split(">")[0] if fault is not None else ""
+        cluster.roll_out(rng.choice([s for s in SERVICES if s != hit]), rng)
     traces, now = [], start_ns
     for _ in range(count):
         now += int(rng.expovariate(1 / MEAN_GAP_MS) * 1e6)
