@@ -1,25 +1,107 @@
-"""``faulttrace explain``: localized root causes of recorded traces, as a tree or JSON."""
+"""``faulttrace explain``: localized root causes of recorded traces, as text or JSON.
+
+Per trace, each cause's chain: the cause with its evidence (layer, rules,
+fault tree and what each said), the symptoms it explains from the innermost
+out with the evidence of each link (``Symptom.reason``: an inherited error,
+a wait, a rule's ``explains``, the lift), and what the user saw — the
+trace's root span.  Then the span tree with causes and symptoms marked.
+"""
 
 from __future__ import annotations
 
 import json
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 import pyarrow as pa
 
 from dsl import TreeOutcome
-from processor.analysis.verdict import BatchVerdict, Candidate
+from processor.analysis.verdict import BatchVerdict, Candidate, Symptom, TraceVerdict
 from processor.tools.offline import OfflineResult
+
+Row = dict[str, Any]   # one span: trace_id, span_id, parent_span_id, service, name, start_ns, end_ns, status_code
+
+
+@dataclass(frozen=True, slots=True)
+class Chain:
+    """One cause of a trace and what follows from it, up to what the user saw."""
+
+    cause: Candidate
+    span: Row                                   # the cause's span
+    explains: tuple[tuple[Row, Symptom], ...]   # the symptoms naming it, innermost first
+    user_saw: Row | None                        # the trace's root span
+    user_saw_symptom: Symptom | None            # the root span's link to this cause, if it is one
+    user_saw_rank: int | None = None            # the root span's rank, if it is a cause itself
+
+
+@dataclass(frozen=True, slots=True)
+class TraceSpans:
+    """The spans of one trace with their tree: children by parent, the root span, depths."""
+
+    rows: dict[bytes, Row]
+    children: dict[bytes | None, list[Row]]
+    root: Row | None
+
+    @classmethod
+    def of(cls, spans: list[Row], root_span_id: bytes | None = None) -> TraceSpans:
+        rows = {s["span_id"]: s for s in spans}
+        children: dict[bytes | None, list[Row]] = defaultdict(list)
+        for s in sorted(spans, key=lambda s: s["start_ns"]):
+            children[s["parent_span_id"] if s["parent_span_id"] in rows else None].append(s)
+        root = rows.get(root_span_id) if root_span_id is not None else None
+        if root is None and children[None]:
+            root = children[None][0]
+        return cls(rows, children, root)
+
+    def depth(self, span_id: bytes) -> int:
+        depth, seen, parent = 0, {span_id}, self.rows[span_id]["parent_span_id"]
+        while parent in self.rows and parent not in seen:
+            seen.add(parent)
+            depth += 1
+            parent = self.rows[parent]["parent_span_id"]
+        return depth
+
+
+def chains(v: TraceVerdict | None, symptoms: tuple[Symptom, ...], spans: TraceSpans
+           ) -> tuple[list[Chain], list[tuple[Row, Symptom]]]:
+    """Each candidate's chain, in rank order; and the symptoms naming no candidate of the trace."""
+    candidates = v.candidates if v else ()
+    by_cause: dict[bytes | None, list[tuple[Row, Symptom]]] = defaultdict(list)
+    blamed = {c.span_id for c in candidates}
+    for s in symptoms:
+        if s.span_id in spans.rows:
+            by_cause[s.caused_by if s.caused_by in blamed else None].append((spans.rows[s.span_id], s))
+    root_id = spans.root["span_id"] if spans.root else None
+    root_rank = next((c.rank for c in candidates if c.span_id == root_id), None)
+    out = []
+    for c in candidates:
+        links = sorted(by_cause.get(c.span_id, []), key=lambda rs: (-spans.depth(rs[0]["span_id"]), rs[0]["start_ns"]))
+        at_root = next((s for row, s in links if row["span_id"] == root_id), None)
+        row = spans.rows.get(c.span_id) or {"span_id": c.span_id, "service": c.service, "name": c.name,
+                                            "start_ns": c.start_ns, "end_ns": c.end_ns, "status_code": 0}
+        explains = tuple((r, s) for r, s in links if r["span_id"] != root_id)
+        out.append(Chain(c, row, explains, spans.root, at_root, root_rank))
+    return out, by_cause.get(None, [])
+
+
+# ---- JSON ------------------------------------------------------------------------------------
 
 
 def to_json(result: OfflineResult) -> dict[str, Any]:
+    by_trace = _rows_by_trace(result.spans)
     traces = []
     for trace_id in _trace_order(result.spans):
         verdict = result.verdict.traces.get(trace_id)
+        symptoms = result.verdict.symptoms.get(trace_id, ())
+        spans = TraceSpans.of(by_trace[trace_id], verdict.root_span_id if verdict else None)
+        found, orphans = chains(verdict, symptoms, spans)
         traces.append({"trace_id": trace_id.hex(),
                        "root_causes": [_candidate_json(c) for c in (verdict.candidates if verdict else ())],
-                       "fault_trees": [_tree_json(t) for t in (verdict.fault_trees if verdict else ())]})
+                       "fault_trees": [_tree_json(t) for t in (verdict.fault_trees if verdict else ())],
+                       "chains": [_chain_json(ch) for ch in found],
+                       "symptoms": [_symptom_json(s) for s in symptoms],
+                       **({"unexplained_symptoms": [_link_json(row, s) for row, s in orphans]} if orphans else {})})
     return {"traces": traces,
             "services": [{"service": r.service, "score": r.score, "probability": r.probability}
                          for r in result.verdict.services]}
@@ -42,17 +124,51 @@ def _candidate_json(c: Candidate) -> dict[str, Any]:
                           "confidence": round(e.confidence, 4)} for e in c.evidence]}
 
 
+def _chain_json(ch: Chain) -> dict[str, Any]:
+    """The cause by rank and span id (its evidence is under ``root_causes``), each link with its
+    evidence, and the root span: a symptom of this cause, a cause itself (its rank), or neither."""
+    out: dict[str, Any] = {"rank": ch.cause.rank, "cause": ch.cause.span_id.hex(),
+                           "explains": [_link_json(row, s) for row, s in ch.explains]}
+    if ch.user_saw is not None:
+        out["user_saw"] = {**_span_json(ch.user_saw), "cause_rank": ch.user_saw_rank,
+                           "symptom": ch.user_saw_symptom is not None,
+                           "reason": ch.user_saw_symptom.reason if ch.user_saw_symptom else ""}
+    return out
+
+
+def _link_json(row: Row, s: Symptom) -> dict[str, Any]:
+    return {**_span_json(row), "reason": s.reason, "explained": s.explained}
+
+
+def _span_json(row: Row) -> dict[str, Any]:
+    return {"span_id": row["span_id"].hex(), "service": row["service"], "name": row["name"],
+            "error": row["status_code"] == 2, "duration_ms": round((row["end_ns"] - row["start_ns"]) / 1e6, 3)}
+
+
+def _symptom_json(s: Symptom) -> dict[str, Any]:
+    return {"span_id": s.span_id.hex(), "caused_by": s.caused_by.hex() if s.caused_by else None,
+            "reason": s.reason, "explained": s.explained}
+
+
 def _trace_order(spans: pa.Table) -> list[bytes]:
     return list(dict.fromkeys(spans.column("trace_id").to_pylist()))
 
 
-def write_text(result: OfflineResult, out: TextIO) -> None:
-    """Each trace as an indented span tree; root causes marked with their rank and why."""
-    rows = result.spans.select(["trace_id", "span_id", "parent_span_id", "service", "name", "start_ns", "end_ns",
-                                "status_code"]).to_pylist()
-    by_trace: dict[bytes, list[dict[str, Any]]] = defaultdict(list)
+def _rows_by_trace(spans: pa.Table) -> dict[bytes, list[Row]]:
+    rows = spans.select(["trace_id", "span_id", "parent_span_id", "service", "name", "start_ns", "end_ns",
+                         "status_code"]).to_pylist()
+    by_trace: dict[bytes, list[Row]] = defaultdict(list)
     for r in rows:
         by_trace[r["trace_id"]].append(r)
+    return by_trace
+
+
+# ---- text ------------------------------------------------------------------------------------
+
+
+def write_text(result: OfflineResult, out: TextIO) -> None:
+    """Each trace: its causes' chains, then its span tree with causes and symptoms marked."""
+    by_trace = _rows_by_trace(result.spans)
     for trace_id in _trace_order(result.spans):
         _write_trace(trace_id, by_trace[trace_id], result.verdict, out)
     if result.verdict.services:
@@ -61,37 +177,74 @@ def write_text(result: OfflineResult, out: TextIO) -> None:
             out.write(f"  {n}. {r.service}  score {r.score:.2f}  p {r.probability:.2f}\n")
 
 
-def _write_trace(trace_id: bytes, spans: list[dict[str, Any]], verdict: BatchVerdict, out: TextIO) -> None:
+def _describe(span: Row) -> str:
+    duration = (span["end_ns"] - span["start_ns"]) / 1e6
+    return f"{span['service']}: {span['name']} {duration:.1f}ms{' ERROR' if span['status_code'] == 2 else ''}"
+
+
+def _write_trace(trace_id: bytes, rows: list[Row], verdict: BatchVerdict, out: TextIO) -> None:
     v = verdict.traces.get(trace_id)
+    symptoms = verdict.symptoms.get(trace_id, ())
+    spans = TraceSpans.of(rows, v.root_span_id if v else None)
     blamed = {c.span_id: c for c in v.candidates} if v else {}
-    ids = {s["span_id"] for s in spans}
-    children: dict[bytes | None, list[dict[str, Any]]] = defaultdict(list)
-    for s in sorted(spans, key=lambda s: s["start_ns"]):
-        parent = s["parent_span_id"] if s["parent_span_id"] in ids else None
-        children[parent].append(s)
     summary = f"{len(v.candidates)} root cause(s)" if v and v.candidates else "no root cause found"
-    out.write(f"trace {trace_id.hex()}: {len(spans)} spans, {summary}\n")
+    out.write(f"trace {trace_id.hex()}: {len(rows)} spans, {summary}\n")
     for t in v.fault_trees if v else ():
         if t.fired:
             sets = " or ".join("{" + ", ".join(cs) + "}" for cs in t.cut_sets)
             out.write(f"  fault tree {t.tree_id} fired ({t.confidence:.2f}): cut set {sets}\n")
         else:
             out.write(f"  fault tree {t.tree_id} unknown ({t.confidence:.2f}): no evidence for {', '.join(t.unknown)}\n")
+    found, orphans = chains(v, symptoms, spans)
+    for ch in found:
+        _write_chain(ch, out)
+    for row, s in orphans:
+        out.write(f"  symptom naming no cause here: {_describe(row)}  ({s.reason or 'no reason given'})\n")
+    marks = {s.span_id: s for s in symptoms}
 
-    def walk(span: dict[str, Any], depth: int) -> None:
+    def walk(span: Row, depth: int) -> None:
         c = blamed.get(span["span_id"])
-        duration = (span["end_ns"] - span["start_ns"]) / 1e6
-        status = " ERROR" if span["status_code"] == 2 else ""
+        s = marks.get(span["span_id"])
         mark = f"  <== #{c.rank} {c.layer} {','.join((*c.rules, *c.statistical))} ({c.confidence:.2f})" if c else ""
-        out.write(f"  {'  ' * depth}{span['service']}: {span['name']} {duration:.1f}ms{status}{mark}\n")
-        if c:
-            for e in c.evidence:
-                out.write(f"  {'  ' * depth}    {e.source}: {e.message}\n")
-        for child in children.get(span["span_id"], []):
+        if s is not None and c is None:
+            cause = blamed.get(s.caused_by) if s.caused_by is not None else None
+            mark = f"  <- symptom{f' of #{cause.rank}' if cause else ''}{f': {s.reason}' if s.reason else ''}"
+        out.write(f"  {'  ' * depth}{_describe(span)}{mark}\n")
+        for child in spans.children.get(span["span_id"], []):
             walk(child, depth + 1)
 
-    for root in children[None]:
+    for root in spans.children[None]:
         walk(root, 0)
+
+
+def _write_chain(ch: Chain, out: TextIO) -> None:
+    """``#rank cause``, its evidence one line each, ``→ explains`` per symptom from the innermost
+    out, and ``→ user saw`` the root span."""
+    c = ch.cause
+    what = [c.layer or "no layer"]
+    if c.rules or c.statistical:
+        what.append(", ".join((*c.rules, *c.statistical)))
+    tree = c.fault_tree
+    if tree is not None:
+        what.append(f"tree {tree.source} {{{', '.join(tree.cut_set)}}}")
+    out.write(f"  #{c.rank} cause {_describe(ch.span)}  [{'; '.join(what)}] ({c.confidence:.2f})\n")
+    for e in c.evidence:
+        out.write(f"       {e.source}: {e.message}\n")
+    for row, s in ch.explains:
+        out.write(f"     → explains {_describe(row)}  ({s.reason or 'no reason given'})\n")
+    root = ch.user_saw
+    if root is None:
+        return
+    if root["span_id"] == c.span_id:
+        out.write("     → user saw this span: the cause is the root span\n")
+        return
+    if ch.user_saw_symptom is not None:
+        why = ch.user_saw_symptom.reason or "no reason given"
+    elif ch.user_saw_rank is not None:
+        why = f"blamed itself as #{ch.user_saw_rank}"
+    else:
+        why = "not marked a symptom of this cause"
+    out.write(f"     → user saw {_describe(root)}  (root span; {why})\n")
 
 
 def dumps(result: OfflineResult) -> str:

@@ -46,10 +46,13 @@ def explain_json(*args: str | Path) -> dict:
 
 
 def without_evidence(doc: dict) -> dict:
-    """The document with each root cause's evidence list taken off (checked elsewhere)."""
+    """The document with each root cause's evidence list, and each trace's chains and
+    symptoms, taken off (checked elsewhere)."""
     for trace in doc["traces"]:
         for cause in trace["root_causes"]:
             assert cause.pop("evidence")
+        assert [c["rank"] for c in trace.pop("chains")] == [c["rank"] for c in trace["root_causes"]]
+        assert isinstance(trace.pop("symptoms"), list)
     return doc
 
 
@@ -75,11 +78,12 @@ def test_text_shows_the_tree_with_the_root_cause_marked():
     # calibrated (processor.analysis.calibration): supports 0.8 and 0.4, odds 4 and 2/3, so 4/(1+4+2/3) and (2/3)/(1+4+2/3)
     assert tree[0].endswith("ERROR  <== #2 config config.failing_flag_variant (0.12)")
     assert "<==" not in tree[1] and "<==" not in tree[2]
-    # Under the marked span: one line per rule with its message.
-    i = lines.index(tree[3])
+    # Before the tree, each cause's chain: the cause, then one line per rule with its message.
+    i = next(n for n, ln in enumerate(lines) if ln.startswith("  #1 cause payments: SELECT cards 60.0ms ERROR  [code; "))
     assert lines[i + 1].strip() == f"code.deepest_exception: {POOL_MESSAGE}"
     assert lines[i + 2].strip().startswith("infra.connection_pool_exhausted: payments: SELECT cards could not get")
     assert lines[i + 3].strip() == "data.failed_db_query: postgresql query failed (nil): pool timeout"
+    assert lines.index(tree[0]) > i
     # The healthy trace: its tree, nothing marked.
     j = lines.index(f"trace {HEALTHY}: 2 spans, no root cause found")
     assert lines[j + 1:] == ["  frontend: GET /home 60.0ms", "    frontend: GET /cart 40.0ms"]
@@ -91,7 +95,7 @@ def test_json_matches_the_schema():
     assert [t["trace_id"] for t in doc["traces"]] == [FAILING, HEALTHY]
     keys = ["rank", "span_id", "service", "name", "layer", "rules", "confidence", "message", "evidence"]
     for trace in doc["traces"]:
-        assert list(trace) == ["trace_id", "root_causes", "fault_trees"]
+        assert list(trace) == ["trace_id", "root_causes", "fault_trees", "chains", "symptoms"]
         for cause in trace["root_causes"]:
             assert list(cause) == keys
             assert isinstance(cause["rank"], int) and isinstance(cause["confidence"], float)
@@ -144,8 +148,8 @@ def test_custom_rules_beside_the_builtin_library_from_gzipped_json_lines(tmp_pat
 
 def test_no_rules_at_all_finds_nothing():
     doc = explain_json("--no-builtin-rules", CHECKOUT)
-    assert doc == {"traces": [{"trace_id": FAILING, "root_causes": [], "fault_trees": []},
-                              {"trace_id": HEALTHY, "root_causes": [], "fault_trees": []}], "services": []}
+    empty = {"root_causes": [], "fault_trees": [], "chains": [], "symptoms": []}
+    assert doc == {"traces": [{"trace_id": FAILING, **empty}, {"trace_id": HEALTHY, **empty}], "services": []}
 
 
 def test_bad_inputs_exit_2_with_a_message(tmp_path):
