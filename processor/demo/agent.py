@@ -134,8 +134,8 @@ class Chat:
                 q.set(db__response__returned_rows=5)
             if bad:
                 scores = sorted((round(self.rng.uniform(0.08, 0.31), 3) for _ in range(5)), reverse=True)
-            else:
-                top = self.rng.uniform(0.58, 0.93)
+            else:  # an off-topic question now and then finds only loosely related documents
+                top = self.rng.uniform(0.58, 0.93) if self.rng.random() > 0.05 else self.rng.uniform(0.34, 0.5)
                 scores = sorted((round(top - self.rng.uniform(0, 0.25) * (i > 0), 3) for i in range(5)), reverse=True)
             ret.set(app__retrieval__documents=5, app__retrieval__scores=scores, app__retrieval__top_score=scores[0],
                     app__retrieval__document_ids=[f"{a.data_source}:{self.rng.randint(1000, 9999)}" for _ in scores])
@@ -176,6 +176,9 @@ class Chat:
 
     def final_turn(self, inv: Op, results: list[tuple[str, int]]) -> str:
         cut = self.req.fault.at("token-limit", "answer") is not None
+        if not cut and self.rng.random() < 0.02:
+            # a long answer hits the limit; the agent asks the model to continue and joins the parts
+            self.chat(inv, finish="stop", tools=[], max_tokens=self.agent.max_tokens, truncate=True)
         chat = self.chat(inv, finish="stop", tools=[], max_tokens=self.agent.max_tokens, truncate=cut)
         if cut:
             self.req.trace.cause(chat)

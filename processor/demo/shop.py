@@ -73,7 +73,6 @@ def browse(req: Request) -> None:
         root.work(1.5)
         bad = req.fault.at("bad-flag-variant", "frontend.product-page")
         layout = bad["variant"] if bad else ("classic" if req.rng.random() < 0.8 else "gallery-v2")
-        flag(root, "product-page.layout", layout)
         try:
             with root.parallel() as branch:
                 branch()
@@ -91,7 +90,8 @@ def browse(req: Request) -> None:
                 return
             raise
         with root.child(None, "frontend.render", "render product-page", INTERNAL,
-                        code__function__name="renderProductPage", app__page__layout=layout) as render:
+                        code__function__name="renderProductPage") as render:
+            flag(render, "product-page.layout", layout)
             render.work(6)
             gc_pause(render)
             if bad:
@@ -384,8 +384,15 @@ def shipping_quote(req: Request, op: Op) -> dict | None:
 def payment_charge(req: Request, op: Op) -> None:
     op.work(1.2)
     gc_pause(op)
+    retried = req.rng.random() < 0.02
+    if retried:  # the gateway's load balancer drops one now and then; the client retries it
+        with req.external(op, "api.cardgateway.example", "POST", "/v1/charges", req.rng.uniform(20, 60),
+                          peer__service="card-gateway") as gateway:
+            gateway.set(http__response__status_code=502)
+            gateway.error("502")
+        op.wait(req.rng.uniform(80, 120))
     with req.external(op, "api.cardgateway.example", "POST", "/v1/charges", req.rng.uniform(80, 260),
-                      peer__service="card-gateway") as gateway:
+                      peer__service="card-gateway", attempt=int(retried)) as gateway:
         if req.rng.random() < 0.03:
             gateway.set(http__response__status_code=402)
             gateway.error("402")
@@ -416,5 +423,8 @@ def recommendation(req: Request, op: Op, sku: str) -> list[str] | None:
         op.set(http__response__body__size=4)  # "null"
         req.trace.cause(op)
         return None
+    if req.rng.random() < 0.05:  # a new product: nobody bought it with anything yet
+        op.set(http__response__body__size=2)  # "[]"
+        return []
     op.set(http__response__body__size=req.rng.randint(900, 1600))
     return req.rng.sample(PRODUCTS, 6)
