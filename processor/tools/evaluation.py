@@ -261,23 +261,28 @@ def write_report(dataset: Dataset, results: Sequence[CaseResult], seconds: float
                  source: str = "") -> None:
     """Per case the rank of the true root cause, then the figures; with ``json`` the last line
     is one JSON object."""
+    widths = (max((len(r.case.case_id) for r in results), default=0),
+              max((len(r.case.fault) for r in results), default=0))
     for r in results:
         if fmt == "json":
             out.write(json.dumps(_case_json(r)) + "\n")
         else:
-            out.write(_case_line(r) + "\n")
+            out.write(_case_line(r, *widths) + "\n")
     s = summary(results)
     if fmt == "json":
         out.write(json.dumps({**s, "seconds": round(seconds, 2), **({"source": source} if source else {})}) + "\n")
         return
     scored = f" ({source})" if source else ""
     out.write(f"\n{dataset.name}: {s['cases']} cases in {seconds:.1f}s{scored}\n")
-    out.write("services, per case: the true service among the first k of the window ranking\n")
+    ranking = ("services ranked by the traces that blame one of their spans first" if source
+               else "the window ranking of services")
+    out.write(f"services, per case: the true service among the first k of {ranking}\n")
     out.write(f"{'':<22}{'cases':>6}{'AC@1':>8}{'AC@3':>8}{'AC@5':>8}{'Avg@5':>8}{'ECE':>8}{'Brier':>8}\n")
     for label, row in [("overall", s), *s["by_fault"].items()]:
         out.write(f"{label:<22}{row['cases']:>6}{row['ac@1']:>8.3f}{row['ac@3']:>8.3f}{row['ac@5']:>8.3f}"
                   f"{row['avg@5']:>8.3f}{row['ece']:>8.3f}{row['brier']:>8.3f}\n")
-    out.write("ECE (10 bins) and Brier score of the confidence given to the first service\n")
+    given = "the share of traces it was first in" if source else "the confidence given to it"
+    out.write(f"ECE (10 bins) and Brier score of {given}, for the first service\n")
     if "span_traces" in s:
         _write_span_table(s, out)
 
@@ -305,9 +310,10 @@ def _write_span_table(s: dict[str, Any], out: TextIO) -> None:
         out.write("; ".join(notes) + "\n")
 
 
-def _case_line(r: CaseResult) -> str:
+def _case_line(r: CaseResult, case_width: int = 0, fault_width: int = 16) -> str:
     rank = str(r.rank) if r.rank is not None else "-"
-    line = (f"{r.case.case_id}  {r.case.fault:<16} {r.case.service:<24} rank {rank:>2}  p {r.confidence:.2f}"
+    line = (f"{r.case.case_id:<{case_width}}  {r.case.fault:<{max(fault_width, 16)}} {r.case.service:<24} "
+            f"rank {rank:>2}  p {r.confidence:.2f}"
             f"  top: {', '.join(r.top[:3])}")
     if r.traces:
         first = sum(t.hit(1) for t in r.traces)
