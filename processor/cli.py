@@ -46,7 +46,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from processor.store import JournalError
 
     config = load_config(args.config)
-    _setup_logging(config.service.telemetry.logs.get("level", "info"))
+    _setup_logging(config.service.telemetry.logs.level)
     try:
         asyncio.run(_serve(config))
     except (StartError, JournalError) as err:

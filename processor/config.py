@@ -18,9 +18,21 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from processor.confmap import ConfigError, Duration, Endpoint, StrictModel, component_type, expand_config
+from processor.confmap import (
+    ConfigError,
+    Duration,
+    Endpoint,
+    StrictModel,
+    collector_only,
+    component_type,
+    expand_config,
+)
+from processor.exporters import config as exporters_config
 from processor.exporters.factory import EXPORTERS
 from processor.extensions.factory import EXTENSIONS, unsupported_message
+from processor.memory_limiter import MemoryLimiterConfig
+from processor.memory_limiter import COLLECTOR_ONLY_KEYS as MEMORY_LIMITER_KEYS
+from processor.receivers import config as receivers_config
 from processor.receivers.config import OtlpReceiverConfig
 from processor.receivers.factory import RECEIVERS
 
@@ -103,6 +115,32 @@ class FaulttraceProcessorConfig(StrictModel):
     analysis_process: bool = True
 
 
+class BatchProcessorConfig(StrictModel):
+    """The collector's ``batch`` processor, accepted with its checks: faulttrace batches already.
+
+    Spans are held until their trace is complete and released together every
+    ``release_interval``, then sent in payloads of at most 3 MiB, so the
+    batch processor's ``timeout`` and ``send_batch_size`` have nothing left to
+    do; ``send_batch_max_size`` caps the spans of each payload.
+    """
+
+    timeout: Duration = 0.2
+    send_batch_size: int = Field(8192, ge=0)
+    send_batch_max_size: int = Field(0, ge=0)  # 0: no cap but the payload's 3 MiB
+    metadata_keys: list[str] = []
+    metadata_cardinality_limit: int = Field(1000, ge=0)
+
+    @model_validator(mode="after")
+    def _sizes(self) -> BatchProcessorConfig:
+        if self.send_batch_max_size and self.send_batch_max_size < self.send_batch_size:
+            raise ValueError("send_batch_max_size must be greater than or equal to send_batch_size")
+        if self.metadata_keys:
+            raise ValueError("metadata_keys: " + collector_only(
+                "faulttrace regroups spans by trace, so no request's metadata reaches the exporters; run one "
+                "pipeline (one faulttrace) per tenant, or batch by metadata in a collector after faulttrace"))
+        return self
+
+
 # --- service ---------------------------------------------------------------
 
 
@@ -112,18 +150,76 @@ class PipelineConfig(StrictModel):
     exporters: list[str] = Field(min_length=1)
 
 
+class PrometheusPullConfig(StrictModel):
+    host: str = "127.0.0.1"
+    port: int = Field(8888, ge=0, le=65535)
+
+
+class PullExporterConfig(StrictModel):
+    prometheus: PrometheusPullConfig
+
+
+class PullReaderConfig(StrictModel):
+    exporter: PullExporterConfig
+
+
+class MetricReaderConfig(StrictModel):
+    """One of the collector's ``service.telemetry.metrics.readers``: a Prometheus pull endpoint."""
+
+    pull: PullReaderConfig
+
+
 class MetricsTelemetryConfig(StrictModel):
+    """Where ``/metrics`` and ``/healthz`` are served: the collector's current form
+    (``readers: [{pull: {exporter: {prometheus: {host, port}}}}]``) or its older ``address``."""
+
+    # none: no metrics server, as in the collector.  basic, normal and detailed serve the same series.
+    level: Literal["none", "basic", "normal", "detailed"] = "normal"
     address: Endpoint | None = "127.0.0.1:8888"  # None/empty: no /metrics server
+    readers: list[MetricReaderConfig] = []
 
     @field_validator("address", mode="before")
     @classmethod
     def _off(cls, v: Any) -> Any:
         return None if v in ("", None) else v
 
+    @field_validator("level", mode="before")
+    @classmethod
+    def _lower(cls, v: Any) -> Any:
+        return v.lower() if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _one_endpoint(self) -> MetricsTelemetryConfig:
+        if self.readers and "address" in self.model_fields_set:
+            raise ValueError("give readers or address, not both (address is the collector's older form)")
+        if len(self.readers) > 1:
+            raise ValueError("readers: faulttrace serves one Prometheus endpoint; give one pull reader")
+        return self
+
+    @property
+    def endpoint(self) -> str | None:
+        """``host:port`` to serve ``/metrics`` on, or None for none."""
+        if self.level == "none":
+            return None
+        if self.readers:
+            prometheus = self.readers[0].pull.exporter.prometheus
+            host = f"[{prometheus.host}]" if ":" in prometheus.host else prometheus.host
+            return f"{host or '0.0.0.0'}:{prometheus.port}"
+        return self.address
+
+
+class LogsTelemetryConfig(StrictModel):
+    level: Literal["debug", "info", "warn", "error"] = "info"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _lower(cls, v: Any) -> Any:
+        return v.lower() if isinstance(v, str) else v
+
 
 class TelemetryConfig(StrictModel):
     metrics: MetricsTelemetryConfig = MetricsTelemetryConfig()
-    logs: dict[str, str] = {}
+    logs: LogsTelemetryConfig = LogsTelemetryConfig()
 
 
 class ServiceConfig(StrictModel):
@@ -182,8 +278,21 @@ class Config(StrictModel):
                         raise ValueError(f"service.pipelines.{name}.{section}: {cid!r} is not defined "
                                          f"under {section}")
             kinds = [component_type(c) for c in p.processors]
-            if kinds.count("faulttrace") > 1:
-                raise ValueError(f"service.pipelines.{name}.processors: faulttrace appears twice")
+            for kind in ("faulttrace", "memory_limiter", "batch"):
+                if kinds.count(kind) > 1:
+                    raise ValueError(f"service.pipelines.{name}.processors: {kind} appears twice")
+        return self
+
+    @model_validator(mode="after")
+    def _persistent_queues(self) -> Config:
+        if self.processor.storage.journal is not None:
+            return self
+        for cid in self.pipeline.exporters:
+            queue = getattr(self.exporters.get(cid), "sending_queue", None)
+            if queue is not None and queue.storage:
+                raise ValueError(f"exporters.{cid}.sending_queue.storage: a persistent queue is faulttrace's "
+                                 "journal, which processors.faulttrace.storage.path \":memory:\" turns off; "
+                                 "give storage.path a file, or remove sending_queue.storage")
         return self
 
     # Convenience views of the one pipeline.
@@ -197,6 +306,19 @@ class Config(StrictModel):
             if component_type(cid) == "faulttrace":
                 return self.processors[cid]
         return FaulttraceProcessorConfig()
+
+    def pipeline_processor(self, kind: str) -> tuple[str, Any] | None:
+        """(id, config) of the pipeline's processor of type ``kind`` (``memory_limiter``, ``batch``), if any."""
+        for cid in self.pipeline.processors:
+            if component_type(cid) == kind:
+                return cid, self.processors[cid]
+        return None
+
+    @property
+    def payload_max_spans(self) -> int:
+        """Spans per exported payload at most (the batch processor's send_batch_max_size); 0: no cap."""
+        batch = self.pipeline_processor("batch")
+        return batch[1].send_batch_max_size if batch else 0
 
     def pipeline_receivers(self) -> dict[str, OtlpReceiverConfig]:
         return {cid: self.receivers[cid] for cid in self.pipeline.receivers}
@@ -218,19 +340,96 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in loc if not str(p).startswith("function-")) or "<root>"
 
 
-# type -> config model per section: the component registries', and this processor.
+# type -> config model per section: the component registries', and these processors.
 _SECTIONS: tuple[tuple[str, dict[str, type[BaseModel]]], ...] = (
     ("receivers", {kind: c.config for kind, c in RECEIVERS.items()}),
-    ("processors", {"faulttrace": FaulttraceProcessorConfig}),
+    ("processors", {"faulttrace": FaulttraceProcessorConfig, "batch": BatchProcessorConfig,
+                    "memory_limiter": MemoryLimiterConfig}),
     ("exporters", {kind: c.config for kind, c in EXPORTERS.items()}),
     ("extensions", {kind: e.config for kind, e in EXTENSIONS.items()}),
 )
+
+# --- what the collector has and faulttrace does not ---------------------------------------
+
+_BEFORE = "run a collector with it in front of faulttrace, exporting OTLP to faulttrace"
+_AROUND = "run it in a collector before or after faulttrace"
+_AFTER = "export OTLP from faulttrace to a collector that has it"
+
+# Component types of the collector (core and contrib) faulttrace does not have, per section.
+COLLECTOR_ONLY_TYPES: dict[str, dict[str, str]] = {
+    "receivers": {kind: _BEFORE for kind in (
+        "jaeger", "zipkin", "kafka", "opencensus", "prometheus", "hostmetrics", "filelog", "otlpjsonfile",
+        "fluentforward", "syslog", "statsd", "awsxray", "skywalking", "pulsar", "googlecloudpubsub",
+        "k8s_cluster", "kubeletstats", "receiver_creator", "nop")},
+    "processors": {
+        **{kind: _AROUND for kind in (
+            "attributes", "resource", "filter", "transform", "probabilistic_sampler", "k8sattributes",
+            "resourcedetection", "groupbytrace", "groupbyattrs", "span", "routing", "redaction",
+            "cumulativetodelta", "metricstransform", "deltatocumulative", "interval")},
+        "tail_sampling": "sample in a collector after faulttrace, with a policy on rca.root_cause, so that "
+                         "the sampler sees faulttrace's verdicts",
+    },
+    "exporters": {
+        **{kind: _AFTER for kind in (
+            "kafka", "loadbalancing", "prometheus", "prometheusremotewrite", "zipkin", "jaeger",
+            "elasticsearch", "clickhouse", "awsxray", "datadog", "splunk_hec", "googlecloud", "azuremonitor",
+            "sapm", "signalfx", "nop", "otlp_arrow", "otelarrow")},
+        "logging": "the collector renamed it debug; use debug",
+    },
+}
+
+# Keys faulttrace does not have, by section: for components, the key path under the component
+# (``*`` is one key); for service, under ``service``.
+COLLECTOR_ONLY_KEYS: dict[str, dict[str, str]] = {
+    "receivers": receivers_config.COLLECTOR_ONLY_KEYS,
+    "processors": MEMORY_LIMITER_KEYS,
+    "exporters": exporters_config.COLLECTOR_ONLY_KEYS,
+    "extensions": {},
+    "service": {
+        "telemetry.traces": "faulttrace traces nothing of its own; remove it",
+        "telemetry.resource": "remove it; faulttrace's metrics carry no resource",
+        "telemetry.metrics.views": "faulttrace's metrics are fixed; remove it",
+        "telemetry.metrics.readers.*.periodic": "faulttrace serves Prometheus for scraping only; use a pull "
+                                                "reader and scrape it (a collector's prometheus receiver can)",
+        "telemetry.metrics.readers.*.pull.exporter.prometheus.without_scope_info": "faulttrace's metric names "
+                                                                                   "are fixed; remove it",
+        "telemetry.metrics.readers.*.pull.exporter.prometheus.without_type_suffix": "faulttrace's metric names "
+                                                                                    "are fixed; remove it",
+        "telemetry.metrics.readers.*.pull.exporter.prometheus.without_units": "faulttrace's metric names are "
+                                                                              "fixed; remove it",
+        "telemetry.metrics.readers.*.pull.exporter.prometheus.with_resource_constant_labels": "remove it",
+        **{f"telemetry.logs.{key}": "faulttrace logs text lines to stderr; remove it" for key in (
+            "encoding", "development", "disable_caller", "disable_stacktrace", "sampling", "output_paths",
+            "error_output_paths", "initial_fields", "processors")},
+    },
+}
+
+
+def _matches(pattern: str, path: tuple[str, ...]) -> bool:
+    parts = pattern.split(".")
+    return len(parts) == len(path) and all(p in ("*", k) for p, k in zip(parts, path))
+
+
+def collector_only_key(loc: tuple[Any, ...]) -> str | None:
+    """The "supported by the collector, not by faulttrace" message for an unknown key at ``loc``
+    (its full path, ``("exporters", "otlp", "balancer_name")``), or None if the collector has none."""
+    section = str(loc[0]) if loc else ""
+    start = 1 if section == "service" else 2
+    path = tuple(str(p) for p in loc[start:])
+    for pattern, hint in COLLECTOR_ONLY_KEYS.get(section, {}).items():
+        if _matches(pattern, path):
+            return collector_only(hint)
+    return None
 
 
 def _unknown_type(section: str, cid: str, types: dict[str, type[BaseModel]]) -> str:
     if section == "extensions" and (message := unsupported_message(cid)):
         return message
     kind = component_type(cid)
+    hint = COLLECTOR_ONLY_TYPES.get(section, {}).get(kind)
+    if hint is not None:
+        return (f"{section}.{cid}: {kind!r} is {collector_only(hint)}; remove it from {section} and the pipeline "
+                f"(faulttrace's {section}: {', '.join(sorted(types))})")
     return f"{section}.{cid}: unknown type {kind!r} (known: {', '.join(sorted(types))})"
 
 
@@ -239,7 +438,7 @@ def _problems(err: ValidationError, prefix: tuple[Any, ...] = ()) -> list[str]:
     for e in err.errors():
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown key"
+            msg = collector_only_key(prefix + tuple(e["loc"])) or "unknown key"
         where = _loc(prefix + tuple(e["loc"]))
         # Cross-reference errors already name their own key path.
         out.append(msg if where == "<root>" and "." in msg.split(":", 1)[0] else f"{where}: {msg}")

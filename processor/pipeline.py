@@ -3,7 +3,7 @@ from a Config, and starts and stops them in order.
 
 One coroutine owns start and graceful stop.  Start: extensions (the
 authenticators receivers consult), store (recovering spans its journal kept),
-exporters, the release loop, receivers, the admin server.  Stop: receivers
+exporters, the release loop, the memory limiter, receivers, the admin server.  Stop: receivers
 first (no new data), then every buffered trace is released and exported, then
 exporters drain their queues within the shutdown timeout, then the store
 deletes what was delivered from its journal and closes, then the extensions
@@ -26,6 +26,7 @@ from processor.config import Config
 from processor.exporters.base import Exporter
 from processor.exporters.factory import build_exporter
 from processor.extensions.factory import build_extensions
+from processor.memory_limiter import MemoryLimiter
 from processor.receivers.factory import Receiver, build_receivers
 from processor.receivers.ingest import Ingest
 from processor.release import Releaser
@@ -54,6 +55,8 @@ class Pipeline:
         self._clock = clock
         self.extensions = build_extensions(config.extensions, config.service.extensions)
         proc = config.processor
+        limiter = config.pipeline_processor("memory_limiter")
+        self.memory_limiter = MemoryLimiter(*limiter, self.telemetry) if limiter else None
         # ``analyzer``: run this one (in this process) instead of the configured analysis
         self._analysis = pipeline_analysis(proc, analyzer)
         self.store = SpanStore(proc.storage.journal, proc.storage.memory_limit, threads=proc.storage.threads)
@@ -62,13 +65,15 @@ class Pipeline:
         self.exporters: list[Exporter] = [build_exporter(cid, cfg, self.telemetry)
                                           for cid, cfg in config.pipeline_exporters().items()]
         self._releaser = Releaser(self.store, self.assembler, self._analysis, self.exporters, self.telemetry,
-                                  proc.release_interval, clock)
+                                  proc.release_interval, clock,
+                                  max_spans=config.payload_max_spans)
         self.ingest = Ingest(self.store, proc.max_buffered_spans, self.telemetry, self._releaser.observe,
-                             retry_after=max(1.0, proc.decision_wait))
+                             retry_after=max(1.0, proc.decision_wait),
+                             admit=self.memory_limiter.admit if self.memory_limiter else None)
         self.receivers: list[Receiver] = [r for cid, rcfg in config.pipeline_receivers().items()
                                           for r in build_receivers(cid, rcfg, self.ingest, self.telemetry,
                                                                    self.extensions)]
-        address = config.service.telemetry.metrics.address
+        address = config.service.telemetry.metrics.endpoint
         self.admin = AdminServer(address, self.telemetry, self._health) if address else None
         self._loop_task: asyncio.Task[None] | None = None
         self._running = False
@@ -104,6 +109,8 @@ class Pipeline:
             self._started_exporters.append(exporter)
         self._running = True
         self._loop_task = asyncio.create_task(self._releaser.run(), name="faulttrace-release")
+        if self.memory_limiter is not None:
+            await self.memory_limiter.start()
         for receiver in self.receivers:
             await receiver.start()
         if self.admin is not None:
@@ -115,6 +122,8 @@ class Pipeline:
         deadline = self._clock() + timeout
         for receiver in self.receivers:
             await receiver.stop(grace=min(5.0, timeout))
+        if self.memory_limiter is not None:
+            await self.memory_limiter.shutdown()
         self._running = False
         if self._loop_task is not None:
             self._releaser.stop()

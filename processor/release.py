@@ -44,8 +44,10 @@ class Releaser:
 
     def __init__(self, store: SpanStore, assembler: Assembler[TraceVerdict], analysis: Analysis | None,
                  exporters: Sequence[Exporter], telemetry: Telemetry, interval: float,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float],
+                 max_spans: int = 0) -> None:
         self._store = store
+        self._max_spans = max_spans  # spans per payload at most (processors.batch.send_batch_max_size)
         self._assembler = assembler
         self._analysis = analysis
         self._exporters = tuple(exporters)
@@ -129,7 +131,7 @@ class Releaser:
         await self._export(spans, annotations(verdict) if verdict is not None else {})
 
     async def _export(self, spans: ReleasedSpans, adds: dict[tuple[bytes, bytes], Annotation]) -> None:
-        payloads = encode_payloads(spans, annotate(spans, adds))
+        payloads = encode_payloads(spans, annotate(spans, adds), max_spans=self._max_spans)
         if not self._store.durable:
             for payload in payloads:
                 for exporter in self._exporters:

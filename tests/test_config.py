@@ -114,10 +114,10 @@ def test_every_problem_is_reported_with_its_path(tmp_path):
 
 
 def test_unknown_component_type(tmp_path):
-    found = problems(tmp_path, ISSUE_YAML.replace("  otlp_grpc:\n", "  kafka:\n").replace(
-        "exporters: [otlp_grpc]", "exporters: [kafka]"))
+    found = problems(tmp_path, ISSUE_YAML.replace("  otlp_grpc:\n", "  otlp_grcp:\n").replace(
+        "exporters: [otlp_grpc]", "exporters: [otlp_grcp]"))
     assert len(found) == 1
-    assert found[0].startswith("exporters.kafka: unknown type 'kafka' (known: ")
+    assert found[0].startswith("exporters.otlp_grcp: unknown type 'otlp_grcp' (known: ")
     assert "otlp_grpc" in found[0] and "otlphttp" in found[0]
 
 

@@ -39,8 +39,9 @@ _cached_varint = lru_cache(maxsize=65536)(varint)
 
 
 def encode_payloads(spans: ReleasedSpans, raw: list[bytes] | None = None,
-                    max_bytes: int = DEFAULT_MAX_BYTES) -> Iterator[ExportPayload]:
-    """Export requests carrying every span of ``spans`` (``raw`` overrides its bytes, e.g. annotated)."""
+                    max_bytes: int = DEFAULT_MAX_BYTES, max_spans: int = 0) -> Iterator[ExportPayload]:
+    """Export requests carrying every span of ``spans`` (``raw`` overrides its bytes, e.g. annotated),
+    each at most ``max_bytes`` and, unless 0, ``max_spans`` spans (the batch processor's send_batch_max_size)."""
     data = spans.raw if raw is None else raw
     groups: dict[tuple[int, int], list[int]] = {}
     for i, key in enumerate(zip(spans.resource_ids, spans.scope_ids)):
@@ -51,7 +52,7 @@ def encode_payloads(spans: ReleasedSpans, raw: list[bytes] | None = None,
             rows.append(i)
     # Fill requests group by group, cutting a group where a request is full.
     request: list[tuple[tuple[int, int], list[int]]] = []
-    size = 0
+    size = count = 0
     for key, rows in groups.items():
         # The group's resource and scope heads and their framing count too (a resource shared
         # by several groups is counted for each: a little conservative, never over the limit).
@@ -60,11 +61,13 @@ def encode_payloads(spans: ReleasedSpans, raw: list[bytes] | None = None,
         start = 0
         for j, i in enumerate(rows):
             n = len(data[i]) + 6
-            if size + n > max_bytes and (request or j > start):
+            full = size + n > max_bytes or (max_spans and count == max_spans)
+            if full and (request or j > start):
                 request.append((key, rows[start:j]))
                 yield _encode(spans, data, request)
-                request, size, start = [], heads, j
+                request, size, count, start = [], heads, 0, j
             size += n
+            count += 1
         request.append((key, rows[start:]))
     if size:
         yield _encode(spans, data, request)

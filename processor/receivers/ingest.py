@@ -29,7 +29,7 @@ class Encoding(enum.Enum):
 
 
 class Overloaded(Exception):
-    """The store is full: refuse with a retryable status and a retry delay."""
+    """The store is full, or memory short: refuse with a retryable status and a retry delay."""
 
     def __init__(self, message: str, retry_after: float, spans: int = 0) -> None:
         super().__init__(message)
@@ -59,8 +59,10 @@ class Ingest:
     """Decode, bound, store, then report what was accepted."""
 
     def __init__(self, store: SpanStore, max_buffered_spans: int, telemetry: Telemetry,
-                 on_stored: Callable[[dict[bytes, int]], None], retry_after: float = 1.0) -> None:
+                 on_stored: Callable[[dict[bytes, int]], None], retry_after: float = 1.0,
+                 admit: Callable[[], None] | None = None) -> None:
         self._store = store
+        self._admit = admit  # raises Overloaded to refuse a request before it is read (memory_limiter)
         self._max_buffered = max_buffered_spans
         self._telemetry = telemetry
         self._on_stored = on_stored
@@ -69,6 +71,13 @@ class Ingest:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+
+    def admit(self) -> None:
+        """Raise Overloaded if a request would be refused whatever it holds (memory short, store
+        full): receivers call it before reading a body, ``submit`` before decoding one."""
+        if self._admit is not None:
+            self._admit()
+        self._check_capacity(0)
 
     def _check_capacity(self, incoming: int) -> None:
         buffered = self._store.buffered_spans
@@ -86,7 +95,7 @@ class Ingest:
     async def submit(self, data: bytes, encoding: Encoding, receiver: str, transport: str) -> Accepted:
         """Store the spans of one request body.  Raises MalformedRequest or Overloaded."""
         labels = (receiver, transport)
-        self._check_capacity(0)  # refuse early, before paying for decoding
+        self.admit()  # refuse early, before paying for decoding
         loop = asyncio.get_running_loop()
         try:
             decoded = await loop.run_in_executor(self._executor, self._decode_and_store, data, encoding)

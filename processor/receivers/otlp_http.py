@@ -197,6 +197,7 @@ class HttpReceiver:
                 raise _Refusal(415, st.INVALID_ARGUMENT,
                                f"unsupported Content-Type {request.content_type!r}; "
                                "use application/x-protobuf or application/json")
+            self._ingest.admit()  # short of memory or room: refuse before reading the body
             body = await self._read_body(request)
             result = await self._ingest.submit(body, encoding, self.component_id, "http")
         except _Refusal as err:

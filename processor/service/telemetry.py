@@ -55,6 +55,18 @@ class Telemetry:
         self.late_spans = Counter(
             "faulttrace_processor_late_spans", "Spans that arrived after their trace was released.",
             registry=r)
+        self.memory_limiter_refused_requests = Counter(
+            "faulttrace_memory_limiter_refused_requests", "Export requests refused above the soft memory limit.",
+            ["processor"], registry=r)
+        self.memory_limiter_used_bytes = Gauge(
+            "faulttrace_memory_limiter_used_bytes",
+            "Resident memory of faulttrace and its analysis worker at the last check.", ["processor"], registry=r)
+        self.memory_limiter_limit_bytes = Gauge(
+            "faulttrace_memory_limiter_limit_bytes", "The memory limiter's limits, soft and hard.",
+            ["processor", "limit"], registry=r)
+        self.memory_limiter_refusing = Gauge(
+            "faulttrace_memory_limiter_refusing", "1 while receivers refuse data for want of memory.",
+            ["processor"], registry=r)
 
     def render(self) -> bytes:
         """Prometheus text exposition of every metric."""

@@ -168,3 +168,15 @@ def test_what_is_not_a_framed_request_is_not_cut():
     two = next(encode_payloads(released(ROWS[:2])))
     assert split_payload(dataclasses.replace(two, span_count=3)) == []  # the count does not match: not ours
     assert span_ids(ExportPayload(b"\xff", 1)) == []
+
+
+def test_max_spans_caps_every_payload_across_groups():
+    # processors.batch.send_batch_max_size: no payload carries more spans, whatever their groups.
+    rows = [("api" if n % 3 else "db", "http" if n % 2 else "sql", n // 4, n) for n in range(1, 101)]
+    spans = released(rows)
+    payloads = list(encode_payloads(spans, max_spans=7))
+    assert [p.span_count for p in payloads] == [7] * 14 + [2]
+    requests = [ExportTraceServiceRequest.FromString(p.data) for p in payloads]
+    assert_same_spans([expected_request(rows)], requests)
+    assert [len([s for rs in r.resource_spans for ss in rs.scope_spans for s in ss.spans]) for r in requests] \
+        == [p.span_count for p in payloads]
