@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -232,3 +233,134 @@ def test_collector_shorthands_carry_over(tmp_path):
     config = load_config(write(tmp_path, text))
     assert config.receivers["otlp"].protocols.grpc.endpoint == "0.0.0.0:4317"
     assert config.pipeline_exporters()["otlp_grpc"].headers == {"x-tenant": "42", "x-debug": "true"}
+
+
+# --- collector configs carry over ---------------------------------------------------------
+
+COLLECTOR_YAML = Path(__file__).parent / "data" / "collector.yaml"
+
+
+def test_a_collector_shaped_config_validates_and_means_what_it_says():
+    config = load_config(COLLECTOR_YAML)
+    assert config.pipeline.processors == ["memory_limiter", "batch", "faulttrace"]
+    cid, limiter = config.pipeline_processor("memory_limiter")
+    assert (cid, limiter.check_interval, limiter.limit_percentage) == ("memory_limiter", 1.0, 80)
+    assert config.payload_max_spans == 10_000
+    grpc = config.receivers["otlp"].protocols.grpc
+    assert grpc.endpoint == "0.0.0.0:4317" and grpc.keepalive.server_parameters.max_connection_age == 60.0
+    tempo = config.exporters["otlp_grpc/tempo"]
+    assert tempo.tls.server_name_override == "tempo.internal" and tempo.sending_queue.storage == "file_storage"
+    assert tempo.headers == {"x-scope-orgid": "42"}
+    assert config.exporters["otlp_http/jaeger"].compression == "zstd"
+    assert config.service.telemetry.metrics.endpoint == "0.0.0.0:8888"
+    assert config.service.extensions == ["bearertokenauth/agents"]
+
+
+@pytest.mark.parametrize("section, body, message", [
+    ("exporters", {"otlp": {"endpoint": "x:4317", "balancer_name": "round_robin"}},
+     "exporters.otlp.balancer_name: supported by the collector, not by faulttrace: "),
+    ("exporters", {"otlp": {"endpoint": "x:4317", "auth": {"authenticator": "oauth2client"}}},
+     "exporters.otlp.auth: supported by the collector, not by faulttrace: send the token as a header"),
+    ("exporters", {"otlphttp": {"endpoint": "http://x", "sending_queue": {"batch": {}}}},
+     "exporters.otlphttp.sending_queue.batch: supported by the collector, not by faulttrace: "),
+    ("receivers", {"otlp": {"protocols": {"http": {"cors": {"allowed_origins": ["*"]}}}}},
+     "receivers.otlp.protocols.http.cors: supported by the collector, not by faulttrace: "),
+    ("receivers", {"otlp": {"protocols": {"grpc": {"tls": {"reload_interval": "1h"}}}}},
+     "receivers.otlp.protocols.grpc.tls.reload_interval: supported by the collector, not by faulttrace: "),
+    ("processors", {"memory_limiter": {"check_interval": "1s", "limit_mib": 10, "ballast_size_mib": 5}},
+     "processors.memory_limiter.ballast_size_mib: supported by the collector, not by faulttrace: "),
+    ("processors", {"batch": {"metadata_keys": ["x-tenant"]}},
+     "processors.batch: metadata_keys: supported by the collector, not by faulttrace: "),
+    ("exporters", {"otlp": {"endpoint": "x:4317", "sending_queue": {"sizer": "bytes"}}},
+     "exporters.otlp.sending_queue.sizer: supported by the collector, not by faulttrace: sizer 'bytes'"),
+    ("processors", {"tail_sampling": {}},
+     "processors.tail_sampling: 'tail_sampling' is supported by the collector, not by faulttrace: sample in a "
+     "collector after faulttrace"),
+    ("receivers", {"jaeger": {}}, "receivers.jaeger: 'jaeger' is supported by the collector, not by faulttrace: "),
+    ("exporters", {"logging": {}}, "exporters.logging: 'logging' is supported by the collector, not by "
+                                   "faulttrace: the collector renamed it debug"),
+])
+def test_a_collector_option_faulttrace_lacks_is_named_as_such(section, body, message):
+    doc = {"receivers": {"otlp": {}}, "exporters": {"debug": {}},
+           "service": {"pipelines": {"traces": {"receivers": ["otlp"], "exporters": ["debug"]}}}}
+    doc[section] = {**doc.get(section, {}), **body}
+    with pytest.raises(ConfigError) as err:
+        parse_config(doc)
+    assert any(p.startswith(message) for p in err.value.problems), err.value.problems
+    assert not any("unknown key" in p for p in err.value.problems)
+
+
+def test_a_typo_is_still_an_unknown_key(tmp_path):
+    assert problems(tmp_path, ISSUE_YAML.replace("tls: {insecure: true}", "tls: {insecur: true}")) == [
+        "exporters.otlp_grpc.tls.insecur: unknown key"]
+
+
+def _service(telemetry: dict, processors: dict | None = None) -> dict:
+    return {"receivers": {"otlp": {}}, "processors": processors or {}, "exporters": {"debug": {}},
+            "service": {"telemetry": telemetry, "pipelines": {"traces": {
+                "receivers": ["otlp"], "processors": list(processors or {}), "exporters": ["debug"]}}}}
+
+
+@pytest.mark.parametrize("metrics, endpoint", [
+    ({}, "127.0.0.1:8888"),
+    ({"address": "0.0.0.0:9999"}, "0.0.0.0:9999"),
+    ({"level": "none"}, None),
+    ({"level": "Basic", "readers": [{"pull": {"exporter": {"prometheus": {"host": "::", "port": 9464}}}}]},
+     "[::]:9464"),
+    ({"readers": [{"pull": {"exporter": {"prometheus": {"host": "127.0.0.1", "port": 0}}}}]}, "127.0.0.1:0"),
+])
+def test_service_telemetry_metrics_in_both_of_the_collectors_forms(metrics, endpoint):
+    config = parse_config(_service({"metrics": metrics}))
+    assert config.service.telemetry.metrics.endpoint == endpoint
+
+
+@pytest.mark.parametrize("telemetry, message", [
+    ({"metrics": {"address": ":8888", "readers": [{"pull": {"exporter": {"prometheus": {"port": 1}}}}]}},
+     "service.telemetry.metrics: give readers or address, not both"),
+    ({"metrics": {"readers": [{"periodic": {"exporter": {"otlp": {}}}}]}},
+     "service.telemetry.metrics.readers.0.periodic: supported by the collector, not by faulttrace: "),
+    ({"metrics": {"level": "verbose"}}, "service.telemetry.metrics.level: "),
+    ({"logs": {"level": "loud"}}, "service.telemetry.logs.level: "),
+    ({"logs": {"encoding": "json"}}, "service.telemetry.logs.encoding: supported by the collector, not by "
+                                     "faulttrace: faulttrace logs text lines to stderr"),
+    ({"traces": {"processors": []}}, "service.telemetry.traces: supported by the collector, not by faulttrace"),
+])
+def test_service_telemetry_problems(telemetry, message):
+    with pytest.raises(ConfigError) as err:
+        parse_config(_service(telemetry))
+    assert any(p.startswith(message) for p in err.value.problems), err.value.problems
+
+
+def test_logs_level_as_the_collector_writes_it():
+    assert parse_config(_service({"logs": {"level": "WARN"}})).service.telemetry.logs.level == "warn"
+
+
+def test_a_persistent_queue_needs_the_journal():
+    doc = _service({}, {"faulttrace": {"storage": {"path": ":memory:"}}})
+    doc["exporters"] = {"otlp": {"endpoint": "x:4317", "sending_queue": {"storage": "file_storage"}}}
+    doc["service"]["pipelines"]["traces"]["exporters"] = ["otlp"]
+    with pytest.raises(ConfigError) as err:
+        parse_config(doc)
+    assert err.value.problems[0].startswith("exporters.otlp.sending_queue.storage: a persistent queue is "
+                                            "faulttrace's journal")
+    doc["processors"]["faulttrace"]["storage"]["path"] = "/tmp/journal.duckdb"
+    assert parse_config(doc).exporters["otlp"].sending_queue.storage == "file_storage"
+
+
+@pytest.mark.parametrize("batch, message", [
+    ({"send_batch_size": 100, "send_batch_max_size": 50},
+     "send_batch_max_size must be greater than or equal to send_batch_size"),
+    ({"timeout": "soon"}, "invalid duration"),
+    ({"send_batch_size": -1}, "greater than or equal to 0"),
+])
+def test_batch_settings_are_checked(batch, message):
+    with pytest.raises(ConfigError) as err:
+        parse_config(_service({}, {"batch": batch}))
+    assert any(p.startswith("processors.batch") and message in p for p in err.value.problems), err.value.problems
+
+
+def test_a_processor_type_twice_in_the_pipeline_is_refused():
+    doc = _service({}, {"memory_limiter": {"check_interval": "1s", "limit_mib": 100},
+                        "memory_limiter/2": {"check_interval": "1s", "limit_mib": 200}})
+    with pytest.raises(ConfigError, match="memory_limiter appears twice"):
+        parse_config(doc)
