@@ -196,8 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("dataset", metavar="DATASET", help="dataset folder (dataset.json, baseline/, cases/)")
     evaluate.add_argument("--format", choices=["text", "json"], default="text")
     evaluate.add_argument("--without", action="append", metavar="SOURCE",
-                          choices=["latency", "explain_away", "shape", "errors"],
-                          help="leave out an evidence source (repeatable; for ablation)")
+                          choices=["latency", "explain_away", "shape", "errors", "silent", "causal_past", "lift"],
+                          help="leave out an evidence source of the localizer (repeatable; for ablation): "
+                               "silent abnormality, the causal past, the lift are the causal model's parts")
     evaluate.add_argument("--rules", action="append", metavar="PATH",
                           help="rule file, directory or glob besides the built-in library (repeatable)")
     evaluate.add_argument("--no-builtin-rules", action="store_true", help="use only the --rules given")
