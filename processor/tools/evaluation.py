@@ -36,6 +36,7 @@ equal-width bins, ``ece``, ``span_ece``) and Brier score (``brier``,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections import defaultdict
@@ -94,6 +95,7 @@ class CaseResult:
     traces: tuple[TraceScore, ...] = ()   # the case's affected traces, scored
     confidence: float = 0.0   # the probability given to the first service
     symptoms: tuple[int, int] = (0, 0)    # labelled symptom spans present, those caused_by a labelled cause
+    missing: int = 0      # scored from an export: traces of the case none of whose spans it holds
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +181,9 @@ def evaluate_export(dataset: Dataset, paths: Sequence[str | Path]) -> list[CaseR
     results = []
     for case in dataset.cases:
         traces = outcomes(read_spans(case.traces), attributes)
-        results.append(case_result(case, services_from_outcomes(traces), traces))
+        missing = sum(1 for t in traces if not any((t.trace_id, s) in attributes for s in t.span_ids))
+        results.append(dataclasses.replace(case_result(case, services_from_outcomes(traces), traces),
+                                           missing=missing))
     return results
 
 
@@ -269,11 +273,15 @@ def write_report(dataset: Dataset, results: Sequence[CaseResult], seconds: float
         else:
             out.write(_case_line(r, *widths) + "\n")
     s = summary(results)
+    missing = sum(r.missing for r in results)
     if fmt == "json":
-        out.write(json.dumps({**s, "seconds": round(seconds, 2), **({"source": source} if source else {})}) + "\n")
+        export = {"source": source, "export_missing_traces": missing} if source else {}
+        out.write(json.dumps({**s, "seconds": round(seconds, 2), **export}) + "\n")
         return
     scored = f" ({source})" if source else ""
     out.write(f"\n{dataset.name}: {s['cases']} cases in {seconds:.1f}s{scored}\n")
+    if missing:
+        out.write(f"warning: {missing} traces of the cases are not in the export at all (scored as misses)\n")
     ranking = ("services ranked by the traces that blame one of their spans first" if source
                else "the window ranking of services")
     out.write(f"services, per case: the true service among the first k of {ranking}\n")

@@ -90,17 +90,17 @@ def verdict_attributes(verdict: BatchVerdict) -> dict[SpanKey, Attributes]:
 
 def export_attributes(paths: Iterable[str | Path]) -> dict[SpanKey, Attributes]:
     """The ``rca.*`` attributes of every span in exported trace files (OTLP/JSON lines as the
-    ``file`` exporter writes them, or OTLP protobuf; gzip or not).  An attribute appended
-    twice (repeated fields concatenate) reads as its last value, as OTLP decoders do."""
+    ``file`` exporter writes them, or OTLP protobuf; gzip or not), empty for a span without
+    any, so what the export lacks can be told from what it left unannotated.  An attribute
+    appended twice (repeated fields concatenate) reads as its last value, as OTLP decoders do."""
     out: dict[SpanKey, Attributes] = {}
 
     def read(doc: dict[str, Any]) -> None:
         for _, span, intrinsics in otlpjson.spans(doc):
             attrs = otlpjson.attribute_values(span.get("attributes"))
             rca = {k: v for k, v in attrs.items() if k.startswith(RCA)}
-            if rca:
-                key = (intrinsics[0], intrinsics[1])
-                out[key] = {**out.get(key, {}), **rca}
+            key = (intrinsics[0], intrinsics[1])
+            out[key] = {**out[key], **rca} if key in out else rca
 
     for path in paths:
         trace = read_trace_file(path)

@@ -313,7 +313,7 @@ def test_eval_from_export_scores_each_affected_trace_once(exported: tuple[Path, 
     assert rows["a"]["top"] == ["db", "frontend"] and rows["a"]["rank"] == 1 and rows["a"]["confidence"] == 0.75
     assert rows["a"]["span_ranks"] == [1, 1, 2, None] and rows["b"]["span_ranks"] == [1, 4]
     assert (rows["a"]["symptom_spans"], rows["a"]["caused_by_right"]) == (4, 2)
-    assert s["source"].startswith("from ") and s["ac@1"] == 1.0
+    assert s["source"].startswith("from ") and s["ac@1"] == 1.0 and s["export_missing_traces"] == 0
 
 
 def test_eval_text_shows_the_span_table_per_fault_kind(exported: tuple[Path, Path],
@@ -337,6 +337,15 @@ def test_eval_from_export_of_nothing_annotated_scores_zero(exported: tuple[Path,
     assert main(["eval", str(root), "--from-export", str(bare), "--format", "json"]) == 0
     s = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert s["span_traces"] == 7 and s["span_ac@5"] == 0.0 and s["caused_by"] == 0.0 and s["ac@5"] == 0.0
+    assert s["export_missing_traces"] == 0       # every trace is there, none annotated
+    # an export of case a's traces only: the others are missing, and said so
+    partial = tmp_path / "partial.jsonl.gz"
+    partial.write_bytes(_otlp_lines(A_TRACES, annotated=True))
+    assert main(["eval", str(root), "--from-export", str(partial), "--format", "json"]) == 0
+    s = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert s["export_missing_traces"] == 3 and s["span_ac@1"] == round(2 / 7, 4)
+    assert main(["eval", str(root), "--from-export", str(partial)]) == 0
+    assert "warning: 3 traces of the cases are not in the export at all" in capsys.readouterr().out
     assert main(["eval", str(root), "--from-export", str(tmp_path / "missing.jsonl")]) == 2
     assert "missing.jsonl" in capsys.readouterr().err
 
