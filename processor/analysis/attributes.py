@@ -20,7 +20,9 @@ list per span of ``(k, t, s, n)`` — key, type (``string``, ``bool``, ``int``,
 ``double``, ``string[]``, …), the value as text (strings, bools, array
 elements) and as a number (ints, doubles) — for analyses that learn what any
 attribute normally holds (the localizer's silent abnormality).  An array
-gives one entry per element (an empty one the entry ``[]``).  Its cost is
+gives one entry per element (an empty one the entry ``[]``).  The attributes
+of the span's first event of each name come too, keyed ``event:key``
+(``message:rpc.message.uncompressed_size``).  Its cost is
 bounded by what the data shows: a string-valued key whose values are mostly
 new (ids, urls, query texts, messages: ``KeyCardinality``) is kept as
 presence only (``s`` NULL), except for values of at most two encoded bytes
@@ -280,7 +282,7 @@ class Projector:
         for row, raw in enumerate(raws):
             span = parse(raw)
             if every is not None:
-                every.append(self._all_entries(span.attributes))
+                every.append(self._all_entries(span.attributes, span.events))
             if wanted:
                 attrs = span.attributes
                 # Set intersection in C: only keys both projected and present cost Python work.
@@ -300,11 +302,18 @@ class Projector:
         if every is not None and self._all_slot is not None:
             columns[self._all_slot] = long_array(every)
 
-    def _all_entries(self, attrs: Any) -> list[tuple[str, str, str | None, float | None]]:
+    def _all_entries(self, attrs: Any, events: Any) -> list[tuple[str, str, str | None, float | None]]:
         """A span's ``ALL_ATTRIBUTES`` entries; values converted once per distinct encoding."""
         out: list[tuple[str, str, str | None, float | None]] = []
         cache, cardinality = self._all_cache, self.cardinality
-        for key, data in attrs.items():
+        items = list(attrs.items())
+        if events:
+            seen: set[str] = set()
+            for event in events:
+                if event.name not in seen:
+                    seen.add(event.name)
+                    items.extend((f"{event.name}:{k}", v) for k, v in event.attributes.items())
+        for key, data in items:
             high = key in cardinality.high
             if high and len(data) > SHORT_VALUE:
                 out.append((key, _ENCODED_TYPES.get(data[0], "string"), None, None))

@@ -135,7 +135,8 @@ def blame_traces(conn: duckdb.DuckDBPyConnection, metrics: pa.Table, baseline: B
                        for t in gathered for sid, b in t.blames.items()]
             ops = baseline.ops.select(["service", "name", "n", "err_rate"]).to_pylist()
             base = {(o["service"], o["name"]): (float(o["n"]), float(o["err_rate"] or 0.0)) for o in ops}
-            explained, abnormal = explain_failures(conn, silent, failing, base)
+            parents = {(t.trace_id, sid): r["parent_span_id"] for t in gathered for sid, r in t.by_id.items()}
+            explained, abnormal = explain_failures(conn, silent, failing, base, parents)
     finally:
         for name in ("m", "base_ops", "base_shapes"):
             conn.unregister(name)

@@ -95,6 +95,8 @@ class Abnormality:
     n: float           # the baseline's spans it is judged against
     usual: str         # what the baseline usually shows, for messages
     confidence: float = 0.0   # attributable fraction against the window (``1 - p / q``)
+    k_win: int = 0            # the window's spans of the operation that show it ...
+    n_win: int = 0            # ... of its spans in the window
 
     @property
     def event(self) -> tuple[str, str, str, str, str]:
@@ -103,10 +105,12 @@ class Abnormality:
 
     @property
     def message(self) -> str:
-        what = {"value": f"{self.key}={self.value!r}", "low": f"{self.key}={self.value}, below its usual range",
+        what = {"error": "status ERROR", "value": f"{self.key}={self.value!r}",
+                "low": f"{self.key}={self.value}, below its usual range",
                 "high": f"{self.key}={self.value}, above its usual range",
                 "present": f"{self.key} present", "absent": f"{self.key} absent"}[self.kind]
-        return f"{what} ({self.usual}; p={self.p:.2g} over {self.n:,.0f} baseline spans)"
+        return (f"{what} ({self.usual}; p={self.p:.2g} over {self.n:,.0f} baseline spans; "
+                f"{self.k_win} of {self.n_win} spans in the window)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +127,10 @@ class Explanation:
     @property
     def message(self) -> str:
         k1, n1, k0, n0 = self.window
-        return (f"{self.cause.message}; the failure follows it {self.lift:.1f}x more often than without it "
+        where = f"{self.cause.service}:{self.cause.name} {self.cause.message}"
+        if math.isinf(self.lift):
+            return f"{where}; in the failing span's causal past (no lift asked)"
+        return (f"{where}; the failure follows it {self.lift:.1f}x more often than without it "
                 f"(lower bound; window: {k1} of {n1} traces with it fail, {k0} of {n0} without)")
 
 
@@ -134,7 +141,17 @@ def wilson_upper(k: float, n: float, z: float = Z) -> float:
     return 1.0 - wilson_lower(n - k, n, z)
 
 
-# Per (span, key): the batch's values judged against the baseline; only the improbable come back.
+def wilson_lower_sql(k: str, n: str, z: float = Z) -> str:
+    """``scoring.wilson_lower`` as a SQL expression (0 when ``n`` is 0)."""
+    p = f"({k})::DOUBLE / ({n})"
+    return (f"(CASE WHEN ({n}) > 0 AND ({k}) > 0 THEN greatest(0.0, ({p} + {z * z} / (2.0 * ({n})) - {z} * "
+            f"sqrt({p} * (1 - {p}) / ({n}) + {z * z} / (4.0 * ({n}) * ({n})))) / (1 + {z * z} / ({n}))) ELSE 0.0 END)")
+
+
+# Per (operation, key, value) of the batch: the probability of a value this unusual under the
+# baseline (p) and how many of the window's spans of the operation show it (k_win of n_win); the
+# values whose attributable fraction ``1 - p / q`` (q: the Wilson lower bound of k_win / n_win)
+# exceeds 1/2 come back, once per span that shows them.
 ABNORMAL_SQL = """
 WITH
 ops AS (SELECT * FROM sb_ops),
@@ -143,14 +160,16 @@ keyed AS (  -- per (operation, key): spans with the key, and the least weight of
            count(*) OVER (PARTITION BY k.service, k.name) AS n_keys
     FROM sb_keys k
 ),
-tv AS (SELECT DISTINCT service, name, key, sval FROM sl_long WHERE sval IS NOT NULL),
+win AS (SELECT service, name, count(*) AS n_win FROM sl_spans GROUP BY ALL),
+tspan AS (SELECT DISTINCT trace_id, span_id, service, name, key, sval FROM sl_long WHERE sval IS NOT NULL),
+tv AS (SELECT service, name, key, sval, count(*) AS k_win FROM tspan GROUP BY ALL),
 cs AS (  -- per (operation, key): weights recorded, evicted, empty
     SELECT service, name, key, sum(w) AS w_rec, coalesce(sum(w) FILTER (WHERE val IS NULL), 0) AS w_other,
            coalesce(sum(w) FILTER (WHERE val IN ('', '[]')), 0) AS w_empty
     FROM sb_cat GROUP BY ALL
 ),
 cat AS (
-    SELECT tv.service, tv.name, tv.key, 'value' AS kind, tv.sval AS val, k.w AS n_ref,
+    SELECT tv.service, tv.name, tv.key, tv.sval, tv.k_win, k.w AS n_ref,
            CASE WHEN tv.sval IN ('', '[]') THEN (coalesce(cs.w_empty, 0) + 0.5) / (k.w + 1)
                 ELSE (coalesce((SELECT sum(c2.w) FROM sb_cat c2
                                 WHERE c2.service = tv.service AND c2.name = tv.name AND c2.key = tv.key
@@ -163,7 +182,16 @@ cat AS (
     LEFT JOIN sb_cat c ON c.service = tv.service AND c.name = tv.name AND c.key = tv.key AND c.val = tv.sval
     LEFT JOIN cs ON cs.service = tv.service AND cs.name = tv.name AND cs.key = tv.key
 ),
-nv AS (SELECT DISTINCT service, name, key, {bucket} AS b FROM sl_long WHERE nval IS NOT NULL AND isfinite(nval)),
+nspan AS (
+    SELECT DISTINCT trace_id, span_id, service, name, key, {bucket} AS b FROM sl_long
+    WHERE nval IS NOT NULL AND isfinite(nval)
+),
+nb AS (SELECT service, name, key, b, count(*) AS c FROM nspan GROUP BY ALL),
+nv AS (
+    SELECT *, sum(c) OVER (PARTITION BY service, name, key ORDER BY b) AS k_le,
+              sum(c) OVER (PARTITION BY service, name, key ORDER BY b DESC) AS k_ge
+    FROM nb
+),
 hist AS (
     SELECT *, sum(w) OVER (PARTITION BY service, name, key ORDER BY b) AS cum,
            sum(w) OVER (PARTITION BY service, name, key) AS tot
@@ -176,44 +204,57 @@ qs AS (
            arg_min(b, cum) FILTER (WHERE cum >= 0.99 * tot) AS b_hi
     FROM hist GROUP BY ALL
 ),
-num AS (
-    SELECT nv.service, nv.name, nv.key, nv.b, any_value(qs.tot) AS tot,
+num0 AS (
+    SELECT nv.service, nv.name, nv.key, nv.b, nv.k_le, nv.k_ge, any_value(qs.tot) AS tot,
            coalesce(sum(h.w) FILTER (WHERE h.b <= nv.b), 0) AS le,
            coalesce(sum(h.w) FILTER (WHERE h.b >= nv.b), 0) AS ge,
            any_value(qs.b_lo) AS b_lo, any_value(qs.b_med) AS b_med, any_value(qs.b_hi) AS b_hi
     FROM nv JOIN qs USING (service, name, key) JOIN sb_num h USING (service, name, key)
     GROUP BY ALL
 ),
+num AS (
+    SELECT *, CASE WHEN le <= ge THEN 'low' ELSE 'high' END AS side,
+           (least(le, ge) + 0.5) / (tot + 1) AS p, CASE WHEN le <= ge THEN k_le ELSE k_ge END AS k_win
+    FROM num0
+),
+kspan AS (SELECT DISTINCT trace_id, span_id, service, name, key FROM sl_long),
+kp AS (SELECT service, name, key, count(*) AS k_win FROM kspan GROUP BY ALL),
 pres AS (  -- keys on spans of operations where they are rare, or keys the operation has not kept
-    SELECT DISTINCT l.service, l.name, l.key, o.n,
+    SELECT kp.service, kp.name, kp.key, o.n, kp.k_win,
            (coalesce(k.w, CASE WHEN kc.n_keys >= $max_keys THEN kc.w_min_key ELSE 0 END) + 0.5) / (o.n + 1) AS p,
            coalesce(k.w, 0) / o.n AS share
-    FROM sl_long l JOIN ops o USING (service, name)
+    FROM kp JOIN ops o USING (service, name)
     LEFT JOIN keyed k USING (service, name, key)
     LEFT JOIN (SELECT DISTINCT service, name, n_keys, w_min_key FROM keyed) kc USING (service, name)
 ),
-spans_long AS (SELECT DISTINCT trace_id, span_id, key FROM sl_long)
-SELECT l.trace_id, l.span_id, l.service, l.name, l.key, c.kind, l.sval AS val, c.p, c.n_ref AS n, c.share,
-       NULL::INTEGER AS b_lo, NULL::INTEGER AS b_hi, NULL::INTEGER AS b_med
-FROM sl_long l JOIN cat c ON c.service = l.service AND c.name = l.name AND c.key = l.key AND c.val = l.sval
-WHERE c.p < $rare
+absn AS (  -- keys the operation usually carries: how many of the window's spans lack them
+    SELECT k.service, k.name, k.key, o.n, (o.n - k.w + 0.5) / (o.n + 1) AS p, k.w / o.n AS share,
+           win.n_win - coalesce(kp.k_win, 0) AS k_win
+    FROM sb_keys k JOIN ops o USING (service, name) JOIN win USING (service, name)
+    LEFT JOIN kp USING (service, name, key)
+)
+SELECT t.trace_id, t.span_id, t.service, t.name, t.key, 'value' AS kind, t.sval AS val, c.p, c.n_ref AS n, c.share,
+       NULL::INTEGER AS b_lo, NULL::INTEGER AS b_hi, NULL::INTEGER AS b_med, c.k_win, win.n_win
+FROM tspan t JOIN cat c USING (service, name, key, sval) JOIN win USING (service, name)
+WHERE c.p < {wl_cat} / 2
 UNION ALL
-SELECT l.trace_id, l.span_id, l.service, l.name, l.key,
-       CASE WHEN nm.le <= nm.ge THEN 'low' ELSE 'high' END, CAST(l.nval AS VARCHAR),
-       (least(nm.le, nm.ge) + 0.5) / (nm.tot + 1), nm.tot, least(nm.le, nm.ge) / nm.tot, nm.b_lo, nm.b_hi, nm.b_med
-FROM sl_long l JOIN num nm ON nm.service = l.service AND nm.name = l.name AND nm.key = l.key
-                          AND nm.b = {bucket_l}
-WHERE (least(nm.le, nm.ge) + 0.5) / (nm.tot + 1) < $rare
+SELECT s.trace_id, s.span_id, s.service, s.name, s.key, nm.side, CAST(any_value(l.nval) AS VARCHAR),
+       nm.p, nm.tot, least(nm.le, nm.ge) / nm.tot, nm.b_lo, nm.b_hi, nm.b_med, nm.k_win, any_value(win.n_win)
+FROM nspan s JOIN num nm USING (service, name, key, b) JOIN win USING (service, name)
+JOIN sl_long l ON l.trace_id = s.trace_id AND l.span_id = s.span_id AND l.key = s.key AND {bucket_l} = s.b
+WHERE nm.p < {wl_num} / 2
+GROUP BY ALL
 UNION ALL
-SELECT DISTINCT l.trace_id, l.span_id, l.service, l.name, l.key, 'present', '', pr.p, pr.n, pr.share,
-       NULL, NULL, NULL
-FROM sl_long l JOIN pres pr USING (service, name, key) WHERE pr.p < $rare
+SELECT s.trace_id, s.span_id, s.service, s.name, s.key, 'present', '', pr.p, pr.n, pr.share,
+       NULL, NULL, NULL, pr.k_win, win.n_win
+FROM kspan s JOIN pres pr USING (service, name, key) JOIN win USING (service, name)
+WHERE pr.p < {wl_pres} / 2
 UNION ALL
-SELECT s.trace_id, s.span_id, s.service, s.name, k.key, 'absent', '', (o.n - k.w + 0.5) / (o.n + 1), o.n,
-       k.w / o.n, NULL, NULL, NULL
-FROM sl_spans s JOIN ops o USING (service, name) JOIN sb_keys k USING (service, name)
-WHERE (o.n - k.w + 0.5) / (o.n + 1) < $rare
-  AND NOT EXISTS (SELECT 1 FROM spans_long x WHERE x.trace_id = s.trace_id AND x.span_id = s.span_id AND x.key = k.key)
+SELECT s.trace_id, s.span_id, s.service, s.name, a.key, 'absent', '', a.p, a.n, a.share,
+       NULL, NULL, NULL, a.k_win, win.n_win
+FROM sl_spans s JOIN absn a USING (service, name) JOIN win USING (service, name)
+WHERE a.p < {wl_abs} / 2
+  AND NOT EXISTS (SELECT 1 FROM kspan x WHERE x.trace_id = s.trace_id AND x.span_id = s.span_id AND x.key = a.key)
 """
 
 
@@ -231,15 +272,19 @@ def abnormal_spans(conn: duckdb.DuckDBPyConnection, long: str, spans: str, base:
     conn.execute(f"CREATE OR REPLACE TEMP VIEW sl_long AS {long}")
     conn.execute(f"CREATE OR REPLACE TEMP VIEW sl_spans AS SELECT trace_id, span_id, service, name FROM {spans}")
     try:
-        sql = ABNORMAL_SQL.format(bucket=attr_bucket_sql("nval", base.gamma), bucket_l=attr_bucket_sql("l.nval", base.gamma))
-        rows = conn.execute(sql, {"rare": RARE, "max_keys": max_keys}).fetchall()
+        sql = ABNORMAL_SQL.format(
+            bucket=attr_bucket_sql("nval", base.gamma), bucket_l=attr_bucket_sql("l.nval", base.gamma),
+            wl_cat=wilson_lower_sql("c.k_win", "win.n_win"),
+            wl_num=wilson_lower_sql("least(nm.k_win, win.n_win)", "win.n_win"),
+            wl_pres=wilson_lower_sql("pr.k_win", "win.n_win"), wl_abs=wilson_lower_sql("a.k_win", "win.n_win"))
+        rows = conn.execute(sql, {"max_keys": max_keys}).fetchall()
     finally:
         conn.execute("DROP VIEW IF EXISTS sl_long")
         conn.execute("DROP VIEW IF EXISTS sl_spans")
         for name in views:
             conn.unregister(name)
     out = []
-    for trace_id, span_id, service, name, key, kind, val, p, n, share, b_lo, b_hi, b_med in rows:
+    for trace_id, span_id, service, name, key, kind, val, p, n, share, b_lo, b_hi, b_med, k_win, n_win in rows:
         if kind in ("low", "high"):
             lo, hi, med = (_number(attr_bucket_value(b, base.gamma)) for b in (b_lo, b_hi, b_med))
             usual = f"usually {lo}..{hi}, median {med}; {share:.1%} of its spans this {kind}"
@@ -250,7 +295,10 @@ def abnormal_spans(conn: duckdb.DuckDBPyConnection, long: str, spans: str, base:
             usual = f"on {share:.2%} of its spans" if share > 0 else "never seen"
         else:
             usual = f"normally on {share:.1%} of its spans"
-        out.append(Abnormality(trace_id, span_id, service, name, key, kind, val or "", p, n, usual))
+        k_win = min(k_win, n_win)   # an array's elements: a span counts once
+        q = wilson_lower(k_win, n_win)
+        out.append(Abnormality(trace_id, span_id, service, name, key, kind, val or "", p, n, usual,
+                               max(0.0, 1.0 - p / q) if q > 0 else 0.0, int(k_win), int(n_win)))
     return out
 
 
@@ -268,7 +316,6 @@ class Window:
     slow: dict[tuple[str, str], set[bytes]] = field(default_factory=dict)
     spans: dict[tuple[str, str], int] = field(default_factory=dict)
     shows: dict[tuple[str, str, str, str, str], set[bytes]] = field(default_factory=lambda: defaultdict(set))
-    shown_spans: dict[tuple[str, str, str, str, str], int] = field(default_factory=lambda: defaultdict(int))
 
 
 WINDOW_SQL = """
@@ -289,20 +336,7 @@ def window(conn: duckdb.DuckDBPyConnection, abnormal: Iterable[Abnormality]) -> 
         w.spans[(service, name)] = spans
     for a in abnormal:
         w.shows[a.event].add(a.trace_id)
-        w.shown_spans[a.event] += 1
     return w
-
-
-def with_confidence(abnormal: list[Abnormality], w: Window) -> list[Abnormality]:
-    """Each abnormality with its attributable fraction against the window: ``1 - p / q``, ``q``
-    the lower bound of the share of its operation's spans that show it."""
-    from dataclasses import replace
-
-    out = []
-    for a in abnormal:
-        q = wilson_lower(w.shown_spans[a.event], w.spans.get((a.service, a.name), 0))
-        out.append(replace(a, confidence=max(0.0, 1.0 - a.p / q) if q > 0 else 0.0))
-    return out
 
 
 def lift(w: Window, cause: Abnormality, failed: tuple[str, str], how: str, base_rate: float,
@@ -355,19 +389,52 @@ class Silent:
     lift: bool = True          # require the window's lift (else the most improbable antecedent explains)
 
 
+ERRORS_SQL = """
+SELECT m.trace_id, m.span_id, m.service, m.name, o.n, o.err_rate, c.k_win, c.n_win
+FROM m JOIN base_ops o USING (service, name)
+JOIN (SELECT service, name, count(*) FILTER (WHERE status_code = 2) AS k_win, count(*) AS n_win
+      FROM m GROUP BY ALL) c USING (service, name)
+WHERE m.status_code = 2 AND m.trace_id IN (SELECT trace_id FROM sl_failing)
+"""
+
+
+def _errors(conn: duckdb.DuckDBPyConnection, traces: set[bytes]) -> list[Abnormality]:
+    """Erroring spans of the failing traces whose operation errs more often in the window than
+    its baseline allows (attributable fraction above 1/2): an error is an improbable status."""
+    conn.register("sl_failing", pa.table({"trace_id": pa.array(list(traces), pa.binary())}))
+    try:
+        rows = conn.execute(ERRORS_SQL).fetchall()
+    finally:
+        conn.unregister("sl_failing")
+    out = []
+    for trace_id, span_id, service, name, n, err_rate, k_win, n_win in rows:
+        p = ((err_rate or 0.0) * n + 0.5) / (n + 1)
+        q = wilson_lower(k_win, n_win)
+        if q > 0 and p < q / 2:
+            out.append(Abnormality(trace_id, span_id, service, name, "status", "error", "ERROR", p, float(n),
+                                   f"errors on {err_rate or 0.0:.1%} of its spans", 1.0 - p / q, k_win, n_win))
+    return out
+
+
 def explain_failures(conn: duckdb.DuckDBPyConnection, silent: Silent,
                      failing: list[tuple[bytes, bytes, str, str, str]],
-                     base: dict[tuple[str, str], tuple[float, float]]
+                     base: dict[tuple[str, str], tuple[float, float]],
+                     parents: dict[tuple[bytes, bytes], bytes | None] | None = None
                      ) -> tuple[dict[tuple[bytes, bytes], Explanation], dict[tuple[bytes, bytes], list[Abnormality]]]:
     """For each failing span (trace id, span id, service, name, "error" or "slow"), the abnormal
-    antecedent that explains it, if one does; and every abnormality by span (with its
-    window confidence).  ``m`` (span metrics) and ``base_ops`` must be registered;
-    ``base`` gives per operation its baseline (spans, error rate)."""
+    antecedent that explains it, if one does; and every abnormality by span.  ``m`` (span
+    metrics) and ``base_ops`` must be registered; ``base`` gives per operation its baseline
+    (spans, error rate); ``parents`` the parent of each span of the failing traces.
+
+    Among the antecedents that explain a failure, one with an explaining descendant is not
+    where the abnormality originates (a client span relays what its callee answered): the
+    deepest are kept, and of those the most probable cause."""
     if not silent.abnormal:
         return {}, {}
-    w = window(conn, silent.abnormal)
+    abnormal = [*silent.abnormal, *_errors(conn, {t for t, *_ in failing})]
+    w = window(conn, abnormal)
     by_span: dict[tuple[bytes, bytes], list[Abnormality]] = defaultdict(list)
-    for a in with_confidence(list(silent.abnormal), w):
+    for a in abnormal:
         by_span[(a.trace_id, a.span_id)].append(a)
     if not failing:
         return {}, by_span
@@ -376,7 +443,7 @@ def explain_failures(conn: duckdb.DuckDBPyConnection, silent: Silent,
     for trace_id, span_id, service, name, how in failing:
         n, err_rate = base.get((service, name), (0.0, 0.0))
         rate = err_rate if how == "error" else RARE
-        best: tuple[tuple[float, float, int], Explanation] | None = None
+        explaining: dict[bytes, tuple[tuple[float, float, int], Explanation]] = {}
         for ante, distance in past.get((trace_id, span_id), {}).items():
             for a in by_span.get((trace_id, ante), ()):
                 if silent.lift:
@@ -387,8 +454,16 @@ def explain_failures(conn: duckdb.DuckDBPyConnection, silent: Silent,
                 if fraction <= MORE_LIKELY_THAN_NOT:
                     continue
                 key = (fraction, a.confidence, -abs(distance))
-                if best is None or key > best[0]:
-                    best = (key, Explanation(a, value, fraction, counts, in_window, distance))
-        if best is not None:
-            found[(trace_id, span_id)] = best[1]
+                if ante not in explaining or key > explaining[ante][0]:
+                    explaining[ante] = (key, Explanation(a, value, fraction, counts, in_window, distance))
+        relays = set()
+        for ante in explaining:
+            parent, seen = (parents or {}).get((trace_id, ante)), {ante}
+            while parent is not None and parent not in seen:
+                seen.add(parent)
+                relays.add(parent)
+                parent = (parents or {}).get((trace_id, parent))
+        origins = [e for ante, e in explaining.items() if ante not in relays]
+        if origins:
+            found[(trace_id, span_id)] = max(origins, key=lambda e: e[0])[1]
     return found, by_span

@@ -117,8 +117,7 @@ class _Columns:
                 for col, key in span_refs:
                     values[col].append(_text(own.get(key)))
             if self.every is not None:
-                self.every.append(long_entries_json(self.cardinality, self.seen,
-                                                    otlpjson.attribute_values(span.get("attributes"))))
+                self.every.append(long_entries_json(self.cardinality, self.seen, _with_events(span)))
 
     def table(self) -> pa.Table:
         schema = pa.schema([*SCHEMA, *((col, pa.string()) for col in self.values)])
@@ -127,6 +126,19 @@ class _Columns:
         if self.every is not None:
             t = t.append_column(column_name(ALL_ATTRIBUTES), long_array(self.every))
         return t
+
+
+def _with_events(span: dict[str, Any]) -> dict[str, Any]:
+    """A span's attribute values and those of its first event of each name (keyed ``event:key``),
+    as ``attributes.ALL_ATTRIBUTES`` has them."""
+    values = otlpjson.attribute_values(span.get("attributes"))
+    seen: set[str] = set()
+    for event in span.get("events") or ():
+        name = event.get("name", "")
+        if name not in seen:
+            seen.add(name)
+            values.update((f"{name}:{k}", v) for k, v in otlpjson.attribute_values(event.get("attributes")).items())
+    return values
 
 
 def _text(value: dict[str, Any] | None) -> str | None:
