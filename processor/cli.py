@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from processor.config import Config, load_config
+from processor.config import OTEL_PREFIX, Config, load_config
 from processor.confmap import ConfigError
 
 log = logging.getLogger("faulttrace")
@@ -45,8 +45,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from processor.pipeline import StartError
     from processor.store import JournalError
 
-    config = load_config(args.config)
+    ports = {"grpc": args.grpc_port, "http": args.http_port, "metrics": args.metrics_port}
+    config = load_config(args.config, args.set or (), ports)
     _setup_logging(config.service.telemetry.logs.level)
+    if args.config is not None:
+        ignored = sorted(k for k in os.environ if k.startswith(OTEL_PREFIX) and os.environ[k].strip())
+        if ignored:
+            log.warning("%s ignored: --config names the exporters", ", ".join(ignored))
     try:
         asyncio.run(_serve(config))
     except (StartError, JournalError) as err:
@@ -58,7 +63,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = load_config(args.config, args.set or ())
     p = config.pipeline
     print(f"{args.config}: valid (receivers: {', '.join(p.receivers)}; processors: "
           f"{', '.join(p.processors) or '-'}; exporters: {', '.join(p.exporters)})")
@@ -156,17 +161,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _set_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="set a key of the configuration, as otelcol --set: a dotted path, the value read as "
+                             "YAML (e.g. --set processors.faulttrace.decision_wait=2s); repeatable")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="faulttrace",
                                      description="Root-cause localizer for OpenTelemetry traces.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the pipeline (OTLP in, annotated OTLP out)")
-    serve.add_argument("--config", help="collector-shaped YAML file (default: embedded defaults)")
+    serve.add_argument("--config", help="collector-shaped YAML file (default: embedded defaults, with the "
+                                        "OTEL_EXPORTER_OTLP_* variables naming the exporter)")
+    _set_argument(serve)
+    for flag, default in (("--grpc-port", 4317), ("--http-port", 4318), ("--metrics-port", 8888)):
+        serve.add_argument(flag, type=int, metavar="PORT",
+                           help=f"listen on PORT instead of the configured port ({default} by default), same host")
     serve.set_defaults(func=cmd_serve)
 
     validate = sub.add_parser("validate", help="check a configuration file and exit")
     validate.add_argument("--config", required=True)
+    _set_argument(validate)
     validate.set_defaults(func=cmd_validate)
 
     check = sub.add_parser("check", help="compile rule files and print diagnostics (exit 1 on errors)")

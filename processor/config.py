@@ -4,16 +4,23 @@ The shape follows the OpenTelemetry Collector (``receivers``, ``processors``,
 ``exporters``, ``extensions``, ``service.pipelines``, ``service.extensions``;
 component ids ``type[/name]``).  Defaults live only in the models; receivers',
 exporters' and extensions' models live beside them and are found through their
-registries (``receivers.factory``, ``exporters.factory``, ``extensions.factory``).  ``${env:VAR}`` (and ``${VAR}``) are substituted in the
-YAML text before parsing, as the collector does, with ``${env:VAR:-default}``
-for a fallback.  Errors name the YAML key path (``exporters.otlp.endpoint``).
+registries (``receivers.factory``, ``exporters.factory``, ``extensions.factory``).
+A file is read, ``--set key=value`` applied, ``${env:VAR}`` / ``${file:PATH}``
+expanded in its values (``confmap``), then validated.  Errors name the YAML key
+path (``exporters.otlp.endpoint``); an option the collector has and faulttrace
+does not is said to be one, with what to do instead (``COLLECTOR_ONLY_KEYS``,
+``COLLECTOR_ONLY_TYPES``).  Without a file, the embedded defaults apply, with the
+OpenTelemetry SDK's ``OTEL_EXPORTER_OTLP_*`` variables naming the exporter.
 """
 
 from __future__ import annotations
 
+import copy
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
@@ -26,6 +33,7 @@ from processor.confmap import (
     collector_only,
     component_type,
     expand_config,
+    set_values,
 )
 from processor.exporters import config as exporters_config
 from processor.exporters.factory import EXPORTERS
@@ -335,6 +343,143 @@ DEFAULT_CONFIG: dict[str, Any] = {
                                          "exporters": ["debug"]}}},
 }
 
+# --- the default exporter from the OpenTelemetry SDK's environment variables ---------------
+
+OTEL_PREFIX = "OTEL_EXPORTER_OTLP_"
+# Read for the default exporter, each as OTEL_EXPORTER_OTLP_TRACES_<NAME> or else OTEL_EXPORTER_OTLP_<NAME>.
+OTEL_NAMES = ("ENDPOINT", "PROTOCOL", "HEADERS", "COMPRESSION", "TIMEOUT", "INSECURE", "CERTIFICATE",
+              "CLIENT_CERTIFICATE", "CLIENT_KEY")
+
+
+def _otel_headers(text: str) -> dict[str, str]:
+    """``k1=v1,k2=v2`` (values percent-encoded), as the OTLP exporter specification writes headers."""
+    headers = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{item.strip()!r} is not key=value")
+        headers[key.strip()] = unquote(value.strip())
+    return headers
+
+
+def otel_exporter(environ: Mapping[str, str]) -> tuple[str, dict[str, Any]] | None:
+    """The exporter the OTLP exporter variables describe, as (id, config body), or None when no
+    endpoint is set.  Per the specification: ``…_TRACES_ENDPOINT`` is the full URL,
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` a base (+ ``/v1/traces`` over HTTP); the protocol is
+    ``http/protobuf`` unless it says ``grpc``; a gRPC endpoint without a scheme is TLS unless
+    ``…_INSECURE`` is true.  A bad value is a ValueError naming the variable."""
+    def get(name: str) -> tuple[str, str] | None:
+        for var in (f"{OTEL_PREFIX}TRACES_{name}", f"{OTEL_PREFIX}{name}"):
+            if environ.get(var, "").strip():
+                return var, environ[var].strip()
+        return None
+
+    endpoint = get("ENDPOINT")
+    if endpoint is None:
+        return None
+    protocol_var, protocol = get("PROTOCOL") or ("", "http/protobuf")
+    body: dict[str, Any] = {}
+    tls: dict[str, Any] = {}
+    var, url = endpoint
+    if protocol == "grpc":
+        cid = "otlp_grpc"
+        body["endpoint"] = url
+        insecure = get("INSECURE")
+        tls["insecure"] = url.startswith("http://") or (insecure is not None and insecure[1].lower() == "true")
+    elif protocol == "http/protobuf":
+        cid = "otlp_http"
+        body["endpoint"] = url
+        if var.startswith(f"{OTEL_PREFIX}TRACES_"):
+            body["traces_endpoint"] = url  # the full URL, as given
+    else:
+        raise ValueError(f"{protocol_var}: {protocol!r}: faulttrace sends grpc or http/protobuf"
+                         + ("; http/json is the SDK's, use http/protobuf" if protocol == "http/json" else ""))
+    if headers := get("HEADERS"):
+        try:
+            body["headers"] = _otel_headers(headers[1])
+        except ValueError as err:
+            raise ValueError(f"{headers[0]}: {err}") from None
+    if compression := get("COMPRESSION"):
+        body["compression"] = compression[1]
+    if timeout := get("TIMEOUT"):
+        if not timeout[1].isdigit():
+            raise ValueError(f"{timeout[0]}: {timeout[1]!r} is not a number of milliseconds")
+        body["timeout"] = f"{timeout[1]}ms"
+    for name, key in (("CERTIFICATE", "ca_file"), ("CLIENT_CERTIFICATE", "cert_file"), ("CLIENT_KEY", "key_file")):
+        if found := get(name):
+            tls[key] = found[1]
+    if tls:
+        body["tls"] = tls
+    return cid, body
+
+
+def default_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The embedded defaults; with ``OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT`` set, spans go to that
+    endpoint (``otel_exporter``) instead of the debug exporter's log lines."""
+    data = copy.deepcopy(DEFAULT_CONFIG)
+    try:
+        exporter = otel_exporter(os.environ if environ is None else environ)
+    except ValueError as err:
+        raise ConfigError("<environment>", [str(err)]) from None
+    if exporter is not None:
+        cid, body = exporter
+        data["exporters"] = {cid: body}
+        data["service"]["pipelines"]["traces"]["exporters"] = [cid]
+    return data
+
+
+# --- port flags ----------------------------------------------------------------------------
+
+
+def _child(parent: dict[str, Any], key: str) -> Any:
+    """``parent[key]``, made an empty mapping if absent or null (``grpc:`` with no value)."""
+    if parent.get(key) is None:
+        parent[key] = {}
+    return parent[key]
+
+
+def _with_port(endpoint: Any, port: int, default_host: str) -> str:
+    host = str(endpoint).rpartition(":")[0] if endpoint else default_host
+    return f"{host}:{port}"
+
+
+def set_ports(data: dict[str, Any], grpc: int | None = None, http: int | None = None,
+              metrics: int | None = None) -> list[str]:
+    """``serve --grpc-port/--http-port/--metrics-port``: the port of the otlp receiver's protocols and of
+    the metrics endpoint, keeping their hosts; changes ``data`` (parsed, expanded) in place and
+    returns the problems."""
+    problems: list[str] = []
+    for flag, protocol, port, default in (("--grpc-port", "grpc", grpc, "127.0.0.1"),
+                                          ("--http-port", "http", http, "127.0.0.1")):
+        if port is None:
+            continue
+        receivers = data.get("receivers") or {}
+        otlp = [rid for rid in receivers if component_type(str(rid)) == "otlp"]
+        if len(otlp) != 1:
+            problems.append(f"{flag}: the configuration has {len(otlp)} otlp receivers; set each endpoint with "
+                            f"--set receivers.<id>.protocols.{protocol}.endpoint=host:port")
+            continue
+        body = _child(receivers, otlp[0])
+        protocols = body.get("protocols")
+        if protocols is None:  # both, as OtlpReceiverConfig's default
+            protocols = body["protocols"] = {"grpc": {}, "http": {}}
+        if protocol not in protocols:
+            problems.append(f"{flag}: receivers.{otlp[0]} has no {protocol} protocol")
+            continue
+        server = _child(protocols, protocol)
+        server["endpoint"] = _with_port(server.get("endpoint"), port, default)
+    if metrics is not None:
+        settings = _child(_child(_child(data, "service"), "telemetry"), "metrics")
+        readers = settings.get("readers") or []
+        if readers:
+            try:
+                readers[0]["pull"]["exporter"]["prometheus"]["port"] = metrics
+            except (KeyError, TypeError):
+                problems.append("--metrics-port: service.telemetry.metrics.readers[0] is not a prometheus pull reader")
+        else:
+            settings["address"] = _with_port(settings.get("address"), metrics, "127.0.0.1")
+    return problems
+
 
 def _loc(loc: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in loc if not str(p).startswith("function-")) or "<root>"
@@ -477,13 +622,30 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
         raise ConfigError(source, _problems(err)) from None
 
 
-def load_config(path: str | os.PathLike[str] | None) -> Config:
-    """Read, expand (``${env:}``, ``${file:}``) and validate a config file; None -> the embedded defaults."""
+def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = (),
+                ports: Mapping[str, int | None] | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, apply ``--set`` ``overrides``, expand (``${env:}``, ``${file:}``), apply port flags
+    (``ports``: ``grpc``, ``http``, ``metrics``) and validate a config file; None -> the embedded
+    defaults (``default_config``, which reads the ``OTEL_EXPORTER_OTLP_*`` variables)."""
     if path is None:
-        return parse_config(DEFAULT_CONFIG, "<defaults>")
+        data, source = default_config(environ), "<defaults>"
+    else:
+        data, source = _read(Path(path)), str(path)
+    data, problems = set_values(data, overrides)
+    if problems:
+        raise ConfigError(source, problems)
+    data, problems = expand_config(data, None if environ is None else dict(environ))
+    if problems:
+        raise ConfigError(source, problems)
+    if ports and (problems := set_ports(data, **ports)):
+        raise ConfigError(source, problems)
+    return parse_config(data, source)
+
+
+def _read(path: Path) -> dict[str, Any]:
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(source, [f"cannot read: {err.strerror}"]) from None
     try:
@@ -494,7 +656,6 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
         raise ConfigError(source, [f"{where}{getattr(err, 'problem', None) or err}"]) from None
     if data is None:
         raise ConfigError(source, ["the file is empty"])
-    data, problems = expand_config(data)
-    if problems:
-        raise ConfigError(source, problems)
-    return parse_config(data, source)
+    if not isinstance(data, dict):
+        raise ConfigError(source, ["the configuration must be a mapping"])
+    return data

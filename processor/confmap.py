@@ -1,6 +1,7 @@
 """Shared pieces of collector-shaped configuration (the collector's confmap): strict models,
 Go-style durations, ``host:port`` endpoints, ``type[/name]`` component ids,
-``${env:VAR}`` / ``${file:PATH}`` expansion and the error every config problem becomes.
+``${env:VAR}`` / ``${file:PATH}`` expansion, ``--set key=value`` and the error every
+config problem becomes.
 
 Each component's config model lives beside the component (``receivers/config.py``,
 ``exporters/config.py``); ``processor.config`` reads the whole file.
@@ -8,11 +9,14 @@ Each component's config model lives beside the component (``receivers/config.py`
 
 from __future__ import annotations
 
+import copy
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
@@ -147,3 +151,46 @@ def expand_config(data: Any, environ: dict[str, str] | None = None) -> tuple[Any
         return value
 
     return walk(data, ""), problems
+
+
+def _merge(base: dict[str, Any], key: str, value: Any) -> None:
+    """``base[key] = value``, merging mappings into mappings as the collector's confmap does (lists replace)."""
+    old = base.get(key)
+    if isinstance(old, dict) and isinstance(value, dict):
+        for k, v in value.items():
+            _merge(old, k, v)
+    else:
+        base[key] = value
+
+
+def set_values(data: dict[str, Any], assignments: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
+    """``data`` with each ``otelcol --set`` assignment applied: ``a.b.c=value`` sets the key at that
+    dotted path (mappings on the way are made), the value read as YAML (``2s``, ``[otlp]``,
+    ``{insecure: true}``; a mapping merges into one already there).  Returns the new data and
+    the problems, each naming its assignment; ``data`` is not changed."""
+    data = copy.deepcopy(data)
+    problems: list[str] = []
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        path = key.strip().split(".")
+        if not sep or not all(path):
+            problems.append(f"--set {assignment}: expected key.path=value, e.g. "
+                            "processors.faulttrace.decision_wait=2s")
+            continue
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            problems.append(f"--set {key}: the value is not YAML: {getattr(err, 'problem', None) or err}")
+            continue
+        node = data
+        for depth, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                problems.append(f"--set {key}: {'.'.join(path[:depth + 1])} is not a mapping")
+                break
+            node = child
+        else:
+            _merge(node, path[-1], value)
+    return data, problems

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -172,3 +173,53 @@ def test_serve_on_a_journal_it_cannot_open_fails_with_one_line_and_exit_1(tmp_pa
     assert done.returncode == 1
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     assert done.stderr.startswith(f"error: cannot open the journal {journal} (processors.faulttrace.storage.path)")
+
+
+def test_serve_without_a_file_takes_port_flags_set_and_the_sdks_variables(tmp_path):
+    # No config: the embedded defaults moved off 4317/4318/8888 (a local collector has them), a key
+    # set as with otelcol --set, and the exporter named by the OpenTelemetry SDK's variables.
+    from tests.support.otlp_sink import OtlpGrpcSink
+
+    grpc_port, http_port, metrics_port = free_port(), free_port(), free_port()
+    with OtlpGrpcSink() as sink:
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("OTEL_")},
+               "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.port}", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+               "OTEL_EXPORTER_OTLP_HEADERS": "x-tenant=acme"}
+        proc = subprocess.Popen(faulttrace("serve", "--grpc-port", str(grpc_port), "--http-port", str(http_port),
+                                           "--metrics-port", str(metrics_port),
+                                           "--set", "processors.faulttrace.decision_wait=100ms",
+                                           "--set", "processors.faulttrace.storage.path=\":memory:\"",  # YAML: quoted
+                                           "--set", "processors.faulttrace.analysis_process=false"),
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            def healthy() -> bool:
+                assert proc.poll() is None, proc.communicate()[1]
+                try:
+                    return requests.get(f"http://127.0.0.1:{metrics_port}/healthz", timeout=1).status_code == 200
+                except requests.ConnectionError:
+                    return False
+
+            wait_until(healthy, timeout=30, what="faulttrace serve to come up")
+            sent = simple_request(1, traces=2)
+            grpc_export(f"127.0.0.1:{grpc_port}", sent)
+            reply = requests.post(f"http://127.0.0.1:{http_port}/v1/traces", data=simple_request(5).SerializeToString(),
+                                  headers={"Content-Type": "application/x-protobuf"}, timeout=10)
+            assert reply.status_code == 200
+            sink.wait_for_spans(6, timeout=20)  # decision_wait 100ms, not the default 5s
+            assert {r.headers.get("x-tenant") for r in sink.received} == {"acme"}
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+
+
+def test_validate_with_set_names_the_assignment(tmp_path):
+    path = write_yaml(tmp_path, GOOD)
+    done = subprocess.run(faulttrace("validate", "--config", str(path), "--set", "exporters.debug.verbosity=loud"),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "exporters.debug.verbosity: Input should be 'basic', 'normal' or 'detailed'" in done.stderr
+    done = subprocess.run(faulttrace("validate", "--config", str(path), "--set",
+                                     "receivers.otlp.protocols.grpc.keepalive={server_parameters: {time: 10s}}"),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

@@ -364,3 +364,101 @@ def test_a_processor_type_twice_in_the_pipeline_is_refused():
                         "memory_limiter/2": {"check_interval": "1s", "limit_mib": 200}})
     with pytest.raises(ConfigError, match="memory_limiter appears twice"):
         parse_config(doc)
+
+
+# --- --set, OTEL_EXPORTER_OTLP_*, port flags ---------------------------------------------
+
+
+def test_set_like_otelcol(tmp_path):
+    config = load_config(write(tmp_path, ISSUE_YAML), [
+        "processors.faulttrace.decision_wait=250ms",
+        "exporters.otlp_grpc.headers={x-tenant: 42}",          # a mapping merges in
+        "exporters.otlp_grpc.tls={ca_file: /etc/ca.pem}",       # ... keeping insecure: true beside it
+        "exporters.debug=",                                     # null: the component with its defaults
+        "service.pipelines.traces.exporters=[otlp_grpc, debug]",
+    ], environ={})
+    assert config.processor.decision_wait == 0.25
+    exporter = config.exporters["otlp_grpc"]
+    assert exporter.headers == {"x-tenant": "42"} and exporter.tls.insecure and exporter.tls.ca_file == "/etc/ca.pem"
+    assert config.pipeline.exporters == ["otlp_grpc", "debug"]
+
+
+def test_set_values_are_expanded_and_checked_like_the_file(tmp_path):
+    config = load_config(write(tmp_path, ISSUE_YAML), ["exporters.otlp_grpc.endpoint=${env:BACKEND}"],
+                         environ={"BACKEND": "tempo:4317"})
+    assert config.exporters["otlp_grpc"].endpoint == "tempo:4317"
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, ISSUE_YAML), ["processors.faulttrace.decision_wait=soon", "nokey",
+                                                  "exporters.otlp_grpc.endpoint.host=x", "a.b=[unclosed"],
+                    environ={})
+    assert err.value.problems == [
+        "--set nokey: expected key.path=value, e.g. processors.faulttrace.decision_wait=2s",
+        "--set exporters.otlp_grpc.endpoint.host: exporters.otlp_grpc.endpoint is not a mapping",
+        "--set a.b: the value is not YAML: expected ',' or ']', but got '<stream end>'"]
+    with pytest.raises(ConfigError, match="processors.faulttrace.decision_wait: invalid duration"):
+        load_config(write(tmp_path, ISSUE_YAML), ["processors.faulttrace.decision_wait=soon"], environ={})
+
+
+@pytest.mark.parametrize("env, cid, body", [
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, "otlp_http",
+     {"endpoint": "http://collector:4318", "traces_endpoint": None}),
+    ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://tempo/otlp/v1/traces", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://x"},
+     "otlp_http", {"endpoint": "https://tempo/otlp/v1/traces", "traces_endpoint": "https://tempo/otlp/v1/traces"}),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, "otlp_grpc",
+     {"endpoint": "http://collector:4317"}),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4317", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc",
+      "OTEL_EXPORTER_OTLP_INSECURE": "true", "OTEL_EXPORTER_OTLP_HEADERS": "x-tenant=acme,authorization=Bearer%20t0k",
+      "OTEL_EXPORTER_OTLP_TRACES_HEADERS": "x-tenant=other", "OTEL_EXPORTER_OTLP_COMPRESSION": "none",
+      "OTEL_EXPORTER_OTLP_TIMEOUT": "2500"}, "otlp_grpc",
+     {"endpoint": "collector:4317", "headers": {"x-tenant": "other"}, "compression": "none", "timeout": 2.5}),
+])
+def test_the_sdks_environment_variables_name_the_default_exporter(env, cid, body):
+    config = load_config(None, environ=env)
+    assert config.pipeline.exporters == [cid] and list(config.exporters) == [cid]
+    exporter = config.exporters[cid]
+    for key, value in body.items():
+        assert getattr(exporter, key) == value
+    if cid == "otlp_grpc":
+        assert exporter.tls.insecure  # http:// or OTEL_EXPORTER_OTLP_INSECURE=true
+
+
+def test_otlp_headers_are_percent_decoded_and_grpc_without_scheme_is_tls():
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+           "OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer%20t0k, x-a = 1 ",
+           "OTEL_EXPORTER_OTLP_CERTIFICATE": "/etc/ca.pem"}
+    exporter = load_config(None, environ=env).exporters["otlp_grpc"]
+    assert exporter.headers == {"authorization": "Bearer t0k", "x-a": "1"}
+    assert not exporter.tls.insecure and exporter.tls.ca_file == "/etc/ca.pem"
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"},
+     "OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json': faulttrace sends grpc or http/protobuf"),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_EXPORTER_OTLP_HEADERS": "novalue"},
+     "OTEL_EXPORTER_OTLP_HEADERS: 'novalue' is not key=value"),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_EXPORTER_OTLP_TIMEOUT": "10s"},
+     "OTEL_EXPORTER_OTLP_TIMEOUT: '10s' is not a number of milliseconds"),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "c:4318"}, "exporters.otlp_http.endpoint: 'c:4318' is not a URL"),
+])
+def test_bad_sdk_variables_are_named(env, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, environ=env)
+    assert err.value.problems[0].startswith(message), err.value.problems
+
+
+def test_no_endpoint_variable_keeps_the_debug_exporter():
+    assert load_config(None, environ={"OTEL_EXPORTER_OTLP_HEADERS": "a=b"}).pipeline.exporters == ["debug"]
+
+
+def test_port_flags_move_the_defaults_keeping_the_host(tmp_path):
+    ports = {"grpc": 14317, "http": 14318, "metrics": 18888}
+    config = load_config(None, ports=ports, environ={})
+    assert config.receivers["otlp"].protocols.grpc.endpoint == "127.0.0.1:14317"
+    assert config.receivers["otlp"].protocols.http.endpoint == "127.0.0.1:14318"
+    assert config.service.telemetry.metrics.endpoint == "127.0.0.1:18888"
+    config = load_config(Path(__file__).parent / "data" / "collector.yaml", ports=ports)
+    assert config.receivers["otlp"].protocols.grpc.endpoint == "0.0.0.0:14317"  # ":4317" kept its every-interface
+    assert config.service.telemetry.metrics.endpoint == "0.0.0.0:18888"       # the pull reader's port
+    text = ISSUE_YAML.replace("      http: {endpoint: 127.0.0.1:4318}\n", "")
+    with pytest.raises(ConfigError, match="--http-port: receivers.otlp has no http protocol"):
+        load_config(write(tmp_path, text), ports={"http": 1})
