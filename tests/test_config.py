@@ -462,3 +462,10 @@ def test_port_flags_move_the_defaults_keeping_the_host(tmp_path):
     text = ISSUE_YAML.replace("      http: {endpoint: 127.0.0.1:4318}\n", "")
     with pytest.raises(ConfigError, match="--http-port: receivers.otlp has no http protocol"):
         load_config(write(tmp_path, text), ports={"http": 1})
+
+
+def test_the_example_config_validates_with_every_option_shown():
+    example = Path(__file__).parent.parent / "examples" / "config.yaml"
+    config = load_config(example, environ={})
+    assert config.pipeline.processors == ["memory_limiter", "batch", "faulttrace"]
+    assert config.service.telemetry.metrics.endpoint == "127.0.0.1:8888"
