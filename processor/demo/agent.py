@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from processor.demo.calls import Request
 from processor.demo.shop import (
     PRODUCTS,
+    answer,
     catalog_get_product,
     catalog_search,
     entry,
@@ -59,6 +60,7 @@ AGENTS = (
           "support-kb", "SupportAnswer"),
 )
 EMBEDDING_MODEL = "text-embedding-3-small"
+MADE_UP_TOOLS = ("lookup_coupon", "get_user_profile", "track_package", "compare_prices")
 TOOL_TURN_MAX_TOKENS = 256
 
 
@@ -88,12 +90,13 @@ class Chat:
         self.req, self.server, self.agent = req, server, agent
         self.rng = req.rng
         rollout = req.fault.at("bad-temperature")
-        self.temperature = rollout["temperature"] if rollout else agent.temperature
+        creative = agent.name == "shopping-assistant" and self.rng.random() < 0.15  # gift ideas: more varied
+        self.temperature = rollout["temperature"] if rollout else (0.7 if creative else agent.temperature)
         self.chats: list[Op] = []
         self.input_tokens = self.rng.randint(900, 1600)
 
     def run(self) -> None:
-        a, req = self.agent, self.req
+        a = self.agent
         self.server.work(0.8)
         conversation = f"conv_{self.rng.getrandbits(48):012x}"
         with self.server.child(None, "openinference.agents", f"invoke_agent {a.name}", INTERNAL,
@@ -135,7 +138,7 @@ class Chat:
             if bad:
                 scores = sorted((round(self.rng.uniform(0.08, 0.31), 3) for _ in range(5)), reverse=True)
             else:  # an off-topic question now and then finds only loosely related documents
-                top = self.rng.uniform(0.58, 0.93) if self.rng.random() > 0.05 else self.rng.uniform(0.34, 0.5)
+                top = self.rng.uniform(0.58, 0.93) if self.rng.random() > 0.04 else self.rng.uniform(0.22, 0.5)
                 scores = sorted((round(top - self.rng.uniform(0, 0.25) * (i > 0), 3) for i in range(5)), reverse=True)
             ret.set(app__retrieval__documents=5, app__retrieval__scores=scores, app__retrieval__top_score=scores[0],
                     app__retrieval__document_ids=[f"{a.data_source}:{self.rng.randint(1000, 9999)}" for _ in scores])
@@ -150,6 +153,8 @@ class Chat:
         results: list[tuple[str, int]] = []
         unknown = req.fault.at("unknown-tool")
         first = list(self.rng.sample(a.tools[:2], 2) if self.rng.random() < 0.25 else [a.tools[0]])
+        if self.rng.random() < 0.015:  # the model makes up a tool now and then; told so, it picks a real one
+            first = [self.rng.choice(MADE_UP_TOOLS)]
         if unknown:
             first = [unknown["tool"]]
         elif req.fault.at("ignored-empty-tool"):
@@ -216,7 +221,7 @@ class Chat:
 
     # --- a model turn ----------------------------------------------------------------------------------
     def chat(self, inv: Op, finish: str, tools: list[str], max_tokens: int, truncate: bool) -> Op:
-        a, req = self.agent, self.req
+        a = self.agent
         if truncate:
             out_tokens, finish = max_tokens, "length"
         elif finish == "tool_calls":
@@ -233,7 +238,8 @@ class Chat:
             ms = self.rng.uniform(250, 700) + out_tokens * self.rng.uniform(9, 18)
             self._provider_call(chat, ms)
             chat.work(0.4)
-            chat.set(gen_ai__response__model=a.response_model, gen_ai__response__id=f"resp_{self.rng.getrandbits(64):x}",
+            chat.set(gen_ai__response__model=a.response_model,
+                     gen_ai__response__id=f"resp_{self.rng.getrandbits(64):x}",
                      gen_ai__response__finish_reasons=[finish], gen_ai__usage__input_tokens=self.input_tokens,
                      gen_ai__usage__output_tokens=out_tokens, gen_ai__output__type="json",
                      gen_ai__output__messages=json.dumps([{"role": "assistant", "parts": calls or [
@@ -289,6 +295,11 @@ class Chat:
                 raise SimError("json.decoder.JSONDecodeError", "Unterminated string starting at: line 1 column 212",
                                fault=True, frames=frames("assistant", "tools", 40, "invoke",
                                                          "args = json.loads(call.function.arguments)"))
+            if tool not in a.tools and not req.fault.at("unknown-tool"):
+                t.error("ToolNotFoundError", f"tool '{tool}' is not registered")
+                t.set(gen_ai__tool__call__result=json.dumps({"error": f"tool '{tool}' is not registered"}),
+                      app__tool__result__count=0)
+                return 0
             if tool not in a.tools:
                 req.trace.cause(chat)
                 raise SimError("assistant.tools.ToolNotFoundError",
@@ -331,9 +342,8 @@ class Chat:
                                              "return {'sku': p['sku'], 'price': p['price_cents']}"))
             return 1
         if tool == "check_inventory":
-            req.http(t, "inventory", "GET", "/inventory/:sku", f"/inventory/{self.rng.choice(PRODUCTS)}",
-                     lambda s: _inventory_lookup(req, s))
-            return 1
+            return req.http(t, "inventory", "GET", "/inventory/:sku", f"/inventory/{self.rng.choice(PRODUCTS)}",
+                            lambda s: _inventory_lookup(req, s))
         if tool == "get_recommendations":
             return len(req.http(t, "recommendation", "GET", "/recommendations", "/recommendations?sku=...",
                                 lambda s: _recs(req, s)) or [])
@@ -375,12 +385,16 @@ def _catalog_semantic_search(req: Request, op: Op) -> int:
     return hits
 
 
-def _inventory_lookup(req: Request, op: Op) -> None:
+def _inventory_lookup(req: Request, op: Op) -> int:
+    stocked = req.rng.random() > 0.08  # a discontinued product has no stock row: the tool says so
     with req.db(op, "postgresql", "SELECT", "stock", "SELECT quantity FROM stock WHERE sku = ?",
                 db__namespace="shop", db__client__connection__pool__name="inventory-pool") as q:
         q.work(2)
-        q.set(db__response__returned_rows=1)
+        q.set(db__response__returned_rows=int(stocked))
+    if not stocked:
+        answer(op, 404)
     op.work(0.3)
+    return int(stocked)
 
 
 def _recs(req: Request, op: Op) -> list[str] | None:

@@ -95,7 +95,10 @@ class Request:
             size = server.attributes.get("http.response.body.size")
             if size is not None:
                 client.set(http__response__body__size=size)
-            client.set(http__response__status_code=server.attributes.get("http.response.status_code", 200))
+            status = server.attributes.get("http.response.status_code", 200)
+            client.set(http__response__status_code=status)
+            if status >= 400:  # an answer the caller's code takes in its stride: the client span says so
+                client.error(str(status))
             self._give_up(client, timeout_ms)
         self._timed_out(client, service)
         return result
@@ -132,7 +135,8 @@ class Request:
             client.work(1.2)
             type_name, message = _REFUSED[caller.pod.runtime]
             raise SimError(type_name, message.format(service, port), cause=True,
-                           frames=((f"/app/{caller.service}/clients.py", 57, "send", "resp = await self._http.send(req)"),))
+                           frames=((f"/app/{caller.service}/clients.py", 57, "send",
+                                    "resp = await self._http.send(req)"),))
 
     def _network(self, client: Op, source: str, target: str) -> None:
         """One way of a call between two services; packet loss there adds retransmission delays."""

@@ -43,7 +43,8 @@ KINDS: tuple[FaultKind, ...] = (
         _v("catalog.GetProduct", "agent", tool="get_product_details"),
     )),
     # --- data -----------------------------------------------------------------------------------------
-    FaultKind("zero-rows", "data", True, "a query returns no rows for data that exists; the caller answers 404 or 500", (
+    FaultKind("zero-rows", "data", True,
+              "a query returns no rows for data that exists; the caller answers 404 or 500", (
         _v("catalog.products", "checkout"),
         _v("inventory.stock", "checkout"),
         _v("catalog.product", "browse"),

@@ -373,12 +373,13 @@ def shipping_quote(req: Request, op: Op) -> dict | None:
         carrier.set(http__response__status_code=200)
     op.work(0.6)
     null = req.fault.at("null-return", "shipping.GetQuote")
+    remote = not null and req.rng.random() < 0.03  # no carrier serves the address: no quote, a flat rate
     op.event("message", rpc__message__type="SENT", rpc__message__id=1,
-             rpc__message__uncompressed_size=0 if null else req.rng.randint(60, 140))
+             rpc__message__uncompressed_size=0 if null or remote else req.rng.randint(60, 140))
     if null:
         req.trace.cause(op)
         return None
-    return {"amount": req.rng.randint(0, 1500)}
+    return {"amount": None if remote else req.rng.randint(0, 1500), "flat_rate": remote}
 
 
 def payment_charge(req: Request, op: Op) -> None:

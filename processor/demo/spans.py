@@ -92,7 +92,7 @@ class SimTrace:
         self.trace_id = self.rng.getrandbits(128).to_bytes(16, "big")
 
     def span_id(self) -> bytes:
-        return self.rng.getrandbits(64).to_bytes(8, "big") or b"\x00" * 7 + b"\x01"
+        return (self.rng.getrandbits(64) or 1).to_bytes(8, "big")  # all zeros is not a valid id
 
     def root(self, pod: Pod, scope: str, name: str, kind: int, **attributes: Any) -> Op:
         return Op(self, pod, scope, name, kind, _attrs(attributes), None, self.start_ns)
