@@ -65,13 +65,16 @@ class TraceSpans:
 
 def chains(v: TraceVerdict | None, symptoms: tuple[Symptom, ...], spans: TraceSpans
            ) -> tuple[list[Chain], list[tuple[Row, Symptom]]]:
-    """Each candidate's chain, in rank order; and the symptoms naming no candidate of the trace."""
+    """Each candidate's chain, in rank order; and the symptoms naming no candidate of the trace.
+
+    A symptom naming another symptom (a fired tree's top event explained by a span that is
+    itself explained) joins the chain of the candidate that one leads to."""
     candidates = v.candidates if v else ()
     by_cause: dict[bytes | None, list[tuple[Row, Symptom]]] = defaultdict(list)
     blamed = {c.span_id for c in candidates}
     for s in symptoms:
         if s.span_id in spans.rows:
-            by_cause[s.caused_by if s.caused_by in blamed else None].append((spans.rows[s.span_id], s))
+            by_cause[cause_of(s, symptoms, blamed)].append((spans.rows[s.span_id], s))
     root_id = spans.root["span_id"] if spans.root else None
     root_rank = next((c.rank for c in candidates if c.span_id == root_id), None)
     out = []
@@ -83,6 +86,17 @@ def chains(v: TraceVerdict | None, symptoms: tuple[Symptom, ...], spans: TraceSp
         explains = tuple((r, s) for r, s in links if r["span_id"] != root_id)
         out.append(Chain(c, row, explains, spans.root, at_root, root_rank))
     return out, by_cause.get(None, [])
+
+
+def cause_of(s: Symptom, symptoms: tuple[Symptom, ...], blamed: set[bytes]) -> bytes | None:
+    """The candidate ``s`` leads to, following ``caused_by`` through other symptoms; None if none."""
+    by_span = {x.span_id: x for x in symptoms}
+    seen = {s.span_id}
+    cause = s.caused_by
+    while cause is not None and cause not in blamed and cause in by_span and cause not in seen:
+        seen.add(cause)
+        cause = by_span[cause].caused_by
+    return cause if cause in blamed else None
 
 
 # ---- JSON ------------------------------------------------------------------------------------
@@ -137,7 +151,10 @@ def _chain_json(ch: Chain) -> dict[str, Any]:
 
 
 def _link_json(row: Row, s: Symptom) -> dict[str, Any]:
-    return {**_span_json(row), "reason": s.reason, "explained": s.explained}
+    """A symptom with its evidence; ``caused_by``, the span it names (the cause, or the symptom
+    through which it leads to the cause)."""
+    return {**_span_json(row), "caused_by": s.caused_by.hex() if s.caused_by else None, "reason": s.reason,
+            "explained": s.explained}
 
 
 def _span_json(row: Row) -> dict[str, Any]:
@@ -207,7 +224,7 @@ def _write_trace(trace_id: bytes, rows: list[Row], verdict: BatchVerdict, out: T
         s = marks.get(span["span_id"])
         mark = f"  <== #{c.rank} {c.layer} {','.join((*c.rules, *c.statistical))} ({c.confidence:.2f})" if c else ""
         if s is not None and c is None:
-            cause = blamed.get(s.caused_by) if s.caused_by is not None else None
+            cause = blamed.get(cause_of(s, symptoms, set(blamed)) or b"")
             mark = f"  <- symptom{f' of #{cause.rank}' if cause else ''}{f': {s.reason}' if s.reason else ''}"
         out.write(f"  {'  ' * depth}{_describe(span)}{mark}\n")
         for child in spans.children.get(span["span_id"], []):
@@ -230,8 +247,15 @@ def _write_chain(ch: Chain, out: TextIO) -> None:
     out.write(f"  #{c.rank} cause {_describe(ch.span)}  [{'; '.join(what)}] ({c.confidence:.2f})\n")
     for e in c.evidence:
         out.write(f"       {e.source}: {e.message}\n")
+    links = {row["span_id"]: row for row, _ in ch.explains}
+
+    def why(s: Symptom) -> str:
+        reason = s.reason or "no reason given"
+        via = links.get(s.caused_by) if s.caused_by != c.span_id else None
+        return f"{reason}; through {via['service']}: {via['name']}" if via else reason
+
     for row, s in ch.explains:
-        out.write(f"     → explains {_describe(row)}  ({s.reason or 'no reason given'})\n")
+        out.write(f"     → explains {_describe(row)}  ({why(s)})\n")
     root = ch.user_saw
     if root is None:
         return
@@ -239,12 +263,12 @@ def _write_chain(ch: Chain, out: TextIO) -> None:
         out.write("     → user saw this span: the cause is the root span\n")
         return
     if ch.user_saw_symptom is not None:
-        why = ch.user_saw_symptom.reason or "no reason given"
+        link = why(ch.user_saw_symptom)
     elif ch.user_saw_rank is not None:
-        why = f"blamed itself as #{ch.user_saw_rank}"
+        link = f"blamed itself as #{ch.user_saw_rank}"
     else:
-        why = "not marked a symptom of this cause"
-    out.write(f"     → user saw {_describe(root)}  (root span; {why})\n")
+        link = "not marked a symptom of this cause"
+    out.write(f"     → user saw {_describe(root)}  (root span; {link})\n")
 
 
 def dumps(result: OfflineResult) -> str:

@@ -67,23 +67,29 @@ def test_text_shows_the_tree_with_the_root_cause_marked():
     run = faulttrace("explain", "--no-localizer", CHECKOUT)
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
-    assert lines[0] == f"trace {FAILING}: 4 spans, 2 root cause(s)"
+    assert lines[0] == f"trace {FAILING}: 4 spans, 1 root cause(s)"
     # The tree: indentation follows parent -> child, across services.
     tree = [ln for ln in lines[1:] if re.match(r"^ *(frontend|payments): ", ln)][:4]
     assert [re.match(r"^( *)(\S+: [A-Z]+ /?\S+)", ln).groups() for ln in tree] == [
         ("  ", "frontend: GET /checkout"), ("    ", "frontend: POST /charge"),
         ("      ", "payments: POST /charge"), ("        ", "payments: SELECT cards")]
     assert tree[3] == ("        payments: SELECT cards 60.0ms ERROR  <== #1 code "
-                       "code.deepest_exception,infra.connection_pool_exhausted,data.failed_db_query (0.71)")
-    # calibrated (processor.analysis.calibration): supports 0.8 and 0.4, odds 4 and 2/3, so 4/(1+4+2/3) and (2/3)/(1+4+2/3)
-    assert tree[0].endswith("ERROR  <== #2 config config.failing_flag_variant (0.12)")
+                       "code.deepest_exception,infra.connection_pool_exhausted,data.failed_db_query (0.80)")
+    # the flag variant on the root span no longer competes: the fired tree request.failure explains its
+    # top event (the root) by the cause, so the root is a symptom (calibrated alone: support 0.8, odds 4, 4/5)
+    assert tree[0].endswith("ERROR  <- symptom of #1: fault tree request.failure fired: cut set {exception} "
+                            "explains its top event")
     assert "<==" not in tree[1] and "<==" not in tree[2]
     # Before the tree, each cause's chain: the cause, then one line per rule with its message.
     i = next(n for n, ln in enumerate(lines) if ln.startswith("  #1 cause payments: SELECT cards 60.0ms ERROR  [code; "))
     assert lines[i + 1].strip() == f"code.deepest_exception: {POOL_MESSAGE}"
     assert lines[i + 2].strip().startswith("infra.connection_pool_exhausted: payments: SELECT cards could not get")
     assert lines[i + 3].strip() == "data.failed_db_query: postgresql query failed (nil): pool timeout"
-    assert lines.index(tree[0]) > i
+    # ... ending with what the user saw, and why it follows
+    chain_end = next(n for n in range(i, len(lines)) if lines[n].startswith("     → user saw "))
+    assert lines[chain_end] == ("     → user saw frontend: GET /checkout 100.0ms ERROR  (root span; fault tree "
+                                "request.failure fired: cut set {exception} explains its top event)")
+    assert lines.index(tree[0]) > chain_end
     # The healthy trace: its tree, nothing marked.
     j = lines.index(f"trace {HEALTHY}: 2 spans, no root cause found")
     assert lines[j + 1:] == ["  frontend: GET /home 60.0ms", "    frontend: GET /cart 40.0ms"]
@@ -100,19 +106,22 @@ def test_json_matches_the_schema():
             assert list(cause) == keys
             assert isinstance(cause["rank"], int) and isinstance(cause["confidence"], float)
             assert all(isinstance(r, str) for r in cause["rules"])
-    first, second = doc["traces"][0]["root_causes"]
-    for cause in (first, second):  # one piece of evidence per rule (and per fault tree through it)
-        evidence = cause.pop("evidence")
-        assert [e["source"] for e in evidence if e["kind"] == "rule"] == cause["rules"]
+    (first,) = doc["traces"][0]["root_causes"]
+    evidence = first.pop("evidence")  # one piece of evidence per rule (and per fault tree through it)
+    assert [e["source"] for e in evidence if e["kind"] == "rule"] == first["rules"]
     assert first == {"rank": 1, "span_id": "a000000000000004", "service": "payments", "name": "SELECT cards",
                      "layer": "code",
                      "rules": ["code.deepest_exception", "infra.connection_pool_exhausted", "data.failed_db_query"],
-                     "confidence": round(4 / (1 + 4 + 2 / 3), 4), "message": POOL_MESSAGE}
-    assert second == {"rank": 2, "span_id": "a000000000000001", "service": "frontend", "name": "GET /checkout",
-                      "layer": "config", "rules": ["config.failing_flag_variant"],
-                      "confidence": round((2 / 3) / (1 + 4 + 2 / 3), 4),
-                      "message": "flag new-checkout = on on frontend"}
-    assert doc["traces"][1]["root_causes"] == []
+                     "confidence": 0.8, "message": POOL_MESSAGE}
+    # the chain: the cause, what the user saw (the root span, the fired tree's top event) and why
+    (chain,) = doc["traces"][0]["chains"]
+    assert chain["rank"] == 1 and chain["cause"] == "a000000000000004" and chain["explains"] == []
+    assert chain["user_saw"] == {"span_id": "a000000000000001", "service": "frontend", "name": "GET /checkout",
+                                 "error": True, "duration_ms": 100.0, "cause_rank": None, "symptom": True,
+                                 "reason": "fault tree request.failure fired: cut set {exception} explains its top event"}
+    assert doc["traces"][0]["symptoms"] == [{"span_id": "a000000000000001", "caused_by": "a000000000000004",
+                                             "reason": chain["user_saw"]["reason"], "explained": True}]
+    assert doc["traces"][1]["root_causes"] == [] and doc["traces"][1]["chains"] == []
 
 
 def test_custom_rules_alone(custom_rules):
@@ -142,7 +151,7 @@ def test_custom_rules_beside_the_builtin_library_from_gzipped_json_lines(tmp_pat
     path.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
     got = explain_json("--rules", custom_rules, "--format", "json", path)
     by_trace = {t["trace_id"]: t["root_causes"] for t in got["traces"]}
-    assert [c["span_id"] for c in by_trace[FAILING]] == ["a000000000000004", "a000000000000001"]
+    assert [c["span_id"] for c in by_trace[FAILING]] == ["a000000000000004"]
     assert [c["rules"] for c in by_trace[HEALTHY]] == [["custom.home_route"]]
 
 

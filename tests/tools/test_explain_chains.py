@@ -79,8 +79,8 @@ def test_json_chain_names_each_link_and_its_evidence() -> None:
     first, second = trace["chains"]
     assert first["rank"] == 1 and first["cause"] == CHAT.hex()
     assert first["explains"] == [{"span_id": TOOL.hex(), "service": "agent", "name": "validate", "error": True,
-                                  "duration_ms": 80.0, "reason": "rule semantic.truncated_output explains it",
-                                  "explained": True}]
+                                  "duration_ms": 80.0, "caused_by": CHAT.hex(),
+                                  "reason": "rule semantic.truncated_output explains it", "explained": True}]
     assert first["user_saw"] == {"span_id": AGENT.hex(), "service": "agent", "name": "invoke_agent shop",
                                  "error": True, "duration_ms": 12000.0, "cause_rank": None, "symptom": True,
                                  "reason": "inherited error"}
@@ -103,3 +103,22 @@ def test_a_root_span_that_is_the_cause_is_what_the_user_saw() -> None:
     out = io.StringIO()
     explain._write_chain(chain, out)
     assert out.getvalue().endswith("     → user saw this span: the cause is the root span\n")
+
+
+def test_a_symptom_naming_another_symptom_joins_the_chain_it_leads_to() -> None:
+    """A fired tree's top event (the root) explained by a span that is itself explained by the cause."""
+    result = _result()
+    symptoms = (Symptom(TOOL, CHAT, "rule semantic.truncated_output explains it", explained=True),
+                Symptom(AGENT, TOOL, "fault tree request.failure explains its top event", explained=True),
+                Symptom(ORPHAN, ORPHAN, "a loop leads nowhere"))
+    verdict = BatchVerdict(result.verdict.traces, {T: symptoms})
+    out = io.StringIO()
+    explain.write_text(OfflineResult(result.spans, [], verdict), out)
+    lines = out.getvalue().splitlines()
+    assert lines[4] == "     → explains agent: validate 80.0ms ERROR  (rule semantic.truncated_output explains it)"
+    assert lines[5] == ("     → user saw agent: invoke_agent shop 12000.0ms ERROR  (root span; fault tree "
+                        "request.failure explains its top event; through agent: validate)")
+    assert "  symptom naming no cause here: agent: log 100.0ms ERROR  (a loop leads nowhere)" in lines
+    assert "  agent: invoke_agent shop 12000.0ms ERROR  <- symptom of #1: fault tree request.failure explains its top event" in lines
+    chain = explain.to_json(OfflineResult(result.spans, [], verdict))["traces"][0]["chains"][0]
+    assert chain["user_saw"]["symptom"] is True and chain["user_saw"]["span_id"] == AGENT.hex()
