@@ -529,7 +529,11 @@ COLLECTOR_ONLY_KEYS: dict[str, dict[str, str]] = {
     "receivers": receivers_config.COLLECTOR_ONLY_KEYS,
     "processors": MEMORY_LIMITER_KEYS,
     "exporters": exporters_config.COLLECTOR_ONLY_KEYS,
-    "extensions": {},
+    "extensions": {
+        "check_collector_pipeline": "the collector deprecated it; readiness covers the whole pipeline; remove it",
+        "grpc": "faulttrace's health check is HTTP only; remove it",
+        "tls": "the health check is plain HTTP; keep its endpoint on a private address",
+    },
     "service": {
         "telemetry.traces": "faulttrace traces nothing of its own; remove it",
         "telemetry.resource": "remove it; faulttrace's metrics carry no resource",

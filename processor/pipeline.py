@@ -3,7 +3,8 @@ from a Config, and starts and stops them in order.
 
 One coroutine owns start and graceful stop.  Start: extensions (the
 authenticators receivers consult), store (recovering spans its journal kept),
-exporters, the release loop, the memory limiter, receivers, the admin server.  Stop: receivers
+exporters, the release loop, the memory limiter, receivers, the admin server;
+then a health check extension reports ready.  Stop: receivers
 first (no new data), then every buffered trace is released and exported, then
 exporters drain their queues within the shutdown timeout, then the store
 deletes what was delivered from its journal and closes, then the extensions
@@ -25,7 +26,7 @@ from processor.assembler import Assembler
 from processor.config import Config
 from processor.exporters.base import Exporter
 from processor.exporters.factory import build_exporter
-from processor.extensions.factory import build_extensions
+from processor.extensions.factory import ReadinessReporter, build_extensions
 from processor.memory_limiter import MemoryLimiter
 from processor.receivers.factory import Receiver, build_receivers
 from processor.receivers.ingest import Ingest
@@ -95,6 +96,9 @@ class Pipeline:
             raise
         for receiver in self.receivers:
             log.info("%s", receiver.describe())
+        for extension in self.extensions.values():
+            if isinstance(extension, ReadinessReporter):
+                extension.set_ready(True)
 
     async def _start(self) -> None:
         for cid, extension in self.extensions.items():
@@ -120,6 +124,9 @@ class Pipeline:
         """Graceful stop: nothing buffered is lost unless the shutdown timeout runs out."""
         timeout = self.config.service.shutdown_timeout
         deadline = self._clock() + timeout
+        for extension in self.extensions.values():
+            if isinstance(extension, ReadinessReporter):
+                extension.set_ready(False)  # a load balancer stops sending while buffered traces leave
         for receiver in self.receivers:
             await receiver.stop(grace=min(5.0, timeout))
         if self.memory_limiter is not None:
@@ -157,6 +164,9 @@ class Pipeline:
         out = {f"{r.component_id}/{r.transport}": r.port for r in self.receivers}
         if self.admin is not None:
             out["metrics"] = self.admin.port
+        for cid, extension in self.extensions.items():
+            if port := getattr(extension, "port", 0):
+                out[cid] = port
         return out
 
     def _health(self) -> dict[str, object]:

@@ -253,7 +253,8 @@ def test_a_collector_shaped_config_validates_and_means_what_it_says():
     assert tempo.headers == {"x-scope-orgid": "42"}
     assert config.exporters["otlp_http/jaeger"].compression == "zstd"
     assert config.service.telemetry.metrics.endpoint == "0.0.0.0:8888"
-    assert config.service.extensions == ["bearertokenauth/agents"]
+    assert config.service.extensions == ["health_check", "bearertokenauth/agents"]
+    assert config.extensions["health_check"].endpoint == "0.0.0.0:13133"
 
 
 @pytest.mark.parametrize("section, body, message", [

@@ -1,1 +1,2 @@
-"""Extensions (``extensions:`` and ``service.extensions``): the bearer-token authenticator receivers use."""
+"""Extensions (``extensions:`` and ``service.extensions``): the bearer-token authenticator receivers use
+and the health check."""

@@ -1,10 +1,11 @@
-"""Configuration of the extensions (``extensions.<type>``): the bearer-token authenticator's keys."""
+"""Configuration of the extensions (``extensions.<type>``): the bearer-token authenticator's and the
+health check's keys."""
 
 from __future__ import annotations
 
-from pydantic import ConfigDict, SecretStr, model_validator
+from pydantic import ConfigDict, SecretStr, field_validator, model_validator
 
-from processor.confmap import StrictModel
+from processor.confmap import Endpoint, StrictModel
 
 
 class BearerTokenAuthConfig(StrictModel):
@@ -29,3 +30,24 @@ class BearerTokenAuthConfig(StrictModel):
             raise ValueError("set token or filename (an empty token, e.g. from an unset "
                              "environment variable, is refused)")
         return self
+
+
+class HealthCheckResponseBody(StrictModel):
+    healthy: str = ""
+    unhealthy: str = ""
+
+
+class HealthCheckConfig(StrictModel):
+    """The collector's ``health_check``: ``GET path`` on ``endpoint`` says whether faulttrace is ready.
+    The collector listens on localhost:13133 by default; so does faulttrace (127.0.0.1)."""
+
+    endpoint: Endpoint = "127.0.0.1:13133"
+    path: str = "/"
+    response_body: HealthCheckResponseBody | None = None  # plain-text bodies instead of the JSON status
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError(f"{v!r} must start with /")
+        return v

@@ -1,5 +1,8 @@
 """The extension registry: each extension type's config model and implementation, and the factory.
 
+Types: ``bearertokenauth`` (an authenticator receivers name) and ``health_check``
+(told by the pipeline when it is ready).
+
 A component id is ``type[/name]`` (``bearertokenauth/agents``); the type
 picks the entry.  ``processor.config`` validates each ``extensions.<id>``
 body against the entry's model (types the collector has and faulttrace does
@@ -12,13 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
 from processor.confmap import component_type
 from processor.extensions.bearertokenauth import BearerTokenAuth
-from processor.extensions.config import BearerTokenAuthConfig
+from processor.extensions.config import BearerTokenAuthConfig, HealthCheckConfig
+from processor.extensions.healthcheck import HealthCheck
 
 
 class Extension(Protocol):
@@ -27,6 +31,13 @@ class Extension(Protocol):
     async def start(self) -> None: ...
 
     async def shutdown(self) -> None: ...
+
+
+@runtime_checkable
+class ReadinessReporter(Extension, Protocol):
+    """An extension told when the pipeline is ready (started) and when it stops being (``health_check``)."""
+
+    def set_ready(self, ready: bool) -> None: ...
 
 
 class ServerAuthenticator(Extension, Protocol):
@@ -46,11 +57,11 @@ class ExtensionType:
 
 EXTENSIONS: dict[str, ExtensionType] = {
     "bearertokenauth": ExtensionType(BearerTokenAuthConfig, BearerTokenAuth, authenticator=True),
+    "health_check": ExtensionType(HealthCheckConfig, HealthCheck, authenticator=False),
 }
 
 # Extension types of the collector that faulttrace does not implement, and what to do instead.
 COLLECTOR_ONLY: dict[str, str] = {
-    "health_check": "faulttrace serves GET /healthz on service.telemetry.metrics.address; point probes there",
     "pprof": "profile the process from outside instead, e.g. with py-spy",
     "zpages": "faulttrace's counters are on /metrics at service.telemetry.metrics.address",
     "oidc": "authenticate clients with bearertokenauth or with client certificates (tls.client_ca_file), "

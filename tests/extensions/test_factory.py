@@ -77,14 +77,13 @@ def test_named_extensions():
      "receivers.otlp.protocols.grpc.auth.authenticator: 'bearertokenauth' is not an enabled extension "
      "(service.extensions: [bearertokenauth/b])"),
     ({"extensions": {"sigv4auth": {}}, "service__extensions": ["sigv4auth"]},
-     "extensions.sigv4auth: unknown type 'sigv4auth' (known: bearertokenauth)"),
+     "extensions.sigv4auth: unknown type 'sigv4auth' (known: bearertokenauth, health_check)"),
 ])
 def test_problems_name_the_key(changes, message):
     assert problems(config(**changes)) == [message]
 
 
 @pytest.mark.parametrize("kind, hint", [
-    ("health_check", "faulttrace serves GET /healthz on service.telemetry.metrics.address"),
     ("pprof", "py-spy"),
     ("zpages", "/metrics"),
     ("oidc", "bearertokenauth or with client certificates (tls.client_ca_file)"),
