@@ -113,7 +113,8 @@ class LocalizerAnalyzer:
         details = _details(conn, table, columns)
         verdict = blame_traces(conn, metrics, baseline, ranking, self.per_trace, details, silent)
         found = self._attribute(conn, table, verdict)
-        verdict = _with_layers(_with_attributions(verdict, found), _span_attributes(conn, long, verdict), details)
+        verdict = _with_layers(_with_attributions(verdict, found), _span_attributes(conn, long, verdict), details,
+                               _enclosing(conn, table, verdict))
         learned = conn.sql(long).to_arrow_table() if long is not None else None
         self.history.learn(metrics, dict.fromkeys(verdict.traces, self.learn_suspect),
                            _values(conn, table, columns, self.attribution), learned)
@@ -204,8 +205,37 @@ def _span_attributes(conn: duckdb.DuckDBPyConnection, long: str | None, verdict:
     return out
 
 
+def _enclosing(conn: duckdb.DuckDBPyConnection, table: str, verdict: LocalizedBatch
+               ) -> dict[tuple[bytes, bytes], list[bytes]]:
+    """Per candidate span: its ancestors in its own service, nearest first."""
+    if not verdict.traces:
+        return {}
+    conn.register("lz_ctraces", pa.table({"trace_id": pa.array(list(verdict.traces), pa.binary())}))
+    try:
+        rows = conn.execute(f"SELECT trace_id, span_id, parent_span_id, service FROM {table} "
+                            "SEMI JOIN lz_ctraces USING (trace_id)").fetchall()
+    finally:
+        conn.unregister("lz_ctraces")
+    spans = {(t, s): (p, svc) for t, s, p, svc in rows}
+    out: dict[tuple[bytes, bytes], list[bytes]] = {}
+    for trace_id, v in verdict.traces.items():
+        for c in v.candidates:
+            chain: list[bytes] = []
+            parent, seen = spans.get((trace_id, c.span_id), (None, ""))[0], {c.span_id}
+            while (trace_id, parent) in spans and parent not in seen:
+                seen.add(parent)
+                p, svc = spans[(trace_id, parent)]
+                if svc != c.service:
+                    break
+                chain.append(parent)
+                parent = p
+            out[(trace_id, c.span_id)] = chain
+    return out
+
+
 def _with_layers(verdict: LocalizedBatch, attrs: dict[tuple[bytes, bytes], dict[str, float | None]],
-                 details: dict[tuple[bytes, bytes], str]) -> LocalizedBatch:
+                 details: dict[tuple[bytes, bytes], str], enclosing: dict[tuple[bytes, bytes], list[bytes]]
+                 ) -> LocalizedBatch:
     """Every candidate's evidence with the layer its evidence and conventions give
     (``conventions.layer``), the reason said in its first message."""
     shared: dict[tuple[bytes, bytes], list[str]] = {}
@@ -219,11 +249,15 @@ def _with_layers(verdict: LocalizedBatch, attrs: dict[tuple[bytes, bytes], dict[
             key = (trace_id, c.span_id)
             sources = {e.source for e in c.evidence}
             own = attrs.get(key, {})
+            abnormal = [a.key for a in verdict.abnormal.get(key, ())]
+            abnormal += [a.key for s in enclosing.get(key, ()) for a in verdict.abnormal.get((trace_id, s), ())
+                         if conventions.is_setting(a.key)]
             layer, reason = conventions.layer(
-                own, error="localizer.errors" in sources,
+                own, error=("localizer.errors" in sources or key in details
+                            or any(a.kind == "error" for a in verdict.abnormal.get(key, ()))),
                 exception=any("exception recorded" in e.message for e in c.evidence if e.source == "localizer.errors"),
                 slow="localizer.latency" in sources, silent="localizer.silent" in sources,
-                detail=details.get(key, ""), abnormal_keys=[a.key for a in verdict.abnormal.get(key, ())],
+                detail=details.get(key, ""), abnormal_keys=abnormal,
                 shared=shared.get(key, ()), numbers={k: n for k, n in own.items() if n is not None})
             if not layer:
                 cands.append(c)

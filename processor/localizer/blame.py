@@ -296,10 +296,10 @@ def _charge(r: dict[str, Any], children: dict[bytes | None, list[Span]], by_id: 
     callee_score = window[callee].score if callee in window else 0.0
     if caller_score > callee_score:
         return r, r["service"], f"{r['service']} slow on its calls: client span to {callee}, "
-    server = max((c for c in children.get(r["span_id"], []) if c.service == callee),
-                 key=lambda c: c.end_ns - c.start_ns, default=None)
+    # the excess is the client span's own time (network, queueing, the callee's accept path): the
+    # span is where it shows, the callee's service the one charged
     how = f"call from {r['service']} ({r['name']}) waits outside {callee}'s span (network, queueing): "
-    return (by_id[server.span_id] if server else r), callee, how
+    return r, callee, how
 
 
 def _merge_within_services(blames: dict[bytes, _Blame], by_id: dict[bytes, dict[str, Any]]) -> None:
@@ -339,7 +339,7 @@ def _rank(blames: dict[bytes, _Blame], by_id: dict[bytes, dict[str, Any]], windo
         evidence = tuple(Evidence(source, msg, round(confidence, 4), key, "", "localizer") for source, msg in messages)
         s = b.span
         scored.append((key, _depth(s["span_id"], by_id), s["span_id"],
-                       Candidate(s["span_id"], s["service"], s["name"], 0, s["start_ns"], s["end_ns"], evidence)))
+                       Candidate(s["span_id"], b.charged, s["name"], 0, s["start_ns"], s["end_ns"], evidence)))
     scored.sort(key=lambda t: (-t[0], -t[1], t[2]))
     return tuple(Candidate(c.span_id, c.service, c.name, depth, c.start_ns, c.end_ns, c.evidence, rank=i)
                  for i, (_, depth, _, c) in enumerate(scored[:per_trace], 1))
