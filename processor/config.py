@@ -38,8 +38,8 @@ from processor.confmap import (
 from processor.exporters import config as exporters_config
 from processor.exporters.factory import EXPORTERS
 from processor.extensions.factory import EXTENSIONS, unsupported_message
-from processor.memory_limiter import MemoryLimiterConfig
 from processor.memory_limiter import COLLECTOR_ONLY_KEYS as MEMORY_LIMITER_KEYS
+from processor.memory_limiter import MemoryLimiterConfig
 from processor.receivers import config as receivers_config
 from processor.receivers.config import OtlpReceiverConfig
 from processor.receivers.factory import RECEIVERS

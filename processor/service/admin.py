@@ -29,7 +29,7 @@ class AdminServer:
         try:
             self._runner, self.port = await serve(app, self._endpoint)
         except OSError as err:
-            raise OSError(f"service.telemetry.metrics.address: {err}") from None
+            raise OSError(f"service.telemetry.metrics: {err}") from None
         log.info("metrics on http://%s:%d/metrics", self._endpoint.rsplit(":", 1)[0], self.port)
         return self.port
 
