@@ -289,8 +289,9 @@ def write_report(dataset: Dataset, results: Sequence[CaseResult], seconds: float
     for label, row in [("overall", s), *s["by_fault"].items()]:
         out.write(f"{label:<22}{row['cases']:>6}{row['ac@1']:>8.3f}{row['ac@3']:>8.3f}{row['ac@5']:>8.3f}"
                   f"{row['avg@5']:>8.3f}{row['ece']:>8.3f}{row['brier']:>8.3f}\n")
-    given = "the share of traces it was first in" if source else "the confidence given to it"
-    out.write(f"ECE (10 bins) and Brier score of {given}, for the first service\n")
+    given = ("the first service's share of the traces blaming a service first" if source
+             else "the confidence given to the first service")
+    out.write(f"ECE (10 bins) and Brier score of {given}\n")
     if "span_traces" in s:
         _write_span_table(s, out)
 
