@@ -272,8 +272,6 @@ def test_a_collector_shaped_config_validates_and_means_what_it_says():
      "processors.memory_limiter.ballast_size_mib: supported by the collector, not by faulttrace: "),
     ("processors", {"batch": {"metadata_keys": ["x-tenant"]}},
      "processors.batch: metadata_keys: supported by the collector, not by faulttrace: "),
-    ("exporters", {"otlp": {"endpoint": "x:4317", "sending_queue": {"sizer": "bytes"}}},
-     "exporters.otlp.sending_queue.sizer: supported by the collector, not by faulttrace: sizer 'bytes'"),
     ("processors", {"tail_sampling": {}},
      "processors.tail_sampling: 'tail_sampling' is supported by the collector, not by faulttrace: sample in a "
      "collector after faulttrace"),
@@ -470,3 +468,14 @@ def test_the_example_config_validates_with_every_option_shown():
     config = load_config(example, environ={})
     assert config.pipeline.processors == ["memory_limiter", "batch", "faulttrace"]
     assert config.service.telemetry.metrics.endpoint == "127.0.0.1:8888"
+
+
+@pytest.mark.parametrize("sizer", ["requests", "items", "bytes"])
+def test_every_sizer_of_the_collector(sizer):
+    doc = _service({})
+    doc["exporters"] = {"otlp": {"endpoint": "x:4317", "sending_queue": {"sizer": sizer, "queue_size": 5000}}}
+    doc["service"]["pipelines"]["traces"]["exporters"] = ["otlp"]
+    assert parse_config(doc).exporters["otlp"].sending_queue.sizer == sizer
+    doc["exporters"]["otlp"]["sending_queue"]["sizer"] = "spans"
+    with pytest.raises(ConfigError, match="exporters.otlp.sending_queue.sizer: Input should be 'requests', 'items' or"):
+        parse_config(doc)

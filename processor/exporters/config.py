@@ -64,10 +64,10 @@ class KeepaliveClientConfig(StrictModel):
 class QueueConfig(StrictModel):
     enabled: bool = True
     num_consumers: int = Field(10, gt=0)
-    queue_size: int = Field(1000, gt=0)  # payloads (the collector's "requests")
-    # The collector counts queue_size in requests, items or bytes.  A payload here is one request
-    # (at most 3 MiB, or processors.batch.send_batch_max_size spans), so "requests" is what it does.
-    sizer: Literal["requests"] = "requests"
+    queue_size: int = Field(1000, gt=0)  # in the sizer's unit
+    # What queue_size counts, as in the collector: payloads (a payload is one request, at most 3 MiB
+    # or processors.batch.send_batch_max_size spans), spans, or bytes of encoded payload.
+    sizer: Literal["requests", "items", "bytes"] = "requests"
     # A full queue always holds the release loop back here (nothing is dropped): the store
     # fills and receivers refuse with a retryable status, which is what the collector's
     # block_on_overflow: false tells a client too.  Either value is accepted.
@@ -76,15 +76,6 @@ class QueueConfig(StrictModel):
     # journaled until delivered (processors.faulttrace.storage.path); any id is accepted as
     # asking for that, and refused when the journal is off (":memory:").
     storage: str | None = None
-
-    @field_validator("sizer", mode="before")
-    @classmethod
-    def _sizer(cls, v: Any) -> Any:
-        if v in ("items", "bytes"):
-            raise ValueError(collector_only(
-                f"sizer {v!r}: faulttrace's queue counts payloads (each at most 3 MiB, or "
-                "processors.batch.send_batch_max_size spans); use sizer: requests and size queue_size in payloads"))
-        return v
 
 
 class OtlpExporterConfig(StrictModel):

@@ -1,7 +1,8 @@
 """Delivery for the OTLP exporters: bounded sending queue, retries with backoff.
 
 Shaped like the collector's exporterhelper: a payload goes into a bounded
-queue (``sending_queue``) drained by ``num_consumers`` tasks; each consumer
+queue (``sending_queue``, ``queue_size`` payloads, spans or bytes as its
+``sizer`` says) drained by ``num_consumers`` tasks; each consumer
 sends it, and on a retryable failure waits an exponentially growing, jittered
 interval (``retry_on_failure``) — at least as long as the server asked for —
 before trying again.  The transport (gRPC or HTTP) only performs one attempt
@@ -70,6 +71,37 @@ class Attempt:
 
 SendOnce = Callable[[bytes], Awaitable[Attempt]]
 
+# sending_queue.sizer: what queue_size counts.
+SIZERS: dict[str, Callable[[ExportPayload], int]] = {
+    "requests": lambda payload: 1,
+    "items": lambda payload: payload.span_count,
+    "bytes": lambda payload: len(payload.data),
+}
+
+
+class SizedQueue(asyncio.Queue[ExportPayload]):
+    """The sending queue, its capacity counted by the sizer: payloads (``requests``), spans
+    (``items``) or bytes.  A payload is let in while what is queued is below the capacity, so the
+    last one in may pass it, and one larger than the whole capacity still goes in, alone."""
+
+    def __init__(self, capacity: int, sizer: str) -> None:
+        super().__init__()
+        self.capacity = capacity
+        self.size = 0  # in the sizer's unit
+        self._weigh = SIZERS[sizer]
+
+    def full(self) -> bool:
+        return self.size >= self.capacity
+
+    def _put(self, item: ExportPayload) -> None:
+        super()._put(item)
+        self.size += self._weigh(item)
+
+    def _get(self) -> ExportPayload:
+        item = super()._get()
+        self.size -= self._weigh(item)
+        return item
+
 
 class Backoff:
     """Exponential backoff with jitter, as cenkalti/backoff (which the collector uses).
@@ -121,7 +153,7 @@ class RetryingSender:
         self._retries = telemetry.exporter_retries.labels(component_id)
         self._queue_size = telemetry.exporter_queue_size.labels(component_id)
         self._queue_capacity = telemetry.exporter_queue_capacity.labels(component_id)
-        self._queue: asyncio.Queue[ExportPayload] | None = None
+        self._queue: SizedQueue | None = None
         self._consumers: list[asyncio.Task[None]] = []
         self._pending_puts = 0  # submit() calls waiting for room in a full queue
         self._inflight = 0  # inline sends (queue disabled) not yet finished
@@ -134,7 +166,7 @@ class RetryingSender:
         if not self._queue_config.enabled:
             self._queue_capacity.set(0)
             return
-        self._queue = asyncio.Queue(self._queue_config.queue_size)
+        self._queue = SizedQueue(self._queue_config.queue_size, self._queue_config.sizer)
         self._queue_capacity.set(self._queue_config.queue_size)
         self._queue_size.set(0)
         self._consumers = [asyncio.create_task(self._consume(), name=f"{self._id} consumer {i}")
@@ -153,7 +185,7 @@ class RetryingSender:
             await self._queue.put(payload)
         finally:
             self._pending_puts -= 1
-        self._queue_size.set(self._queue.qsize())
+        self._queue_size.set(self._queue.size)
 
     async def shutdown(self, timeout: float) -> None:
         """Deliver what is queued within ``timeout``; count the rest as failed."""
@@ -180,7 +212,7 @@ class RetryingSender:
         assert self._queue is not None
         while True:
             payload = await self._queue.get()
-            self._queue_size.set(self._queue.qsize())
+            self._queue_size.set(self._queue.size)
             try:
                 await self._deliver(payload)  # counts and settles whatever happens, cancellation too
             finally:

@@ -41,9 +41,9 @@ class Telemetry:
         self.exporter_retries = Counter(
             "faulttrace_exporter_retries", "Retried export attempts.", ["exporter"], registry=r)
         self.exporter_queue_size = Gauge(
-            "faulttrace_exporter_queue_size", "Batches waiting in the sending queue.", ["exporter"], registry=r)
+            "faulttrace_exporter_queue_size", "What waits in the sending queue, in its sizer's unit (payloads by default).", ["exporter"], registry=r)
         self.exporter_queue_capacity = Gauge(
-            "faulttrace_exporter_queue_capacity", "Capacity of the sending queue, in batches.",
+            "faulttrace_exporter_queue_capacity", "Capacity of the sending queue, in its sizer's unit.",
             ["exporter"], registry=r)
         self.buffered_spans = Gauge(
             "faulttrace_processor_buffered_spans", "Spans held in the store, waiting for their trace.", registry=r)

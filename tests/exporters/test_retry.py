@@ -325,3 +325,39 @@ def test_shutdown_while_parts_are_pending_counts_the_rest_and_does_not_settle(te
     assert settled == []
     assert metric(telemetry, "faulttrace_exporter_send_failed_spans_total", CID) == 12
     assert metric(telemetry, "faulttrace_exporter_sent_spans_total", CID) == 0
+
+
+@pytest.mark.parametrize("sizer, queue_size, held", [
+    ("items", 7, [3, 3, 3]),            # 3 spans each: in while fewer than 7 are queued (0, 3, 6)
+    ("bytes", 20, [9, 9, 9]),           # b"payload-N" is 9 bytes: in while fewer than 20 are queued
+    ("requests", 3, [1, 1, 1]),
+])
+def test_the_sizer_says_what_queue_size_counts(telemetry: Telemetry, sizer: str, queue_size: int,
+                                               held: list[int]) -> None:
+    transport = ScriptedTransport()
+    s = sender(transport, telemetry, queue={"num_consumers": 1, "queue_size": queue_size, "sizer": sizer})
+
+    async def main() -> None:
+        transport.gate = asyncio.Event()
+        await s.start()
+        await s.submit(payload(0))  # taken by the consumer, which blocks on the gate
+        await asyncio.sleep(0.01)
+        for i in range(1, len(held) + 1):
+            await asyncio.wait_for(s.submit(payload(i)), 1)
+        assert metric(telemetry, "faulttrace_exporter_queue_size", CID) == sum(held)
+        assert metric(telemetry, "faulttrace_exporter_queue_capacity", CID) == queue_size
+        waiting = asyncio.create_task(s.submit(payload(9)))
+        await asyncio.sleep(0.1)
+        assert not waiting.done(), "the queue is full in the sizer's unit"
+        transport.gate.set()
+        await asyncio.wait_for(waiting, 2)
+        await s.shutdown(2)
+
+    asyncio.run(main())
+    assert len(transport.delivered) == len(held) + 2
+
+
+def test_a_payload_larger_than_the_whole_queue_still_goes_alone(telemetry: Telemetry) -> None:
+    transport = ScriptedTransport()
+    run_all(sender(transport, telemetry, queue={"queue_size": 2, "sizer": "items"}), [payload(1, spans=50)])
+    assert transport.delivered == [b"payload-1"]
