@@ -93,6 +93,7 @@ class Chat:
         creative = agent.name == "shopping-assistant" and self.rng.random() < 0.15  # gift ideas: more varied
         self.temperature = rollout["temperature"] if rollout else (0.7 if creative else agent.temperature)
         self.chats: list[Op] = []
+        self.call_ids: dict[Op, list[str]] = {}   # per model turn, the ids of the tool calls it made
         self.input_tokens = self.rng.randint(900, 1600)
 
     def run(self) -> None:
@@ -245,7 +246,7 @@ class Chat:
                      gen_ai__output__messages=json.dumps([{"role": "assistant", "parts": calls or [
                          {"type": "text", "content": "(redacted)"}], "finish_reason": finish}]))
         self.input_tokens += out_tokens + self.rng.randint(150, 900)
-        chat.tool_calls = calls  # type: ignore[attr-defined]
+        self.call_ids[chat] = [c["id"] for c in calls]
         self.chats.append(chat)
         return chat
 
@@ -279,9 +280,9 @@ class Chat:
     def run_tools(self, inv: Op, tools: list[str], chat: Op, truncated: bool = False) -> list[tuple[str, int]]:
         out: list[tuple[str, int]] = []
         with inv.parallel() as branch:
-            for tool, call in zip(tools, chat.tool_calls):  # type: ignore[attr-defined]
+            for tool, call_id in zip(tools, self.call_ids[chat]):
                 branch()
-                out.append((tool, self.tool(inv, tool, call["id"], chat, truncated)))
+                out.append((tool, self.tool(inv, tool, call_id, chat, truncated)))
         return out
 
     def tool(self, inv: Op, tool: str, call_id: str, chat: Op, truncated: bool) -> int:

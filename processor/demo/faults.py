@@ -148,6 +148,12 @@ class Fault:
     active: bool = False
     seen: dict[str, Any] = field(default_factory=dict)   # per-trace notes of the code that applied it
 
+    @classmethod
+    def none(cls) -> Fault:
+        """No fault: healthy traffic."""
+        return cls(FaultKind("none", "", False, "healthy traffic", ({"target": "", "requests": ()},)),
+                   {"target": "", "requests": ()})
+
     def at(self, kind: str, target: str | None = None) -> dict[str, Any] | None:
         """The variant's parameters if ``kind`` is active in this trace at ``target``."""
         if not self.active or self.kind.name != kind:

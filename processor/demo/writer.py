@@ -70,7 +70,7 @@ def simulate(seed_key: str, start_ns: int, count: int, fault: Fault | None,
     for _ in range(count):
         now += int(rng.expovariate(1 / MEAN_GAP_MS) * 1e6)
         active = fault is not None and rng.random() < rate
-        case_fault = fault if fault is not None else Fault(KINDS[0], {"target": ""})
+        case_fault = fault if fault is not None else Fault.none()
         case_fault.active = active
         flow = rng.choice(case_fault.variant["requests"]) if active else _mix(rng)
         traces.append(_request(rng, now, case_fault, cluster, flow))

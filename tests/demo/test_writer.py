@@ -143,3 +143,25 @@ def test_cli_writes_a_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]
                  "--cases-per-kind", "1", "--baseline-traces", "10"]) == 0
     assert f"{len(KINDS)} cases" in capsys.readouterr().out
     assert len(list((out / "cases").iterdir())) == len(KINDS)
+
+
+def test_children_run_within_their_parents(dataset: Path) -> None:
+    """Simulated time nests: a child starts after its parent and ends before it, except a callee still
+    running after its client gave up (a timeout)."""
+    for path in [dataset / "baseline/traces.jsonl.gz", *(dataset / "cases").glob("*/traces.jsonl.gz")]:
+        spans = {s: span for s, (_, span, _) in spans_of(path).items()}
+        for span in spans.values():
+            parent = spans.get(span.parent_span_id.hex())
+            if parent is None:
+                assert not span.parent_span_id, path
+                continue
+            assert parent.start_time_unix_nano <= span.start_time_unix_nano < span.end_time_unix_nano, path
+            cancelled = parent.kind == Span.SPAN_KIND_CLIENT and not any(
+                a.key in ("http.response.status_code", "rpc.grpc.status_code") for a in parent.attributes)
+            assert span.end_time_unix_nano <= parent.end_time_unix_nano or cancelled, (path, span.name)
+
+
+def test_the_docs_list_every_kind_with_its_layer() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "demo.md").read_text()
+    for k in KINDS:
+        assert f"| `{k.name}` | {k.layer} | {'silent' if k.silent else 'loud'} |" in doc, k.name
