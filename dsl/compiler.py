@@ -113,39 +113,48 @@ def compile_rule(rule: ir.CheckedRule) -> CompiledRule:
     where = _bool(rule.where, ctx) if rule.where is not None else "TRUE"
     blamed = ctx.alias(rule.blame)
     message = _message(rule.message, ctx)
-    explains = _explains(rule.explains, ctx)
-    select = (f"{blamed}.trace_id, {blamed}.span_id, {blamed}._depth AS depth, {message} AS message, "
-              f"{explains} AS explains")
+    select = f"{blamed}.trace_id, {blamed}.span_id, {blamed}._depth AS depth, {message} AS message"
     ctx.needs.add("depth")
     sql = f"SELECT {select} FROM {from_sql} WHERE {where}"
-    if len(rule.bindings) > 1 and rule.explains:
-        # several variable assignments may blame the same span: report it once, explaining what all of them do
-        sql = (f"SELECT trace_id, span_id, min(depth) AS depth, min(message) AS message, "
-               f"list_distinct(flatten(list(explains))) AS explains FROM ({sql}) GROUP BY trace_id, span_id")
+    if rule.explains:
+        sql = _with_explains(rule, sql, ctx)
     elif len(rule.bindings) > 1:
-        sql = (f"SELECT DISTINCT ON (trace_id, span_id) trace_id, span_id, depth, message, explains FROM "
-               f"({sql}) ORDER BY trace_id, span_id, message")
+        # several variable assignments may blame the same span: report it once
+        sql = (f"SELECT DISTINCT ON (trace_id, span_id) trace_id, span_id, depth, message, "
+               f"CAST(NULL AS BLOB[]) AS explains FROM ({sql}) ORDER BY trace_id, span_id, message")
+    else:
+        sql = f"SELECT {select}, CAST(NULL AS BLOB[]) AS explains FROM {from_sql} WHERE {where}"
     return CompiledRule(rule.meta.id, rule.meta, sql, tuple(ctx.params), frozenset(ctx.needs))
 
 
-def _explains(explained: tuple[ir.Explained, ...], ctx: _Ctx) -> str:
-    """SQL for the span ids a finding explains (a BLOB list; NULL when the rule explains nothing)."""
-    if not explained:
-        return "CAST(NULL AS BLOB[])"
-    lists = []
-    for ex in explained:
-        if not ex.path:
-            lists.append(f"[{ctx.alias(ex.var)}.span_id]")
-            continue
-        # every assignment of the quantifiers down to the variable that satisfies them
-        froms, conds = [], []
-        for q in ex.path:
+def _with_explains(rule: ir.CheckedRule, sql: str, ctx: _Ctx) -> str:
+    """``sql`` (the rule's findings, one row per assignment of its variables)
+    with the span ids each blamed span explains, one row per blamed span.
+
+    In two steps: the assignments that fire (``f``, with the rows of their
+    variables), then the explained spans reached from them by joins (``x``).
+    A correlated subquery per finding costs a scan of the batch per rule
+    (DuckDB builds its join over the whole table); joining from the few rows
+    that fired costs next to nothing."""
+    aliases = [ctx.alias(b.var) for b in rule.bindings]
+    keys = ", ".join(f"{a}._row AS __r{i}" for i, a in enumerate(aliases))
+    fired = sql.replace("SELECT ", f"SELECT {ctx.alias(rule.blame)}._row AS __b, {keys}, ", 1)
+    # the variables of `match`, back under their aliases
+    restore = " ".join(f"JOIN {SPANS} AS {a} ON {a}._row = f.__r{i}" for i, a in enumerate(aliases))
+    parts = []
+    for ex in rule.explains:
+        froms, conds = [f"f {restore}"], ["TRUE"]
+        for q in ex.path:  # every assignment of the quantifiers down to the variable that satisfies them
             src, cond = _subquery_from(q.rel, ctx)
             froms.append(src)
             conds.append(cond if q.where is None else f"{cond} AND {_bool(q.where, ctx)}")
-        lists.append(f"(SELECT list({ctx.alias(ex.var)}.span_id) FROM {' CROSS JOIN '.join(froms)} "
-                     f"WHERE {' AND '.join(conds)})")
-    return lists[0] if len(lists) == 1 else f"flatten([{', '.join(lists)}])"
+        parts.append(f"SELECT f.__b, {ctx.alias(ex.var)}.span_id AS e FROM {' CROSS JOIN '.join(froms)} "
+                     f"WHERE {' AND '.join(conds)}")
+    return (f"WITH f AS MATERIALIZED ({fired}), x AS ({' UNION ALL '.join(parts)}), "
+            "xs AS (SELECT __b, list(DISTINCT e) AS explains FROM x GROUP BY __b), "
+            "fs AS (SELECT __b, any_value(trace_id) AS trace_id, any_value(span_id) AS span_id, min(depth) AS depth, "
+            "min(message) AS message FROM f GROUP BY __b) "
+            "SELECT fs.trace_id, fs.span_id, fs.depth, fs.message, xs.explains FROM fs LEFT JOIN xs ON xs.__b = fs.__b")
 
 
 # ---- relations --------------------------------------------------------------------

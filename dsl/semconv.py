@@ -70,6 +70,11 @@ _TABLE: tuple[tuple[str, AttrType, str, tuple[str, ...]], ...] = (
     ("rpc.method", S, "span", ()),
     ("rpc.grpc.status_code", INT, "span", ()),
     ("rpc.jsonrpc.error_code", INT, "span", ()),
+    # the `message` event of an RPC span: one per message sent or received
+    ("rpc.message.type", S, "event:message", ()),
+    ("rpc.message.id", INT, "event:message", ()),
+    ("rpc.message.uncompressed_size", INT, "event:message", ()),
+    ("rpc.message.compressed_size", INT, "event:message", ()),
     # messaging
     ("messaging.system", S, "span", ()),
     ("messaging.destination.name", S, "span", ("messaging.destination",)),
