@@ -219,8 +219,10 @@ class _Checker:
         ok = True
         for m in meta:
             if m.key not in keys:
-                self.error("E031", f"unknown metadata field `{m.key}`{owner}", m.key_span, *did_you_mean(m.key, keys),
-                           f"fields: {', '.join(keys)}")
+                # a misspelt clause parses as a metadata field (`explain f`)
+                clauses = ("match", "blame", "explains", "message") if not owner else ("top", "cause")
+                self.error("E031", f"unknown metadata field `{m.key}`{owner}", m.key_span,
+                           *(did_you_mean(m.key, keys) or did_you_mean(m.key, clauses)), f"fields: {', '.join(keys)}")
                 ok = False
                 continue
             if m.key in values:
