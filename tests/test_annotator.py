@@ -112,6 +112,9 @@ def test_root_span_carries_the_verdict(annotated):
         "rca.verdict.confidence": ("double_value", 0.8),
         "rca.verdict.candidates": ("int_value", 1),
         "rca.verdict.fault_tree": ("string_value", "request.failure"),
+        # the root shows request.failure's top event: a symptom of the span its fired cut set blames
+        "rca.symptom": ("bool_value", True),
+        "rca.caused_by": ("string_value", sid(4).hex()),
     }
     assert not any(e.name.startswith("rca.") for e in root.events)
     # The verdict names a span of this trace that really is annotated as the cause.
