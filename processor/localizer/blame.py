@@ -22,8 +22,9 @@ failure far more often than without it): that span is the candidate
 (``localizer.silent``), the failing span an *explained* symptom caused by it.
 
 *Symptoms* are the ancestors that inherited a candidate's error (they error
-too) or delay (on the critical path, slower than their own p99); those of an
-explained span are caused by its explanation.
+too) or delay (slower than their own p99, or waiting out a delay that is
+most of their duration); those of an explained span are caused by its
+explanation.
 
 Each candidate's confidence is its evidence mapped to a probability of
 causation, the share of what was observed that normal behaviour cannot
@@ -106,6 +107,7 @@ class _Blame:
     error: bool = False
     messages: list[tuple[str, str]] = field(default_factory=list)   # (source, message)
     explains: list[bytes] = field(default_factory=list)              # failing spans it explains
+    excess: float = 0.0                   # self time beyond p99 it is blamed for (ns)
 
     @property
     def how(self) -> str:
@@ -193,7 +195,7 @@ def _finish(t: _Gathered, window: dict[str, ServiceScore], per_trace: int,
     causes = _explain(t, explained)
     _merge_within_services(t.blames, t.by_id)
     ranked = _rank(t.blames, t.by_id, window, per_trace, {s: abnormal.get((t.trace_id, s), []) for s in t.blames})
-    inherited = _symptoms(ranked, t.blames, t.by_id, t.on_path, causes)
+    inherited = _symptoms(ranked, t.blames, t.by_id, causes)
     return TraceVerdict(t.trace_id, t.root, ranked), inherited
 
 
@@ -219,6 +221,7 @@ def _explain(t: _Gathered, explained: dict[tuple[bytes, bytes], Explanation]) ->
         e = direct[span_id]
         f = failed.span
         b.own += failed.own
+        b.excess += failed.excess
         b.confidence = max(b.confidence, e.fraction * max(failed.confidence, e.cause.confidence))
         b.explains.append(span_id)
         b.messages.append(("localizer.silent", f"{e.message}; explains {f['service']}:{f['name']}'s "
@@ -281,6 +284,7 @@ def _latency(rows: list[dict[str, Any]], by_id: dict[bytes, dict[str, Any]], chi
         msg = (f"{how}self time {_ms(r['self_ns'])} vs p99 {_ms(p99)} (median {_ms(med or 0.0)}) "
                f"on the critical path, {excess / trace_ns:.0%} of the trace's {_ms(trace_ns)}")
         b = blames.setdefault(target["span_id"], _Blame(target, charged))
+        b.excess += excess
         b.own += min(1.0, excess / trace_ns)
         b.confidence = max(b.confidence, 1.0 - p99 / r["self_ns"])
         b.messages.append(("localizer.latency", msg))
@@ -314,6 +318,7 @@ def _merge_within_services(blames: dict[bytes, _Blame], by_id: dict[bytes, dict[
                 into.own += b.own
                 into.confidence = max(into.confidence, b.confidence)
                 into.error = into.error or b.error
+                into.excess += b.excess
                 into.messages.extend(b.messages)
                 del blames[span_id]
                 break
@@ -356,7 +361,7 @@ def _depth(span_id: bytes, by_id: dict[bytes, dict[str, Any]]) -> int:
 
 
 def _symptoms(ranked: tuple[Candidate, ...], blames: dict[bytes, _Blame], by_id: dict[bytes, dict[str, Any]],
-              on_path: set[bytes], explained: dict[bytes, tuple[bytes, str, _Blame]] | None = None
+              explained: dict[bytes, tuple[bytes, str, _Blame]] | None = None
               ) -> tuple[Symptom, ...]:
     """The failing spans a candidate explains (``explained``), then the ancestors that inherited
     a candidate's or an explained span's error or delay, each caused by the best-ranked
@@ -368,6 +373,9 @@ def _symptoms(ranked: tuple[Candidate, ...], blames: dict[bytes, _Blame], by_id:
         if cause in chosen:
             out[span_id] = Symptom(span_id, cause, why, explained=True)
             starts.append((span_id, cause, failed))
+    # then the spans blamed beyond the candidates kept (a slow node slows many): their ancestors
+    # inherited from them, not from a candidate
+    starts += [(s, s, b) for s, b in sorted(blames.items(), key=lambda kv: -kv[1].own) if s not in chosen]
     for start, cause, b in starts:
         error = b.error
         slow = any(src == "localizer.latency" for src, _ in b.messages)
@@ -375,7 +383,8 @@ def _symptoms(ranked: tuple[Candidate, ...], blames: dict[bytes, _Blame], by_id:
         while parent in by_id and parent not in seen:
             seen.add(parent)
             p = by_id[parent]
-            delayed = slow and parent in on_path and (p["dur_p99"] is None or p["dur"] > p["dur_p99"])
+            # it waited out the delay: slower than its p99, or the delay is most of its time
+            delayed = slow and (p["dur_p99"] is None or p["dur"] > p["dur_p99"] or 2 * b.excess >= p["dur"])
             if parent not in chosen and parent not in out and ((error and p["error"]) or delayed):
                 out[parent] = Symptom(parent, cause, "inherited error" if error and p["error"] else "waited")
             parent = p["parent_span_id"]

@@ -53,6 +53,15 @@ INFRA_STATUS = {429, 502, 503, 504}
 STATUS_KEYS = ("http.response.status_code", "http.status_code", "rpc.grpc.status_code")
 
 
+# how a span reports its outcome: an improbable one is an error propagating, not a silent cause
+ERROR_REPORT_KEYS = ("error.type", "status", *STATUS_KEYS)
+ERROR_EVENT = "exception:"
+
+
+def is_error_report(key: str) -> bool:
+    return key in ERROR_REPORT_KEYS or key.startswith(ERROR_EVENT)
+
+
 def is_setting(key: str) -> bool:
     return CONFIG_KEY.search(key) is not None
 

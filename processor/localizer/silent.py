@@ -48,6 +48,7 @@ import duckdb
 import pyarrow as pa
 
 from dsl import antecedents_sql
+from processor.localizer.conventions import is_error_report
 from processor.localizer.scoring import QUANTILE, Z, wilson_lower
 
 RARE = 1.0 - QUANTILE      # a value is abnormal when one this unusual is rarer than this
@@ -426,9 +427,11 @@ def explain_failures(conn: duckdb.DuckDBPyConnection, silent: Silent,
     metrics) and ``base_ops`` must be registered; ``base`` gives per operation its baseline
     (spans, error rate); ``parents`` the parent of each span of the failing traces.
 
-    Among the antecedents that explain a failure, one with an explaining descendant is not
-    where the abnormality originates (a client span relays what its callee answered): the
-    deepest are kept, and of those the most probable cause."""
+    Among the antecedents that explain a failure, one whose descendant explains it by the same
+    attribute is not where the abnormality originates (a client span relays what its callee
+    answered), nor one whose explanation is an error report (``conventions.is_error_report``:
+    errors propagate up) while a descendant explains it too; of the others the most probable
+    cause, then the most abnormal, the nearest."""
     if not silent.abnormal:
         return {}, {}
     abnormal = [*silent.abnormal, *_errors(conn, {t for t, *_ in failing})]
@@ -456,14 +459,19 @@ def explain_failures(conn: duckdb.DuckDBPyConnection, silent: Silent,
                 key = (fraction, a.confidence, -abs(distance))
                 if ante not in explaining or key > explaining[ante][0]:
                     explaining[ante] = (key, Explanation(a, value, fraction, counts, in_window, distance))
-        relays = set()
-        for ante in explaining:
+        # an ancestor showing what a descendant shows only relays it (a client span, its callee's
+        # answer), and one reporting an error relays the descendant's abnormality (errors propagate up)
+        relays: set[tuple[bytes, str]] = set()
+        below: set[bytes] = set()
+        for ante, (_, e) in explaining.items():
             parent, seen = (parents or {}).get((trace_id, ante)), {ante}
             while parent is not None and parent not in seen:
                 seen.add(parent)
-                relays.add(parent)
+                relays.add((parent, e.cause.key))
+                below.add(parent)
                 parent = (parents or {}).get((trace_id, parent))
-        origins = [e for ante, e in explaining.items() if ante not in relays]
+        origins = [e for ante, e in explaining.items()
+                   if (ante, e[1].cause.key) not in relays and not (ante in below and is_error_report(e[1].cause.key))]
         if origins:
             found[(trace_id, span_id)] = max(origins, key=lambda e: e[0])[1]
     return found, by_span
