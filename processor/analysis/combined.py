@@ -60,11 +60,24 @@ def merge(verdicts: Sequence[BatchVerdict]) -> BatchVerdict:
         ranked[trace_id] = calibrate_trace(dataclasses.replace(v, candidates=rank_candidates(candidates)))
     for trace_id, have in found.items():
         blamed = {c.span_id for c in ranked[trace_id].candidates} if trace_id in ranked else set()
-        kept = tuple(s for s in have.values() if s.span_id not in blamed)
+        kept = tuple(_to_cause(s, have, blamed) for s in have.values() if s.span_id not in blamed)
         if kept:
             symptoms[trace_id] = kept
     services = next((v.services for v in verdicts if v.services), ())
     return BatchVerdict(ranked, symptoms, services)
+
+
+def _to_cause(s: Symptom, symptoms: dict[bytes, Symptom], blamed: set[bytes]) -> Symptom:
+    """``s`` with ``caused_by`` followed through other symptoms to the cause they lead to
+    (a root span explained by a parse error that a truncated chat explains names the chat):
+    ``rca.caused_by`` is one link from what the user saw to the cause, not to the next symptom."""
+    cause, seen = s.caused_by, {s.span_id}
+    while cause is not None and cause not in blamed and cause in symptoms and cause not in seen:
+        seen.add(cause)
+        cause = symptoms[cause].caused_by
+    if cause is None or cause in seen:  # a circle of symptoms: keep the link as given
+        return s
+    return s if cause == s.caused_by else dataclasses.replace(s, caused_by=cause)
 
 
 def _explained(v: TraceVerdict, symptoms: dict[bytes, Symptom]) -> set[bytes]:
