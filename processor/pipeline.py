@@ -32,6 +32,7 @@ from processor.receivers.factory import Receiver, build_receivers
 from processor.receivers.ingest import Ingest
 from processor.release import Releaser
 from processor.service.admin import AdminServer
+from processor.service.memory import FreeMemory
 from processor.service.telemetry import Telemetry
 from processor.store import SpanStore
 
@@ -66,7 +67,7 @@ class Pipeline:
         self.exporters: list[Exporter] = [build_exporter(cid, cfg, self.telemetry)
                                           for cid, cfg in config.pipeline_exporters().items()]
         self._releaser = Releaser(self.store, self.assembler, self._analysis, self.exporters, self.telemetry,
-                                  proc.release_interval, clock,
+                                  proc.release_interval, clock, FreeMemory(),
                                   max_spans=config.payload_max_spans)
         self.ingest = Ingest(self.store, proc.max_buffered_spans, self.telemetry, self._releaser.observe,
                              retry_after=max(1.0, proc.decision_wait),

@@ -10,7 +10,9 @@ so the analysis (by default a process of its own) and this process work at
 once.  Late spans of an already released trace get the verdict their trace
 got; they are not analysed again on their own (a fragment would mislead the
 rules).  With a durable store, a payload's spans leave the journal as soon as
-every exporter has settled that payload (``settlement``).
+every exporter has settled that payload (``settlement``).  Once the store has
+been empty and nothing released for a moment after a release, memory the
+burst freed is handed back to the system (``service.memory``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from processor.exporters.base import Exporter
 from processor.model import ReleasedSpans
 from processor.otlp.payload import encode_payloads
 from processor.otlp.spanedit import Annotation
+from processor.service.memory import FreeMemory
 from processor.service.telemetry import Telemetry
 from processor.settlement import Settlement, with_keys
 from processor.store import SpanStore
@@ -37,6 +40,10 @@ log = logging.getLogger(__name__)
 
 RELEASE_CHUNK = 5_000   # traces per store round trip: bounds the latency of one release
 GROUP_GC_INTERVAL = 30.0  # seconds between sweeps of unreferenced resource/scope heads
+# Seconds with the store empty and nothing released before freed memory is handed back: by
+# then the last chunk is exported and deleted from the journal (~1 s for 50k spans to a local
+# sink), so what they held is free too.
+QUIET_BEFORE_FREE = 2.0
 
 
 class Releaser:
@@ -44,7 +51,7 @@ class Releaser:
 
     def __init__(self, store: SpanStore, assembler: Assembler[TraceVerdict], analysis: Analysis | None,
                  exporters: Sequence[Exporter], telemetry: Telemetry, interval: float,
-                 clock: Callable[[], float],
+                 clock: Callable[[], float], free_memory: FreeMemory | None = None,
                  max_spans: int = 0) -> None:
         self._store = store
         self._max_spans = max_spans  # spans per payload at most (processors.batch.send_batch_max_size)
@@ -57,6 +64,9 @@ class Releaser:
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._running = True   # until stop()
+        self._free_memory = free_memory
+        self._released_since_free = False  # spans were released since memory was last handed back
+        self._last_released = 0.0
 
     def observe(self, traces: dict[bytes, int]) -> None:
         """Spans were stored (span count by trace id): the assembler learns of them,
@@ -87,12 +97,29 @@ class Releaser:
                 break
             began = self._clock()
             try:
-                await self.release(self._assembler.due(began))
+                await self.tick(began)
                 if self._clock() >= next_gc:
                     next_gc = self._clock() + GROUP_GC_INTERVAL
                     await self._store.forget_unused_groups()
             except Exception:  # component boundary: keep releasing
                 log.exception("releasing traces failed")
+
+    async def tick(self, now: float) -> None:
+        """One turn of the loop: release what is due at ``now``; after a burst, free memory."""
+        due = self._assembler.due(now)
+        await self.release(due)
+        await self._free_when_drained(bool(due.trace_ids), now)
+
+    async def _free_when_drained(self, released: bool, now: float) -> None:
+        """Hand freed memory back once a burst is over: spans were released, then the store stayed
+        empty and nothing was released for ``QUIET_BEFORE_FREE`` (never under a steady load,
+        which keeps spans buffered)."""
+        if released:
+            self._released_since_free, self._last_released = True, now
+        elif (self._released_since_free and self._free_memory is not None and self._store.buffered_spans == 0
+              and now - self._last_released >= QUIET_BEFORE_FREE):
+            if await asyncio.to_thread(self._free_memory.release):
+                self._released_since_free = False
 
     def stop(self) -> None:
         """End ``run()`` after the release under way."""

@@ -29,9 +29,12 @@ from processor.analysis.build import analysis_projection, build_analyzer
 from processor.analysis.runner import SerialAnalysis, analysis_connection, analyze_released
 from processor.analysis.verdict import BatchVerdict
 from processor.config import FaulttraceProcessorConfig
+from processor.service.memory import FreeMemory
 from processor.service.process import tune_process
 
 log = logging.getLogger(__name__)
+
+IDLE = 2.0  # seconds without a batch after which the worker hands freed memory back (service.memory)
 
 
 def _serve(config_json: str, conn: Connection) -> None:
@@ -41,8 +44,11 @@ def _serve(config_json: str, conn: Connection) -> None:
     projection = analysis_projection(config, analyzer) if analyzer else Projection.of(())
     projector = Projector(projection)
     db = analysis_connection(config.storage)
+    free_memory, analysed = FreeMemory(), False
     conn.send(pickle.dumps(projection.refs))
     while True:
+        if analysed and not conn.poll(IDLE):  # the batches stopped: what they freed goes back
+            analysed = not free_memory.release()
         try:
             resources = pickle.loads(conn.recv_bytes())  # None: stop
             data = conn.recv_bytes() if resources is not None else b""
@@ -54,6 +60,7 @@ def _serve(config_json: str, conn: Connection) -> None:
         verdict = (analyze_released(analyzer, projector, db, table, resources) if analyzer
                    else BatchVerdict())
         conn.send_bytes(pickle.dumps(verdict, protocol=pickle.HIGHEST_PROTOCOL))
+        analysed = True
     if analyzer is not None:
         analyzer.close()
 

@@ -1,0 +1,70 @@
+"""The release loop hands freed memory back once a burst is over, and never while spans are buffered."""
+
+from __future__ import annotations
+
+import asyncio
+
+from processor.assembler import Assembler
+from processor.exporters.base import Exporter
+from processor.model import ExportPayload
+from processor.release import QUIET_BEFORE_FREE, Releaser
+from processor.service.telemetry import Telemetry
+from processor.store import SpanStore
+from tests.test_store import batch
+
+
+class Collecting(Exporter):
+    def __init__(self) -> None:
+        super().__init__("collecting")
+        self.spans = 0
+
+    async def export(self, payload: ExportPayload) -> None:
+        self.spans += payload.span_count
+
+    async def shutdown(self, timeout: float) -> None:
+        pass
+
+
+class CountingFree:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def release(self) -> bool:
+        self.calls += 1
+        return True
+
+
+def test_freed_memory_goes_back_once_the_store_has_drained_and_stayed_quiet():
+    async def scenario() -> None:
+        store = SpanStore()
+        await store.open()
+        assembler = Assembler(decision_wait=5.0, max_traces=100, max_spans_per_trace=100, late_span_cache=100)
+        exporter, free = Collecting(), CountingFree()
+        releaser = Releaser(store, assembler, None, [exporter], Telemetry(), 1.0, lambda: 0.0, free)
+
+        async def receive(traces: range, now: float) -> None:
+            spans = batch(traces, spans_per_trace=2)
+            await store.append(spans)
+            assembler.observe(spans.traces, now)
+
+        try:
+            await releaser.tick(0.0)
+            assert free.calls == 0  # nothing was released yet: nothing to give back
+            await receive(range(1, 11), 0.0)
+            await receive(range(11, 21), 4.0)  # still arriving
+            await releaser.tick(5.0)  # the first ten are due
+            assert exporter.spans == 20 and store.buffered_spans == 20
+            await releaser.tick(5.0 + QUIET_BEFORE_FREE)
+            assert free.calls == 0  # spans still buffered: the burst is not over
+            await releaser.tick(9.0)  # the rest are due
+            assert exporter.spans == 40 and store.buffered_spans == 0
+            await releaser.tick(9.0 + QUIET_BEFORE_FREE / 2)
+            assert free.calls == 0  # drained, but not quiet for long enough
+            await releaser.tick(9.0 + QUIET_BEFORE_FREE)
+            assert free.calls == 1
+            await releaser.tick(30.0)
+            assert free.calls == 1  # once per burst
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
