@@ -16,6 +16,7 @@ and attribute columns, whose names ``dsl.projection.column_name`` makes
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from dsl import ir
@@ -131,30 +132,35 @@ def _with_explains(rule: ir.CheckedRule, sql: str, ctx: _Ctx) -> str:
     """``sql`` (the rule's findings, one row per assignment of its variables)
     with the span ids each blamed span explains, one row per blamed span.
 
-    In two steps: the assignments that fire (``f``, with the rows of their
-    variables), then the explained spans reached from them by joins (``x``).
-    A correlated subquery per finding costs a scan of the batch per rule
-    (DuckDB builds its join over the whole table); joining from the few rows
-    that fired costs next to nothing."""
-    aliases = [ctx.alias(b.var) for b in rule.bindings]
-    keys = ", ".join(f"{a}._row AS __r{i}" for i, a in enumerate(aliases))
-    fired = sql.replace("SELECT ", f"SELECT {ctx.alias(rule.blame)}._row AS __b, {keys}, ", 1)
-    # the variables of `match`, back under their aliases
-    restore = " ".join(f"JOIN {SPANS} AS {a} ON {a}._row = f.__r{i}" for i, a in enumerate(aliases))
+    In two steps: the assignments that fire (``f``, carrying the columns of
+    the rule's variables that the second step reads), then the explained
+    spans reached from them by joins (``x``).  A correlated subquery per
+    finding would cost a join over the whole batch per rule; joining from
+    the few rows that fired costs next to nothing."""
     parts = []
     for ex in rule.explains:
-        froms, conds = [f"f {restore}"], ["TRUE"]
+        froms, conds = ["f"], ["TRUE"]
         for q in ex.path:  # every assignment of the quantifiers down to the variable that satisfies them
             src, cond = _subquery_from(q.rel, ctx)
             froms.append(src)
             conds.append(cond if q.where is None else f"{cond} AND {_bool(q.where, ctx)}")
         parts.append(f"SELECT f.__b, {ctx.alias(ex.var)}.span_id AS e FROM {' CROSS JOIN '.join(froms)} "
                      f"WHERE {' AND '.join(conds)}")
-    return (f"WITH f AS MATERIALIZED ({fired}), x AS ({' UNION ALL '.join(parts)}), "
+    x = " UNION ALL ".join(parts)
+    # the columns of `match` variables the joins read travel in `f` (aliases are v<n>, columns [a-z0-9_])
+    aliases = {ctx.alias(b.var) for b in rule.bindings}
+    used = sorted({(a, c) for a, c in _COLUMN_REF.findall(x) if a in aliases})
+    x = _COLUMN_REF.sub(lambda m: f"f.{m[1]}__{m[2]}" if m[1] in aliases else m[0], x)
+    carried = "".join(f"{a}.{c} AS {a}__{c}, " for a, c in used)
+    fired = sql.replace("SELECT ", f"SELECT {ctx.alias(rule.blame)}._row AS __b, {carried}", 1)
+    return (f"WITH f AS MATERIALIZED ({fired}), x AS ({x}), "
             "xs AS (SELECT __b, list(DISTINCT e) AS explains FROM x GROUP BY __b), "
             "fs AS (SELECT __b, any_value(trace_id) AS trace_id, any_value(span_id) AS span_id, min(depth) AS depth, "
             "min(message) AS message FROM f GROUP BY __b) "
             "SELECT fs.trace_id, fs.span_id, fs.depth, fs.message, xs.explains FROM fs LEFT JOIN xs ON xs.__b = fs.__b")
+
+
+_COLUMN_REF = re.compile(r"\b(v\d+)\.([a-z_][a-z0-9_]*)\b")
 
 
 # ---- relations --------------------------------------------------------------------
