@@ -74,13 +74,16 @@ def verdicts(conn: duckdb.DuckDBPyConnection, table: str, findings: list[Finding
         evidence.sort(key=lambda e: (e.kind == "fault_tree", -e.score, e.source))
         per_trace[trace_id].append(Candidate(span_id, service, name, max(f.depth for f in fs), start, end,
                                              tuple(evidence)))
+    explaining: dict[bytes, list[Finding]] = defaultdict(list)
+    for f in findings:
+        if f.explains:
+            explaining[f.trace_id].append(f)
     out = {}
     symptoms: dict[bytes, tuple[Symptom, ...]] = {}
     for trace_id in dict.fromkeys([*per_trace, *per_tree_trace]):
         ranked = rank_candidates(per_trace.get(trace_id, ()))
         tree_outcomes = tuple(sorted(per_tree_trace.get(trace_id, ()), key=lambda t: (not t.fired, -t.score, t.tree_id)))
-        explained = _symptoms(ranked, [f for fs in by_span.values() for f in fs if f.trace_id == trace_id and f.explains],
-                              tree_outcomes)
+        explained = _symptoms(ranked, explaining.get(trace_id, []), tree_outcomes)
         ranked = _without_explained(ranked, explained)
         kept = {c.span_id for c in ranked}
         if explained:
