@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import duckdb
 
 from dsl import BASELINE_TABLE, AttrRef
-from processor.analysis.calibration import calibrate, calibrate_trace
+from processor.analysis.calibration import calibrate_trace
 from processor.analysis.protocols import Analyzer
 from processor.analysis.verdict import BatchVerdict, Evidence, Symptom, TraceVerdict, rank_candidates
 
@@ -38,8 +38,10 @@ def on_rule_scale(verdict: BatchVerdict) -> BatchVerdict:
     return dataclasses.replace(verdict, traces=traces)
 
 
-def merge(verdicts: Sequence[BatchVerdict]) -> BatchVerdict:
-    """One verdict from several over the same batch, ranked and calibrated."""
+def merge(verdicts: Sequence[BatchVerdict], rerank: bool = True) -> BatchVerdict:
+    """One verdict from several over the same batch, ranked and calibrated; candidates another
+    one explains leave the ranking, and symptoms name the cause their chain leads to.
+    ``rerank=False`` keeps the candidates' order (one analyzer's own ranking)."""
     traces: dict[bytes, TraceVerdict] = {}
     for verdict in verdicts:
         for trace_id, v in verdict.traces.items():
@@ -57,7 +59,9 @@ def merge(verdicts: Sequence[BatchVerdict]) -> BatchVerdict:
     for trace_id, v in traces.items():
         explained = _explained(v, found.get(trace_id, {}))
         candidates = tuple(c for c in v.candidates if c.span_id not in explained)
-        ranked[trace_id] = calibrate_trace(dataclasses.replace(v, candidates=rank_candidates(candidates)))
+        ordered = rank_candidates(candidates) if rerank else tuple(
+            dataclasses.replace(c, rank=i) for i, c in enumerate(candidates, 1))
+        ranked[trace_id] = calibrate_trace(dataclasses.replace(v, candidates=ordered))
     for trace_id, have in found.items():
         blamed = {c.span_id for c in ranked[trace_id].candidates} if trace_id in ranked else set()
         kept = tuple(_to_cause(s, have, blamed) for s in have.values() if s.span_id not in blamed)
@@ -140,7 +144,7 @@ class CombinedAnalyzer:
                 conn.unregister(BASELINE_TABLE)
         verdicts.extend(on_rule_scale(analyzer.analyze(conn, table)) for analyzer in self.statistical)
         # one verdict keeps its analyzer's ranking; either way confidences are calibrated
-        return merge(verdicts) if len(verdicts) != 1 else calibrate(verdicts[0])
+        return merge(verdicts, rerank=len(verdicts) != 1)
 
 
     def close(self) -> None:

@@ -136,3 +136,14 @@ def test_annotations_carry_the_calibrated_confidence():
     assert adds[(tid(1), sid(1))].attributes["rca.verdict.confidence"] == round(4 / 9, 4)
     # the evidence keeps its own confidence: what the rule said
     assert all(e.attributes["rca.confidence"] == 0.8 for e in adds[(tid(1), top.span_id)].events)
+
+
+def test_one_analyzers_verdict_keeps_its_order_and_still_settles_its_symptoms():
+    # the localizer alone: its own ranking stands (a weaker candidate first), explained spans leave
+    alone = on_rule_scale(BatchVerdict({tid(1): TraceVerdict(tid(1), sid(1), (
+        cand(3, stat("localizer.silent", 0.4)), cand(5, stat("localizer.latency", 0.6)),
+        cand(4, stat("localizer.errors", 0.9))))},
+        symptoms={tid(1): (Symptom(sid(4), sid(3), "lift", explained=True), Symptom(sid(1), sid(4)))}))
+    v = merge([alone], rerank=False)
+    assert [(c.span_id, c.rank) for c in v.traces[tid(1)].candidates] == [(sid(3), 1), (sid(5), 2)]
+    assert {s.span_id: s.caused_by for s in v.symptoms[tid(1)]} == {sid(4): sid(3), sid(1): sid(3)}
