@@ -26,6 +26,11 @@ or by id; an empty list means "must not fire")::
             cut_sets: [[pool_exhausted]]      # optional: exactly these satisfied cut sets
             confidence: 0.8                   # optional: +- 0.005
             spans: [SELECT carts]             # optional: spans the fired cut set blames
+    healthy:                                  # optional: a ceiling on firing over fault-free traces
+      traces: [traces/healthy_*.json]         # files or globs (one path is fine)
+      max_rate: 0.01                          # every rule and tree loaded, but the rules a tree reads
+      rules:                                  # optional: per rule (or tree) ceilings, a tree's rules too
+        infra.retry_storm: {max_rate: 0.05}
 
 This module only loads fixtures into typed values and compares expected with
 actual findings; whoever runs the pipeline (``faulttrace test``) reads the
@@ -35,6 +40,7 @@ findings.
 
 from __future__ import annotations
 
+import glob
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,11 +150,45 @@ class FixtureCase:
     checks_findings: bool = True  # False: a tree case without `expect`
 
 
+class RateLike(Protocol):
+    id: str
+    kind: str                 # "rule" | "tree"
+    traces: int
+    of_traces: int
+    trees: tuple[str, ...]    # for a rule: the trees that read it
+
+    @property
+    def trace_rate(self) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class HealthyCeiling:
+    """How often the rules may fire on fault-free traces: ``max_rate`` for every rule and tree not read by
+    a tree (``None``: only those named), ``rules`` for the ones named (a rule a tree reads too)."""
+
+    traces: tuple[Path, ...]
+    max_rate: float | None = None
+    rules: dict[str, float] = field(default_factory=dict)
+
+    def problems(self, rates: Iterable[RateLike]) -> list[str]:
+        """One line per rule or tree above its ceiling, or named but not loaded."""
+        out, seen = [], set()
+        for r in rates:
+            seen.add(r.id)
+            ceiling = self.rules.get(r.id, None if r.trees else self.max_rate)
+            if ceiling is not None and r.trace_rate > ceiling:
+                out.append(f"{r.kind} {r.id} fires on {r.traces} of {r.of_traces} healthy traces "
+                           f"({100 * r.trace_rate:.3g}%), above its ceiling of {100 * ceiling:.3g}%")
+        out += [f"healthy.rules names {x}, which no rule file defines" for x in sorted(set(self.rules) - seen)]
+        return out
+
+
 @dataclass(frozen=True, slots=True)
 class FixtureFile:
     path: Path
     rule_files: tuple[Path, ...]
     cases: tuple[FixtureCase, ...]
+    healthy: HealthyCeiling | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,9 +254,9 @@ def load_fixture_file(path: str | Path) -> FixtureFile:
         raise FixtureError(f"{p}: {err}") from err
     if not isinstance(doc, dict):
         raise FixtureError(f"{p}: expected a mapping with `rule_files` and `tests`")
-    unknown = set(doc) - {"rule_files", "tests"}
+    unknown = set(doc) - {"rule_files", "tests", "healthy"}
     if unknown:
-        raise FixtureError(f"{p}: unknown key(s) {', '.join(sorted(unknown))} (expected rule_files, tests)")
+        raise FixtureError(f"{p}: unknown key(s) {', '.join(sorted(unknown))} (expected rule_files, tests, healthy)")
     rule_files = _str_list(doc.get("rule_files"), f"{p}: rule_files")
     if not rule_files:
         raise FixtureError(f"{p}: rule_files: name at least one rule file")
@@ -224,7 +264,40 @@ def load_fixture_file(path: str | Path) -> FixtureFile:
     if not isinstance(tests, list) or not tests:
         raise FixtureError(f"{p}: tests: expected a non-empty list")
     cases = tuple(_case(p, i, t) for i, t in enumerate(tests))
-    return FixtureFile(p, tuple(p.parent / f for f in rule_files), cases)
+    healthy = _healthy(p, doc["healthy"]) if "healthy" in doc else None
+    return FixtureFile(p, tuple(p.parent / f for f in rule_files), cases, healthy)
+
+
+def _healthy(path: Path, h: object) -> HealthyCeiling:
+    where = f"{path}: healthy"
+    if not isinstance(h, dict):
+        raise FixtureError(f"{where}: expected a mapping with `traces` and `max_rate` and/or `rules`")
+    unknown = set(h) - {"traces", "max_rate", "rules"}
+    if unknown:
+        raise FixtureError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} (expected traces, max_rate, rules)")
+    raw = [h["traces"]] if isinstance(h.get("traces"), str) else _str_list(h.get("traces"), f"{where}.traces")
+    traces: list[Path] = []
+    for pattern in raw:
+        found = sorted(glob.glob(str(path.parent / pattern)))
+        if not found:
+            raise FixtureError(f"{where}.traces: {pattern} matches no file")
+        traces += [Path(f) for f in found]
+    if not traces:
+        raise FixtureError(f"{where}.traces: name the fault-free trace files")
+    max_rate = _rate(f"{where}.max_rate", h["max_rate"]) if "max_rate" in h else None
+    rules = h.get("rules", {})
+    if not isinstance(rules, dict) or not all(isinstance(v, dict) and set(v) == {"max_rate"} for v in rules.values()):
+        raise FixtureError(f"{where}.rules: expected a mapping of rule or tree ids to {{max_rate: RATE}}")
+    ceilings = {str(k): _rate(f"{where}.rules.{k}.max_rate", v["max_rate"]) for k, v in rules.items()}
+    if max_rate is None and not ceilings:
+        raise FixtureError(f"{where}: give `max_rate` (every rule and tree) or `rules` (some)")
+    return HealthyCeiling(tuple(traces), max_rate, ceilings)
+
+
+def _rate(where: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise FixtureError(f"{where}: expected a share of traces between 0 and 1 (0.01 = 1%)")
+    return float(value)
 
 
 def _str_list(value: object, where: str) -> list[str]:

@@ -76,6 +76,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     if args.explain:
         return cli_explain_tree(args.paths, args.explain)
+    if args.baseline:
+        from processor.tools.firingrate import cli_check_baseline
+
+        return cli_check_baseline(args.paths, args.baseline, args.format, args.max_rate, sys.stdout)
     return cli_check(args.paths, args.format)
 
 
@@ -191,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--format", choices=["text", "json"], default="text")
     check.add_argument("--explain", metavar="TREE_ID",
                        help="print a fault tree, its minimal cut sets and the importance of its basic events")
+    check.add_argument("--baseline", metavar="FILE",
+                       help="fault-free traces (OTLP/JSON, JSON lines, gzip): print the share of traces and spans "
+                            "each rule and tree fires on, warning (W020, W021) above --max-rate")
+    check.add_argument("--max-rate", type=float, default=0.01, metavar="RATE",
+                       help="with --baseline: the share of fault-free traces a rule or tree may fire on (default 0.01)")
     check.set_defaults(func=cmd_check)
 
     test = sub.add_parser("test", help="run rule fixture tests (*.test.yaml)")

@@ -14,10 +14,11 @@ from typing import Any, TextIO
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from dsl import RuleError, load_rules
-from dsl.fixtures import FixtureError, FixtureSpan, compare, find_fixture_files, load_fixture_file
+from dsl import RuleError, RuleSet, load_rules
+from dsl.fixtures import FixtureError, FixtureSpan, HealthyCeiling, compare, find_fixture_files, load_fixture_file
 from processor.otlp import otlpjson
 from processor.otlp.tracefile import TraceFileError, read_requests
+from processor.tools.firingrate import firing_rates
 from processor.tools.offline import analyze
 
 
@@ -43,6 +44,16 @@ def _fixture_spans(doc: dict[str, Any]) -> Iterator[FixtureSpan]:
             events=tuple((e.get("name", ""), otlpjson.attribute_values(e.get("attributes")))
                          for e in span.get("events") or ()),
         )
+
+
+def _healthy_problems(ceiling: HealthyCeiling, rules: RuleSet) -> list[str]:
+    """What fires on the fault-free traces above its ceiling (no localizer: like the cases, rules alone)."""
+    try:
+        requests = [r for path in ceiling.traces for r in read_trace(path)[0]]
+    except FixtureError as err:
+        return [str(err)]
+    rates = firing_rates(requests, rules)
+    return ceiling.problems((*rates.rules, *rates.trees))
 
 
 def run_fixture_tests(paths: Iterable[str | Path], out: TextIO) -> int:
@@ -83,5 +94,11 @@ def run_fixture_tests(paths: Iterable[str | Path], out: TextIO) -> int:
             else:
                 failed += 1
                 out.write(f"{path}:\n{result.diff()}\n")
+        if fixture.healthy is not None:
+            problems = _healthy_problems(fixture.healthy, rules)
+            passed, failed = (passed, failed + 1) if problems else (passed + 1, failed)
+            if problems:
+                names = ", ".join(p.name for p in fixture.healthy.traces)
+                out.write(f"{path}:\nFAIL healthy traces ({names})\n" + "".join(f"  + {p}\n" for p in problems))
     out.write(f"{passed} passed, {failed} failed\n")
     return 1 if failed else 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from dsl.fixtures import (
     FixtureCase,
     FixtureError,
     FixtureSpan,
+    HealthyCeiling,
     SpanMatcher,
     compare,
     find_fixture_files,
@@ -130,3 +132,61 @@ tests:
     )
     with pytest.raises(FixtureError, match=r"expect\[0\].explains"):
         load_fixture_file(write(tmp_path, "y.test.yaml", "rule_files: [a]\ntests: [{trace: t.json, expect: [{rule: x, span: y, explains: z}]}]\n"))
+
+
+@dataclass(frozen=True)
+class _Rate:
+    id: str
+    kind: str
+    traces: int
+    of_traces: int
+    trees: tuple[str, ...] = ()
+
+    @property
+    def trace_rate(self) -> float:
+        return self.traces / self.of_traces
+
+
+def test_healthy_ceiling_loads_globs_and_per_rule_ceilings(tmp_path):
+    write(tmp_path, "healthy_a.json", "{}")
+    write(tmp_path, "healthy_b.json", "{}")
+    p = write(tmp_path, "x.test.yaml", """
+rule_files: [a.rules]
+tests: [{trace: t.json, expect: []}]
+healthy:
+  traces: healthy_*.json
+  max_rate: 0.01
+  rules: {r.weak: {max_rate: 0.2}}
+""")
+    h = load_fixture_file(p).healthy
+    assert h is not None and [t.name for t in h.traces] == ["healthy_a.json", "healthy_b.json"]
+    assert (h.max_rate, h.rules) == (0.01, {"r.weak": 0.2})
+
+
+def test_healthy_ceiling_exempts_rules_a_tree_reads_unless_named():
+    h = HealthyCeiling((), 0.01, {"r.named": 0.1})
+    rates = [_Rate("r.loud", "rule", 3, 100), _Rate("r.quiet", "rule", 1, 100),
+             _Rate("r.in_tree", "rule", 50, 100, ("t",)), _Rate("r.named", "rule", 20, 100, ("t",)),
+             _Rate("t", "tree", 2, 100)]
+    assert h.problems(rates) == [
+        "rule r.loud fires on 3 of 100 healthy traces (3%), above its ceiling of 1%",
+        "rule r.named fires on 20 of 100 healthy traces (20%), above its ceiling of 10%",
+        "tree t fires on 2 of 100 healthy traces (2%), above its ceiling of 1%",
+    ]
+    assert HealthyCeiling((), None, {"r.gone": 0.1}).problems([]) == ["healthy.rules names r.gone, which no rule file defines"]
+
+
+@pytest.mark.parametrize(("healthy", "message"), [
+    ("healthy: [x]", "healthy: expected a mapping"),
+    ("healthy: {traces: none_*.json, max_rate: 0.01}", "matches no file"),
+    ("healthy: {traces: t.json}", "give `max_rate`"),
+    ("healthy: {traces: t.json, max_rate: 5}", "between 0 and 1"),
+    ("healthy: {traces: t.json, rules: {r: 0.1}}", "{max_rate: RATE}"),
+    ("healthy: {traces: t.json, max_rate: 0.1, ceiling: 1}", "unknown key(s) ceiling"),
+])
+def test_healthy_ceiling_errors_name_the_key(tmp_path, healthy, message):
+    write(tmp_path, "t.json", "{}")
+    p = write(tmp_path, "x.test.yaml", f"rule_files: [a.rules]\ntests: [{{trace: t.json, expect: []}}]\n{healthy}\n")
+    with pytest.raises(FixtureError) as err:
+        load_fixture_file(p)
+    assert message in str(err.value)

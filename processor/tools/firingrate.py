@@ -1,0 +1,189 @@
+"""How often each rule and fault tree fires on fault-free traffic (``faulttrace check --baseline``,
+and the ``healthy`` ceilings of ``faulttrace test``).
+
+The traces go through the offline analysis ``faulttrace explain`` runs
+(``processor.tools.offline``), with the localizer seeded from the same traces
+so that rules reading ``s.baseline_*`` compare with what is usual there.  A
+rule firing on more than ``max_rate`` of the traces is a false alarm in the
+making: warning W020 (a tree: W021) at its id.  A rule a fault tree reads (a
+basic event, a top rule) is reported but not flagged: a tree is where weak
+signs belong, and the tree itself is measured.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from dsl import Diagnostic, RuleError, RuleSet, SourceSpan, load_rules
+from dsl.diagnostics import LineIndex, render_all, sort_key, to_json
+from processor.otlp.tracefile import TraceFileError, read_requests
+from processor.tools.offline import analyze
+
+DEFAULT_MAX_RATE = 0.01
+RULE_ABOVE_CEILING = "W020"
+TREE_ABOVE_CEILING = "W021"
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """One rule's (or tree's) firing on the baseline: traces and spans it fired on."""
+
+    id: str
+    kind: str               # "rule" | "tree"
+    layer: str
+    traces: int
+    spans: int
+    of_traces: int
+    of_spans: int
+    trees: tuple[str, ...] = ()  # for a rule: the trees that read it
+
+    @property
+    def trace_rate(self) -> float:
+        return self.traces / self.of_traces if self.of_traces else 0.0
+
+    @property
+    def span_rate(self) -> float:
+        return self.spans / self.of_spans if self.of_spans else 0.0
+
+    def flagged(self, max_rate: float) -> bool:
+        """Above the ceiling, and not a rule some tree weighs with other evidence."""
+        return self.trace_rate > max_rate and not self.trees
+
+
+@dataclass(frozen=True, slots=True)
+class FiringRates:
+    traces: int
+    spans: int
+    rules: tuple[Rate, ...]
+    trees: tuple[Rate, ...] = field(default=())
+
+    def get(self, rule_or_tree: str) -> Rate | None:
+        return next((r for r in (*self.rules, *self.trees) if r.id == rule_or_tree), None)
+
+
+def firing_rates(requests: Iterable[ExportTraceServiceRequest], rules: RuleSet,
+                 seed: str | Path | None = None) -> FiringRates:
+    """Per rule and per tree of ``rules``, the traces and spans of ``requests`` it fires on; the localizer
+    (for ``s.baseline_*``) is seeded from the file ``seed`` (None: rules reading baselines see nil)."""
+    from processor.localizer import LocalizerAnalyzer
+
+    localizer = LocalizerAnalyzer(seed) if seed is not None else None
+    try:
+        result = analyze(requests, rules, localizer)
+    finally:
+        if localizer is not None:
+            localizer.close()
+    n_traces = len(set(result.spans.column("trace_id").to_pylist())) if result.spans.num_rows else 0
+    n_spans = result.spans.num_rows
+    used_by: dict[str, list[str]] = {}
+    for plan in rules.trees:
+        for rule_id in {b.rule for b in plan.tree.basics} | ({plan.tree.top_rule} - {""}):
+            used_by.setdefault(rule_id, []).append(plan.id)
+    rule_rates = []
+    for rule in rules.rules:
+        found = [f for f in result.findings if f.rule_id == rule.id]
+        rule_rates.append(Rate(rule.id, "rule", rule.meta.layer, len({f.trace_id for f in found}),
+                               len({(f.trace_id, f.span_id) for f in found}), n_traces, n_spans,
+                               tuple(sorted(used_by.get(rule.id, ())))))
+    tree_rates = []
+    for plan in rules.trees:
+        fired = [t for t in result.trees if t.tree_id == plan.id and t.fired]
+        tree_rates.append(Rate(plan.id, "tree", plan.tree.meta.layer, len({t.trace_id for t in fired}),
+                               len({(t.trace_id, s) for t in fired for s, _, _ in t.spans}), n_traces, n_spans))
+    return FiringRates(n_traces, n_spans, tuple(rule_rates), tuple(tree_rates))
+
+
+# ---- diagnostics ------------------------------------------------------------------------------
+
+
+def diagnostics(rates: FiringRates, rules: RuleSet, max_rate: float) -> list[Diagnostic]:
+    """W020/W021 at the id of each rule or tree above ``max_rate`` (rules a tree reads are exempt)."""
+    out = []
+    for r in (*rates.rules, *rates.trees):
+        if not r.flagged(max_rate):
+            continue
+        if r.kind == "rule":
+            code, span = RULE_ABOVE_CEILING, rules.checked[r.id].span
+            hint = ("raise its specificity (what only a fault shows: an error that follows, a count, an order), or "
+                    "make it a basic event of a fault tree (`basic x = rule " + r.id + "`): a weak sign belongs in a tree")
+        else:
+            code, span = TREE_ABOVE_CEILING, rules.tree(r.id).tree.span
+            hint = "require more of its cause (`and`, `atleast k of {…}`) or narrow its top event"
+        message = (f"{r.kind} `{r.id}` fires on {_pct(r.trace_rate)} of fault-free traces ({r.traces} of "
+                   f"{r.of_traces}), above the ceiling of {_pct(max_rate)}")
+        out.append(Diagnostic(code, message, _id_span(span, r.id, rules.sources), (hint,),
+                              label=f"{r.traces} of {r.of_traces} healthy traces"))
+    return sorted(out, key=sort_key)
+
+
+def _id_span(span: SourceSpan, ident: str, sources: dict[str, str]) -> SourceSpan:
+    """The id's place in the definition at ``span`` (the whole definition if it is not found)."""
+    text = sources.get(span.path)
+    at = text.find(ident, span.start, span.end) if text is not None else -1
+    return LineIndex(text).span(span.path, at, at + len(ident)) if text is not None and at >= 0 else span
+
+
+def _pct(rate: float) -> str:
+    return f"{100 * rate:.1f}%" if rate >= 0.001 or rate == 0 else f"{100 * rate:.2f}%"
+
+
+# ---- the command ----------------------------------------------------------------------------
+
+
+def cli_check_baseline(paths: Sequence[str], baseline: str, fmt: str, max_rate: float, out: TextIO) -> int:
+    """``faulttrace check --baseline FILE PATH…``: compile diagnostics, the firing table, W020/W021;
+    exit 1 on a compile error or a file that cannot be read (warnings never fail the check)."""
+    try:
+        rules = load_rules(paths)
+    except RuleError as err:
+        out.write((to_json(err.diagnostics) if fmt == "json" else render_all(err.diagnostics, err.sources)) + "\n")
+        return 1
+    try:
+        rates = firing_rates(read_requests(baseline), rules, baseline)
+    except (TraceFileError, OSError, ValueError) as err:
+        out.write(f"error: --baseline: {err}\n")
+        return 1
+    warnings = [*rules.warnings, *diagnostics(rates, rules, max_rate)]
+    if fmt == "json":
+        out.write(json.dumps(to_document(rates, baseline, max_rate, warnings), indent=2) + "\n")
+    else:
+        write_text(rates, baseline, max_rate, warnings, rules.sources, out)
+    return 0
+
+
+def to_document(rates: FiringRates, baseline: str, max_rate: float,
+                warnings: Sequence[Diagnostic]) -> dict[str, Any]:
+    def row(r: Rate) -> dict[str, Any]:
+        return {"id": r.id, "layer": r.layer, "traces": r.traces, "spans": r.spans,
+                "trace_rate": round(r.trace_rate, 6), "span_rate": round(r.span_rate, 6),
+                **({"trees": list(r.trees)} if r.kind == "rule" else {}), "flagged": r.flagged(max_rate)}
+
+    return {"baseline": baseline, "traces": rates.traces, "spans": rates.spans, "max_rate": max_rate,
+            "rules": [row(r) for r in rates.rules], "trees": [row(r) for r in rates.trees],
+            "diagnostics": json.loads(to_json(warnings))}
+
+
+def write_text(rates: FiringRates, baseline: str, max_rate: float, warnings: Sequence[Diagnostic],
+               sources: dict[str, str], out: TextIO) -> None:
+    """The table, highest trace rate first (ties by id), then the diagnostics."""
+    out.write(f"baseline {baseline}: {rates.traces} traces, {rates.spans} spans; "
+              f"ceiling {_pct(max_rate)} of traces\n")
+    rows = sorted((*rates.rules, *rates.trees), key=lambda r: (-r.trace_rate, r.kind, r.id))
+    width = max((len(r.id) for r in rows), default=4) + 5
+    out.write(f"{'rule / tree':<{width}}  {'traces':>14}  {'spans':>14}\n")
+    for r in rows:
+        mark = "  above the ceiling" if r.flagged(max_rate) else (
+            f"  read by {', '.join(r.trees)}" if r.trees and r.traces else "")
+        name = r.id if r.kind == "rule" else f"tree {r.id}"
+        out.write(f"{name:<{width}}  {r.traces:>5} {'(' + _pct(r.trace_rate) + ')':>8}  "
+                  f"{r.spans:>5} {'(' + _pct(r.span_rate) + ')':>8}{mark}\n")
+    if warnings:
+        out.write("\n" + render_all(list(warnings), sources) + "\n")
+    else:
+        out.write(f"ok: no rule or tree above {_pct(max_rate)} of fault-free traces\n")
