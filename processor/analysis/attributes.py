@@ -49,8 +49,8 @@ CACHED_VALUES = 50_000   # distinct encoded values remembered per column type
 
 # Every span attribute in long form (module docstring); "*" is no attribute key.
 ALL_ATTRIBUTES = AttrRef(AttrSource.SPAN, "*")
-ALL_ATTRIBUTES_TYPE = pa.list_(pa.struct([("k", pa.string()), ("t", pa.string()), ("s", pa.string()),
-                                          ("n", pa.float64())]))
+ENTRY_TYPE = pa.struct([("k", pa.string()), ("t", pa.string()), ("s", pa.string()), ("n", pa.float64())])
+ALL_ATTRIBUTES_TYPE = pa.list_(ENTRY_TYPE)
 ALL_ATTRIBUTES_SQL_TYPE = "STRUCT(k VARCHAR, t VARCHAR, s VARCHAR, n DOUBLE)[]"
 SHORT_VALUE = 2   # encoded bytes: a value this short (the empty string) is kept even for a high-cardinality key
 
@@ -65,14 +65,16 @@ def all_attributes_sql(table: str) -> str:
 
 class KeyCardinality:
     """Which string-valued attribute keys are high-cardinality, learned from the values seen:
-    once a key has shown ``MIN_SEEN`` values of which more than half were new, a typical
-    value of it recurs less than twice — there is no distribution to learn, only presence."""
+    once a key has shown ``MIN_SEEN`` values, it is high-cardinality when more than half were
+    new — a typical value recurs less than twice: there is no distribution to learn, only
+    presence — and decided either way (``decided``), so later values cost no counting."""
 
     MIN_SEEN = 32
 
     def __init__(self) -> None:
         self._counts: dict[str, list[int]] = {}   # key -> [values seen, new values]
         self.high: set[str] = set()
+        self.decided: set[str] = set()
 
     def observe(self, key: str, new: bool) -> None:
         c = self._counts.get(key)
@@ -80,8 +82,10 @@ class KeyCardinality:
             c = self._counts[key] = [0, 0]
         c[0] += 1
         c[1] += new
-        if c[0] >= self.MIN_SEEN and 2 * c[1] > c[0]:
-            self.high.add(key)
+        if c[0] >= self.MIN_SEEN:
+            if 2 * c[1] > c[0]:
+                self.high.add(key)
+            self.decided.add(key)
             del self._counts[key]
 
 
@@ -121,7 +125,7 @@ def long_entries_json(cardinality: KeyCardinality, seen: set[tuple[str, str]], a
     for key, value in attrs.items():
         entries = _long_entries(key, value)
         if entries and entries[0][1] in ("string", "string[]"):
-            if key not in cardinality.high:
+            if key not in cardinality.decided:
                 text = str(value)
                 new = (key, text) not in seen
                 if new:
@@ -135,18 +139,80 @@ def long_entries_json(cardinality: KeyCardinality, seen: set[tuple[str, str]], a
     return out
 
 
+def _entries_array(flat: Sequence[tuple[str, str, str | None, float | None]]) -> pa.StructArray:
+    ks, ts, ss, ns = (list(c) for c in zip(*flat)) if flat else ([], [], [], [])
+    return pa.StructArray.from_arrays(
+        [pa.array(ks, pa.string()), pa.array(ts, pa.string()), pa.array(ss, pa.string()),
+         pa.array(ns, pa.float64())], fields=list(ENTRY_TYPE))
+
+
 def long_array(rows: Sequence[list[tuple[str, str, str | None, float | None]]]) -> pa.Array:
-    """Per-span entry lists as an ``ALL_ATTRIBUTES_TYPE`` array, built from flat columns."""
+    """Per-span entry lists as an ``ALL_ATTRIBUTES`` array (plain, not dictionary-encoded)."""
     offsets = [0]
     flat: list[tuple[str, str, str | None, float | None]] = []
     for entries in rows:
         flat.extend(entries)
         offsets.append(len(flat))
-    ks, ts, ss, ns = (list(c) for c in zip(*flat)) if flat else ([], [], [], [])
-    struct = pa.StructArray.from_arrays(
-        [pa.array(ks, pa.string()), pa.array(ts, pa.string()), pa.array(ss, pa.string()),
-         pa.array(ns, pa.float64())], fields=list(ALL_ATTRIBUTES_TYPE.value_type))
-    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), struct, type=ALL_ATTRIBUTES_TYPE)
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), _entries_array(flat))
+
+
+class LongForm:
+    """``ALL_ATTRIBUTES`` entries numbered once per distinct (key, encoded value): a span costs
+    a lookup per attribute, and the column is the entries taken by number in Arrow.  At most
+    ``CACHED_VALUES`` entries are kept; past that the numbering restarts at a batch's start."""
+
+    def __init__(self) -> None:
+        self.cardinality = KeyCardinality()
+        self._ids: dict[str, dict[bytes, tuple[int, ...]]] = {}
+        self._presence: dict[tuple[str, int], tuple[int, ...]] = {}
+        self._entries: list[tuple[str, str, str | None, float | None]] = []
+        self._dictionary: pa.StructArray = _entries_array([])
+        self.start(restart=True)
+
+    def start(self, restart: bool = False) -> None:
+        """Before a batch: restart the numbering when it holds too much.  Entry 0 is a
+        placeholder no span refers to."""
+        if restart or len(self._entries) >= CACHED_VALUES:
+            self._ids.clear()
+            self._presence.clear()
+            self._entries = [("", "", None, None)]
+            self._dictionary = _entries_array([])
+
+    def _add(self, entries: list[tuple[str, str, str | None, float | None]]) -> tuple[int, ...]:
+        at = len(self._entries)
+        self._entries.extend(entries)
+        return tuple(range(at, at + len(entries)))
+
+    def add_span(self, items: Iterable[tuple[str, bytes]], out: list[int]) -> None:
+        """Append the entry numbers of a span's (key, encoded AnyValue) pairs to ``out``."""
+        ids, high, decided = self._ids, self.cardinality.high, self.cardinality.decided
+        for key, data in items:
+            if key in high and len(data) > SHORT_VALUE:
+                got = self._presence.get((key, data[0]))
+                if got is None:
+                    got = self._presence[(key, data[0])] = self._add(
+                        [(key, _ENCODED_TYPES.get(data[0], "string"), None, None)])
+                out.extend(got)
+                continue
+            per = ids.get(key)
+            if per is None:
+                per = ids[key] = {}
+            got = per.get(data)
+            new = got is None
+            if got is None:
+                got = per[data] = self._add(_long_entries(key, _python_value(AnyValue.FromString(data))))
+            if key not in decided and got and self._entries[got[0]][1] in ("string", "string[]"):
+                self.cardinality.observe(key, new)
+            out.extend(got)
+
+    def array(self, offsets: list[int], flat: list[int]) -> pa.Array:
+        """The column: per span the entries ``flat[offsets[i]:offsets[i + 1]]``."""
+        if len(self._dictionary) < len(self._entries):
+            self._dictionary = pa.concat_arrays(
+                [self._dictionary, _entries_array(self._entries[len(self._dictionary):])])
+        # taken, not dictionary-encoded: DuckDB mishandles a list of dictionary-encoded structs
+        values = self._dictionary.take(pa.array(flat, pa.int32()))
+        return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values, type=ALL_ATTRIBUTES_TYPE)
 
 
 def _field_type(ref: AttrRef) -> pa.DataType:
@@ -231,8 +297,7 @@ class Projector:
         self._event_keys: dict[str, list[tuple[int, str, AttrType, dict[bytes, Any]]]] = {}
         self._resource_refs: list[tuple[int, AttrRef]] = []
         self._all_slot: int | None = None
-        self._all_cache: dict[bytes, list[tuple[str, str | None, float | None]]] = {}
-        self.cardinality = KeyCardinality()
+        self.long_form = LongForm()
         for slot, ref in enumerate(projection.refs):
             cache = caches.setdefault(ref.type, {})
             if ref == ALL_ATTRIBUTES:
@@ -277,12 +342,15 @@ class Projector:
         parse = span_attributes_view().FromString
         span_keys, event_keys = self._span_keys, self._event_keys
         wanted = span_keys.keys()
-        every: list[list[tuple[str, str, str | None, float | None]]] | None = (
-            None if self._all_slot is None else [])
+        every = self._all_slot is not None
+        offsets, flat = [0], []
+        if every:
+            self.long_form.start()
         for row, raw in enumerate(raws):
             span = parse(raw)
-            if every is not None:
-                every.append(self._all_entries(span.attributes, span.events))
+            if every:
+                self._all_entries(span, flat)
+                offsets.append(len(flat))
             if wanted:
                 attrs = span.attributes
                 # Set intersection in C: only keys both projected and present cost Python work.
@@ -299,36 +367,19 @@ class Projector:
                             column[row] = value
             if event_keys and span.events:
                 self._event_values(span.events, row, rows, columns)
-        if every is not None and self._all_slot is not None:
-            columns[self._all_slot] = long_array(every)
+        if every and self._all_slot is not None:
+            columns[self._all_slot] = self.long_form.array(offsets, flat)
 
-    def _all_entries(self, attrs: Any, events: Any) -> list[tuple[str, str, str | None, float | None]]:
-        """A span's ``ALL_ATTRIBUTES`` entries; values converted once per distinct encoding."""
-        out: list[tuple[str, str, str | None, float | None]] = []
-        cache, cardinality = self._all_cache, self.cardinality
-        items = list(attrs.items())
-        if events:
+    def _all_entries(self, span: Any, flat: list[int]) -> None:
+        """A span's ``ALL_ATTRIBUTES`` entry numbers, its first event of each name's included."""
+        self.long_form.add_span(span.attributes.items(), flat)
+        if span.events:
             seen: set[str] = set()
-            for event in events:
+            for event in span.events:
                 if event.name not in seen:
                     seen.add(event.name)
-                    items.extend((f"{event.name}:{k}", v) for k, v in event.attributes.items())
-        for key, data in items:
-            high = key in cardinality.high
-            if high and len(data) > SHORT_VALUE:
-                out.append((key, _ENCODED_TYPES.get(data[0], "string"), None, None))
-                continue
-            entries = cache.get(data)
-            new = entries is None
-            if entries is None:
-                if len(cache) >= CACHED_VALUES:
-                    cache.clear()
-                entries = cache[data] = [(t, s, n) for _, t, s, n in
-                                         _long_entries("", _python_value(AnyValue.FromString(data)))]
-            if not high and entries and entries[0][0] in ("string", "string[]"):
-                cardinality.observe(key, new)
-            out.extend((key, t, s, n) for t, s, n in entries)
-        return out
+                    name = event.name
+                    self.long_form.add_span(((f"{name}:{k}", v) for k, v in event.attributes.items()), flat)
 
     def _event_values(self, events: Any, row: int, rows: int, columns: list[Any]) -> None:
         seen: set[str] = set()

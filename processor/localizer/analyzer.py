@@ -37,12 +37,32 @@ from processor.localizer import conventions
 from processor.localizer.attribution import Attribution, attribute
 from processor.localizer.blame import LocalizedBatch, blame_traces
 from processor.localizer.graph import span_metrics
+from processor.localizer.baseline import Baseline
 from processor.localizer.history import History, HistoryConfig
 from processor.localizer.silent import Silent, abnormal_spans
 from processor.localizer.window import SOURCES, rank_services
 
 # The parts of the causal model, by the names ``SOURCES`` gives them.
 CAUSAL = ("silent", "causal_past", "lift")
+# Traces of a batch whose attributes are learned and counted in the window (a uniform sample by
+# trace id: what bounds the cost of a big batch); the traces with an error or a slow span are
+# read besides, to be explained.
+SAMPLE_TRACES = 256
+
+LONG_SQL = """
+CREATE OR REPLACE TEMP TABLE lz_sample AS
+SELECT trace_id FROM (SELECT DISTINCT trace_id FROM {table}) ORDER BY hash(trace_id), trace_id LIMIT $n;
+CREATE OR REPLACE TEMP TABLE lz_long AS
+WITH ev AS (SELECT DISTINCT m.trace_id FROM lz_m m LEFT JOIN lz_base o USING (service, name)
+            WHERE m.status_code = 2 OR m.self_ns > o.self_p99),
+     t AS (SELECT * FROM {table} WHERE trace_id IN (SELECT trace_id FROM lz_sample)
+                                    OR trace_id IN (SELECT trace_id FROM ev))
+SELECT l.*, l.trace_id IN (SELECT trace_id FROM lz_sample) AS sampled FROM ({long}) l;
+CREATE OR REPLACE TEMP VIEW lz_spans AS
+SELECT DISTINCT trace_id, span_id, service, name, sampled FROM lz_long
+UNION
+SELECT trace_id, span_id, service, name, true FROM {table} WHERE trace_id IN (SELECT trace_id FROM lz_sample);
+"""
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +87,7 @@ class LocalizerAnalyzer:
     def __init__(self, baseline: str | Path | None = None, *, sources: Iterable[str] = SOURCES,
                  history: HistoryConfig | None = None, attribution: Iterable[AttrRef] = ATTRIBUTION,
                  per_trace: int = 5, learn_suspect: float = 0.1, silent: bool = True, causal_past: bool = True,
-                 lift: bool = True) -> None:
+                 lift: bool = True, sample_traces: int = SAMPLE_TRACES) -> None:
         self.history = History(history)
         self.sources = tuple(sources)
         self.attribution = tuple(attribution)
@@ -77,6 +97,7 @@ class LocalizerAnalyzer:
         self.silent = silent and "silent" in self.sources
         self.causal_past = causal_past and "causal_past" in self.sources
         self.lift = lift and "lift" in self.sources
+        self.sample_traces = sample_traces
         if baseline is not None:
             self.history.seed(baseline, self.attribution, every=True)
 
@@ -105,19 +126,29 @@ class LocalizerAnalyzer:
             return LocalizedBatch()
         baseline = self.history.baseline()
         ranking = rank_services(conn, metrics, baseline, self.sources)
-        long = all_attributes_sql(table) if column_name(ALL_ATTRIBUTES) in columns else None
-        silent = None
-        if long is not None and self.silent:
-            abnormal = abnormal_spans(conn, long, table, self.history.attributes(), self.history.config.max_keys)
-            silent = Silent(tuple(abnormal), self.causal_past, self.lift)
-        details = _details(conn, table, columns)
-        verdict = blame_traces(conn, metrics, baseline, ranking, self.per_trace, details, silent)
-        found = self._attribute(conn, table, verdict)
-        verdict = _with_layers(_with_attributions(verdict, found), _span_attributes(conn, long, verdict), details,
-                               _enclosing(conn, table, verdict))
-        learned = conn.sql(long).to_arrow_table() if long is not None else None
+        long, scale = None, 1.0
+        if column_name(ALL_ATTRIBUTES) in columns:
+            scale = _long_form(conn, table, metrics, baseline, self.sample_traces)
+            long = "SELECT * FROM lz_long"
+        try:
+            silent = None
+            if long is not None and self.silent:
+                abnormal = abnormal_spans(conn, long, "lz_spans", self.history.attributes(),
+                                          self.history.config.max_keys)
+                silent = Silent(tuple(abnormal), self.causal_past, self.lift, "lz_sample")
+            details = _details(conn, table, columns)
+            verdict = blame_traces(conn, metrics, baseline, ranking, self.per_trace, details, silent)
+            found = self._attribute(conn, table, verdict)
+            verdict = _with_layers(_with_attributions(verdict, found), _span_attributes(conn, long, verdict),
+                                   details, _enclosing(conn, table, verdict))
+            learned = conn.sql(f"{long} WHERE sampled").to_arrow_table() if long is not None else None
+        finally:
+            if long is not None:
+                for name in ("lz_long", "lz_sample"):
+                    conn.execute(f"DROP TABLE IF EXISTS {name}")
+                conn.execute("DROP VIEW IF EXISTS lz_spans")
         self.history.learn(metrics, dict.fromkeys(verdict.traces, self.learn_suspect),
-                           _values(conn, table, columns, self.attribution), learned)
+                           _values(conn, table, columns, self.attribution), learned, scale)
         services = tuple(ServiceRank(r.service, round(r.score, 4), round(r.probability, 4))
                          for r in ranking if r.score > 0)
         return dataclasses.replace(verdict, services=services)
@@ -183,6 +214,24 @@ def _with_attributions(verdict: LocalizedBatch, found: list[Attribution]) -> Loc
             cands.append(dataclasses.replace(c, evidence=c.evidence + more))
         traces[trace_id] = TraceVerdict(trace_id, v.root_span_id, tuple(cands))
     return dataclasses.replace(verdict, traces=traces, attributions=tuple(found))
+
+
+def _long_form(conn: duckdb.DuckDBPyConnection, table: str, metrics: pa.Table, baseline: Baseline,
+               sample: int) -> float:
+    """The batch's attributes in long form as ``lz_long`` (with ``sampled``), its spans as
+    ``lz_spans``, the sampled traces as ``lz_sample``; returns how many traces a sampled one stands for."""
+    conn.register("lz_m", metrics)
+    conn.register("lz_base", baseline.ops)
+    try:
+        for i, statement in enumerate(LONG_SQL.format(table=table, long=all_attributes_sql("t")).split(";")):
+            if statement.strip():
+                conn.execute(statement, {"n": sample} if i == 0 else None)
+        total, kept = conn.execute(f"SELECT (SELECT count(DISTINCT trace_id) FROM {table}), "
+                                   "(SELECT count(*) FROM lz_sample)").fetchall()[0]
+    finally:
+        conn.unregister("lz_m")
+        conn.unregister("lz_base")
+    return total / kept if kept else 1.0
 
 
 def _span_attributes(conn: duckdb.DuckDBPyConnection, long: str | None, verdict: LocalizedBatch

@@ -93,14 +93,15 @@ def attr_bucket_sql(v: str, gamma: float) -> str:
 
 
 def attr_bucket_value(b: int, gamma: float) -> float:
-    """A representative value of bucket ``b`` (its upper edge), for messages."""
-    return 0.0 if b == 0 else (1 if b > 0 else -1) * ATTR_UNIT * gamma ** (abs(b) - 1)
+    """A representative value of bucket ``b`` (its geometric middle), for messages."""
+    return 0.0 if b == 0 else (1 if b > 0 else -1) * ATTR_UNIT * gamma ** (abs(b) - 1.5)
 
 
 # New attribute values (``lz_ain``: the long form, ``attributes.all_attributes_sql``) weighted like
 # their traces; presence is counted once per span and key.
 ATTR_NEW_SQL = """
-SELECT a.service, a.name, a.trace_id, a.span_id, a.key, a.type, a.sval, a.nval, coalesce(w.weight, 1.0) AS weight
+SELECT a.service, a.name, a.trace_id, a.span_id, a.key, a.type, a.sval, a.nval,
+       coalesce(w.weight, 1.0) * $scale AS weight
 FROM lz_ain a LEFT JOIN lz_weights w USING (trace_id)
 """
 
@@ -336,13 +337,14 @@ class History:
         return self.learn(metrics, values=values, attributes=long)
 
     def learn(self, metrics: pa.Table, weights: dict[bytes, float] | None = None,
-              values: pa.Table | None = None, attributes: pa.Table | None = None) -> int:
+              values: pa.Table | None = None, attributes: pa.Table | None = None, scale: float = 1.0) -> int:
         """Fold span metrics (``graph.span_metrics``) in, each trace weighted by ``weights``
         (default 1: a weight below one learns a suspicious trace only a little); ``values``
         (``trace_id``, ``service`` and one string column per attribute, named by
         ``dsl.column_name``) are the same spans' attribute values, counted per service;
         ``attributes`` all their span attributes in long form (``attributes.all_attributes_sql``),
-        learned per operation."""
+        learned per operation — of a sample of the traces when ``scale`` (the traces one of
+        them stands for) is above 1."""
         if metrics.num_rows == 0:
             return 0
         cfg = self.config
@@ -360,7 +362,7 @@ class History:
                 if values is not None and values.num_columns > 2:
                     self._learn_values(values, common)
                 if attributes is not None:
-                    self._learn_attributes(attributes, common)
+                    self._learn_attributes(attributes, common, scale)
                 conn.execute(HIST_SQL.format(unit=UNIT_NS, gamma=cfg.gamma), common)
                 conn.execute(OPS_UPDATE_SQL, {**common, "max_ops": cfg.max_ops})
                 conn.execute(SHAPES_UPDATE_SQL.format(shapes=SHAPES_SQL.format(table="lz_in")),
@@ -397,12 +399,12 @@ class History:
             conn.execute("DROP TABLE IF EXISTS lz_vnew")
             conn.unregister("lz_vin")
 
-    def _learn_attributes(self, attributes: pa.Table, common: dict[str, float]) -> None:
+    def _learn_attributes(self, attributes: pa.Table, common: dict[str, float], scale: float = 1.0) -> None:
         """Learn every span attribute per operation (under the lock, in ``learn``)."""
         conn, cfg = self._conn, self.config
         conn.register("lz_ain", attributes)
         try:
-            conn.execute(f"CREATE OR REPLACE TEMP TABLE lz_anew AS {ATTR_NEW_SQL}")
+            conn.execute(f"CREATE OR REPLACE TEMP TABLE lz_anew AS {ATTR_NEW_SQL}", {"scale": scale})
             conn.execute(AOPS_UPDATE_SQL, common)
             conn.execute(AKEYS_UPDATE_SQL, {**common, "max_keys": cfg.max_keys})
             conn.execute(ACAT_UPDATE_SQL, {**common, "max_values": cfg.max_values})

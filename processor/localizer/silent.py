@@ -161,9 +161,9 @@ keyed AS (  -- per (operation, key): spans with the key, and the least weight of
            count(*) OVER (PARTITION BY k.service, k.name) AS n_keys
     FROM sb_keys k
 ),
-win AS (SELECT service, name, count(*) AS n_win FROM sl_spans GROUP BY ALL),
-tspan AS (SELECT DISTINCT trace_id, span_id, service, name, key, sval FROM sl_long WHERE sval IS NOT NULL),
-tv AS (SELECT service, name, key, sval, count(*) AS k_win FROM tspan GROUP BY ALL),
+win AS (SELECT service, name, count(*) AS n_win FROM sl_spans WHERE sampled GROUP BY ALL),
+tspan AS (SELECT DISTINCT trace_id, span_id, service, name, key, sval, sampled FROM sl_long WHERE sval IS NOT NULL),
+tv AS (SELECT service, name, key, sval, count(*) FILTER (WHERE sampled) AS k_win FROM tspan GROUP BY ALL),
 cs AS (  -- per (operation, key): weights recorded, evicted, empty
     SELECT service, name, key, sum(w) AS w_rec, coalesce(sum(w) FILTER (WHERE val IS NULL), 0) AS w_other,
            coalesce(sum(w) FILTER (WHERE val IN ('', '[]')), 0) AS w_empty
@@ -184,10 +184,10 @@ cat AS (
     LEFT JOIN cs ON cs.service = tv.service AND cs.name = tv.name AND cs.key = tv.key
 ),
 nspan AS (
-    SELECT DISTINCT trace_id, span_id, service, name, key, {bucket} AS b FROM sl_long
+    SELECT DISTINCT trace_id, span_id, service, name, key, {bucket} AS b, sampled FROM sl_long
     WHERE nval IS NOT NULL AND isfinite(nval)
 ),
-nb AS (SELECT service, name, key, b, count(*) AS c FROM nspan GROUP BY ALL),
+nb AS (SELECT service, name, key, b, count(*) FILTER (WHERE sampled) AS c FROM nspan GROUP BY ALL),
 nv AS (
     SELECT *, sum(c) OVER (PARTITION BY service, name, key ORDER BY b) AS k_le,
               sum(c) OVER (PARTITION BY service, name, key ORDER BY b DESC) AS k_ge
@@ -218,8 +218,8 @@ num AS (
            (least(le, ge) + 0.5) / (tot + 1) AS p, CASE WHEN le <= ge THEN k_le ELSE k_ge END AS k_win
     FROM num0
 ),
-kspan AS (SELECT DISTINCT trace_id, span_id, service, name, key FROM sl_long),
-kp AS (SELECT service, name, key, count(*) AS k_win FROM kspan GROUP BY ALL),
+kspan AS (SELECT DISTINCT trace_id, span_id, service, name, key, sampled FROM sl_long),
+kp AS (SELECT service, name, key, count(*) FILTER (WHERE sampled) AS k_win FROM kspan GROUP BY ALL),
 pres AS (  -- keys on spans of operations where they are rare, or keys the operation has not kept
     SELECT kp.service, kp.name, kp.key, o.n, kp.k_win,
            (coalesce(k.w, CASE WHEN kc.n_keys >= $max_keys THEN kc.w_min_key ELSE 0 END) + 0.5) / (o.n + 1) AS p,
@@ -262,7 +262,9 @@ WHERE a.p < {wl_abs} / 2
 def abnormal_spans(conn: duckdb.DuckDBPyConnection, long: str, spans: str, base: AttributeBaseline,
                    max_keys: int) -> list[Abnormality]:
     """The improbable attribute values of the batch: ``long`` is its long form
-    (``attributes.all_attributes_sql``), ``spans`` its spans (trace_id, span_id, service, name)."""
+    (``attributes.all_attributes_sql``) and ``spans`` its spans (trace_id, span_id, service,
+    name), each with ``sampled``: the window's counts come from the sampled rows, the values
+    judged are all of them."""
     from processor.localizer.history import attr_bucket_sql, attr_bucket_value
 
     if base.ops.num_rows == 0:
@@ -271,7 +273,7 @@ def abnormal_spans(conn: duckdb.DuckDBPyConnection, long: str, spans: str, base:
     for name, t in views.items():
         conn.register(name, t)
     conn.execute(f"CREATE OR REPLACE TEMP VIEW sl_long AS {long}")
-    conn.execute(f"CREATE OR REPLACE TEMP VIEW sl_spans AS SELECT trace_id, span_id, service, name FROM {spans}")
+    conn.execute(f"CREATE OR REPLACE TEMP VIEW sl_spans AS SELECT trace_id, span_id, service, name, sampled FROM {spans}")
     try:
         sql = ABNORMAL_SQL.format(
             bucket=attr_bucket_sql("nval", base.gamma), bucket_l=attr_bucket_sql("l.nval", base.gamma),
@@ -304,7 +306,10 @@ def abnormal_spans(conn: duckdb.DuckDBPyConnection, long: str, spans: str, base:
 
 
 def _number(v: float) -> str:
-    return f"{v:.0f}" if float(v).is_integer() and abs(v) < 1e15 else f"{v:.3g}"
+    """A value for messages: integers as they are, bucket values (within 10%) to two digits."""
+    if float(v).is_integer() and abs(v) < 1e15:
+        return f"{v:.0f}"
+    return f"{v:.0f}" if 100 <= abs(v) < 1e15 else f"{v:.2g}"
 
 
 @dataclass(slots=True)
@@ -323,20 +328,24 @@ WINDOW_SQL = """
 SELECT m.service, m.name, list(DISTINCT m.trace_id) AS occurs,
        list(DISTINCT m.trace_id) FILTER (WHERE m.status_code = 2 AND NOT m.child_error) AS errors,
        list(DISTINCT m.trace_id) FILTER (WHERE m.self_ns > o.self_p99) AS slow, count(*) AS spans
-FROM m LEFT JOIN base_ops o USING (service, name) GROUP BY ALL
+FROM m LEFT JOIN base_ops o USING (service, name) {where} GROUP BY ALL
 """
 
 
-def window(conn: duckdb.DuckDBPyConnection, abnormal: Iterable[Abnormality]) -> Window:
-    """The window's counts (``m``: span metrics, ``base_ops`` registered)."""
+def window(conn: duckdb.DuckDBPyConnection, abnormal: Iterable[Abnormality], sample: str | None = None) -> Window:
+    """The window's counts (``m``: span metrics, ``base_ops`` registered), over the traces of
+    ``sample`` (a relation of ``trace_id``) when given."""
     w = Window()
-    for service, name, occurs, errors, slow, spans in conn.execute(WINDOW_SQL).fetchall():
+    where = f"WHERE m.trace_id IN (SELECT trace_id FROM {sample})" if sample else ""
+    for service, name, occurs, errors, slow, spans in conn.execute(WINDOW_SQL.format(where=where)).fetchall():
         w.occurs[(service, name)] = set(occurs)
         w.errors[(service, name)] = set(errors or ())
         w.slow[(service, name)] = set(slow or ())
         w.spans[(service, name)] = spans
+    traces = set().union(*w.occurs.values()) if w.occurs else set()
     for a in abnormal:
-        w.shows[a.event].add(a.trace_id)
+        if a.trace_id in traces:
+            w.shows[a.event].add(a.trace_id)
     return w
 
 
@@ -388,23 +397,25 @@ class Silent:
     abnormal: tuple[Abnormality, ...] = ()
     causal_past: bool = True   # explain a failure only by its antecedents (else by any span of its trace)
     lift: bool = True          # require the window's lift (else the most improbable antecedent explains)
+    sample: str | None = None  # a relation of the traces the window's counts come from (None: all)
 
 
 ERRORS_SQL = """
 SELECT m.trace_id, m.span_id, m.service, m.name, o.n, o.err_rate, c.k_win, c.n_win
 FROM m JOIN base_ops o USING (service, name)
 JOIN (SELECT service, name, count(*) FILTER (WHERE status_code = 2) AS k_win, count(*) AS n_win
-      FROM m GROUP BY ALL) c USING (service, name)
+      FROM m {where} GROUP BY ALL) c USING (service, name)
 WHERE m.status_code = 2 AND m.trace_id IN (SELECT trace_id FROM sl_failing)
 """
 
 
-def _errors(conn: duckdb.DuckDBPyConnection, traces: set[bytes]) -> list[Abnormality]:
+def _errors(conn: duckdb.DuckDBPyConnection, traces: set[bytes], sample: str | None) -> list[Abnormality]:
     """Erroring spans of the failing traces whose operation errs more often in the window than
     its baseline allows (attributable fraction above 1/2): an error is an improbable status."""
     conn.register("sl_failing", pa.table({"trace_id": pa.array(list(traces), pa.binary())}))
     try:
-        rows = conn.execute(ERRORS_SQL).fetchall()
+        where = f"WHERE trace_id IN (SELECT trace_id FROM {sample})" if sample else ""
+        rows = conn.execute(ERRORS_SQL.format(where=where)).fetchall()
     finally:
         conn.unregister("sl_failing")
     out = []
@@ -434,8 +445,8 @@ def explain_failures(conn: duckdb.DuckDBPyConnection, silent: Silent,
     cause, then the most abnormal, the nearest."""
     if not silent.abnormal:
         return {}, {}
-    abnormal = [*silent.abnormal, *_errors(conn, {t for t, *_ in failing})]
-    w = window(conn, abnormal)
+    abnormal = [*silent.abnormal, *_errors(conn, {t for t, *_ in failing}, silent.sample)]
+    w = window(conn, abnormal, silent.sample)
     by_span: dict[tuple[bytes, bytes], list[Abnormality]] = defaultdict(list)
     for a in abnormal:
         by_span[(a.trace_id, a.span_id)].append(a)

@@ -117,6 +117,7 @@ def test_every_attribute_in_long_form_with_high_cardinality_keys_as_presence():
     assert first == {("db.rows", "int", None, 0.0), ("route", "string", "/y", None),
                      ("request.id", "string", "id-0", None), ("tags", "string[]", "a", None),
                      ("tags", "string[]", "b", None), ("ok", "bool", "true", None)}
-    assert "request.id" in projector.cardinality.high and "route" not in projector.cardinality.high
+    high = projector.long_form.cardinality.high
+    assert "request.id" in high and "route" not in high
     ids = [next(e["s"] for e in row if e["k"] == "request.id") for row in entries]
     assert ids[-2] is None and ids[-1] == ""   # learned to be ids: present, value not kept
