@@ -2,8 +2,10 @@
 and the ``healthy`` ceilings of ``faulttrace test``).
 
 The traces go through the offline analysis ``faulttrace explain`` runs
-(``processor.tools.offline``), with the localizer seeded from the same traces
-so that rules reading ``s.baseline_*`` compare with what is usual there.  A
+(``processor.tools.offline``), with the baseline the localizer learns from
+the same traces, so that rules reading ``s.baseline_*`` compare with what is
+usual there (the localizer's own candidates are not computed: only rules and
+trees are measured).  A
 rule firing on more than ``max_rate`` of the traces is a false alarm in the
 making: warning W020 (a tree: W021) at its id.  A rule a fault tree reads (a
 basic event, a top rule) is reported but not flagged: a tree is where weak
@@ -22,6 +24,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from dsl import Diagnostic, RuleError, RuleSet, SourceSpan, load_rules
 from dsl.diagnostics import LineIndex, render_all, sort_key, to_json
+from processor.analysis.verdict import BatchVerdict
 from processor.otlp.tracefile import TraceFileError, read_requests
 from processor.tools.offline import analyze
 
@@ -67,18 +70,37 @@ class FiringRates:
         return next((r for r in (*self.rules, *self.trees) if r.id == rule_or_tree), None)
 
 
+class _LearnedBaseline:
+    """The localizer's baseline learned from ``seed``, for the rules' ``s.baseline_*``; no candidates of its own."""
+
+    def __init__(self, seed: str | Path) -> None:
+        from processor.localizer import LocalizerAnalyzer
+
+        self._localizer = LocalizerAnalyzer(seed)
+
+    def projection(self) -> frozenset:
+        return frozenset()
+
+    def baseline_table(self):  # noqa: ANN201 - the localizer's pyarrow table
+        return self._localizer.baseline_table()
+
+    def analyze(self, conn: object, table: str) -> BatchVerdict:
+        return BatchVerdict()
+
+    def close(self) -> None:
+        self._localizer.close()
+
+
 def firing_rates(requests: Iterable[ExportTraceServiceRequest], rules: RuleSet,
                  seed: str | Path | None = None) -> FiringRates:
-    """Per rule and per tree of ``rules``, the traces and spans of ``requests`` it fires on; the localizer
-    (for ``s.baseline_*``) is seeded from the file ``seed`` (None: rules reading baselines see nil)."""
-    from processor.localizer import LocalizerAnalyzer
-
-    localizer = LocalizerAnalyzer(seed) if seed is not None else None
+    """Per rule and per tree of ``rules``, the traces and spans of ``requests`` it fires on; ``s.baseline_*``
+    read the baseline the localizer learns from the file ``seed`` (None: they are nil)."""
+    baseline = _LearnedBaseline(seed) if seed is not None else None
     try:
-        result = analyze(requests, rules, localizer)
+        result = analyze(requests, rules, baseline)
     finally:
-        if localizer is not None:
-            localizer.close()
+        if baseline is not None:
+            baseline.close()
     n_traces = len(set(result.spans.column("trace_id").to_pylist())) if result.spans.num_rows else 0
     n_spans = result.spans.num_rows
     used_by: dict[str, list[str]] = {}
