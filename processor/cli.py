@@ -9,9 +9,13 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from processor.config import OTEL_PREFIX, Config, load_config
 from processor.confmap import ConfigError
+
+if TYPE_CHECKING:
+    from processor.demo.faults import FaultKind
 
 log = logging.getLogger("faulttrace")
 
@@ -133,11 +137,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from processor.otlp.tracefile import TraceFileError
     from processor.tools.evaluation import DatasetError, run
 
+    from processor.tools.replay import ReplayError
+
+    if args.live and args.from_export:
+        print("error: --live replays the cases itself; it does not read --from-export", file=sys.stderr)
+        return 2
     paths = rule_paths(FaulttraceProcessorConfig(builtin_rules=not args.no_builtin_rules, rules=args.rules or []))
     try:
         return run(args.dataset, args.format, sys.stdout, [s for s in SOURCES if s not in (args.without or [])],
-                   lambda: load_rules(paths), args.from_export or ())
-    except (DatasetError, RuleError, TraceFileError) as err:
+                   lambda: load_rules(paths), args.from_export or (), (args.rules or []) if args.live else None,
+                   not args.no_builtin_rules)
+    except (DatasetError, RuleError, TraceFileError, ReplayError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
@@ -152,17 +162,39 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import time
 
     from processor.demo import write_dataset
+    from processor.demo.faults import kinds_named
 
+    try:
+        kinds = kinds_named(args.fault or ())
+    except ValueError as err:
+        print(f"error: --fault: {err}", file=sys.stderr)
+        return 2
+    if args.write_dataset is None:
+        return _live_demo(args, kinds)
     started = time.perf_counter()
     try:
         w = write_dataset(args.write_dataset, seed=args.seed, traces_per_case=args.traces_per_case,
-                          cases_per_kind=args.cases_per_kind, baseline_traces=args.baseline_traces)
+                          cases_per_kind=args.cases_per_kind, baseline_traces=args.baseline_traces,
+                          kinds=tuple(kinds))
     except OSError as err:
         print(f"error: {args.write_dataset}: {err.strerror or err}", file=sys.stderr)
         return 2
     print(f"{w.path}: {w.cases} cases, {w.traces} traces ({w.affected} affected by their fault), {w.spans} spans "
           f"in {time.perf_counter() - started:.1f}s; score with `faulttrace eval {w.path}`")
     return 0
+
+
+def _live_demo(args: argparse.Namespace, kinds: list[FaultKind]) -> int:
+    from pathlib import Path
+
+    from processor.demo import live
+    from processor.pipeline import StartError
+
+    try:
+        return asyncio.run(live.run(args.seconds, kinds, Path(args.out).resolve(), args.seed, sys.stdout))
+    except (StartError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
 
 
 def _set_argument(parser: argparse.ArgumentParser) -> None:
@@ -231,6 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--from-export", action="append", metavar="FILE",
                           help="score the spans `faulttrace serve` exported (file exporter) after the cases "
                                "were replayed into it, instead of analyzing in process (repeatable)")
+    evaluate.add_argument("--live", action="store_true",
+                          help="also replay each case through a running pipeline (receiver, batching, online "
+                               "learning, annotation, file exporter) and score the spans that come out; "
+                               "printed after the offline figures, then both side by side (--without applies "
+                               "to the offline analysis only)")
     evaluate.set_defaults(func=cmd_eval)
 
     bench = sub.add_parser("bench", help="measure throughput and memory of the whole pipeline")
@@ -251,14 +288,27 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--format", choices=["text", "json"], default="text")
     bench.set_defaults(func=cmd_bench)
 
-    demo = sub.add_parser("demo", help="simulate a shop with an LLM agent and write a labelled dataset")
-    demo.add_argument("--write-dataset", required=True, metavar="DIR",
-                      help="folder to write (dataset.json, baseline/, cases/<id>/{traces.jsonl.gz,label.json})")
-    demo.add_argument("--seed", type=int, default=1, help="same seed, same dataset (default 1)")
-    demo.add_argument("--traces-per-case", type=int, default=40, metavar="N", help="default 40")
+    demo = sub.add_parser("demo", help="run the pipeline on a simulated shop under faults and print each root "
+                                        "cause; or write a labelled dataset (--write-dataset)")
+    demo.add_argument("--seconds", type=float, default=30.0,
+                      help="how long the faults' traffic lasts (default 30; each fault gets an equal share, "
+                           "at least 1 s)")
+    demo.add_argument("--fault", action="append", metavar="KIND",
+                      help="a fault kind to inject (repeatable; default every kind, one layer after another); "
+                           "with --write-dataset, the kinds to write cases of")
+    demo.add_argument("--out", default="faulttrace-demo.jsonl", metavar="FILE",
+                      help="where the file exporter writes the annotated spans, OTLP/JSON lines (default "
+                           "./faulttrace-demo.jsonl, overwritten)")
+    demo.add_argument("--write-dataset", metavar="DIR",
+                      help="instead: write a labelled dataset to DIR (dataset.json, baseline/, "
+                           "cases/<id>/{traces.jsonl.gz,label.json})")
+    demo.add_argument("--seed", type=int, default=1, help="same seed, same traffic (default 1)")
+    demo.add_argument("--traces-per-case", type=int, default=40, metavar="N", help="--write-dataset: default 40")
     demo.add_argument("--cases-per-kind", type=int, default=2, metavar="N",
-                      help="cases of each fault kind, each another variant where there are several (default 2)")
-    demo.add_argument("--baseline-traces", type=int, default=400, metavar="N", help="fault-free traces (default 400)")
+                      help="--write-dataset: cases of each fault kind, each another variant where there are "
+                           "several (default 2)")
+    demo.add_argument("--baseline-traces", type=int, default=400, metavar="N",
+                      help="--write-dataset: fault-free traces (default 400)")
     demo.set_defaults(func=cmd_demo)
     return parser
 

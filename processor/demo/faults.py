@@ -11,6 +11,7 @@ this trace.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -137,6 +138,15 @@ KINDS: tuple[FaultKind, ...] = (
 
 def kind(name: str) -> FaultKind:
     return next(k for k in KINDS if k.name == name)
+
+
+def kinds_named(names: Sequence[str]) -> list[FaultKind]:
+    """The fault kinds ``names`` (every kind when empty); ValueError naming an unknown one."""
+    known = {k.name: k for k in KINDS}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown fault kind {', '.join(unknown)}; one of: {', '.join(known)}")
+    return [known[n] for n in dict.fromkeys(names)] if names else list(KINDS)
 
 
 @dataclass

@@ -121,7 +121,7 @@ def to_request(trace: SimTrace) -> ExportTraceServiceRequest:
     return req
 
 
-def _write_traces(path: Path, traces: list[SimTrace]) -> int:
+def write_traces(path: Path, traces: list[SimTrace]) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz:  # mtime 0: same seed, same bytes
@@ -161,7 +161,7 @@ def write_dataset(out: str | Path, seed: int = 1, traces_per_case: int = 40, cas
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     baseline = simulate(f"{seed}/baseline", EPOCH_NS, baseline_traces, None, Cluster.build(seed))
-    spans = _write_traces(root / "baseline" / "traces.jsonl.gz", baseline)
+    spans = write_traces(root / "baseline" / "traces.jsonl.gz", baseline)
     traces, affected, cases = len(baseline), 0, []
     inject = EPOCH_NS + 3600 * 10**9
     for kind in kinds:
@@ -170,7 +170,7 @@ def write_dataset(out: str | Path, seed: int = 1, traces_per_case: int = 40, cas
             case_id = f"{kind.name}-{n + 1}"
             inject += 900 * 10**9
             case = simulate(f"{seed}/{case_id}", inject, traces_per_case, Fault(kind, variant), Cluster.build(seed))
-            spans += _write_traces(root / "cases" / case_id / "traces.jsonl.gz", case)
+            spans += write_traces(root / "cases" / case_id / "traces.jsonl.gz", case)
             lab = label(kind, variant, inject, case)
             (root / "cases" / case_id / "label.json").write_text(json.dumps(lab, indent=1) + "\n")
             traces += len(case)

@@ -26,6 +26,22 @@ labelled cause (``caused_by``).
 process: the same scoring over the same attributes; a case's service ranking
 is then read off the spans (``scoring.services_from_outcomes``).
 
+**Live.** ``--live`` replays every case through a running pipeline
+(``tools.replay.LivePipeline``: the real receiver, store, assembler, the
+analysis worker learning online after the dataset's baseline as its seed,
+annotation and a ``file`` exporter), one pipeline per case so that no case
+learns from another, as offline; the case's requests are sent over OTLP/HTTP
+one after another, and the spans that come out are scored as
+``--from-export`` scores them.  A replay is kept short: ``decision_wait``
+``LIVE_DECISION_WAIT`` and ``release_interval`` ``LIVE_RELEASE_INTERVAL``
+(serve's defaults are 5 s and 1 s; every request of a dataset holds whole
+traces, so waiting longer only adds time), and at most ``LIVE_TIMEOUT``
+seconds per case for its spans to come out.  Its figures differ from the
+offline ones where the pipeline differs from one batch analyzed at once: a
+case is analyzed in the batches its traces complete in (the window ranking
+and the lift see one batch, not the case), the localizer keeps learning from
+each batch before the next, and the service ranking is read off the spans.
+
 Calibration of the top-1 confidence is measured too: per case the
 probability given to the first service against whether it is the true one,
 and per affected trace the first candidate's ``rca.confidence`` against
@@ -36,8 +52,10 @@ equal-width bins, ``ece``, ``span_ece``) and Brier score (``brier``,
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -53,6 +71,7 @@ from processor.config import FaulttraceProcessorConfig
 from processor.localizer import SOURCES, Baseline, LocalizerAnalyzer, rank_services, read_spans, span_metrics
 from processor.otlp.tracefile import read_requests
 from processor.tools.offline import analyze
+from processor.tools.replay import LivePipeline, ReplayError, replay_config
 from processor.tools.scoring import (
     Label,
     TraceOutcome,
@@ -66,6 +85,9 @@ from processor.tools.scoring import (
 )
 
 TRACES = "traces.jsonl.gz"
+LIVE_DECISION_WAIT = 0.5     # seconds a replayed trace waits for more spans (its request holds them all)
+LIVE_RELEASE_INTERVAL = 0.25  # seconds between releases: a case leaves in a few batches, as under load
+LIVE_TIMEOUT = 60.0           # seconds a case's spans have to come out of the pipeline
 
 
 class DatasetError(ValueError):
@@ -185,6 +207,32 @@ def evaluate_export(dataset: Dataset, paths: Sequence[str | Path]) -> list[CaseR
         results.append(dataclasses.replace(case_result(case, services_from_outcomes(traces), traces),
                                            missing=missing))
     return results
+
+
+def evaluate_live(dataset: Dataset, rules: Sequence[str] = (), builtin_rules: bool = True) -> list[CaseResult]:
+    """Every case replayed through a running pipeline (its own, seeded with the dataset's baseline)
+    and scored from the spans its ``file`` exporter wrote, as ``evaluate_export``."""
+    with tempfile.TemporaryDirectory(prefix="faulttrace-eval-") as tmp:
+        files = asyncio.run(_replay_cases(dataset, Path(tmp), rules, builtin_rules))
+        return evaluate_export(dataset, files)
+
+
+async def _replay_cases(dataset: Dataset, out: Path, rules: Sequence[str], builtin_rules: bool) -> list[Path]:
+    files = []
+    for case in dataset.cases:
+        path = out / f"{case.case_id}.jsonl"
+        config = replay_config(path, dataset.baseline, LIVE_DECISION_WAIT, LIVE_RELEASE_INTERVAL, rules,
+                               builtin_rules)
+        requests = read_requests(case.traces)
+        async with LivePipeline(config) as live:
+            for request in requests:
+                await live.send(request)
+            spans = sum(len(ss.spans) for r in requests for rs in r.resource_spans for ss in rs.scope_spans)
+            if not await live.wait_exported(spans, LIVE_TIMEOUT):
+                raise ReplayError(f"{case.case_id}: {live.exported} of {spans} spans came out of the pipeline "
+                                  f"within {LIVE_TIMEOUT:.0f}s")
+        files.append(path)
+    return files
 
 
 def case_result(case: Case, services: Sequence[tuple[str, float]], traces: Sequence[TraceOutcome]) -> CaseResult:
@@ -345,9 +393,12 @@ def _case_json(r: CaseResult) -> dict[str, Any]:
 
 
 def run(path: str | Path, fmt: str, out: TextIO, sources: Iterable[str] = SOURCES,
-        rules: Callable[[], RuleSet] | None = None, exports: Sequence[str | Path] = ()) -> int:
+        rules: Callable[[], RuleSet] | None = None, exports: Sequence[str | Path] = (),
+        live: Sequence[str] | None = None, builtin_rules: bool = True) -> int:
     """``faulttrace eval``: score in process, or the spans of ``exports`` when given; ``rules``
-    loads the rule set, called only when a span-labelled dataset is analyzed."""
+    loads the rule set, called only when a span-labelled dataset is analyzed.  ``live`` (the
+    ``--rules`` paths): also replay the cases through a running pipeline, the rule library as
+    ``builtin_rules`` says, and print its figures after the offline ones, then both side by side."""
     started = time.perf_counter()
     dataset = Dataset.load(path)
     if exports:
@@ -356,4 +407,27 @@ def run(path: str | Path, fmt: str, out: TextIO, sources: Iterable[str] = SOURCE
         results = evaluate(dataset, sources, rules)
     source = f"from {', '.join(map(str, exports))}" if exports else ""
     write_report(dataset, results, time.perf_counter() - started, fmt, out, source)
+    if live is None:
+        return 0
+    started = time.perf_counter()
+    replayed = evaluate_live(dataset, live, builtin_rules)
+    if fmt == "text":
+        out.write("\n")
+    write_report(dataset, replayed, time.perf_counter() - started, fmt, out, LIVE_SOURCE)
+    if fmt == "text":
+        write_comparison(summary(results), summary(replayed), out)
     return 0
+
+
+LIVE_SOURCE = "live: each case replayed through a running pipeline, scored from its exported spans"
+COMPARED = (("ac@1", "AC@1"), ("ac@3", "AC@3"), ("span_ac@1", "span@1"), ("span_ac@3", "span@3"),
+            ("span_service@1", "svc@1"), ("span_layer", "layer"), ("caused_by", "caused_by"), ("span_ece", "ECE"))
+
+
+def write_comparison(offline: dict[str, Any], live: dict[str, Any], out: TextIO) -> None:
+    """The overall figures of both runs side by side (services per case, then spans per affected trace)."""
+    out.write("\noffline (one batch per case, analyzed in process) vs live (replayed through the pipeline)\n")
+    out.write(f"{'':<10}" + "".join(f"{label:>10}" for _, label in COMPARED) + "\n")
+    for name, s in (("offline", offline), ("live", live)):
+        cells = (f"{s[key]:>10.3f}" if key in s else f"{'-':>10}" for key, _ in COMPARED)
+        out.write(f"{name:<10}" + "".join(cells) + "\n")

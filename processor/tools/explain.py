@@ -214,7 +214,7 @@ def _write_trace(trace_id: bytes, rows: list[Row], verdict: BatchVerdict, out: T
             out.write(f"  fault tree {t.tree_id} unknown ({t.confidence:.2f}): no evidence for {', '.join(t.unknown)}\n")
     found, orphans = chains(v, symptoms, spans)
     for ch in found:
-        _write_chain(ch, out)
+        write_chain(ch, out)
     for row, s in orphans:
         out.write(f"  symptom naming no cause here: {_describe(row)}  ({s.reason or 'no reason given'})\n")
     marks = {s.span_id: s for s in symptoms}
@@ -234,9 +234,9 @@ def _write_trace(trace_id: bytes, rows: list[Row], verdict: BatchVerdict, out: T
         walk(root, 0)
 
 
-def _write_chain(ch: Chain, out: TextIO) -> None:
-    """``#rank cause``, its evidence one line each, ``→ explains`` per symptom from the innermost
-    out, and ``→ user saw`` the root span."""
+def write_chain(ch: Chain, out: TextIO, evidence: int | None = None) -> None:
+    """``#rank cause``, its evidence one line each (at most ``evidence`` lines, then how many more),
+    ``→ explains`` per symptom from the innermost out, and ``→ user saw`` the root span."""
     c = ch.cause
     what = [c.layer or "no layer"]
     if c.rules or c.statistical:
@@ -245,8 +245,12 @@ def _write_chain(ch: Chain, out: TextIO) -> None:
     if tree is not None:
         what.append(f"tree {tree.source} {{{', '.join(tree.cut_set)}}}")
     out.write(f"  #{c.rank} cause {_describe(ch.span)}  [{'; '.join(what)}] ({c.confidence:.2f})\n")
-    for e in c.evidence:
+    shown = c.evidence if evidence is None else c.evidence[:evidence]
+    for e in shown:
         out.write(f"       {e.source}: {e.message}\n")
+    if len(shown) < len(c.evidence):
+        rest = c.evidence[len(shown):]
+        out.write(f"       (+{len(rest)} more: {', '.join(e.source for e in rest)})\n")
     links = {row["span_id"]: row for row, _ in ch.explains}
 
     def why(s: Symptom) -> str:

@@ -101,7 +101,7 @@ def test_a_root_span_that_is_the_cause_is_what_the_user_saw() -> None:
     assert chain.user_saw is not None and chain.user_saw["span_id"] == AGENT and chain.user_saw_rank == 1
     assert chain.explains == () and orphans == []
     out = io.StringIO()
-    explain._write_chain(chain, out)
+    explain.write_chain(chain, out)
     assert out.getvalue().endswith("     → user saw this span: the cause is the root span\n")
 
 
