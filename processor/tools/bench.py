@@ -163,20 +163,22 @@ def build_templates(count: int) -> list[bytes]:
     return out
 
 
-async def _load(port: int, seconds: float, senders: int, result: Connection) -> None:
+async def _load(port: int, seconds: float, senders: int, result: Connection, spans: int | None = None) -> None:
+    """Send for ``seconds``, or (given ``spans``) until that many spans are accepted."""
     import grpc
 
     templates = build_templates(16)
     spans_per_request = TRACES_PER_REQUEST * SPANS_PER_TRACE
-    sent = refused = 0
+    sent = refused = claimed = 0
     deadline = time.monotonic() + seconds
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         call = channel.unary_unary(SERVICE_METHOD)
 
         async def sender(k: int) -> None:
-            nonlocal sent, refused
+            nonlocal sent, refused, claimed
             i = k
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline and (spans is None or claimed < spans):
+                claimed += spans_per_request
                 data = templates[i % len(templates)].replace(MARKER, os.urandom(8))
                 i += senders
                 while True:
@@ -194,8 +196,8 @@ async def _load(port: int, seconds: float, senders: int, result: Connection) -> 
     result.send({"sent": sent, "refused_requests": refused})
 
 
-def load_main(port: int, seconds: float, senders: int, result: Connection) -> None:
-    asyncio.run(_load(port, seconds, senders, result))
+def load_main(port: int, seconds: float, senders: int, result: Connection, spans: int | None = None) -> None:
+    asyncio.run(_load(port, seconds, senders, result, spans))
 
 
 # --- sink --------------------------------------------------------------------------
