@@ -15,18 +15,22 @@ once per distinct encoding: attribute values repeat across spans (routes,
 hosts, status codes, pod names), so most cost one dictionary lookup.
 Conversion is nil-safe: a value of another type than the column's is nil.
 
-``ALL_ATTRIBUTES`` asks for every span attribute at once, in long form: a
-list per span of ``(k, t, s, n)`` — key, type (``string``, ``bool``, ``int``,
-``double``, ``string[]``, …), the value as text (strings, bools, array
-elements) and as a number (ints, doubles) — for analyses that learn what any
-attribute normally holds (the localizer's silent abnormality).  An array
-gives one entry per element (an empty one the entry ``[]``).  The attributes
-of the span's first event of each name come too, keyed ``event:key``
-(``message:rpc.message.uncompressed_size``).  Its cost is
-bounded by what the data shows: a string-valued key whose values are mostly
+``ALL_ATTRIBUTES`` asks for every span attribute at once, in long form: per
+span and value ``(key, type, sval, nval)`` — type ``string``, ``bool``,
+``int``, ``double``, ``string[]``, …, the value as text (strings, bools,
+array elements) and as a number (ints, doubles) — for analyses that learn
+what any attribute normally holds (the localizer's silent abnormality).  An
+array gives one entry per element (an empty one the entry ``[]``); the
+attributes of the span's first event of each name come too, keyed
+``event:key`` (``message:rpc.message.uncompressed_size``).  Decoding every
+attribute of every span would cost more than the rest of analysis, so the
+column is left empty at release and the span bytes stay with the batch
+(``runner``): the analyzer decodes the spans it needs (``LongForm.table``:
+a sample, the failing traces).  A string-valued key whose values are mostly
 new (ids, urls, query texts, messages: ``KeyCardinality``) is kept as
-presence only (``s`` NULL), except for values of at most two encoded bytes
-(the empty string), which say something whatever the key.
+presence only (``sval`` NULL), except for values of at most two encoded bytes
+(the empty string), which say something whatever the key.  Files read for a
+baseline fill the column itself (``localizer.spans``).
 """
 
 from __future__ import annotations
@@ -56,8 +60,8 @@ SHORT_VALUE = 2   # encoded bytes: a value this short (the empty string) is kept
 
 
 def all_attributes_sql(table: str) -> str:
-    """A query: ``table``'s ``ALL_ATTRIBUTES`` column in long form, one row per (span, value):
-    ``trace_id, span_id, service, name, key, type, sval, nval``."""
+    """A query: ``table``'s ``ALL_ATTRIBUTES`` column (when filled: files, tests) in long form,
+    one row per (span, value): ``trace_id, span_id, service, name, key, type, sval, nval``."""
     col = column_name(ALL_ATTRIBUTES)
     return (f"SELECT trace_id, span_id, service, name, a.k AS key, a.t AS type, a.s AS sval, a.n AS nval "
             f"FROM (SELECT trace_id, span_id, service, name, unnest({col}) AS a FROM {table})")
@@ -205,6 +209,37 @@ class LongForm:
                 self.cardinality.observe(key, new)
             out.extend(got)
 
+    def table(self, spans: pa.Table) -> pa.Table:
+        """The long form (``all_attributes_sql``'s columns) of ``spans`` (trace_id, span_id,
+        service, name, raw): each span's attributes and those of its first event of each name."""
+        self.start()
+        parse = span_attributes_view().FromString
+        offsets, flat = [0], []
+        for raw in spans.column("raw").to_pylist():
+            span = parse(raw)
+            self.add_span(span.attributes.items(), flat)
+            if span.events:
+                seen: set[str] = set()
+                for event in span.events:
+                    if event.name not in seen:
+                        seen.add(event.name)
+                        name = event.name
+                        self.add_span(((f"{name}:{k}", v) for k, v in event.attributes.items()), flat)
+            offsets.append(len(flat))
+        owner = pa.array([i for i, (a, b) in enumerate(zip(offsets, offsets[1:])) for _ in range(b - a)], pa.int64())
+        entries = self._entries_for(flat)
+        base = spans.select(["trace_id", "span_id", "service", "name"]).take(owner)
+        return pa.table({"trace_id": base.column("trace_id"), "span_id": base.column("span_id"),
+                         "service": base.column("service"), "name": base.column("name"),
+                         "key": entries.field("k"), "type": entries.field("t"), "sval": entries.field("s"),
+                         "nval": entries.field("n")})
+
+    def _entries_for(self, flat: list[int]) -> pa.StructArray:
+        if len(self._dictionary) < len(self._entries):
+            self._dictionary = pa.concat_arrays(
+                [self._dictionary, _entries_array(self._entries[len(self._dictionary):])])
+        return self._dictionary.take(pa.array(flat, pa.int32()))
+
     def array(self, offsets: list[int], flat: list[int]) -> pa.Array:
         """The column: per span the entries ``flat[offsets[i]:offsets[i + 1]]``."""
         if len(self._dictionary) < len(self._entries):
@@ -297,7 +332,6 @@ class Projector:
         self._event_keys: dict[str, list[tuple[int, str, AttrType, dict[bytes, Any]]]] = {}
         self._resource_refs: list[tuple[int, AttrRef]] = []
         self._all_slot: int | None = None
-        self.long_form = LongForm()
         for slot, ref in enumerate(projection.refs):
             cache = caches.setdefault(ref.type, {})
             if ref == ALL_ATTRIBUTES:
@@ -321,7 +355,7 @@ class Projector:
             return table
         rows = table.num_rows
         columns: list[list[Any] | pa.Array | None] = [None] * len(refs)
-        if self._span_keys or self._event_keys or self._all_slot is not None:
+        if self._span_keys or self._event_keys:
             self._span_values(table.column("raw").to_pylist(), columns)
         if self._resource_refs:
             self._resource_values(table.column("resource_id"), resources, columns)
@@ -342,15 +376,8 @@ class Projector:
         parse = span_attributes_view().FromString
         span_keys, event_keys = self._span_keys, self._event_keys
         wanted = span_keys.keys()
-        every = self._all_slot is not None
-        offsets, flat = [0], []
-        if every:
-            self.long_form.start()
         for row, raw in enumerate(raws):
             span = parse(raw)
-            if every:
-                self._all_entries(span, flat)
-                offsets.append(len(flat))
             if wanted:
                 attrs = span.attributes
                 # Set intersection in C: only keys both projected and present cost Python work.
@@ -367,19 +394,6 @@ class Projector:
                             column[row] = value
             if event_keys and span.events:
                 self._event_values(span.events, row, rows, columns)
-        if every and self._all_slot is not None:
-            columns[self._all_slot] = self.long_form.array(offsets, flat)
-
-    def _all_entries(self, span: Any, flat: list[int]) -> None:
-        """A span's ``ALL_ATTRIBUTES`` entry numbers, its first event of each name's included."""
-        self.long_form.add_span(span.attributes.items(), flat)
-        if span.events:
-            seen: set[str] = set()
-            for event in span.events:
-                if event.name not in seen:
-                    seen.add(event.name)
-                    name = event.name
-                    self.long_form.add_span(((f"{name}:{k}", v) for k, v in event.attributes.items()), flat)
 
     def _event_values(self, events: Any, row: int, rows: int, columns: list[Any]) -> None:
         seen: set[str] = set()

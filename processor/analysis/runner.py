@@ -19,7 +19,7 @@ import duckdb
 import pyarrow as pa
 
 from dsl import AttrRef
-from processor.analysis.attributes import Projection, Projector
+from processor.analysis.attributes import ALL_ATTRIBUTES, Projection, Projector
 from processor.analysis.protocols import RELEASED_TABLE, Analyzer, with_row_numbers
 from processor.analysis.verdict import BatchVerdict
 from processor.config import StorageConfig
@@ -46,7 +46,9 @@ def analyze_released(analyzer: Analyzer, projector: Projector, conn: duckdb.Duck
     verdict, never its spans (they are exported without annotations)."""
     try:
         table = projector.project(released, resources)
-        table = table.drop_columns([c for c in LEFT_BEHIND if c in table.column_names])
+        # an analyzer reading every attribute decodes the span bytes of the spans it needs
+        behind = [c for c in LEFT_BEHIND if c != "raw" or ALL_ATTRIBUTES not in projector.projection.refs]
+        table = table.drop_columns([c for c in behind if c in table.column_names])
         conn.register(RELEASED_TABLE, with_row_numbers(table))
         try:
             return analyzer.analyze(conn, RELEASED_TABLE)

@@ -31,7 +31,7 @@ import duckdb
 import pyarrow as pa
 
 from dsl import AttrRef, AttrSource, AttrType, column_name
-from processor.analysis.attributes import ALL_ATTRIBUTES, all_attributes_sql
+from processor.analysis.attributes import ALL_ATTRIBUTES, LongForm, all_attributes_sql
 from processor.analysis.verdict import BatchVerdict, ServiceRank, TraceVerdict
 from processor.localizer import conventions
 from processor.localizer.attribution import Attribution, attribute
@@ -47,21 +47,32 @@ CAUSAL = ("silent", "causal_past", "lift")
 # Traces of a batch whose attributes are learned and counted in the window (a uniform sample by
 # trace id: what bounds the cost of a big batch); the traces with an error or a slow span are
 # read besides, to be explained.
-SAMPLE_TRACES = 256
+SAMPLE_TRACES = 128
+
+SAMPLE_SQL = """
+CREATE OR REPLACE TEMP TABLE lz_sample AS
+SELECT trace_id FROM (SELECT DISTINCT trace_id FROM {table}) ORDER BY hash(trace_id), trace_id LIMIT $n
+"""
+
+# the traces to read: the sample, and those with an error or a slow span (to be explained)
+READ_SQL = """
+CREATE OR REPLACE TEMP TABLE lz_read AS
+SELECT trace_id FROM lz_sample
+UNION
+SELECT m.trace_id FROM lz_m m LEFT JOIN lz_base o USING (service, name)
+WHERE m.status_code = 2 OR m.self_ns > o.self_p99
+"""
 
 LONG_SQL = """
-CREATE OR REPLACE TEMP TABLE lz_sample AS
-SELECT trace_id FROM (SELECT DISTINCT trace_id FROM {table}) ORDER BY hash(trace_id), trace_id LIMIT $n;
 CREATE OR REPLACE TEMP TABLE lz_long AS
-WITH ev AS (SELECT DISTINCT m.trace_id FROM lz_m m LEFT JOIN lz_base o USING (service, name)
-            WHERE m.status_code = 2 OR m.self_ns > o.self_p99),
-     t AS (SELECT * FROM {table} WHERE trace_id IN (SELECT trace_id FROM lz_sample)
-                                    OR trace_id IN (SELECT trace_id FROM ev))
-SELECT l.*, l.trace_id IN (SELECT trace_id FROM lz_sample) AS sampled FROM ({long}) l;
+SELECT l.*, l.trace_id IN (SELECT trace_id FROM lz_sample) AS sampled FROM ({long}) l
+"""
+
+SPANS_SQL = """
 CREATE OR REPLACE TEMP VIEW lz_spans AS
 SELECT DISTINCT trace_id, span_id, service, name, sampled FROM lz_long
 UNION
-SELECT trace_id, span_id, service, name, true FROM {table} WHERE trace_id IN (SELECT trace_id FROM lz_sample);
+SELECT trace_id, span_id, service, name, true FROM {table} WHERE trace_id IN (SELECT trace_id FROM lz_sample)
 """
 
 log = logging.getLogger(__name__)
@@ -98,6 +109,7 @@ class LocalizerAnalyzer:
         self.causal_past = causal_past and "causal_past" in self.sources
         self.lift = lift and "lift" in self.sources
         self.sample_traces = sample_traces
+        self.long_form = LongForm()   # attribute entries decoded once per distinct value, across batches
         if baseline is not None:
             self.history.seed(baseline, self.attribution, every=True)
 
@@ -128,14 +140,14 @@ class LocalizerAnalyzer:
         ranking = rank_services(conn, metrics, baseline, self.sources)
         long, scale = None, 1.0
         if column_name(ALL_ATTRIBUTES) in columns:
-            scale = _long_form(conn, table, metrics, baseline, self.sample_traces)
+            scale = _long_form(conn, table, columns, metrics, baseline, self.sample_traces, self.long_form)
             long = "SELECT * FROM lz_long"
         try:
             silent = None
             if long is not None and self.silent:
-                abnormal = abnormal_spans(conn, long, "lz_spans", self.history.attributes(),
-                                          self.history.config.max_keys)
-                silent = Silent(tuple(abnormal), self.causal_past, self.lift, "lz_sample")
+                attrs, max_keys = self.history.attributes(), self.history.config.max_keys
+                silent = Silent((), self.causal_past, self.lift, "lz_sample",
+                                lambda: tuple(abnormal_spans(conn, long, "lz_spans", attrs, max_keys)))
             details = _details(conn, table, columns)
             verdict = blame_traces(conn, metrics, baseline, ranking, self.per_trace, details, silent)
             found = self._attribute(conn, table, verdict)
@@ -216,21 +228,34 @@ def _with_attributions(verdict: LocalizedBatch, found: list[Attribution]) -> Loc
     return dataclasses.replace(verdict, traces=traces, attributions=tuple(found))
 
 
-def _long_form(conn: duckdb.DuckDBPyConnection, table: str, metrics: pa.Table, baseline: Baseline,
-               sample: int) -> float:
-    """The batch's attributes in long form as ``lz_long`` (with ``sampled``), its spans as
-    ``lz_spans``, the sampled traces as ``lz_sample``; returns how many traces a sampled one stands for."""
+def _long_form(conn: duckdb.DuckDBPyConnection, table: str, columns: set[str], metrics: pa.Table,
+               baseline: Baseline, sample: int, long_form: LongForm) -> float:
+    """The attributes of the batch's sampled and failing traces in long form as ``lz_long``
+    (with ``sampled``), their spans as ``lz_spans``, the sampled traces as ``lz_sample``: decoded
+    from the span bytes when the batch has them, else from its ``ALL_ATTRIBUTES`` column.
+    Returns how many traces a sampled one stands for."""
     conn.register("lz_m", metrics)
     conn.register("lz_base", baseline.ops)
     try:
-        for i, statement in enumerate(LONG_SQL.format(table=table, long=all_attributes_sql("t")).split(";")):
-            if statement.strip():
-                conn.execute(statement, {"n": sample} if i == 0 else None)
+        conn.execute(SAMPLE_SQL.format(table=table), {"n": sample})
+        conn.execute(READ_SQL)
+        read = f"SELECT * FROM {table} WHERE trace_id IN (SELECT trace_id FROM lz_read)"
+        if "raw" in columns:
+            spans = conn.sql(f"SELECT trace_id, span_id, service, name, raw FROM ({read})").to_arrow_table()
+            conn.register("lz_decoded", long_form.table(spans))
+            try:
+                conn.execute(LONG_SQL.format(long="SELECT * FROM lz_decoded"))
+            finally:
+                conn.unregister("lz_decoded")
+        else:
+            conn.execute(LONG_SQL.format(long=all_attributes_sql(f"({read})")))
+        conn.execute(SPANS_SQL.format(table=table))
         total, kept = conn.execute(f"SELECT (SELECT count(DISTINCT trace_id) FROM {table}), "
                                    "(SELECT count(*) FROM lz_sample)").fetchall()[0]
     finally:
         conn.unregister("lz_m")
         conn.unregister("lz_base")
+        conn.execute("DROP TABLE IF EXISTS lz_read")
     return total / kept if kept else 1.0
 
 

@@ -132,9 +132,10 @@ def blame_traces(conn: duckdb.DuckDBPyConnection, metrics: pa.Table, baseline: B
         gathered = [_gather(trace_id, spans, window, details or {}) for trace_id, spans in _by_trace(rows)]
         explained: dict[tuple[bytes, bytes], Explanation] = {}
         abnormal: dict[tuple[bytes, bytes], list[Abnormality]] = {}
-        if silent is not None and silent.abnormal:
-            failing = [(t.trace_id, sid, b.span["service"], b.span["name"], b.how)
-                       for t in gathered for sid, b in t.blames.items()]
+        failing = [(t.trace_id, sid, b.span["service"], b.span["name"], b.how)
+                   for t in gathered for sid, b in t.blames.items()]
+        if silent is not None and failing:
+            silent = silent.detected()
             ops = baseline.ops.select(["service", "name", "n", "err_rate"]).to_pylist()
             base = {(o["service"], o["name"]): (float(o["n"]), float(o["err_rate"] or 0.0)) for o in ops}
             parents = {(t.trace_id, sid): r["parent_span_id"] for t in gathered for sid, r in t.by_id.items()}

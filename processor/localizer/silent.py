@@ -39,9 +39,10 @@ traffic shows without failing is common (not abnormal) or has a low lift.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import duckdb
@@ -398,6 +399,14 @@ class Silent:
     causal_past: bool = True   # explain a failure only by its antecedents (else by any span of its trace)
     lift: bool = True          # require the window's lift (else the most improbable antecedent explains)
     sample: str | None = None  # a relation of the traces the window's counts come from (None: all)
+    # finds ``abnormal`` when there is a failure to explain (a batch without one costs nothing)
+    detect: Callable[[], tuple[Abnormality, ...]] | None = None
+
+    def detected(self) -> Silent:
+        """This with ``abnormal`` found (``detect``)."""
+        if self.detect is None:
+            return self
+        return dataclasses.replace(self, abnormal=self.detect(), detect=None)
 
 
 ERRORS_SQL = """
