@@ -158,6 +158,7 @@ _TABLE: tuple[tuple[str, AttrType, str, tuple[str, ...]], ...] = (
     ("k8s.node.name", S, "resource", ()),
     ("k8s.deployment.name", S, "resource", ()),
     ("k8s.container.name", S, "resource", ()),
+    ("k8s.container.restart_count", INT, "resource", ()),
     ("k8s.cluster.name", S, "resource", ()),
     ("cloud.provider", S, "resource", ()),
     ("cloud.region", S, "resource", ()),

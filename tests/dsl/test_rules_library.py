@@ -3,6 +3,7 @@ case passes when the rules run over its OTLP/JSON trace."""
 
 from __future__ import annotations
 
+from collections import Counter
 from functools import cache
 from pathlib import Path
 
@@ -28,10 +29,19 @@ def test_library_is_clean():
     assert check_paths([RULES]) == []
 
 
-def test_library_covers_every_layer_with_enough_rules():
+def test_library_covers_every_layer_with_enough_rules_and_trees():
     rs = load_rules([RULES])
-    assert len(rs) >= 15
-    assert {r.meta.layer for r in rs.rules} == {"code", "data", "infrastructure", "semantic", "config"}
+    layers = Counter(r.meta.layer for r in rs.rules)
+    assert len(rs) >= 40 and len(rs.tree_ids) >= 8
+    assert set(layers) == {"code", "data", "infrastructure", "semantic", "config"}
+    assert min(layers.values()) >= 6, layers
+
+
+def test_the_library_has_a_healthy_ceiling():
+    """`faulttrace test rules/` measures the library on fault-free traces with their usual noise."""
+    ceilings = [f.healthy for f in map(load_fixture_file, FIXTURES) if f.healthy is not None]
+    assert ceilings and all(c.max_rate is not None and c.max_rate <= 0.01 for c in ceilings)
+    assert sum(len(c.traces) for c in ceilings) >= 15
 
 
 def test_every_tree_fires_and_does_not_fire_in_fixtures():

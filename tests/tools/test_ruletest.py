@@ -106,7 +106,8 @@ def test_check_missing_path_is_an_error(tmp_path):
 
 
 def test_builtin_fixtures_pass():
-    cases = sum(len(load_fixture_file(f).cases) for f in find_fixture_files([RULES]))
+    fixtures = [load_fixture_file(f) for f in find_fixture_files([RULES])]
+    cases = sum(len(f.cases) + (f.healthy is not None) for f in fixtures)  # a healthy ceiling counts as one
     assert cases >= 30
     run = faulttrace("test", "rules/")
     assert run.returncode == 0, run.stdout + run.stderr
