@@ -15,6 +15,7 @@ signs belong, and the tree itself is measured.
 from __future__ import annotations
 
 import json
+import textwrap
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,11 +194,13 @@ def to_document(rates: FiringRates, baseline: str, max_rate: float,
 
 def write_text(rates: FiringRates, baseline: str, max_rate: float, warnings: Sequence[Diagnostic],
                sources: dict[str, str], out: TextIO) -> None:
-    """The table, highest trace rate first (ties by id), then the diagnostics."""
+    """The rules and trees that fired, highest trace rate first (ties by id), those that never did, then the
+    diagnostics."""
     out.write(f"baseline {baseline}: {rates.traces} traces, {rates.spans} spans; "
               f"ceiling {_pct(max_rate)} of traces\n")
-    rows = sorted((*rates.rules, *rates.trees), key=lambda r: (-r.trace_rate, r.kind, r.id))
-    width = max((len(r.id) for r in rows), default=4) + 5
+    every = sorted((*rates.rules, *rates.trees), key=lambda r: (-r.trace_rate, r.kind, r.id))
+    rows = [r for r in every if r.traces]
+    width = max((len(r.id) for r in rows), default=6) + 5
     out.write(f"{'rule / tree':<{width}}  {'traces':>14}  {'spans':>14}\n")
     for r in rows:
         mark = "  above the ceiling" if r.flagged(max_rate) else (
@@ -205,6 +208,12 @@ def write_text(rates: FiringRates, baseline: str, max_rate: float, warnings: Seq
         name = r.id if r.kind == "rule" else f"tree {r.id}"
         out.write(f"{name:<{width}}  {r.traces:>5} {'(' + _pct(r.trace_rate) + ')':>8}  "
                   f"{r.spans:>5} {'(' + _pct(r.span_rate) + ')':>8}{mark}\n")
+    for kind in ("rule", "tree"):
+        quiet = [r.id for r in every if r.kind == kind and not r.traces]
+        if quiet:
+            out.write("\n" + textwrap.fill(f"{kind}s that never fired ({len(quiet)}): {', '.join(quiet)}", 100,
+                                             subsequent_indent="  ", break_on_hyphens=False))
+    out.write("\n")
     if warnings:
         out.write("\n" + render_all(list(warnings), sources) + "\n")
     else:

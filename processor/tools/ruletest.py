@@ -98,7 +98,8 @@ def run_fixture_tests(paths: Iterable[str | Path], out: TextIO) -> int:
             problems = _healthy_problems(fixture.healthy, rules)
             passed, failed = (passed, failed + 1) if problems else (passed + 1, failed)
             if problems:
-                names = ", ".join(p.name for p in fixture.healthy.traces)
+                files = fixture.healthy.traces
+                names = files[0].name if len(files) == 1 else f"{len(files)} files"
                 out.write(f"{path}:\nFAIL healthy traces ({names})\n" + "".join(f"  + {p}\n" for p in problems))
     out.write(f"{passed} passed, {failed} failed\n")
     return 1 if failed else 0

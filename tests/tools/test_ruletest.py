@@ -166,3 +166,12 @@ def test_broken_fixture_is_an_error_not_a_crash(tmp_path):
     assert any(ln.startswith(f"ERROR {tmp_path / 'a.test.yaml'}: missing trace: ") and "nope.json" in ln
                for ln in lines), run.stdout
     assert any(ln.startswith(f"ERROR {tmp_path / 'b.test.yaml'}: ") for ln in lines), run.stdout
+
+
+def test_check_baseline_on_the_library():
+    run = faulttrace("check", "--baseline", RULES / "tests" / "traces" / "healthy_external_api.json", "rules/",
+                     "--format", "json")
+    assert run.returncode == 0, run.stdout + run.stderr
+    doc = json.loads(run.stdout)
+    assert doc["traces"] == 1 and len(doc["rules"]) >= 40 and len(doc["trees"]) >= 8
+    assert not any(r["flagged"] for r in doc["rules"] + doc["trees"]) and doc["diagnostics"] == []
