@@ -201,7 +201,10 @@ def write_text(rates: FiringRates, baseline: str, max_rate: float, warnings: Seq
     every = sorted((*rates.rules, *rates.trees), key=lambda r: (-r.trace_rate, r.kind, r.id))
     rows = [r for r in every if r.traces]
     width = max((len(r.id) for r in rows), default=6) + 5
-    out.write(f"{'rule / tree':<{width}}  {'traces':>14}  {'spans':>14}\n")
+    if rows:
+        out.write(f"{'rule / tree':<{width}}  {'traces':>14}  {'spans':>14}\n")
+    else:
+        out.write("no rule or tree fired on these traces\n")
     for r in rows:
         mark = "  above the ceiling" if r.flagged(max_rate) else (
             f"  read by {', '.join(r.trees)}" if r.trees and r.traces else "")
