@@ -161,7 +161,10 @@ def _pct(rate: float) -> str:
 
 def cli_check_baseline(paths: Sequence[str], baseline: str, fmt: str, max_rate: float, out: TextIO) -> int:
     """``faulttrace check --baseline FILE PATH…``: compile diagnostics, the firing table, W020/W021;
-    exit 1 on a compile error or a file that cannot be read (warnings never fail the check)."""
+    exit 1 on a compile error or a file that cannot be read (warnings never fail the check), 2 on a bad ceiling."""
+    if not 0 <= max_rate <= 1:
+        out.write(f"error: --max-rate {max_rate}: a share of traces between 0 and 1 (0.01 = 1%)\n")
+        return 2
     try:
         rules = load_rules(paths)
     except RuleError as err:

@@ -91,6 +91,9 @@ def test_check_baseline_errors(tmp_path):
     out = io.StringIO()
     assert cli_check_baseline([str(rules_file(tmp_path))], str(tmp_path / "missing.jsonl"), "text", 0.01, out) == 1
     assert out.getvalue().startswith("error: --baseline:")
+    out = io.StringIO()
+    assert cli_check_baseline([str(rules_file(tmp_path))], str(tmp_path / "missing.jsonl"), "text", 5, out) == 2
+    assert out.getvalue().startswith("error: --max-rate 5:")
 
 
 def test_fixture_ceiling_fails_the_test_run(tmp_path):
