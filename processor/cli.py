@@ -189,10 +189,11 @@ def _live_demo(args: argparse.Namespace, kinds: list[FaultKind]) -> int:
 
     from processor.demo import live
     from processor.pipeline import StartError
+    from processor.tools.replay import ReplayError
 
     try:
         return asyncio.run(live.run(args.seconds, kinds, Path(args.out).resolve(), args.seed, sys.stdout))
-    except (StartError, OSError) as err:
+    except (StartError, ReplayError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
 

@@ -70,6 +70,8 @@ def by_layer(kinds: Sequence[FaultKind]) -> list[FaultKind]:
 
 
 def fault_window(number: int, kind: FaultKind, seed: int, cluster: Cluster) -> Window:
+    """The requests of ``kind``'s turn, simulated from now, and their labels: the same ``seed`` (and a
+    ``cluster`` in the same state) gives the same ids, so a test knows the cause spans."""
     rng = random.Random(f"{seed}/demo/{kind.name}")
     variant = rng.choice(kind.variants)
     traces = simulate(f"{seed}/demo/{kind.name}", time.time_ns(), TRACES_PER_FAULT, Fault(kind, variant), cluster)
@@ -104,7 +106,6 @@ async def run(seconds: float, kinds: Sequence[FaultKind], out: Path, seed: int, 
             windows = await _send(live, kinds, seed, window_s, stdout)
             complete = await live.wait_exported(sum(sum(w.spans.values()) for w in windows), DRAIN_TIMEOUT)
             _report_ready(live, windows, stdout)
-        live.poll()
         for w in windows:  # whatever came out during the stop
             if not w.reported:
                 _report(live, w, stdout, partial=not complete)
