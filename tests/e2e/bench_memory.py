@@ -23,6 +23,9 @@ burst 1 settled / idle and burst 2 settled / burst 1 settled (what a second
 identical burst adds: memory that does not come back grows it).  Run::
 
     python -m tests.e2e.bench_memory [--spans 200000] [--repeats 3] [--mutations 1000] [--format json]
+
+``--env NAME=VALUE`` (repeatable) sets the environment of `faulttrace serve`
+for experiments, e.g. ``MALLOC_ARENA_MAX=2`` as the container image runs it.
 """
 
 from __future__ import annotations
