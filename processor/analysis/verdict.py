@@ -67,11 +67,26 @@ class Candidate:
 
     @property
     def layer(self) -> str:
-        """The layer of the strongest evidence that names one: the localizer's
-        evidence names none, so a rule on the span gives it even when the
-        localizer's score is higher ('' when no evidence names a layer)."""
-        known = [e for e in self._primary if e.layer]
-        return max(known, key=lambda e: e.score).layer if known else ""
+        """The layer most of the evidence about the span agrees on ('' when none names one).
+
+        Each rule is one voter, and the localizer is one voter (its sources share the layer it
+        infers from the span's conventions, so they must not outvote a rule by number), each
+        with its confidence; the layer with the most support wins, the strongest evidence
+        breaking ties. So a generic rule (any exception is "code") does not overrule a more
+        specific reading of the same span that another rule and the conventions agree on
+        (the exception is a pool's: infrastructure)."""
+        votes: dict[str, dict[str, float]] = {}
+        best: dict[str, float] = {}
+        for e in self._primary:
+            if not e.layer:
+                continue
+            voter = "localizer" if e.kind == "localizer" else e.source
+            layer_votes = votes.setdefault(e.layer, {})
+            layer_votes[voter] = max(layer_votes.get(voter, 0.0), e.confidence)
+            best[e.layer] = max(best.get(e.layer, 0.0), e.score)
+        if not votes:
+            return ""
+        return max(votes, key=lambda layer: (round(sum(votes[layer].values()), 9), best[layer], layer))
 
     @property
     def rules(self) -> tuple[str, ...]:

@@ -16,11 +16,12 @@ def cand(n: int, *evidence: Evidence, depth: int = 1, rank: int = 0) -> Candidat
 
 
 def rule(source: str, confidence: float, severity_weight: float) -> Evidence:
-    return Evidence(source, f"{source} fired", confidence, confidence * severity_weight, "code")
+    return Evidence(source, f"{source} fired", confidence, confidence * severity_weight, source.split(".")[0]
+                    .replace("infra", "infrastructure"))
 
 
-def stat(source: str, confidence: float, raw_score: float = 40.0) -> Evidence:
-    return Evidence(source, f"{source} deviates", confidence, raw_score, "")
+def stat(source: str, confidence: float, raw_score: float = 40.0, layer: str = "") -> Evidence:
+    return Evidence(source, f"{source} deviates", confidence, raw_score, layer, kind="localizer")
 
 
 def test_statistical_scores_move_onto_the_rule_scale_and_are_marked():
@@ -147,3 +148,15 @@ def test_one_analyzers_verdict_keeps_its_order_and_still_settles_its_symptoms():
     v = merge([alone], rerank=False)
     assert [(c.span_id, c.rank) for c in v.traces[tid(1)].candidates] == [(sid(3), 1), (sid(5), 2)]
     assert {s.span_id: s.caused_by for s in v.symptoms[tid(1)]} == {sid(4): sid(3), sid(1): sid(3)}
+
+
+def test_a_generic_rule_does_not_overrule_the_layer_the_rest_of_the_evidence_agrees_on():
+    # any exception is "code" to a catch-all rule; a specific rule and the span's conventions
+    # (the localizer, one voter however many of its sources fire) say the pool ran dry
+    c = cand(2, rule("code.any_exception", 0.8, 4), rule("infra.pool_exhausted", 0.6, 3),
+             stat("localizer.errors", 0.9, layer="infrastructure"), stat("localizer.latency", 0.9, layer="infrastructure"))
+    assert c.layer == "infrastructure"
+    # the localizer's sources count once: against two agreeing rules it does not win by number
+    c = cand(2, rule("code.a", 0.8, 4), rule("code.b", 0.7, 3), stat("localizer.errors", 0.9, layer="data"),
+             stat("localizer.latency", 0.9, layer="data"), stat("localizer.silent", 0.9, layer="data"))
+    assert c.layer == "code"

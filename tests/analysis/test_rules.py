@@ -144,7 +144,8 @@ def test_a_span_blamed_by_two_rules_is_one_candidate_with_both(rules):
     # as exclusive explanations of the trace: 9 / (1 + 9 + 3/7).
     assert both.confidence == pytest.approx(9 / (1 + 9 + 3 / 7), abs=1e-6)
     assert v.candidates[1].confidence == pytest.approx((3 / 7) / (1 + 9 + 3 / 7), abs=1e-6)
-    assert both.layer == "data"                   # the layer of the strongest evidence
+    # the layer its evidence is most confident of (a: 0.9), not that of the highest severity (b: 0.5)
+    assert both.layer == "code"
     assert both.score == pytest.approx(2.0)
     assert v.candidates[1].span_id == sid(1) and v.candidates[1].rank == 2
 
@@ -275,7 +276,8 @@ def test_candidate_properties_follow_the_strongest_evidence():
     c = Candidate(sid(1), "s", "n", 2, 0, 1, (Evidence("r.x", "m", 0.4, 2.0, "semantic"),
                                               Evidence("r.y", "m", 0.9, 1.8, "code"),
                                               Evidence("r.x", "again", 0.3, 0.3, "semantic")))
-    assert (c.score, c.confidence, c.layer, c.rules) == (2.0, 0.9, "semantic", ("r.x", "r.y"))
+    # the layer is the one its evidence is most confident of (r.y: 0.9 against r.x: 0.4 at best)
+    assert (c.score, c.confidence, c.layer, c.rules) == (2.0, 0.9, "code", ("r.x", "r.y"))
 
 
 # --- causes and symptoms ----------------------------------------------------------------

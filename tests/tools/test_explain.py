@@ -73,7 +73,7 @@ def test_text_shows_the_tree_with_the_root_cause_marked():
     assert [re.match(r"^( *)(\S+: [A-Z]+ /?\S+)", ln).groups() for ln in tree] == [
         ("  ", "frontend: GET /checkout"), ("    ", "frontend: POST /charge"),
         ("      ", "payments: POST /charge"), ("        ", "payments: SELECT cards")]
-    assert tree[3] == ("        payments: SELECT cards 60.0ms ERROR  <== #1 code "
+    assert tree[3] == ("        payments: SELECT cards 60.0ms ERROR  <== #1 infrastructure "
                        "code.deepest_exception,infra.connection_pool_exhausted,data.failed_db_query (0.80)")
     # the flag variant on the root span no longer competes: the fired tree request.failure explains its
     # top event (the root) by the cause, so the root is a symptom (calibrated alone: support 0.8, odds 4, 4/5)
@@ -81,7 +81,7 @@ def test_text_shows_the_tree_with_the_root_cause_marked():
                             "explains its top event")
     assert "<==" not in tree[1] and "<==" not in tree[2]
     # Before the tree, each cause's chain: the cause, then one line per rule with its message.
-    i = next(n for n, ln in enumerate(lines) if ln.startswith("  #1 cause payments: SELECT cards 60.0ms ERROR  [code; "))
+    i = next(n for n, ln in enumerate(lines) if ln.startswith("  #1 cause payments: SELECT cards 60.0ms ERROR  [infrastructure; "))
     assert lines[i + 1].strip() == f"code.deepest_exception: {POOL_MESSAGE}"
     assert lines[i + 2].strip().startswith("infra.connection_pool_exhausted: payments: SELECT cards could not get")
     assert lines[i + 3].strip() == "data.failed_db_query: postgresql query failed (nil): pool timeout"
@@ -110,7 +110,7 @@ def test_json_matches_the_schema():
     evidence = first.pop("evidence")  # one piece of evidence per rule (and per fault tree through it)
     assert [e["source"] for e in evidence if e["kind"] == "rule"] == first["rules"]
     assert first == {"rank": 1, "span_id": "a000000000000004", "service": "payments", "name": "SELECT cards",
-                     "layer": "code",
+                     "layer": "infrastructure",  # the pool rule and the conventions outvote the catch-all
                      "rules": ["code.deepest_exception", "infra.connection_pool_exhausted", "data.failed_db_query"],
                      "confidence": 0.8, "message": POOL_MESSAGE}
     # the chain: the cause, what the user saw (the root span, the fired tree's top event) and why
