@@ -50,7 +50,7 @@ from dsl import AttrRef, column_name
 from processor.analysis.attributes import ALL_ATTRIBUTES, all_attributes_sql
 from processor.localizer.attribution import ValueBaseline
 from processor.localizer.baseline import SHAPES_SQL, Baseline
-from processor.localizer.silent import AttributeBaseline
+from processor.localizer.silent import AttributeBaseline, attr_bucket_sql
 from processor.localizer.graph import span_metrics
 from processor.localizer.spans import read_spans
 
@@ -81,21 +81,6 @@ CREATE TABLE IF NOT EXISTS lz_akeys (service VARCHAR, name VARCHAR, key VARCHAR,
 CREATE TABLE IF NOT EXISTS lz_acat (service VARCHAR, name VARCHAR, key VARCHAR, val VARCHAR, w DOUBLE);
 CREATE TABLE IF NOT EXISTS lz_anum (service VARCHAR, name VARCHAR, key VARCHAR, b INTEGER, w DOUBLE);
 """
-
-ATTR_UNIT = 1e-9   # numeric attribute values closer to 0 than this share bucket 0
-
-
-def attr_bucket_sql(v: str, gamma: float) -> str:
-    """The signed log bucket of a numeric attribute value: 0 around zero, ``±(k + 1)`` for
-    ``|v|`` in ``(UNIT·γ^(k-1), UNIT·γ^k]`` — so order is kept across signs."""
-    return (f"(CASE WHEN abs({v}) < {ATTR_UNIT} THEN 0 ELSE sign({v})::INTEGER * "
-            f"(ceil(ln(abs({v}) / {ATTR_UNIT}) / ln({gamma}))::INTEGER + 1) END)")
-
-
-def attr_bucket_value(b: int, gamma: float) -> float:
-    """A representative value of bucket ``b`` (its geometric middle), for messages."""
-    return 0.0 if b == 0 else (1 if b > 0 else -1) * ATTR_UNIT * gamma ** (abs(b) - 1.5)
-
 
 # New attribute values (``lz_ain``: the long form, ``attributes.all_attributes_sql``) weighted like
 # their traces; presence is counted once per span and key.

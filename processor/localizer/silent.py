@@ -260,14 +260,27 @@ WHERE a.p < {wl_abs} / 2
 """
 
 
+ATTR_UNIT = 1e-9   # numeric attribute values closer to 0 than this share bucket 0
+
+
+def attr_bucket_sql(v: str, gamma: float) -> str:
+    """The signed log bucket of a numeric attribute value: 0 around zero, ``±(k + 1)`` for
+    ``|v|`` in ``(UNIT·γ^(k-1), UNIT·γ^k]`` — so order is kept across signs."""
+    return (f"(CASE WHEN abs({v}) < {ATTR_UNIT} THEN 0 ELSE sign({v})::INTEGER * "
+            f"(ceil(ln(abs({v}) / {ATTR_UNIT}) / ln({gamma}))::INTEGER + 1) END)")
+
+
+def attr_bucket_value(b: int, gamma: float) -> float:
+    """A representative value of bucket ``b`` (its geometric middle), for messages."""
+    return 0.0 if b == 0 else (1 if b > 0 else -1) * ATTR_UNIT * gamma ** (abs(b) - 1.5)
+
+
 def abnormal_spans(conn: duckdb.DuckDBPyConnection, long: str, spans: str, base: AttributeBaseline,
                    max_keys: int) -> list[Abnormality]:
     """The improbable attribute values of the batch: ``long`` is its long form
     (``attributes.all_attributes_sql``) and ``spans`` its spans (trace_id, span_id, service,
     name), each with ``sampled``: the window's counts come from the sampled rows, the values
     judged are all of them."""
-    from processor.localizer.history import attr_bucket_sql, attr_bucket_value
-
     if base.ops.num_rows == 0:
         return []
     views = {"sb_ops": base.ops, "sb_keys": base.keys, "sb_cat": base.cat, "sb_num": base.num}
