@@ -374,6 +374,11 @@ def _symptoms(ranked: tuple[Candidate, ...], blames: dict[bytes, _Blame], by_id:
         if cause in chosen:
             out[span_id] = Symptom(span_id, cause, why, explained=True)
             starts.append((span_id, cause, failed))
+    for span_id, (cause, _, _) in (explained or {}).items():
+        if cause in chosen:
+            for relay in _relays(cause, span_id, by_id):
+                if relay not in chosen and relay not in out:
+                    out[relay] = Symptom(relay, cause, "relayed the cause's result to the failing span")
     # then the spans blamed beyond the candidates kept (a slow node slows many): their ancestors
     # inherited from them, not from a candidate
     starts += [(s, s, b) for s, b in sorted(blames.items(), key=lambda kv: -kv[1].own) if s not in chosen]
@@ -390,6 +395,24 @@ def _symptoms(ranked: tuple[Candidate, ...], blames: dict[bytes, _Blame], by_id:
                 out[parent] = Symptom(parent, cause, "inherited error" if error and p["error"] else "waited")
             parent = p["parent_span_id"]
     return tuple(out.values())
+
+
+def _relays(cause: bytes, failed: bytes, by_id: dict[bytes, dict[str, Any]]) -> list[bytes]:
+    """The spans that carried ``cause``'s output to ``failed``: ``cause``'s ancestors below the
+    first one that is ``failed`` or one of its ancestors (a client span between a callee that
+    returned nothing and the caller that threw; the tool span around an empty query)."""
+    above_failed, span, seen = set(), failed, set()
+    while span in by_id and span not in seen:
+        seen.add(span)
+        above_failed.add(span)
+        span = by_id[span]["parent_span_id"]
+    out, span, seen = [], by_id[cause]["parent_span_id"], {cause}
+    while span in by_id and span not in above_failed and span not in seen:
+        seen.add(span)
+        out.append(span)
+        span = by_id[span]["parent_span_id"]
+    # a cause in another trace branch than any ancestor of ``failed`` relays nothing we can see
+    return out if span in above_failed else []
 
 
 def _ms(ns: float) -> str:

@@ -32,7 +32,8 @@ class _Shop:
     """GET /product: a query for the product's rows, then rendering them.  ``rows`` is what the
     query returns; rendering fails (exception) when told to."""
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, via_client: bool = False) -> None:
+        self.via_client = via_client  # the query runs in a catalog service behind a client span
         self.rng = random.Random(seed)
         self.rows: list[dict[str, Any]] = []
         self.attrs: list[Entries] = []
@@ -58,7 +59,11 @@ class _Shop:
         root = self._span(trace, None, "web", "GET /product", t, t + 10, [("http.route", "string", "/product", None)],
                           error=fail)
         q_end = t + 1 + j(1.5, 2.5)
-        self._span(trace, root, "web", "SELECT products", t + 1, q_end,
+        parent = root
+        if self.via_client:
+            parent = self._span(trace, root, "web", "GET catalog", t + 0.5, q_end + 0.05,
+                                [("http.request.method", "string", "GET", None)])
+        self._span(trace, parent, "web", "SELECT products", t + 1, q_end,
                    [("db.system", "string", "postgresql", None), ("db.rows", "int", None, float(rows))])
         self._span(trace, root, "web", "render", q_end + 0.1, q_end + 0.1 + j(0.8, 1.2),
                    [("template", "string", "product.html", None)], error=fail)
@@ -116,6 +121,25 @@ def test_zero_rows_then_a_failing_caller_blames_the_query(conn: duckdb.DuckDBPyC
         assert symptoms["render"].explained and symptoms["render"].caused_by == top.span_id
         assert "more often" in symptoms["render"].reason
         assert symptoms["GET /product"].caused_by == top.span_id   # the error the caller inherited
+
+
+def test_the_spans_that_relayed_the_empty_result_point_at_the_query(conn: duckdb.DuckDBPyConnection) -> None:
+    # the query sits behind a client call that succeeded: it carried nothing to the failing render
+    shop = _Shop(1, via_client=True)
+    analyzer = _learned(shop, conn)
+    for _ in range(40):
+        shop.trace(shop.rng.randint(3, 20), fail=False)
+    for _ in range(6):
+        shop.trace(0, fail=True)
+    names = _by_name(LocalizedBatch(), shop.rows)
+    verdict = _analyze(analyzer, conn, shop.batch())
+    assert len(verdict.traces) == 6
+    for trace_id, v in verdict.traces.items():
+        top = v.candidates[0]
+        assert names[top.span_id] == "SELECT products"
+        symptoms = {names[s.span_id]: s for s in verdict.symptoms[trace_id]}
+        assert symptoms["GET catalog"].caused_by == top.span_id and not symptoms["GET catalog"].explained
+        assert symptoms["render"].caused_by == top.span_id
 
 
 def test_zero_rows_that_healthy_traffic_shows_explain_nothing(conn: duckdb.DuckDBPyConnection) -> None:
