@@ -25,7 +25,7 @@ from typing import Any
 
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from processor.demo.attributes import key_values
+from processor.otlp.spanedit import key_values
 from processor.demo.topology import Pod
 
 INTERNAL, SERVER, CLIENT, PRODUCER, CONSUMER = (Span.SPAN_KIND_INTERNAL, Span.SPAN_KIND_SERVER,

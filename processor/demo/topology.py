@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
-from processor.demo.attributes import key_values
+from processor.otlp.spanedit import key_values
 
 NODES = ("ip-10-0-1-17.ec2.internal", "ip-10-0-1-42.ec2.internal", "ip-10-0-2-9.ec2.internal",
          "ip-10-0-2-133.ec2.internal")

@@ -100,8 +100,9 @@ def _by_name(verdict: LocalizedBatch, shop_rows: list[dict[str, Any]]) -> dict[b
     return {r["span_id"]: r["name"] for r in shop_rows}
 
 
-def test_zero_rows_then_a_failing_caller_blames_the_query(conn: duckdb.DuckDBPyConnection) -> None:
-    shop = _Shop(1)
+def _incident(shop: _Shop, conn: duckdb.DuckDBPyConnection) -> tuple[dict[bytes, str], LocalizedBatch]:
+    """After a healthy baseline, a window of 40 healthy traces and 6 whose query returns
+    nothing and whose rendering then fails: span names and the verdict."""
     analyzer = _learned(shop, conn)
     for _ in range(40):
         shop.trace(shop.rng.randint(3, 20), fail=False)
@@ -110,6 +111,11 @@ def test_zero_rows_then_a_failing_caller_blames_the_query(conn: duckdb.DuckDBPyC
     names = _by_name(LocalizedBatch(), shop.rows)
     verdict = _analyze(analyzer, conn, shop.batch())
     assert len(verdict.traces) == 6
+    return names, verdict
+
+
+def test_zero_rows_then_a_failing_caller_blames_the_query(conn: duckdb.DuckDBPyConnection) -> None:
+    names, verdict = _incident(_Shop(1), conn)
     for trace_id, v in verdict.traces.items():
         top = v.candidates[0]
         assert names[top.span_id] == "SELECT products"
@@ -125,15 +131,7 @@ def test_zero_rows_then_a_failing_caller_blames_the_query(conn: duckdb.DuckDBPyC
 
 def test_the_spans_that_relayed_the_empty_result_point_at_the_query(conn: duckdb.DuckDBPyConnection) -> None:
     # the query sits behind a client call that succeeded: it carried nothing to the failing render
-    shop = _Shop(1, via_client=True)
-    analyzer = _learned(shop, conn)
-    for _ in range(40):
-        shop.trace(shop.rng.randint(3, 20), fail=False)
-    for _ in range(6):
-        shop.trace(0, fail=True)
-    names = _by_name(LocalizedBatch(), shop.rows)
-    verdict = _analyze(analyzer, conn, shop.batch())
-    assert len(verdict.traces) == 6
+    names, verdict = _incident(_Shop(1, via_client=True), conn)
     for trace_id, v in verdict.traces.items():
         top = v.candidates[0]
         assert names[top.span_id] == "SELECT products"
