@@ -266,8 +266,12 @@ ATTR_UNIT = 1e-9   # numeric attribute values closer to 0 than this share bucket
 def attr_bucket_sql(v: str, gamma: float) -> str:
     """The signed log bucket of a numeric attribute value: 0 around zero, ``±(k + 1)`` for
     ``|v|`` in ``(UNIT·γ^(k-1), UNIT·γ^k]`` — so order is kept across signs."""
-    return (f"(CASE WHEN abs({v}) < {ATTR_UNIT} THEN 0 ELSE sign({v})::INTEGER * "
-            f"(ceil(ln(abs({v}) / {ATTR_UNIT}) / ln({gamma}))::INTEGER + 1) END)")
+    # ln|v| - ln(UNIT), not ln(|v| / UNIT): the quotient overflows to inf for |v| near the
+    # largest double, and inf (or NaN) cannot be cast to a bucket; those values have no bucket
+    # (the callers also filter them, but DuckDB may evaluate a projection before the filter)
+    return (f"(CASE WHEN NOT isfinite({v}) THEN NULL WHEN abs({v}) < {ATTR_UNIT} THEN 0 "
+            f"ELSE sign({v})::INTEGER * "
+            f"(ceil((ln(abs({v})) - ln({ATTR_UNIT})) / ln({gamma}))::INTEGER + 1) END)")
 
 
 def attr_bucket_value(b: int, gamma: float) -> float:

@@ -212,3 +212,20 @@ def test_a_handful_of_traces_against_a_noisy_control_is_not_enough() -> None:
     assert window == (2, 2, 28, 98)
     assert value < 2.0
     assert wilson_upper(0, 0) == 1.0
+
+
+@pytest.mark.parametrize("value", [1.7976931348623157e308, -1.7e308, float("inf"), float("nan")])
+def test_extreme_numbers_in_an_attribute_do_not_cost_the_batch_its_analysis(
+        conn: duckdb.DuckDBPyConnection, value: float) -> None:
+    # found by the receivers' fuzzer: one span's double near the largest finite one made the
+    # bucket overflow and the whole batch, every client's traces, went out without a verdict
+    shop = _Shop(3)
+    analyzer = _learned(shop, conn)
+    for _ in range(20):
+        shop.trace(shop.rng.randint(3, 20), fail=False)
+    shop.trace(value, fail=False)  # type: ignore[arg-type]
+    for _ in range(6):
+        shop.trace(0, fail=True)
+    verdict = _analyze(analyzer, conn, shop.batch())
+    assert len(verdict.traces) == 6  # the incident is still found, and the batch was learned
+    _analyze(analyzer, conn, shop.batch())
