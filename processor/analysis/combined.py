@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import duckdb
 
 from dsl import BASELINE_TABLE, AttrRef
-from processor.analysis.calibration import calibrate_trace
+from processor.analysis.calibration import calibrate_trace, support
 from processor.analysis.protocols import Analyzer
 from processor.analysis.verdict import BatchVerdict, Evidence, Symptom, TraceVerdict, rank_candidates
 
@@ -59,7 +59,7 @@ def merge(verdicts: Sequence[BatchVerdict], rerank: bool = True) -> BatchVerdict
     for trace_id, v in traces.items():
         explained = _explained(v, found.get(trace_id, {}))
         candidates = tuple(c for c in v.candidates if c.span_id not in explained)
-        ordered = rank_candidates(candidates) if rerank else tuple(
+        ordered = rank_candidates(candidates, support) if rerank else tuple(
             dataclasses.replace(c, rank=i) for i, c in enumerate(candidates, 1))
         ranked[trace_id] = calibrate_trace(dataclasses.replace(v, candidates=ordered))
     for trace_id, have in found.items():

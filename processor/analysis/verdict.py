@@ -10,7 +10,7 @@ turns it into span annotations and ``faulttrace explain`` prints it.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from dsl import TreeOutcome
@@ -105,10 +105,13 @@ class Candidate:
         return max(trees, key=lambda e: e.score) if trees else None
 
 
-def rank_candidates(candidates: Iterable[Candidate]) -> tuple[Candidate, ...]:
+def rank_candidates(candidates: Iterable[Candidate],
+                    support: Callable[[Candidate], float] | None = None) -> tuple[Candidate, ...]:
     """Candidates in ranking order, numbered from 1: the strongest evidence
-    first (confidence x severity), deeper spans first on ties, then by span id."""
-    ordered = sorted(candidates, key=lambda c: (-c.score, -c.depth, c.span_id))
+    first (confidence x severity); on ties the better supported (``support``: the
+    span's evidence taken together, so a rule's finding that the statistics
+    corroborate comes before the same finding alone), then deeper spans, then by span id."""
+    ordered = sorted(candidates, key=lambda c: (-c.score, -(support(c) if support else 0.0), -c.depth, c.span_id))
     return tuple(dataclasses.replace(c, rank=i) for i, c in enumerate(ordered, 1))
 
 

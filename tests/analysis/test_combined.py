@@ -160,3 +160,14 @@ def test_a_generic_rule_does_not_overrule_the_layer_the_rest_of_the_evidence_agr
     c = cand(2, rule("code.a", 0.8, 4), rule("code.b", 0.7, 3), stat("localizer.errors", 0.9, layer="data"),
              stat("localizer.latency", 0.9, layer="data"), stat("localizer.silent", 0.9, layer="data"))
     assert c.layer == "code"
+
+
+def test_on_equal_evidence_the_corroborated_candidate_ranks_first():
+    # the same rule on two retried calls; the statistics corroborate only the shallower one
+    rules = BatchVerdict({tid(1): TraceVerdict(tid(1), sid(1), (
+        cand(2, rule("infra.rate_limited", 0.75, 4), depth=3), cand(3, rule("infra.rate_limited", 0.75, 4), depth=2)))})
+    local = on_rule_scale(BatchVerdict({tid(1): TraceVerdict(tid(1), sid(1), (
+        cand(3, stat("localizer.silent", 0.97), depth=2),))}))
+    v = merge([rules, local]).traces[tid(1)]
+    assert [c.span_id for c in v.candidates] == [sid(3), sid(2)]
+    assert v.candidates[0].confidence > v.candidates[1].confidence
