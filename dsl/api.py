@@ -26,8 +26,16 @@ import pyarrow as pa
 from dsl import ast, ir
 from dsl.checker import CheckResult, check
 from dsl.compiler import (
-    BASELINE_COLUMNS, BASELINE_TABLE, CompiledRule, EvidenceQuery, cleanup_statements, compile_evidence, compile_rule, foldable,
-    prepare_statements, quote_ident,
+    BASELINE_COLUMNS,
+    BASELINE_TABLE,
+    CompiledRule,
+    EvidenceQuery,
+    cleanup_statements,
+    compile_evidence,
+    compile_rule,
+    foldable,
+    prepare_statements,
+    quote_ident,
 )
 from dsl.diagnostics import Diagnostic, SourceSpan, did_you_mean, render_all, sort_key, to_json
 from dsl.faulttree import TRUE, UNKNOWN, BatchEvidence, TreeOutcome, TreePlan, evaluate_trees, explain

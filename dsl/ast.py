@@ -12,7 +12,6 @@ from typing import Union
 
 from dsl.diagnostics import SourceSpan
 
-
 # ---- expressions ------------------------------------------------------------
 
 

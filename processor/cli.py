@@ -136,7 +136,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from processor.localizer import SOURCES
     from processor.otlp.tracefile import TraceFileError
     from processor.tools.evaluation import DatasetError, run
-
     from processor.tools.replay import ReplayError
 
     if args.live and args.from_export:

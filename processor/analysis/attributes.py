@@ -240,15 +240,6 @@ class LongForm:
                 [self._dictionary, _entries_array(self._entries[len(self._dictionary):])])
         return self._dictionary.take(pa.array(flat, pa.int32()))
 
-    def array(self, offsets: list[int], flat: list[int]) -> pa.Array:
-        """The column: per span the entries ``flat[offsets[i]:offsets[i + 1]]``."""
-        if len(self._dictionary) < len(self._entries):
-            self._dictionary = pa.concat_arrays(
-                [self._dictionary, _entries_array(self._entries[len(self._dictionary):])])
-        # taken, not dictionary-encoded: DuckDB mishandles a list of dictionary-encoded structs
-        values = self._dictionary.take(pa.array(flat, pa.int32()))
-        return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values, type=ALL_ATTRIBUTES_TYPE)
-
 
 def _field_type(ref: AttrRef) -> pa.DataType:
     return ALL_ATTRIBUTES_TYPE if ref == ALL_ATTRIBUTES else ARROW_TYPES[ref.type.sql_type]
@@ -331,12 +322,11 @@ class Projector:
         self._span_keys: dict[str, list[tuple[int, AttrType, dict[bytes, Any]]]] = {}
         self._event_keys: dict[str, list[tuple[int, str, AttrType, dict[bytes, Any]]]] = {}
         self._resource_refs: list[tuple[int, AttrRef]] = []
-        self._all_slot: int | None = None
         for slot, ref in enumerate(projection.refs):
             cache = caches.setdefault(ref.type, {})
             if ref == ALL_ATTRIBUTES:
-                self._all_slot = slot
-            elif ref.source is AttrSource.SPAN:
+                continue  # filled from the span bytes by LongForm, not by key
+            if ref.source is AttrSource.SPAN:
                 self._span_keys.setdefault(ref.key, []).append((slot, ref.type, cache))
             elif ref.source is AttrSource.RESOURCE:
                 self._resource_refs.append((slot, ref))

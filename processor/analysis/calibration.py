@@ -2,7 +2,7 @@
 
 Ranking weighs evidence by consequence (severity); a candidate's
 *confidence* is the probability that it is the trace's root cause
-(``calibrate``), in two steps:
+(``calibrate_trace``, which ``analysis.combined.merge`` applies to every trace), in two steps:
 
 1. *support* — what the span's own evidence says.  Each piece of evidence
    carries a probability: a rule's confidence is how often its finding is
@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from processor.analysis.verdict import BatchVerdict, Candidate, TraceVerdict
+from processor.analysis.verdict import Candidate, TraceVerdict
 
 MAX_SUPPORT = 0.999       # support is capped below certainty so its odds stay finite
 
@@ -57,8 +57,3 @@ def calibrate_trace(v: TraceVerdict) -> TraceVerdict:
     probabilities = compete([support(c) for c in v.candidates])
     cands = tuple(dataclasses.replace(c, probability=round(p, 6)) for c, p in zip(v.candidates, probabilities))
     return dataclasses.replace(v, candidates=cands)
-
-
-def calibrate(verdict: BatchVerdict) -> BatchVerdict:
-    """A verdict whose candidates' confidences are calibrated (``calibrate_trace``)."""
-    return dataclasses.replace(verdict, traces={t: calibrate_trace(v) for t, v in verdict.traces.items()})

@@ -22,7 +22,7 @@ import duckdb
 from dsl import BASELINE_TABLE, AttrRef
 from processor.analysis.calibration import calibrate_trace, support
 from processor.analysis.protocols import Analyzer
-from processor.analysis.verdict import BatchVerdict, Evidence, Symptom, TraceVerdict, rank_candidates
+from processor.analysis.verdict import BatchVerdict, Evidence, Symptom, TraceVerdict, follow_cause, rank_candidates
 
 STATISTICAL_WEIGHT = 3.0  # the rule-severity weight statistical evidence is scored at (medium)
 
@@ -75,13 +75,10 @@ def _to_cause(s: Symptom, symptoms: dict[bytes, Symptom], blamed: set[bytes]) ->
     """``s`` with ``caused_by`` followed through other symptoms to the cause they lead to
     (a root span explained by a parse error that a truncated chat explains names the chat):
     ``rca.caused_by`` is one link from what the user saw to the cause, not to the next symptom."""
-    cause, seen = s.caused_by, {s.span_id}
-    while cause is not None and cause not in blamed and cause in symptoms and cause not in seen:
-        seen.add(cause)
-        cause = symptoms[cause].caused_by
-    if cause is None or cause in seen:  # a circle of symptoms: keep the link as given
+    cause = follow_cause(s, symptoms, blamed)
+    if cause is None or cause == s.caused_by:  # None: a circle of symptoms, the link stays as given
         return s
-    return s if cause == s.caused_by else dataclasses.replace(s, caused_by=cause)
+    return dataclasses.replace(s, caused_by=cause)
 
 
 def _explained(v: TraceVerdict, symptoms: dict[bytes, Symptom]) -> set[bytes]:

@@ -10,7 +10,7 @@ turns it into span annotations and ``faulttrace explain`` prints it.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from dsl import TreeOutcome
@@ -157,6 +157,16 @@ class Symptom:
     caused_by: bytes | None = None
     reason: str = ""          # the link's evidence, for explain (inherited error, lift, rule)
     explained: bool = False
+
+
+def follow_cause(s: Symptom, symptoms: Mapping[bytes, Symptom], blamed: Collection[bytes]) -> bytes | None:
+    """Where ``s``'s ``caused_by`` leads through other symptoms (``symptoms``, by span id): the
+    first span that is blamed or no symptom; None when the links go round in a circle."""
+    cause, seen = s.caused_by, {s.span_id}
+    while cause is not None and cause not in blamed and cause in symptoms and cause not in seen:
+        seen.add(cause)
+        cause = symptoms[cause].caused_by
+    return None if cause in seen else cause
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,8 +25,8 @@ from typing import Any
 
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from processor.otlp.spanedit import key_values
 from processor.demo.topology import Pod
+from processor.otlp.spanedit import key_values
 
 INTERNAL, SERVER, CLIENT, PRODUCER, CONSUMER = (Span.SPAN_KIND_INTERNAL, Span.SPAN_KIND_SERVER,
                                                Span.SPAN_KIND_CLIENT, Span.SPAN_KIND_PRODUCER,

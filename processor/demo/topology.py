@@ -119,6 +119,3 @@ class Cluster:
                   NODES[(NODES.index(first.node) + 1) % len(NODES)], first.runtime)
         self.pods[service].append(pod)
         return pod
-
-    def all_pods(self) -> list[Pod]:
-        return [p for pods in self.pods.values() for p in pods]

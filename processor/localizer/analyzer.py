@@ -35,9 +35,9 @@ from processor.analysis.attributes import ALL_ATTRIBUTES, LongForm, all_attribut
 from processor.analysis.verdict import BatchVerdict, ServiceRank, TraceVerdict
 from processor.localizer import conventions
 from processor.localizer.attribution import Attribution, attribute
+from processor.localizer.baseline import Baseline
 from processor.localizer.blame import LocalizedBatch, blame_traces
 from processor.localizer.graph import span_metrics
-from processor.localizer.baseline import Baseline
 from processor.localizer.history import History, HistoryConfig
 from processor.localizer.silent import Silent, abnormal_spans
 from processor.localizer.window import SOURCES, rank_services

@@ -172,7 +172,6 @@ class _Gathered:
     trace_id: bytes
     root: bytes | None
     by_id: dict[bytes, dict[str, Any]]
-    on_path: set[bytes]
     blames: dict[bytes, _Blame]
 
 
@@ -187,7 +186,7 @@ def _gather(trace_id: bytes, rows: list[dict[str, Any]], window: dict[str, Servi
     blames: dict[bytes, _Blame] = {}
     _errors(rows, by_id, blames, details)
     _latency(rows, by_id, children, on_path, trace_ns, window, blames)
-    return _Gathered(trace_id, rows[0]["trace_root"], by_id, on_path, blames)
+    return _Gathered(trace_id, rows[0]["trace_root"], by_id, blames)
 
 
 def _finish(t: _Gathered, window: dict[str, ServiceScore], per_trace: int,

@@ -50,8 +50,8 @@ from dsl import AttrRef, column_name
 from processor.analysis.attributes import ALL_ATTRIBUTES, all_attributes_sql
 from processor.localizer.attribution import ValueBaseline
 from processor.localizer.baseline import SHAPES_SQL, Baseline
-from processor.localizer.silent import AttributeBaseline, attr_bucket_sql
 from processor.localizer.graph import span_metrics
+from processor.localizer.silent import AttributeBaseline, attr_bucket_sql
 from processor.localizer.spans import read_spans
 
 UNIT_NS = 1_000   # values below one microsecond all land in bucket 0

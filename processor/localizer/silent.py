@@ -56,14 +56,6 @@ RARE = 1.0 - QUANTILE      # a value is abnormal when one this unusual is rarer 
 MORE_LIKELY_THAN_NOT = 0.5  # the attributable fraction above which an antecedent explains a failure
 EMPTY = ("", "[]")          # the empty string and the empty array (``attributes.ALL_ATTRIBUTES``)
 
-OPS_SCHEMA = pa.schema([("service", pa.string()), ("name", pa.string()), ("n", pa.float64())])
-KEYS_SCHEMA = pa.schema([("service", pa.string()), ("name", pa.string()), ("key", pa.string()), ("w", pa.float64())])
-CAT_SCHEMA = pa.schema([("service", pa.string()), ("name", pa.string()), ("key", pa.string()), ("val", pa.string()),
-                        ("w", pa.float64())])
-NUM_SCHEMA = pa.schema([("service", pa.string()), ("name", pa.string()), ("key", pa.string()), ("b", pa.int32()),
-                        ("w", pa.float64())])
-
-
 @dataclass(frozen=True, slots=True)
 class AttributeBaseline:
     """What each operation's span attributes normally hold (``History.attributes``): ``ops``
@@ -75,11 +67,6 @@ class AttributeBaseline:
     cat: pa.Table
     num: pa.Table
     gamma: float = 1.1
-
-    @classmethod
-    def empty(cls) -> AttributeBaseline:
-        return cls(OPS_SCHEMA.empty_table(), KEYS_SCHEMA.empty_table(), CAT_SCHEMA.empty_table(),
-                   NUM_SCHEMA.empty_table())
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,14 +325,13 @@ class Window:
     occurs: dict[tuple[str, str], set[bytes]] = field(default_factory=dict)
     errors: dict[tuple[str, str], set[bytes]] = field(default_factory=dict)
     slow: dict[tuple[str, str], set[bytes]] = field(default_factory=dict)
-    spans: dict[tuple[str, str], int] = field(default_factory=dict)
     shows: dict[tuple[str, str, str, str, str], set[bytes]] = field(default_factory=lambda: defaultdict(set))
 
 
 WINDOW_SQL = """
 SELECT m.service, m.name, list(DISTINCT m.trace_id) AS occurs,
        list(DISTINCT m.trace_id) FILTER (WHERE m.status_code = 2 AND NOT m.child_error) AS errors,
-       list(DISTINCT m.trace_id) FILTER (WHERE m.self_ns > o.self_p99) AS slow, count(*) AS spans
+       list(DISTINCT m.trace_id) FILTER (WHERE m.self_ns > o.self_p99) AS slow
 FROM m LEFT JOIN base_ops o USING (service, name) {where} GROUP BY ALL
 """
 
@@ -355,11 +341,10 @@ def window(conn: duckdb.DuckDBPyConnection, abnormal: Iterable[Abnormality], sam
     ``sample`` (a relation of ``trace_id``) when given."""
     w = Window()
     where = f"WHERE m.trace_id IN (SELECT trace_id FROM {sample})" if sample else ""
-    for service, name, occurs, errors, slow, spans in conn.execute(WINDOW_SQL.format(where=where)).fetchall():
+    for service, name, occurs, errors, slow in conn.execute(WINDOW_SQL.format(where=where)).fetchall():
         w.occurs[(service, name)] = set(occurs)
         w.errors[(service, name)] = set(errors or ())
         w.slow[(service, name)] = set(slow or ())
-        w.spans[(service, name)] = spans
     traces = set().union(*w.occurs.values()) if w.occurs else set()
     for a in abnormal:
         if a.trace_id in traces:

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 import pyarrow as pa
 
 from dsl import TreeOutcome
-from processor.analysis.verdict import BatchVerdict, Candidate, Symptom, TraceVerdict
+from processor.analysis.verdict import BatchVerdict, Candidate, Symptom, TraceVerdict, follow_cause
 from processor.tools.offline import OfflineResult
 
 Row = dict[str, Any]   # one span: trace_id, span_id, parent_span_id, service, name, start_ns, end_ns, status_code
@@ -90,12 +90,7 @@ def chains(v: TraceVerdict | None, symptoms: tuple[Symptom, ...], spans: TraceSp
 
 def cause_of(s: Symptom, symptoms: tuple[Symptom, ...], blamed: set[bytes]) -> bytes | None:
     """The candidate ``s`` leads to, following ``caused_by`` through other symptoms; None if none."""
-    by_span = {x.span_id: x for x in symptoms}
-    seen = {s.span_id}
-    cause = s.caused_by
-    while cause is not None and cause not in blamed and cause in by_span and cause not in seen:
-        seen.add(cause)
-        cause = by_span[cause].caused_by
+    cause = follow_cause(s, {x.span_id: x for x in symptoms}, blamed)
     return cause if cause in blamed else None
 
 

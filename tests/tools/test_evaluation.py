@@ -19,7 +19,6 @@ from processor.localizer import LocalizerAnalyzer
 from processor.otlp.otlpjson import request_to_json
 from processor.otlp.spanedit import append_to_spans
 from processor.otlp.tracefile import read_requests
-from processor.tools.offline import analyze
 from processor.tools.evaluation import (
     Case,
     CaseResult,
@@ -30,6 +29,7 @@ from processor.tools.evaluation import (
     brier_score,
     expected_calibration_error,
 )
+from processor.tools.offline import analyze
 from tests.support import localizer_synth as synth
 
 CASES = {
