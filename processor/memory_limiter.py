@@ -83,7 +83,7 @@ COLLECTOR_ONLY_KEYS: dict[str, str] = {
 }
 
 
-def _rss(pid: int | str) -> int:
+def rss(pid: int | str = "self") -> int:
     """Resident bytes of process ``pid`` (Linux /proc); 0 if it is gone."""
     try:
         return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE
@@ -97,7 +97,7 @@ def process_tree_rss() -> int:
     if not Path("/proc/self/statm").exists():  # not Linux: the peak, the best the standard library tells
         import resource
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return sum(_rss(pid) for pid in pids)
+    return sum(rss(pid) for pid in pids)
 
 
 def _cgroup_limit() -> int | None:

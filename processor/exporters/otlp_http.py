@@ -14,7 +14,6 @@ import email.utils
 import gzip
 import logging
 import ssl
-import sys
 import time
 from collections.abc import Mapping
 
@@ -27,12 +26,8 @@ from processor.exporters.base import Exporter
 from processor.exporters.config import OtlpHttpExporterConfig, TlsClientConfig
 from processor.exporters.retry import Attempt, RetryingSender
 from processor.model import ExportPayload
+from processor.otlp.compression import zstd
 from processor.service.telemetry import Telemetry
-
-if sys.version_info >= (3, 14):
-    from compression import zstd
-else:
-    from backports import zstd
 
 log = logging.getLogger(__name__)
 

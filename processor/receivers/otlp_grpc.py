@@ -24,13 +24,12 @@ from processor.extensions.factory import ServerAuthenticator
 from processor.receivers.config import GrpcServerConfig, grpc_server_options
 from processor.receivers.decode import MalformedRequest
 from processor.receivers.ingest import Encoding, Ingest, Overloaded
-from processor.receivers.status import status
+from processor.receivers.status import UNAUTHENTICATED_MESSAGE, status
 from processor.receivers.tls import grpc_credentials, security_summary
 from processor.service.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
-UNAUTHENTICATED_MESSAGE = "missing or invalid authorization"
 
 
 def _check_free(endpoint: str) -> None:

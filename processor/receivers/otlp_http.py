@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import sys
 import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +29,7 @@ from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from processor.extensions.factory import ServerAuthenticator
+from processor.otlp.compression import zstd
 from processor.receivers import status as st
 from processor.receivers.config import HttpServerConfig
 from processor.receivers.decode import MalformedRequest
@@ -38,17 +38,11 @@ from processor.receivers.tls import security_summary, server_context
 from processor.service.httpserver import serve
 from processor.service.telemetry import Telemetry
 
-if sys.version_info >= (3, 14):
-    from compression import zstd
-else:
-    from backports import zstd
-
 log = logging.getLogger(__name__)
 
 _MEDIA = {"application/x-protobuf": Encoding.PROTOBUF, "application/json": Encoding.JSON}
 
 
-UNAUTHENTICATED_MESSAGE = "missing or invalid authorization"
 CLIENT_CLOSED = "499"  # nginx's code for a client that went away before the response: counted, never sent
 
 
@@ -190,7 +184,7 @@ class HttpReceiver:
         try:
             if self._auth is not None and not self._auth.authenticate(request.headers.get("Authorization")):
                 log.debug("%s: refused a request without valid authorization from %s", self._where, request.remote)
-                raise _Refusal(401, st.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
+                raise _Refusal(401, st.UNAUTHENTICATED, st.UNAUTHENTICATED_MESSAGE)
             if request.method != "POST":
                 raise _Refusal(405, st.INVALID_ARGUMENT, f"method {request.method} not allowed; use POST")
             if request.content_type not in _MEDIA:

@@ -5,6 +5,9 @@ from __future__ import annotations
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
+# What a request without a valid token is told, on either transport: nothing about why.
+UNAUTHENTICATED_MESSAGE = "missing or invalid authorization"
+
 
 def status(code: int, message: str, retry_after: float | None = None) -> status_pb2.Status:
     """A Status, with a RetryInfo detail when the client should wait before retrying."""

@@ -43,6 +43,7 @@ from typing import Any
 
 from processor.config import IN_MEMORY, JOURNAL_FILE, parse_config
 from processor.confmap import parse_duration
+from processor.memory_limiter import rss
 
 SERVICE_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 MARKER = b"\xfa\x17\x7e\x3c\x55\x0d\xb1\x29"  # first half of every template trace id, replaced per send
@@ -251,11 +252,6 @@ def _config(sink_port: int, decision_wait: float, compression: str, rules: list[
     }, "<bench>")
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def _peak_rss_mib() -> float:
     import resource
 
@@ -311,7 +307,7 @@ async def _serve(mode: str, sink_port: int, decision_wait: float, compression: s
                          journal=journal)
     stats: dict[str, float] = {"max_buffered_spans": 0, "bytes_per_buffered_span": 0.0,
                                "rss_bytes_per_buffered_span": 0.0}
-    rss0 = _rss_bytes()
+    rss0 = rss()
     if mode != "passthrough":
         pipeline = Pipeline(config)
         await pipeline.start()
@@ -332,7 +328,7 @@ async def _serve(mode: str, sink_port: int, decision_wait: float, compression: s
             if buffered > stats["max_buffered_spans"]:
                 mem = pipeline.store.memory_bytes()
                 stats.update(max_buffered_spans=buffered, bytes_per_buffered_span=mem / buffered,
-                             rss_bytes_per_buffered_span=(_rss_bytes() - rss0) / buffered)
+                             rss_bytes_per_buffered_span=(rss() - rss0) / buffered)
         try:
             await asyncio.wait_for(stop.wait(), 0.25)
         except TimeoutError:
