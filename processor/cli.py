@@ -141,6 +141,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.live and args.from_export:
         print("error: --live replays the cases itself; it does not read --from-export", file=sys.stderr)
         return 2
+    if args.healthy:
+        return _eval_healthy(args)
     paths = rule_paths(FaulttraceProcessorConfig(builtin_rules=not args.no_builtin_rules, rules=args.rules or []))
     try:
         return run(args.dataset, args.format, sys.stdout, [s for s in SOURCES if s not in (args.without or [])],
@@ -149,6 +151,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
     except (DatasetError, RuleError, TraceFileError, ReplayError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+
+
+def _eval_healthy(args: argparse.Namespace) -> int:
+    """``eval DATASET --healthy FILE``: the share of FILE's fault-free traces the running pipeline,
+    seeded with DATASET's baseline (``--cold``: none), tags with a root cause."""
+    import json
+
+    from processor.otlp.tracefile import TraceFileError
+    from processor.tools import falsealarms
+    from processor.tools.evaluation import Dataset, DatasetError
+    from processor.tools.replay import ReplayError
+
+    try:
+        seed = None if args.cold else Dataset.load(args.dataset).baseline
+        r = falsealarms.replay_healthy(args.healthy, seed, args.pace, tuple(args.rules or ()),
+                                       not args.no_builtin_rules)
+    except (DatasetError, TraceFileError, ReplayError, OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.format == "json":
+        print(json.dumps(r.to_json(), indent=2))
+    else:
+        falsealarms.write_text(r, args.healthy, sys.stdout)
+    return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -268,6 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
                                "learning, annotation, file exporter) and score the spans that come out; "
                                "printed after the offline figures, then both side by side (--without applies "
                                "to the offline analysis only)")
+    evaluate.add_argument("--healthy", metavar="FILE",
+                          help="instead of the cases: replay this fault-free traffic through a running pipeline "
+                               "seeded with the dataset's baseline and report the share of its traces tagged "
+                               "with rca.root_cause (false alarms)")
+    evaluate.add_argument("--pace", type=float, default=0.0, metavar="SECONDS",
+                          help="with --healthy: seconds between requests (default 0: as fast as accepted)")
+    evaluate.add_argument("--cold", action="store_true", help="with --healthy: no seed baseline")
     evaluate.set_defaults(func=cmd_eval)
 
     bench = sub.add_parser("bench", help="measure throughput and memory of the whole pipeline")
