@@ -10,6 +10,7 @@
 # examples/docker/config.yaml) receives OTLP on 0.0.0.0:4317 (gRPC) and
 # 0.0.0.0:4318 (HTTP), serves /metrics and /healthz on 0.0.0.0:8888, and
 # exports to ${OTLP_ENDPOINT} (default jaeger:4317) over plaintext OTLP/gRPC.
+# Dependencies are installed at the versions constraints.txt pins.
 # Mount your own file over it to change anything:
 #   -v $PWD/config.yaml:/etc/faulttrace/config.yaml:ro
 #
@@ -33,8 +34,10 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 WORKDIR /src
 # .dockerignore keeps the context to what the wheel needs.
 COPY . .
+# Every dependency at the version constraints.txt pins (one tested resolve),
+# not whatever is newest on the day of the build.
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip wheel --wheel-dir /wheels .
+    pip wheel --wheel-dir /wheels --constraint constraints.txt .
 
 # --- runtime -----------------------------------------------------------------
 FROM python:${PYTHON_VERSION}-slim
@@ -65,6 +68,7 @@ RUN groupadd --gid 10001 faulttrace \
     && install -d -o faulttrace -g faulttrace -m 0700 /var/lib/faulttrace/state
 
 COPY examples/docker/config.yaml /etc/faulttrace/config.yaml
+COPY examples/docker/healthcheck.py /usr/local/lib/faulttrace/healthcheck.py
 
 USER 10001:10001
 WORKDIR /var/lib/faulttrace
@@ -74,11 +78,13 @@ VOLUME ["/var/lib/faulttrace/state"]
 # 4317 OTLP/gRPC, 4318 OTLP/HTTP, 8888 /metrics and /healthz
 EXPOSE 4317 4318 8888
 
-# GET /healthz (200 when healthy, else 503 or no answer).  Assumes
-# service.telemetry.metrics.address keeps port 8888, as in the default config;
-# no proxy, whatever http_proxy says.
+# Probes the address the running configuration names, whatever file, --set or
+# port flags it came from (healthcheck.py reads serve's command line, PID 1, and
+# loads that configuration): each health_check extension in service.extensions
+# (200 once the pipeline has started, 503 from the moment it stops), else
+# /healthz on the metrics endpoint.  No proxy, whatever http_proxy says.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import urllib.request as u; u.build_opener(u.ProxyHandler({})).open('http://127.0.0.1:8888/healthz', timeout=4)"]
+    CMD ["python", "/usr/local/lib/faulttrace/healthcheck.py", "--timeout", "4"]
 
 ENTRYPOINT ["faulttrace", "serve"]
 CMD ["--config", "/etc/faulttrace/config.yaml"]

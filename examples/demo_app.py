@@ -36,7 +36,8 @@ exception event of its own.  A slowdown is extra self time at the origin.
 
 Usage::
 
-    pip install opentelemetry-sdk opentelemetry-exporter-otlp-proto-grpc
+    pip install '.[demo]'    # the OpenTelemetry SDK and OTLP/gRPC exporter (or opentelemetry-sdk
+                             # opentelemetry-exporter-otlp-proto-grpc); already there with .[test]
     python examples/demo_app.py --fault payment-error --traces 20
     python examples/demo_app.py --endpoint faulttrace:4317 --fault db-slow --fault-ratio 0.2 --traces 0
 
@@ -56,13 +57,20 @@ import time
 from dataclasses import dataclass
 from types import TracebackType
 
-from opentelemetry import trace
-from opentelemetry.context import Context
-from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+try:
+    from opentelemetry import trace
+    from opentelemetry.context import Context
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+except ImportError as _missing:
+    # faulttrace itself needs only opentelemetry-proto; this app is instrumented with the SDK,
+    # which `pip install .` does not bring.  Say what to install instead of a bare traceback.
+    sys.exit(f"demo_app.py needs the OpenTelemetry SDK and its OTLP/gRPC exporter ({_missing}).\n"
+             "Install them with:  pip install '.[demo]'   (from the repository)\n"
+             "               or:  pip install opentelemetry-sdk opentelemetry-exporter-otlp-proto-grpc")
 
 FAULTS = ("none", "db-slow", "payment-error", "cache-miss-storm", "retry-storm", "cpu-hog")
 SCOPE_VERSION = "0.1.0"
