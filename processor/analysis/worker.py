@@ -80,6 +80,7 @@ class ProcessAnalysis(SerialAnalysis):
         self._config_json = config.model_dump_json()
         self._closed = False
         self._started_at = 0.0
+        self.restarts = 0  # workers started for one that died (faulttrace_analysis_worker_restarts)
         self._process, self._conn, projection = self._start()
         self._projection = projection
         super().__init__()  # one round trip at a time: batches are not interleaved on the pipe
@@ -107,6 +108,11 @@ class ProcessAnalysis(SerialAnalysis):
 
     def projection(self) -> frozenset[AttrRef]:
         return frozenset(self._projection.refs)
+
+    @property
+    def pid(self) -> int | None:
+        """The worker's process id while it lives (for its CPU and memory metrics)."""
+        return self._process.pid if self._process.is_alive() else None
 
     def analyze_now(self, released: pa.Table, resources: Mapping[int, bytes]) -> BatchVerdict:
         """Send the batch, wait for the verdict."""
@@ -142,6 +148,7 @@ class ProcessAnalysis(SerialAnalysis):
             process.kill()
             return False
         self._process, self._conn = process, conn
+        self.restarts += 1
         log.warning("the analysis process was restarted; its learned state starts over")
         return True
 

@@ -151,6 +151,7 @@ class RetryingSender:
         self._sent = telemetry.exporter_sent_spans.labels(component_id)
         self._failed = telemetry.exporter_send_failed_spans.labels(component_id)
         self._retries = telemetry.exporter_retries.labels(component_id)
+        self._enqueue_failed = telemetry.exporter_enqueue_failed_spans.labels(component_id)
         self._queue_size = telemetry.exporter_queue_size.labels(component_id)
         self._queue_capacity = telemetry.exporter_queue_capacity.labels(component_id)
         self._queue: SizedQueue | None = None
@@ -175,6 +176,7 @@ class RetryingSender:
     async def submit(self, payload: ExportPayload) -> None:
         """Queue ``payload`` (waiting while the queue is full), or send it inline without a queue."""
         if self._closed:
+            self._enqueue_failed.inc(payload.span_count)
             self._give_up(payload, "exporter is shut down", settled=False)
             return
         if self._queue is None:

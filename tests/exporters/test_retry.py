@@ -235,6 +235,8 @@ def test_a_payload_left_undelivered_by_shutdown_is_not_settled(telemetry: Teleme
     asyncio.run(main())
     assert transport.delivered == [] and settled == []
     assert metric(telemetry, "faulttrace_exporter_send_failed_spans_total", CID) == 9
+    # the one submitted after shutdown could not even be queued (the collector's enqueue_failed)
+    assert metric(telemetry, "faulttrace_exporter_enqueue_failed_spans_total", CID) == 3
 
 
 # --- refused data: cut until only what is refused alone is left ----------------------------

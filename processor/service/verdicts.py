@@ -1,0 +1,127 @@
+"""What the pipeline tells about its own verdicts: metrics, a sentence per trace, incidents.
+
+``VerdictObserver`` sits beside the release loop: the ingest tells it what was
+stored (``observe``: the processor's incoming items, each trace's last span
+time), the releaser what it handed to the exporters and with which verdict
+(``exported``: outgoing items, traces analysed and with a root cause, findings
+by source and layer, the verdict latency, the log sentence, the incident
+summary).  ``MeasuredAnalysis`` times each batch's analysis.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+
+import pyarrow as pa
+
+from processor.analysis.protocols import Analysis
+from processor.analysis.verdict import BatchVerdict
+from processor.model import ReleasedSpans
+from processor.service.incidents import Incidents
+from processor.service.sentence import describe, finding, incident_key, span_facts, trace_url
+from processor.service.telemetry import SIGNAL, Telemetry
+
+log = logging.getLogger("faulttrace.verdict")
+
+
+class LastSpanTimes:
+    """When each buffered trace's latest span was stored, for the verdict latency.
+
+    Bounded: a trace whose time is never taken (a late span of a trace already released
+    is observed but not analysed again) is forgotten, oldest first, past ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._times: OrderedDict[bytes, float] = OrderedDict()
+
+    def note(self, trace_ids: Mapping[bytes, int], now: float) -> None:
+        for trace_id in trace_ids:
+            self._times[trace_id] = now
+            self._times.move_to_end(trace_id)
+        while len(self._times) > self._limit:
+            self._times.popitem(last=False)
+
+    def take(self, trace_id: bytes) -> float | None:
+        return self._times.pop(trace_id, None)
+
+    def __len__(self) -> int:
+        return len(self._times)
+
+
+class VerdictObserver:
+    """Counts, times and tells the verdicts of one pipeline (see the module docstring)."""
+
+    def __init__(self, telemetry: Telemetry, processor_id: str, *, log_verdicts: bool = True,
+                 url_template: str = "", incidents: Incidents | None = None, max_traces: int = 50_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._telemetry = telemetry
+        self._incoming = telemetry.processor_incoming_items.labels(processor_id, SIGNAL)
+        self._outgoing = telemetry.processor_outgoing_items.labels(processor_id, SIGNAL)
+        self._log = log_verdicts
+        self._url = url_template
+        self.incidents = incidents
+        # Twice the buffered traces the assembler allows: the traces waiting plus a release's worth.
+        self._last_span = LastSpanTimes(2 * max_traces)
+        self._clock = clock
+
+    def observe(self, traces: Mapping[bytes, int]) -> None:
+        """Spans were stored: span count by trace id."""
+        self._incoming.inc(sum(traces.values()))
+        self._last_span.note(traces, self._clock())
+
+    def exported(self, spans: ReleasedSpans, verdict: BatchVerdict | None) -> None:
+        """A chunk of released spans was handed to the exporters, with its verdict (None: not
+        analysed: late spans, no analysis configured, or an analysis that failed)."""
+        self._outgoing.inc(spans.span_count)
+        if verdict is None:
+            return
+        now = self._clock()
+        for trace_id in dict.fromkeys(spans.trace_ids):
+            last = self._last_span.take(trace_id)
+            if last is not None:
+                self._telemetry.verdict_latency.observe(max(0.0, now - last))
+        self._telemetry.analyzed_traces.inc(spans.trace_count)
+        blamed = [v for v in verdict.traces.values() if v.top is not None]
+        if not blamed:
+            return
+        self._telemetry.root_cause_traces.inc(len(blamed))
+        for v in blamed:
+            for c in v.candidates:
+                for e in c.evidence:
+                    self._telemetry.findings.labels(e.source, e.kind, e.layer).inc()
+        if not self._log and self.incidents is None:
+            return
+        wanted = [v.root_span_id for v in blamed if v.root_span_id is not None]
+        facts = span_facts(spans.table, wanted) if spans.table is not None else {}
+        for v in blamed:
+            if self._log:
+                log.info("%s", describe(v, verdict.symptoms.get(v.trace_id, ()), facts, self._url))
+            if self.incidents is not None:
+                top = v.top
+                assert top is not None
+                self.incidents.add(incident_key(v, facts), top.layer, finding(top).source,
+                                   trace_url(self._url, v.trace_id) or f"trace {v.trace_id.hex()}")
+
+
+class MeasuredAnalysis:
+    """An ``Analysis`` whose every batch is timed (``faulttrace_processor_analysis_duration_seconds``)."""
+
+    def __init__(self, inner: Analysis, telemetry: Telemetry) -> None:
+        self.inner = inner
+        self._duration = telemetry.analysis_duration
+
+    def projection(self):  # type: ignore[no-untyped-def]  # whatever the inner analysis projects
+        return self.inner.projection()
+
+    async def analyze(self, released: pa.Table, resources: Mapping[int, bytes]) -> BatchVerdict:
+        started = time.perf_counter()
+        try:
+            return await self.inner.analyze(released, resources)
+        finally:
+            self._duration.observe(time.perf_counter() - started)
+
+    def close(self) -> None:
+        self.inner.close()
