@@ -1,0 +1,99 @@
+"""processor.service.sentence and processor.service.incidents: what a person reads about a verdict."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from processor.analysis.verdict import Candidate, Evidence, Symptom, TraceVerdict
+from processor.service.incidents import MAX_GROUPS, SHOWN, Incidents
+from processor.service.sentence import (
+    SpanFacts,
+    check_url_template,
+    describe,
+    finding,
+    incident_key,
+    span_facts,
+)
+
+TRACE = bytes.fromhex("4bf92f3577b34da6a3ce929d0e0e4736")
+ROOT, CALL, DB = b"\x00" * 7 + b"\x01", b"\x00" * 7 + b"\x02", b"\x00" * 7 + b"\x03"
+
+
+def evidence(source: str, layer: str, score: float, message: str = "", kind: str = "rule") -> Evidence:
+    return Evidence(source, message or f"{source} says so", score, score, layer, kind)
+
+
+def verdict(*evidences: Evidence, candidates: int = 1) -> TraceVerdict:
+    top = Candidate(DB, "orders", "SELECT orders", 2, 0, 10, evidences, rank=1)
+    others = tuple(Candidate(bytes([9, i] + [0] * 6), "x", "y", 1, 0, 1, (evidence("r", "code", 0.1),), rank=i + 2)
+                   for i in range(candidates - 1))
+    return TraceVerdict(TRACE, ROOT, (top, *others))
+
+
+FACTS = {ROOT: SpanFacts("gateway", "POST /checkout", True, "503 Service Unavailable", 120.0)}
+
+
+def test_a_sentence_names_cause_layer_confidence_message_what_it_explains_and_the_link() -> None:
+    v = verdict(evidence("infra.connection_refused", "infrastructure", 0.75, "orders: connection to db refused"),
+                evidence("code.exception", "code", 0.5))
+    symptoms = (Symptom(CALL, DB, "inherited error"), Symptom(ROOT, CALL, "inherited error"))
+    text = describe(v, symptoms, FACTS, "http://jaeger:16686/trace/{trace_id}")
+    assert text == ('trace 4bf92f3577b34da6a3ce929d0e0e4736: root cause orders "SELECT orders" (infrastructure, '
+                    "confidence 0.75): orders: connection to db refused; explains 2 spans; the user saw gateway "
+                    '"POST /checkout" failed (503 Service Unavailable). '
+                    "http://jaeger:16686/trace/4bf92f3577b34da6a3ce929d0e0e4736")
+
+
+def test_the_quoted_finding_agrees_with_the_layer_shown() -> None:
+    # the code rule scores higher, but infrastructure wins the layer vote (two voters to one)
+    c = verdict(evidence("code.exception", "code", 0.8), evidence("infra.a", "infrastructure", 0.5),
+                evidence("infra.b", "infrastructure", 0.6)).top
+    assert c is not None and c.layer == "infrastructure"
+    assert finding(c).source == "infra.b"
+
+
+def test_without_link_symptoms_or_root_facts_the_sentence_stays_short() -> None:
+    v = verdict(evidence("data.x", "data", 0.9, "no rows"), candidates=3)
+    assert describe(v, (), {}) == ('trace 4bf92f3577b34da6a3ce929d0e0e4736: root cause orders "SELECT orders" '
+                                   "(data, confidence 0.90): no rows; 2 other candidates.")
+
+
+def test_the_url_template_names_trace_id_only() -> None:
+    assert check_url_template("http://tempo/{trace_id}") == "http://tempo/{trace_id}"
+    with pytest.raises(ValueError, match=r"unknown placeholder \{span_id\}"):
+        check_url_template("http://x/{trace_id}/{span_id}")
+    with pytest.raises(ValueError, match="http://x/{"):
+        check_url_template("http://x/{")
+
+
+def test_span_facts_reads_only_the_spans_asked_for() -> None:
+    table = pa.table({"span_id": [ROOT, CALL], "service": ["gateway", "orders"], "name": ["a", "b"],
+                      "status_code": pa.array([2, 0], pa.uint8()), "status_message": ["boom", ""],
+                      "start_ns": [0, 0], "end_ns": [2_000_000, 1_000_000]})
+    assert span_facts(table, [ROOT]) == {ROOT: SpanFacts("gateway", "a", True, "boom", 2.0)}
+    assert span_facts(table, []) == {}
+
+
+def test_incidents_group_the_same_cause_and_say_how_many() -> None:
+    incidents = Incidents(60.0)
+    v = verdict(evidence("infra.connection_refused", "infrastructure", 0.75))
+    key = incident_key(v, FACTS)
+    assert key == ("orders SELECT orders", "gateway POST /checkout failed")
+    for i in range(20):
+        incidents.add(key, "infrastructure", "infra.connection_refused", f"trace {i}")
+    incidents.add(("payment charge", ""), "code", "code.exception", "trace x")
+    assert incidents.flush() == [
+        "incident: orders SELECT orders → gateway POST /checkout failed: 20 traces in the last 60s "
+        "(infrastructure, infra.connection_refused; e.g. trace 19)",
+        "incident: payment charge: 1 trace in the last 60s (code, code.exception; e.g. trace x)"]
+    assert incidents.flush() == []  # a quiet interval says nothing
+
+
+def test_incidents_stay_bounded() -> None:
+    incidents = Incidents(1.0)
+    for i in range(MAX_GROUPS + 5):
+        incidents.add((f"svc{i} op", ""), "code", "r", "t")
+    lines = incidents.flush()
+    assert len(lines) == SHOWN + 1
+    assert lines[-1] == f"incident: {MAX_GROUPS + 5 - SHOWN} more traces with other causes in the last 1s"
