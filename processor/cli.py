@@ -189,6 +189,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from processor.demo import write_dataset
     from processor.demo.faults import kinds_named
 
+    if args.topology == "deep":
+        return _deep_dataset(args)
     try:
         kinds = kinds_named(args.fault or ())
     except ValueError as err:
@@ -201,6 +203,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
         w = write_dataset(args.write_dataset, seed=args.seed, traces_per_case=args.traces_per_case,
                           cases_per_kind=args.cases_per_kind, baseline_traces=args.baseline_traces,
                           kinds=tuple(kinds))
+    except OSError as err:
+        print(f"error: {args.write_dataset}: {err.strerror or err}", file=sys.stderr)
+        return 2
+    print(f"{w.path}: {w.cases} cases, {w.traces} traces ({w.affected} affected by their fault), {w.spans} spans "
+          f"in {time.perf_counter() - started:.1f}s; score with `faulttrace eval {w.path}`")
+    return 0
+
+
+def _deep_dataset(args: argparse.Namespace) -> int:
+    """``--topology deep``: the deep travel-booking system's dataset (``processor.demo.deep``)."""
+    import time
+
+    from processor.demo import deep
+
+    if args.write_dataset is None:
+        print("error: --topology deep writes a dataset: add --write-dataset DIR", file=sys.stderr)
+        return 2
+    try:
+        kinds = deep.kinds_named(args.fault or ())
+    except ValueError as err:
+        print(f"error: --fault: {err}", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    try:
+        w = deep.write_dataset(args.write_dataset, seed=args.seed, traces_per_case=args.traces_per_case,
+                               cases_per_kind=args.cases_per_kind, baseline_traces=args.baseline_traces,
+                               kinds=kinds)
     except OSError as err:
         print(f"error: {args.write_dataset}: {err.strerror or err}", file=sys.stderr)
         return 2
@@ -342,6 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "several (default 2)")
     demo.add_argument("--baseline-traces", type=int, default=400, metavar="N",
                       help="--write-dataset: fault-free traces (default 400)")
+    demo.add_argument("--topology", choices=("shop", "deep"), default="shop",
+                      help="--write-dataset: the simulated system: the shop (default) or a deep call graph of "
+                           "28 services with hubs, pods over six nodes and delay faults")
     demo.set_defaults(func=cmd_demo)
     return parser
 
