@@ -1,7 +1,13 @@
 """Assembler: decides when a buffered trace is complete and must be released.
 
 Tail-sampling semantics: a trace is complete ``decision_wait`` after its last
-span arrived.  The number of buffered traces is bounded by ``max_traces``
+span arrived.  A trace that looks whole leaves sooner: once its root span (no
+parent) has arrived ended, it is a *candidate*, and ``complete_grace`` after
+its last span the release loop asks the store whether every span's parent is
+present (``SpanStore.complete``); if so it is released then (reason
+``assembled``), otherwise it waits for more spans as before.  The grace is for
+spans still on their way from other services' exporters: a child nobody has
+sent yet cannot be seen missing, only waited for.  The number of buffered traces is bounded by ``max_traces``
 (the least recently active go first: released early, never dropped), and a
 trace that reaches ``max_spans_per_trace`` is released at once.  Spans that
 arrive after their trace was released are "late": the trace is remembered
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import enum
 from collections import OrderedDict
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -24,6 +31,7 @@ V = TypeVar("V")
 
 class ReleaseReason(enum.StrEnum):
     COMPLETE = "complete"        # decision_wait passed since the last span
+    ASSEMBLED = "assembled"      # root ended, every parent present, complete_grace passed since the last span
     MAX_TRACES = "max_traces"    # evicted to respect max_traces
     SPAN_LIMIT = "span_limit"    # reached max_spans_per_trace
     LATE = "late"                # spans of an already released trace
@@ -34,6 +42,7 @@ class ReleaseReason(enum.StrEnum):
 class _Trace:
     last_seen: float
     spans: int
+    ended: bool = False  # its root span arrived with an end time
 
 
 @dataclass(slots=True)
@@ -55,8 +64,9 @@ class Assembler(Generic[V]):
     """Tracks buffered traces by last activity; V is the verdict kept for late spans."""
 
     def __init__(self, decision_wait: float, max_traces: int, max_spans_per_trace: int,
-                 late_span_cache: int) -> None:
+                 late_span_cache: int, complete_grace: float = 0.0) -> None:
         self.decision_wait = decision_wait
+        self.complete_grace = complete_grace  # 0: only decision_wait releases a trace
         self.max_traces = max_traces
         self.max_spans_per_trace = max_spans_per_trace
         self.late_span_cache = late_span_cache
@@ -64,6 +74,9 @@ class Assembler(Generic[V]):
         self._decided: OrderedDict[bytes, V | None] = OrderedDict()
         self._urgent = Due()
         self._urgent_ids: set[bytes] = set()
+        # Candidates (root ended) by the time their grace ends: appended in the order of
+        # their last span, so the first is always the earliest.
+        self._candidates: OrderedDict[bytes, float] = OrderedDict()
 
     @property
     def buffered_traces(self) -> int:
@@ -74,8 +87,16 @@ class Assembler(Generic[V]):
         """Traces to release without waiting (late spans, span limit reached)."""
         return bool(self._urgent_ids)
 
-    def observe(self, traces: dict[bytes, int], now: float) -> int:
-        """Record spans that were just stored (trace id -> span count); returns how many were late."""
+    @property
+    def next_check(self) -> float | None:
+        """When the earliest candidate's grace ends (None: no candidate)."""
+        if not self._candidates:
+            return None
+        return next(iter(self._candidates.values()))
+
+    def observe(self, traces: dict[bytes, int], now: float, ended: Collection[bytes] = ()) -> int:
+        """Record spans that were just stored (trace id -> span count; ``ended``: the traces
+        whose root span, with its end time, was among them); returns how many were late."""
         late = 0
         for trace_id, count in traces.items():
             state = self._open.get(trace_id)
@@ -91,7 +112,32 @@ class Assembler(Generic[V]):
             state.spans += count
             if state.spans >= self.max_spans_per_trace:
                 self._mark_urgent(trace_id, ReleaseReason.SPAN_LIMIT)
+            elif self.complete_grace > 0 and (state.ended or trace_id in ended):
+                # Every new span restarts the grace: more may be on their way.
+                state.ended = True
+                self._candidates[trace_id] = now + self.complete_grace
+                self._candidates.move_to_end(trace_id)
         return late
+
+    def to_check(self, now: float) -> list[bytes]:
+        """Take the candidates whose grace has ended: the caller checks that every span's
+        parent is present and reports the ones that pass to ``assembled``."""
+        out = []
+        while self._candidates:
+            trace_id, at = next(iter(self._candidates.items()))
+            if at > now:
+                break
+            self._candidates.popitem(last=False)
+            if trace_id in self._open and trace_id not in self._urgent_ids:
+                out.append(trace_id)
+        return out
+
+    def assembled(self, trace_ids: Iterable[bytes]) -> None:
+        """These checked candidates are whole: the next ``due`` releases them.  A trace
+        that failed the check stays open until a new span (a new candidacy) or decision_wait."""
+        for trace_id in trace_ids:
+            if trace_id in self._open:
+                self._mark_urgent(trace_id, ReleaseReason.ASSEMBLED)
 
     def _mark_urgent(self, trace_id: bytes, reason: ReleaseReason) -> None:
         if trace_id not in self._urgent_ids:
@@ -114,6 +160,7 @@ class Assembler(Generic[V]):
             trace_id, _ = self._open.popitem(last=False)
             due.add(trace_id, ReleaseReason.MAX_TRACES)
         for trace_id in due.trace_ids:
+            self._candidates.pop(trace_id, None)
             self._remember(trace_id, None)
         return due
 
@@ -125,6 +172,7 @@ class Assembler(Generic[V]):
         while self._open:
             trace_id, _ = self._open.popitem(last=False)
             due.add(trace_id, ReleaseReason.SHUTDOWN)
+        self._candidates.clear()
         return due
 
     def _remember(self, trace_id: bytes, verdict: V | None) -> None:

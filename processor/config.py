@@ -105,6 +105,9 @@ class LocalizerConfig(StrictModel):
 
 class FaulttraceProcessorConfig(StrictModel):
     decision_wait: Duration = 5.0
+    # A trace whose root span has ended and whose spans all have their parent is released this
+    # long after its last span instead of decision_wait (0: never early); see docs/sizing.md.
+    complete_grace: Duration = 0.5
     # How often completed traces are released, analyzed and exported, as one
     # batch: rules are SQL over the batch, so fewer, larger batches cost less per span.
     release_interval: Duration = 1.0

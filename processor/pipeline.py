@@ -63,7 +63,8 @@ class Pipeline:
         self._analysis = pipeline_analysis(proc, analyzer)
         self.store = SpanStore(proc.storage.journal, proc.storage.memory_limit, threads=proc.storage.threads)
         self.assembler: Assembler[TraceVerdict] = Assembler(proc.decision_wait, proc.max_traces,
-                                                            proc.max_spans_per_trace, proc.late_span_cache)
+                                                            proc.max_spans_per_trace, proc.late_span_cache,
+                                                            proc.complete_grace)
         self.exporters: list[Exporter] = [build_exporter(cid, cfg, self.telemetry)
                                           for cid, cfg in config.pipeline_exporters().items()]
         self._releaser = Releaser(self.store, self.assembler, self._analysis, self.exporters, self.telemetry,
@@ -108,7 +109,7 @@ class Pipeline:
         recovered = await self.store.open()
         self._store_open = True
         if recovered:
-            self._releaser.observe(recovered)
+            self._releaser.observe_traces(recovered)
         for exporter in self.exporters:
             await exporter.start()
             self._started_exporters.append(exporter)

@@ -1,8 +1,10 @@
 """Release: completed traces leave the store, are analysed, annotated and exported.
 
 The release loop runs every ``release_interval`` (sooner when the assembler
-has urgent work): it asks the assembler which traces are due, takes them from
-the store in chunks, and for each chunk waits for the analysis verdict,
+has urgent work, and when candidates for an early release are due for their
+check, at most once per ``complete_grace`` so that releases stay batched): it
+asks the store which candidates are whole (``assembler``), asks the assembler
+which traces are due, takes them from the store in chunks, and for each chunk waits for the analysis verdict,
 annotates the spans (``annotator``), frames them into payloads (``otlp.payload``)
 and hands each payload to every exporter.  One chunk is analysed while the
 one before it is annotated and exported and the next is taken from the store,
@@ -20,15 +22,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from functools import partial
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from processor.analysis.protocols import Analysis
 from processor.analysis.verdict import BatchVerdict, TraceVerdict
 from processor.annotator import annotate, annotations, late_annotations
 from processor.assembler import Assembler, Due, ReleaseReason
 from processor.exporters.base import Exporter
-from processor.model import ReleasedSpans
+from processor.model import ReleasedSpans, SpanBatch
 from processor.otlp.payload import encode_payloads
 from processor.otlp.spanedit import Annotation
 from processor.service.memory import FreeMemory
@@ -44,6 +49,13 @@ GROUP_GC_INTERVAL = 30.0  # seconds between sweeps of unreferenced resource/scop
 # then the last chunk is exported and deleted from the journal (~1 s for 50k spans to a local
 # sink), so what they held is free too.
 QUIET_BEFORE_FREE = 2.0
+
+
+def ended_traces(table: pa.Table) -> list[bytes]:
+    """The traces whose root span (no parent) is in ``table`` with its end time (vectorized: a
+    batch's cost, not a span's)."""
+    root = pc.and_(pc.is_null(table.column("parent_span_id")), pc.greater(table.column("end_ns"), 0))
+    return pc.filter(table.column("trace_id"), root).to_pylist()
 
 
 class Releaser:
@@ -67,14 +79,20 @@ class Releaser:
         self._free_memory = free_memory
         self._released_since_free = False  # spans were released since memory was last handed back
         self._last_released = 0.0
+        self._wake_at = float("inf")  # when the loop's next turn is planned (it is woken sooner by observe)
 
-    def observe(self, traces: dict[bytes, int]) -> None:
-        """Spans were stored (span count by trace id): the assembler learns of them,
-        and an urgent release (a full trace, too many traces) starts now."""
-        late = self._assembler.observe(traces, self._clock())
+    def observe(self, batch: SpanBatch) -> None:
+        """A batch was stored: the assembler learns of its spans (and of the traces whose
+        root span arrived ended), and an urgent release or an earlier check starts now."""
+        self.observe_traces(batch.traces, ended_traces(batch.table))
+
+    def observe_traces(self, traces: dict[bytes, int], ended: Collection[bytes] = ()) -> None:
+        """``observe`` by span count per trace id (spans recovered from the journal)."""
+        late = self._assembler.observe(traces, self._clock(), ended)
         if late:
             self._telemetry.late_spans.inc(late)
-        if self._assembler.has_urgent:
+        check = self._assembler.next_check
+        if self._assembler.has_urgent or (check is not None and check < self._wake_at):
             self._wake.set()
         self.update_gauges()
 
@@ -88,13 +106,16 @@ class Releaser:
         while self._running:
             # A period, not a pause: a release that took longer than the
             # interval (a backlog) is followed by the next one at once.
+            self._wake_at = self._next_turn(began)
             try:
-                await asyncio.wait_for(self._wake.wait(), max(0.0, began + self._interval - self._clock()))
+                await asyncio.wait_for(self._wake.wait(), max(0.0, self._wake_at - self._clock()))
             except TimeoutError:
                 pass
             self._wake.clear()
             if not self._running:
                 break
+            if self._clock() < self._wake_at and not self._assembler.has_urgent:
+                continue  # woken to plan again: a candidate's check comes sooner than planned
             began = self._clock()
             try:
                 await self.tick(began)
@@ -104,8 +125,22 @@ class Releaser:
             except Exception:  # component boundary: keep releasing
                 log.exception("releasing traces failed")
 
+    def _next_turn(self, began: float) -> float:
+        """When the turn after the one that began at ``began`` is due: after the interval, or when
+        the first candidate's grace ends, but not within ``complete_grace`` of the last turn (each
+        turn scans the store and starts an analysis, whose cost per span grows as batches shrink)."""
+        turn = began + self._interval
+        check = self._assembler.next_check
+        if check is not None:
+            turn = min(turn, max(check, began + self._assembler.complete_grace))
+        return turn
+
     async def tick(self, now: float) -> None:
-        """One turn of the loop: release what is due at ``now``; after a burst, free memory."""
+        """One turn of the loop: release what is due at ``now`` (first the candidates found whole);
+        after a burst, free memory."""
+        candidates = self._assembler.to_check(now)
+        if candidates:
+            self._assembler.assembled(await self._store.complete(candidates))
         due = self._assembler.due(now)
         await self.release(due)
         await self._free_when_drained(bool(due.trace_ids), now)

@@ -283,6 +283,37 @@ class SpanStore:
             self._collect_generations()
         return spans
 
+    async def complete(self, trace_ids: Iterable[bytes]) -> list[bytes]:
+        """Those of ``trace_ids`` whose buffered spans all have their parent among them
+        (a trace whose root has arrived and nothing known missing: the assembler's candidates)."""
+        ids = pa.array(list(trace_ids), pa.binary())
+        if not len(ids):
+            return []
+        return await self._run(self._complete, ids)
+
+    def _complete(self, ids: pa.Array) -> list[bytes]:
+        with self._rows_lock:
+            parts = []
+            for gen in self._gens:
+                if gen.live == 0:
+                    continue
+                table = gen.table(self.schema).select(("trace_id", "span_id", "parent_span_id"))
+                hit = pc.is_in(table.column("trace_id"), value_set=ids)
+                if gen.alive is not None:
+                    hit = pc.and_(hit, gen.alive)
+                parts.append(table.filter(hit))
+        if not parts:
+            return []
+        rows = pa.concat_tables(parts)
+        # A span's key is its trace id and span id together: span ids are unique within a trace only.
+        trace = rows.column("trace_id")
+        spans = pc.binary_join_element_wise(trace, rows.column("span_id"), b"")
+        parents = pc.binary_join_element_wise(trace, rows.column("parent_span_id"), b"")  # null for a root
+        orphan = pc.and_(pc.is_valid(parents), pc.invert(pc.is_in(parents, value_set=spans.combine_chunks())))
+        incomplete = set(pc.unique(pc.filter(trace, orphan)).to_pylist())
+        present = set(pc.unique(trace).to_pylist())
+        return [t for t in ids.to_pylist() if t in present and t not in incomplete]
+
     def forget(self, keys: pa.Table) -> None:
         """Drop released spans (``KEY_COLUMNS`` of each) from the journal: they are
         delivered (or given up on for good), so a restart must not send them again.

@@ -114,3 +114,53 @@ def test_drain_returns_everything_open_and_pending():
     assert asm.buffered_traces == 0
     assert len(asm.drain()) == 0
     assert len(asm.due(now=1000.0)) == 0
+
+
+# --- complete traces leave early (complete_grace) ------------------------------
+
+
+def test_a_candidate_is_checked_complete_grace_after_its_last_span_and_released_if_whole():
+    asm = Assembler(5.0, 100, 1000, 100, complete_grace=0.5)
+    asm.observe({A: 2}, now=0.0)              # children first, as an SDK sends them
+    assert asm.next_check is None             # no root yet: nothing to check
+    asm.observe({A: 1}, now=1.0, ended=[A])   # the root, ended
+    assert asm.next_check == 1.5
+    assert asm.to_check(1.4) == []
+    assert asm.to_check(1.5) == [A]
+    asm.assembled([A])
+    due = asm.due(1.5)
+    assert due.trace_ids == [A] and due.reasons == [ReleaseReason.ASSEMBLED]
+    assert asm.buffered_traces == 0 and asm.next_check is None
+    asm.observe({A: 1}, now=1.6)              # a span after the release: late, as before
+    late = asm.due(1.6)
+    assert late.trace_ids == [A] and late.reasons == [ReleaseReason.LATE]
+
+
+def test_a_new_span_restarts_the_grace_and_a_failed_check_waits_for_decision_wait():
+    asm = Assembler(5.0, 100, 1000, 100, complete_grace=0.5)
+    asm.observe({A: 1, B: 1}, now=0.0, ended=[A, B])
+    asm.observe({A: 1}, now=0.4)              # the root already came: still a candidate, later
+    assert asm.to_check(0.5) == [B]
+    assert asm.to_check(0.9) == [A]
+    asm.assembled([])                         # neither was whole (a parent missing)
+    assert len(asm.due(4.0)) == 0
+    due = asm.due(5.4)
+    assert due.trace_ids == [B, A] and due.reasons == [ReleaseReason.COMPLETE] * 2
+    assert asm.next_check is None
+
+
+def test_without_complete_grace_only_decision_wait_releases():
+    asm = Assembler(5.0, 100, 1000, 100, complete_grace=0.0)
+    asm.observe({A: 3}, now=0.0, ended=[A])
+    assert asm.next_check is None and asm.to_check(100.0) == []
+    assert asm.due(5.0).reasons == [ReleaseReason.COMPLETE]
+
+
+def test_a_candidate_released_otherwise_is_no_longer_checked():
+    asm = Assembler(5.0, 1, 1000, 100, complete_grace=0.5)
+    asm.observe({A: 1}, now=0.0, ended=[A])
+    asm.observe({B: 1}, now=0.1)
+    assert asm.due(0.1).reasons == [ReleaseReason.MAX_TRACES]   # A evicted for max_traces
+    assert asm.next_check is None and asm.to_check(1.0) == []
+    asm.assembled([A])                                           # a stale answer changes nothing
+    assert len(asm.due(1.0)) == 0

@@ -375,3 +375,25 @@ def test_the_newest_generation_emptied_in_parts_frees_its_memory():
         assert sorted(spans.trace_ids) == [tid(11), tid(12)]
 
     run(test, generation_rows=1000)
+
+
+def test_complete_finds_the_traces_whose_every_span_has_its_parent():
+    def tree(n: int, parents: list[int | None]) -> SpanBatch:
+        req = ExportTraceServiceRequest()
+        ss = req.resource_spans.add().scope_spans.add()
+        for i, parent in enumerate(parents, 1):
+            span = ss.spans.add(trace_id=tid(n), span_id=sid(i), name=f"s{i}",
+                                start_time_unix_nano=1, end_time_unix_nano=2)
+            if parent is not None:
+                span.parent_span_id = sid(parent)
+        return decode(req).batch
+
+    async def test(store: SpanStore) -> list[bytes]:
+        await store.append(tree(1, [2, None]))        # child before its root: whole
+        await store.append(tree(2, [None, 1, 7]))     # span 3's parent (7) never came
+        await store.append(tree(3, [None]))
+        await store.append(tree(4, [5, None]))        # span 1's parent is 5, not the root (2): missing
+        await store.release([tid(3)])            # released: no longer buffered, not whole here
+        return await store.complete([tid(n) for n in (1, 2, 3, 4, 9)])
+
+    assert run(test) == [tid(1)]

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from processor.model import DecodedRequest
+from processor.model import DecodedRequest, SpanBatch
 from processor.otlp.otlpjson import request_from_json
 from processor.receivers.decode import MalformedRequest, decode
 from processor.service.telemetry import Telemetry
@@ -59,7 +59,7 @@ class Ingest:
     """Decode, bound, store, then report what was accepted."""
 
     def __init__(self, store: SpanStore, max_buffered_spans: int, telemetry: Telemetry,
-                 on_stored: Callable[[dict[bytes, int]], None], retry_after: float = 1.0,
+                 on_stored: Callable[[SpanBatch], None], retry_after: float = 1.0,
                  admit: Callable[[], None] | None = None) -> None:
         self._store = store
         self._admit = admit  # raises Overloaded to refuse a request before it is read (memory_limiter)
@@ -103,7 +103,7 @@ class Ingest:
             self._telemetry.receiver_refused_spans.labels(*labels).inc(err.spans)
             raise
         batch = decoded.batch
-        self._on_stored(batch.traces)
+        self._on_stored(batch)
         self._telemetry.receiver_accepted_spans.labels(*labels).inc(batch.span_count)
         if decoded.rejected_spans:
             self._telemetry.receiver_refused_spans.labels(*labels).inc(decoded.rejected_spans)
