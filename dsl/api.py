@@ -16,7 +16,7 @@ import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import TextIO
 
@@ -45,6 +45,13 @@ from dsl.projection import SPAN_COLUMNS, AttrRef, column_name
 
 PathLike = str | Path
 log = logging.getLogger(__name__)
+
+# Rules per statement.  Every rule of a batch once ran in one UNION ALL
+# statement; DuckDB's planning of such a statement grows faster than its
+# size (500 rules: 22 s a batch of 100,000 spans, against 7.7 s one statement
+# a rule), while a statement of a few rules costs about what its rules cost
+# alone, less one round trip each (tests/dsl/bench_rules.py, docs/rules.md).
+STATEMENT_RULES = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +120,7 @@ class RuleSet:
     conditions: tuple[CompiledRule, ...] = ()
     evidence: EvidenceQuery | None = None
     checked: dict[str, ir.CheckedRule] = field(default_factory=dict, compare=False)
+    statement_rules: int = field(default=STATEMENT_RULES, compare=False)  # rules per statement (> 0)
 
     def __len__(self) -> int:
         return len(self.rules)
@@ -142,6 +150,15 @@ class RuleSet:
         keep = _tree_rules(plans) | set(rule_ids)
         rules = tuple(r for r in self.rules if r.id in keep)
         return _assemble(rules, self.checked, plans, self.conditions, self.warnings, self.projection, self.sources)
+
+    @cached_property
+    def _rule_statements(self) -> tuple[_Statement, ...]:
+        return statements(self.rules, self.statement_rules)
+
+    @cached_property
+    def _condition_groups(self) -> _ConditionGroups:
+        folded = set(self.evidence.condition_ids) if self.evidence else set()
+        return _ConditionGroups.of([c for c in self.conditions if c.id not in folded], self.statement_rules)
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -184,12 +201,11 @@ class RuleSet:
         for stmt in self.prepare_statements(conn, table):
             conn.execute(parsed(stmt))
         try:
-            findings = [f for _, f in _run_union(conn, self.rules, report)] if self.rules else []
+            findings = [f for _, f in _run_statements(conn, self._rule_statements, report)]
             conditions: list[Finding] = []
             per_trace: pa.Table | None = None
             if self.trees:
-                folded = set(self.evidence.condition_ids) if self.evidence else set()
-                conditions = _run_conditions(conn, [c for c in self.conditions if c.id not in folded], report)
+                conditions = self._condition_groups.run(conn, report)
                 if self.evidence is not None:
                     per_trace = conn.sql(parsed(self.evidence.sql), params=list(self.evidence.params)).to_arrow_table()
         finally:
@@ -254,19 +270,37 @@ def parsed(sql: str) -> duckdb.Statement:
 _PARAM = re.compile(r"\$(\d+)")
 
 
-@lru_cache(maxsize=8)
-def _union(rules: tuple[CompiledRule, ...]) -> tuple[str, list[object]]:
-    """One UNION ALL of every rule's statement, parameters renumbered, tagged by rule index.
+@dataclass(frozen=True, slots=True)
+class _Statement:
+    """Rules that run together: one UNION ALL of their statements, parsed once
+    (parameters renumbered, each row tagged with its rule's index here)."""
 
-    The compiler binds every literal as a ``$n`` parameter and writes only
-    ``[a-z0-9_]`` identifiers, so ``$n`` occurs in a statement only as a parameter."""
-    parts, params = [], []
-    for i, rule in enumerate(rules):
-        offset = len(params)
-        sql = _PARAM.sub(lambda m: f"${int(m.group(1)) + offset}", rule.sql)
-        parts.append(f"SELECT {i} AS __rule, * FROM ({sql})")
-        params += list(rule.params)
-    return " UNION ALL ".join(parts), params
+    rules: tuple[CompiledRule, ...]
+    sql: str
+    params: tuple[object, ...]
+    parsed: duckdb.Statement
+
+    @classmethod
+    def of(cls, rules: tuple[CompiledRule, ...]) -> _Statement:
+        """The compiler binds every literal as a ``$n`` parameter and writes only
+        ``[a-z0-9_]`` identifiers, so ``$n`` occurs in a statement only as a parameter."""
+        parts: list[str] = []
+        params: list[object] = []
+        for i, rule in enumerate(rules):
+            offset = len(params)
+            sql = _PARAM.sub(lambda m: f"${int(m.group(1)) + offset}", rule.sql)
+            parts.append(f"SELECT {i} AS __rule, * FROM ({sql})")
+            params += list(rule.params)
+        sql = " UNION ALL ".join(parts)
+        return cls(rules, sql, tuple(params), duckdb.extract_statements(sql)[0])
+
+
+def statements(rules: Iterable[CompiledRule], size: int = STATEMENT_RULES) -> tuple[_Statement, ...]:
+    """``rules`` in statements of at most ``size`` rules, in order."""
+    if size < 1:
+        raise ValueError(f"rules per statement must be positive, not {size}")
+    rules = tuple(rules)
+    return tuple(_Statement.of(rules[i:i + size]) for i in range(0, len(rules), size))
 
 
 def _state_bytes(col: pa.ChunkedArray) -> bytearray:
@@ -276,53 +310,59 @@ def _state_bytes(col: pa.ChunkedArray) -> bytearray:
     return bytearray(memoryview(data)[arr.offset:arr.offset + len(arr)]) if data is not None else bytearray()
 
 
-def _run_union(conn: duckdb.DuckDBPyConnection, rules: tuple[CompiledRule, ...],
-               report: Callable[[RuleRuntimeError], None]) -> list[tuple[int, Finding]]:
-    """The findings of ``rules``, each tagged with the index of its rule.
+def _run_statements(conn: duckdb.DuckDBPyConnection, stmts: Iterable[_Statement],
+                    report: Callable[[RuleRuntimeError], None]) -> list[tuple[CompiledRule, Finding]]:
+    """The findings of the rules of ``stmts``, each with its rule.
 
-    Every rule in one statement (one round trip: in a busy process each
-    return from DuckDB waits for the interpreter lock, so seventy statements
-    cost far more than one); rule by rule only if that fails, so one broken
-    rule does not cost the others their findings (its error goes to ``report``)."""
-    sql, params = _union(rules)
-    try:
-        rows = conn.execute(parsed(sql), params).fetchall()
-    except duckdb.Error:
-        tagged: list[tuple[int, Finding]] = []
-        for i, rule in enumerate(rules):
-            try:
-                tagged += [(i, f) for f in _run(conn, rule)]
-            except RuleRuntimeError as err:
-                report(err)
-        return tagged
-    return [(i, _finding(rules[i], t, sp, d, msg, ex)) for i, t, sp, d, msg, ex in rows]
-
-
-def _run_conditions(conn: duckdb.DuckDBPyConnection, conditions: Iterable[CompiledRule],
-                    report: Callable[[RuleRuntimeError], None]) -> list[Finding]:
-    """Findings of the trees' span conditions; conditions written alike by
-    several trees (the same top event) run once."""
-    groups: dict[tuple[str, tuple[object, ...]], list[CompiledRule]] = {}
-    for cond in conditions:
-        groups.setdefault((cond.sql, cond.params), []).append(cond)
-    firsts = tuple(same[0] for same in groups.values())
-    if not firsts:
-        return []
-    alike = {same[0].id: same[1:] for same in groups.values()}  # condition ids are unique (checker)
-
-    def report_alike(err: RuleRuntimeError) -> None:
-        # the conditions written alike were not run on their own: they fail with it
-        report(err)
-        for c in alike[err.rule_id]:
-            report(RuleRuntimeError(c.id, err))
-
-    found: dict[int, list[Finding]] = {}
-    for i, f in _run_union(conn, firsts, report_alike):
-        found.setdefault(i, []).append(f)
-    out: list[Finding] = []
-    for i, same in enumerate(groups.values()):
-        out += [replace(f, rule_id=c.id) for c in same for f in found.get(i, [])]
+    A statement runs its rules in one round trip (in a busy process each
+    return from DuckDB waits for the interpreter lock); rule by rule only if
+    it fails, so one broken rule does not cost the others their findings
+    (its error goes to ``report``)."""
+    out: list[tuple[CompiledRule, Finding]] = []
+    for stmt in stmts:
+        try:
+            rows = conn.execute(stmt.parsed, list(stmt.params)).fetchall()
+        except duckdb.Error:
+            for rule in stmt.rules:
+                try:
+                    out += [(rule, f) for f in _run(conn, rule)]
+                except RuleRuntimeError as err:
+                    report(err)
+            continue
+        out += [(stmt.rules[i], _finding(stmt.rules[i], t, sp, d, msg, ex)) for i, t, sp, d, msg, ex in rows]
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class _ConditionGroups:
+    """The trees' span conditions to run: conditions written alike by several
+    trees (the same top event) run once, as the first of their group."""
+
+    groups: tuple[tuple[CompiledRule, ...], ...]
+    stmts: tuple[_Statement, ...]
+
+    @classmethod
+    def of(cls, conditions: Iterable[CompiledRule], size: int) -> _ConditionGroups:
+        groups: dict[tuple[str, tuple[object, ...]], list[CompiledRule]] = {}
+        for cond in conditions:
+            groups.setdefault((cond.sql, cond.params), []).append(cond)
+        alike = tuple(tuple(same) for same in groups.values())
+        return cls(alike, statements((same[0] for same in alike), size))
+
+    def run(self, conn: duckdb.DuckDBPyConnection, report: Callable[[RuleRuntimeError], None]) -> list[Finding]:
+        """The conditions' findings, each under the id of every condition of its group."""
+        alike = {same[0].id: same[1:] for same in self.groups}  # condition ids are unique (checker)
+
+        def report_alike(err: RuleRuntimeError) -> None:
+            # the conditions written alike were not run on their own: they fail with it
+            report(err)
+            for c in alike[err.rule_id]:
+                report(RuleRuntimeError(c.id, err))
+
+        out: list[Finding] = []
+        for first, f in _run_statements(conn, self.stmts, report_alike):
+            out += [f] + [replace(f, rule_id=c.id) for c in alike[first.id]]
+        return out
 
 
 def _tree_rules(plans: Iterable[TreePlan]) -> set[str]:
