@@ -3,9 +3,13 @@
 Wherever analysis runs (a thread of this process, ``LocalAnalysis``, or a
 worker process, ``processor.analysis.worker``), a released batch goes through
 ``analyze_released``: the attributes the analyzer reads are decoded from the
-span bytes, then the analyzer reads the batch in DuckDB.  That function is the
-one place an analysis failure is caught: it costs the batch its verdict,
-never its spans.
+span bytes, then the analyzer reads the batch in DuckDB.  A failure costs the
+batch its verdict, never its spans, and is caught at the edge of whatever
+runs it: ``analyze_released`` for the analyzer's own work (in the worker
+process too, which must still answer its parent), ``SerialAnalysis.analyze``
+for running it at all (a connection that cannot be made, a worker that
+cannot be started or answered).  The release loop can then count on every
+analysis resolving to a verdict, empty or not.
 """
 
 from __future__ import annotations
@@ -70,8 +74,17 @@ class SerialAnalysis:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="faulttrace-analysis")
 
     async def analyze(self, released: pa.Table, resources: Mapping[int, bytes]) -> BatchVerdict:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self.analyze_now, released,
-                                                                resources)
+        """The verdict on a released batch; never raises (an empty verdict when analysis cannot run)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._analyze_or_nothing,
+                                                                released, resources)
+
+    def _analyze_or_nothing(self, released: pa.Table, resources: Mapping[int, bytes]) -> BatchVerdict:
+        try:
+            return self.analyze_now(released, resources)
+        except Exception:  # the Analysis component's edge: the batch's spans are exported regardless
+            log.exception("analysis could not run on a batch of %d spans; it is exported without a verdict",
+                          released.num_rows)
+            return BatchVerdict()
 
     def analyze_now(self, released: pa.Table, resources: Mapping[int, bytes]) -> BatchVerdict:
         """``analyze`` on the calling thread."""

@@ -98,3 +98,27 @@ def test_a_dead_worker_is_replaced_for_the_next_batch():
     finally:
         worker.close()
     assert not worker._process.is_alive()
+
+
+def test_analysis_that_cannot_run_costs_the_spans_nothing(monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    # a failure outside the analyzer (here its DuckDB connection cannot be made) used to escape
+    # to the release loop after the chunk had left the store: its spans were never exported
+    from processor.analysis import runner
+    from tests.support import harness as h
+    from tests.support.otlp_sink import OtlpGrpcSink
+
+    def cannot_connect(storage):
+        raise RuntimeError("cannot connect the analysis DuckDB")
+
+    monkeypatch.setattr(runner, "analysis_connection", cannot_connect)
+    sink = OtlpGrpcSink()
+    run = h.start_pipeline(h.config_dict({"otlp": h.grpc_exporter(sink.port)},
+                                         processor={"analysis_process": False, "builtin_rules": True}))
+    try:
+        h.grpc_export(run.grpc_target, h.simple_request(1, traces=2, spans_per_trace=3))
+        got = sink.wait_for_spans(6, timeout=30)
+        assert len(got) == 6
+        h.wait_until(lambda: "analysis could not run on a batch" in caplog.text, what="the failure logged")
+    finally:
+        run.stop()
+        sink.stop()
