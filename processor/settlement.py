@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 import pyarrow as pa
 
 from processor.model import ExportPayload, ReleasedSpans
+from processor.otlp.payload import scope_groups
 from processor.store import KEY_COLUMNS
 
 
@@ -60,14 +61,7 @@ def with_keys(spans: ReleasedSpans, payloads: Iterable[ExportPayload]) -> Iterat
     order each first appears, a group's rows in order), cutting a group where a
     payload is full: so each payload holds the next ``span_count`` rows of that
     order (tests/test_settlement.py checks this against the payloads' bytes)."""
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, key in enumerate(zip(spans.resource_ids, spans.scope_ids)):
-        rows = groups.get(key)
-        if rows is None:
-            groups[key] = [i]
-        else:
-            rows.append(i)
-    order = pa.array([i for rows in groups.values() for i in rows], pa.int64())
+    order = pa.array([i for rows in scope_groups(spans).values() for i in rows], pa.int64())
     keys = (spans.table.select(KEY_COLUMNS) if spans.table is not None
             else pa.table({"trace_id": pa.array(spans.trace_ids, pa.binary()),
                            "span_id": pa.array(spans.span_ids, pa.binary())}))

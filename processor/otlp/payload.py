@@ -38,11 +38,9 @@ _SPAN_KEY = tag(SCOPE_SPANS_SPANS)
 _cached_varint = lru_cache(maxsize=65536)(varint)
 
 
-def encode_payloads(spans: ReleasedSpans, raw: list[bytes] | None = None,
-                    max_bytes: int = DEFAULT_MAX_BYTES, max_spans: int = 0) -> Iterator[ExportPayload]:
-    """Export requests carrying every span of ``spans`` (``raw`` overrides its bytes, e.g. annotated),
-    each at most ``max_bytes`` and, unless 0, ``max_spans`` spans (the batch processor's send_batch_max_size)."""
-    data = spans.raw if raw is None else raw
+def scope_groups(spans: ReleasedSpans) -> dict[tuple[int, int], list[int]]:
+    """The rows of each (resource, scope), in the order each first appears, a group's rows in
+    order: the order ``encode_payloads`` fills payloads in (``settlement.with_keys`` relies on it)."""
     groups: dict[tuple[int, int], list[int]] = {}
     for i, key in enumerate(zip(spans.resource_ids, spans.scope_ids)):
         rows = groups.get(key)
@@ -50,6 +48,15 @@ def encode_payloads(spans: ReleasedSpans, raw: list[bytes] | None = None,
             groups[key] = [i]
         else:
             rows.append(i)
+    return groups
+
+
+def encode_payloads(spans: ReleasedSpans, raw: list[bytes] | None = None,
+                    max_bytes: int = DEFAULT_MAX_BYTES, max_spans: int = 0) -> Iterator[ExportPayload]:
+    """Export requests carrying every span of ``spans`` (``raw`` overrides its bytes, e.g. annotated),
+    each at most ``max_bytes`` and, unless 0, ``max_spans`` spans (the batch processor's send_batch_max_size)."""
+    data = spans.raw if raw is None else raw
+    groups = scope_groups(spans)
     # Fill requests group by group, cutting a group where a request is full.
     request: list[tuple[tuple[int, int], list[int]]] = []
     size = count = 0

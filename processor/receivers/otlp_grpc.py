@@ -25,7 +25,7 @@ from processor.receivers.config import GrpcServerConfig, grpc_server_options
 from processor.receivers.decode import MalformedRequest
 from processor.receivers.ingest import Encoding, Ingest, Overloaded
 from processor.receivers.status import UNAUTHENTICATED_MESSAGE, status
-from processor.receivers.tls import grpc_credentials, security_summary
+from processor.receivers.tls import grpc_credentials, listening_line, warn_tokens_in_clear
 from processor.service.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -93,14 +93,11 @@ class GrpcReceiver:
             raise OSError(f"{self._where}: cannot listen on {endpoint}")
         await server.start()
         self._server = server
-        if self._auth is not None and credentials is None:
-            log.warning("%s: %s checks tokens without tls: they cross the network in clear text",
-                        self._where, self._auth.component_id)
+        warn_tokens_in_clear(self._where, self._auth, encrypted=credentials is not None)
         return self.port
 
     def describe(self) -> str:
-        host = self._config.endpoint.rsplit(":", 1)[0]
-        return f"OTLP/gRPC receiver {self.component_id} on {host}:{self.port}{security_summary(self._config.tls, self._auth)}"
+        return listening_line("gRPC", self.component_id, self._config.endpoint, self.port, self._config.tls, self._auth)
 
     async def stop(self, grace: float) -> None:
         if self._server is not None:

@@ -34,7 +34,7 @@ from processor.receivers import status as st
 from processor.receivers.config import HttpServerConfig
 from processor.receivers.decode import MalformedRequest
 from processor.receivers.ingest import Encoding, Ingest, Overloaded
-from processor.receivers.tls import security_summary, server_context
+from processor.receivers.tls import listening_line, server_context, warn_tokens_in_clear
 from processor.service.httpserver import serve
 from processor.service.telemetry import Telemetry
 
@@ -161,14 +161,11 @@ class HttpReceiver:
             self._gunzip.shutdown(wait=False)
             self._gunzip = None
             raise OSError(f"{self._where}: {err}") from None
-        if self._auth is not None and ssl_context is None:
-            log.warning("%s: %s checks tokens without tls: they cross the network in clear text",
-                        self._where, self._auth.component_id)
+        warn_tokens_in_clear(self._where, self._auth, encrypted=ssl_context is not None)
         return self.port
 
     def describe(self) -> str:
-        host = self._config.endpoint.rsplit(":", 1)[0]
-        return f"OTLP/HTTP receiver {self.component_id} on {host}:{self.port}{security_summary(self._config.tls, self._auth)}"
+        return listening_line("HTTP", self.component_id, self._config.endpoint, self.port, self._config.tls, self._auth)
 
     async def stop(self, grace: float) -> None:
         if self._runner is not None:

@@ -9,6 +9,7 @@ could not add the port).  Messages name files, never their contents.
 
 from __future__ import annotations
 
+import logging
 import ssl
 from pathlib import Path
 
@@ -23,6 +24,8 @@ _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 class _Encrypted(Exception):
     pass
 
+
+log = logging.getLogger(__name__)
 
 def _no_passphrase() -> bytes:
     # Without a callback OpenSSL would prompt for a passphrase on the terminal.
@@ -67,6 +70,20 @@ def _reason(err: OSError) -> str:
         # e.g. KEY_VALUES_MISMATCH, NO_CERTIFICATE_OR_CRL_FOUND; no reason: OpenSSL found no PEM at all
         return err.reason or f"not PEM ({err})"
     return err.strerror or str(err)
+
+
+def listening_line(protocol: str, component_id: str, endpoint: str, port: int,
+                   tls: TlsServerConfig | None, auth: ServerAuthenticator | None) -> str:
+    """``OTLP/gRPC receiver otlp on 0.0.0.0:4317 (TLS, auth bearertokenauth)``: what a receiver says it serves."""
+    host = endpoint.rsplit(":", 1)[0]
+    return f"OTLP/{protocol} receiver {component_id} on {host}:{port}{security_summary(tls, auth)}"
+
+
+def warn_tokens_in_clear(where: str, auth: ServerAuthenticator | None, encrypted: bool) -> None:
+    """Started without TLS but checking tokens: say the tokens cross the network in clear text."""
+    if auth is not None and not encrypted:
+        log.warning("%s: %s checks tokens without tls: they cross the network in clear text",
+                    where, auth.component_id)
 
 
 def security_summary(tls: TlsServerConfig | None, auth: ServerAuthenticator | None) -> str:
