@@ -514,9 +514,27 @@ def _read(path: Path) -> str | Diagnostic:
         if len(data) > MAX_FILE_BYTES:
             return Diagnostic("E041", f"rule file too large: more than {MAX_FILE_BYTES:,} bytes", SourceSpan(str(path), 1, 1, 1, 1),
                               ("split it into several files (definitions are shared by every file of a rule set)",))
-        return data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
-    except (OSError, UnicodeDecodeError) as err:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return _not_text(path, f"byte 0x{data[err.start]:02x} at offset {err.start} is not UTF-8")
+    except OSError as err:
         return Diagnostic("E040", f"cannot read `{path}`: {err}", SourceSpan(str(path), 0, 0, 0, 0))
+    if "\x00" in text:
+        return _not_text(path, f"a NUL byte at offset {data.index(0)}")
+    # a byte order mark (editors on Windows write one) is no part of the text
+    return text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _not_text(path: Path, why: str) -> Diagnostic:
+    """E042: the file is not text (binary data, another encoding), reported at 1:1."""
+    return Diagnostic("E042", f"`{path}` is not a UTF-8 text file: {why}", SourceSpan(str(path), 1, 1, 1, 1),
+                      ("rule files are UTF-8 text; re-save it as UTF-8, or leave it out of the paths",))
+
+
+def _empty(tree: ast.File) -> Diagnostic:
+    """W008: a rule file that defines nothing (empty, or only comments)."""
+    return Diagnostic("W008", "the rule file is empty: it defines no rule, macro or fault tree",
+                      SourceSpan(tree.path, 1, 1, 1, 1), ("a path given by mistake? an empty file can be deleted",))
 
 
 def _analyse(paths: Iterable[PathLike], sources: dict[str, str]) -> tuple[CheckResult, list[Diagnostic]]:
@@ -533,6 +551,8 @@ def _analyse(paths: Iterable[PathLike], sources: dict[str, str]) -> tuple[CheckR
             tree, syntax = parse(text, str(path))
             trees.append(tree)
             diags += syntax
+            if not tree.items and not syntax:
+                diags.append(_empty(tree))
         conn = duckdb.connect()  # private, in memory: RE2 judges the patterns it will run
         try:
             result = check(trees, lambda pattern: _re2_problem(conn, pattern))

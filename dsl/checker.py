@@ -1199,12 +1199,22 @@ def _comparable(a: Ty, b: Ty) -> bool:
 def _compare_hint(left: ir.Node, right: ir.Node) -> str:
     tys = {left.ty, right.ty}
     if Ty.DURATION in tys and (Ty.INT in tys or Ty.DOUBLE in tys):
+        number = left if left.ty is not Ty.DURATION else right
+        if _is_count(number):
+            return "a count is a number of spans: compare it with a plain number such as `3`"
         return "write a duration literal such as `250ms` or `2s`"
     if tys & {Ty.STATUS, Ty.KIND} and Ty.STRING in tys:
         return "write the value without quotes, e.g. `s.status = error`, `s.kind = server`"
     if Ty.STRING in tys and (Ty.INT in tys or Ty.DOUBLE in tys):
         return "quote the number, or annotate the attribute's type, e.g. `s.attr[\"k\"]:int`"
     return ""
+
+
+def _is_count(node: ir.Node) -> bool:
+    """Whether ``node`` counts spans: ``count(...)`` or a trace's span or error count."""
+    if isinstance(node, ir.Quant):
+        return node.func == "count"
+    return isinstance(node, ir.TraceIntrinsic) and node.name.endswith("_count")
 
 
 def _want(other: ir.Node, op: str) -> AttrType | None:

@@ -43,7 +43,7 @@ _WIDE_CHAIN = 64
 # intrinsic -> SQL over the prepared table (``{v}`` is the span's alias)
 _SPAN_SQL = {
     "name": "{v}.name",
-    "service": "{v}.service",
+    "service": "nullif({v}.service, '')",  # the store writes '' when service.name is missing: nil, as s.resource["service.name"]
     "kind": "{v}.kind",
     "status": "{v}.status_code",
     "status_message": "{v}.status_message",
@@ -472,7 +472,7 @@ def prepare_statements(table: str, needs: frozenset[str], columns: tuple[str, ..
         root = root_key_sql("s", no_parent="s._is_root", parent_found="s._parent IS NOT NULL")
         ctes.append(
             "tr AS (SELECT _trace, max(end_ns) - min(start_ns) AS _t_duration, "
-            f"arg_min(service, {root}) AS _t_root_service, arg_min(name, {root}) AS _t_root_name, "
+            f"nullif(arg_min(service, {root}), '') AS _t_root_service, arg_min(name, {root}) AS _t_root_name, "
             "count(*) AS _t_span_count, count(*) FILTER (WHERE status_code = 2) AS _t_error_count "
             "FROM s GROUP BY _trace)"
         )
