@@ -66,6 +66,41 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_baseline(args: argparse.Namespace) -> int:
+    """``baseline export FILE`` / ``baseline import FILE``: the configured instance's baseline snapshot."""
+    from pathlib import Path
+
+    import duckdb
+
+    from processor.localizer.snapshot import SnapshotError, copy_snapshot, snapshot_path
+
+    config = load_config(args.config, args.set or ())
+    journal = config.processor.storage.journal
+    if journal is None:
+        print("error: processors.faulttrace.storage.path is \":memory:\": such an instance keeps no baseline "
+              "snapshot; give it a file", file=sys.stderr)
+        return 1
+    snapshot, file = snapshot_path(journal), Path(args.file)
+    try:
+        if args.action == "export":
+            meta = copy_snapshot(snapshot, file)
+        else:
+            if Path(journal).exists():  # a running instance holds its journal; at stop it would overwrite
+                try:
+                    duckdb.connect(journal, read_only=True).close()
+                except duckdb.Error:
+                    print(f"error: the instance of {journal} is running: stop it, import, then start it",
+                          file=sys.stderr)
+                    return 1
+            meta = copy_snapshot(file, snapshot)
+    except (SnapshotError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    source, target = (snapshot, file) if args.action == "export" else (file, snapshot)
+    print(f"{source} -> {target}: a baseline learned from {int(meta.get('traces_seen', 0)):,} traces")
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.set or ())
     p = config.pipeline
@@ -272,6 +307,15 @@ def build_parser() -> argparse.ArgumentParser:
                            help=f"listen on PORT instead of the configured port ({default} by default), same host")
     serve.set_defaults(func=cmd_serve)
 
+    baseline = sub.add_parser("baseline", help="export or import the localizer's learned baseline (with storage.path)")
+    baseline.add_argument("action", choices=["export", "import"],
+                          help="export: copy the instance's snapshot to FILE; import: install FILE as its snapshot "
+                               "(the instance stopped), to start a new instance warm")
+    baseline.add_argument("file", metavar="FILE")
+    baseline.add_argument("--config", help="the instance's YAML file (its processors.faulttrace.storage.path)")
+    _set_argument(baseline)
+    baseline.set_defaults(func=cmd_baseline)
+
     validate = sub.add_parser("validate", help="check a configuration file and exit")
     validate.add_argument("--config", required=True)
     _set_argument(validate)
@@ -344,9 +388,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--storage", choices=["memory", "journal"], default="memory",
                        help="where the store keeps spans: in memory (default, comparable with earlier figures) "
                             "or journaled to a DuckDB file as `serve` does by default")
-    bench.add_argument("--modes", nargs="+", choices=["pipeline", "rules", "full", "passthrough"],
+    bench.add_argument("--modes", nargs="+", choices=["pipeline", "rules", "full", "passthrough", "rotel"],
                        default=["pipeline", "rules", "full", "passthrough"],
-                       help="modes to run (default all); ratios need their reference mode")
+                       help="modes to run (default all but rotel: a Rust collector's passthrough, "
+                            "pip install rotel); ratios need their reference mode")
+    bench.add_argument("--complete-grace", default=None, metavar="DURATION",
+                       help="processors.faulttrace.complete_grace of the server (default: its default)")
     bench.add_argument("--format", choices=["text", "json"], default="text")
     bench.set_defaults(func=cmd_bench)
 

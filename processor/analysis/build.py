@@ -18,6 +18,8 @@ from processor.analysis.rules import RuleAnalyzer
 from processor.config import FaulttraceProcessorConfig
 from processor.confmap import ConfigError
 from processor.localizer.analyzer import ATTRIBUTION, LocalizerAnalyzer
+from processor.localizer.history import HistoryConfig
+from processor.localizer.snapshot import snapshot_path
 
 
 def builtin_rules_dir() -> Path:
@@ -67,7 +69,10 @@ def build_analyzer(config: FaulttraceProcessorConfig, source: str = "<config>") 
     if config.localizer.enabled:
         # the configured attributes are also compared by attribution, besides the conventional ones
         attribution = tuple(dict.fromkeys([*ATTRIBUTION, *sorted(configured_projection(config))]))
-        localizers.append(LocalizerAnalyzer(config.localizer.baseline, attribution=attribution))
+        # with a journal, the learned baseline is kept beside it across restarts (localizer.snapshot)
+        history = HistoryConfig(snapshot=str(snapshot_path(config.storage.journal))
+                                if config.storage.journal else None)
+        localizers.append(LocalizerAnalyzer(config.localizer.baseline, attribution=attribution, history=history))
     if not rule_analyzers and not localizers:
         return None
     return CombinedAnalyzer(rule_analyzers, localizers)

@@ -110,7 +110,7 @@ class LocalizerAnalyzer:
         self.lift = lift and "lift" in self.sources
         self.sample_traces = sample_traces
         self.long_form = LongForm()   # attribute entries decoded once per distinct value, across batches
-        if baseline is not None:
+        if baseline is not None and not self.history.traces_seen:  # a restored snapshot holds the seed already
             self.history.seed(baseline, self.attribution, every=True)
 
     def projection(self) -> frozenset[AttrRef]:

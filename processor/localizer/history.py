@@ -39,9 +39,10 @@ reads, so a learned baseline and one learned from a file score the same way.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import duckdb
 import pyarrow as pa
@@ -52,7 +53,10 @@ from processor.localizer.attribution import ValueBaseline
 from processor.localizer.baseline import SHAPES_SQL, Baseline
 from processor.localizer.graph import span_metrics
 from processor.localizer.silent import AttributeBaseline, attr_bucket_sql
+from processor.localizer.snapshot import Snapshots
 from processor.localizer.spans import read_spans
+
+T = TypeVar("T")
 
 UNIT_NS = 1_000   # values below one microsecond all land in bucket 0
 
@@ -68,6 +72,7 @@ class HistoryConfig:
     max_values: int = 64         # attribute values kept per (service, attribute), and per (operation, key)
     max_keys: int = 64           # span attribute keys whose values are learned per operation
     attr_gamma: float = 1.1      # numeric attribute buckets: values within 10%
+    snapshot: str | None = None  # a file the sketches are restored from and saved to (``snapshot``)
 
 
 SCHEMA_SQL = """
@@ -81,6 +86,8 @@ CREATE TABLE IF NOT EXISTS lz_akeys (service VARCHAR, name VARCHAR, key VARCHAR,
 CREATE TABLE IF NOT EXISTS lz_acat (service VARCHAR, name VARCHAR, key VARCHAR, val VARCHAR, w DOUBLE);
 CREATE TABLE IF NOT EXISTS lz_anum (service VARCHAR, name VARCHAR, key VARCHAR, b INTEGER, w DOUBLE);
 """
+SKETCH_TABLES = ("lz_hist", "lz_ops", "lz_shapes", "lz_values", "lz_vtot", "lz_aops", "lz_akeys", "lz_acat",
+                 "lz_anum")  # everything learned: what a snapshot holds
 
 # New attribute values (``lz_ain``: the long form, ``attributes.all_attributes_sql``) weighted like
 # their traces; presence is counted once per span and key.
@@ -298,9 +305,23 @@ class History:
         self._cached_values: ValueBaseline | None = None
         self._cached_attributes: AttributeBaseline | None = None
         self.traces_seen = 0
+        self._snapshots = Snapshots(self.config.snapshot) if self.config.snapshot else None
+        if self._snapshots is not None:
+            self._snapshots.restore(self)
 
     def close(self) -> None:
+        if self._snapshots is not None:
+            self._snapshots.close(self)
         self._conn.close()
+
+    def with_sketches(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+        """Run ``fn`` on the sketches' connection under the lock, then drop the cached baselines
+        (``snapshot`` saves and restores through it)."""
+        with self._lock:
+            try:
+                return fn(self._conn)
+            finally:
+                self._cached = self._cached_values = self._cached_attributes = None
 
     def seed(self, path: str | Path, attributes: Sequence[AttrRef] = (), every: bool = False) -> int:
         """Learn a file of normal traffic (OTLP/JSON lines or protobuf, gzip or not), with the
@@ -367,6 +388,8 @@ class History:
             self._cached_values = None
             self._cached_attributes = None
             self.traces_seen += traces
+        if self._snapshots is not None:
+            self._snapshots.learned(self)
         return traces
 
     def _learn_values(self, values: pa.Table, common: dict[str, float]) -> None:
@@ -441,9 +464,7 @@ class History:
     def size(self) -> dict[str, int]:
         """Rows held per table: what bounds memory."""
         with self._lock:
-            return {t: self._conn.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0]
-                    for t in ("lz_hist", "lz_ops", "lz_shapes", "lz_values", "lz_vtot", "lz_aops", "lz_akeys",
-                              "lz_acat", "lz_anum")}
+            return {t: self._conn.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in SKETCH_TABLES}
 
 
 def _quote(name: str) -> str:

@@ -18,8 +18,26 @@ its fault trees and the localizer).
 Throughput is the sink's steady-state rate (from a warm-up second after the
 first span reaches it until the load stops), with the same buffer limit in
 every mode (``MAX_BUFFERED_SPANS``); every run also checks that every
-accepted span reached the sink.  Each mode runs ``--runs`` times, alternating,
-and medians are reported; ``ratio`` is pipeline / passthrough.
+accepted span reached the sink.  A run whose first delivery comes after its
+window (or with no delivery at all) has no rate: it is reported failed, with
+the reason, and the command exits 1.  Each mode runs ``--runs`` times,
+alternating, and medians are reported; ``ratio`` is pipeline / passthrough.
+
+Each run also reports, per process, the CPU time it spent from the start of
+the load until every span was delivered, in µs per delivered span
+(``cpu_us_per_span``: ``receiver`` is the process receiving, storing and
+exporting, ``analysis`` its analysis worker; read from the kernel's
+accounting, so startup is left out), and the verdict latency: for each
+request, from its acknowledgement (its spans are stored) to the arrival of
+the last of its spans at the sink, p50 and p99 over the run.
+
+``--modes rotel`` adds an external anchor: rotel (``pip install rotel``, an
+OpenTelemetry collector written in Rust) forwarding from its OTLP/gRPC
+receiver to the same sink, its CPU per span read the same way; skipped, with
+the reason in the output, where it is not installed.
+
+Progress lines go to stderr while a run is under way, only when stderr is a
+terminal.
 
 The store keeps spans in memory by default (``--storage memory``), so figures
 stay comparable with earlier ones; ``--storage journal`` journals them to a
@@ -31,14 +49,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import multiprocessing as mp
 import os
+import resource
 import statistics
 import struct
+import subprocess
+import sys
+import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from processor.config import IN_MEMORY, JOURNAL_FILE, parse_config
@@ -53,7 +77,8 @@ SERVICES = ("frontend", "checkout", "cart", "payment", "inventory")
 # pipeline: no analysis; rules: the built-in library plus --rules files (default: 50 generated
 # rules); full: the default analysis of `faulttrace serve` (rule library + localizer);
 # passthrough: receiver + exporter only.
-MODES = ("pipeline", "rules", "full", "passthrough")
+MODES = ("pipeline", "rules", "full", "passthrough", "rotel")
+DEFAULT_MODES = ("pipeline", "rules", "full", "passthrough")  # rotel only when asked for
 # The buffer limit in every mode: above what the pipeline without analysis ever holds here
 # (~3 s of traffic: decision_wait, release interval), so a mode that cannot keep up with the
 # load fills it within a run and is then measured at its sustained rate, refusing the excess
@@ -171,6 +196,7 @@ async def _load(port: int, seconds: float, senders: int, result: Connection, spa
     templates = build_templates(16)
     spans_per_request = TRACES_PER_REQUEST * SPANS_PER_TRACE
     sent = refused = claimed = 0
+    acked: dict[bytes, float] = {}  # request key (the trace ids' first half) -> when it was acknowledged
     deadline = time.monotonic() + seconds
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         call = channel.unary_unary(SERVICE_METHOD)
@@ -180,11 +206,13 @@ async def _load(port: int, seconds: float, senders: int, result: Connection, spa
             i = k
             while time.monotonic() < deadline and (spans is None or claimed < spans):
                 claimed += spans_per_request
-                data = templates[i % len(templates)].replace(MARKER, os.urandom(8))
+                key = os.urandom(8)
+                data = templates[i % len(templates)].replace(MARKER, key)
                 i += senders
                 while True:
                     try:
                         await call(data, timeout=30)
+                        acked[key] = time.monotonic()  # one clock for every process of the machine
                         sent += spans_per_request
                         break
                     except grpc.aio.AioRpcError as err:
@@ -194,7 +222,7 @@ async def _load(port: int, seconds: float, senders: int, result: Connection, spa
                         await asyncio.sleep(0.05)
 
         await asyncio.gather(*(sender(k) for k in range(senders)))
-    result.send({"sent": sent, "refused_requests": refused})
+    result.send({"sent": sent, "refused_requests": refused, "acked": acked})
 
 
 def load_main(port: int, seconds: float, senders: int, result: Connection, spans: int | None = None) -> None:
@@ -205,14 +233,22 @@ def load_main(port: int, seconds: float, senders: int, result: Connection, spans
 
 
 def sink_main(ready: Connection, count: Any, stop: Any) -> None:
-    """A real OTLP/gRPC sink that counts spans into a shared counter."""
+    """A real OTLP/gRPC sink that counts spans into a shared counter and notes when the last span
+    of each request key arrived; ``ready`` answers "arrivals" with them (and forgets them)."""
     import grpc
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    arrived: dict[bytes, float] = {}
 
     async def main() -> None:
         async def export(request: bytes, context: Any) -> bytes:
             req = ExportTraceServiceRequest.FromString(request)
-            n = sum(len(ss.spans) for rs in req.resource_spans for ss in rs.scope_spans)
+            now = time.monotonic()
+            n = 0
+            for rs in req.resource_spans:
+                for ss in rs.scope_spans:
+                    n += len(ss.spans)
+                    arrived.update(dict.fromkeys({sp.trace_id[:8] for sp in ss.spans}, now))
             with count.get_lock():
                 count.value += n
             return b""
@@ -225,7 +261,11 @@ def sink_main(ready: Connection, count: Any, stop: Any) -> None:
         await server.start()
         ready.send(port)
         while not stop.is_set():
-            await asyncio.sleep(0.1)
+            if ready.poll():
+                ready.recv()
+                ready.send(dict(arrived))
+                arrived.clear()
+            await asyncio.sleep(0.05)
         await server.stop(1)
 
     asyncio.run(main())
@@ -235,15 +275,16 @@ def sink_main(ready: Connection, count: Any, stop: Any) -> None:
 
 
 def _config(sink_port: int, decision_wait: float, compression: str, rules: list[str] | None,
-            localizer: bool = False, journal: str = IN_MEMORY) -> Any:
+            localizer: bool = False, journal: str = IN_MEMORY, complete_grace: float | None = None) -> Any:
     # rules None: no rules at all; otherwise the built-in library plus these files
-    # (by default a file of the 50 generated bench rules).
+    # (by default a file of the 50 generated bench rules).  complete_grace None: the default.
+    grace = {} if complete_grace is None else {"complete_grace": complete_grace}
     return parse_config({
         "receivers": {"otlp": {"protocols": {"grpc": {"endpoint": "127.0.0.1:0", "max_recv_msg_size_mib": 16}}}},
         "processors": {"faulttrace": {"decision_wait": decision_wait, "max_buffered_spans": MAX_BUFFERED_SPANS,
                                       "max_traces": 500_000, "builtin_rules": rules is not None,
                                       "rules": rules or [], "localizer": {"enabled": localizer},
-                                      "storage": {"path": journal}}},
+                                      "storage": {"path": journal}, **grace}},
         "exporters": {"otlp_grpc": {"endpoint": f"127.0.0.1:{sink_port}", "tls": {"insecure": True},
                                     "compression": compression}},
         "service": {"pipelines": {"traces": {"receivers": ["otlp"], "processors": ["faulttrace"],
@@ -283,9 +324,8 @@ class _Passthrough:
 
 
 async def _serve(mode: str, sink_port: int, decision_wait: float, compression: str, rules: list[str],
-                 storage: str, ctl: Connection) -> None:
+                 storage: str, ctl: Connection, complete_grace: float | None = None) -> None:
     import shutil
-    import tempfile
 
     from processor.exporters.factory import build_exporter
     from processor.pipeline import Pipeline
@@ -301,23 +341,28 @@ async def _serve(mode: str, sink_port: int, decision_wait: float, compression: s
     state = tempfile.mkdtemp(prefix="faulttrace-bench-") if storage == "journal" else None
     journal = os.path.join(state, JOURNAL_FILE) if state else IN_MEMORY
     if mode == "full":  # what `faulttrace serve` runs by default: the rule library and the localizer
-        config = _config(sink_port, decision_wait, compression, [], localizer=True, journal=journal)
+        config = _config(sink_port, decision_wait, compression, [], localizer=True, journal=journal,
+                         complete_grace=complete_grace)
     else:
         config = _config(sink_port, decision_wait, compression, rules if mode == "rules" else None,
-                         journal=journal)
+                         journal=journal, complete_grace=complete_grace)
     stats: dict[str, float] = {"max_buffered_spans": 0, "bytes_per_buffered_span": 0.0,
                                "rss_bytes_per_buffered_span": 0.0}
     rss0 = rss()
+    workers: list[int] = []
     if mode != "passthrough":
         pipeline = Pipeline(config)
         await pipeline.start()
         port = pipeline.ports()["otlp/grpc"]
+        workers = [p.pid for p in mp.active_children() if p.pid]  # the analysis worker, if any
     else:
         telemetry = Telemetry()
         exporter = build_exporter("otlp_grpc", config.exporters["otlp_grpc"], telemetry)
         await exporter.start()
         receiver = GrpcReceiver("otlp", config.receivers["otlp"].protocols.grpc, _Passthrough(exporter), telemetry)
         port = await receiver.start()
+    # CPU from here on: the startup (imports, compiling the rules) is not the spans' cost.
+    cpu0 = {"receiver": _own_cpu_s(), "analysis": sum(_cpu_s(pid) for pid in workers)}
     ctl.send(port)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -343,15 +388,96 @@ async def _serve(mode: str, sink_port: int, decision_wait: float, compression: s
     if state is not None:
         shutil.rmtree(state, ignore_errors=True)
     stats["peak_rss_mib"] = _peak_rss_mib()
-    ctl.send(stats)
+    cpu = {"receiver": _own_cpu_s() - cpu0["receiver"]}
+    if workers:  # stopped and joined by pipeline.stop(): the kernel added its time to our children's
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu["analysis"] = usage.ru_utime + usage.ru_stime - cpu0["analysis"]
+    ctl.send({**stats, "cpu_s": cpu})
+
+
+def _own_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a live process (Linux /proc); 0 if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+# --- rotel: an external anchor -----------------------------------------------------
+
+
+def rotel_binary() -> tuple[Path | None, str]:
+    """rotel's collector binary, or None and why it cannot be used here."""
+    spec = importlib.util.find_spec("rotel")
+    if spec is None or spec.origin is None:
+        return None, "rotel is not installed (pip install rotel; its wheels are for x86_64 Linux)"
+    binary = Path(spec.origin).parent / "rotel-agent"
+    try:
+        probe = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return None, f"rotel's binary {binary} cannot run here: {err}"
+    if probe.returncode != 0:
+        return None, f"rotel's binary {binary} does not run here: {probe.stderr.strip()[:200]}"
+    return binary, ""
+
+
+class _Rotel:
+    """rotel forwarding OTLP/gRPC to the sink: the server of the 'rotel' mode."""
+
+    def __init__(self, binary: Path, sink_port: int, compression: str) -> None:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self._dir = tempfile.mkdtemp(prefix="faulttrace-bench-rotel-")
+        self._log = Path(self._dir, "rotel.log")
+        self._process = subprocess.Popen(
+            [str(binary), "start", "--otlp-grpc-endpoint", f"127.0.0.1:{self.port}",
+             "--otlp-http-endpoint", "127.0.0.1:0", "--exporter", "otlp",
+             "--otlp-exporter-endpoint", f"http://127.0.0.1:{sink_port}", "--otlp-exporter-protocol", "grpc",
+             "--otlp-exporter-compression", compression, "--pid-file", str(Path(self._dir, "rotel.pid")),
+             "--log-file", str(self._log)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while not self._listening():
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"rotel did not start: {self._log.read_text()[-500:] if self._log.exists() else ''}")
+            time.sleep(0.05)
+        self.cpu0 = _cpu_s(self._process.pid)
+
+    def _listening(self) -> bool:
+        import socket
+
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def stop(self) -> dict[str, float]:
+        cpu = _cpu_s(self._process.pid) - self.cpu0
+        self._process.terminate()
+        try:
+            self._process.wait(10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        import shutil
+
+        shutil.rmtree(self._dir, ignore_errors=True)
+        return {"rotel": cpu}
 
 
 def serve_main(mode: str, sink_port: int, decision_wait: float, compression: str, rules: list[str],
-               storage: str, ctl: Connection) -> None:
+               storage: str, ctl: Connection, complete_grace: float | None = None) -> None:
     from processor.service.process import tune_process
 
     tune_process()  # as `faulttrace serve` does, in every mode
-    asyncio.run(_serve(mode, sink_port, decision_wait, compression, rules, storage, ctl))
+    asyncio.run(_serve(mode, sink_port, decision_wait, compression, rules, storage, ctl, complete_grace))
 
 
 # --- orchestration -----------------------------------------------------------------
@@ -360,7 +486,7 @@ def serve_main(mode: str, sink_port: int, decision_wait: float, compression: str
 @dataclass
 class RunResult:
     mode: str
-    spans_per_s: float
+    spans_per_s: float | None  # None: the run failed (``failed`` says why)
     sent: int
     delivered: int
     refused_requests: int
@@ -368,15 +494,40 @@ class RunResult:
     bytes_per_buffered_span: float
     rss_bytes_per_buffered_span: float
     max_buffered_spans: float
+    cpu_us_per_span: dict[str, float] = field(default_factory=dict)  # by process
+    verdict_latency_p50_s: float | None = None
+    verdict_latency_p99_s: float | None = None
+    failed: str = ""
+
+
+def _quantile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _progress(text: str) -> None:
+    """A progress line on stderr, rewritten in place; only on a terminal (logs and pipes stay clean)."""
+    if sys.stderr.isatty():
+        sys.stderr.write(f"\r\033[K{text}")
+        sys.stderr.flush()
 
 
 def _one_run(ctx: Any, mode: str, sink_port: int, count: Any, args: argparse.Namespace,
-             decision_wait: float) -> RunResult:
-    ctl, child_ctl = ctx.Pipe()
-    server = ctx.Process(target=serve_main, args=(mode, sink_port, decision_wait, args.compression,
-                                                  list(args.rules or []), args.storage, child_ctl))
-    server.start()
-    port = ctl.recv()
+             decision_wait: float, sink_ctl: Connection, label: str = "", rotel: Path | None = None) -> RunResult:
+    rotel_server = None
+    if mode == "rotel":
+        assert rotel is not None
+        rotel_server = _Rotel(rotel, sink_port, "gzip" if args.compression == "gzip" else "none")
+        port = rotel_server.port
+    else:
+        ctl, child_ctl = ctx.Pipe()
+        server = ctx.Process(target=serve_main, args=(mode, sink_port, decision_wait, args.compression,
+                                                      list(args.rules or []), args.storage, child_ctl,
+                                                      getattr(args, "complete_grace", None)))
+        server.start()
+        port = ctl.recv()
     base = count.value
     res, child_res = ctx.Pipe()
     load = ctx.Process(target=load_main, args=(port, args.seconds, args.senders, child_res), daemon=True)
@@ -385,30 +536,62 @@ def _one_run(ctx: Any, mode: str, sink_port: int, count: Any, args: argparse.Nam
     samples: list[tuple[float, int]] = []
     while load.is_alive():
         samples.append((time.monotonic() - t_start, count.value - base))
+        _progress(f"{label}{mode}: {samples[-1][0]:.0f}/{args.seconds:.0f} s, {samples[-1][1]:,} spans delivered")
         time.sleep(0.1)
     t_end = time.monotonic() - t_start
     load_stats = res.recv()
     load.join()
-    ctl.send("stop")
-    stats = ctl.recv()
-    server.join()
     deadline = time.monotonic() + 60
+    if rotel_server is not None:  # rotel has no drain on request: wait for the sink, then stop it
+        while count.value - base < load_stats["sent"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stats = {"peak_rss_mib": 0.0, "bytes_per_buffered_span": 0.0, "rss_bytes_per_buffered_span": 0.0,
+                 "max_buffered_spans": 0, "cpu_s": rotel_server.stop()}
+    else:
+        _progress(f"{label}{mode}: draining")
+        ctl.send("stop")
+        stats = ctl.recv()
+        server.join()
     while count.value - base < load_stats["sent"] and time.monotonic() < deadline:
         time.sleep(0.05)
     delivered = count.value - base
+    _progress("")
+    sink_ctl.send("arrivals")
+    arrived: dict[bytes, float] = sink_ctl.recv()
+    latencies = [arrived[k] - t for k, t in load_stats["acked"].items() if k in arrived]
     # Steady state: from a warm-up second after the first span arrives (each mode has its own
     # latency: decision_wait, the first analysis) until the load stops.
-    first = next((t for t, n in samples if n > 0), t_end)
-    window = [(t, n) for t, n in samples if first + 1.0 <= t <= t_end]
-    rate = (window[-1][1] - window[0][1]) / (window[-1][0] - window[0][0]) if len(window) > 1 else 0.0
+    first = next((t for t, n in samples if n > 0), None)
+    window = [(t, n) for t, n in samples if first is not None and first + 1.0 <= t <= t_end]
+    failed = ""
+    rate: float | None = None
+    if len(window) > 1:
+        rate = (window[-1][1] - window[0][1]) / (window[-1][0] - window[0][0])
+    elif first is None:
+        failed = f"no span reached the sink while the load ran ({t_end:.1f} s)"
+    else:
+        failed = (f"the first span reached the sink {first:.1f} s after the load started, too late for a "
+                  f"measuring window before the load stopped at {t_end:.1f} s (a longer --seconds?)")
+    spans = max(1, delivered)
     return RunResult(mode, rate, load_stats["sent"], delivered, load_stats["refused_requests"],
                      stats["peak_rss_mib"], stats["bytes_per_buffered_span"],
-                     stats["rss_bytes_per_buffered_span"], stats["max_buffered_spans"])
+                     stats["rss_bytes_per_buffered_span"], stats["max_buffered_spans"],
+                     cpu_us_per_span={k: round(v / spans * 1e6, 2) for k, v in stats["cpu_s"].items()},
+                     verdict_latency_p50_s=_quantile(latencies, 0.5), verdict_latency_p99_s=_quantile(latencies, 0.99),
+                     failed=failed)
 
 
-def _median(results: list[RunResult], mode: str, field: str = "spans_per_s") -> float | None:
-    values = [getattr(r, field) for r in results if r.mode == mode]
+def _median(results: list[RunResult], mode: str, name: str = "spans_per_s") -> float | None:
+    """The median of a figure over the mode's runs that did not fail."""
+    values = [getattr(r, name) for r in results if r.mode == mode and not r.failed]
+    values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
+
+
+def _median_cpu(results: list[RunResult], mode: str) -> dict[str, float]:
+    runs = [r.cpu_us_per_span for r in results if r.mode == mode and not r.failed]
+    return {k: round(statistics.median(run[k] for run in runs if k in run), 2)
+            for k in sorted({k for run in runs for k in run})}
 
 
 def summarize(results: list[RunResult]) -> dict[str, Any]:
@@ -433,12 +616,35 @@ def summarize(results: list[RunResult]) -> dict[str, Any]:
             summary[f"{name}_spans_per_s"] = round(rate)
             if pipe is not None:
                 summary[f"{name}_ratio"] = round(rate / max(1.0, pipe), 3)
+    for mode in MODES:
+        if any(r.mode == mode for r in results):
+            summary[f"{mode}_cpu_us_per_span"] = _median_cpu(results, mode)
+            for q in ("p50", "p99"):
+                value = _median(results, mode, f"verdict_latency_{q}_s")
+                summary[f"{mode}_verdict_latency_{q}_s"] = None if value is None else round(value, 3)
+    if rotel := _median(results, "rotel"):
+        summary["rotel_spans_per_s"] = round(rotel)
+        if pipe is not None:
+            summary["pipeline_per_rotel"] = round(pipe / max(1.0, rotel), 3)
     summary["lossless"] = all(r.delivered == r.sent for r in results)
+    failed = [f"{r.mode}: {r.failed}" for r in results if r.failed]
+    if failed:
+        summary["failed"] = failed
     return summary
 
 
+def _duration(text: str | float) -> float:
+    """``5s``, ``250ms`` or a number of seconds."""
+    try:
+        return float(text)
+    except ValueError:
+        return parse_duration(text)
+
+
 def run_bench(args: argparse.Namespace) -> int:
-    decision_wait = parse_duration(args.decision_wait)
+    decision_wait = _duration(args.decision_wait)
+    if getattr(args, "complete_grace", None) is not None:
+        args.complete_grace = _duration(args.complete_grace)
     ctx = mp.get_context("spawn")
     count = ctx.Value("q", 0)
     stop = ctx.Event()
@@ -447,24 +653,33 @@ def run_bench(args: argparse.Namespace) -> int:
     sink.start()
     sink_port = ready.recv()
     results: list[RunResult] = []
+    modes = [m for m in MODES if m in getattr(args, "modes", DEFAULT_MODES)]
+    skipped: dict[str, str] = {}
+    rotel = None
+    if "rotel" in modes:
+        rotel, why = rotel_binary()
+        if rotel is None:
+            modes.remove("rotel")
+            skipped["rotel"] = why
+            print(f"rotel skipped: {why}", file=sys.stderr)
     try:
         for run in range(args.runs):
-            for mode in [m for m in MODES if m in getattr(args, "modes", MODES)]:
-                r = _one_run(ctx, mode, sink_port, count, args, decision_wait)
+            for mode in modes:
+                r = _one_run(ctx, mode, sink_port, count, args, decision_wait, ready,
+                             label=f"run {run + 1}/{args.runs} ", rotel=rotel)
                 results.append(r)
                 if args.format == "text":
-                    print(f"run {run + 1} {mode:11s} {r.spans_per_s:>10,.0f} spans/s  sent {r.sent:,} "
-                          f"delivered {r.delivered:,}  peak RSS {r.peak_rss_mib:,.0f} MiB"
-                          + (f"  {r.bytes_per_buffered_span:,.0f} B/buffered span "
-                             f"(max {r.max_buffered_spans:,.0f} buffered)" if mode != "passthrough" else ""),
-                          flush=True)
+                    print(_run_line(run, r), flush=True)
     finally:
         stop.set()
         sink.join(5)
     summary = summarize(results)
+    if skipped:
+        summary["skipped"] = skipped
     summary["storage"] = args.storage
     summary.update({"rules": ["built-in", *(args.rules or ["50 generated bench rules"])],
                     "runs": args.runs, "seconds": args.seconds, "decision_wait_s": decision_wait,
+                    "complete_grace_s": getattr(args, "complete_grace", None),
                     "compression": args.compression, "spans_per_trace": SPANS_PER_TRACE,
                     "spans_per_request": SPANS_PER_TRACE * TRACES_PER_REQUEST})
     if args.format == "json":
@@ -473,7 +688,18 @@ def run_bench(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
     else:
         print("; ".join(f"{k} {v:,}" if isinstance(v, (int, float)) and not isinstance(v, bool) else f"{k} {v}"
-                        for k, v in summary.items() if k not in ("rules", "runs", "seconds", "decision_wait_s",
+                        for k, v in summary.items() if k not in ("rules", "runs", "seconds", "decision_wait_s", "complete_grace_s",
                                                                  "compression", "spans_per_trace",
                                                                  "spans_per_request")))
-    return 0 if summary["lossless"] else 1
+    return 0 if summary["lossless"] and "failed" not in summary else 1
+
+
+def _run_line(run: int, r: RunResult) -> str:
+    rate = f"{r.spans_per_s:>10,.0f} spans/s" if r.spans_per_s is not None else f"FAILED ({r.failed})"
+    cpu = ", ".join(f"{k} {v:,.1f}" for k, v in r.cpu_us_per_span.items())
+    latency = (f"  verdict latency p50 {r.verdict_latency_p50_s:.2f} s p99 {r.verdict_latency_p99_s:.2f} s"
+               if r.verdict_latency_p99_s is not None else "")
+    return (f"run {run + 1} {r.mode:11s} {rate}  sent {r.sent:,} delivered {r.delivered:,}  "
+            f"CPU µs/span: {cpu}{latency}  peak RSS {r.peak_rss_mib:,.0f} MiB"
+            + (f"  {r.bytes_per_buffered_span:,.0f} B/buffered span (max {r.max_buffered_spans:,.0f} buffered)"
+               if r.mode not in ("passthrough", "rotel") else ""))

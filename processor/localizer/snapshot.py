@@ -1,0 +1,185 @@
+"""Baseline snapshots: what the localizer learned survives a restart and seeds new instances.
+
+With ``storage.path`` set, the learned sketches (``history.History``: every
+``SKETCH_TABLES`` table and the count of traces they learned from) are
+written to a DuckDB file beside the journal (``snapshot_path``: ``journal.duckdb``
+-> ``journal.baseline.duckdb``) at most every ``SNAPSHOT_INTERVAL`` seconds
+while traffic is learned, and when the history is closed (a clean stop);
+the next start restores them before its first batch, so it starts warm.  A
+crash loses at most the last interval's learning.
+
+A snapshot is written to a temporary file and renamed over the old one, so a
+reader (a restart, ``faulttrace baseline export``) never sees half a file.
+It records the bucket growth factors and its format version: a snapshot
+taken with other ones would put values in the wrong buckets, so it is
+refused (``SnapshotError``, the process starts cold and says why) rather than
+misread.
+
+``faulttrace baseline export FILE`` copies an instance's snapshot to FILE;
+``faulttrace baseline import FILE`` checks FILE and installs it as the
+snapshot of the configured instance (not running: its own snapshot at stop
+would overwrite it), so every instance behind a load balancer starts from the
+same baseline.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import duckdb
+
+if TYPE_CHECKING:
+    from processor.localizer.history import History
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+SNAPSHOT_INTERVAL = 60.0  # seconds between snapshots while learning: what a crash may lose
+
+
+class SnapshotError(RuntimeError):
+    """A snapshot file that cannot be used (missing, not a snapshot, another format or bucket scale)."""
+
+
+def snapshot_path(journal: str | Path) -> Path:
+    """Where the instance whose journal is ``journal`` keeps its baseline snapshot."""
+    path = Path(journal)
+    return path.with_name(f"{path.stem}.baseline.duckdb")
+
+
+def save(history: History, path: Path) -> None:
+    """Write ``history``'s sketches to ``path`` (atomically: a temporary file renamed over it)."""
+    from processor.localizer.history import SKETCH_TABLES
+
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+
+    def write(conn: duckdb.DuckDBPyConnection) -> None:
+        conn.execute("ATTACH ? AS lz_snap", [str(tmp)])
+        try:
+            for table in SKETCH_TABLES:
+                conn.execute(f"CREATE TABLE lz_snap.{table} AS SELECT * FROM {table}")
+            cfg = history.config
+            meta = {"version": FORMAT_VERSION, "gamma": cfg.gamma, "attr_gamma": cfg.attr_gamma,
+                    "traces_seen": history.traces_seen}
+            conn.execute("CREATE TABLE lz_snap.meta (key VARCHAR, value DOUBLE)")
+            conn.executemany("INSERT INTO lz_snap.meta VALUES (?, ?)", list(meta.items()))
+        finally:
+            conn.execute("DETACH lz_snap")
+
+    try:
+        history.with_sketches(write)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def restore(history: History, path: Path) -> int:
+    """Replace ``history``'s sketches with the snapshot at ``path``; returns the traces it had
+    learned from.  ``SnapshotError`` if the file cannot be used (``history`` is left as it was)."""
+    from processor.localizer.history import SKETCH_TABLES
+
+    check(path, history)
+
+    def read(conn: duckdb.DuckDBPyConnection) -> int:
+        conn.execute("ATTACH ? AS lz_snap (READ_ONLY)", [str(path)])
+        try:
+            conn.execute("BEGIN TRANSACTION")
+            try:
+                for table in SKETCH_TABLES:
+                    conn.execute(f"DELETE FROM {table}")
+                    conn.execute(f"INSERT INTO {table} BY NAME SELECT * FROM lz_snap.{table}")
+                conn.execute("COMMIT")
+            except duckdb.Error as err:
+                conn.execute("ROLLBACK")
+                raise SnapshotError(f"{path}: its tables do not fit this version's baseline: {err}") from None
+            row = conn.execute("SELECT value FROM lz_snap.meta WHERE key = 'traces_seen'").fetchone()
+            return int(row[0]) if row else 0
+        finally:
+            conn.execute("DETACH lz_snap")
+
+    traces = history.with_sketches(read)
+    history.traces_seen = traces
+    return traces
+
+
+def check(path: Path, history: History | None = None) -> dict[str, float]:
+    """The snapshot's metadata; ``SnapshotError`` unless ``path`` is a snapshot of this format
+    (and, given ``history``, of its bucket scale)."""
+    from processor.localizer.history import SKETCH_TABLES, HistoryConfig
+
+    if not path.is_file():
+        raise SnapshotError(f"{path}: no such snapshot")
+    try:
+        with duckdb.connect(str(path), read_only=True) as conn:
+            tables = {r[0] for r in conn.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+            missing = [t for t in ("meta", *SKETCH_TABLES) if t not in tables]
+            if missing:
+                raise SnapshotError(f"{path}: not a faulttrace baseline snapshot (no table {missing[0]})")
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    except duckdb.Error as err:
+        raise SnapshotError(f"{path}: not a faulttrace baseline snapshot ({err})") from None
+    cfg = history.config if history is not None else HistoryConfig()
+    want = {"version": FORMAT_VERSION, "gamma": cfg.gamma, "attr_gamma": cfg.attr_gamma}
+    for key, value in want.items():
+        if meta.get(key) != value:
+            raise SnapshotError(f"{path}: taken with {key} {meta.get(key)}, this baseline uses {value}")
+    return meta
+
+
+class Snapshots:
+    """When to snapshot a history: ``restore`` at start, ``learned`` after each batch (at most every
+    ``interval`` seconds it saves), ``close`` at a clean stop."""
+
+    def __init__(self, path: str | Path, interval: float = SNAPSHOT_INTERVAL) -> None:
+        self.path = Path(path)
+        self.interval = interval
+        self._saved_at = time.monotonic()
+        self._dirty = False
+
+    def restore(self, history: History) -> None:
+        if not self.path.exists():
+            return
+        try:
+            traces = restore(history, self.path)
+        except SnapshotError as err:
+            log.warning("starting with a cold baseline: %s", err)
+            return
+        log.info("baseline restored from %s (learned from %d traces)", self.path, traces)
+
+    def learned(self, history: History) -> None:
+        self._dirty = True
+        if time.monotonic() - self._saved_at >= self.interval:
+            self._save(history)
+
+    def close(self, history: History) -> None:
+        if self._dirty:
+            self._save(history)
+
+    def _save(self, history: History) -> None:
+        self._saved_at = time.monotonic()
+        try:
+            save(history, self.path)
+            self._dirty = False
+        except (OSError, duckdb.Error) as err:  # the analysis goes on; the next snapshot may succeed
+            log.error("cannot write the baseline snapshot %s: %s", self.path, err)
+
+
+def copy_snapshot(source: Path, target: Path) -> dict[str, float]:
+    """Check the snapshot ``source`` and copy it to ``target`` (atomically: a reader sees the old
+    file or the new one); returns its metadata.  Export and import both."""
+    meta = check(source)
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return meta

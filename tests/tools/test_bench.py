@@ -1,0 +1,28 @@
+"""processor.tools.bench: a failed run is reported as failed (never ``0 spans/s``), medians leave
+failed runs out, and the command exits 1 when a run failed."""
+
+from __future__ import annotations
+
+from processor.tools.bench import RunResult, summarize
+
+
+def run(mode: str, rate: float | None, failed: str = "", cpu: float = 10.0, p99: float | None = 1.0) -> RunResult:
+    return RunResult(mode, rate, 1000, 1000, 0, 100.0, 600.0, 900.0, 1000, cpu_us_per_span={"receiver": cpu},
+                     verdict_latency_p50_s=p99, verdict_latency_p99_s=p99, failed=failed)
+
+
+def test_a_failed_run_is_named_and_left_out_of_the_medians():
+    summary = summarize([run("pipeline", 50_000.0, cpu=10.0), run("pipeline", None, "no span reached the sink",
+                                                                   cpu=99.0, p99=None),
+                         run("pipeline", 70_000.0, cpu=12.0), run("passthrough", 100_000.0, cpu=4.0)])
+    assert summary["spans_per_s"] == 60_000
+    assert summary["pipeline_cpu_us_per_span"] == {"receiver": 11.0}
+    assert summary["failed"] == ["pipeline: no span reached the sink"]
+    assert summary["ratio"] == 0.6
+
+
+def test_a_mode_whose_every_run_failed_has_no_rate_at_all():
+    summary = summarize([run("pipeline", 60_000.0), run("full", None, "too late", p99=None)])
+    assert "full_spans_per_s" not in summary and "full_ratio" not in summary
+    assert summary["full_verdict_latency_p99_s"] is None
+    assert summary["failed"] == ["full: too late"]
