@@ -84,7 +84,7 @@ def test_text_shows_the_tree_with_the_root_cause_marked():
     i = next(n for n, ln in enumerate(lines) if ln.startswith("  #1 cause payments: SELECT cards 60.0ms ERROR  [infrastructure; "))
     assert lines[i + 1].strip() == f"code.deepest_exception: {POOL_MESSAGE}"
     assert lines[i + 2].strip().startswith("infra.connection_pool_exhausted: payments: SELECT cards could not get")
-    assert lines[i + 3].strip() == "data.failed_db_query: postgresql query failed (nil): pool timeout"
+    assert lines[i + 3].strip() == "data.failed_db_query: postgresql query failed: pool timeout (no status code)"
     # ... ending with what the user saw, and why it follows
     chain_end = next(n for n in range(i, len(lines)) if lines[n].startswith("     → user saw "))
     assert lines[chain_end] == ("     → user saw frontend: GET /checkout 100.0ms ERROR  (root span; fault tree "

@@ -146,7 +146,7 @@ def test_failing_fixture_prints_a_readable_diff(tmp_path):
             f"'payments: SELECT cards raised psycopg.OperationalError: "
             f"connection pool exhausted: timeout waiting for connection'\n") in out
     assert (f"FAIL expects another message (checkout.json)\n"
-            f"  ~ data.failed_db_query on span {blamed}: message 'postgresql query failed (nil): pool timeout' "
+            f"  ~ data.failed_db_query on span {blamed}: message 'postgresql query failed: pool timeout (no status code)' "
             f"does not contain 'deadlock'\n") in out
     assert (f"FAIL must not fire but does (checkout.json)\n"
             f"  + unexpected data.failed_db_query on span {blamed}: ") in out
