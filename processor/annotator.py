@@ -7,7 +7,10 @@ span too), ``rca.layer``, and one ``rca.finding`` event per piece of evidence.  
 top candidate.  A fault tree that fired adds, on each span its fired cut set
 blames, ``rca.fault_tree`` and ``rca.cut_set`` (string array of event ids)
 and an ``rca.finding`` event naming the tree and cut set; the root span gets
-``rca.verdict.fault_tree``.  ``annotate`` appends the additions to the
+``rca.verdict.fault_tree``.  A candidate less confident than its trace verdict's
+``min_confidence`` (``processors.faulttrace.min_confidence``) gets only its
+``rca.finding`` events: weak evidence stays on record for whoever looks, but
+is no root cause, no verdict, and explains no symptom.  ``annotate`` appends the additions to the
 released spans' original bytes (``otlp.spanedit``); values stay primitive so
 Jaeger and Tempo show tags.
 """
@@ -66,22 +69,45 @@ def _verdict_attributes(v: TraceVerdict, top: Candidate) -> dict[str, AttrValue]
     return out
 
 
+def written(v: TraceVerdict) -> list[Candidate]:
+    """The candidates written as root causes: those at least as confident as ``v.min_confidence``."""
+    return [c for c in v.candidates if v.min_confidence <= 0 or c.confidence >= v.min_confidence]
+
+
+def _top(v: TraceVerdict) -> Candidate | None:
+    """The trace's first candidate if it is written, else None (no verdict on the root span)."""
+    top = v.top
+    return top if top is not None and (v.min_confidence <= 0 or top.confidence >= v.min_confidence) else None
+
+
 def annotations(verdict: BatchVerdict) -> dict[tuple[bytes, bytes], Annotation]:
     """(trace id, span id) -> what to append to that span."""
     out: dict[tuple[bytes, bytes], Annotation] = {}
+    gated: dict[bytes, set[bytes]] = {}      # per trace, the candidates below the floor
+    unexplained: set[bytes] = set()          # traces with candidates, none of them written
     for trace_id, v in verdict.traces.items():
-        top = v.top
-        if top is None:
-            continue
+        top = _top(v)
+        kept = written(v)
+        gated[trace_id] = {c.span_id for c in v.candidates} - {c.span_id for c in kept}
+        if v.candidates and not kept:
+            unexplained.add(trace_id)
         adds: dict[bytes, tuple[dict[str, AttrValue], list[SpanEvent]]] = {
-            c.span_id: _candidate_annotation(c) for c in v.candidates}
-        if v.root_span_id is not None:
+            c.span_id: _candidate_annotation(c) for c in kept}
+        for c in v.candidates:
+            if c.span_id in gated[trace_id]:  # below the floor: the findings only
+                adds[c.span_id] = ({}, _candidate_annotation(c)[1])
+        if v.root_span_id is not None and top is not None:
             attrs, events = adds.get(v.root_span_id, ({}, []))
             adds[v.root_span_id] = ({**attrs, **_verdict_attributes(v, top)}, events)
         for span_id, (attrs, events) in adds.items():
             out[(trace_id, span_id)] = Annotation(attrs, events)
     for trace_id, symptoms in verdict.symptoms.items():
+        below = gated.get(trace_id, set())
         for s in symptoms:
+            # a symptom of a cause below the floor (or of none, in a trace with no cause written)
+            # is not marked: nothing written explains it
+            if s.caused_by in below or (s.caused_by is None and trace_id in unexplained):
+                continue
             # error or delay that comes from a root cause (never a blamed span: localizer.blame
             # leaves them out, combined.merge drops those another analyzer blames)
             have = out.get((trace_id, s.span_id), Annotation())
@@ -102,7 +128,7 @@ def late_annotations(trace_ids: list[bytes], span_ids: list[bytes], parent_ids: 
         if parent is not None:
             continue
         v = verdict_of(trace_id)
-        top = v.top if v is not None else None
+        top = _top(v) if v is not None else None
         if top is not None:
             out[(trace_id, span_id)] = Annotation(_verdict_attributes(v, top))
     return out

@@ -120,6 +120,9 @@ class FaulttraceProcessorConfig(StrictModel):
     rules: list[str] = []          # rule files, directories or globs, besides the built-in library
     builtin_rules: bool = True     # load the library shipped in rules/
     localizer: LocalizerConfig = LocalizerConfig()
+    # rca.root_cause (and rca.verdict.*) only on candidates at least this confident; weaker
+    # ones keep their rca.finding events (docs/localization.md, "What rca.confidence means")
+    min_confidence: float = Field(0.5, ge=0.0, le=1.0)
     # Run attribute decoding, rules, fault trees and the localizer in a worker
     # process: in the receiving process they compete with receiving for the
     # interpreter lock and one core (processor.analysis.worker).

@@ -240,6 +240,38 @@ def test_a_late_root_span_gets_its_traces_verdict_and_other_late_spans_nothing()
     assert "rca.root_cause" not in got
 
 
+def test_below_the_floor_a_candidate_keeps_its_findings_but_is_no_root_cause():
+    weak = candidate(3, 1, Evidence("r.weak", "handled 429", 0.3, 1.2, "infrastructure"), end=50)
+    weaker = candidate(4, 2, Evidence("localizer.errors", "error", 0.1, 0.3, "", "localizer"), end=60)
+    verdict = BatchVerdict({tid(1): TraceVerdict(tid(1), sid(1), (weak, weaker), min_confidence=0.5)},
+                           symptoms={tid(1): (Symptom(sid(2), sid(3)), Symptom(sid(5), None))})
+    adds = annotations(verdict)
+    assert set(adds) == {(tid(1), sid(3)), (tid(1), sid(4))}  # no verdict on the root, no symptom marked
+    span = apply(adds, 1, 3)
+    assert rca_attrs(span) == {}
+    assert [(e.name, attrs(e.attributes)["rca.rule"], attrs(e.attributes)["rca.confidence"]) for e in span.events] == [
+        ("rca.finding", ("string_value", "r.weak"), ("double_value", 0.3))]
+    assert [attrs(e.attributes)["rca.evidence"] for e in apply(adds, 1, 4).events] == [("string_value", "localizer.errors")]
+    late = late_annotations([tid(1)], [sid(1)], [None], verdict.traces.get)
+    assert late == {}
+
+
+def test_the_floor_keeps_the_candidates_above_it_and_their_symptoms():
+    strong = candidate(3, 1, Evidence("r.strong", "broke", 0.8, 3.2, "code"))
+    weak = candidate(4, 2, Evidence("r.weak", "also", 0.2, 0.4, "code"))
+    verdict = BatchVerdict({tid(1): TraceVerdict(tid(1), sid(1), (strong, weak), min_confidence=0.5)},
+                           symptoms={tid(1): (Symptom(sid(2), sid(3)), Symptom(sid(5), sid(4)), Symptom(sid(6), None))})
+    adds = annotations(verdict)
+    assert rca_attrs(apply(adds, 1, 3))["rca.root_cause"] == ("bool_value", True)
+    assert "rca.root_cause" not in rca_attrs(apply(adds, 1, 4))
+    assert rca_attrs(apply(adds, 1, 1))["rca.verdict.span_id"] == ("string_value", sid(3).hex())
+    assert rca_attrs(apply(adds, 1, 2))["rca.caused_by"] == ("string_value", sid(3).hex())
+    assert (tid(1), sid(5)) not in adds  # its cause is below the floor
+    assert rca_attrs(apply(adds, 1, 6)) == {"rca.symptom": ("bool_value", True)}
+    assert late_annotations([tid(1)], [sid(1)], [None], verdict.traces.get)[(tid(1), sid(1))].attributes[
+        "rca.verdict.span_id"] == sid(3).hex()
+
+
 # --- property: whatever a verdict holds, annotated spans stay valid OTLP -------------------
 
 _texts = st.text(max_size=12)  # any Unicode a rule message or a span name may carry

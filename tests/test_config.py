@@ -479,3 +479,14 @@ def test_every_sizer_of_the_collector(sizer):
     doc["exporters"]["otlp"]["sending_queue"]["sizer"] = "spans"
     with pytest.raises(ConfigError, match="exporters.otlp.sending_queue.sizer: Input should be 'requests', 'items' or"):
         parse_config(doc)
+
+
+@pytest.mark.parametrize("bad", ["-0.1", "1.5", "\"high\""])
+def test_min_confidence_is_a_probability_named_by_its_key(bad):
+    with pytest.raises(ConfigError, match=r"processors\.faulttrace\.min_confidence"):
+        load_config(None, [f"processors.faulttrace.min_confidence={bad}"])
+
+
+def test_min_confidence_set_and_default():
+    assert load_config(None, ["processors.faulttrace.min_confidence=0"]).processor.min_confidence == 0.0
+    assert 0.0 < load_config(None).processor.min_confidence < 1.0

@@ -1,8 +1,11 @@
 """The analyzer a faulttrace processor config asks for: its rules, the localizer, the attributes they read.
 
 The rules are the built-in library (``rules/``) plus the configured paths;
-with the localizer (unless switched off) they make one ``CombinedAnalyzer``.
-Its projection is what it reads plus the configured ``attributes``.
+with the localizer (unless switched off) they make one ``CombinedAnalyzer``,
+which weighs findings by their sources' healthy firing rates
+(``processor.analysis.prevalence``), seeded from the localizer's baseline file
+when there is one (``seed_healthy``).  Its projection is what it reads plus the
+configured ``attributes``.
 """
 
 from __future__ import annotations
@@ -10,16 +13,20 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+import duckdb
+
 from dsl import AttrRef, AttrSource, AttrType, RuleError, RuleSet, load_rules
-from processor.analysis.attributes import Projection
+from processor.analysis.attributes import Projection, span_table
 from processor.analysis.combined import CombinedAnalyzer
-from processor.analysis.protocols import Analyzer
+from processor.analysis.prevalence import HealthyFiring
+from processor.analysis.protocols import RELEASED_TABLE, Analyzer, with_row_numbers
 from processor.analysis.rules import RuleAnalyzer
 from processor.config import FaulttraceProcessorConfig
 from processor.confmap import ConfigError
 from processor.localizer.analyzer import ATTRIBUTION, LocalizerAnalyzer
 from processor.localizer.history import HistoryConfig
 from processor.localizer.snapshot import snapshot_path
+from processor.otlp.tracefile import read_requests
 
 
 def builtin_rules_dir() -> Path:
@@ -64,6 +71,16 @@ def build_analyzer(config: FaulttraceProcessorConfig, source: str = "<config>") 
     """The configured analyzer, built in the calling process; None when there is
     nothing to run (no rules, localizer off)."""
     rules = load_configured_rules(config, source)
+    if not len(rules) and not config.localizer.enabled:
+        return None
+    healthy = HealthyFiring()
+    if config.localizer.enabled and config.localizer.baseline is not None:
+        seed_healthy(config, rules, healthy)
+    return _combined(config, rules, healthy, snapshot=True)
+
+
+def _combined(config: FaulttraceProcessorConfig, rules: RuleSet, healthy: HealthyFiring,
+              snapshot: bool = False) -> CombinedAnalyzer:
     rule_analyzers: list[Analyzer] = [RuleAnalyzer(rules)] if len(rules) else []
     localizers: list[Analyzer] = []
     if config.localizer.enabled:
@@ -71,8 +88,25 @@ def build_analyzer(config: FaulttraceProcessorConfig, source: str = "<config>") 
         attribution = tuple(dict.fromkeys([*ATTRIBUTION, *sorted(configured_projection(config))]))
         # with a journal, the learned baseline is kept beside it across restarts (localizer.snapshot)
         history = HistoryConfig(snapshot=str(snapshot_path(config.storage.journal))
-                                if config.storage.journal else None)
+                                if snapshot and config.storage.journal else None)
         localizers.append(LocalizerAnalyzer(config.localizer.baseline, attribution=attribution, history=history))
-    if not rule_analyzers and not localizers:
-        return None
-    return CombinedAnalyzer(rule_analyzers, localizers)
+    return CombinedAnalyzer(rule_analyzers, localizers, healthy, config.min_confidence)
+
+
+def seed_healthy(config: FaulttraceProcessorConfig, rules: RuleSet, healthy: HealthyFiring) -> None:
+    """Teach ``healthy`` the firing on the localizer's baseline file: its traces analyzed as one
+    batch by an analyzer of their own (a localizer seeded with the same file, which it then
+    forgets), so the rates are what the configured analysis fires on fault-free traffic."""
+    analyzer = _combined(config, rules, healthy)
+    try:
+        table = span_table(read_requests(config.localizer.baseline), Projection.of(analyzer.projection()))
+        if not table.num_rows:
+            return
+        conn = duckdb.connect()
+        try:
+            conn.register(RELEASED_TABLE, with_row_numbers(table))
+            analyzer.analyze(conn, RELEASED_TABLE)
+        finally:
+            conn.close()
+    finally:
+        analyzer.close()

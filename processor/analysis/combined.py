@@ -8,8 +8,12 @@ scale as confidence x the weight of a *medium* severity (3 of 5): a rule that
 fires with high severity and reasonable confidence outranks a deviation, a
 weak rule does not.
 
-A candidate's confidence is then calibrated over its trace
-(``processor.analysis.calibration``).
+In a trace that did not fail, each finding's confidence is first weighed by
+how often its source fires on such traces (``processor.analysis.prevalence``),
+and those firings are learned; a candidate's confidence is then calibrated
+over its trace (``processor.analysis.calibration``).  Each trace verdict
+carries the floor below which its root cause is not written
+(``min_confidence``: the annotator records the findings only).
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ import dataclasses
 from collections.abc import Sequence
 
 import duckdb
+import pyarrow as pa
 
 from dsl import BASELINE_TABLE, AttrRef
 from processor.analysis.calibration import calibrate_trace, support
+from processor.analysis.prevalence import HealthyFiring, fired, outcomes
 from processor.analysis.protocols import Analyzer
 from processor.analysis.verdict import BatchVerdict, Evidence, Symptom, TraceVerdict, follow_cause, rank_candidates
 
@@ -119,18 +125,26 @@ class CombinedAnalyzer:
     """Runs each analyzer over the batch and merges their verdicts.
 
     ``statistical`` analyzers (the localizer) get their evidence put on the
-    rules' scale first.  A failure is not caught here: it costs the batch its
-    verdict at the analysis boundary (``runner.analyze_released``).
+    rules' scale first.  With ``healthy``, findings in traces that did not fail
+    are weighed by their sources' healthy firing rates, which each batch's
+    traces without a failure then teach it.  ``min_confidence`` goes on every
+    trace verdict for the annotator.  A failure is not caught here: it costs the
+    batch its verdict at the analysis boundary (``runner.analyze_released``).
     """
 
-    def __init__(self, analyzers: Sequence[Analyzer], statistical: Sequence[Analyzer] = ()) -> None:
+    def __init__(self, analyzers: Sequence[Analyzer], statistical: Sequence[Analyzer] = (),
+                 healthy: HealthyFiring | None = None, min_confidence: float = 0.0) -> None:
         self.analyzers = tuple(analyzers)
         self.statistical = tuple(statistical)
+        self.healthy = healthy
+        self.min_confidence = min_confidence
 
     def projection(self) -> frozenset[AttrRef]:
         return frozenset().union(*(a.projection() for a in (*self.analyzers, *self.statistical)))
 
     def analyze(self, conn: duckdb.DuckDBPyConnection, table: str) -> BatchVerdict:
+        # each trace's outcome against the durations learned before this batch
+        seen = outcomes(conn, table, self._durations()) if self.healthy is not None else None
         verdicts = []
         # rules read the baseline learned so far (before the localizer learns this batch)
         registered = register_baseline(conn, self.statistical) if self.analyzers else False
@@ -140,9 +154,26 @@ class CombinedAnalyzer:
             if registered:
                 conn.unregister(BASELINE_TABLE)
         verdicts.extend(on_rule_scale(analyzer.analyze(conn, table)) for analyzer in self.statistical)
+        if self.healthy is not None and seen is not None:
+            fired_in = fired(verdicts)
+            verdicts = [self.healthy.weigh(v, seen) for v in verdicts]
+            # learned after weighing: a batch's own firings do not discount it
+            self.healthy.learn(seen.healthy, fired_in)
         # one verdict keeps its analyzer's ranking; either way confidences are calibrated
-        return merge(verdicts, rerank=len(verdicts) != 1)
+        merged = merge(verdicts, rerank=len(verdicts) != 1)
+        if not self.min_confidence:
+            return merged
+        return dataclasses.replace(merged, traces={t: dataclasses.replace(v, min_confidence=self.min_confidence)
+                                                   for t, v in merged.traces.items()})
 
+    def _durations(self) -> pa.Table | None:
+        """Per operation the learned p99 duration (``service``, ``name``, ``dur_p99``), from the
+        first statistical analyzer that keeps a history (the localizer); None without one."""
+        for analyzer in self.statistical:
+            history = getattr(analyzer, "history", None)
+            if history is not None:
+                return history.baseline().ops
+        return None
 
     def close(self) -> None:
         for analyzer in (*self.analyzers, *self.statistical):

@@ -121,6 +121,7 @@ class TraceVerdict:
     root_span_id: bytes | None      # the trace's root span (dsl.root_key_sql), if it has spans
     candidates: tuple[Candidate, ...]
     fault_trees: tuple[TreeOutcome, ...] = ()  # trees whose top event is true (fired) or unknown
+    min_confidence: float = 0.0     # below it a candidate is not written as a root cause (annotator)
 
     @property
     def fired_tree(self) -> TreeOutcome | None:

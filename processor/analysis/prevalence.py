@@ -1,0 +1,163 @@
+"""How often each source of evidence fires where nothing failed, and what its finding is worth then.
+
+A finding's ``confidence`` says how often it is right where something went
+wrong.  On traffic where nothing did, the same evidence may still fire: a
+retried 429 is an error span, a slow external call is slow.  What a finding
+in a trace without a failure is worth depends on how often its source — a
+rule, a fault tree, a localizer source (``localizer.errors`` …) — fires on
+such traces: one that fires on a fifth of them says little; one that never
+does says what its confidence says.
+
+**A failure** is what the trace's caller saw: its root span (``dsl.root_key_sql``,
+as the rules see it) ended in error, or took longer than its operation's
+learned p99 duration.  An error the trace handled (retried, caught, turned into
+a fallback) is not one: the root still succeeded in its usual time.
+
+**Healthy firing rate.**  Per source, ``HealthyFiring`` counts the traces
+without a failure and those of them the source fired on, seeded from the
+localizer's baseline file (every trace of it, analyzed as the pipeline
+analyzes a batch) and then learned from each batch, decayed by traffic volume
+with the localizer's half-life (``localizer.history``).  The rate is the mean
+of a Beta prior updated by those counts: the prior is one firing in
+``1 / PRIOR_RATE`` traces, ``PRIOR_RATE`` being the ceiling a shipped rule is
+held to on healthy traffic (``faulttrace check --baseline``), so a source
+nobody has measured yet is taken to meet it, ``h = (k + 1) / (n + 1 / PRIOR_RATE)``.
+
+**Posterior.**  In a trace without a failure, a finding's confidence ``c`` is
+read as the probability for a source that fires on ``PRIOR_RATE`` of healthy
+traces; with its measured rate ``h`` the likelihood ratio of its firing
+changes by ``PRIOR_RATE / h``, so its odds become ``c / (1 - c) x min(1,
+PRIOR_RATE / h)``.  The factor is capped at 1: a source that fires less than
+the ceiling keeps the confidence its author or the localizer gave it (a
+stated confidence is never raised by the absence of false alarms alone).  A
+trace that failed is left as it is: its failure is observed, the findings
+only say where it comes from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import duckdb
+import pyarrow as pa
+
+from dsl import no_parent_sql, root_key_sql
+from processor.analysis.verdict import BatchVerdict, Evidence
+from processor.localizer.history import HistoryConfig
+
+# The healthy firing rate a source is presumed to have until measured: the ceiling a shipped
+# rule is held to on fault-free traffic (``tools.firingrate``'s W020).
+PRIOR_RATE = 0.01
+ERROR = 2  # OTLP status code
+
+_ROOT = root_key_sql("s", no_parent=no_parent_sql("s.parent_span_id"), parent_found="p.span_id IS NOT NULL")
+ROOTS_SQL = f"""
+SELECT s.trace_id, arg_min(s.service, {_ROOT}) AS service, arg_min(s.name, {_ROOT}) AS name,
+       arg_min(s.status_code, {_ROOT}) AS status_code, arg_min(s.end_ns - s.start_ns, {_ROOT}) AS dur
+FROM {{table}} s LEFT JOIN {{table}} p ON p.trace_id = s.trace_id AND p.span_id = s.parent_span_id
+GROUP BY s.trace_id
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Outcomes:
+    """The traces of a batch, and those whose root failed (error, or slower than its p99)."""
+
+    traces: frozenset[bytes]
+    failed: frozenset[bytes]
+
+    @property
+    def healthy(self) -> frozenset[bytes]:
+        return self.traces - self.failed
+
+
+def outcomes(conn: duckdb.DuckDBPyConnection, table: str, durations: pa.Table | None = None) -> Outcomes:
+    """Each trace's outcome at its root: failed if the root span ended in error, or if
+    ``durations`` (``service``, ``name``, ``dur_p99`` per operation) says it took longer
+    than its operation's p99."""
+    rows = conn.sql(ROOTS_SQL.format(table=table)).fetchall()
+    p99: dict[tuple[str, str], float] = {}
+    if durations is not None and durations.num_rows:
+        p99 = {(s, n): d for s, n, d in zip(*(durations.column(c).to_pylist() for c in ("service", "name", "dur_p99")))
+               if d is not None}
+    failed = {t for t, service, name, status, dur in rows
+              if status == ERROR or (dur is not None and dur > p99.get((service, name), float("inf")))}
+    return Outcomes(frozenset(t for t, *_ in rows), frozenset(failed))
+
+
+def fired(verdicts: Iterable[BatchVerdict]) -> dict[bytes, set[str]]:
+    """Per trace, the sources whose evidence is on any of its candidates (rule ids, fault tree ids,
+    localizer sources): what fired on it."""
+    out: dict[bytes, set[str]] = {}
+    for verdict in verdicts:
+        for trace_id, v in verdict.traces.items():
+            out.setdefault(trace_id, set()).update(e.source for c in v.candidates for e in c.evidence)
+    return out
+
+
+class HealthyFiring:
+    """Per source, the decayed count of traces without a failure it fired on, against their total."""
+
+    def __init__(self, half_life: float = HistoryConfig().half_life, prior_rate: float = PRIOR_RATE) -> None:
+        self.half_life = half_life
+        self.prior_rate = prior_rate
+        self.traces = 0.0
+        self.fired: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def learn(self, healthy: Iterable[bytes], fired_in: Mapping[bytes, set[str]]) -> None:
+        """Count ``healthy`` traces (no failure) and the sources that fired on each, after decaying
+        what was counted before by ``0.5 ** (len(healthy) / half_life)``."""
+        healthy = list(healthy)
+        if not healthy:
+            return
+        with self._lock:
+            keep = 0.5 ** (len(healthy) / self.half_life)
+            self.traces = self.traces * keep + len(healthy)
+            self.fired = {s: w * keep for s, w in self.fired.items() if w * keep >= 1e-6}
+            for trace_id in healthy:
+                for source in fired_in.get(trace_id, ()):
+                    self.fired[source] = self.fired.get(source, 0.0) + 1.0
+
+    def rate(self, source: str) -> float:
+        """The source's healthy firing rate: ``(k + 1) / (n + 1 / prior_rate)``."""
+        return (self.fired.get(source, 0.0) + 1.0) / (self.traces + 1.0 / self.prior_rate)
+
+    def posterior(self, confidence: float, source: str) -> float:
+        """``confidence`` with its odds times ``min(1, prior_rate / rate)``."""
+        factor = min(1.0, self.prior_rate / self.rate(source))
+        c = min(max(confidence, 0.0), 1.0)
+        if factor >= 1.0 or c <= 0.0:
+            return c
+        if c >= 1.0:
+            return 1.0
+        odds = c / (1.0 - c) * factor
+        return odds / (1.0 + odds)
+
+    def weigh(self, verdict: BatchVerdict, outcomes: Outcomes) -> BatchVerdict:
+        """``verdict`` with each finding's confidence, in the traces that did not fail, turned into
+        its posterior (the ranking scores stay: they weigh consequence, not belief)."""
+        traces = {}
+        for trace_id, v in verdict.traces.items():
+            if trace_id in outcomes.failed:
+                traces[trace_id] = v
+                continue
+            traces[trace_id] = dataclasses.replace(v, candidates=tuple(
+                dataclasses.replace(c, evidence=self._weighed(c.evidence)) for c in v.candidates))
+        return dataclasses.replace(verdict, traces=traces)
+
+    def _weighed(self, evidence: tuple[Evidence, ...]) -> tuple[Evidence, ...]:
+        """Each rule and tree finding by its own source's rate; the localizer's pieces by the rate of
+        the first (``primary``): they are one finding, one probability, whose first source made the
+        span a candidate (an error origin, a latency excess, an improbable value) and whose others
+        say more about it (the window, an attribution) but never fire without it."""
+        primary = next((e.source for e in evidence if e.kind == "localizer"), "")
+        return tuple(dataclasses.replace(e, confidence=round(self.posterior(
+            e.confidence, primary if e.kind == "localizer" else e.source), 6)) for e in evidence)
+
+    def rates(self) -> dict[str, float]:
+        """Every source seen so far with its healthy firing rate."""
+        return {s: self.rate(s) for s in sorted(self.fired)}

@@ -1,0 +1,152 @@
+"""processor.analysis.prevalence: each source's firing rate on traces without a failure, and the
+posterior it turns a finding's confidence into; through the real rules and DuckDB batches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pytest
+
+from dsl import load_rules
+from processor.analysis.attributes import Projection, span_table
+from processor.analysis.build import seed_healthy
+from processor.analysis.combined import CombinedAnalyzer
+from processor.analysis.prevalence import PRIOR_RATE, HealthyFiring, Outcomes, fired, outcomes
+from processor.analysis.protocols import RELEASED_TABLE, with_row_numbers
+from processor.analysis.rules import RuleAnalyzer
+from processor.analysis.verdict import BatchVerdict, Candidate, Evidence, TraceVerdict
+from processor.config import FaulttraceProcessorConfig
+from processor.otlp.tracefile import read_requests
+from tests.support.harness import sid, tid
+
+ROOT = Path(__file__).resolve().parents[2]
+TRACES = ROOT / "rules" / "tests" / "traces"
+HANDLED = TRACES / "healthy_429_retried.json"      # a 429 retried into a success: the root is fine
+FAILED = TRACES / "code_exception.json"            # the root ends in error
+SLOW_QUERY = TRACES / "data_slow_query.json"       # a rule fires, the root is fine
+
+
+def batch(conn: duckdb.DuckDBPyConnection, *files: Path, projection: frozenset = frozenset()) -> str:
+    requests = [r for f in files for r in read_requests(f)]
+    conn.register(RELEASED_TABLE, with_row_numbers(span_table(requests, Projection.of(projection))))
+    return RELEASED_TABLE
+
+
+def trace_ids(path: Path) -> set[bytes]:
+    return {s.trace_id for r in read_requests(path) for rs in r.resource_spans for ss in rs.scope_spans
+            for s in ss.spans}
+
+
+def test_a_handled_error_is_no_failure_and_an_erroring_root_is():
+    conn = duckdb.connect()
+    seen = outcomes(conn, batch(conn, HANDLED, FAILED))
+    assert seen.traces == trace_ids(HANDLED) | trace_ids(FAILED)
+    assert seen.failed == trace_ids(FAILED)
+    assert seen.healthy == trace_ids(HANDLED)
+
+
+def test_a_root_slower_than_its_learned_p99_is_a_failure():
+    conn = duckdb.connect()
+    table = batch(conn, HANDLED)
+    service, name, dur = conn.execute(
+        f"SELECT service, name, end_ns - start_ns FROM {table} WHERE octet_length(parent_span_id) = 0 "
+        "OR parent_span_id IS NULL").fetchall()[0]
+    durations = pa.table({"service": [service], "name": [name], "dur_p99": [float(dur - 1)]})
+    assert outcomes(conn, table, durations).failed == trace_ids(HANDLED)
+    durations = pa.table({"service": [service], "name": [name], "dur_p99": [float(dur)]})
+    assert outcomes(conn, table, durations).failed == frozenset()
+
+
+def test_an_unmeasured_source_is_taken_at_the_ceiling_and_keeps_its_confidence():
+    h = HealthyFiring()
+    assert h.rate("never.seen") == pytest.approx(PRIOR_RATE)
+    assert h.posterior(0.7, "never.seen") == pytest.approx(0.7)
+
+
+def test_a_source_firing_on_a_fifth_of_healthy_traces_says_little_and_a_quiet_one_keeps_its_word():
+    h = HealthyFiring()
+    ids = [tid(i) for i in range(1000)]
+    h.learn(ids, {t: {"noisy"} for t in ids[:200]} | {t: {"quiet"} for t in ids[200:201]})
+    assert h.rate("noisy") == pytest.approx(201 / 1100)
+    noisy = h.posterior(0.6, "noisy")
+    odds = 0.6 / 0.4 * PRIOR_RATE / (201 / 1100)
+    assert noisy == pytest.approx(odds / (1 + odds))
+    assert noisy < 0.1
+    # fires less often than the ceiling: the stated confidence stands (never raised)
+    assert h.posterior(0.6, "quiet") == pytest.approx(0.6)
+    assert h.posterior(1.0, "noisy") == 1.0 and h.posterior(0.0, "noisy") == 0.0
+
+
+def test_learning_decays_by_traffic_volume():
+    h = HealthyFiring(half_life=100)
+    h.learn([tid(i) for i in range(100)], {tid(i): {"s"} for i in range(100)})
+    assert h.traces == pytest.approx(100) and h.fired["s"] == pytest.approx(100)
+    h.learn([tid(i) for i in range(100, 200)], {})
+    assert h.traces == pytest.approx(150) and h.fired["s"] == pytest.approx(50)
+    h.learn([], {tid(1): {"s"}})  # no healthy trace: nothing counted, nothing decayed
+    assert h.traces == pytest.approx(150)
+
+
+def test_weighing_leaves_failed_traces_and_weighs_the_localizer_by_its_primary_source():
+    h = HealthyFiring()
+    ids = [tid(100 + i) for i in range(100)]
+    h.learn(ids, {t: {"localizer.errors"} for t in ids[:50]})
+    local = (Evidence("localizer.errors", "error", 0.6, 1.8, "", "localizer"),
+             Evidence("localizer.attribution", "shared", 0.6, 1.8, "", "localizer"))
+    rule = Evidence("r.quiet", "fired", 0.8, 3.2, "code")
+    verdict = BatchVerdict({t: TraceVerdict(t, sid(1), (Candidate(sid(2), "s", "op", 1, 0, 1, (rule, *local)),))
+                            for t in (tid(1), tid(2))})
+    weighed = h.weigh(verdict, Outcomes(frozenset({tid(1), tid(2)}), frozenset({tid(2)})))
+    healthy = weighed.traces[tid(1)].candidates[0].evidence
+    assert healthy[0].confidence == 0.8  # a rule never seen on healthy traffic
+    # the attribution is weighed as the error origin it qualifies, though it was never counted itself
+    assert healthy[1].confidence == healthy[2].confidence == pytest.approx(h.posterior(0.6, "localizer.errors"), abs=1e-6)
+    assert healthy[1].confidence < 0.1
+    assert [e.score for e in healthy] == [e.score for e in (rule, *local)]  # the ranking weight stays
+    assert weighed.traces[tid(2)] == verdict.traces[tid(2)]  # the failure is observed: untouched
+
+
+def test_through_the_combined_analyzer_a_rule_that_fires_on_healthy_traffic_loses_its_confidence():
+    rules = load_rules([ROOT / "rules"])
+    refs = RuleAnalyzer(rules).projection()
+    conn = duckdb.connect()
+    plain = CombinedAnalyzer([RuleAnalyzer(rules)]).analyze(conn, batch(conn, SLOW_QUERY, FAILED, projection=refs))
+    sources = fired([plain])
+    (slow,) = trace_ids(SLOW_QUERY)
+    (failing,) = trace_ids(FAILED)
+    assert sources[slow] and sources[failing], "both fixtures fire rules"
+
+    h = HealthyFiring()
+    noisy = [tid(1000 + i) for i in range(300)]
+    h.learn(noisy, {t: sources[slow] | sources[failing] for t in noisy})
+    conn = duckdb.connect()
+    weighed = CombinedAnalyzer([RuleAnalyzer(rules)], healthy=h).analyze(
+        conn, batch(conn, SLOW_QUERY, FAILED, projection=refs))
+    assert weighed.traces[slow].top.confidence < plain.traces[slow].top.confidence / 2
+    assert weighed.traces[failing].top.confidence == plain.traces[failing].top.confidence
+    assert [c.span_id for c in weighed.traces[slow].candidates] == [c.span_id for c in plain.traces[slow].candidates]
+    # and the batch's healthy trace was learned, the failing one not
+    assert h.traces == pytest.approx(301, rel=0.01)
+
+
+def test_seeding_counts_what_the_configured_analysis_fires_on_the_baseline_file():
+    config = FaulttraceProcessorConfig(localizer={"baseline": str(SLOW_QUERY)}, analysis_process=False)
+    rules = load_rules([ROOT / "rules"])
+    conn = duckdb.connect()
+    table = batch(conn, SLOW_QUERY, projection=RuleAnalyzer(rules).projection())
+    expected = fired([CombinedAnalyzer([RuleAnalyzer(rules)]).analyze(conn, table)])
+    h = HealthyFiring()
+    seed_healthy(config, rules, h)
+    assert h.traces == 1
+    (slow,) = trace_ids(SLOW_QUERY)
+    assert expected[slow] <= set(h.fired)
+
+
+def test_the_floor_goes_on_every_trace_verdict():
+    rules = load_rules([ROOT / "rules"])
+    conn = duckdb.connect()
+    table = batch(conn, FAILED, projection=RuleAnalyzer(rules).projection())
+    v = CombinedAnalyzer([RuleAnalyzer(rules)], min_confidence=0.4).analyze(conn, table)
+    assert v.traces and all(t.min_confidence == 0.4 for t in v.traces.values())
