@@ -55,7 +55,6 @@ class Request:
     user: str
     routes: dict[str, Pod] = field(default_factory=dict)
     canary: dict[str, Pod] = field(default_factory=dict)      # service -> pod of a rollout this request hits
-    prefer_node: str | None = None                            # route to pods on this node where there are some
 
     @property
     def rng(self) -> random.Random:
@@ -66,8 +65,7 @@ class Request:
             if service in self.canary:
                 self.routes[service] = self.canary[service]
             else:
-                near = [p for p in self.cluster.stable(service) if p.node == self.prefer_node]
-                self.routes[service] = self.rng.choice(near) if near else self.cluster.pick(service, self.rng)
+                self.routes[service] = self.cluster.pick(service, self.rng)
         return self.routes[service]
 
     # --- service to service ------------------------------------------------------------------------

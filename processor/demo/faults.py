@@ -73,10 +73,10 @@ KINDS: tuple[FaultKind, ...] = (
                   _v("catalog", "browse search"),
               )),
     FaultKind("cpu-throttling", "infrastructure", False,
-              "a node's CPU is throttled: every span of its pods does its work 3-6x slower", (
-                  _v("node", "checkout", node=1),
-                  _v("node", "agent", node=2),
-                  _v("node", "browse search", node=0),
+              "a container hits its CPU quota (CFS throttling): its process does its work 3-6x slower", (
+                  _v("inventory", "checkout"),
+                  _v("catalog", "agent"),
+                  _v("frontend", "browse search"),
               )),
     FaultKind("retry-storm", "infrastructure", False,
               "a pod restarts: connections are refused and the caller retries with backoff", (

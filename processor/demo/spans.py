@@ -81,12 +81,12 @@ class SimTrace:
 
     rng: random.Random
     start_ns: int
-    slowdown: Callable[[Op], float] = lambda op: 1.0
+    throttle: Callable[[Op, float], float] = lambda op, ms: 0.0   # ms a throttled CPU adds to ms of a span's work
     trace_id: bytes = b""
     spans: list[Op] = field(default_factory=list)
     causes: list[Op] = field(default_factory=list)
     symptoms: list[Op] = field(default_factory=list)
-    stretched: dict[Op, float] = field(default_factory=dict)   # ms a slow node added to each span's work
+    stretched: dict[Op, float] = field(default_factory=dict)   # ms a throttled CPU added to each span's work
 
     def __post_init__(self) -> None:
         self.trace_id = self.rng.getrandbits(128).to_bytes(16, "big")
@@ -146,12 +146,13 @@ class Op:
 
     # --- time --------------------------------------------------------------------
     def work(self, ms: float, sigma: float = 0.3) -> float:
-        """About ``ms`` milliseconds of this span's own work (lognormal around it), stretched by a
-        slow node; returns the milliseconds spent."""
-        factor = self.trace.slowdown(self)
-        spent = ms * math.exp(self.trace.rng.gauss(0.0, sigma)) * factor
-        if factor != 1.0:
-            self.trace.stretched[self] = self.trace.stretched.get(self, 0.0) + spent * (1 - 1 / factor)
+        """About ``ms`` milliseconds of this span's own work (lognormal around it), plus what a
+        throttled CPU adds to it; returns the milliseconds spent."""
+        spent = ms * math.exp(self.trace.rng.gauss(0.0, sigma))
+        extra = self.trace.throttle(self, spent)
+        if extra > 0:
+            self.trace.stretched[self] = self.trace.stretched.get(self, 0.0) + extra
+            spent += extra
         self.now += int(spent * MS)
         return spent
 

@@ -34,7 +34,7 @@ from processor.demo.calls import Request
 from processor.demo.faults import KINDS, Fault, FaultKind
 from processor.demo.shop import browse, checkout_request, search
 from processor.demo.spans import Op, SimError, SimTrace
-from processor.demo.topology import NODES, SERVICES, Cluster
+from processor.demo.topology import SERVICES, Cluster, Pod
 from processor.otlp.otlpjson import request_to_json
 
 FLOWS: dict[str, Callable[[Request], None]] = {"browse": browse, "search": search, "agent": agent_chat,
@@ -42,7 +42,7 @@ FLOWS: dict[str, Callable[[Request], None]] = {"browse": browse, "search": searc
 MIX = {"browse": 0.34, "search": 0.22, "agent": 0.26, "checkout": 0.18}
 EPOCH_NS = 1_795_420_800 * 10**9          # 2026-11-21T00:00:00Z: the baseline's first trace
 MEAN_GAP_MS = 400                          # mean time between requests (Poisson arrivals)
-MIN_STRETCH_MS = 2.0                       # a throttled span slowed by less is not labelled
+CFS_PERIOD_MS = 100.0                      # the kernel's default cpu.cfs_period_us, 100 ms
 ROLLOUT_SHARE = 0.35                       # share of windows (cases, baseline) with a healthy rollout going on
 
 
@@ -86,9 +86,9 @@ def _request(rng: random.Random, start_ns: int, fault: Fault, cluster: Cluster, 
     req = Request(trace, cluster, fault, f"user-{trace.rng.randint(10000, 99999)}")
     variant = fault.variant
     if fault.active and fault.kind.name == "cpu-throttling":
-        node, factor = NODES[variant["node"]], trace.rng.uniform(3.0, 6.0)
-        req.prefer_node = node
-        trace.slowdown = lambda op: factor if op.pod.node == node else 1.0
+        throttled = throttled_pod(cluster, variant)
+        req.routes[throttled.service] = throttled  # a request that reaches the throttled container
+        trace.throttle = cfs_throttle(throttled, trace.rng.uniform(3.0, 6.0), trace.rng)
     if fault.active and "version" in variant:
         service = variant["target"].split(">")[0]
         req.canary[service] = cluster.canary(service, variant["version"])
@@ -96,10 +96,31 @@ def _request(rng: random.Random, start_ns: int, fault: Fault, cluster: Cluster, 
         FLOWS[flow](req)
     except SimError:
         pass  # the request failed: its spans say so
-    for op, extra in trace.stretched.items():
-        if extra >= MIN_STRETCH_MS:
-            trace.cause(op)
+    for op in trace.stretched:  # every span whose work the throttled container did: the injection, not a threshold
+        trace.cause(op)
     return trace
+
+
+def throttled_pod(cluster: Cluster, variant: dict[str, Any]) -> Pod:
+    """The container a cpu-throttling variant throttles: the first pod of its target service's release."""
+    return cluster.stable(variant["target"])[0]
+
+
+def cfs_throttle(pod: Pod, demand: float, rng: random.Random) -> Callable[[Op, float], float]:
+    """What a CFS quota adds to ``ms`` of work done by ``pod``'s process when it demands ``demand``
+    times its quota: in each period (CFS_PERIOD_MS) the process runs for 1/demand of it and is
+    frozen for the rest, so its work runs ``demand`` times slower on average and a slice that
+    meets the frozen part waits for the next period.  Only the throttled container's own spans
+    slow down: the node's other pods keep their CPU (a node-wide contention is another fault)."""
+    frozen = CFS_PERIOD_MS * (1 - 1 / demand)
+
+    def extra(op: Op, ms: float) -> float:
+        if op.pod is not pod:
+            return 0.0
+        stall = rng.uniform(0.0, frozen) if rng.random() < 1 - 1 / demand else 0.0
+        return ms * (demand - 1) + stall
+
+    return extra
 
 
 def to_request(trace: SimTrace) -> ExportTraceServiceRequest:
@@ -146,8 +167,6 @@ def label(kind: FaultKind, variant: dict[str, Any], inject_ns: int, traces: list
     root = {"service": service[0][0] if service else "", "pod": pod[0][0] if pod else "",
             "fault": kind.name, "layer": kind.layer, "silent": kind.silent, "target": variant["target"],
             "span_ids": [op.span_id.hex() for op in causes]}
-    if kind.name == "cpu-throttling":
-        root["node"] = NODES[variant["node"]]
     params = {k: v for k, v in variant.items() if k not in ("target", "requests")}
     if params:
         root["parameters"] = params

@@ -165,3 +165,26 @@ def test_the_docs_list_every_kind_with_its_layer() -> None:
     doc = (Path(__file__).resolve().parents[2] / "docs" / "demo.md").read_text()
     for k in KINDS:
         assert f"| `{k.name}` | {k.layer} | {'silent' if k.silent else 'loud'} |" in doc, k.name
+
+
+def test_cpu_throttling_labels_the_throttled_container_and_only_its_spans(dataset: Path) -> None:
+    """CFS throttling is one container's quota: the label names the injected pod, every cause span
+    is that pod's, and the spans of its node's other pods are not slowed (their self time stays
+    what it is in healthy traffic)."""
+    case = next(c for c, lab in labels(dataset).items() if lab["root_cause"]["fault"] == "cpu-throttling")
+    lab = labels(dataset)[case]["root_cause"]
+    assert lab["service"] == lab["target"] and "node" not in lab
+    pods: dict[str, str] = {}
+    for req in read_requests(dataset / "cases" / case / "traces.jsonl.gz"):
+        for rs in req.resource_spans:
+            pod = next(a.value.string_value for a in rs.resource.attributes if a.key == "k8s.pod.name")
+            for ss in rs.scope_spans:
+                for span in ss.spans:
+                    pods[span.span_id.hex()] = pod
+    assert lab["span_ids"] and {pods[s] for s in lab["span_ids"]} == {lab["pod"]}
+    # every span of the throttled pod in an affected trace does its work slowed, so is a cause
+    spans = spans_of(dataset / "cases" / case / "traces.jsonl.gz")
+    affected = {spans[s][0] for s in lab["span_ids"]}
+    on_pod = {s for s, (t, span, _) in spans.items() if t in affected and pods[s] == lab["pod"]
+              and span.kind != Span.SPAN_KIND_CLIENT}
+    assert on_pod <= set(lab["span_ids"])
