@@ -157,9 +157,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
     finally:
         if localizer is not None:
             localizer.close()
+    summary = explain.summary_line(result)
+    if args.failed:
+        result = explain.failed_only(result)
     if args.format == "json":
         print(explain.dumps(result))
     else:
+        print(summary + ("; only those are shown (--failed)" if args.failed else ""))
         explain.write_text(result, sys.stdout)
     return 0
 
@@ -347,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="normal traffic (OTLP/JSON lines) to judge timing and call shapes against")
     explain.add_argument("--no-localizer", action="store_true", help="rules and fault trees only")
     explain.add_argument("--format", choices=["text", "json"], default="text")
+    explain.add_argument("--failed", action="store_true",
+                         help="only the traces given a root cause (the summary line still counts every trace)")
     explain.set_defaults(func=cmd_explain)
 
     evaluate = sub.add_parser("eval", help="root-cause accuracy (AC@k) on a labelled dataset")

@@ -9,12 +9,14 @@ trace's root span.  Then the span tree with causes and symptoms marked.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any, TextIO
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from dsl import TreeOutcome
 from processor.analysis.verdict import BatchVerdict, Candidate, Symptom, TraceVerdict, follow_cause
@@ -272,3 +274,32 @@ def write_chain(ch: Chain, out: TextIO, evidence: int | None = None) -> None:
 
 def dumps(result: OfflineResult) -> str:
     return json.dumps(to_json(result), indent=2)
+
+
+# ---- what failed, in one line ------------------------------------------------------------------
+
+
+def failed_only(result: OfflineResult) -> OfflineResult:
+    """The result narrowed to the traces given a root cause (``explain --failed``); the
+    window's service ranking stays, as it was learned from every trace."""
+    blamed = {t: v for t, v in result.verdict.traces.items() if v.top is not None}
+    column = result.spans.column("trace_id")
+    spans = result.spans.filter(pc.is_in(column, value_set=pa.array(list(blamed), column.type)))
+    verdict = dataclasses.replace(result.verdict, traces=blamed,
+                                  symptoms={t: s for t, s in result.verdict.symptoms.items() if t in blamed})
+    return dataclasses.replace(result, spans=spans, verdict=verdict)
+
+
+def summary_line(result: OfflineResult) -> str:
+    """``40 traces, 8 with a root cause (infrastructure 5, data 3); most often payment: POST
+    /charge (5 traces)``: how much failed, in which layers, the commonest cause."""
+    traces = len(_trace_order(result.spans))
+    tops = [v.top for v in result.verdict.traces.values() if v.top is not None]
+    text = f"{traces} trace{'s' if traces != 1 else ''}, {len(tops)} with a root cause"
+    if not tops:
+        return text
+    layers = Counter(c.layer or "no layer" for c in tops)
+    causes = Counter(f"{c.service}: {c.name}" for c in tops)
+    cause, count = min(causes.items(), key=lambda kv: (-kv[1], kv[0]))
+    return (f"{text} ({', '.join(f'{layer} {n}' for layer, n in layers.most_common())}); "
+            f"most often {cause} ({count} trace{'s' if count != 1 else ''})")
