@@ -103,6 +103,25 @@ class LocalizerConfig(StrictModel):
     baseline: str | None = None  # OTLP/JSON lines of normal traffic to start the baseline from
 
 
+class VerdictLogConfig(StrictModel):
+    """What ``serve`` logs about its verdicts: a sentence per trace with a root cause (logger
+    ``faulttrace.verdict``) and, every ``summary_interval``, the incidents (logger
+    ``faulttrace.incidents``: traces with the same cause, grouped)."""
+
+    enabled: bool = True
+    # A link to the trace in a trace viewer, at the end of each sentence; {trace_id} is the
+    # trace id in hex, e.g. http://jaeger:16686/trace/{trace_id} or a Grafana Explore URL.
+    trace_url_template: str = ""
+    summary_interval: Duration = 60.0  # 0: no incident summary
+
+    @field_validator("trace_url_template")
+    @classmethod
+    def _placeholders(cls, v: str) -> str:
+        from processor.service.sentence import check_url_template
+
+        return check_url_template(v)
+
+
 class FaulttraceProcessorConfig(StrictModel):
     decision_wait: Duration = 5.0
     # A trace whose root span has ended and whose spans all have their parent is released this
@@ -123,6 +142,7 @@ class FaulttraceProcessorConfig(StrictModel):
     # rca.root_cause (and rca.verdict.*) only on candidates at least this confident; weaker
     # ones keep their rca.finding events (docs/localization.md, "What rca.confidence means")
     min_confidence: float = Field(0.5, ge=0.0, le=1.0)
+    verdict_log: VerdictLogConfig = VerdictLogConfig()
     # Run attribute decoding, rules, fault trees and the localizer in a worker
     # process: in the receiving process they compete with receiving for the
     # interpreter lock and one core (processor.analysis.worker).

@@ -22,8 +22,10 @@ from collections.abc import Callable
 from processor.analysis.factory import pipeline_analysis
 from processor.analysis.protocols import Analyzer
 from processor.analysis.verdict import TraceVerdict
+from processor.analysis.worker import ProcessAnalysis
 from processor.assembler import Assembler
 from processor.config import Config
+from processor.confmap import component_type
 from processor.exporters.base import Exporter
 from processor.exporters.factory import build_exporter
 from processor.extensions.factory import ReadinessReporter, build_extensions
@@ -32,8 +34,10 @@ from processor.receivers.factory import Receiver, build_receivers
 from processor.receivers.ingest import Ingest
 from processor.release import Releaser
 from processor.service.admin import AdminServer
+from processor.service.incidents import Incidents
 from processor.service.memory import FreeMemory
 from processor.service.telemetry import Telemetry
+from processor.service.verdicts import MeasuredAnalysis, VerdictObserver
 from processor.store import SpanStore
 
 log = logging.getLogger(__name__)
@@ -61,6 +65,7 @@ class Pipeline:
         self.memory_limiter = MemoryLimiter(*limiter, self.telemetry) if limiter else None
         # ``analyzer``: run this one (in this process) instead of the configured analysis
         self._analysis = pipeline_analysis(proc, analyzer)
+        self.verdicts = self._observe_verdicts(config)
         self.store = SpanStore(proc.storage.journal, proc.storage.memory_limit, threads=proc.storage.threads)
         self.assembler: Assembler[TraceVerdict] = Assembler(proc.decision_wait, proc.max_traces,
                                                             proc.max_spans_per_trace, proc.late_span_cache,
@@ -69,7 +74,7 @@ class Pipeline:
                                           for cid, cfg in config.pipeline_exporters().items()]
         self._releaser = Releaser(self.store, self.assembler, self._analysis, self.exporters, self.telemetry,
                                   proc.release_interval, clock, FreeMemory(),
-                                  max_spans=config.payload_max_spans)
+                                  max_spans=config.payload_max_spans, observer=self.verdicts)
         self.ingest = Ingest(self.store, proc.max_buffered_spans, self.telemetry, self._releaser.observe,
                              retry_after=max(1.0, proc.decision_wait),
                              admit=self.memory_limiter.admit if self.memory_limiter else None)
@@ -79,6 +84,7 @@ class Pipeline:
         address = config.service.telemetry.metrics.endpoint
         self.admin = AdminServer(address, self.telemetry, self._health) if address else None
         self._loop_task: asyncio.Task[None] | None = None
+        self._incidents_task: asyncio.Task[None] | None = None
         self._running = False
         # What has started, so that stop() after a failed start stops exactly that.
         self._started_extensions: list[str] = []
@@ -115,6 +121,8 @@ class Pipeline:
             self._started_exporters.append(exporter)
         self._running = True
         self._loop_task = asyncio.create_task(self._releaser.run(), name="faulttrace-release")
+        if self.verdicts.incidents is not None:
+            self._incidents_task = asyncio.create_task(self.verdicts.incidents.run(), name="faulttrace-incidents")
         if self.memory_limiter is not None:
             await self.memory_limiter.start()
         for receiver in self.receivers:
@@ -146,6 +154,10 @@ class Pipeline:
                 log.error("shutdown timeout (%.0fs) reached with %d spans still buffered; %s", timeout,
                           self.store.buffered_spans,
                           "the journal keeps them for the next start" if self.store.durable else "they are lost")
+        if self._incidents_task is not None:  # after the last release: its incidents are logged too
+            self._incidents_task.cancel()
+            await asyncio.gather(self._incidents_task, return_exceptions=True)
+            self._incidents_task = None
         for exporter in self._started_exporters:
             await exporter.shutdown(max(0.0, deadline - self._clock()))
         self._started_exporters = []
@@ -160,6 +172,22 @@ class Pipeline:
         for cid in reversed(self._started_extensions):
             await self.extensions[cid].shutdown()
         self._started_extensions = []
+
+    def _observe_verdicts(self, config: Config) -> VerdictObserver:
+        """The verdicts' metrics, log sentences and incident summary; the analysis timed, and
+        its worker process (if any) watched for CPU, memory and restarts."""
+        out = config.processor.verdict_log
+        incidents = Incidents(out.summary_interval) if out.enabled and out.summary_interval > 0 else None
+        processor_id = next((cid for cid in config.pipeline.processors if component_type(cid) == "faulttrace"),
+                            "faulttrace")
+        if self._analysis is not None:
+            inner = self._analysis
+            if isinstance(inner, ProcessAnalysis):
+                self.telemetry.process.watch_worker(lambda: inner.pid, lambda: inner.restarts)
+            self._analysis = MeasuredAnalysis(inner, self.telemetry)
+        return VerdictObserver(self.telemetry, processor_id, log_verdicts=out.enabled,
+                               url_template=out.trace_url_template, incidents=incidents,
+                               max_traces=config.processor.max_traces)
 
     def ports(self) -> dict[str, int]:
         """Bound ports, by ``<component>/<transport>`` and ``metrics`` (useful with port 0)."""

@@ -38,6 +38,7 @@ from processor.otlp.payload import encode_payloads
 from processor.otlp.spanedit import Annotation
 from processor.service.memory import FreeMemory
 from processor.service.telemetry import Telemetry
+from processor.service.verdicts import VerdictObserver
 from processor.settlement import Settlement, with_keys
 from processor.store import SpanStore
 
@@ -64,8 +65,9 @@ class Releaser:
     def __init__(self, store: SpanStore, assembler: Assembler[TraceVerdict], analysis: Analysis | None,
                  exporters: Sequence[Exporter], telemetry: Telemetry, interval: float,
                  clock: Callable[[], float], free_memory: FreeMemory | None = None,
-                 max_spans: int = 0) -> None:
+                 max_spans: int = 0, observer: VerdictObserver | None = None) -> None:
         self._store = store
+        self._observer = observer  # counts what comes in and goes out, tells the verdicts (service.verdicts)
         self._max_spans = max_spans  # spans per payload at most (processors.batch.send_batch_max_size)
         self._assembler = assembler
         self._analysis = analysis
@@ -88,6 +90,8 @@ class Releaser:
 
     def observe_traces(self, traces: dict[bytes, int], ended: Collection[bytes] = ()) -> None:
         """``observe`` by span count per trace id (spans recovered from the journal)."""
+        if self._observer is not None:
+            self._observer.observe(traces)
         late = self._assembler.observe(traces, self._clock(), ended)
         if late:
             self._telemetry.late_spans.inc(late)
@@ -182,6 +186,8 @@ class Releaser:
                 spans = await self._store.release(late[start:start + RELEASE_CHUNK])
                 await self._export(spans, late_annotations(spans.trace_ids, spans.span_ids, spans.parent_span_ids,
                                                            self._assembler.verdict))
+                if self._observer is not None:
+                    self._observer.exported(spans, None)
             self.update_gauges()
 
     async def _finish(self, spans: ReleasedSpans, analysis: asyncio.Future[BatchVerdict] | None) -> None:
@@ -191,6 +197,8 @@ class Releaser:
             for trace_id, trace_verdict in verdict.traces.items():
                 self._assembler.set_verdict(trace_id, trace_verdict)
         await self._export(spans, annotations(verdict) if verdict is not None else {})
+        if self._observer is not None:
+            self._observer.exported(spans, verdict)
 
     async def _export(self, spans: ReleasedSpans, adds: dict[tuple[bytes, bytes], Annotation]) -> None:
         payloads = encode_payloads(spans, annotate(spans, adds), max_spans=self._max_spans)

@@ -97,3 +97,16 @@ def test_incidents_stay_bounded() -> None:
     lines = incidents.flush()
     assert len(lines) == SHOWN + 1
     assert lines[-1] == f"incident: {MAX_GROUPS + 5 - SHOWN} more traces with other causes in the last 1s"
+
+
+def test_a_url_template_with_an_unknown_placeholder_is_a_config_error_naming_the_key(tmp_path) -> None:
+    from processor.config import load_config
+    from processor.confmap import ConfigError
+
+    path = tmp_path / "config.yaml"
+    path.write_text("receivers: {otlp: {protocols: {grpc: {}}}}\n"
+                    "processors: {faulttrace: {verdict_log: {trace_url_template: 'http://j/{traceid}'}}}\n"
+                    "exporters: {debug: {}}\n"
+                    "service: {pipelines: {traces: {receivers: [otlp], processors: [faulttrace], exporters: [debug]}}}\n")
+    with pytest.raises(ConfigError, match=r"processors\.faulttrace\.verdict_log\.trace_url_template.*\{traceid\}"):
+        load_config(str(path))

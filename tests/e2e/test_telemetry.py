@@ -1,0 +1,164 @@
+"""`faulttrace serve` measures and tells its own verdicts: a real process, real OTel SDK
+exporters sending real spans, its /metrics scraped and its log read.
+
+Three traces fail on a refused connection (the built-in rule ``infra.connection_refused``
+blames the client span), two are healthy.  The scrape must show every span in and out of
+the processor, five traces analysed, three with a root cause, the rule's three findings in
+the infrastructure layer, the analysis and verdict latencies, both processes' CPU, memory
+and uptime, the build's version; the log one sentence per failed trace (with the configured
+trace link) and one incident line grouping the three.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+from prometheus_client.parser import text_string_to_metric_families
+
+from processor.service.telemetry import version
+from tests.support.harness import free_port, wait_until
+from tests.support.sdk import grpc_exporter, http_exporter
+from tests.test_cli import faulttrace
+
+pytestmark = pytest.mark.timeout(180)
+
+DECISION_WAIT = 0.3
+URL = "http://jaeger.example:16686/trace/{trace_id}"
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def checkout(fail: bool) -> list[ReadableSpan]:
+    """A gateway's checkout calling payment: with ``fail``, the connection is refused and the
+    checkout fails; else both succeed.  Three spans from a real SDK tracer."""
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "gateway"}))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("faulttrace-tests")
+    with tracer.start_as_current_span("POST /checkout", kind=SpanKind.SERVER) as root:
+        with tracer.start_as_current_span("validate cart"):
+            pass
+        with tracer.start_as_current_span("POST /charge", kind=SpanKind.CLIENT,
+                                          attributes={"server.address": "payment", "server.port": 8080}) as call:
+            if fail:
+                call.record_exception(ConnectionRefusedError(111, "Connection refused"))
+                call.set_status(StatusCode.ERROR, "[Errno 111] Connection refused")
+        if fail:
+            root.set_status(StatusCode.ERROR, "payment unavailable")
+    provider.shutdown()
+    return list(memory.get_finished_spans())
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[dict[str, object]]:
+    grpc_port, http_port, metrics_port = free_port(), free_port(), free_port()
+    out = tmp_path / "out.jsonl"
+    config = {
+        "receivers": {"otlp": {"protocols": {"grpc": {"endpoint": f"127.0.0.1:{grpc_port}"},
+                                             "http": {"endpoint": f"127.0.0.1:{http_port}"}}}},
+        "processors": {"faulttrace": {"decision_wait": f"{int(DECISION_WAIT * 1000)}ms",
+                                      "storage": {"path": ":memory:"},
+                                      "verdict_log": {"trace_url_template": URL, "summary_interval": "1s"}}},
+        "exporters": {"file": {"path": str(out)}},
+        "service": {"pipelines": {"traces": {"receivers": ["otlp"], "processors": ["faulttrace"],
+                                             "exporters": ["file"]}},
+                    "telemetry": {"metrics": {"readers": [{"pull": {"exporter": {"prometheus": {
+                        "host": "127.0.0.1", "port": metrics_port}}}}]}}},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as sink:
+        proc = subprocess.Popen(faulttrace("serve", "--config", str(path)), stdout=sink, stderr=sink)
+    base = f"http://127.0.0.1:{metrics_port}"
+
+    def healthy() -> bool:
+        assert proc.poll() is None, log.read_text()
+        try:
+            return requests.get(f"{base}/healthz", timeout=1).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    try:
+        wait_until(healthy, timeout=60, what="faulttrace serve to come up")
+        yield {"grpc": grpc_port, "http": http_port, "metrics": base, "log": log, "proc": proc}
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def scrape(base: str) -> Samples:
+    text = requests.get(f"{base}/metrics", timeout=5).text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+def test_serve_measures_and_tells_its_verdicts(serve: dict[str, object]) -> None:
+    failing = [checkout(fail=True) for _ in range(3)]
+    healthy = [checkout(fail=False) for _ in range(2)]
+    by_grpc, by_http = grpc_exporter(int(serve["grpc"])), http_exporter(int(serve["http"]))  # type: ignore[arg-type]
+    for i, spans in enumerate(failing + healthy):
+        assert (by_grpc if i % 2 else by_http).export(spans) is SpanExportResult.SUCCESS
+    by_grpc.shutdown()
+    by_http.shutdown()
+    spans = sum(len(t) for t in failing + healthy)
+    base = str(serve["metrics"])
+    wait_until(lambda: scrape(base).get(("faulttrace_processor_analyzed_traces_total", ())) == 5,
+               timeout=60, what="five traces analysed")
+    s = scrape(base)
+    labels = {"processor": "faulttrace", "otel_signal": "traces"}
+    assert value(s, "faulttrace_processor_incoming_items_total", **labels) == spans
+    assert value(s, "faulttrace_processor_outgoing_items_total", **labels) == spans
+    assert value(s, "faulttrace_processor_root_cause_traces_total") == 3
+    assert value(s, "faulttrace_processor_findings_total", source="infra.connection_refused", kind="rule",
+                 layer="infrastructure") == 3
+    assert value(s, "faulttrace_processor_analysis_duration_seconds_count") >= 1
+    # Every analysed trace waited decision_wait after its last span before it was released.
+    assert value(s, "faulttrace_processor_verdict_latency_seconds_count") == 5
+    assert value(s, "faulttrace_processor_verdict_latency_seconds_sum") >= 5 * DECISION_WAIT
+    assert value(s, "faulttrace_processor_verdict_latency_seconds_bucket", le="+Inf") == 5
+    for process in ("faulttrace", "analysis"):
+        assert value(s, "faulttrace_process_cpu_seconds_total", process=process) > 0
+        assert value(s, "faulttrace_process_memory_rss_bytes", process=process) > 10 * 2**20
+        assert value(s, "faulttrace_process_uptime_seconds_total", process=process) > 0
+    # the worker is spawned after the receiving process started
+    assert (value(s, "faulttrace_process_uptime_seconds_total", process="analysis")
+            <= value(s, "faulttrace_process_uptime_seconds_total", process="faulttrace"))
+    assert value(s, "faulttrace_analysis_worker_restarts_total") == 0
+    builds = [k for k in s if k[0] == "faulttrace_build_info"]
+    assert len(builds) == 1 and ("version", version()) in builds[0][1] and s[builds[0]] == 1
+
+    log = Path(str(serve["log"]))
+    wait_until(lambda: "incident:" in log.read_text(), timeout=10, what="an incident summary")
+    text = log.read_text()
+    sentences = [line for line in text.splitlines() if "faulttrace.verdict:" in line]
+    assert len(sentences) == 3, text
+    for line in sentences:
+        assert 'root cause gateway "POST /charge" (infrastructure, confidence ' in line, line
+        assert "connection to payment refused" in line, line
+        assert 'the user saw gateway "POST /checkout" failed (payment unavailable)' in line, line
+        assert "http://jaeger.example:16686/trace/" in line, line
+    trace_ids = {line.split("trace ", 1)[1].split(":", 1)[0] for line in sentences}
+    assert trace_ids == {format(t[0].context.trace_id, "032x") for t in failing}
+    incidents = [line for line in text.splitlines() if "faulttrace.incidents:" in line]
+    assert len(incidents) == 1, text
+    assert ("incident: gateway POST /charge → gateway POST /checkout failed: 3 traces in the last 1s "
+            "(infrastructure, infra.connection_refused; e.g. http://jaeger.example:16686/trace/") in incidents[0]
