@@ -6,11 +6,14 @@ blames the client span), two are healthy.  The scrape must show every span in an
 the processor, five traces analysed, three with a root cause, the rule's three findings in
 the infrastructure layer, the analysis and verdict latencies, both processes' CPU, memory
 and uptime, the build's version; the log one sentence per failed trace (with the configured
-trace link) and one incident line grouping the three.
+trace link) and one incident line grouping the three.  The Grafana dashboard in
+examples/grafana names no metric this serve does not expose.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -34,6 +37,7 @@ from tests.test_cli import faulttrace
 pytestmark = pytest.mark.timeout(180)
 
 DECISION_WAIT = 0.3
+DASHBOARD = Path(__file__).resolve().parents[2] / "examples" / "grafana" / "faulttrace-dashboard.json"
 URL = "http://jaeger.example:16686/trace/{trace_id}"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -59,8 +63,9 @@ def checkout(fail: bool) -> list[ReadableSpan]:
     return list(memory.get_finished_spans())
 
 
-@pytest.fixture
-def serve(tmp_path: Path) -> Iterator[dict[str, object]]:
+@pytest.fixture(scope="module")
+def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
+    tmp_path = tmp_path_factory.mktemp("serve")
     grpc_port, http_port, metrics_port = free_port(), free_port(), free_port()
     out = tmp_path / "out.jsonl"
     config = {
@@ -111,7 +116,10 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples[(name, tuple(sorted(labels.items())))]
 
 
-def test_serve_measures_and_tells_its_verdicts(serve: dict[str, object]) -> None:
+@pytest.fixture(scope="module")
+def fed(serve: dict[str, object]) -> dict[str, object]:
+    """The running serve after three failing and two healthy traces (by gRPC and HTTP), once
+    all five are analysed and an incident summary was logged."""
     failing = [checkout(fail=True) for _ in range(3)]
     healthy = [checkout(fail=False) for _ in range(2)]
     by_grpc, by_http = grpc_exporter(int(serve["grpc"])), http_exporter(int(serve["http"]))  # type: ignore[arg-type]
@@ -119,19 +127,26 @@ def test_serve_measures_and_tells_its_verdicts(serve: dict[str, object]) -> None
         assert (by_grpc if i % 2 else by_http).export(spans) is SpanExportResult.SUCCESS
     by_grpc.shutdown()
     by_http.shutdown()
-    spans = sum(len(t) for t in failing + healthy)
     base = str(serve["metrics"])
     wait_until(lambda: scrape(base).get(("faulttrace_processor_analyzed_traces_total", ())) == 5,
                timeout=60, what="five traces analysed")
-    s = scrape(base)
+    log = Path(str(serve["log"]))
+    wait_until(lambda: "incident:" in log.read_text(), timeout=10, what="an incident summary")
+    return {**serve, "failing": failing, "spans": sum(len(t) for t in failing + healthy)}
+
+
+def test_serve_measures_its_verdicts(fed: dict[str, object]) -> None:
+    s = scrape(str(fed["metrics"]))
+    spans = fed["spans"]
     labels = {"processor": "faulttrace", "otel_signal": "traces"}
     assert value(s, "faulttrace_processor_incoming_items_total", **labels) == spans
     assert value(s, "faulttrace_processor_outgoing_items_total", **labels) == spans
+    assert value(s, "faulttrace_processor_analyzed_traces_total") == 5
     assert value(s, "faulttrace_processor_root_cause_traces_total") == 3
     assert value(s, "faulttrace_processor_findings_total", source="infra.connection_refused", kind="rule",
                  layer="infrastructure") == 3
     assert value(s, "faulttrace_processor_analysis_duration_seconds_count") >= 1
-    # Every analysed trace waited decision_wait after its last span before it was released.
+    # Every analysed trace waited at least decision_wait after its last span before it was released.
     assert value(s, "faulttrace_processor_verdict_latency_seconds_count") == 5
     assert value(s, "faulttrace_processor_verdict_latency_seconds_sum") >= 5 * DECISION_WAIT
     assert value(s, "faulttrace_processor_verdict_latency_seconds_bucket", le="+Inf") == 5
@@ -146,9 +161,9 @@ def test_serve_measures_and_tells_its_verdicts(serve: dict[str, object]) -> None
     builds = [k for k in s if k[0] == "faulttrace_build_info"]
     assert len(builds) == 1 and ("version", version()) in builds[0][1] and s[builds[0]] == 1
 
-    log = Path(str(serve["log"]))
-    wait_until(lambda: "incident:" in log.read_text(), timeout=10, what="an incident summary")
-    text = log.read_text()
+
+def test_serve_tells_each_verdict_and_the_incident(fed: dict[str, object]) -> None:
+    text = Path(str(fed["log"])).read_text()
     sentences = [line for line in text.splitlines() if "faulttrace.verdict:" in line]
     assert len(sentences) == 3, text
     for line in sentences:
@@ -157,8 +172,32 @@ def test_serve_measures_and_tells_its_verdicts(serve: dict[str, object]) -> None
         assert 'the user saw gateway "POST /checkout" failed (payment unavailable)' in line, line
         assert "http://jaeger.example:16686/trace/" in line, line
     trace_ids = {line.split("trace ", 1)[1].split(":", 1)[0] for line in sentences}
-    assert trace_ids == {format(t[0].context.trace_id, "032x") for t in failing}
+    assert trace_ids == {format(t[0].context.trace_id, "032x") for t in fed["failing"]}  # type: ignore[attr-defined]
     incidents = [line for line in text.splitlines() if "faulttrace.incidents:" in line]
     assert len(incidents) == 1, text
     assert ("incident: gateway POST /charge → gateway POST /checkout failed: 3 traces in the last 1s "
             "(infrastructure, infra.connection_refused; e.g. http://jaeger.example:16686/trace/") in incidents[0]
+
+
+def test_the_grafana_dashboard_names_only_what_serve_exposes(fed: dict[str, object]) -> None:
+    text = requests.get(f"{fed['metrics']}/metrics", timeout=5).text
+    # A labelled metric no label set has touched yet (no refusal, no queue on the file exporter)
+    # is exposed by its HELP and TYPE lines only: the series names its type gives count too.
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}
+    exposed = {family.name + suffix for family in text_string_to_metric_families(text)
+               for suffix in suffixes.get(family.type, ("",))}
+    exprs = [t["expr"] for p in json.loads(DASHBOARD.read_text())["panels"] for t in p.get("targets", [])]
+    assert len(exprs) >= 20
+    named = set()
+    for expr in exprs:
+        names = set(re.findall(r"\bfaulttrace_[a-z0-9_]+", expr))
+        assert names, f"{expr!r} names no faulttrace metric"
+        named |= names
+    assert named - exposed == set()
+    # and the verdict metrics this change added are all on it
+    assert {"faulttrace_processor_analyzed_traces_total", "faulttrace_processor_root_cause_traces_total",
+            "faulttrace_processor_findings_total", "faulttrace_processor_verdict_latency_seconds_bucket",
+            "faulttrace_processor_analysis_duration_seconds_bucket", "faulttrace_process_cpu_seconds_total",
+            "faulttrace_process_memory_rss_bytes", "faulttrace_analysis_worker_restarts_total",
+            "faulttrace_build_info", "faulttrace_processor_incoming_items_total",
+            "faulttrace_processor_outgoing_items_total", "faulttrace_exporter_enqueue_failed_spans_total"} <= named
