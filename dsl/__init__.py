@@ -4,9 +4,9 @@ This package imports nothing from ``processor``; the processor imports from it
 only what is re-exported here.
 """
 
-from dsl.projection import SPAN_COLUMNS, AttrRef, AttrSource, AttrType, column_name
+from dsl.projection import SPAN_COLUMNS, AttrRef, AttrSource, AttrType, any_text, column_name
 
-__all__ = ["SPAN_COLUMNS", "AttrRef", "AttrSource", "AttrType", "column_name"]
+__all__ = ["SPAN_COLUMNS", "AttrRef", "AttrSource", "AttrType", "any_text", "column_name"]
 
 from dsl import fixtures  # noqa: E402  (dsl.fixtures: fixture tests as data)
 from dsl.api import Evaluation, Finding, RuleError, RuleRuntimeError, RuleSet, check_paths, cli_check, load_rules  # noqa: E402

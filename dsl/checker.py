@@ -30,7 +30,7 @@ _ANNOTATIONS = {t.value: t for t in AttrType if t is not AttrType.PRESENT}
 _ATTR_TO_TY = {
     AttrType.STRING: Ty.STRING, AttrType.INT: Ty.INT, AttrType.DOUBLE: Ty.DOUBLE, AttrType.BOOL: Ty.BOOL,
     AttrType.STRING_ARRAY: Ty.STRING_ARRAY, AttrType.INT_ARRAY: Ty.INT_ARRAY, AttrType.DOUBLE_ARRAY: Ty.DOUBLE_ARRAY,
-    AttrType.PRESENT: Ty.BOOL,
+    AttrType.PRESENT: Ty.BOOL, AttrType.ANY: Ty.STRING,
 }
 # what an un-annotated attribute of unknown type becomes next to a literal
 _INFER_FROM = {Ty.STRING: AttrType.STRING, Ty.INT: AttrType.DOUBLE, Ty.DOUBLE: AttrType.DOUBLE, Ty.BOOL: AttrType.BOOL}
@@ -381,7 +381,7 @@ class _Checker:
     # ---- expressions ------------------------------------------------------------
 
     def _condition(self, e: ast.Expr, scope: _Scope) -> ir.Node:
-        node = self._expr(e, scope)
+        node = self._expr(e, scope, AttrType.BOOL)  # an attribute alone as a condition is a bool
         if node.ty not in (Ty.BOOL, Ty.ERROR):
             self.error("E023", f"condition must be a boolean, found {node.ty}", e.span,
                        "compare it, e.g. `... > 0`, or test it with `exists(...)`")
@@ -572,7 +572,9 @@ class _Checker:
             return typ
         if known is not None:
             return known.type
-        return want or AttrType.STRING
+        # nothing says the type: read the value's text whatever its type (never nil for being an
+        # int or a bool), unless a number or a bool is wanted beside it
+        return AttrType.ANY if want in (None, AttrType.STRING) else want
 
     def _check_key(self, k: ast.Key, e: ast.Attr) -> None:
         sem = self.semconv.lookup(k.key)
@@ -749,7 +751,8 @@ class _Checker:
         if rel is None:
             return ir.Const(None, Ty.ERROR)
         where = self._condition(e.where, inner) if e.where is not None else None
-        value = self._expr(e.value, inner) if e.value is not None else None
+        # an attribute of unknown type is aggregated as a number (ints fill it too)
+        value = self._expr(e.value, inner, AttrType.DOUBLE) if e.value is not None else None
         if e.func in ("exists", "count"):
             return ir.Quant(e.func, rel, where, None, Ty.BOOL if e.func == "exists" else Ty.INT)
         assert value is not None
@@ -758,7 +761,8 @@ class _Checker:
         allowed = _ORDERED if e.func in ("min", "max") else {Ty.INT, Ty.DOUBLE, Ty.DURATION}
         if value.ty not in allowed:
             self.error("E027", f"`{e.func}` cannot aggregate {value.ty} values", e.value.span,  # type: ignore[union-attr]
-                       "sum and avg take numbers or durations; min and max also strings and times")
+                       "sum and avg take numbers or durations; min and max also strings and times",
+                       "an attribute's type can be given: `s.attr[\"k\"]:int` or `:double`")
             return ir.Const(None, Ty.ERROR)
         ty = Ty.DOUBLE if e.func == "avg" and value.ty is Ty.INT else value.ty
         return ir.Quant(e.func, rel, where, value, ty)
@@ -1205,8 +1209,8 @@ def _compare_hint(left: ir.Node, right: ir.Node) -> str:
         return "write a duration literal such as `250ms` or `2s`"
     if tys & {Ty.STATUS, Ty.KIND} and Ty.STRING in tys:
         return "write the value without quotes, e.g. `s.status = error`, `s.kind = server`"
-    if Ty.STRING in tys and (Ty.INT in tys or Ty.DOUBLE in tys):
-        return "quote the number, or annotate the attribute's type, e.g. `s.attr[\"k\"]:int`"
+    if Ty.STRING in tys and (Ty.INT in tys or Ty.DOUBLE in tys or Ty.BOOL in tys):
+        return "quote the value, or give the attribute's type: `s.attr[\"k\"]:int`, `:double` or `:bool`"
     return ""
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import json
 from dataclasses import dataclass
 
 
@@ -28,6 +29,10 @@ class AttrType(enum.StrEnum):
     every comparison with it is false), except that INT values also fill a
     DOUBLE column.  ``PRESENT`` (only with ``AttrSource.EVENT`` and an empty
     key) is a BOOLEAN that says whether the span has an event of that name.
+    ``ANY`` is the value's text whatever its type (``any_text``): what a rule
+    reads of an attribute whose type neither the semantic conventions, an
+    annotation nor a literal beside it gives, so a present value is never
+    nil because of its type.
     """
 
     STRING = "string"              # VARCHAR
@@ -38,6 +43,7 @@ class AttrType(enum.StrEnum):
     INT_ARRAY = "int[]"            # BIGINT[]
     DOUBLE_ARRAY = "double[]"      # DOUBLE[]
     PRESENT = "present"            # BOOLEAN, events only
+    ANY = "any"                    # VARCHAR: the text of a value of any type
 
     @property
     def sql_type(self) -> str:
@@ -53,7 +59,30 @@ _SQL_TYPES = {
     AttrType.INT_ARRAY: "BIGINT[]",
     AttrType.DOUBLE_ARRAY: "DOUBLE[]",
     AttrType.PRESENT: "BOOLEAN",
+    AttrType.ANY: "VARCHAR",
 }
+
+
+def any_text(value: object) -> str | None:
+    """The text an ``ANY`` column holds for an attribute's value (as Python
+    has it: str, bool, int, float, bytes, list, dict): strings as they are,
+    ``true``/``false``, numbers as written (``42``, ``0.5``), arrays and maps
+    as JSON, bytes as hex."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, bytes):
+        return value.hex()
+    return json.dumps(value, ensure_ascii=False, separators=(", ", ": "), default=_json_default)
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, bytes):
+        return value.hex()
+    raise TypeError(f"no text for {type(value).__name__}")
 
 
 @dataclass(frozen=True, slots=True, order=True)

@@ -13,7 +13,8 @@ Decoding reads a span through ``otlp.views.span_attributes_view`` (its attribute
 and events only, values as the encoded ``AnyValue``) and converts each value
 once per distinct encoding: attribute values repeat across spans (routes,
 hosts, status codes, pod names), so most cost one dictionary lookup.
-Conversion is nil-safe: a value of another type than the column's is nil.
+Conversion is nil-safe: a value of another type than the column's is nil
+(an ``ANY`` column holds every value's text).
 
 ``ALL_ATTRIBUTES`` asks for every span attribute at once, in long form: per
 span and value ``(key, type, sval, nval)`` — type ``string``, ``bool``,
@@ -44,7 +45,7 @@ import pyarrow.compute as pc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-from dsl import SPAN_COLUMNS, AttrRef, AttrSource, AttrType, column_name
+from dsl import SPAN_COLUMNS, AttrRef, AttrSource, AttrType, any_text, column_name
 from processor.otlp.views import resource_spans_view, resource_view, span_attributes_view
 from processor.receivers.decode import decode
 from processor.store import ARROW_TYPES, STORAGE_COLUMNS
@@ -270,8 +271,25 @@ _CONVERTERS: dict[tuple[AttrType, str | None], Any] = {
 }
 
 
+def _kvlist(value: Any) -> dict[str, Any]:
+    return {kv.key: _any_python(kv.value) for kv in value.kvlist_value.values}
+
+
+def _any_python(value: Any) -> Any:
+    """An AnyValue as a Python value, maps included (for ``ANY``'s text)."""
+    kind = value.WhichOneof("value")
+    if kind == "array_value":
+        return [_any_python(v) for v in value.array_value.values]
+    if kind == "kvlist_value":
+        return _kvlist(value)
+    return getattr(value, kind) if kind else None
+
+
 def convert_value(value: Any, kind: AttrType) -> Any:
-    """An AnyValue as the Python value of a column of type ``kind``, or None (nil)."""
+    """An AnyValue as the Python value of a column of type ``kind``, or None (nil).
+    An ``ANY`` column takes every value, as its text (``dsl.any_text``)."""
+    if kind is AttrType.ANY:
+        return any_text(_any_python(value))
     convert = _CONVERTERS.get((kind, value.WhichOneof("value")))
     return None if convert is None else convert(value)
 

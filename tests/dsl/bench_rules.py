@@ -43,6 +43,7 @@ def _fill(ref_type: AttrType, salt: int) -> str:
         AttrType.INT_ARRAY: "[1, 2]",
         AttrType.DOUBLE_ARRAY: "[1.0]",
         AttrType.PRESENT: f"{h} % 20 = 0",
+        AttrType.ANY: f"CASE WHEN {h} % 3 = 0 THEN NULL ELSE ['42', 'true', 'ok', '0.5'][{h} % 4 + 1] END",
     }[ref_type]
 
 

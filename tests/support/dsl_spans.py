@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import duckdb
 
-from dsl import AttrRef, AttrSource, AttrType
+from dsl import AttrRef, AttrSource, AttrType, any_text
 from dsl.api import create_span_table
 from dsl.compiler import quote_ident
 from dsl.projection import SPAN_COLUMNS, column_name
@@ -79,6 +79,8 @@ def _typed(value: object, typ: AttrType) -> object:
                 return None
             items = [_typed(v, elem) for v in value]
             return None if any(i is None for i in items) else items
+        case AttrType.ANY:
+            return any_text(value)
     return None
 
 
