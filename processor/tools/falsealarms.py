@@ -46,6 +46,7 @@ class FalseAlarms:
     seconds: float
     pace: float
     seed: str | None
+    tagged_traces: frozenset[bytes] = frozenset()  # the ids of the tagged traces
 
     @property
     def share(self) -> float:
@@ -84,18 +85,19 @@ async def _replay(healthy: Path, seed: Path | None, out: Path, pace: float, rule
         if not await live.wait_exported(spans, TIMEOUT):
             raise ReplayError(f"{live.exported} of {spans} spans came out of the pipeline within {TIMEOUT:.0f}s")
     seconds = time.monotonic() - started
-    tagged, failed, confidences, by_source = 0, 0, [], Counter()
+    tagged, failed, confidences, by_source, ids = 0, 0, [], Counter(), set()
     for trace_id in live.readback.rows:
         read = live.readback.trace(trace_id)
         verdict = read.verdict
         if not verdict.candidates:
             continue
         tagged += 1
+        ids.add(trace_id)
         failed += bool(read.spans.root and read.spans.root["status_code"] == ERROR)
         confidences.append(verdict.candidates[0].confidence)
         by_source.update({e.source for c in verdict.candidates for e in c.evidence})
     return FalseAlarms(len(live.readback.rows), spans, tagged, failed, dict(by_source), tuple(confidences), seconds, pace,
-                       str(seed) if seed else None)
+                       str(seed) if seed else None, frozenset(ids))
 
 
 def write_text(r: FalseAlarms, healthy: str, out: TextIO) -> None:

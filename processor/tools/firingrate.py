@@ -25,11 +25,14 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from dsl import Diagnostic, RuleError, RuleSet, SourceSpan, load_rules
 from dsl.diagnostics import LineIndex, render_all, sort_key, to_json
+from processor.analysis.prevalence import PRIOR_RATE
 from processor.analysis.verdict import BatchVerdict
 from processor.otlp.tracefile import TraceFileError, read_requests
 from processor.tools.offline import analyze
 
-DEFAULT_MAX_RATE = 0.01
+# The ceiling is also the healthy firing rate the running analysis presumes of a source it has not
+# measured (``processor.analysis.prevalence``): one number for what a shipped rule may cost.
+DEFAULT_MAX_RATE = PRIOR_RATE
 RULE_ABOVE_CEILING = "W020"
 TREE_ABOVE_CEILING = "W021"
 
