@@ -68,6 +68,7 @@ from typing import Any
 from processor.config import IN_MEMORY, JOURNAL_FILE, parse_config
 from processor.confmap import parse_duration
 from processor.memory_limiter import rss
+from processor.tools.progress import Progress
 
 SERVICE_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 MARKER = b"\xfa\x17\x7e\x3c\x55\x0d\xb1\x29"  # first half of every template trace id, replaced per send
@@ -289,7 +290,10 @@ def _config(sink_port: int, decision_wait: float, compression: str, rules: list[
                                     "compression": compression}},
         "service": {"pipelines": {"traces": {"receivers": ["otlp"], "processors": ["faulttrace"],
                                              "exporters": ["otlp_grpc"]}},
-                    "telemetry": {"metrics": {"address": None}}},
+                    "telemetry": {"metrics": {"address": None}},
+                    # The drain is part of the run: every accepted span is delivered and counted
+                    # (a mode that cannot keep up drains its backlog at its own rate).
+                    "shutdown_timeout": "600s"},
     }, "<bench>")
 
 
@@ -559,19 +563,7 @@ def _one_run(ctx: Any, mode: str, sink_port: int, count: Any, args: argparse.Nam
     sink_ctl.send("arrivals")
     arrived: dict[bytes, float] = sink_ctl.recv()
     latencies = [arrived[k] - t for k, t in load_stats["acked"].items() if k in arrived]
-    # Steady state: from a warm-up second after the first span arrives (each mode has its own
-    # latency: decision_wait, the first analysis) until the load stops.
-    first = next((t for t, n in samples if n > 0), None)
-    window = [(t, n) for t, n in samples if first is not None and first + 1.0 <= t <= t_end]
-    failed = ""
-    rate: float | None = None
-    if len(window) > 1:
-        rate = (window[-1][1] - window[0][1]) / (window[-1][0] - window[0][0])
-    elif first is None:
-        failed = f"no span reached the sink while the load ran ({t_end:.1f} s)"
-    else:
-        failed = (f"the first span reached the sink {first:.1f} s after the load started, too late for a "
-                  f"measuring window before the load stopped at {t_end:.1f} s (a longer --seconds?)")
+    rate, failed = window_rate(samples, t_end)
     spans = max(1, delivered)
     return RunResult(mode, rate, load_stats["sent"], delivered, load_stats["refused_requests"],
                      stats["peak_rss_mib"], stats["bytes_per_buffered_span"],
@@ -579,6 +571,24 @@ def _one_run(ctx: Any, mode: str, sink_port: int, count: Any, args: argparse.Nam
                      cpu_us_per_span={k: round(v / spans * 1e6, 2) for k, v in stats["cpu_s"].items()},
                      verdict_latency_p50_s=_quantile(latencies, 0.5), verdict_latency_p99_s=_quantile(latencies, 0.99),
                      failed=failed)
+
+
+def window_rate(samples: list[tuple[float, int]], t_end: float) -> tuple[float | None, str]:
+    """The sink's steady rate from ``samples`` (seconds since the load started, spans delivered so
+    far): from a warm-up second after the first span arrived (each mode has its own latency:
+    decision_wait, the first analysis) until the load stopped at ``t_end``.  No rate, and why,
+    when nothing was delivered in that window: a failed run, never 0 spans/s."""
+    first = next((t for t, n in samples if n > 0), None)
+    if first is None:
+        return None, f"no span reached the sink while the load ran ({t_end:.1f} s)"
+    window = [(t, n) for t, n in samples if first + 1.0 <= t <= t_end]
+    if len(window) < 2:
+        return None, (f"the first span reached the sink {first:.1f} s after the load started, too late for a "
+                      f"measuring window before the load stopped at {t_end:.1f} s (a longer --seconds?)")
+    if window[-1][1] == window[0][1]:
+        return None, (f"no span reached the sink in the measuring window ({window[0][0]:.1f}-{window[-1][0]:.1f} s "
+                      "after the load started): the first delivery was the only one before the load stopped")
+    return (window[-1][1] - window[0][1]) / (window[-1][0] - window[0][0]), ""
 
 
 def _median(results: list[RunResult], mode: str, name: str = "spans_per_s") -> float | None:
@@ -663,13 +673,16 @@ def run_bench(args: argparse.Namespace) -> int:
             skipped["rotel"] = why
             print(f"rotel skipped: {why}", file=sys.stderr)
     try:
-        for run in range(args.runs):
-            for mode in modes:
-                r = _one_run(ctx, mode, sink_port, count, args, decision_wait, ready,
-                             label=f"run {run + 1}/{args.runs} ", rotel=rotel)
-                results.append(r)
-                if args.format == "text":
-                    print(_run_line(run, r), flush=True)
+        with Progress(args.runs * len(modes), "bench", "run") as bar:  # on a terminal only
+            for run in range(args.runs):
+                for mode in modes:
+                    bar.now(f"run {run + 1}/{args.runs}: {mode}")
+                    r = _one_run(ctx, mode, sink_port, count, args, decision_wait, ready,
+                                 label=f"run {run + 1}/{args.runs} ", rotel=rotel)
+                    results.append(r)
+                    bar.step()
+                    if args.format == "text":
+                        bar.write(_run_line(run, r))
     finally:
         stop.set()
         sink.join(5)

@@ -26,3 +26,15 @@ def test_a_mode_whose_every_run_failed_has_no_rate_at_all():
     assert "full_spans_per_s" not in summary and "full_ratio" not in summary
     assert summary["full_verdict_latency_p99_s"] is None
     assert summary["failed"] == ["full: too late"]
+
+
+def test_a_run_with_one_early_delivery_and_none_in_its_window_fails():
+    from processor.tools.bench import window_rate
+
+    samples = [(0.1 * i, 500 if i >= 5 else 0) for i in range(100)]  # one delivery at 0.5 s, then nothing
+    rate, failed = window_rate(samples, 10.0)
+    assert rate is None and "no span reached the sink in the measuring window" in failed
+    rate, failed = window_rate([(0.1 * i, 1000 * i) for i in range(100)], 10.0)
+    assert failed == "" and rate == 10_000
+    rate, failed = window_rate([(0.1 * i, 0) for i in range(100)], 10.0)
+    assert rate is None and "no span reached the sink while the load ran" in failed
