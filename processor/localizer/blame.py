@@ -23,8 +23,9 @@ failure far more often than without it): that span is the candidate
 
 *Symptoms* are the ancestors that inherited a candidate's error (they error
 too) or delay (slower than their own p99, or waiting out a delay that is
-most of their duration); those of an explained span are caused by its
-explanation.
+most of their duration, or above a delay on the critical path, which held
+back the end of every span above it); those of an explained span are caused
+by its explanation.
 
 Each candidate's confidence is its evidence mapped to a probability of
 causation, the share of what was observed that normal behaviour cannot
@@ -173,6 +174,7 @@ class _Gathered:
     root: bytes | None
     by_id: dict[bytes, dict[str, Any]]
     blames: dict[bytes, _Blame]
+    on_path: frozenset[bytes] = frozenset()   # the trace's critical path
 
 
 def _gather(trace_id: bytes, rows: list[dict[str, Any]], window: dict[str, ServiceScore],
@@ -186,7 +188,7 @@ def _gather(trace_id: bytes, rows: list[dict[str, Any]], window: dict[str, Servi
     blames: dict[bytes, _Blame] = {}
     _errors(rows, by_id, blames, details)
     _latency(rows, by_id, children, on_path, trace_ns, window, blames)
-    return _Gathered(trace_id, rows[0]["trace_root"], by_id, blames)
+    return _Gathered(trace_id, rows[0]["trace_root"], by_id, blames, frozenset(on_path))
 
 
 def _finish(t: _Gathered, window: dict[str, ServiceScore], per_trace: int,
@@ -195,7 +197,7 @@ def _finish(t: _Gathered, window: dict[str, ServiceScore], per_trace: int,
     causes = _explain(t, explained)
     _merge_within_services(t.blames, t.by_id)
     ranked = _rank(t.blames, t.by_id, window, per_trace, {s: abnormal.get((t.trace_id, s), []) for s in t.blames})
-    inherited = _symptoms(ranked, t.blames, t.by_id, causes)
+    inherited = _symptoms(ranked, t.blames, t.by_id, causes, t.on_path)
     return TraceVerdict(t.trace_id, t.root, ranked), inherited
 
 
@@ -361,11 +363,13 @@ def _depth(span_id: bytes, by_id: dict[bytes, dict[str, Any]]) -> int:
 
 
 def _symptoms(ranked: tuple[Candidate, ...], blames: dict[bytes, _Blame], by_id: dict[bytes, dict[str, Any]],
-              explained: dict[bytes, tuple[bytes, str, _Blame]] | None = None
-              ) -> tuple[Symptom, ...]:
+              explained: dict[bytes, tuple[bytes, str, _Blame]] | None = None,
+              on_path: frozenset[bytes] = frozenset()) -> tuple[Symptom, ...]:
     """The failing spans a candidate explains (``explained``), then the ancestors that inherited
     a candidate's or an explained span's error or delay, each caused by the best-ranked
-    candidate it comes from."""
+    candidate it comes from.  An ancestor of a span on the critical path (``on_path``) waited
+    for it (its end was held back by that span's): for a delay always, for an error when the
+    ancestor took longer than its p99."""
     chosen = {c.span_id for c in ranked}
     out: dict[bytes, Symptom] = {}
     starts: list[tuple[bytes, bytes, _Blame]] = [(c.span_id, c.span_id, blames[c.span_id]) for c in ranked]
@@ -384,12 +388,16 @@ def _symptoms(ranked: tuple[Candidate, ...], blames: dict[bytes, _Blame], by_id:
     for start, cause, b in starts:
         error = b.error
         slow = any(src == "localizer.latency" for src, _ in b.messages)
+        awaited = start in on_path
         parent, seen = by_id[start]["parent_span_id"], set()
         while parent in by_id and parent not in seen:
             seen.add(parent)
             p = by_id[parent]
             # it waited out the delay: slower than its p99, or the delay is most of its time
-            delayed = slow and (p["dur_p99"] is None or p["dur"] > p["dur_p99"] or 2 * b.excess >= p["dur"])
+            # (a delay on the critical path held back every ancestor; an error there, each ancestor
+            # that took longer than its p99: it waited out the retries or the timeout)
+            beyond = p["dur_p99"] is None or p["dur"] > p["dur_p99"] or 2 * b.excess >= p["dur"]
+            delayed = (slow and (awaited or beyond)) or (awaited and p["dur_p99"] is not None and p["dur"] > p["dur_p99"])
             if parent not in chosen and parent not in out and ((error and p["error"]) or delayed):
                 out[parent] = Symptom(parent, cause, "inherited error" if error and p["error"] else "waited")
             parent = p["parent_span_id"]
