@@ -53,7 +53,7 @@ from processor.localizer.attribution import ValueBaseline
 from processor.localizer.baseline import SHAPES_SQL, Baseline
 from processor.localizer.graph import span_metrics
 from processor.localizer.silent import AttributeBaseline, attr_bucket_sql
-from processor.localizer.snapshot import Snapshots
+from processor.localizer.snapshot import SKETCH_TABLES, Snapshots
 from processor.localizer.spans import read_spans
 
 T = TypeVar("T")
@@ -86,23 +86,31 @@ CREATE TABLE IF NOT EXISTS lz_akeys (service VARCHAR, name VARCHAR, key VARCHAR,
 CREATE TABLE IF NOT EXISTS lz_acat (service VARCHAR, name VARCHAR, key VARCHAR, val VARCHAR, w DOUBLE);
 CREATE TABLE IF NOT EXISTS lz_anum (service VARCHAR, name VARCHAR, key VARCHAR, b INTEGER, w DOUBLE);
 """
-SKETCH_TABLES = ("lz_hist", "lz_ops", "lz_shapes", "lz_values", "lz_vtot", "lz_aops", "lz_akeys", "lz_acat",
-                 "lz_anum")  # everything learned: what a snapshot holds
 
-# New attribute values (``lz_ain``: the long form, ``attributes.all_attributes_sql``) weighted like
-# their traces; presence is counted once per span and key.
-ATTR_NEW_SQL = """
-SELECT a.service, a.name, a.trace_id, a.span_id, a.key, a.type, a.sval, a.nval,
-       coalesce(w.weight, 1.0) * $scale AS weight
-FROM lz_ain a LEFT JOIN lz_weights w USING (trace_id)
+# The traces whose attribute values are not learned: a failed request (its root span in error) or
+# a suspect trace (weight below one: the localizer found a cause in it).  What values are normal is
+# learned from traffic without a failure, so a fault's values do not become normal while it lasts
+# (its traces fail), while a lasting change that fails nothing is absorbed.
+FAILED_SQL = """
+SELECT trace_id FROM lz_new WHERE parent_span_id IS NULL AND status_code = 2
+UNION
+SELECT trace_id FROM lz_weights WHERE weight < 1
 """
 
+# New attribute values (``lz_ain``: the long form, ``attributes.all_attributes_sql``) of the traces
+# without a failure; presence is counted once per span and key.
+ATTR_NEW_SQL = """
+SELECT a.service, a.name, a.trace_id, a.span_id, a.key, a.type, a.sval, a.nval, $scale AS weight
+FROM lz_ain a ANTI JOIN lz_failed USING (trace_id)
+"""
+
+# the spans attribute shares are taken of: those of the same traces
 AOPS_UPDATE_SQL = """
 CREATE OR REPLACE TABLE lz_aops AS
 SELECT service, name, sum(n) AS n FROM (
     SELECT service, name, n * $f AS n FROM lz_aops
     UNION ALL
-    SELECT service, name, weight FROM lz_in
+    SELECT service, name, weight FROM lz_in ANTI JOIN lz_failed USING (trace_id)
 ) GROUP BY ALL HAVING sum(n) >= $prune
 """
 
@@ -349,8 +357,9 @@ class History:
         (``trace_id``, ``service`` and one string column per attribute, named by
         ``dsl.column_name``) are the same spans' attribute values, counted per service;
         ``attributes`` all their span attributes in long form (``attributes.all_attributes_sql``),
-        learned per operation — of a sample of the traces when ``scale`` (the traces one of
-        them stands for) is above 1."""
+        learned per operation from the traces without a failure (root span in error, or weight
+        below one) — of a sample of the traces when ``scale`` (the traces one of them stands
+        for) is above 1."""
         if metrics.num_rows == 0:
             return 0
         cfg = self.config
@@ -412,6 +421,7 @@ class History:
         conn, cfg = self._conn, self.config
         conn.register("lz_ain", attributes)
         try:
+            conn.execute(f"CREATE OR REPLACE TEMP TABLE lz_failed AS {FAILED_SQL}")
             conn.execute(f"CREATE OR REPLACE TEMP TABLE lz_anew AS {ATTR_NEW_SQL}", {"scale": scale})
             conn.execute(AOPS_UPDATE_SQL, common)
             conn.execute(AKEYS_UPDATE_SQL, {**common, "max_keys": cfg.max_keys})
@@ -419,6 +429,7 @@ class History:
             conn.execute(ANUM_UPDATE_SQL.format(bucket=attr_bucket_sql("nval", cfg.attr_gamma)), common)
         finally:
             conn.execute("DROP TABLE IF EXISTS lz_anew")
+            conn.execute("DROP TABLE IF EXISTS lz_failed")
             conn.unregister("lz_ain")
 
     def attributes(self) -> AttributeBaseline:

@@ -229,3 +229,32 @@ def test_extreme_numbers_in_an_attribute_do_not_cost_the_batch_its_analysis(
     verdict = _analyze(analyzer, conn, shop.batch())
     assert len(verdict.traces) == 6  # the incident is still found, and the batch was learned
     _analyze(analyzer, conn, shop.batch())
+
+
+def _zero_row_weight(analyzer: LocalizerAnalyzer) -> float:
+    num = analyzer.history.attributes().num.to_pylist()
+    return sum(r["w"] for r in num if r["name"] == "SELECT products" and r["key"] == "db.rows" and r["b"] == 0)
+
+
+def test_a_lasting_fault_does_not_teach_the_baseline_its_values(conn: duckdb.DuckDBPyConnection) -> None:
+    """Attribute values are learned from traffic without a failure: window after window of zero-row
+    queries followed by a failing request, even learned at full weight (learn_suspect=1), leave the
+    baseline without zero rows, and the query is still explained; zero rows in requests that do not
+    fail are learned."""
+    shop = _Shop(5)
+    analyzer = _learned(shop, conn, learn_suspect=1.0)
+    names = _by_name(LocalizedBatch(), [])
+    for _ in range(4):
+        for _ in range(40):
+            shop.trace(shop.rng.randint(3, 20), fail=False)
+        for _ in range(12):
+            shop.trace(0, fail=True)
+        names = {**names, **_by_name(LocalizedBatch(), shop.rows)}
+        verdict = _analyze(analyzer, conn, shop.batch())
+        assert _zero_row_weight(analyzer) == 0.0
+    assert len(verdict.traces) == 12
+    assert all(names[v.candidates[0].span_id] == "SELECT products" for v in verdict.traces.values())
+    for _ in range(40):
+        shop.trace(0 if shop.rng.random() < 0.2 else shop.rng.randint(3, 20), fail=False)
+    _analyze(analyzer, conn, shop.batch())
+    assert _zero_row_weight(analyzer) > 0.0
