@@ -2,7 +2,7 @@
 
 The release loop runs every ``release_interval`` (sooner when the assembler
 has urgent work, and when candidates for an early release are due for their
-check, at most once per ``complete_grace`` so that releases stay batched): it
+check, at most twice per ``complete_grace`` so that releases stay batched): it
 asks the store which candidates are whole (``assembler``), asks the assembler
 which traces are due, takes them from the store in chunks, and for each chunk waits for the analysis verdict,
 annotates the spans (``annotator``), frames them into payloads (``otlp.payload``)
@@ -131,12 +131,15 @@ class Releaser:
 
     def _next_turn(self, began: float) -> float:
         """When the turn after the one that began at ``began`` is due: after the interval, or when
-        the first candidate's grace ends, but not within ``complete_grace`` of the last turn (each
-        turn scans the store and starts an analysis, whose cost per span grows as batches shrink)."""
+        the first candidate's grace ends, but not within half a ``complete_grace`` of the last turn
+        (each turn scans the store and starts an analysis, whose cost per span grows as batches
+        shrink), so a complete trace waits at most half a grace more than its grace.  Half, not a
+        whole one: a turn releases what came in since the last, so its export also takes longer
+        the longer the gap (measured, docs/sizing.md)."""
         turn = began + self._interval
         check = self._assembler.next_check
         if check is not None:
-            turn = min(turn, max(check, began + self._assembler.complete_grace))
+            turn = min(turn, max(check, began + self._assembler.complete_grace / 2))
         return turn
 
     async def tick(self, now: float) -> None:
