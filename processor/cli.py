@@ -72,7 +72,8 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
     import duckdb
 
-    from processor.localizer.snapshot import SnapshotError, copy_snapshot, snapshot_path
+    from processor.localizer.history import HistoryConfig
+    from processor.localizer.snapshot import SnapshotError, copy_snapshot, scale_of, snapshot_path
 
     config = load_config(args.config, args.set or ())
     journal = config.processor.storage.journal
@@ -83,7 +84,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     snapshot, file = snapshot_path(journal), Path(args.file)
     try:
         if args.action == "export":
-            meta = copy_snapshot(snapshot, file)
+            meta = copy_snapshot(snapshot, file, scale_of(HistoryConfig()))
         else:
             if Path(journal).exists():  # a running instance holds its journal; at stop it would overwrite
                 try:
@@ -92,7 +93,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
                     print(f"error: the instance of {journal} is running: stop it, import, then start it",
                           file=sys.stderr)
                     return 1
-            meta = copy_snapshot(file, snapshot)
+            meta = copy_snapshot(file, snapshot, scale_of(HistoryConfig()))
     except (SnapshotError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

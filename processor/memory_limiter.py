@@ -33,12 +33,12 @@ from pydantic import Field, model_validator
 
 from processor.confmap import Duration, StrictModel
 from processor.receivers.ingest import Overloaded
+from processor.service.memory import PAGE, rss
 from processor.service.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 class MemoryLimiterConfig(StrictModel):
@@ -83,14 +83,6 @@ COLLECTOR_ONLY_KEYS: dict[str, str] = {
 }
 
 
-def rss(pid: int | str = "self") -> int:
-    """Resident bytes of process ``pid`` (Linux /proc); 0 if it is gone."""
-    try:
-        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
 def process_tree_rss() -> int:
     """Resident bytes of this process and its live children (the analysis worker)."""
     pids: list[int | str] = ["self", *(p.pid for p in multiprocessing.active_children() if p.pid)]
@@ -114,7 +106,7 @@ def _cgroup_limit() -> int | None:
 def total_memory() -> int:
     """The memory limit_percentage is of: the container's limit (cgroup v2 or v1) when it has one,
     else the machine's physical memory."""
-    physical = os.sysconf("SC_PHYS_PAGES") * _PAGE
+    physical = os.sysconf("SC_PHYS_PAGES") * PAGE
     limit = _cgroup_limit()
     return min(physical, limit) if limit else physical
 

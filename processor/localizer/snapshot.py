@@ -28,17 +28,36 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol, TypeVar
 
 import duckdb
 
-if TYPE_CHECKING:
-    from processor.localizer.history import History
-
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Scale(Protocol):
+    """The bucket scale of sketches (``history.HistoryConfig``)."""
+
+    gamma: float
+    attr_gamma: float
+
+
+class History(Protocol):
+    """What a snapshot needs of ``history.History`` (a protocol: history imports this module)."""
+
+    config: Scale
+    traces_seen: int
+
+    def with_sketches(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T: ...
+
 
 FORMAT_VERSION = 1
+# Everything a History learns (the tables history.SCHEMA_SQL creates): what a snapshot holds.
+SKETCH_TABLES = ("lz_hist", "lz_ops", "lz_shapes", "lz_values", "lz_vtot", "lz_aops", "lz_akeys", "lz_acat",
+                 "lz_anum")
 SNAPSHOT_INTERVAL = 60.0  # seconds between snapshots while learning: what a crash may lose
 
 
@@ -54,8 +73,6 @@ def snapshot_path(journal: str | Path) -> Path:
 
 def save(history: History, path: Path) -> None:
     """Write ``history``'s sketches to ``path`` (atomically: a temporary file renamed over it)."""
-    from processor.localizer.history import SKETCH_TABLES
-
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
@@ -83,9 +100,7 @@ def save(history: History, path: Path) -> None:
 def restore(history: History, path: Path) -> int:
     """Replace ``history``'s sketches with the snapshot at ``path``; returns the traces it had
     learned from.  ``SnapshotError`` if the file cannot be used (``history`` is left as it was)."""
-    from processor.localizer.history import SKETCH_TABLES
-
-    check(path, history)
+    check(path, scale_of(history.config))
 
     def read(conn: duckdb.DuckDBPyConnection) -> int:
         conn.execute("ATTACH ? AS lz_snap (READ_ONLY)", [str(path)])
@@ -109,11 +124,14 @@ def restore(history: History, path: Path) -> int:
     return traces
 
 
-def check(path: Path, history: History | None = None) -> dict[str, float]:
-    """The snapshot's metadata; ``SnapshotError`` unless ``path`` is a snapshot of this format
-    (and, given ``history``, of its bucket scale)."""
-    from processor.localizer.history import SKETCH_TABLES, HistoryConfig
+def scale_of(config: Scale) -> dict[str, float]:
+    """The bucket scale sketches are kept at under ``config``: a snapshot must have the same."""
+    return {"gamma": config.gamma, "attr_gamma": config.attr_gamma}
 
+
+def check(path: Path, scale: Mapping[str, float] | None = None) -> dict[str, float]:
+    """The snapshot's metadata; ``SnapshotError`` unless ``path`` is a snapshot of this format
+    (and, given ``scale``, of that bucket scale: ``scale_of``)."""
     if not path.is_file():
         raise SnapshotError(f"{path}: no such snapshot")
     try:
@@ -125,8 +143,7 @@ def check(path: Path, history: History | None = None) -> dict[str, float]:
             meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
     except duckdb.Error as err:
         raise SnapshotError(f"{path}: not a faulttrace baseline snapshot ({err})") from None
-    cfg = history.config if history is not None else HistoryConfig()
-    want = {"version": FORMAT_VERSION, "gamma": cfg.gamma, "attr_gamma": cfg.attr_gamma}
+    want = {"version": FORMAT_VERSION, **(scale or {})}
     for key, value in want.items():
         if meta.get(key) != value:
             raise SnapshotError(f"{path}: taken with {key} {meta.get(key)}, this baseline uses {value}")
@@ -171,10 +188,11 @@ class Snapshots:
             log.error("cannot write the baseline snapshot %s: %s", self.path, err)
 
 
-def copy_snapshot(source: Path, target: Path) -> dict[str, float]:
-    """Check the snapshot ``source`` and copy it to ``target`` (atomically: a reader sees the old
-    file or the new one); returns its metadata.  Export and import both."""
-    meta = check(source)
+def copy_snapshot(source: Path, target: Path, scale: Mapping[str, float] | None = None) -> dict[str, float]:
+    """Check the snapshot ``source`` (against ``scale``, when given) and copy it to ``target``
+    (atomically: a reader sees the old file or the new one); returns its metadata.  Export and
+    import both."""
+    meta = check(source, scale)
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:

@@ -1,4 +1,6 @@
-"""Giving memory freed after a burst back to the system (the receiving process and the analysis worker).
+"""A process's memory: how much is resident (``rss``, the one reader for the memory limiter, the
+telemetry and the bench), and giving memory freed after a burst back to the system (the receiving
+process and the analysis worker).
 
 Why: after a burst is delivered the allocators keep what it freed.  Measured
 with ``tests.e2e.bench_memory`` (100k spans, analysis on defaults), the
@@ -19,10 +21,22 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pyarrow as pa
+
+PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def rss(pid: int | str = "self") -> int:
+    """Resident bytes of process ``pid`` (Linux /proc); 0 if it is gone."""
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+    except (OSError, IndexError, ValueError):
+        return 0
 
 MIN_INTERVAL = 10.0  # seconds between two releases: a trim walks every arena, and pages come back on use
 

@@ -37,6 +37,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from processor.service.memory import rss
+
 SIGNAL = "traces"  # the collector's otel_signal label: faulttrace handles traces only
 # Seconds: one batch's analysis takes milliseconds to tens of seconds (a backlog of 5,000 traces).
 ANALYSIS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -162,11 +164,9 @@ class ProcessCollector(Collector):
         self._worker_pid, self._worker_restarts = pid, restarts
 
     def collect(self) -> Iterator[Metric]:
-        from processor import memory_limiter  # the one RSS reader; it imports this module
-
         cpu = CounterMetricFamily("faulttrace_process_cpu_seconds", "Total CPU user and system time.",
                                   labels=["process"])
-        rss = GaugeMetricFamily("faulttrace_process_memory_rss_bytes", "Resident memory.", labels=["process"])
+        resident = GaugeMetricFamily("faulttrace_process_memory_rss_bytes", "Resident memory.", labels=["process"])
         uptime = CounterMetricFamily("faulttrace_process_uptime_seconds", "Time since the process started.",
                                      labels=["process"])
         own = _proc_stat(os.getpid())
@@ -174,18 +174,18 @@ class ProcessCollector(Collector):
             times = os.times()
             own = (times.user + times.system, time.time() - self._started)
         cpu.add_metric(["faulttrace"], own[0])
-        rss.add_metric(["faulttrace"], memory_limiter.rss())
+        resident.add_metric(["faulttrace"], rss())
         uptime.add_metric(["faulttrace"], own[1])
         pid = self._worker_pid()
         stat = _proc_stat(pid) if pid else None
         if stat is not None:
             cpu.add_metric(["analysis"], stat[0])
-            rss.add_metric(["analysis"], memory_limiter.rss(pid))
+            resident.add_metric(["analysis"], rss(pid))
             uptime.add_metric(["analysis"], stat[1])
         restarts = CounterMetricFamily("faulttrace_analysis_worker_restarts",
                                        "Analysis worker processes started again after one died.")
         restarts.add_metric([], self._worker_restarts())
-        yield from (cpu, rss, uptime, restarts)
+        yield from (cpu, resident, uptime, restarts)
 
 
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100

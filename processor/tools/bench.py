@@ -67,7 +67,7 @@ from typing import Any
 
 from processor.config import IN_MEMORY, JOURNAL_FILE, parse_config
 from processor.confmap import parse_duration
-from processor.memory_limiter import rss
+from processor.service.memory import rss
 from processor.tools.progress import Progress
 
 SERVICE_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"

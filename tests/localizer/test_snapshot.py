@@ -11,8 +11,16 @@ import pyarrow as pa
 import pytest
 
 from processor.localizer import span_metrics
-from processor.localizer.history import SKETCH_TABLES, History, HistoryConfig
-from processor.localizer.snapshot import SnapshotError, check, copy_snapshot, restore, save, snapshot_path
+from processor.localizer.history import History, HistoryConfig
+from processor.localizer.snapshot import (
+    SKETCH_TABLES,
+    SnapshotError,
+    check,
+    copy_snapshot,
+    restore,
+    save,
+    snapshot_path,
+)
 from tests.support import localizer_synth as synth
 
 
