@@ -32,6 +32,15 @@ _ATTR_TO_TY = {
     AttrType.STRING_ARRAY: Ty.STRING_ARRAY, AttrType.INT_ARRAY: Ty.INT_ARRAY, AttrType.DOUBLE_ARRAY: Ty.DOUBLE_ARRAY,
     AttrType.PRESENT: Ty.BOOL, AttrType.ANY: Ty.STRING,
 }
+# value functions: name -> (parameter kinds, `?` optional; result type; example)
+FUNCTIONS: dict[str, tuple[tuple[str, ...], str, str]] = {
+    "len": (("string|array",), "int", 'len(s.attr["gen_ai.response.finish_reasons"]) > 1'),
+    "lower": (("string",), "string", 'lower(s.name) contains "timeout"'),
+    "upper": (("string",), "string", 'upper(s.attr["http.request.method"]) = "POST"'),
+    "substr": (("string", "int", "int?"), "string", 'substr(s.name, 1, 4) = "GET "'),
+    "split": (("string", "string"), "string[]", 'split(s.attr["app.path"], "/") contains "admin"'),
+    "json": (("string", "string"), "string", 'json(s.attr["app.result"], "$.rows") = "0"'),
+}
 # what an un-annotated attribute of unknown type becomes next to a literal
 _INFER_FROM = {Ty.STRING: AttrType.STRING, Ty.INT: AttrType.DOUBLE, Ty.DOUBLE: AttrType.DOUBLE, Ty.BOOL: AttrType.BOOL}
 _LITERAL_TY = {"string": Ty.STRING, "int": Ty.INT, "double": Ty.DOUBLE, "bool": Ty.BOOL, "duration": Ty.DURATION}
@@ -620,6 +629,10 @@ class _Checker:
         left, right = self._typed_pair(e, scope)
         if Ty.ERROR in (left.ty, right.ty):
             return ir.Const(None, Ty.ERROR)
+        return self._compare_nodes(e, left, right)
+
+    def _compare_nodes(self, e: ast.Binary, left: ir.Node, right: ir.Node) -> ir.Node:
+        """The comparison ``e`` of the typed operands ``left`` and ``right``."""
         op = e.op
         if op in ("in", "not in"):
             return self._membership(e, left, right)
@@ -678,9 +691,14 @@ class _Checker:
         macro = self.macros.get(e.name)
         if macro is None and e.name == "first":
             return self._first(e, scope)
+        if macro is None and e.name == "any":
+            return self._any(e, scope)
+        if macro is None and e.name in FUNCTIONS:
+            return self._function(e, scope)
         if macro is None:
-            self.error("E013", f"unknown macro `{e.name}`", e.name_span, *did_you_mean(e.name, self.macros),
-                       "built-ins: first(...), exists(...), count(...), min/max/avg/sum(... for ...)")
+            self.error("E013", f"unknown macro `{e.name}`", e.name_span, *did_you_mean(e.name, [*self.macros, *FUNCTIONS, "any"]),
+                       "built-ins: first(...), exists(...), count(...), min/max/avg/sum(... for ...), "
+                       f"{', '.join(FUNCTIONS)}, any(...)")
             return ir.Const(None, Ty.ERROR)
         self.used_defs.add(e.name)
         if len(e.args) != len(macro.params):
@@ -721,6 +739,61 @@ class _Checker:
             return ir.Const(None, Ty.ERROR)
         first, then = (left, right) if e.op == "before" else (right, left)
         return ir.Compare("<=", ir.Intrinsic(first, "end", Ty.TIME), ir.Intrinsic(then, "start", Ty.TIME))
+
+    def _function(self, e: ast.Call, scope: _Scope) -> ir.Node:
+        """A value function (``FUNCTIONS``): arity and argument types, then its result type."""
+        params, result, example = FUNCTIONS[e.name]
+        required = sum(1 for p in params if not p.endswith("?"))
+        if not required <= len(e.args) <= len(params):
+            count = str(required) if required == len(params) else f"{required} or {len(params)}"
+            self.error("E014", f"`{e.name}` takes {count} argument(s), got {len(e.args)}", e.span, f"e.g. `{example}`")
+            return ir.Const(None, Ty.ERROR)
+        args = []
+        for param, arg in zip(params, e.args):
+            kinds = param.rstrip("?").split("|")
+            want = AttrType.STRING if "string" in kinds else AttrType.INT if "int" in kinds else None
+            node = self._expr(arg, scope, want)
+            if node.ty is Ty.ERROR:
+                return ir.Const(None, Ty.ERROR)
+            fits = ("string" in kinds and node.ty is Ty.STRING) or ("int" in kinds and node.ty is Ty.INT) or (
+                "array" in kinds and node.ty.is_array)
+            if not fits:
+                self.error("E028", f"`{e.name}` takes {' or '.join(kinds)} here, not {node.ty}", arg.span,
+                           f"e.g. `{example}`", *(("an attribute's type can be given: `s.attr[\"k\"]:string[]`",)
+                                                  if "array" in kinds and isinstance(arg, ast.Attr) else ()))
+                return ir.Const(None, Ty.ERROR)
+            args.append(node)
+        if e.name == "json":
+            path = args[1]
+            if not (isinstance(path, ir.Const) and str(path.value).startswith("$")):
+                self.error("E028", "`json` takes a JSON path literal starting with `$`", e.args[1].span,
+                           'e.g. `json(s.attr["gen_ai.output"], "$.choices[0].text")`')
+                return ir.Const(None, Ty.ERROR)
+        return ir.Call(e.name, tuple(args), Ty(result))
+
+    def _any(self, e: ast.Call, scope: _Scope) -> ir.Node:
+        """``any(arr <op> x)``: the comparison holds for some element of the array ``arr``."""
+        arg = e.args[0] if len(e.args) == 1 else None
+        if not isinstance(arg, ast.Binary) or arg.op in ("+", "-", "*", "/", "%", "in", "not in"):
+            self.error("E014", "`any` takes one comparison of an array's elements", e.span,
+                       'e.g. `any(s.attr["gen_ai.response.finish_reasons"] =~ "^len")`')
+            return ir.Const(None, Ty.ERROR)
+        array = self._expr(arg.left, scope)
+        if array.ty is Ty.ERROR:
+            return ir.Const(None, Ty.ERROR)
+        if not array.ty.is_array:
+            self.error("E028", f"`any` compares the elements of an array, not a {array.ty}", arg.left.span,
+                       *(('an attribute\'s type can be given: `s.attr["k"]:string[]`',) if isinstance(arg.left, ast.Attr)
+                         else ()))
+            return ir.Const(None, Ty.ERROR)
+        element = ir.Element(array.ty.element)
+        right = self._expr(arg.right, scope, _want(element, arg.op))
+        if right.ty is Ty.ERROR:
+            return ir.Const(None, Ty.ERROR)
+        cond = self._compare_nodes(arg, element, right)
+        if cond.ty is Ty.ERROR:
+            return cond
+        return ir.AnyOf(array, cond)
 
     def _first(self, e: ast.Call, scope: _Scope) -> ir.Node:
         """Built-in ``first(a, b, ...)``: the first non-nil value (one type)."""

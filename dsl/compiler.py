@@ -93,6 +93,7 @@ class _Ctx:
     params: list[object] = field(default_factory=list)
     aliases: dict[str, str] = field(default_factory=dict)
     needs: set[str] = field(default_factory=set)
+    lambdas: int = 0  # ``any(...)`` lambdas open around the expression being compiled
 
     def bind(self, value: object) -> str:
         self.params.append(value)
@@ -222,13 +223,17 @@ def nullable(node: ir.Node) -> bool:
             return any(nullable(c) for c in ir.children(node))
         case ir.First():
             return all(nullable(c) for c in node.items)
+        case ir.Call():
+            return True  # nil in, nil out; json() of text that is not JSON, or a path not there, is nil
+        case ir.Element():
+            return True
     return False  # booleans are compiled two-valued
 
 
 def _bool(node: ir.Node, ctx: _Ctx) -> str:
     """SQL for a condition, never NULL: comparisons with nil are false."""
     sql = _value(node, ctx)
-    leaf = not isinstance(node, (ir.And, ir.Or, ir.Not, ir.IsSet, ir.Quant))
+    leaf = not isinstance(node, (ir.And, ir.Or, ir.Not, ir.IsSet, ir.Quant, ir.AnyOf))
     if leaf and any(nullable(c) for c in (node, *ir.children(node))):
         return f"coalesce({sql}, FALSE)"
     return sql
@@ -276,7 +281,37 @@ def _value(node: ir.Node, ctx: _Ctx) -> str:
             return _quant(node, ctx)
         case ir.First():
             return f"coalesce({', '.join(_value(i, ctx) for i in node.items)})"
+        case ir.Call():
+            return _call(node, ctx)
+        case ir.Element():
+            return f"__e{ctx.lambdas}"
+        case ir.AnyOf():
+            operand = _value(node.operand, ctx)
+            ctx.lambdas += 1  # a lambda's variable per nesting level: any() inside any() sees both
+            try:
+                x = f"__e{ctx.lambdas}"
+                return f"coalesce(len(list_filter({operand}, lambda {x}: {_bool(node.cond, ctx)})) > 0, FALSE)"
+            finally:
+                ctx.lambdas -= 1
     raise AssertionError(f"unhandled IR node {node!r}")  # pragma: no cover
+
+
+def _call(node: ir.Call, ctx: _Ctx) -> str:
+    """A value function; every one is nil for a nil argument."""
+    args = [_value(a, ctx) for a in node.args]
+    match node.func:
+        case "len":
+            return f"len({args[0]})" if node.args[0].ty.is_array else f"length({args[0]})"
+        case "lower" | "upper":
+            return f"{node.func}({args[0]})"
+        case "substr":  # from the 1-based position, as in SQL; to the end without a length
+            return f"substring({args[0]}, {args[1]}{', ' + args[2] if len(args) > 2 else ''})"
+        case "split":
+            return f"string_split({args[0]}, {args[1]})"
+        case "json":
+            # text that is not JSON is nil, not an error that would cost the rule its batch
+            return f"CASE WHEN json_valid({args[0]}) THEN json_extract_string({args[0]}, {args[1]}) END"
+    raise AssertionError(f"unhandled function {node.func}")  # pragma: no cover
 
 
 def _chain(node: ir.And | ir.Or, ctx: _Ctx) -> str:

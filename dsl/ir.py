@@ -206,6 +206,32 @@ class First:
 
 
 @dataclass(frozen=True, slots=True)
+class Call:
+    """A value function: ``len lower upper substr split json`` (``dsl.checker.FUNCTIONS``)."""
+
+    func: str
+    args: tuple[Node, ...]
+    ty: Ty
+
+
+@dataclass(frozen=True, slots=True)
+class Element:
+    """The element of the array ``AnyOf`` tests, one at a time."""
+
+    ty: Ty
+
+
+@dataclass(frozen=True, slots=True)
+class AnyOf:
+    """``any(arr =~ "re")``: some element of ``operand`` (an array) satisfies
+    ``cond``, a condition on ``Element``."""
+
+    operand: Node
+    cond: Node
+    ty: Ty = Ty.BOOL
+
+
+@dataclass(frozen=True, slots=True)
 class Rel:
     """A variable and how it relates to an earlier one (``span`` = any span of
     the trace of ``other``, or of the batch for a rule's first variable;
@@ -226,7 +252,7 @@ class Quant:
     ty: Ty
 
 
-Node = Union[Const, Intrinsic, TraceIntrinsic, AttrValue, Compare, Regex, StrTest, ArrayHas, InList, Arith, Negate, And, Or, Not, IsSet, Quant, First]
+Node = Union[Const, Intrinsic, TraceIntrinsic, AttrValue, Compare, Regex, StrTest, ArrayHas, InList, Arith, Negate, And, Or, Not, IsSet, Quant, First, Call, Element, AnyOf]
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,8 +303,10 @@ def children(node: Node) -> tuple[Node, ...]:
             return (o,)
         case InList(o, items):
             return (o, *items)
-        case And(items) | Or(items) | First(items):
+        case And(items) | Or(items) | First(items) | Call(_, items):
             return items
+        case AnyOf(o, c):
+            return (o, c)
         case Quant(_, _, where, value):
             return tuple(n for n in (where, value) if n is not None)
     return ()
