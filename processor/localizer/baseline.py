@@ -10,6 +10,7 @@ set of traces — a baseline file or completed traces as they pass.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,24 @@ import pyarrow as pa
 
 from processor.localizer.graph import span_metrics
 from processor.localizer.spans import read_spans
+
+
+def min_observations(quantile: float, confidence: float) -> int:
+    """How many observations of an operation its baseline needs before evidence read against its
+    ``quantile`` counts: the fewest ``n`` with ``1 - quantile ** n >= confidence``.
+
+    Among ``n`` normal observations, none lies beyond the ``quantile`` with probability
+    ``quantile ** n``; below the count, the baseline's threshold is more likely than not (at
+    ``confidence`` 0.5) the sample's largest value standing in for a quantile it never reached,
+    and traffic exceeds it far more often than ``1 - quantile`` (the largest of ``n`` is exceeded
+    by a new normal value with probability ``1 / (n + 1)``: 5% at 20).  The same bound holds for a
+    rate: a value, or an error, of probability ``1 - quantile`` shows at least once in ``n``
+    observations with probability ``1 - quantile ** n``, so "never seen" means "rarer than that"
+    only past the count.  p99 at confidence 0.5: 69; at 0.95: 299."""
+    if not 0 < quantile < 1 or not 0 < confidence < 1:
+        raise ValueError(f"quantile {quantile} and confidence {confidence} must lie strictly between 0 and 1")
+    return math.ceil(math.log1p(-confidence) / math.log(quantile))
+
 
 OPS_SQL = """
 WITH m AS (SELECT service, name, self_ns, dur, status_code,

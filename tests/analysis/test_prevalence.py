@@ -13,11 +13,12 @@ from dsl import load_rules
 from processor.analysis.attributes import Projection, span_table
 from processor.analysis.build import seed_healthy
 from processor.analysis.combined import CombinedAnalyzer
-from processor.analysis.prevalence import PRIOR_RATE, HealthyFiring, Outcomes, fired, outcomes
+from processor.analysis.prevalence import MIN_OBSERVATIONS, PRIOR_RATE, HealthyFiring, Outcomes, fired, outcomes
 from processor.analysis.protocols import RELEASED_TABLE, with_row_numbers
 from processor.analysis.rules import RuleAnalyzer
 from processor.analysis.verdict import BatchVerdict, Candidate, Evidence, TraceVerdict
 from processor.config import FaulttraceProcessorConfig
+from processor.localizer.baseline import min_observations
 from processor.otlp.tracefile import read_requests
 from tests.support.harness import sid, tid
 
@@ -53,10 +54,20 @@ def test_a_root_slower_than_its_learned_p99_is_a_failure():
     service, name, dur = conn.execute(
         f"SELECT service, name, end_ns - start_ns FROM {table} WHERE octet_length(parent_span_id) = 0 "
         "OR parent_span_id IS NULL").fetchall()[0]
-    durations = pa.table({"service": [service], "name": [name], "dur_p99": [float(dur - 1)]})
-    assert outcomes(conn, table, durations).failed == trace_ids(HANDLED)
-    durations = pa.table({"service": [service], "name": [name], "dur_p99": [float(dur)]})
-    assert outcomes(conn, table, durations).failed == frozenset()
+    def durations(p99: float, n: int = MIN_OBSERVATIONS) -> pa.Table:
+        return pa.table({"service": [service], "name": [name], "n": [n], "dur_p99": [p99]})
+    assert outcomes(conn, table, durations(dur - 1)).failed == trace_ids(HANDLED)
+    assert outcomes(conn, table, durations(dur)).failed == frozenset()
+    # a p99 learned from too few spans is not trusted to call the root slow
+    assert outcomes(conn, table, durations(dur - 1, MIN_OBSERVATIONS - 1)).failed == frozenset()
+
+
+def test_the_count_a_p99_needs_is_derived_from_the_quantile_and_the_confidence():
+    assert MIN_OBSERVATIONS == min_observations(0.99, 0.5) == 69  # 0.99 ** 69 < 0.5 <= 0.99 ** 68
+    assert 0.99 ** 69 < 0.5 <= 0.99 ** 68
+    assert min_observations(0.99, 0.95) == 299
+    with pytest.raises(ValueError):
+        min_observations(1.0, 0.5)
 
 
 def test_an_unmeasured_source_is_taken_at_the_ceiling_and_keeps_its_confidence():
