@@ -16,6 +16,7 @@ from processor.confmap import ConfigError
 
 if TYPE_CHECKING:
     from processor.demo.faults import FaultKind
+    from processor.tools.offline import OfflineResult
 
 log = logging.getLogger("faulttrace")
 
@@ -159,6 +160,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         if localizer is not None:
             localizer.close()
     summary = explain.summary_line(result)
+    if args.html:
+        return _explain_html(result, args.html, args.file, summary)
     if args.failed:
         result = explain.failed_only(result)
     if args.format == "json":
@@ -166,6 +169,21 @@ def cmd_explain(args: argparse.Namespace) -> int:
     else:
         print(summary + ("; only those are shown (--failed)" if args.failed else ""))
         explain.write_text(result, sys.stdout)
+    return 0
+
+
+def _explain_html(result: OfflineResult, out: str, source: str, summary: str) -> int:
+    """``explain --html OUT``: the page for incident review (``tools.htmlpage``), one line on stdout."""
+    from pathlib import Path
+
+    from processor.tools.htmlpage import write_html
+
+    try:
+        shown = write_html(result, Path(out), Path(source).name)
+    except OSError as err:
+        print(f"error: --html {out}: {err.strerror or err}", file=sys.stderr)
+        return 2
+    print(f"{summary}; {out}: {shown} trace{'s' if shown != 1 else ''} with a root cause")
     return 0
 
 
@@ -352,6 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="normal traffic (OTLP/JSON lines) to judge timing and call shapes against")
     explain.add_argument("--no-localizer", action="store_true", help="rules and fault trees only")
     explain.add_argument("--format", choices=["text", "json"], default="text")
+    explain.add_argument("--html", metavar="OUT.html",
+                         help="write one self-contained page instead: each trace with a root cause as a waterfall "
+                              "(cause, symptoms and the chain marked, evidence beside them) and the service ranking")
     explain.add_argument("--failed", action="store_true",
                          help="only the traces given a root cause (the summary line still counts every trace)")
     explain.set_defaults(func=cmd_explain)

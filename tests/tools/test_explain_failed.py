@@ -45,6 +45,9 @@ def traces(tmp_path: Path) -> Path:
         spans.append(_span(t, 1, 0, "POST /orders", error="could not save the order" if fail else ""))
         spans.append(_span(t, 2, 1, "INSERT orders", error="connection refused" if fail else "",
                            attrs={"db.system.name": "postgresql", "server.address": "db"}))
+    gateway = req.resource_spans.add()
+    gateway.resource.attributes.append(kv("service.name", "gateway"))
+    spans = gateway.scope_spans.add().spans
     for t in (4, 5):
         spans.append(_span(t, 1, 0, "GET /cart", error="upstream failed", attrs={"http.response.status_code": 502}))
         call = _span(t, 2, 1, "GET", attrs={"http.response.status_code": 503, "server.address": "cart"})
