@@ -69,18 +69,20 @@ class Candidate:
     def layer(self) -> str:
         """The layer most of the evidence about the span agrees on ('' when none names one).
 
-        Each rule is one voter, and the localizer is one voter (its sources share the layer it
-        infers from the span's conventions, so they must not outvote a rule by number), each
-        with its confidence; the layer with the most support wins, the strongest evidence
-        breaking ties. So a generic rule (any exception is "code") does not overrule a more
-        specific reading of the same span that another rule and the conventions agree on
-        (the exception is a pool's: infrastructure)."""
+        Each family of evidence is one voter with its most confident piece per layer: the
+        rules (a library's rules overlap: two rules reading the same exception are one reading,
+        not two), the fault trees, and the localizer (its sources share the layer it infers
+        from the span's conventions); the layer with the most support wins, the strongest
+        evidence breaking ties. So generic rules (any exception is "code", a key error is
+        "code") do not overrule a reading of the same span that a specific rule and the
+        conventions agree on (the exception is a pool's: infrastructure; it follows a flag
+        variant never seen before: config)."""
         votes: dict[str, dict[str, float]] = {}
         best: dict[str, float] = {}
         for e in self._primary:
             if not e.layer:
                 continue
-            voter = "localizer" if e.kind == "localizer" else e.source
+            voter = e.kind
             layer_votes = votes.setdefault(e.layer, {})
             layer_votes[voter] = max(layer_votes.get(voter, 0.0), e.confidence)
             best[e.layer] = max(best.get(e.layer, 0.0), e.score)

@@ -156,10 +156,15 @@ def test_a_generic_rule_does_not_overrule_the_layer_the_rest_of_the_evidence_agr
     c = cand(2, rule("code.any_exception", 0.8, 4), rule("infra.pool_exhausted", 0.6, 3),
              stat("localizer.errors", 0.9, layer="infrastructure"), stat("localizer.latency", 0.9, layer="infrastructure"))
     assert c.layer == "infrastructure"
-    # the localizer's sources count once: against two agreeing rules it does not win by number
-    c = cand(2, rule("code.a", 0.8, 4), rule("code.b", 0.7, 3), stat("localizer.errors", 0.9, layer="data"),
+    # the localizer's sources count once: against a more confident rule it does not win by number
+    c = cand(2, rule("code.a", 0.95, 4), stat("localizer.errors", 0.9, layer="data"),
              stat("localizer.latency", 0.9, layer="data"), stat("localizer.silent", 0.9, layer="data"))
     assert c.layer == "code"
+    # nor do the rules: two generic ones reading the same exception are one reading, which a
+    # specific rule and the conventions outweigh (a flag variant never seen before: config)
+    c = cand(2, rule("code.deepest_exception", 0.9, 4), rule("code.key_error", 0.85, 3),
+             rule("config.failing_flag_variant", 0.4, 2), stat("localizer.silent", 0.9, layer="config"))
+    assert c.layer == "config"
 
 
 def test_on_equal_evidence_the_corroborated_candidate_ranks_first():
