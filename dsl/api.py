@@ -133,7 +133,8 @@ class RuleSet:
         """The rule set restricted to ``ids`` (fixture tests run a few rules)."""
         wanted = set(ids)
         rules = tuple(r for r in self.rules if r.id in wanted)
-        return RuleSet(rules, self.warnings, self.projection, _needs(rules), self.sources, checked=self.checked)
+        return RuleSet(rules, self.warnings, self.projection, _needs(rules), self.sources, checked=self.checked,
+                       statement_rules=self.statement_rules)
 
     @property
     def tree_ids(self) -> tuple[str, ...]:
@@ -149,7 +150,8 @@ class RuleSet:
         plans = tuple(p for p in self.trees if p.id in wanted)
         keep = _tree_rules(plans) | set(rule_ids)
         rules = tuple(r for r in self.rules if r.id in keep)
-        return _assemble(rules, self.checked, plans, self.conditions, self.warnings, self.projection, self.sources)
+        selected = _assemble(rules, self.checked, plans, self.conditions, self.warnings, self.projection, self.sources)
+        return replace(selected, statement_rules=self.statement_rules)
 
     @cached_property
     def _rule_statements(self) -> tuple[_Statement, ...]:

@@ -56,3 +56,11 @@ def test_a_broken_rule_costs_only_itself_in_its_statement(bench_rules):
     whole = {f.rule_id for f in _findings(bench_rules, STATEMENT_RULES)}
     assert [e.rule_id for e in errors] == [rules[3].id]
     assert {f.rule_id for f in found} == (whole & {r.id for r in rules}) - {rules[3].id}
+
+
+def test_a_selection_keeps_the_statement_size(bench_rules):
+    small = dataclasses.replace(bench_rules, statement_rules=3)
+    picked = small.select(small.ids[:7])
+    assert picked.statement_rules == 3
+    assert [len(s.rules) for s in picked._rule_statements] == [3, 3, 1]
+    assert small.select_trees([]).statement_rules == 3
