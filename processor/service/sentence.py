@@ -67,12 +67,13 @@ def trace_url(template: str, trace_id: bytes) -> str:
 
 
 def finding(c: Candidate) -> Evidence:
-    """The evidence a sentence quotes: the strongest about the span itself (a rule or the
-    localizer) among those in the layer the candidate is given (so the message agrees with the
-    layer beside it); a fault tree's only when nothing else blames the span."""
+    """The evidence a sentence quotes: among the evidence about the span itself in the layer
+    the candidate is given (so the message agrees with the layer beside it), a rule's before
+    the localizer's (a rule's message was written for people), the strongest first; a fault
+    tree's only when nothing else blames the span."""
     own = [e for e in c.evidence if e.kind != "fault_tree"] or list(c.evidence)
     agreeing = [e for e in own if e.layer == c.layer] or own
-    return max(agreeing, key=lambda e: (e.score, e.confidence))
+    return max(agreeing, key=lambda e: (e.kind == "rule", e.score, e.confidence))
 
 
 def explained(v: TraceVerdict, symptoms: Iterable[Symptom], cause: bytes) -> list[Symptom]:

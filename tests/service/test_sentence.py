@@ -46,11 +46,22 @@ def test_a_sentence_names_cause_layer_confidence_message_what_it_explains_and_th
 
 
 def test_the_quoted_finding_agrees_with_the_layer_shown() -> None:
-    # the code rule scores higher, but infrastructure wins the layer vote (two voters to one)
-    c = verdict(evidence("code.exception", "code", 0.8), evidence("infra.a", "infrastructure", 0.5),
-                evidence("infra.b", "infrastructure", 0.6)).top
-    assert c is not None and c.layer == "infrastructure"
-    assert finding(c).source == "infra.b"
+    # whichever layer the vote gives (verdict.Candidate.layer), the message quoted is of that layer
+    for evidences in ((evidence("code.exception", "code", 0.8), evidence("infra.a", "infrastructure", 0.5),
+                       evidence("infra.b", "infrastructure", 0.6)),
+                      (evidence("code.exception", "code", 0.4), evidence("infra.a", "infrastructure", 0.5),
+                       evidence("infra.b", "infrastructure", 0.6))):
+        c = verdict(*evidences).top
+        assert c is not None and c.layer
+        quoted = finding(c)
+        assert quoted.layer == c.layer
+        assert quoted.score == max(e.score for e in evidences if e.layer == c.layer)
+
+
+def test_a_rule_is_quoted_before_a_stronger_localizer_source_of_the_same_layer() -> None:
+    c = verdict(evidence("localizer.errors", "infrastructure", 0.9, kind="localizer"),
+                evidence("infra.dependency_5xx", "infrastructure", 0.6)).top
+    assert c is not None and finding(c).source == "infra.dependency_5xx"
 
 
 def test_without_link_symptoms_or_root_facts_the_sentence_stays_short() -> None:
