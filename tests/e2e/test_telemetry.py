@@ -13,9 +13,11 @@ examples/grafana names no metric this serve does not expose.
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -201,3 +203,51 @@ def test_the_grafana_dashboard_names_only_what_serve_exposes(fed: dict[str, obje
             "faulttrace_process_memory_rss_bytes", "faulttrace_analysis_worker_restarts_total",
             "faulttrace_build_info", "faulttrace_processor_incoming_items_total",
             "faulttrace_processor_outgoing_items_total", "faulttrace_exporter_enqueue_failed_spans_total"} <= named
+
+
+def _children(pid: int) -> list[int]:
+    """Process ids whose parent is ``pid`` (Linux /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the worker through /proc (Linux)")
+def test_a_killed_worker_is_counted_when_it_is_restarted(fed: dict[str, object]) -> None:
+    # runs after the tests above (same serve): their counts are the baseline
+    base = str(fed["metrics"])
+    before = scrape(base)
+    proc: subprocess.Popen[bytes] = fed["proc"]  # type: ignore[assignment]
+    # the spawned worker, not multiprocessing's resource tracker beside it
+    workers = [p for p in _children(proc.pid) if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    assert len(workers) == 1, workers
+    os.kill(workers[0], signal.SIGKILL)
+    killed = time.monotonic()
+    # the worker restarts when a batch finds it dead, at most every RESTART_INTERVAL (5 s) after its start
+    exporter = grpc_exporter(int(fed["grpc"]))  # type: ignore[arg-type]
+    sent = 0
+
+    def restarted() -> bool:
+        nonlocal sent
+        s = scrape(base)
+        if s[("faulttrace_analysis_worker_restarts_total", ())] >= 1:
+            return True
+        exporter.export(checkout(fail=True))
+        sent += 1
+        return False
+
+    wait_until(restarted, timeout=60, what="the analysis worker restarted")
+    exporter.shutdown()
+    after = scrape(base)
+    assert value(after, "faulttrace_analysis_worker_restarts_total") == 1
+    # the worker reported now is the new one: it started after the kill
+    assert value(after, "faulttrace_process_uptime_seconds_total", process="analysis") <= time.monotonic() - killed + 1
+    assert value(before, "faulttrace_analysis_worker_restarts_total") == 0
+    assert value(after, "faulttrace_processor_incoming_items_total", processor="faulttrace",
+                 otel_signal="traces") == fed["spans"] + 3 * sent
