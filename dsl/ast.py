@@ -162,6 +162,7 @@ class Quantifier:
     value: Expr | None
     span: SourceSpan
     func_span: SourceSpan
+    by: Expr | None = None  # `by k`: per group of equal `k` (count and aggregates)
 
 
 Expr = Union[Literal, ListLit, Name, Field, Attr, Unary, Binary, Logical, Order, Call, IsSet, Quantifier]
@@ -365,7 +366,7 @@ def children(node: Expr | GateExpr) -> tuple[Expr | GateExpr, ...]:
         case Call():
             return node.args
         case Quantifier():
-            return tuple(x for x in (node.where, node.value) if x is not None)
+            return tuple(x for x in (node.where, node.value, node.by) if x is not None)
     return ()
 
 

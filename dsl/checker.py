@@ -110,6 +110,7 @@ class _Checker:
         self.cut_short = False  # an expansion was refused: which definitions are used is not known
         # the quantifiers of the rule being checked, as lowered (by ``id`` of the AST node), for `explains`
         self.lowered: dict[int, ir.Node] = {}
+        self.grouped_ok: set[int] = set()  # grouped aggregates (`by`) compared, as they must be
 
     def _report(self, diag: Diagnostic) -> None:
         self.diags.append(diag)
@@ -626,6 +627,8 @@ class _Checker:
         return left, self._expr(e.right, scope, _want(left, e.op))
 
     def _comparison(self, e: ast.Binary, scope: _Scope) -> ir.Node:
+        if isinstance(e.left, ast.Quantifier) and e.left.by is not None and e.op in ("=", "!=", "<", "<=", ">", ">="):
+            self.grouped_ok.add(id(e.left))
         left, right = self._typed_pair(e, scope)
         if Ty.ERROR in (left.ty, right.ty):
             return ir.Const(None, Ty.ERROR)
@@ -826,8 +829,11 @@ class _Checker:
         where = self._condition(e.where, inner) if e.where is not None else None
         # an attribute of unknown type is aggregated as a number (ints fill it too)
         value = self._expr(e.value, inner, AttrType.DOUBLE) if e.value is not None else None
+        by = self._group_key(e, inner)
+        if isinstance(by, ir.Const) and by.ty is Ty.ERROR:
+            return by
         if e.func in ("exists", "count"):
-            return ir.Quant(e.func, rel, where, None, Ty.BOOL if e.func == "exists" else Ty.INT)
+            return ir.Quant(e.func, rel, where, None, Ty.BOOL if e.func == "exists" else Ty.INT, by)
         assert value is not None
         if value.ty is Ty.ERROR:
             return ir.Const(None, Ty.ERROR)
@@ -838,7 +844,24 @@ class _Checker:
                        "an attribute's type can be given: `s.attr[\"k\"]:int` or `:double`")
             return ir.Const(None, Ty.ERROR)
         ty = Ty.DOUBLE if e.func == "avg" and value.ty is Ty.INT else value.ty
-        return ir.Quant(e.func, rel, where, value, ty)
+        return ir.Quant(e.func, rel, where, value, ty, by)
+
+    def _group_key(self, e: ast.Quantifier, inner: _Scope) -> ir.Node | None:
+        """The key of ``by``, if any: a plain value, and the aggregate the left side of a comparison."""
+        if e.by is None:
+            return None
+        if id(e) not in self.grouped_ok:
+            self.error("E029", f"a grouped `{e.func}` (`by`) can only be compared", e.span,
+                       "the comparison then holds when it holds for some group, e.g. "
+                       "`count(child c of s where c.status = error by c.name) >= 3`")
+            return ir.Const(None, Ty.ERROR)
+        key = self._expr(e.by, inner)
+        if key.ty is Ty.ERROR:
+            return key
+        if key.ty.is_array or key.ty in (Ty.LIST, Ty.BOOL):
+            self.error("E029", f"cannot group by a {key.ty}", e.by.span, "group by a name, an attribute, a status, ...")
+            return ir.Const(None, Ty.ERROR)
+        return key
 
     # ---- "never fires" ------------------------------------------------------------
 

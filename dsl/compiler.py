@@ -253,6 +253,8 @@ def _value(node: ir.Node, ctx: _Ctx) -> str:
             v = ctx.alias(node.var)
             cols = [f"{v}.{column_name(r)}" for r in node.refs]
             return cols[0] if len(cols) == 1 else f"coalesce({', '.join(cols)})"
+        case ir.Compare(left=ir.Quant(by=by)) if by is not None:
+            return _grouped_compare(node, ctx)
         case ir.Compare():
             return f"({_value(node.left, ctx)} {'<>' if node.op == '!=' else node.op} {_value(node.right, ctx)})"
         case ir.Regex():
@@ -336,6 +338,20 @@ def _arith(node: ir.Arith, ctx: _Ctx) -> str:
     # does not allow around a subquery (aggregates are far from overflowing)
     has_subquery = any(isinstance(n, ir.Quant) for n in ir.walk(node))
     return sql if has_subquery else f"TRY{sql}"
+
+
+def _grouped_compare(node: ir.Compare, ctx: _Ctx) -> str:
+    """``agg(... by k) <op> x``: some group of the quantified spans with equal,
+    non-nil ``k`` has an aggregate that satisfies the comparison."""
+    q: ir.Quant = node.left  # type: ignore[assignment]
+    src, cond = _subquery_from(q.rel, ctx)
+    if q.where is not None:
+        cond += f" AND {_bool(q.where, ctx)}"
+    key = _value(q.by, ctx)  # type: ignore[arg-type]
+    agg = "count(*)" if q.func == "count" else f"{q.func}({_value(q.value, ctx)})"  # type: ignore[arg-type]
+    op = "<>" if node.op == "!=" else node.op
+    return (f"EXISTS (SELECT 1 FROM {src} WHERE {cond} AND ({key}) IS NOT NULL "
+            f"GROUP BY {key} HAVING coalesce({agg} {op} {_value(node.right, ctx)}, FALSE))")
 
 
 def _quant(node: ir.Quant, ctx: _Ctx) -> str:

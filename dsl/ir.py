@@ -250,6 +250,7 @@ class Quant:
     where: Node | None
     value: Node | None
     ty: Ty
+    by: Node | None = None  # grouped: only as the left side of a comparison, which then holds for some group
 
 
 Node = Union[Const, Intrinsic, TraceIntrinsic, AttrValue, Compare, Regex, StrTest, ArrayHas, InList, Arith, Negate, And, Or, Not, IsSet, Quant, First, Call, Element, AnyOf]
@@ -307,8 +308,8 @@ def children(node: Node) -> tuple[Node, ...]:
             return items
         case AnyOf(o, c):
             return (o, c)
-        case Quant(_, _, where, value):
-            return tuple(n for n in (where, value) if n is not None)
+        case Quant(_, _, where, value, _, by):
+            return tuple(n for n in (where, value, by) if n is not None)
     return ()
 
 

@@ -460,21 +460,21 @@ class _AstBuilder:
     def is_set(self, meta, children):
         return ast.IsSet(children[0], self._s(meta))
 
-    def _quant(self, meta, func: str, binding, where, value=None):
+    def _quant(self, meta, func: str, binding, where, value=None, by=None):
         func_span = self._span(meta.line, meta.column, meta.line, meta.column + len(func), meta.start_pos, meta.start_pos + len(func))
-        return ast.Quantifier(func, binding, where, value, self._s(meta), func_span)
+        return ast.Quantifier(func, binding, where, value, self._s(meta), func_span, by)
 
     def exists(self, meta, children):
         binding, where = children
         return self._quant(meta, "exists", binding, where)
 
     def count(self, meta, children):
-        binding, where = children
-        return self._quant(meta, "count", binding, where)
+        binding, where, by = children
+        return self._quant(meta, "count", binding, where, None, by)
 
     def aggregate(self, meta, children):
-        func, value, binding, where = children
-        return self._quant(meta, str(func), binding, where, value)
+        func, value, binding, where, by = children
+        return self._quant(meta, str(func), binding, where, value, by)
 
     # -- literals
     def string(self, meta, children):
