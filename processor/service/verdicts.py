@@ -14,9 +14,11 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import pyarrow as pa
 
+from dsl import AttrRef
 from processor.analysis.protocols import Analysis
 from processor.analysis.verdict import BatchVerdict
 from processor.model import ReleasedSpans
@@ -113,8 +115,12 @@ class MeasuredAnalysis:
         self.inner = inner
         self._duration = telemetry.analysis_duration
 
-    def projection(self):  # type: ignore[no-untyped-def]  # whatever the inner analysis projects
+    def projection(self) -> frozenset[AttrRef]:
         return self.inner.projection()
+
+    def __getattr__(self, name: str) -> Any:
+        """Anything else the wrapped analysis offers (a worker's pid, …) passes through."""
+        return getattr(self.inner, name)
 
     async def analyze(self, released: pa.Table, resources: Mapping[int, bytes]) -> BatchVerdict:
         started = time.perf_counter()
