@@ -89,7 +89,10 @@ def _combined(config: FaulttraceProcessorConfig, rules: RuleSet, healthy: Health
         # with a journal, the learned baseline is kept beside it across restarts (localizer.snapshot)
         history = HistoryConfig(snapshot=str(snapshot_path(config.storage.journal))
                                 if snapshot and config.storage.journal else None)
-        localizers.append(LocalizerAnalyzer(config.localizer.baseline, attribution=attribution, history=history))
+        localizer = LocalizerAnalyzer(config.localizer.baseline, attribution=attribution, history=history)
+        if localizer.history.snapshots is not None:  # the rules' healthy firing rates are kept with it
+            localizer.history.snapshots.attach("healthy_firing", healthy)
+        localizers.append(localizer)
     return CombinedAnalyzer(rule_analyzers, localizers, healthy, config.min_confidence)
 
 

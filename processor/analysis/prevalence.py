@@ -130,6 +130,16 @@ class HealthyFiring:
                 for source in fired_in.get(trace_id, ()):
                     self.fired[source] = self.fired.get(source, 0.0) + 1.0
 
+    def state(self) -> dict[str, float]:
+        """What was counted, as named numbers (kept in the baseline snapshot, ``localizer.snapshot``)."""
+        with self._lock:
+            return {"traces": self.traces, **{f"fired:{s}": w for s, w in self.fired.items()}}
+
+    def load_state(self, state: dict[str, float]) -> None:
+        with self._lock:
+            self.traces = state.get("traces", 0.0)
+            self.fired = {k.removeprefix("fired:"): w for k, w in state.items() if k.startswith("fired:")}
+
     def rate(self, source: str) -> float:
         """The source's healthy firing rate: ``(k + 1) / (n + 1 / prior_rate)``."""
         return (self.fired.get(source, 0.0) + 1.0) / (self.traces + 1.0 / self.prior_rate)

@@ -313,13 +313,14 @@ class History:
         self._cached_values: ValueBaseline | None = None
         self._cached_attributes: AttributeBaseline | None = None
         self.traces_seen = 0
-        self._snapshots = Snapshots(self.config.snapshot) if self.config.snapshot else None
-        if self._snapshots is not None:
-            self._snapshots.restore(self)
+        # saved beside the journal and restored here (``snapshot``); other parts may ``attach``
+        self.snapshots = Snapshots(self.config.snapshot) if self.config.snapshot else None
+        if self.snapshots is not None:
+            self.snapshots.restore(self)
 
     def close(self) -> None:
-        if self._snapshots is not None:
-            self._snapshots.close(self)
+        if self.snapshots is not None:
+            self.snapshots.close(self)
         self._conn.close()
 
     def with_sketches(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
@@ -397,8 +398,8 @@ class History:
             self._cached_values = None
             self._cached_attributes = None
             self.traces_seen += traces
-        if self._snapshots is not None:
-            self._snapshots.learned(self)
+        if self.snapshots is not None:
+            self.snapshots.learned(self)
         return traces
 
     def _learn_values(self, values: pa.Table, common: dict[str, float]) -> None:

@@ -1,8 +1,9 @@
 """Baseline snapshots: what the localizer learned survives a restart and seeds new instances.
 
 With ``storage.path`` set, the learned sketches (``history.History``: every
-``SKETCH_TABLES`` table and the count of traces they learned from) are
-written to a DuckDB file beside the journal (``snapshot_path``: ``journal.duckdb``
+``SKETCH_TABLES`` table and the count of traces they learned from), and what
+other parts learned alongside (``Snapshots.attach``: the rules' healthy
+firing rates, ``analysis.prevalence``), are written to a DuckDB file beside the journal (``snapshot_path``: ``journal.duckdb``
 -> ``journal.baseline.duckdb``) at most every ``SNAPSHOT_INTERVAL`` seconds
 while traffic is learned, and when the history is closed (a clean stop);
 the next start restores them before its first batch, so it starts warm.  A
@@ -54,6 +55,14 @@ class History(Protocol):
     def with_sketches(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T: ...
 
 
+class Part(Protocol):
+    """Something else learned that a snapshot keeps: its state as named numbers."""
+
+    def state(self) -> dict[str, float]: ...
+
+    def load_state(self, state: dict[str, float]) -> None: ...
+
+
 FORMAT_VERSION = 1
 # Everything a History learns (the tables history.SCHEMA_SQL creates): what a snapshot holds.
 SKETCH_TABLES = ("lz_hist", "lz_ops", "lz_shapes", "lz_values", "lz_vtot", "lz_aops", "lz_akeys", "lz_acat",
@@ -71,8 +80,9 @@ def snapshot_path(journal: str | Path) -> Path:
     return path.with_name(f"{path.stem}.baseline.duckdb")
 
 
-def save(history: History, path: Path) -> None:
-    """Write ``history``'s sketches to ``path`` (atomically: a temporary file renamed over it)."""
+def save(history: History, path: Path, parts: Mapping[str, Part] | None = None) -> None:
+    """Write ``history``'s sketches and the ``parts``' states to ``path`` (atomically: a temporary
+    file renamed over it)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
@@ -87,6 +97,10 @@ def save(history: History, path: Path) -> None:
                     "traces_seen": history.traces_seen}
             conn.execute("CREATE TABLE lz_snap.meta (key VARCHAR, value DOUBLE)")
             conn.executemany("INSERT INTO lz_snap.meta VALUES (?, ?)", list(meta.items()))
+            conn.execute("CREATE TABLE lz_snap.parts (part VARCHAR, key VARCHAR, value DOUBLE)")
+            rows = [(name, k, v) for name, part in (parts or {}).items() for k, v in part.state().items()]
+            if rows:
+                conn.executemany("INSERT INTO lz_snap.parts VALUES (?, ?, ?)", rows)
         finally:
             conn.execute("DETACH lz_snap")
 
@@ -150,15 +164,43 @@ def check(path: Path, scale: Mapping[str, float] | None = None) -> dict[str, flo
     return meta
 
 
+def restore_part(path: Path, name: str, part: Part) -> bool:
+    """Give ``part`` the state the snapshot at ``path`` holds for ``name``; False if it holds none
+    (a snapshot taken before parts were kept has no ``parts`` table)."""
+    try:
+        with duckdb.connect(str(path), read_only=True) as conn:
+            has = conn.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'parts'").fetchone()
+            if not has or not has[0]:
+                return False
+            state = dict(conn.execute("SELECT key, value FROM parts WHERE part = ?", [name]).fetchall())
+    except duckdb.Error as err:
+        raise SnapshotError(f"{path}: cannot read {name}: {err}") from None
+    if not state:
+        return False
+    part.load_state(state)
+    return True
+
+
 class Snapshots:
     """When to snapshot a history: ``restore`` at start, ``learned`` after each batch (at most every
-    ``interval`` seconds it saves), ``close`` at a clean stop."""
+    ``interval`` seconds it saves), ``close`` at a clean stop; ``attach`` adds a part."""
 
     def __init__(self, path: str | Path, interval: float = SNAPSHOT_INTERVAL) -> None:
         self.path = Path(path)
         self.interval = interval
         self._saved_at = time.monotonic()
         self._dirty = False
+        self._parts: dict[str, Part] = {}
+        self._restored = False  # the file at start was a usable snapshot: parts restore from it too
+
+    def attach(self, name: str, part: Part) -> None:
+        """Keep ``part`` in the snapshots too, giving it now what the restored snapshot holds for it."""
+        self._parts[name] = part
+        if self._restored:
+            try:
+                restore_part(self.path, name, part)
+            except SnapshotError as err:
+                log.warning("starting %s cold: %s", name, err)
 
     def restore(self, history: History) -> None:
         if not self.path.exists():
@@ -168,6 +210,7 @@ class Snapshots:
         except SnapshotError as err:
             log.warning("starting with a cold baseline: %s", err)
             return
+        self._restored = True
         log.info("baseline restored from %s (learned from %d traces)", self.path, traces)
 
     def learned(self, history: History) -> None:
@@ -182,7 +225,7 @@ class Snapshots:
     def _save(self, history: History) -> None:
         self._saved_at = time.monotonic()
         try:
-            save(history, self.path)
+            save(history, self.path, self._parts)
             self._dirty = False
         except (OSError, duckdb.Error) as err:  # the analysis goes on; the next snapshot may succeed
             log.error("cannot write the baseline snapshot %s: %s", self.path, err)

@@ -91,3 +91,21 @@ def test_a_file_that_is_not_a_snapshot_is_an_error_not_a_crash(tmp_path: Path) -
 
 def test_the_snapshot_lives_beside_the_journal() -> None:
     assert snapshot_path("/var/lib/ft/journal.duckdb") == Path("/var/lib/ft/journal.baseline.duckdb")
+
+
+def test_the_rules_healthy_firing_rates_are_kept_with_the_baseline(tmp_path: Path) -> None:
+    from processor.analysis.prevalence import HealthyFiring
+
+    config = HistoryConfig(snapshot=str(tmp_path / "journal.baseline.duckdb"))
+    history, firing = History(config), HealthyFiring()
+    assert history.snapshots is not None
+    history.snapshots.attach("healthy_firing", firing)
+    history.learn(_metrics(40, seed=5))
+    firing.learn([bytes([i]) * 16 for i in range(40)], {bytes([1]) * 16: {"rule.a"}, bytes([2]) * 16: {"rule.b"}})
+    history.close()
+
+    again, restored = History(config), HealthyFiring()
+    assert again.snapshots is not None
+    again.snapshots.attach("healthy_firing", restored)
+    assert restored.state() == firing.state() and restored.traces == 40
+    assert restored.rate("rule.a") == firing.rate("rule.a") > restored.rate("never.fired")
