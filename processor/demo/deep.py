@@ -27,8 +27,9 @@ CPU-bound it is and its steps: a call, calls in parallel, a database call);
 - ``retry-amplification``: a callee slows past its caller's timeout; the
   caller retries, so the delay is paid up to three times.
 
-Healthy noise everywhere: lognormal work, the hubs' tails, cache misses,
-transient UNAVAILABLE answers retried.  Same seed, same bytes.
+Healthy noise everywhere: lognormal work, the hubs' tails and their load
+swinging between busy and quiet periods (a window can look abnormal at a hub
+with nothing wrong), cache misses, transient UNAVAILABLE answers retried.  Same seed, same bytes.
 """
 
 from __future__ import annotations
@@ -173,6 +174,8 @@ FLOWS: dict[str, tuple[str, tuple[Call, ...]]] = {
 }
 MIX = {"search": 0.4, "account": 0.2, "book": 0.25, "change": 0.15}
 HUB_TAIL = 1.6        # Pareto shape of a hub's healthy work: P(10x the minimum) = 10^-1.6
+HUB_LOAD_SIGMA = 0.5  # the hubs' load swings from one period to the next (lognormal factor on their work)
+PERIOD = 40           # requests per period of steady load
 TRANSIENT = 0.03      # healthy: a call with retries that is answered UNAVAILABLE once
 MIN_STRETCH_MS = 0.5  # a span the stressed node stretched by less is not labelled
 
@@ -201,7 +204,8 @@ KINDS: tuple[DeepKind, ...] = (
     DeepKind("network-delay", "a pod's egress is delayed: the calls it answers and makes take longer on the wire",
              ("pricing", "seats", "geo", "ledger")),
     DeepKind("cpu-contention", "a stress process in a pod saturates its node: its spans (CPU-bound ones most) "
-                               "run 2.5-5x slower, its neighbours' a little", ("fares", "booking", "refdata", "profile")),
+                               "run 2.5-5x slower, every other pod's on the node a little",
+             ("fares", "booking", "refdata", "profile")),
     DeepKind("slow-dependency", "a service behind a hub answers 20-60x slower; the hub inherits it",
              ("geoindex", "refstore", "geoindex", "refstore")),
     DeepKind("slow-leaf", "the leaf at the bottom of a long chain is slow", ("currency", "mailer", "currency",
@@ -285,6 +289,8 @@ class Walk:
     trace: SimTrace
     pods: dict[str, list[DeepPod]]
     fault: Injected | None
+    active: bool = False  # the request meets the fault (a pod's or node's fault: wherever it runs there)
+    load: float = 1.0   # the hubs' load in this period: their work and their tail grow with it
     routes: dict[str, DeepPod] = field(default_factory=dict)
     cpu: dict[int, float] = field(default_factory=dict)     # id(op) -> how CPU-bound its work is
     stretched: dict[Op, float] = field(default_factory=dict)  # ms the stressed node added to a span's work
@@ -294,12 +300,15 @@ class Walk:
         return self.trace.rng
 
     def pod(self, service: str) -> DeepPod:
+        """The pod a call to ``service`` goes to: the faulty pod when the fault is active in this
+        request, one of the others when not (a pod's fault is there for every request it serves)."""
         if service not in self.routes:
-            f = self.fault
+            f, pods = self.fault, self.pods[service]
             if f is not None and f.service == service:
-                self.routes[service] = f.pod
+                others = [p for p in pods if p is not f.pod]
+                self.routes[service] = f.pod if self.active or not others else self.rng.choice(others)
             else:
-                self.routes[service] = self.rng.choice(self.pods[service])
+                self.routes[service] = self.rng.choice(pods)
         return self.routes[service]
 
     def work(self, op: Op, ms: float, sigma: float = 0.3) -> None:
@@ -412,11 +421,11 @@ class Walk:
             self.trace.cause(client)
 
     def _serve(self, server: Op, spec: OpSpec) -> None:
-        tail = min(self.rng.paretovariate(HUB_TAIL), 40.0) if spec.heavy else 1.0
+        tail = min(self.rng.paretovariate(HUB_TAIL / self.load), 40.0) * self.load if spec.heavy else 1.0
         self.work(server, spec.work_ms * 0.4 * tail)
         f = self.fault
-        if f is not None and f.service == spec.service and f.kind in ("slow-dependency", "slow-leaf",
-                                                                       "retry-amplification"):
+        if self.active and f is not None and f.service == spec.service and f.kind in (
+                "slow-dependency", "slow-leaf", "retry-amplification"):
             slow = spec.work_ms * f.factor if f.kind != "retry-amplification" else f.delay_ms
             server.wait(slow * math.exp(self.rng.gauss(0.0, 0.2)))
             self.trace.cause(server)
@@ -438,17 +447,20 @@ def _inject(kind: DeepKind, variant: int, pods: dict[str, list[DeepPod]], rng: r
 
 def simulate(seed_key: str, start_ns: int, count: int, pods: dict[str, list[DeepPod]],
              fault: Injected | None) -> list[SimTrace]:
-    """``count`` requests from ``start_ns``; with a fault, each reaches it with the case's probability."""
+    """``count`` requests from ``start_ns`` in the usual mix; with a fault, each meets it (if it reaches
+    the target) with the case's probability."""
     rng = random.Random(seed_key)
     rate = rng.uniform(0.3, 0.6)
-    reaching = [f for f, (_, steps) in FLOWS.items() if fault is not None and reaches(steps, fault.service)]
-    traces, now = [], start_ns
-    for _ in range(count):
+    traces, now, load = [], start_ns, 1.0
+    for i in range(count):
+        if i % PERIOD == 0:   # busy and quiet periods: the hubs, shared by everyone, feel them most
+            load = math.exp(rng.gauss(0.0, HUB_LOAD_SIGMA))
         now += int(rng.expovariate(1 / MEAN_GAP_MS) * 1e6)
         active = fault is not None and rng.random() < rate
-        flow = rng.choice(reaching) if active else rng.choices(list(MIX), weights=list(MIX.values()))[0]
+        # the usual mix either way: a fault changes how requests go, not which requests come
+        flow = rng.choices(list(MIX), weights=list(MIX.values()))[0]
         trace = SimTrace(random.Random(rng.getrandbits(64)), now)
-        walk = Walk(trace, pods, fault if active else None)
+        walk = Walk(trace, pods, fault, active, load)
         walk.run(flow)
         for op, extra in walk.stretched.items():
             if extra >= MIN_STRETCH_MS:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import duckdb
@@ -37,9 +37,11 @@ from processor.localizer import conventions
 from processor.localizer.attribution import Attribution, attribute
 from processor.localizer.baseline import Baseline
 from processor.localizer.blame import LocalizedBatch, blame_traces
-from processor.localizer.graph import span_metrics
+from processor.localizer.graph import placement_refs, span_metrics
 from processor.localizer.history import History, HistoryConfig
 from processor.localizer.silent import Silent, abnormal_spans
+from processor.localizer.spans import read_spans
+from processor.localizer.variability import null_scores
 from processor.localizer.window import SOURCES, rank_services
 
 # The parts of the causal model, by the names ``SOURCES`` gives them.
@@ -98,7 +100,8 @@ class LocalizerAnalyzer:
     def __init__(self, baseline: str | Path | None = None, *, sources: Iterable[str] = SOURCES,
                  history: HistoryConfig | None = None, attribution: Iterable[AttrRef] = ATTRIBUTION,
                  per_trace: int = 5, learn_suspect: float = 0.1, silent: bool = True, causal_past: bool = True,
-                 lift: bool = True, sample_traces: int = SAMPLE_TRACES) -> None:
+                 lift: bool = True, sample_traces: int = SAMPLE_TRACES,
+                 null: Mapping[tuple[str, str], tuple[float, ...]] | None = None) -> None:
         self.history = History(history)
         self.sources = tuple(sources)
         self.attribution = tuple(attribution)
@@ -112,6 +115,11 @@ class LocalizerAnalyzer:
         self.long_form = LongForm()   # attribute entries decoded once per distinct value, across batches
         if baseline is not None and not self.history.traces_seen:  # a restored snapshot holds the seed already
             self.history.seed(baseline, self.attribution, every=True)
+        # what each service scores in healthy windows of the baseline (``variability``): given, or
+        # learned once from the baseline file
+        self.null: Mapping[tuple[str, str], tuple[float, ...]] = null if null is not None else {}
+        if null is None and baseline is not None and "hub_discount" in self.sources:
+            self.null = baseline_null(baseline, self.sources)
 
     def projection(self) -> frozenset[AttrRef]:
         # every span attribute, for their baseline and for the layer's conventions
@@ -137,7 +145,7 @@ class LocalizerAnalyzer:
         if metrics.num_rows == 0:
             return LocalizedBatch()
         baseline = self.history.baseline()
-        ranking = rank_services(conn, metrics, baseline, self.sources)
+        ranking = rank_services(conn, metrics, baseline, self.sources, self.null)
         long, scale = None, 1.0
         if column_name(ALL_ATTRIBUTES) in columns:
             scale = _long_form(conn, table, columns, metrics, baseline, self.sample_traces, self.long_form)
@@ -186,14 +194,24 @@ def _values(conn: duckdb.DuckDBPyConnection, table: str, columns: set[str],
     return conn.sql(f"SELECT trace_id, service, {casts} FROM {table}").to_arrow_table()
 
 
+def baseline_null(path: str | Path, sources: Iterable[str]) -> dict[tuple[str, str], tuple[float, ...]]:
+    """``variability.null_scores`` of a baseline file (its spans with their pods and nodes)."""
+    conn = duckdb.connect()
+    try:
+        return null_scores(conn, span_metrics(conn, read_spans(path, placement_refs())), sources)
+    finally:
+        conn.close()
+
+
 def _spans(conn: duckdb.DuckDBPyConnection, table: str, columns: set[str]) -> pa.Table:
     """The localizer's span columns (``spans.SCHEMA``) of the batch; the exception flag from the
-    projected exception event when the store has it."""
+    projected exception event when the store has it; the pod and node attributes it projects."""
     exc = column_name(EXCEPTION)
     flag = f"coalesce({exc}, false)" if exc in columns else "false"
+    placed = "".join(f", {c}" for c in dict.fromkeys(column_name(r) for r in placement_refs()) if c in columns)
     return conn.sql(f"""
         SELECT trace_id, span_id, parent_span_id, service, name, kind, start_ns, end_ns, status_code,
-               {flag} AS exception
+               {flag} AS exception{placed}
         FROM {table}""").to_arrow_table()
 
 

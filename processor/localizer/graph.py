@@ -21,12 +21,13 @@ from dataclasses import dataclass
 import duckdb
 import pyarrow as pa
 
-from dsl import covered_sql, self_time_sql
+from dsl import AttrRef, AttrSource, column_name, covered_sql, self_time_sql
 
 METRICS_SQL = """
 WITH sp AS (
     SELECT trace_id, span_id, parent_span_id, service, name, start_ns, end_ns,
-           coalesce(status_code, 0) AS status_code, coalesce(exception, false) AS exception
+           coalesce(status_code, 0) AS status_code, coalesce(exception, false) AS exception,
+           {pod} AS pod, {node} AS node
     FROM {table}
 ),
 covered AS ({covered}),  -- dsl.spantree: keyed by (trace_id, span_id), so copies of a span id share it
@@ -40,7 +41,7 @@ kids AS (  -- per parent: the callee service (a child in another service), error
     GROUP BY ALL
 )
 SELECT sp.trace_id, sp.span_id, sp.parent_span_id, sp.service, sp.name, sp.start_ns, sp.end_ns,
-       sp.status_code, sp.exception,
+       sp.status_code, sp.exception, sp.pod, sp.node,
        sp.end_ns - sp.start_ns AS dur,
        greatest({self_time}, 0) AS self_ns,  -- not below 0 for a span ending before it starts, or such a copy
        p.service AS parent_service, p.name AS parent_name,
@@ -56,12 +57,32 @@ LEFT JOIN kids k ON sp.trace_id = k.trace_id AND sp.span_id = k.pid
 """
 
 
+# Where a span ran, when the spans say (OpenTelemetry resource attributes), as ``dsl.column_name`` names
+# their columns: the pod (else the instance), the node (else the host).
+POD_KEYS = ("k8s.pod.name", "service.instance.id")
+NODE_KEYS = ("k8s.node.name", "host.name")
+
+
+def placement_refs() -> tuple[AttrRef, ...]:
+    """The resource attributes ``span_metrics`` reads a span's pod and node from."""
+    return tuple(AttrRef(AttrSource.RESOURCE, k) for k in (*POD_KEYS, *NODE_KEYS))
+
+
+def _placement(columns: Sequence[str], keys: tuple[str, ...]) -> str:
+    present = [column_name(AttrRef(AttrSource.RESOURCE, k)) for k in keys]
+    present = [c for c in present if c in columns]
+    return f"CAST(coalesce({', '.join(present)}) AS VARCHAR)" if present else "CAST(NULL AS VARCHAR)"
+
+
 def span_metrics(conn: duckdb.DuckDBPyConnection, spans: pa.Table) -> pa.Table:
-    """Per span: duration, self time, parent, callee and the service its self time is charged to."""
+    """Per span: duration, self time, parent, callee, the service its self time is charged to, and
+    its pod and node where ``spans`` has their resource attributes (``placement_refs``; else null)."""
     conn.register("_lz_spans", spans)
     try:
         covered = covered_sql("sp", key=("trace_id", "span_id"), ref=("trace_id", "parent_span_id"))
-        sql = METRICS_SQL.format(table="_lz_spans", covered=covered, self_time=self_time_sql("sp", "cv.covered"))
+        sql = METRICS_SQL.format(table="_lz_spans", covered=covered, self_time=self_time_sql("sp", "cv.covered"),
+                                 pod=_placement(spans.column_names, POD_KEYS),
+                                 node=_placement(spans.column_names, NODE_KEYS))
         return conn.sql(sql).to_arrow_table()
     finally:
         conn.unregister("_lz_spans")

@@ -52,18 +52,22 @@ def wilson_lower(k: float, n: float, z: float = Z) -> float:
 
 
 CELLS_SQL = """
-SELECT m.service AS caller, m.blame AS callee, count(*) AS n,
+SELECT m.service AS caller, {callee} AS callee, count(*) AS n,
        sum(CASE WHEN m.self_ns > o.self_p99 THEN 1 ELSE 0 END) AS slow,
        sum(greatest(m.self_ns - o.self_med, 0)) AS excess_ns
 FROM m JOIN base_ops o USING (service, name)
+WHERE m.pod IS NULL OR m.pod NOT IN (SELECT pod FROM lz_node_explained)  -- slowed by their node (``shift``)
 GROUP BY ALL
 """
 
 
-def latency(conn: duckdb.DuckDBPyConnection, explain_away: bool = True) -> list[ServiceEvidence]:
+def latency(conn: duckdb.DuckDBPyConnection, explain_away: bool = True, wire_time: bool = True) -> list[ServiceEvidence]:
+    """Slow self time per (caller, callee) cell; without ``wire_time`` a client span's self time stays
+    with its own service instead of going to the callee's."""
     cells: dict[tuple[str, str], float] = {}
     excess: dict[tuple[str, str], float] = {}
-    for caller, callee, n, slow, excess_ns in conn.sql(CELLS_SQL).fetchall():
+    sql = CELLS_SQL.format(callee="m.blame" if wire_time else "m.service")
+    for caller, callee, n, slow, excess_ns in conn.sql(sql).fetchall():
         rate = max(0.0, wilson_lower(slow, n) - (1 - QUANTILE))
         if rate > 0:
             cells[(caller, callee)] = rate

@@ -17,19 +17,23 @@ take their share.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import duckdb
 import pyarrow as pa
 
-from processor.localizer import scoring
+from processor.localizer import scoring, shift
 from processor.localizer.baseline import Baseline
 from processor.localizer.scoring import ServiceEvidence
 
-# Evidence sources by name; ``explain_away`` switches the caller/callee split of latency; ``silent``,
-# ``causal_past`` and ``lift`` the per-trace causal model (``silent``, read by ``LocalizerAnalyzer``).
-SOURCES: tuple[str, ...] = ("latency", "explain_away", "shape", "errors", "silent", "causal_past", "lift")
+# Evidence sources by name; ``explain_away`` switches the caller/callee split of latency, ``wire_time``
+# charging a client span's own time to its callee (``latency`` and ``peers``), ``colocation`` a node's
+# slowdown charged to its pod slowed most (``peers``: a pod against the service's other pods now), ``hub_discount`` the discount by what a service shows in healthy windows
+# (``variability``); ``silent``, ``causal_past`` and ``lift`` the per-trace causal model (``silent``,
+# read by ``LocalizerAnalyzer``).
+SOURCES: tuple[str, ...] = ("latency", "explain_away", "shape", "errors", "peers", "wire_time", "colocation",
+                            "hub_discount", "silent", "causal_past", "lift")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,9 +52,20 @@ class ServiceScore:
 
 def _runners(sources: frozenset[str]) -> list[Callable[[duckdb.DuckDBPyConnection], list[ServiceEvidence]]]:
     out: list[Callable[[duckdb.DuckDBPyConnection], list[ServiceEvidence]]] = []
+    wire_time = "wire_time" in sources
+
+    def shifted(conn: duckdb.DuckDBPyConnection) -> list[ServiceEvidence]:
+        pods = shift.pod_shifts(conn, wire_time=wire_time, colocation="colocation" in sources)
+        # the neighbours' slow spans are the node's doing (``shift``): the other sources leave them out
+        explained = [p.pod for p in pods if p.node_pod is not None]
+        conn.register("lz_node_explained", pa.table({"pod": pa.array(explained, pa.string())}))
+        return shift.shift(pods)
+
+    if "peers" in sources:
+        out.append(shifted)
     if "latency" in sources:
         explain_away = "explain_away" in sources
-        out.append(lambda conn: scoring.latency(conn, explain_away=explain_away))
+        out.append(lambda conn: scoring.latency(conn, explain_away=explain_away, wire_time=wire_time))
     if "shape" in sources:
         out.append(scoring.shape)
     if "errors" in sources:
@@ -58,20 +73,41 @@ def _runners(sources: frozenset[str]) -> list[Callable[[duckdb.DuckDBPyConnectio
     return out
 
 
+def usual_share(null: tuple[float, ...], score: float) -> float:
+    """The share of healthy windows (``null``: a service's scores in them) in which the service
+    scored at least ``score``, an empirical p-value: 0 when ``score`` is beyond all of them."""
+    return sum(1 for v in null if v >= score) / len(null) if null else 0.0
+
+
 def rank_services(conn: duckdb.DuckDBPyConnection, metrics: pa.Table, baseline: Baseline,
-                  sources: Iterable[str] = SOURCES) -> list[ServiceScore]:
-    """Every service in the window, most likely root cause first (ties: by name)."""
+                  sources: Iterable[str] = SOURCES, null: Mapping[tuple[str, str], tuple[float, ...]] | None = None
+                  ) -> list[ServiceScore]:
+    """Every service in the window, most likely root cause first (ties: by name).  With ``null``
+    (``variability.null_scores``: the scores each service reaches per source in healthy windows)
+    and ``hub_discount`` among the sources, each source's score counts by the share of healthy
+    windows it beats."""
+    sources = frozenset(sources)
     conn.register("m", metrics)
+    conn.register("lz_node_explained", pa.table({"pod": pa.array([], pa.string())}))
     baseline.register(conn)
     try:
         found: dict[str, list[ServiceEvidence]] = defaultdict(list)
-        for run in _runners(frozenset(sources)):
+        for run in _runners(sources):
             for ev in run(conn):
                 found[ev.service].append(ev)
         services = {s for (s,) in conn.sql("SELECT DISTINCT service FROM m").fetchall()}
     finally:
-        for name in ("m", "base_ops", "base_shapes"):
+        for name in ("m", "base_ops", "base_shapes", "lz_node_explained"):
             conn.unregister(name)
+    if null and "hub_discount" in sources:
+        for s, evidence in found.items():
+            usual = {e.source: (usual_share(null.get((s, e.source), ()), e.score), e.score)
+                     for e in evidence if e.score > 0}
+            discount = sum(share * score for share, score in usual.values())
+            if discount > 0:
+                said = ", ".join(f"{src} {share:.0%}" for src, (share, _) in usual.items() if share > 0)
+                evidence.append(ServiceEvidence("hub_discount", s, -discount,
+                                                f"as abnormal in healthy windows ({said} of them)"))
     scores = {s: sum(e.score for e in found.get(s, ())) for s in services | set(found)}
     total = sum(v for v in scores.values() if v > 0)
     ranked = [ServiceScore(s, v, tuple(found.get(s, ())), v / total if v > 0 else 0.0) for s, v in scores.items()]

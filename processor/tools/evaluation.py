@@ -69,6 +69,8 @@ from dsl import RuleSet, load_rules
 from processor.analysis.build import rule_paths
 from processor.config import FaulttraceProcessorConfig
 from processor.localizer import SOURCES, Baseline, LocalizerAnalyzer, rank_services, read_spans, span_metrics
+from processor.localizer.analyzer import baseline_null
+from processor.localizer.graph import placement_refs
 from processor.otlp.tracefile import read_requests
 from processor.tools.offline import analyze
 from processor.tools.replay import LivePipeline, ReplayError, replay_config
@@ -169,25 +171,29 @@ def evaluate(dataset: Dataset, sources: Iterable[str] = SOURCES,
     seeded afresh with the baseline for each case, so no case learns from another);
     service-level ones through the localizer's window ranking alone, one baseline for the set."""
     sources = tuple(sources)
+    # what each service scores in the baseline's healthy windows (the hub discount), learned once
+    null = baseline_null(dataset.baseline, sources) if dataset.baseline and "hub_discount" in sources else {}
     if dataset.span_labelled:
         ruleset = rules() if rules is not None else load_rules(rule_paths(FaulttraceProcessorConfig()))
-        return [_analyzed_case(dataset, case, sources, ruleset) for case in dataset.cases]
+        return [_analyzed_case(dataset, case, sources, ruleset, null) for case in dataset.cases]
     conn = duckdb.connect()
     try:
-        baseline = Baseline.from_file(conn, dataset.baseline) if dataset.baseline else None
+        baseline = (Baseline.learn(conn, span_metrics(conn, read_spans(dataset.baseline, placement_refs())))
+                    if dataset.baseline else None)
         results = []
         for case in dataset.cases:
-            metrics = span_metrics(conn, read_spans(case.traces))
+            metrics = span_metrics(conn, read_spans(case.traces, placement_refs()))
             base = baseline if baseline is not None else Baseline.learn(conn, metrics)
-            scores = rank_services(conn, metrics, base, sources)
+            scores = rank_services(conn, metrics, base, sources, null)
             results.append(case_result(case, [(s.service, s.probability) for s in scores], []))
         return results
     finally:
         conn.close()
 
 
-def _analyzed_case(dataset: Dataset, case: Case, sources: tuple[str, ...], rules: RuleSet) -> CaseResult:
-    localizer = LocalizerAnalyzer(dataset.baseline, sources=sources)
+def _analyzed_case(dataset: Dataset, case: Case, sources: tuple[str, ...], rules: RuleSet,
+                   null: dict[tuple[str, str], tuple[float, ...]] | None = None) -> CaseResult:
+    localizer = LocalizerAnalyzer(dataset.baseline, sources=sources, null=null)
     try:
         result = analyze(read_requests(case.traces), rules, localizer)
     finally:
