@@ -169,6 +169,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     else:
         print(summary + ("; only those are shown (--failed)" if args.failed else ""))
         explain.write_text(result, sys.stdout)
+        if localizer is not None and localizer.contrast:
+            print("why not first:\n" + "".join(f"  {line}\n" for line in localizer.contrast), end="")
     return 0
 
 
@@ -381,9 +383,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("dataset", metavar="DATASET", help="dataset folder (dataset.json, baseline/, cases/)")
     evaluate.add_argument("--format", choices=["text", "json"], default="text")
     evaluate.add_argument("--without", action="append", metavar="SOURCE",
-                          choices=["latency", "explain_away", "shape", "errors", "silent", "causal_past", "lift"],
+                          choices=["latency", "explain_away", "shape", "errors", "peers", "wire_time", "colocation",
+                                   "hub_discount", "silent", "causal_past", "lift"],
                           help="leave out an evidence source of the localizer (repeatable; for ablation): "
-                               "silent abnormality, the causal past, the lift are the causal model's parts")
+                               "silent abnormality, the causal past, the lift are the causal model's parts; "
+                               "wire_time, colocation, hub_discount the delay pieces (docs/localization.md)")
     evaluate.add_argument("--rules", action="append", metavar="PATH",
                           help="rule file, directory or glob besides the built-in library (repeatable)")
     evaluate.add_argument("--no-builtin-rules", action="store_true", help="use only the --rules given")

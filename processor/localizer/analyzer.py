@@ -37,6 +37,7 @@ from processor.localizer import conventions
 from processor.localizer.attribution import Attribution, attribute
 from processor.localizer.baseline import Baseline
 from processor.localizer.blame import LocalizedBatch, blame_traces
+from processor.localizer.contrast import excess_inside, why_not_first
 from processor.localizer.graph import placement_refs, span_metrics
 from processor.localizer.history import History, HistoryConfig
 from processor.localizer.silent import Silent, abnormal_spans
@@ -117,6 +118,7 @@ class LocalizerAnalyzer:
             self.history.seed(baseline, self.attribution, every=True)
         # what each service scores in healthy windows of the baseline (``variability``): given, or
         # learned once from the baseline file
+        self.contrast: tuple[str, ...] = ()   # the last batch's ``contrast.why_not_first``
         self.null: Mapping[tuple[str, str], tuple[float, ...]] = null if null is not None else {}
         if null is None and baseline is not None and "hub_discount" in self.sources:
             self.null = baseline_null(baseline, self.sources)
@@ -146,6 +148,8 @@ class LocalizerAnalyzer:
             return LocalizedBatch()
         baseline = self.history.baseline()
         ranking = rank_services(conn, metrics, baseline, self.sources, self.null)
+        # why the second service is not first (``faulttrace explain``), for the batch just ranked
+        self.contrast = tuple(why_not_first(ranking, excess_inside(conn, metrics, baseline)))
         long, scale = None, 1.0
         if column_name(ALL_ATTRIBUTES) in columns:
             scale = _long_form(conn, table, columns, metrics, baseline, self.sample_traces, self.long_form)
