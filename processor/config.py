@@ -141,7 +141,7 @@ class FaulttraceProcessorConfig(StrictModel):
     localizer: LocalizerConfig = LocalizerConfig()
     # rca.root_cause (and rca.verdict.*) only on candidates at least this confident; weaker
     # ones keep their rca.finding events (docs/localization.md, "What rca.confidence means")
-    min_confidence: float = Field(0.5, ge=0.0, le=1.0)
+    min_confidence: float = Field(0.7, ge=0.0, le=1.0)
     verdict_log: VerdictLogConfig = VerdictLogConfig()
     # Run attribute decoding, rules, fault trees and the localizer in a worker
     # process: in the receiving process they compete with receiving for the
