@@ -58,7 +58,7 @@ import json
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -73,6 +73,7 @@ from processor.localizer.analyzer import baseline_null
 from processor.localizer.graph import placement_refs
 from processor.otlp.tracefile import read_requests
 from processor.tools.offline import analyze
+from processor.tools.progress import each
 from processor.tools.replay import LivePipeline, ReplayError, replay_config
 from processor.tools.scoring import (
     Label,
@@ -175,13 +176,13 @@ def evaluate(dataset: Dataset, sources: Iterable[str] = SOURCES,
     null = baseline_null(dataset.baseline, sources) if dataset.baseline and "hub_discount" in sources else {}
     if dataset.span_labelled:
         ruleset = rules() if rules is not None else load_rules(rule_paths(FaulttraceProcessorConfig()))
-        return [_analyzed_case(dataset, case, sources, ruleset, null) for case in dataset.cases]
+        return [_analyzed_case(dataset, case, sources, ruleset, null) for case in _cases(dataset, "eval")]
     conn = duckdb.connect()
     try:
         baseline = (Baseline.learn(conn, span_metrics(conn, read_spans(dataset.baseline, placement_refs())))
                     if dataset.baseline else None)
         results = []
-        for case in dataset.cases:
+        for case in _cases(dataset, "eval"):
             metrics = span_metrics(conn, read_spans(case.traces, placement_refs()))
             base = baseline if baseline is not None else Baseline.learn(conn, metrics)
             scores = rank_services(conn, metrics, base, sources, null)
@@ -189,6 +190,11 @@ def evaluate(dataset: Dataset, sources: Iterable[str] = SOURCES,
         return results
     finally:
         conn.close()
+
+
+def _cases(dataset: Dataset, what: str) -> Iterator[Case]:
+    """The dataset's cases, with a progress bar on stderr while a terminal shows it (tools.progress)."""
+    return each(dataset.cases, len(dataset.cases), what, "case")
 
 
 def _analyzed_case(dataset: Dataset, case: Case, sources: tuple[str, ...], rules: RuleSet,
@@ -225,7 +231,7 @@ def evaluate_live(dataset: Dataset, rules: Sequence[str] = (), builtin_rules: bo
 
 async def _replay_cases(dataset: Dataset, out: Path, rules: Sequence[str], builtin_rules: bool) -> list[Path]:
     files = []
-    for case in dataset.cases:
+    for case in _cases(dataset, "eval --live"):
         path = out / f"{case.case_id}.jsonl"
         config = replay_config(path, dataset.baseline, LIVE_DECISION_WAIT, LIVE_RELEASE_INTERVAL, rules,
                                builtin_rules)

@@ -7,9 +7,14 @@ import io
 import os
 import select
 import struct
+import subprocess
 import termios
+from pathlib import Path
+
+import pytest
 
 from processor.tools.progress import Progress, each
+from tests.test_cli import faulttrace
 
 
 def test_nothing_is_drawn_off_a_terminal_and_lines_still_print() -> None:
@@ -52,3 +57,16 @@ def test_a_terminal_gets_a_bar_with_what_runs() -> None:
     finally:
         os.close(master)
         os.close(slave)
+
+
+@pytest.mark.slow
+def test_eval_piped_writes_no_progress(tmp_path: Path) -> None:
+    dataset = tmp_path / "ds"
+    made = subprocess.run(faulttrace("demo", "--write-dataset", str(dataset), "--fault", "exception",
+                                     "--cases-per-kind", "1", "--traces-per-case", "6", "--baseline-traces", "60"),
+                          capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    run = subprocess.run(faulttrace("eval", str(dataset)), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr == "" and "\r" not in run.stdout
+    assert "exception-1" in run.stdout
