@@ -113,12 +113,13 @@ def describe(v: TraceVerdict, symptoms: Iterable[Symptom], facts: Mapping[bytes,
 
 def incident_key(v: TraceVerdict, facts: Mapping[bytes, SpanFacts]) -> tuple[str, str]:
     """What groups traces into one incident, as display text: the cause (service and
-    operation) and what the user saw (the root span's service, operation, failed or slow)."""
+    operation) and what the user saw (the root span's service and operation, and whether it failed)."""
     top = v.top
     assert top is not None
     cause = f"{top.service} {top.name}"
     root = facts.get(v.root_span_id) if v.root_span_id is not None else None
     if root is None or v.root_span_id == top.span_id:
         return cause, ""
-    # Not the status message: it may carry ids that would split one incident into many.
-    return cause, f"{root.service} {root.name}{' failed' if root.error else ' slow'}"
+    # Not the status message: it may carry ids that would split one incident into many.  A root
+    # that did not fail is named alone (slow, or a wrong answer: the sentence says which).
+    return cause, f"{root.service} {root.name}{' failed' if root.error else ''}"
