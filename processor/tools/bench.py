@@ -42,8 +42,8 @@ OpenTelemetry collector written in Rust) forwarding from its OTLP/gRPC
 receiver to the same sink, its CPU per span read the same way; skipped, with
 the reason in the output, where it is not installed.
 
-Progress lines go to stderr while a run is under way, only when stderr is a
-terminal.
+Progress goes to stderr, only when stderr is a terminal: a bar over the
+runs, naming the one under way and how far it is (``tools.progress``).
 
 The store keeps spans in memory by default (``--storage memory``), so figures
 stay comparable with earlier ones; ``--storage journal`` journals them to a
@@ -66,6 +66,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -519,15 +520,10 @@ def _quantile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def _progress(text: str) -> None:
-    """A progress line on stderr, rewritten in place; only on a terminal (logs and pipes stay clean)."""
-    if sys.stderr.isatty():
-        sys.stderr.write(f"\r\033[K{text}")
-        sys.stderr.flush()
-
-
 def _one_run(ctx: Any, mode: str, sink_port: int, count: Any, args: argparse.Namespace,
-             decision_wait: float, sink_ctl: Connection, label: str = "", rotel: Path | None = None) -> RunResult:
+             decision_wait: float, sink_ctl: Connection, label: str = "", rotel: Path | None = None,
+             progress: Callable[[str], None] = lambda _: None) -> RunResult:
+    """One run of ``mode``; ``progress`` is told what it is doing (the bar's text on a terminal)."""
     rotel_server = None
     if mode == "rotel":
         assert rotel is not None
@@ -548,7 +544,7 @@ def _one_run(ctx: Any, mode: str, sink_port: int, count: Any, args: argparse.Nam
     samples: list[tuple[float, int]] = []
     while load.is_alive():
         samples.append((time.monotonic() - t_start, count.value - base))
-        _progress(f"{label}{mode}: {samples[-1][0]:.0f}/{args.seconds:.0f} s, {samples[-1][1]:,} spans delivered")
+        progress(f"{label}{mode}: {samples[-1][0]:.0f}/{args.seconds:.0f} s, {samples[-1][1]:,} spans delivered")
         time.sleep(0.1)
     t_end = time.monotonic() - t_start
     load_stats = res.recv()
@@ -560,14 +556,13 @@ def _one_run(ctx: Any, mode: str, sink_port: int, count: Any, args: argparse.Nam
         stats = {"peak_rss_mib": 0.0, "bytes_per_buffered_span": 0.0, "rss_bytes_per_buffered_span": 0.0,
                  "max_buffered_spans": 0, "cpu_s": rotel_server.stop()}
     else:
-        _progress(f"{label}{mode}: draining")
+        progress(f"{label}{mode}: draining")
         ctl.send("stop")
         stats = ctl.recv()
         server.join()
     while count.value - base < load_stats["sent"] and time.monotonic() < deadline:
         time.sleep(0.05)
     delivered = count.value - base
-    _progress("")
     sink_ctl.send("arrivals")
     arrived: dict[bytes, float] = sink_ctl.recv()
     latencies = [arrived[k] - t for k, t in load_stats["acked"].items() if k in arrived]
@@ -684,9 +679,8 @@ def run_bench(args: argparse.Namespace) -> int:
         with Progress(args.runs * len(modes), "bench", "run") as bar:  # on a terminal only
             for run in range(args.runs):
                 for mode in modes:
-                    bar.now(f"run {run + 1}/{args.runs}: {mode}")
                     r = _one_run(ctx, mode, sink_port, count, args, decision_wait, ready,
-                                 label=f"run {run + 1}/{args.runs} ", rotel=rotel)
+                                 label=f"run {run + 1}/{args.runs} ", rotel=rotel, progress=bar.now)
                     results.append(r)
                     bar.step()
                     if args.format == "text":
