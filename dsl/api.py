@@ -41,7 +41,7 @@ from dsl.diagnostics import Diagnostic, SourceSpan, did_you_mean, render_all, so
 from dsl.faulttree import TRUE, UNKNOWN, BatchEvidence, TreeOutcome, TreePlan, evaluate_trees, explain
 from dsl.limits import MAX_FILE_BYTES
 from dsl.parser import parse
-from dsl.projection import SPAN_COLUMNS, AttrRef, column_name
+from dsl.projection import EVENT_LIST, LINK_LIST, SPAN_COLUMNS, AttrRef, column_name, ref_sql_type
 
 PathLike = str | Path
 log = logging.getLogger(__name__)
@@ -455,12 +455,16 @@ def _needs(rules: Iterable[CompiledRule]) -> frozenset[str]:
 
 def _projection(rules: Iterable[ir.CheckedRule]) -> frozenset[AttrRef]:
     refs: set[AttrRef] = set()
+    lists = {"event": EVENT_LIST, "link": LINK_LIST}  # a relation over a span's events or links reads its list
     for rule in rules:
+        refs.update(lists[r.relation] for r in rule.bindings if r.relation in lists)
         roots = [n for n in (rule.where, *rule.message) if n is not None and not isinstance(n, str)]
         for root in roots:
             for node in ir.walk(root):  # type: ignore[arg-type]
                 if isinstance(node, ir.AttrValue):
                     refs.update(node.refs)
+                elif isinstance(node, ir.Quant) and node.rel.relation in lists:
+                    refs.add(lists[node.rel.relation])
     return frozenset(refs)
 
 
@@ -696,7 +700,7 @@ def create_span_table(conn: duckdb.DuckDBPyConnection, table: str, projection: I
     """Create an empty span table per the store contract (intrinsic columns
     plus one typed column per projected attribute)."""
     cols = [f"{name} {typ}" for name, typ in SPAN_COLUMNS]
-    cols += [f"{column_name(ref)} {ref.type.sql_type}" for ref in sorted(projection)]
+    cols += [f"{column_name(ref)} {ref_sql_type(ref)}" for ref in sorted(projection)]
     conn.execute(f"CREATE OR REPLACE TABLE {quote_ident(table)} ({', '.join(cols)})")
 
 

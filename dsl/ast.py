@@ -142,7 +142,7 @@ class Binding:
     """``span v`` (any span of the trace) or ``child v of other`` etc."""
 
     # "span" | "child" | "parent" | "descendant" | "ancestor" | "sibling"
-    # | "preceding_sibling" | "following_sibling"
+    # | "preceding_sibling" | "following_sibling" | "event" | "link"
     relation: str
     var: str
     other: str

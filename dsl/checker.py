@@ -85,9 +85,10 @@ class _Scope:
     used: set[str] = field(default_factory=set)
     anchor: str = ""  # the rule's first variable: `span v` and `trace.x` are of its trace
     taken: set[str] = field(default_factory=set)  # IR names bound anywhere in the rule
+    events: set[str] = field(default_factory=set)  # IR names of event variables (`event e of s`): not spans
 
     def child(self) -> _Scope:
-        return _Scope(dict(self.vars), dict(self.params), self.used, self.anchor, self.taken)
+        return _Scope(dict(self.vars), dict(self.params), self.used, self.anchor, self.taken, self.events)
 
 
 class _Checker:
@@ -278,7 +279,7 @@ class _Checker:
             return None
         other = b.other
         if b.relation != "span":
-            other = self._var_ref(b.other, b.other_span or b.span, scope)  # type: ignore[assignment]
+            other = self._span_var(b.other, b.other_span or b.span, scope, f"`{b.relation.replace('_', ' ')} ... of`")  # type: ignore[assignment]
             if other is None:
                 return None
         else:
@@ -293,7 +294,19 @@ class _Checker:
         scope.taken.add(name)
         scope.vars[b.var] = name
         scope.anchor = scope.anchor or name
+        if b.relation == "event":
+            scope.events.add(name)
         return ir.Rel(name, b.relation, other or "")
+
+    def _span_var(self, name: str, span: SourceSpan, scope: _Scope, use: str) -> str | None:
+        """``_var_ref`` for a place that needs a span: an event variable there is E073."""
+        var = self._var_ref(name, span, scope)
+        if var is not None and var in scope.events:
+            self.error("E073", f"`{name}` is an event, not a span: {use} needs a span", span,
+                       f"events have `{name}.name`, `{name}.time` and `{name}.attr[\"k\"]`; "
+                       f"relate the span they belong to instead")
+            return None
+        return var
 
     def _var_ref(self, name: str, span: SourceSpan, scope: _Scope) -> str | None:
         """Resolve a span-variable name (through macro parameters) to its IR name."""
@@ -314,6 +327,9 @@ class _Checker:
         if not rule.blames:
             return top[0] if top else ""
         b = rule.blames[0]
+        if b.var in top and scope.vars.get(b.var) in scope.events:
+            self._span_var(b.var, b.span, scope, "`blame`")
+            return top[0]
         if b.var not in top:
             self.error("E018", f"cannot blame `{b.var}`: not a variable of `match`", b.span, *did_you_mean(b.var, top),
                        f"blame one of: {', '.join(top)}")
@@ -343,6 +359,9 @@ class _Checker:
                 self.error("E071", f"`{name.name}` is the span this rule blames: it cannot explain itself", name.span,
                            "`blame` names the cause, `explains` the spans that only followed from it, e.g. a later failing sibling",
                            label="the blamed span")
+                continue
+            if name.name in top and top[name.name] in scope.events:
+                self._span_var(name.name, name.span, scope, "`explains`")
                 continue
             if name.name in top:
                 scope.used.add(top[name.name])
@@ -539,6 +558,13 @@ class _Checker:
         var = self._var_ref(e.var, e.var_span, scope)
         if var is None:
             return ir.Const(None, Ty.ERROR)
+        if var in scope.events:
+            if e.field not in ir.EVENT_INTRINSICS:
+                self.error("E011", f"unknown event field `{e.field}`", e.field_span, *did_you_mean(e.field, ir.EVENT_INTRINSICS),
+                           f"event fields: {', '.join(ir.EVENT_INTRINSICS)}; attributes: {e.var}.attr[\"key\"]; "
+                           f"the time since its span started: `{e.var}.time - s.start`")
+                return ir.Const(None, Ty.ERROR)
+            return ir.Intrinsic(var, f"event_{e.field}", ir.EVENT_INTRINSICS[e.field])
         if e.field not in ir.SPAN_INTRINSICS:
             self.error("E011", f"unknown span field `{e.field}`", e.field_span, *did_you_mean(e.field, ir.SPAN_INTRINSICS),
                        f"fields: {', '.join(ir.SPAN_INTRINSICS)}; attributes: {e.var}.attr[\"key\"]")
@@ -549,6 +575,9 @@ class _Checker:
         var = self._var_ref(e.var, e.var_span, scope)
         if var is None:
             return ir.Const(None, Ty.ERROR)
+        if var in scope.events and e.source != "attr":
+            self._span_var(e.var, e.var_span, scope, f"`.{e.source}[...]`")
+            return ir.Const(None, Ty.ERROR)
         if e.source == "event" and not e.keys:
             if not e.event:
                 self.error("E039", "empty event name", e.span)
@@ -558,12 +587,14 @@ class _Checker:
         if typ is None:
             return ir.Const(None, Ty.ERROR)
         source = {"attr": AttrSource.SPAN, "resource": AttrSource.RESOURCE, "event": AttrSource.EVENT}[e.source]
+        if var in scope.events:
+            source = AttrSource.EVENTS  # an attribute of each event, in its own list column
         names: list[str] = []
         for k in e.keys:
             if not k.key:
                 self.error("E039", "empty attribute key", k.span)
                 return ir.Const(None, Ty.ERROR)
-            self._check_key(k, e)
+            self._check_key(k, e, var in scope.events)
             names += [n for n in self.semconv.aliases(k.key) if n not in names]
         refs = tuple(AttrRef(source, n, typ, e.event) for n in names)
         return ir.AttrValue(var, refs, _ATTR_TO_TY[typ])
@@ -586,7 +617,7 @@ class _Checker:
         # int or a bool), unless a number or a bool is wanted beside it
         return AttrType.ANY if want in (None, AttrType.STRING) else want
 
-    def _check_key(self, k: ast.Key, e: ast.Attr) -> None:
+    def _check_key(self, k: ast.Key, e: ast.Attr, of_event: bool = False) -> None:
         sem = self.semconv.lookup(k.key)
         if sem is None:
             if self.semconv.in_known_namespace(k.key):
@@ -597,6 +628,8 @@ class _Checker:
             self.error("W002", f"`{k.key}` is deprecated; use `{sem.key}`", k.span,
                        f"`{sem.key}` also matches spans that still send `{k.key}`")
         expected = {"attr": "span", "resource": "resource", "event": f"event:{e.event}"}[e.source]
+        if of_event and sem.where != "resource":  # an event variable's attribute: any event's key will do
+            return
         if sem.where not in (expected, "any"):
             if sem.where == "resource":
                 how = f'{e.var}.resource["{k.key}"]'
@@ -736,8 +769,8 @@ class _Checker:
 
     def _order(self, e: ast.Order, scope: _Scope) -> ir.Node:
         """``a before b``: a ended no later than b started; ``a after b``: ``b before a``."""
-        left = self._var_ref(e.left, e.left_span, scope)
-        right = self._var_ref(e.right, e.right_span, scope)
+        left = self._span_var(e.left, e.left_span, scope, f"`{e.op}`")
+        right = self._span_var(e.right, e.right_span, scope, f"`{e.op}`")
         if left is None or right is None:
             return ir.Const(None, Ty.ERROR)
         first, then = (left, right) if e.op == "before" else (right, left)

@@ -21,13 +21,15 @@ from dataclasses import dataclass, field
 
 from dsl import ir
 from dsl.ir import Ty
-from dsl.projection import column_name
+from dsl.projection import EVENT_COLUMN_PREFIX, EVENT_LIST, LINK_LIST, column_name
 from dsl.spantree import covered_sql, no_parent_sql, root_key_sql, self_time_sql
 
 SPANS = "__ft_spans"  # prepared span table (temp)
 ANCESTORS = "__ft_ancestors"  # (_row, _anc) for every proper ancestor (temp)
 _DERIVED = "__ft_derived"  # derived per-span values (temp)
 _SOURCE = "__ft_source"  # copy of the batch when it has no row ids (a view)
+EVENTS = "__ft_events"  # (_row, _trace, _idx, name, time_ns, event attribute columns): one row per event (temp)
+LINKS = "__ft_links"  # (_row, _linked): a span and a span of the batch it links to (temp)
 BASELINE_TABLE = "__ft_baseline"  # learned baseline the caller registers (optional): service VARCHAR,
 # name VARCHAR, p99_self_ns, median_self_ns, mad_self_ns (numbers, in ns), one row per operation
 BASELINE_COLUMNS = ("service", "name", "p99_self_ns", "median_self_ns", "mad_self_ns")
@@ -57,6 +59,9 @@ _SPAN_SQL = {
     "baseline_median": "{v}._b_median",
     # robust z-score of the self time; nil when MAD is 0 (like a division by zero)
     "zscore": "(({v}._self - {v}._b_median_f) / nullif(1.4826 * {v}._b_mad, 0))",
+    # an event variable's fields (``EVENTS``)
+    "event_name": "{v}.name",
+    "event_time": "{v}.time_ns",
 }
 _NULLABLE_INTRINSICS = {"name", "service", "status_message", "baseline_p99", "baseline_median", "zscore"}
 _NEEDS = {"self_time": ("self_time",), "depth": ("depth",), "baseline_p99": ("baseline",),
@@ -169,6 +174,9 @@ _COLUMN_REF = re.compile(r"\b(v\d+)\.([a-z_][a-z0-9_]*)\b")
 
 def _join(rel: ir.Rel, ctx: _Ctx) -> str:
     v, o = ctx.alias(rel.var), ctx.alias(rel.other)
+    if rel.relation in ("event", "link"):
+        src, cond = _subquery_from(rel, ctx)
+        return f"JOIN {src} ON {cond}"
     if rel.relation in ("descendant", "ancestor"):
         ctx.needs.add("ancestors")
         k = f"k_{v}"
@@ -198,6 +206,13 @@ def _subquery_from(rel: ir.Rel, ctx: _Ctx) -> tuple[str, str]:
         k = f"k_{v}"
         mine, theirs = ("_row", "_anc") if rel.relation == "descendant" else ("_anc", "_row")
         return f"{ANCESTORS} AS {k} JOIN {SPANS} AS {v} ON {v}._row = {k}.{mine}", f"{k}.{theirs} = {o}._row"
+    if rel.relation == "event":
+        ctx.needs.add("events")
+        return f"{EVENTS} AS {v}", f"{v}._row = {o}._row"
+    if rel.relation == "link":
+        ctx.needs.add("links")
+        k = f"k_{v}"
+        return f"{LINKS} AS {k} JOIN {SPANS} AS {v} ON {v}._row = {k}._linked", f"{k}._row = {o}._row"
     return f"{SPANS} AS {v}", _rel_condition(rel, v, o)
 
 
@@ -558,9 +573,32 @@ def prepare_statements(table: str, needs: frozenset[str], columns: tuple[str, ..
             f"UNION ALL SELECT a._row, s._parent, a._dist + 1 FROM a JOIN {_DERIVED} AS s ON s._row = a._anc "
             f"WHERE s._parent IS NOT NULL AND a._dist < {_MAX_DEPTH}) SELECT _row, _anc FROM a"
         )
+    if "events" in needs:
+        stmts.append(_events_statement(columns))
+    if "links" in needs:
+        # a linked span absent from the batch is no row; a duplicated span id links to each copy once
+        lk = column_name(LINK_LIST)
+        stmts.append(
+            f"CREATE OR REPLACE TEMP TABLE {LINKS} AS SELECT DISTINCT l._row, t._row AS _linked "
+            f"FROM (SELECT _row, unnest({lk}) AS k FROM {SPANS}) AS l JOIN {SPANS} AS t "
+            "ON t.trace_id = struct_extract(l.k, 'trace_id') AND t.span_id = struct_extract(l.k, 'span_id')"
+        )
     stmts.append(f"DROP TABLE IF EXISTS {_DERIVED}")
     return stmts
 
 
+def _events_statement(columns: tuple[str, ...]) -> str:
+    """The long form of the spans' events: one row per event (index ``_idx`` from 1, in the
+    span's order), with its name, time and the event attribute columns the rules read
+    (lists aligned with the events, ``EVENT_COLUMN_PREFIX``), taken element by element."""
+    ev = column_name(EVENT_LIST)
+    attrs = [c for c in columns if c.startswith(EVENT_COLUMN_PREFIX) and c != ev]
+    picked = "".join(f", {c}[i] AS {c}" for c in attrs)
+    return (f"CREATE OR REPLACE TEMP TABLE {EVENTS} AS SELECT _row, _trace, i AS _idx, "
+            f"struct_extract({ev}[i], 'name') AS name, struct_extract({ev}[i], 'time') AS time_ns{picked} "
+            f"FROM (SELECT _row, _trace, {ev}{''.join(', ' + c for c in attrs)}, "
+            f"unnest(range(1, len({ev}) + 1)) AS i FROM {SPANS} WHERE len({ev}) > 0)")
+
+
 def cleanup_statements() -> list[str]:
-    return [f"DROP TABLE IF EXISTS {t}" for t in (SPANS, ANCESTORS, _DERIVED, _SOURCE)]
+    return [f"DROP TABLE IF EXISTS {t}" for t in (SPANS, ANCESTORS, EVENTS, LINKS, _DERIVED, _SOURCE)]

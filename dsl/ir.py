@@ -69,6 +69,13 @@ SPAN_INTRINSICS: dict[str, Ty] = {
     "baseline_median": Ty.DURATION,
     "zscore": Ty.DOUBLE,
 }
+# fields of an event variable (`event e of s`), read as `e.<name>`; in the IR
+# they are ``Intrinsic(var, "event_<name>")``
+EVENT_INTRINSICS: dict[str, Ty] = {
+    "name": Ty.STRING,
+    "time": Ty.TIME,
+}
+
 # trace intrinsics, read as `trace.<name>`
 TRACE_INTRINSICS: dict[str, Ty] = {
     "duration": Ty.DURATION,
@@ -236,7 +243,8 @@ class Rel:
     """A variable and how it relates to an earlier one (``span`` = any span of
     the trace of ``other``, or of the batch for a rule's first variable;
     ``preceding_sibling``/``following_sibling``: a sibling that ended before
-    ``other`` started / started after it ended)."""
+    ``other`` started / started after it ended; ``event``: an event of
+    ``other``, not a span; ``link``: a span of the batch ``other`` links to)."""
 
     var: str
     relation: str

@@ -20,6 +20,11 @@ class AttrSource(enum.StrEnum):
     SPAN = "span"          # Span.attributes
     RESOURCE = "resource"  # Resource.attributes of the span's resource
     EVENT = "event"        # attributes of the span's first event named `event`
+    # Every event / link of the span, as lists aligned by index (``event e of s``, ``link l of s``):
+    # key "" is the list itself (``EVENT_LIST_SQL_TYPE`` / ``LINK_LIST_SQL_TYPE``); an ``EVENTS``
+    # ref with a key is that attribute of each event, nil where an event lacks it.
+    EVENTS = "events"
+    LINKS = "links"
 
 
 class AttrType(enum.StrEnum):
@@ -99,6 +104,26 @@ class AttrRef:
             raise ValueError("an event name goes with source 'event' and only with it")
         if self.type is AttrType.PRESENT and (self.source is not AttrSource.EVENT or self.key):
             raise ValueError("type 'present' is for an event with an empty key")
+        if self.source is AttrSource.LINKS and self.key:
+            raise ValueError("a links ref has no key")
+
+
+EVENT_LIST_SQL_TYPE = "STRUCT(name VARCHAR, time BIGINT)[]"   # a span's events: name, time_unix_nano
+LINK_LIST_SQL_TYPE = "STRUCT(trace_id BLOB, span_id BLOB)[]"  # a span's links: the linked span's ids
+EVENT_LIST = AttrRef(AttrSource.EVENTS, "")
+LINK_LIST = AttrRef(AttrSource.LINKS, "")
+
+
+def ref_sql_type(ref: AttrRef) -> str:
+    """The DuckDB type of ``ref``'s span-table column: the type's, or for the
+    per-event and per-link lists, a list of it (one element per event)."""
+    if ref == EVENT_LIST:
+        return EVENT_LIST_SQL_TYPE
+    if ref.source is AttrSource.LINKS:
+        return LINK_LIST_SQL_TYPE
+    if ref.source is AttrSource.EVENTS:
+        return ref.type.sql_type + "[]"
+    return ref.type.sql_type
 
 
 def column_name(ref: AttrRef) -> str:
@@ -110,7 +135,13 @@ def column_name(ref: AttrRef) -> str:
     ident = f"{ref.source}\x00{ref.event}\x00{ref.key}\x00{ref.type}"
     digest = hashlib.blake2b(ident.encode(), digest_size=5).hexdigest()
     slug = "".join(c if c.isalnum() else "_" for c in ref.key.lower())[:32]
-    return f"a_{ref.source.value[0]}_{slug}_{digest}"
+    return f"a_{_PREFIX.get(ref.source, ref.source.value[0])}_{slug}_{digest}"
+
+
+# the per-event and per-link list columns have prefixes of their own (``a_v_``, ``a_k_``): the
+# compiler's prepare step finds them by it
+_PREFIX = {AttrSource.EVENTS: "v", AttrSource.LINKS: "k"}
+EVENT_COLUMN_PREFIX = "a_v_"
 
 
 # The intrinsic columns every span table has, in order, with their DuckDB

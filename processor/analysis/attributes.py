@@ -46,6 +46,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from dsl import SPAN_COLUMNS, AttrRef, AttrSource, AttrType, any_text, column_name
+from dsl.projection import EVENT_LIST, ref_sql_type
 from processor.otlp.views import resource_spans_view, resource_view, span_attributes_view
 from processor.receivers.decode import decode
 from processor.store import ARROW_TYPES, STORAGE_COLUMNS
@@ -242,12 +243,24 @@ class LongForm:
         return self._dictionary.take(pa.array(flat, pa.int32()))
 
 
+EVENT_LIST_TYPE = pa.list_(pa.struct([("name", pa.string()), ("time", pa.int64())]))
+LINK_LIST_TYPE = pa.list_(pa.struct([("trace_id", pa.binary()), ("span_id", pa.binary())]))
+
+
 def _field_type(ref: AttrRef) -> pa.DataType:
-    return ALL_ATTRIBUTES_TYPE if ref == ALL_ATTRIBUTES else ARROW_TYPES[ref.type.sql_type]
+    if ref == ALL_ATTRIBUTES:
+        return ALL_ATTRIBUTES_TYPE
+    if ref == EVENT_LIST:
+        return EVENT_LIST_TYPE
+    if ref.source is AttrSource.LINKS:
+        return LINK_LIST_TYPE
+    if ref.source is AttrSource.EVENTS:  # one value per event
+        return pa.list_(ARROW_TYPES[ref.type.sql_type])
+    return ARROW_TYPES[ref.type.sql_type]
 
 
 def _sql_type(ref: AttrRef) -> str:
-    return ALL_ATTRIBUTES_SQL_TYPE if ref == ALL_ATTRIBUTES else ref.type.sql_type
+    return ALL_ATTRIBUTES_SQL_TYPE if ref == ALL_ATTRIBUTES else ref_sql_type(ref)
 
 
 def _array(element: AttrType) -> Any:
@@ -316,7 +329,7 @@ class Projection:
 
     @property
     def reads_span_bytes(self) -> bool:
-        """Whether projecting needs the spans' bytes (span or event attributes)."""
+        """Whether projecting needs the spans' bytes (span or event attributes, events, links)."""
         return any(r.source is not AttrSource.RESOURCE for r in self.refs)
 
     @property
@@ -340,11 +353,18 @@ class Projector:
         self._span_keys: dict[str, list[tuple[int, AttrType, dict[bytes, Any]]]] = {}
         self._event_keys: dict[str, list[tuple[int, str, AttrType, dict[bytes, Any]]]] = {}
         self._resource_refs: list[tuple[int, AttrRef]] = []
+        # every event / link of a span, as lists (``event e of s``, ``link l of s``): (slot, key, type, cache)
+        self._event_lists: list[tuple[int, str, AttrType, dict[bytes, Any]]] = []
+        self._link_slots: list[int] = []
         for slot, ref in enumerate(projection.refs):
             cache = caches.setdefault(ref.type, {})
             if ref == ALL_ATTRIBUTES:
                 continue  # filled from the span bytes by LongForm, not by key
-            if ref.source is AttrSource.SPAN:
+            if ref.source is AttrSource.EVENTS:
+                self._event_lists.append((slot, ref.key, ref.type, cache))
+            elif ref.source is AttrSource.LINKS:
+                self._link_slots.append(slot)
+            elif ref.source is AttrSource.SPAN:
                 self._span_keys.setdefault(ref.key, []).append((slot, ref.type, cache))
             elif ref.source is AttrSource.RESOURCE:
                 self._resource_refs.append((slot, ref))
@@ -363,7 +383,7 @@ class Projector:
             return table
         rows = table.num_rows
         columns: list[list[Any] | pa.Array | None] = [None] * len(refs)
-        if self._span_keys or self._event_keys:
+        if self._span_keys or self._event_keys or self._event_lists or self._link_slots:
             self._span_values(table.column("raw").to_pylist(), columns)
         if self._resource_refs:
             self._resource_values(table.column("resource_id"), resources, columns)
@@ -402,6 +422,34 @@ class Projector:
                             column[row] = value
             if event_keys and span.events:
                 self._event_values(span.events, row, rows, columns)
+            if self._event_lists and span.events:
+                self._event_list_values(span.events, row, rows, columns)
+            if self._link_slots and span.links:
+                links = [{"trace_id": link.trace_id, "span_id": link.span_id} for link in span.links]
+                for slot in self._link_slots:
+                    column = columns[slot]
+                    if column is None:
+                        column = columns[slot] = [None] * rows
+                    column[row] = links
+
+    def _event_list_values(self, events: Any, row: int, rows: int, columns: list[Any]) -> None:
+        """Every event of a span, in order: (name, time) for the key "", else the attribute of
+        each event (nil where one lacks it or has another type)."""
+        for slot, key, kind, cache in self._event_lists:
+            if not key:
+                values: list[Any] = [{"name": e.name, "time": e.time_unix_nano} for e in events]
+            else:
+                values = []
+                for e in events:
+                    data = e.attributes.get(key)
+                    value = None if data is None else cache.get(data, _MISSING)
+                    if value is _MISSING:
+                        value = self._convert(data, kind, cache)  # type: ignore[arg-type]
+                    values.append(value)
+            column = columns[slot]
+            if column is None:
+                column = columns[slot] = [None] * rows
+            column[row] = values
 
     def _event_values(self, events: Any, row: int, rows: int, columns: list[Any]) -> None:
         seen: set[str] = set()

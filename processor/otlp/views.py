@@ -104,10 +104,17 @@ def _classes() -> dict[str, Any]:
     attrs = fd.message_type.add(name="SpanAttributesView")
     _bytes_map(attrs, "attributes", 9, f"{_PACKAGE}.SpanAttributesView")
     event = attrs.nested_type.add(name="Event")
+    event.field.add(name="time_unix_nano", number=1, type=_F.TYPE_FIXED64, label=_F.LABEL_OPTIONAL)
     event.field.add(name="name", number=2, type=_F.TYPE_STRING, label=_F.LABEL_OPTIONAL)
     _bytes_map(event, "attributes", 3, f"{_PACKAGE}.SpanAttributesView.Event")
     attrs.field.add(name="events", number=11, type=_F.TYPE_MESSAGE, label=_F.LABEL_REPEATED,
                     type_name=f".{_PACKAGE}.SpanAttributesView.Event")
+    # links: the linked span's ids only (``link l of s``)
+    link = attrs.nested_type.add(name="Link")
+    link.field.add(name="trace_id", number=1, type=_F.TYPE_BYTES, label=_F.LABEL_OPTIONAL)
+    link.field.add(name="span_id", number=2, type=_F.TYPE_BYTES, label=_F.LABEL_OPTIONAL)
+    attrs.field.add(name="links", number=13, type=_F.TYPE_MESSAGE, label=_F.LABEL_REPEATED,
+                    type_name=f".{_PACKAGE}.SpanAttributesView.Link")
 
     request = fd.message_type.add(name="RequestView")
     request.field.add(name="resource_spans", number=1, type=_F.TYPE_MESSAGE, label=_F.LABEL_REPEATED,

@@ -39,7 +39,8 @@ class Span:
     status_message: str = ""
     attrs: dict[str, object] = field(default_factory=dict)
     resource: dict[str, object] = field(default_factory=dict)
-    events: list[tuple[str, dict[str, object]]] = field(default_factory=list)
+    events: list[tuple[str, dict[str, object]]] = field(default_factory=list)  # (name, attrs[, ms from the trace's t0])
+    links: list[Span] = field(default_factory=list)  # spans this one links to (OTLP Span.links)
     parent_id: bytes | None = None  # overrides parent (orphans, broken data)
 
 
@@ -85,6 +86,13 @@ def _typed(value: object, typ: AttrType) -> object:
 
 
 def attr_value(span: Span, ref: AttrRef) -> object:
+    if ref.source is AttrSource.LINKS:
+        return [{"trace_id": s.trace.trace_id, "span_id": s.span_id} for s in span.links]
+    if ref.source is AttrSource.EVENTS:  # every event, in order: (name, time) or the attribute, nil where absent
+        if not ref.key:
+            return [{"name": ev[0], "time": span.trace.t0 + round(ev[2] * MS) if len(ev) > 2 else span.start_ns}  # type: ignore[misc]
+                    for ev in span.events]
+        return [_typed(ev[1][ref.key], ref.type) if ref.key in ev[1] else None for ev in span.events]
     if ref.source is AttrSource.EVENT:
         event = next((attrs for name, attrs in span.events if name == ref.event), None)
         if ref.type is AttrType.PRESENT:
