@@ -32,8 +32,8 @@ log = logging.getLogger("faulttrace.verdict")
 class LastSpanTimes:
     """When each buffered trace's latest span was stored, for the verdict latency.
 
-    Bounded: a trace whose time is never taken (a late span of a trace already released
-    is observed but not analysed again) is forgotten, oldest first, past ``limit``."""
+    A trace's time is taken when its spans are exported.  Bounded all the same: a time
+    never taken (a trace still buffered at a stop) is forgotten, oldest first, past ``limit``."""
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
@@ -78,13 +78,13 @@ class VerdictObserver:
         """A chunk of released spans was handed to the exporters, with its verdict (None: not
         analysed: late spans, no analysis configured, or an analysis that failed)."""
         self._outgoing.inc(spans.span_count)
+        now = self._clock()
+        for trace_id in dict.fromkeys(spans.trace_ids):  # taken either way: the times stay few
+            last = self._last_span.take(trace_id)
+            if last is not None and verdict is not None:
+                self._telemetry.verdict_latency.observe(max(0.0, now - last))
         if verdict is None:
             return
-        now = self._clock()
-        for trace_id in dict.fromkeys(spans.trace_ids):
-            last = self._last_span.take(trace_id)
-            if last is not None:
-                self._telemetry.verdict_latency.observe(max(0.0, now - last))
         self._telemetry.analyzed_traces.inc(spans.trace_count)
         blamed = [v for v in verdict.traces.values() if v.top is not None]
         if not blamed:

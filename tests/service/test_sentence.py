@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from processor.analysis.verdict import Candidate, Evidence, Symptom, TraceVerdict
+from processor.analysis.verdict import BatchVerdict, Candidate, Evidence, Symptom, TraceVerdict
 from processor.service.incidents import MAX_GROUPS, SHOWN, Incidents
 from processor.service.sentence import (
     SpanFacts,
@@ -121,3 +121,31 @@ def test_a_url_template_with_an_unknown_placeholder_is_a_config_error_naming_the
                     "service: {pipelines: {traces: {receivers: [otlp], processors: [faulttrace], exporters: [debug]}}}\n")
     with pytest.raises(ConfigError, match=r"processors\.faulttrace\.verdict_log\.trace_url_template.*\{traceid\}"):
         load_config(str(path))
+
+
+def test_last_span_times_are_taken_on_export_with_or_without_a_verdict() -> None:
+    from processor.model import ReleasedSpans
+    from processor.service.telemetry import Telemetry
+    from processor.service.verdicts import VerdictObserver
+
+    now = [100.0]
+    telemetry = Telemetry()
+    observer = VerdictObserver(telemetry, "faulttrace", log_verdicts=False, clock=lambda: now[0], max_traces=2)
+    a, b = b"a" * 16, b"b" * 16
+    observer.observe({a: 2, b: 1})
+    now[0] = 103.5
+
+    def released(*trace_ids: bytes) -> ReleasedSpans:
+        return ReleasedSpans(list(trace_ids), [b"s" * 8] * len(trace_ids), [None] * len(trace_ids),
+                             [b""] * len(trace_ids), [0] * len(trace_ids), [0] * len(trace_ids), {}, {},
+                             len(set(trace_ids)), None)
+
+    observer.exported(released(a, a), None)        # not analysed: no latency, the time is dropped
+    observer.exported(released(b), BatchVerdict())  # analysed, no cause: 3.5 s
+    latency = telemetry.verdict_latency.collect()[0].samples
+    assert {s.name: s.value for s in latency if s.name.endswith(("_count", "_sum"))} == {
+        "faulttrace_processor_verdict_latency_seconds_count": 1.0,
+        "faulttrace_processor_verdict_latency_seconds_sum": 3.5}
+    assert len(observer._last_span) == 0
+    observer.observe({bytes([i]) * 16: 1 for i in range(10)})
+    assert len(observer._last_span) == 4  # twice max_traces, the oldest forgotten
