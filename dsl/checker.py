@@ -383,6 +383,10 @@ class _Checker:
                            _UNNAMEABLE[problem][1])
                 continue
             lowered = [self.lowered.get(id(q)) for q in path]
+            if isinstance(lowered[-1], ir.Quant) and lowered[-1].rel.relation == "event":
+                self.error("E073", f"`{name.name}` is an event, not a span: `explains` needs a span", name.span,
+                           "a rule explains spans; name the span the event belongs to")
+                continue
             if all(isinstance(q, ir.Quant) for q in lowered):
                 out.append(ir.Explained(lowered[-1].rel.var, tuple(lowered)))  # type: ignore[union-attr,arg-type]
         return tuple(out)
