@@ -12,8 +12,8 @@ In a trace that did not fail, each finding's confidence is first weighed by
 how often its source fires on such traces (``processor.analysis.prevalence``),
 and those firings are learned; a candidate's confidence is then calibrated
 over its trace (``processor.analysis.calibration``).  Each trace verdict
-carries the floor below which its root cause is not written
-(``min_confidence``: the annotator records the findings only).
+of a trace that did not fail carries the floor below which its root cause is
+not written (``min_confidence``: the annotator records the findings only).
 """
 
 from __future__ import annotations
@@ -127,8 +127,8 @@ class CombinedAnalyzer:
     ``statistical`` analyzers (the localizer) get their evidence put on the
     rules' scale first.  With ``healthy``, findings in traces that did not fail
     are weighed by their sources' healthy firing rates, which each batch's
-    traces without a failure then teach it.  ``min_confidence`` goes on every
-    trace verdict for the annotator.  A failure is not caught here: it costs the
+    traces without a failure then teach it.  ``min_confidence`` goes on the
+    verdict of every trace that did not fail, for the annotator.  A failure is not caught here: it costs the
     batch its verdict at the analysis boundary (``runner.analyze_released``).
     """
 
@@ -144,7 +144,8 @@ class CombinedAnalyzer:
 
     def analyze(self, conn: duckdb.DuckDBPyConnection, table: str) -> BatchVerdict:
         # each trace's outcome against the durations learned before this batch
-        seen = outcomes(conn, table, self._durations()) if self.healthy is not None else None
+        judged = self.healthy is not None or self.min_confidence > 0
+        seen = outcomes(conn, table, self._durations()) if judged else None
         verdicts = []
         # rules read the baseline learned so far (before the localizer learns this batch)
         registered = register_baseline(conn, self.statistical) if self.analyzers else False
@@ -161,10 +162,13 @@ class CombinedAnalyzer:
             self.healthy.learn(seen.healthy, fired_in)
         # one verdict keeps its analyzer's ranking; either way confidences are calibrated
         merged = merge(verdicts, rerank=len(verdicts) != 1)
-        if not self.min_confidence:
+        if not self.min_confidence or seen is None:
             return merged
-        return dataclasses.replace(merged, traces={t: dataclasses.replace(v, min_confidence=self.min_confidence)
-                                                   for t, v in merged.traces.items()})
+        # the floor is for traces without a failure: where the caller saw one, its candidates say
+        # where it comes from, however unsure (a false alarm needs a trace that did not fail)
+        return dataclasses.replace(merged, traces={
+            t: v if t in seen.failed else dataclasses.replace(v, min_confidence=self.min_confidence)
+            for t, v in merged.traces.items()})
 
     def _durations(self) -> pa.Table | None:
         """Per operation the learned p99 duration (``service``, ``name``, ``dur_p99``), from the
