@@ -425,7 +425,7 @@ class Projector:
             if self._event_lists and span.events:
                 self._event_list_values(span.events, row, rows, columns)
             if self._link_slots and span.links:
-                links = [{"trace_id": link.trace_id, "span_id": link.span_id} for link in span.links]
+                links = [(link.trace_id, link.span_id) for link in span.links]
                 for slot in self._link_slots:
                     column = columns[slot]
                     if column is None:
@@ -437,7 +437,8 @@ class Projector:
         each event (nil where one lacks it or has another type)."""
         for slot, key, kind, cache in self._event_lists:
             if not key:
-                values: list[Any] = [{"name": e.name, "time": e.time_unix_nano} for e in events]
+                # tuples, not dicts: Arrow converts them to its structs ~8x faster
+                values: list[Any] = [(e.name, e.time_unix_nano) for e in events]
             else:
                 values = []
                 for e in events:
