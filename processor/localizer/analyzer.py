@@ -33,7 +33,7 @@ import pyarrow as pa
 from dsl import AttrRef, AttrSource, AttrType, column_name
 from processor.analysis.attributes import ALL_ATTRIBUTES, LongForm, all_attributes_sql
 from processor.analysis.verdict import BatchVerdict, ServiceRank, TraceVerdict
-from processor.localizer import conventions
+from processor.localizer import conventions, shift
 from processor.localizer.attribution import Attribution, attribute
 from processor.localizer.baseline import Baseline
 from processor.localizer.blame import LocalizedBatch, blame_traces
@@ -161,7 +161,8 @@ class LocalizerAnalyzer:
                 silent = Silent((), self.causal_past, self.lift, "lz_sample",
                                 lambda: tuple(abnormal_spans(conn, long, "lz_spans", attrs, max_keys)))
             details = _details(conn, table, columns)
-            verdict = blame_traces(conn, metrics, baseline, ranking, self.per_trace, details, silent)
+            verdict = blame_traces(conn, metrics, baseline, ranking, self.per_trace, details, silent,
+                                   _slow_pods(conn, metrics, baseline, self.sources))
             found = self._attribute(conn, table, verdict)
             verdict = _with_layers(_with_attributions(verdict, found), _span_attributes(conn, long, verdict),
                                    details, _enclosing(conn, table, verdict))
@@ -196,6 +197,21 @@ def _values(conn: duckdb.DuckDBPyConnection, table: str, columns: set[str],
         return None
     casts = ", ".join(f"CAST({c} AS VARCHAR) AS {c}" for c in cols)
     return conn.sql(f"SELECT trace_id, service, {casts} FROM {table}").to_arrow_table()
+
+
+def _slow_pods(conn: duckdb.DuckDBPyConnection, metrics: pa.Table, baseline: Baseline,
+               sources: tuple[str, ...]) -> list[str]:
+    """The pods the window finds slower than their peers (``shift``), their node's neighbours left out."""
+    if "peers" not in sources:
+        return []
+    conn.register("m", metrics)
+    baseline.register(conn)
+    try:
+        pods = shift.pod_shifts(conn, wire_time="wire_time" in sources, colocation="colocation" in sources)
+    finally:
+        for name in ("m", "base_ops", "base_shapes"):
+            conn.unregister(name)
+    return [p.pod for p in pods if p.peer > 0 and p.node_pod is None and p.pod != p.service]
 
 
 def baseline_null(path: str | Path, sources: Iterable[str]) -> dict[tuple[str, str], tuple[float, ...]]:

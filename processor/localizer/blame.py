@@ -73,7 +73,7 @@ ROWS_SQL = f"""
 WITH j AS (
     SELECT m.trace_id, m.span_id, m.parent_span_id, m.service, m.name, m.callee, m.start_ns, m.end_ns,
            m.n_children, m.dur::DOUBLE AS dur, m.self_ns::DOUBLE AS self_ns, m.status_code = 2 AS error,
-           coalesce(m.exception, false) AS exception,
+           coalesce(m.exception, false) AS exception, m.pod IN (SELECT pod FROM lz_slow_pods) AS slow_pod,
            (m.status_code = 2 AND NOT m.child_error) AS origin, m.orphan,
            o.self_med::DOUBLE AS self_med, o.self_p99::DOUBLE AS self_p99, o.dur_p99::DOUBLE AS dur_p99,
            coalesce(o.err_rate, 0.0)::DOUBLE AS err_rate
@@ -82,7 +82,7 @@ WITH j AS (
 SELECT *, arg_min(span_id, {root_key_sql("j", no_parent_sql("j.parent_span_id"), "NOT j.orphan")})
               OVER (PARTITION BY trace_id) AS trace_root
 FROM j
-WHERE trace_id IN (SELECT trace_id FROM j WHERE origin OR self_ns > self_p99)
+WHERE trace_id IN (SELECT trace_id FROM j WHERE origin OR self_ns > self_p99 OR (slow_pod AND self_ns > self_med))
 ORDER BY trace_id, start_ns
 """
 
@@ -119,13 +119,16 @@ class _Blame:
 def blame_traces(conn: duckdb.DuckDBPyConnection, metrics: pa.Table, baseline: Baseline,
                  ranking: Sequence[ServiceScore], per_trace: int = 5,
                  details: dict[tuple[bytes, bytes], str] | None = None,
-                 silent: Silent | None = None) -> LocalizedBatch:
+                 silent: Silent | None = None, slow_pods: Iterable[str] = ()) -> LocalizedBatch:
     """Ranked candidates and symptoms for every trace of ``metrics`` that has evidence.
 
     ``details`` optionally gives an error span's exception or status message; ``silent``
-    the batch's silent abnormalities, which may explain a failing span.
+    the batch's silent abnormalities, which may explain a failing span; ``slow_pods`` the pods
+    the window finds slower than their peers (``shift``): where a trace has no other evidence,
+    its spans there slower than their median are candidates.
     """
     conn.register("m", metrics)
+    conn.register("lz_slow_pods", pa.table({"pod": pa.array(sorted(set(slow_pods)), pa.string())}))
     baseline.register(conn)
     try:
         rows = conn.sql(ROWS_SQL).to_arrow_table().to_pylist()
@@ -142,7 +145,7 @@ def blame_traces(conn: duckdb.DuckDBPyConnection, metrics: pa.Table, baseline: B
             parents = {(t.trace_id, sid): r["parent_span_id"] for t in gathered for sid, r in t.by_id.items()}
             explained, abnormal = explain_failures(conn, silent, failing, base, parents)
     finally:
-        for name in ("m", "base_ops", "base_shapes"):
+        for name in ("m", "base_ops", "base_shapes", "lz_slow_pods"):
             conn.unregister(name)
     traces: dict[bytes, TraceVerdict] = {}
     symptoms: dict[bytes, tuple[Symptom, ...]] = {}
@@ -188,6 +191,8 @@ def _gather(trace_id: bytes, rows: list[dict[str, Any]], window: dict[str, Servi
     blames: dict[bytes, _Blame] = {}
     _errors(rows, by_id, blames, details)
     _latency(rows, by_id, children, on_path, trace_ns, window, blames)
+    if not blames:
+        _slow_pods(rows, on_path, trace_ns, blames)
     return _Gathered(trace_id, rows[0]["trace_root"], by_id, blames, frozenset(on_path))
 
 
@@ -290,6 +295,24 @@ def _latency(rows: list[dict[str, Any]], by_id: dict[bytes, dict[str, Any]], chi
         b.own += min(1.0, excess / trace_ns)
         b.confidence = max(b.confidence, 1.0 - p99 / r["self_ns"])
         b.messages.append(("localizer.latency", msg))
+
+
+def _slow_pods(rows: list[dict[str, Any]], on_path: set[bytes], trace_ns: int, blames: dict[bytes, _Blame]) -> None:
+    """A trace with nothing beyond p99: its critical-path spans on a pod the window finds slower than
+    its peers (a stressed CPU slows a span 2-4x, often still below a heavy-tailed p99), by their self
+    time beyond their operation's median."""
+    for r in rows:
+        med = r["self_med"]
+        if not r["slow_pod"] or r["span_id"] not in on_path or med is None or r["self_ns"] <= med:
+            continue
+        excess = r["self_ns"] - med
+        b = blames.setdefault(r["span_id"], _Blame(r, r["service"]))
+        b.excess += excess
+        b.own += min(1.0, excess / trace_ns)
+        b.confidence = max(b.confidence, 1.0 - med / r["self_ns"])
+        b.messages.append(("localizer.latency", f"self time {_ms(r['self_ns'])} vs median {_ms(med)} on a pod "
+                                                f"slower than its peers, on the critical path, "
+                                                f"{excess / trace_ns:.0%} of the trace's {_ms(trace_ns)}"))
 
 
 def _charge(r: dict[str, Any], children: dict[bytes | None, list[Span]], by_id: dict[bytes, dict[str, Any]],

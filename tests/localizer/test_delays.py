@@ -91,6 +91,7 @@ def test_why_not_first_names_the_callee_that_explains_the_caller() -> None:
     lines = why_not_first([a, b, c], {("wallet", "ledger"): 0.96})
     assert lines[0] == ("wallet's delay is explained by its callee ledger: 96% of its excess time is inside "
                         "calls to ledger")
-    assert lines[1].startswith("ledger scores 1.00 (latency +1.00), geo 0.10")
-    lines = why_not_first([a, ServiceScore("geo", 0.0, c.evidence)], {})
-    assert lines == ["geo is as abnormal in healthy windows: its evidence counts 0.00, below ledger's 1.00"]
+    assert lines[1] == "geo is as abnormal in healthy windows: its evidence counts 0.10, below ledger's 1.00"
+    d = ServiceScore("fraud", 0.3, (ServiceEvidence("latency", "fraud", 0.3, ""),))
+    assert why_not_first([a, d], {("fraud", "ledger"): 0.2}) == [
+        "ledger scores 1.00 (latency +1.00), fraud 0.30 (latency +0.30)"]
