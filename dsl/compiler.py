@@ -4,7 +4,8 @@ Each rule becomes one SELECT over the *prepared* span table of a batch
 (``prepare_statements``): the store's table plus integer keys (``_row``,
 ``_trace``, ``_parent``) and the derived intrinsics the rule set needs
 (``_depth``, ``_self``, trace-level ``_t_*`` columns, and the ancestor
-closure table for descendant/ancestor relations).  Every structural join
+closure table for descendant/ancestor relations, the long-form tables of
+events and of links followed for ``event``/``link`` relations).  Every structural join
 goes through ``_parent``/``_trace``/the closure, which are computed within
 one trace, so spans of different traces never meet.
 

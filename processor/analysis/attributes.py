@@ -16,6 +16,12 @@ hosts, status codes, pod names), so most cost one dictionary lookup.
 Conversion is nil-safe: a value of another type than the column's is nil
 (an ``ANY`` column holds every value's text).
 
+A rule set with an ``event`` or ``link`` relation asks for per-span lists
+(``AttrSource.EVENTS``/``LINKS``): every event's (name, time), each event's
+value of an attribute (aligned with them, nil where one lacks it), every
+link's (trace id, span id); the rules' prepare step makes them long-form
+tables (``dsl.compiler``).  Other rule sets never decode them.
+
 ``ALL_ATTRIBUTES`` asks for every span attribute at once, in long form: per
 span and value ``(key, type, sval, nval)`` — type ``string``, ``bool``,
 ``int``, ``double``, ``string[]``, …, the value as text (strings, bools,

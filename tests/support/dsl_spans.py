@@ -4,7 +4,7 @@ DuckDB table shaped exactly like the store's (``dsl.projection`` contract).
 Only the contract is imitated here, not the store: attribute columns are
 filled with the contract's nil-safe typing (a wrong-typed value is NULL, an
 int also fills a DOUBLE column, events read the span's first event of that
-name).
+name; the per-span event and link lists hold every event and link).
 """
 
 from __future__ import annotations
