@@ -451,6 +451,7 @@ class SpanStore:
         return await self._run(self._with_conn, fn)
 
     def _with_conn(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
-        assert self._conn is not None
+        if self._conn is None:  # an API guard (run() on a store in memory), not an assert
+            raise RuntimeError("the store has no journal: run() needs a durable store (storage.path)")
         with self._db_lock:
             return fn(self._conn)

@@ -397,3 +397,11 @@ def test_complete_finds_the_traces_whose_every_span_has_its_parent():
         return await store.complete([tid(n) for n in (1, 2, 3, 4, 9)])
 
     assert run(test) == [tid(1)]
+
+
+def test_a_store_in_memory_refuses_journal_work():
+    async def test(store: SpanStore) -> None:
+        with pytest.raises(RuntimeError, match="needs a durable store"):
+            await store.run(lambda conn: conn.execute("SELECT 1").fetchall())
+
+    run(test)
