@@ -41,10 +41,13 @@ class TraceSummary:
 
     @property
     def verdict(self) -> dict[str, str]:
+        """The ``rca.verdict.*`` attributes, from whichever span the annotator put them on (the trace's
+        root span as ``dsl.spantree`` defines it: this exporter does not define the root again)."""
         for _, span in self.spans:
-            if not span.parent_span_id:
-                return {kv.key.removeprefix(VERDICT_PREFIX): any_value_text(kv.value)
-                        for kv in span.attributes if kv.key.startswith(VERDICT_PREFIX)}
+            verdict = {kv.key.removeprefix(VERDICT_PREFIX): any_value_text(kv.value)
+                       for kv in span.attributes if kv.key.startswith(VERDICT_PREFIX)}
+            if verdict:
+                return verdict
         return {}
 
     def line(self) -> str:
