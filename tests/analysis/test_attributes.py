@@ -1,8 +1,8 @@
 """processor.analysis.attributes: attribute columns decoded from stored spans at release.
 
-tests/test_decode.py covers the value semantics (types, nil-safety, events,
-resources) through ``decode(request, projection)``; here: projecting a table
-as the store releases it, and the value cache.
+tests/receivers/test_decode.py covers what the receivers keep of a request;
+here: projecting a table as the store releases it (value types, nil-safety,
+events, resources) and the value cache.
 """
 
 from __future__ import annotations
