@@ -8,8 +8,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from processor.config import OTEL_PREFIX, Config, load_config
 from processor.confmap import ConfigError
@@ -244,52 +244,38 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    import time
-
-    from processor.demo import write_dataset
-    from processor.demo.faults import kinds_named
+    from processor.demo import deep, faults, writer
 
     if args.topology == "deep":
-        return _deep_dataset(args)
-    try:
-        kinds = kinds_named(args.fault or ())
-    except ValueError as err:
-        print(f"error: --fault: {err}", file=sys.stderr)
-        return 2
+        if args.write_dataset is None:
+            print("error: --topology deep writes a dataset: add --write-dataset DIR", file=sys.stderr)
+            return 2
+        return _write_dataset(args, deep.kinds_named, deep.write_dataset)
     if args.write_dataset is None:
+        try:
+            kinds = faults.kinds_named(args.fault or ())
+        except ValueError as err:
+            print(f"error: --fault: {err}", file=sys.stderr)
+            return 2
         return _live_demo(args, kinds)
-    started = time.perf_counter()
-    try:
-        w = write_dataset(args.write_dataset, seed=args.seed, traces_per_case=args.traces_per_case,
-                          cases_per_kind=args.cases_per_kind, baseline_traces=args.baseline_traces,
-                          kinds=tuple(kinds))
-    except OSError as err:
-        print(f"error: {args.write_dataset}: {err.strerror or err}", file=sys.stderr)
-        return 2
-    print(f"{w.path}: {w.cases} cases, {w.traces} traces ({w.affected} affected by their fault), {w.spans} spans "
-          f"in {time.perf_counter() - started:.1f}s; score with `faulttrace eval {w.path}`")
-    return 0
+    return _write_dataset(args, faults.kinds_named, writer.write_dataset)
 
 
-def _deep_dataset(args: argparse.Namespace) -> int:
-    """``--topology deep``: the deep travel-booking system's dataset (``processor.demo.deep``)."""
+def _write_dataset(args: argparse.Namespace, kinds_named: Callable[[Sequence[str]], Sequence[Any]],
+                   write: Callable[..., Any]) -> int:
+    """``--write-dataset DIR``: a topology's labelled dataset (the shop's ``processor.demo.writer``,
+    the deep system's ``processor.demo.deep``)."""
     import time
 
-    from processor.demo import deep
-
-    if args.write_dataset is None:
-        print("error: --topology deep writes a dataset: add --write-dataset DIR", file=sys.stderr)
-        return 2
     try:
-        kinds = deep.kinds_named(args.fault or ())
+        kinds = tuple(kinds_named(args.fault or ()))
     except ValueError as err:
         print(f"error: --fault: {err}", file=sys.stderr)
         return 2
     started = time.perf_counter()
     try:
-        w = deep.write_dataset(args.write_dataset, seed=args.seed, traces_per_case=args.traces_per_case,
-                               cases_per_kind=args.cases_per_kind, baseline_traces=args.baseline_traces,
-                               kinds=kinds)
+        w = write(args.write_dataset, seed=args.seed, traces_per_case=args.traces_per_case,
+                  cases_per_kind=args.cases_per_kind, baseline_traces=args.baseline_traces, kinds=kinds)
     except OSError as err:
         print(f"error: {args.write_dataset}: {err.strerror or err}", file=sys.stderr)
         return 2

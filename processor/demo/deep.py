@@ -46,7 +46,7 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from processor.demo.spans import CLIENT, MS, SERVER, Op, SimTrace
 from processor.demo.topology import Pod
-from processor.demo.writer import EPOCH_NS, MEAN_GAP_MS, Written, write_traces
+from processor.demo.writer import EPOCH_NS, MEAN_GAP_MS, Written, write_cases, write_traces
 from processor.otlp.spanedit import key_values
 
 NODES = ("gke-travel-pool-a-3f1c", "gke-travel-pool-a-8d2e", "gke-travel-pool-a-c47b",
@@ -504,27 +504,20 @@ def write_dataset(out: str | Path, seed: int = 1, traces_per_case: int = 40, cas
     pods = build_pods(seed)
     baseline = simulate(f"deep/{seed}/baseline", EPOCH_NS, baseline_traces, pods, None)
     spans = write_traces(root / "baseline" / "traces.jsonl.gz", baseline)
-    traces, affected, cases = len(baseline), 0, []
-    inject = EPOCH_NS + 3600 * 10**9
-    for kind in kinds:
-        for n in range(cases_per_kind):
-            case_id = f"{kind.name}-{n + 1}"
-            inject += 900 * 10**9
-            fault = _inject(kind, n, pods, random.Random(f"deep/{seed}/{case_id}/fault"))
-            case = simulate(f"deep/{seed}/{case_id}", inject, traces_per_case, pods, fault)
-            spans += write_traces(root / "cases" / case_id / "traces.jsonl.gz", case)
-            lab = label(kind, fault, inject, case)
-            (root / "cases" / case_id / "label.json").write_text(json.dumps(lab, indent=1) + "\n")
-            traces += len(case)
-            affected += lab["affected_traces"]
-            cases.append(case_id)
-    meta = {"name": "demo-deep", "level": "span", "cases": len(cases), "seed": seed,
+
+    def case(kind: DeepKind, n: int, case_id: str, inject: int) -> tuple[list[SimTrace], dict[str, Any]]:
+        fault = _inject(kind, n, pods, random.Random(f"deep/{seed}/{case_id}/fault"))
+        traces = simulate(f"deep/{seed}/{case_id}", inject, traces_per_case, pods, fault)
+        return traces, label(kind, fault, inject, traces)
+
+    cases = write_cases(root, kinds, cases_per_kind, case)
+    meta = {"name": "demo-deep", "level": "span", "cases": cases.cases, "seed": seed,
             "generator": "faulttrace demo --write-dataset --topology deep", "traces_per_case": traces_per_case,
-            "baseline_traces": len(baseline), "spans": spans,
+            "baseline_traces": len(baseline), "spans": spans + cases.spans,
             "kinds": [{"fault": k.name, "layer": "infrastructure", "silent": False, "summary": k.summary}
                       for k in kinds],
             "signals": "OTLP spans (http, rpc, db attributes), k8s pod and node resource attributes",
             "services": len(SERVICES), "nodes": len(NODES),
             "pods": dict(Counter(p.node for ps in pods.values() for p in ps))}
     (root / "dataset.json").write_text(json.dumps(meta, indent=1) + "\n")
-    return Written(root, len(cases), traces, spans, affected)
+    return Written(root, cases.cases, len(baseline) + cases.traces, spans + cases.spans, cases.affected)

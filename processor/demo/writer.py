@@ -22,10 +22,10 @@ import io
 import json
 import random
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
@@ -175,31 +175,59 @@ def label(kind: FaultKind, variant: dict[str, Any], inject_ns: int, traces: list
             "traces": len(traces), "affected_traces": affected}
 
 
+@dataclass(frozen=True)
+class WrittenCases:
+    cases: int
+    traces: int
+    spans: int
+    affected: int
+
+
+class _Kind(Protocol):
+    name: str
+
+
+K = TypeVar("K", bound=_Kind)
+
+
+def write_cases(root: Path, kinds: Sequence[K], cases_per_kind: int,
+                case: Callable[[K, int, str, int], tuple[list[SimTrace], dict[str, Any]]]) -> WrittenCases:
+    """Write ``cases_per_kind`` cases of each kind under ``root/cases``: ``case(kind, n, case_id,
+    inject_ns)`` simulates one and labels it; injections are 15 minutes apart from an hour after
+    the baseline.  One loop for every topology's dataset."""
+    traces = spans = affected = count = 0
+    inject = EPOCH_NS + 3600 * 10**9
+    for kind in kinds:
+        for n in range(cases_per_kind):
+            case_id = f"{kind.name}-{n + 1}"
+            inject += 900 * 10**9
+            simulated, lab = case(kind, n, case_id, inject)
+            spans += write_traces(root / "cases" / case_id / "traces.jsonl.gz", simulated)
+            (root / "cases" / case_id / "label.json").write_text(json.dumps(lab, indent=1) + "\n")
+            traces += len(simulated)
+            affected += lab["affected_traces"]
+            count += 1
+    return WrittenCases(count, traces, spans, affected)
+
+
 def write_dataset(out: str | Path, seed: int = 1, traces_per_case: int = 40, cases_per_kind: int = 2,
                   baseline_traces: int = 400, kinds: tuple[FaultKind, ...] = KINDS) -> Written:
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     baseline = simulate(f"{seed}/baseline", EPOCH_NS, baseline_traces, None, Cluster.build(seed))
     spans = write_traces(root / "baseline" / "traces.jsonl.gz", baseline)
-    traces, affected, cases = len(baseline), 0, []
-    inject = EPOCH_NS + 3600 * 10**9
-    for kind in kinds:
-        for n in range(cases_per_kind):
-            variant = kind.variants[n % len(kind.variants)]
-            case_id = f"{kind.name}-{n + 1}"
-            inject += 900 * 10**9
-            case = simulate(f"{seed}/{case_id}", inject, traces_per_case, Fault(kind, variant), Cluster.build(seed))
-            spans += write_traces(root / "cases" / case_id / "traces.jsonl.gz", case)
-            lab = label(kind, variant, inject, case)
-            (root / "cases" / case_id / "label.json").write_text(json.dumps(lab, indent=1) + "\n")
-            traces += len(case)
-            affected += lab["affected_traces"]
-            cases.append(case_id)
-    meta = {"name": "demo-shop", "level": "span", "cases": len(cases), "seed": seed,
+
+    def case(kind: FaultKind, n: int, case_id: str, inject: int) -> tuple[list[SimTrace], dict[str, Any]]:
+        variant = kind.variants[n % len(kind.variants)]
+        traces = simulate(f"{seed}/{case_id}", inject, traces_per_case, Fault(kind, variant), Cluster.build(seed))
+        return traces, label(kind, variant, inject, traces)
+
+    cases = write_cases(root, kinds, cases_per_kind, case)
+    meta = {"name": "demo-shop", "level": "span", "cases": cases.cases, "seed": seed,
             "generator": "faulttrace demo --write-dataset", "traces_per_case": traces_per_case,
-            "baseline_traces": len(baseline), "spans": spans,
+            "baseline_traces": len(baseline), "spans": spans + cases.spans,
             "kinds": [{"fault": k.name, "layer": k.layer, "silent": k.silent, "summary": k.summary} for k in kinds],
             "signals": "OTLP spans with semantic-convention attributes (http, rpc, db, gen_ai, feature_flag, "
                        "exception events), k8s and version resource attributes"}
     (root / "dataset.json").write_text(json.dumps(meta, indent=1) + "\n")
-    return Written(root, len(cases), traces, spans, affected)
+    return Written(root, cases.cases, len(baseline) + cases.traces, spans + cases.spans, cases.affected)

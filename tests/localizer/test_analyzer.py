@@ -19,7 +19,7 @@ from processor.analysis.combined import CombinedAnalyzer
 from processor.analysis.rules import RuleAnalyzer
 from processor.analysis.runner import analyze_released
 from processor.analysis.verdict import BatchVerdict
-from processor.localizer import LocalizedBatch, LocalizerAnalyzer
+from processor.localizer import LocalizerAnalyzer
 from processor.localizer.analyzer import EXCEPTION, EXCEPTION_MESSAGE, EXCEPTION_TYPE
 from processor.otlp.tracefile import read_requests
 from processor.tools.offline import analyze
@@ -35,23 +35,13 @@ def conn() -> Iterator[duckdb.DuckDBPyConnection]:
     c.close()
 
 
-def _analyze(analyzer: LocalizerAnalyzer, conn: duckdb.DuckDBPyConnection, batch: pa.Table) -> LocalizedBatch:
-    conn.register("released", batch)
-    try:
-        verdict = analyzer.analyze(conn, "released")
-    finally:
-        conn.unregister("released")
-    assert isinstance(verdict, LocalizedBatch)
-    return verdict
-
-
 @pytest.fixture(scope="module")
 def learned() -> LocalizerAnalyzer:
     """An analyzer that has seen three batches of normal traffic, and nothing else."""
     analyzer = LocalizerAnalyzer()
     conn = duckdb.connect()
     for seed in range(3):
-        assert not _analyze(analyzer, conn, synth.batch(synth.spans(n=40, seed=100 + seed))).traces
+        assert not synth.analyze(analyzer, conn, synth.batch(synth.spans(n=40, seed=100 + seed))).traces
     return analyzer
 
 
@@ -70,9 +60,9 @@ def test_projection_asks_for_exceptions_and_attribution_keys() -> None:
 def test_a_cold_analyzer_blames_no_latency_then_learns(conn: duckdb.DuckDBPyConnection) -> None:
     analyzer = LocalizerAnalyzer()
     slow = synth.batch(synth.spans(n=20, faults=synth.Faults(slow={"db": 20.0}), seed=5))
-    assert not _analyze(analyzer, conn, slow).traces           # nothing to compare with yet
+    assert not synth.analyze(analyzer, conn, slow).traces           # nothing to compare with yet
     for seed in range(3):
-        _analyze(analyzer, conn, synth.batch(synth.spans(n=40, seed=10 + seed)))
+        synth.analyze(analyzer, conn, synth.batch(synth.spans(n=40, seed=10 + seed)))
     assert analyzer.history.traces_seen == 140
     assert {"db", "payment", "frontend"} <= set(analyzer.history.baseline().ops.column("service").to_pylist())
 
@@ -80,7 +70,7 @@ def test_a_cold_analyzer_blames_no_latency_then_learns(conn: duckdb.DuckDBPyConn
 def test_learned_baseline_blames_the_slow_leaf_not_its_waiting_parents(
         learned: LocalizerAnalyzer, conn: duckdb.DuckDBPyConnection) -> None:
     rows, bad = _mixed(synth.Faults(slow={"db": 20.0}), seed=200)
-    verdict = _analyze(learned, conn, synth.batch(rows))
+    verdict = synth.analyze(learned, conn, synth.batch(rows))
     assert set(verdict.traces) == bad                      # normal traces get no candidates
     for trace_id in bad:
         v = verdict.traces[trace_id]
@@ -100,7 +90,7 @@ def test_a_seeded_analyzer_blames_from_the_first_batch(tmp_path: Path, conn: duc
     synth.write_otlp(synth.spans(n=80, seed=0), tmp_path / "normal.jsonl.gz")
     analyzer = LocalizerAnalyzer(tmp_path / "normal.jsonl.gz")
     rows, bad = _mixed(synth.Faults(net={"cart": 8.0}), seed=300)
-    verdict = _analyze(analyzer, conn, synth.batch(rows))
+    verdict = synth.analyze(analyzer, conn, synth.batch(rows))
     assert set(verdict.traces) == bad
     top = [verdict.traces[t].top for t in bad]
     assert all(c is not None and c.service == "cart" for c in top)
@@ -113,7 +103,7 @@ def test_error_origin_carries_the_exception_and_its_propagation_is_symptoms(
     exc_type = ["TimeoutError" if r["exception"] else None for r in rows]
     exc_msg = ["quote backend timed out" if r["exception"] else None for r in rows]
     batch = synth.batch(rows, {column_name(EXCEPTION_TYPE): exc_type, column_name(EXCEPTION_MESSAGE): exc_msg})
-    verdict = _analyze(learned, conn, batch)
+    verdict = synth.analyze(learned, conn, batch)
     assert len(verdict.traces) == 10
     names = {r["span_id"]: (r["service"], r["name"]) for r in rows}
     for trace_id, v in verdict.traces.items():
@@ -144,7 +134,7 @@ def test_a_retry_loop_is_one_candidate_its_first_failed_attempt(
         client, server = 10 + 2 * attempt, 11 + 2 * attempt
         rows.append(_span(t, client, 1, "frontend", "cart/GetCart", start, start + 1.4, error=failed))
         rows.append(_span(t, server, client, "cart", "GetCart", start + 0.2, start + 1.2, error=failed))
-    verdict = _analyze(learned, conn, synth.batch(rows))
+    verdict = synth.analyze(learned, conn, synth.batch(rows))
     v = verdict.traces[t]
     assert len(v.candidates) == 1 and v.top.span_id == (11).to_bytes(8, "big")   # the first attempt
     assert "2 of 3 cart:GetCart attempts failed (retried)" in v.top.evidence[0].message
@@ -156,7 +146,7 @@ def test_a_broken_trace_without_its_root_still_blames_its_slow_leaf(
         learned: LocalizerAnalyzer, conn: duckdb.DuckDBPyConnection) -> None:
     rows, bad = _mixed(synth.Faults(slow={"db": 20.0}), seed=500)
     kept = [r for r in rows if not (r["trace_id"] in bad and r["parent_span_id"] is None)]
-    verdict = _analyze(learned, conn, synth.batch(kept))
+    verdict = synth.analyze(learned, conn, synth.batch(kept))
     assert set(verdict.traces) == bad
     names = {r["span_id"]: (r["service"], r["name"]) for r in kept}
     for trace_id in bad:
@@ -171,7 +161,7 @@ def test_a_missing_middle_span_keeps_the_error_origin_a_candidate(
     rows = synth.spans(n=10, faults=synth.Faults(error={"db"}), seed=510)
     # payment's client span to db is lost: db's span is an orphan, payment's Charge looks like an origin
     kept = [r for r in rows if (r["service"], r["name"]) != ("payment", "db/SELECT")]
-    verdict = _analyze(learned, conn, synth.batch(kept))
+    verdict = synth.analyze(learned, conn, synth.batch(kept))
     assert len(verdict.traces) == 10
     for v in verdict.traces.values():
         # both look like origins now (the gap hides which child failed Charge); db keeps its exception
@@ -186,7 +176,7 @@ def test_attribution_names_the_node_the_slow_spans_share(
     rng = random.Random(6)
     nodes = ["node-3" if r["trace_id"] in bad and r["service"] in ("db", "redis") else f"node-{rng.randint(1, 4)}"
              for r in rows]
-    verdict = _analyze(learned, conn, synth.batch(rows, {NODE: nodes}))
+    verdict = synth.analyze(learned, conn, synth.batch(rows, {NODE: nodes}))
     assert [(a.key, a.value) for a in verdict.attributions] == [("k8s.node.name", "node-3")]
     a = verdict.attributions[0]
     assert a.share == 1.0 and a.normal_share < 0.4
@@ -269,7 +259,7 @@ def test_attribution_compares_with_the_values_learned_from_the_baseline(
     analyzer = LocalizerAnalyzer(path)
     rows, bad = _mixed(synth.Faults(slow={"db": 20.0}), seed=710)
     nodes = ["node-3" if r["service"] == "db" else None for r in rows]
-    verdict = _analyze(analyzer, conn, synth.batch(rows, {NODE: nodes}))
+    verdict = synth.analyze(analyzer, conn, synth.batch(rows, {NODE: nodes}))
     assert [(a.key, a.value, a.reference) for a in verdict.attributions] == [("k8s.node.name", "node-3", "baseline")]
     assert verdict.attributions[0].message.startswith("k8s.node.name=node-3 in 100% of anomalous spans vs 0% in the baseline")
     tops = [verdict.traces[t].top for t in bad]

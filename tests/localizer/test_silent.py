@@ -76,23 +76,13 @@ class _Shop:
         return out
 
 
-def _analyze(analyzer: LocalizerAnalyzer, conn: duckdb.DuckDBPyConnection, batch: pa.Table) -> LocalizedBatch:
-    conn.register("released", batch)
-    try:
-        verdict = analyzer.analyze(conn, "released")
-    finally:
-        conn.unregister("released")
-    assert isinstance(verdict, LocalizedBatch)
-    return verdict
-
-
 def _learned(shop: _Shop, conn: duckdb.DuckDBPyConnection, zero_share: float = 0.0, **kw: Any) -> LocalizerAnalyzer:
     """An analyzer that has seen 240 healthy traces; ``zero_share`` of their queries return no rows."""
     analyzer = LocalizerAnalyzer(**kw)
     for _ in range(4):
         for _ in range(60):
             shop.trace(0 if shop.rng.random() < zero_share else shop.rng.randint(3, 20), fail=False)
-        assert not _analyze(analyzer, conn, shop.batch()).traces
+        assert not synth.analyze(analyzer, conn, shop.batch()).traces
     return analyzer
 
 
@@ -109,7 +99,7 @@ def _incident(shop: _Shop, conn: duckdb.DuckDBPyConnection) -> tuple[dict[bytes,
     for _ in range(6):
         shop.trace(0, fail=True)
     names = _by_name(LocalizedBatch(), shop.rows)
-    verdict = _analyze(analyzer, conn, shop.batch())
+    verdict = synth.analyze(analyzer, conn, shop.batch())
     assert len(verdict.traces) == 6
     return names, verdict
 
@@ -148,7 +138,7 @@ def test_zero_rows_that_healthy_traffic_shows_explain_nothing(conn: duckdb.DuckD
     for _ in range(6):
         shop.trace(0, fail=True)
     names = _by_name(LocalizedBatch(), shop.rows)
-    verdict = _analyze(analyzer, conn, shop.batch())
+    verdict = synth.analyze(analyzer, conn, shop.batch())
     assert len(verdict.traces) == 6
     for trace_id, v in verdict.traces.items():
         assert names[v.candidates[0].span_id] == "render"
@@ -171,7 +161,7 @@ def test_an_abnormal_value_after_which_failures_are_no_likelier_explains_nothing
     analyzer = _learned(shop, conn)   # the baseline never saw zero rows
     _noisy_window(shop)
     names = _by_name(LocalizedBatch(), shop.rows)
-    verdict = _analyze(analyzer, conn, shop.batch())
+    verdict = synth.analyze(analyzer, conn, shop.batch())
     assert len(verdict.traces) == 6
     for v in verdict.traces.values():
         assert names[v.candidates[0].span_id] == "render"
@@ -182,7 +172,7 @@ def test_without_lift_the_abnormal_antecedent_explains_regardless(conn: duckdb.D
     analyzer = _learned(shop, conn, lift=False)
     _noisy_window(shop)
     names = _by_name(LocalizedBatch(), shop.rows)
-    verdict = _analyze(analyzer, conn, shop.batch())
+    verdict = synth.analyze(analyzer, conn, shop.batch())
     tops = [names[v.candidates[0].span_id] for v in verdict.traces.values()]
     assert sorted(tops) == ["SELECT products"] * 3 + ["render"] * 3
 
@@ -195,7 +185,7 @@ def test_without_silent_abnormality_the_failing_span_stays_the_candidate(conn: d
     for _ in range(6):
         shop.trace(0, fail=True)
     names = _by_name(LocalizedBatch(), shop.rows)
-    verdict = _analyze(analyzer, conn, shop.batch())
+    verdict = synth.analyze(analyzer, conn, shop.batch())
     assert {names[v.candidates[0].span_id] for v in verdict.traces.values()} == {"render"}
     assert {v.candidates[0].layer for v in verdict.traces.values()} == {"code"}
 
@@ -226,9 +216,9 @@ def test_extreme_numbers_in_an_attribute_do_not_cost_the_batch_its_analysis(
     shop.trace(value, fail=False)  # type: ignore[arg-type]
     for _ in range(6):
         shop.trace(0, fail=True)
-    verdict = _analyze(analyzer, conn, shop.batch())
+    verdict = synth.analyze(analyzer, conn, shop.batch())
     assert len(verdict.traces) == 6  # the incident is still found, and the batch was learned
-    _analyze(analyzer, conn, shop.batch())
+    synth.analyze(analyzer, conn, shop.batch())
 
 
 def _zero_row_weight(analyzer: LocalizerAnalyzer) -> float:
@@ -250,11 +240,11 @@ def test_a_lasting_fault_does_not_teach_the_baseline_its_values(conn: duckdb.Duc
         for _ in range(12):
             shop.trace(0, fail=True)
         names = {**names, **_by_name(LocalizedBatch(), shop.rows)}
-        verdict = _analyze(analyzer, conn, shop.batch())
+        verdict = synth.analyze(analyzer, conn, shop.batch())
         assert _zero_row_weight(analyzer) == 0.0
     assert len(verdict.traces) == 12
     assert all(names[v.candidates[0].span_id] == "SELECT products" for v in verdict.traces.values())
     for _ in range(40):
         shop.trace(0 if shop.rng.random() < 0.2 else shop.rng.randint(3, 20), fail=False)
-    _analyze(analyzer, conn, shop.batch())
+    synth.analyze(analyzer, conn, shop.batch())
     assert _zero_row_weight(analyzer) > 0.0

@@ -3,21 +3,9 @@
 from __future__ import annotations
 
 import duckdb
-import pyarrow as pa
 
 from processor.localizer import LocalizerAnalyzer
-from processor.localizer.blame import LocalizedBatch
 from tests.support import localizer_synth as synth
-
-
-def _analyze(analyzer: LocalizerAnalyzer, conn: duckdb.DuckDBPyConnection, batch: pa.Table) -> LocalizedBatch:
-    conn.register("released", batch)
-    try:
-        verdict = analyzer.analyze(conn, "released")
-    finally:
-        conn.unregister("released")
-    assert isinstance(verdict, LocalizedBatch)
-    return verdict
 
 
 def test_every_ancestor_of_a_delay_on_the_critical_path_is_its_symptom() -> None:
@@ -26,10 +14,10 @@ def test_every_ancestor_of_a_delay_on_the_critical_path_is_its_symptom() -> None
     conn = duckdb.connect()
     analyzer = LocalizerAnalyzer()
     for seed in range(3):
-        assert not _analyze(analyzer, conn, synth.batch(synth.spans(n=40, seed=100 + seed))).traces
+        assert not synth.analyze(analyzer, conn, synth.batch(synth.spans(n=40, seed=100 + seed))).traces
     normal = synth.spans(n=40, seed=400)
     bad = synth.spans(n=8, faults=synth.Faults(slow={"db": 1.0}), seed=401)
-    verdict = _analyze(analyzer, conn, synth.batch(normal + bad))
+    verdict = synth.analyze(analyzer, conn, synth.batch(normal + bad))
     blamed = 0
     for trace_id, v in verdict.traces.items():
         if v.top is None or (v.top.service, v.top.name) != ("db", "SELECT"):

@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 
+from processor.localizer.analyzer import LocalizedBatch, LocalizerAnalyzer
 from processor.localizer.spans import SCHEMA
 
 
@@ -174,3 +176,14 @@ def with_nodes(path: Path, nodes: dict[str, str]) -> None:
             if service in nodes:
                 attrs.append({"key": "k8s.node.name", "value": {"stringValue": nodes[service]}})
     path.write_bytes(gzip.compress(("\n".join(json.dumps(d) for d in lines) + "\n").encode()))
+
+
+def analyze(analyzer: LocalizerAnalyzer, conn: duckdb.DuckDBPyConnection, batch: pa.Table) -> LocalizedBatch:
+    """``analyzer``'s verdict on ``batch``, registered as the released table."""
+    conn.register("released", batch)
+    try:
+        verdict = analyzer.analyze(conn, "released")
+    finally:
+        conn.unregister("released")
+    assert isinstance(verdict, LocalizedBatch)
+    return verdict
