@@ -80,3 +80,11 @@ def test_failed_json_keeps_only_those_traces(traces: Path, capsys: pytest.Captur
     assert main(["explain", "--failed", "--format", "json", str(traces)]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert len(doc["traces"]) == 5 and all(t["root_causes"] for t in doc["traces"])
+
+
+def test_the_rules_alone_put_a_refused_connection_and_an_upstream_503_in_infrastructure(
+        traces: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # the exception a refused connection raises also fires the generic deepest-exception rule (code);
+    # the specific rule must carry the layer without the localizer's vote
+    assert main(["explain", "--no-localizer", "--failed", str(traces)]) == 0
+    assert capsys.readouterr().out.splitlines()[0].startswith("10 traces, 5 with a root cause (infrastructure 5)")
