@@ -219,6 +219,7 @@ class Sink:
         ready, child_ready = self._ctx.Pipe()
         self._proc = self._ctx.Process(target=sink_main, args=(child_ready, self.count, self._stop), daemon=True)
         self._proc.start()
+        self._ready = ready  # kept open: the sink answers on it
         self.port: int = ready.recv()
 
     def burst(self, port: int, spans: int) -> int:
