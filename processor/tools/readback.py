@@ -17,7 +17,6 @@ tree's other cut sets, the window ranking of services.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -142,4 +141,4 @@ class Tail:
         self._offset += end
         for line in data[:end].splitlines():
             if line.strip():
-                yield json.loads(line)
+                yield otlpjson.parse_json(line)  # the one OTLP/JSON reader: nesting checked first
