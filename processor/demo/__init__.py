@@ -2,7 +2,7 @@
 
 ``faulttrace demo --write-dataset DIR`` runs it: services (``topology``,
 ``shop``, the agents in ``agent``) call each other (``calls``) on a
-simulated clock (``spans``), healthy or with one of the fault kinds of
+simulated clock (``simtrace``), healthy or with one of the fault kinds of
 ``faults`` active, and ``writer`` writes the traces and their ground truth in
 the layout ``faulttrace eval`` reads.  See docs/demo.md.
 """

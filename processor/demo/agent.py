@@ -33,7 +33,7 @@ from processor.demo.shop import (
     shipping_quote,
     with_retries,
 )
-from processor.demo.spans import CLIENT, INTERNAL, Op, SimError
+from processor.demo.simtrace import CLIENT, INTERNAL, Op, SimError
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from processor.demo.faults import Fault
-from processor.demo.spans import CLIENT, SERVER, Op, SimError, SimTrace
+from processor.demo.simtrace import CLIENT, SERVER, Op, SimError, SimTrace
 from processor.demo.topology import Cluster, Pod
 
 T = TypeVar("T")

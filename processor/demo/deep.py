@@ -44,7 +44,7 @@ from typing import Any
 
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
-from processor.demo.spans import CLIENT, MS, SERVER, Op, SimTrace
+from processor.demo.simtrace import CLIENT, MS, SERVER, Op, SimTrace
 from processor.demo.topology import Pod
 from processor.demo.writer import EPOCH_NS, MEAN_GAP_MS, Written, write_cases, write_traces
 from processor.otlp.spanedit import key_values

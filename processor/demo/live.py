@@ -28,7 +28,7 @@ from typing import Any, TextIO
 import pyarrow as pa
 
 from processor.demo.faults import LAYERS, Fault, FaultKind
-from processor.demo.spans import SimTrace
+from processor.demo.simtrace import SimTrace
 from processor.demo.topology import Cluster
 from processor.demo.writer import label, simulate, to_request, write_traces
 from processor.tools import explain

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from processor.demo.calls import Request, retry, scope
-from processor.demo.spans import INTERNAL, SERVER, Op, SimError
+from processor.demo.simtrace import INTERNAL, SERVER, Op, SimError
 
 PRODUCTS = ("SKU-10012", "SKU-10047", "SKU-20415", "SKU-20433", "SKU-33071", "SKU-44102", "SKU-51236",
             "SKU-60019", "SKU-60024", "SKU-71150", "SKU-80311", "SKU-90007")

@@ -33,7 +33,7 @@ from processor.demo.agent import agent_chat
 from processor.demo.calls import Request
 from processor.demo.faults import KINDS, Fault, FaultKind
 from processor.demo.shop import browse, checkout_request, search
-from processor.demo.spans import Op, SimError, SimTrace
+from processor.demo.simtrace import Op, SimError, SimTrace
 from processor.demo.topology import SERVICES, Cluster, Pod
 from processor.otlp.otlpjson import request_to_json
 

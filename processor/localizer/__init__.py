@@ -2,7 +2,7 @@
 
 ``localize_window`` ranks the services of a window of traces against a
 baseline of normal traffic (``Baseline``); the evidence sources are in
-``scoring``, span-tree structure in ``graph``.  ``blame`` turns a ranking into
+``evidence``, span-tree structure in ``graph``.  ``blame`` turns a ranking into
 per-trace candidates and symptoms, ``attribution`` finds the attribute values
 anomalous spans share, and ``LocalizerAnalyzer`` runs it all in the live
 pipeline against a baseline that keeps learning (``history``).

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import duckdb
 import pyarrow as pa
 
-from processor.localizer.scoring import wilson_lower
+from processor.localizer.evidence import wilson_lower
 
 MIN_SUPPORT = 3    # anomalous spans that must carry a value before it is reported
 MIN_LIFT = 0.2     # lower bound of its anomalous share minus its reference share

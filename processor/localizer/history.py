@@ -32,7 +32,7 @@ histogram of its numeric values (``lz_anum``: ints, doubles).  At most
 ``max_keys`` keys per operation are kept (the most often present).  What is
 improbable under them is the localizer's *silent abnormality* (``silent``).
 
-``baseline()`` turns the sketches into the ``Baseline`` tables the scoring
+``baseline()`` turns the sketches into the ``Baseline`` tables the evidence
 reads, so a learned baseline and one learned from a file score the same way.
 """
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import duckdb
 
-from processor.localizer.scoring import ServiceEvidence, wilson_lower
+from processor.localizer.evidence import ServiceEvidence, wilson_lower
 
 MIN_NODE_PODS = 3   # pods on a node (in the window) before what they share is taken as the node's
 

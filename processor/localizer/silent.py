@@ -50,7 +50,7 @@ import pyarrow as pa
 
 from dsl import antecedents_sql
 from processor.localizer.conventions import is_error_report
-from processor.localizer.scoring import QUANTILE, Z, wilson_lower
+from processor.localizer.evidence import QUANTILE, Z, wilson_lower
 
 RARE = 1.0 - QUANTILE      # a value is abnormal when one this unusual is rarer than this
 MORE_LIKELY_THAN_NOT = 0.5  # the attributable fraction above which an antecedent explains a failure
@@ -131,7 +131,7 @@ def wilson_upper(k: float, n: float, z: float = Z) -> float:
 
 
 def wilson_lower_sql(k: str, n: str, z: float = Z) -> str:
-    """``scoring.wilson_lower`` as a SQL expression (0 when ``n`` is 0)."""
+    """``evidence.wilson_lower`` as a SQL expression (0 when ``n`` is 0)."""
     p = f"({k})::DOUBLE / ({n})"
     return (f"(CASE WHEN ({n}) > 0 AND ({k}) > 0 THEN greatest(0.0, ({p} + {z * z} / (2.0 * ({n})) - {z} * "
             f"sqrt({p} * (1 - {p}) / ({n}) + {z * z} / (4.0 * ({n}) * ({n})))) / (1 + {z * z} / ({n}))) ELSE 0.0 END)")

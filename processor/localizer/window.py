@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import duckdb
 import pyarrow as pa
 
-from processor.localizer import scoring, shift
+from processor.localizer import evidence, shift
 from processor.localizer.baseline import Baseline
-from processor.localizer.scoring import ServiceEvidence
+from processor.localizer.evidence import ServiceEvidence
 
 # Evidence sources by name; ``explain_away`` switches the caller/callee split of latency, ``wire_time``
 # charging a client span's own time to its callee (``latency`` and ``peers``), ``colocation`` a node's
@@ -65,11 +65,11 @@ def _runners(sources: frozenset[str]) -> list[Callable[[duckdb.DuckDBPyConnectio
         out.append(shifted)
     if "latency" in sources:
         explain_away = "explain_away" in sources
-        out.append(lambda conn: scoring.latency(conn, explain_away=explain_away, wire_time=wire_time))
+        out.append(lambda conn: evidence.latency(conn, explain_away=explain_away, wire_time=wire_time))
     if "shape" in sources:
-        out.append(scoring.shape)
+        out.append(evidence.shape)
     if "errors" in sources:
-        out.append(scoring.errors)
+        out.append(evidence.errors)
     return out
 
 

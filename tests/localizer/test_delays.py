@@ -12,8 +12,8 @@ import pytest
 from processor.demo import deep
 from processor.localizer import SOURCES, Baseline, rank_services, read_spans, span_metrics
 from processor.localizer.contrast import why_not_first
+from processor.localizer.evidence import ServiceEvidence
 from processor.localizer.graph import placement_refs
-from processor.localizer.scoring import ServiceEvidence
 from processor.localizer.shift import explained_by_node
 from processor.localizer.variability import CHUNKS, null_scores
 from processor.localizer.window import ServiceScore, usual_share

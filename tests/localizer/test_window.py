@@ -6,7 +6,7 @@ import duckdb
 import pytest
 
 from processor.localizer import Baseline, localize_window, span_metrics
-from processor.localizer.scoring import wilson_lower
+from processor.localizer.evidence import wilson_lower
 from tests.support import localizer_synth as synth
 
 
