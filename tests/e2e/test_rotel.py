@@ -81,12 +81,17 @@ def _rotel(binary: Path, tmp: Path, name: str, exporter_endpoint: str, protocol:
             pytest.fail(f"rotel {name} exited {process.returncode}: {log.read_text()[-2000:]}")
         yield grpc_port, http_port
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        _stop(process, 10)
+
+
+def _stop(process: subprocess.Popen, timeout: float) -> None:
+    """Terminate ``process``; killed if it is still running after ``timeout`` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _listening(port: int) -> bool:
@@ -127,12 +132,7 @@ def _faulttrace(tmp: Path, downstream: str, protocol: str) -> Iterator[tuple[int
             pytest.fail(f"faulttrace serve exited {process.returncode}: {log.read_text()[-2000:]}")
         yield grpc_port, http_port
     finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        _stop(process, 30)
 
 
 def _ready(port: int) -> bool:
