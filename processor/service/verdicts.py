@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -90,10 +90,10 @@ class VerdictObserver:
         if not blamed:
             return
         self._telemetry.root_cause_traces.inc(len(blamed))
-        for v in blamed:
-            for c in v.candidates:
-                for e in c.evidence:
-                    self._telemetry.findings.labels(e.source, e.kind, e.layer).inc()
+        # Counted per label set first: one labels() lookup (a lock and a dict) per series, not per finding.
+        found = Counter((e.source, e.kind, e.layer) for v in blamed for c in v.candidates for e in c.evidence)
+        for key, n in found.items():
+            self._telemetry.findings.labels(*key).inc(n)
         if not self._log and self.incidents is None:
             return
         wanted = [v.root_span_id for v in blamed if v.root_span_id is not None]
