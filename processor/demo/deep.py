@@ -46,7 +46,7 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from processor.demo.simtrace import CLIENT, MS, SERVER, Op, SimTrace
 from processor.demo.topology import Pod
-from processor.demo.writer import EPOCH_NS, MEAN_GAP_MS, Written, write_cases, write_traces
+from processor.demo.writer import EPOCH_NS, MEAN_GAP_MS, Written, case_label, write_cases, write_traces
 from processor.otlp.spanedit import key_values
 
 NODES = ("gke-travel-pool-a-3f1c", "gke-travel-pool-a-8d2e", "gke-travel-pool-a-c47b",
@@ -490,9 +490,7 @@ def label(kind: DeepKind, fault: Injected, inject_ns: int, traces: list[SimTrace
     params = {"delay_ms": round(fault.delay_ms, 1), "factor": round(fault.factor, 2),
               "node_factor": round(fault.node_factor, 2)}
     root["parameters"] = {k: v for k, v in params.items() if v not in (0.0, 1.0)}
-    return {"root_cause": root, "symptom_span_ids": [op.span_id.hex() for op in symptoms],
-            "inject_time_unix_nano": inject_ns, "description": kind.summary,
-            "traces": len(traces), "affected_traces": affected}
+    return case_label(root, symptoms, inject_ns, kind.summary, traces, affected)
 
 
 def write_dataset(out: str | Path, seed: int = 1, traces_per_case: int = 40, cases_per_kind: int = 2,

@@ -170,8 +170,14 @@ def label(kind: FaultKind, variant: dict[str, Any], inject_ns: int, traces: list
     params = {k: v for k, v in variant.items() if k not in ("target", "requests")}
     if params:
         root["parameters"] = params
+    return case_label(root, symptoms, inject_ns, kind.summary, traces, affected)
+
+
+def case_label(root: dict[str, Any], symptoms: list[Op], inject_ns: int, description: str,
+               traces: list[SimTrace], affected: int) -> dict[str, Any]:
+    """A case's ``label.json``: its root cause, symptom spans, injection time and trace counts."""
     return {"root_cause": root, "symptom_span_ids": [op.span_id.hex() for op in symptoms],
-            "inject_time_unix_nano": inject_ns, "description": kind.summary,
+            "inject_time_unix_nano": inject_ns, "description": description,
             "traces": len(traces), "affected_traces": affected}
 
 
