@@ -52,11 +52,11 @@ GROUP_GC_INTERVAL = 30.0  # seconds between sweeps of unreferenced resource/scop
 QUIET_BEFORE_FREE = 2.0
 
 
-def ended_traces(table: pa.Table) -> list[bytes]:
+def ended_traces(table: pa.Table) -> set[bytes]:
     """The traces whose root span (no parent) is in ``table`` with its end time (vectorized: a
-    batch's cost, not a span's)."""
+    batch's cost, not a span's).  A set: ``Assembler.observe`` tests each trace of the batch in it."""
     root = pc.and_(pc.is_null(table.column("parent_span_id")), pc.greater(table.column("end_ns"), 0))
-    return pc.filter(table.column("trace_id"), root).to_pylist()
+    return set(pc.filter(table.column("trace_id"), root).to_pylist())
 
 
 class Releaser:
