@@ -69,15 +69,20 @@ def _verdict_attributes(v: TraceVerdict, top: Candidate) -> dict[str, AttrValue]
     return out
 
 
+def _is_written(v: TraceVerdict, c: Candidate) -> bool:
+    """Whether ``c`` is written as a root cause: at least as confident as ``v.min_confidence``."""
+    return v.min_confidence <= 0 or c.confidence >= v.min_confidence
+
+
 def written(v: TraceVerdict) -> list[Candidate]:
     """The candidates written as root causes: those at least as confident as ``v.min_confidence``."""
-    return [c for c in v.candidates if v.min_confidence <= 0 or c.confidence >= v.min_confidence]
+    return [c for c in v.candidates if _is_written(v, c)]
 
 
 def _top(v: TraceVerdict) -> Candidate | None:
     """The trace's first candidate if it is written, else None (no verdict on the root span)."""
     top = v.top
-    return top if top is not None and (v.min_confidence <= 0 or top.confidence >= v.min_confidence) else None
+    return top if top is not None and _is_written(v, top) else None
 
 
 def annotations(verdict: BatchVerdict) -> dict[tuple[bytes, bytes], Annotation]:
