@@ -17,7 +17,6 @@ Linux) or its binary does not run.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from processor.tools.bench import rotel_binary
 from tests.support.harness import free_port, span_count, wait_until
 from tests.support.otlp_sink import OtlpGrpcSink
 from tests.support.sdk import export
@@ -48,16 +48,9 @@ TRACES, FAILING_EVERY = 12, 3
 
 
 def _rotel_binary() -> Path:
-    spec = importlib.util.find_spec("rotel")
-    if spec is None or spec.origin is None:
-        pytest.skip("rotel is not installed (pip install rotel; its wheels are for x86_64 Linux only)")
-    binary = Path(spec.origin).parent / "rotel-agent"
-    try:
-        probe = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=20)
-    except OSError as err:
-        pytest.skip(f"rotel's binary {binary} cannot run here: {err}")
-    if probe.returncode != 0:
-        pytest.skip(f"rotel's binary {binary} does not run here: {probe.stderr.strip()[:200]}")
+    binary, why = rotel_binary()
+    if binary is None:
+        pytest.skip(why)
     return binary
 
 
