@@ -16,6 +16,7 @@ localizer sources their ``rca.finding`` events name) the traces it is on.
 from __future__ import annotations
 
 import asyncio
+import statistics
 import tempfile
 import time
 from collections import Counter
@@ -113,8 +114,4 @@ def write_text(r: FalseAlarms, healthy: str, out: TextIO) -> None:
 
 
 def _median(values: tuple[float, ...]) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    mid = len(s) // 2
-    return round(s[mid] if len(s) % 2 else (s[mid - 1] + s[mid]) / 2, 4)
+    return round(statistics.median(values), 4) if values else None
