@@ -204,13 +204,8 @@ def _slow_pods(conn: duckdb.DuckDBPyConnection, metrics: pa.Table, baseline: Bas
     """The pods the window finds slower than their peers (``shift``), their node's neighbours left out."""
     if "peers" not in sources:
         return []
-    conn.register("m", metrics)
-    baseline.register(conn)
-    try:
+    with baseline.beside(conn, metrics):
         pods = shift.pod_shifts(conn, wire_time="wire_time" in sources, colocation="colocation" in sources)
-    finally:
-        for name in ("m", "base_ops", "base_shapes"):
-            conn.unregister(name)
     return [p.pod for p in pods if p.peer > 0 and p.node_pod is None and p.pod != p.service]
 
 

@@ -11,6 +11,8 @@ set of traces — a baseline file or completed traces as they pass.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,3 +100,19 @@ class Baseline:
         """Make the baseline visible to SQL as ``base_ops`` and ``base_shapes``."""
         conn.register("base_ops", self.ops)
         conn.register("base_shapes", self.shapes)
+
+    @contextmanager
+    def beside(self, conn: duckdb.DuckDBPyConnection, metrics: pa.Table,
+               **tables: pa.Table) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The window's span metrics as ``m``, this baseline (``register``) and ``tables`` by name,
+        visible to SQL on ``conn`` for the ``with`` block, gone after it."""
+        names = ["m", "base_ops", "base_shapes", *tables]
+        conn.register("m", metrics)
+        for name, table in tables.items():
+            conn.register(name, table)
+        self.register(conn)
+        try:
+            yield conn
+        finally:
+            for name in names:
+                conn.unregister(name)

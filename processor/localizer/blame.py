@@ -127,10 +127,8 @@ def blame_traces(conn: duckdb.DuckDBPyConnection, metrics: pa.Table, baseline: B
     the window finds slower than their peers (``shift``): where a trace has no other evidence,
     its spans there slower than their median are candidates.
     """
-    conn.register("m", metrics)
-    conn.register("lz_slow_pods", pa.table({"pod": pa.array(sorted(set(slow_pods)), pa.string())}))
-    baseline.register(conn)
-    try:
+    slow = pa.table({"pod": pa.array(sorted(set(slow_pods)), pa.string())})
+    with baseline.beside(conn, metrics, lz_slow_pods=slow):
         rows = conn.sql(ROWS_SQL).to_arrow_table().to_pylist()
         window = {r.service: r for r in ranking if r.score >= MIN_WINDOW}
         gathered = [_gather(trace_id, spans, window, details or {}) for trace_id, spans in _by_trace(rows)]
@@ -144,9 +142,6 @@ def blame_traces(conn: duckdb.DuckDBPyConnection, metrics: pa.Table, baseline: B
             base = {(o["service"], o["name"]): (float(o["n"]), float(o["err_rate"] or 0.0)) for o in ops}
             parents = {(t.trace_id, sid): r["parent_span_id"] for t in gathered for sid, r in t.by_id.items()}
             explained, abnormal = explain_failures(conn, silent, failing, base, parents)
-    finally:
-        for name in ("m", "base_ops", "base_shapes", "lz_slow_pods"):
-            conn.unregister(name)
     traces: dict[bytes, TraceVerdict] = {}
     symptoms: dict[bytes, tuple[Symptom, ...]] = {}
     for t in gathered:

@@ -35,13 +35,8 @@ GROUP BY ALL
 def excess_inside(conn: duckdb.DuckDBPyConnection, metrics: pa.Table, baseline: Baseline
                   ) -> dict[tuple[str, str], float]:
     """Per (service, callee), the share of the service's excess time spent inside calls to the callee."""
-    conn.register("m", metrics)
-    baseline.register(conn)
-    try:
+    with baseline.beside(conn, metrics):
         rows = conn.sql(EXCESS_SQL).fetchall()
-    finally:
-        for name in ("m", "base_ops", "base_shapes"):
-            conn.unregister(name)
     return {(s, c): min(1.0, inside / total) for s, c, inside, total in rows if total and total > 0}
 
 

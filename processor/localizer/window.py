@@ -87,18 +87,12 @@ def rank_services(conn: duckdb.DuckDBPyConnection, metrics: pa.Table, baseline: 
     and ``hub_discount`` among the sources, each source's score counts by the share of healthy
     windows it beats."""
     sources = frozenset(sources)
-    conn.register("m", metrics)
-    conn.register("lz_node_explained", pa.table({"pod": pa.array([], pa.string())}))
-    baseline.register(conn)
-    try:
+    with baseline.beside(conn, metrics, lz_node_explained=pa.table({"pod": pa.array([], pa.string())})):
         found: dict[str, list[ServiceEvidence]] = defaultdict(list)
         for run in _runners(sources):
             for ev in run(conn):
                 found[ev.service].append(ev)
         services = {s for (s,) in conn.sql("SELECT DISTINCT service FROM m").fetchall()}
-    finally:
-        for name in ("m", "base_ops", "base_shapes", "lz_node_explained"):
-            conn.unregister(name)
     if null and "hub_discount" in sources:
         for s, evidence in found.items():
             usual = {e.source: (usual_share(null.get((s, e.source), ()), e.score), e.score)
