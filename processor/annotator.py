@@ -69,30 +69,14 @@ def _verdict_attributes(v: TraceVerdict, top: Candidate) -> dict[str, AttrValue]
     return out
 
 
-def _is_written(v: TraceVerdict, c: Candidate) -> bool:
-    """Whether ``c`` is written as a root cause: at least as confident as ``v.min_confidence``."""
-    return v.min_confidence <= 0 or c.confidence >= v.min_confidence
-
-
-def written(v: TraceVerdict) -> list[Candidate]:
-    """The candidates written as root causes: those at least as confident as ``v.min_confidence``."""
-    return [c for c in v.candidates if _is_written(v, c)]
-
-
-def _top(v: TraceVerdict) -> Candidate | None:
-    """The trace's first candidate if it is written, else None (no verdict on the root span)."""
-    top = v.top
-    return top if top is not None and _is_written(v, top) else None
-
-
 def annotations(verdict: BatchVerdict) -> dict[tuple[bytes, bytes], Annotation]:
     """(trace id, span id) -> what to append to that span."""
     out: dict[tuple[bytes, bytes], Annotation] = {}
     gated: dict[bytes, set[bytes]] = {}      # per trace, the candidates below the floor
     unexplained: set[bytes] = set()          # traces with candidates, none of them written
     for trace_id, v in verdict.traces.items():
-        top = _top(v)
-        kept = written(v)
+        top = v.root_cause
+        kept = v.written
         gated[trace_id] = {c.span_id for c in v.candidates} - {c.span_id for c in kept}
         if v.candidates and not kept:
             unexplained.add(trace_id)
@@ -133,7 +117,7 @@ def late_annotations(trace_ids: list[bytes], span_ids: list[bytes], parent_ids: 
         if parent is not None:
             continue
         v = verdict_of(trace_id)
-        top = _top(v) if v is not None else None
+        top = v.root_cause if v is not None else None
         if top is not None:
             out[(trace_id, span_id)] = Annotation(_verdict_attributes(v, top))
     return out

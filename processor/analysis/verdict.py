@@ -133,7 +133,25 @@ class TraceVerdict:
 
     @property
     def top(self) -> Candidate | None:
+        """The first candidate, written or not (the analysis's ranking)."""
         return self.candidates[0] if self.candidates else None
+
+    def is_written(self, c: Candidate) -> bool:
+        """Whether ``c`` is written as a root cause: at least as confident as ``min_confidence``."""
+        return self.min_confidence <= 0 or c.confidence >= self.min_confidence
+
+    @property
+    def written(self) -> tuple[Candidate, ...]:
+        """The candidates written as root causes (``rca.root_cause``), in ranking order."""
+        return tuple(c for c in self.candidates if self.is_written(c))
+
+    @property
+    def root_cause(self) -> Candidate | None:
+        """The trace's root cause as the annotator writes it: the first candidate if it is written,
+        else None.  What the metrics, the log sentence and the incidents count, so they agree with
+        the spans that leave."""
+        top = self.top
+        return top if top is not None and self.is_written(top) else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -86,13 +86,13 @@ def explained(v: TraceVerdict, symptoms: Iterable[Symptom], cause: bytes) -> lis
 
 def describe(v: TraceVerdict, symptoms: Iterable[Symptom], facts: Mapping[bytes, SpanFacts],
              url_template: str = "") -> str:
-    """One sentence for a trace with a root cause (``v.top`` must be set), e.g.::
+    """One sentence for a trace with a root cause (``v.root_cause`` must be set), e.g.::
 
         trace 4bf92f35…: root cause payment "POST /charge" (infrastructure, confidence 0.82):
         connection refused by db:5432; explains 3 spans; the user saw gateway "POST /checkout"
         failed (503). http://jaeger:16686/trace/4bf92f35…
     """
-    top = v.top
+    top = v.root_cause
     assert top is not None, "describe() needs a trace with a root cause"
     e = finding(top)
     text = (f"trace {v.trace_id.hex()}: root cause {top.service} \"{top.name}\" "
@@ -114,7 +114,7 @@ def describe(v: TraceVerdict, symptoms: Iterable[Symptom], facts: Mapping[bytes,
 def incident_key(v: TraceVerdict, facts: Mapping[bytes, SpanFacts]) -> tuple[str, str]:
     """What groups traces into one incident, as display text: the cause (service and
     operation) and what the user saw (the root span's service and operation, and whether it failed)."""
-    top = v.top
+    top = v.root_cause
     assert top is not None
     cause = f"{top.service} {top.name}"
     root = facts.get(v.root_span_id) if v.root_span_id is not None else None

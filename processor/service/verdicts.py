@@ -86,12 +86,13 @@ class VerdictObserver:
         if verdict is None:
             return
         self._telemetry.analyzed_traces.inc(spans.trace_count)
-        blamed = [v for v in verdict.traces.values() if v.top is not None]
+        # what the annotator writes: a first candidate below min_confidence is no root cause
+        blamed = [v for v in verdict.traces.values() if v.root_cause is not None]
         if not blamed:
             return
         self._telemetry.root_cause_traces.inc(len(blamed))
         # Counted per label set first: one labels() lookup (a lock and a dict) per series, not per finding.
-        found = Counter((e.source, e.kind, e.layer) for v in blamed for c in v.candidates for e in c.evidence)
+        found = Counter((e.source, e.kind, e.layer) for v in blamed for c in v.written for e in c.evidence)
         for key, n in found.items():
             self._telemetry.findings.labels(*key).inc(n)
         if not self._log and self.incidents is None:
@@ -102,7 +103,7 @@ class VerdictObserver:
             if self._log:
                 log.info("%s", describe(v, verdict.symptoms.get(v.trace_id, ()), facts, self._url))
             if self.incidents is not None:
-                top = v.top
+                top = v.root_cause
                 assert top is not None
                 self.incidents.add(incident_key(v, facts), top.layer, finding(top).source,
                                    trace_url(self._url, v.trace_id) or f"trace {v.trace_id.hex()}")

@@ -149,3 +149,30 @@ def test_last_span_times_are_taken_on_export_with_or_without_a_verdict() -> None
     assert len(observer._last_span) == 0
     observer.observe({bytes([i]) * 16: 1 for i in range(10)})
     assert len(observer._last_span) == 4  # twice max_traces, the oldest forgotten
+
+
+def test_metrics_and_incidents_count_only_the_root_causes_the_annotator_writes() -> None:
+    import dataclasses
+
+    from processor.model import ReleasedSpans
+    from processor.service.telemetry import Telemetry
+    from processor.service.verdicts import VerdictObserver
+
+    telemetry = Telemetry()
+    observer = VerdictObserver(telemetry, "faulttrace", log_verdicts=False, incidents=Incidents(60))
+    strong = verdict(evidence("infra.connection_refused", "infrastructure", 0.9))
+    weak = dataclasses.replace(verdict(evidence("code.exception", "code", 0.4)), trace_id=b"w" * 16,
+                               min_confidence=0.7)
+    assert weak.top is not None and weak.root_cause is None and weak.written == ()
+    spans = ReleasedSpans([TRACE, weak.trace_id], [DB, DB], [ROOT, ROOT], [b"", b""], [0, 0], [0, 0], {}, {}, 2, None)
+    observer.exported(spans, BatchVerdict({TRACE: strong, weak.trace_id: weak}))
+
+    def total(metric) -> dict[tuple[str, ...], float]:
+        return {tuple(s.labels.values()): s.value for m in metric.collect() for s in m.samples
+                if s.name.endswith("_total")}
+
+    assert sum(total(telemetry.root_cause_traces).values()) == 1
+    assert {k[0] for k in total(telemetry.findings)} == {"infra.connection_refused"}  # not the one below the floor
+    assert observer.incidents is not None
+    lines = observer.incidents.flush()
+    assert len(lines) == 1 and ": 1 trace in the last 60s (infrastructure, infra.connection_refused;" in lines[0]
