@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from dsl import ast, ir
 from dsl.checker import CheckResult, check
+from dsl.columnar import ColumnarPlan
 from dsl.compiler import (
     BASELINE_COLUMNS,
     BASELINE_TABLE,
@@ -121,6 +122,7 @@ class RuleSet:
     evidence: EvidenceQuery | None = None
     checked: dict[str, ir.CheckedRule] = field(default_factory=dict, compare=False)
     statement_rules: int = field(default=STATEMENT_RULES, compare=False)  # rules per statement (> 0)
+    columnar: bool = field(default=True, compare=False)  # local rules as columns of a few scans (``dsl.columnar``)
 
     def __len__(self) -> int:
         return len(self.rules)
@@ -134,7 +136,7 @@ class RuleSet:
         wanted = set(ids)
         rules = tuple(r for r in self.rules if r.id in wanted)
         return RuleSet(rules, self.warnings, self.projection, _needs(rules), self.sources, checked=self.checked,
-                       statement_rules=self.statement_rules)
+                       statement_rules=self.statement_rules, columnar=self.columnar)
 
     @property
     def tree_ids(self) -> tuple[str, ...]:
@@ -151,11 +153,21 @@ class RuleSet:
         keep = _tree_rules(plans) | set(rule_ids)
         rules = tuple(r for r in self.rules if r.id in keep)
         selected = _assemble(rules, self.checked, plans, self.conditions, self.warnings, self.projection, self.sources)
-        return replace(selected, statement_rules=self.statement_rules)
+        return replace(selected, statement_rules=self.statement_rules, columnar=self.columnar)
+
+    @cached_property
+    def _columnar(self) -> ColumnarPlan:
+        # without ``checked`` (or with ``columnar`` off) every rule is in the plan's ``rest``
+        return ColumnarPlan.of(self.rules, self.checked if self.columnar else {})
 
     @cached_property
     def _rule_statements(self) -> tuple[_Statement, ...]:
-        return statements(self.rules, self.statement_rules)
+        """The statements of the rules the columnar plan leaves to run on their own."""
+        return statements(self._columnar.rest, self.statement_rules)
+
+    @cached_property
+    def _scores(self) -> dict[str, float]:
+        return {r.id: ir.score(r.meta.confidence, r.meta.severity) for r in self.rules}
 
     @cached_property
     def _condition_groups(self) -> _ConditionGroups:
@@ -203,7 +215,8 @@ class RuleSet:
         for stmt in self.prepare_statements(conn, table):
             conn.execute(parsed(stmt))
         try:
-            findings = [f for _, f in _run_statements(conn, self._rule_statements, report)]
+            findings = self._columnar_findings(conn, report)
+            findings += [f for _, f in _run_statements(conn, self._rule_statements, report)]
             conditions: list[Finding] = []
             per_trace: pa.Table | None = None
             if self.trees:
@@ -213,9 +226,29 @@ class RuleSet:
         finally:
             for stmt in cleanup_statements():
                 conn.execute(stmt)
-        findings.sort(key=lambda f: (f.trace_id, -f.score, -f.depth, f.rule_id, f.span_id))
+        scores = self._scores  # Finding.score, computed once per rule
+        findings.sort(key=lambda f: (f.trace_id, -scores[f.rule_id], -f.depth, f.rule_id, f.span_id))
         trees = self._trees(findings, conditions, per_trace, failed) if self.trees else []
         return Evaluation(findings, trees)
+
+    def _columnar_findings(self, conn: duckdb.DuckDBPyConnection,
+                           report: Callable[[RuleRuntimeError], None]) -> list[Finding]:
+        """The findings of the columnar plan's rules.  If one of its statements fails, its
+        rules run as statements instead, so that only the failing rule loses its findings."""
+        plan = self._columnar
+        try:
+            fired = plan.run(conn)
+        except duckdb.Error:
+            log.debug("columnar evaluation failed; running its rules one statement each", exc_info=True)
+            return [f for _, f in _run_statements(conn, statements(plan.rules, self.statement_rules), report)]
+        out: list[Finding] = []
+        for r, rows in fired.hits:
+            m = plan.rules[r].meta
+            msg = plan.message_of[r]
+            for row in rows.to_pylist():
+                trace_id, span_id, depth, message = fired.spans[msg, row]
+                out.append(Finding(trace_id, span_id, m.id, m.layer, m.severity, m.confidence, message, depth, m.title))
+        return out
 
     def _trees(self, findings: list[Finding], conditions: list[Finding], per_trace: pa.Table | None,
                failed: set[str]) -> list[TreeOutcome]:
@@ -444,7 +477,7 @@ def _finding(rule: CompiledRule, trace_id: bytes, span_id: bytes, depth: int, me
     m = rule.meta
     span = bytes(span_id)
     # the blamed span never explains itself (`s before s` holds for a span of no duration)
-    explained = tuple(dict.fromkeys(e for e in map(bytes, explains or ()) if e != span))
+    explained = tuple(dict.fromkeys(e for e in map(bytes, explains) if e != span)) if explains else ()
     return Finding(bytes(trace_id), span, m.id, m.layer, m.severity, m.confidence, message, int(depth),
                    m.title, explained)
 

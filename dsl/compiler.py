@@ -18,6 +18,7 @@ and attribute columns, whose names ``dsl.projection.column_name`` makes
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dsl import ir
@@ -100,6 +101,8 @@ class _Ctx:
     aliases: dict[str, str] = field(default_factory=dict)
     needs: set[str] = field(default_factory=set)
     lambdas: int = 0  # ``any(...)`` lambdas open around the expression being compiled
+    # the SQL of a quantifier computed elsewhere (``dsl.columnar``'s shared aggregates), or None to compile it here
+    quant_column: Callable[[ir.Quant], str | None] | None = None
 
     def bind(self, value: object) -> str:
         self.params.append(value)
@@ -296,7 +299,8 @@ def _value(node: ir.Node, ctx: _Ctx) -> str:
         case ir.IsSet():
             return f"({_value(node.operand, ctx)} IS NOT NULL)"
         case ir.Quant():
-            return _quant(node, ctx)
+            shared = ctx.quant_column(node) if ctx.quant_column is not None else None
+            return shared if shared is not None else _quant(node, ctx)
         case ir.First():
             return f"coalesce({', '.join(_value(i, ctx) for i in node.items)})"
         case ir.Call():
@@ -602,4 +606,171 @@ def _events_statement(columns: tuple[str, ...]) -> str:
 
 
 def cleanup_statements() -> list[str]:
-    return [f"DROP TABLE IF EXISTS {t}" for t in (SPANS, ANCESTORS, EVENTS, LINKS, _DERIVED, _SOURCE)]
+    return [f"DROP TABLE IF EXISTS {t}" for t in (SPANS, ANCESTORS, EVENTS, LINKS, SHARED, _DERIVED, _SOURCE)]
+
+
+# ---- many rules as columns of one scan (``dsl.columnar``) -------------------------------
+
+SHARED = "__ft_shared"  # (_row, _s0, _s1, ...): quantifiers computed once per batch for every rule (temp)
+
+# A quantifier over these relations whose condition reads only its own variable is one
+# aggregate per span of the relation's grouping: (FROM with the variable as ``{v}``, the
+# group key, the column of the quantifying span it equals).
+_GROUPED = {
+    "span": (f"{SPANS} AS {{v}}", "{v}._trace", "_trace"),
+    "child": (f"{SPANS} AS {{v}}", "{v}._parent", "_row"),
+    "descendant": (f"{ANCESTORS} AS k JOIN {SPANS} AS {{v}} ON {{v}}._row = k._row", "k._anc", "_row"),
+    "ancestor": (f"{ANCESTORS} AS k JOIN {SPANS} AS {{v}} ON {{v}}._row = k._anc", "k._row", "_row"),
+}
+_SHARED_ALIAS = "sh"
+
+
+@dataclass(frozen=True, slots=True)
+class Fragment:
+    """A piece of SQL with its own parameters (``$1..$n``, in order) and the derived data it needs."""
+
+    sql: str
+    params: tuple[object, ...]
+    needs: frozenset[str] = frozenset()
+
+
+def renumber(fragments: list[Fragment]) -> tuple[list[str], tuple[object, ...]]:
+    """The fragments' SQL with parameters numbered through, and all parameters in order.
+    ``$n`` occurs in compiled SQL only as a parameter (literals are bound, identifiers ``[a-z0-9_]``)."""
+    texts: list[str] = []
+    params: list[object] = []
+    for frag in fragments:
+        offset = len(params)
+        texts.append(_PARAM.sub(lambda m: f"${int(m.group(1)) + offset}", frag.sql))
+        params += frag.params
+    return texts, tuple(params)
+
+
+_PARAM = re.compile(r"\$(\d+)")
+
+
+def _vars(node: ir.Node) -> set[str]:
+    return {n.var for n in ir.walk(node) if isinstance(n, ir.Intrinsic | ir.TraceIntrinsic | ir.AttrValue)}
+
+
+def shareable(q: ir.Quant, outer: str) -> bool:
+    """Whether ``q`` is an aggregate per span of ``outer`` that rules can share: a
+    quantifier over a relation to ``outer``, without ``by``, whose condition and value read
+    only the quantified variable and ``outer`` (no quantifier inside)."""
+    if q.by is not None or q.rel.other != outer:
+        return False
+    inner = [n for n in (q.where, q.value) if n is not None]
+    if any(isinstance(n, ir.Quant) for root in inner for n in ir.walk(root)):
+        return False
+    return all(_vars(root) <= {q.rel.var, outer} for root in inner)
+
+
+@dataclass(frozen=True, slots=True)
+class Aggregate:
+    """A shareable quantifier as an aggregate per quantifying span, filtered by its
+    condition: over ``source`` (FROM, the group key, the column of the quantifying span it
+    equals; aggregates of one source share a scan), and ``empty``, what it says of a span
+    with no related span at all (``exists``: false, ``count``: 0, the others nil)."""
+
+    source: tuple[str, str, str]
+    frag: Fragment
+    empty: str | None
+
+
+def compile_aggregate(q: ir.Quant) -> Aggregate:
+    """``q`` (``shareable``) as an ``Aggregate``.  One whose condition reads only its own
+    variable over a relation with a grouping (``_GROUPED``) is grouped by that relation's
+    key; any other is grouped by the quantifying span over the join of the relation
+    (the quantifying span as ``o``): what DuckDB makes of the correlated subquery, once."""
+    ctx = _Ctx(aliases={q.rel.var: "v", q.rel.other: "o"})
+    own = all(_vars(n) <= {q.rel.var} for n in (q.where, q.value) if n is not None)
+    if own and q.rel.relation in _GROUPED:
+        src, key, col = _GROUPED[q.rel.relation]
+        source = (src.format(v="v"), key.format(v="v"), col)
+        if q.rel.relation in ("descendant", "ancestor"):
+            ctx.needs.add("ancestors")
+    else:
+        src, cond = _subquery_from(q.rel, ctx)
+        source = (f"{SPANS} AS o JOIN {src} ON {cond}", "o._row", "_row")
+    filt = f" FILTER (WHERE {_bool(q.where, ctx)})" if q.where is not None else ""
+    if q.func == "exists":
+        agg, empty = f"(count(*){filt} > 0)", "FALSE"
+    elif q.func == "count":
+        agg, empty = f"count(*){filt}", "0"
+    else:
+        agg, empty = f"{q.func}({_value(q.value, ctx)}){filt}", None  # type: ignore[arg-type]
+    return Aggregate(source, Fragment(agg, tuple(ctx.params), frozenset(ctx.needs)), empty)
+
+
+def shared_statement(aggregates: list[Aggregate]) -> tuple[str, tuple[object, ...]]:
+    """The statement building ``SHARED``: one row per span of the prepared table, column
+    ``_s<i>`` the ``i``-th aggregate for that span; one grouped scan per source, however
+    many aggregates it has."""
+    texts, params = renumber([a.frag for a in aggregates])
+    by_source: dict[tuple[str, str, str], list[int]] = {}
+    for i, a in enumerate(aggregates):
+        by_source.setdefault(a.source, []).append(i)
+    cols, joins = ["x._row"], []
+    for g, ((src, key, outer), idx) in enumerate(by_source.items()):
+        aggs = ", ".join(f"{texts[i]} AS _s{i}" for i in idx)
+        joins.append(f"LEFT JOIN (SELECT {key} AS _key, {aggs} FROM {src} GROUP BY {key}) AS g{g} "
+                     f"ON g{g}._key = x.{outer}")
+        for i in idx:
+            empty = aggregates[i].empty
+            cols.append(f"coalesce(g{g}._s{i}, {empty}) AS _s{i}" if empty else f"g{g}._s{i} AS _s{i}")
+    sql = f"CREATE OR REPLACE TEMP TABLE {SHARED} AS SELECT {', '.join(cols)} FROM {SPANS} AS x {' '.join(joins)}"
+    return sql, params
+
+
+def shared_column(i: int) -> str:
+    """The SQL that reads shared aggregate ``i`` in ``scan_statement``'s and ``render_statement``'s rows."""
+    return f"{_SHARED_ALIAS}._s{i}"
+
+
+def compile_local(rule: ir.CheckedRule, quant_column: Callable[[ir.Quant], str | None]) -> tuple[Fragment, Fragment]:
+    """The condition (never NULL) and message of a rule of one variable, over the prepared
+    table as ``v0``, with the quantifiers ``quant_column`` gives read from ``SHARED``.
+    Raises ``NotLocal`` if one of its quantifiers is not given (the rule then runs alone)."""
+    def column(q: ir.Quant) -> str:
+        col = quant_column(q)
+        if col is None:
+            raise NotLocal(rule.meta.id)
+        return col
+
+    out = []
+    for build in (lambda c: _bool(rule.where, c) if rule.where is not None else "TRUE",
+                  lambda c: _message(rule.message, c)):
+        ctx = _Ctx(aliases={rule.bindings[0].var: "v0"}, quant_column=column)
+        sql = build(ctx)
+        out.append(Fragment(sql, tuple(ctx.params), frozenset(ctx.needs)))
+    return out[0], out[1]
+
+
+class NotLocal(Exception):
+    """A rule's quantifier has no shared column: it runs as its own statement."""
+
+
+def scan_statement(masks: list[list[str]], shared: bool) -> str:
+    """A scan of the prepared table giving ``_row`` and one BIGINT ``m<j>`` per list of
+    conditions in ``masks`` (at most 63 each), bit ``b`` set where the ``b``-th condition
+    holds; only rows with some bit set."""
+    cols = []
+    for j, conds in enumerate(masks):
+        if not 0 < len(conds) <= 63:
+            raise ValueError("a mask holds 1 to 63 conditions")
+        bits = " + ".join(f"CASE WHEN {c} THEN CAST({1 << b} AS BIGINT) ELSE CAST(0 AS BIGINT) END"
+                          for b, c in enumerate(conds))
+        cols.append(f"({bits}) AS m{j}")
+    join = f" JOIN {SHARED} AS {_SHARED_ALIAS} ON {_SHARED_ALIAS}._row = v0._row" if shared else ""
+    anyset = " OR ".join(f"m{j} <> 0" for j in range(len(masks)))
+    return f"SELECT _row, {', '.join(f'm{j}' for j in range(len(masks)))} FROM (SELECT v0._row, {', '.join(cols)} " \
+           f"FROM {SPANS} AS v0{join}) WHERE {anyset}"
+
+
+def render_statement(fired: str, messages: list[str], shared: bool) -> str:
+    """Per distinct row of ``fired`` (``_row``, ``__msg``): the span's trace id, span id and
+    depth and the ``__msg``-th message rendered for it."""
+    join = f" LEFT JOIN {SHARED} AS {_SHARED_ALIAS} ON {_SHARED_ALIAS}._row = v0._row" if shared else ""
+    whens = " ".join(f"WHEN {i} THEN {m}" for i, m in enumerate(messages))
+    return (f"SELECT f._row, f.__msg, v0.trace_id, v0.span_id, v0._depth, CASE f.__msg {whens} END AS message "
+            f"FROM (SELECT DISTINCT _row, __msg FROM {fired}) AS f JOIN {SPANS} AS v0 ON v0._row = f._row{join}")

@@ -1,5 +1,8 @@
 """Rules run in statements of bounded size (``dsl.api.statements``): the
-findings are the same whatever the size, and a broken rule costs only itself."""
+findings are the same whatever the size, and a broken rule costs only itself.
+
+The rule set here runs every rule as a statement (``columnar=False``): the
+columnar plan (``dsl.columnar``, ``test_columnar.py``) would take them all."""
 
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from tests.dsl.bench_rules import build_batch
 def bench_rules(tmp_path_factory):
     path = tmp_path_factory.mktemp("rules") / "bench.rules"
     path.write_text(bench_rule_text(3 * STATEMENT_RULES + 7), encoding="utf-8")  # a last, partial statement
-    return load_rules([path])
+    return dataclasses.replace(load_rules([path]), columnar=False)
 
 
 def _findings(ruleset, size: int) -> list:
