@@ -8,7 +8,11 @@ scale as confidence x the weight of a *medium* severity (3 of 5): a rule that
 fires with high severity and reasonable confidence outranks a deviation, a
 weak rule does not.
 
-In a trace that did not fail, each finding's confidence is first weighed by
+In a trace that did not fail, only what the trace itself shows against its
+baseline counts: the window's support for a service (``localizer.window``,
+what the batch's other traces say) does not raise a candidate's confidence
+there, so whether a healthy trace gets a root cause does not depend on which
+traces it was batched with.  Each finding's confidence is then weighed by
 how often its source fires on such traces (``processor.analysis.prevalence``),
 and those firings are learned; a candidate's confidence is then calibrated
 over its trace (``processor.analysis.calibration``).  Each trace verdict
@@ -28,7 +32,16 @@ from dsl import BASELINE_TABLE, AttrRef
 from processor.analysis.calibration import calibrate_trace, support
 from processor.analysis.prevalence import HealthyFiring, fired, outcomes
 from processor.analysis.protocols import Analyzer
-from processor.analysis.verdict import BatchVerdict, Evidence, Symptom, TraceVerdict, follow_cause, rank_candidates
+from processor.analysis.verdict import (
+    BatchVerdict,
+    Candidate,
+    Evidence,
+    Symptom,
+    TraceVerdict,
+    follow_cause,
+    rank_candidates,
+)
+from processor.localizer.blame import WINDOW_SOURCE
 
 STATISTICAL_WEIGHT = 3.0  # the rule-severity weight statistical evidence is scored at (medium)
 
@@ -42,6 +55,28 @@ def on_rule_scale(verdict: BatchVerdict) -> BatchVerdict:
         dataclasses.replace(c, evidence=tuple(rescale(e) for e in c.evidence)) for c in v.candidates))
         for t, v in verdict.traces.items()}
     return dataclasses.replace(verdict, traces=traces)
+
+
+def trace_local(verdict: BatchVerdict, failed: frozenset[bytes]) -> BatchVerdict:
+    """``verdict`` with the window's support no longer counted in the traces that did not fail: each
+    ``localizer.window`` piece keeps its message and ranking score but its confidence falls to the
+    candidate's other localizer evidence (what the trace shows against its baseline).
+
+    The window says where a batch's fault most likely originates, given that the batch holds one;
+    a trace whose caller saw no failure is not evidence that it does, and the batch around it is
+    an accident of timing (release interval, traffic, request sizes)."""
+    def local(c: Candidate) -> Candidate:
+        own = [e.confidence for e in c.evidence if e.kind == "localizer" and e.source != WINDOW_SOURCE]
+        if len(own) == sum(e.kind == "localizer" for e in c.evidence):
+            return c
+        cap = max(own, default=0.0)
+        return dataclasses.replace(c, evidence=tuple(
+            dataclasses.replace(e, confidence=min(e.confidence, cap)) if e.source == WINDOW_SOURCE and e.kind == "localizer"
+            else e for e in c.evidence))
+
+    return dataclasses.replace(verdict, traces={
+        t: v if t in failed else dataclasses.replace(v, candidates=tuple(local(c) for c in v.candidates))
+        for t, v in verdict.traces.items()})
 
 
 def merge(verdicts: Sequence[BatchVerdict], rerank: bool = True) -> BatchVerdict:
@@ -155,6 +190,8 @@ class CombinedAnalyzer:
             if registered:
                 conn.unregister(BASELINE_TABLE)
         verdicts.extend(on_rule_scale(analyzer.analyze(conn, table)) for analyzer in self.statistical)
+        if seen is not None:
+            verdicts = [trace_local(v, seen.failed) for v in verdicts]
         if self.healthy is not None and seen is not None:
             fired_in = fired(verdicts)
             verdicts = [self.healthy.weigh(v, seen) for v in verdicts]

@@ -64,6 +64,9 @@ from processor.localizer.silent import Abnormality, Explanation, Silent, explain
 from processor.localizer.window import ServiceScore
 
 MIN_WINDOW = 0.1             # window score (share of a service's work abnormal) that supports a span
+# The evidence piece that carries the window's support (``window.rank_services``): what the batch's
+# other traces say about the charged service, not what this trace shows.
+WINDOW_SOURCE = "localizer.window"
 ERROR_CONFIDENCE = 0.6       # an erroring span with no erroring child
 EXCEPTION_CONFIDENCE = 0.85  # ... that also recorded an exception event
 
@@ -358,13 +361,18 @@ def _rank(blames: dict[bytes, _Blame], by_id: dict[bytes, dict[str, Any]], windo
         for a in sorted((abnormal or {}).get(span_id, ()), key=lambda a: a.p)[:3]:
             if not any(a.message in m for m in said):
                 messages.append(("localizer.silent", f"{a.message} on the span itself"))
+        # The trace's own pieces carry what the trace shows against its baseline; the window's piece
+        # the two together.  So the family's confidence (its most confident piece) is unchanged, and
+        # a reader that must not count the window (a trace that did not fail: ``WINDOW_SOURCE``) can
+        # tell the two apart.
+        evidence = [Evidence(source, msg, round(b.confidence, 4), key, "", "localizer") for source, msg in messages]
         if w is not None:
             why = "; ".join(e.message for e in w.evidence if e.message)
-            messages.append(("localizer.window", f"{b.charged} anomalous across the window" + (f": {why}" if why else "")))
-        evidence = tuple(Evidence(source, msg, round(confidence, 4), key, "", "localizer") for source, msg in messages)
+            evidence.append(Evidence(WINDOW_SOURCE, f"{b.charged} anomalous across the window" + (f": {why}" if why else ""),
+                                     round(confidence, 4), key, "", "localizer"))
         s = b.span
         scored.append((key, _depth(s["span_id"], by_id), s["span_id"],
-                       Candidate(s["span_id"], b.charged, s["name"], 0, s["start_ns"], s["end_ns"], evidence)))
+                       Candidate(s["span_id"], b.charged, s["name"], 0, s["start_ns"], s["end_ns"], tuple(evidence))))
     scored.sort(key=lambda t: (-t[0], -t[1], t[2]))
     return tuple(Candidate(c.span_id, c.service, c.name, depth, c.start_ns, c.end_ns, c.evidence, rank=i)
                  for i, (_, depth, _, c) in enumerate(scored[:per_trace], 1))

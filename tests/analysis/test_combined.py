@@ -176,3 +176,18 @@ def test_on_equal_evidence_the_corroborated_candidate_ranks_first():
     v = merge([rules, local]).traces[tid(1)]
     assert [c.span_id for c in v.candidates] == [sid(3), sid(2)]
     assert v.candidates[0].confidence > v.candidates[1].confidence
+
+
+def test_the_window_raises_confidence_only_in_a_trace_that_failed():
+    from processor.analysis.combined import trace_local
+
+    def with_window(t: int) -> TraceVerdict:
+        return TraceVerdict(tid(t), sid(1), (cand(2, stat("localizer.errors", 0.5), stat("localizer.window", 0.8)),))
+
+    v = on_rule_scale(BatchVerdict({tid(1): with_window(1), tid(2): with_window(2)}))
+    local = trace_local(v, failed=frozenset({tid(1)}))
+    assert local.traces[tid(1)] == v.traces[tid(1)]               # it failed: the window counts
+    healthy = local.traces[tid(2)].candidates[0]
+    assert [e.confidence for e in healthy.evidence] == [0.5, 0.5]  # the window's piece falls to the trace's own
+    assert [e.score for e in healthy.evidence] == [e.score for e in v.traces[tid(2)].candidates[0].evidence]
+    assert support(healthy) == 0.5 and support(v.traces[tid(2)].candidates[0]) == 0.8
