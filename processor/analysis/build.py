@@ -89,7 +89,8 @@ def _combined(config: FaulttraceProcessorConfig, rules: RuleSet, healthy: Health
         # with a journal, the learned baseline is kept beside it across restarts (localizer.snapshot)
         history = HistoryConfig(snapshot=str(snapshot_path(config.storage.journal))
                                 if snapshot and config.storage.journal else None)
-        localizer = LocalizerAnalyzer(config.localizer.baseline, attribution=attribution, history=history)
+        localizer = LocalizerAnalyzer(config.localizer.baseline, attribution=attribution, history=history,
+                                      contrast=False)  # why_not_first is for `faulttrace explain` only
         if localizer.history.snapshots is not None:  # the rules' healthy firing rates are kept with it
             localizer.history.snapshots.attach("healthy_firing", healthy)
         localizers.append(localizer)

@@ -33,17 +33,18 @@ import pyarrow as pa
 from dsl import AttrRef, AttrSource, AttrType, column_name
 from processor.analysis.attributes import ALL_ATTRIBUTES, LongForm, all_attributes_sql
 from processor.analysis.verdict import BatchVerdict, ServiceRank, TraceVerdict
-from processor.localizer import conventions, shift
+from processor.localizer import conventions
 from processor.localizer.attribution import Attribution, attribute
 from processor.localizer.baseline import Baseline
 from processor.localizer.blame import LocalizedBatch, blame_traces
 from processor.localizer.contrast import excess_inside, why_not_first
-from processor.localizer.graph import placement_refs, span_metrics
+from processor.localizer.graph import placement_refs, span_metrics, span_metrics_of
 from processor.localizer.history import History, HistoryConfig
+from processor.localizer.shift import PodShift
 from processor.localizer.silent import Silent, abnormal_spans
 from processor.localizer.spans import read_spans
 from processor.localizer.variability import null_scores
-from processor.localizer.window import SOURCES, rank_services
+from processor.localizer.window import SOURCES, rank_services, window_pods
 
 # The parts of the causal model, by the names ``SOURCES`` gives them.
 CAUSAL = ("silent", "causal_past", "lift")
@@ -102,7 +103,7 @@ class LocalizerAnalyzer:
                  history: HistoryConfig | None = None, attribution: Iterable[AttrRef] = ATTRIBUTION,
                  per_trace: int = 5, learn_suspect: float = 0.1, silent: bool = True, causal_past: bool = True,
                  lift: bool = True, sample_traces: int = SAMPLE_TRACES,
-                 null: Mapping[tuple[str, str], tuple[float, ...]] | None = None) -> None:
+                 null: Mapping[tuple[str, str], tuple[float, ...]] | None = None, contrast: bool = True) -> None:
         self.history = History(history)
         self.sources = tuple(sources)
         self.attribution = tuple(attribution)
@@ -118,7 +119,10 @@ class LocalizerAnalyzer:
             self.history.seed(baseline, self.attribution, every=True)
         # what each service scores in healthy windows of the baseline (``variability``): given, or
         # learned once from the baseline file
-        self.contrast: tuple[str, ...] = ()   # the last batch's ``contrast.why_not_first``
+        # the last batch's ``contrast.why_not_first`` (``faulttrace explain`` prints it; the pipeline,
+        # which never reads it, builds its localizer with ``contrast=False`` and saves the query)
+        self.explain_contrast = contrast
+        self.contrast: tuple[str, ...] = ()
         self.null: Mapping[tuple[str, str], tuple[float, ...]] = null if null is not None else {}
         if null is None and baseline is not None and "hub_discount" in self.sources:
             self.null = baseline_null(baseline, self.sources)
@@ -143,13 +147,17 @@ class LocalizerAnalyzer:
 
     def localize(self, conn: duckdb.DuckDBPyConnection, table: str) -> LocalizedBatch:
         columns = set(conn.sql(f"SELECT * FROM {table} LIMIT 0").columns)
-        metrics = span_metrics(conn, _spans(conn, table, columns))
+        metrics = span_metrics_of(conn, *_spans(table, columns))
         if metrics.num_rows == 0:
             return LocalizedBatch()
         baseline = self.history.baseline()
-        ranking = rank_services(conn, metrics, baseline, self.sources, self.null)
+        # the pods' shifts serve the window's ranking and the per-trace blame: read once
+        with baseline.beside(conn, metrics):
+            pods = window_pods(conn, self.sources)
+        ranking = rank_services(conn, metrics, baseline, self.sources, self.null, pods)
         # why the second service is not first (``faulttrace explain``), for the batch just ranked
-        self.contrast = tuple(why_not_first(ranking, excess_inside(conn, metrics, baseline)))
+        if self.explain_contrast:
+            self.contrast = tuple(why_not_first(ranking, excess_inside(conn, metrics, baseline)))
         long, scale = None, 1.0
         if column_name(ALL_ATTRIBUTES) in columns:
             scale = _long_form(conn, table, columns, metrics, baseline, self.sample_traces, self.long_form)
@@ -162,7 +170,7 @@ class LocalizerAnalyzer:
                                 lambda: tuple(abnormal_spans(conn, long, "lz_spans", attrs, max_keys)))
             details = _details(conn, table, columns)
             verdict = blame_traces(conn, metrics, baseline, ranking, self.per_trace, details, silent,
-                                   _slow_pods(conn, metrics, baseline, self.sources))
+                                   _slow_pods(pods))
             found = self._attribute(conn, table, verdict)
             verdict = _with_layers(_with_attributions(verdict, found), _span_attributes(conn, long, verdict),
                                    details, _enclosing(conn, table, verdict))
@@ -199,13 +207,8 @@ def _values(conn: duckdb.DuckDBPyConnection, table: str, columns: set[str],
     return conn.sql(f"SELECT trace_id, service, {casts} FROM {table}").to_arrow_table()
 
 
-def _slow_pods(conn: duckdb.DuckDBPyConnection, metrics: pa.Table, baseline: Baseline,
-               sources: tuple[str, ...]) -> list[str]:
-    """The pods the window finds slower than their peers (``shift``), their node's neighbours left out."""
-    if "peers" not in sources:
-        return []
-    with baseline.beside(conn, metrics):
-        pods = shift.pod_shifts(conn, wire_time="wire_time" in sources, colocation="colocation" in sources)
+def _slow_pods(pods: list[PodShift]) -> list[str]:
+    """The pods the window finds slower than their peers (``window_pods``), their node's neighbours left out."""
     return [p.pod for p in pods if p.peer > 0 and p.node_pod is None and p.pod != p.service]
 
 
@@ -218,16 +221,17 @@ def baseline_null(path: str | Path, sources: Iterable[str]) -> dict[tuple[str, s
         conn.close()
 
 
-def _spans(conn: duckdb.DuckDBPyConnection, table: str, columns: set[str]) -> pa.Table:
-    """The localizer's span columns (``spans.SCHEMA``) of the batch; the exception flag from the
-    projected exception event when the store has it; the pod and node attributes it projects."""
+def _spans(table: str, columns: set[str]) -> tuple[str, list[str]]:
+    """A query of the localizer's span columns (``spans.SCHEMA``) of the batch, and its columns: the
+    exception flag from the projected exception event when the store has it; the pod and node
+    attributes it projects."""
     exc = column_name(EXCEPTION)
     flag = f"coalesce({exc}, false)" if exc in columns else "false"
-    placed = "".join(f", {c}" for c in dict.fromkeys(column_name(r) for r in placement_refs()) if c in columns)
-    return conn.sql(f"""
-        SELECT trace_id, span_id, parent_span_id, service, name, kind, start_ns, end_ns, status_code,
-               {flag} AS exception{placed}
-        FROM {table}""").to_arrow_table()
+    placed = [c for c in dict.fromkeys(column_name(r) for r in placement_refs()) if c in columns]
+    names = ["trace_id", "span_id", "parent_span_id", "service", "name", "kind", "start_ns", "end_ns",
+             "status_code"]
+    query = f"(SELECT {', '.join(names)}, {flag} AS exception{''.join(', ' + c for c in placed)} FROM {table})"
+    return query, [*names, "exception", *placed]
 
 
 def _details(conn: duckdb.DuckDBPyConnection, table: str, columns: set[str]) -> dict[tuple[bytes, bytes], str]:

@@ -79,13 +79,19 @@ def span_metrics(conn: duckdb.DuckDBPyConnection, spans: pa.Table) -> pa.Table:
     its pod and node where ``spans`` has their resource attributes (``placement_refs``; else null)."""
     conn.register("_lz_spans", spans)
     try:
-        covered = covered_sql("sp", key=("trace_id", "span_id"), ref=("trace_id", "parent_span_id"))
-        sql = METRICS_SQL.format(table="_lz_spans", covered=covered, self_time=self_time_sql("sp", "cv.covered"),
-                                 pod=_placement(spans.column_names, POD_KEYS),
-                                 node=_placement(spans.column_names, NODE_KEYS))
-        return conn.sql(sql).to_arrow_table()
+        return span_metrics_of(conn, "_lz_spans", spans.column_names)
     finally:
         conn.unregister("_lz_spans")
+
+
+def span_metrics_of(conn: duckdb.DuckDBPyConnection, source: str, columns: Sequence[str]) -> pa.Table:
+    """``span_metrics`` of a relation on ``conn`` (a table's name or a parenthesized query) with
+    ``columns``: the live localizer reads the released batch in place instead of copying its
+    span columns out first."""
+    covered = covered_sql("sp", key=("trace_id", "span_id"), ref=("trace_id", "parent_span_id"))
+    sql = METRICS_SQL.format(table=source, covered=covered, self_time=self_time_sql("sp", "cv.covered"),
+                             pod=_placement(columns, POD_KEYS), node=_placement(columns, NODE_KEYS))
+    return conn.sql(sql).to_arrow_table()
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,12 +50,22 @@ class ServiceScore:
         return self.score / (self.score + 1.0)
 
 
-def _runners(sources: frozenset[str]) -> list[Callable[[duckdb.DuckDBPyConnection], list[ServiceEvidence]]]:
+def window_pods(conn: duckdb.DuckDBPyConnection, sources: Iterable[str]) -> list[shift.PodShift]:
+    """The window's pod shifts (``shift.pod_shifts``) as the sources ask for them, with ``m`` and the
+    baseline beside (``Baseline.beside``); none without ``peers``."""
+    sources = frozenset(sources)
+    if "peers" not in sources:
+        return []
+    return shift.pod_shifts(conn, wire_time="wire_time" in sources, colocation="colocation" in sources)
+
+
+def _runners(sources: frozenset[str], given: list[shift.PodShift] | None
+             ) -> list[Callable[[duckdb.DuckDBPyConnection], list[ServiceEvidence]]]:
     out: list[Callable[[duckdb.DuckDBPyConnection], list[ServiceEvidence]]] = []
     wire_time = "wire_time" in sources
 
     def shifted(conn: duckdb.DuckDBPyConnection) -> list[ServiceEvidence]:
-        pods = shift.pod_shifts(conn, wire_time=wire_time, colocation="colocation" in sources)
+        pods = given if given is not None else window_pods(conn, sources)
         # the neighbours' slow spans are the node's doing (``shift``): the other sources leave them out
         explained = [p.pod for p in pods if p.node_pod is not None]
         conn.register("lz_node_explained", pa.table({"pod": pa.array(explained, pa.string())}))
@@ -80,16 +90,17 @@ def usual_share(null: tuple[float, ...], score: float) -> float:
 
 
 def rank_services(conn: duckdb.DuckDBPyConnection, metrics: pa.Table, baseline: Baseline,
-                  sources: Iterable[str] = SOURCES, null: Mapping[tuple[str, str], tuple[float, ...]] | None = None
-                  ) -> list[ServiceScore]:
+                  sources: Iterable[str] = SOURCES, null: Mapping[tuple[str, str], tuple[float, ...]] | None = None,
+                  pods: list[shift.PodShift] | None = None) -> list[ServiceScore]:
     """Every service in the window, most likely root cause first (ties: by name).  With ``null``
     (``variability.null_scores``: the scores each service reaches per source in healthy windows)
     and ``hub_discount`` among the sources, each source's score counts by the share of healthy
-    windows it beats."""
+    windows it beats.  ``pods``: the window's pod shifts (``window_pods``) when the caller has
+    them already (the live localizer reads them again for its per-trace blame), else computed here."""
     sources = frozenset(sources)
     with baseline.beside(conn, metrics, lz_node_explained=pa.table({"pod": pa.array([], pa.string())})):
         found: dict[str, list[ServiceEvidence]] = defaultdict(list)
-        for run in _runners(sources):
+        for run in _runners(sources, pods):
             for ev in run(conn):
                 found[ev.service].append(ev)
         services = {s for (s,) in conn.sql("SELECT DISTINCT service FROM m").fetchall()}

@@ -29,6 +29,13 @@ def test_configured_attributes_are_projected_and_compared_by_attribution():
     analyzer.close()
 
 
+def test_the_pipeline_localizer_leaves_explain_s_contrast_out():
+    # why_not_first is printed by `faulttrace explain` only: the pipeline does not pay its query per batch
+    analyzer = build_analyzer(FaulttraceProcessorConfig(builtin_rules=False))
+    assert analyzer.statistical[0].explain_contrast is False
+    analyzer.close()
+
+
 def test_nothing_to_run_is_no_analysis():
     config = FaulttraceProcessorConfig(builtin_rules=False, localizer={"enabled": False}, analysis_process=False)
     assert pipeline_analysis(config) is None

@@ -16,7 +16,7 @@ from processor.localizer.evidence import ServiceEvidence
 from processor.localizer.graph import placement_refs
 from processor.localizer.shift import explained_by_node
 from processor.localizer.variability import CHUNKS, null_scores
-from processor.localizer.window import ServiceScore, usual_share
+from processor.localizer.window import ServiceScore, usual_share, window_pods
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +59,21 @@ def test_network_delay_is_charged_to_the_callee_pod_by_its_wire_time(dataset: Pa
     _, without = _rank(dataset, "network-delay-1", tuple(s for s in SOURCES if s != "wire_time"))
     score = {r.service: r.score for r in without}
     assert score.get(label, 0.0) < ranking[0].score
+
+
+def test_pod_shifts_read_once_rank_as_read_inside(dataset: Path) -> None:
+    # the live localizer reads the window's pod shifts once and hands them to the ranking
+    conn = duckdb.connect()
+    base = Baseline.learn(conn, span_metrics(conn, read_spans(dataset / "baseline" / "traces.jsonl.gz",
+                                                               placement_refs())))
+    metrics = span_metrics(conn, read_spans(dataset / "cases" / "cpu-contention-1" / "traces.jsonl.gz",
+                                            placement_refs()))
+    with base.beside(conn, metrics):
+        pods = window_pods(conn, SOURCES)
+        assert window_pods(conn, tuple(s for s in SOURCES if s != "peers")) == []
+    assert any(p.peer > 0 for p in pods)
+    given = rank_services(conn, metrics, base, SOURCES, pods=pods)
+    assert given == rank_services(conn, metrics, base, SOURCES)
 
 
 def test_colocation_charges_a_node_to_its_pod_slowed_most() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import duckdb
 import pyarrow as pa
 
-from processor.localizer.graph import Span, children_of, critical_path, span_metrics
+from processor.localizer.graph import Span, children_of, critical_path, span_metrics, span_metrics_of
 from processor.localizer.spans import SCHEMA
 
 T = b"\x01" * 16
@@ -56,6 +56,17 @@ def test_missing_parent_makes_an_orphan_not_an_error() -> None:
 
 def _spans(rows: list[tuple[int, int | None, int, int]]) -> list[Span]:
     return [Span(_sid(i), _sid(p) if p else None, "s", f"op{i}", s, e) for i, p, s, e in rows]
+
+
+def test_metrics_of_a_relation_in_place_equal_those_of_a_table() -> None:
+    # the live localizer reads the released batch through a query instead of copying its columns out
+    table = _table([(1, None, "front", 0, 100), (2, 1, "back", 10, 40), (3, 1, "back", 50, 90)])
+    conn = duckdb.connect()
+    conn.register("batch", table)
+    in_place = span_metrics_of(conn, "(SELECT * FROM batch WHERE start_ns < 50000000)", table.column_names)
+    copied = span_metrics(conn, table.slice(0, 2))
+    assert in_place.num_rows == 2
+    assert in_place.sort_by("span_id") == copied.sort_by("span_id")
 
 
 def test_critical_path_sequential_siblings_are_all_on_it() -> None:
