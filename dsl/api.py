@@ -22,6 +22,7 @@ from typing import TextIO
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from dsl import ast, ir
 from dsl.checker import CheckResult, check
@@ -226,8 +227,7 @@ class RuleSet:
         finally:
             for stmt in cleanup_statements():
                 conn.execute(stmt)
-        scores = self._scores  # Finding.score, computed once per rule
-        findings.sort(key=lambda f: (f.trace_id, -scores[f.rule_id], -f.depth, f.rule_id, f.span_id))
+        findings = _ranked(findings, self._scores)
         trees = self._trees(findings, conditions, per_trace, failed) if self.trees else []
         return Evaluation(findings, trees)
 
@@ -480,6 +480,28 @@ def _finding(rule: CompiledRule, trace_id: bytes, span_id: bytes, depth: int, me
     explained = tuple(dict.fromkeys(e for e in map(bytes, explains) if e != span)) if explains else ()
     return Finding(bytes(trace_id), span, m.id, m.layer, m.severity, m.confidence, message, int(depth),
                    m.title, explained)
+
+
+_RANK_KEYS = [("trace", "ascending"), ("score", "descending"), ("depth", "descending"), ("rule", "ascending"),
+              ("span", "ascending")]
+
+
+def _ranked(findings: list[Finding], scores: dict[str, float]) -> list[Finding]:
+    """``findings`` ranked within each trace: score descending (``scores``: each rule's
+    ``Finding.score``), deeper spans first, then rule id and span id.  Sorted by Arrow (a
+    stable sort, as Python's; bytes and UTF-8 compare alike in both): a Python key tuple
+    per finding cost a second for 170,000 findings."""
+    if len(findings) < 1000:
+        return sorted(findings, key=lambda f: (f.trace_id, -scores[f.rule_id], -f.depth, f.rule_id, f.span_id))
+    table = pa.table({
+        "trace": pa.array([f.trace_id for f in findings], pa.binary()),
+        "score": pa.array([scores[f.rule_id] for f in findings], pa.float64()),
+        "depth": pa.array([f.depth for f in findings], pa.int64()),
+        "rule": pa.array([f.rule_id for f in findings], pa.string()),
+        "span": pa.array([f.span_id for f in findings], pa.binary()),
+    })
+    order = pc.sort_indices(table, sort_keys=_RANK_KEYS)
+    return [findings[i] for i in order.to_pylist()]
 
 
 def _needs(rules: Iterable[CompiledRule]) -> frozenset[str]:

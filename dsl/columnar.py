@@ -8,17 +8,17 @@ one variable, a condition on that span, quantifiers that only count or
 aggregate related spans.  For those:
 
 - every distinct *shareable* quantifier (``dsl.compiler.shareable``: no
-  quantifier inside, no ``by``) is computed once per batch, as a column of
-  ``SHARED``: grouped by the relation's key when its condition reads only
-  its own variable (children by parent, ``span`` by trace, descendants and
-  ancestors through the closure), else over the relation's join grouped by
-  the quantifying span; the aggregates of one source share one scan
-  (``FILTER`` aggregates side by side);
+  quantifier inside, no ``by``) is computed once per batch, by the scan
+  whose conditions read it: grouped by the relation's key when its condition
+  reads only its own variable (children by parent, ``span`` by trace,
+  descendants and ancestors through the closure), else over the relation's
+  join grouped by the quantifying span; the aggregates of one source share
+  one grouped scan, side by side;
 - every distinct condition becomes one bit of a BIGINT mask column; a scan
   computes up to ``MASKS_PER_SCAN`` masks and returns only the rows with a
   bit set;
 - messages are rendered by one statement, once per distinct (message, span),
-  only for the spans that fired.
+  only for the spans that fired (a quantifier in a message stays a subquery).
 
 A rule with a quantifier that cannot be shared, with several variables or
 with ``explains`` runs as before (``rest``): as its own statement.  The findings
@@ -38,15 +38,15 @@ from dsl import ir
 from dsl.compiler import (
     Aggregate,
     CompiledRule,
+    Fragment,
     NotLocal,
+    aggregate_column,
     compile_aggregate,
     compile_local,
     render_statement,
     renumber,
     scan_statement,
     shareable,
-    shared_column,
-    shared_statement,
 )
 
 MASK_BITS = 63  # conditions per BIGINT mask (the sign bit is left alone)
@@ -77,38 +77,41 @@ class Fired:
 
 @dataclass(frozen=True)
 class ColumnarPlan:
-    """The local rules of a rule set as shared aggregates, condition bits and messages;
-    ``rest`` the rules that run as their own statements."""
+    """The local rules of a rule set as condition bits of a few scans, with the quantifiers
+    they read, and their messages; ``rest`` the rules that run as their own statements."""
 
     rules: tuple[CompiledRule, ...]
     rest: tuple[CompiledRule, ...]
     conditions: tuple[tuple[int, ...], ...]  # per distinct condition, the indexes (in ``rules``) of its rules
     message_of: tuple[int, ...]  # per rule, the index of its distinct message
-    shared: tuple[str, tuple[object, ...]] | None  # the statement building SHARED, with its parameters
     scans: tuple[_Scan, ...]
     render: str  # render_statement over FIRED
     render_params: tuple[object, ...]
+    shared_count: int = 0  # distinct quantifiers the scans compute
 
     @classmethod
     def of(cls, rules: Iterable[CompiledRule], checked: dict[str, ir.CheckedRule],
-           masks_per_scan: int = MASKS_PER_SCAN) -> ColumnarPlan:
+           masks_per_scan: int | None = None) -> ColumnarPlan:
         local: list[CompiledRule] = []
         rest: list[CompiledRule] = []
         aggregates: dict[object, int] = {}
         agg_list: list[Aggregate] = []
-        conds: dict[object, list[int]] = {}
-        cond_frags = []
+        sources: dict[tuple[str, str, str], int] = {}
+        conds: dict[object, int] = {}
+        cond_rules: list[list[int]] = []
+        cond_frags: list[Fragment] = []
+        cond_aggs: list[set[int]] = []  # per distinct condition, the aggregates it reads
         messages: dict[object, int] = {}
-        msg_frags = []
+        msg_frags: list[Fragment] = []
         message_of: list[int] = []
         for rule in rules:
             source = checked.get(rule.id)
             if source is None or len(source.bindings) != 1 or source.explains:
                 rest.append(rule)
                 continue
-            outer = source.bindings[0].var
+            used: set[int] = set()
 
-            def column(q: ir.Quant, outer: str = outer) -> str | None:
+            def column(q: ir.Quant, outer: str = source.bindings[0].var, used: set[int] = used) -> str | None:
                 if not shareable(q, outer):
                     return None
                 agg = compile_aggregate(q)
@@ -116,7 +119,9 @@ class ColumnarPlan:
                 if k not in aggregates:
                     aggregates[k] = len(agg_list)
                     agg_list.append(agg)
-                return shared_column(aggregates[k])
+                    sources.setdefault(agg.source, len(sources))
+                used.add(aggregates[k])
+                return aggregate_column(sources[agg.source], aggregates[k], agg.empty)
 
             try:
                 cond, msg = compile_local(source, column)
@@ -127,39 +132,46 @@ class ColumnarPlan:
             local.append(rule)
             ck = _key(cond.sql, cond.params)
             if ck not in conds:
-                conds[ck] = []
+                conds[ck] = len(cond_frags)
                 cond_frags.append(cond)
-            conds[ck].append(i)
+                cond_rules.append([])
+                cond_aggs.append(set())
+            cond_rules[conds[ck]].append(i)
+            cond_aggs[conds[ck]] |= used
             mk = _key(msg.sql, msg.params)
             if mk not in messages:
                 messages[mk] = len(msg_frags)
                 msg_frags.append(msg)
             message_of.append(messages[mk])
-        has_shared = bool(agg_list)
-        # aggregates registered while compiling a rule that then went to ``rest`` are computed for nothing: harmless
+        per_scan = MASK_BITS * (masks_per_scan or MASKS_PER_SCAN)
         scans = []
-        per_scan = MASK_BITS * masks_per_scan
         for start in range(0, len(cond_frags), per_scan):
             chunk = list(range(start, min(start + per_scan, len(cond_frags))))
-            texts, params = renumber([cond_frags[c] for c in chunk])
+            needed = sorted(set().union(*(cond_aggs[c] for c in chunk)))
+            # the aggregates' parameters first, then the conditions'
+            texts, params = renumber([agg_list[a].frag for a in needed] + [cond_frags[c] for c in chunk])
+            groups: dict[int, tuple[tuple[str, str, str], list[tuple[int, str]]]] = {}
+            for a, text in zip(needed, texts):
+                src = agg_list[a].source
+                groups.setdefault(sources[src], (src, []))[1].append((a, text))
+            cond_texts = texts[len(needed):]
             masks = [chunk[m:m + MASK_BITS] for m in range(0, len(chunk), MASK_BITS)]
-            sql = scan_statement([[texts[c - start] for c in mask] for mask in masks], has_shared)
+            sql = scan_statement([[cond_texts[c - start] for c in mask] for mask in masks], groups)
             scans.append(_Scan(tuple(tuple(m) for m in masks), params, duckdb.extract_statements(sql)[0]))
         texts, render_params = renumber(msg_frags)
-        return cls(tuple(local), tuple(rest), tuple(tuple(v) for v in conds.values()), tuple(message_of),
-                   shared_statement(agg_list) if has_shared else None, tuple(scans),
-                   render_statement(FIRED, texts, has_shared) if texts else "", render_params)
+        return cls(tuple(local), tuple(rest), tuple(tuple(v) for v in cond_rules), tuple(message_of), tuple(scans),
+                   render_statement(FIRED, texts) if texts else "", render_params, len(agg_list))
 
     def run(self, conn: duckdb.DuckDBPyConnection) -> Fired:
         """The rules' firings over the prepared tables on ``conn``; raises ``duckdb.Error``
         if a statement fails (the caller then runs the rules one by one)."""
-        if not self.rules:
-            return Fired([], {})
-        if self.shared is not None:
-            conn.execute(self.shared[0], list(self.shared[1]))
         hits: list[tuple[int, pa.Array]] = []
         for scan in self.scans:
             res = conn.sql(scan.parsed, params=list(scan.params)).to_arrow_table()
+            some = pc.not_equal(res.column("m0"), 0)
+            for j in range(1, len(scan.masks)):
+                some = pc.or_(some, pc.not_equal(res.column(f"m{j}"), 0))
+            res = res.filter(some)  # the rows where some condition holds, usually few
             rows = res.column("_row").combine_chunks()
             for j, mask in enumerate(scan.masks):
                 m = res.column(f"m{j}").combine_chunks()

@@ -606,12 +606,10 @@ def _events_statement(columns: tuple[str, ...]) -> str:
 
 
 def cleanup_statements() -> list[str]:
-    return [f"DROP TABLE IF EXISTS {t}" for t in (SPANS, ANCESTORS, EVENTS, LINKS, SHARED, _DERIVED, _SOURCE)]
+    return [f"DROP TABLE IF EXISTS {t}" for t in (SPANS, ANCESTORS, EVENTS, LINKS, _DERIVED, _SOURCE)]
 
 
 # ---- many rules as columns of one scan (``dsl.columnar``) -------------------------------
-
-SHARED = "__ft_shared"  # (_row, _s0, _s1, ...): quantifiers computed once per batch for every rule (temp)
 
 # A quantifier over these relations whose condition reads only its own variable is one
 # aggregate per span of the relation's grouping: (FROM with the variable as ``{v}``, the
@@ -622,7 +620,6 @@ _GROUPED = {
     "descendant": (f"{ANCESTORS} AS k JOIN {SPANS} AS {{v}} ON {{v}}._row = k._row", "k._anc", "_row"),
     "ancestor": (f"{ANCESTORS} AS k JOIN {SPANS} AS {{v}} ON {{v}}._row = k._anc", "k._row", "_row"),
 }
-_SHARED_ALIAS = "sh"
 
 
 @dataclass(frozen=True, slots=True)
@@ -667,7 +664,7 @@ def shareable(q: ir.Quant, outer: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Aggregate:
-    """A shareable quantifier as an aggregate per quantifying span, filtered by its
+    """A shareable quantifier as an aggregate per quantifying span of the spans meeting its
     condition: over ``source`` (FROM, the group key, the column of the quantifying span it
     equals; aggregates of one source share a scan), and ``empty``, what it says of a span
     with no related span at all (``exists``: false, ``count``: 0, the others nil)."""
@@ -690,70 +687,64 @@ def compile_aggregate(q: ir.Quant) -> Aggregate:
         if q.rel.relation in ("descendant", "ancestor"):
             ctx.needs.add("ancestors")
     else:
-        src, cond = _subquery_from(q.rel, ctx)
-        source = (f"{SPANS} AS o JOIN {src} ON {cond}", "o._row", "_row")
-    filt = f" FILTER (WHERE {_bool(q.where, ctx)})" if q.where is not None else ""
+        src, on = _subquery_from(q.rel, ctx)
+        source = (f"{SPANS} AS o JOIN {src} ON {on}", "o._row", "_row")
+    # conditional aggregates, not FILTER clauses: DuckDB's hash aggregate slows down with
+    # each FILTER it carries (200 of them: 1 s over 100,000 rows, against 0.1 s this way)
+    cond = _bool(q.where, ctx) if q.where is not None else None
     if q.func == "exists":
-        agg, empty = f"(count(*){filt} > 0)", "FALSE"
+        agg, empty = (f"bool_or({cond})" if cond else "TRUE"), "FALSE"
     elif q.func == "count":
-        agg, empty = f"count(*){filt}", "0"
+        agg, empty = (f"count_if({cond})" if cond else "count(*)"), "0"
     else:
-        agg, empty = f"{q.func}({_value(q.value, ctx)}){filt}", None  # type: ignore[arg-type]
+        value = _value(q.value, ctx)  # type: ignore[arg-type]
+        agg, empty = f"{q.func}({f'CASE WHEN {cond} THEN {value} END' if cond else value})", None
     return Aggregate(source, Fragment(agg, tuple(ctx.params), frozenset(ctx.needs)), empty)
 
 
-def shared_statement(aggregates: list[Aggregate]) -> tuple[str, tuple[object, ...]]:
-    """The statement building ``SHARED``: one row per span of the prepared table, column
-    ``_s<i>`` the ``i``-th aggregate for that span; one grouped scan per source, however
-    many aggregates it has."""
-    texts, params = renumber([a.frag for a in aggregates])
-    by_source: dict[tuple[str, str, str], list[int]] = {}
-    for i, a in enumerate(aggregates):
-        by_source.setdefault(a.source, []).append(i)
-    cols, joins = ["x._row"], []
-    for g, ((src, key, outer), idx) in enumerate(by_source.items()):
-        aggs = ", ".join(f"{texts[i]} AS _s{i}" for i in idx)
-        joins.append(f"LEFT JOIN (SELECT {key} AS _key, {aggs} FROM {src} GROUP BY {key}) AS g{g} "
-                     f"ON g{g}._key = x.{outer}")
-        for i in idx:
-            empty = aggregates[i].empty
-            cols.append(f"coalesce(g{g}._s{i}, {empty}) AS _s{i}" if empty else f"g{g}._s{i} AS _s{i}")
-    sql = f"CREATE OR REPLACE TEMP TABLE {SHARED} AS SELECT {', '.join(cols)} FROM {SPANS} AS x {' '.join(joins)}"
-    return sql, params
-
-
-def shared_column(i: int) -> str:
-    """The SQL that reads shared aggregate ``i`` in ``scan_statement``'s and ``render_statement``'s rows."""
-    return f"{_SHARED_ALIAS}._s{i}"
+def aggregate_column(source: int, i: int, empty: str | None) -> str:
+    """The SQL that reads aggregate ``i`` of grouped source ``source`` in ``scan_statement``'s
+    rows (``empty`` for a span no group has)."""
+    col = f"g{source}._s{i}"
+    return f"coalesce({col}, {empty})" if empty is not None else col
 
 
 def compile_local(rule: ir.CheckedRule, quant_column: Callable[[ir.Quant], str | None]) -> tuple[Fragment, Fragment]:
     """The condition (never NULL) and message of a rule of one variable, over the prepared
-    table as ``v0``, with the quantifiers ``quant_column`` gives read from ``SHARED``.
-    Raises ``NotLocal`` if one of its quantifiers is not given (the rule then runs alone)."""
+    table as ``v0``; the condition's quantifiers are the columns ``quant_column`` gives
+    (``aggregate_column``), the message's are subqueries (run for the spans that fired only).
+    Raises ``NotLocal`` if a quantifier of the condition has no column (the rule then runs alone)."""
     def column(q: ir.Quant) -> str:
         col = quant_column(q)
         if col is None:
             raise NotLocal(rule.meta.id)
         return col
 
-    out = []
-    for build in (lambda c: _bool(rule.where, c) if rule.where is not None else "TRUE",
-                  lambda c: _message(rule.message, c)):
-        ctx = _Ctx(aliases={rule.bindings[0].var: "v0"}, quant_column=column)
-        sql = build(ctx)
-        out.append(Fragment(sql, tuple(ctx.params), frozenset(ctx.needs)))
-    return out[0], out[1]
+    ctx = _Ctx(aliases={rule.bindings[0].var: "v0"}, quant_column=column)
+    cond = Fragment(_bool(rule.where, ctx) if rule.where is not None else "TRUE", tuple(ctx.params), frozenset(ctx.needs))
+    ctx = _Ctx(aliases={rule.bindings[0].var: "v0"})
+    message = _message(rule.message, ctx)
+    return cond, Fragment(message, tuple(ctx.params), frozenset(ctx.needs))
 
 
 class NotLocal(Exception):
     """A rule's quantifier has no shared column: it runs as its own statement."""
 
 
-def scan_statement(masks: list[list[str]], shared: bool) -> str:
+def scan_statement(masks: list[list[str]], groups: dict[int, tuple[tuple[str, str, str], list[tuple[int, str]]]]) -> str:
     """A scan of the prepared table giving ``_row`` and one BIGINT ``m<j>`` per list of
     conditions in ``masks`` (at most 63 each), bit ``b`` set where the ``b``-th condition
-    holds; only rows with some bit set."""
+    holds.  Every row: DuckDB would push a filter on the masks (``m0 <> 0 OR ...``) into
+    the scan and compute every condition twice.  ``groups`` are the aggregates the conditions read:
+    per source index, the source (``Aggregate.source``) and its aggregates (index, SQL),
+    computed in the statement, each source's in one grouped scan.  Computed here, not once
+    in a table for every scan: a table of 100,000 rows and hundreds of columns cost more to
+    write than the aggregates cost to compute."""
+    ctes, joins = [], []
+    for g, ((src, key, outer), aggs) in groups.items():
+        cols = ", ".join(f"{sql} AS _s{i}" for i, sql in aggs)
+        ctes.append(f"g{g} AS (SELECT {key} AS _key, {cols} FROM {src} GROUP BY {key})")
+        joins.append(f" LEFT JOIN g{g} ON g{g}._key = v0.{outer}")
     cols = []
     for j, conds in enumerate(masks):
         if not 0 < len(conds) <= 63:
@@ -761,16 +752,13 @@ def scan_statement(masks: list[list[str]], shared: bool) -> str:
         bits = " + ".join(f"CASE WHEN {c} THEN CAST({1 << b} AS BIGINT) ELSE CAST(0 AS BIGINT) END"
                           for b, c in enumerate(conds))
         cols.append(f"({bits}) AS m{j}")
-    join = f" JOIN {SHARED} AS {_SHARED_ALIAS} ON {_SHARED_ALIAS}._row = v0._row" if shared else ""
-    anyset = " OR ".join(f"m{j} <> 0" for j in range(len(masks)))
-    return f"SELECT _row, {', '.join(f'm{j}' for j in range(len(masks)))} FROM (SELECT v0._row, {', '.join(cols)} " \
-           f"FROM {SPANS} AS v0{join}) WHERE {anyset}"
+    with_ = f"WITH {', '.join(ctes)} " if ctes else ""
+    return f"{with_}SELECT v0._row, {', '.join(cols)} FROM {SPANS} AS v0{''.join(joins)}"
 
 
-def render_statement(fired: str, messages: list[str], shared: bool) -> str:
+def render_statement(fired: str, messages: list[str]) -> str:
     """Per distinct row of ``fired`` (``_row``, ``__msg``): the span's trace id, span id and
     depth and the ``__msg``-th message rendered for it."""
-    join = f" LEFT JOIN {SHARED} AS {_SHARED_ALIAS} ON {_SHARED_ALIAS}._row = v0._row" if shared else ""
     whens = " ".join(f"WHEN {i} THEN {m}" for i, m in enumerate(messages))
     return (f"SELECT f._row, f.__msg, v0.trace_id, v0.span_id, v0._depth, CASE f.__msg {whens} END AS message "
-            f"FROM (SELECT DISTINCT _row, __msg FROM {fired}) AS f JOIN {SPANS} AS v0 ON v0._row = f._row{join}")
+            f"FROM (SELECT DISTINCT _row, __msg FROM {fired}) AS f JOIN {SPANS} AS v0 ON v0._row = f._row")
