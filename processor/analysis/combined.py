@@ -8,11 +8,12 @@ scale as confidence x the weight of a *medium* severity (3 of 5): a rule that
 fires with high severity and reasonable confidence outranks a deviation, a
 weak rule does not.
 
-In a trace that did not fail, only what the trace itself shows against its
-baseline counts: the window's support for a service (``localizer.window``,
-what the batch's other traces say) does not raise a candidate's confidence
-there, so whether a healthy trace gets a root cause does not depend on which
-traces it was batched with.  Each finding's confidence is then weighed by
+In a trace that did not fail, the localizer's evidence counts only as far as
+an error origin in the trace carries it (``trace_local``): neither the
+window's support for a service (what the batch's other traces say) nor a
+delay the caller did not feel raises a candidate's confidence there, so
+whether a healthy trace gets a root cause does not depend on which traces it
+was batched with.  Each finding's confidence is then weighed by
 how often its source fires on such traces (``processor.analysis.prevalence``),
 and those firings are learned; a candidate's confidence is then calibrated
 over its trace (``processor.analysis.calibration``).  Each trace verdict
@@ -41,7 +42,6 @@ from processor.analysis.verdict import (
     follow_cause,
     rank_candidates,
 )
-from processor.localizer.blame import WINDOW_SOURCE
 
 STATISTICAL_WEIGHT = 3.0  # the rule-severity weight statistical evidence is scored at (medium)
 
@@ -58,21 +58,25 @@ def on_rule_scale(verdict: BatchVerdict) -> BatchVerdict:
 
 
 def trace_local(verdict: BatchVerdict, failed: frozenset[bytes]) -> BatchVerdict:
-    """``verdict`` with the window's support no longer counted in the traces that did not fail: each
-    ``localizer.window`` piece keeps its message and ranking score but its confidence falls to the
-    candidate's other localizer evidence (what the trace shows against its baseline).
+    """``verdict`` where, in the traces that did not fail, the localizer's evidence counts only as far
+    as an error origin in the trace (or the value that explains one) carries it: each other piece
+    keeps its message and ranking score, its confidence capped there (0 without an error).
 
-    The window says where a batch's fault most likely originates, given that the batch holds one;
-    a trace whose caller saw no failure is not evidence that it does, and the batch around it is
-    an accident of timing (release interval, traffic, request sizes)."""
+    - The window (``localizer.window``) says where a batch's fault most likely originates, given
+      that the batch holds one; a trace whose caller saw no failure is no evidence that it does,
+      and which traces share its batch is an accident of timing (release interval, traffic,
+      request sizes).
+    - A delay (``localizer.latency``, a value that explains a delay) its caller did not feel — the
+      root ended within its usual time — is the cause of no failure: the slack absorbed it.
+    - An attribution or the span's own improbable values only qualify the pieces above."""
     def local(c: Candidate) -> Candidate:
-        own = [e.confidence for e in c.evidence if e.kind == "localizer" and e.source != WINDOW_SOURCE]
-        if len(own) == sum(e.kind == "localizer" for e in c.evidence):
+        mine = [e for e in c.evidence if e.kind == "localizer"]
+        if not mine:
             return c
-        cap = max(own, default=0.0)
+        cap = max((e.confidence for e in mine if e.failure == "error"), default=0.0)
         return dataclasses.replace(c, evidence=tuple(
-            dataclasses.replace(e, confidence=min(e.confidence, cap)) if e.source == WINDOW_SOURCE and e.kind == "localizer"
-            else e for e in c.evidence))
+            dataclasses.replace(e, confidence=min(e.confidence, cap))
+            if e.kind == "localizer" and e.failure != "error" and e.confidence > cap else e for e in c.evidence))
 
     return dataclasses.replace(verdict, traces={
         t: v if t in failed else dataclasses.replace(v, candidates=tuple(local(c) for c in v.candidates))

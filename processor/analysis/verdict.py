@@ -28,6 +28,9 @@ class Evidence:
     layer: str
     kind: str = "rule"                 # "rule" | "fault_tree" | "localizer"
     cut_set: tuple[str, ...] = ()      # fault trees: the fired minimal cut set (event ids)
+    # localizer: the failure the piece says starts at the span, "error" or "delay" ('' for a piece
+    # that only qualifies the others: the window's support, an attribution, the span's own values)
+    failure: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -109,7 +109,8 @@ class _Blame:
     own: float = 0.0                      # the trace-local severity
     confidence: float = 0.0
     error: bool = False
-    messages: list[tuple[str, str]] = field(default_factory=list)   # (source, message)
+    # (source, message, its probability of causation, the failure it is about: "error", "delay")
+    messages: list[tuple[str, str, float, str]] = field(default_factory=list)
     explains: list[bytes] = field(default_factory=list)              # failing spans it explains
     excess: float = 0.0                   # self time beyond p99 it is blamed for (ns)
 
@@ -227,10 +228,11 @@ def _explain(t: _Gathered, explained: dict[tuple[bytes, bytes], Explanation]) ->
         f = failed.span
         b.own += failed.own
         b.excess += failed.excess
-        b.confidence = max(b.confidence, e.fraction * max(failed.confidence, e.cause.confidence))
+        confidence = e.fraction * max(failed.confidence, e.cause.confidence)
+        b.confidence = max(b.confidence, confidence)
         b.explains.append(span_id)
-        b.messages.append(("localizer.silent", f"{e.message}; explains {f['service']}:{f['name']}'s "
-                                               f"{'error' if failed.error else 'delay'}"))
+        b.messages.append(("localizer.silent", f"{e.message}; explains {f['service']}:{f['name']}'s {failed.how}",
+                           confidence, failed.how))
     return out
 
 
@@ -259,8 +261,9 @@ def _errors(rows: list[dict[str, Any]], by_id: dict[bytes, dict[str, Any]], blam
         b.own += 1.5 if exception else 1.0
         # an operation that also fails normally explains that share of its failures by background noise
         structural = EXCEPTION_CONFIDENCE if exception else ERROR_CONFIDENCE
-        b.confidence = max(b.confidence, structural * (1.0 - min(1.0, first["err_rate"])))
-        b.messages.append(("localizer.errors", what))
+        confidence = structural * (1.0 - min(1.0, first["err_rate"]))
+        b.confidence = max(b.confidence, confidence)
+        b.messages.append(("localizer.errors", what, confidence, "error"))
 
 
 def _caller(r: dict[str, Any], by_id: dict[bytes, dict[str, Any]]) -> bytes | None:
@@ -292,7 +295,7 @@ def _latency(rows: list[dict[str, Any]], by_id: dict[bytes, dict[str, Any]], chi
         b.excess += excess
         b.own += min(1.0, excess / trace_ns)
         b.confidence = max(b.confidence, 1.0 - p99 / r["self_ns"])
-        b.messages.append(("localizer.latency", msg))
+        b.messages.append(("localizer.latency", msg, 1.0 - p99 / r["self_ns"], "delay"))
 
 
 def _slow_pods(rows: list[dict[str, Any]], on_path: set[bytes], trace_ns: int, blames: dict[bytes, _Blame]) -> None:
@@ -310,7 +313,8 @@ def _slow_pods(rows: list[dict[str, Any]], on_path: set[bytes], trace_ns: int, b
         b.confidence = max(b.confidence, 1.0 - med / r["self_ns"])
         b.messages.append(("localizer.latency", f"self time {_ms(r['self_ns'])} vs median {_ms(med)} on a pod "
                                                 f"slower than its peers, on the critical path, "
-                                                f"{excess / trace_ns:.0%} of the trace's {_ms(trace_ns)}"))
+                                                f"{excess / trace_ns:.0%} of the trace's {_ms(trace_ns)}",
+                           1.0 - med / r["self_ns"], "delay"))
 
 
 def _charge(r: dict[str, Any], children: dict[bytes | None, list[Span]], by_id: dict[bytes, dict[str, Any]],
@@ -357,15 +361,17 @@ def _rank(blames: dict[bytes, _Blame], by_id: dict[bytes, dict[str, Any]], windo
         confidence = 1.0 - (1.0 - b.confidence) * (1.0 - (w.confidence if w else 0.0))
         messages = list(b.messages)
         # the candidate's own improbable values (a setting out of range, an unusual answer)
-        said = {m for _, m in messages}
+        said = {m for _, m, _, _ in messages}
         for a in sorted((abnormal or {}).get(span_id, ()), key=lambda a: a.p)[:3]:
             if not any(a.message in m for m in said):
-                messages.append(("localizer.silent", f"{a.message} on the span itself"))
-        # The trace's own pieces carry what the trace shows against its baseline; the window's piece
-        # the two together.  So the family's confidence (its most confident piece) is unchanged, and
-        # a reader that must not count the window (a trace that did not fail: ``WINDOW_SOURCE``) can
-        # tell the two apart.
-        evidence = [Evidence(source, msg, round(b.confidence, 4), key, "", "localizer") for source, msg in messages]
+                messages.append(("localizer.silent", f"{a.message} on the span itself", b.confidence, ""))
+        # Each of the trace's own pieces carries what it shows against the baseline (an error origin,
+        # a delay, the value that explains one: most confident, ``b.confidence``), a qualifier the
+        # span's, the window's piece the two together.  So the family's confidence (its most
+        # confident piece) is the same, and a reader that must not count the window or a delay (a
+        # trace that did not fail: ``analysis.combined.trace_local``) can tell them apart.
+        evidence = [Evidence(source, msg, round(own, 4), key, "", "localizer", failure=failure)
+                    for source, msg, own, failure in messages]
         if w is not None:
             why = "; ".join(e.message for e in w.evidence if e.message)
             evidence.append(Evidence(WINDOW_SOURCE, f"{b.charged} anomalous across the window" + (f": {why}" if why else ""),
@@ -413,7 +419,7 @@ def _symptoms(ranked: tuple[Candidate, ...], blames: dict[bytes, _Blame], by_id:
     starts += [(s, s, b) for s, b in sorted(blames.items(), key=lambda kv: -kv[1].own) if s not in chosen]
     for start, cause, b in starts:
         error = b.error
-        slow = any(src == "localizer.latency" for src, _ in b.messages)
+        slow = any(src == "localizer.latency" for src, *_ in b.messages)
         awaited = start in on_path
         parent, seen = by_id[start]["parent_span_id"], set()
         while parent in by_id and parent not in seen:

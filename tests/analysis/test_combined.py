@@ -178,16 +178,24 @@ def test_on_equal_evidence_the_corroborated_candidate_ranks_first():
     assert v.candidates[0].confidence > v.candidates[1].confidence
 
 
-def test_the_window_raises_confidence_only_in_a_trace_that_failed():
+def test_in_a_trace_that_did_not_fail_only_an_error_origin_carries_the_localizer():
     from processor.analysis.combined import trace_local
 
-    def with_window(t: int) -> TraceVerdict:
-        return TraceVerdict(tid(t), sid(1), (cand(2, stat("localizer.errors", 0.5), stat("localizer.window", 0.8)),))
+    def piece(source: str, confidence: float, failure: str) -> Evidence:
+        return Evidence(source, f"{source} says so", confidence, 40.0, "", "localizer", failure=failure)
 
-    v = on_rule_scale(BatchVerdict({tid(1): with_window(1), tid(2): with_window(2)}))
+    def verdict(t: int) -> TraceVerdict:
+        return TraceVerdict(tid(t), sid(1), (
+            cand(2, piece("localizer.errors", 0.5, "error"), piece("localizer.latency", 0.7, "delay"),
+                 piece("localizer.window", 0.8, "")),
+            cand(3, piece("localizer.latency", 0.9, "delay"), piece("localizer.window", 0.95, ""),
+                 rule("code.x", 0.6, 4))))
+
+    v = BatchVerdict({tid(1): verdict(1), tid(2): verdict(2)})
     local = trace_local(v, failed=frozenset({tid(1)}))
-    assert local.traces[tid(1)] == v.traces[tid(1)]               # it failed: the window counts
-    healthy = local.traces[tid(2)].candidates[0]
-    assert [e.confidence for e in healthy.evidence] == [0.5, 0.5]  # the window's piece falls to the trace's own
-    assert [e.score for e in healthy.evidence] == [e.score for e in v.traces[tid(2)].candidates[0].evidence]
-    assert support(healthy) == 0.5 and support(v.traces[tid(2)].candidates[0]) == 0.8
+    assert local.traces[tid(1)] == v.traces[tid(1)]               # it failed: everything counts
+    error, delay = local.traces[tid(2)].candidates
+    assert [e.confidence for e in error.evidence] == [0.5, 0.5, 0.5]    # the delay and the window fall to it
+    assert [e.confidence for e in delay.evidence] == [0.0, 0.0, 0.6]    # no error: only the rule is left
+    assert [e.score for e in error.evidence] == [e.score for e in v.traces[tid(2)].candidates[0].evidence]
+    assert support(error) == 0.5 and support(delay) == 0.6
