@@ -171,7 +171,9 @@ class LocalizerAnalyzer:
             details = _details(conn, table, columns)
             verdict = blame_traces(conn, metrics, baseline, ranking, self.per_trace, details, silent,
                                    _slow_pods(pods))
-            found = self._attribute(conn, table, verdict)
+            # the attribution values as text, cast once: compared for the candidates, then learned
+            values = _values(conn, table, columns, self.attribution)
+            found = self._attribute(conn, values, verdict)
             verdict = _with_layers(_with_attributions(verdict, found), _span_attributes(conn, long, verdict),
                                    details, _enclosing(conn, table, verdict))
             learned = conn.sql(f"{long} WHERE sampled").to_arrow_table() if long is not None else None
@@ -181,30 +183,38 @@ class LocalizerAnalyzer:
                     conn.execute(f"DROP TABLE IF EXISTS {name}")
                 conn.execute("DROP VIEW IF EXISTS lz_spans")
         self.history.learn(metrics, dict.fromkeys(verdict.traces, self.learn_suspect),
-                           _values(conn, table, columns, self.attribution), learned, scale)
+                           values.drop_columns(["span_id"]) if values is not None else None, learned, scale)
         services = tuple(ServiceRank(r.service, round(r.score, 4), round(r.probability, 4))
                          for r in ranking if r.score > 0)
         return dataclasses.replace(verdict, services=services)
 
-    def _attribute(self, conn: duckdb.DuckDBPyConnection, table: str, verdict: LocalizedBatch) -> list[Attribution]:
+    def _attribute(self, conn: duckdb.DuckDBPyConnection, values: pa.Table | None,
+                   verdict: LocalizedBatch) -> list[Attribution]:
+        """The attributions of the candidates, over the batch's attribution ``values`` (``_values``)."""
         # every candidate has evidence of its own (an error origin or latency), so all are anomalous
         spans = [(t, c.span_id) for t, v in verdict.traces.items() for c in v.candidates]
-        if not spans or not self.attribution:
+        if not spans or not self.attribution or values is None:
             return []
         selected = pa.table({"trace_id": pa.array([t for t, _ in spans], pa.binary()),
                              "span_id": pa.array([s for _, s in spans], pa.binary())})
-        return attribute(conn, table, selected, {ref.key: column_name(ref) for ref in self.attribution},
-                         self.history.values())
+        conn.register("lz_attr_values", values)
+        try:
+            return attribute(conn, "lz_attr_values", selected, {ref.key: column_name(ref) for ref in self.attribution},
+                             self.history.values())
+        finally:
+            conn.unregister("lz_attr_values")
 
 
 def _values(conn: duckdb.DuckDBPyConnection, table: str, columns: set[str],
             refs: tuple[AttrRef, ...]) -> pa.Table | None:
-    """The batch's attribution values as strings (``History.learn``), None when it projects none."""
+    """The batch's attribution values as strings per span (``trace_id``, ``span_id``, ``service``, one
+    column per attribute), None when it projects none: what ``attribution`` compares and, without
+    ``span_id``, what ``History.learn`` counts."""
     cols = [c for c in dict.fromkeys(column_name(r) for r in refs) if c in columns]
     if not cols:
         return None
     casts = ", ".join(f"CAST({c} AS VARCHAR) AS {c}" for c in cols)
-    return conn.sql(f"SELECT trace_id, service, {casts} FROM {table}").to_arrow_table()
+    return conn.sql(f"SELECT trace_id, span_id, service, {casts} FROM {table}").to_arrow_table()
 
 
 def _slow_pods(pods: list[PodShift]) -> list[str]:
