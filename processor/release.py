@@ -44,7 +44,13 @@ from processor.store import SpanStore
 
 log = logging.getLogger(__name__)
 
-RELEASE_CHUNK = 5_000   # traces per store round trip: bounds the latency of one release
+# Traces per store round trip and per analysis: bounds the latency and the memory of one release.
+# Each analysis also costs about a second of the worker's CPU whatever its size (the rules'
+# statements, learning the baseline: tests.e2e.bench_analysis), so under a backlog, when chunks
+# are full, a bigger chunk costs less per span: 10,000 traces of the bench's 10 spans took 20-25%
+# less analysis CPU per span than 5,000 in alternating `faulttrace bench` runs (docs/sizing.md),
+# for one more chunk of spans in memory while it is analysed.
+RELEASE_CHUNK = 10_000
 GROUP_GC_INTERVAL = 30.0  # seconds between sweeps of unreferenced resource/scope heads
 # Seconds with the store empty and nothing released before freed memory is handed back: by
 # then the last chunk is exported and deleted from the journal (~1 s for 50k spans to a local
