@@ -190,3 +190,24 @@ class ColumnarPlan:
         finally:
             conn.unregister(FIRED)
         return Fired(hits, {(msg, row): (bytes(t), bytes(s), int(d), text) for row, msg, t, s, d, text in rendered})
+
+    def rejected(self, conn: duckdb.DuckDBPyConnection) -> tuple[set[int], duckdb.Error | None]:
+        """Run the plan's statements once over the (empty) prepared tables on ``conn``, as
+        ``load_rules`` validates a rule set: the indexes (in ``rules``) of the rules whose scan
+        DuckDB rejected, and the error rendering the messages met, if any."""
+        failed: set[int] = set()
+        for scan in self.scans:
+            try:
+                conn.execute(scan.parsed, list(scan.params)).fetchall()
+            except duckdb.Error:
+                failed |= {r for mask in scan.masks for c in mask for r in self.conditions[c]}
+        if not self.render:
+            return failed, None
+        conn.register(FIRED, pa.table({"_row": pa.array([], pa.int64()), "__msg": pa.array([], pa.int32())}))
+        try:
+            conn.execute(self.render, list(self.render_params)).fetchall()
+        except duckdb.Error as err:
+            return failed, err
+        finally:
+            conn.unregister(FIRED)
+        return failed, None

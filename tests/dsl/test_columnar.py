@@ -10,7 +10,7 @@ from pathlib import Path
 import duckdb
 
 from dsl import RuleSet, ir, load_rules
-from dsl.api import RuleRuntimeError
+from dsl.api import RuleRuntimeError, _validate
 from processor.tools.bench import bench_rule_text
 from tests.dsl.bench_rules import build_batch
 
@@ -108,3 +108,18 @@ def test_a_failing_scan_costs_only_the_failing_rule(tmp_path):
 def test_one_rule(tmp_path):
     columnar, statements = _both_ways(_load(tmp_path, bench_rule_text(1)))
     assert columnar == statements
+
+
+def test_validation_runs_the_scans_and_names_a_rejected_rule(tmp_path):
+    """``load_rules`` validates the plan's scans, not a statement per rule; a scan DuckDB
+    rejects sends its rules to their own statements, and E050 names the one at fault."""
+    ruleset = _load(tmp_path, bench_rule_text(130))
+    assert _validate(ruleset) == []
+    bad = ruleset.rules[7]
+    source = ruleset.checked[bad.id]
+    where = ir.Regex(ir.Intrinsic(source.bindings[0].var, "name", ir.Ty.STRING), "(", False)
+    checked = {**ruleset.checked, bad.id: dataclasses.replace(source, where=where)}
+    rules = tuple(dataclasses.replace(r, sql="SELECT error('boom')", params=()) if r is bad else r for r in ruleset.rules)
+    diags = _validate(dataclasses.replace(ruleset, rules=rules, checked=checked))
+    assert [(d.code, d.span) for d in diags] == [("E050", source.span)]
+    assert bad.id in diags[0].message
