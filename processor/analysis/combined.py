@@ -57,7 +57,17 @@ def on_rule_scale(verdict: BatchVerdict) -> BatchVerdict:
     return dataclasses.replace(verdict, traces=traces)
 
 
-def trace_local(verdict: BatchVerdict, failed: frozenset[bytes]) -> BatchVerdict:
+def unexcluded_error_rate(n: float, err_rate: float, confidence: float = 0.5) -> float:
+    """The highest error rate ``n`` observations of an operation (``err_rate`` of them errors) do not
+    rule out at ``confidence``: at least the rate seen, and at least the rate ``r`` at which no error
+    in ``n`` would be as likely as ``1 - confidence`` (``(1 - r) ** n = 1 - confidence``; the bound
+    ``localizer.baseline.min_observations`` inverts: 1% at 69 observations).  1 without any."""
+    if n < 1:
+        return 1.0
+    return max(err_rate, 1.0 - (1.0 - confidence) ** (1.0 / n))
+
+
+def trace_local(verdict: BatchVerdict, failed: frozenset[bytes], ops: pa.Table | None = None) -> BatchVerdict:
     """``verdict`` where, in the traces that did not fail, the localizer's evidence counts only as far
     as an error origin in the trace (or the value that explains one) carries it: each other piece
     keeps its message and ranking score, its confidence capped there (0 without an error).
@@ -68,15 +78,31 @@ def trace_local(verdict: BatchVerdict, failed: frozenset[bytes]) -> BatchVerdict
       request sizes).
     - A delay (``localizer.latency``, a value that explains a delay) its caller did not feel — the
       root ended within its usual time — is the cause of no failure: the slack absorbed it.
-    - An attribution or the span's own improbable values only qualify the pieces above."""
+    - An attribution or the span's own improbable values only qualify the pieces above.
+    - An error origin's ``1 - baseline error rate`` becomes ``1 -`` the highest rate its operation's
+      observations (``ops``: ``service``, ``name``, ``n``, ``err_rate``, the baseline before the
+      batch) do not rule out (``unexcluded_error_rate``): an operation seen a few times, or never,
+      cannot say its errors are rare.  Without ``ops`` (no learned baseline) it stays."""
+    seen: dict[tuple[str, str], tuple[float, float]] = {}
+    if ops is not None and ops.num_rows:
+        columns = (ops.column(c).to_pylist() for c in ("service", "name", "n", "err_rate"))
+        seen = {(s, name): (float(n), float(e or 0.0)) for s, name, n, e in zip(*columns)}
+
+    def known(c: Candidate, e: Evidence) -> float:
+        """An error piece's confidence with the error rate its operation's baseline cannot exclude."""
+        if ops is None:  # no learned baseline to ask (an analysis without a history)
+            return e.confidence
+        n, rate = seen.get((c.service, c.name), (0.0, 0.0))
+        return e.confidence * (1.0 - unexcluded_error_rate(n, rate)) / (1.0 - rate) if rate < 1.0 else 0.0
+
     def local(c: Candidate) -> Candidate:
-        mine = [e for e in c.evidence if e.kind == "localizer"]
-        if not mine:
+        if not any(e.kind == "localizer" for e in c.evidence):
             return c
-        cap = max((e.confidence for e in mine if e.failure == "error"), default=0.0)
+        errors = {i: known(c, e) for i, e in enumerate(c.evidence) if e.kind == "localizer" and e.failure == "error"}
+        cap = max(errors.values(), default=0.0)
         return dataclasses.replace(c, evidence=tuple(
-            dataclasses.replace(e, confidence=min(e.confidence, cap))
-            if e.kind == "localizer" and e.failure != "error" and e.confidence > cap else e for e in c.evidence))
+            dataclasses.replace(e, confidence=round(errors[i] if i in errors else min(e.confidence, cap), 6))
+            if e.kind == "localizer" else e for i, e in enumerate(c.evidence)))
 
     return dataclasses.replace(verdict, traces={
         t: v if t in failed else dataclasses.replace(v, candidates=tuple(local(c) for c in v.candidates))
@@ -184,7 +210,9 @@ class CombinedAnalyzer:
     def analyze(self, conn: duckdb.DuckDBPyConnection, table: str) -> BatchVerdict:
         # each trace's outcome against the durations learned before this batch
         judged = self.healthy is not None or self.min_confidence > 0
-        seen = outcomes(conn, table, self._durations()) if judged else None
+        # the baseline learned before this batch (the localizer learns it below)
+        ops = self._durations() if judged else None
+        seen = outcomes(conn, table, ops) if judged else None
         verdicts = []
         # rules read the baseline learned so far (before the localizer learns this batch)
         registered = register_baseline(conn, self.statistical) if self.analyzers else False
@@ -195,7 +223,7 @@ class CombinedAnalyzer:
                 conn.unregister(BASELINE_TABLE)
         verdicts.extend(on_rule_scale(analyzer.analyze(conn, table)) for analyzer in self.statistical)
         if seen is not None:
-            verdicts = [trace_local(v, seen.failed) for v in verdicts]
+            verdicts = [trace_local(v, seen.failed, ops) for v in verdicts]
         if self.healthy is not None and seen is not None:
             fired_in = fired(verdicts)
             verdicts = [self.healthy.weigh(v, seen) for v in verdicts]

@@ -199,3 +199,28 @@ def test_in_a_trace_that_did_not_fail_only_an_error_origin_carries_the_localizer
     assert [e.confidence for e in delay.evidence] == [0.0, 0.0, 0.6]    # no error: only the rule is left
     assert [e.score for e in error.evidence] == [e.score for e in v.traces[tid(2)].candidates[0].evidence]
     assert support(error) == 0.5 and support(delay) == 0.6
+
+
+def test_an_error_counts_where_nothing_failed_only_as_far_as_its_operations_baseline_says_errors_are_rare():
+    import pyarrow as pa
+
+    from processor.analysis.combined import trace_local, unexcluded_error_rate
+    from processor.localizer.baseline import min_observations
+
+    assert unexcluded_error_rate(0, 0.0) == 1.0
+    assert unexcluded_error_rate(min_observations(0.99, 0.5), 0.0) <= 0.01 < unexcluded_error_rate(68, 0.0)
+    assert unexcluded_error_rate(10_000, 0.05) == 0.05
+
+    def error_at(n: int) -> Candidate:
+        return Candidate(sid(n), "svc", f"op{n}", 1, 10, 20,
+                         (Evidence("localizer.errors", "error origin", 0.85, 40.0, "", "localizer", failure="error"),))
+
+    v = BatchVerdict({tid(1): TraceVerdict(tid(1), sid(1), (error_at(2), error_at(3), error_at(4)))})
+    ops = pa.table({"service": ["svc", "svc"], "name": ["op2", "op3"], "n": [10_000, 20], "err_rate": [0.0, 0.0]})
+    well_known, thin, never_seen = trace_local(v, frozenset(), ops).traces[tid(1)].candidates
+    assert well_known.confidence == pytest.approx(0.85, abs=1e-3)
+    assert thin.confidence == pytest.approx(0.85 * 0.5 ** (1 / 20), abs=1e-6)   # 1 - 3.4%
+    assert never_seen.confidence == 0.0
+    # where the trace failed, or no baseline was learned, the error stands as found
+    assert trace_local(v, frozenset({tid(1)}), ops).traces[tid(1)] == v.traces[tid(1)]
+    assert [c.confidence for c in trace_local(v, frozenset(), None).traces[tid(1)].candidates] == [0.85] * 3
