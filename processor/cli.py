@@ -220,11 +220,13 @@ def _eval_healthy(args: argparse.Namespace) -> int:
 
     from processor.otlp.tracefile import TraceFileError
     from processor.tools import falsealarms
-    from processor.tools.evaluation import Dataset, DatasetError
+    from processor.tools.evaluation import TRACES, Dataset, DatasetError
     from processor.tools.replay import ReplayError
 
     try:
-        seed = None if args.cold else Dataset.load(args.dataset).baseline
+        seed = None if args.cold else Dataset.load(args.dataset, need_cases=False).baseline
+        if seed is None and not args.cold:
+            raise DatasetError(f"{args.dataset}: no baseline/{TRACES} to seed the pipeline with (--cold: none)")
         r = falsealarms.replay_healthy(args.healthy, seed, args.pace, tuple(args.rules or ()),
                                        not args.no_builtin_rules)
     except (DatasetError, TraceFileError, ReplayError, OSError, ValueError) as err:

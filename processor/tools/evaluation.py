@@ -136,7 +136,9 @@ class Dataset:
         return self.level == "span" or any(c.span_ids for c in self.cases)
 
     @classmethod
-    def load(cls, root: str | Path) -> Dataset:
+    def load(cls, root: str | Path, need_cases: bool = True) -> Dataset:
+        """The dataset at ``root``; ``need_cases=False`` for a reader of its baseline only
+        (``eval --healthy``: a dataset of fault-free traffic has no cases)."""
         p = Path(root)
         meta_path = p / "dataset.json"
         try:
@@ -154,7 +156,7 @@ class Dataset:
                                   _ids(rc.get("span_ids")), str(rc.get("layer") or ""), _ids(symptoms)))
             except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
                 raise DatasetError(f"{label_path}: not a label: {err}") from None
-        if not cases:
+        if not cases and need_cases:
             raise DatasetError(f"{p}: no cases/<id>/label.json found")
         base = p / "baseline" / TRACES
         return cls(p, str(meta.get("name", p.name)), base if base.exists() else None, tuple(cases),

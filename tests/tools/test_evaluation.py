@@ -123,6 +123,19 @@ def test_eval_reports_a_broken_dataset(tmp_path: Path, capsys: pytest.CaptureFix
         Dataset.load(tmp_path)
 
 
+def test_a_dataset_of_fault_free_traffic_only_seeds_eval_healthy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "dataset.json").write_text('{"name": "calm"}')
+    with pytest.raises(DatasetError, match="no cases"):
+        Dataset.load(tmp_path)
+    assert Dataset.load(tmp_path, need_cases=False).baseline is None
+    # no baseline to seed with: said before any pipeline starts
+    assert main(["eval", str(tmp_path), "--healthy", str(tmp_path / "x.jsonl")]) == 2
+    assert "no baseline/traces.jsonl.gz to seed the pipeline with (--cold: none)" in capsys.readouterr().err
+    (tmp_path / "baseline").mkdir()
+    (tmp_path / "baseline" / "traces.jsonl.gz").write_bytes(b"")
+    assert Dataset.load(tmp_path, need_cases=False).baseline == tmp_path / "baseline" / "traces.jsonl.gz"
+
+
 def test_accuracy_counts_misses_as_never_in_top_k() -> None:
     case = Case("x", Path("."), "a", "f")
     results = [CaseResult(case, 1, ()), CaseResult(case, 4, ()), CaseResult(case, None, ())]
