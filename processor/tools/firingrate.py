@@ -1,5 +1,6 @@
 """How often each rule and fault tree fires on fault-free traffic (``faulttrace check --baseline``,
-and the ``healthy`` ceilings of ``faulttrace test``).
+and the ``healthy`` ceilings of ``faulttrace test``); the same command's W022 (a rule reading an
+attribute as a type the traffic never sends) is ``processor.tools.valuetypes``'.
 
 The traces go through the offline analysis ``faulttrace explain`` runs
 (``processor.tools.offline``), with the baseline the localizer learns from
@@ -23,12 +24,14 @@ from typing import Any, TextIO
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from dsl import Diagnostic, RuleError, RuleSet, SourceSpan, load_rules
-from dsl.diagnostics import LineIndex, render_all, sort_key, to_json
+from dsl import Diagnostic, RuleError, RuleSet, load_rules
+from dsl.diagnostics import render_all, sort_key, to_json
 from processor.analysis.prevalence import PRIOR_RATE
 from processor.analysis.verdict import BatchVerdict
 from processor.otlp.tracefile import TraceFileError, read_requests
 from processor.tools.offline import analyze
+from processor.tools.valuetypes import ValueTypes, id_span
+from processor.tools.valuetypes import diagnostics as type_diagnostics
 
 # The ceiling is also the healthy firing rate the running analysis presumes of a source it has not
 # measured (``processor.analysis.prevalence``): one number for what a shipped rule may cost.
@@ -143,16 +146,9 @@ def diagnostics(rates: FiringRates, rules: RuleSet, max_rate: float) -> list[Dia
             hint = "require more of its cause (`and`, `atleast k of {…}`) or narrow its top event"
         message = (f"{r.kind} `{r.id}` fires on {_pct(r.trace_rate)} of fault-free traces ({r.traces} of "
                    f"{r.of_traces}), above the ceiling of {_pct(max_rate)}")
-        out.append(Diagnostic(code, message, _id_span(span, r.id, rules.sources), (hint,),
+        out.append(Diagnostic(code, message, id_span(span, r.id, rules.sources), (hint,),
                               label=f"{r.traces} of {r.of_traces} healthy traces"))
     return sorted(out, key=sort_key)
-
-
-def _id_span(span: SourceSpan, ident: str, sources: dict[str, str]) -> SourceSpan:
-    """The id's place in the definition at ``span`` (the whole definition if it is not found)."""
-    text = sources.get(span.path)
-    at = text.find(ident, span.start, span.end) if text is not None else -1
-    return LineIndex(text).span(span.path, at, at + len(ident)) if text is not None and at >= 0 else span
 
 
 def _pct(rate: float) -> str:
@@ -174,11 +170,13 @@ def cli_check_baseline(paths: Sequence[str], baseline: str, fmt: str, max_rate: 
         out.write((to_json(err.diagnostics) if fmt == "json" else render_all(err.diagnostics, err.sources)) + "\n")
         return 1
     try:
-        rates = firing_rates(read_requests(baseline), rules, baseline)
+        requests = read_requests(baseline)
+        rates = firing_rates(requests, rules, baseline)
     except (TraceFileError, OSError, ValueError) as err:
         out.write(f"error: --baseline: {err}\n")
         return 1
-    warnings = [*rules.warnings, *diagnostics(rates, rules, max_rate)]
+    warnings = [*rules.warnings, *diagnostics(rates, rules, max_rate),
+                *type_diagnostics(rules, ValueTypes.of(requests))]
     if fmt == "json":
         out.write(json.dumps(to_document(rates, baseline, max_rate, warnings), indent=2) + "\n")
     else:
