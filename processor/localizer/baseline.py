@@ -52,17 +52,11 @@ FROM m GROUP BY service, name
 """
 
 # One row per span: its operation, its call shape (sorted child operations), how many
-# children it has, and the service charged when the tree stops after its last child.
+# children it has, and the service charged when the tree stops after its last child: columns
+# ``graph.span_metrics`` computes once per batch.
 SHAPES_SQL = """
-WITH kids AS (
-    SELECT c.trace_id, c.parent_span_id AS pid,
-           string_agg(c.service || ':' || c.name, '|' ORDER BY c.service, c.name) AS sig,
-           count(*) AS k, arg_max(c.blame, c.end_ns) AS last_blame
-    FROM {table} c GROUP BY c.trace_id, c.parent_span_id
-)
-SELECT p.trace_id, p.span_id, p.service, p.name, p.blame,
-       coalesce(kids.sig, '') AS sig, coalesce(kids.k, 0) AS k, kids.last_blame
-FROM {table} p LEFT JOIN kids ON kids.trace_id = p.trace_id AND kids.pid = p.span_id
+SELECT trace_id, span_id, service, name, blame, shape_sig AS sig, shape_k AS k, shape_last_blame AS last_blame
+FROM {table}
 """
 
 SHAPE_DIST_SQL = """

@@ -39,7 +39,8 @@ kids AS (  -- per parent: the callee service (a child in another service), error
            bool_or(c.status_code = 2) AS child_error
     FROM sp c JOIN sp p ON c.trace_id = p.trace_id AND c.parent_span_id = p.span_id
     GROUP BY ALL
-)
+),
+mt AS (
 SELECT sp.trace_id, sp.span_id, sp.parent_span_id, sp.service, sp.name, sp.start_ns, sp.end_ns,
        sp.status_code, sp.exception, sp.pod, sp.node,
        sp.end_ns - sp.start_ns AS dur,
@@ -54,6 +55,15 @@ FROM sp
 LEFT JOIN sp p ON sp.trace_id = p.trace_id AND sp.parent_span_id = p.span_id
 LEFT JOIN covered cv ON sp.trace_id = cv.trace_id AND sp.span_id = cv.span_id
 LEFT JOIN kids k ON sp.trace_id = k.trace_id AND sp.span_id = k.pid
+),
+shapes AS (  -- per parent id: its call shape, read by the window's shape evidence and learned by the history
+    SELECT trace_id, parent_span_id AS pid,
+           string_agg(service || ':' || name, '|' ORDER BY service, name) AS sig,
+           count(*) AS k, arg_max(blame, end_ns) AS last_blame
+    FROM mt WHERE parent_span_id IS NOT NULL GROUP BY trace_id, parent_span_id
+)
+SELECT mt.*, coalesce(s.sig, '') AS shape_sig, coalesce(s.k, 0) AS shape_k, s.last_blame AS shape_last_blame
+FROM mt LEFT JOIN shapes s ON mt.trace_id = s.trace_id AND mt.span_id = s.pid
 """
 
 
@@ -75,8 +85,11 @@ def _placement(columns: Sequence[str], keys: tuple[str, ...]) -> str:
 
 
 def span_metrics(conn: duckdb.DuckDBPyConnection, spans: pa.Table) -> pa.Table:
-    """Per span: duration, self time, parent, callee, the service its self time is charged to, and
-    its pod and node where ``spans`` has their resource attributes (``placement_refs``; else null)."""
+    """Per span: duration, self time, parent, callee, the service its self time is charged to, its
+    call shape (``shape_sig``: its children's operations, sorted; ``shape_k`` of them; ``shape_last_blame``: the service
+    charged when the tree stops after its last child), and its pod and node where ``spans`` has their
+    resource attributes (``placement_refs``; else null).  The call shape is computed here, once per
+    batch, for both the window's shape evidence and the history that learns it."""
     conn.register("_lz_spans", spans)
     try:
         return span_metrics_of(conn, "_lz_spans", spans.column_names)

@@ -4,7 +4,7 @@ Per (service, span name) the distributions of self time and duration are
 kept as log-bucketed histograms (DDSketch-style: bucket ``b > 0`` holds values in
 ``(UNIT·γ^(b-2), UNIT·γ^(b-1)]``, so a quantile is within a relative error of
 about ``(γ - 1) / 2``), with an error count; per operation the call shapes it makes
-(``baseline.SHAPES_SQL``).  Each update first multiplies every weight by
+(the ``shape_sig`` of ``graph.span_metrics``).  Each update first multiplies every weight by
 ``0.5 ** (new traces / half_life)`` — decay by traffic volume, not by clock,
 so a baseline seeded from yesterday's file stays valid until enough new
 traffic has replaced it — and prunes what decayed to nothing.  Memory is
@@ -50,7 +50,7 @@ import pyarrow as pa
 from dsl import AttrRef, column_name
 from processor.analysis.attributes import ALL_ATTRIBUTES, all_attributes_sql
 from processor.localizer.attribution import ValueBaseline
-from processor.localizer.baseline import SHAPES_SQL, Baseline
+from processor.localizer.baseline import Baseline
 from processor.localizer.graph import span_metrics
 from processor.localizer.silent import AttributeBaseline, attr_bucket_sql
 from processor.localizer.snapshot import SKETCH_TABLES, Snapshots
@@ -190,8 +190,7 @@ WITH s AS (
     SELECT service, name, sig, k, sum(w) AS w FROM (
         SELECT service, name, sig, k, w * $f AS w FROM lz_shapes
         UNION ALL
-        SELECT s.service, s.name, s.sig, s.k, w.weight
-        FROM ({shapes}) s JOIN (SELECT DISTINCT trace_id, weight FROM lz_in) w USING (trace_id)
+        SELECT service, name, shape_sig, shape_k, weight FROM lz_in  -- the call shapes span_metrics computed
     ) GROUP BY ALL HAVING sum(w) >= $prune
 )
 SELECT service, name, sig, k, w FROM s
@@ -381,8 +380,7 @@ class History:
                     self._learn_attributes(attributes, common, scale)
                 conn.execute(HIST_SQL.format(unit=UNIT_NS, gamma=cfg.gamma), common)
                 conn.execute(OPS_UPDATE_SQL, {**common, "max_ops": cfg.max_ops})
-                conn.execute(SHAPES_UPDATE_SQL.format(shapes=SHAPES_SQL.format(table="lz_in")),
-                             {**common, "max_shapes": cfg.max_shapes})
+                conn.execute(SHAPES_UPDATE_SQL, {**common, "max_shapes": cfg.max_shapes})
                 # operations evicted from lz_ops take their buckets with them
                 conn.execute("DELETE FROM lz_hist WHERE (service, name) NOT IN (SELECT (service, name) FROM lz_ops)")
                 conn.execute("DELETE FROM lz_shapes WHERE (service, name) NOT IN (SELECT (service, name) FROM lz_ops)")
