@@ -23,7 +23,7 @@ from processor.analysis.protocols import RELEASED_TABLE, Analyzer, with_row_numb
 from processor.analysis.rules import RuleAnalyzer
 from processor.config import FaulttraceProcessorConfig
 from processor.confmap import ConfigError
-from processor.localizer.analyzer import ATTRIBUTION, LocalizerAnalyzer
+from processor.localizer.analyzer import ATTRIBUTION, LocalizerAnalyzer, Seed
 from processor.localizer.history import HistoryConfig
 from processor.localizer.snapshot import snapshot_path
 from processor.otlp.tracefile import read_requests
@@ -74,13 +74,16 @@ def build_analyzer(config: FaulttraceProcessorConfig, source: str = "<config>") 
     if not len(rules) and not config.localizer.enabled:
         return None
     healthy = HealthyFiring()
+    seed = None
     if config.localizer.enabled and config.localizer.baseline is not None:
-        seed_healthy(config, rules, healthy)
-    return _combined(config, rules, healthy, snapshot=True)
+        # the baseline file is read once, for the throw-away localizer and the pipeline's
+        seed = Seed(config.localizer.baseline)
+        seed_healthy(config, rules, healthy, seed)
+    return _combined(config, rules, healthy, snapshot=True, seed=seed)
 
 
 def _combined(config: FaulttraceProcessorConfig, rules: RuleSet, healthy: HealthyFiring,
-              snapshot: bool = False) -> CombinedAnalyzer:
+              snapshot: bool = False, seed: Seed | None = None) -> CombinedAnalyzer:
     rule_analyzers: list[Analyzer] = [RuleAnalyzer(rules)] if len(rules) else []
     localizers: list[Analyzer] = []
     if config.localizer.enabled:
@@ -90,18 +93,23 @@ def _combined(config: FaulttraceProcessorConfig, rules: RuleSet, healthy: Health
         history = HistoryConfig(snapshot=str(snapshot_path(config.storage.journal))
                                 if snapshot and config.storage.journal else None)
         localizer = LocalizerAnalyzer(config.localizer.baseline, attribution=attribution, history=history,
-                                      contrast=False)  # why_not_first is for `faulttrace explain` only
+                                      contrast=False,  # why_not_first is for `faulttrace explain` only
+                                      seed=seed)
         if localizer.history.snapshots is not None:  # the rules' healthy firing rates are kept with it
             localizer.history.snapshots.attach("healthy_firing", healthy)
         localizers.append(localizer)
     return CombinedAnalyzer(rule_analyzers, localizers, healthy, config.min_confidence)
 
 
-def seed_healthy(config: FaulttraceProcessorConfig, rules: RuleSet, healthy: HealthyFiring) -> None:
+def seed_healthy(config: FaulttraceProcessorConfig, rules: RuleSet, healthy: HealthyFiring,
+                 seed: Seed | None = None) -> None:
     """Teach ``healthy`` the firing on the localizer's baseline file: its traces analyzed as one
     batch by an analyzer of their own (a localizer seeded with the same file, which it then
-    forgets), so the rates are what the configured analysis fires on fault-free traffic."""
-    analyzer = _combined(config, rules, healthy)
+    forgets), so the rates are what the configured analysis fires on fault-free traffic.
+    ``seed``: the file as read for the pipeline's localizer too, which then starts from a copy of
+    this one's seeded sketches and its null scores instead of computing them again."""
+    seed = seed if seed is not None else Seed(config.localizer.baseline)
+    analyzer = _combined(config, rules, healthy, seed=seed)
     try:
         table = span_table(read_requests(config.localizer.baseline), Projection.of(analyzer.projection()))
         if not table.num_rows:

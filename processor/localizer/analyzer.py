@@ -40,7 +40,7 @@ from processor.localizer.baseline import Baseline
 from processor.localizer.blame import LocalizedBatch, blame_traces
 from processor.localizer.contrast import excess_inside, why_not_first
 from processor.localizer.graph import placement_refs, span_metrics, span_metrics_of
-from processor.localizer.history import History, HistoryConfig
+from processor.localizer.history import History, HistoryConfig, Sketches
 from processor.localizer.shift import PodShift
 from processor.localizer.silent import Silent, abnormal_spans
 from processor.localizer.spans import read_spans
@@ -96,6 +96,48 @@ ATTRIBUTION: tuple[AttrRef, ...] = (
 )
 
 
+class Seed:
+    """A baseline file read once for every localizer seeded from it (``analysis.build`` seeds a
+    throw-away one for the rules' healthy firing rates, then the pipeline's): its spans are parsed
+    once, and the first localizer's seeded sketches and null scores serve the next ones with the
+    same attribution, bucket scale and sources."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._spans: tuple[frozenset[AttrRef], pa.Table] | None = None
+        self._sketches: dict[tuple[object, ...], Sketches] = {}
+        self._null: dict[tuple[str, ...], dict[tuple[str, str], tuple[float, ...]]] = {}
+
+    def spans(self, refs: Iterable[AttrRef]) -> pa.Table:
+        """The file's spans with the values of ``refs`` (``read_spans``), read once for the first
+        set of refs asked for and again only for refs it does not hold."""
+        want = frozenset(refs)
+        if self._spans is None or not want <= self._spans[0]:
+            held = want | (self._spans[0] if self._spans is not None else frozenset())
+            self._spans = (held, read_spans(self.path, list(held)))
+        return self._spans[1]
+
+    def seed(self, history: History, attribution: tuple[AttrRef, ...]) -> None:
+        """Seed ``history`` with the file's traffic: learned the first time, copied after."""
+        cfg = history.config
+        key = (attribution, cfg.gamma, cfg.attr_gamma, cfg.half_life, cfg.max_ops, cfg.max_shapes,
+               cfg.prune, cfg.max_values, cfg.max_keys)
+        if key in self._sketches:
+            history.load(self._sketches[key])
+            return
+        # placement too: the null scores read the same spans
+        spans = self.spans([*attribution, ALL_ATTRIBUTES, *placement_refs()])
+        history.seed(self.path, attribution, every=True, spans=spans)
+        self._sketches[key] = history.sketches()
+
+    def null(self, sources: Iterable[str]) -> dict[tuple[str, str], tuple[float, ...]]:
+        """``baseline_null`` of the file, computed once per set of sources."""
+        key = tuple(sources)
+        if key not in self._null:
+            self._null[key] = baseline_null(self.path, key, self.spans(placement_refs()))
+        return self._null[key]
+
+
 class LocalizerAnalyzer:
     """Rule-free localization for the live pipeline (``processor.analysis.protocols.Analyzer``)."""
 
@@ -103,7 +145,9 @@ class LocalizerAnalyzer:
                  history: HistoryConfig | None = None, attribution: Iterable[AttrRef] = ATTRIBUTION,
                  per_trace: int = 5, learn_suspect: float = 0.1, silent: bool = True, causal_past: bool = True,
                  lift: bool = True, sample_traces: int = SAMPLE_TRACES,
-                 null: Mapping[tuple[str, str], tuple[float, ...]] | None = None, contrast: bool = True) -> None:
+                 null: Mapping[tuple[str, str], tuple[float, ...]] | None = None, contrast: bool = True,
+                 seed: Seed | None = None) -> None:
+        """``seed``: the ``baseline`` file read once for several localizers (``Seed``)."""
         self.history = History(history)
         self.sources = tuple(sources)
         self.attribution = tuple(attribution)
@@ -115,8 +159,10 @@ class LocalizerAnalyzer:
         self.lift = lift and "lift" in self.sources
         self.sample_traces = sample_traces
         self.long_form = LongForm()   # attribute entries decoded once per distinct value, across batches
-        if baseline is not None and not self.history.traces_seen:  # a restored snapshot holds the seed already
-            self.history.seed(baseline, self.attribution, every=True)
+        if baseline is not None and seed is None:
+            seed = Seed(baseline)
+        if seed is not None and not self.history.traces_seen:  # a restored snapshot holds the seed already
+            seed.seed(self.history, self.attribution)
         # what each service scores in healthy windows of the baseline (``variability``): given, or
         # learned once from the baseline file
         # the last batch's ``contrast.why_not_first`` (``faulttrace explain`` prints it; the pipeline,
@@ -124,8 +170,8 @@ class LocalizerAnalyzer:
         self.explain_contrast = contrast
         self.contrast: tuple[str, ...] = ()
         self.null: Mapping[tuple[str, str], tuple[float, ...]] = null if null is not None else {}
-        if null is None and baseline is not None and "hub_discount" in self.sources:
-            self.null = baseline_null(baseline, self.sources)
+        if null is None and seed is not None and "hub_discount" in self.sources:
+            self.null = seed.null(self.sources)
 
     def projection(self) -> frozenset[AttrRef]:
         # every span attribute, for their baseline and for the layer's conventions
@@ -222,11 +268,15 @@ def _slow_pods(pods: list[PodShift]) -> list[str]:
     return [p.pod for p in pods if p.peer > 0 and p.node_pod is None and p.pod != p.service]
 
 
-def baseline_null(path: str | Path, sources: Iterable[str]) -> dict[tuple[str, str], tuple[float, ...]]:
-    """``variability.null_scores`` of a baseline file (its spans with their pods and nodes)."""
+def baseline_null(path: str | Path, sources: Iterable[str],
+                  spans: pa.Table | None = None) -> dict[tuple[str, str], tuple[float, ...]]:
+    """``variability.null_scores`` of a baseline file (its spans with their pods and nodes; ``spans``:
+    the file already read with them)."""
     conn = duckdb.connect()
     try:
-        return null_scores(conn, span_metrics(conn, read_spans(path, placement_refs())), sources)
+        if spans is None:
+            spans = read_spans(path, placement_refs())
+        return null_scores(conn, span_metrics(conn, spans), sources)
     finally:
         conn.close()
 

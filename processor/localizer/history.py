@@ -300,6 +300,14 @@ FROM s JOIN n USING (service, name) GROUP BY ALL
 """
 
 
+@dataclass(frozen=True, slots=True)
+class Sketches:
+    """A copy of a history's sketches (every ``SKETCH_TABLES`` table) and the traces they learned from."""
+
+    tables: dict[str, pa.Table]
+    traces_seen: int
+
+
 class History:
     """Decayed sketches of normal traffic in a private DuckDB connection (thread-safe)."""
 
@@ -331,11 +339,34 @@ class History:
             finally:
                 self._cached = self._cached_values = self._cached_attributes = None
 
-    def seed(self, path: str | Path, attributes: Sequence[AttrRef] = (), every: bool = False) -> int:
+    def sketches(self) -> Sketches:
+        """A copy of what the history has learned, for another history to ``load``."""
+        def read(conn: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:
+            return {t: conn.sql(f"SELECT * FROM {t}").to_arrow_table() for t in SKETCH_TABLES}
+        return Sketches(self.with_sketches(read), self.traces_seen)
+
+    def load(self, sketches: Sketches) -> None:
+        """Replace the sketches with a copy (``sketches``) of another history's, learned at the same
+        scale: it goes on from where that one was."""
+        def write(conn: duckdb.DuckDBPyConnection) -> None:
+            for table, rows in sketches.tables.items():
+                conn.register("lz_load", rows)
+                try:
+                    conn.execute(f"DELETE FROM {table}")
+                    conn.execute(f"INSERT INTO {table} BY NAME SELECT * FROM lz_load")
+                finally:
+                    conn.unregister("lz_load")
+        self.with_sketches(write)
+        self.traces_seen = sketches.traces_seen
+
+    def seed(self, path: str | Path, attributes: Sequence[AttrRef] = (), every: bool = False,
+             spans: pa.Table | None = None) -> int:
         """Learn a file of normal traffic (OTLP/JSON lines or protobuf, gzip or not), with the
-        values of ``attributes`` and, with ``every``, of all span attributes; returns traces."""
+        values of ``attributes`` and, with ``every``, of all span attributes; returns traces.
+        ``spans``: the file already read (``read_spans`` with at least those attributes)."""
         refs = [r for r in attributes if r != ALL_ATTRIBUTES]
-        spans = read_spans(path, [*refs, ALL_ATTRIBUTES] if every else refs)
+        if spans is None:
+            spans = read_spans(path, [*refs, ALL_ATTRIBUTES] if every else refs)
         long = None
         with self._lock:
             metrics = span_metrics(self._conn, spans)
