@@ -79,3 +79,13 @@ def test_critical_path_skips_the_parallel_sibling_that_finished_first() -> None:
     spans = _spans([(1, None, 0, 100), (2, 1, 10, 50), (3, 1, 10, 90), (4, 3, 20, 85)])
     path = critical_path(spans[0], children_of(spans))
     assert [s.name for s in path] == ["op1", "op3", "op4"]
+
+
+def test_span_metrics_carry_each_spans_call_shape() -> None:
+    # 1 (a) calls 2 (b) and 3 (a); 2 calls 4 (c), which ends last under 1's tree through 2's blame
+    m = _metrics([(1, None, "a", 0, 100), (2, 1, "b", 10, 90), (3, 1, "a", 5, 20), (4, 2, "c", 30, 80)])
+    assert (m[1]["shape_sig"], m[1]["shape_k"]) == ("a:op3|b:op2", 2)
+    # the service charged when 1's tree stops after its last child: 2, a client of c, is charged to c
+    assert m[1]["shape_last_blame"] == "c"
+    assert (m[2]["shape_sig"], m[2]["shape_k"], m[2]["shape_last_blame"]) == ("c:op4", 1, "c")
+    assert (m[4]["shape_sig"], m[4]["shape_k"], m[4]["shape_last_blame"]) == ("", 0, None)
