@@ -9,11 +9,9 @@ fires with high severity and reasonable confidence outranks a deviation, a
 weak rule does not.
 
 In a trace that did not fail, the localizer's evidence counts only as far as
-an error origin in the trace carries it (``trace_local``): neither the
-window's support for a service (what the batch's other traces say) nor a
-delay the caller did not feel raises a candidate's confidence there, so
-whether a healthy trace gets a root cause does not depend on which traces it
-was batched with.  Each finding's confidence is then weighed by
+the trace's own pieces carry it (``trace_local``): an error origin, or a
+delay where the window finds its service abnormal across traces; the
+window's support never raises a confidence there.  Each finding's confidence is then weighed by
 how often its source fires on such traces (``processor.analysis.prevalence``),
 and those firings are learned; a candidate's confidence is then calibrated
 over its trace (``processor.analysis.calibration``).  Each trace verdict
@@ -42,7 +40,10 @@ from processor.analysis.verdict import (
     follow_cause,
     rank_candidates,
 )
+from processor.localizer.blame import WINDOW_SOURCE
 
+# the window's support above which a delay in a trace that did not fail counts (``trace_local``)
+MORE_LIKELY_THAN_NOT = 0.5
 STATISTICAL_WEIGHT = 3.0  # the rule-severity weight statistical evidence is scored at (medium)
 
 
@@ -67,17 +68,35 @@ def unexcluded_error_rate(n: float, err_rate: float, confidence: float = 0.5) ->
     return max(err_rate, 1.0 - (1.0 - confidence) ** (1.0 / n))
 
 
+def _window_support(c: Candidate) -> float:
+    """The window's own support for ``c``'s service (``window.ServiceScore.confidence``): the
+    localizer writes the window's piece as it combined with the span's own pieces (noisy-OR), so
+    it is that combination taken apart; 0 without a window piece, 1 where the span's own is certain."""
+    mine = [e for e in c.evidence if e.kind == "localizer"]
+    window = max((e.confidence for e in mine if e.source == WINDOW_SOURCE), default=None)
+    if window is None:
+        return 0.0
+    own = max((e.confidence for e in mine if e.source != WINDOW_SOURCE), default=0.0)
+    return 1.0 if own >= 1.0 else max(0.0, 1.0 - (1.0 - window) / (1.0 - own))
+
+
 def trace_local(verdict: BatchVerdict, failed: frozenset[bytes], ops: pa.Table | None = None) -> BatchVerdict:
     """``verdict`` where, in the traces that did not fail, the localizer's evidence counts only as far
-    as an error origin in the trace (or the value that explains one) carries it: each other piece
-    keeps its message and ranking score, its confidence capped there (0 without an error).
+    as the trace's own pieces carry it: an error origin (or the value that explains one), and a delay
+    only where the window shows its service abnormal too.  Every other piece keeps its message and
+    ranking score, its confidence capped there (0 without such a piece).
 
     - The window (``localizer.window``) says where a batch's fault most likely originates, given
-      that the batch holds one; a trace whose caller saw no failure is no evidence that it does,
-      and which traces share its batch is an accident of timing (release interval, traffic,
-      request sizes).
-    - A delay (``localizer.latency``, a value that explains a delay) its caller did not feel — the
-      root ended within its usual time — is the cause of no failure: the slack absorbed it.
+      that the batch holds one; which traces share a batch is an accident of timing (release
+      interval, traffic, request sizes), so its support never raises a confidence here.
+    - A delay (``localizer.latency``, a value that explains a delay) the root absorbed — it ended
+      within its usual time — caused no failure by itself.  Alone, it is the outlier every
+      heavy-tailed operation shows now and then (a handful of 90x-p99 calls in nezha-ob's healthy
+      traces); it counts only where the window finds its service abnormal across traces, a fault
+      that slows many requests without any of them failing (a slow network, a slow query):
+      more likely than not (its support, ``ServiceScore.confidence``, at least 1/2: one fully
+      abnormal place), so the fluctuations of healthy windows do not decide.  The window only gates
+      it: the confidence stays the delay's own.
     - An attribution or the span's own improbable values only qualify the pieces above.
     - An error origin's ``1 - baseline error rate`` becomes ``1 -`` the highest rate its operation's
       observations (``ops``: ``service``, ``name``, ``n``, ``err_rate``, the baseline before the
@@ -100,6 +119,8 @@ def trace_local(verdict: BatchVerdict, failed: frozenset[bytes], ops: pa.Table |
             return c
         errors = {i: known(c, e) for i, e in enumerate(c.evidence) if e.kind == "localizer" and e.failure == "error"}
         cap = max(errors.values(), default=0.0)
+        if _window_support(c) >= MORE_LIKELY_THAN_NOT:
+            cap = max([cap, *(e.confidence for e in c.evidence if e.kind == "localizer" and e.failure == "delay")])
         return dataclasses.replace(c, evidence=tuple(
             dataclasses.replace(e, confidence=round(errors[i] if i in errors else min(e.confidence, cap), 6))
             if e.kind == "localizer" else e for i, e in enumerate(c.evidence)))

@@ -178,7 +178,7 @@ def test_on_equal_evidence_the_corroborated_candidate_ranks_first():
     assert v.candidates[0].confidence > v.candidates[1].confidence
 
 
-def test_in_a_trace_that_did_not_fail_only_an_error_origin_carries_the_localizer():
+def test_in_a_trace_that_did_not_fail_an_error_or_a_delay_the_window_confirms_carries_the_localizer():
     from processor.analysis.combined import trace_local
 
     def piece(source: str, confidence: float, failure: str) -> Evidence:
@@ -186,19 +186,24 @@ def test_in_a_trace_that_did_not_fail_only_an_error_origin_carries_the_localizer
 
     def verdict(t: int) -> TraceVerdict:
         return TraceVerdict(tid(t), sid(1), (
-            cand(2, piece("localizer.errors", 0.5, "error"), piece("localizer.latency", 0.7, "delay"),
+            cand(2, piece("localizer.errors", 0.5, "error"), piece("localizer.silent", 0.7, ""),
                  piece("localizer.window", 0.8, "")),
-            cand(3, piece("localizer.latency", 0.9, "delay"), piece("localizer.window", 0.95, ""),
-                 rule("code.x", 0.6, 4))))
+            cand(3, piece("localizer.latency", 0.9, "delay"), piece("localizer.attribution", 0.9, "delay"),
+                 rule("code.x", 0.6, 4)),
+            cand(4, piece("localizer.latency", 0.6, "delay"), piece("localizer.window", 0.9, "")),
+            # a window support of 0.25 (0.6 and 0.25 combined: 0.7): a healthy window's fluctuation
+            cand(5, piece("localizer.latency", 0.6, "delay"), piece("localizer.window", 0.7, ""))))
 
     v = BatchVerdict({tid(1): verdict(1), tid(2): verdict(2)})
     local = trace_local(v, failed=frozenset({tid(1)}))
     assert local.traces[tid(1)] == v.traces[tid(1)]               # it failed: everything counts
-    error, delay = local.traces[tid(2)].candidates
-    assert [e.confidence for e in error.evidence] == [0.5, 0.5, 0.5]    # the delay and the window fall to it
-    assert [e.confidence for e in delay.evidence] == [0.0, 0.0, 0.6]    # no error: only the rule is left
+    error, alone, supported, weak = local.traces[tid(2)].candidates
+    assert [e.confidence for e in weak.evidence] == [0.0, 0.0]
+    assert [e.confidence for e in error.evidence] == [0.5, 0.5, 0.5]    # a qualifier and the window fall to it
+    assert [e.confidence for e in alone.evidence] == [0.0, 0.0, 0.6]    # a delay alone: only the rule is left
+    assert [e.confidence for e in supported.evidence] == [0.6, 0.6]     # the window gates the delay, adds nothing
     assert [e.score for e in error.evidence] == [e.score for e in v.traces[tid(2)].candidates[0].evidence]
-    assert support(error) == 0.5 and support(delay) == 0.6
+    assert support(error) == 0.5 and support(alone) == 0.6 and support(supported) == 0.6
 
 
 def test_an_error_counts_where_nothing_failed_only_as_far_as_its_operations_baseline_says_errors_are_rare():
