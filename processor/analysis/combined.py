@@ -40,7 +40,7 @@ from processor.analysis.verdict import (
     follow_cause,
     rank_candidates,
 )
-from processor.localizer.blame import WINDOW_SOURCE
+from processor.localizer.blame import LATENCY_SOURCE, WINDOW_SOURCE
 
 # the window's support above which a delay in a trace that did not fail counts (``trace_local``)
 MORE_LIKELY_THAN_NOT = 0.5
@@ -90,13 +90,13 @@ def trace_local(verdict: BatchVerdict, failed: frozenset[bytes], ops: pa.Table |
       that the batch holds one; which traces share a batch is an accident of timing (release
       interval, traffic, request sizes), so its support never raises a confidence here.
     - A delay (``localizer.latency``, a value that explains a delay) the root absorbed — it ended
-      within its usual time — caused no failure by itself.  Alone, it is the outlier every
-      heavy-tailed operation shows now and then (a handful of 90x-p99 calls in nezha-ob's healthy
-      traces); it counts only where the window finds its service abnormal across traces, a fault
-      that slows many requests without any of them failing (a slow network, a slow query):
-      more likely than not (its support, ``ServiceScore.confidence``, at least 1/2: one fully
-      abnormal place), so the fluctuations of healthy windows do not decide.  The window only gates
-      it: the confidence stays the delay's own.
+      within its usual time — caused no failure by itself.  It counts where normal traffic never
+      went that far (beyond the largest self time the operation's baseline holds: the localizer
+      says "delay"); slower than the p99 but within what normal traffic has shown (the outliers
+      every heavy-tailed operation has: a handful of 90x-p99 calls in nezha-ob's healthy traces),
+      only where the window's own support for its service is more likely than not
+      (``ServiceScore.confidence`` at least 1/2: one fully abnormal place), a fault that slows many
+      requests without failing any.  The window only gates: the confidence stays the delay's own.
     - An attribution or the span's own improbable values only qualify the pieces above.
     - An error origin's ``1 - baseline error rate`` becomes ``1 -`` the highest rate its operation's
       observations (``ops``: ``service``, ``name``, ``n``, ``err_rate``, the baseline before the
@@ -118,9 +118,10 @@ def trace_local(verdict: BatchVerdict, failed: frozenset[bytes], ops: pa.Table |
         if not any(e.kind == "localizer" for e in c.evidence):
             return c
         errors = {i: known(c, e) for i, e in enumerate(c.evidence) if e.kind == "localizer" and e.failure == "error"}
-        cap = max(errors.values(), default=0.0)
-        if _window_support(c) >= MORE_LIKELY_THAN_NOT:
-            cap = max([cap, *(e.confidence for e in c.evidence if e.kind == "localizer" and e.failure == "delay")])
+        mine = [e for e in c.evidence if e.kind == "localizer"]
+        cap = max([*errors.values(), *(e.confidence for e in mine if e.failure == "delay")], default=0.0)
+        if _window_support(c) >= MORE_LIKELY_THAN_NOT:  # slow within the baseline's range, the window behind it
+            cap = max([cap, *(e.confidence for e in mine if e.source == LATENCY_SOURCE)])
         return dataclasses.replace(c, evidence=tuple(
             dataclasses.replace(e, confidence=round(errors[i] if i in errors else min(e.confidence, cap), 6))
             if e.kind == "localizer" else e for i, e in enumerate(c.evidence)))

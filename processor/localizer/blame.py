@@ -67,6 +67,7 @@ MIN_WINDOW = 0.1             # window score (share of a service's work abnormal)
 # The evidence piece that carries the window's support (``window.rank_services``): what the batch's
 # other traces say about the charged service, not what this trace shows.
 WINDOW_SOURCE = "localizer.window"
+LATENCY_SOURCE = "localizer.latency"  # self time beyond the p99 (``_latency``, ``_slow_pods``)
 ERROR_CONFIDENCE = 0.6       # an erroring span with no erroring child
 EXCEPTION_CONFIDENCE = 0.85  # ... that also recorded an exception event
 
@@ -79,6 +80,7 @@ WITH j AS (
            coalesce(m.exception, false) AS exception, m.pod IN (SELECT pod FROM lz_slow_pods) AS slow_pod,
            (m.status_code = 2 AND NOT m.child_error) AS origin, m.orphan,
            o.self_med::DOUBLE AS self_med, o.self_p99::DOUBLE AS self_p99, o.dur_p99::DOUBLE AS dur_p99,
+           o.self_max::DOUBLE AS self_max,
            coalesce(o.err_rate, 0.0)::DOUBLE AS err_rate
     FROM m LEFT JOIN base_ops o USING (service, name)
 )
@@ -295,7 +297,7 @@ def _latency(rows: list[dict[str, Any]], by_id: dict[bytes, dict[str, Any]], chi
         b.excess += excess
         b.own += min(1.0, excess / trace_ns)
         b.confidence = max(b.confidence, 1.0 - p99 / r["self_ns"])
-        b.messages.append(("localizer.latency", msg, 1.0 - p99 / r["self_ns"], "delay"))
+        b.messages.append(("localizer.latency", msg, 1.0 - p99 / r["self_ns"], _delay(r)))
 
 
 def _slow_pods(rows: list[dict[str, Any]], on_path: set[bytes], trace_ns: int, blames: dict[bytes, _Blame]) -> None:
@@ -314,7 +316,16 @@ def _slow_pods(rows: list[dict[str, Any]], on_path: set[bytes], trace_ns: int, b
         b.messages.append(("localizer.latency", f"self time {_ms(r['self_ns'])} vs median {_ms(med)} on a pod "
                                                 f"slower than its peers, on the critical path, "
                                                 f"{excess / trace_ns:.0%} of the trace's {_ms(trace_ns)}",
-                           1.0 - med / r["self_ns"], "delay"))
+                           1.0 - med / r["self_ns"], _delay(r)))
+
+
+def _delay(r: dict[str, Any]) -> str:
+    """What a slow span's latency piece says it is: "delay" beyond the largest self time its operation's
+    baseline holds (what normal traffic has never shown), else "" — slower than the p99, but normal
+    traffic has been that slow before (a heavy tail's outliers): it only qualifies other evidence
+    where the trace did not fail (``analysis.combined.trace_local``)."""
+    top = r["self_max"]
+    return "delay" if top is None or r["self_ns"] > top else ""
 
 
 def _charge(r: dict[str, Any], children: dict[bytes | None, list[Span]], by_id: dict[bytes, dict[str, Any]],

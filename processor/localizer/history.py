@@ -265,7 +265,8 @@ h AS (
 q AS (
     SELECT service, name, metric,
            arg_min(v, cum) FILTER (WHERE cum >= 0.5 * tot) AS med,
-           arg_min(hi, cum) FILTER (WHERE cum >= 0.99 * tot) AS p99
+           arg_min(hi, cum) FILTER (WHERE cum >= 0.99 * tot) AS p99,
+           max(hi) FILTER (WHERE w > 0) AS top  -- the largest value seen (its bucket's upper edge)
     FROM h GROUP BY ALL
 ),
 d AS (
@@ -276,7 +277,7 @@ d AS (
 ),
 mad AS (SELECT service, name, arg_min(dev, cum) FILTER (WHERE cum >= 0.5 * tot) AS self_mad FROM d GROUP BY ALL)
 SELECT o.service, o.name, o.n::BIGINT AS n,
-       s.med AS self_med, mad.self_mad, s.p99 AS self_p99,
+       s.med AS self_med, mad.self_mad, s.p99 AS self_p99, s.top AS self_max,
        t.med AS dur_med, t.p99 AS dur_p99,
        o.errors / o.n AS err_rate
 FROM o

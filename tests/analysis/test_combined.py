@@ -188,20 +188,23 @@ def test_in_a_trace_that_did_not_fail_an_error_or_a_delay_the_window_confirms_ca
         return TraceVerdict(tid(t), sid(1), (
             cand(2, piece("localizer.errors", 0.5, "error"), piece("localizer.silent", 0.7, ""),
                  piece("localizer.window", 0.8, "")),
-            cand(3, piece("localizer.latency", 0.9, "delay"), piece("localizer.attribution", 0.9, "delay"),
+            cand(3, piece("localizer.latency", 0.9, ""), piece("localizer.attribution", 0.9, ""),
                  rule("code.x", 0.6, 4)),
-            cand(4, piece("localizer.latency", 0.6, "delay"), piece("localizer.window", 0.9, "")),
+            cand(4, piece("localizer.latency", 0.6, ""), piece("localizer.window", 0.9, "")),
             # a window support of 0.25 (0.6 and 0.25 combined: 0.7): a healthy window's fluctuation
-            cand(5, piece("localizer.latency", 0.6, "delay"), piece("localizer.window", 0.7, ""))))
+            cand(5, piece("localizer.latency", 0.6, ""), piece("localizer.window", 0.7, "")),
+            # slower than anything the baseline holds
+            cand(6, piece("localizer.latency", 0.8, "delay"), piece("localizer.window", 0.85, ""))))
 
     v = BatchVerdict({tid(1): verdict(1), tid(2): verdict(2)})
     local = trace_local(v, failed=frozenset({tid(1)}))
     assert local.traces[tid(1)] == v.traces[tid(1)]               # it failed: everything counts
-    error, alone, supported, weak = local.traces[tid(2)].candidates
-    assert [e.confidence for e in weak.evidence] == [0.0, 0.0]
+    error, alone, supported, weak, beyond = local.traces[tid(2)].candidates
     assert [e.confidence for e in error.evidence] == [0.5, 0.5, 0.5]    # a qualifier and the window fall to it
-    assert [e.confidence for e in alone.evidence] == [0.0, 0.0, 0.6]    # a delay alone: only the rule is left
+    assert [e.confidence for e in alone.evidence] == [0.0, 0.0, 0.6]    # slow within the baseline's range: the rule
     assert [e.confidence for e in supported.evidence] == [0.6, 0.6]     # the window gates the delay, adds nothing
+    assert [e.confidence for e in weak.evidence] == [0.0, 0.0]
+    assert [e.confidence for e in beyond.evidence] == [0.8, 0.8]        # never seen: counts on its own
     assert [e.score for e in error.evidence] == [e.score for e in v.traces[tid(2)].candidates[0].evidence]
     assert support(error) == 0.5 and support(alone) == 0.6 and support(supported) == 0.6
 
