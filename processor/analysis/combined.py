@@ -40,10 +40,8 @@ from processor.analysis.verdict import (
     follow_cause,
     rank_candidates,
 )
-from processor.localizer.blame import LATENCY_SOURCE, WINDOW_SOURCE
+from processor.localizer.baseline import unexcluded_error_rate
 
-# the window's support above which a delay in a trace that did not fail counts (``trace_local``)
-MORE_LIKELY_THAN_NOT = 0.5
 STATISTICAL_WEIGHT = 3.0  # the rule-severity weight statistical evidence is scored at (medium)
 
 
@@ -58,28 +56,6 @@ def on_rule_scale(verdict: BatchVerdict) -> BatchVerdict:
     return dataclasses.replace(verdict, traces=traces)
 
 
-def unexcluded_error_rate(n: float, err_rate: float, confidence: float = 0.5) -> float:
-    """The highest error rate ``n`` observations of an operation (``err_rate`` of them errors) do not
-    rule out at ``confidence``: at least the rate seen, and at least the rate ``r`` at which no error
-    in ``n`` would be as likely as ``1 - confidence`` (``(1 - r) ** n = 1 - confidence``; the bound
-    ``localizer.baseline.min_observations`` inverts: 1% at 69 observations).  1 without any."""
-    if n < 1:
-        return 1.0
-    return max(err_rate, 1.0 - (1.0 - confidence) ** (1.0 / n))
-
-
-def _window_support(c: Candidate) -> float:
-    """The window's own support for ``c``'s service (``window.ServiceScore.confidence``): the
-    localizer writes the window's piece as it combined with the span's own pieces (noisy-OR), so
-    it is that combination taken apart; 0 without a window piece, 1 where the span's own is certain."""
-    mine = [e for e in c.evidence if e.kind == "localizer"]
-    window = max((e.confidence for e in mine if e.source == WINDOW_SOURCE), default=None)
-    if window is None:
-        return 0.0
-    own = max((e.confidence for e in mine if e.source != WINDOW_SOURCE), default=0.0)
-    return 1.0 if own >= 1.0 else max(0.0, 1.0 - (1.0 - window) / (1.0 - own))
-
-
 def trace_local(verdict: BatchVerdict, failed: frozenset[bytes], ops: pa.Table | None = None) -> BatchVerdict:
     """``verdict`` where, in the traces that did not fail, the localizer's evidence counts only as far
     as the trace's own pieces carry it: an error origin (or the value that explains one), and a delay
@@ -90,13 +66,12 @@ def trace_local(verdict: BatchVerdict, failed: frozenset[bytes], ops: pa.Table |
       that the batch holds one; which traces share a batch is an accident of timing (release
       interval, traffic, request sizes), so its support never raises a confidence here.
     - A delay (``localizer.latency``, a value that explains a delay) the root absorbed — it ended
-      within its usual time — caused no failure by itself.  It counts where normal traffic never
-      went that far (beyond the largest self time the operation's baseline holds: the localizer
-      says "delay"); slower than the p99 but within what normal traffic has shown (the outliers
-      every heavy-tailed operation has: a handful of 90x-p99 calls in nezha-ob's healthy traces),
-      only where the window's own support for its service is more likely than not
-      (``ServiceScore.confidence`` at least 1/2: one fully abnormal place), a fault that slows many
-      requests without failing any.  The window only gates: the confidence stays the delay's own.
+      within its usual time — caused no failure by itself.  It counts where the localizer says it
+      is one (``Evidence.failure == "delay"``, ``localizer.blame._delay``): beyond anything normal
+      traffic has shown, or with the window's own support for its service more likely than not;
+      slower than the p99 but within the baseline's range (the outliers every heavy-tailed
+      operation has: a handful of 90x-p99 calls in nezha-ob's healthy traces), it does not.  The
+      window only gates: the confidence stays the delay's own.
     - An attribution or the span's own improbable values only qualify the pieces above.
     - An error origin's ``1 - baseline error rate`` becomes ``1 -`` the highest rate its operation's
       observations (``ops``: ``service``, ``name``, ``n``, ``err_rate``, the baseline before the
@@ -118,10 +93,8 @@ def trace_local(verdict: BatchVerdict, failed: frozenset[bytes], ops: pa.Table |
         if not any(e.kind == "localizer" for e in c.evidence):
             return c
         errors = {i: known(c, e) for i, e in enumerate(c.evidence) if e.kind == "localizer" and e.failure == "error"}
-        mine = [e for e in c.evidence if e.kind == "localizer"]
-        cap = max([*errors.values(), *(e.confidence for e in mine if e.failure == "delay")], default=0.0)
-        if _window_support(c) >= MORE_LIKELY_THAN_NOT:  # slow within the baseline's range, the window behind it
-            cap = max([cap, *(e.confidence for e in mine if e.source == LATENCY_SOURCE)])
+        delays = (e.confidence for e in c.evidence if e.kind == "localizer" and e.failure == "delay")
+        cap = max([*errors.values(), *delays], default=0.0)
         return dataclasses.replace(c, evidence=tuple(
             dataclasses.replace(e, confidence=round(errors[i] if i in errors else min(e.confidence, cap), 6))
             if e.kind == "localizer" else e for i, e in enumerate(c.evidence)))

@@ -40,6 +40,16 @@ def min_observations(quantile: float, confidence: float) -> int:
     return math.ceil(math.log1p(-confidence) / math.log(quantile))
 
 
+def unexcluded_error_rate(n: float, err_rate: float, confidence: float = 0.5) -> float:
+    """The highest error rate ``n`` observations of an operation (``err_rate`` of them errors) do not
+    rule out at ``confidence``: at least the rate seen, and at least the rate ``r`` at which no error
+    in ``n`` would be as likely as ``1 - confidence`` (``(1 - r) ** n = 1 - confidence``; the bound
+    ``min_observations`` inverts: 1% at 69 observations).  1 without any."""
+    if n < 1:
+        return 1.0
+    return max(err_rate, 1.0 - (1.0 - confidence) ** (1.0 / n))
+
+
 OPS_SQL = """
 WITH m AS (SELECT service, name, self_ns, dur, status_code,
                   median(self_ns) OVER (PARTITION BY service, name) AS med FROM {table})

@@ -68,6 +68,8 @@ MIN_WINDOW = 0.1             # window score (share of a service's work abnormal)
 # other traces say about the charged service, not what this trace shows.
 WINDOW_SOURCE = "localizer.window"
 LATENCY_SOURCE = "localizer.latency"  # self time beyond the p99 (``_latency``, ``_slow_pods``)
+# the window's support above which a slow span within its baseline's range is a delay (``_delay``)
+MORE_LIKELY_THAN_NOT = 0.5
 ERROR_CONFIDENCE = 0.6       # an erroring span with no erroring child
 EXCEPTION_CONFIDENCE = 0.85  # ... that also recorded an exception event
 
@@ -193,7 +195,7 @@ def _gather(trace_id: bytes, rows: list[dict[str, Any]], window: dict[str, Servi
     _errors(rows, by_id, blames, details)
     _latency(rows, by_id, children, on_path, trace_ns, window, blames)
     if not blames:
-        _slow_pods(rows, on_path, trace_ns, blames)
+        _slow_pods(rows, on_path, trace_ns, window, blames)
     return _Gathered(trace_id, rows[0]["trace_root"], by_id, blames, frozenset(on_path))
 
 
@@ -297,10 +299,11 @@ def _latency(rows: list[dict[str, Any]], by_id: dict[bytes, dict[str, Any]], chi
         b.excess += excess
         b.own += min(1.0, excess / trace_ns)
         b.confidence = max(b.confidence, 1.0 - p99 / r["self_ns"])
-        b.messages.append(("localizer.latency", msg, 1.0 - p99 / r["self_ns"], _delay(r)))
+        b.messages.append((LATENCY_SOURCE, msg, 1.0 - p99 / r["self_ns"], _delay(r, window.get(charged))))
 
 
-def _slow_pods(rows: list[dict[str, Any]], on_path: set[bytes], trace_ns: int, blames: dict[bytes, _Blame]) -> None:
+def _slow_pods(rows: list[dict[str, Any]], on_path: set[bytes], trace_ns: int, window: dict[str, ServiceScore],
+               blames: dict[bytes, _Blame]) -> None:
     """A trace with nothing beyond p99: its critical-path spans on a pod the window finds slower than
     its peers (a stressed CPU slows a span 2-4x, often still below a heavy-tailed p99), by their self
     time beyond their operation's median."""
@@ -316,16 +319,19 @@ def _slow_pods(rows: list[dict[str, Any]], on_path: set[bytes], trace_ns: int, b
         b.messages.append(("localizer.latency", f"self time {_ms(r['self_ns'])} vs median {_ms(med)} on a pod "
                                                 f"slower than its peers, on the critical path, "
                                                 f"{excess / trace_ns:.0%} of the trace's {_ms(trace_ns)}",
-                           1.0 - med / r["self_ns"], _delay(r)))
+                           1.0 - med / r["self_ns"], _delay(r, window.get(r["service"]))))
 
 
-def _delay(r: dict[str, Any]) -> str:
-    """What a slow span's latency piece says it is: "delay" beyond the largest self time its operation's
-    baseline holds (what normal traffic has never shown), else "" — slower than the p99, but normal
-    traffic has been that slow before (a heavy tail's outliers): it only qualifies other evidence
-    where the trace did not fail (``analysis.combined.trace_local``)."""
+def _delay(r: dict[str, Any], support: ServiceScore | None) -> str:
+    """What a slow span's latency piece claims: "delay" — a failure on its own, even where the trace's
+    root did not fail (``analysis.combined.trace_local``) — when normal traffic never went that far
+    (beyond the largest self time its operation's baseline holds), or when the window's own support
+    for the charged service (``support``) is more likely than not (one fully abnormal place: a fault
+    that slows many requests without failing any).  Otherwise "": slower than the p99, but within
+    what normal traffic has shown (a heavy tail's outliers), it only qualifies other evidence."""
     top = r["self_max"]
-    return "delay" if top is None or r["self_ns"] > top else ""
+    beyond = top is None or r["self_ns"] > top
+    return "delay" if beyond or (support is not None and support.confidence >= MORE_LIKELY_THAN_NOT) else ""
 
 
 def _charge(r: dict[str, Any], children: dict[bytes | None, list[Span]], by_id: dict[bytes, dict[str, Any]],

@@ -8,7 +8,6 @@ rules, as ``faulttrace serve`` would."""
 
 from __future__ import annotations
 
-import duckdb
 import pytest
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
@@ -19,7 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanContext, Status, StatusCode, TraceFlags
 
 from dsl import AttrSource, load_rules
-from processor.analysis.attributes import Projection, span_table
+from tests.support.harness import fire_rules
 
 HEAD = 'title "t"\n  layer code\n  severity low\n  confidence 0.5'
 T0 = 1_700_000_000_000_000_000
@@ -75,15 +74,10 @@ def fired(tmp_path_factory):
     """rule id -> (span name, message) of its findings over the batch."""
     text = "\n".join(f"rule t.{rid} {{\n  {HEAD}\n  match {MATCH.get(rid, 'span s')} where {where}\n  message \"{msg}\"\n}}"
                      for rid, where, msg in RULES)
-    path = tmp_path_factory.mktemp("events") / "events.rules"
-    path.write_text(text, encoding="utf-8")
-    rules = load_rules([path])
-    table = span_table([_request()], Projection.of(rules.projection))
-    conn = duckdb.connect()
-    conn.register("batch", table)
+    rules, conn, findings = fire_rules(tmp_path_factory.mktemp("events"), text, [_request()])
     names = dict(conn.execute("SELECT span_id, name FROM batch").fetchall())
     out: dict[str, list[tuple[str, str]]] = {}
-    for f in rules.evaluate(conn, "batch"):
+    for f in findings:
         out.setdefault(f.rule_id.removeprefix("t."), []).append((names[f.span_id], f.message))
     return out, rules
 

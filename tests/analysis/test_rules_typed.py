@@ -7,7 +7,6 @@ and run through the compiled rules, as ``faulttrace serve`` would."""
 
 from __future__ import annotations
 
-import duckdb
 import pytest
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.resources import Resource
@@ -15,8 +14,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from dsl import AttrType, load_rules
-from processor.analysis.attributes import Projection, span_table
+from dsl import AttrType
+from tests.support.harness import fire_rules
 
 HEAD = 'title "t"\n  layer code\n  severity low\n  confidence 0.5'
 
@@ -42,14 +41,9 @@ def fired(tmp_path_factory):
     """rule id -> messages of its findings over the trace."""
     text = "\n".join(f"rule t.{rid} {{\n  {HEAD}\n  match span s where {where}\n  message \"{msg}\"\n}}"
                      for rid, where, msg in RULES)
-    path = tmp_path_factory.mktemp("typed") / "typed.rules"
-    path.write_text(text, encoding="utf-8")
-    rules = load_rules([path])
-    table = span_table([_request()], Projection.of(rules.projection))
-    conn = duckdb.connect()
-    conn.register("batch", table)
+    rules, _, findings = fire_rules(tmp_path_factory.mktemp("typed"), text, [_request()])
     out: dict[str, list[str]] = {}
-    for f in rules.evaluate(conn, "batch"):
+    for f in findings:
         out.setdefault(f.rule_id.removeprefix("t."), []).append(f.message)
     return out, rules
 

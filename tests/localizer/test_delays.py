@@ -110,3 +110,14 @@ def test_why_not_first_names_the_callee_that_explains_the_caller() -> None:
     d = ServiceScore("fraud", 0.3, (ServiceEvidence("latency", "fraud", 0.3, ""),))
     assert why_not_first([a, d], {("fraud", "ledger"): 0.2}) == [
         "ledger scores 1.00 (latency +1.00), fraud 0.30 (latency +0.30)"]
+
+
+def test_a_slow_span_is_a_delay_beyond_its_baselines_range_or_with_the_window_behind_it() -> None:
+    from processor.localizer.blame import _delay
+
+    row = {"self_ns": 90e6, "self_max": 100e6}                       # slower than p99, within what was seen
+    assert _delay(row, None) == ""
+    assert _delay(row, ServiceScore("a", 0.25, ())) == ""              # support 0.2: a healthy fluctuation
+    assert _delay(row, ServiceScore("a", 1.0, ())) == "delay"          # support 1/2: one fully abnormal place
+    assert _delay({"self_ns": 120e6, "self_max": 100e6}, None) == "delay"   # never seen that slow
+    assert _delay({"self_ns": 120e6, "self_max": None}, None) == "delay"

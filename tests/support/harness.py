@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
+import duckdb
 import grpc
 from google.protobuf import json_format, text_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -266,3 +267,19 @@ def assert_same_spans(sent: Iterable[ExportTraceServiceRequest],
             span = Span.FromString(placed[4])
             lines.append(f"{label}: {text_format.MessageToString(span, as_one_line=True)[:400]}")
     raise AssertionError("\n".join(lines))
+
+
+def fire_rules(directory, text: str, requests: list) -> tuple[Any, duckdb.DuckDBPyConnection, list]:
+    """``text`` written as a rule file in ``directory``, loaded, and evaluated over ``requests``
+    (protobuf-encoded or messages) decoded as the pipeline does: (the rule set, the connection
+    holding them as table ``batch``, the findings).  The caller closes nothing: the connection is
+    in memory."""
+    from dsl import load_rules
+    from processor.analysis.attributes import Projection, span_table
+
+    path = directory / "t.rules"
+    path.write_text(text, encoding="utf-8")
+    rules = load_rules([path])
+    conn = duckdb.connect()
+    conn.register("batch", span_table(requests, Projection.of(rules.projection)))
+    return rules, conn, rules.evaluate(conn, "batch")
