@@ -67,7 +67,8 @@ def latency(conn: duckdb.DuckDBPyConnection, explain_away: bool = True, wire_tim
     cells: dict[tuple[str, str], float] = {}
     excess: dict[tuple[str, str], float] = {}
     sql = CELLS_SQL.format(callee="m.blame" if wire_time else "m.service")
-    for caller, callee, n, slow, excess_ns in conn.sql(sql).fetchall():
+    # sorted: DuckDB's group order varies, and the sums and messages below must not
+    for caller, callee, n, slow, excess_ns in sorted(conn.sql(sql).fetchall(), key=lambda r: (str(r[0]), str(r[1]))):
         rate = max(0.0, wilson_lower(slow, n) - (1 - QUANTILE))
         if rate > 0:
             cells[(caller, callee)] = rate
@@ -79,11 +80,11 @@ def latency(conn: duckdb.DuckDBPyConnection, explain_away: bool = True, wire_tim
         rows[caller].append(r)
         cols[callee].append(r)
     score: dict[str, float] = defaultdict(float)
-    why: dict[str, list[str]] = defaultdict(list)
+    why: dict[str, list[tuple[float, str]]] = defaultdict(list)
     for (caller, callee), r in cells.items():
         if caller == callee:
             score[callee] += r
-            why[callee].append(f"own spans slow ({r:.0%} above p99)")
+            why[callee].append((r, f"own spans slow ({r:.0%} above p99)"))
             continue
         row = _mean(rows[caller]) if explain_away else 0.0
         col = _mean(cols[callee]) if explain_away else 1.0
@@ -91,15 +92,20 @@ def latency(conn: duckdb.DuckDBPyConnection, explain_away: bool = True, wire_tim
         score[callee] += r * to_callee
         score[caller] += r * (1 - to_callee)
         if to_callee >= 0.5:
-            why[callee].append(f"calls from {caller} slow ({r:.0%})")
+            why[callee].append((r, f"calls from {caller} slow ({r:.0%})"))
         else:
-            why[caller].append(f"slow on its calls to {callee} ({r:.0%})")
-    return [ServiceEvidence("latency", s, v, "; ".join(why[s][:3])) for s, v in score.items() if v > 0]
+            why[caller].append((r, f"slow on its calls to {callee} ({r:.0%})"))
+    return [ServiceEvidence("latency", s, v, _strongest(why[s])) for s, v in score.items() if v > 0]
+
+
+def _strongest(why: list[tuple[float, str]], k: int = 3) -> str:
+    """The k strongest reasons, strongest first (ties by text, so the message does not follow row order)."""
+    return "; ".join(m for _, m in sorted(why, key=lambda w: (-w[0], w[1]))[:k])
 
 
 def _client_cells(conn: duckdb.DuckDBPyConnection) -> list[tuple[tuple[str, str], int]]:
     """Every (caller, callee) pair with calls in the window, slow or not."""
-    rows = conn.sql("SELECT service, blame, count(*) FROM m WHERE blame <> service GROUP BY ALL").fetchall()
+    rows = conn.sql("SELECT service, blame, count(*) FROM m WHERE blame <> service GROUP BY ALL ORDER BY ALL").fetchall()
     return [((a, b), n) for a, b, n in rows]
 
 
@@ -136,13 +142,13 @@ def shape(conn: duckdb.DuckDBPyConnection) -> list[ServiceEvidence]:
     sql = SHAPE_SQL.format(shapes=SHAPES_SQL.format(table="m"), z=Z)
     score: dict[str, float] = defaultdict(float)
     why: dict[str, list[tuple[float, str]]] = defaultdict(list)
-    for charged, service, name, s, spans, cut in conn.sql(sql).fetchall():
+    for charged, service, name, s, spans, cut in sorted(conn.sql(sql).fetchall(), key=lambda r: tuple(map(str, r))):
         if charged is None:
             continue
         score[charged] += s
         how = "cut short" if cut else "calls differ"
         why[charged].append((s, f"{service}:{name} {how} ({s:.0%} of its spans)"))
-    return [ServiceEvidence("shape", svc, v, "; ".join(m for _, m in sorted(why[svc], reverse=True)[:3]))
+    return [ServiceEvidence("shape", svc, v, _strongest(why[svc]))
             for svc, v in score.items() if v > 0]
 
 
@@ -160,10 +166,11 @@ GROUP BY ALL
 
 def errors(conn: duckdb.DuckDBPyConnection) -> list[ServiceEvidence]:
     score: dict[str, float] = defaultdict(float)
-    why: dict[str, list[str]] = defaultdict(list)
-    for blame, service, name, n, origins, failed, base_rate in conn.sql(ERRORS_SQL).fetchall():
+    why: dict[str, list[tuple[float, str]]] = defaultdict(list)
+    rows = sorted(conn.sql(ERRORS_SQL).fetchall(), key=lambda r: tuple(map(str, r[:3])))
+    for blame, service, name, n, origins, failed, base_rate in rows:
         rate = max(0.0, wilson_lower(min(origins, n), n) - base_rate)
         if rate > 0:
             score[blame] += rate
-            why[blame].append(f"errors originate in {service}:{name} ({failed} of {n})")
-    return [ServiceEvidence("errors", s, v, "; ".join(why[s][:3])) for s, v in score.items() if v > 0]
+            why[blame].append((rate, f"errors originate in {service}:{name} ({failed} of {n})"))
+    return [ServiceEvidence("errors", s, v, _strongest(why[s])) for s, v in score.items() if v > 0]
