@@ -68,7 +68,8 @@ def trace_local(verdict: BatchVerdict, failed: frozenset[bytes], ops: pa.Table |
     - A delay (``localizer.latency``, a value that explains a delay) the root absorbed — it ended
       within its usual time — caused no failure by itself.  It counts where the localizer says it
       is one (``Evidence.failure == "delay"``, ``localizer.blame._delay``): beyond anything normal
-      traffic has shown, or with the window's own support for its service more likely than not;
+      traffic has shown, or with the window's own support for its service more likely than not and
+      another trace of the batch slow there too (``blame._corroborate``);
       slower than the p99 but within the baseline's range (the outliers every heavy-tailed
       operation has: a handful of 90x-p99 calls in nezha-ob's healthy traces), it does not.  The
       window only gates: the confidence stays the delay's own.
@@ -235,8 +236,9 @@ class CombinedAnalyzer:
             for t, v in merged.traces.items()})
 
     def _durations(self) -> pa.Table | None:
-        """Per operation the learned p99 duration (``service``, ``name``, ``dur_p99``), from the
-        first statistical analyzer that keeps a history (the localizer); None without one."""
+        """Per operation the baseline learned before this batch (``service``, ``name``, ``n``,
+        ``dur_max``, ``err_rate`` …: ``Baseline.ops``), from the first statistical analyzer that
+        keeps a history (the localizer); None without one."""
         for analyzer in self.statistical:
             history = getattr(analyzer, "history", None)
             if history is not None:

@@ -9,13 +9,15 @@ such traces: one that fires on a fifth of them says little; one that never
 does says what its confidence says.
 
 **A failure** is what the trace's caller saw: its root span (``dsl.root_key_sql``,
-as the rules see it) ended in error, or took longer than its operation's
-learned p99 duration — once that operation's baseline holds enough
-observations for a p99 (``localizer.baseline.min_observations``: 69, the
-count past which a sample more likely than not reaches beyond its p99;
-before, its largest value stands in for the p99 and traffic exceeds it far
-more often than 1%).  An error the trace handled (retried, caught, turned into
-a fallback) is not one: the root still succeeded in its usual time.
+as the rules see it) ended in error, or took longer than any duration its
+operation's learned baseline holds (``dur_max``) — once that baseline holds
+``MIN_OBSERVATIONS`` (99): a normal duration passes the largest of ``n`` with
+probability ``1 / (n + 1)``, so from 99 on healthy traffic fails this way at
+most ``PRIOR_RATE`` (1%) of the time, less as the baseline grows.  Beyond the
+p99 instead would fail 1% of healthy roots for ever, and every candidate of a
+failed trace is written (``combined``: no floor), so that 1% alone was the
+whole false-alarm budget.  An error the trace handled (retried, caught, turned
+into a fallback) is not one: the root still succeeded within its usual range.
 
 **Healthy firing rate.**  Per source, ``HealthyFiring`` counts the traces
 without a failure and those of them the source fired on, seeded from the
@@ -50,16 +52,15 @@ import pyarrow as pa
 
 from dsl import no_parent_sql, root_key_sql
 from processor.analysis.verdict import BatchVerdict, Evidence
-from processor.localizer.baseline import min_observations
 from processor.localizer.history import HistoryConfig
 
 # The healthy firing rate a source is presumed to have until measured: the ceiling a shipped
 # rule is held to on fault-free traffic (``tools.firingrate``'s W020).
 PRIOR_RATE = 0.01
 ERROR = 2  # OTLP status code
-SLOW_QUANTILE = 0.99  # a root slower than its operation's p99 failed its caller
-# observations of the root's operation before its p99 is trusted (more likely than not reached)
-MIN_OBSERVATIONS = min_observations(SLOW_QUANTILE, 0.5)
+# observations of the root's operation before a duration beyond the largest of them is a failure:
+# a normal one passes the largest of n with probability 1/(n + 1), at most PRIOR_RATE from here
+MIN_OBSERVATIONS = round(1 / PRIOR_RATE) - 1
 
 _ROOT = root_key_sql("s", no_parent=no_parent_sql("s.parent_span_id"), parent_found="p.span_id IS NOT NULL")
 ROOTS_SQL = f"""
@@ -72,7 +73,7 @@ GROUP BY s.trace_id
 
 @dataclass(frozen=True, slots=True)
 class Outcomes:
-    """The traces of a batch, and those whose root failed (error, or slower than its p99)."""
+    """The traces of a batch, and those whose root failed (error, or slower than its baseline has been)."""
 
     traces: frozenset[bytes]
     failed: frozenset[bytes]
@@ -84,15 +85,15 @@ class Outcomes:
 
 def outcomes(conn: duckdb.DuckDBPyConnection, table: str, durations: pa.Table | None = None) -> Outcomes:
     """Each trace's outcome at its root: failed if the root span ended in error, or if
-    ``durations`` (``service``, ``name``, ``n``, ``dur_p99`` per operation) says it took longer
-    than its operation's p99, learned from at least ``MIN_OBSERVATIONS`` spans."""
+    ``durations`` (``service``, ``name``, ``n``, ``dur_max`` per operation) says it took longer
+    than any duration of its operation's baseline, learned from at least ``MIN_OBSERVATIONS`` spans."""
     rows = conn.sql(ROOTS_SQL.format(table=table)).fetchall()
-    p99: dict[tuple[str, str], float] = {}
+    top: dict[tuple[str, str], float] = {}
     if durations is not None and durations.num_rows:
-        columns = (durations.column(c).to_pylist() for c in ("service", "name", "n", "dur_p99"))
-        p99 = {(s, name): d for s, name, n, d in zip(*columns) if d is not None and n >= MIN_OBSERVATIONS}
+        columns = (durations.column(c).to_pylist() for c in ("service", "name", "n", "dur_max"))
+        top = {(s, name): d for s, name, n, d in zip(*columns) if d is not None and n >= MIN_OBSERVATIONS}
     failed = {t for t, service, name, status, dur in rows
-              if status == ERROR or (dur is not None and dur > p99.get((service, name), float("inf")))}
+              if status == ERROR or (dur is not None and dur > top.get((service, name), float("inf")))}
     return Outcomes(frozenset(t for t, *_ in rows), frozenset(failed))
 
 

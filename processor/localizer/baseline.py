@@ -56,7 +56,7 @@ WITH m AS (SELECT service, name, self_ns, dur, status_code,
 SELECT service, name, count(*) AS n, any_value(med) AS self_med,
        median(abs(self_ns - med)) AS self_mad,
        quantile_cont(self_ns, 0.99) AS self_p99, max(self_ns) AS self_max,
-       median(dur) AS dur_med, quantile_cont(dur, 0.99) AS dur_p99,
+       median(dur) AS dur_med, quantile_cont(dur, 0.99) AS dur_p99, max(dur) AS dur_max,
        avg(CASE WHEN status_code = 2 THEN 1.0 ELSE 0.0 END) AS err_rate
 FROM m GROUP BY service, name
 """

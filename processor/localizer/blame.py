@@ -70,6 +70,7 @@ WINDOW_SOURCE = "localizer.window"
 LATENCY_SOURCE = "localizer.latency"  # self time beyond the p99 (``_latency``, ``_slow_pods``)
 # the window's support above which a slow span within its baseline's range is a delay (``_delay``)
 MORE_LIKELY_THAN_NOT = 0.5
+SUPPORTED = "supported"  # a delay by the window's support, until another trace bears it out (``_corroborate``)
 ERROR_CONFIDENCE = 0.6       # an erroring span with no erroring child
 EXCEPTION_CONFIDENCE = 0.85  # ... that also recorded an exception event
 
@@ -117,6 +118,7 @@ class _Blame:
     messages: list[tuple[str, str, float, str]] = field(default_factory=list)
     explains: list[bytes] = field(default_factory=list)              # failing spans it explains
     excess: float = 0.0                   # self time beyond p99 it is blamed for (ns)
+    beyond_p99: bool = False              # a span of it is slower than its operation's p99 (``_latency``)
 
     @property
     def how(self) -> str:
@@ -140,6 +142,7 @@ def blame_traces(conn: duckdb.DuckDBPyConnection, metrics: pa.Table, baseline: B
         rows = conn.sql(ROWS_SQL).to_arrow_table().to_pylist()
         window = {r.service: r for r in ranking if r.score >= MIN_WINDOW}
         gathered = [_gather(trace_id, spans, window, details or {}) for trace_id, spans in _by_trace(rows)]
+        _corroborate(gathered)
         explained: dict[tuple[bytes, bytes], Explanation] = {}
         abnormal: dict[tuple[bytes, bytes], list[Abnormality]] = {}
         failing = [(t.trace_id, sid, b.span["service"], b.span["name"], b.how)
@@ -296,6 +299,7 @@ def _latency(rows: list[dict[str, Any]], by_id: dict[bytes, dict[str, Any]], chi
         msg = (f"{how}self time {_ms(r['self_ns'])} vs p99 {_ms(p99)} (median {_ms(med or 0.0)}) "
                f"on the critical path, {excess / trace_ns:.0%} of the trace's {_ms(trace_ns)}")
         b = blames.setdefault(target["span_id"], _Blame(target, charged))
+        b.beyond_p99 = True
         b.excess += excess
         b.own += min(1.0, excess / trace_ns)
         b.confidence = max(b.confidence, 1.0 - p99 / r["self_ns"])
@@ -319,19 +323,44 @@ def _slow_pods(rows: list[dict[str, Any]], on_path: set[bytes], trace_ns: int, w
         b.messages.append(("localizer.latency", f"self time {_ms(r['self_ns'])} vs median {_ms(med)} on a pod "
                                                 f"slower than its peers, on the critical path, "
                                                 f"{excess / trace_ns:.0%} of the trace's {_ms(trace_ns)}",
-                           1.0 - med / r["self_ns"], _delay(r, window.get(r["service"]))))
+                           # within its p99: no delay on its own, whatever the window says of the pod
+                           # (a trace that did not fail gets no root cause from it: ``_delay``)
+                           1.0 - med / r["self_ns"], ""))
 
 
 def _delay(r: dict[str, Any], support: ServiceScore | None) -> str:
     """What a slow span's latency piece claims: "delay" — a failure on its own, even where the trace's
     root did not fail (``analysis.combined.trace_local``) — when normal traffic never went that far
-    (beyond the largest self time its operation's baseline holds), or when the window's own support
-    for the charged service (``support``) is more likely than not (one fully abnormal place: a fault
-    that slows many requests without failing any).  Otherwise "": slower than the p99, but within
-    what normal traffic has shown (a heavy tail's outliers), it only qualifies other evidence."""
+    (beyond the largest self time its operation's baseline holds), or ``SUPPORTED`` (a delay if
+    another trace bears it out: ``_corroborate``) when the window's own support for the charged
+    service (``support``) is more likely than not (one fully abnormal place: a fault that slows many
+    requests without failing any).  Otherwise "": slower than the p99, but within what normal traffic
+    has shown (a heavy tail's outliers), it only qualifies other evidence."""
     top = r["self_max"]
-    beyond = top is None or r["self_ns"] > top
-    return "delay" if beyond or (support is not None and support.confidence >= MORE_LIKELY_THAN_NOT) else ""
+    if top is None or r["self_ns"] > top:
+        return "delay"
+    return SUPPORTED if support is not None and support.confidence >= MORE_LIKELY_THAN_NOT else ""
+
+
+def _corroborate(gathered: list[_Gathered]) -> None:
+    """Settle the delays the window's support alone made (``SUPPORTED``): a delay where another trace
+    of the batch shows its service slow too, nothing otherwise.  A batch of one trace is a window of
+    one trace: its slow span is all the window holds, so the window's support for it would be the
+    span's own again (a GC pause released alone looked like a fault, released among 200 healthy
+    traces it did not).  Counting only the other traces keeps such a verdict from following how the
+    traffic happened to be batched; a fault that slows many requests still shows in several.  The
+    other trace must show the service beyond its p99: slower than the median on a pod the window
+    finds slow (``_slow_pods``) is half of that pod's spans, and says nothing more."""
+    slow_in: dict[str, set[bytes]] = defaultdict(set)   # service -> traces with a span of it beyond p99
+    for t in gathered:
+        for b in t.blames.values():
+            if b.beyond_p99:
+                slow_in[b.charged].add(t.trace_id)
+    for t in gathered:
+        for b in t.blames.values():
+            if any(f == SUPPORTED for *_, f in b.messages):
+                settled = "delay" if slow_in[b.charged] - {t.trace_id} else ""
+                b.messages = [(s, m, p, settled if f == SUPPORTED else f) for s, m, p, f in b.messages]
 
 
 def _charge(r: dict[str, Any], children: dict[bytes | None, list[Span]], by_id: dict[bytes, dict[str, Any]],

@@ -278,7 +278,7 @@ d AS (
 mad AS (SELECT service, name, arg_min(dev, cum) FILTER (WHERE cum >= 0.5 * tot) AS self_mad FROM d GROUP BY ALL)
 SELECT o.service, o.name, o.n::BIGINT AS n,
        s.med AS self_med, mad.self_mad, s.p99 AS self_p99, s.top AS self_max,
-       t.med AS dur_med, t.p99 AS dur_p99,
+       t.med AS dur_med, t.p99 AS dur_p99, t.top AS dur_max,
        o.errors / o.n AS err_rate
 FROM o
 JOIN q s ON s.service = o.service AND s.name = o.name AND s.metric = 0

@@ -113,11 +113,38 @@ def test_why_not_first_names_the_callee_that_explains_the_caller() -> None:
 
 
 def test_a_slow_span_is_a_delay_beyond_its_baselines_range_or_with_the_window_behind_it() -> None:
-    from processor.localizer.blame import _delay
+    from processor.localizer.blame import SUPPORTED, _delay
 
     row = {"self_ns": 90e6, "self_max": 100e6}                       # slower than p99, within what was seen
     assert _delay(row, None) == ""
     assert _delay(row, ServiceScore("a", 0.25, ())) == ""              # support 0.2: a healthy fluctuation
-    assert _delay(row, ServiceScore("a", 1.0, ())) == "delay"          # support 1/2: one fully abnormal place
+    # support 1/2, one fully abnormal place: a delay if another trace bears it out (``_corroborate``)
+    assert _delay(row, ServiceScore("a", 1.0, ())) == SUPPORTED
     assert _delay({"self_ns": 120e6, "self_max": 100e6}, None) == "delay"   # never seen that slow
     assert _delay({"self_ns": 120e6, "self_max": None}, None) == "delay"
+
+
+def test_the_windows_support_makes_a_delay_only_where_another_trace_is_slow_there_too() -> None:
+    from processor.localizer.blame import LATENCY_SOURCE, SUPPORTED, _Blame, _corroborate, _Gathered
+
+    def trace(trace_id: bytes, service: str, failure: str, beyond_p99: bool = True) -> _Gathered:
+        b = _Blame({"span_id": trace_id + b"s"}, service, beyond_p99=beyond_p99)
+        b.messages.append((LATENCY_SOURCE, "slow", 0.9, failure))
+        return _Gathered(trace_id, None, {}, {trace_id + b"s": b})
+
+    def failures(t: _Gathered) -> list[str]:
+        return [f for b in t.blames.values() for *_, f in b.messages]
+
+    alone = [trace(b"a", "cart", SUPPORTED)]          # a batch of one trace: its window is itself
+    _corroborate(alone)
+    assert failures(alone[0]) == [""]
+    pair = [trace(b"a", "cart", SUPPORTED), trace(b"b", "cart", "")]   # another trace slow at cart
+    _corroborate(pair)
+    assert failures(pair[0]) == ["delay"] and failures(pair[1]) == [""]
+    # another trace slow elsewhere, or at cart only within its p99 (a slow pod's median), bears nothing out
+    apart = [trace(b"a", "cart", SUPPORTED), trace(b"b", "shipping", ""), trace(b"c", "cart", "", beyond_p99=False)]
+    _corroborate(apart)
+    assert failures(apart[0]) == [""]
+    beyond = [trace(b"a", "cart", "delay")]           # beyond the baseline's range needs no one else
+    _corroborate(beyond)
+    assert failures(beyond[0]) == ["delay"]
