@@ -4,7 +4,9 @@ Owns the (lazily built, cached) Lark LALR parser, the structural transformer
 from parse tree to AST, message-template splitting, and the translation of
 Lark's exceptions into diagnostics with "expected ..." hints.  A syntax error
 does not stop the file: the broken top-level item is blanked out and the rest
-is parsed again, so one run reports every broken item.
+is parsed again, so one run reports every broken item.  A file is parsed in
+pieces of whole items (``_pieces``), so that parsing again after an error
+costs one piece, not the whole file.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from importlib import resources
 from typing import Any
 
 import lark
-from lark import Token, Tree
+from lark import TextSlice, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from dsl import ast
@@ -28,6 +30,7 @@ _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "\\": "\\", '"': '"', "'
 # a new top-level item starts at the beginning of a line with one of these
 _ITEM_START = re.compile(r"^[ \t]*(rule|macro|list|const|tree|event|basic|house)\b", re.M)
 _MAX_RECOVERIES = 100
+_PIECE_CHARS = 16_384  # a file is parsed in pieces of whole items of at least this size (the last may be shorter)
 _LOOK_BACK = 8  # words before a syntax error searched for a misspelt keyword
 _INT64_MAX = 2**63 - 1  # integers and durations (in ns) are BIGINT in SQL
 
@@ -46,25 +49,56 @@ def _lark() -> lark.Lark:
 
 
 def parse(text: str, path: str = "<string>") -> tuple[ast.File, list[Diagnostic]]:
-    """Parse one file; returns its AST (items that parsed) and all problems."""
+    """Parse one file; returns its AST (items that parsed) and all problems.
+
+    The same as parsing the whole text, blanking the item around each syntax
+    error and parsing the whole text again (up to ``_MAX_RECOVERIES`` times),
+    but piece by piece: the text before a piece that parsed is a sequence of
+    whole items, which no later blanking changes, and as LALR parsing is
+    deterministic a piece fails where the whole text would, except at its
+    end.  A piece that ends inside an item (an item keyword starting a line
+    of an item: ``event e of s`` continuing a binding) fails at its end, and
+    is parsed again with the next piece."""
     diags: list[Diagnostic] = []
     lines = LineIndex(text)  # blanking keeps every newline: one index serves every attempt
+    builder = _AstBuilder(path, text, lines)
+    items: list[Any] = []
     work = text
-    for _ in range(_MAX_RECOVERIES):
+    bounds = _pieces(text)
+    first, last, failures = 0, 1, 0  # parsing bounds[first]:bounds[last]
+    while last < len(bounds):
         try:
-            tree = _lark().parse(work, start="start")
+            tree = _lark().parse(TextSlice(work, bounds[first], bounds[last]), start="start")
         except UnexpectedInput as err:
+            if last + 1 < len(bounds) and _at_end(err):
+                last += 1
+                continue
             diags.append(_syntax_diagnostic(err, work, path, lines))
+            failures += 1
             blanked = _blank_item_at(work, err.pos_in_stream or 0)
-            if blanked == work:  # nothing left to skip: give up on the rest
+            if blanked == work or failures == _MAX_RECOVERIES:  # give up on the file
                 return ast.File(path, ()), diags
             work = blanked
             continue
-        builder = _AstBuilder(path, text, lines)
-        items = builder.build(tree)
-        diags += builder.diagnostics
-        return ast.File(path, tuple(_within_nesting(items, diags))), diags
-    return ast.File(path, ()), diags
+        items += builder.build(tree)
+        first, last = last, last + 1
+    diags += builder.diagnostics
+    return ast.File(path, tuple(_within_nesting(items, diags))), diags
+
+
+def _pieces(text: str) -> list[int]:
+    """Where the pieces of ``text`` start, and its end: every piece but the
+    first starts at an item keyword at the start of a line."""
+    bounds = [0]
+    for m in _ITEM_START.finditer(text):
+        if m.start() - bounds[-1] >= _PIECE_CHARS:
+            bounds.append(m.start())
+    return [*bounds, len(text)]
+
+
+def _at_end(err: UnexpectedInput) -> bool:
+    """Whether ``err`` is the parser meeting the end of its input."""
+    return isinstance(err, UnexpectedEOF) or (isinstance(err, UnexpectedToken) and err.token.type == "$END")
 
 
 def parse_expr(text: str, path: str = "<string>") -> tuple[ast.Expr | None, list[Diagnostic]]:

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from dsl import ast
+from dsl import ast, parser
 from dsl.parser import parse, parse_expr
 
 RULE = '''\
@@ -138,6 +138,34 @@ def test_recovery_reports_every_broken_item_and_keeps_good_ones():
     f, diags = parse(text)
     assert [d.span.line for d in diags] == [1, 3]
     assert [i.id for i in f.items] == ["a.two"]
+
+
+def _rules(n: int, match: str = '  match span s,\n  event e of s where e.name = "x"') -> str:
+    return "".join(f'rule a.r{i} {{\n  title "t"\n{match}\n}}\n' for i in range(n))
+
+
+def test_a_large_file_is_parsed_in_pieces_with_file_positions():
+    # 500 rules make many pieces (parser._PIECE_CHARS); each rule's second line of bindings starts with
+    # `event`, an item keyword: a piece may end inside a rule, and is then parsed with the next one
+    text = _rules(500)
+    assert len(parser._pieces(text)) > 3
+    f, diags = parse(text)
+    assert diags == [] and [i.id for i in f.items] == [f"a.r{i}" for i in range(500)]
+    last = f.items[-1]
+    assert (last.span.line, last.span.col, last.span.start) == (5 * 499 + 1, 1, text.index("rule a.r499"))
+    assert [b.relation for b in last.matches[0].bindings] == ["span", "event"]
+
+
+def test_errors_far_apart_in_a_large_file_each_cost_their_item():
+    lines = _rules(500, '  match span s where s.name = "x"').split("\n")
+    lines[4 * 100 + 2] = "  match span s where s.name ="  # rule a.r100: the expression is cut short
+    lines[4 * 450 + 1] = '  title "t'  # rule a.r450: an unterminated string
+    text = "\n".join(lines)
+    assert len(parser._pieces(text)) > 2  # the two errors are in different pieces
+    f, diags = parse(text)
+    assert [(d.code, d.span.line) for d in diags] == [("E001", 4 * 100 + 4), ("E004", 4 * 450 + 2)]
+    assert len(f.items) == 498 and {"a.r100", "a.r450"}.isdisjoint(i.id for i in f.items)
+    assert diags[1].span.col == 9 and diags[1].span.start == text.index('"t\n', text.index("rule a.r450"))
 
 
 def test_unknown_escape_is_reported_not_raised():
