@@ -189,3 +189,18 @@ def test_no_parser_is_built_at_import():
     code = "import dsl, dsl.parser; assert dsl.parser._lark.cache_info().currsize == 0; print('ok')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "ok"
+
+
+def test_the_grammar_analysis_is_kept_in_the_users_cache_and_a_bad_copy_is_ignored(tmp_path):
+    code = "from dsl.parser import parse; print(parse('rule a.b { title \"x\" }')[1])"
+    env = {"PATH": "", "HOME": str(tmp_path / "home"), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    run = lambda: subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)  # noqa: E731
+    assert run().stdout.strip() == "[]"
+    (cached,) = (tmp_path / "cache" / "faulttrace").glob("grammar-lark*.pickle")
+    assert cached.stat().st_size > 10_000 and (cached.parent.stat().st_mode & 0o077) == 0
+    assert run().stdout.strip() == "[]"  # read from the cache
+    cached.write_bytes(b"not a pickle")
+    done = run()
+    assert done.stdout.strip() == "[]" and done.stderr == ""
+    assert cached.stat().st_size > 10_000  # analysed again and saved
+
