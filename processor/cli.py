@@ -11,10 +11,10 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from processor.config import OTEL_PREFIX, Config, load_config
-from processor.confmap import ConfigError
-
+# processor.config (pydantic models importing every component) is imported by the commands that read a
+# configuration, not here: `faulttrace check` would spend more time importing it than checking a file
 if TYPE_CHECKING:
+    from processor.config import Config
     from processor.demo.faults import FaultKind
     from processor.tools.offline import OfflineResult
 
@@ -47,6 +47,7 @@ async def _serve(config: Config) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from processor.config import OTEL_PREFIX, load_config
     from processor.pipeline import StartError
     from processor.store import JournalError
 
@@ -73,6 +74,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
     import duckdb
 
+    from processor.config import load_config
     from processor.localizer.history import HistoryConfig
     from processor.localizer.snapshot import SnapshotError, copy_snapshot, scale_of, snapshot_path
 
@@ -104,6 +106,8 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from processor.config import load_config
+
     config = load_config(args.config, args.set or ())
     p = config.pipeline
     print(f"{args.config}: valid (receivers: {', '.join(p.receivers)}; processors: "
@@ -449,14 +453,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `faulttrace explain … | head`
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
         return 0
+    except Exception as err:
+        confmap = sys.modules.get("processor.confmap")  # not imported by the command: no ConfigError raised
+        if confmap is None or not isinstance(err, confmap.ConfigError):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
