@@ -21,6 +21,9 @@ from typing import Any
 import lark
 from lark import TextSlice, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark.grammar import Rule
+from lark.lexer import LexerThread
+from lark.parsers.lalr_parser import _Parser
 
 from dsl import ast
 from dsl.diagnostics import Diagnostic, LineIndex, SourceSpan, did_you_mean
@@ -80,13 +83,17 @@ def parse(text: str, path: str = "<string>") -> tuple[ast.File, list[Diagnostic]
     diags: list[Diagnostic] = []
     lines = LineIndex(text)  # blanking keeps every newline: one index serves every attempt
     builder = _AstBuilder(path, text, lines)
+    parser = _direct_parser(builder)
+    lexer = _lark().parser.lexer
     items: list[Any] = []
     work = text
     bounds = _pieces(text)
     first, last, failures = 0, 1, 0  # parsing bounds[first]:bounds[last]
+    kept = 0  # builder.diagnostics of the pieces parsed
     while last < len(bounds):
+        del builder.diagnostics[kept:]  # of an attempt that failed: the items they were about are not kept
         try:
-            tree = _lark().parse(TextSlice(work, bounds[first], bounds[last]), start="start")
+            top = parser.parse(LexerThread.from_text(lexer, TextSlice(work, bounds[first], bounds[last])), "start")
         except UnexpectedInput as err:
             if last + 1 < len(bounds) and _at_end(err):
                 last += 1
@@ -98,7 +105,8 @@ def parse(text: str, path: str = "<string>") -> tuple[ast.File, list[Diagnostic]
                 return ast.File(path, ()), diags
             work = blanked
             continue
-        items += builder.build(tree)
+        items += top.value
+        kept = len(builder.diagnostics)
         first, last = last, last + 1
     diags += builder.diagnostics
     return ast.File(path, tuple(_within_nesting(items, diags))), diags
@@ -156,6 +164,103 @@ def _blank_item_at(text: str, pos: int) -> str:
         return text
     chunk = re.sub(r"[^\n]", " ", text[begin:end])
     return text[:begin] + chunk + text[end:]
+
+
+# ---- parsing straight to the AST ------------------------------------------------
+#
+# A file is parsed without a parse tree: Lark's LALR parser calls, at each
+# reduction, a function of ours instead of its tree builder, which calls the
+# builder method named after the rule (the methods the parse-tree walk of
+# ``_AstBuilder.build`` calls, for message holes and ``parse_expr``).  Each
+# function does what Lark's would (drop anonymous tokens, splice `_rule`s and
+# `?rule`s, add None for absent `[...]` parts) and gives the node the
+# positions ``propagate_positions`` would, so both ways build the same AST;
+# it skips a parse tree, its positions' bookkeeping and a second walk.
+
+
+class _Node:
+    """A reduced rule: the builder method's ``value``, or an inlined rule's
+    ``children``, and where it lies, named as ``lark.tree.Meta`` (the
+    methods take it as their ``meta``): ``line`` None when it is empty."""
+
+    __slots__ = ("value", "children", "line", "column", "start_pos", "end_line", "end_column", "end_pos")
+
+
+def _direct_parser(builder: _AstBuilder) -> _Parser:
+    """Lark's LALR parser for ``_lark()``'s grammar, calling ``builder``'s methods."""
+    frontend = _lark().parser.parser.parser
+    return _Parser(frontend.parse_table, {rule: _reducer(rule, builder) for rule in _lark().rules})
+
+
+def _kept(rule: Rule) -> tuple[list[tuple[int, bool, int]], int]:
+    """Which of ``rule``'s children a node keeps, as Lark's ``maybe_create_child_filter``:
+    (index, whether it is spliced, Nones before it), and Nones after the last."""
+    flags = rule.options.empty_indices
+    nones = [len(ones) for ones in "".join(str(int(b)) for b in flags).split("0")] if flags else [0] * (len(rule.expansion) + 1)
+    kept, pending = [], 0
+    for i, sym in enumerate(rule.expansion):
+        pending += nones[i]
+        if rule.options.keep_all_tokens or not (sym.is_term and sym.filter_out):
+            kept.append((i, not sym.is_term and sym.name.startswith("_"), pending))
+            pending = 0
+    return kept, pending + nones[len(rule.expansion)]
+
+
+def _first(children: list[Any]) -> Any:
+    return children[0]
+
+
+def _reducer(rule: Rule, builder: _AstBuilder) -> Callable[[list[Any]], Any]:
+    """The function reducing ``rule``'s children (tokens and ``_Node``s) to a ``_Node``."""
+    kept, trailing = _kept(rule)
+    name = rule.alias or rule.options.template_source or rule.origin.name
+    expand1 = bool(rule.options.expand1) and not rule.alias
+    if expand1 and kept == [(0, False, 0)] and not trailing and len(rule.expansion) == 1:
+        return _first  # `?a: b`: b itself, where it lies unchanged
+    # None: an inlined `_rule` (its children go to its parent), or a `?rule` whose one child is kept
+    method = None if name.startswith("_") else getattr(builder, name, None)
+
+    def reduce(children: list[Any]) -> Any:
+        kids: list[Any] = []
+        for i, splice, nones in kept:
+            if nones:
+                kids += [None] * nones
+            child = children[i]
+            if splice:
+                if kids:
+                    kids += child.children
+                else:
+                    kids = child.children  # reused: a chain of n items costs n steps, not n*n/2
+            else:
+                kids.append(child.value if type(child) is _Node else child)
+        if trailing:
+            kids += [None] * trailing
+        if expand1 and len(kids) == 1:
+            only = next((children[i] for i, splice, _ in kept if not splice), None)
+            if type(only) is not _Node:
+                return only  # a token keeps its own position, as in Lark
+            _place(only, children)  # `(expr)`: the expression, now lying from `(` to `)`
+            return only
+        node = _Node()
+        _place(node, children)
+        if method is None:
+            node.children = kids
+        else:
+            node.value = method(node, kids)
+        return node
+
+    return reduce
+
+
+def _place(node: _Node, children: list[Any]) -> None:
+    """Set where ``node`` lies: from its first non-empty child to its last."""
+    first = next((c for c in children if c.line is not None), None)
+    if first is None:
+        node.line = None
+        return
+    last = next(c for c in reversed(children) if c.line is not None)
+    node.line, node.column, node.start_pos = first.line, first.column, first.start_pos
+    node.end_line, node.end_column, node.end_pos = last.end_line, last.end_column, last.end_pos
 
 
 # ---- Lark errors -> diagnostics ---------------------------------------------

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from lark.exceptions import UnexpectedInput
 
 from dsl import ast, parser
+from dsl.diagnostics import LineIndex
 from dsl.parser import parse, parse_expr
 
 RULE = '''\
@@ -166,6 +169,26 @@ def test_errors_far_apart_in_a_large_file_each_cost_their_item():
     assert [(d.code, d.span.line) for d in diags] == [("E001", 4 * 100 + 4), ("E004", 4 * 450 + 2)]
     assert len(f.items) == 498 and {"a.r100", "a.r450"}.isdisjoint(i.id for i in f.items)
     assert diags[1].span.col == 9 and diags[1].span.start == text.index('"t\n', text.index("rule a.r450"))
+
+
+def test_parsing_straight_to_the_ast_builds_what_walking_the_parse_tree_builds():
+    # parse() has Lark call the builder's methods as it reduces; holes and parse_expr walk a parse tree
+    root = Path(__file__).resolve().parents[2]
+    paths = sorted((root / "rules").glob("*.rules")) + sorted((root / "tests" / "dsl" / "golden").glob("*.rules"))
+    compared = 0
+    for path in paths:
+        text = path.read_text(encoding="utf-8")
+        try:
+            tree = parser._lark().parse(text, start="start")
+        except UnexpectedInput:
+            continue  # a file with syntax errors (golden/syntax.rules): recovery is tested above
+        walker = parser._AstBuilder(str(path), text, LineIndex(text))
+        walked = walker.build(tree)
+        f, diags = parse(text, str(path))
+        assert list(f.items) == parser._within_nesting(walked, walker.diagnostics), path
+        assert diags == walker.diagnostics, path
+        compared += 1
+    assert compared >= 10
 
 
 def test_unknown_escape_is_reported_not_raised():
