@@ -52,6 +52,7 @@ import pyarrow as pa
 
 from dsl import no_parent_sql, root_key_sql
 from processor.analysis.verdict import BatchVerdict, Evidence
+from processor.localizer.baseline import range_observations
 from processor.localizer.history import HistoryConfig
 
 # The healthy firing rate a source is presumed to have until measured: the ceiling a shipped
@@ -60,7 +61,7 @@ PRIOR_RATE = 0.01
 ERROR = 2  # OTLP status code
 # observations of the root's operation before a duration beyond the largest of them is a failure:
 # a normal one passes the largest of n with probability 1/(n + 1), at most PRIOR_RATE from here
-MIN_OBSERVATIONS = round(1 / PRIOR_RATE) - 1
+MIN_OBSERVATIONS = range_observations(PRIOR_RATE)
 
 _ROOT = root_key_sql("s", no_parent=no_parent_sql("s.parent_span_id"), parent_found="p.span_id IS NOT NULL")
 ROOTS_SQL = f"""

@@ -40,6 +40,17 @@ def min_observations(quantile: float, confidence: float) -> int:
     return math.ceil(math.log1p(-confidence) / math.log(quantile))
 
 
+def range_observations(rate: float) -> int:
+    """How many observations of an operation its baseline needs before a value beyond the largest
+    of them is one normal traffic shows at most ``rate`` of the time: a new normal value exceeds the
+    largest of ``n`` with probability ``1 / (n + 1)``, so the fewest ``n`` with ``1 / (n + 1) <=
+    rate`` — 99 for 1%.  "Beyond anything the baseline has seen" (a root's longest duration, a
+    span's largest self time) is a failure's or a delay's evidence only past it."""
+    if not 0 < rate < 1:
+        raise ValueError(f"rate {rate} must lie strictly between 0 and 1")
+    return math.ceil(1 / rate - 1 - 1e-9)
+
+
 def unexcluded_error_rate(n: float, err_rate: float, confidence: float = 0.5) -> float:
     """The highest error rate ``n`` observations of an operation (``err_rate`` of them errors) do not
     rule out at ``confidence``: at least the rate seen, and at least the rate ``r`` at which no error

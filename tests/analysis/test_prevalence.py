@@ -18,7 +18,7 @@ from processor.analysis.protocols import RELEASED_TABLE, with_row_numbers
 from processor.analysis.rules import RuleAnalyzer
 from processor.analysis.verdict import BatchVerdict, Candidate, Evidence, TraceVerdict
 from processor.config import FaulttraceProcessorConfig
-from processor.localizer.baseline import min_observations
+from processor.localizer.baseline import min_observations, range_observations
 from processor.otlp.tracefile import read_requests
 from tests.support.harness import sid, tid
 
@@ -66,6 +66,7 @@ def test_a_root_slower_than_its_baseline_has_been_is_a_failure():
 def test_the_count_a_slow_root_needs_is_where_healthy_roots_fail_at_most_the_ceiling():
     # a normal duration passes the largest of n with probability 1 / (n + 1)
     assert 1 / (MIN_OBSERVATIONS + 1) <= PRIOR_RATE < 1 / MIN_OBSERVATIONS
+    assert MIN_OBSERVATIONS == range_observations(0.01) == 99 and range_observations(0.05) == 19
     assert min_observations(0.99, 0.5) == 69  # 0.99 ** 69 < 0.5 <= 0.99 ** 68
     assert 0.99 ** 69 < 0.5 <= 0.99 ** 68
     assert min_observations(0.99, 0.95) == 299

@@ -115,13 +115,15 @@ def test_why_not_first_names_the_callee_that_explains_the_caller() -> None:
 def test_a_slow_span_is_a_delay_beyond_its_baselines_range_or_with_the_window_behind_it() -> None:
     from processor.localizer.blame import SUPPORTED, _delay
 
-    row = {"self_ns": 90e6, "self_max": 100e6}                       # slower than p99, within what was seen
+    row = {"self_ns": 90e6, "self_max": 100e6, "base_n": 400}        # slower than p99, within what was seen
     assert _delay(row, None) == ""
     assert _delay(row, ServiceScore("a", 0.25, ())) == ""              # support 0.2: a healthy fluctuation
     # support 1/2, one fully abnormal place: a delay if another trace bears it out (``_corroborate``)
     assert _delay(row, ServiceScore("a", 1.0, ())) == SUPPORTED
-    assert _delay({"self_ns": 120e6, "self_max": 100e6}, None) == "delay"   # never seen that slow
-    assert _delay({"self_ns": 120e6, "self_max": None}, None) == "delay"
+    assert _delay({**row, "base_n": 68}, ServiceScore("a", 1.0, ())) == ""    # a p99 of 68: not yet one
+    assert _delay({"self_ns": 120e6, "self_max": 100e6, "base_n": 69}, None) == "delay"   # never seen that slow
+    # ... in 68 observations, whose p99 is more likely than not their largest: no delay by itself
+    assert _delay({"self_ns": 120e6, "self_max": 100e6, "base_n": 68}, None) == ""
 
 
 def test_the_windows_support_makes_a_delay_only_where_another_trace_is_slow_there_too() -> None:
