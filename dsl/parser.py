@@ -23,6 +23,7 @@ from lark import TextSlice, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 from lark.grammar import Rule
 from lark.lexer import LexerThread
+from lark.parsers.lalr_analysis import Reduce
 from lark.parsers.lalr_parser import _Parser
 
 from dsl import ast
@@ -188,8 +189,11 @@ class _Node:
 
 def _direct_parser(builder: _AstBuilder) -> _Parser:
     """Lark's LALR parser for ``_lark()``'s grammar, calling ``builder``'s methods."""
-    frontend = _lark().parser.parser.parser
-    return _Parser(frontend.parse_table, {rule: _reducer(rule, builder) for rule in _lark().rules})
+    table = _lark().parser.parser.parser.parse_table
+    # keyed by the table's own rule objects (a table read from the cache has copies of ``Lark.rules``,
+    # and looking a copy up compares rules field by field, at every reduction)
+    rules = {arg for actions in table.states.values() for action, arg in actions.values() if action is Reduce}
+    return _Parser(table, {rule: _reducer(rule, builder) for rule in rules})
 
 
 def _kept(rule: Rule) -> tuple[list[tuple[int, bool, int]], int]:
@@ -254,11 +258,13 @@ def _reducer(rule: Rule, builder: _AstBuilder) -> Callable[[list[Any]], Any]:
 
 def _place(node: _Node, children: list[Any]) -> None:
     """Set where ``node`` lies: from its first non-empty child to its last."""
-    first = next((c for c in children if c.line is not None), None)
-    if first is None:
-        node.line = None
-        return
-    last = next(c for c in reversed(children) if c.line is not None)
+    first, last = children[0] if children else None, children[-1] if children else None
+    if first is None or first.line is None or last.line is None:  # rare: an empty child, or none
+        first = next((c for c in children if c.line is not None), None)
+        if first is None:
+            node.line = None
+            return
+        last = next(c for c in reversed(children) if c.line is not None)
     node.line, node.column, node.start_pos = first.line, first.column, first.start_pos
     node.end_line, node.end_column, node.end_pos = last.end_line, last.end_column, last.end_pos
 
@@ -376,13 +382,18 @@ class _AstBuilder:
         self.holes: dict[str, Tree] = {} if holes is None else holes
 
     def _span(self, line: int, col: int, end_line: int, end_col: int, start: int, end: int) -> SourceSpan:
-        return _shift(SourceSpan(self.path, line, col, end_line, end_col, start, end), self.origin)
+        span = SourceSpan(self.path, line, col, end_line, end_col, start, end)
+        return span if self.origin is None else _shift(span, self.origin)
 
     def _s(self, meta: object) -> SourceSpan:
         m = meta
+        if self.origin is None:  # the common case, spelt out: a file has hundreds of thousands of spans
+            return SourceSpan(self.path, m.line, m.column, m.end_line, m.end_column, m.start_pos, m.end_pos)  # type: ignore[attr-defined]
         return self._span(m.line, m.column, m.end_line, m.end_column, m.start_pos, m.end_pos)  # type: ignore[attr-defined]
 
     def _t(self, tok: Token) -> SourceSpan:
+        if self.origin is None:
+            return SourceSpan(self.path, tok.line, tok.column, tok.end_line, tok.end_column, tok.start_pos, tok.end_pos)  # type: ignore[arg-type]
         return self._span(tok.line, tok.column, tok.end_line, tok.end_column, tok.start_pos, tok.end_pos)  # type: ignore[arg-type]
 
     def _offset(self, pos: int) -> int:
