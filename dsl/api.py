@@ -783,6 +783,13 @@ def cli_check(paths: Iterable[PathLike], fmt: str = "text", out: TextIO | None =
     """Print the diagnostics of the rule files under ``paths`` (``fmt`` is
     ``text`` or ``json``); the exit code is 1 if any is an error."""
     stream = out if out is not None else sys.stdout
+    # the cycle collector stays off until the syntax trees are gone (freed as _print_check returns):
+    # turned on while they live, its first collections would walk every one of their objects
+    with _no_cycle_collection():
+        return _print_check(paths, fmt, stream)
+
+
+def _print_check(paths: Iterable[PathLike], fmt: str, stream: TextIO) -> int:
     result, diags, sources, _ = _diagnose(paths)
     if fmt == "json":
         stream.write(to_json(diags) + "\n")
