@@ -11,6 +11,7 @@ costs one piece, not the whole file.
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 import re
@@ -189,11 +190,33 @@ class _Node:
 
 def _direct_parser(builder: _AstBuilder) -> _Parser:
     """Lark's LALR parser for ``_lark()``'s grammar, calling ``builder``'s methods."""
-    table = _lark().parser.parser.parser.parse_table
-    # keyed by the table's own rule objects (a table read from the cache has copies of ``Lark.rules``,
-    # and looking a copy up compares rules field by field, at every reduction)
-    rules = {arg for actions in table.states.values() for action, arg in actions.values() if action is Reduce}
-    return _Parser(table, {rule: _reducer(rule, builder) for rule in rules})
+    table, reductions = _direct_table()
+    return _Parser(table, {red: _reducer(red.rule, builder) for red in reductions})
+
+
+class _Reduction:
+    """A rule as the parse table's reduce actions name it, for the direct
+    parser: Lark's parser reads its ``expansion`` and ``origin``, and looks
+    up its function by it, by identity (a ``lark.grammar.Rule`` is hashed
+    and compared field by field in Python, at every reduction)."""
+
+    __slots__ = ("rule", "expansion", "origin")
+
+    def __init__(self, rule: Rule) -> None:
+        self.rule, self.expansion, self.origin = rule, rule.expansion, rule.origin
+
+
+@functools.cache
+def _direct_table() -> tuple[Any, tuple[_Reduction, ...]]:
+    """``_lark()``'s parse table with its reduce actions naming ``_Reduction``s, and those."""
+    table = copy.copy(_lark().parser.parser.parser.parse_table)
+    reductions: dict[Rule, _Reduction] = {}
+    table.states = {
+        state: {sym: (action, reductions.setdefault(arg, _Reduction(arg)) if action is Reduce else arg)
+                for sym, (action, arg) in actions.items()}
+        for state, actions in table.states.items()
+    }
+    return table, tuple(reductions.values())
 
 
 def _kept(rule: Rule) -> tuple[list[tuple[int, bool, int]], int]:
