@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -403,5 +404,81 @@ def test_a_store_in_memory_refuses_journal_work():
     async def test(store: SpanStore) -> None:
         with pytest.raises(RuntimeError, match="needs a durable store"):
             await store.run(lambda conn: conn.execute("SELECT 1").fetchall())
+
+    run(test)
+
+
+def mixed_batch(traces: range, spans_per_trace: int = 3) -> SpanBatch:
+    """Spans whose bytes compress (repeated text) and spans whose bytes do not (random bytes)."""
+    req = ExportTraceServiceRequest()
+    ss = req.resource_spans.add().scope_spans.add()
+    rng = random.Random(traces.start)
+    for t in traces:
+        for s in range(spans_per_trace):
+            span = ss.spans.add(trace_id=tid(t), span_id=sid(t * 100 + s + 1), name=f"op/{t}/{s}")
+            span.attributes.append(kv("noise", rng.randbytes(rng.randrange(0, 300)) if t % 2 else "x" * 200))
+    return decode(req).batch
+
+
+def test_released_spans_are_the_bytes_as_received_whatever_their_batch_was_packed_as():
+    """The store packs each appended batch's span bytes (compressed when that pays): what a
+    release hands back, whole batches or some rows of them, is each span's bytes as received."""
+    async def test(store: SpanStore) -> None:
+        sent: dict[tuple[bytes, bytes], bytes] = {}
+        first = mixed_batch(range(1, 41))                    # compressible and not, mixed
+        noise = mixed_batch(range(41, 81, 2), spans_per_trace=1)  # odd traces only: random bytes
+        table = first.table
+        sliced = SpanBatch(table.slice(7, 50), first.resources, first.scopes, {})  # a view at an offset
+        for b in (sliced, noise):
+            for row in b.table.select(["trace_id", "span_id", "raw"]).to_pylist():
+                sent[(row["trace_id"], row["span_id"])] = row["raw"]
+            await store.append(b)
+        assert store.buffered_spans == 70
+        got: dict[tuple[bytes, bytes], bytes] = {}
+        for chosen in ([tid(t) for t in range(3, 30, 3)], [tid(t) for t in range(41, 81, 4)],
+                       [tid(t) for t in range(1, 81)]):
+            spans = await store.release(chosen)
+            assert spans.table.column("raw").to_pylist() == spans.raw
+            got.update(zip(zip(spans.trace_ids, spans.span_ids), spans.raw))
+        assert got == sent and store.buffered_spans == 0
+
+    run(test, generation_rows=40)
+
+
+def test_a_compacted_generation_keeps_its_stragglers_bytes():
+    async def test(store: SpanStore) -> None:
+        old = mixed_batch(range(1, 101), spans_per_trace=1)
+        expected = dict(zip(old.table.column("trace_id").to_pylist(), old.table.column("raw").to_pylist()))
+        await store.append(old)
+        await store.append(mixed_batch(range(101, 102), spans_per_trace=1))
+        await store.release([tid(t) for t in range(1, 98)])  # compacted to traces 98-100
+        spans = await store.release([tid(98), tid(99), tid(100)])
+        assert dict(zip(spans.trace_ids, spans.raw)) == {tid(t): expected[tid(t)] for t in (98, 99, 100)}
+
+    run(test, generation_rows=100)
+
+
+def test_buffered_spans_bytes_are_held_compressed():
+    """Spans of repetitive text (as real attributes are) are held in far less than their bytes;
+    random bytes (which do not compress) in no more than theirs."""
+    async def test(store: SpanStore, b: SpanBatch) -> int:
+        await store.append(b)
+        return store.memory_bytes()
+
+    for traces, most in ((range(2, 402, 2), 0.2), (range(1, 401, 2), 1.0)):  # text, random bytes
+        b = mixed_batch(traces, spans_per_trace=1)
+        raw = b.table.column("raw").nbytes
+        held = run(lambda store, b=b: test(store, b)) - (b.table.nbytes - raw)  # the other columns as they were
+        assert held <= raw * most
+
+
+def test_a_raw_column_with_nulls_is_kept_as_it_is():
+    async def test(store: SpanStore) -> None:
+        b = batch(range(1, 4))
+        raw = pa.array([None, *b.table.column("raw").to_pylist()[1:]], pa.binary())
+        table = b.table.set_column(STORE_SCHEMA.get_field_index("raw"), "raw", raw)
+        await store.append(SpanBatch(table, b.resources, b.scopes, b.traces))
+        spans = await store.release([tid(1), tid(2), tid(3)])
+        assert spans.raw == raw.to_pylist()
 
     run(test)
