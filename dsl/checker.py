@@ -13,8 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-
-import networkx as nx
+from typing import TYPE_CHECKING
 
 from dsl import ast, ir
 from dsl.diagnostics import Diagnostic, SourceSpan, did_you_mean
@@ -24,6 +23,9 @@ from dsl.limits import MAX_NESTING, nesting_diagnostic
 from dsl.neverfires import contradiction
 from dsl.projection import AttrRef, AttrSource, AttrType
 from dsl.semconv import SemconvTable
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 _RULE_ID = re.compile(r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)+")
 _ANNOTATIONS = {t.value: t for t in AttrType if t is not AttrType.PRESENT}
@@ -979,6 +981,12 @@ class _TreeChecker:
         strongly connected component: linear time, however many cycles a hostile file
         holds), naming one cycle through it and pointing at the reference that closes
         it; its events are marked bad, so no tree is lowered through them."""
+        self._groups: dict[str, frozenset[str]] = {}
+        self._graph: nx.DiGraph | None = None
+        if not self.events:
+            return  # no graph, and no networkx to import (a tenth of a second of `faulttrace check`)
+        import networkx as nx
+
         graph: nx.DiGraph = nx.DiGraph()
         closing: dict[tuple[str, str], SourceSpan] = {}
         for name, d in self.events.items():
@@ -987,7 +995,6 @@ class _TreeChecker:
                 if ref.name in self.events:
                     graph.add_edge(name, ref.name)
                     closing.setdefault((name, ref.name), ref.span)
-        self._groups: dict[str, frozenset[str]] = {}
         order = {name: i for i, name in enumerate(self.events)}  # definition order: stable messages
         groups = [g for g in nx.strongly_connected_components(graph)
                   if len(g) > 1 or graph.has_edge(next(iter(g)), next(iter(g)))]
@@ -1008,6 +1015,10 @@ class _TreeChecker:
         walk of a lowered tree goes deeper than the limit."""
         self.heights: dict[str, int] = {}
         self.deep: set[str] = set()  # too deep, or naming an event that is (reported once, at the first)
+        if self._graph is None:
+            return
+        import networkx as nx
+
         acyclic = self._graph.subgraph(n for n in self._graph if n not in self.bad)
         for name in reversed(list(nx.topological_sort(acyclic))):
             gate = self.events[name].gate
@@ -1046,7 +1057,9 @@ class _TreeChecker:
     def _used_below(self, name: str) -> None:
         """``name`` and every event it reaches count as used."""
         self.used.add(name)
-        if name in self._graph:
+        if self._graph is not None and name in self._graph:
+            import networkx as nx
+
             self.used.update(nx.descendants(self._graph, name))
 
     def _record_cycle(self, name: str) -> None:
