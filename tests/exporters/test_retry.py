@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 import random
 import time
+import types
 from collections.abc import Iterable
 
 import pytest
@@ -156,6 +158,30 @@ def test_full_queue_makes_export_wait_instead_of_dropping(telemetry: Telemetry) 
     asyncio.run(main())
     assert transport.delivered == [b"payload-1", b"payload-2", b"payload-3"]
     assert metric(telemetry, "faulttrace_exporter_send_failed_spans_total", CID) == 0
+
+
+def test_an_idle_consumer_holds_no_delivered_payload(telemetry: Telemetry) -> None:
+    """After a burst its payloads are free: a consumer waiting for the next one does not keep the
+    last it delivered (each of num_consumers did, up to 3 MiB apiece, until the next came)."""
+    transport = ScriptedTransport()
+    s = sender(transport, telemetry, queue={"num_consumers": 3})
+
+    async def main() -> list[str]:
+        await s.start()
+        sent = [payload(i) for i in range(6)]
+        for i in range(len(sent)):
+            await s.submit(sent[i])
+        while len(transport.delivered) < len(sent):
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)
+        gc.collect()
+        # A suspended coroutine refers to its frame's locals: a consumer holding a payload shows here.
+        holders = [r.cr_code.co_name for i in range(len(sent)) for r in gc.get_referrers(sent[i])
+                   if isinstance(r, types.CoroutineType)]
+        await s.shutdown(1)
+        return holders
+
+    assert asyncio.run(main()) == []
 
 
 def test_shutdown_drains_the_queue(telemetry: Telemetry) -> None:
