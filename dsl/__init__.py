@@ -8,7 +8,6 @@ from dsl.projection import SPAN_COLUMNS, AttrRef, AttrSource, AttrType, any_text
 
 __all__ = ["SPAN_COLUMNS", "AttrRef", "AttrSource", "AttrType", "any_text", "column_name"]
 
-from dsl import fixtures  # noqa: E402  (dsl.fixtures: fixture tests as data)
 from dsl.api import Evaluation, Finding, RuleError, RuleRuntimeError, RuleSet, check_paths, cli_check, load_rules  # noqa: E402
 from dsl.compiler import BASELINE_COLUMNS, BASELINE_TABLE  # noqa: E402
 from dsl.diagnostics import Diagnostic, Severity, SourceSpan  # noqa: E402
@@ -20,3 +19,13 @@ __all__ += [
     "antecedents_sql", "check_paths", "cli_check", "covered_sql", "fixtures", "load_rules", "no_parent_sql", "root_key_sql",
     "self_time_sql",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # dsl.fixtures (fixture tests as data) loads YAML: imported when first asked for, not by every
+    # ``faulttrace check``
+    if name == "fixtures":
+        import importlib
+
+        return importlib.import_module("dsl.fixtures")
+    raise AttributeError(f"module 'dsl' has no attribute {name!r}")

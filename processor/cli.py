@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import signal
@@ -28,6 +27,8 @@ def _setup_logging(level: str = "info") -> None:
 
 async def _serve(config: Config) -> None:
     """Run until SIGINT/SIGTERM; a failed start raises StartError once what had started is stopped."""
+    import asyncio
+
     from processor.pipeline import Pipeline
     from processor.service.process import tune_process
 
@@ -47,6 +48,9 @@ async def _serve(config: Config) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    # asyncio, like the pipeline, only where a command runs one (``check`` starts in ~0.5 s)
+    import asyncio
+
     from processor.config import OTEL_PREFIX, load_config
     from processor.pipeline import StartError
     from processor.store import JournalError
@@ -291,6 +295,7 @@ def _write_dataset(args: argparse.Namespace, kinds_named: Callable[[Sequence[str
 
 
 def _live_demo(args: argparse.Namespace, kinds: list[FaultKind]) -> int:
+    import asyncio
     from pathlib import Path
 
     from processor.demo import live
