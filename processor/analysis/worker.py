@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import pickle
+import signal
 import time
 from collections.abc import Mapping
 from multiprocessing.connection import Connection
@@ -38,6 +39,10 @@ IDLE = 2.0  # seconds without a batch after which the worker hands freed memory 
 
 
 def _serve(config_json: str, conn: Connection) -> None:
+    # Ctrl-C at a terminal signals the whole process group: the parent stops the pipeline, which
+    # drains through this worker and then closes its pipe (``close``); interrupted, the worker
+    # would die mid-batch with a traceback and cost the last batches their verdicts.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     tune_process()
     config = FaulttraceProcessorConfig.model_validate_json(config_json)
     analyzer = build_analyzer(config)

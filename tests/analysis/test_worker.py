@@ -7,6 +7,8 @@ columns) and project the attributes their analyzer reads themselves.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from pathlib import Path
 
 import pyarrow as pa
@@ -60,6 +62,25 @@ def test_a_worker_process_finds_what_the_analyzer_finds_here():
     assert not worker._process.is_alive()
     # a closed worker no longer analyzes, and says so instead of hanging
     assert worker.analyze_now(table, resources).traces == {}
+
+
+@pytest.mark.slow  # starts an analysis worker process
+def test_ctrl_c_at_a_terminal_leaves_the_worker_to_the_pipelines_shutdown():
+    # Ctrl-C signals the terminal's whole process group: the worker must keep analysing what the
+    # stopping pipeline still drains through it, and leave when closed
+    config = FaulttraceProcessorConfig(localizer={"enabled": False})
+    worker = ProcessAnalysis(config)
+    table, resources = released_batch()
+    try:
+        expected = verdict_of(worker, table, resources)
+        assert expected
+        os.kill(worker.pid, signal.SIGINT)
+        worker._process.join(1)
+        assert worker._process.is_alive()
+        assert verdict_of(worker, table, resources) == expected
+    finally:
+        worker.close()
+    assert not worker._process.is_alive() and worker._process.exitcode == 0
 
 
 def test_a_failing_analysis_costs_the_batch_its_verdict_not_the_pipeline():
