@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -64,23 +65,29 @@ def test_a_worker_process_finds_what_the_analyzer_finds_here():
     assert worker.analyze_now(table, resources).traces == {}
 
 
-@pytest.mark.slow  # starts an analysis worker process
-def test_ctrl_c_at_a_terminal_leaves_the_worker_to_the_pipelines_shutdown():
-    # Ctrl-C signals the terminal's whole process group: the worker must keep analysing what the
-    # stopping pipeline still drains through it, and leave when closed
-    config = FaulttraceProcessorConfig(localizer={"enabled": False})
-    worker = ProcessAnalysis(config)
+@pytest.fixture
+def worker() -> Iterator[tuple[ProcessAnalysis, pa.Table, dict[int, bytes], dict]]:
+    """A worker process (rules only), the released batch, and the verdict it gives; closed after."""
+    analysis = ProcessAnalysis(FaulttraceProcessorConfig(localizer={"enabled": False}))
     table, resources = released_batch()
     try:
-        expected = verdict_of(worker, table, resources)
+        expected = verdict_of(analysis, table, resources)
         assert expected
-        os.kill(worker.pid, signal.SIGINT)
-        worker._process.join(1)
-        assert worker._process.is_alive()
-        assert verdict_of(worker, table, resources) == expected
+        yield analysis, table, resources, expected
     finally:
-        worker.close()
-    assert not worker._process.is_alive() and worker._process.exitcode == 0
+        analysis.close()
+    assert not analysis._process.is_alive() and analysis._process.exitcode == 0  # closed, not killed
+
+
+@pytest.mark.slow  # starts an analysis worker process
+def test_ctrl_c_at_a_terminal_leaves_the_worker_to_the_pipelines_shutdown(worker):
+    # Ctrl-C signals the terminal's whole process group: the worker must keep analysing what the
+    # stopping pipeline still drains through it, and leave when closed
+    analysis, table, resources, expected = worker
+    os.kill(analysis.pid, signal.SIGINT)
+    analysis._process.join(1)
+    assert analysis._process.is_alive()
+    assert verdict_of(analysis, table, resources) == expected
 
 
 def test_a_failing_analysis_costs_the_batch_its_verdict_not_the_pipeline():
@@ -100,25 +107,17 @@ def test_a_failing_analysis_costs_the_batch_its_verdict_not_the_pipeline():
 
 
 @pytest.mark.slow  # starts an analysis worker process
-def test_a_dead_worker_is_replaced_for_the_next_batch():
-    config = FaulttraceProcessorConfig(localizer={"enabled": False})
-    worker = ProcessAnalysis(config)
-    table, resources = released_batch()
-    try:
-        expected = verdict_of(worker, table, resources)
-        assert expected
-        first = worker._process
-        first.kill()
-        first.join(5)
-        # too soon after the last start: no new worker yet (an hour, so a slow machine cannot pass it)
-        worker.RESTART_INTERVAL = 3600.0
-        assert verdict_of(worker, table, resources) == {}
-        worker.RESTART_INTERVAL = 0.0
-        assert verdict_of(worker, table, resources) == expected  # a new worker took over
-        assert worker._process is not first and worker._process.is_alive()
-    finally:
-        worker.close()
-    assert not worker._process.is_alive()
+def test_a_dead_worker_is_replaced_for_the_next_batch(worker):
+    analysis, table, resources, expected = worker
+    first = analysis._process
+    first.kill()
+    first.join(5)
+    # too soon after the last start: no new worker yet (an hour, so a slow machine cannot pass it)
+    analysis.RESTART_INTERVAL = 3600.0
+    assert verdict_of(analysis, table, resources) == {}
+    analysis.RESTART_INTERVAL = 0.0
+    assert verdict_of(analysis, table, resources) == expected  # a new worker took over
+    assert analysis._process is not first and analysis._process.is_alive()
 
 
 def test_analysis_that_cannot_run_costs_the_spans_nothing(monkeypatch: pytest.MonkeyPatch, caplog) -> None:
