@@ -203,7 +203,7 @@ def _gather(trace_id: bytes, rows: list[dict[str, Any]], window: dict[str, Servi
     _errors(rows, by_id, blames, details)
     _latency(rows, by_id, children, on_path, trace_ns, window, blames)
     if not blames:
-        _slow_pods(rows, on_path, trace_ns, window, blames)
+        _slow_pods(rows, on_path, trace_ns, blames)
     return _Gathered(trace_id, rows[0]["trace_root"], by_id, blames, frozenset(on_path))
 
 
@@ -311,8 +311,7 @@ def _latency(rows: list[dict[str, Any]], by_id: dict[bytes, dict[str, Any]], chi
         b.messages.append((LATENCY_SOURCE, msg, 1.0 - p99 / r["self_ns"], _delay(r, window.get(charged))))
 
 
-def _slow_pods(rows: list[dict[str, Any]], on_path: set[bytes], trace_ns: int, window: dict[str, ServiceScore],
-               blames: dict[bytes, _Blame]) -> None:
+def _slow_pods(rows: list[dict[str, Any]], on_path: set[bytes], trace_ns: int, blames: dict[bytes, _Blame]) -> None:
     """A trace with nothing beyond p99: its critical-path spans on a pod the window finds slower than
     its peers (a stressed CPU slows a span 2-4x, often still below a heavy-tailed p99), by their self
     time beyond their operation's median."""
@@ -325,9 +324,9 @@ def _slow_pods(rows: list[dict[str, Any]], on_path: set[bytes], trace_ns: int, w
         b.excess += excess
         b.own += min(1.0, excess / trace_ns)
         b.confidence = max(b.confidence, 1.0 - med / r["self_ns"])
-        b.messages.append(("localizer.latency", f"self time {_ms(r['self_ns'])} vs median {_ms(med)} on a pod "
-                                                f"slower than its peers, on the critical path, "
-                                                f"{excess / trace_ns:.0%} of the trace's {_ms(trace_ns)}",
+        b.messages.append((LATENCY_SOURCE, f"self time {_ms(r['self_ns'])} vs median {_ms(med)} on a pod "
+                                           f"slower than its peers, on the critical path, "
+                                           f"{excess / trace_ns:.0%} of the trace's {_ms(trace_ns)}",
                            # within its p99: no delay on its own, whatever the window says of the pod
                            # (a trace that did not fail gets no root cause from it: ``_delay``)
                            1.0 - med / r["self_ns"], ""))
@@ -478,7 +477,7 @@ def _symptoms(ranked: tuple[Candidate, ...], blames: dict[bytes, _Blame], by_id:
     starts += [(s, s, b) for s, b in sorted(blames.items(), key=lambda kv: -kv[1].own) if s not in chosen]
     for start, cause, b in starts:
         error = b.error
-        slow = any(src == "localizer.latency" for src, *_ in b.messages)
+        slow = any(src == LATENCY_SOURCE for src, *_ in b.messages)
         awaited = start in on_path
         parent, seen = by_id[start]["parent_span_id"], set()
         while parent in by_id and parent not in seen:

@@ -58,6 +58,7 @@ SELECT m.service AS caller, {callee} AS callee, count(*) AS n,
 FROM m JOIN base_ops o USING (service, name)
 WHERE m.pod IS NULL OR m.pod NOT IN (SELECT pod FROM lz_node_explained)  -- slowed by their node (``shift``)
 GROUP BY ALL
+ORDER BY ALL  -- DuckDB's group order varies: the sums and messages built from the rows must not
 """
 
 
@@ -67,8 +68,7 @@ def latency(conn: duckdb.DuckDBPyConnection, explain_away: bool = True, wire_tim
     cells: dict[tuple[str, str], float] = {}
     excess: dict[tuple[str, str], float] = {}
     sql = CELLS_SQL.format(callee="m.blame" if wire_time else "m.service")
-    # sorted: DuckDB's group order varies, and the sums and messages below must not
-    for caller, callee, n, slow, excess_ns in sorted(conn.sql(sql).fetchall(), key=lambda r: (str(r[0]), str(r[1]))):
+    for caller, callee, n, slow, excess_ns in conn.sql(sql).fetchall():
         rate = max(0.0, wilson_lower(slow, n) - (1 - QUANTILE))
         if rate > 0:
             cells[(caller, callee)] = rate
@@ -133,6 +133,7 @@ SELECT CASE WHEN s.k < b.k_med AND s.k > 0 THEN s.last_blame ELSE s.blame END AS
 FROM s JOIN x USING (service, name, sig) JOIN b USING (service, name)
 WHERE x.excess > 0
 GROUP BY ALL
+ORDER BY ALL  -- a fixed order for the sums and messages (``CELLS_SQL``)
 """
 
 
@@ -142,7 +143,7 @@ def shape(conn: duckdb.DuckDBPyConnection) -> list[ServiceEvidence]:
     sql = SHAPE_SQL.format(shapes=SHAPES_SQL.format(table="m"), z=Z)
     score: dict[str, float] = defaultdict(float)
     why: dict[str, list[tuple[float, str]]] = defaultdict(list)
-    for charged, service, name, s, spans, cut in sorted(conn.sql(sql).fetchall(), key=lambda r: tuple(map(str, r))):
+    for charged, service, name, s, spans, cut in conn.sql(sql).fetchall():
         if charged is None:
             continue
         score[charged] += s
@@ -161,14 +162,14 @@ SELECT m.blame, m.service, m.name, count(*) AS n,
        any_value(coalesce(b.err_rate, 0)) AS base_rate
 FROM m LEFT JOIN b USING (service, name)
 GROUP BY ALL
+ORDER BY ALL  -- a fixed order for the sums and messages (``CELLS_SQL``)
 """
 
 
 def errors(conn: duckdb.DuckDBPyConnection) -> list[ServiceEvidence]:
     score: dict[str, float] = defaultdict(float)
     why: dict[str, list[tuple[float, str]]] = defaultdict(list)
-    rows = sorted(conn.sql(ERRORS_SQL).fetchall(), key=lambda r: tuple(map(str, r[:3])))
-    for blame, service, name, n, origins, failed, base_rate in rows:
+    for blame, service, name, n, origins, failed, base_rate in conn.sql(ERRORS_SQL).fetchall():
         rate = max(0.0, wilson_lower(min(origins, n), n) - base_rate)
         if rate > 0:
             score[blame] += rate
