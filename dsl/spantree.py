@@ -27,11 +27,18 @@ def covered_sql(spans: str, key: Sequence[str], ref: Sequence[str]) -> str:
     adds what lies beyond the furthest end of those that started before it."""
     if len(key) != len(ref) or not key:
         raise ValueError("key and ref must pair up")
-    keys = ", ".join(key)
     pairs = " AND ".join(f"ch.{r} = pa.{k}" for k, r in zip(key, ref))
     clipped = (f"SELECT {', '.join(f'ch.{r} AS {k}' for k, r in zip(key, ref))}, "
                f"greatest(ch.start_ns, pa.start_ns) AS cs, least(ch.end_ns, pa.end_ns) AS ce "
                f"FROM {spans} AS ch JOIN {spans} AS pa ON {pairs}")
+    return covered_of_sql(clipped, key)
+
+
+def covered_of_sql(clipped: str, key: Sequence[str]) -> str:
+    """``covered_sql`` from its children already joined to their parents: ``clipped`` is a query
+    with the parent's ``key`` columns and each child's interval clipped to the parent's (``cs``,
+    ``ce``), for a caller that joins children to parents once for several uses."""
+    keys = ", ".join(key)
     swept = (f"SELECT {keys}, cs, ce, max(ce) OVER (PARTITION BY {keys} ORDER BY cs, ce "
              f"ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS reach FROM ({clipped}) WHERE ce > cs")
     return (f"SELECT {keys}, sum(greatest(0, ce - greatest(cs, coalesce(reach, cs)))) AS covered "

@@ -21,50 +21,66 @@ from dataclasses import dataclass
 import duckdb
 import pyarrow as pa
 
-from dsl import AttrRef, AttrSource, column_name, covered_sql, self_time_sql
+from dsl import AttrRef, AttrSource, column_name, self_time_sql
+from dsl.spantree import covered_of_sql
 
 METRICS_SQL = """
-WITH sp AS (
+WITH src AS (
     SELECT trace_id, span_id, parent_span_id, service, name, start_ns, end_ns,
            coalesce(status_code, 0) AS status_code, coalesce(exception, false) AS exception,
            {pod} AS pod, {node} AS node
     FROM {table}
 ),
-covered AS ({covered}),  -- dsl.spantree: keyed by (trace_id, span_id), so copies of a span id share it
+-- a dense integer per trace: the joins below key on it instead of the 16-byte trace id
+tids AS (SELECT trace_id, CAST(row_number() OVER () AS BIGINT) AS _t FROM (SELECT DISTINCT trace_id FROM src)),
+sp AS MATERIALIZED (SELECT tids._t, src.* FROM src JOIN tids ON tids.trace_id = src.trace_id),
+-- each span beside its parent (p_span NULL where the parent is not in the batch), joined once for
+-- the parent's columns, the covered time and the callee
+pj AS MATERIALIZED (
+    SELECT c.*, p.span_id AS p_span, p.service AS parent_service, p.name AS parent_name,
+           p.start_ns AS p_start, p.end_ns AS p_end
+    FROM sp c LEFT JOIN sp p ON c._t = p._t AND c.parent_span_id = p.span_id
+),
+covered AS ({covered}),  -- dsl.spantree: keyed by (trace, span_id), so copies of a span id share it
 kids AS (  -- per parent: the callee service (a child in another service), errors below
-    SELECT c.trace_id, c.parent_span_id AS pid,
-           arg_max(CASE WHEN c.service <> p.service THEN c.service END,
-                   CASE WHEN c.service <> p.service THEN c.end_ns - c.start_ns END) AS callee,
+    SELECT _t, parent_span_id AS pid,
+           arg_max(CASE WHEN service <> parent_service THEN service END,
+                   CASE WHEN service <> parent_service THEN end_ns - start_ns END) AS callee,
            count(*) AS n_children,
-           bool_or(c.status_code = 2) AS child_error
-    FROM sp c JOIN sp p ON c.trace_id = p.trace_id AND c.parent_span_id = p.span_id
+           bool_or(status_code = 2) AS child_error
+    FROM pj WHERE p_span IS NOT NULL
     GROUP BY ALL
 ),
 mt AS (
-SELECT sp.trace_id, sp.span_id, sp.parent_span_id, sp.service, sp.name, sp.start_ns, sp.end_ns,
+SELECT sp._t, sp.trace_id, sp.span_id, sp.parent_span_id, sp.service, sp.name, sp.start_ns, sp.end_ns,
        sp.status_code, sp.exception, sp.pod, sp.node,
        sp.end_ns - sp.start_ns AS dur,
        greatest({self_time}, 0) AS self_ns,  -- not below 0 for a span ending before it starts, or such a copy
-       p.service AS parent_service, p.name AS parent_name,
-       (sp.parent_span_id IS NOT NULL AND p.span_id IS NULL) AS orphan,
+       sp.parent_service, sp.parent_name,
+       (sp.parent_span_id IS NOT NULL AND sp.p_span IS NULL) AS orphan,
        k.callee,
        coalesce(k.callee, sp.service) AS blame,
        coalesce(k.n_children, 0) AS n_children,
        coalesce(k.child_error, false) AS child_error
-FROM sp
-LEFT JOIN sp p ON sp.trace_id = p.trace_id AND sp.parent_span_id = p.span_id
-LEFT JOIN covered cv ON sp.trace_id = cv.trace_id AND sp.span_id = cv.span_id
-LEFT JOIN kids k ON sp.trace_id = k.trace_id AND sp.span_id = k.pid
+FROM pj sp
+LEFT JOIN covered cv ON sp._t = cv._t AND sp.span_id = cv.span_id
+LEFT JOIN kids k ON sp._t = k._t AND sp.span_id = k.pid
 ),
 shapes AS (  -- per parent id: its call shape, read by the window's shape evidence and learned by the history
-    SELECT trace_id, parent_span_id AS pid,
-           string_agg(service || ':' || name, '|' ORDER BY service, name) AS sig,
+    SELECT _t, parent_span_id AS pid,
+           -- sorting each group's list is cheaper than string_agg's ORDER BY (a sort per group)
+           array_to_string(list_transform(list_sort(list(struct_pack(s := service, n := name))),
+                                          lambda x: x.s || ':' || x.n), '|') AS sig,
            count(*) AS k, arg_max(blame, end_ns) AS last_blame
-    FROM mt WHERE parent_span_id IS NOT NULL GROUP BY trace_id, parent_span_id
+    FROM mt WHERE parent_span_id IS NOT NULL GROUP BY _t, parent_span_id
 )
-SELECT mt.*, coalesce(s.sig, '') AS shape_sig, coalesce(s.k, 0) AS shape_k, s.last_blame AS shape_last_blame
-FROM mt LEFT JOIN shapes s ON mt.trace_id = s.trace_id AND mt.span_id = s.pid
+SELECT mt.* EXCLUDE (_t), coalesce(s.sig, '') AS shape_sig, coalesce(s.k, 0) AS shape_k, s.last_blame AS shape_last_blame
+FROM mt LEFT JOIN shapes s ON mt._t = s._t AND mt.span_id = s.pid
 """
+
+# the children joined to their parents in METRICS_SQL, clipped to them: covered_sql's input
+_CLIPPED = ("SELECT _t, parent_span_id AS span_id, greatest(start_ns, p_start) AS cs, least(end_ns, p_end) AS ce "
+            "FROM pj WHERE p_span IS NOT NULL")
 
 
 # Where a span ran, when the spans say (OpenTelemetry resource attributes), as ``dsl.column_name`` names
@@ -101,8 +117,7 @@ def span_metrics_of(conn: duckdb.DuckDBPyConnection, source: str, columns: Seque
     """``span_metrics`` of a relation on ``conn`` (a table's name or a parenthesized query) with
     ``columns``: the live localizer reads the released batch in place instead of copying its
     span columns out first."""
-    covered = covered_sql("sp", key=("trace_id", "span_id"), ref=("trace_id", "parent_span_id"))
-    sql = METRICS_SQL.format(table=source, covered=covered, self_time=self_time_sql("sp", "cv.covered"),
+    sql = METRICS_SQL.format(table=source, covered=covered_of_sql(_CLIPPED, ("_t", "span_id")), self_time=self_time_sql("sp", "cv.covered"),
                              pod=_placement(columns, POD_KEYS), node=_placement(columns, NODE_KEYS))
     return conn.sql(sql).to_arrow_table()
 

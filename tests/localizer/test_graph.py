@@ -89,3 +89,58 @@ def test_span_metrics_carry_each_spans_call_shape() -> None:
     assert m[1]["shape_last_blame"] == "c"
     assert (m[2]["shape_sig"], m[2]["shape_k"], m[2]["shape_last_blame"]) == ("c:op4", 1, "c")
     assert (m[4]["shape_sig"], m[4]["shape_k"], m[4]["shape_last_blame"]) == ("", 0, None)
+
+
+# The metrics as first written: every join on (trace id, span id), the call shape an ordered string_agg.
+# METRICS_SQL keys the joins on a dense trace number, joins children to parents once and sorts each shape's
+# list; it must say the same, duplicated span ids, orphans and span ids reused across traces included.
+REFERENCE_SQL = """
+WITH sp AS (SELECT trace_id, span_id, parent_span_id, service, name, start_ns, end_ns,
+                   coalesce(status_code, 0) AS status_code, coalesce(exception, false) AS exception,
+                   CAST(NULL AS VARCHAR) AS pod, CAST(NULL AS VARCHAR) AS node FROM batch),
+covered AS ({covered}),
+kids AS (SELECT c.trace_id, c.parent_span_id AS pid,
+                arg_max(CASE WHEN c.service <> p.service THEN c.service END,
+                        CASE WHEN c.service <> p.service THEN c.end_ns - c.start_ns END) AS callee,
+                count(*) AS n_children, bool_or(c.status_code = 2) AS child_error
+         FROM sp c JOIN sp p ON c.trace_id = p.trace_id AND c.parent_span_id = p.span_id GROUP BY ALL),
+mt AS (SELECT sp.*, sp.end_ns - sp.start_ns AS dur, greatest({self_time}, 0) AS self_ns,
+              p.service AS parent_service, p.name AS parent_name,
+              (sp.parent_span_id IS NOT NULL AND p.span_id IS NULL) AS orphan, k.callee,
+              coalesce(k.callee, sp.service) AS blame, coalesce(k.n_children, 0) AS n_children,
+              coalesce(k.child_error, false) AS child_error
+       FROM sp LEFT JOIN sp p ON sp.trace_id = p.trace_id AND sp.parent_span_id = p.span_id
+       LEFT JOIN covered cv ON sp.trace_id = cv.trace_id AND sp.span_id = cv.span_id
+       LEFT JOIN kids k ON sp.trace_id = k.trace_id AND sp.span_id = k.pid),
+shapes AS (SELECT trace_id, parent_span_id AS pid,
+                  string_agg(service || ':' || name, '|' ORDER BY service, name) AS sig,
+                  count(*) AS k, arg_max(blame, end_ns) AS last_blame
+           FROM mt WHERE parent_span_id IS NOT NULL GROUP BY trace_id, parent_span_id)
+SELECT mt.*, coalesce(s.sig, '') AS shape_sig, coalesce(s.k, 0) AS shape_k, s.last_blame AS shape_last_blame
+FROM mt LEFT JOIN shapes s ON mt.trace_id = s.trace_id AND mt.span_id = s.pid
+"""
+
+
+def test_span_metrics_equal_the_plain_formulation_on_broken_traces() -> None:
+    from dsl import covered_sql, self_time_sql
+
+    rows = []
+    for t, trace in enumerate((b"\x01" * 16, b"\x02" * 16)):
+        spans = [(1, None, "a", 0, 100), (2, 1, "a-b", 10, 60), (3, 1, "a", 20, 90), (3, 1, "a", 25, 95),
+                 (4, 3, "b", 30, 70), (5, 3, "a-b", 40, 45), (6, 9, "c", 50, 55), (7, 4, "b", 60, 58)]
+        for i, p, svc, s, e in spans[t:]:  # the second trace lacks its root: 2 and 3 are orphans there
+            rows.append({"trace_id": trace, "span_id": _sid(i), "parent_span_id": _sid(p) if p else None,
+                         "service": svc, "name": f"op{i % 3}", "kind": 0, "start_ns": s, "end_ns": e,
+                         "status_code": 2 if i in (4, 6) else 0, "exception": False})
+    table = pa.Table.from_pylist(rows, schema=SCHEMA)
+    conn = duckdb.connect()
+    conn.register("batch", table)
+    reference = conn.sql(REFERENCE_SQL.format(
+        covered=covered_sql("sp", key=("trace_id", "span_id"), ref=("trace_id", "parent_span_id")),
+        self_time=self_time_sql("sp", "cv.covered"))).to_arrow_table()
+    got = span_metrics(conn, table)
+    order = [(c, "ascending") for c in ("trace_id", "span_id", "start_ns", "parent_service")]
+    assert got.num_rows == reference.num_rows == len(rows) + 4  # in each trace, both copies of 3 parent 4 and 5
+    assert got.select(reference.column_names).sort_by(order).to_pylist() == reference.sort_by(order).to_pylist()
+    # ordered by service, then name: "a" before "a-b", though "a-b:…" sorts before "a:…" as text
+    assert "a:op0|a:op0|a-b:op2" in {r["shape_sig"] for r in got.to_pylist()}
