@@ -19,6 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from processor.analysis.verdict import BatchVerdict, Candidate, Evidence, TraceVerdict
 from processor.model import ReleasedSpans
 from processor.otlp.spanedit import Annotation, AttrValue, SpanEvent, append_to_spans
@@ -107,15 +110,16 @@ def annotations(verdict: BatchVerdict) -> dict[tuple[bytes, bytes], Annotation]:
     return out
 
 
-def late_annotations(trace_ids: list[bytes], span_ids: list[bytes], parent_ids: list[bytes | None],
+def late_annotations(spans: ReleasedSpans,
                      verdict_of: Callable[[bytes], TraceVerdict | None]) -> dict[tuple[bytes, bytes], Annotation]:
     """For spans that arrived after their trace was analyzed: a late root span
     still gets its trace's ``rca.verdict.*`` (the root often ends, and so
     arrives, last)."""
+    table = spans.table
+    roots = pc.indices_nonzero(pc.is_null(table.column("parent_span_id")))
     out: dict[tuple[bytes, bytes], Annotation] = {}
-    for trace_id, span_id, parent in zip(trace_ids, span_ids, parent_ids):
-        if parent is not None:
-            continue
+    for trace_id, span_id in zip(table.column("trace_id").take(roots).to_pylist(),
+                                 table.column("span_id").take(roots).to_pylist()):
         v = verdict_of(trace_id)
         top = v.root_cause if v is not None else None
         if top is not None:
@@ -123,10 +127,18 @@ def late_annotations(trace_ids: list[bytes], span_ids: list[bytes], parent_ids: 
     return out
 
 
-def annotate(spans: ReleasedSpans, adds: Mapping[tuple[bytes, bytes], Annotation]) -> list[bytes]:
-    """The released spans' bytes, row-aligned, with ``adds`` (by (trace id, span id))
-    appended; spans without an addition keep their very bytes."""
+def annotate(spans: ReleasedSpans, adds: Mapping[tuple[bytes, bytes], Annotation]) -> dict[int, bytes]:
+    """Row -> that released span's bytes with its addition appended, for the spans ``adds``
+    names (by (trace id, span id)); every other span keeps its very bytes (``otlp.payload``
+    frames the rows' bytes from the table, these in their place).  Only the rows of traces
+    with an addition become Python objects."""
     if not adds:
-        return spans.raw
-    edits = {i: adds[key] for i, key in enumerate(zip(spans.trace_ids, spans.span_ids)) if key in adds}
-    return append_to_spans(spans.raw, edits)
+        return {}
+    table = spans.table
+    traces = pa.array(list({trace_id for trace_id, _ in adds}), pa.binary())
+    rows = pc.indices_nonzero(pc.is_in(table.column("trace_id"), value_set=traces))
+    keys = zip(table.column("trace_id").take(rows).to_pylist(), table.column("span_id").take(rows).to_pylist())
+    hits = [(row, adds[key]) for row, key in zip(rows.to_pylist(), keys) if key in adds]
+    raw = table.column("raw").take(pa.array([row for row, _ in hits], pa.int64())).to_pylist()
+    edited = append_to_spans(raw, {i: add for i, (_, add) in enumerate(hits)})
+    return {row: data for (row, _), data in zip(hits, edited)}

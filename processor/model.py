@@ -43,25 +43,72 @@ class DecodedRequest:
     error_message: str = ""
 
 
+# The columns of ``ReleasedSpans.table`` the export path reads (the store hands back all of ``store.STORE_SCHEMA``).
+RELEASED_COLUMNS: dict[str, pa.DataType] = {
+    "trace_id": pa.binary(), "span_id": pa.binary(), "parent_span_id": pa.binary(),
+    "resource_id": pa.int64(), "scope_id": pa.int64(), "raw": pa.binary(),
+}
+
+
 @dataclass(frozen=True, slots=True)
 class ReleasedSpans:
-    """Spans leaving the store: row-aligned lists, grouped for export later, and
-    ``table``, the same rows as the store kept them (``store.STORE_SCHEMA``) for analysis."""
+    """Spans leaving the store: ``table``, the rows as the store kept them (``store.STORE_SCHEMA``,
+    read by analysis; at least ``RELEASED_COLUMNS``), and the resource and scope heads they refer to.
 
-    trace_ids: list[bytes]
-    span_ids: list[bytes]
-    parent_span_ids: list[bytes | None]
-    raw: list[bytes]
-    resource_ids: list[int]
-    scope_ids: list[int]
+    The rows stay Arrow columns on their way out (annotated, framed into payloads: ``annotator``,
+    ``otlp.payload``): as Python objects a span's bytes and ids took ~790 B more per released span
+    (measured, docs/sizing.md).  The list properties build Python lists on each call, for the
+    few readers that want them (a late release, tests)."""
+
+    table: pa.Table
     resources: dict[int, bytes]
     scopes: dict[int, bytes]
     trace_count: int
-    table: pa.Table | None = None
+
+    @classmethod
+    def from_rows(cls, trace_ids: list[bytes], span_ids: list[bytes], parent_span_ids: list[bytes | None],
+                  raw: list[bytes], resource_ids: list[int], scope_ids: list[int], resources: dict[int, bytes],
+                  scopes: dict[int, bytes], trace_count: int) -> ReleasedSpans:
+        """Released spans given as row-aligned lists of ``RELEASED_COLUMNS`` (the store's other
+        columns null)."""
+        from processor.store import STORE_SCHEMA  # the store imports this module
+
+        given = dict(zip(RELEASED_COLUMNS, (trace_ids, span_ids, parent_span_ids, resource_ids, scope_ids, raw)))
+        n = len(raw)
+        table = pa.table([pa.array(given[f.name], f.type) if f.name in given else pa.nulls(n, f.type)
+                          for f in STORE_SCHEMA], schema=STORE_SCHEMA)
+        return cls(table, resources, scopes, trace_count)
 
     @property
     def span_count(self) -> int:
-        return len(self.raw)
+        return self.table.num_rows
+
+    def _list(self, name: str) -> list:  # type: ignore[type-arg]
+        return self.table.column(name).to_pylist()
+
+    @property
+    def trace_ids(self) -> list[bytes]:
+        return self._list("trace_id")
+
+    @property
+    def span_ids(self) -> list[bytes]:
+        return self._list("span_id")
+
+    @property
+    def parent_span_ids(self) -> list[bytes | None]:
+        return self._list("parent_span_id")
+
+    @property
+    def raw(self) -> list[bytes]:
+        return self._list("raw")
+
+    @property
+    def resource_ids(self) -> list[int]:
+        return self._list("resource_id")
+
+    @property
+    def scope_ids(self) -> list[int]:
+        return self._list("scope_id")
 
 
 @dataclass(frozen=True, slots=True)

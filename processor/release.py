@@ -184,7 +184,7 @@ class Releaser:
             for start in range(0, len(fresh), RELEASE_CHUNK):
                 spans = await self._store.release(fresh[start:start + RELEASE_CHUNK])
                 analysis = None
-                if self._analysis is not None and spans.span_count and spans.table is not None:
+                if self._analysis is not None and spans.span_count:
                     analysis = asyncio.ensure_future(self._analysis.analyze(spans.table, spans.resources))
                 if previous is not None:
                     await self._finish(*previous)
@@ -193,8 +193,7 @@ class Releaser:
                 await self._finish(*previous)
             for start in range(0, len(late), RELEASE_CHUNK):
                 spans = await self._store.release(late[start:start + RELEASE_CHUNK])
-                await self._export(spans, late_annotations(spans.trace_ids, spans.span_ids, spans.parent_span_ids,
-                                                           self._assembler.verdict))
+                await self._export(spans, late_annotations(spans, self._assembler.verdict))
                 if self._observer is not None:
                     self._observer.exported(spans, None)
             self.update_gauges()

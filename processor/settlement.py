@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 import pyarrow as pa
 
 from processor.model import ExportPayload, ReleasedSpans
-from processor.otlp.payload import scope_groups
+from processor.otlp.payload import framing_order
 from processor.store import KEY_COLUMNS
 
 
@@ -61,10 +61,8 @@ def with_keys(spans: ReleasedSpans, payloads: Iterable[ExportPayload]) -> Iterat
     order each first appears, a group's rows in order), cutting a group where a
     payload is full: so each payload holds the next ``span_count`` rows of that
     order (tests/test_settlement.py checks this against the payloads' bytes)."""
-    order = pa.array([i for rows in scope_groups(spans).values() for i in rows], pa.int64())
-    keys = (spans.table.select(KEY_COLUMNS) if spans.table is not None
-            else pa.table({"trace_id": pa.array(spans.trace_ids, pa.binary()),
-                           "span_id": pa.array(spans.span_ids, pa.binary())}))
+    order = framing_order(spans).rows
+    keys = spans.table.select(KEY_COLUMNS)
     start = 0
     for payload in payloads:
         yield payload, keys.take(order.slice(start, payload.span_count))

@@ -14,7 +14,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from dsl import TreeOutcome, load_rules
 from processor.analysis.verdict import BatchVerdict, Candidate, Evidence, Symptom, TraceVerdict
-from processor.annotator import annotations, late_annotations
+from processor.annotator import annotate, annotations, late_annotations
+from processor.model import ReleasedSpans
 from processor.otlp.spanedit import Annotation, append_to_spans
 from processor.otlp.tracefile import read_requests
 from processor.otlp.wire import length_delimited
@@ -144,6 +145,23 @@ def apply(adds: dict[tuple[bytes, bytes], Annotation], trace: int, n: int) -> Sp
     return Span.FromString(append_to_spans([raw], {0: adds[(tid(trace), sid(n))]})[0])
 
 
+def late(trace_ids: list[bytes], span_ids: list[bytes], parents: list[bytes | None]) -> ReleasedSpans:
+    raw = [Span(trace_id=t, span_id=s).SerializeToString() for t, s in zip(trace_ids, span_ids)]
+    n = len(raw)
+    return ReleasedSpans.from_rows(trace_ids, span_ids, parents, raw, [0] * n, [0] * n, {}, {}, len(set(trace_ids)))
+
+
+def test_annotate_edits_only_the_rows_named_and_appends_to_their_bytes():
+    spans = late([tid(1), tid(2), tid(1), tid(2)], [sid(1), sid(2), sid(3), sid(4)], [None, None, sid(1), sid(2)])
+    note = Annotation({"rca.symptom": True})
+    edits = annotate(spans, {(tid(1), sid(3)): note, (tid(2), sid(2)): note, (tid(9), sid(9)): note})
+    assert sorted(edits) == [1, 2]  # rows of spans named; a key no row has is ignored
+    for row, data in edits.items():
+        assert data == spans.raw[row] + note.encode()
+        assert attrs(Span.FromString(data).attributes)["rca.symptom"] == ("bool_value", True)
+    assert annotate(spans, {}) == {}
+
+
 def test_every_candidate_is_annotated_with_its_own_rank_and_the_root_names_the_top():
     top = candidate(3, 1, Evidence("r.deep", "deep broke", 0.9, 4.5, "data"),
                     Evidence("r.other", "also", 0.5, 1.0, "code"), service="db", name="query", end=99)
@@ -231,7 +249,7 @@ def test_traces_are_annotated_separately_and_empty_verdicts_add_nothing():
 def test_a_late_root_span_gets_its_traces_verdict_and_other_late_spans_nothing():
     top = candidate(3, 1, Evidence("code.x", "boom", 0.8, 2.4, "code"), service="payments")
     verdicts = {tid(1): TraceVerdict(tid(1), None, (top,))}
-    adds = late_annotations([tid(1), tid(1), tid(2)], [sid(1), sid(4), sid(5)], [None, sid(1), None],
+    adds = late_annotations(late([tid(1), tid(1), tid(2)], [sid(1), sid(4), sid(5)], [None, sid(1), None]),
                             verdicts.get)
     assert set(adds) == {(tid(1), sid(1))}  # the late child and the trace without a verdict: untouched
     got = rca_attrs(apply(adds, 1, 1))
@@ -252,8 +270,7 @@ def test_below_the_floor_a_candidate_keeps_its_findings_but_is_no_root_cause():
     assert [(e.name, attrs(e.attributes)["rca.rule"], attrs(e.attributes)["rca.confidence"]) for e in span.events] == [
         ("rca.finding", ("string_value", "r.weak"), ("double_value", 0.3))]
     assert [attrs(e.attributes)["rca.evidence"] for e in apply(adds, 1, 4).events] == [("string_value", "localizer.errors")]
-    late = late_annotations([tid(1)], [sid(1)], [None], verdict.traces.get)
-    assert late == {}
+    assert late_annotations(late([tid(1)], [sid(1)], [None]), verdict.traces.get) == {}
 
 
 def test_the_floor_keeps_the_candidates_above_it_and_their_symptoms():
@@ -268,7 +285,7 @@ def test_the_floor_keeps_the_candidates_above_it_and_their_symptoms():
     assert rca_attrs(apply(adds, 1, 2))["rca.caused_by"] == ("string_value", sid(3).hex())
     assert (tid(1), sid(5)) not in adds  # its cause is below the floor
     assert rca_attrs(apply(adds, 1, 6)) == {"rca.symptom": ("bool_value", True)}
-    assert late_annotations([tid(1)], [sid(1)], [None], verdict.traces.get)[(tid(1), sid(1))].attributes[
+    assert late_annotations(late([tid(1)], [sid(1)], [None]), verdict.traces.get)[(tid(1), sid(1))].attributes[
         "rca.verdict.span_id"] == sid(3).hex()
 
 

@@ -4,8 +4,11 @@ Spans are regrouped under their original resource and scope (the stored
 heads) and framed into ``ExportTraceServiceRequest`` bytes directly, without
 parsing or re-encoding a span.  Requests are cut at ``max_bytes`` so no
 downstream's message limit (4 MiB by default in gRPC) is exceeded.  This runs
-once per exported span, so the framing is written for speed: span bytes are
-joined once, length prefixes come from a cache.
+once per exported span, so it is vectorized over the released Arrow columns:
+a payload's rows are taken at once, each prefixed with its field key and
+length (from a table) by one Arrow call, and the request joined once; no span
+becomes a Python object (measured: 0.6 against 1.3 µs a span, and no Python
+bytes per released span, docs/sizing.md).
 
 A payload the downstream refuses is cut in halves here (``split_payload``)
 and framed again the same way, so an exporter can deliver every part the
@@ -14,10 +17,12 @@ downstream takes and drop only what it refuses alone.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
@@ -35,64 +40,141 @@ from processor.otlp.wire import (
 
 DEFAULT_MAX_BYTES = 3 * 1024 * 1024  # under gRPC's default 4 MiB receive limit
 _SPAN_KEY = tag(SCOPE_SPANS_SPANS)
+_SCOPE_KEY = tag(RESOURCE_SPANS_SCOPE_SPANS)
+_RESOURCE_KEY = tag(REQUEST_RESOURCE_SPANS)
 _cached_varint = lru_cache(maxsize=65536)(varint)
+_PREFIXED_LENGTHS = 1 << 14  # span lengths whose key and length prefix come from a table (2-byte varints)
 
 
-def scope_groups(spans: ReleasedSpans) -> dict[tuple[int, int], list[int]]:
-    """The rows of each (resource, scope), in the order each first appears, a group's rows in
-    order: the order ``encode_payloads`` fills payloads in (``settlement.with_keys`` relies on it)."""
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, key in enumerate(zip(spans.resource_ids, spans.scope_ids)):
-        rows = groups.get(key)
-        if rows is None:
-            groups[key] = [i]
-        else:
-            rows.append(i)
-    return groups
+@lru_cache(maxsize=1)
+def _prefixes() -> pa.Array:
+    """The key and length of a span field for each length below ``_PREFIXED_LENGTHS``, by length."""
+    return pa.array([_SPAN_KEY + varint(n) for n in range(_PREFIXED_LENGTHS)], pa.binary())
 
 
-def encode_payloads(spans: ReleasedSpans, raw: list[bytes] | None = None,
+@dataclass(frozen=True, slots=True)
+class FramingOrder:
+    """The order payloads carry released rows in: by (resource, scope), each group where it first
+    appears, a group's rows in order (``settlement.with_keys`` relies on it)."""
+
+    rows: pa.Array                             # row indices (int64), in that order
+    groups: list[tuple[tuple[int, int], int]]  # (resource id, scope id) and its row count, in order
+
+
+def framing_order(spans: ReleasedSpans) -> FramingOrder:
+    table = spans.table
+    keyed = pa.table({"r": table.column("resource_id"), "s": table.column("scope_id"), "i": _arange(table.num_rows)})
+    # Without threads, groups come in the order each first appears and a list keeps its rows' order.
+    grouped = keyed.group_by(["r", "s"], use_threads=False).aggregate([("i", "list")])
+    lists = grouped.column("i_list")
+    rows = pc.list_flatten(lists).combine_chunks() if grouped.num_rows else pa.array([], pa.int64())
+    keys = zip(grouped.column("r").to_pylist(), grouped.column("s").to_pylist())
+    return FramingOrder(rows, list(zip(keys, pc.list_value_length(lists).to_pylist())))
+
+
+def _arange(n: int) -> pa.Array:
+    """0 … n - 1 (int64)."""
+    return pc.subtract(pc.cumulative_sum(pa.repeat(pa.scalar(1, pa.int64()), n)), 1)
+
+
+def encode_payloads(spans: ReleasedSpans, edits: Mapping[int, bytes] | None = None,
                     max_bytes: int = DEFAULT_MAX_BYTES, max_spans: int = 0) -> Iterator[ExportPayload]:
-    """Export requests carrying every span of ``spans`` (``raw`` overrides its bytes, e.g. annotated),
-    each at most ``max_bytes`` and, unless 0, ``max_spans`` spans (the batch processor's send_batch_max_size)."""
-    data = spans.raw if raw is None else raw
-    groups = scope_groups(spans)
-    # Fill requests group by group, cutting a group where a request is full.
-    request: list[tuple[tuple[int, int], list[int]]] = []
-    size = count = 0
-    for key, rows in groups.items():
+    """Export requests carrying every span of ``spans`` (``edits``: row -> bytes replacing that
+    row's, e.g. annotated), each at most ``max_bytes`` and, unless 0, ``max_spans`` spans (the
+    batch processor's send_batch_max_size).  Framed payload by payload from the Arrow columns,
+    so a release holds its spans' bytes once more only for the payloads made so far."""
+    order = framing_order(spans)
+    raw = spans.table.column("raw")
+    sizes = pc.cast(pc.binary_length(raw), pa.int64()).combine_chunks()
+    edit_rows = pa.array(sorted(edits), pa.int64()) if edits else None
+    if edits:
+        sizes = pc.replace_with_mask(sizes, pc.is_in(_arange(len(sizes)), value_set=edit_rows),
+                                     pa.array([len(edits[r]) for r in edit_rows.to_pylist()], pa.int64()))
+    # cum[k]: what the first k rows (in framing order) take in a request, 6 B of framing each at most.
+    cum = pa.concat_arrays([pa.array([0], pa.int64()),
+                            pc.cumulative_sum(pc.add(sizes.take(order.rows), 6))])
+    frame = _Framer(spans, raw, order.rows, edits or {}, edit_rows)
+    pieces: list[tuple[tuple[int, int], int, int]] = []  # the next request's (group, start, stop) in framing order
+    size = count = pos = 0
+    for key, n in order.groups:
         # The group's resource and scope heads and their framing count too (a resource shared
         # by several groups is counted for each: a little conservative, never over the limit).
         heads = len(spans.resources[key[0]]) + len(spans.scopes[key[1]]) + 12
         size += heads
-        start = 0
-        for j, i in enumerate(rows):
-            n = len(data[i]) + 6
-            full = size + n > max_bytes or (max_spans and count == max_spans)
-            if full and (request or j > start):
-                request.append((key, rows[start:j]))
-                yield _encode(spans, data, request)
-                request, size, count, start = [], heads, 0, j
-            size += n
-            count += 1
-        request.append((key, rows[start:]))
+        start, end = pos, pos + n
+        while pos < end:
+            at = cum[pos].as_py()
+            fit = pc.search_sorted(cum, pa.scalar(at + max_bytes - size, pa.int64()), side="right").as_py() - 1 - pos
+            take = min(fit, end - pos, max_spans - count if max_spans else end)
+            if take <= 0:
+                if pieces or pos > start:  # full: cut here, the group goes on in the next request
+                    pieces.append((key, start, pos))
+                    yield frame(pieces)
+                    pieces, size, count, start = [], heads, 0, pos
+                    continue
+                take = 1  # a span larger than a whole request goes alone
+            size += cum[pos + take].as_py() - at
+            count += take
+            pos += take
+        pieces.append((key, start, end))
     if size:
-        yield _encode(spans, data, request)
+        yield frame(pieces)
 
 
-def _encode(spans: ReleasedSpans, data: list[bytes], groups: list[tuple[tuple[int, int], list[int]]]
-            ) -> ExportPayload:
-    by_resource: dict[int, list[bytes]] = {}
-    count = 0
-    traces: set[bytes] = set()
-    for (rid, sid), rows in groups:
-        if not rows:
-            continue
-        by_resource.setdefault(rid, []).append(_scope_spans(spans.scopes[sid], map(data.__getitem__, rows)))
-        traces.update(spans.trace_ids[i] for i in rows)
-        count += len(rows)
-    body = _request((spans.resources[rid], scope_spans) for rid, scope_spans in by_resource.items())
-    return ExportPayload(data=body, span_count=count, trace_count=len(traces))
+class _Framer:
+    """Frames consecutive rows (in framing order) of released spans into one export request."""
+
+    def __init__(self, spans: ReleasedSpans, raw: pa.ChunkedArray, rows: pa.Array, edits: Mapping[int, bytes],
+                 edit_rows: pa.Array | None) -> None:
+        self._spans = spans
+        self._raw = raw
+        self._rows = rows
+        self._edits = edits
+        self._edit_rows = edit_rows
+
+    def __call__(self, pieces: list[tuple[tuple[int, int], int, int]]) -> ExportPayload:
+        first, last = pieces[0][1], pieces[-1][2]
+        rows = self._rows.slice(first, last - first)
+        data = self._raw.take(rows).combine_chunks()
+        if self._edit_rows is not None:
+            edited = pc.is_in(rows, value_set=self._edit_rows)
+            if pc.any(edited).as_py():
+                new = [self._edits[r] for r in rows.filter(edited).to_pylist()]
+                data = pc.replace_with_mask(data, edited, pa.array(new, pa.binary()))
+        framed = pc.binary_join_element_wise(_prefix(pc.binary_length(data)), data, b"")
+        offsets = pa.Array.from_buffers(pa.int32(), len(framed) + 1, [None, framed.buffers()[1]], offset=framed.offset)
+        body = memoryview(framed.buffers()[2])
+        by_resource: dict[int, list[tuple[bytes, memoryview]]] = {}
+        for (rid, sid), start, stop in pieces:
+            if stop > start:
+                spans = body[offsets[start - first].as_py():offsets[stop - first].as_py()]
+                by_resource.setdefault(rid, []).append((self._spans.scopes[sid], spans))
+        traces = pc.count_distinct(self._spans.table.column("trace_id").take(rows)).as_py()
+        return ExportPayload(data=_request_of(self._spans.resources, by_resource), span_count=len(rows),
+                             trace_count=traces)
+
+
+def _prefix(lengths: pa.Array) -> pa.Array:
+    """Each span's field key and length (``lengths``: int32)."""
+    if len(lengths) and pc.max(lengths).as_py() >= _PREFIXED_LENGTHS:
+        return pa.array([_SPAN_KEY + varint(n) for n in lengths.to_pylist()], pa.binary())
+    return _prefixes().take(lengths)
+
+
+def _request_of(resources: Mapping[int, bytes], groups: dict[int, list[tuple[bytes, memoryview]]]) -> bytes:
+    """An ExportTraceServiceRequest from each resource's (scope head, framed spans) pairs, joined once."""
+    parts: list[bytes | memoryview] = []
+    for rid, scopes in groups.items():
+        head = resources[rid]
+        fields: list[bytes | memoryview] = []
+        size = len(head)
+        for scope_head, spans in scopes:
+            body = len(scope_head) + len(spans)
+            prefix = _SCOPE_KEY + varint(body)
+            fields += (prefix, scope_head, spans)
+            size += len(prefix) + body
+        parts += (_RESOURCE_KEY, varint(size), head, *fields)
+    return b"".join(parts)
 
 
 def _scope_spans(head: bytes, spans: Iterable[bytes]) -> bytes:

@@ -32,7 +32,7 @@ def released(rows: list[tuple[str, str, int, int]], name_size: int = 0) -> Relea
     scopes = {group_id(scope_head(s)): scope_head(s) for _, s, _, _ in rows}
     raw = [Span(trace_id=tid(t), span_id=sid(n), name=f"{r}/{s}/{n}" + "x" * name_size).SerializeToString()
            for r, s, t, n in rows]
-    return ReleasedSpans(
+    return ReleasedSpans.from_rows(
         trace_ids=[tid(t) for _, _, t, _ in rows], span_ids=[sid(n) for _, _, _, n in rows],
         parent_span_ids=[None for _ in rows], raw=raw,
         resource_ids=[group_id(resource_head(r)) for r, _, _, _ in rows],
@@ -71,14 +71,14 @@ def test_spans_are_regrouped_under_their_resource_and_scope():
             assert ss.schema_url == f"https://scope/{ss.scope.name}"
 
 
-def test_span_bytes_are_forwarded_verbatim_and_raw_overrides_them():
+def test_span_bytes_are_forwarded_verbatim_and_edits_override_them():
     spans = released(ROWS[:2])
     req = ExportTraceServiceRequest.FromString(next(encode_payloads(spans)).data)
     assert sorted(s.SerializeToString() for rs in req.resource_spans for ss in rs.scope_spans for s in ss.spans) \
         == sorted(spans.raw)
     extra = kv("annotated", True).SerializeToString()
     annotated = [r + b"\x4a" + bytes([len(extra)]) + extra for r in spans.raw]  # field 9, appended
-    req = ExportTraceServiceRequest.FromString(next(encode_payloads(spans, annotated)).data)
+    req = ExportTraceServiceRequest.FromString(next(encode_payloads(spans, dict(enumerate(annotated)))).data)
     for rs in req.resource_spans:
         for ss in rs.scope_spans:
             for s in ss.spans:
@@ -158,9 +158,8 @@ def test_halves_carry_the_heads_and_span_bytes_unchanged():
 def _only(spans: ReleasedSpans, ids: tuple[bytes, bytes] | None) -> ReleasedSpans:
     assert ids is not None
     i = list(zip(spans.trace_ids, spans.span_ids)).index(ids)
-    return dataclasses.replace(spans, trace_ids=[spans.trace_ids[i]], span_ids=[spans.span_ids[i]],
-                               parent_span_ids=[None], raw=[spans.raw[i]], resource_ids=[spans.resource_ids[i]],
-                               scope_ids=[spans.scope_ids[i]], trace_count=1)
+    return ReleasedSpans.from_rows([spans.trace_ids[i]], [spans.span_ids[i]], [None], [spans.raw[i]],
+                                   [spans.resource_ids[i]], [spans.scope_ids[i]], spans.resources, spans.scopes, 1)
 
 
 def test_what_is_not_a_framed_request_is_not_cut():

@@ -34,9 +34,7 @@ def chunk() -> tuple[ReleasedSpans, BatchVerdict]:
                          ("name", f"op{s}"), ("status_code", 2 if s == 0 else 0), ("status_message", ""),
                          ("start_ns", 0), ("end_ns", 10**6)):
                 cols[k].append(v)
-    n = TRACES * SPANS
-    spans = ReleasedSpans(cols["trace_id"], cols["span_id"], cols["parent_span_id"], [b""] * n, [0] * n, [0] * n,
-                          {}, {}, TRACES, pa.table(cols))
+    spans = ReleasedSpans(pa.table(cols), {}, {}, TRACES)
     evidence = (Evidence("infra.x", "svc9 refused", 0.75, 0.75, "infrastructure"),
                 Evidence("localizer.errors", "error origin", 0.5, 0.5, "infrastructure", "localizer"))
     traces, symptoms = {}, {}

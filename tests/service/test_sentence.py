@@ -136,9 +136,9 @@ def test_last_span_times_are_taken_on_export_with_or_without_a_verdict() -> None
     now[0] = 103.5
 
     def released(*trace_ids: bytes) -> ReleasedSpans:
-        return ReleasedSpans(list(trace_ids), [b"s" * 8] * len(trace_ids), [None] * len(trace_ids),
-                             [b""] * len(trace_ids), [0] * len(trace_ids), [0] * len(trace_ids), {}, {},
-                             len(set(trace_ids)), None)
+        return ReleasedSpans.from_rows(list(trace_ids), [b"s" * 8] * len(trace_ids), [None] * len(trace_ids),
+                                       [b""] * len(trace_ids), [0] * len(trace_ids), [0] * len(trace_ids), {}, {},
+                                       len(set(trace_ids)))
 
     observer.exported(released(a, a), None)        # not analysed: no latency, the time is dropped
     observer.exported(released(b), BatchVerdict())  # analysed, no cause: 3.5 s
@@ -164,7 +164,7 @@ def test_metrics_and_incidents_count_only_the_root_causes_the_annotator_writes()
     weak = dataclasses.replace(verdict(evidence("code.exception", "code", 0.4)), trace_id=b"w" * 16,
                                min_confidence=0.7)
     assert weak.top is not None and weak.root_cause is None and weak.written == ()
-    spans = ReleasedSpans([TRACE, weak.trace_id], [DB, DB], [ROOT, ROOT], [b"", b""], [0, 0], [0, 0], {}, {}, 2, None)
+    spans = ReleasedSpans.from_rows([TRACE, weak.trace_id], [DB, DB], [ROOT, ROOT], [b"", b""], [0, 0], [0, 0], {}, {}, 2)
     observer.exported(spans, BatchVerdict({TRACE: strong, weak.trace_id: weak}))
 
     def total(metric) -> dict[tuple[str, ...], float]:
