@@ -24,11 +24,12 @@ from lark import TextSlice, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 from lark.grammar import Rule
 from lark.lexer import LexerThread
-from lark.parsers.lalr_analysis import Reduce
-from lark.parsers.lalr_parser import _Parser
+from lark.parsers.lalr_analysis import Reduce, Shift
+from lark.parsers.lalr_parser_state import ParseConf, ParserState
 
 from dsl import ast
 from dsl.diagnostics import Diagnostic, LineIndex, SourceSpan, did_you_mean
+from dsl.lexer import FastLexer
 from dsl.limits import MAX_STRING_CHARS, nesting_diagnostic, too_deep
 
 _DURATION_NS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000, "h": 3_600_000_000_000}
@@ -54,6 +55,13 @@ def _lark() -> lark.Lark:
         maybe_placeholders=True,
         cache=_cache_file() or False,
     )
+
+
+@functools.cache
+def _fast_lexer() -> FastLexer:
+    """The lexer ``parse`` runs: Lark's contextual lexer's tokens, faster."""
+    frontend = _lark().parser
+    return FastLexer(frontend.lexer, frontend.parser.parser.parse_table.states)
 
 
 def _cache_file() -> str | None:
@@ -85,8 +93,8 @@ def parse(text: str, path: str = "<string>") -> tuple[ast.File, list[Diagnostic]
     diags: list[Diagnostic] = []
     lines = LineIndex(text)  # blanking keeps every newline: one index serves every attempt
     builder = _AstBuilder(path, text, lines)
-    parser = _direct_parser(builder)
-    lexer = _lark().parser.lexer
+    parser = _DirectParser(builder)
+    lexer = _fast_lexer()
     items: list[Any] = []
     work = text
     bounds = _pieces(text)
@@ -95,7 +103,7 @@ def parse(text: str, path: str = "<string>") -> tuple[ast.File, list[Diagnostic]
     while last < len(bounds):
         del builder.diagnostics[kept:]  # of an attempt that failed: the items they were about are not kept
         try:
-            top = parser.parse(LexerThread.from_text(lexer, TextSlice(work, bounds[first], bounds[last])), "start")
+            top = parser.parse(LexerThread.from_text(lexer, TextSlice(work, bounds[first], bounds[last])))
         except UnexpectedInput as err:
             if last + 1 < len(bounds) and _at_end(err):
                 last += 1
@@ -178,9 +186,11 @@ def _blank_item_at(text: str, pos: int) -> str:
 # `?rule`s, add None for absent `[...]` parts) and gives the node the
 # positions ``propagate_positions`` would, so both ways build the same AST;
 # it skips a parse tree, its positions' bookkeeping and a second walk.  It
-# reaches into Lark's LALR parser (``_Parser``, the parse table, the lexer
-# thread), stable through lark 1.x; constraints.txt pins the version tested,
-# and test_parser compares both ways on every rule file of the repository.
+# reaches into Lark's LALR parser (its parse table, parser state and lexers,
+# stable through lark 1.x) and runs its loop (``_DirectParser``) and its
+# contextual lexer (``dsl.lexer``) in fewer Python steps; constraints.txt pins
+# the version tested, and test_parser compares both ways (the other is Lark's
+# own lexer and parser) on every rule file of the repository.
 
 
 class _Node:
@@ -191,10 +201,48 @@ class _Node:
     __slots__ = ("value", "children", "line", "column", "start_pos", "end_line", "end_column", "end_pos")
 
 
-def _direct_parser(builder: _AstBuilder) -> _Parser:
-    """Lark's LALR parser for ``_lark()``'s grammar, calling ``builder``'s methods."""
-    table, reductions = _direct_table()
-    return _Parser(table, {red: _reducer(red.rule, builder) for red in reductions})
+class _DirectParser:
+    """Lark's LALR parser (``lalr_parser._Parser``) for ``_lark()``'s grammar
+    from its ``start`` rule, calling ``builder``'s methods.  Its loop is Lark's
+    ``ParserState.feed_token`` inlined: that method sets up its locals again
+    at every token.  A token the state has no action for goes to Lark's
+    ``feed_token``, which raises the error Lark's parser would."""
+
+    def __init__(self, builder: _AstBuilder) -> None:
+        self.table, reductions = _direct_table()
+        self.callbacks = {red: _reducer(red.rule, builder) for red in reductions}
+
+    def parse(self, lexer: LexerThread) -> Any:
+        table, callbacks = self.table, self.callbacks
+        state = ParserState(ParseConf(table, callbacks, "start"), lexer)
+        states, stack, values = table.states, state.state_stack, state.value_stack
+        token = None
+        for token in lexer.lex(state):
+            kind = token.type
+            while True:
+                step = states[stack[-1]].get(kind)
+                if step is None:
+                    state.feed_token(token)  # raises
+                action, arg = step
+                if action is Shift:
+                    stack.append(arg)
+                    values.append(token)
+                    break
+                reduce = callbacks[arg]
+                if reduce is _first:  # `?a: b`, most reductions: b stays, in the state after an a
+                    stack[-1] = states[stack[-2]][arg.name][1]
+                    continue
+                size = arg.size
+                if size:
+                    children = values[-size:]
+                    del stack[-size:]
+                    del values[-size:]
+                else:
+                    children = []
+                values.append(reduce(children))
+                stack.append(states[stack[-1]][arg.name][1])
+        end = Token.new_borrow_pos("$END", "", token) if token is not None else Token("$END", "", 0, 1, 1)
+        return state.feed_token(end, True)
 
 
 class _Reduction:
@@ -203,10 +251,11 @@ class _Reduction:
     up its function by it, by identity (a ``lark.grammar.Rule`` is hashed
     and compared field by field in Python, at every reduction)."""
 
-    __slots__ = ("rule", "expansion", "origin")
+    __slots__ = ("rule", "expansion", "origin", "size", "name")
 
     def __init__(self, rule: Rule) -> None:
         self.rule, self.expansion, self.origin = rule, rule.expansion, rule.origin
+        self.size, self.name = len(rule.expansion), rule.origin.name  # for _DirectParser.parse
 
 
 @functools.cache
