@@ -731,6 +731,17 @@ class NotLocal(Exception):
     """A rule's quantifier has no shared column: it runs as its own statement."""
 
 
+def _counted_rows(agg: str) -> str | None:
+    """The condition of the rows an aggregate of ``compile_aggregate`` counts, when the others
+    cannot change it: ``bool_or(c)`` (exists) and ``count_if(c)`` (count).  A group without such
+    rows then has no row at all, which ``aggregate_column`` reads as its ``empty`` (false, 0), what
+    the aggregate says of it.  None for the other forms (``count(*)``, a value's aggregate)."""
+    for func in ("bool_or(", "count_if("):
+        if agg.startswith(func) and agg.endswith(")"):
+            return agg[len(func):-1]
+    return None
+
+
 def scan_statement(masks: list[list[str]], groups: dict[int, tuple[tuple[str, str, str], list[tuple[int, str]]]]) -> str:
     """A scan of the prepared table giving ``_row`` and one BIGINT ``m<j>`` per list of
     conditions in ``masks`` (at most 63 each), bit ``b`` set where the ``b``-th condition
@@ -743,7 +754,11 @@ def scan_statement(masks: list[list[str]], groups: dict[int, tuple[tuple[str, st
     ctes, joins = [], []
     for g, ((src, key, outer), aggs) in groups.items():
         cols = ", ".join(f"{sql} AS _s{i}" for i, sql in aggs)
-        ctes.append(f"g{g} AS (SELECT {key} AS _key, {cols} FROM {src} GROUP BY {key})")
+        conds = [_counted_rows(sql) for _, sql in aggs]
+        # rows no aggregate counts are left out before the grouping (and the join a source may
+        # make): in healthy traffic few spans meet the conditions (an error, an exception)
+        where = f" WHERE {' OR '.join(f'({c})' for c in conds)}" if all(conds) else ""  # type: ignore[misc]
+        ctes.append(f"g{g} AS (SELECT {key} AS _key, {cols} FROM {src}{where} GROUP BY {key})")
         joins.append(f" LEFT JOIN g{g} ON g{g}._key = v0.{outer}")
     cols = []
     for j, conds in enumerate(masks):

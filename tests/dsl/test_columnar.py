@@ -123,3 +123,15 @@ def test_validation_runs_the_scans_and_names_a_rejected_rule(tmp_path):
     diags = _validate(dataclasses.replace(ruleset, rules=rules, checked=checked))
     assert [(d.code, d.span) for d in diags] == [("E050", source.span)]
     assert bad.id in diags[0].message
+
+
+def test_a_grouped_scan_leaves_out_the_rows_no_aggregate_counts():
+    from dsl.compiler import scan_statement
+
+    source = ("__ft_spans AS v", "v._parent", "_row")
+    counted = scan_statement([["coalesce(g0._s0, FALSE)"]], {0: (source, [(0, "bool_or((v.status_code = $1))"),
+                                                                          (1, "count_if((v.kind = $2))")])})
+    assert "WHERE ((v.status_code = $1)) OR ((v.kind = $2)) GROUP BY" in counted
+    # count(*) counts every row: its group keeps them all
+    every = scan_statement([["g0._s0 > 1"]], {0: (source, [(0, "bool_or((v.status_code = $1))"), (1, "count(*)")])})
+    assert "WHERE" not in every
