@@ -198,10 +198,13 @@ QUALIFY row_number() OVER (PARTITION BY service, name ORDER BY w DESC, sig) <= $
 """
 
 # Attribute values of the new spans (``lz_vin``: trace_id, service, one VARCHAR column per
-# attribute) weighted like their traces; NULL (attribute absent) is never a value.
+# attribute) weighted like their traces; NULL (attribute absent) is never a value.  Spans that
+# carry the same values are summed first: a batch holds far fewer combinations than spans, and
+# VALUES_UPDATE_SQL unpivots a row per attribute.
 VALUES_NEW_SQL = """
-SELECT a.service, coalesce(w.weight, 1.0) AS weight, {cols}
+SELECT a.service, sum(coalesce(w.weight, 1.0)) AS weight, {cols}
 FROM lz_vin a LEFT JOIN lz_weights w USING (trace_id)
+GROUP BY ALL
 """
 
 VTOT_UPDATE_SQL = """
