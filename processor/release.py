@@ -156,6 +156,8 @@ class Releaser:
             self._assembler.assembled(await self._store.complete(candidates))
         due = self._assembler.due(now)
         await self.release(due)
+        if due.trace_ids:  # the released spans are dropped by now: their Arrow memory goes back
+            await self._store.release_unused()
         await self._free_when_drained(bool(due.trace_ids), now)
 
     async def _free_when_drained(self, released: bool, now: float) -> None:

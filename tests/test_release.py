@@ -1,4 +1,4 @@
-"""The release loop hands freed memory back once a burst is over, and never while spans are buffered."""
+"""The release loop hands freed memory back: Arrow's after each turn that released spans, the allocators' once a burst is over (never while spans are buffered)."""
 
 from __future__ import annotations
 
@@ -64,6 +64,39 @@ def test_freed_memory_goes_back_once_the_store_has_drained_and_stayed_quiet():
             assert free.calls == 1
             await releaser.tick(30.0)
             assert free.calls == 1  # once per burst
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+
+
+class CountingStore(SpanStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused_released = 0
+
+    async def release_unused(self) -> None:
+        self.unused_released += 1
+        await super().release_unused()
+
+
+def test_arrow_memory_goes_back_after_each_turn_that_released_spans():
+    async def scenario() -> None:
+        store = CountingStore()
+        await store.open()
+        assembler = Assembler(decision_wait=5.0, max_traces=100, max_spans_per_trace=100, late_span_cache=100)
+        exporter = Collecting()
+        releaser = Releaser(store, assembler, None, [exporter], Telemetry(), 1.0, lambda: 0.0)
+        try:
+            spans = batch(range(1, 11), spans_per_trace=2)
+            await store.append(spans)
+            assembler.observe(spans.traces, 0.0)
+            await releaser.tick(1.0)
+            assert store.unused_released == 0  # nothing released: nothing freed to give back
+            await releaser.tick(5.0)
+            assert exporter.spans == 20 and store.unused_released == 1
+            await releaser.tick(6.0)
+            assert store.unused_released == 1
         finally:
             await store.close()
 

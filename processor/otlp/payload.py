@@ -147,8 +147,8 @@ class _Framer:
         by_resource: dict[int, list[tuple[bytes, memoryview]]] = {}
         for (rid, sid), start, stop in pieces:
             if stop > start:
-                spans = body[offsets[start - first].as_py():offsets[stop - first].as_py()]
-                by_resource.setdefault(rid, []).append((self._spans.scopes[sid], spans))
+                group = body[offsets[start - first].as_py():offsets[stop - first].as_py()]
+                by_resource.setdefault(rid, []).append((self._spans.scopes[sid], group))
         traces = pc.count_distinct(self._spans.table.column("trace_id").take(rows)).as_py()
         return ExportPayload(data=_request_of(self._spans.resources, by_resource), span_count=len(rows),
                              trace_count=traces)
