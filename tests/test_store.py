@@ -438,7 +438,7 @@ def test_released_spans_are_the_bytes_as_received_whatever_their_batch_was_packe
         for chosen in ([tid(t) for t in range(3, 30, 3)], [tid(t) for t in range(41, 81, 4)],
                        [tid(t) for t in range(1, 81)]):
             spans = await store.release(chosen)
-            assert spans.table.column("raw").to_pylist() == spans.raw
+            assert spans.table.column("raw").num_chunks == 1  # one array, whatever batches the rows came from
             got.update(zip(zip(spans.trace_ids, spans.span_ids), spans.raw))
         assert got == sent and store.buffered_spans == 0
 
