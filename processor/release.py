@@ -7,9 +7,11 @@ asks the store which candidates are whole (``assembler``), asks the assembler
 which traces are due, takes them from the store in chunks, and for each chunk waits for the analysis verdict,
 annotates the spans (``annotator``), frames them into payloads (``otlp.payload``)
 and hands each payload to every exporter.  One chunk is analysed while the
-one before it is annotated and exported and the next is taken from the store,
-so the analysis (by default a process of its own) and this process work at
-once.  Late spans of an already released trace get the verdict their trace
+one before it is annotated and exported, so the analysis (by default a process
+of its own) and this process work at once; the next chunk is taken from the
+store when the analysis is ready for it (unpacked any sooner, it would wait
+beside the chunk under analysis).  Each turn that released spans hands the
+Arrow memory they took back to the system (``SpanStore.release_unused``).  Late spans of an already released trace get the verdict their trace
 got; they are not analysed again on their own (a fragment would mislead the
 rules).  With a durable store, a payload's spans leave the journal as soon as
 every exporter has settled that payload (``settlement``).  Once the store has
@@ -184,6 +186,10 @@ class Releaser:
             fresh = [t for t, r in zip(due.trace_ids, due.reasons) if r is not ReleaseReason.LATE]
             previous: tuple[ReleasedSpans, asyncio.Future[BatchVerdict] | None] | None = None
             for start in range(0, len(fresh), RELEASE_CHUNK):
+                if previous is not None and previous[1] is not None:
+                    # The analysis takes the next chunk once the last one's verdict is back: until then
+                    # its spans stay packed in the store, not unpacked beside the chunk being analysed.
+                    await asyncio.wait([previous[1]])
                 spans = await self._store.release(fresh[start:start + RELEASE_CHUNK])
                 analysis = None
                 if self._analysis is not None and spans.span_count:

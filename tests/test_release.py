@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from processor import release
+from processor.analysis.verdict import BatchVerdict
 from processor.assembler import Assembler
 from processor.exporters.base import Exporter
 from processor.model import ExportPayload
@@ -97,6 +99,40 @@ def test_arrow_memory_goes_back_after_each_turn_that_released_spans():
             assert exporter.spans == 20 and store.unused_released == 1
             await releaser.tick(6.0)
             assert store.unused_released == 1
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_next_chunk_leaves_the_store_once_the_analysis_is_ready_for_it(monkeypatch):
+    """Chunks are analysed one after another: the next stays packed in the store until the last
+    one's verdict is back, instead of waiting unpacked beside it; every chunk is still exported."""
+    monkeypatch.setattr(release, "RELEASE_CHUNK", 5)
+
+    class Recording:
+        def __init__(self, store: SpanStore) -> None:
+            self.store = store
+            self.left_when_done: list[int] = []  # spans still buffered as each verdict comes back
+
+        async def analyze(self, table, resources) -> BatchVerdict:
+            await asyncio.sleep(0.01)
+            self.left_when_done.append(self.store.buffered_spans)
+            return BatchVerdict()
+
+    async def scenario() -> None:
+        store = SpanStore()
+        await store.open()
+        assembler = Assembler(decision_wait=5.0, max_traces=100, max_spans_per_trace=100, late_span_cache=100)
+        exporter, analysis = Collecting(), Recording(store)
+        releaser = Releaser(store, assembler, analysis, [exporter], Telemetry(), 1.0, lambda: 0.0)
+        try:
+            spans = batch(range(1, 16), spans_per_trace=2)
+            await store.append(spans)
+            assembler.observe(spans.traces, 0.0)
+            await releaser.tick(5.0)  # 15 traces due: three chunks of five
+            assert analysis.left_when_done == [20, 10, 0]
+            assert exporter.spans == 30 and store.buffered_spans == 0
         finally:
             await store.close()
 
