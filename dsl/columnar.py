@@ -167,14 +167,16 @@ class ColumnarPlan:
         if a statement fails (the caller then runs the rules one by one)."""
         hits: list[tuple[int, pa.Array]] = []
         for scan in self.scans:
-            res = conn.sql(scan.parsed, params=list(scan.params)).to_arrow_table()
-            some = pc.not_equal(res.column("m0"), 0)
-            for j in range(1, len(scan.masks)):
-                some = pc.or_(some, pc.not_equal(res.column(f"m{j}"), 0))
-            res = res.filter(some)  # the rows where some condition holds, usually few
-            rows = res.column("_row").combine_chunks()
+            # the rows where some condition holds (scan_statement), usually few: fetched as rows,
+            # since a relation (conn.sql) binds the statement twice, and binding this one (its
+            # hundreds of conditions, regular expressions compiled) costs more than running it
+            found = conn.execute(scan.parsed, list(scan.params)).fetchall()
+            if not found:
+                continue
+            columns = list(zip(*found))
+            rows = pa.array(columns[0], pa.int64())
             for j, mask in enumerate(scan.masks):
-                m = res.column(f"m{j}").combine_chunks()
+                m = pa.array(columns[j + 1], pa.int64())
                 for b, c in enumerate(mask):
                     hit = rows.filter(pc.not_equal(pc.bit_wise_and(m, pa.scalar(1 << b, pa.int64())), 0))
                     if len(hit):

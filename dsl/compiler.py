@@ -745,8 +745,9 @@ def _counted_rows(agg: str) -> str | None:
 def scan_statement(masks: list[list[str]], groups: dict[int, tuple[tuple[str, str, str], list[tuple[int, str]]]]) -> str:
     """A scan of the prepared table giving ``_row`` and one BIGINT ``m<j>`` per list of
     conditions in ``masks`` (at most 63 each), bit ``b`` set where the ``b``-th condition
-    holds.  Every row: DuckDB would push a filter on the masks (``m0 <> 0 OR ...``) into
-    the scan and compute every condition twice.  ``groups`` are the aggregates the conditions read:
+    holds, for the rows where one holds.  The masks are filtered after the materialized scan:
+    DuckDB would push a filter on them (``m0 <> 0 OR ...``) into the scan and compute every
+    condition twice.  ``groups`` are the aggregates the conditions read:
     per source index, the source (``Aggregate.source``) and its aggregates (index, SQL),
     computed in the statement, each source's in one grouped scan.  Computed here, not once
     in a table for every scan: a table of 100,000 rows and hundreds of columns cost more to
@@ -768,7 +769,11 @@ def scan_statement(masks: list[list[str]], groups: dict[int, tuple[tuple[str, st
                           for b, c in enumerate(conds))
         cols.append(f"({bits}) AS m{j}")
     with_ = f"WITH {', '.join(ctes)} " if ctes else ""
-    return f"{with_}SELECT v0._row, {', '.join(cols)} FROM {SPANS} AS v0{''.join(joins)}"
+    scan = f"{with_}SELECT v0._row, {', '.join(cols)} FROM {SPANS} AS v0{''.join(joins)}"
+    # the rows where some condition holds, usually few: a filter on the materialized scan's
+    # masks cannot be pushed into it (which would compute every condition twice)
+    some = " OR ".join(f"m{j} <> 0" for j in range(len(masks)))
+    return f"WITH __scan AS MATERIALIZED ({scan}) SELECT * FROM __scan WHERE {some}"
 
 
 def render_statement(fired: str, messages: list[str]) -> str:

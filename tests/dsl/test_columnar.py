@@ -131,7 +131,8 @@ def test_a_grouped_scan_leaves_out_the_rows_no_aggregate_counts():
     source = ("__ft_spans AS v", "v._parent", "_row")
     counted = scan_statement([["coalesce(g0._s0, FALSE)"]], {0: (source, [(0, "bool_or((v.status_code = $1))"),
                                                                           (1, "count_if((v.kind = $2))")])})
-    assert "WHERE ((v.status_code = $1)) OR ((v.kind = $2)) GROUP BY" in counted
+    assert "FROM __ft_spans AS v WHERE ((v.status_code = $1)) OR ((v.kind = $2)) GROUP BY" in counted
+    assert counted.endswith("SELECT * FROM __scan WHERE m0 <> 0")  # only the rows where a condition holds
     # count(*) counts every row: its group keeps them all
     every = scan_statement([["g0._s0 > 1"]], {0: (source, [(0, "bool_or((v.status_code = $1))"), (1, "count(*)")])})
-    assert "WHERE" not in every
+    assert "FROM __ft_spans AS v GROUP BY" in every
