@@ -88,7 +88,7 @@ def outcomes(conn: duckdb.DuckDBPyConnection, table: str, durations: pa.Table | 
     """Each trace's outcome at its root: failed if the root span ended in error, or if
     ``durations`` (``service``, ``name``, ``n``, ``dur_max`` per operation) says it took longer
     than any duration of its operation's baseline, learned from at least ``MIN_OBSERVATIONS`` spans."""
-    rows = conn.sql(ROOTS_SQL.format(table=table)).fetchall()
+    rows = conn.execute(ROOTS_SQL.format(table=table)).fetchall()
     top: dict[tuple[str, str], float] = {}
     if durations is not None and durations.num_rows:
         columns = (durations.column(c).to_pylist() for c in ("service", "name", "n", "dur_max"))

@@ -192,7 +192,7 @@ class LocalizerAnalyzer:
         return self.localize(conn, table)
 
     def localize(self, conn: duckdb.DuckDBPyConnection, table: str) -> LocalizedBatch:
-        columns = set(conn.sql(f"SELECT * FROM {table} LIMIT 0").columns)
+        columns = {d[0] for d in conn.execute(f"SELECT * FROM {table} LIMIT 0").description}
         metrics = span_metrics_of(conn, *_spans(table, columns))
         if metrics.num_rows == 0:
             return LocalizedBatch()

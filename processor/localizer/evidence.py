@@ -68,7 +68,7 @@ def latency(conn: duckdb.DuckDBPyConnection, explain_away: bool = True, wire_tim
     cells: dict[tuple[str, str], float] = {}
     excess: dict[tuple[str, str], float] = {}
     sql = CELLS_SQL.format(callee="m.blame" if wire_time else "m.service")
-    for caller, callee, n, slow, excess_ns in conn.sql(sql).fetchall():
+    for caller, callee, n, slow, excess_ns in conn.execute(sql).fetchall():
         rate = max(0.0, wilson_lower(slow, n) - (1 - QUANTILE))
         if rate > 0:
             cells[(caller, callee)] = rate
@@ -143,7 +143,7 @@ def shape(conn: duckdb.DuckDBPyConnection) -> list[ServiceEvidence]:
     sql = SHAPE_SQL.format(shapes=SHAPES_SQL.format(table="m"), z=Z)
     score: dict[str, float] = defaultdict(float)
     why: dict[str, list[tuple[float, str]]] = defaultdict(list)
-    for charged, service, name, s, spans, cut in conn.sql(sql).fetchall():
+    for charged, service, name, s, spans, cut in conn.execute(sql).fetchall():
         if charged is None:
             continue
         score[charged] += s
@@ -169,7 +169,7 @@ ORDER BY ALL  -- a fixed order for the sums and messages (``CELLS_SQL``)
 def errors(conn: duckdb.DuckDBPyConnection) -> list[ServiceEvidence]:
     score: dict[str, float] = defaultdict(float)
     why: dict[str, list[tuple[float, str]]] = defaultdict(list)
-    for blame, service, name, n, origins, failed, base_rate in conn.sql(ERRORS_SQL).fetchall():
+    for blame, service, name, n, origins, failed, base_rate in conn.execute(ERRORS_SQL).fetchall():
         rate = max(0.0, wilson_lower(min(origins, n), n) - base_rate)
         if rate > 0:
             score[blame] += rate

@@ -112,7 +112,7 @@ def pod_shifts(conn: duckdb.DuckDBPyConnection, *, wire_time: bool = True, coloc
     spans: dict[tuple[str, str, str | None], int] = defaultdict(int)
     peer: dict[tuple[str, str, str | None], float] = defaultdict(float)
     slowdown: dict[tuple[str, str, str | None], float] = defaultdict(float)
-    for service, pod, node, _, _, n, n_peer, above_peer, lr_peer in conn.sql(sql).fetchall():
+    for service, pod, node, _, _, n, n_peer, above_peer, lr_peer in conn.execute(sql).fetchall():
         key = (service, pod, node)
         spans[key] += n
         part = _part(above_peer, n_peer, lr_peer)
