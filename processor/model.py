@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
 
@@ -58,7 +59,7 @@ class ReleasedSpans:
     The rows stay Arrow columns on their way out (annotated, framed into payloads: ``annotator``,
     ``otlp.payload``): as Python objects a span's bytes and ids took ~790 B more per released span
     (measured, docs/sizing.md).  The list properties build Python lists on each call, for the
-    few readers that want them (a late release, tests)."""
+    few readers that want them (the verdict observer's trace ids, tests)."""
 
     table: pa.Table
     resources: dict[int, bytes]
@@ -83,7 +84,7 @@ class ReleasedSpans:
     def span_count(self) -> int:
         return self.table.num_rows
 
-    def _list(self, name: str) -> list:  # type: ignore[type-arg]
+    def _list(self, name: str) -> list[Any]:
         return self.table.column(name).to_pylist()
 
     @property
