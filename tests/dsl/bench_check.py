@@ -12,11 +12,12 @@ after a warm-up, in one process: the checking itself).  CPU time is what to
 compare on a busy machine.  The target for ``library`` and ``dense`` (1 MB
 with one error at the end) is <= 2 s.
 
-Measured (``--repeat 3``, CPU of the whole command, five runs on the shared
-2-core machine under varying load, 2026-12-02): library 1.5-2.0 s,
-library_syntax 1.4-1.9 s, dense 1.9-2.5 s, or10000 1.6-2.6 s; before issue
-#15's parser work (a126aa2, four runs) 2.5-3.7, 3.7-4.4, 3.5-5.0 and
-2.5-3.8 s.
+Measured (``--repeat 3``, CPU of the whole command, three runs on the shared
+2-core machine in a quiet hour, 2026-12-03, 6144e50): library 0.97-1.28 s,
+library_syntax 1.05-1.16 s, dense 1.37-1.53 s, or10000 1.51 s; the commit
+before dsl/lexer.py in the same hour 1.15-1.35, 1.18-1.29, 1.63-1.79 and
+1.51 s; before issue #15's parser work (a126aa2, four runs under load)
+2.5-3.7, 3.7-4.4, 3.5-5.0 and 2.5-3.8 s.
 
 Inputs: ``library`` the built-in rules (rules/*.rules, ids renamed) repeated
 to ``--size`` bytes, then a rule with an unknown field; ``library_syntax`` the
