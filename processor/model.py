@@ -66,20 +66,6 @@ class ReleasedSpans:
     scopes: dict[int, bytes]
     trace_count: int
 
-    @classmethod
-    def from_rows(cls, trace_ids: list[bytes], span_ids: list[bytes], parent_span_ids: list[bytes | None],
-                  raw: list[bytes], resource_ids: list[int], scope_ids: list[int], resources: dict[int, bytes],
-                  scopes: dict[int, bytes], trace_count: int) -> ReleasedSpans:
-        """Released spans given as row-aligned lists of ``RELEASED_COLUMNS`` (the store's other
-        columns null)."""
-        from processor.store import STORE_SCHEMA  # the store imports this module
-
-        given = dict(zip(RELEASED_COLUMNS, (trace_ids, span_ids, parent_span_ids, resource_ids, scope_ids, raw)))
-        n = len(raw)
-        table = pa.table([pa.array(given[f.name], f.type) if f.name in given else pa.nulls(n, f.type)
-                          for f in STORE_SCHEMA], schema=STORE_SCHEMA)
-        return cls(table, resources, scopes, trace_count)
-
     @property
     def span_count(self) -> int:
         return self.table.num_rows

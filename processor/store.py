@@ -66,7 +66,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dsl import SPAN_COLUMNS
-from processor.model import ReleasedSpans, SpanBatch
+from processor.model import RELEASED_COLUMNS, ReleasedSpans, SpanBatch
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -98,6 +98,18 @@ _COLUMNS_SQL = ", ".join(f"{c} {t}" for c, t in (*SPAN_COLUMNS, *STORAGE_COLUMNS
 KEY_COLUMNS = ("trace_id", "span_id")  # what ``forget`` is given of each delivered span
 _PATH_KEY = "processors.faulttrace.storage.path"  # named in errors about the journal file
 FORGET_DELAY = 0.1  # seconds delivered spans are gathered before one delete takes them from the journal
+
+
+def released_from_rows(trace_ids: list[bytes], span_ids: list[bytes], parent_span_ids: list[bytes | None],
+                       raw: list[bytes], resource_ids: list[int], scope_ids: list[int], resources: dict[int, bytes],
+                       scopes: dict[int, bytes], trace_count: int) -> ReleasedSpans:
+    """Released spans given as row-aligned lists of ``model.RELEASED_COLUMNS`` (the store's
+    other columns null), as the store would hand them over (tests build them so)."""
+    given = dict(zip(RELEASED_COLUMNS, (trace_ids, span_ids, parent_span_ids, resource_ids, scope_ids, raw)))
+    n = len(raw)
+    table = pa.table([pa.array(given[f.name], f.type) if f.name in given else pa.nulls(n, f.type)
+                      for f in STORE_SCHEMA], schema=STORE_SCHEMA)
+    return ReleasedSpans(table, resources, scopes, trace_count)
 
 
 def _offsets(raw: pa.Array) -> pa.Array:

@@ -20,6 +20,7 @@ from processor.otlp.spanedit import Annotation, append_to_spans
 from processor.otlp.tracefile import read_requests
 from processor.otlp.wire import length_delimited
 from processor.receivers.decode import decode
+from processor.store import released_from_rows
 from processor.tools.offline import analyze
 from tests.support.harness import sid, tid
 
@@ -148,7 +149,7 @@ def apply(adds: dict[tuple[bytes, bytes], Annotation], trace: int, n: int) -> Sp
 def late(trace_ids: list[bytes], span_ids: list[bytes], parents: list[bytes | None]) -> ReleasedSpans:
     raw = [Span(trace_id=t, span_id=s).SerializeToString() for t, s in zip(trace_ids, span_ids)]
     n = len(raw)
-    return ReleasedSpans.from_rows(trace_ids, span_ids, parents, raw, [0] * n, [0] * n, {}, {}, len(set(trace_ids)))
+    return released_from_rows(trace_ids, span_ids, parents, raw, [0] * n, [0] * n, {}, {}, len(set(trace_ids)))
 
 
 def test_annotate_edits_only_the_rows_named_and_appends_to_their_bytes():

@@ -13,6 +13,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 from processor.model import ReleasedSpans
 from processor.otlp.payload import encode_payloads
 from processor.settlement import Settlement, with_keys
+from processor.store import released_from_rows
 from tests.support.harness import kv, sid, tid
 
 
@@ -49,7 +50,7 @@ def released(n: int, groups: int, seed: int, chunked: bool) -> ReleasedSpans:
     raw = [Span(trace_id=t, span_id=sid(i + 1), name="x" * rng.randrange(50, 400)).SerializeToString()
              for i, t in enumerate(traces)]
     span_ids = [sid(i + 1) for i in range(n)]
-    spans = ReleasedSpans.from_rows(trace_ids=traces, span_ids=span_ids, parent_span_ids=[None] * n, raw=raw,
+    spans = released_from_rows(trace_ids=traces, span_ids=span_ids, parent_span_ids=[None] * n, raw=raw,
                                     resource_ids=pairs, scope_ids=pairs, resources=resources, scopes=scopes,
                                     trace_count=40)
     # The store's table has every column, in two chunks when it released from two generations.

@@ -11,6 +11,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 from processor.model import ExportPayload, ReleasedSpans
 from processor.otlp.payload import encode_payloads, span_ids, split_payload
 from processor.receivers.decode import group_id
+from processor.store import released_from_rows
 from tests.support.harness import assert_same_spans, kv, sid, tid
 
 
@@ -32,7 +33,7 @@ def released(rows: list[tuple[str, str, int, int]], name_size: int = 0) -> Relea
     scopes = {group_id(scope_head(s)): scope_head(s) for _, s, _, _ in rows}
     raw = [Span(trace_id=tid(t), span_id=sid(n), name=f"{r}/{s}/{n}" + "x" * name_size).SerializeToString()
            for r, s, t, n in rows]
-    return ReleasedSpans.from_rows(
+    return released_from_rows(
         trace_ids=[tid(t) for _, _, t, _ in rows], span_ids=[sid(n) for _, _, _, n in rows],
         parent_span_ids=[None for _ in rows], raw=raw,
         resource_ids=[group_id(resource_head(r)) for r, _, _, _ in rows],
@@ -158,7 +159,7 @@ def test_halves_carry_the_heads_and_span_bytes_unchanged():
 def _only(spans: ReleasedSpans, ids: tuple[bytes, bytes] | None) -> ReleasedSpans:
     assert ids is not None
     i = list(zip(spans.trace_ids, spans.span_ids)).index(ids)
-    return ReleasedSpans.from_rows([spans.trace_ids[i]], [spans.span_ids[i]], [None], [spans.raw[i]],
+    return released_from_rows([spans.trace_ids[i]], [spans.span_ids[i]], [None], [spans.raw[i]],
                                    [spans.resource_ids[i]], [spans.scope_ids[i]], spans.resources, spans.scopes, 1)
 
 

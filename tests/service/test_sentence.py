@@ -15,6 +15,7 @@ from processor.service.sentence import (
     incident_key,
     span_facts,
 )
+from processor.store import released_from_rows
 
 TRACE = bytes.fromhex("4bf92f3577b34da6a3ce929d0e0e4736")
 ROOT, CALL, DB = b"\x00" * 7 + b"\x01", b"\x00" * 7 + b"\x02", b"\x00" * 7 + b"\x03"
@@ -136,7 +137,7 @@ def test_last_span_times_are_taken_on_export_with_or_without_a_verdict() -> None
     now[0] = 103.5
 
     def released(*trace_ids: bytes) -> ReleasedSpans:
-        return ReleasedSpans.from_rows(list(trace_ids), [b"s" * 8] * len(trace_ids), [None] * len(trace_ids),
+        return released_from_rows(list(trace_ids), [b"s" * 8] * len(trace_ids), [None] * len(trace_ids),
                                        [b""] * len(trace_ids), [0] * len(trace_ids), [0] * len(trace_ids), {}, {},
                                        len(set(trace_ids)))
 
@@ -154,7 +155,6 @@ def test_last_span_times_are_taken_on_export_with_or_without_a_verdict() -> None
 def test_metrics_and_incidents_count_only_the_root_causes_the_annotator_writes() -> None:
     import dataclasses
 
-    from processor.model import ReleasedSpans
     from processor.service.telemetry import Telemetry
     from processor.service.verdicts import VerdictObserver
 
@@ -164,7 +164,7 @@ def test_metrics_and_incidents_count_only_the_root_causes_the_annotator_writes()
     weak = dataclasses.replace(verdict(evidence("code.exception", "code", 0.4)), trace_id=b"w" * 16,
                                min_confidence=0.7)
     assert weak.top is not None and weak.root_cause is None and weak.written == ()
-    spans = ReleasedSpans.from_rows([TRACE, weak.trace_id], [DB, DB], [ROOT, ROOT], [b"", b""], [0, 0], [0, 0], {}, {}, 2)
+    spans = released_from_rows([TRACE, weak.trace_id], [DB, DB], [ROOT, ROOT], [b"", b""], [0, 0], [0, 0], {}, {}, 2)
     observer.exported(spans, BatchVerdict({TRACE: strong, weak.trace_id: weak}))
 
     def total(metric) -> dict[tuple[str, ...], float]:
