@@ -51,8 +51,8 @@ def released(n: int, groups: int, seed: int, chunked: bool) -> ReleasedSpans:
              for i, t in enumerate(traces)]
     span_ids = [sid(i + 1) for i in range(n)]
     spans = released_from_rows(trace_ids=traces, span_ids=span_ids, parent_span_ids=[None] * n, raw=raw,
-                                    resource_ids=pairs, scope_ids=pairs, resources=resources, scopes=scopes,
-                                    trace_count=40)
+                               resource_ids=pairs, scope_ids=pairs, resources=resources, scopes=scopes,
+                               trace_count=40)
     # The store's table has every column, in two chunks when it released from two generations.
     return spans if not chunked else dataclasses.replace(
         spans, table=pa.Table.from_batches(spans.table.to_batches(max_chunksize=max(1, n // 2))))

@@ -160,7 +160,7 @@ def _only(spans: ReleasedSpans, ids: tuple[bytes, bytes] | None) -> ReleasedSpan
     assert ids is not None
     i = list(zip(spans.trace_ids, spans.span_ids)).index(ids)
     return released_from_rows([spans.trace_ids[i]], [spans.span_ids[i]], [None], [spans.raw[i]],
-                                   [spans.resource_ids[i]], [spans.scope_ids[i]], spans.resources, spans.scopes, 1)
+                              [spans.resource_ids[i]], [spans.scope_ids[i]], spans.resources, spans.scopes, 1)
 
 
 def test_what_is_not_a_framed_request_is_not_cut():

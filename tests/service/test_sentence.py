@@ -138,8 +138,8 @@ def test_last_span_times_are_taken_on_export_with_or_without_a_verdict() -> None
 
     def released(*trace_ids: bytes) -> ReleasedSpans:
         return released_from_rows(list(trace_ids), [b"s" * 8] * len(trace_ids), [None] * len(trace_ids),
-                                       [b""] * len(trace_ids), [0] * len(trace_ids), [0] * len(trace_ids), {}, {},
-                                       len(set(trace_ids)))
+                                  [b""] * len(trace_ids), [0] * len(trace_ids), [0] * len(trace_ids), {}, {},
+                                  len(set(trace_ids)))
 
     observer.exported(released(a, a), None)        # not analysed: no latency, the time is dropped
     observer.exported(released(b), BatchVerdict())  # analysed, no cause: 3.5 s
