@@ -96,7 +96,7 @@ SELECT *, arg_min(span_id, {root_key_sql("j", no_parent_sql("j.parent_span_id"),
               OVER (PARTITION BY trace_id) AS trace_root
 FROM j
 WHERE trace_id IN (SELECT trace_id FROM j WHERE origin OR self_ns > self_p99 OR (slow_pod AND self_ns > self_med))
-ORDER BY trace_id, start_ns
+ORDER BY trace_id, start_ns, span_id  -- span_id: spans starting together in one order every run
 """
 
 
@@ -420,7 +420,7 @@ def _rank(blames: dict[bytes, _Blame], by_id: dict[bytes, dict[str, Any]], windo
         messages = list(b.messages)
         # the candidate's own improbable values (a setting out of range, an unusual answer)
         said = {m for _, m, _, _ in messages}
-        for a in sorted((abnormal or {}).get(span_id, ()), key=lambda a: a.p)[:3]:
+        for a in sorted((abnormal or {}).get(span_id, ()), key=lambda a: (a.p, a.key, a.kind, a.value))[:3]:
             if not any(a.message in m for m in said):
                 messages.append(("localizer.silent", f"{a.message} on the span itself", b.confidence, ""))
         # Each of the trace's own pieces carries what it shows against the baseline (an error origin,

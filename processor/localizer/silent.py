@@ -227,7 +227,10 @@ SELECT t.trace_id, t.span_id, t.service, t.name, t.key, 'value' AS kind, t.sval 
 FROM tspan t JOIN cat c USING (service, name, key, sval) JOIN win USING (service, name)
 WHERE c.p < {wl_cat} / 2
 UNION ALL
-SELECT s.trace_id, s.span_id, s.service, s.name, s.key, nm.side, CAST(any_value(l.nval) AS VARCHAR),
+-- of an array's values in the bucket the most extreme (any_value's pick varied with DuckDB's threads;
+-- any_value(nm.side): side is grouped on, but GROUP BY ALL would not group on an expression mixing it with aggregates)
+SELECT s.trace_id, s.span_id, s.service, s.name, s.key, nm.side,
+       CAST(CASE WHEN any_value(nm.side) = 'low' THEN min(l.nval) ELSE max(l.nval) END AS VARCHAR),
        nm.p, nm.tot, least(nm.le, nm.ge) / nm.tot, nm.b_lo, nm.b_hi, nm.b_med, nm.k_win, any_value(win.n_win)
 FROM nspan s JOIN num nm USING (service, name, key, b) JOIN win USING (service, name)
 JOIN sl_long l ON l.trace_id = s.trace_id AND l.span_id = s.span_id AND l.key = s.key AND {bucket_l} = s.b
@@ -379,12 +382,21 @@ def antecedents(conn: duckdb.DuckDBPyConnection, spans: str, targets: list[tuple
         return {}
     conn.register("sl_targets", pa.table({"trace_id": pa.array([t for t, _ in targets], pa.binary()),
                                           "span_id": pa.array([s for _, s in targets], pa.binary())}))
+    # Each target's antecedents in start order (then span id): ``explain_failures`` keeps the first
+    # of equally good explanations (retries of one call all showing the same value), so that is
+    # the earliest, the first attempt, as ``blame`` takes a retry loop's first failure.  Without
+    # the ORDER BY the rows come in the order DuckDB's threads finish, and so did the choice.
     try:
         if causal_past:
-            rows = conn.execute(antecedents_sql(spans, "sl_targets")).fetchall()
+            rows = conn.execute(f"""SELECT a.trace_id, a.span_id, a.antecedent_id, a.distance
+                                    FROM ({antecedents_sql(spans, "sl_targets")}) a
+                                    JOIN (SELECT DISTINCT trace_id, span_id, start_ns FROM {spans}) s
+                                      ON s.trace_id = a.trace_id AND s.span_id = a.antecedent_id
+                                    ORDER BY s.start_ns, a.antecedent_id""").fetchall()
         else:
             rows = conn.execute(f"""SELECT t.trace_id, t.span_id, s.span_id, -1 FROM sl_targets t
-                                    JOIN {spans} s ON s.trace_id = t.trace_id AND s.span_id <> t.span_id""").fetchall()
+                                    JOIN {spans} s ON s.trace_id = t.trace_id AND s.span_id <> t.span_id
+                                    ORDER BY s.start_ns, s.span_id""").fetchall()
     finally:
         conn.unregister("sl_targets")
     out: dict[tuple[bytes, bytes], dict[bytes, int]] = defaultdict(dict)
@@ -453,10 +465,13 @@ def explain_failures(conn: duckdb.DuckDBPyConnection, silent: Silent,
     attribute is not where the abnormality originates (a client span relays what its callee
     answered), nor one whose explanation is an error report (``conventions.is_error_report``:
     errors propagate up) while a descendant explains it too; of the others the most probable
-    cause, then the most abnormal, the nearest."""
+    cause, then the most abnormal, the nearest, the earliest (``antecedents``' order)."""
     if not silent.abnormal:
         return {}, {}
-    abnormal = [*silent.abnormal, *_errors(conn, {t for t, *_ in failing}, silent.sample)]
+    # in a fixed order (DuckDB's threads return rows in any): of a span's equally probable
+    # abnormalities the first is kept, and ``blame`` lists them so
+    abnormal = sorted([*silent.abnormal, *_errors(conn, {t for t, *_ in failing}, silent.sample)],
+                      key=lambda a: (a.trace_id, a.span_id, a.p, a.key, a.kind, a.value))
     w = window(conn, abnormal, silent.sample)
     by_span: dict[tuple[bytes, bytes], list[Abnormality]] = defaultdict(list)
     for a in abnormal:

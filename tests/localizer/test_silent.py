@@ -51,20 +51,24 @@ class _Shop:
         self.attrs.append(attrs)
         return sid
 
-    def trace(self, rows: int, fail: bool) -> None:
+    def trace(self, rows: int, fail: bool, attempts: int = 1) -> None:
+        """One request; the query is run ``attempts`` times one after another (a retry loop)."""
         trace = self.rng.getrandbits(128).to_bytes(16, "big")
         t = self.t
         self.t += 100.0
         j = self.rng.uniform
         root = self._span(trace, None, "web", "GET /product", t, t + 10, [("http.route", "string", "/product", None)],
                           error=fail)
-        q_end = t + 1 + j(1.5, 2.5)
+        q_start = t + 1
+        q_end = q_start + j(1.5, 2.5) / attempts
         parent = root
         if self.via_client:
-            parent = self._span(trace, root, "web", "GET catalog", t + 0.5, q_end + 0.05,
+            parent = self._span(trace, root, "web", "GET catalog", t + 0.5, q_start + (q_end - q_start) * attempts + 0.05,
                                 [("http.request.method", "string", "GET", None)])
-        self._span(trace, parent, "web", "SELECT products", t + 1, q_end,
-                   [("db.system", "string", "postgresql", None), ("db.rows", "int", None, float(rows))])
+        for _ in range(attempts):
+            self._span(trace, parent, "web", "SELECT products", q_start, q_end,
+                       [("db.system", "string", "postgresql", None), ("db.rows", "int", None, float(rows))])
+            q_start, q_end = q_end, q_end + (q_end - q_start)
         self._span(trace, root, "web", "render", q_end + 0.1, q_end + 0.1 + j(0.8, 1.2),
                    [("template", "string", "product.html", None)], error=fail)
 
@@ -128,6 +132,31 @@ def test_the_spans_that_relayed_the_empty_result_point_at_the_query(conn: duckdb
         symptoms = {names[s.span_id]: s for s in verdict.symptoms[trace_id]}
         assert symptoms["GET catalog"].caused_by == top.span_id and not symptoms["GET catalog"].explained
         assert symptoms["render"].caused_by == top.span_id
+
+
+def test_of_retried_queries_all_returning_nothing_the_first_attempt_explains(
+        conn: duckdb.DuckDBPyConnection) -> None:
+    # Three attempts of the query explain the failing render equally well: the first is blamed in
+    # every trace (as a retry loop's first failure is), not whichever DuckDB's threads returned
+    # first.  The batch lists each trace's spans latest first, so the table's order is not it.
+    shop = _Shop(1)
+    analyzer = _learned(shop, conn)
+    conn.execute("SET threads TO 4")
+    for _ in range(40):
+        shop.trace(shop.rng.randint(3, 20), fail=False)
+    for _ in range(6):
+        shop.trace(0, fail=True, attempts=3)
+    shop.rows.reverse()
+    shop.attrs.reverse()
+    first = {}
+    for r in sorted(shop.rows, key=lambda r: r["start_ns"], reverse=True):
+        if r["name"] == "SELECT products":
+            first[r["trace_id"]] = r["span_id"]
+    verdict = synth.analyze(analyzer, conn, shop.batch())
+    assert len(verdict.traces) == 6
+    for trace_id, v in verdict.traces.items():
+        assert v.candidates[0].span_id == first[trace_id]
+        assert "localizer.silent" in v.candidates[0].statistical
 
 
 def test_zero_rows_that_healthy_traffic_shows_explain_nothing(conn: duckdb.DuckDBPyConnection) -> None:
