@@ -193,10 +193,6 @@ class _Generation:
         """Its rows' columns but ``raw`` (``META_SCHEMA``)."""
         return pa.Table.from_batches([c.meta for c in self.chunks], META_SCHEMA)
 
-    def full_table(self, codec: pa.Codec) -> pa.Table:
-        """Its rows as appended (``STORE_SCHEMA``), released ones too."""
-        return pa.Table.from_batches([c.unpack(codec) for c in self.chunks], STORE_SCHEMA)
-
 
 class SpanStore:
     """Buffered spans (in memory, plus a DuckDB journal file for durability)."""

@@ -420,7 +420,7 @@ def _rank(blames: dict[bytes, _Blame], by_id: dict[bytes, dict[str, Any]], windo
         messages = list(b.messages)
         # the candidate's own improbable values (a setting out of range, an unusual answer)
         said = {m for _, m, _, _ in messages}
-        for a in sorted((abnormal or {}).get(span_id, ()), key=lambda a: (a.p, a.key, a.kind, a.value))[:3]:
+        for a in sorted((abnormal or {}).get(span_id, ()), key=lambda a: a.order)[:3]:
             if not any(a.message in m for m in said):
                 messages.append(("localizer.silent", f"{a.message} on the span itself", b.confidence, ""))
         # Each of the trace's own pieces carries what it shows against the baseline (an error origin,

@@ -88,6 +88,12 @@ class Abnormality:
     n_win: int = 0            # ... of its spans in the window
 
     @property
+    def order(self) -> tuple[float, str, str, str]:
+        """Of one span's abnormalities, the most improbable first, then a fixed order (DuckDB's
+        threads return rows in any): ``explain_failures`` keeps the first, ``blame`` lists them so."""
+        return (self.p, self.key, self.kind, self.value)
+
+    @property
     def event(self) -> tuple[str, str, str, str, str]:
         """What the window counts: this abnormality on this operation."""
         return (self.service, self.name, self.key, self.kind, self.value if self.kind == "value" else "")
@@ -468,10 +474,8 @@ def explain_failures(conn: duckdb.DuckDBPyConnection, silent: Silent,
     cause, then the most abnormal, the nearest, the earliest (``antecedents``' order)."""
     if not silent.abnormal:
         return {}, {}
-    # in a fixed order (DuckDB's threads return rows in any): of a span's equally probable
-    # abnormalities the first is kept, and ``blame`` lists them so
     abnormal = sorted([*silent.abnormal, *_errors(conn, {t for t, *_ in failing}, silent.sample)],
-                      key=lambda a: (a.trace_id, a.span_id, a.p, a.key, a.kind, a.value))
+                      key=lambda a: (a.trace_id, a.span_id, *a.order))
     w = window(conn, abnormal, silent.sample)
     by_span: dict[tuple[bytes, bytes], list[Abnormality]] = defaultdict(list)
     for a in abnormal:
