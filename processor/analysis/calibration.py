@@ -18,12 +18,24 @@ Ranking weighs evidence by consequence (severity); a candidate's
    the candidates and that alternative, ``p_i = o_i / (1 + sum_j o_j)``.  A
    lone candidate keeps its support; a clear winner keeps most of it; a
    near tie splits it.
+
+Attempts of one call are not rival explanations: a caller that retried a
+refused connection five times holds five failed client spans of one
+operation under one parent, and they all say "this call failed" (each is
+the cause: had the callee answered, none would have failed).  Competing as
+five, they would split the probability five ways, so the more often a
+client retried, the less sure the verdict — below ``min_confidence`` in a
+trace whose caller survived the retries.  ``calibrate_trace`` takes, per
+candidate, the call it is an attempt of (``combined.repeated_calls``: its
+parent span, service and operation); attempts of one call compete as one
+explanation with the support of the strongest, and each gets that
+explanation's probability.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
 
 from processor.analysis.verdict import Candidate, TraceVerdict
 
@@ -52,8 +64,16 @@ def compete(supports: Sequence[float]) -> list[float]:
     return [o / total for o in odds]
 
 
-def calibrate_trace(v: TraceVerdict) -> TraceVerdict:
-    """The trace's candidates, in the same order, with calibrated confidences."""
-    probabilities = compete([support(c) for c in v.candidates])
-    cands = tuple(dataclasses.replace(c, probability=round(p, 6)) for c, p in zip(v.candidates, probabilities))
+def calibrate_trace(v: TraceVerdict, calls: Mapping[bytes, Hashable] | None = None) -> TraceVerdict:
+    """The trace's candidates, in the same order, with calibrated confidences.  ``calls``: per
+    candidate span id, the call it is an attempt of; candidates of one call compete as one
+    explanation with the strongest one's support, and each gets its probability (a candidate
+    not in ``calls`` is a call of its own)."""
+    calls = calls or {}
+    keys = [calls.get(c.span_id, c.span_id) for c in v.candidates]
+    strongest: dict[Hashable, float] = {}
+    for key, c in zip(keys, v.candidates):
+        strongest[key] = max(strongest.get(key, 0.0), support(c))
+    probability = dict(zip(strongest, compete(list(strongest.values()))))
+    cands = tuple(dataclasses.replace(c, probability=round(probability[key], 6)) for c, key in zip(v.candidates, keys))
     return dataclasses.replace(v, candidates=cands)

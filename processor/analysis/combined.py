@@ -14,7 +14,8 @@ delay where the window finds its service abnormal across traces; the
 window's support never raises a confidence there.  Each finding's confidence is then weighed by
 how often its source fires on such traces (``processor.analysis.prevalence``),
 and those firings are learned; a candidate's confidence is then calibrated
-over its trace (``processor.analysis.calibration``).  Each trace verdict
+over its trace (``processor.analysis.calibration``), the attempts of one call
+(``repeated_calls``) as one explanation.  Each trace verdict
 of a trace that did not fail carries the floor below which its root cause is
 not written (``min_confidence``: the annotator records the findings only).
 """
@@ -22,7 +23,7 @@ not written (``min_confidence``: the annotator records the findings only).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import duckdb
 import pyarrow as pa
@@ -105,10 +106,48 @@ def trace_local(verdict: BatchVerdict, failed: frozenset[bytes], ops: pa.Table |
         for t, v in verdict.traces.items()})
 
 
-def merge(verdicts: Sequence[BatchVerdict], rerank: bool = True) -> BatchVerdict:
+Call = tuple[bytes | None, str, str]  # an attempted call: the parent span, the service and operation
+
+
+def repeated_calls(conn: duckdb.DuckDBPyConnection, table: str,
+                   verdicts: Sequence[BatchVerdict]) -> dict[bytes, dict[bytes, Call]]:
+    """Per trace, the candidates (of any of ``verdicts``) that are attempts of a call another
+    candidate attempts too — one operation of one service, called from one parent span (a retry
+    loop, a call repeated) — each with that call (``calibration.calibrate_trace``).  Only spans
+    sharing a service and operation with another candidate of their trace are looked up."""
+    ops: dict[tuple[bytes, str, str], set[bytes]] = {}
+    for verdict in verdicts:
+        for trace_id, v in verdict.traces.items():
+            for c in v.candidates:
+                ops.setdefault((trace_id, c.service, c.name), set()).add(c.span_id)
+    wanted = [(t, span, service, name) for (t, service, name), spans in ops.items() if len(spans) > 1
+              for span in sorted(spans)]
+    if not wanted:  # the common batch: no operation blamed twice in a trace, no query
+        return {}
+    keys = pa.table({"trace_id": pa.array([w[0] for w in wanted], pa.binary()),
+                     "span_id": pa.array([w[1] for w in wanted], pa.binary())})
+    conn.register("_repeated_candidates", keys)
+    try:
+        rows = conn.execute(f"""
+            SELECT k.trace_id, k.span_id, any_value(s.parent_span_id)
+            FROM _repeated_candidates k JOIN {table} s ON s.trace_id = k.trace_id AND s.span_id = k.span_id
+            GROUP BY k.trace_id, k.span_id""").fetchall()
+    finally:
+        conn.unregister("_repeated_candidates")
+    parents = {(t, span): parent for t, span, parent in rows}
+    calls: dict[bytes, dict[bytes, Call]] = {}
+    for t, span, service, name in wanted:
+        if (t, span) in parents:
+            calls.setdefault(t, {})[span] = (parents[(t, span)], service, name)
+    return calls
+
+
+def merge(verdicts: Sequence[BatchVerdict], rerank: bool = True,
+          calls: Mapping[bytes, Mapping[bytes, Call]] | None = None) -> BatchVerdict:
     """One verdict from several over the same batch, ranked and calibrated; candidates another
     one explains leave the ranking, and symptoms name the cause their chain leads to.
-    ``rerank=False`` keeps the candidates' order (one analyzer's own ranking)."""
+    ``rerank=False`` keeps the candidates' order (one analyzer's own ranking); ``calls``: per
+    trace, the candidates that attempt one call (``repeated_calls``), calibrated as one."""
     traces: dict[bytes, TraceVerdict] = {}
     for verdict in verdicts:
         for trace_id, v in verdict.traces.items():
@@ -128,7 +167,8 @@ def merge(verdicts: Sequence[BatchVerdict], rerank: bool = True) -> BatchVerdict
         candidates = tuple(c for c in v.candidates if c.span_id not in explained)
         ordered = rank_candidates(candidates, support) if rerank else tuple(
             dataclasses.replace(c, rank=i) for i, c in enumerate(candidates, 1))
-        ranked[trace_id] = calibrate_trace(dataclasses.replace(v, candidates=ordered))
+        ranked[trace_id] = calibrate_trace(dataclasses.replace(v, candidates=ordered),
+                                           (calls or {}).get(trace_id))
     for trace_id, have in found.items():
         blamed = {c.span_id for c in ranked[trace_id].candidates} if trace_id in ranked else set()
         kept = tuple(_to_cause(s, have, blamed) for s in have.values() if s.span_id not in blamed)
@@ -226,7 +266,7 @@ class CombinedAnalyzer:
             # learned after weighing: a batch's own firings do not discount it
             self.healthy.learn(seen.healthy, fired_in)
         # one verdict keeps its analyzer's ranking; either way confidences are calibrated
-        merged = merge(verdicts, rerank=len(verdicts) != 1)
+        merged = merge(verdicts, rerank=len(verdicts) != 1, calls=repeated_calls(conn, table, verdicts))
         if not self.min_confidence or seen is None:
             return merged
         # the floor is for traces without a failure: where the caller saw one, its candidates say

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import duckdb
+import pyarrow as pa
 import pytest
 
 from processor.analysis.calibration import compete, support
-from processor.analysis.combined import STATISTICAL_WEIGHT, merge, on_rule_scale
-from processor.analysis.verdict import BatchVerdict, Candidate, Evidence, ServiceRank, Symptom, TraceVerdict
+from processor.analysis.combined import STATISTICAL_WEIGHT, CombinedAnalyzer, merge, on_rule_scale, repeated_calls
+from processor.analysis.verdict import (
+    BatchVerdict,
+    Candidate,
+    Evidence,
+    ServiceRank,
+    Symptom,
+    TraceVerdict,
+    rank_candidates,
+)
 from processor.annotator import annotations
 from tests.support.harness import sid, tid
 
@@ -234,3 +244,61 @@ def test_an_error_counts_where_nothing_failed_only_as_far_as_its_operations_base
     # where the trace failed, or no baseline was learned, the error stands as found
     assert trace_local(v, frozenset({tid(1)}), ops).traces[tid(1)] == v.traces[tid(1)]
     assert [c.confidence for c in trace_local(v, frozenset(), None).traces[tid(1)].candidates] == [0.85] * 3
+
+
+def _attempts_table(parents: list[int]) -> pa.Table:
+    """One trace: its root (span 1, OK) and a client span per entry of ``parents`` (spans 2, 3, …,
+    one operation of one service, each failed), called from the span numbered there."""
+    n = len(parents)
+    return pa.table({
+        "trace_id": [tid(1)] * (n + 1), "span_id": [sid(i) for i in range(1, n + 2)],
+        "parent_span_id": [None, *(sid(p) for p in parents)], "service": ["front"] + ["svc"] * n,
+        "name": ["GET /"] + ["POST"] * n, "status_code": [0] + [2] * n,
+        "start_ns": [0, *range(10, 10 * n + 1, 10)], "end_ns": [100, *range(15, 10 * n + 6, 10)]})
+
+
+class _Fixed:
+    """An analyzer that blames each client span of the trace with the same rule (a retried call's
+    attempts, each refused)."""
+
+    def __init__(self, spans: int) -> None:
+        self.spans = spans
+
+    def projection(self) -> frozenset:
+        return frozenset()
+
+    def analyze(self, conn: duckdb.DuckDBPyConnection, table: str) -> BatchVerdict:
+        candidates = tuple(Candidate(sid(i), "svc", "POST", 2, 10 * i, 10 * i + 5,
+                                     (rule("infra.connection_refused", 0.8, 4),)) for i in range(2, self.spans + 2))
+        return BatchVerdict({tid(1): TraceVerdict(tid(1), sid(1), rank_candidates(candidates))})
+
+    def close(self) -> None:
+        pass
+
+
+def _written(parents: list[int]) -> tuple[float, ...]:
+    conn = duckdb.connect()
+    try:
+        conn.register("batch", _attempts_table(parents))
+        v = CombinedAnalyzer([_Fixed(len(parents))], min_confidence=0.7).analyze(conn, "batch").traces[tid(1)]
+    finally:
+        conn.close()
+    return tuple(c.confidence for c in v.written)
+
+
+def test_the_attempts_of_one_retried_call_are_one_explanation_not_rivals():
+    # a caller survived three refused attempts of one call: each attempt is the cause (had the callee
+    # answered, none would have failed); as rivals they split 0.8 three ways (4 / 13 each), below
+    # the floor of a trace that did not fail, and the more retries the less sure the verdict
+    assert _written([1, 1, 1]) == pytest.approx((0.8, 0.8, 0.8))
+    assert _written([1] * 6) == pytest.approx((0.8,) * 6) and _written([1, 1]) == pytest.approx((0.8, 0.8))
+    # the same operation called from different parents: different calls, still rivals
+    assert _written([1, 2, 3]) == ()
+    conn = duckdb.connect()
+    try:
+        conn.register("batch", _attempts_table([1, 1, 2]))
+        calls = repeated_calls(conn, "batch", [_Fixed(3).analyze(conn, "batch")])
+    finally:
+        conn.close()
+    assert calls == {tid(1): {sid(2): (sid(1), "svc", "POST"), sid(3): (sid(1), "svc", "POST"),
+                              sid(4): (sid(2), "svc", "POST")}}
