@@ -58,12 +58,15 @@ GROUP_GC_INTERVAL = 30.0  # seconds between sweeps of unreferenced resource/scop
 # then the last chunk is exported and deleted from the journal (~1 s for 50k spans to a local
 # sink), so what they held is free too.
 QUIET_BEFORE_FREE = 2.0
+# An end time of 0 is none.  Typed: an untyped 0 is converted anew on each call (once per received
+# request), ~60 µs where pyarrow's conversion tries to import dateutil and it is not installed.
+_NEVER = pa.scalar(0, pa.int64())
 
 
 def ended_traces(table: pa.Table) -> set[bytes]:
     """The traces whose root span (no parent) is in ``table`` with its end time (vectorized: a
     batch's cost, not a span's).  A set: ``Assembler.observe`` tests each trace of the batch in it."""
-    root = pc.and_(pc.is_null(table.column("parent_span_id")), pc.greater(table.column("end_ns"), 0))
+    root = pc.and_(pc.is_null(table.column("parent_span_id")), pc.greater(table.column("end_ns"), _NEVER))
     return set(pc.filter(table.column("trace_id"), root).to_pylist())
 
 

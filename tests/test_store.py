@@ -400,6 +400,34 @@ def test_complete_finds_the_traces_whose_every_span_has_its_parent():
     assert run(test) == [tid(1)]
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_complete_agrees_with_a_check_span_by_span(seed: int) -> None:
+    """Random traces, span ids unique (compared as numbers) or reused across traces (checked
+    exactly), parents present, missing or in another trace only."""
+    rng = random.Random(seed)
+    shared = [rng.randbytes(8) for _ in range(6)]
+    traces: dict[bytes, list[tuple[bytes, bytes | None]]] = {}
+    req = ExportTraceServiceRequest()
+    ss = req.resource_spans.add().scope_spans.add()
+    for t in range(40):
+        trace_id = rng.randbytes(16)
+        ids = rng.sample(shared, 3) if seed % 2 and t % 3 == 0 else [rng.randbytes(8) for _ in range(3)]
+        spans = [(ids[0], None), (ids[1], ids[0]), (ids[2], rng.choice([ids[1], ids[0], rng.choice(shared)]))]
+        traces[trace_id] = spans
+        for span_id, parent in spans:
+            ss.spans.add(trace_id=trace_id, span_id=span_id, parent_span_id=parent or b"", name="s",
+                         start_time_unix_nano=1, end_time_unix_nano=2)
+    whole = [t for t, spans in traces.items()
+             if all(p is None or p in {s for s, _ in spans} for _, p in spans)]
+    assert 0 < len(whole) < len(traces)
+
+    async def test(store: SpanStore) -> list[bytes]:
+        await store.append(decode(req).batch)
+        return await store.complete(list(traces))
+
+    assert run(test) == whole
+
+
 def test_a_store_in_memory_refuses_journal_work():
     async def test(store: SpanStore) -> None:
         with pytest.raises(RuntimeError, match="needs a durable store"):
