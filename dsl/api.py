@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dsl import ast, ir
+from dsl.absence import can_fire
 from dsl.checker import CheckResult, check
 from dsl.columnar import ColumnarPlan
 from dsl.compiler import (
@@ -38,6 +39,7 @@ from dsl.compiler import (
     foldable,
     prepare_statements,
     quote_ident,
+    with_nulls,
 )
 from dsl.diagnostics import Diagnostic, SourceSpan, did_you_mean, render_all, sort_key, to_json
 from dsl.faulttree import TRUE, UNKNOWN, BatchEvidence, TreeOutcome, TreePlan, evaluate_trees, explain
@@ -180,10 +182,46 @@ class RuleSet:
         """The store columns the rules read: intrinsics, then the projection."""
         return tuple(n for n, _ in SPAN_COLUMNS) + tuple(column_name(r) for r in sorted(self.projection))
 
+    @cached_property
+    def _attribute_types(self) -> dict[str, str]:
+        """The projected attribute columns the rules read, in ``columns``' order, with their DuckDB types."""
+        return {column_name(r): ref_sql_type(r) for r in sorted(self.projection)}
+
+    @cached_property
+    def _batch_plans(self) -> dict[frozenset[str], _BatchPlan]:
+        return {}
+
+    def _batch_plan(self, absent: frozenset[str]) -> _BatchPlan:
+        """The statements for a batch without values in the ``absent`` columns, built once per
+        such set: a stream's batches mostly lack the same attributes."""
+        plan = self._batch_plans.get(absent)
+        if plan is None:
+            if len(self._batch_plans) >= _BATCH_PLANS:
+                self._batch_plans.clear()
+            plan = self._batch_plans[absent] = _BatchPlan.of(self, absent)
+        return plan
+
+    def _absent(self, conn: duckdb.DuckDBPyConnection, table: str) -> frozenset[str]:
+        """The attribute columns the rules read that no span of ``table`` has a value in.
+        In a batch of a few services most are (the rule library reads dozens of attributes
+        that each concern a kind of span), and a column of NULLs costs about as much to copy
+        into the prepared table as one of values; the statements read a NULL constant instead."""
+        cols = list(self._attribute_types)
+        if not cols:
+            return frozenset()
+        counts = conn.execute(f"SELECT {', '.join(f'count({c})' for c in cols)} FROM {quote_ident(table)}").fetchone()
+        assert counts is not None  # an aggregate without GROUP BY gives one row
+        return frozenset(c for c, n in zip(cols, counts) if n == 0)
+
+    def _prepare(self, conn: duckdb.DuckDBPyConnection, table: str) -> tuple[list[str], _BatchPlan]:
+        plan = self._batch_plan(self._absent(conn, table))
+        baseline = "baseline" in self.needs and _has_baseline(conn)
+        stmts = prepare_statements(table, self.needs, self.columns, _row_key(conn, table), baseline, plan.absent)
+        return stmts, plan
+
     def prepare_statements(self, conn: duckdb.DuckDBPyConnection, table: str) -> list[str]:
         """The statements ``evaluate`` runs first (exposed for benchmarks)."""
-        baseline = "baseline" in self.needs and _has_baseline(conn)
-        return prepare_statements(table, self.needs, self.columns, _row_key(conn, table), baseline)
+        return self._prepare(conn, table)[0]
 
     def evaluate(
         self, conn: duckdb.DuckDBPyConnection, table: str, on_error: Callable[[RuleRuntimeError], None] | None = None,
@@ -213,17 +251,18 @@ class RuleSet:
             failed.add(err.rule_id)
             (on_error or _log_rule_error)(err)
 
-        for stmt in self.prepare_statements(conn, table):
+        stmts, plan = self._prepare(conn, table)
+        for stmt in stmts:
             conn.execute(parsed(stmt))
         try:
-            findings = self._columnar_findings(conn, report)
-            findings += [f for _, f in _run_statements(conn, self._rule_statements, report)]
+            findings = self._columnar_findings(conn, plan.columnar, report)
+            findings += [f for _, f in _run_statements(conn, plan.rule_statements, report)]
             conditions: list[Finding] = []
             per_trace: pa.Table | None = None
             if self.trees:
-                conditions = self._condition_groups.run(conn, report)
-                if self.evidence is not None:
-                    per_trace = conn.sql(parsed(self.evidence.sql), params=list(self.evidence.params)).to_arrow_table()
+                conditions = plan.condition_groups.run(conn, report)
+                if self.evidence is not None and plan.evidence is not None:
+                    per_trace = conn.sql(plan.evidence, params=list(self.evidence.params)).to_arrow_table()
         finally:
             for stmt in cleanup_statements():
                 conn.execute(stmt)
@@ -231,11 +270,10 @@ class RuleSet:
         trees = self._trees(findings, conditions, per_trace, failed) if self.trees else []
         return Evaluation(findings, trees)
 
-    def _columnar_findings(self, conn: duckdb.DuckDBPyConnection,
+    def _columnar_findings(self, conn: duckdb.DuckDBPyConnection, plan: ColumnarPlan,
                            report: Callable[[RuleRuntimeError], None]) -> list[Finding]:
         """The findings of the columnar plan's rules.  If one of its statements fails, its
         rules run as statements instead, so that only the failing rule loses its findings."""
-        plan = self._columnar
         try:
             fired = plan.run(conn)
         except duckdb.Error:
@@ -328,6 +366,45 @@ class _Statement:
             params += list(rule.params)
         sql = " UNION ALL ".join(parts)
         return cls(rules, sql, tuple(params), duckdb.extract_statements(sql)[0])
+
+
+_BATCH_PLANS = 16  # sets of absent columns whose statements a rule set keeps (all dropped when full)
+
+
+@dataclass(frozen=True, slots=True)
+class _BatchPlan:
+    """A rule set's statements for batches in which the ``absent`` attribute columns (name ->
+    DuckDB type) hold no value: they read a typed NULL for each (``compiler.with_nulls``), so
+    that the prepare step leaves those columns out of its copies, and the rules and span
+    conditions that cannot fire without them (``dsl.absence``) are left out.  Findings are
+    those of the rule set's own statements over a copy with the columns."""
+
+    absent: dict[str, str]
+    columnar: ColumnarPlan
+    rule_statements: tuple[_Statement, ...]
+    condition_groups: _ConditionGroups
+    evidence: duckdb.Statement | None
+
+    @classmethod
+    def of(cls, ruleset: RuleSet, absent: frozenset[str]) -> _BatchPlan:
+        types = {c: t for c, t in ruleset._attribute_types.items() if c in absent}
+
+        def nulled(rules: Iterable[CompiledRule]) -> tuple[CompiledRule, ...]:
+            return tuple(replace(r, sql=with_nulls(r.sql, types)) for r in rules)
+
+        def live(rules: Iterable[CompiledRule]) -> list[CompiledRule]:
+            return [r for r in rules if r.id not in ruleset.checked or can_fire(ruleset.checked[r.id], absent)]
+
+        ev = ruleset.evidence
+        evidence = duckdb.extract_statements(with_nulls(ev.sql, types))[0] if ev is not None else None
+        if not types:
+            return cls(types, ruleset._columnar, ruleset._rule_statements, ruleset._condition_groups, evidence)
+        plan = ColumnarPlan.of(live(ruleset.rules), ruleset.checked if ruleset.columnar else {})
+        columnar = plan.with_nulls(types, nulled(plan.rules), nulled(plan.rest))
+        folded = set(ev.condition_ids) if ev else set()
+        conditions = _ConditionGroups.of(nulled(live(c for c in ruleset.conditions if c.id not in folded)),
+                                         ruleset.statement_rules)
+        return cls(types, columnar, statements(columnar.rest, ruleset.statement_rules), conditions, evidence)
 
 
 def statements(rules: Iterable[CompiledRule], size: int = STATEMENT_RULES) -> tuple[_Statement, ...]:

@@ -27,8 +27,8 @@ are the same (``tests/dsl/test_columnar.py`` compares both ways).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 
 import duckdb
 import pyarrow as pa
@@ -47,6 +47,7 @@ from dsl.compiler import (
     renumber,
     scan_statement,
     shareable,
+    with_nulls,
 )
 
 MASK_BITS = 63  # conditions per BIGINT mask (the sign bit is left alone)
@@ -63,6 +64,7 @@ def _key(sql: str, params: tuple[object, ...]) -> tuple[str, tuple[tuple[str, ob
 class _Scan:
     masks: tuple[tuple[int, ...], ...]  # per mask column, the condition index of each bit
     params: tuple[object, ...]
+    sql: str
     parsed: duckdb.Statement
 
 
@@ -157,10 +159,21 @@ class ColumnarPlan:
             cond_texts = texts[len(needed):]
             masks = [chunk[m:m + MASK_BITS] for m in range(0, len(chunk), MASK_BITS)]
             sql = scan_statement([[cond_texts[c - start] for c in mask] for mask in masks], groups)
-            scans.append(_Scan(tuple(tuple(m) for m in masks), params, duckdb.extract_statements(sql)[0]))
+            scans.append(_Scan(tuple(tuple(m) for m in masks), params, sql, duckdb.extract_statements(sql)[0]))
         texts, render_params = renumber(msg_frags)
         return cls(tuple(local), tuple(rest), tuple(tuple(v) for v in cond_rules), tuple(message_of), tuple(scans),
                    render_statement(FIRED, texts) if texts else "", render_params, len(agg_list))
+
+    def with_nulls(self, absent: Mapping[str, str], rules: tuple[CompiledRule, ...],
+                   rest: tuple[CompiledRule, ...]) -> ColumnarPlan:
+        """The plan over prepared tables without the ``absent`` attribute columns (``compiler.with_nulls``):
+        its statements read a typed NULL for each; ``rules`` and ``rest`` are its own, rewritten alike
+        (the rules run one statement each if a scan fails)."""
+        scans = []
+        for scan in self.scans:
+            sql = with_nulls(scan.sql, absent)
+            scans.append(replace(scan, sql=sql, parsed=duckdb.extract_statements(sql)[0]))
+        return replace(self, rules=rules, rest=rest, scans=tuple(scans), render=with_nulls(self.render, absent))
 
     def run(self, conn: duckdb.DuckDBPyConnection) -> Fired:
         """The rules' firings over the prepared tables on ``conn``; raises ``duckdb.Error``

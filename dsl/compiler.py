@@ -18,7 +18,7 @@ and attribute columns, whose names ``dsl.projection.column_name`` makes
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from dsl import ir
@@ -499,7 +499,7 @@ def _render(node: ir.Node, ctx: _Ctx) -> str:
 
 
 def prepare_statements(table: str, needs: frozenset[str], columns: tuple[str, ...], row_key: str | None = "rowid",
-                       baseline: bool = False) -> list[str]:
+                       baseline: bool = False, absent: Mapping[str, str] | None = None) -> list[str]:
     """Statements that build the prepared tables for one batch in ``table``.
 
     ``columns`` are the store columns the rules read (the contract's
@@ -511,7 +511,11 @@ def prepare_statements(table: str, needs: frozenset[str], columns: tuple[str, ..
     column the caller supplies (e.g. on an Arrow batch, saving a copy); with
     neither (a plain view) the columns are copied first.  ``baseline``: whether
     ``BASELINE_TABLE`` exists on the connection (when a rule needs it); without
-    it the baseline intrinsics are nil."""
+    it the baseline intrinsics are nil.  ``absent``: attribute columns no span of the batch
+    has a value in (name -> DuckDB type), left out of the copies; the statements that read
+    them read a typed NULL instead (``with_nulls``)."""
+    absent = absent or {}
+    columns = tuple(c for c in columns if c not in absent)
     src = quote_ident(table)
     stmts: list[str] = []
     if row_key is None:
@@ -579,15 +583,14 @@ def prepare_statements(table: str, needs: frozenset[str], columns: tuple[str, ..
             f"WHERE s._parent IS NOT NULL AND a._dist < {_MAX_DEPTH}) SELECT _row, _anc FROM a"
         )
     if "events" in needs:
-        stmts.append(_events_statement(columns))
+        stmts.append(with_nulls(_events_statement(columns), absent))
     if "links" in needs:
         # a linked span absent from the batch is no row; a duplicated span id links to each copy once
         lk = column_name(LINK_LIST)
-        stmts.append(
+        stmts.append(with_nulls(
             f"CREATE OR REPLACE TEMP TABLE {LINKS} AS SELECT DISTINCT l._row, t._row AS _linked "
-            f"FROM (SELECT _row, unnest({lk}) AS k FROM {SPANS}) AS l JOIN {SPANS} AS t "
-            "ON t.trace_id = struct_extract(l.k, 'trace_id') AND t.span_id = struct_extract(l.k, 'span_id')"
-        )
+            f"FROM (SELECT s._row, unnest(s.{lk}) AS k FROM {SPANS} AS s) AS l JOIN {SPANS} AS t "
+            "ON t.trace_id = struct_extract(l.k, 'trace_id') AND t.span_id = struct_extract(l.k, 'span_id')", absent))
     stmts.append(f"DROP TABLE IF EXISTS {_DERIVED}")
     return stmts
 
@@ -595,14 +598,31 @@ def prepare_statements(table: str, needs: frozenset[str], columns: tuple[str, ..
 def _events_statement(columns: tuple[str, ...]) -> str:
     """The long form of the spans' events: one row per event (index ``_idx`` from 1, in the
     span's order), with its name, time and the event attribute columns the rules read
-    (lists aligned with the events, ``EVENT_COLUMN_PREFIX``), taken element by element."""
+    (lists aligned with the events, ``EVENT_COLUMN_PREFIX``), taken element by element.
+    The span table's columns are qualified (``s.``) so that ``with_nulls`` can replace the
+    event list when no span of the batch has one: the table is then empty."""
     ev = column_name(EVENT_LIST)
     attrs = [c for c in columns if c.startswith(EVENT_COLUMN_PREFIX) and c != ev]
     picked = "".join(f", {c}[i] AS {c}" for c in attrs)
     return (f"CREATE OR REPLACE TEMP TABLE {EVENTS} AS SELECT _row, _trace, i AS _idx, "
             f"struct_extract({ev}[i], 'name') AS name, struct_extract({ev}[i], 'time') AS time_ns{picked} "
-            f"FROM (SELECT _row, _trace, {ev}{''.join(', ' + c for c in attrs)}, "
-            f"unnest(range(1, len({ev}) + 1)) AS i FROM {SPANS} WHERE len({ev}) > 0)")
+            f"FROM (SELECT s._row, s._trace, s.{ev} AS {ev}{''.join(f', s.{c} AS {c}' for c in attrs)}, "
+            f"unnest(range(1, len(s.{ev}) + 1)) AS i FROM {SPANS} AS s WHERE len(s.{ev}) > 0)")
+
+
+def with_nulls(sql: str, absent: Mapping[str, str]) -> str:
+    """``sql`` with every reference ``alias.column`` to a column of ``absent`` (name -> DuckDB
+    type: attribute columns no span of the batch has a value in) replaced by a NULL of its
+    type, so that the prepare step need not copy columns of nothing but NULLs.  Compiled SQL
+    names an attribute column only qualified by a table alias (``v0.a_s_...``), and literals
+    never enter its text (they are parameters), so the pattern meets nothing else; a carried
+    column's alias (``v0__a_s_...`` in ``_with_explains``) is another name and stays."""
+    if not absent:
+        return sql
+    return _QUALIFIED.sub(lambda m: f"CAST(NULL AS {absent[m[1]]})" if m[1] in absent else m[0], sql)
+
+
+_QUALIFIED = re.compile(r"\b[a-z_][a-z0-9_]*\.([a-z0-9_]+)\b")
 
 
 def cleanup_statements() -> list[str]:

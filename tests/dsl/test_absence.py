@@ -1,0 +1,131 @@
+"""Batches in which no span has some attribute the rules read: the prepare step leaves the
+column out (``compiler.with_nulls``), and rules that cannot fire without it do not run
+(``dsl.absence``).  What they find is what they find in the same batch with one more span
+that has the attribute, with a value that matches nothing."""
+
+from __future__ import annotations
+
+import duckdb
+
+from dsl import ir
+from dsl.absence import can_fire
+from dsl.compiler import SPANS, with_nulls
+from dsl.projection import AttrRef, AttrSource, column_name
+from tests.support.dsl_spans import Trace, load
+
+RULE = 'rule t.{id} {{\n  title "t"\n  layer code\n  severity high\n  confidence 0.9\n  match {match}\n{extra}  message "{msg}"\n}}\n'
+SHAPES = {
+    # cannot fire without app.store: the rule is left out
+    "db": ('span s where s.attr["app.store"] = "redis" and s.status = error', "{s.name}"),
+    "db_len": ('span s where len(s.attr["app.store"]) > 3', ""),
+    # can: `not` of a test of nil holds, `or` has another way, the message reads the nil
+    "not_db": ('span s where not (s.attr["app.store"] = "redis") and s.status = error', "{s.attr['app.store']}"),
+    "either": ('span s where s.attr["app.store"] = "redis" or s.name = "b"', "{s.attr['app.store']} {s.name}"),
+    "unset": ('span s where not exists(s.attr["app.store"]) and s.kind = client', ""),
+    # two variables and a quantifier (statements of their own, not the columnar scan)
+    "child": ('span s, child c of s where c.status = error and not (c.attr["app.store"] = "redis")', "{c.name}"),
+    "child_db": ('span s, child c of s where c.attr["app.store"] = "redis"', "{c.name}"),
+    "exists": ('span s where exists(child c of s where c.attr["app.store"] = "redis")', ""),
+    "events": ('span s,\n  event e of s where e.name = "exception"', "{e.name}"),
+    "explains": ('span s where s.status = error and exists(child c of s where c.status = error '
+                 'and not (c.attr["app.store"] = "mysql"))', ""),
+}
+
+EXTRA = (99).to_bytes(16, "big")
+
+
+def _text() -> str:
+    out = []
+    for rid, (match, msg) in SHAPES.items():
+        extra = "  explains c\n" if rid == "explains" else ""
+        out.append(RULE.format(id=rid, match=match, msg=msg, extra=extra))
+    return "\n".join(out)
+
+
+def _traces(with_attribute: bool) -> list[Trace]:
+    traces = []
+    for i in range(6):
+        t = Trace((i + 1).to_bytes(16, "big"))
+        root = t.span("a" if i % 2 else "b", kind="server")
+        c1 = t.span("q", root, start=1, end=4, kind="client", status="error" if i % 3 == 0 else "unset")
+        t.span("x", c1, start=2, end=3, status="error" if i % 2 == 0 else "unset")
+        root.status = "error" if i % 3 == 0 else "unset"
+        traces.append(t)
+    if with_attribute:
+        # one more trace, whose span has the attribute with a value no rule tests for
+        t = Trace(EXTRA)
+        t.span("z", attrs={"app.store": "postgresql"}, kind="internal")
+        traces.append(t)
+    return traces
+
+
+def _evaluate(ruleset, traces):
+    conn = duckdb.connect()
+    try:
+        load(conn, traces, ruleset.projection)
+        return ruleset.evaluate(conn, "batch")
+    finally:
+        conn.close()
+
+
+def test_an_absent_attribute_finds_what_a_present_one_that_matches_nothing_finds(rules_from):
+    ruleset = rules_from(_text())
+    absent = _evaluate(ruleset, _traces(False))
+    present = _evaluate(ruleset, _traces(True))
+    assert absent == [f for f in present if f.trace_id != EXTRA]  # the added trace's findings are its own
+    fired = {f.rule_id for f in absent}
+    assert {"t.not_db", "t.either", "t.unset", "t.child", "t.explains"} <= fired  # the batch exercises them
+    assert any(f.message == "nil" for f in absent if f.rule_id == "t.not_db")  # the message read the nil
+    assert any(f.explains for f in absent if f.rule_id == "t.explains")
+    # the rules left out are those that cannot fire; the prepare step copied no column of NULLs
+    (store,) = (column_name(r) for r in ruleset.projection if r.key == "app.store")
+    conn = duckdb.connect()
+    try:
+        load(conn, _traces(False), ruleset.projection)
+        assert ruleset._absent(conn, "batch") == {store}  # a span without events has an empty list, not NULL
+        copy = [s for s in ruleset.prepare_statements(conn, "batch") if s.startswith(f"CREATE OR REPLACE TEMP TABLE {SPANS} ")]
+        assert len(copy) == 1 and store not in copy[0]
+    finally:
+        conn.close()
+    plan = ruleset._batch_plan(frozenset({store}))
+    ran = {r.id for r in plan.columnar.rules + plan.columnar.rest}
+    assert ran == {r.id for r in ruleset.rules} - {"t.db", "t.db_len", "t.child_db", "t.exists"}
+
+
+def test_a_batch_whose_event_lists_are_null_has_no_events(rules_from):
+    ruleset = rules_from(RULE.format(id="ev", match='span s,\n  event e of s where e.name = "exception"',
+                                     msg="{e.name}", extra=""))
+    t = Trace()
+    t.span("a", events=[("exception", {})])
+    assert [f.message for f in _evaluate(ruleset, [t])] == ["exception"]
+    conn = duckdb.connect()
+    try:
+        load(conn, [t], ruleset.projection)
+        (events,) = (column_name(r) for r in ruleset.projection)
+        conn.execute(f"UPDATE batch SET {events} = NULL")
+        assert ruleset.evaluate(conn, "batch") == []
+        assert ruleset._absent(conn, "batch") == {events}
+    finally:
+        conn.close()
+
+
+def test_can_fire_is_false_only_when_the_condition_cannot_hold(rules_from):
+    ruleset = rules_from(_text())
+    columns = {column_name(r) for r in ruleset.projection}
+    cannot = {rid for rid, rule in ruleset.checked.items() if not can_fire(rule, columns)}
+    assert cannot == {"t.db", "t.db_len", "t.child_db", "t.exists", "t.events"}
+    assert all(can_fire(rule, set()) for rule in ruleset.checked.values())
+    # a test of an absent value against nil never holds either; true holds
+    attr = ir.AttrValue("s", (AttrRef(AttrSource.SPAN, "app.store"),), ir.Ty.STRING)
+    rule = ruleset.checked["t.db"]
+    assert not can_fire(rule.__class__(**{**{f: getattr(rule, f) for f in rule.__dataclass_fields__},
+                                          "where": ir.InList(attr, (), False)}), set())
+    assert can_fire(rule.__class__(**{**{f: getattr(rule, f) for f in rule.__dataclass_fields__},
+                                      "where": ir.Const(True, ir.Ty.BOOL)}), columns)
+
+
+def test_with_nulls_replaces_references_to_absent_columns_only():
+    sql = "SELECT v0.a_s_x_1, f.v0__a_s_x_1, v1.a_s_y_2, v0.a_s_x_10 FROM t AS v0"
+    assert with_nulls(sql, {"a_s_x_1": "BIGINT"}) == (
+        "SELECT CAST(NULL AS BIGINT), f.v0__a_s_x_1, v1.a_s_y_2, v0.a_s_x_10 FROM t AS v0")
+    assert with_nulls(sql, {}) == sql
