@@ -9,12 +9,16 @@ analysis process: on the receiving process's hot path they cost more than all
 the rest of decoding (measured: 8 of 11 µs a span for the 39 attributes of
 the rule library plus 50 benchmark rules).
 
-Decoding reads a span through ``otlp.views.span_attributes_view`` (its attributes
-and events only, values as the encoded ``AnyValue``) and converts each value
-once per distinct encoding: attribute values repeat across spans (routes,
-hosts, status codes, pod names), so most cost one dictionary lookup.
-Conversion is nil-safe: a value of another type than the column's is nil
-(an ``ANY`` column holds every value's text).
+Decoding parses many spans at once through ``otlp.views.span_lists_view``
+(their attributes as a list of encoded KeyValues) and remembers, per
+distinct KeyValue encoding, what it puts in the columns: attributes repeat
+across spans (routes, hosts, status codes, pod names), so most cost one
+dictionary lookup, and one not projected no more.  A new encoding is split
+into key and value in place (or, unusually encoded, parsed) and its value
+converted once per distinct encoding and column type.  Events and links are
+read per span (``otlp.views.span_attributes_view``), only for spans that
+have them.  Conversion is nil-safe: a value of another type than the
+column's is nil (an ``ANY`` column holds every value's text).
 
 A rule set with an ``event`` or ``link`` relation asks for per-span lists
 (``AttrSource.EVENTS``/``LINKS``): every event's (name, time), each event's
@@ -42,18 +46,26 @@ baseline fill the column itself (``localizer.spans``).
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from dsl import SPAN_COLUMNS, AttrRef, AttrSource, AttrType, any_text, column_name
 from dsl.projection import EVENT_LIST, ref_sql_type
-from processor.otlp.views import resource_spans_view, resource_view, span_attributes_view
+from processor.otlp.views import (
+    key_value_view,
+    resource_spans_view,
+    resource_view,
+    span_attributes_view,
+    span_lists_view,
+)
 from processor.receivers.decode import decode
 from processor.store import ARROW_TYPES, STORAGE_COLUMNS
 
@@ -345,6 +357,83 @@ class Projection:
 
 
 _MISSING = object()
+_ROW_END = object()
+CHUNK = 4096                  # spans parsed in one call: bounds the copy of their bytes
+CACHED_KEY_VALUE_BYTES = 256  # longer KeyValue encodings (statements, stack traces) are not remembered
+KEY_VALUES_REMEMBERED = 2048  # encodings of one key remembered at most (``Projector._learn``)
+# A span's lists each end with the element b"\xff" (field 9, 11, 13; length 1): not a valid
+# encoding of a KeyValue, Event or Link (a varint's first byte with no last), so no span has it.
+_END = b"\xff"
+_ATTRIBUTES_END, _EVENTS_END, _LINKS_END = b"\x4a\x01\xff", b"\x5a\x01\xff", b"\x6a\x01\xff"
+
+
+def _varint(data: bytes, at: int) -> tuple[int, int]:
+    """The varint at ``data[at:]`` and where it ends; IndexError when it runs off the end."""
+    value = shift = 0
+    while True:
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, at
+        shift += 7
+
+
+def _split_key_value(kv: bytes) -> tuple[bytes, bytes]:
+    """A KeyValue encoding's key (bytes) and value (the encoded AnyValue, b"" when absent).
+    The usual encoding (key, then value, nothing else) is sliced in place; any other is parsed."""
+    n = len(kv)
+    try:
+        if kv[0] == 0x0A:
+            size = kv[1]
+            at = 2
+            if size >= 0x80:
+                size, at = _varint(kv, 1)
+            end = at + size
+            if end == n:
+                return kv[at:end], b""
+            if end < n and kv[end] == 0x12:
+                vsize = kv[end + 1]
+                vat = end + 2
+                if vsize >= 0x80:
+                    vsize, vat = _varint(kv, end + 1)
+                if vat + vsize == n:
+                    return kv[at:end], kv[vat:]
+    except IndexError:
+        pass
+    parsed = key_value_view().FromString(kv)
+    return parsed.key, parsed.value
+
+
+def _joined(raws: pa.ChunkedArray, marks: bytes) -> memoryview:
+    """The spans' bytes, each followed by ``marks``, as one buffer."""
+    joined = pc.binary_join_element_wise(raws, pa.scalar(marks, pa.binary()), pa.scalar(b"", pa.binary()))
+    array = joined.combine_chunks() if joined.num_chunks != 1 else joined.chunk(0)
+    if not len(array):
+        return memoryview(b"")
+    _, offsets, data = array.buffers()
+    first, last = (struct.unpack_from("<i", offsets, 4 * at)[0] for at in (array.offset, array.offset + len(array)))
+    return memoryview(data)[first:last]
+
+
+def _ends(elements: list[bytes], spans: int) -> bool:
+    """Whether a list of spans' elements (empty when not read) holds each span's end mark once."""
+    return not elements or elements.count(_END) == spans
+
+
+def _rows_with_elements(elements: Sequence[bytes], spans: int) -> list[int]:
+    """The rows (of ``spans``) with at least one element, in a list of spans' elements where
+    each span's end with ``_END`` (an empty list: none)."""
+    if len(elements) <= spans:
+        return []
+    out, row, last = [], 0, -1
+    for element in elements:
+        if element == _END:
+            row += 1
+        elif last != row:
+            out.append(row)
+            last = row
+    return out
 
 
 class Projector:
@@ -359,6 +448,9 @@ class Projector:
         self._span_keys: dict[str, list[tuple[int, AttrType, dict[bytes, Any]]]] = {}
         self._event_keys: dict[str, list[tuple[int, str, AttrType, dict[bytes, Any]]]] = {}
         self._resource_refs: list[tuple[int, AttrRef]] = []
+        # encoded KeyValue -> what it puts in the span columns (``_learn``); ``_END`` ends a span
+        self._kv_cache: dict[bytes, Any] = {_END: _ROW_END}
+        self._learnt: dict[bytes, int] = {}   # key -> its encodings remembered in _kv_cache
         # every event / link of a span, as lists (``event e of s``, ``link l of s``): (slot, key, type, cache)
         self._event_lists: list[tuple[int, str, AttrType, dict[bytes, Any]]] = []
         self._link_slots: list[int] = []
@@ -376,6 +468,7 @@ class Projector:
                 self._resource_refs.append((slot, ref))
             else:
                 self._event_keys.setdefault(ref.event, []).append((slot, ref.key, ref.type, cache))
+        self._span_keys_bytes = {key.encode(): slots for key, slots in self._span_keys.items()}
 
     def project(self, table: pa.Table, resources: Mapping[int, bytes]) -> pa.Table:
         """``table`` (stored spans: ``STORE_SCHEMA``) with the projected columns
@@ -390,7 +483,7 @@ class Projector:
         rows = table.num_rows
         columns: list[list[Any] | pa.Array | None] = [None] * len(refs)
         if self._span_keys or self._event_keys or self._event_lists or self._link_slots:
-            self._span_values(table.column("raw").to_pylist(), columns)
+            self._span_values(table.column("raw"), columns)
         if self._resource_refs:
             self._resource_values(table.column("resource_id"), resources, columns)
         at = len(SPAN_COLUMNS)
@@ -404,39 +497,132 @@ class Projector:
             table = table.add_column(at + slot, field, values)
         return table
 
-    def _span_values(self, raws: Sequence[bytes], columns: list[Any]) -> None:
-        """Fill the span and event attribute columns (a list per column, made on its first value)."""
+    def _span_values(self, raws: pa.ChunkedArray, columns: list[Any]) -> None:
+        """Fill the span and event attribute columns (a list per column, made on its first value).
+
+        ``CHUNK`` spans at a time are parsed in one call: their bytes concatenated (in Arrow),
+        each followed by an end mark in each list read, which appends every span's KeyValues
+        (events, links) as encoded to one list.  Spans with events or links (when the
+        projection reads them) are parsed again on their own."""
         rows = len(raws)
-        parse = span_attributes_view().FromString
-        span_keys, event_keys = self._span_keys, self._event_keys
-        wanted = span_keys.keys()
+        marks = _ATTRIBUTES_END if self._span_keys else b""
+        if self._event_keys or self._event_lists:
+            marks += _EVENTS_END
+        if self._link_slots:
+            marks += _LINKS_END
+        parse = span_lists_view().FromString
+        for start in range(0, rows, CHUNK):
+            end = min(rows, start + CHUNK)
+            lists = parse(_joined(raws.slice(start, end - start), marks))
+            events = list(lists.events) if _EVENTS_END in marks else []
+            links = list(lists.links) if _LINKS_END in marks else []
+            try:
+                aligned = ((not self._span_keys or self._attribute_values(lists.attributes, start, rows, columns) == end)
+                           and _ends(events, end - start) and _ends(links, end - start))
+            except IndexError:   # more spans' ends than spans
+                aligned = False
+            if not aligned:
+                # a mark read inside a span (not a valid span): start again, each span read alone
+                columns[:] = [None] * len(columns)
+                self._spans_one_by_one(raws.to_pylist(), columns)
+                return
+            for i in sorted({*_rows_with_elements(events, end - start), *_rows_with_elements(links, end - start)}):
+                self._list_values(raws[start + i].as_py(), start + i, rows, columns)
+
+    def _spans_one_by_one(self, raws: Sequence[bytes], columns: list[Any]) -> None:
+        """``_span_values`` for spans parsed one at a time; raises DecodeError on an invalid one."""
+        parse = span_lists_view().FromString
         for row, raw in enumerate(raws):
-            span = parse(raw)
-            if wanted:
-                attrs = span.attributes
-                # Set intersection in C: only keys both projected and present cost Python work.
-                for key in wanted & list(attrs):  # list(): C iteration; .keys() iterates in Python
-                    data = attrs[key]
-                    for slot, kind, cache in span_keys[key]:
-                        value = cache.get(data, _MISSING)
-                        if value is _MISSING:
-                            value = self._convert(data, kind, cache)
-                        if value is not None:
-                            column = columns[slot]
-                            if column is None:
-                                column = columns[slot] = [None] * rows
-                            column[row] = value
-            if event_keys and span.events:
-                self._event_values(span.events, row, rows, columns)
-            if self._event_lists and span.events:
-                self._event_list_values(span.events, row, rows, columns)
-            if self._link_slots and span.links:
-                links = [(link.trace_id, link.span_id) for link in span.links]
-                for slot in self._link_slots:
-                    column = columns[slot]
-                    if column is None:
-                        column = columns[slot] = [None] * rows
-                    column[row] = links
+            kvs = list(parse(raw).attributes)
+            if _END in kvs:
+                raise DecodeError("a span attribute is not a KeyValue")
+            if self._span_keys:
+                self._attribute_values([*kvs, _END], row, len(raws), columns)
+            self._list_values(raw, row, len(raws), columns)
+
+    def _attribute_values(self, kvs: Iterable[bytes], row: int, rows: int, columns: list[Any]) -> int:
+        """Fill the span attribute columns from spans' KeyValue encodings, each span's ended by
+        ``_END``, the first span's row ``row``; returns the row after the last span's.
+
+        What a KeyValue puts in the columns is remembered by its encoding (``_kv_cache``):
+        most repeat across spans, and cost one lookup.  A key's later KeyValue overwrites an
+        earlier one's values, nil included: duplicate keys, which OTLP forbids, resolve to the
+        last one, as a map would."""
+        get = self._kv_cache.get
+        for kv in kvs:   # the container, not list(): iterating it directly is ~2x faster
+            put = get(kv, _MISSING)
+            if put is None:   # a key not projected
+                continue
+            if put is _ROW_END:
+                row += 1
+                continue
+            if put is _MISSING:
+                put = self._learn(kv)
+                if put is None:
+                    continue
+            for slot, value in put:
+                column = columns[slot]
+                if column is None:
+                    if value is None:
+                        continue
+                    column = columns[slot] = [None] * rows
+                column[row] = value
+        return row
+
+    def _learn(self, kv: bytes) -> tuple[tuple[int, Any], ...] | None:
+        """What a KeyValue encoding puts in the span columns: (slot, value) for each column of
+        its key, None when no column reads the key.
+
+        It is remembered unless long, or its key has shown ``KEY_VALUES_REMEMBERED`` new
+        encodings since the cache was last emptied: a key whose values are mostly new (ids,
+        urls) would fill the cache, and empty it of the values that do repeat.  The usual
+        encoding with short lengths is checked and sliced here, without a call: most new
+        encodings are such a new value of a key not projected."""
+        size = kv[1] if len(kv) > 3 else 0x80
+        end = size + 2
+        data = None
+        if size < 0x80 and kv[0] == 0x0A and end + 1 < len(kv) and kv[end] == 0x12 and kv[end + 1] == len(kv) - end - 2:
+            key = kv[2:end]
+        else:
+            key, data = _split_key_value(kv)
+        slots = self._span_keys_bytes.get(key)
+        put: tuple[tuple[int, Any], ...] | None = None
+        if slots is not None:
+            if data is None:
+                data = kv[end + 2:]
+            values = []
+            for slot, kind, cache in slots:
+                value = cache.get(data, _MISSING)
+                if value is _MISSING:
+                    value = self._convert(data, kind, cache)
+                values.append((slot, value))
+            put = tuple(values)
+        learnt = self._learnt.get(key, 0)
+        if learnt < KEY_VALUES_REMEMBERED and len(kv) <= CACHED_KEY_VALUE_BYTES:
+            if len(self._kv_cache) >= CACHED_VALUES or len(self._learnt) >= CACHED_VALUES:
+                self._kv_cache.clear()   # what is remembered must not grow without limit
+                self._kv_cache[_END] = _ROW_END
+                self._learnt.clear()
+            self._learnt[key] = learnt + 1
+            self._kv_cache[kv] = put
+        return put
+
+    def _list_values(self, raw: bytes, row: int, rows: int, columns: list[Any]) -> None:
+        """The event columns, event lists and links of one span."""
+        if not (self._event_keys or self._event_lists or self._link_slots):
+            return
+        span = span_attributes_view().FromString(raw)
+        if self._event_keys and span.events:
+            self._event_values(span.events, row, rows, columns)
+        if self._event_lists and span.events:
+            self._event_list_values(span.events, row, rows, columns)
+        if self._link_slots and span.links:
+            links = [(link.trace_id, link.span_id) for link in span.links]
+            for slot in self._link_slots:
+                column = columns[slot]
+                if column is None:
+                    column = columns[slot] = [None] * rows
+                column[row] = links
 
     def _event_list_values(self, events: Any, row: int, rows: int, columns: list[Any]) -> None:
         """Every event of a span, in order: (name, time) for the key "", else the attribute of

@@ -12,6 +12,10 @@ Two departures from the OTLP schema, both wire-compatible:
   is one lookup instead of a Python loop over all of them.  Duplicate keys,
   which OTLP forbids, resolve to the last one.
 
+For the projection, a span's attribute, event and link lists are also read
+with every element as ``bytes`` (``span_lists_view``): the exact encoding of
+each KeyValue, by which the projection remembers what it puts in the columns.
+
 A view with bytes where messages were checks nothing inside them: the
 receivers check requests whole with the OTLP classes
 (``processor.receivers.decode``).  The descriptors are built once, on first
@@ -116,12 +120,27 @@ def _classes() -> dict[str, Any]:
     attrs.field.add(name="links", number=13, type=_F.TYPE_MESSAGE, label=_F.LABEL_REPEATED,
                     type_name=f".{_PACKAGE}.SpanAttributesView.Link")
 
+    # Spans' attribute, event and link lists with every element as its exact
+    # encoding (a KeyValue, an Event, a Link), nothing else read: parsing the
+    # concatenation of many spans appends each one's elements to the same
+    # lists, in order, so a batch is one parse (``attributes.Projector``).
+    lists = fd.message_type.add(name="SpanListsView")
+    for name, number in (("attributes", 9), ("events", 11), ("links", 13)):
+        lists.field.add(name=name, number=number, type=_F.TYPE_BYTES, label=_F.LABEL_REPEATED)
+    # A KeyValue with its value's encoding, for the odd one the projection's
+    # own reading of canonical encodings does not take (fields reordered,
+    # repeated or unknown): the same last-one-wins as any protobuf parser.
+    key_value = fd.message_type.add(name="KeyValueView")
+    key_value.field.add(name="key", number=1, type=_F.TYPE_BYTES, label=_F.LABEL_OPTIONAL)
+    key_value.field.add(name="value", number=2, type=_F.TYPE_BYTES, label=_F.LABEL_OPTIONAL)
+
     request = fd.message_type.add(name="RequestView")
     request.field.add(name="resource_spans", number=1, type=_F.TYPE_MESSAGE, label=_F.LABEL_REPEATED,
                       type_name=f".{_PACKAGE}.ResourceSpansView")
     pool.Add(fd)
     return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.{name}"))
-            for name in ("RequestView", "ScopeSpansView", "ResourceSpansView", "ResourceView", "SpanAttributesView")}
+            for name in ("RequestView", "ScopeSpansView", "ResourceSpansView", "ResourceView", "SpanAttributesView",
+                         "SpanListsView", "KeyValueView")}
 
 
 def request_view() -> Any:
@@ -143,3 +162,14 @@ def span_attributes_view() -> Any:
     """The class reading only a span's attributes and events, attribute values as encoded AnyValue."""
     return _classes()["SpanAttributesView"]
 
+
+
+def span_lists_view() -> Any:
+    """The class reading a span's (or many concatenated spans') attributes, events and links
+    as lists of their elements' exact encodings."""
+    return _classes()["SpanListsView"]
+
+
+def key_value_view() -> Any:
+    """The class reading a KeyValue with the key as bytes and the value as its encoded AnyValue."""
+    return _classes()["KeyValueView"]
