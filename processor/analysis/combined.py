@@ -98,7 +98,7 @@ def trace_local(verdict: BatchVerdict, failed: frozenset[bytes], ops: pa.Table |
         delays = (e.confidence for e in c.evidence if e.kind == "localizer" and e.failure == "delay")
         cap = max([*errors.values(), *delays], default=0.0)
         return dataclasses.replace(c, evidence=tuple(
-            dataclasses.replace(e, confidence=round(errors[i] if i in errors else min(e.confidence, cap), 6))
+            e.discounted(round(errors[i] if i in errors else min(e.confidence, cap), 6))
             if e.kind == "localizer" else e for i, e in enumerate(c.evidence)))
 
     return dataclasses.replace(verdict, traces={

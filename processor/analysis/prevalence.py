@@ -175,7 +175,7 @@ class HealthyFiring:
         span a candidate (an error origin, a latency excess, an improbable value) and whose others
         say more about it (the window, an attribution) but never fire without it."""
         primary = next((e.source for e in evidence if e.kind == "localizer"), "")
-        return tuple(dataclasses.replace(e, confidence=round(self.posterior(
+        return tuple(e.discounted(round(self.posterior(
             e.confidence, primary if e.kind == "localizer" else e.source), 6)) for e in evidence)
 
     def rates(self) -> dict[str, float]:

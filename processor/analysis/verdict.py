@@ -31,6 +31,23 @@ class Evidence:
     # localizer: the failure the piece says starts at the span, "error" or "delay" ('' for a piece
     # that only qualifies the others: the window's support, an attribution, the span's own values)
     failure: str = ""
+    # the confidence its source gave, where a trace that did not fail lowered ``confidence`` (how
+    # likely the span caused anything there: combined.trace_local, prevalence.HealthyFiring.weigh);
+    # None where it was not lowered.  The layer vote reads it (``Candidate.layer``)
+    stated: float | None = None
+
+    @property
+    def reading(self) -> float:
+        """How sure the source is of what it reads on the span (its layer), were the span the cause:
+        the stated confidence, not the doubt a trace without a failure casts on it being one."""
+        return self.confidence if self.stated is None else self.stated
+
+    def discounted(self, confidence: float) -> Evidence:
+        """This piece with ``confidence`` as its belief in a trace that did not fail; the stated
+        confidence is kept (the first one given, however many discounts follow)."""
+        if confidence == self.confidence:
+            return self
+        return dataclasses.replace(self, confidence=confidence, stated=self.reading)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +96,9 @@ class Candidate:
         evidence breaking ties. So generic rules (any exception is "code", a key error is
         "code") do not overrule a reading of the same span that a specific rule and the
         conventions agree on (the exception is a pool's: infrastructure; it follows a flag
-        variant never seen before: config)."""
+        variant never seen before: config).  A piece votes with its stated confidence
+        (``Evidence.reading``): in a trace that did not fail, the doubt that the span caused
+        anything is no doubt about which layer its fault would be in."""
         votes: dict[str, dict[str, float]] = {}
         best: dict[str, float] = {}
         for e in self._primary:
@@ -87,7 +106,7 @@ class Candidate:
                 continue
             voter = e.kind
             layer_votes = votes.setdefault(e.layer, {})
-            layer_votes[voter] = max(layer_votes.get(voter, 0.0), e.confidence)
+            layer_votes[voter] = max(layer_votes.get(voter, 0.0), e.reading)
             best[e.layer] = max(best.get(e.layer, 0.0), e.score)
         if not votes:
             return ""

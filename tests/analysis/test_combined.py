@@ -302,3 +302,27 @@ def test_the_attempts_of_one_retried_call_are_one_explanation_not_rivals():
         conn.close()
     assert calls == {tid(1): {sid(2): (sid(1), "svc", "POST"), sid(3): (sid(1), "svc", "POST"),
                               sid(4): (sid(2), "svc", "POST")}}
+
+
+def test_in_a_trace_that_did_not_fail_the_layer_is_read_from_the_stated_confidences():
+    from processor.analysis.combined import trace_local
+    from processor.analysis.prevalence import HealthyFiring, Outcomes
+
+    # a retried call's attempt: a generic rule reads the exception as code, the conventions read a
+    # refused connection (infrastructure) with more confidence than the rule
+    refused = cand(2, rule("code.deepest_exception", 0.8, 4),
+                   Evidence("localizer.errors", "error", 0.95, 2.85, "infrastructure", "localizer", failure="error"),
+                   Evidence("localizer.window", "window", 0.9, 2.7, "infrastructure", "localizer"))
+    assert refused.layer == "infrastructure"
+    v = _trace(refused)
+    healthy = HealthyFiring()
+    healthy.learn([tid(n) for n in range(10, 110)], {tid(n): {"localizer.errors"} for n in range(10, 40)})
+    # the caller survived: its errors' operation has failed before, and the localizer's errors fire
+    # on 30% of healthy traces: less sure the span caused anything ...
+    ops = pa.table({"service": ["svc"], "name": ["op2"], "n": [20.0], "err_rate": [0.05]})
+    weighed = healthy.weigh(trace_local(v, frozenset(), ops), Outcomes(frozenset({tid(1)}), frozenset()))
+    (c,) = merge([weighed]).traces[tid(1)].candidates
+    assert max(e.confidence for e in c.evidence if e.kind == "localizer") < 0.8
+    # ... not about where its fault would be: the layer is the one the same evidence gives unweighed
+    assert c.layer == "infrastructure"
+    assert [e.stated for e in c.evidence] == [None, 0.95, 0.9]
