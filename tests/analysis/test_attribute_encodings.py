@@ -112,6 +112,10 @@ def test_every_encoding_projects_as_the_otlp_classes_read_it():
             assert column(out, ref) == reference(raws, ref), ref
     assert column(out, AttrRef(S, "a"))[:9] == [LONG_VALUE, "second", None, None, "late", None, "u", "two", "m"]
     assert column(out, AttrRef(S, LONG_KEY)) == ([LONG_VALUE] + [None] * (len(ODD_SPANS) - 1)) * 2
+    # the spans read one at a time (when a batch cannot be split by its end marks) give the same
+    one_by_one: list = [None] * len(REFS)
+    projector._spans_one_by_one(raws, one_by_one)
+    assert [c or [None] * len(raws) for c in one_by_one] == [column(out, r) for r in projector.projection.refs]
 
 
 def test_spans_split_over_parse_calls_and_a_full_cache_keep_their_values(monkeypatch):
