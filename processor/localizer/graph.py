@@ -6,7 +6,9 @@ per-trace critical path is a walk over one span tree (``critical_path``).
 *Self time* is the part of a span's duration covered by none of its children
 (children clipped to the parent, so clock skew cannot make it negative and
 parallel siblings are counted once): the rule language's ``self_time``, from
-the same SQL (``dsl.covered_sql``, ``dsl.self_time_sql``).  A span with a
+the same SQL (``dsl.covered_sql``, ``dsl.self_time_sql``; a span with one
+child, the commonest parent, is covered by that child's clipped interval
+without the sweep).  A span with a
 child in another service is a *client span*: its self time is network,
 queueing and the callee's accept path, so it is charged to the callee
 (``blame``).
@@ -31,28 +33,52 @@ WITH src AS (
            {pod} AS pod, {node} AS node
     FROM {table}
 ),
--- a dense integer per trace: the joins below key on it instead of the 16-byte trace id
-tids AS (SELECT trace_id, CAST(row_number() OVER () AS BIGINT) AS _t FROM (SELECT DISTINCT trace_id FROM src)),
-sp AS MATERIALIZED (SELECT tids._t, src.* FROM src JOIN tids ON tids.trace_id = src.trace_id),
 -- each span beside its parent (p_span NULL where the parent is not in the batch), joined once for
--- the parent's columns, the covered time and the callee
+-- the parent's columns and everything per parent below
 pj AS MATERIALIZED (
     SELECT c.*, p.span_id AS p_span, p.service AS parent_service, p.name AS parent_name,
            p.start_ns AS p_start, p.end_ns AS p_end
-    FROM sp c LEFT JOIN sp p ON c._t = p._t AND c.parent_span_id = p.span_id
+    FROM src c LEFT JOIN src p ON c.trace_id = p.trace_id AND c.parent_span_id = p.span_id
 ),
-covered AS ({covered}),  -- dsl.spantree: keyed by (trace, span_id), so copies of a span id share it
-kids AS (  -- per parent: the callee service (a child in another service), errors below
-    SELECT _t, parent_span_id AS pid,
+-- per parent id, one aggregation over its children: the callee service (a child in another service),
+-- errors below, and for a parent of one child (most of them: every client span) its call shape and the
+-- time it covers, which need no list or sweep
+kids AS MATERIALIZED (
+    SELECT trace_id, parent_span_id AS pid,
            arg_max(CASE WHEN service <> parent_service THEN service END,
                    CASE WHEN service <> parent_service THEN end_ns - start_ns END) AS callee,
            count(*) AS n_children,
-           bool_or(status_code = 2) AS child_error
+           bool_or(status_code = 2) AS child_error,
+           any_value(service || ':' || name) AS one_sig,
+           any_value(greatest(0, least(end_ns, p_end) - greatest(start_ns, p_start))) AS one_covered
     FROM pj WHERE p_span IS NOT NULL
-    GROUP BY ALL
+    GROUP BY trace_id, parent_span_id
+),
+-- the children of parents with several: their clipped intervals, for the sorted shape and the sweep
+fan AS (
+    SELECT c.trace_id, c.parent_span_id, c.service, c.name,
+           greatest(c.start_ns, c.p_start) AS cs, least(c.end_ns, c.p_end) AS ce
+    FROM pj c SEMI JOIN kids k ON c.trace_id = k.trace_id AND c.parent_span_id = k.pid AND k.n_children > 1
+    WHERE c.p_span IS NOT NULL
+),
+shapes AS (
+    SELECT trace_id, parent_span_id AS pid,
+           -- sorting each group's list is cheaper than string_agg's ORDER BY (a sort per group)
+           array_to_string(list_transform(list_sort(list(struct_pack(s := service, n := name))),
+                                          lambda x: x.s || ':' || x.n), '|') AS sig
+    FROM fan GROUP BY trace_id, parent_span_id
+),
+covered AS ({covered}),  -- dsl.spantree: keyed by (trace, span_id), so copies of a span id share it
+per_parent AS (
+    SELECT k.trace_id, k.pid, k.callee, k.n_children, k.child_error,
+           CASE WHEN k.n_children = 1 THEN k.one_sig ELSE s.sig END AS sig,
+           CASE WHEN k.n_children = 1 THEN k.one_covered ELSE cv.covered END AS covered
+    FROM kids k
+    LEFT JOIN shapes s ON s.trace_id = k.trace_id AND s.pid = k.pid
+    LEFT JOIN covered cv ON cv.trace_id = k.trace_id AND cv.span_id = k.pid
 ),
 mt AS (
-SELECT sp._t, sp.trace_id, sp.span_id, sp.parent_span_id, sp.service, sp.name, sp.start_ns, sp.end_ns,
+SELECT sp.trace_id, sp.span_id, sp.parent_span_id, sp.service, sp.name, sp.start_ns, sp.end_ns,
        sp.status_code, sp.exception, sp.pod, sp.node,
        sp.end_ns - sp.start_ns AS dur,
        greatest({self_time}, 0) AS self_ns,  -- not below 0 for a span ending before it starts, or such a copy
@@ -61,26 +87,23 @@ SELECT sp._t, sp.trace_id, sp.span_id, sp.parent_span_id, sp.service, sp.name, s
        k.callee,
        coalesce(k.callee, sp.service) AS blame,
        coalesce(k.n_children, 0) AS n_children,
-       coalesce(k.child_error, false) AS child_error
+       coalesce(k.child_error, false) AS child_error,
+       -- the call shape, read by the window's shape evidence and learned by the history
+       coalesce(k.sig, '') AS shape_sig, coalesce(k.n_children, 0) AS shape_k
 FROM pj sp
-LEFT JOIN covered cv ON sp._t = cv._t AND sp.span_id = cv.span_id
-LEFT JOIN kids k ON sp._t = k._t AND sp.span_id = k.pid
+LEFT JOIN per_parent k ON sp.trace_id = k.trace_id AND sp.span_id = k.pid
 ),
-shapes AS (  -- per parent id: its call shape, read by the window's shape evidence and learned by the history
-    SELECT _t, parent_span_id AS pid,
-           -- sorting each group's list is cheaper than string_agg's ORDER BY (a sort per group)
-           array_to_string(list_transform(list_sort(list(struct_pack(s := service, n := name))),
-                                          lambda x: x.s || ':' || x.n), '|') AS sig,
-           count(*) AS k, arg_max(blame, end_ns) AS last_blame
-    FROM mt WHERE parent_span_id IS NOT NULL GROUP BY _t, parent_span_id
+last AS (  -- per parent id: the service charged when the tree stops after its last child
+    SELECT trace_id, parent_span_id AS pid, arg_max(blame, end_ns) AS last_blame
+    FROM mt WHERE parent_span_id IS NOT NULL GROUP BY trace_id, parent_span_id
 )
-SELECT mt.* EXCLUDE (_t), coalesce(s.sig, '') AS shape_sig, coalesce(s.k, 0) AS shape_k, s.last_blame AS shape_last_blame
-FROM mt LEFT JOIN shapes s ON mt._t = s._t AND mt.span_id = s.pid
+SELECT mt.*, s.last_blame AS shape_last_blame
+FROM mt LEFT JOIN last s ON mt.trace_id = s.trace_id AND mt.span_id = s.pid
 """
 
-# the children joined to their parents in METRICS_SQL, clipped to them: covered_sql's input
-_CLIPPED = ("SELECT _t, parent_span_id AS span_id, greatest(start_ns, p_start) AS cs, least(end_ns, p_end) AS ce "
-            "FROM pj WHERE p_span IS NOT NULL")
+# the children of parents with several, clipped to them: covered_sql's input (a parent of one child
+# covers its clipped interval, METRICS_SQL's one_covered)
+_CLIPPED = "SELECT trace_id, parent_span_id AS span_id, cs, ce FROM fan"
 
 
 # Where a span ran, when the spans say (OpenTelemetry resource attributes), as ``dsl.column_name`` names
@@ -117,7 +140,8 @@ def span_metrics_of(conn: duckdb.DuckDBPyConnection, source: str, columns: Seque
     """``span_metrics`` of a relation on ``conn`` (a table's name or a parenthesized query) with
     ``columns``: the live localizer reads the released batch in place instead of copying its
     span columns out first."""
-    sql = METRICS_SQL.format(table=source, covered=covered_of_sql(_CLIPPED, ("_t", "span_id")), self_time=self_time_sql("sp", "cv.covered"),
+    sql = METRICS_SQL.format(table=source, covered=covered_of_sql(_CLIPPED, ("trace_id", "span_id")),
+                             self_time=self_time_sql("sp", "k.covered"),
                              pod=_placement(columns, POD_KEYS), node=_placement(columns, NODE_KEYS))
     return conn.sql(sql).to_arrow_table()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import duckdb
 import pyarrow as pa
 
@@ -92,8 +94,9 @@ def test_span_metrics_carry_each_spans_call_shape() -> None:
 
 
 # The metrics as first written: every join on (trace id, span id), the call shape an ordered string_agg.
-# METRICS_SQL keys the joins on a dense trace number, joins children to parents once and sorts each shape's
-# list; it must say the same, duplicated span ids, orphans and span ids reused across traces included.
+# METRICS_SQL joins children to parents once, aggregates each parent's children in one pass (a list and a
+# sweep only for parents of several) and sorts each shape's list; it must say the same, duplicated span
+# ids, orphans and span ids reused across traces included.
 REFERENCE_SQL = """
 WITH sp AS (SELECT trace_id, span_id, parent_span_id, service, name, start_ns, end_ns,
                    coalesce(status_code, 0) AS status_code, coalesce(exception, false) AS exception,
@@ -144,3 +147,46 @@ def test_span_metrics_equal_the_plain_formulation_on_broken_traces() -> None:
     assert got.select(reference.column_names).sort_by(order).to_pylist() == reference.sort_by(order).to_pylist()
     # ordered by service, then name: "a" before "a-b", though "a-b:…" sorts before "a:…" as text
     assert "a:op0|a:op0|a-b:op2" in {r["shape_sig"] for r in got.to_pylist()}
+
+
+def _random_batch(rng: random.Random, traces: int) -> pa.Table:
+    """Traces of 1-12 spans in random trees: fan-outs and single children, copies of a span id, orphans,
+    children outside or inverted against their parent, now and then no service or name.  Times are
+    drawn from a wide range so no two siblings end together (``arg_max`` on a tie is any row's)."""
+    rows = []
+    for _ in range(traces):
+        trace = rng.randbytes(16)
+        ids = [rng.randbytes(8) for _ in range(rng.randint(1, 12))]
+        if len(ids) > 2 and rng.random() < 0.2:
+            ids[rng.randrange(1, len(ids))] = ids[rng.randrange(len(ids))]
+        for i, span_id in enumerate(ids):
+            parent = ids[rng.randrange(i)] if i and rng.random() < 0.95 else rng.choice([None, rng.randbytes(8)])
+            start = rng.randrange(10**9)
+            rows.append({"trace_id": trace, "span_id": span_id, "parent_span_id": parent,
+                         "service": rng.choice(["a", "b", "a-b", "c", None] if rng.random() < 0.05 else ["a", "b", "c"]),
+                         "name": rng.choice(["x", "GET /y", None] if rng.random() < 0.05 else ["x", "GET /y"]),
+                         "kind": 0, "start_ns": start, "end_ns": start + rng.randrange(-10**6, 10**9),
+                         "status_code": rng.choice([0, 1, 2, None]), "exception": rng.choice([True, False, None])})
+    rng.shuffle(rows)
+    return pa.Table.from_pylist(rows, schema=SCHEMA)
+
+
+def test_span_metrics_equal_the_plain_formulation_on_random_batches() -> None:
+    # METRICS_SQL takes the call shape and covered time of a parent of one child without a list or a
+    # sweep, and the rest in one pass over the parents of several: the same columns for every span
+    from dsl import covered_sql, self_time_sql
+
+    conn = duckdb.connect()
+    for seed in range(6):
+        rng = random.Random(seed)
+        table = _random_batch(rng, rng.choice([20, 300]))
+        conn.register("batch", table)
+        reference = conn.sql(REFERENCE_SQL.format(
+            covered=covered_sql("sp", key=("trace_id", "span_id"), ref=("trace_id", "parent_span_id")),
+            self_time=self_time_sql("sp", "cv.covered"))).to_arrow_table()
+        got = span_metrics(conn, table)
+        order = [(c, "ascending") for c in reference.column_names]
+        assert got.num_rows == reference.num_rows
+        assert got.select(reference.column_names).sort_by(order).equals(reference.sort_by(order)), seed
+        shapes = got.column("shape_k").to_pylist()
+        assert 1 in shapes and max(shapes) > 1  # both kinds of parent were there
