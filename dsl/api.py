@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dsl import ast, ir
-from dsl.absence import can_fire
+from dsl.absence import ERROR, Absent, can_fire
 from dsl.checker import CheckResult, check
 from dsl.columnar import ColumnarPlan
 from dsl.compiler import (
@@ -188,12 +188,12 @@ class RuleSet:
         return {column_name(r): ref_sql_type(r) for r in sorted(self.projection)}
 
     @cached_property
-    def _batch_plans(self) -> dict[frozenset[str], _BatchPlan]:
+    def _batch_plans(self) -> dict[Absent, _BatchPlan]:
         return {}
 
-    def _batch_plan(self, absent: frozenset[str]) -> _BatchPlan:
-        """The statements for a batch without values in the ``absent`` columns, built once per
-        such set: a stream's batches mostly lack the same attributes."""
+    def _batch_plan(self, absent: Absent) -> _BatchPlan:
+        """The statements for a batch without what ``absent`` says, built once per such
+        value: a stream's batches mostly lack the same attributes."""
         plan = self._batch_plans.get(absent)
         if plan is None:
             if len(self._batch_plans) >= _BATCH_PLANS:
@@ -201,22 +201,23 @@ class RuleSet:
             plan = self._batch_plans[absent] = _BatchPlan.of(self, absent)
         return plan
 
-    def _absent(self, conn: duckdb.DuckDBPyConnection, table: str) -> frozenset[str]:
-        """The attribute columns the rules read that no span of ``table`` has a value in.
-        In a batch of a few services most are (the rule library reads dozens of attributes
-        that each concern a kind of span), and a column of NULLs costs about as much to copy
-        into the prepared table as one of values; the statements read a NULL constant instead."""
+    def _absent(self, conn: duckdb.DuckDBPyConnection, table: str) -> Absent:
+        """What no span of ``table`` has: a value in an attribute column the rules read, an
+        error status.  In a batch of a few services most attribute columns are empty (the rule
+        library reads dozens of attributes that each concern a kind of span), and a column of
+        NULLs costs about as much to copy into the prepared table as one of values; the
+        statements read a NULL constant instead.  Healthy traffic has batches without errors,
+        where most rules cannot fire (``dsl.absence``)."""
         cols = list(self._attribute_types)
-        if not cols:
-            return frozenset()
-        counts = conn.execute(f"SELECT {', '.join(f'count({c})' for c in cols)} FROM {quote_ident(table)}").fetchone()
+        counts = conn.execute(f"SELECT count(*) FILTER (WHERE status_code = {ERROR})"
+                              f"{''.join(f', count({c})' for c in cols)} FROM {quote_ident(table)}").fetchone()
         assert counts is not None  # an aggregate without GROUP BY gives one row
-        return frozenset(c for c, n in zip(cols, counts) if n == 0)
+        return Absent(frozenset(c for c, n in zip(cols, counts[1:]) if n == 0), errors=counts[0] > 0)
 
     def _prepare(self, conn: duckdb.DuckDBPyConnection, table: str) -> tuple[list[str], _BatchPlan]:
         plan = self._batch_plan(self._absent(conn, table))
         baseline = "baseline" in self.needs and _has_baseline(conn)
-        stmts = prepare_statements(table, self.needs, self.columns, _row_key(conn, table), baseline, plan.absent)
+        stmts = prepare_statements(table, self.needs, self.columns, _row_key(conn, table), baseline, plan.nulls)
         return stmts, plan
 
     def prepare_statements(self, conn: duckdb.DuckDBPyConnection, table: str) -> list[str]:
@@ -368,26 +369,26 @@ class _Statement:
         return cls(rules, sql, tuple(params), duckdb.extract_statements(sql)[0])
 
 
-_BATCH_PLANS = 16  # sets of absent columns whose statements a rule set keeps (all dropped when full)
+_BATCH_PLANS = 16  # batch plans a rule set keeps (all dropped when full)
 
 
 @dataclass(frozen=True, slots=True)
 class _BatchPlan:
-    """A rule set's statements for batches in which the ``absent`` attribute columns (name ->
-    DuckDB type) hold no value: they read a typed NULL for each (``compiler.with_nulls``), so
-    that the prepare step leaves those columns out of its copies, and the rules and span
-    conditions that cannot fire without them (``dsl.absence``) are left out.  Findings are
-    those of the rule set's own statements over a copy with the columns."""
+    """A rule set's statements for batches without what an ``Absent`` says (``dsl.absence``):
+    they read a typed NULL for each attribute column no span has a value in (``nulls``, name ->
+    DuckDB type; ``compiler.with_nulls``), so that the prepare step leaves those columns out of
+    its copies, and the rules and span conditions that cannot fire in such a batch are left out.
+    Findings are those of the rule set's own statements over a copy with the columns."""
 
-    absent: dict[str, str]
+    nulls: dict[str, str]  # the absent columns, with their types
     columnar: ColumnarPlan
     rule_statements: tuple[_Statement, ...]
     condition_groups: _ConditionGroups
     evidence: duckdb.Statement | None
 
     @classmethod
-    def of(cls, ruleset: RuleSet, absent: frozenset[str]) -> _BatchPlan:
-        types = {c: t for c, t in ruleset._attribute_types.items() if c in absent}
+    def of(cls, ruleset: RuleSet, absent: Absent) -> _BatchPlan:
+        types = {c: t for c, t in ruleset._attribute_types.items() if c in absent.columns}
 
         def nulled(rules: Iterable[CompiledRule]) -> tuple[CompiledRule, ...]:
             return tuple(replace(r, sql=with_nulls(r.sql, types)) for r in rules)
@@ -397,7 +398,7 @@ class _BatchPlan:
 
         ev = ruleset.evidence
         evidence = duckdb.extract_statements(with_nulls(ev.sql, types))[0] if ev is not None else None
-        if not types:
+        if absent == Absent():
             return cls(types, ruleset._columnar, ruleset._rule_statements, ruleset._condition_groups, evidence)
         plan = ColumnarPlan.of(live(ruleset.rules), ruleset.checked if ruleset.columnar else {})
         columnar = plan.with_nulls(types, nulled(plan.rules), nulled(plan.rest))

@@ -1,14 +1,15 @@
-"""Batches in which no span has some attribute the rules read: the prepare step leaves the
-column out (``compiler.with_nulls``), and rules that cannot fire without it do not run
-(``dsl.absence``).  What they find is what they find in the same batch with one more span
-that has the attribute, with a value that matches nothing."""
+"""Batches in which no span has some attribute the rules read, or no span an error status:
+the prepare step leaves an empty column out (``compiler.with_nulls``), and rules that cannot
+fire in such a batch do not run (``dsl.absence``).  What they find is what they find in the
+same batch with one more span that has the attribute, with a value that matches nothing, and
+what every rule finds when nothing is known of the batch."""
 
 from __future__ import annotations
 
 import duckdb
 
 from dsl import ir
-from dsl.absence import can_fire
+from dsl.absence import Absent, can_fire
 from dsl.compiler import SPANS, with_nulls
 from dsl.projection import AttrRef, AttrSource, column_name
 from tests.support.dsl_spans import Trace, load
@@ -82,12 +83,12 @@ def test_an_absent_attribute_finds_what_a_present_one_that_matches_nothing_finds
     conn = duckdb.connect()
     try:
         load(conn, _traces(False), ruleset.projection)
-        assert ruleset._absent(conn, "batch") == {store}  # a span without events has an empty list, not NULL
+        assert ruleset._absent(conn, "batch").columns == {store}  # a span without events has an empty list, not NULL
         copy = [s for s in ruleset.prepare_statements(conn, "batch") if s.startswith(f"CREATE OR REPLACE TEMP TABLE {SPANS} ")]
         assert len(copy) == 1 and store not in copy[0]
     finally:
         conn.close()
-    plan = ruleset._batch_plan(frozenset({store}))
+    plan = ruleset._batch_plan(Absent(frozenset({store})))
     ran = {r.id for r in plan.columnar.rules + plan.columnar.rest}
     assert ran == {r.id for r in ruleset.rules} - {"t.db", "t.db_len", "t.child_db", "t.exists"}
 
@@ -104,7 +105,7 @@ def test_a_batch_whose_event_lists_are_null_has_no_events(rules_from):
         (events,) = (column_name(r) for r in ruleset.projection)
         conn.execute(f"UPDATE batch SET {events} = NULL")
         assert ruleset.evaluate(conn, "batch") == []
-        assert ruleset._absent(conn, "batch") == {events}
+        assert ruleset._absent(conn, "batch").columns == {events}
     finally:
         conn.close()
 
@@ -112,16 +113,16 @@ def test_a_batch_whose_event_lists_are_null_has_no_events(rules_from):
 def test_can_fire_is_false_only_when_the_condition_cannot_hold(rules_from):
     ruleset = rules_from(_text())
     columns = {column_name(r) for r in ruleset.projection}
-    cannot = {rid for rid, rule in ruleset.checked.items() if not can_fire(rule, columns)}
+    cannot = {rid for rid, rule in ruleset.checked.items() if not can_fire(rule, Absent(frozenset(columns)))}
     assert cannot == {"t.db", "t.db_len", "t.child_db", "t.exists", "t.events"}
-    assert all(can_fire(rule, set()) for rule in ruleset.checked.values())
+    assert all(can_fire(rule, Absent()) for rule in ruleset.checked.values())
     # a test of an absent value against nil never holds either; true holds
     attr = ir.AttrValue("s", (AttrRef(AttrSource.SPAN, "app.store"),), ir.Ty.STRING)
     rule = ruleset.checked["t.db"]
     assert not can_fire(rule.__class__(**{**{f: getattr(rule, f) for f in rule.__dataclass_fields__},
-                                          "where": ir.InList(attr, (), False)}), set())
+                                          "where": ir.InList(attr, (), False)}), Absent())
     assert can_fire(rule.__class__(**{**{f: getattr(rule, f) for f in rule.__dataclass_fields__},
-                                      "where": ir.Const(True, ir.Ty.BOOL)}), columns)
+                                      "where": ir.Const(True, ir.Ty.BOOL)}), Absent(frozenset(columns), errors=False))
 
 
 def test_with_nulls_replaces_references_to_absent_columns_only():
@@ -129,3 +130,32 @@ def test_with_nulls_replaces_references_to_absent_columns_only():
     assert with_nulls(sql, {"a_s_x_1": "BIGINT"}) == (
         "SELECT CAST(NULL AS BIGINT), f.v0__a_s_x_1, v1.a_s_y_2, v0.a_s_x_10 FROM t AS v0")
     assert with_nulls(sql, {}) == sql
+
+
+def test_a_batch_without_errors_runs_only_the_rules_that_need_none(rules_from, monkeypatch):
+    text = "\n".join(RULE.format(id=rid, match=match, msg="", extra="") for rid, match in {
+        "err": "span s where s.status = error and s.kind = client",
+        "err_in": "span s where s.status in [error, ok]",
+        "err_only_in": "span s where s.status in [error] and s.kind = client",
+        "err_child": "span s, child c of s where error = c.status",
+        "not_err": "span s where not (s.status = error) and s.kind = client",
+        "ok": "span s where s.status != error and s.name = \"x\"",
+        "quant": "span s where count(child c of s where c.status = error) = 0 and s.kind = server",
+    }.items())
+    ruleset = rules_from(text)
+    healthy = [Trace((i + 1).to_bytes(16, "big")) for i in range(4)]
+    for t in healthy:
+        root = t.span("a", kind="server")
+        t.span("x", t.span("q", root, start=1, end=4, kind="client"), start=2, end=3)
+    conn = duckdb.connect()
+    try:
+        load(conn, healthy, ruleset.projection)
+        assert ruleset._absent(conn, "batch") == Absent(errors=False)
+        found = ruleset.evaluate(conn, "batch")
+        monkeypatch.setattr(type(ruleset), "_absent", lambda self, conn, table: Absent())  # nothing known
+        assert found == ruleset.evaluate(conn, "batch")
+    finally:
+        conn.close()
+    assert {f.rule_id for f in found} == {"t.not_err", "t.ok", "t.quant"}
+    plan = ruleset._batch_plan(Absent(errors=False))
+    assert {r.id for r in plan.columnar.rules + plan.columnar.rest} == {"t.err_in", "t.not_err", "t.ok", "t.quant"}
