@@ -9,9 +9,10 @@ root-cause service is among the first k, Avg@5 the mean of AC@1..AC@5,
 overall and per fault kind.
 
 **Spans, per trace.** Where labels carry ``span_ids`` (the spans where the
-fault originates), every case is analyzed as ``faulttrace explain`` and
-``serve`` analyze a batch (``tools.offline.analyze``: the rules, fault trees
-and the localizer seeded with the baseline), the annotator's ``rca.*``
+fault originates), every case is analyzed as ``faulttrace explain`` analyzes a
+batch (``tools.offline.analyze``: the rules, fault trees and the localizer
+seeded with the baseline; every candidate written, as ``serve`` writes those of
+a trace whose caller saw a failure), the annotator's ``rca.*``
 attributes are what is scored (``tools.scoring``), and the service ranking is
 that analysis' own.  Among the *affected* traces (those holding a labelled
 span) span AC@k is the share whose first k candidates (``rca.rank``) include
@@ -41,6 +42,14 @@ offline ones where the pipeline differs from one batch analyzed at once: a
 case is analyzed in the batches its traces complete in (the window ranking
 and the lift see one batch, not the case), the localizer keeps learning from
 each batch before the next, and the service ranking is read off the spans.
+The analyzer is serve's too: in a trace whose caller saw no failure (its
+root did not fail, nor outlast its baseline) the findings are weighed by how
+often their sources fire on healthy traffic, and a candidate below
+``min_confidence`` is no root cause (``analysis.combined``).  So the text
+report's side-by-side table has a third row, *as served*: each case analyzed
+in process as one batch by the analyzer the replay's config builds
+(``evaluate_served``): offline against it is the floor and the weighing,
+it against live the pipeline (batches, online learning).
 
 Calibration of the top-1 confidence is measured too: per case the
 probability given to the first service against whether it is the true one,
@@ -66,7 +75,9 @@ from typing import Any, TextIO
 import duckdb
 
 from dsl import RuleSet, load_rules
-from processor.analysis.build import rule_paths
+from processor.analysis.attributes import span_table
+from processor.analysis.build import analysis_projection, build_analyzer, rule_paths
+from processor.analysis.protocols import RELEASED_TABLE, with_row_numbers
 from processor.config import FaulttraceProcessorConfig
 from processor.localizer import SOURCES, Baseline, LocalizerAnalyzer, rank_services, read_spans, span_metrics
 from processor.localizer.analyzer import baseline_null
@@ -249,6 +260,31 @@ async def _replay_cases(dataset: Dataset, out: Path, rules: Sequence[str], built
     return files
 
 
+def evaluate_served(dataset: Dataset, rules: Sequence[str] = (), builtin_rules: bool = True) -> list[CaseResult]:
+    """Every case analyzed in process, as one batch, by the analyzer ``serve`` builds from the live
+    replay's config (``analysis.build.build_analyzer``: healthy firing rates seeded from the
+    baseline, ``min_confidence``), a new one per case; scored as ``evaluate``."""
+    config = replay_config(Path("unused.jsonl"), dataset.baseline, LIVE_DECISION_WAIT, LIVE_RELEASE_INTERVAL,
+                           rules, builtin_rules).processor
+    results = []
+    for case in _cases(dataset, "eval --live (as served)"):
+        analyzer = build_analyzer(config)
+        if analyzer is None:  # nothing configured to run: nothing is written
+            results.append(case_result(case, [], outcomes(read_spans(case.traces), {})))
+            continue
+        conn = duckdb.connect()
+        try:
+            table = span_table(read_requests(case.traces), analysis_projection(config, analyzer))
+            conn.register(RELEASED_TABLE, with_row_numbers(table))
+            verdict = analyzer.analyze(conn, RELEASED_TABLE)
+        finally:
+            conn.close()
+            analyzer.close()
+        results.append(case_result(case, [(s.service, s.probability) for s in verdict.services],
+                                   outcomes(table, verdict_attributes(verdict))))
+    return results
+
+
 def case_result(case: Case, services: Sequence[tuple[str, float]], traces: Sequence[TraceOutcome]) -> CaseResult:
     """A case scored: ``services`` its ranking (service, probability), ``traces`` what its spans say."""
     ranked = [s for s, _ in services]
@@ -429,7 +465,8 @@ def run(path: str | Path, fmt: str, out: TextIO, sources: Iterable[str] = SOURCE
         out.write("\n")
     write_report(dataset, replayed, time.perf_counter() - started, fmt, out, LIVE_SOURCE)
     if fmt == "text":
-        write_comparison(summary(results), summary(replayed), out)
+        served = summary(evaluate_served(dataset, live, builtin_rules)) if dataset.span_labelled else None
+        write_comparison(summary(results), summary(replayed), out, served)
     return 0
 
 
@@ -438,10 +475,16 @@ COMPARED = (("ac@1", "AC@1"), ("ac@3", "AC@3"), ("span_ac@1", "span@1"), ("span_
             ("span_service@1", "svc@1"), ("span_layer", "layer"), ("caused_by", "caused_by"), ("span_ece", "ECE"))
 
 
-def write_comparison(offline: dict[str, Any], live: dict[str, Any], out: TextIO) -> None:
-    """The overall figures of both runs side by side (services per case, then spans per affected trace)."""
+def write_comparison(offline: dict[str, Any], live: dict[str, Any], out: TextIO,
+                     served: dict[str, Any] | None = None) -> None:
+    """The overall figures of both runs side by side (services per case, then spans per affected
+    trace); with ``served``, between them those of ``evaluate_served``."""
     out.write("\noffline (one batch per case, analyzed in process) vs live (replayed through the pipeline)\n")
+    if served is not None:
+        out.write("as served: one batch per case in process, by serve's analyzer (healthy-firing weighing, "
+                  "min_confidence)\n")
     out.write(f"{'':<10}" + "".join(f"{label:>10}" for _, label in COMPARED) + "\n")
-    for name, s in (("offline", offline), ("live", live)):
+    rows = (("offline", offline), *((("as served", served),) if served is not None else ()), ("live", live))
+    for name, s in rows:
         cells = (f"{s[key]:>10.3f}" if key in s else f"{'-':>10}" for key, _ in COMPARED)
         out.write(f"{name:<10}" + "".join(cells) + "\n")

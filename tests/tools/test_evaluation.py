@@ -27,6 +27,8 @@ from processor.tools.evaluation import (
     TraceScore,
     accuracy,
     brier_score,
+    evaluate,
+    evaluate_served,
     expected_calibration_error,
 )
 from processor.tools.offline import analyze
@@ -394,3 +396,20 @@ def test_in_process_and_exported_annotations_score_alike(span_dataset: Path, tmp
     from_export = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     span_keys = [k for k in in_process if k.startswith("span_")]
     assert span_keys and {k: in_process[k] for k in span_keys} == {k: from_export[k] for k in span_keys}
+
+
+def test_as_served_weighs_the_findings_where_the_caller_saw_no_failure(span_dataset: Path) -> None:
+    """``evaluate_served`` analyzes as ``serve`` does: in c1 (a slow payment the root absorbed
+    within what 80 baseline traces can call abnormal) the findings are weighed by their healthy
+    firing rates, so each first candidate is less sure than offline; c3's roots failed (an error),
+    and there the verdicts are the offline ones."""
+    dataset = Dataset.load(span_dataset)
+    offline = {r.case.case_id: r for r in evaluate(dataset)}
+    served = {r.case.case_id: r for r in evaluate_served(dataset)}
+    assert offline.keys() == served.keys()
+    for case_id in ("c1", "c3"):
+        assert [t.trace_id for t in served[case_id].traces] == [t.trace_id for t in offline[case_id].traces]
+        assert all(t.rank == 1 for t in served[case_id].traces)
+    pairs = list(zip(offline["c1"].traces, served["c1"].traces, strict=True))
+    assert pairs and all(s.confidence < o.confidence for o, s in pairs)
+    assert served["c3"].traces == offline["c3"].traces
