@@ -73,6 +73,10 @@ class HistoryConfig:
     max_keys: int = 64           # span attribute keys whose values are learned per operation
     attr_gamma: float = 1.1      # numeric attribute buckets: values within 10%
     snapshot: str | None = None  # a file the sketches are restored from and saved to (``snapshot``)
+    # DuckDB threads of the sketches' connection.  Learning is some twenty small statements a batch,
+    # cheapest on one like the analysis connection (``StorageConfig.threads``): with the machine's
+    # cores it cost the bench's analysis worker ~15 ms more CPU a batch in scheduling threads
+    threads: int = 1
 
 
 SCHEMA_SQL = """
@@ -155,6 +159,14 @@ SELECT service, name, key, b, sum(w) AS w FROM (
 ) SEMI JOIN lz_akeys USING (service, name, key) GROUP BY ALL HAVING sum(w) >= $prune
 """
 
+
+# What an operation evicted from lz_ops leaves behind, per table: rows of the operation, or of its
+# service where the table is per service.
+_OF_OP = "(service, name) NOT IN (SELECT (service, name) FROM lz_ops)"
+_OF_SERVICE = "service NOT IN (SELECT service FROM lz_ops)"
+EVICTED = (("lz_hist", _OF_OP), ("lz_shapes", _OF_OP), ("lz_values", _OF_SERVICE), ("lz_vtot", _OF_SERVICE),
+           ("lz_aops", _OF_OP), ("lz_akeys", _OF_OP), ("lz_acat", _OF_OP), ("lz_anum", _OF_OP))
+STALE_SQL = "SELECT " + ", ".join(f"EXISTS (SELECT 1 FROM {t} WHERE {c})" for t, c in EVICTED)
 
 # New observations: span metrics with a per-trace learning weight (``lz_weights``, default 1).
 NEW_SQL = """
@@ -318,6 +330,7 @@ class History:
     def __init__(self, config: HistoryConfig | None = None) -> None:
         self.config = config or HistoryConfig()
         self._conn = duckdb.connect()
+        self._conn.execute(f"SET threads TO {int(self.config.threads)}")
         self._conn.execute(SCHEMA_SQL)
         self._lock = threading.Lock()
         self._cached: Baseline | None = None
@@ -416,13 +429,12 @@ class History:
                 conn.execute(HIST_SQL.format(unit=UNIT_NS, gamma=cfg.gamma), common)
                 conn.execute(OPS_UPDATE_SQL, {**common, "max_ops": cfg.max_ops})
                 conn.execute(SHAPES_UPDATE_SQL, {**common, "max_shapes": cfg.max_shapes})
-                # operations evicted from lz_ops take their buckets with them
-                conn.execute("DELETE FROM lz_hist WHERE (service, name) NOT IN (SELECT (service, name) FROM lz_ops)")
-                conn.execute("DELETE FROM lz_shapes WHERE (service, name) NOT IN (SELECT (service, name) FROM lz_ops)")
-                conn.execute("DELETE FROM lz_values WHERE service NOT IN (SELECT service FROM lz_ops)")
-                conn.execute("DELETE FROM lz_vtot WHERE service NOT IN (SELECT service FROM lz_ops)")
-                for t in ("lz_aops", "lz_akeys", "lz_acat", "lz_anum"):
-                    conn.execute(f"DELETE FROM {t} WHERE (service, name) NOT IN (SELECT (service, name) FROM lz_ops)")
+                # operations evicted from lz_ops take their buckets with them: one query finds the
+                # tables holding any (most batches evict nothing), a statement a batch each costs more
+                stale = conn.execute(STALE_SQL).fetchall()[0]
+                for (table, cond), found in zip(EVICTED, stale):
+                    if found:
+                        conn.execute(f"DELETE FROM {table} WHERE {cond}")
             finally:
                 conn.execute("DROP VIEW IF EXISTS lz_in")
                 conn.unregister("lz_new")

@@ -74,6 +74,24 @@ def test_memory_is_bounded() -> None:
     assert size["lz_hist"] <= 5 * 2 * 60
 
 
+
+def test_evicted_operations_take_their_rows_with_them() -> None:
+    history = History(HistoryConfig(min_count=1, max_ops=2))
+    for seed in range(2):  # the second batch evicts from tables the first one filled
+        rows = synth.spans(n=50, seed=seed)
+        history.learn(span_metrics(duckdb.connect(), synth.table(rows)), values=_values(rows, ["node-1"] * len(rows)))
+
+    def keys(conn: duckdb.DuckDBPyConnection) -> dict[str, set]:
+        ops = {t: set(conn.sql(f"SELECT DISTINCT service, name FROM {t}").fetchall())
+               for t in ("lz_ops", "lz_hist", "lz_shapes")}
+        return {**ops, **{t: set(conn.sql(f"SELECT DISTINCT service FROM {t}").fetchall())
+                          for t in ("lz_values", "lz_vtot")}}
+
+    held = history.with_sketches(keys)
+    assert len(held["lz_ops"]) == 2
+    assert held["lz_hist"] == held["lz_shapes"] == held["lz_ops"]
+    assert held["lz_values"] == held["lz_vtot"] == {(s,) for s, _ in held["lz_ops"]}
+
 def _values(rows: list[dict], nodes: list[str | None]) -> pa.Table:
     return pa.table({"trace_id": pa.array([r["trace_id"] for r in rows], pa.binary()),
                      "service": [r["service"] for r in rows], NODE: pa.array(nodes, pa.string())})
