@@ -39,6 +39,7 @@ from dsl.compiler import (
     foldable,
     prepare_statements,
     quote_ident,
+    read_columns,
     with_nulls,
 )
 from dsl.diagnostics import Diagnostic, SourceSpan, did_you_mean, render_all, sort_key, to_json
@@ -217,7 +218,8 @@ class RuleSet:
     def _prepare(self, conn: duckdb.DuckDBPyConnection, table: str) -> tuple[list[str], _BatchPlan]:
         plan = self._batch_plan(self._absent(conn, table))
         baseline = "baseline" in self.needs and _has_baseline(conn)
-        stmts = prepare_statements(table, self.needs, self.columns, _row_key(conn, table), baseline, plan.nulls)
+        stmts = prepare_statements(table, self.needs, self.columns, _row_key(conn, table), baseline, plan.nulls,
+                                   plan.reads)
         return stmts, plan
 
     def prepare_statements(self, conn: duckdb.DuckDBPyConnection, table: str) -> list[str]:
@@ -378,13 +380,16 @@ class _BatchPlan:
     they read a typed NULL for each attribute column no span has a value in (``nulls``, name ->
     DuckDB type; ``compiler.with_nulls``), so that the prepare step leaves those columns out of
     its copies, and the rules and span conditions that cannot fire in such a batch are left out.
-    Findings are those of the rule set's own statements over a copy with the columns."""
+    Findings are those of the rule set's own statements over a copy with the columns.
+    ``reads``: the columns of the prepared span table the statements read (the only ones the
+    prepare step copies into it), the ids of a span always."""
 
     nulls: dict[str, str]  # the absent columns, with their types
     columnar: ColumnarPlan
     rule_statements: tuple[_Statement, ...]
     condition_groups: _ConditionGroups
     evidence: duckdb.Statement | None
+    reads: frozenset[str]
 
     @classmethod
     def of(cls, ruleset: RuleSet, absent: Absent) -> _BatchPlan:
@@ -397,15 +402,22 @@ class _BatchPlan:
             return [r for r in rules if r.id not in ruleset.checked or can_fire(ruleset.checked[r.id], absent)]
 
         ev = ruleset.evidence
-        evidence = duckdb.extract_statements(with_nulls(ev.sql, types))[0] if ev is not None else None
+        evidence_sql = with_nulls(ev.sql, types) if ev is not None else ""
+        evidence = duckdb.extract_statements(evidence_sql)[0] if ev is not None else None
         if absent == Absent():
-            return cls(types, ruleset._columnar, ruleset._rule_statements, ruleset._condition_groups, evidence)
-        plan = ColumnarPlan.of(live(ruleset.rules), ruleset.checked if ruleset.columnar else {})
-        columnar = plan.with_nulls(types, nulled(plan.rules), nulled(plan.rest))
-        folded = set(ev.condition_ids) if ev else set()
-        conditions = _ConditionGroups.of(nulled(live(c for c in ruleset.conditions if c.id not in folded)),
-                                         ruleset.statement_rules)
-        return cls(types, columnar, statements(columnar.rest, ruleset.statement_rules), conditions, evidence)
+            columnar, rule_statements, conditions = ruleset._columnar, ruleset._rule_statements, ruleset._condition_groups
+        else:
+            plan = ColumnarPlan.of(live(ruleset.rules), ruleset.checked if ruleset.columnar else {})
+            columnar = plan.with_nulls(types, nulled(plan.rules), nulled(plan.rest))
+            rule_statements = statements(columnar.rest, ruleset.statement_rules)
+            folded = set(ev.condition_ids) if ev else set()
+            conditions = _ConditionGroups.of(nulled(live(c for c in ruleset.conditions if c.id not in folded)),
+                                             ruleset.statement_rules)
+        # what the columnar plan's rules read as statements (if a scan fails) counts too
+        texts = [evidence_sql, columnar.render, *(s.sql for s in columnar.scans), *(r.sql for r in columnar.rules),
+                 *(s.sql for s in (*rule_statements, *conditions.stmts))]
+        reads = read_columns(texts) | {"trace_id", "span_id"}
+        return cls(types, columnar, rule_statements, conditions, evidence, reads)
 
 
 def statements(rules: Iterable[CompiledRule], size: int = STATEMENT_RULES) -> tuple[_Statement, ...]:

@@ -159,3 +159,23 @@ def test_a_batch_without_errors_runs_only_the_rules_that_need_none(rules_from, m
     assert {f.rule_id for f in found} == {"t.not_err", "t.ok", "t.quant"}
     plan = ruleset._batch_plan(Absent(errors=False))
     assert {r.id for r in plan.columnar.rules + plan.columnar.rest} == {"t.err_in", "t.not_err", "t.ok", "t.quant"}
+
+
+def test_the_span_table_holds_the_columns_the_batch_statements_read(rules_from):
+    ruleset = rules_from("\n".join(RULE.format(id=rid, match=match, msg=msg, extra="") for rid, match, msg in [
+        ("err", 'span s where s.status = error and s.attr["app.a"] = "x"', "{s.status_message}"),
+        ("b", 'span s where s.attr["app.b"] = "y"', "{s.name}"),
+    ]))
+    t = Trace()
+    t.span("n", attrs={"app.a": "x", "app.b": "y"})
+    (a,) = (column_name(r) for r in ruleset.projection if r.key == "app.a")
+    (b,) = (column_name(r) for r in ruleset.projection if r.key == "app.b")
+    conn = duckdb.connect()
+    try:
+        load(conn, [t], ruleset.projection)
+        (copy,) = (s for s in ruleset.prepare_statements(conn, "batch") if s.startswith(f"CREATE OR REPLACE TEMP TABLE {SPANS} "))
+        # app.a and the status message are read by a rule that cannot fire without errors
+        assert f"t.{b}" in copy and f"t.{a}" not in copy and "status_message" not in copy
+        assert [(f.rule_id, f.message) for f in ruleset.evaluate(conn, "batch")] == [("t.b", "n")]
+    finally:
+        conn.close()
