@@ -14,6 +14,7 @@ import glob
 import logging
 import re
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
@@ -127,6 +128,7 @@ class RuleSet:
     checked: dict[str, ir.CheckedRule] = field(default_factory=dict, compare=False)
     statement_rules: int = field(default=STATEMENT_RULES, compare=False)  # rules per statement (> 0)
     columnar: bool = field(default=True, compare=False)  # local rules as columns of a few scans (``dsl.columnar``)
+    _batch_plans_lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False, init=False)
 
     def __len__(self) -> int:
         return len(self.rules)
@@ -190,16 +192,20 @@ class RuleSet:
 
     @cached_property
     def _batch_plans(self) -> dict[Absent, _BatchPlan]:
-        return {}
+        return {}  # in the order of use, the last used last
 
     def _batch_plan(self, absent: Absent) -> _BatchPlan:
         """The statements for a batch without what ``absent`` says, built once per such
-        value: a stream's batches mostly lack the same attributes."""
-        plan = self._batch_plans.get(absent)
-        if plan is None:
-            if len(self._batch_plans) >= _BATCH_PLANS:
-                self._batch_plans.clear()
-            plan = self._batch_plans[absent] = _BatchPlan.of(self, absent)
+        value (5-20 ms for the library, 0.15 s for 2,000 rules): a stream's batches mostly
+        lack the same attributes.  The ``_BATCH_PLANS`` used last are kept."""
+        plans = self._batch_plans
+        with self._batch_plans_lock:  # batches may be evaluated concurrently (on cursors of their own)
+            plan = plans.pop(absent, None)
+            if plan is None:
+                plan = _BatchPlan.of(self, absent)
+                while len(plans) >= _BATCH_PLANS:
+                    del plans[next(iter(plans))]  # the least recently used
+            plans[absent] = plan
         return plan
 
     def _absent(self, conn: duckdb.DuckDBPyConnection, table: str) -> Absent:
@@ -371,7 +377,7 @@ class _Statement:
         return cls(rules, sql, tuple(params), duckdb.extract_statements(sql)[0])
 
 
-_BATCH_PLANS = 16  # batch plans a rule set keeps (all dropped when full)
+_BATCH_PLANS = 16  # batch plans a rule set keeps (the least recently used goes)
 
 
 @dataclass(frozen=True, slots=True)

@@ -179,3 +179,16 @@ def test_the_span_table_holds_the_columns_the_batch_statements_read(rules_from):
         assert [(f.rule_id, f.message) for f in ruleset.evaluate(conn, "batch")] == [("t.b", "n")]
     finally:
         conn.close()
+
+
+def test_a_rule_set_keeps_the_batch_plans_used_last(rules_from):
+    from dsl.api import _BATCH_PLANS
+
+    ruleset = rules_from(_text())
+    seen = [Absent(frozenset({f"c{i}"})) for i in range(_BATCH_PLANS + 1)]
+    first = ruleset._batch_plan(seen[0])
+    for absent in seen[1:_BATCH_PLANS]:
+        ruleset._batch_plan(absent)
+    assert ruleset._batch_plan(seen[0]) is first  # kept, and now the last used
+    ruleset._batch_plan(seen[_BATCH_PLANS])  # one too many: the least recently used goes
+    assert seen[1] not in ruleset._batch_plans and ruleset._batch_plan(seen[0]) is first
