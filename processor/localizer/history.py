@@ -160,13 +160,16 @@ SELECT service, name, key, b, sum(w) AS w FROM (
 """
 
 
-# What an operation evicted from lz_ops leaves behind, per table: rows of the operation, or of its
-# service where the table is per service.
-_OF_OP = "(service, name) NOT IN (SELECT (service, name) FROM lz_ops)"
-_OF_SERVICE = "service NOT IN (SELECT service FROM lz_ops)"
-EVICTED = (("lz_hist", _OF_OP), ("lz_shapes", _OF_OP), ("lz_values", _OF_SERVICE), ("lz_vtot", _OF_SERVICE),
-           ("lz_aops", _OF_OP), ("lz_akeys", _OF_OP), ("lz_acat", _OF_OP), ("lz_anum", _OF_OP))
-STALE_SQL = "SELECT " + ", ".join(f"EXISTS (SELECT 1 FROM {t} WHERE {c})" for t, c in EVICTED)
+# What an operation evicted from lz_ops leaves behind: per table, the key its rows are kept under (the
+# operation, or its service where the table is per service) and the rows to delete.  STALE_SQL names
+# the tables that may hold any (those with a key lz_ops lacks, a null one included), so that a batch
+# evicting nothing runs no DELETE; it never misses one NOT IN would delete.
+_EVICTED_KEYS = {"lz_hist": "service, name", "lz_shapes": "service, name", "lz_values": "service",
+                 "lz_vtot": "service", "lz_aops": "service, name", "lz_akeys": "service, name",
+                 "lz_acat": "service, name", "lz_anum": "service, name"}
+EVICTED = {t: f"({k}) NOT IN (SELECT ({k}) FROM lz_ops)" for t, k in _EVICTED_KEYS.items()}
+STALE_SQL = " UNION ALL ".join(f"SELECT '{t}' FROM (SELECT 1 FROM {t} ANTI JOIN lz_ops USING ({k}) LIMIT 1)"
+                               for t, k in _EVICTED_KEYS.items())
 
 # New observations: span metrics with a per-trace learning weight (``lz_weights``, default 1).
 NEW_SQL = """
@@ -429,12 +432,10 @@ class History:
                 conn.execute(HIST_SQL.format(unit=UNIT_NS, gamma=cfg.gamma), common)
                 conn.execute(OPS_UPDATE_SQL, {**common, "max_ops": cfg.max_ops})
                 conn.execute(SHAPES_UPDATE_SQL, {**common, "max_shapes": cfg.max_shapes})
-                # operations evicted from lz_ops take their buckets with them: one query finds the
-                # tables holding any (most batches evict nothing), a statement a batch each costs more
-                stale = conn.execute(STALE_SQL).fetchall()[0]
-                for (table, cond), found in zip(EVICTED, stale):
-                    if found:
-                        conn.execute(f"DELETE FROM {table} WHERE {cond}")
+                # operations evicted from lz_ops take their buckets with them; most batches evict
+                # none, and one query finding where is cheaper than a DELETE per table
+                for (table,) in conn.execute(STALE_SQL).fetchall():
+                    conn.execute(f"DELETE FROM {table} WHERE {EVICTED[table]}")
             finally:
                 conn.execute("DROP VIEW IF EXISTS lz_in")
                 conn.unregister("lz_new")
