@@ -28,7 +28,6 @@ from dsl.spantree import covered_sql, no_parent_sql, root_key_sql, self_time_sql
 
 SPANS = "__ft_spans"  # prepared span table (temp)
 ANCESTORS = "__ft_ancestors"  # (_row, _anc) for every proper ancestor (temp)
-_DERIVED = "__ft_derived"  # derived per-span values (temp)
 _SOURCE = "__ft_source"  # copy of the batch when it has no row ids (a view)
 EVENTS = "__ft_events"  # (_row, _trace, _idx, name, time_ns, event attribute columns): one row per event (temp)
 LINKS = "__ft_links"  # (_row, _linked): a span and a span of the batch it links to (temp)
@@ -596,7 +595,6 @@ def prepare_statements(table: str, needs: frozenset[str], columns: tuple[str, ..
             f"CREATE OR REPLACE TEMP TABLE {LINKS} AS SELECT DISTINCT l._row, t._row AS _linked "
             f"FROM (SELECT s._row, unnest(s.{lk}) AS k FROM {SPANS} AS s) AS l JOIN {SPANS} AS t "
             "ON t.trace_id = struct_extract(l.k, 'trace_id') AND t.span_id = struct_extract(l.k, 'span_id')", absent))
-    stmts.append(f"DROP TABLE IF EXISTS {_DERIVED}")
     return stmts
 
 
@@ -638,7 +636,7 @@ _QUALIFIED = re.compile(r"\b[a-z_][a-z0-9_]*\.([a-z0-9_]+)\b")
 
 
 def cleanup_statements() -> list[str]:
-    return [f"DROP TABLE IF EXISTS {t}" for t in (SPANS, ANCESTORS, EVENTS, LINKS, _DERIVED, _SOURCE)]
+    return [f"DROP TABLE IF EXISTS {t}" for t in (SPANS, ANCESTORS, EVENTS, LINKS, _SOURCE)]
 
 
 # ---- many rules as columns of one scan (``dsl.columnar``) -------------------------------
