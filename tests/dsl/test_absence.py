@@ -60,19 +60,10 @@ def _traces(with_attribute: bool) -> list[Trace]:
     return traces
 
 
-def _evaluate(ruleset, traces):
-    conn = duckdb.connect()
-    try:
-        load(conn, traces, ruleset.projection)
-        return ruleset.evaluate(conn, "batch")
-    finally:
-        conn.close()
-
-
-def test_an_absent_attribute_finds_what_a_present_one_that_matches_nothing_finds(rules_from):
+def test_an_absent_attribute_finds_what_a_present_one_that_matches_nothing_finds(rules_from, run):
     ruleset = rules_from(_text())
-    absent = _evaluate(ruleset, _traces(False))
-    present = _evaluate(ruleset, _traces(True))
+    absent = run(ruleset, *_traces(False))
+    present = run(ruleset, *_traces(True))
     assert absent == [f for f in present if f.trace_id != EXTRA]  # the added trace's findings are its own
     fired = {f.rule_id for f in absent}
     assert {"t.not_db", "t.either", "t.unset", "t.child", "t.explains"} <= fired  # the batch exercises them
@@ -93,12 +84,12 @@ def test_an_absent_attribute_finds_what_a_present_one_that_matches_nothing_finds
     assert ran == {r.id for r in ruleset.rules} - {"t.db", "t.db_len", "t.child_db", "t.exists"}
 
 
-def test_a_batch_whose_event_lists_are_null_has_no_events(rules_from):
+def test_a_batch_whose_event_lists_are_null_has_no_events(rules_from, run):
     ruleset = rules_from(RULE.format(id="ev", match='span s,\n  event e of s where e.name = "exception"',
                                      msg="{e.name}", extra=""))
     t = Trace()
     t.span("a", events=[("exception", {})])
-    assert [f.message for f in _evaluate(ruleset, [t])] == ["exception"]
+    assert [f.message for f in run(ruleset, t)] == ["exception"]
     conn = duckdb.connect()
     try:
         load(conn, [t], ruleset.projection)
