@@ -216,8 +216,8 @@ class RuleSet:
         statements read a NULL constant instead.  Healthy traffic has batches without errors,
         where most rules cannot fire (``dsl.absence``)."""
         cols = list(self._attribute_types)
-        counts = conn.execute(f"SELECT count(*) FILTER (WHERE status_code = {ERROR})"
-                              f"{''.join(f', count({c})' for c in cols)} FROM {quote_ident(table)}").fetchone()
+        counts = conn.execute(parsed(f"SELECT count(*) FILTER (WHERE status_code = {ERROR})"
+                                     f"{''.join(f', count({c})' for c in cols)} FROM {quote_ident(table)}")).fetchone()
         assert counts is not None  # an aggregate without GROUP BY gives one row
         return Absent(frozenset(c for c, n in zip(cols, counts[1:]) if n == 0), errors=counts[0] > 0)
 
@@ -345,7 +345,9 @@ def parsed(sql: str) -> duckdb.Statement:
     """``sql`` (one statement) parsed once.  A rule set runs the same
     statements on every batch, and parsing is a fixed cost per batch that
     matters: ~40 ms for the union of seventy rules, a third of its run over
-    an empty batch.  A parsed statement runs on any connection."""
+    an empty batch.  A parsed statement runs on any connection.  The
+    localizer's and its history's per-batch statements are parsed here too
+    (~14 ms of text parsing a batch at HEAD d925675, besides the rules')."""
     return duckdb.extract_statements(sql)[0]
 
 

@@ -51,6 +51,7 @@ import duckdb
 import pyarrow as pa
 
 from dsl import no_parent_sql, root_key_sql
+from dsl.api import parsed
 from processor.analysis.verdict import BatchVerdict, Evidence
 from processor.localizer.baseline import range_observations
 from processor.localizer.history import HistoryConfig
@@ -88,7 +89,7 @@ def outcomes(conn: duckdb.DuckDBPyConnection, table: str, durations: pa.Table | 
     """Each trace's outcome at its root: failed if the root span ended in error, or if
     ``durations`` (``service``, ``name``, ``n``, ``dur_max`` per operation) says it took longer
     than any duration of its operation's baseline, learned from at least ``MIN_OBSERVATIONS`` spans."""
-    rows = conn.execute(ROOTS_SQL.format(table=table)).fetchall()
+    rows = conn.execute(parsed(ROOTS_SQL.format(table=table))).fetchall()
     top: dict[tuple[str, str], float] = {}
     if durations is not None and durations.num_rows:
         columns = (durations.column(c).to_pylist() for c in ("service", "name", "n", "dur_max"))

@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dsl import AttrRef, AttrSource, AttrType, column_name
+from dsl.api import parsed
 from processor.analysis.attributes import ALL_ATTRIBUTES, LongForm, all_attributes_sql
 from processor.analysis.verdict import BatchVerdict, ServiceRank, TraceVerdict
 from processor.localizer import conventions
@@ -222,12 +223,12 @@ class LocalizerAnalyzer:
             found = self._attribute(conn, values, verdict)
             verdict = _with_layers(_with_attributions(verdict, found), _span_attributes(conn, long, verdict),
                                    details, _enclosing(conn, table, verdict))
-            learned = conn.sql(f"{long} WHERE sampled").to_arrow_table() if long is not None else None
+            learned = conn.sql(parsed(f"{long} WHERE sampled")).to_arrow_table() if long is not None else None
         finally:
             if long is not None:
                 for name in ("lz_long", "lz_sample"):
-                    conn.execute(f"DROP TABLE IF EXISTS {name}")
-                conn.execute("DROP VIEW IF EXISTS lz_spans")
+                    conn.execute(parsed(f"DROP TABLE IF EXISTS {name}"))
+                conn.execute(parsed("DROP VIEW IF EXISTS lz_spans"))
         self.history.learn(metrics, dict.fromkeys(verdict.traces, self.learn_suspect),
                            values.drop_columns(["span_id"]) if values is not None else None, learned, scale)
         services = tuple(ServiceRank(r.service, round(r.score, 4), round(r.probability, 4))
@@ -260,7 +261,7 @@ def _values(conn: duckdb.DuckDBPyConnection, table: str, columns: set[str],
     if not cols:
         return None
     casts = ", ".join(f"CAST({c} AS VARCHAR) AS {c}" for c in cols)
-    return conn.sql(f"SELECT trace_id, span_id, service, {casts} FROM {table}").to_arrow_table()
+    return conn.sql(parsed(f"SELECT trace_id, span_id, service, {casts} FROM {table}")).to_arrow_table()
 
 
 def _slow_pods(pods: list[PodShift]) -> list[str]:
@@ -299,9 +300,9 @@ def _details(conn: duckdb.DuckDBPyConnection, table: str, columns: set[str]) -> 
     parts = [column_name(r) for r in (EXCEPTION_TYPE, EXCEPTION_MESSAGE) if column_name(r) in columns]
     exc = f"nullif(concat_ws(': ', {', '.join(parts)}), '')" if parts else "NULL"
     status = "nullif(status_message, '')" if "status_message" in columns else "NULL"
-    rows = conn.execute(f"""
+    rows = conn.execute(parsed(f"""
         SELECT trace_id, span_id, coalesce({exc}, {status}) AS detail
-        FROM {table} WHERE status_code = 2 AND coalesce({exc}, {status}) IS NOT NULL""").fetchall()
+        FROM {table} WHERE status_code = 2 AND coalesce({exc}, {status}) IS NOT NULL""")).fetchall()
     return {(t, s): d for t, s, d in rows}
 
 
@@ -334,18 +335,18 @@ def _long_form(conn: duckdb.DuckDBPyConnection, table: str, columns: set[str], m
     conn.register("lz_m", metrics)
     conn.register("lz_base", baseline.ops)
     try:
-        conn.execute(SAMPLE_SQL.format(table=table), {"n": sample})
+        conn.execute(parsed(SAMPLE_SQL.format(table=table)), {"n": sample})
         read = f"SELECT * FROM {table} WHERE trace_id IN ({READ_SQL})"
         if "raw" in columns:
-            spans = conn.sql(f"SELECT trace_id, span_id, service, name, raw FROM ({read})").to_arrow_table()
+            spans = conn.sql(parsed(f"SELECT trace_id, span_id, service, name, raw FROM ({read})")).to_arrow_table()
             conn.register("lz_decoded", long_form.table(spans))
             try:
-                conn.execute(LONG_SQL.format(long="SELECT * FROM lz_decoded"))
+                conn.execute(parsed(LONG_SQL.format(long="SELECT * FROM lz_decoded")))
             finally:
                 conn.unregister("lz_decoded")
         else:
             conn.execute(LONG_SQL.format(long=all_attributes_sql(f"({read})")))
-        conn.execute(SPANS_SQL.format(table=table))
+        conn.execute(parsed(SPANS_SQL.format(table=table)))
     finally:
         conn.unregister("lz_m")
         conn.unregister("lz_base")

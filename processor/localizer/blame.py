@@ -56,6 +56,7 @@ import duckdb
 import pyarrow as pa
 
 from dsl import no_parent_sql, root_key_sql
+from dsl.api import parsed
 from processor.analysis.verdict import BatchVerdict, Candidate, Evidence, Symptom, TraceVerdict
 from processor.localizer.attribution import Attribution
 from processor.localizer.baseline import Baseline, min_observations
@@ -144,7 +145,7 @@ def blame_traces(conn: duckdb.DuckDBPyConnection, metrics: pa.Table, baseline: B
     """
     slow = pa.table({"pod": pa.array(sorted(set(slow_pods)), pa.string())})
     with baseline.beside(conn, metrics, lz_slow_pods=slow):
-        rows = conn.sql(ROWS_SQL).to_arrow_table().to_pylist()
+        rows = conn.sql(parsed(ROWS_SQL)).to_arrow_table().to_pylist()
         window = {r.service: r for r in ranking if r.score >= MIN_WINDOW}
         gathered = [_gather(trace_id, spans, window, details or {}) for trace_id, spans in _by_trace(rows)]
         _corroborate(gathered)

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import duckdb
 
+from dsl.api import parsed
+
 QUANTILE = 0.99   # the baseline quantile a span must exceed to count as slow
 Z = 1.64          # one-sided 95% confidence for rate bounds
 
@@ -68,7 +70,7 @@ def latency(conn: duckdb.DuckDBPyConnection, explain_away: bool = True, wire_tim
     cells: dict[tuple[str, str], float] = {}
     excess: dict[tuple[str, str], float] = {}
     sql = CELLS_SQL.format(callee="m.blame" if wire_time else "m.service")
-    for caller, callee, n, slow, excess_ns in conn.execute(sql).fetchall():
+    for caller, callee, n, slow, excess_ns in conn.execute(parsed(sql)).fetchall():
         rate = max(0.0, wilson_lower(slow, n) - (1 - QUANTILE))
         if rate > 0:
             cells[(caller, callee)] = rate
@@ -105,7 +107,8 @@ def _strongest(why: list[tuple[float, str]], k: int = 3) -> str:
 
 def _client_cells(conn: duckdb.DuckDBPyConnection) -> list[tuple[tuple[str, str], int]]:
     """Every (caller, callee) pair with calls in the window, slow or not."""
-    rows = conn.sql("SELECT service, blame, count(*) FROM m WHERE blame <> service GROUP BY ALL ORDER BY ALL").fetchall()
+    rows = conn.sql(parsed("SELECT service, blame, count(*) FROM m WHERE blame <> service GROUP BY ALL ORDER BY ALL")
+                    ).fetchall()
     return [((a, b), n) for a, b, n in rows]
 
 
@@ -143,7 +146,7 @@ def shape(conn: duckdb.DuckDBPyConnection) -> list[ServiceEvidence]:
     sql = SHAPE_SQL.format(shapes=SHAPES_SQL.format(table="m"), z=Z)
     score: dict[str, float] = defaultdict(float)
     why: dict[str, list[tuple[float, str]]] = defaultdict(list)
-    for charged, service, name, s, spans, cut in conn.execute(sql).fetchall():
+    for charged, service, name, s, spans, cut in conn.execute(parsed(sql)).fetchall():
         if charged is None:
             continue
         score[charged] += s
@@ -169,7 +172,7 @@ ORDER BY ALL  -- a fixed order for the sums and messages (``CELLS_SQL``)
 def errors(conn: duckdb.DuckDBPyConnection) -> list[ServiceEvidence]:
     score: dict[str, float] = defaultdict(float)
     why: dict[str, list[tuple[float, str]]] = defaultdict(list)
-    for blame, service, name, n, origins, failed, base_rate in conn.execute(ERRORS_SQL).fetchall():
+    for blame, service, name, n, origins, failed, base_rate in conn.execute(parsed(ERRORS_SQL)).fetchall():
         rate = max(0.0, wilson_lower(min(origins, n), n) - base_rate)
         if rate > 0:
             score[blame] += rate

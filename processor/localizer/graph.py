@@ -24,6 +24,7 @@ import duckdb
 import pyarrow as pa
 
 from dsl import AttrRef, AttrSource, column_name, self_time_sql
+from dsl.api import parsed
 from dsl.spantree import covered_of_sql
 
 METRICS_SQL = """
@@ -143,7 +144,7 @@ def span_metrics_of(conn: duckdb.DuckDBPyConnection, source: str, columns: Seque
     sql = METRICS_SQL.format(table=source, covered=covered_of_sql(_CLIPPED, ("trace_id", "span_id")),
                              self_time=self_time_sql("sp", "k.covered"),
                              pod=_placement(columns, POD_KEYS), node=_placement(columns, NODE_KEYS))
-    return conn.sql(sql).to_arrow_table()
+    return conn.sql(parsed(sql)).to_arrow_table()
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,6 +48,7 @@ import duckdb
 import pyarrow as pa
 
 from dsl import AttrRef, column_name
+from dsl.api import parsed
 from processor.analysis.attributes import ALL_ATTRIBUTES, all_attributes_sql
 from processor.localizer.attribution import ValueBaseline
 from processor.localizer.baseline import Baseline
@@ -421,23 +422,23 @@ class History:
                 "trace_id": pa.array(list(weights or {}), pa.binary()),
                 "weight": pa.array(list((weights or {}).values()), pa.float64())}))
             try:
-                traces = conn.execute("SELECT count(DISTINCT trace_id) FROM lz_new").fetchall()[0][0]
-                conn.execute(f"CREATE OR REPLACE TEMP VIEW lz_in AS {NEW_SQL}")
+                traces = conn.execute(parsed("SELECT count(DISTINCT trace_id) FROM lz_new")).fetchall()[0][0]
+                conn.execute(parsed(f"CREATE OR REPLACE TEMP VIEW lz_in AS {NEW_SQL}"))
                 f = 0.5 ** (traces / cfg.half_life)
                 common = {"f": f, "prune": cfg.prune}
                 if values is not None and values.num_columns > 2:
                     self._learn_values(values, common)
                 if attributes is not None:
                     self._learn_attributes(attributes, common, scale)
-                conn.execute(HIST_SQL.format(unit=UNIT_NS, gamma=cfg.gamma), common)
-                conn.execute(OPS_UPDATE_SQL, {**common, "max_ops": cfg.max_ops})
-                conn.execute(SHAPES_UPDATE_SQL, {**common, "max_shapes": cfg.max_shapes})
+                conn.execute(parsed(HIST_SQL.format(unit=UNIT_NS, gamma=cfg.gamma)), common)
+                conn.execute(parsed(OPS_UPDATE_SQL), {**common, "max_ops": cfg.max_ops})
+                conn.execute(parsed(SHAPES_UPDATE_SQL), {**common, "max_shapes": cfg.max_shapes})
                 # operations evicted from lz_ops take their buckets with them; most batches evict
                 # none, and one query finding where is cheaper than a DELETE per table
-                for (table,) in conn.execute(STALE_SQL).fetchall():
+                for (table,) in conn.execute(parsed(STALE_SQL)).fetchall():
                     conn.execute(f"DELETE FROM {table} WHERE {EVICTED[table]}")
             finally:
-                conn.execute("DROP VIEW IF EXISTS lz_in")
+                conn.execute(parsed("DROP VIEW IF EXISTS lz_in"))
                 conn.unregister("lz_new")
                 conn.unregister("lz_weights")
             self._cached = None
@@ -456,11 +457,11 @@ class History:
         cols = ", ".join(_quote(k) for k in keys)
         conn.register("lz_vin", values)
         try:
-            conn.execute(f"CREATE OR REPLACE TEMP TABLE lz_vnew AS {VALUES_NEW_SQL.format(cols=cols)}")
-            conn.execute(VTOT_UPDATE_SQL, common)
-            conn.execute(VALUES_UPDATE_SQL.format(cols=cols), {**common, "max_values": self.config.max_values})
+            conn.execute(parsed(f"CREATE OR REPLACE TEMP TABLE lz_vnew AS {VALUES_NEW_SQL.format(cols=cols)}"))
+            conn.execute(parsed(VTOT_UPDATE_SQL), common)
+            conn.execute(parsed(VALUES_UPDATE_SQL.format(cols=cols)), {**common, "max_values": self.config.max_values})
         finally:
-            conn.execute("DROP TABLE IF EXISTS lz_vnew")
+            conn.execute(parsed("DROP TABLE IF EXISTS lz_vnew"))
             conn.unregister("lz_vin")
 
     def _learn_attributes(self, attributes: pa.Table, common: dict[str, float], scale: float = 1.0) -> None:
@@ -468,15 +469,15 @@ class History:
         conn, cfg = self._conn, self.config
         conn.register("lz_ain", attributes)
         try:
-            conn.execute(f"CREATE OR REPLACE TEMP TABLE lz_failed AS {FAILED_SQL}")
-            conn.execute(f"CREATE OR REPLACE TEMP TABLE lz_anew AS {ATTR_NEW_SQL}", {"scale": scale})
-            conn.execute(AOPS_UPDATE_SQL, common)
-            conn.execute(AKEYS_UPDATE_SQL, {**common, "max_keys": cfg.max_keys})
-            conn.execute(ACAT_UPDATE_SQL, {**common, "max_values": cfg.max_values})
-            conn.execute(ANUM_UPDATE_SQL.format(bucket=attr_bucket_sql("nval", cfg.attr_gamma)), common)
+            conn.execute(parsed(f"CREATE OR REPLACE TEMP TABLE lz_failed AS {FAILED_SQL}"))
+            conn.execute(parsed(f"CREATE OR REPLACE TEMP TABLE lz_anew AS {ATTR_NEW_SQL}"), {"scale": scale})
+            conn.execute(parsed(AOPS_UPDATE_SQL), common)
+            conn.execute(parsed(AKEYS_UPDATE_SQL), {**common, "max_keys": cfg.max_keys})
+            conn.execute(parsed(ACAT_UPDATE_SQL), {**common, "max_values": cfg.max_values})
+            conn.execute(parsed(ANUM_UPDATE_SQL.format(bucket=attr_bucket_sql("nval", cfg.attr_gamma))), common)
         finally:
-            conn.execute("DROP TABLE IF EXISTS lz_anew")
-            conn.execute("DROP TABLE IF EXISTS lz_failed")
+            conn.execute(parsed("DROP TABLE IF EXISTS lz_anew"))
+            conn.execute(parsed("DROP TABLE IF EXISTS lz_failed"))
             conn.unregister("lz_ain")
 
     def attributes(self) -> AttributeBaseline:
@@ -485,14 +486,16 @@ class History:
         with self._lock:
             if self._cached_attributes is None:
                 p = {"min_count": self.config.min_count}
-                q = self._conn.sql
-                ops = q("SELECT service, name, n FROM lz_aops WHERE n >= $min_count", params=p).to_arrow_table()
+                def q(sql: str, params: dict[str, int]) -> duckdb.DuckDBPyRelation:
+                    return self._conn.sql(parsed(sql), params=params)
+
+                ops = q("SELECT service, name, n FROM lz_aops WHERE n >= $min_count", p).to_arrow_table()
                 known = "SEMI JOIN (SELECT service, name FROM lz_aops WHERE n >= $min_count) USING (service, name)"
                 self._cached_attributes = AttributeBaseline(
                     ops,
-                    q(f"SELECT * FROM lz_akeys {known}", params=p).to_arrow_table(),
-                    q(f"SELECT * FROM lz_acat {known}", params=p).to_arrow_table(),
-                    q(f"SELECT * FROM lz_anum {known}", params=p).to_arrow_table(),
+                    q(f"SELECT * FROM lz_akeys {known}", p).to_arrow_table(),
+                    q(f"SELECT * FROM lz_acat {known}", p).to_arrow_table(),
+                    q(f"SELECT * FROM lz_anum {known}", p).to_arrow_table(),
                     self.config.attr_gamma)
             return self._cached_attributes
 
@@ -502,8 +505,8 @@ class History:
             if self._cached is None:
                 p = {"min_count": self.config.min_count}
                 g = self.config.gamma
-                ops = self._conn.sql(BASE_OPS_SQL.format(unit=UNIT_NS, gamma=g), params=p).to_arrow_table()
-                shapes = self._conn.sql(BASE_SHAPES_SQL, params=p).to_arrow_table()
+                ops = self._conn.sql(parsed(BASE_OPS_SQL.format(unit=UNIT_NS, gamma=g)), params=p).to_arrow_table()
+                shapes = self._conn.sql(parsed(BASE_SHAPES_SQL), params=p).to_arrow_table()
                 self._cached = Baseline(ops, shapes)
             return self._cached
 
@@ -514,9 +517,9 @@ class History:
             if self._cached_values is None:
                 p = {"min_count": self.config.min_count}
                 self._cached_values = ValueBaseline(
-                    self._conn.sql(BASE_VALUES_SQL, params=p).to_arrow_table(),
-                    self._conn.sql(BASE_UNKNOWN_SQL, params=p).to_arrow_table(),
-                    self._conn.sql("SELECT service FROM lz_vtot WHERE n >= $min_count", params=p).to_arrow_table())
+                    self._conn.sql(parsed(BASE_VALUES_SQL), params=p).to_arrow_table(),
+                    self._conn.sql(parsed(BASE_UNKNOWN_SQL), params=p).to_arrow_table(),
+                    self._conn.sql(parsed("SELECT service FROM lz_vtot WHERE n >= $min_count"), params=p).to_arrow_table())
             return self._cached_values
 
     def size(self) -> dict[str, int]:

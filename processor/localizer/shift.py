@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 import duckdb
 
+from dsl.api import parsed
 from processor.localizer.evidence import ServiceEvidence, wilson_lower
 
 MIN_NODE_PODS = 3   # pods on a node (in the window) before what they share is taken as the node's
@@ -112,7 +113,7 @@ def pod_shifts(conn: duckdb.DuckDBPyConnection, *, wire_time: bool = True, coloc
     spans: dict[tuple[str, str, str | None], int] = defaultdict(int)
     peer: dict[tuple[str, str, str | None], float] = defaultdict(float)
     slowdown: dict[tuple[str, str, str | None], float] = defaultdict(float)
-    for service, pod, node, _, _, n, n_peer, above_peer, lr_peer in conn.execute(sql).fetchall():
+    for service, pod, node, _, _, n, n_peer, above_peer, lr_peer in conn.execute(parsed(sql)).fetchall():
         key = (service, pod, node)
         spans[key] += n
         part = _part(above_peer, n_peer, lr_peer)

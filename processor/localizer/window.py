@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import duckdb
 import pyarrow as pa
 
+from dsl.api import parsed
 from processor.localizer import evidence, shift
 from processor.localizer.baseline import Baseline
 from processor.localizer.evidence import ServiceEvidence
@@ -103,7 +104,7 @@ def rank_services(conn: duckdb.DuckDBPyConnection, metrics: pa.Table, baseline: 
         for run in _runners(sources, pods):
             for ev in run(conn):
                 found[ev.service].append(ev)
-        services = {s for (s,) in conn.sql("SELECT DISTINCT service FROM m").fetchall()}
+        services = {s for (s,) in conn.sql(parsed("SELECT DISTINCT service FROM m")).fetchall()}
     if null and "hub_discount" in sources:
         for s, evidence in found.items():
             usual = {e.source: (usual_share(null.get((s, e.source), ()), e.score), e.score)
