@@ -128,6 +128,8 @@ class RuleSet:
     checked: dict[str, ir.CheckedRule] = field(default_factory=dict, compare=False)
     statement_rules: int = field(default=STATEMENT_RULES, compare=False)  # rules per statement (> 0)
     columnar: bool = field(default=True, compare=False)  # local rules as columns of a few scans (``dsl.columnar``)
+    # the statements per set of absent columns (``_batch_plan``), in the order of use, the last used last
+    _batch_plans: dict[Absent, _BatchPlan] = field(default_factory=dict, compare=False, repr=False, init=False)
     _batch_plans_lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False, init=False)
 
     def __len__(self) -> int:
@@ -189,10 +191,6 @@ class RuleSet:
     def _attribute_types(self) -> dict[str, str]:
         """The projected attribute columns the rules read, in ``columns``' order, with their DuckDB types."""
         return {column_name(r): ref_sql_type(r) for r in sorted(self.projection)}
-
-    @cached_property
-    def _batch_plans(self) -> dict[Absent, _BatchPlan]:
-        return {}  # in the order of use, the last used last
 
     def _batch_plan(self, absent: Absent) -> _BatchPlan:
         """The statements for a batch without what ``absent`` says, built once per such

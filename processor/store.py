@@ -100,7 +100,7 @@ _PATH_KEY = "processors.faulttrace.storage.path"  # named in errors about the jo
 FORGET_DELAY = 0.1  # seconds delivered spans are gathered before one delete takes them from the journal
 # Scalars given to compute functions are typed: pyarrow converts an untyped Python value anew on
 # each call, and its conversion tries to import dateutil, which costs ~60 µs where it is not installed.
-_NO_SEPARATOR = pa.scalar(b"", pa.binary())
+NO_SEPARATOR = pa.scalar(b"", pa.binary())
 
 
 def released_from_rows(trace_ids: list[bytes], span_ids: list[bytes], parent_span_ids: list[bytes | None],
@@ -409,8 +409,8 @@ class SpanStore:
         rows = pa.concat_tables(parts).combine_chunks()
         # A span's key is its trace id and span id together: span ids are unique within a trace only.
         trace = rows.column("trace_id")
-        spans = pc.binary_join_element_wise(trace, rows.column("span_id"), _NO_SEPARATOR)
-        parents = pc.binary_join_element_wise(trace, rows.column("parent_span_id"), _NO_SEPARATOR)  # null: a root
+        spans = pc.binary_join_element_wise(trace, rows.column("span_id"), NO_SEPARATOR)
+        parents = pc.binary_join_element_wise(trace, rows.column("parent_span_id"), NO_SEPARATOR)  # null: a root
         orphan = pc.and_(pc.is_valid(parents), pc.invert(pc.is_in(parents, value_set=spans.combine_chunks())))
         incomplete = set(pc.unique(pc.filter(trace, orphan)).to_pylist())
         present = set(pc.unique(trace).to_pylist())

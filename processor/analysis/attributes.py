@@ -66,8 +66,9 @@ from processor.otlp.views import (
     span_attributes_view,
     span_lists_view,
 )
+from processor.otlp.wire import SPAN_ATTRIBUTES, SPAN_EVENTS, SPAN_LINKS, length_delimited, read_varint
 from processor.receivers.decode import decode
-from processor.store import ARROW_TYPES, STORAGE_COLUMNS
+from processor.store import ARROW_TYPES, NO_SEPARATOR, STORAGE_COLUMNS
 
 CACHED_VALUES = 50_000   # distinct encoded values remembered per column type
 
@@ -364,19 +365,7 @@ KEY_VALUES_REMEMBERED = 2048  # encodings of one key remembered at most (``Proje
 # A span's lists each end with the element b"\xff" (field 9, 11, 13; length 1): not a valid
 # encoding of a KeyValue, Event or Link (a varint's first byte with no last), so no span has it.
 _END = b"\xff"
-_ATTRIBUTES_END, _EVENTS_END, _LINKS_END = b"\x4a\x01\xff", b"\x5a\x01\xff", b"\x6a\x01\xff"
-
-
-def _varint(data: bytes, at: int) -> tuple[int, int]:
-    """The varint at ``data[at:]`` and where it ends; IndexError when it runs off the end."""
-    value = shift = 0
-    while True:
-        byte = data[at]
-        at += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, at
-        shift += 7
+_ATTRIBUTES_END, _EVENTS_END, _LINKS_END = (length_delimited(f, _END) for f in (SPAN_ATTRIBUTES, SPAN_EVENTS, SPAN_LINKS))
 
 
 def _split_key_value(kv: bytes) -> tuple[bytes, bytes]:
@@ -388,7 +377,7 @@ def _split_key_value(kv: bytes) -> tuple[bytes, bytes]:
             size = kv[1]
             at = 2
             if size >= 0x80:
-                size, at = _varint(kv, 1)
+                size, at = read_varint(kv, 1)
             end = at + size
             if end == n:
                 return kv[at:end], b""
@@ -396,7 +385,7 @@ def _split_key_value(kv: bytes) -> tuple[bytes, bytes]:
                 vsize = kv[end + 1]
                 vat = end + 2
                 if vsize >= 0x80:
-                    vsize, vat = _varint(kv, end + 1)
+                    vsize, vat = read_varint(kv, end + 1)
                 if vat + vsize == n:
                     return kv[at:end], kv[vat:]
     except IndexError:
@@ -407,7 +396,7 @@ def _split_key_value(kv: bytes) -> tuple[bytes, bytes]:
 
 def _joined(raws: pa.ChunkedArray, marks: bytes) -> memoryview:
     """The spans' bytes, each followed by ``marks``, as one buffer."""
-    joined = pc.binary_join_element_wise(raws, pa.scalar(marks, pa.binary()), pa.scalar(b"", pa.binary()))
+    joined = pc.binary_join_element_wise(raws, pa.scalar(marks, pa.binary()), NO_SEPARATOR)
     array = joined.combine_chunks() if joined.num_chunks != 1 else joined.chunk(0)
     if not len(array):
         return memoryview(b"")

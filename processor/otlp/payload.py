@@ -37,6 +37,7 @@ from processor.otlp.wire import (
     tag,
     varint,
 )
+from processor.store import NO_SEPARATOR
 
 DEFAULT_MAX_BYTES = 3 * 1024 * 1024  # under gRPC's default 4 MiB receive limit
 _SPAN_KEY = tag(SCOPE_SPANS_SPANS)
@@ -44,9 +45,6 @@ _SCOPE_KEY = tag(RESOURCE_SPANS_SCOPE_SPANS)
 _RESOURCE_KEY = tag(REQUEST_RESOURCE_SPANS)
 _cached_varint = lru_cache(maxsize=65536)(varint)
 _PREFIXED_LENGTHS = 1 << 14  # span lengths whose key and length prefix come from a table (2-byte varints)
-
-# A typed scalar: a bare b"" makes pyarrow guess its type, about 40 µs a call (it tries to import dateutil).
-_NO_SEPARATOR = pa.scalar(b"", pa.binary())
 
 
 @lru_cache(maxsize=1)
@@ -144,7 +142,7 @@ class _Framer:
             if pc.any(edited).as_py():
                 new = [self._edits[r] for r in rows.filter(edited).to_pylist()]
                 data = pc.replace_with_mask(data, edited, pa.array(new, pa.binary()))
-        framed = pc.binary_join_element_wise(_prefix(pc.binary_length(data)), data, _NO_SEPARATOR)
+        framed = pc.binary_join_element_wise(_prefix(pc.binary_length(data)), data, NO_SEPARATOR)
         offsets = pa.Array.from_buffers(pa.int32(), len(framed) + 1, [None, framed.buffers()[1]], offset=framed.offset)
         body = memoryview(framed.buffers()[2])
         by_resource: dict[int, list[tuple[bytes, memoryview]]] = {}

@@ -16,6 +16,7 @@ RESOURCE_SPANS_SCOPE_SPANS = 2  # ResourceSpans.scope_spans
 SCOPE_SPANS_SPANS = 2        # ScopeSpans.spans
 SPAN_ATTRIBUTES = 9          # Span.attributes (repeated KeyValue)
 SPAN_EVENTS = 11             # Span.events (repeated Span.Event)
+SPAN_LINKS = 13              # Span.links (repeated Span.Link)
 
 _SMALL_VARINTS = [bytes([i]) for i in range(128)]
 
@@ -30,6 +31,18 @@ def varint(value: int) -> bytes:
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+def read_varint(data: bytes, at: int) -> tuple[int, int]:
+    """The varint at ``data[at:]`` and where it ends; IndexError when it runs off the end."""
+    value = shift = 0
+    while True:
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, at
+        shift += 7
 
 
 def tag(field: int) -> bytes:
