@@ -105,19 +105,22 @@ def test_arrow_memory_goes_back_after_each_turn_that_released_spans():
     asyncio.run(scenario())
 
 
-def test_the_next_chunk_leaves_the_store_once_the_analysis_is_ready_for_it(monkeypatch):
-    """Chunks are analysed one after another: the next stays packed in the store until the last
-    one's verdict is back, instead of waiting unpacked beside it; every chunk is still exported."""
+def test_at_most_two_chunks_are_out_of_the_store_at_once(monkeypatch):
+    """Chunks are analysed one after another, the next given to the analysis while one is analysed
+    (so the analysis never waits for it); a third stays packed in the store until the first is
+    exported, instead of waiting unpacked beside them; every chunk is still exported."""
     monkeypatch.setattr(release, "RELEASE_CHUNK", 5)
 
     class Recording:
         def __init__(self, store: SpanStore) -> None:
             self.store = store
+            self.one_at_a_time = asyncio.Lock()  # an Analysis analyses the batches in turn
             self.left_when_done: list[int] = []  # spans still buffered as each verdict comes back
 
         async def analyze(self, table, resources) -> BatchVerdict:
-            await asyncio.sleep(0.01)
-            self.left_when_done.append(self.store.buffered_spans)
+            async with self.one_at_a_time:
+                await asyncio.sleep(0.01)
+                self.left_when_done.append(self.store.buffered_spans)
             return BatchVerdict()
 
     async def scenario() -> None:
@@ -131,7 +134,8 @@ def test_the_next_chunk_leaves_the_store_once_the_analysis_is_ready_for_it(monke
             await store.append(spans)
             assembler.observe(spans.traces, 0.0)
             await releaser.tick(5.0)  # 15 traces due: three chunks of five
-            assert analysis.left_when_done == [20, 10, 0]
+            # the second chunk left the store before the first's verdict, the third only after it
+            assert analysis.left_when_done == [10, 0, 0]
             assert exporter.spans == 30 and store.buffered_spans == 0
         finally:
             await store.close()
