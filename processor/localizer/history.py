@@ -46,6 +46,7 @@ from typing import TypeVar
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from dsl import AttrRef, column_name
 from dsl.api import parsed
@@ -92,30 +93,13 @@ CREATE TABLE IF NOT EXISTS lz_acat (service VARCHAR, name VARCHAR, key VARCHAR, 
 CREATE TABLE IF NOT EXISTS lz_anum (service VARCHAR, name VARCHAR, key VARCHAR, b INTEGER, w DOUBLE);
 """
 
-# The traces whose attribute values are not learned: a failed request (its root span in error) or
-# a suspect trace (weight below one: the localizer found a cause in it).  What values are normal is
-# learned from traffic without a failure, so a fault's values do not become normal while it lasts
-# (its traces fail), while a lasting change that fails nothing is absorbed.
-FAILED_SQL = """
-SELECT trace_id FROM lz_new WHERE parent_span_id IS NULL AND status_code = 2
-UNION
-SELECT trace_id FROM lz_weights WHERE weight < 1
-"""
-
-# New attribute values (``lz_ain``: the long form, ``attributes.all_attributes_sql``) of the traces
-# without a failure; presence is counted once per span and key.
-ATTR_NEW_SQL = """
-SELECT a.service, a.name, a.trace_id, a.span_id, a.key, a.type, a.sval, a.nval, $scale AS weight
-FROM lz_ain a ANTI JOIN lz_failed USING (trace_id)
-"""
-
-# the spans attribute shares are taken of: those of the same traces
+# the spans attribute shares are taken of (``lz_ok``): those of the traces whose attributes are learned
 AOPS_UPDATE_SQL = """
 CREATE OR REPLACE TABLE lz_aops AS
 SELECT service, name, sum(n) AS n FROM (
     SELECT service, name, n * $f AS n FROM lz_aops
     UNION ALL
-    SELECT service, name, weight FROM lz_in ANTI JOIN lz_failed USING (trace_id)
+    SELECT service, name, weight FROM lz_ok
 ) GROUP BY ALL HAVING sum(n) >= $prune
 """
 
@@ -172,12 +156,6 @@ EVICTED = {t: f"({k}) NOT IN (SELECT ({k}) FROM lz_ops)" for t, k in _EVICTED_KE
 STALE_SQL = " UNION ALL ".join(f"SELECT '{t}' FROM (SELECT 1 FROM {t} ANTI JOIN lz_ops USING ({k}) LIMIT 1)"
                                for t, k in _EVICTED_KEYS.items())
 
-# New observations: span metrics with a per-trace learning weight (``lz_weights``, default 1).
-NEW_SQL = """
-SELECT m.*, coalesce(w.weight, 1.0) AS weight
-FROM lz_new m LEFT JOIN lz_weights w USING (trace_id)
-"""
-
 HIST_SQL = """
 CREATE OR REPLACE TABLE lz_hist AS
 SELECT service, name, metric, b, sum(w) AS w FROM (
@@ -214,13 +192,11 @@ QUALIFY row_number() OVER (PARTITION BY service, name ORDER BY w DESC, sig) <= $
 """
 
 # Attribute values of the new spans (``lz_vin``: trace_id, service, one VARCHAR column per
-# attribute) weighted like their traces; NULL (attribute absent) is never a value.  Spans that
+# attribute, and their trace's ``weight``); NULL (attribute absent) is never a value.  Spans that
 # carry the same values are summed first: a batch holds far fewer combinations than spans, and
 # VALUES_UPDATE_SQL unpivots a row per attribute.
 VALUES_NEW_SQL = """
-SELECT a.service, sum(coalesce(w.weight, 1.0)) AS weight, {cols}
-FROM lz_vin a LEFT JOIN lz_weights w USING (trace_id)
-GROUP BY ALL
+SELECT service, sum(weight) AS weight, {cols} FROM lz_vin GROUP BY ALL
 """
 
 VTOT_UPDATE_SQL = """
@@ -340,6 +316,7 @@ class History:
         self._cached: Baseline | None = None
         self._cached_values: ValueBaseline | None = None
         self._cached_attributes: AttributeBaseline | None = None
+        self._ops: _Ops | None = None  # unknown: the next update checks every table for evicted rows
         self.traces_seen = 0
         # saved beside the journal and restored here (``snapshot``); other parts may ``attach``
         self.snapshots = Snapshots(self.config.snapshot) if self.config.snapshot else None
@@ -359,6 +336,7 @@ class History:
                 return fn(self._conn)
             finally:
                 self._cached = self._cached_values = self._cached_attributes = None
+                self._ops = None
 
     def sketches(self) -> Sketches:
         """A copy of what the history has learned, for another history to ``load``."""
@@ -415,32 +393,36 @@ class History:
         if metrics.num_rows == 0:
             return 0
         cfg = self.config
+        # the batch's rows weighted per trace (``_weighted``), joined in Arrow once instead of in
+        # every statement that reads them
+        new = _weighted(metrics, weights)
+        traces = pc.count_distinct(metrics.column("trace_id")).as_py()
+        f = 0.5 ** (traces / cfg.half_life)
         with self._lock:
             conn = self._conn
-            conn.register("lz_new", metrics)
-            conn.register("lz_weights", pa.table({
-                "trace_id": pa.array(list(weights or {}), pa.binary()),
-                "weight": pa.array(list((weights or {}).values()), pa.float64())}))
+            conn.register("lz_in", new)
             try:
-                traces = conn.execute(parsed("SELECT count(DISTINCT trace_id) FROM lz_new")).fetchall()[0][0]
-                conn.execute(parsed(f"CREATE OR REPLACE TEMP VIEW lz_in AS {NEW_SQL}"))
-                f = 0.5 ** (traces / cfg.half_life)
                 common = {"f": f, "prune": cfg.prune}
                 if values is not None and values.num_columns > 2:
-                    self._learn_values(values, common)
+                    self._learn_values(_weighted(values, weights), common)
                 if attributes is not None:
-                    self._learn_attributes(attributes, common, scale)
+                    self._learn_attributes(new, attributes, weights, common, scale)
                 conn.execute(parsed(HIST_SQL.format(unit=UNIT_NS, gamma=cfg.gamma)), common)
+                evicting = self._may_evict(new, weights, f)
                 conn.execute(parsed(OPS_UPDATE_SQL), {**common, "max_ops": cfg.max_ops})
                 conn.execute(parsed(SHAPES_UPDATE_SQL), {**common, "max_shapes": cfg.max_shapes})
                 # operations evicted from lz_ops take their buckets with them; most batches evict
                 # none, and one query finding where is cheaper than a DELETE per table
-                for (table,) in conn.execute(parsed(STALE_SQL)).fetchall():
-                    conn.execute(f"DELETE FROM {table} WHERE {EVICTED[table]}")
+                if evicting:
+                    for (table,) in conn.execute(parsed(STALE_SQL)).fetchall():
+                        conn.execute(f"DELETE FROM {table} WHERE {EVICTED[table]}")
+                rows, least = conn.execute(parsed("SELECT count(*), min(n) FROM lz_ops")).fetchall()[0]
+                self._ops = _Ops(rows, least)
+            except BaseException:
+                self._ops = None  # the tables may be half updated: the next batch checks them all
+                raise
             finally:
-                conn.execute(parsed("DROP VIEW IF EXISTS lz_in"))
-                conn.unregister("lz_new")
-                conn.unregister("lz_weights")
+                conn.unregister("lz_in")
             self._cached = None
             self._cached_values = None
             self._cached_attributes = None
@@ -449,11 +431,28 @@ class History:
             self.snapshots.learned(self)
         return traces
 
+    def _may_evict(self, new: pa.Table, weights: dict[bytes, float] | None, f: float) -> bool:
+        """Whether this batch's update of lz_ops (decay by ``f``, then the new rows) may drop an
+        operation, leaving rows of it in other tables: unless the tables are known consistent and
+        lz_ops known (``_Ops``), only if its lightest operation decays below ``prune``, a new row
+        weighs less than ``prune`` or the operations may outnumber ``max_ops``.  Every table's rows
+        come from the same new rows as lz_ops', with no more weight, so nothing else leaves any."""
+        cfg, ops = self.config, self._ops
+        if ops is None:
+            return True
+        if ops.rows and ops.least * f < cfg.prune:
+            return True
+        if min((weights or {}).values(), default=1.0) < cfg.prune:
+            return True
+        if ops.rows + new.num_rows <= cfg.max_ops:
+            return False
+        return ops.rows + new.group_by(["service", "name"]).aggregate([]).num_rows > cfg.max_ops
+
     def _learn_values(self, values: pa.Table, common: dict[str, float]) -> None:
-        """Count attribute values per service (under the lock, in ``learn``).  A trace's weight
-        applies to its spans' values as to its timings."""
+        """Count attribute values per service (under the lock, in ``learn``): ``values`` with their
+        trace's ``weight`` (``_weighted``), which applies to its spans' values as to its timings."""
         conn = self._conn
-        keys = [n for n in values.column_names if n not in ("trace_id", "service")]
+        keys = [n for n in values.column_names if n not in ("trace_id", "service", "weight")]
         cols = ", ".join(_quote(k) for k in keys)
         conn.register("lz_vin", values)
         try:
@@ -464,21 +463,25 @@ class History:
             conn.execute(parsed("DROP TABLE IF EXISTS lz_vnew"))
             conn.unregister("lz_vin")
 
-    def _learn_attributes(self, attributes: pa.Table, common: dict[str, float], scale: float = 1.0) -> None:
-        """Learn every span attribute per operation (under the lock, in ``learn``)."""
+    def _learn_attributes(self, new: pa.Table, attributes: pa.Table, weights: dict[bytes, float] | None,
+                          common: dict[str, float], scale: float = 1.0) -> None:
+        """Learn every span attribute per operation (under the lock, in ``learn``) from the traces
+        without a failure (``_failed``): ``new`` the batch's weighted span metrics."""
         conn, cfg = self._conn, self.config
-        conn.register("lz_ain", attributes)
+        failed = _failed(new, weights)
+        ok = pc.invert(pc.is_in(attributes.column("trace_id"), failed))
+        anew = attributes.select(["service", "name", "trace_id", "span_id", "key", "type", "sval", "nval"]).filter(ok)
+        anew = anew.append_column("weight", pa.repeat(pa.scalar(scale, pa.float64()), anew.num_rows))
+        conn.register("lz_anew", anew)
+        conn.register("lz_ok", new.filter(pc.invert(pc.is_in(new.column("trace_id"), failed))))
         try:
-            conn.execute(parsed(f"CREATE OR REPLACE TEMP TABLE lz_failed AS {FAILED_SQL}"))
-            conn.execute(parsed(f"CREATE OR REPLACE TEMP TABLE lz_anew AS {ATTR_NEW_SQL}"), {"scale": scale})
             conn.execute(parsed(AOPS_UPDATE_SQL), common)
             conn.execute(parsed(AKEYS_UPDATE_SQL), {**common, "max_keys": cfg.max_keys})
             conn.execute(parsed(ACAT_UPDATE_SQL), {**common, "max_values": cfg.max_values})
             conn.execute(parsed(ANUM_UPDATE_SQL.format(bucket=attr_bucket_sql("nval", cfg.attr_gamma))), common)
         finally:
-            conn.execute(parsed("DROP TABLE IF EXISTS lz_anew"))
-            conn.execute(parsed("DROP TABLE IF EXISTS lz_failed"))
-            conn.unregister("lz_ain")
+            conn.unregister("lz_anew")
+            conn.unregister("lz_ok")
 
     def attributes(self) -> AttributeBaseline:
         """What each operation's span attributes normally hold, for the operations whose
@@ -526,6 +529,35 @@ class History:
         """Rows held per table: what bounds memory."""
         with self._lock:
             return {t: self._conn.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in SKETCH_TABLES}
+
+
+@dataclass(frozen=True, slots=True)
+class _Ops:
+    """lz_ops after the last update (``History._may_evict``): its rows and its lightest ``n``."""
+
+    rows: int
+    least: float | None
+
+
+def _weighted(rows: pa.Table, weights: dict[bytes, float] | None) -> pa.Table:
+    """``rows`` with their trace's learning ``weight`` (``weights``, 1 for a trace not in it)."""
+    if not weights:
+        return rows.append_column("weight", pa.repeat(pa.scalar(1.0, pa.float64()), rows.num_rows))
+    ids = rows.column("trace_id")
+    at = pc.index_in(ids, pa.array(list(weights), ids.type))
+    weight = pc.fill_null(pc.take(pa.array(list(weights.values()), pa.float64()), at), 1.0)
+    return rows.append_column("weight", weight)
+
+
+def _failed(new: pa.Table, weights: dict[bytes, float] | None) -> pa.Array:
+    """The traces whose attribute values are not learned: a failed request (its root span in error)
+    or a suspect trace (weight below one: the localizer found a cause in it).  What values are normal
+    is learned from traffic without a failure, so a fault's values do not become normal while it
+    lasts (its traces fail), while a lasting change that fails nothing is absorbed."""
+    ids = new.column("trace_id")
+    root_error = pc.and_(pc.is_null(new.column("parent_span_id")), pc.equal(new.column("status_code"), 2))
+    suspect = [t for t, w in (weights or {}).items() if w < 1]
+    return pc.unique(pa.concat_arrays([ids.filter(root_error).combine_chunks(), pa.array(suspect, ids.type)]))
 
 
 def _quote(name: str) -> str:

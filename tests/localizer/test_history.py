@@ -92,6 +92,35 @@ def test_evicted_operations_take_their_rows_with_them() -> None:
     assert held["lz_hist"] == held["lz_shapes"] == held["lz_ops"]
     assert held["lz_values"] == held["lz_vtot"] == {(s,) for s, _ in held["lz_ops"]}
 
+
+def test_an_operation_evicted_in_a_later_batch_leaves_every_table() -> None:
+    # ads is learned in the first batch, its attribute keys at a sample's scale (1,000 traces a
+    # sampled one), then stops; one batch later its operation has decayed below the prune weight
+    # (30 x 0.5 ** 12) while its keys have not (x 1,000): the update that evicts it must see that,
+    # though it is not the first (which checks every table anyway)
+    history = History(HistoryConfig(min_count=1, half_life=2.5))
+    for seed in range(2):
+        rows = [r for r in synth.spans(n=30, seed=seed) if seed == 0 or r["service"] != "ads"]
+        history.learn(span_metrics(duckdb.connect(), synth.table(rows)), attributes=_long(rows), scale=1000.0)
+
+    def services(conn: duckdb.DuckDBPyConnection) -> dict[str, set[str]]:
+        return {t: {s for (s,) in conn.sql(f"SELECT DISTINCT service FROM {t}").fetchall()}
+                for t in ("lz_ops", "lz_hist", "lz_aops", "lz_akeys", "lz_acat")}
+
+    held = history.with_sketches(services)
+    assert "db" in held["lz_ops"] and "db" in held["lz_akeys"]
+    assert all("ads" not in s for s in held.values()), held
+
+
+def _long(rows: list[dict]) -> pa.Table:
+    """One string attribute per span in the long form ``History.learn`` takes."""
+    return pa.table({"service": [r["service"] for r in rows], "name": [r["name"] for r in rows],
+                     "trace_id": pa.array([r["trace_id"] for r in rows], pa.binary()),
+                     "span_id": pa.array([r["span_id"] for r in rows], pa.binary()),
+                     "key": ["tier"] * len(rows), "type": ["string"] * len(rows), "sval": ["gold"] * len(rows),
+                     "nval": pa.array([None] * len(rows), pa.float64())})
+
+
 def _values(rows: list[dict], nodes: list[str | None]) -> pa.Table:
     return pa.table({"trace_id": pa.array([r["trace_id"] for r in rows], pa.binary()),
                      "service": [r["service"] for r in rows], NODE: pa.array(nodes, pa.string())})
