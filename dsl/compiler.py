@@ -497,6 +497,20 @@ def _render(node: ir.Node, ctx: _Ctx) -> str:
 # ---- the prepare step -----------------------------------------------------------------
 
 
+# the trace's root span, as dsl.spantree defines it for the processor's verdicts too
+_ROOT = root_key_sql("s", no_parent="s._is_root", parent_found="s._parent IS NOT NULL")
+# the trace-level values (``trace.…``) by column, as aggregates over the trace's rows of ``s``
+_TRACE_VALUES = {"_t_duration": "max(end_ns) - min(start_ns)",
+                 "_t_root_service": f"nullif(arg_min(service, {_ROOT}), '')",
+                 "_t_root_name": f"arg_min(name, {_ROOT})",
+                 "_t_span_count": "count(*)",
+                 "_t_error_count": "count(*) FILTER (WHERE status_code = 2)"}
+# the baseline intrinsics by column, from the learned baseline's row for the span's operation (``bl``)
+_BASELINE_VALUES = {"_b_p99": "CAST(round(bl.p99) AS BIGINT)", "_b_median": "CAST(round(bl.med) AS BIGINT)",
+                    "_b_median_f": "bl.med", "_b_mad": "bl.mad"}
+_BASELINE_TYPES = {"_b_p99": "BIGINT", "_b_median": "BIGINT", "_b_median_f": "DOUBLE", "_b_mad": "DOUBLE"}
+
+
 def prepare_statements(table: str, needs: frozenset[str], columns: tuple[str, ...], row_key: str | None = "rowid",
                        baseline: bool = False, absent: Mapping[str, str] | None = None,
                        reads: Collection[str] | None = None) -> list[str]:
@@ -515,7 +529,8 @@ def prepare_statements(table: str, needs: frozenset[str], columns: tuple[str, ..
     has a value in (name -> DuckDB type), left out of the copies; the statements that read
     them read a typed NULL instead (``with_nulls``).  ``reads``: the columns the batch's
     statements read of the prepared span table (``read_columns``), the only ones copied into it
-    besides those the events and links tables are built from; None: all of ``columns``."""
+    besides those the events and links tables are built from, and the only trace and baseline
+    values (``_t_*``, ``_b_*``) computed; None: all of them."""
     absent = absent or {}
     columns = tuple(c for c in columns if c not in absent)
     lists = {c for c in columns if ("events" in needs and c.startswith(EVENT_COLUMN_PREFIX))
@@ -547,18 +562,18 @@ def prepare_statements(table: str, needs: frozenset[str], columns: tuple[str, ..
         ctes.append(f"cov AS ({covered_sql('s', key=('_row',), ref=('_parent',))})")
         cols.append(f"CAST({self_time_sql('s', 'cov.covered')} AS BIGINT) AS _self")
         joins.append("LEFT JOIN cov ON cov._row = s._row")
-    if "trace" in needs:
-        # the trace's root span, as dsl.spantree defines it for the processor's verdicts too
-        root = root_key_sql("s", no_parent="s._is_root", parent_found="s._parent IS NOT NULL")
-        ctes.append(
-            "tr AS (SELECT _trace, max(end_ns) - min(start_ns) AS _t_duration, "
-            f"nullif(arg_min(service, {root}), '') AS _t_root_service, arg_min(name, {root}) AS _t_root_name, "
-            "count(*) AS _t_span_count, count(*) FILTER (WHERE status_code = 2) AS _t_error_count "
-            "FROM s GROUP BY _trace)"
-        )
-        cols.append("tr._t_duration, tr._t_root_service, tr._t_root_name, tr._t_span_count, tr._t_error_count")
+
+    def read(derived: dict[str, str]) -> dict[str, str]:
+        # the trace and baseline values the batch's statements read: each costs its aggregate or
+        # join and its copy (the library reads 2 of their 9)
+        return {c: sql for c, sql in derived.items() if reads is None or c in reads}
+
+    if "trace" in needs and (trace := read(_TRACE_VALUES)):
+        ctes.append(f"tr AS (SELECT _trace, {', '.join(f'{sql} AS {c}' for c, sql in trace.items())} "
+                    "FROM s GROUP BY _trace)")
+        cols.append(", ".join(f"tr.{c}" for c in trace))
         joins.append("LEFT JOIN tr ON tr._trace = s._trace")
-    if "baseline" in needs:
+    if "baseline" in needs and (base := read(_BASELINE_VALUES)):
         if baseline:
             # one row per operation even if the caller's table repeats one
             ctes.append(
@@ -566,12 +581,10 @@ def prepare_statements(table: str, needs: frozenset[str], columns: tuple[str, ..
                 "max(CAST(median_self_ns AS DOUBLE)) AS med, max(CAST(mad_self_ns AS DOUBLE)) AS mad "
                 f"FROM {BASELINE_TABLE} GROUP BY service, name)"
             )
-            cols.append("CAST(round(bl.p99) AS BIGINT) AS _b_p99, CAST(round(bl.med) AS BIGINT) AS _b_median, "
-                        "bl.med AS _b_median_f, bl.mad AS _b_mad")
+            cols.append(", ".join(f"{sql} AS {c}" for c, sql in base.items()))
             joins.append("LEFT JOIN bl ON bl.service = s.service AND bl.name = s.name")
         else:
-            cols.append("CAST(NULL AS BIGINT) AS _b_p99, CAST(NULL AS BIGINT) AS _b_median, "
-                        "CAST(NULL AS DOUBLE) AS _b_median_f, CAST(NULL AS DOUBLE) AS _b_mad")
+            cols.append(", ".join(f"CAST(NULL AS {_BASELINE_TYPES[c]}) AS {c}" for c in base))
     # the derived values and the copy in one statement: a table of the derived values would
     # cost its writing and a scan (~10 ms of 100,000 spans)
     ctes.append(f"x AS (SELECT {', '.join(cols)} FROM s {' '.join(joins)})")

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from dsl import BASELINE_TABLE
-from dsl.compiler import quote_ident
+from dsl.compiler import SPANS, quote_ident
 from tests.support.dsl_spans import Trace, load
 
 HEAD = 'title "t"\n  layer code\n  severity low\n  confidence 0.5\n'
@@ -390,6 +390,29 @@ def test_baseline_intrinsics_are_nil_without_a_baseline_table(rules_from):
     assert _baseline_run(rs, t) == []
     rs = rules_from(rule("true", message='"{e.name} {e.baseline_p99} {e.zscore}"'))
     assert sorted(f.message for f in _baseline_run(rs, t)) == ["GET / nil nil", "lookup nil nil", "query nil nil"]
+
+
+def test_the_span_table_holds_only_the_trace_and_baseline_values_read(rules_from):
+    # each trace value is an aggregate and each baseline value a column to copy: a rule set
+    # reading one of each gets those, and says the same as with all of them there
+    rs = rules_from(rule("e.self_time > 5 * e.baseline_p99 and trace.error_count = 0",
+                         message='"{e.name} {e.baseline_p99}"'))
+    conn = duckdb.connect()
+    try:
+        load(conn, [_slow_trace()], rs.projection)
+        conn.register(BASELINE_TABLE, pa.table({
+            "service": [b[0] for b in BASE], "name": [b[1] for b in BASE], "p99_self_ns": [b[2] for b in BASE],
+            "median_self_ns": [float(b[3]) for b in BASE], "mad_self_ns": [float(b[4]) for b in BASE]}))
+        for stmt in rs.prepare_statements(conn, "batch"):
+            conn.execute(stmt)
+        derived = {c for (c,) in conn.execute(f"SELECT name FROM pragma_table_info('{SPANS}')").fetchall()
+                   if c.startswith(("_t_", "_b_"))}
+        assert derived == {"_t_error_count", "_b_p99"}
+    finally:
+        conn.close()
+    assert [f.message for f in _baseline_run(rs, _slow_trace(), baseline=BASE)] == ["query 20ms"]
+    rs = rules_from(rule("trace.span_count = 3 and exists(e.baseline_median)", message='"{e.name}"'))
+    assert _baseline_run(rs, _slow_trace()) == []  # nil without a baseline, as with all values there
 
 
 def test_zscore_is_nil_when_the_mad_is_zero(rules_from):
