@@ -46,7 +46,7 @@ from processor.localizer.shift import PodShift
 from processor.localizer.silent import Silent, abnormal_spans
 from processor.localizer.spans import read_spans
 from processor.localizer.variability import null_scores
-from processor.localizer.window import SOURCES, rank_services, window_pods
+from processor.localizer.window import SOURCES, ServiceScore, rank_services, window_pods
 
 # The parts of the causal model, by the names ``SOURCES`` gives them.
 CAUSAL = ("silent", "causal_past", "lift")
@@ -64,7 +64,7 @@ SELECT trace_id FROM (SELECT DISTINCT trace_id FROM {table}) ORDER BY hash(trace
 READ_SQL = """
 SELECT trace_id FROM lz_sample
 UNION
-SELECT m.trace_id FROM lz_m m LEFT JOIN lz_base o USING (service, name)
+SELECT m.trace_id FROM m LEFT JOIN base_ops o USING (service, name)
 WHERE m.status_code = 2 OR m.self_ns > o.self_p99
 """
 
@@ -198,16 +198,29 @@ class LocalizerAnalyzer:
         if metrics.num_rows == 0:
             return LocalizedBatch()
         baseline = self.history.baseline()
-        # the pods' shifts serve the window's ranking and the per-trace blame: read once
+        # ``m`` and the baseline registered once for every step of the batch that reads them
         with baseline.beside(conn, metrics):
-            pods = window_pods(conn, self.sources)
+            verdict, values, learned, scale, ranking = self._blame(conn, table, columns, metrics, baseline)
+        self.history.learn(metrics, dict.fromkeys(verdict.traces, self.learn_suspect),
+                           values.drop_columns(["span_id"]) if values is not None else None, learned, scale)
+        services = tuple(ServiceRank(r.service, round(r.score, 4), round(r.probability, 4))
+                         for r in ranking if r.score > 0)
+        return dataclasses.replace(verdict, services=services)
+
+    def _blame(self, conn: duckdb.DuckDBPyConnection, table: str, columns: set[str], metrics: pa.Table,
+               baseline: Baseline) -> tuple[LocalizedBatch, pa.Table | None, pa.Table | None, float,
+                                            list[ServiceScore]]:
+        """The batch's verdict (``m`` and ``baseline`` beside it), its attribution values, the
+        attributes to learn and the traces a sampled one stands for, and the services' ranking."""
+        # the pods' shifts serve the window's ranking and the per-trace blame: read once
+        pods = window_pods(conn, self.sources)
         ranking = rank_services(conn, metrics, baseline, self.sources, self.null, pods)
         # why the second service is not first (``faulttrace explain``), for the batch just ranked
         if self.explain_contrast:
             self.contrast = tuple(why_not_first(ranking, excess_inside(conn, metrics, baseline)))
         long, scale = None, 1.0
         if column_name(ALL_ATTRIBUTES) in columns:
-            scale = _long_form(conn, table, columns, metrics, baseline, self.sample_traces, self.long_form)
+            scale = _long_form(conn, table, columns, metrics, self.sample_traces, self.long_form)
             long = "SELECT * FROM lz_long"
         try:
             silent = None
@@ -229,11 +242,7 @@ class LocalizerAnalyzer:
                 for name in ("lz_long", "lz_sample"):
                     conn.execute(parsed(f"DROP TABLE IF EXISTS {name}"))
                 conn.execute(parsed("DROP VIEW IF EXISTS lz_spans"))
-        self.history.learn(metrics, dict.fromkeys(verdict.traces, self.learn_suspect),
-                           values.drop_columns(["span_id"]) if values is not None else None, learned, scale)
-        services = tuple(ServiceRank(r.service, round(r.score, 4), round(r.probability, 4))
-                         for r in ranking if r.score > 0)
-        return dataclasses.replace(verdict, services=services)
+        return verdict, values, learned, scale, ranking
 
     def _attribute(self, conn: duckdb.DuckDBPyConnection, values: pa.Table | None,
                    verdict: LocalizedBatch) -> list[Attribution]:
@@ -327,29 +336,24 @@ def _with_attributions(verdict: LocalizedBatch, found: list[Attribution]) -> Loc
 
 
 def _long_form(conn: duckdb.DuckDBPyConnection, table: str, columns: set[str], metrics: pa.Table,
-               baseline: Baseline, sample: int, long_form: LongForm) -> float:
+               sample: int, long_form: LongForm) -> float:
     """The attributes of the batch's sampled and failing traces in long form as ``lz_long``
     (with ``sampled``), their spans as ``lz_spans``, the sampled traces as ``lz_sample``: decoded
     from the span bytes when the batch has them, else from its ``ALL_ATTRIBUTES`` column.
-    Returns how many traces a sampled one stands for."""
-    conn.register("lz_m", metrics)
-    conn.register("lz_base", baseline.ops)
-    try:
-        conn.execute(parsed(SAMPLE_SQL.format(table=table)), {"n": sample})
-        read = f"SELECT * FROM {table} WHERE trace_id IN ({READ_SQL})"
-        if "raw" in columns:
-            spans = conn.sql(parsed(f"SELECT trace_id, span_id, service, name, raw FROM ({read})")).to_arrow_table()
-            conn.register("lz_decoded", long_form.table(spans))
-            try:
-                conn.execute(parsed(LONG_SQL.format(long="SELECT * FROM lz_decoded")))
-            finally:
-                conn.unregister("lz_decoded")
-        else:
-            conn.execute(LONG_SQL.format(long=all_attributes_sql(f"({read})")))
-        conn.execute(parsed(SPANS_SQL.format(table=table)))
-    finally:
-        conn.unregister("lz_m")
-        conn.unregister("lz_base")
+    Returns how many traces a sampled one stands for.  ``metrics`` (as ``m``) and the baseline
+    (``base_ops``) are registered (``Baseline.beside``)."""
+    conn.execute(parsed(SAMPLE_SQL.format(table=table)), {"n": sample})
+    read = f"SELECT * FROM {table} WHERE trace_id IN ({READ_SQL})"
+    if "raw" in columns:
+        spans = conn.sql(parsed(f"SELECT trace_id, span_id, service, name, raw FROM ({read})")).to_arrow_table()
+        conn.register("lz_decoded", long_form.table(spans))
+        try:
+            conn.execute(parsed(LONG_SQL.format(long="SELECT * FROM lz_decoded")))
+        finally:
+            conn.unregister("lz_decoded")
+    else:
+        conn.execute(LONG_SQL.format(long=all_attributes_sql(f"({read})")))
+    conn.execute(parsed(SPANS_SQL.format(table=table)))
     # the batch's traces are those of its span metrics, and the sample is the first ``sample`` of
     # them: counted here instead of by two more statements per batch
     total = pc.count_distinct(metrics.column("trace_id")).as_py()
