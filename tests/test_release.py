@@ -141,3 +141,56 @@ def test_at_most_two_chunks_are_out_of_the_store_at_once(monkeypatch):
             await store.close()
 
     asyncio.run(scenario())
+
+
+def test_a_turn_leaves_its_last_chunk_under_analysis_and_it_is_exported_when_its_verdict_is_back(monkeypatch):
+    """The loop's next turn need not wait for the last chunk's verdict (the analysis works on it
+    while the next turn checks the store), yet the chunk leaves as soon as its verdict is back,
+    not at the next turn."""
+    monkeypatch.setattr(release, "RELEASE_CHUNK", 5)
+
+    class LastWaits:
+        def __init__(self) -> None:
+            self.calls = 0
+            self.go = asyncio.Event()
+
+        async def analyze(self, table, resources) -> BatchVerdict:
+            self.calls += 1
+            if self.calls == 3:
+                await self.go.wait()
+            return BatchVerdict()
+
+    async def scenario() -> None:
+        store = SpanStore()
+        await store.open()
+        assembler = Assembler(decision_wait=5.0, max_traces=100, max_spans_per_trace=100, late_span_cache=100)
+        exporter, analysis, now = Collecting(), LastWaits(), [0.0]
+        # turns every 30 s: none comes between the verdict and the assertions below
+        releaser = Releaser(store, assembler, analysis, [exporter], Telemetry(), 30.0, lambda: now[0])
+        loop = asyncio.create_task(releaser.run())
+        try:
+            spans = batch(range(1, 16), spans_per_trace=2)
+            await store.append(spans)
+            assembler.observe(spans.traces, 0.0)
+            await asyncio.sleep(0)
+            now[0] = 50.0
+            releaser._wake.set()  # the turn is due: 15 traces in three chunks of five
+            for _ in range(200):
+                if analysis.calls == 3 and exporter.spans == 20:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.1)
+            assert analysis.calls == 3 and exporter.spans == 20  # the last chunk is under analysis
+            assert not releaser._lock.locked()  # and the turn is over
+            analysis.go.set()
+            for _ in range(100):
+                if exporter.spans == 30:
+                    break
+                await asyncio.sleep(0.01)
+            assert exporter.spans == 30 and store.buffered_spans == 0
+        finally:
+            releaser.stop()
+            await loop
+            await store.close()
+
+    asyncio.run(scenario())
