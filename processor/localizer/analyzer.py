@@ -67,12 +67,13 @@ SELECT m.trace_id FROM m LEFT JOIN base_ops o USING (service, name)
 WHERE m.status_code = 2 OR m.self_ns > o.self_p99
 """
 
-SPANS_SQL = """
-CREATE OR REPLACE TEMP VIEW lz_spans AS
+# the spans of lz_long (``_long_form``) and of the sampled traces, as a subquery the silent
+# abnormality reads when it runs (``abnormal_spans``' spans), not a view made every batch
+SPANS_SQL = """(
 SELECT DISTINCT trace_id, span_id, service, name, sampled FROM lz_long
 UNION
 SELECT trace_id, span_id, service, name, true FROM {table} WHERE trace_id IN (SELECT trace_id FROM lz_sample)
-"""
+)"""
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +222,8 @@ class LocalizerAnalyzer:
             if long is not None and self.silent:
                 attrs, max_keys = self.history.attributes(), self.history.config.max_keys
                 silent = Silent((), self.causal_past, self.lift, "lz_sample",
-                                lambda: tuple(abnormal_spans(conn, long, "lz_spans", attrs, max_keys)))
+                                lambda: tuple(abnormal_spans(conn, long, SPANS_SQL.format(table=table), attrs,
+                                                             max_keys)))
             details = _details(conn, table, columns)
             verdict = blame_traces(conn, metrics, baseline, ranking, self.per_trace, details, silent,
                                    _slow_pods(pods))
@@ -233,7 +235,6 @@ class LocalizerAnalyzer:
             learned = rows.filter(rows.column("sampled")) if rows is not None else None
         finally:
             if long is not None:
-                conn.execute(parsed("DROP VIEW IF EXISTS lz_spans"))
                 for name in ("lz_long", "lz_sample"):
                     conn.unregister(name)
         return verdict, values, learned, scale, ranking
@@ -332,7 +333,7 @@ def _with_attributions(verdict: LocalizedBatch, found: list[Attribution]) -> Loc
 def _long_form(conn: duckdb.DuckDBPyConnection, table: str, columns: set[str], metrics: pa.Table,
                sample: int, long_form: LongForm) -> tuple[pa.Table, float]:
     """The attributes of the batch's sampled and failing traces in long form, with ``sampled``,
-    registered as ``lz_long``, their spans as ``lz_spans``, the sampled traces as ``lz_sample``:
+    registered as ``lz_long``, the sampled traces as ``lz_sample`` (their spans: ``SPANS_SQL``):
     decoded from the span bytes when the batch has them, else from its ``ALL_ATTRIBUTES`` column.
     Returns the long form and how many traces a sampled one stands for.  ``metrics`` (as ``m``)
     and the baseline (``base_ops``) are registered (``Baseline.beside``).  The long form and the
@@ -348,7 +349,6 @@ def _long_form(conn: duckdb.DuckDBPyConnection, table: str, columns: set[str], m
         long = conn.sql(all_attributes_sql(f"({read})")).to_arrow_table()
     long = long.append_column("sampled", pc.is_in(long.column("trace_id"), sampled.column("trace_id").combine_chunks()))
     conn.register("lz_long", long)
-    conn.execute(parsed(SPANS_SQL.format(table=table)))
     # the batch's traces are those of its span metrics, and the sample is the first ``sample`` of
     # them: counted here instead of by two more statements per batch
     total = pc.count_distinct(metrics.column("trace_id")).as_py()
