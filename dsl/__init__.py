@@ -8,15 +8,25 @@ from dsl.projection import SPAN_COLUMNS, AttrRef, AttrSource, AttrType, any_text
 
 __all__ = ["SPAN_COLUMNS", "AttrRef", "AttrSource", "AttrType", "any_text", "column_name"]
 
-from dsl.api import Evaluation, Finding, RuleError, RuleRuntimeError, RuleSet, check_paths, cli_check, load_rules  # noqa: E402
-from dsl.compiler import BASELINE_COLUMNS, BASELINE_TABLE  # noqa: E402
+from dsl.api import (  # noqa: E402
+    Evaluation,
+    Finding,
+    RuleError,
+    RuleRuntimeError,
+    RuleSet,
+    check_paths,
+    cli_check,
+    empty_columns,
+    load_rules,
+)
+from dsl.compiler import BASELINE_COLUMNS, BASELINE_TABLE, EMPTY_COLUMNS_TABLE  # noqa: E402
 from dsl.diagnostics import Diagnostic, Severity, SourceSpan  # noqa: E402
 from dsl.faulttree import TreeOutcome  # noqa: E402
 from dsl.spantree import antecedents_sql, covered_sql, no_parent_sql, root_key_sql, self_time_sql  # noqa: E402
 
 __all__ += [
-    "BASELINE_COLUMNS", "BASELINE_TABLE", "Diagnostic", "Evaluation", "Finding", "TreeOutcome", "RuleError", "RuleRuntimeError", "RuleSet", "Severity", "SourceSpan",
-    "antecedents_sql", "check_paths", "cli_check", "covered_sql", "fixtures", "load_rules", "no_parent_sql", "root_key_sql",
+    "BASELINE_COLUMNS", "BASELINE_TABLE", "EMPTY_COLUMNS_TABLE", "Diagnostic", "Evaluation", "Finding", "TreeOutcome", "RuleError", "RuleRuntimeError", "RuleSet", "Severity", "SourceSpan",
+    "antecedents_sql", "check_paths", "cli_check", "covered_sql", "empty_columns", "fixtures", "load_rules", "no_parent_sql", "root_key_sql",
     "self_time_sql",
 ]
 

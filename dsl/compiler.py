@@ -34,6 +34,8 @@ LINKS = "__ft_links"  # (_row, _linked): a span and a span of the batch it links
 BASELINE_TABLE = "__ft_baseline"  # learned baseline the caller registers (optional): service VARCHAR,
 # name VARCHAR, p99_self_ns, median_self_ns, mad_self_ns (numbers, in ns), one row per operation
 BASELINE_COLUMNS = ("service", "name", "p99_self_ns", "median_self_ns", "mad_self_ns")
+EMPTY_COLUMNS_TABLE = "__ft_empty"  # the caller may register (optional): name VARCHAR, the columns of the
+# batch table in which no span has a value (``api.empty_columns``: Arrow's null counts), instead of a count
 _MAX_DEPTH = 256  # guards recursion against parent cycles in bad data
 # A chain of more than this many `and`/`or` items goes to DuckDB inside
 # ``coalesce(..., FALSE)`` (a no-op: conditions are never NULL), and so do the

@@ -7,6 +7,7 @@ what every rule finds when nothing is known of the batch."""
 from __future__ import annotations
 
 import duckdb
+import pyarrow as pa
 
 from dsl import ir
 from dsl.absence import Absent, can_fire
@@ -82,6 +83,31 @@ def test_an_absent_attribute_finds_what_a_present_one_that_matches_nothing_finds
     plan = ruleset._batch_plan(Absent(frozenset({store})))
     ran = {r.id for r in plan.columnar.rules + plan.columnar.rest}
     assert ran == {r.id for r in ruleset.rules} - {"t.db", "t.db_len", "t.child_db", "t.exists"}
+
+
+def test_the_empty_columns_a_caller_registers_stand_for_the_count(rules_from):
+    # the worker knows an Arrow batch's empty columns from their null counts (``empty_columns``): the
+    # rule set takes them from EMPTY_COLUMNS_TABLE instead of counting, and finds the same
+    from dsl import EMPTY_COLUMNS_TABLE, empty_columns
+
+    ruleset = rules_from(_text())
+    errors = set()
+    for traces in (_traces(False), _traces(True), [t for i, t in enumerate(_traces(False)) if i in (1, 5)]):
+        conn = duckdb.connect()
+        try:
+            load(conn, traces, ruleset.projection)
+            counted, found = ruleset._absent(conn, "batch"), ruleset.evaluate(conn, "batch")
+            arrow = conn.sql("SELECT * FROM batch").to_arrow_table()
+            conn.execute("DROP TABLE batch")
+            conn.register("batch", arrow)
+            conn.register(EMPTY_COLUMNS_TABLE, empty_columns(arrow))
+            assert ruleset._absent(conn, "batch") == counted
+            assert ruleset.evaluate(conn, "batch") == found
+            errors.add(counted.errors)
+        finally:
+            conn.close()
+    assert errors == {True, False}  # batches with errors and without
+    assert empty_columns(pa.table({"a": [None, 1], "b": pa.nulls(2, pa.int64())})).column("name").to_pylist() == ["b"]
 
 
 def test_a_batch_whose_event_lists_are_null_has_no_events(rules_from, run):
