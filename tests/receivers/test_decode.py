@@ -342,6 +342,31 @@ def test_spans_with_invalid_link_ids_are_rejected_individually(link, problem):
     assert decoded.batch.table.column("span_id").to_pylist() == [sid(1)]
 
 
+def test_a_bad_link_is_found_in_any_group():
+    # Whether a request has links at all is read once from all its spans' bytes (decode._any_links):
+    # a link in the last group of the last resource counts as much as one in the first.
+    bad = valid_span(span_id=sid(3))
+    bad.links.add(trace_id=b"\x01" * 3)
+    req = one_span_request(valid_span())
+    rs = req.resource_spans.add()
+    rs.scope_spans.add().spans.append(valid_span(span_id=sid(2)))
+    rs.scope_spans.add().spans.extend([valid_span(span_id=sid(4)), bad])
+    decoded = decode(req)
+    assert decoded.rejected_spans == 1
+    assert decoded.error_message == "1 span(s) rejected: links[0].trace_id must be empty or 16 bytes, got 3"
+    assert decoded.batch.table.column("span_id").to_pylist() == [sid(1), sid(2), sid(4)]
+
+
+def test_spans_without_status_read_unset():
+    with_status = valid_span(span_id=sid(2))
+    with_status.status.code = 1
+    req = one_span_request(valid_span())
+    req.resource_spans[0].scope_spans[0].spans.append(with_status)
+    table = decode(req).batch.table
+    assert table.column("status_code").to_pylist() == [0, 1]
+    assert table.column("status_message").to_pylist() == ["", ""]
+
+
 @pytest.mark.parametrize("value", [-1, 6, 255, 256, 2**31 - 1, -(2**31)])
 def test_kind_and_status_code_are_open_enums(value):
     # Any int32 is a valid enum value on the wire; the columns read those they cannot hold as 0.
