@@ -165,7 +165,8 @@ def _with_explains(rule: ir.CheckedRule, sql: str, ctx: _Ctx) -> str:
     carried = "".join(f"{a}.{c} AS {a}__{c}, " for a, c in used)
     fired = sql.replace("SELECT ", f"SELECT {ctx.alias(rule.blame)}._row AS __b, {carried}", 1)
     return (f"WITH f AS MATERIALIZED ({fired}), x AS ({x}), "
-            "xs AS (SELECT __b, list(DISTINCT e) AS explains FROM x GROUP BY __b), "
+            # in span id order: the same list whatever order the plan meets them in (run to run too)
+            "xs AS (SELECT __b, list(DISTINCT e ORDER BY e) AS explains FROM x GROUP BY __b), "
             "fs AS (SELECT __b, any_value(trace_id) AS trace_id, any_value(span_id) AS span_id, min(depth) AS depth, "
             "min(message) AS message FROM f GROUP BY __b) "
             "SELECT fs.trace_id, fs.span_id, fs.depth, fs.message, xs.explains FROM fs LEFT JOIN xs ON xs.__b = fs.__b")

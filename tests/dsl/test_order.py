@@ -81,6 +81,16 @@ def test_explains_a_quantified_span(rules_from, run, agent):
     assert by_name(agent, f.explains) == ["parse", "retry"]  # every span the quantifier finds
 
 
+def test_explains_lists_the_spans_in_span_id_order(rules_from, run, agent):
+    # a list, not a set: in one order whatever order the plan meets the spans in, so that a verdict
+    # (its symptoms follow this order) is the same from run to run
+    where = ('e.name = "plan" and (e.is_root or exists(following sibling c of e where c.name = "chat" '
+             "and exists(following sibling f of c where f.name = \"parse\")))")
+    for explains in ("c, f", "f, c"):
+        (f,) = run(rules_from(_explains(where, explains)), agent)
+        assert len(f.explains) == 2 and list(f.explains) == sorted(f.explains)
+
+
 def test_explains_a_variable_of_match_once_per_blamed_span(rules_from, run, agent):
     rs = rules_from(_explains('e.name = "chat" and f.status = error', "f", match="span e, following sibling f of e"))
     (f,) = run(rs, agent)
