@@ -454,10 +454,11 @@ class History:
 
     def _may_evict(self, new: pa.Table, weights: dict[bytes, float] | None, f: float) -> bool:
         """Whether this batch's update of lz_ops (decay by ``f``, then the new rows) may drop an
-        operation, leaving rows of it in other tables: unless the tables are known consistent and
-        lz_ops known (``_Ops``), only if its lightest operation decays below ``prune``, a new row
-        weighs less than ``prune`` or the operations may outnumber ``max_ops``.  Every table's rows
-        come from the same new rows as lz_ops', with no more weight, so nothing else leaves any."""
+        operation, leaving rows of it in other tables.  The other tables take their keys from the
+        same new rows as lz_ops, which takes every one of them, so they hold an operation (or a
+        service) lz_ops lacks only once lz_ops drops one: unless lz_ops is unknown (``_Ops``: the
+        first batch, or after the tables were replaced), only if its lightest operation decays below
+        ``prune``, a new trace weighs less than ``prune`` or the operations may outnumber ``max_ops``."""
         cfg, ops = self.config, self._ops
         if ops is None:
             return True
