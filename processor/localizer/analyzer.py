@@ -134,6 +134,28 @@ class Seed:
         return self._null[key]
 
 
+class Reads:
+    """Relations kept for the statements whose rows a localizer reads as Arrow every batch, on the
+    connection it analyzed last: a relation runs its query on the tables as they are each time
+    (the batch registered anew), and keeping it saves binding the statement once more a batch
+    (``conn.sql`` binds to make one; ~1-2 ms each on the bench's batch)."""
+
+    LIMIT = 32  # statements kept (they differ only with the batch's columns)
+
+    def __init__(self) -> None:
+        self._conn: duckdb.DuckDBPyConnection | None = None
+        self._relations: dict[tuple[str, tuple[tuple[str, object], ...]], duckdb.DuckDBPyRelation] = {}
+
+    def rows(self, conn: duckdb.DuckDBPyConnection, sql: str, params: dict[str, object] | None = None) -> pa.Table:
+        if conn is not self._conn or len(self._relations) >= self.LIMIT:
+            self._conn, self._relations = conn, {}
+        key = (sql, tuple(sorted((params or {}).items())))
+        rel = self._relations.get(key)
+        if rel is None:
+            rel = self._relations[key] = conn.sql(parsed(sql), params=params)
+        return rel.to_arrow_table()
+
+
 class LocalizerAnalyzer:
     """Rule-free localization for the live pipeline (``processor.analysis.protocols.Analyzer``)."""
 
@@ -155,6 +177,7 @@ class LocalizerAnalyzer:
         self.lift = lift and "lift" in self.sources
         self.sample_traces = sample_traces
         self.long_form = LongForm()   # attribute entries decoded once per distinct value, across batches
+        self.reads = Reads()
         if baseline is not None and seed is None:
             seed = Seed(baseline)
         if seed is not None and not self.history.traces_seen:  # a restored snapshot holds the seed already
@@ -215,7 +238,7 @@ class LocalizerAnalyzer:
             self.contrast = tuple(why_not_first(ranking, excess_inside(conn, metrics, baseline)))
         long, scale, rows = None, 1.0, None
         if column_name(ALL_ATTRIBUTES) in columns:
-            rows, scale = _long_form(conn, table, columns, metrics, self.sample_traces, self.long_form)
+            rows, scale = _long_form(conn, self.reads, table, columns, metrics, self.sample_traces, self.long_form)
             long = "SELECT * FROM lz_long"
         try:
             silent = None
@@ -228,7 +251,7 @@ class LocalizerAnalyzer:
             verdict = blame_traces(conn, metrics, baseline, ranking, self.per_trace, details, silent,
                                    _slow_pods(pods))
             # the attribution values as text, cast once: compared for the candidates, then learned
-            values = _values(conn, table, columns, self.attribution)
+            values = _values(conn, self.reads, table, columns, self.attribution)
             found = self._attribute(conn, values, verdict)
             verdict = _with_layers(_with_attributions(verdict, found), _span_attributes(conn, long, verdict),
                                    details, _enclosing(conn, table, verdict))
@@ -256,7 +279,7 @@ class LocalizerAnalyzer:
             conn.unregister("lz_attr_values")
 
 
-def _values(conn: duckdb.DuckDBPyConnection, table: str, columns: set[str],
+def _values(conn: duckdb.DuckDBPyConnection, reads: Reads, table: str, columns: set[str],
             refs: tuple[AttrRef, ...]) -> pa.Table | None:
     """The batch's attribution values as strings per span (``trace_id``, ``span_id``, ``service``, one
     column per attribute), None when it projects none: what ``attribution`` compares and, without
@@ -265,7 +288,7 @@ def _values(conn: duckdb.DuckDBPyConnection, table: str, columns: set[str],
     if not cols:
         return None
     casts = ", ".join(f"CAST({c} AS VARCHAR) AS {c}" for c in cols)
-    return conn.sql(parsed(f"SELECT trace_id, span_id, service, {casts} FROM {table}")).to_arrow_table()
+    return reads.rows(conn, f"SELECT trace_id, span_id, service, {casts} FROM {table}")
 
 
 def _slow_pods(pods: list[PodShift]) -> list[str]:
@@ -330,7 +353,7 @@ def _with_attributions(verdict: LocalizedBatch, found: list[Attribution]) -> Loc
     return dataclasses.replace(verdict, traces=traces, attributions=tuple(found))
 
 
-def _long_form(conn: duckdb.DuckDBPyConnection, table: str, columns: set[str], metrics: pa.Table,
+def _long_form(conn: duckdb.DuckDBPyConnection, reads: Reads, table: str, columns: set[str], metrics: pa.Table,
                sample: int, long_form: LongForm) -> tuple[pa.Table, float]:
     """The attributes of the batch's sampled and failing traces in long form, with ``sampled``,
     registered as ``lz_long``, the sampled traces as ``lz_sample`` (their spans: ``SPANS_SQL``):
@@ -339,11 +362,11 @@ def _long_form(conn: duckdb.DuckDBPyConnection, table: str, columns: set[str], m
     and the baseline (``base_ops``) are registered (``Baseline.beside``).  The long form and the
     sample stay Arrow tables, registered, not copied into DuckDB tables: what is learned of the
     long form is its sampled rows, taken in Arrow (~8 ms a batch less than two more statements)."""
-    sampled = conn.sql(parsed(SAMPLE_SQL.format(table=table)), params={"n": sample}).to_arrow_table()
+    sampled = reads.rows(conn, SAMPLE_SQL.format(table=table), {"n": sample})
     conn.register("lz_sample", sampled)
     read = f"SELECT * FROM {table} WHERE trace_id IN ({READ_SQL})"
     if "raw" in columns:
-        spans = conn.sql(parsed(f"SELECT trace_id, span_id, service, name, raw FROM ({read})")).to_arrow_table()
+        spans = reads.rows(conn, f"SELECT trace_id, span_id, service, name, raw FROM ({read})")
         long = long_form.table(spans)
     else:
         long = conn.sql(all_attributes_sql(f"({read})")).to_arrow_table()
