@@ -48,11 +48,6 @@ kids AS MATERIALIZED (
     SELECT trace_id, parent_span_id AS pid,
            arg_max(CASE WHEN service <> parent_service THEN service END,
                    CASE WHEN service <> parent_service THEN end_ns - start_ns END) AS callee,
-           -- where the callee ran: the pod and node a client span's wire time is charged to (``shift``)
-           arg_max(CASE WHEN service <> parent_service THEN pod END,
-                   CASE WHEN service <> parent_service THEN end_ns - start_ns END) AS callee_pod,
-           arg_max(CASE WHEN service <> parent_service THEN node END,
-                   CASE WHEN service <> parent_service THEN end_ns - start_ns END) AS callee_node,
            count(*) AS n_children,
            bool_or(status_code = 2) AS child_error,
            any_value(service || ':' || name) AS one_sig,
@@ -76,7 +71,7 @@ shapes AS (
 ),
 covered AS ({covered}),  -- dsl.spantree: keyed by (trace, span_id), so copies of a span id share it
 per_parent AS (
-    SELECT k.trace_id, k.pid, k.callee, k.callee_pod, k.callee_node, k.n_children, k.child_error,
+    SELECT k.trace_id, k.pid, k.callee, k.n_children, k.child_error,
            CASE WHEN k.n_children = 1 THEN k.one_sig ELSE s.sig END AS sig,
            CASE WHEN k.n_children = 1 THEN k.one_covered ELSE cv.covered END AS covered
     FROM kids k
@@ -95,8 +90,7 @@ SELECT sp.trace_id, sp.span_id, sp.parent_span_id, sp.service, sp.name, sp.start
        coalesce(k.n_children, 0) AS n_children,
        coalesce(k.child_error, false) AS child_error,
        -- the call shape, read by the window's shape evidence and learned by the history
-       coalesce(k.sig, '') AS shape_sig, coalesce(k.n_children, 0) AS shape_k,
-       k.callee_pod, k.callee_node
+       coalesce(k.sig, '') AS shape_sig, coalesce(k.n_children, 0) AS shape_k
 FROM pj sp
 LEFT JOIN per_parent k ON sp.trace_id = k.trace_id AND sp.span_id = k.pid
 ),
@@ -104,7 +98,7 @@ last AS (  -- per parent id: the service charged when the tree stops after its l
     SELECT trace_id, parent_span_id AS pid, arg_max(blame, end_ns) AS last_blame
     FROM mt WHERE parent_span_id IS NOT NULL GROUP BY trace_id, parent_span_id
 )
-SELECT mt.* EXCLUDE (callee_pod, callee_node), s.last_blame AS shape_last_blame, mt.callee_pod, mt.callee_node
+SELECT mt.*, s.last_blame AS shape_last_blame
 FROM mt LEFT JOIN last s ON mt.trace_id = s.trace_id AND mt.span_id = s.pid
 """
 
@@ -131,8 +125,8 @@ def _placement(columns: Sequence[str], keys: tuple[str, ...]) -> str:
 
 
 def span_metrics(conn: duckdb.DuckDBPyConnection, spans: pa.Table) -> pa.Table:
-    """Per span: duration, self time, parent, callee (with its pod and node: ``callee_pod``,
-    ``callee_node``), the service its self time is charged to, its call shape (``shape_sig``: its children's operations, sorted; ``shape_k`` of them; ``shape_last_blame``: the service
+    """Per span: duration, self time, parent, callee, the service its self time is charged to, its
+    call shape (``shape_sig``: its children's operations, sorted; ``shape_k`` of them; ``shape_last_blame``: the service
     charged when the tree stops after its last child), and its pod and node where ``spans`` has their
     resource attributes (``placement_refs``; else null).  The call shape is computed here, once per
     batch, for both the window's shape evidence and the history that learns it."""

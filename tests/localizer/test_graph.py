@@ -50,24 +50,6 @@ def test_client_span_time_is_charged_to_the_callee() -> None:
     assert m[1]["blame"] == "a" and m[3]["blame"] == "b"
 
 
-def test_a_client_span_carries_its_callees_pod_and_node() -> None:
-    # the longest child in another service is the callee: its pod and node are where the client
-    # span's wire time is charged (``shift``); a child in the caller's own service is none, however long
-    from dsl import AttrRef, AttrSource, column_name
-
-    pod, node = (column_name(AttrRef(AttrSource.RESOURCE, k)) for k in ("k8s.pod.name", "k8s.node.name"))
-    rows = _table([(1, None, "a", 0, 100), (2, 1, "b", 10, 40), (3, 1, "b", 10, 60), (4, 1, "a", 0, 90),
-                   (5, 3, "c", 20, 30)]).to_pylist()
-    for r, p in zip(rows, ["a-1", "b-1", "b-2", "a-1", None]):
-        r[pod], r[node] = p, p and f"n{p[-1]}"
-    schema = SCHEMA.append(pa.field(pod, pa.string())).append(pa.field(node, pa.string()))
-    m = {int.from_bytes(r["span_id"], "big"): r
-         for r in span_metrics(duckdb.connect(), pa.Table.from_pylist(rows, schema=schema)).to_pylist()}
-    assert (m[1]["callee"], m[1]["callee_pod"], m[1]["callee_node"]) == ("b", "b-2", "n2")
-    assert (m[3]["callee"], m[3]["callee_pod"], m[3]["callee_node"]) == ("c", None, None)  # c has no pod
-    assert (m[4]["callee"], m[4]["callee_pod"], m[4]["callee_node"]) == (None, None, None)
-
-
 def test_missing_parent_makes_an_orphan_not_an_error() -> None:
     m = _metrics([(1, None, "a", 0, 100), (3, 2, "b", 30, 70)])
     assert m[3]["orphan"] and not m[1]["orphan"]
