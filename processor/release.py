@@ -10,7 +10,10 @@ and hands each payload to every exporter.  Up to ``IN_FLIGHT`` chunks are out of
 the store at once: one is analysed while the next waits at the analysis and
 the one before is annotated and exported, so the analysis (by default a
 process of its own) never waits for this process to take and send it a chunk,
-and both work at once.  Each turn that released spans hands the
+and both work at once.  A turn's last chunk may still be under analysis when
+the turn ends (it is exported when its verdict is back), and a turn that gives
+the analysis work leaves the due traces short of a whole chunk to lead the
+next turn, so that under a backlog each analysis gets a whole chunk.  Each turn that released spans hands the
 Arrow memory they took back to the system (``SpanStore.release_unused``).  Late spans of an already released trace get the verdict their trace
 got; they are not analysed again on their own (a fragment would mislead the
 rules).  With a durable store, a payload's spans leave the journal as soon as
@@ -101,6 +104,7 @@ class Releaser:
         self._wake_at = float("inf")  # when the loop's next turn is planned (it is woken sooner by observe)
         # Chunks out of the store, given to the analysis and not yet exported, oldest first.
         self._pending: deque[tuple[ReleasedSpans, asyncio.Future[BatchVerdict] | None]] = deque()
+        self._left: list[bytes] = []  # due traces a turn left in the store to lead the next (``_short_tail``)
 
     def observe(self, batch: SpanBatch) -> None:
         """A batch was stored: the assembler learns of its spans (and of the traces whose
@@ -134,11 +138,15 @@ class Releaser:
             self._wake.clear()
             if not self._running:
                 break
-            if self._clock() < self._wake_at and not self._assembler.has_urgent:
+            early = self._clock() < self._wake_at
+            idle = self._left_for_idle
+            if early and not self._assembler.has_urgent and not idle:
                 continue  # woken to plan again: a candidate's check comes sooner than planned
             began = self._clock()
             try:
-                await self.tick(began, hold_last=True)
+                # A turn early for an idle analysis gives it what is due at once: the candidates'
+                # check (up to ~0.5 s under a backlog) waits for the turn planned.
+                await self.tick(began, hold_last=True, check=not (early and idle))
                 if self._clock() >= next_gc:
                     next_gc = self._clock() + GROUP_GC_INTERVAL
                     await self._store.forget_unused_groups()
@@ -158,6 +166,8 @@ class Releaser:
                     return
                 async with self._lock:
                     await self._finish_pending(keep=len(self._pending) - 1)
+                if self._left_for_idle:
+                    return  # the analysis is idle and traces wait for it: a turn now
         finally:
             woken.cancel()
 
@@ -174,10 +184,10 @@ class Releaser:
             turn = min(turn, max(check, began + self._assembler.complete_grace / 2))
         return turn
 
-    async def tick(self, now: float, hold_last: bool = False) -> None:
-        """One turn of the loop: release what is due at ``now`` (first the candidates found whole);
-        after a burst, free memory.  ``hold_last``: see ``release``."""
-        candidates = self._assembler.to_check(now)
+    async def tick(self, now: float, hold_last: bool = False, check: bool = True) -> None:
+        """One turn of the loop: release what is due at ``now`` (first the candidates found whole,
+        unless not ``check``); after a burst, free memory.  ``hold_last``: see ``release``."""
+        candidates = self._assembler.to_check(now) if check else []
         if candidates:
             self._assembler.assembled(await self._store.complete(candidates))
         due = self._assembler.due(now)
@@ -207,12 +217,19 @@ class Releaser:
         loop's turns) the last chunk may still be under analysis on return: it is exported when
         its verdict comes back (``run`` waits for it between turns), so the analysis works on it
         while the next turn checks the store and takes the next chunk instead of idling between
-        turns (0.4-0.9 s a turn under the bench's backlog).  Otherwise everything is exported."""
+        turns (0.4-0.9 s a turn under the bench's backlog).  And a turn that gave the analysis a
+        whole chunk leaves the rest short of one (``_short_tail``) to start the next turn's first
+        chunk.  Otherwise everything is exported."""
         async with self._lock:
             for reason in set(due.reasons):
                 self._telemetry.released_traces.labels(reason.value).inc(due.reasons.count(reason))
             late = [t for t, r in zip(due.trace_ids, due.reasons) if r is ReleaseReason.LATE]
-            fresh = [t for t, r in zip(due.trace_ids, due.reasons) if r is not ReleaseReason.LATE]
+            # The traces a turn left lead (they are due already, and still in the store): before
+            # the late spans below, which could otherwise take a left trace's spans unanalysed.
+            fresh = self._left + [t for t, r in zip(due.trace_ids, due.reasons) if r is not ReleaseReason.LATE]
+            self._left = []
+            if hold_last and not late:
+                fresh, self._left = self._short_tail(fresh, self._analysing)
             for start in range(0, len(fresh), RELEASE_CHUNK):
                 # Until a chunk is exported the next stays packed in the store, not unpacked
                 # beside those under analysis.
@@ -230,6 +247,29 @@ class Releaser:
                 if self._observer is not None:
                     self._observer.exported(spans, None)
             self.update_gauges()
+
+    def _short_tail(self, fresh: list[bytes], analysing: bool) -> tuple[list[bytes], list[bytes]]:
+        """``fresh`` split into the traces to release now and a last chunk short of
+        ``RELEASE_CHUNK`` to leave for the next turn, when the analysis has a chunk to work on
+        meanwhile (one under analysis, or a whole one in this turn).  Each analysis costs about a
+        quarter second whatever its size: under a backlog, turns cut the due traces into whole
+        chunks and tails (500-45,000 of the bench's spans), whose fixed costs took a third of
+        the worker's CPU.  The tail leads the next turn, which comes as soon as the analysis is
+        idle (``_left_for_idle``); without analysis nothing is left."""
+        if self._analysis is None or (len(fresh) < RELEASE_CHUNK and not analysing):
+            return fresh, []
+        whole = len(fresh) - len(fresh) % RELEASE_CHUNK
+        return fresh[:whole], fresh[whole:]
+
+    @property
+    def _analysing(self) -> bool:
+        """A chunk is under analysis (or waiting for it)."""
+        return any(analysis is not None and not analysis.done() for _, analysis in self._pending)
+
+    @property
+    def _left_for_idle(self) -> bool:
+        """Traces were left for the next turn and the analysis has nothing to work on."""
+        return bool(self._left) and not self._analysing
 
     async def _finish_pending(self, keep: int) -> None:
         """Export the chunks given to the analysis, oldest first, until ``keep`` are left; a chunk
