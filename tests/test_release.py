@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from processor import release
 from processor.analysis.verdict import BatchVerdict
@@ -198,7 +199,7 @@ def test_a_turn_leaves_its_last_chunk_under_analysis_and_it_is_exported_when_its
 
 class Sizes:
     """An analysis that records the traces of each chunk it is given (two spans a trace below);
-    batches in turn, each ``go`` once the event is set (at once unless ``wait_for`` names it)."""
+    batches in turn, the ``wait_for``-th (none by default) only once ``go`` is set."""
 
     def __init__(self, wait_for: int = 0) -> None:
         self.traces: list[int] = []
@@ -217,12 +218,21 @@ class Sizes:
         return BatchVerdict()
 
 
-def _loaded(store: SpanStore, assembler: Assembler, traces: int):
-    async def load() -> None:
+@contextlib.asynccontextmanager
+async def releasing(analysis, traces: int, interval: float = 1.0, clock=lambda: 0.0):
+    """A releaser (chunks of five traces) over a store holding ``traces`` traces of two spans,
+    observed at 0 (due at 5); yields it with its store, assembler and exporter."""
+    store = SpanStore()
+    await store.open()
+    assembler = Assembler(decision_wait=5.0, max_traces=100, max_spans_per_trace=100, late_span_cache=100)
+    exporter = Collecting()
+    try:
         spans = batch(range(1, traces + 1), spans_per_trace=2)
         await store.append(spans)
         assembler.observe(spans.traces, 0.0)
-    return load()
+        yield Releaser(store, assembler, analysis, [exporter], Telemetry(), interval, clock), store, assembler, exporter
+    finally:
+        await store.close()
 
 
 def test_a_turn_leaves_a_chunks_short_tail_to_lead_the_next(monkeypatch):
@@ -232,13 +242,8 @@ def test_a_turn_leaves_a_chunks_short_tail_to_lead_the_next(monkeypatch):
     monkeypatch.setattr(release, "RELEASE_CHUNK", 5)
 
     async def scenario() -> None:
-        store = SpanStore()
-        await store.open()
-        assembler = Assembler(decision_wait=5.0, max_traces=100, max_spans_per_trace=100, late_span_cache=100)
-        exporter, analysis = Collecting(), Sizes()
-        releaser = Releaser(store, assembler, analysis, [exporter], Telemetry(), 1.0, lambda: 0.0)
-        try:
-            await _loaded(store, assembler, 12)
+        analysis = Sizes()
+        async with releasing(analysis, 12) as (releaser, store, assembler, exporter):
             await releaser.tick(5.0, hold_last=True)
             assert analysis.traces == [5, 5] and store.buffered_spans == 4  # two traces left
             await asyncio.sleep(0.1)  # the analysis is idle now
@@ -247,8 +252,6 @@ def test_a_turn_leaves_a_chunks_short_tail_to_lead_the_next(monkeypatch):
             assert analysis.traces == [5, 5, 2] and store.buffered_spans == 0
             await releaser.release(assembler.drain())
             assert exporter.spans == 24
-        finally:
-            await store.close()
 
     asyncio.run(scenario())
 
@@ -257,30 +260,15 @@ def test_without_analysis_or_when_stopping_no_trace_is_left(monkeypatch):
     monkeypatch.setattr(release, "RELEASE_CHUNK", 5)
 
     async def scenario() -> None:
-        store = SpanStore()
-        await store.open()
-        assembler = Assembler(decision_wait=5.0, max_traces=100, max_spans_per_trace=100, late_span_cache=100)
-        exporter = Collecting()
-        releaser = Releaser(store, assembler, None, [exporter], Telemetry(), 1.0, lambda: 0.0)
-        try:
-            await _loaded(store, assembler, 12)
+        async with releasing(None, 12) as (releaser, store, _, exporter):
             await releaser.tick(5.0, hold_last=True)  # pipeline mode: nothing to wait for
             assert exporter.spans == 24 and store.buffered_spans == 0
-        finally:
-            await store.close()
-        store = SpanStore()
-        await store.open()
-        assembler = Assembler(decision_wait=5.0, max_traces=100, max_spans_per_trace=100, late_span_cache=100)
-        exporter, analysis = Collecting(), Sizes()
-        releaser = Releaser(store, assembler, analysis, [exporter], Telemetry(), 1.0, lambda: 0.0)
-        try:
-            await _loaded(store, assembler, 12)
+        analysis = Sizes()
+        async with releasing(analysis, 12) as (releaser, store, assembler, exporter):
             await releaser.tick(5.0, hold_last=True)
             assert store.buffered_spans == 4
             await releaser.release(assembler.drain())  # the shutdown's release takes what was left
             assert analysis.traces == [5, 5, 2] and exporter.spans == 24 and store.buffered_spans == 0
-        finally:
-            await store.close()
 
     asyncio.run(scenario())
 
@@ -289,33 +277,28 @@ def test_traces_left_for_a_busy_analysis_go_when_it_is_idle_not_at_the_next_plan
     monkeypatch.setattr(release, "RELEASE_CHUNK", 5)
 
     async def scenario() -> None:
-        store = SpanStore()
-        await store.open()
-        assembler = Assembler(decision_wait=5.0, max_traces=100, max_spans_per_trace=100, late_span_cache=100)
-        exporter, analysis, now = Collecting(), Sizes(wait_for=1), [0.0]
-        releaser = Releaser(store, assembler, analysis, [exporter], Telemetry(), 30.0, lambda: now[0])
-        loop = asyncio.create_task(releaser.run())
-        try:
-            await _loaded(store, assembler, 7)
-            await asyncio.sleep(0)
-            now[0] = 50.0
-            releaser._wake.set()  # the turn is due: a chunk of five under analysis, two traces left
-            for _ in range(200):
-                if analysis.traces == [5] and not releaser._lock.locked():
-                    break
-                await asyncio.sleep(0.01)
-            await asyncio.sleep(0.1)
-            assert analysis.traces == [5] and store.buffered_spans == 4
-            analysis.go.set()  # idle once its verdict is back: the two leave now, 30 s before the turn planned
-            for _ in range(200):
-                if exporter.spans == 14:
-                    break
-                await asyncio.sleep(0.01)
-            assert analysis.traces == [5, 2] and exporter.spans == 14 and store.buffered_spans == 0
-        finally:
-            releaser.stop()
-            await loop
-            await store.close()
+        analysis, now = Sizes(wait_for=1), [0.0]
+        async with releasing(analysis, 7, interval=30.0, clock=lambda: now[0]) as (releaser, store, _, exporter):
+            loop = asyncio.create_task(releaser.run())
+            try:
+                await asyncio.sleep(0)
+                now[0] = 50.0
+                releaser._wake.set()  # the turn is due: a chunk of five under analysis, two traces left
+                for _ in range(200):
+                    if analysis.traces == [5] and not releaser._lock.locked():
+                        break
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(0.1)
+                assert analysis.traces == [5] and store.buffered_spans == 4
+                analysis.go.set()  # idle once its verdict is back: the two leave now, 30 s before the turn planned
+                for _ in range(200):
+                    if exporter.spans == 14:
+                        break
+                    await asyncio.sleep(0.01)
+                assert analysis.traces == [5, 2] and exporter.spans == 14 and store.buffered_spans == 0
+            finally:
+                releaser.stop()
+                await loop
 
     asyncio.run(scenario())
 
@@ -326,13 +309,8 @@ def test_late_spans_of_a_trace_left_for_the_next_turn_do_not_take_it_unanalysed(
     monkeypatch.setattr(release, "RELEASE_CHUNK", 5)
 
     async def scenario() -> None:
-        store = SpanStore()
-        await store.open()
-        assembler = Assembler(decision_wait=5.0, max_traces=100, max_spans_per_trace=100, late_span_cache=100)
-        exporter, analysis = Collecting(), Sizes()
-        releaser = Releaser(store, assembler, analysis, [exporter], Telemetry(), 1.0, lambda: 0.0)
-        try:
-            await _loaded(store, assembler, 12)
+        analysis = Sizes()
+        async with releasing(analysis, 12) as (releaser, store, assembler, exporter):
             await releaser.tick(5.0, hold_last=True)
             assert store.buffered_spans == 4  # traces 11 and 12 left
             late = batch(range(11, 12), spans_per_trace=1)
@@ -341,7 +319,5 @@ def test_late_spans_of_a_trace_left_for_the_next_turn_do_not_take_it_unanalysed(
             await releaser.tick(5.5, hold_last=True)
             await releaser.release(assembler.drain())
             assert analysis.rows == 25 and exporter.spans == 25 and store.buffered_spans == 0
-        finally:
-            await store.close()
 
     asyncio.run(scenario())
