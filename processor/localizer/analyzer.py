@@ -42,6 +42,7 @@ from processor.localizer.blame import LocalizedBatch, blame_traces
 from processor.localizer.contrast import excess_inside, why_not_first
 from processor.localizer.graph import placement_refs, span_metrics, span_metrics_of
 from processor.localizer.history import History, HistoryConfig, Sketches
+from processor.localizer.reads import Reads
 from processor.localizer.shift import PodShift
 from processor.localizer.silent import Silent, abnormal_spans
 from processor.localizer.spans import read_spans
@@ -132,28 +133,6 @@ class Seed:
         if key not in self._null:
             self._null[key] = baseline_null(self.path, key, self.spans(placement_refs()))
         return self._null[key]
-
-
-class Reads:
-    """Relations kept for the statements whose rows a localizer reads as Arrow every batch, on the
-    connection it analyzed last: a relation runs its query on the tables as they are each time
-    (the batch registered anew), and keeping it saves binding the statement once more a batch
-    (``conn.sql`` binds to make one; ~1-2 ms each on the bench's batch)."""
-
-    LIMIT = 32  # statements kept (they differ only with the batch's columns)
-
-    def __init__(self) -> None:
-        self._conn: duckdb.DuckDBPyConnection | None = None
-        self._relations: dict[tuple[str, tuple[tuple[str, object], ...]], duckdb.DuckDBPyRelation] = {}
-
-    def rows(self, conn: duckdb.DuckDBPyConnection, sql: str, params: dict[str, object] | None = None) -> pa.Table:
-        if conn is not self._conn or len(self._relations) >= self.LIMIT:
-            self._conn, self._relations = conn, {}
-        key = (sql, tuple(sorted((params or {}).items())))
-        rel = self._relations.get(key)
-        if rel is None:
-            rel = self._relations[key] = conn.sql(parsed(sql), params=params)
-        return rel.to_arrow_table()
 
 
 class LocalizerAnalyzer:

@@ -54,6 +54,7 @@ from processor.analysis.attributes import ALL_ATTRIBUTES, all_attributes_sql
 from processor.localizer.attribution import ValueBaseline
 from processor.localizer.baseline import Baseline
 from processor.localizer.graph import span_metrics
+from processor.localizer.reads import Reads
 from processor.localizer.silent import AttributeBaseline, attr_bucket_sql
 from processor.localizer.snapshot import SKETCH_TABLES, Snapshots
 from processor.localizer.spans import read_spans
@@ -335,7 +336,7 @@ class History:
         self._cached_values: ValueBaseline | None = None
         self._cached_attributes: AttributeBaseline | None = None
         self._ops: _Ops | None = None  # unknown: the next update checks every table for evicted rows
-        self._reads: dict[str, duckdb.DuckDBPyRelation] = {}  # ``_read``
+        self._reads = Reads()  # the read-backs' relations (``_read``)
         self.traces_seen = 0
         # saved beside the journal and restored here (``snapshot``); other parts may ``attach``
         self.snapshots = Snapshots(self.config.snapshot) if self.config.snapshot else None
@@ -529,13 +530,8 @@ class History:
             return self._cached_values
 
     def _read(self, sql: str) -> pa.Table:
-        """The rows of a read-back statement (under the lock), run from a relation kept for it: a
-        relation runs its query anew on the tables as they are each time, and keeping it saves
-        binding the statement once more per batch (~1 ms each on the bench's sketches)."""
-        rel = self._reads.get(sql)
-        if rel is None:
-            rel = self._reads[sql] = self._conn.sql(parsed(sql), params={"min_count": self.config.min_count})
-        return rel.to_arrow_table()
+        """The rows of a read-back statement (under the lock), from a relation kept for it (``Reads``)."""
+        return self._reads.rows(self._conn, sql, {"min_count": self.config.min_count})
 
     def size(self) -> dict[str, int]:
         """Rows held per table: what bounds memory."""
