@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import duckdb
 import pyarrow as pa
@@ -29,6 +30,7 @@ from processor.analysis.verdict import BatchVerdict
 from processor.config import StorageConfig
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 LEFT_BEHIND = ("raw", "resource_id", "scope_id")  # store columns no analyzer reads
 
@@ -67,6 +69,19 @@ def analyze_released(analyzer: Analyzer, projector: Projector, conn: duckdb.Duck
         return BatchVerdict()
 
 
+NOT_RUN = "analysis could not run on a batch of %d spans; it is exported without a verdict"
+
+
+def or_nothing(message: str, spans: int, fn: Callable[..., T], *args: Any) -> T | None:
+    """``fn(*args)``, or None when it raises: the Analysis component's edge, where a failure is
+    logged (``message`` with the batch's ``spans``) and the batch's spans are exported regardless."""
+    try:
+        return fn(*args)
+    except Exception:
+        log.exception(message, spans)
+        return None
+
+
 class SerialAnalysis:
     """The ``protocols.Analysis`` interface over ``analyze_now``:
     batches run one at a time, in order, on a thread of their own (the
@@ -82,12 +97,8 @@ class SerialAnalysis:
                                                                 released, resources)
 
     def _analyze_or_nothing(self, released: pa.Table, resources: Mapping[int, bytes]) -> BatchVerdict:
-        try:
-            return self.analyze_now(released, resources)
-        except Exception:  # the Analysis component's edge: the batch's spans are exported regardless
-            log.exception("analysis could not run on a batch of %d spans; it is exported without a verdict",
-                          released.num_rows)
-            return BatchVerdict()
+        verdict = or_nothing(NOT_RUN, released.num_rows, self.analyze_now, released, resources)
+        return BatchVerdict() if verdict is None else verdict
 
     def analyze_now(self, released: pa.Table, resources: Mapping[int, bytes]) -> BatchVerdict:
         """``analyze`` on the calling thread."""

@@ -47,7 +47,7 @@ import pyarrow as pa
 from dsl import AttrRef
 from processor.analysis.attributes import Projection, Projector
 from processor.analysis.build import analysis_projection, build_analyzer
-from processor.analysis.runner import SerialAnalysis, analysis_connection, analyze_released
+from processor.analysis.runner import NOT_RUN, SerialAnalysis, analysis_connection, analyze_released, or_nothing
 from processor.analysis.verdict import BatchVerdict
 from processor.config import FaulttraceProcessorConfig
 from processor.service.memory import FreeMemory
@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 IDLE = 2.0  # seconds without a batch after which the worker hands freed memory back (service.memory)
 # Batches cross in a memory file passed by descriptor where the system has them (Linux).
 SHARED_MEMORY = hasattr(os, "memfd_create") and hasattr(reduction, "send_handle")
+NOT_READ = "the verdict on a batch of %d spans could not be read; it is exported without one"
 
 
 def _serve(config_json: str, conn: Connection) -> None:
@@ -192,26 +193,12 @@ class ProcessAnalysis(SerialAnalysis):
         """The verdict on a released batch, sent as soon as it is given: batches given while
         others are under analysis wait at the worker, in order.  Never raises."""
         loop = asyncio.get_running_loop()
-        sent = await loop.run_in_executor(self._executor, self._send_or_nothing, released, resources)
+        spans = released.num_rows
+        sent = await loop.run_in_executor(self._executor, or_nothing, NOT_RUN, spans, self._send, released, resources)
         if sent is None:
             return BatchVerdict()
-        return await loop.run_in_executor(self._verdicts, self._verdict_or_nothing, sent, released.num_rows)
-
-    def _send_or_nothing(self, released: pa.Table, resources: Mapping[int, bytes]) -> _Sent | None:
-        try:
-            return self._send(released, resources)
-        except Exception:  # the Analysis component's edge: the batch's spans are exported regardless
-            log.exception("analysis could not run on a batch of %d spans; it is exported without a verdict",
-                          released.num_rows)
-            return None
-
-    def _verdict_or_nothing(self, sent: _Sent, spans: int) -> BatchVerdict:
-        try:
-            return self._verdict(sent, spans)
-        except Exception:
-            log.exception("the verdict on a batch of %d spans could not be read; it is exported without one",
-                          spans)
-            return BatchVerdict()
+        verdict = await loop.run_in_executor(self._verdicts, or_nothing, NOT_READ, spans, self._verdict, sent, spans)
+        return BatchVerdict() if verdict is None else verdict
 
     def analyze_now(self, released: pa.Table, resources: Mapping[int, bytes]) -> BatchVerdict:
         """Send the batch, wait for the verdict."""
