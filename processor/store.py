@@ -186,6 +186,7 @@ class _Chunk:
 
 @dataclass(slots=True)
 class _Generation:
+    number: int  # its place in the order generations were started (compaction keeps it)
     chunks: list[_Chunk] = field(default_factory=list)
     rows: int = 0
     live: int = 0
@@ -216,6 +217,11 @@ class SpanStore:
         self._forget_timer: asyncio.TimerHandle | None = None
         self._forgetting: set[asyncio.Task[None]] = set()
         self._gens: list[_Generation] = []
+        self._started = 0  # generations started so far: the next one's number
+        # Buffered trace id -> the number of the generation its first buffered span went to: its
+        # spans are all in that generation or later ones, so finding them (``complete``, ``release``)
+        # reads only those; the traces to check are mostly recent, the buffer under a backlog is not.
+        self._first_gen: dict[bytes, int] = {}
         self._resources: dict[int, bytes] = {}
         self._scopes: dict[int, bytes] = {}
         self.buffered_spans = 0
@@ -302,9 +308,9 @@ class SpanStore:
             self._journal(table)
         if table.num_rows == 0:
             return {}
-        self._keep([_Chunk.pack(b, self._codec) for b in table.to_batches()])
         counts = pc.value_counts(table.column("trace_id")).to_pylist()
         traces = {c["values"]: c["counts"] for c in counts}
+        self._keep([_Chunk.pack(b, self._codec) for b in table.to_batches()], traces)
         log.info("recovered %d buffered spans of %d traces from %s", table.num_rows, len(traces), self._path)
         return traces
 
@@ -328,16 +334,23 @@ class SpanStore:
             with self._db_lock:
                 self._append_durable(batch)
         chunks = [_Chunk.pack(b, self._codec) for b in batch.table.to_batches()]  # outside the lock
+        # From the rows, not ``batch.traces``: the store's index must hold whatever it was given.
+        traces = pc.unique(batch.table.column("trace_id")).to_pylist()
         with self._rows_lock:
             self._resources.update(batch.resources)
             self._scopes.update(batch.scopes)
-            self._keep(chunks)
+            self._keep(chunks, traces)
 
-    def _keep(self, chunks: list[_Chunk]) -> None:
+    def _keep(self, chunks: list[_Chunk], traces: Iterable[bytes]) -> None:
+        """Append ``chunks`` (the spans of ``traces``) to the newest generation."""
         rows = sum(c.rows for c in chunks)
         if not self._gens or self._gens[-1].rows >= self._generation_rows:
-            self._gens.append(_Generation())
+            self._gens.append(_Generation(self._started))
+            self._started += 1
         gen = self._gens[-1]
+        first = self._first_gen
+        for trace_id in traces:
+            first.setdefault(trace_id, gen.number)
         if gen.alive is not None:
             gen.alive = pa.chunked_array([*gen.alive.chunks, pa.array([True] * rows)], pa.bool_())
         gen.chunks.extend(chunks)
@@ -393,7 +406,7 @@ class SpanStore:
     def _complete(self, ids: pa.Array) -> list[bytes]:
         with self._rows_lock:
             parts = []
-            for gen in self._gens:
+            for gen in self._holding(ids.to_pylist()):
                 if gen.live == 0:
                     continue
                 table = gen.table().select(("trace_id", "span_id", "parent_span_id"))
@@ -449,7 +462,11 @@ class SpanStore:
         """Select (and mark released) the rows of ``ids`` in every generation."""
         parts: list[tuple[_Chunk, pa.Array | None]] = []  # the chunks holding released rows, and which (None: all)
         if len(ids):
-            for gen in self._gens:
+            trace_ids = ids.to_pylist()
+            gens = self._holding(trace_ids)
+            for trace_id in trace_ids:
+                self._first_gen.pop(trace_id, None)
+            for gen in gens:
                 if gen.live == 0:
                     continue
                 hit = pc.is_in(gen.table().column("trace_id"), value_set=ids)
@@ -472,6 +489,15 @@ class SpanStore:
         metas = pa.Table.from_batches([c.meta if rows is None else c.meta.filter(rows) for c, rows in parts], META_SCHEMA)
         self.buffered_spans -= metas.num_rows
         return metas.add_column(_RAW, STORE_SCHEMA.field(_RAW), self._joined_raw(parts))
+
+    def _holding(self, trace_ids: list[bytes]) -> list[_Generation]:
+        """The generations that may hold spans of ``trace_ids`` (from the earliest one's first on)."""
+        first = self._first_gen
+        numbers = [first[t] for t in trace_ids if t in first]
+        if not numbers:
+            return []
+        oldest = min(numbers)
+        return [gen for gen in self._gens if gen.number >= oldest]
 
     def _joined_raw(self, parts: list[tuple[_Chunk, pa.Array | None]]) -> pa.Array | pa.ChunkedArray:
         """The released rows' bytes as one array, unpacked chunk by chunk into it.  One array:

@@ -378,17 +378,19 @@ def test_the_newest_generation_emptied_in_parts_frees_its_memory():
     run(test, generation_rows=1000)
 
 
-def test_complete_finds_the_traces_whose_every_span_has_its_parent():
-    def tree(n: int, parents: list[int | None]) -> SpanBatch:
-        req = ExportTraceServiceRequest()
-        ss = req.resource_spans.add().scope_spans.add()
-        for i, parent in enumerate(parents, 1):
-            span = ss.spans.add(trace_id=tid(n), span_id=sid(i), name=f"s{i}",
-                                start_time_unix_nano=1, end_time_unix_nano=2)
-            if parent is not None:
-                span.parent_span_id = sid(parent)
-        return decode(req).batch
+def tree(n: int, parents: list[int | None], first: int = 1) -> SpanBatch:
+    """Trace ``n``'s spans ``first``, ``first + 1``, ... whose parents are ``parents`` (None: a root)."""
+    req = ExportTraceServiceRequest()
+    ss = req.resource_spans.add().scope_spans.add()
+    for i, parent in enumerate(parents, first):
+        span = ss.spans.add(trace_id=tid(n), span_id=sid(i), name=f"s{i}",
+                            start_time_unix_nano=1, end_time_unix_nano=2)
+        if parent is not None:
+            span.parent_span_id = sid(parent)
+    return decode(req).batch
 
+
+def test_complete_finds_the_traces_whose_every_span_has_its_parent():
     async def test(store: SpanStore) -> list[bytes]:
         await store.append(tree(1, [2, None]))        # child before its root: whole
         await store.append(tree(2, [None, 1, 7]))     # span 3's parent (7) never came
@@ -398,6 +400,32 @@ def test_complete_finds_the_traces_whose_every_span_has_its_parent():
         return await store.complete([tid(n) for n in (1, 2, 3, 4, 9)])
 
     assert run(test) == [tid(1)]
+
+
+def test_complete_and_release_find_a_trace_whose_spans_are_generations_apart():
+    """The store looks for a trace's spans from the generation its first span went to: spans that
+    came generations later, an old generation compacted in between, a late span after the
+    release, each is found."""
+    async def test(store: SpanStore) -> None:
+        await store.append(tree(1, [None]))               # trace 1's root: generation 0
+        await store.append(tree(2, [3], first=1))         # trace 2's child, parent not yet here
+        await store.append(batch(range(10, 20)))          # generation 0 is full
+        await store.append(batch(range(20, 30)))          # generation 1, full too
+        await store.release([tid(t) for t in range(10, 20)])   # generation 0 compacted to traces 1, 2
+        await store.append(tree(1, [1], first=2))         # trace 1's child: generation 2
+        assert await store.complete([tid(1)]) == [tid(1)]
+        assert await store.complete([tid(2)]) == []
+        await store.append(tree(2, [None], first=3))      # trace 2's root arrives: whole now
+        assert await store.complete([tid(2)]) == [tid(2)]
+        spans = await store.release([tid(1)])
+        assert sorted(spans.span_ids) == [sid(1), sid(2)]
+        await store.append(tree(1, [2], first=4))         # a late span: its parent left with the release
+        assert await store.complete([tid(1)]) == []
+        spans = await store.release([tid(t) for t in (1, 2, *range(20, 30))])
+        assert sorted(spans.span_ids) == sorted([sid(1), sid(3), sid(4), *(sid(t * 100 + 1) for t in range(20, 30))])
+        assert store.buffered_spans == 0
+
+    run(test, generation_rows=10)
 
 
 @pytest.mark.parametrize("seed", range(6))
