@@ -143,6 +143,25 @@ def test_a_key_of_ever_new_values_is_not_remembered_past_its_share(monkeypatch):
     assert len(remembered) == 3 and key_value("a", "/item/1") in projector._kv_cache
 
 
+def test_a_spent_key_is_passed_over_only_in_its_usual_encoding(monkeypatch):
+    # "id" is not projected and shows ever-new values: past its share its new values are passed
+    # over by their head (0x0A, size, key, 0x12), unless the rest is not one value to the end
+    monkeypatch.setattr(attributes_module, "KEY_VALUES_REMEMBERED", 3)
+    odd = [
+        field(1, b"id") + field(2, av("late").SerializeToString()) + field(1, b"a"),   # the key is "a"
+        field(1, b"id") + field(2, av("x").SerializeToString()) + field(2, av("y").SerializeToString()),
+        field(1, b"id"),   # a key without a value
+    ]
+    raws = [span(n, [key_value("id", f"req-{n}"), key_value("a", f"/item/{n % 2}")]) for n in range(1, 21)]
+    raws += [span(20 + n, [key_value("a", "before"), kv_]) for n, kv_ in enumerate(odd, start=1)]
+    table, resources = stored(raws)
+    projector = Projector(Projection.of([AttrRef(S, "a")]))
+    out = projector.project(table, resources)
+    assert projector._spent == {b"\x0a\x02id\x12"}
+    assert column(out, AttrRef(S, "a")) == [f"/item/{n % 2}" for n in range(1, 21)] + ["late", "before", "before"]
+    assert column(out, AttrRef(S, "a")) == reference(raws, AttrRef(S, "a"))
+
+
 def test_events_event_lists_and_links_come_with_the_attributes():
     exception = AttrRef(E, "exception.type", event="exception")
     present = AttrRef(E, "", AttrType.PRESENT, event="exception")
