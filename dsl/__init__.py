@@ -11,22 +11,23 @@ __all__ = ["SPAN_COLUMNS", "AttrRef", "AttrSource", "AttrType", "any_text", "col
 from dsl.api import (  # noqa: E402
     Evaluation,
     Finding,
+    KnownBatch,
     RuleError,
     RuleRuntimeError,
     RuleSet,
     check_paths,
     cli_check,
-    empty_columns,
+    known_batch,
     load_rules,
 )
-from dsl.compiler import BASELINE_COLUMNS, BASELINE_TABLE, EMPTY_COLUMNS_TABLE  # noqa: E402
+from dsl.compiler import BASELINE_COLUMNS, BASELINE_TABLE  # noqa: E402
 from dsl.diagnostics import Diagnostic, Severity, SourceSpan  # noqa: E402
 from dsl.faulttree import TreeOutcome  # noqa: E402
 from dsl.spantree import antecedents_sql, covered_sql, no_parent_sql, root_key_sql, self_time_sql  # noqa: E402
 
 __all__ += [
-    "BASELINE_COLUMNS", "BASELINE_TABLE", "EMPTY_COLUMNS_TABLE", "Diagnostic", "Evaluation", "Finding", "TreeOutcome", "RuleError", "RuleRuntimeError", "RuleSet", "Severity", "SourceSpan",
-    "antecedents_sql", "check_paths", "cli_check", "covered_sql", "empty_columns", "fixtures", "load_rules", "no_parent_sql", "root_key_sql",
+    "BASELINE_COLUMNS", "BASELINE_TABLE", "Diagnostic", "Evaluation", "Finding", "KnownBatch", "TreeOutcome", "RuleError", "RuleRuntimeError", "RuleSet", "Severity", "SourceSpan",
+    "antecedents_sql", "check_paths", "cli_check", "covered_sql", "fixtures", "known_batch", "load_rules", "no_parent_sql", "root_key_sql",
     "self_time_sql",
 ]
 

@@ -9,6 +9,7 @@ store's contract, ``dsl.projection``) and returns ``Finding`` values.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import gc
 import glob
 import logging
@@ -19,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, cast
 
 import duckdb
 import pyarrow as pa
@@ -32,7 +33,6 @@ from dsl.columnar import ColumnarPlan
 from dsl.compiler import (
     BASELINE_COLUMNS,
     BASELINE_TABLE,
-    EMPTY_COLUMNS_TABLE,
     CompiledRule,
     EvidenceQuery,
     cleanup_statements,
@@ -207,31 +207,30 @@ class RuleSet:
             plans[absent] = plan
         return plan
 
-    def _absent(self, conn: duckdb.DuckDBPyConnection, table: str) -> Absent:
+    def _absent(self, conn: duckdb.DuckDBPyConnection, table: str, known: KnownBatch | None) -> Absent:
         """What no span of ``table`` has: a value in an attribute column the rules read, an
         error status.  In a batch of a few services most attribute columns are empty (the rule
         library reads dozens of attributes that each concern a kind of span), and a column of
         NULLs costs about as much to copy into the prepared table as one of values; the
         statements read a NULL constant instead.  Healthy traffic has batches without errors,
-        where most rules cannot fire (``dsl.absence``).  The empty columns are those
-        ``EMPTY_COLUMNS_TABLE`` names when the caller registered it (counting them scans every
-        column: ~0.3 µs a span for the library's), else counted."""
+        where most rules cannot fire (``dsl.absence``).  From what the caller ``known``s of an
+        Arrow batch (its null counts, ``KnownBatch``), else counted (a scan of every column the
+        rules read: ~0.3 µs a span for the library's)."""
         cols = list(self._attribute_types)
-        empty = _empty_columns(conn)
-        if empty is not None:
-            # fetchall, not fetchone: a result left unfinished keeps the connection from registering tables
-            ((errors,),) = conn.execute(parsed(f"SELECT EXISTS (SELECT 1 FROM {quote_ident(table)} "
-                                               f"WHERE status_code = {ERROR})")).fetchall()
-            return Absent(frozenset(c for c in cols if c in empty), errors=bool(errors))
+        if known is not None:
+            return Absent(frozenset(c for c in cols if c in known.empty), errors=known.errors)
         counts = conn.execute(parsed(f"SELECT count(*) FILTER (WHERE status_code = {ERROR})"
                                      f"{''.join(f', count({c})' for c in cols)} FROM {quote_ident(table)}")).fetchall()[0]
         return Absent(frozenset(c for c, n in zip(cols, counts[1:]) if n == 0), errors=counts[0] > 0)
 
     def _prepare(self, conn: duckdb.DuckDBPyConnection, table: str) -> tuple[list[str], _BatchPlan]:
-        plan = self._batch_plan(self._absent(conn, table))
+        known = _KNOWN.get()
+        known = known if known is not None and known.table == table else None
+        plan = self._batch_plan(self._absent(conn, table, known))
         baseline = "baseline" in self.needs and _has_baseline(conn)
-        stmts = prepare_statements(table, self.needs, self.columns, _row_key(conn, table), baseline, plan.nulls,
-                                   plan.reads)
+        # an Arrow table has no rowid: without its ``_row`` the prepare step copies it first
+        row_key = (ROW_KEY if ROW_KEY in known.columns else None) if known is not None else _row_key(conn, table)
+        stmts = prepare_statements(table, self.needs, self.columns, row_key, baseline, plan.nulls, plan.reads)
         return stmts, plan
 
     def prepare_statements(self, conn: duckdb.DuckDBPyConnection, table: str) -> list[str]:
@@ -273,14 +272,17 @@ class RuleSet:
             findings = self._columnar_findings(conn, plan.columnar, report)
             findings += [f for _, f in _run_statements(conn, plan.rule_statements, report)]
             conditions: list[Finding] = []
-            per_trace: pa.Table | None = None
+            per_trace: list[tuple[object, ...]] | None = None
             if self.trees:
                 conditions = plan.condition_groups.run(conn, report)
                 if self.evidence is not None and plan.evidence is not None:
-                    per_trace = conn.sql(plan.evidence, params=list(self.evidence.params)).to_arrow_table()
+                    # rows, not Arrow: a relation (conn.sql) binds the statement twice (~8 ms of a
+                    # 2,000-span bench batch), and Arrow from execute copies (DuckDB warns); its
+                    # columns become a trace id list and a byte per trace and rule (``_trees``)
+                    per_trace = conn.execute(plan.evidence, list(self.evidence.params)).fetchall()
         finally:
             for stmt in cleanup_statements():
-                conn.execute(stmt)
+                conn.execute(parsed(stmt))
         findings = _ranked(findings, self._scores)
         trees = self._trees(findings, conditions, per_trace, failed) if self.trees else []
         return Evaluation(findings, trees)
@@ -303,17 +305,18 @@ class RuleSet:
                 out.append(Finding(trace_id, span_id, m.id, m.layer, m.severity, m.confidence, message, depth, m.title))
         return out
 
-    def _trees(self, findings: list[Finding], conditions: list[Finding], per_trace: pa.Table | None,
+    def _trees(self, findings: list[Finding], conditions: list[Finding], per_trace: list[tuple[object, ...]] | None,
                failed: set[str]) -> list[TreeOutcome]:
         """Assemble the batch's evidence (``dsl.faulttree.BatchEvidence``) and evaluate the trees."""
         ev = self.evidence
         if per_trace is None or ev is None:
             return []
-        columns = per_trace.columns
-        trace_ids = columns[0].to_pylist()
+        n = len(per_trace)
+        width = 2 + len(ev.rule_ids) + len(ev.condition_ids)
+        columns: list[tuple[object, ...]] = list(zip(*per_trace)) if n else [()] * width
+        trace_ids = cast(list[bytes], list(columns[0]))
         index = {t: i for i, t in enumerate(trace_ids)}
-        n = len(trace_ids)
-        broken = _state_bytes(columns[1])
+        broken = bytearray(cast(tuple[int, ...], columns[1]))
         unknown_cols = {rid: k + 2 for k, rid in enumerate(ev.rule_ids)}
         ids = set(self.ids)
         states: dict[str, bytearray] = {}
@@ -321,7 +324,7 @@ class RuleSet:
             if rid in failed or rid not in ids:
                 states[rid] = bytearray([UNKNOWN]) * n
             elif rid in unknown_cols:
-                states[rid] = _state_bytes(columns[unknown_cols[rid]])
+                states[rid] = bytearray(cast(tuple[int, ...], columns[unknown_cols[rid]]))
             else:
                 states[rid] = bytearray(broken)
         blamed: dict[tuple[int, str], list[bytes]] = {}
@@ -335,7 +338,7 @@ class RuleSet:
         first = 2 + len(ev.rule_ids)
         top_spans: dict[str, list[bytes | None]] = {}
         for k, cid in enumerate(ev.condition_ids):
-            spans = columns[first + k].to_pylist()
+            spans = cast(list[bytes | None], list(columns[first + k]))
             holds[cid] = {i for i, span_id in enumerate(spans) if span_id is not None}
             top_spans[cid] = spans
         for f in conditions:
@@ -440,13 +443,6 @@ def statements(rules: Iterable[CompiledRule], size: int = STATEMENT_RULES) -> tu
         raise ValueError(f"rules per statement must be positive, not {size}")
     rules = tuple(rules)
     return tuple(_Statement.of(rules[i:i + size]) for i in range(0, len(rules), size))
-
-
-def _state_bytes(col: pa.ChunkedArray) -> bytearray:
-    """A UTINYINT column without nulls as one byte per row, without a Python loop."""
-    arr = col.combine_chunks()
-    data = arr.buffers()[1]
-    return bytearray(memoryview(data)[arr.offset:arr.offset + len(arr)]) if data is not None else bytearray()
 
 
 def _run_statements(conn: duckdb.DuckDBPyConnection, stmts: Iterable[_Statement],
@@ -559,19 +555,41 @@ def _row_key(conn: duckdb.DuckDBPyConnection, table: str) -> str | None:
     return "rowid"
 
 
-def empty_columns(table: pa.Table) -> pa.Table:
-    """``EMPTY_COLUMNS_TABLE`` of an Arrow table: its columns in which no row has a value (a null
-    count equal to the rows: no scan)."""
-    names = [name for name, column in zip(table.column_names, table.columns) if column.null_count == table.num_rows]
-    return pa.table({"name": pa.array(names, pa.string())})
+@dataclass(frozen=True, slots=True)
+class KnownBatch:
+    """What the caller knows of a batch table it registered from Arrow (``known_batch``), so that
+    evaluation need not ask DuckDB: each question costs a statement over the registered table,
+    whose binding alone reads the Arrow schema (~1 ms for the worker's 70-odd columns).
+    ``columns`` the table's, ``empty`` those in which no row has a value, ``errors`` whether a
+    span has an error status."""
+
+    table: str
+    columns: frozenset[str]
+    empty: frozenset[str]
+    errors: bool
+
+    @classmethod
+    def of(cls, table: str, arrow: pa.Table) -> KnownBatch:
+        """From Arrow's null counts and a test of the status column: no scan in DuckDB."""
+        names = arrow.column_names
+        empty = frozenset(n for n, c in zip(names, arrow.columns) if c.null_count == arrow.num_rows)
+        errors = "status_code" in names and bool(pc.any(pc.equal(arrow.column("status_code"), ERROR)).as_py())
+        return cls(table, frozenset(names), empty, errors)
 
 
-def _empty_columns(conn: duckdb.DuckDBPyConnection) -> frozenset[str] | None:
-    """The columns ``EMPTY_COLUMNS_TABLE`` names, None when the caller registered none."""
+_KNOWN: contextvars.ContextVar[KnownBatch | None] = contextvars.ContextVar("faulttrace_known_batch", default=None)
+
+
+@contextlib.contextmanager
+def known_batch(table: str, arrow: pa.Table) -> Iterator[KnownBatch]:
+    """While in the block, evaluations of ``table`` (registered from ``arrow`` on the
+    connection they run on) take ``KnownBatch.of(table, arrow)`` instead of asking DuckDB."""
+    known = KnownBatch.of(table, arrow)
+    token = _KNOWN.set(known)
     try:
-        return frozenset(c for (c,) in conn.execute(f"SELECT name FROM {EMPTY_COLUMNS_TABLE}").fetchall())
-    except duckdb.Error:
-        return None
+        yield known
+    finally:
+        _KNOWN.reset(token)
 
 
 def _has_baseline(conn: duckdb.DuckDBPyConnection) -> bool:

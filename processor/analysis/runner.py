@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import duckdb
 import pyarrow as pa
 
-from dsl import EMPTY_COLUMNS_TABLE, AttrRef, empty_columns
+from dsl import AttrRef, known_batch
 from processor.analysis.attributes import ALL_ATTRIBUTES, Projection, Projector
 from processor.analysis.protocols import RELEASED_TABLE, Analyzer, with_row_numbers
 from processor.analysis.verdict import BatchVerdict
@@ -55,14 +55,15 @@ def analyze_released(analyzer: Analyzer, projector: Projector, conn: duckdb.Duck
         # an analyzer reading every attribute decodes the span bytes of the spans it needs
         behind = [c for c in LEFT_BEHIND if c != "raw" or ALL_ATTRIBUTES not in projector.projection.refs]
         table = table.drop_columns([c for c in behind if c in table.column_names])
-        conn.register(RELEASED_TABLE, with_row_numbers(table))
-        # the columns no span has a value in, from Arrow's null counts: the rules need not count them
-        conn.register(EMPTY_COLUMNS_TABLE, empty_columns(table))
+        table = with_row_numbers(table)
+        conn.register(RELEASED_TABLE, table)
+        # what the rules would ask DuckDB of the batch (its columns, those no span has a value in,
+        # whether a span failed), known from the Arrow table
         try:
-            return analyzer.analyze(conn, RELEASED_TABLE)
+            with known_batch(RELEASED_TABLE, table):
+                return analyzer.analyze(conn, RELEASED_TABLE)
         finally:
             conn.unregister(RELEASED_TABLE)
-            conn.unregister(EMPTY_COLUMNS_TABLE)
     except Exception:
         log.exception("analysis failed on a batch of %d spans; it is exported without a verdict",
                       released.num_rows)

@@ -75,7 +75,7 @@ def test_an_absent_attribute_finds_what_a_present_one_that_matches_nothing_finds
     conn = duckdb.connect()
     try:
         load(conn, _traces(False), ruleset.projection)
-        assert ruleset._absent(conn, "batch").columns == {store}  # a span without events has an empty list, not NULL
+        assert ruleset._absent(conn, "batch", None).columns == {store}  # a span without events has an empty list, not NULL
         copy = [s for s in ruleset.prepare_statements(conn, "batch") if s.startswith(f"CREATE OR REPLACE TEMP TABLE {SPANS} ")]
         assert len(copy) == 1 and store not in copy[0]
     finally:
@@ -85,10 +85,11 @@ def test_an_absent_attribute_finds_what_a_present_one_that_matches_nothing_finds
     assert ran == {r.id for r in ruleset.rules} - {"t.db", "t.db_len", "t.child_db", "t.exists"}
 
 
-def test_the_empty_columns_a_caller_registers_stand_for_the_count(rules_from):
-    # the worker knows an Arrow batch's empty columns from their null counts (``empty_columns``): the
-    # rule set takes them from EMPTY_COLUMNS_TABLE instead of counting, and finds the same
-    from dsl import EMPTY_COLUMNS_TABLE, empty_columns
+def test_what_a_caller_knows_of_an_arrow_batch_stands_for_the_count(rules_from):
+    # the worker knows an Arrow batch's columns, empty columns (null counts) and errors
+    # (``known_batch``): the rule set takes them instead of asking DuckDB, and finds the same,
+    # with the batch's ``_row`` numbers or without (then it copies the batch first)
+    from dsl import KnownBatch, known_batch
 
     ruleset = rules_from(_text())
     errors = set()
@@ -96,18 +97,22 @@ def test_the_empty_columns_a_caller_registers_stand_for_the_count(rules_from):
         conn = duckdb.connect()
         try:
             load(conn, traces, ruleset.projection)
-            counted, found = ruleset._absent(conn, "batch"), ruleset.evaluate(conn, "batch")
+            counted, found = ruleset._absent(conn, "batch", None), ruleset.evaluate(conn, "batch")
             arrow = conn.sql("SELECT * FROM batch").to_arrow_table()
             conn.execute("DROP TABLE batch")
-            conn.register("batch", arrow)
-            conn.register(EMPTY_COLUMNS_TABLE, empty_columns(arrow))
-            assert ruleset._absent(conn, "batch") == counted
-            assert ruleset.evaluate(conn, "batch") == found
+            for registered in (arrow, arrow.append_column("_row", pa.array(range(arrow.num_rows), pa.int64()))):
+                conn.register("batch", registered)
+                with known_batch("batch", registered) as known:
+                    assert ruleset._absent(conn, "batch", known) == counted
+                    assert ruleset.evaluate(conn, "batch") == found
+                conn.unregister("batch")
             errors.add(counted.errors)
         finally:
             conn.close()
     assert errors == {True, False}  # batches with errors and without
-    assert empty_columns(pa.table({"a": [None, 1], "b": pa.nulls(2, pa.int64())})).column("name").to_pylist() == ["b"]
+    known = KnownBatch.of("t", pa.table({"a": [None, 1], "b": pa.nulls(2, pa.int64()), "status_code": [1, None]}))
+    assert (known.empty, known.errors, known.columns) == ({"b"}, False, {"a", "b", "status_code"})
+    assert KnownBatch.of("t", pa.table({"status_code": pa.array([], pa.int32())})).errors is False
 
 
 def test_a_batch_whose_event_lists_are_null_has_no_events(rules_from, run):
@@ -122,7 +127,7 @@ def test_a_batch_whose_event_lists_are_null_has_no_events(rules_from, run):
         (events,) = (column_name(r) for r in ruleset.projection)
         conn.execute(f"UPDATE batch SET {events} = NULL")
         assert ruleset.evaluate(conn, "batch") == []
-        assert ruleset._absent(conn, "batch").columns == {events}
+        assert ruleset._absent(conn, "batch", None).columns == {events}
     finally:
         conn.close()
 
@@ -167,9 +172,9 @@ def test_a_batch_without_errors_runs_only_the_rules_that_need_none(rules_from, m
     conn = duckdb.connect()
     try:
         load(conn, healthy, ruleset.projection)
-        assert ruleset._absent(conn, "batch") == Absent(errors=False)
+        assert ruleset._absent(conn, "batch", None) == Absent(errors=False)
         found = ruleset.evaluate(conn, "batch")
-        monkeypatch.setattr(type(ruleset), "_absent", lambda self, conn, table: Absent())  # nothing known
+        monkeypatch.setattr(type(ruleset), "_absent", lambda self, conn, table, known: Absent())  # nothing known
         assert found == ruleset.evaluate(conn, "batch")
     finally:
         conn.close()
