@@ -11,9 +11,10 @@ is explained by it) against the learned baseline (``history``); then the
 attribute values the candidates share beyond what their services normally
 carry (``attribution`` against the values the history counted), added to
 their evidence; then each candidate's layer (``conventions``); then the
-batch — timings, call shapes and attribute values — is learned, a trace with
-candidates only with weight ``learn_suspect`` so a fault does not teach the
-baseline that it is normal, yet a lasting change is absorbed.
+batch is learned — timings and call shapes of every trace, attribute values
+of a sample of them — a trace with candidates only with weight
+``learn_suspect`` so a fault does not teach the baseline that it is normal,
+yet a lasting change is absorbed.
 
 ``silent``, ``causal_past`` and ``lift`` switch the parts of the causal model
 off for an ablation (``SOURCES`` names them, so ``faulttrace eval --without``
@@ -51,9 +52,9 @@ from processor.localizer.window import SOURCES, ServiceScore, rank_services, win
 
 # The parts of the causal model, by the names ``SOURCES`` gives them.
 CAUSAL = ("silent", "causal_past", "lift")
-# Traces of a batch whose attributes are learned and counted in the window (a uniform sample by
-# trace id: what bounds the cost of a big batch); the traces with an error or a slow span are
-# read besides, to be explained.
+# Traces of a batch whose attributes and attribution values are learned, and whose attributes are
+# counted in the window (a uniform sample by trace id: what bounds the cost of a big batch); the
+# traces with an error or a slow span are read besides, to be explained.
 SAMPLE_TRACES = 128
 
 SAMPLE_SQL = """
@@ -198,8 +199,7 @@ class LocalizerAnalyzer:
         # ``m`` and the baseline registered once for every step of the batch that reads them
         with baseline.beside(conn, metrics):
             verdict, values, learned, scale, ranking = self._blame(conn, table, columns, metrics, baseline)
-        self.history.learn(metrics, dict.fromkeys(verdict.traces, self.learn_suspect),
-                           values.drop_columns(["span_id"]) if values is not None else None, learned, scale)
+        self.history.learn(metrics, dict.fromkeys(verdict.traces, self.learn_suspect), values, learned, scale)
         services = tuple(ServiceRank(r.service, round(r.score, 4), round(r.probability, 4))
                          for r in ranking if r.score > 0)
         return dataclasses.replace(verdict, services=services)
@@ -207,8 +207,9 @@ class LocalizerAnalyzer:
     def _blame(self, conn: duckdb.DuckDBPyConnection, table: str, columns: set[str], metrics: pa.Table,
                baseline: Baseline) -> tuple[LocalizedBatch, pa.Table | None, pa.Table | None, float,
                                             list[ServiceScore]]:
-        """The batch's verdict (``m`` and ``baseline`` beside it), its attribution values, the
-        attributes to learn and the traces a sampled one stands for, and the services' ranking."""
+        """The batch's verdict (``m`` and ``baseline`` beside it), the attribution values and the
+        attributes to learn (of the sampled traces), the traces a sampled one stands for, and the
+        services' ranking."""
         # the pods' shifts serve the window's ranking and the per-trace blame: read once
         pods = window_pods(conn, self.sources)
         ranking = rank_services(conn, metrics, baseline, self.sources, self.null, pods)
@@ -229,11 +230,12 @@ class LocalizerAnalyzer:
             details = _details(conn, table, columns)
             verdict = blame_traces(conn, metrics, baseline, ranking, self.per_trace, details, silent,
                                    _slow_pods(pods))
-            # the attribution values as text, cast once: compared for the candidates, then learned
-            values = _values(conn, self.reads, table, columns, self.attribution)
-            found = self._attribute(conn, values, verdict)
+            found = self._attribute(conn, table, verdict)
             verdict = _with_layers(_with_attributions(verdict, found), _span_attributes(conn, long, verdict),
                                    details, _enclosing(conn, table, verdict))
+            # what is learned: the sampled traces' attribution values and attributes (every trace's
+            # when the sample holds them all)
+            values = _values(conn, self.reads, table, columns, self.attribution, sampled=scale > 1)
             learned = rows.filter(rows.column("sampled")) if rows is not None else None
         finally:
             if long is not None:
@@ -241,33 +243,31 @@ class LocalizerAnalyzer:
                     conn.unregister(name)
         return verdict, values, learned, scale, ranking
 
-    def _attribute(self, conn: duckdb.DuckDBPyConnection, values: pa.Table | None,
-                   verdict: LocalizedBatch) -> list[Attribution]:
-        """The attributions of the candidates, over the batch's attribution ``values`` (``_values``)."""
+    def _attribute(self, conn: duckdb.DuckDBPyConnection, table: str, verdict: LocalizedBatch) -> list[Attribution]:
+        """The attributions of the candidates, over the batch's attribution columns (read in place)."""
         # every candidate has evidence of its own (an error origin or latency), so all are anomalous
         spans = [(t, c.span_id) for t, v in verdict.traces.items() for c in v.candidates]
-        if not spans or not self.attribution or values is None:
+        if not spans or not self.attribution:
             return []
         selected = pa.table({"trace_id": pa.array([t for t, _ in spans], pa.binary()),
                              "span_id": pa.array([s for _, s in spans], pa.binary())})
-        conn.register("lz_attr_values", values)
-        try:
-            return attribute(conn, "lz_attr_values", selected, {ref.key: column_name(ref) for ref in self.attribution},
-                             self.history.values())
-        finally:
-            conn.unregister("lz_attr_values")
+        return attribute(conn, table, selected, {ref.key: column_name(ref) for ref in self.attribution},
+                         self.history.values())
 
 
 def _values(conn: duckdb.DuckDBPyConnection, reads: Reads, table: str, columns: set[str],
-            refs: tuple[AttrRef, ...]) -> pa.Table | None:
-    """The batch's attribution values as strings per span (``trace_id``, ``span_id``, ``service``, one
-    column per attribute), None when it projects none: what ``attribution`` compares and, without
-    ``span_id``, what ``History.learn`` counts."""
+            refs: tuple[AttrRef, ...], sampled: bool) -> pa.Table | None:
+    """The attribution values to learn as strings per span (``trace_id``, ``service``, one column per
+    attribute) of the sampled traces (``lz_sample``; with ``sampled`` false, of every trace), None
+    when the batch projects none: what ``History.learn`` counts.  A sample, not the batch: casting
+    and counting every span's values was ~50 ms of a 100,000-span batch; the traces one sampled
+    trace stands for weigh its values (``History.learn``'s ``scale``)."""
     cols = [c for c in dict.fromkeys(column_name(r) for r in refs) if c in columns]
     if not cols:
         return None
     casts = ", ".join(f"CAST({c} AS VARCHAR) AS {c}" for c in cols)
-    return reads.rows(conn, f"SELECT trace_id, span_id, service, {casts} FROM {table}")
+    where = " WHERE trace_id IN (SELECT trace_id FROM lz_sample)" if sampled else ""
+    return reads.rows(conn, f"SELECT trace_id, service, {casts} FROM {table}{where}")
 
 
 def _slow_pods(pods: list[PodShift]) -> list[str]:

@@ -408,8 +408,9 @@ class History:
         ``dsl.column_name``) are the same spans' attribute values, counted per service;
         ``attributes`` all their span attributes in long form (``attributes.all_attributes_sql``),
         learned per operation from the traces without a failure (root span in error, or weight
-        below one) — of a sample of the traces when ``scale`` (the traces one of them stands
-        for) is above 1."""
+        below one).  ``values`` and ``attributes`` are of a sample of the traces when ``scale``
+        (the traces one of them stands for) is above 1: each sampled trace's weight counts
+        ``scale`` times."""
         if metrics.num_rows == 0:
             return 0
         cfg = self.config
@@ -427,7 +428,7 @@ class History:
             try:
                 common = {"f": f, "prune": cfg.prune}
                 if values is not None and values.num_columns > 2:
-                    self._learn_values(_weighted(values, weights), common)
+                    self._learn_values(_weighted(values, weights, scale), common)
                 if attributes is not None and failed is not None:
                     self._learn_attributes(attributes, failed, common, scale)
                 conn.execute(parsed(HIST_SQL.format(unit=UNIT_NS, gamma=cfg.gamma)), common)
@@ -547,14 +548,15 @@ class _Ops:
     least: float | None
 
 
-def _weighted(rows: pa.Table, weights: dict[bytes, float] | None) -> pa.Table:
-    """``rows`` with their trace's learning ``weight`` (``weights``, 1 for a trace not in it)."""
+def _weighted(rows: pa.Table, weights: dict[bytes, float] | None, scale: float = 1.0) -> pa.Table:
+    """``rows`` with their trace's learning ``weight`` (``weights``, 1 for a trace not in it), times
+    ``scale`` (the traces a sampled one stands for)."""
     if not weights:
-        return rows.append_column("weight", pa.repeat(pa.scalar(1.0, pa.float64()), rows.num_rows))
+        return rows.append_column("weight", pa.repeat(pa.scalar(scale, pa.float64()), rows.num_rows))
     ids = rows.column("trace_id")
     at = pc.index_in(ids, pa.array(list(weights), ids.type))
     weight = pc.fill_null(pc.take(pa.array(list(weights.values()), pa.float64()), at), 1.0)
-    return rows.append_column("weight", weight)
+    return rows.append_column("weight", weight if scale == 1.0 else pc.multiply(weight, scale))
 
 
 def _failed(new: pa.Table, weights: dict[bytes, float] | None) -> pa.Array:

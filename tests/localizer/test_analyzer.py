@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 
 from dsl import BASELINE_TABLE, AttrRef, AttrSource, column_name, load_rules
-from processor.analysis.attributes import Projection, Projector
+from processor.analysis.attributes import ALL_ATTRIBUTES, Projection, Projector, long_array
 from processor.analysis.combined import CombinedAnalyzer
 from processor.analysis.rules import RuleAnalyzer
 from processor.analysis.runner import analyze_released
@@ -183,6 +183,39 @@ def test_attribution_names_the_node_the_slow_spans_share(
     assert a.message.startswith("k8s.node.name=node-3 in 100% of anomalous spans vs ")
     tops = [verdict.traces[t].top for t in bad]
     assert all(any(e.source == "localizer.attribution" for e in c.evidence) for c in tops)
+
+
+def _values_learned(sample_traces: int, rows: list[dict[str, Any]], nodes: list[str],
+                    conn: duckdb.DuckDBPyConnection) -> dict[str, list[dict[str, Any]]]:
+    """lz_vtot and lz_values of a cold analyzer with ``sample_traces`` after one batch of ``rows``."""
+    analyzer = LocalizerAnalyzer(sample_traces=sample_traces)
+    batch = synth.batch(rows, {NODE: nodes})
+    batch = batch.add_column(batch.num_columns - 1, column_name(ALL_ATTRIBUTES), long_array([[]] * len(rows)))
+    synth.analyze(analyzer, conn, batch)
+    held = {t: rows.to_pylist() for t, rows in analyzer.history.sketches().tables.items() if t in ("lz_vtot", "lz_values")}
+    analyzer.close()
+    return held
+
+
+def test_attribution_values_are_learned_from_the_sampled_traces_each_standing_for_its_share(
+        conn: duckdb.DuckDBPyConnection) -> None:
+    rows = synth.spans(n=200, seed=900)
+    rng = random.Random(9)
+    nodes = [f"node-{rng.randint(1, 4)}" for _ in rows]
+    every = _values_learned(1000, rows, nodes, conn)
+    sampled = _values_learned(50, rows, nodes, conn)
+    # a sample of 50 of the 200 traces, each counting four times: the services' span counts and the
+    # values' shares come out near those of every trace, not a quarter of them
+    total = {r["service"]: r["n"] for r in every["lz_vtot"]}
+    assert sum(total.values()) == len(rows)
+    for r in sampled["lz_vtot"]:
+        assert abs(r["n"] - total[r["service"]]) <= 0.35 * total[r["service"]]
+    share = {(r["service"], r["val"]): r["w"] / total[r["service"]] for r in every["lz_values"]}
+    sampled_total = {r["service"]: r["n"] for r in sampled["lz_vtot"]}
+    for r in sampled["lz_values"]:
+        assert abs(r["w"] / sampled_total[r["service"]] - share[(r["service"], r["val"])]) < 0.2
+    # a batch with fewer traces than the sample learns every trace's values as they are
+    assert _values_learned(200, rows, nodes, conn) == every
 
 
 def test_a_failing_batch_is_logged_at_the_analysis_boundary_and_yields_an_empty_verdict(
