@@ -18,6 +18,7 @@ from dsl.api import (  # noqa: E402
     check_paths,
     cli_check,
     known_batch,
+    known_of,
     load_rules,
 )
 from dsl.compiler import BASELINE_COLUMNS, BASELINE_TABLE  # noqa: E402
@@ -27,7 +28,7 @@ from dsl.spantree import antecedents_sql, covered_sql, no_parent_sql, root_key_s
 
 __all__ += [
     "BASELINE_COLUMNS", "BASELINE_TABLE", "Diagnostic", "Evaluation", "Finding", "KnownBatch", "TreeOutcome", "RuleError", "RuleRuntimeError", "RuleSet", "Severity", "SourceSpan",
-    "antecedents_sql", "check_paths", "cli_check", "covered_sql", "fixtures", "known_batch", "load_rules", "no_parent_sql", "root_key_sql",
+    "antecedents_sql", "check_paths", "cli_check", "covered_sql", "fixtures", "known_batch", "known_of", "load_rules", "no_parent_sql", "root_key_sql",
     "self_time_sql",
 ]
 

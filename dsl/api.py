@@ -224,8 +224,7 @@ class RuleSet:
         return Absent(frozenset(c for c, n in zip(cols, counts[1:]) if n == 0), errors=counts[0] > 0)
 
     def _prepare(self, conn: duckdb.DuckDBPyConnection, table: str) -> tuple[list[str], _BatchPlan]:
-        known = _KNOWN.get()
-        known = known if known is not None and known.table == table else None
+        known = known_of(table)
         plan = self._batch_plan(self._absent(conn, table, known))
         baseline = "baseline" in self.needs and _has_baseline(conn)
         # an Arrow table has no rowid: without its ``_row`` the prepare step copies it first
@@ -578,6 +577,12 @@ class KnownBatch:
 
 
 _KNOWN: contextvars.ContextVar[KnownBatch | None] = contextvars.ContextVar("faulttrace_known_batch", default=None)
+
+
+def known_of(table: str) -> KnownBatch | None:
+    """What the caller's ``known_batch`` says of ``table``, if it is in one for that table."""
+    known = _KNOWN.get()
+    return known if known is not None and known.table == table else None
 
 
 @contextlib.contextmanager

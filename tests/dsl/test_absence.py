@@ -89,7 +89,7 @@ def test_what_a_caller_knows_of_an_arrow_batch_stands_for_the_count(rules_from):
     # the worker knows an Arrow batch's columns, empty columns (null counts) and errors
     # (``known_batch``): the rule set takes them instead of asking DuckDB, and finds the same,
     # with the batch's ``_row`` numbers or without (then it copies the batch first)
-    from dsl import KnownBatch, known_batch
+    from dsl import KnownBatch, known_batch, known_of
 
     ruleset = rules_from(_text())
     errors = set()
@@ -103,9 +103,11 @@ def test_what_a_caller_knows_of_an_arrow_batch_stands_for_the_count(rules_from):
             for registered in (arrow, arrow.append_column("_row", pa.array(range(arrow.num_rows), pa.int64()))):
                 conn.register("batch", registered)
                 with known_batch("batch", registered) as known:
+                    assert known_of("batch") is known and known_of("other") is None
                     assert ruleset._absent(conn, "batch", known) == counted
                     assert ruleset.evaluate(conn, "batch") == found
                 conn.unregister("batch")
+                assert known_of("batch") is None
             errors.add(counted.errors)
         finally:
             conn.close()
