@@ -37,17 +37,20 @@ WITH src AS (
 -- each span beside its parent (p_span NULL where the parent is not in the batch), joined once for
 -- the parent's columns and everything per parent below
 pj AS MATERIALIZED (
-    SELECT c.*, p.span_id AS p_span, p.service AS parent_service, p.name AS parent_name,
-           p.start_ns AS p_start, p.end_ns AS p_end
+    SELECT c.*, p.span_id AS p_span, p.service AS parent_service, p.start_ns AS p_start, p.end_ns AS p_end
     FROM src c LEFT JOIN src p ON c.trace_id = p.trace_id AND c.parent_span_id = p.span_id
 ),
--- per parent id, one aggregation over its children: the callee service (a child in another service),
--- errors below, and for a parent of one child (most of them: every client span) its call shape and the
--- time it covers, which need no list or sweep
+-- per parent id, one aggregation over its children: the callee (its longest child in another service:
+-- its service, pod and node), errors below, and for a parent of one child (most of them: every client
+-- span) its call shape and the time it covers, which need no list or sweep
 kids AS MATERIALIZED (
     SELECT trace_id, parent_span_id AS pid,
            arg_max(CASE WHEN service <> parent_service THEN service END,
                    CASE WHEN service <> parent_service THEN end_ns - start_ns END) AS callee,
+           arg_max(CASE WHEN service <> parent_service THEN pod END,
+                   CASE WHEN service <> parent_service THEN end_ns - start_ns END) AS callee_pod,
+           arg_max(CASE WHEN service <> parent_service THEN node END,
+                   CASE WHEN service <> parent_service THEN end_ns - start_ns END) AS callee_node,
            count(*) AS n_children,
            bool_or(status_code = 2) AS child_error,
            any_value(service || ':' || name) AS one_sig,
@@ -71,7 +74,7 @@ shapes AS (
 ),
 covered AS ({covered}),  -- dsl.spantree: keyed by (trace, span_id), so copies of a span id share it
 per_parent AS (
-    SELECT k.trace_id, k.pid, k.callee, k.n_children, k.child_error,
+    SELECT k.trace_id, k.pid, k.callee, k.callee_pod, k.callee_node, k.n_children, k.child_error,
            CASE WHEN k.n_children = 1 THEN k.one_sig ELSE s.sig END AS sig,
            CASE WHEN k.n_children = 1 THEN k.one_covered ELSE cv.covered END AS covered
     FROM kids k
@@ -83,9 +86,9 @@ SELECT sp.trace_id, sp.span_id, sp.parent_span_id, sp.service, sp.name, sp.start
        sp.status_code, sp.exception, sp.pod, sp.node,
        sp.end_ns - sp.start_ns AS dur,
        greatest({self_time}, 0) AS self_ns,  -- not below 0 for a span ending before it starts, or such a copy
-       sp.parent_service, sp.parent_name,
+       sp.parent_service,
        (sp.parent_span_id IS NOT NULL AND sp.p_span IS NULL) AS orphan,
-       k.callee,
+       k.callee, k.callee_pod, k.callee_node,
        coalesce(k.callee, sp.service) AS blame,
        coalesce(k.n_children, 0) AS n_children,
        coalesce(k.child_error, false) AS child_error,
@@ -125,8 +128,10 @@ def _placement(columns: Sequence[str], keys: tuple[str, ...]) -> str:
 
 
 def span_metrics(conn: duckdb.DuckDBPyConnection, spans: pa.Table) -> pa.Table:
-    """Per span: duration, self time, parent, callee, the service its self time is charged to, its
-    call shape (``shape_sig``: its children's operations, sorted; ``shape_k`` of them; ``shape_last_blame``: the service
+    """Per span: duration, self time, parent, callee (its longest child in another service: ``callee``,
+    and ``callee_pod`` and ``callee_node``, where ``shift`` charges its wire time), the service its self
+    time is charged to, its call shape (``shape_sig``: its children's operations, sorted; ``shape_k`` of
+    them; ``shape_last_blame``: the service
     charged when the tree stops after its last child), and its pod and node where ``spans`` has their
     resource attributes (``placement_refs``; else null).  The call shape is computed here, once per
     batch, for both the window's shape evidence and the history that learns it."""

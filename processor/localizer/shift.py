@@ -50,19 +50,10 @@ MIN_NODE_PODS = 3   # pods on a node (in the window) before what they share is t
 # median log ratio to it.  Operations whose baseline self time does not vary (MAD 0: all zeros, a
 # constant) say nothing.
 SHIFT_SQL = """
-WITH callee AS (  -- a client span's server child in another service: the pod its wire time is charged to
-    SELECT c.trace_id, c.parent_span_id AS pid,
-           arg_max(c.service, c.end_ns - c.start_ns) AS service, arg_max(c.pod, c.end_ns - c.start_ns) AS pod,
-           arg_max(c.node, c.end_ns - c.start_ns) AS node
-    FROM m c JOIN m p ON c.trace_id = p.trace_id AND c.parent_span_id = p.span_id
-    WHERE c.service <> p.service
-    GROUP BY ALL
-),
-s AS (
+WITH s AS (
     SELECT {charged_service} AS cs, coalesce({charged_pod}, {charged_service}) AS pod, {charged_node} AS node,
            m.service, m.name, greatest(m.self_ns, 1)::DOUBLE AS self
     FROM m JOIN base_ops o USING (service, name)
-    LEFT JOIN callee k ON k.trace_id = m.trace_id AND k.pid = m.span_id
     WHERE o.self_mad > 0
 ),
 pods AS (SELECT DISTINCT cs, service, name, pod FROM s),
@@ -102,10 +93,10 @@ class PodShift:
 
 
 def pod_shifts(conn: duckdb.DuckDBPyConnection, *, wire_time: bool = True, colocation: bool = True) -> list[PodShift]:
-    """Every pod's shift (``m``: span metrics with ``pod`` and ``node`` columns; ``base_ops``): its
+    """Every pod's shift (``m``: span metrics with ``pod``, ``node`` and their callee's; ``base_ops``): its
     operation that moved most (a stressed CPU slows CPU-bound work most, not the wait on a database)."""
-    if wire_time:
-        charged = ("coalesce(k.service, m.service)", "coalesce(k.pod, m.pod)", "coalesce(k.node, m.node)")
+    if wire_time:  # to the callee: a client span's server child in another service (``graph``'s callee)
+        charged = ("coalesce(m.callee, m.service)", "coalesce(m.callee_pod, m.pod)", "coalesce(m.callee_node, m.node)")
     else:
         charged = ("m.service", "m.pod", "m.node")
     sql = SHIFT_SQL.format(charged_service=charged[0], charged_pod=charged[1], charged_node=charged[2],

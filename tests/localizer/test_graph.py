@@ -108,7 +108,7 @@ kids AS (SELECT c.trace_id, c.parent_span_id AS pid,
                 count(*) AS n_children, bool_or(c.status_code = 2) AS child_error
          FROM sp c JOIN sp p ON c.trace_id = p.trace_id AND c.parent_span_id = p.span_id GROUP BY ALL),
 mt AS (SELECT sp.*, sp.end_ns - sp.start_ns AS dur, greatest({self_time}, 0) AS self_ns,
-              p.service AS parent_service, p.name AS parent_name,
+              p.service AS parent_service,
               (sp.parent_span_id IS NOT NULL AND p.span_id IS NULL) AS orphan, k.callee,
               coalesce(k.callee, sp.service) AS blame, coalesce(k.n_children, 0) AS n_children,
               coalesce(k.child_error, false) AS child_error
