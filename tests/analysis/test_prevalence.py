@@ -9,7 +9,7 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from dsl import load_rules
+from dsl import load_rules, no_parent_sql, root_key_sql
 from processor.analysis.attributes import Projection, span_table
 from processor.analysis.build import seed_healthy
 from processor.analysis.combined import CombinedAnalyzer
@@ -61,6 +61,29 @@ def test_a_root_slower_than_its_baseline_has_been_is_a_failure():
     assert outcomes(conn, table, durations(dur)).failed == frozenset()
     # a longest duration learned from too few spans is not trusted to call the root slow
     assert outcomes(conn, table, durations(dur - 1, MIN_OBSERVATIONS - 1)).failed == frozenset()
+
+
+def test_a_trace_without_its_root_or_with_a_root_lacking_a_value_is_judged_by_the_whole_root_key():
+    # outcomes reads the root among the spans that name no parent, and only the rest (a fragment
+    # whose root has not arrived, a root whose status is NULL) with the whole key (root_key_sql):
+    # the same roots as that key over every trace
+    conn = duckdb.connect()
+    table = batch(conn, HANDLED, FAILED)
+    conn.register("failed_ids", pa.table({"trace_id": pa.array(sorted(trace_ids(FAILED)), pa.binary())}))
+    root, failed = no_parent_sql("parent_span_id"), "trace_id IN (SELECT trace_id FROM failed_ids)"
+    # the failed trace loses its root span (its error child heads the fragment); the handled one's
+    # root status becomes NULL
+    conn.execute(f"""CREATE TABLE cut AS SELECT * REPLACE (CASE WHEN {root} THEN NULL ELSE status_code END
+                                                           AS status_code)
+                     FROM {table} WHERE NOT ({root} AND {failed})""")
+    key = root_key_sql("s", no_parent=no_parent_sql("s.parent_span_id"), parent_found="p.span_id IS NOT NULL")
+    expected = conn.execute(f"""
+        SELECT s.trace_id, arg_min(s.status_code, {key}) FROM cut s
+        LEFT JOIN cut p ON p.trace_id = s.trace_id AND p.span_id = s.parent_span_id
+        GROUP BY s.trace_id""").fetchall()
+    seen = outcomes(conn, "cut")
+    assert seen.traces == trace_ids(HANDLED) | trace_ids(FAILED)
+    assert seen.failed == {t for t, status in expected if status == 2} == trace_ids(FAILED)
 
 
 def test_the_count_a_slow_root_needs_is_where_healthy_roots_fail_at_most_the_ceiling():
