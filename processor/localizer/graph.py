@@ -26,6 +26,7 @@ import pyarrow as pa
 from dsl import AttrRef, AttrSource, column_name, self_time_sql
 from dsl.api import parsed
 from dsl.spantree import covered_of_sql
+from processor.localizer.reads import Reads
 
 METRICS_SQL = """
 WITH src AS (
@@ -142,13 +143,17 @@ def span_metrics(conn: duckdb.DuckDBPyConnection, spans: pa.Table) -> pa.Table:
         conn.unregister("_lz_spans")
 
 
-def span_metrics_of(conn: duckdb.DuckDBPyConnection, source: str, columns: Sequence[str]) -> pa.Table:
+def span_metrics_of(conn: duckdb.DuckDBPyConnection, source: str, columns: Sequence[str],
+                    reads: Reads | None = None) -> pa.Table:
     """``span_metrics`` of a relation on ``conn`` (a table's name or a parenthesized query) with
     ``columns``: the live localizer reads the released batch in place instead of copying its
-    span columns out first."""
+    span columns out first, from a relation it keeps (``reads``: the statement is bound once,
+    not ~4 ms every batch)."""
     sql = METRICS_SQL.format(table=source, covered=covered_of_sql(_CLIPPED, ("trace_id", "span_id")),
                              self_time=self_time_sql("sp", "k.covered"),
                              pod=_placement(columns, POD_KEYS), node=_placement(columns, NODE_KEYS))
+    if reads is not None:
+        return reads.rows(conn, sql)
     return conn.sql(parsed(sql)).to_arrow_table()
 
 

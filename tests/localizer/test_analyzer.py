@@ -301,3 +301,20 @@ def test_attribution_compares_with_the_values_learned_from_the_baseline(
     assert ("db", NODE, "node-3") in {(r["service"], r["key"], r["val"])
                                      for r in analyzer.history.values().values.to_pylist()}
     analyzer.close()
+
+
+def test_the_batch_columns_the_caller_knows_are_read_as_from_duckdb(conn: duckdb.DuckDBPyConnection) -> None:
+    from dsl import known_batch
+    from processor.localizer.analyzer import _columns
+
+    rows = synth.spans(n=5, seed=950)
+    batch = synth.batch(rows, {NODE: ["node-1"] * len(rows)})
+    conn.register("released", batch)
+    try:
+        probed = _columns(conn, "released")
+        with known_batch("released", batch):
+            assert _columns(conn, "released") == probed == set(batch.column_names)
+        with known_batch("another", batch.drop_columns([NODE])):  # known of another table: asked of DuckDB
+            assert _columns(conn, "released") == probed
+    finally:
+        conn.unregister("released")
