@@ -93,6 +93,7 @@ WITH t AS (
 )
 SELECT key, val, trace_id, span_id FROM (UNPIVOT t ON {keys} INTO NAME key VALUE val)
 WHERE (key, val) IN (SELECT (key, val) FROM lz_found)
+ORDER BY trace_id, span_id  -- each attribution's spans in one order, whatever the plan reading the batch
 """
 
 

@@ -401,16 +401,17 @@ class History:
         return self.learn(metrics, values=values, attributes=long)
 
     def learn(self, metrics: pa.Table, weights: dict[bytes, float] | None = None,
-              values: pa.Table | None = None, attributes: pa.Table | None = None, scale: float = 1.0) -> int:
+              values: pa.Table | None = None, attributes: pa.Table | None = None, scale: float = 1.0,
+              value_scale: float = 1.0) -> int:
         """Fold span metrics (``graph.span_metrics``) in, each trace weighted by ``weights``
         (default 1: a weight below one learns a suspicious trace only a little); ``values``
         (``trace_id``, ``service`` and one string column per attribute, named by
         ``dsl.column_name``) are the same spans' attribute values, counted per service;
         ``attributes`` all their span attributes in long form (``attributes.all_attributes_sql``),
         learned per operation from the traces without a failure (root span in error, or weight
-        below one).  ``values`` and ``attributes`` are of a sample of the traces when ``scale``
-        (the traces one of them stands for) is above 1: each sampled trace's weight counts
-        ``scale`` times."""
+        below one).  ``attributes`` are of a sample of the traces when ``scale`` (the traces one
+        of them stands for) is above 1, ``values`` when ``value_scale`` is: each sampled trace's
+        weight counts that many times."""
         if metrics.num_rows == 0:
             return 0
         cfg = self.config
@@ -428,7 +429,7 @@ class History:
             try:
                 common = {"f": f, "prune": cfg.prune}
                 if values is not None and values.num_columns > 2:
-                    self._learn_values(_weighted(values, weights, scale), common)
+                    self._learn_values(_weighted(values, weights, value_scale), common)
                 if attributes is not None and failed is not None:
                     self._learn_attributes(attributes, failed, common, scale)
                 conn.execute(parsed(HIST_SQL.format(unit=UNIT_NS, gamma=cfg.gamma)), common)

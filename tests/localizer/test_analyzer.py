@@ -185,10 +185,10 @@ def test_attribution_names_the_node_the_slow_spans_share(
     assert all(any(e.source == "localizer.attribution" for e in c.evidence) for c in tops)
 
 
-def _values_learned(sample_traces: int, rows: list[dict[str, Any]], nodes: list[str],
+def _values_learned(value_sample_traces: int, rows: list[dict[str, Any]], nodes: list[str],
                     conn: duckdb.DuckDBPyConnection) -> dict[str, list[dict[str, Any]]]:
-    """lz_vtot and lz_values of a cold analyzer with ``sample_traces`` after one batch of ``rows``."""
-    analyzer = LocalizerAnalyzer(sample_traces=sample_traces)
+    """lz_vtot and lz_values of a cold analyzer with ``value_sample_traces`` after one batch of ``rows``."""
+    analyzer = LocalizerAnalyzer(value_sample_traces=value_sample_traces)
     batch = synth.batch(rows, {NODE: nodes})
     batch = batch.add_column(batch.num_columns - 1, column_name(ALL_ATTRIBUTES), long_array([[]] * len(rows)))
     synth.analyze(analyzer, conn, batch)
