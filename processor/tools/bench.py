@@ -35,7 +35,12 @@ Memory: when the most spans are buffered, the store's own bytes per span
 (``bytes_per_buffered_span``) and the serving process's resident memory above
 its size once started, per buffered span (``rss_bytes_per_buffered_span``:
 what the allocator keeps around the store's buffers, in-flight batches
-included).
+included).  What the process holds whatever the buffer (the batches under
+analysis and being exported) is divided among the buffered spans there, so
+that figure depends on how full the buffer got; ``rss_slope_bytes_per_buffered_span``
+is what one more buffered span adds: the slope of resident memory against
+buffered spans over the run's samples (``robust_slope``), the figure to size
+``max_buffered_spans`` by.
 
 ``--modes rotel`` adds an external anchor: rotel (``pip install rotel``, an
 OpenTelemetry collector written in Rust) forwarding from its OTLP/gRPC
@@ -308,6 +313,19 @@ def _config(sink_port: int, decision_wait: float, compression: str, rules: list[
     }, "<bench>")
 
 
+def robust_slope(points: list[tuple[float, float]], spread: float = 0.1) -> float | None:
+    """The Theil-Sen slope of ``points`` (x, y): the median of the slopes between pairs whose x
+    differ by at least ``spread`` of the largest x (closer pairs are all noise), or None with
+    no such pair.  A median, not a fit: samples taken while a batch is under analysis or
+    being exported sit above the line by that batch, whatever the buffer holds."""
+    if len(points) > 300:   # pairs grow with the square: every k-th sample is plenty
+        points = points[::len(points) // 300 + 1]
+    top = max((x for x, _ in points), default=0.0)
+    slopes = [(y2 - y1) / (x2 - x1) for i, (x1, y1) in enumerate(points) for x2, y2 in points[i + 1:]
+              if abs(x2 - x1) >= spread * top > 0]
+    return statistics.median(slopes) if slopes else None
+
+
 def _peak_rss_mib() -> float:
     import resource
 
@@ -361,8 +379,9 @@ async def _serve(mode: str, sink_port: int, decision_wait: float, compression: s
     else:
         config = _config(sink_port, decision_wait, compression, rules if mode == "rules" else None,
                          journal=journal, complete_grace=complete_grace)
-    stats: dict[str, float] = {"max_buffered_spans": 0, "bytes_per_buffered_span": 0.0,
-                               "rss_bytes_per_buffered_span": 0.0}
+    stats: dict[str, float | None] = {"max_buffered_spans": 0, "bytes_per_buffered_span": 0.0,
+                                      "rss_bytes_per_buffered_span": 0.0}
+    points: list[tuple[float, float]] = []  # (buffered spans, RSS above rss0), every sample
     workers: list[int] = []
     if mode != "passthrough":
         pipeline = Pipeline(config)
@@ -387,10 +406,12 @@ async def _serve(mode: str, sink_port: int, decision_wait: float, compression: s
     while not stop.is_set():
         if mode != "passthrough":
             buffered = pipeline.store.buffered_spans
-            if buffered > stats["max_buffered_spans"]:
+            grown = rss() - rss0
+            points.append((buffered, grown))
+            if buffered > (stats["max_buffered_spans"] or 0):
                 mem = pipeline.store.memory_bytes()
                 stats.update(max_buffered_spans=buffered, bytes_per_buffered_span=mem / buffered,
-                             rss_bytes_per_buffered_span=(rss() - rss0) / buffered)
+                             rss_bytes_per_buffered_span=grown / buffered)
         try:
             await asyncio.wait_for(stop.wait(), 0.25)
         except TimeoutError:
@@ -405,6 +426,7 @@ async def _serve(mode: str, sink_port: int, decision_wait: float, compression: s
     if state is not None:
         shutil.rmtree(state, ignore_errors=True)
     stats["peak_rss_mib"] = _peak_rss_mib()
+    stats["rss_slope_bytes_per_buffered_span"] = robust_slope(points)
     cpu = {"receiver": _own_cpu_s() - cpu0["receiver"]}
     if workers:  # stopped and joined by pipeline.stop(): the kernel added its time to our children's
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -512,6 +534,7 @@ class RunResult:
     rss_bytes_per_buffered_span: float
     max_buffered_spans: float
     cpu_us_per_span: dict[str, float] = field(default_factory=dict)  # by process
+    rss_slope_bytes_per_buffered_span: float | None = None  # None: the buffer never varied enough
     verdict_latency_p50_s: float | None = None
     verdict_latency_p99_s: float | None = None
     failed: str = ""
@@ -577,6 +600,7 @@ def _one_run(ctx: Any, mode: str, sink_port: int, count: Any, args: argparse.Nam
                      stats["rss_bytes_per_buffered_span"], stats["max_buffered_spans"],
                      cpu_us_per_span={k: round(v / spans * 1e6, 2) for k, v in stats["cpu_s"].items()},
                      verdict_latency_p50_s=_quantile(latencies, 0.5), verdict_latency_p99_s=_quantile(latencies, 0.99),
+                     rss_slope_bytes_per_buffered_span=stats.get("rss_slope_bytes_per_buffered_span"),
                      failed=failed)
 
 
@@ -622,6 +646,14 @@ def summarize(results: list[RunResult]) -> dict[str, Any]:
         summary["rss_bytes_per_buffered_span"] = round(
             _median(results, "pipeline", "rss_bytes_per_buffered_span") or 0)
         summary["peak_rss_mib"] = round(max(r.peak_rss_mib for r in results if r.mode == "pipeline"), 1)
+    for mode in ("pipeline", "rules", "full"):
+        if any(r.mode == mode for r in results):
+            prefix = "" if mode == "pipeline" else f"{mode}_"
+            if mode != "pipeline":
+                value = _median(results, mode, "rss_bytes_per_buffered_span")
+                summary[f"{prefix}rss_bytes_per_buffered_span"] = None if value is None else round(value)
+            slope = _median(results, mode, "rss_slope_bytes_per_buffered_span")
+            summary[f"{prefix}rss_slope_bytes_per_buffered_span"] = None if slope is None else round(slope)
     if thru is not None:
         summary["passthrough_spans_per_s"] = round(thru)
         summary["passthrough_peak_rss_mib"] = round(max(r.peak_rss_mib for r in results
@@ -720,5 +752,8 @@ def _run_line(run: int, r: RunResult) -> str:
                if r.verdict_latency_p99_s is not None else "")
     return (f"run {run + 1} {r.mode:11s} {rate}  sent {r.sent:,} delivered {r.delivered:,}  "
             f"CPU µs/span: {cpu}{latency}  peak RSS {r.peak_rss_mib:,.0f} MiB"
-            + (f"  {r.bytes_per_buffered_span:,.0f} B/buffered span (max {r.max_buffered_spans:,.0f} buffered)"
+            + (f"  {r.bytes_per_buffered_span:,.0f} B/buffered span (max {r.max_buffered_spans:,.0f} buffered), "
+               f"RSS {r.rss_bytes_per_buffered_span:,.0f} B/buffered span"
+               + (f", {r.rss_slope_bytes_per_buffered_span:,.0f} B a span more"
+                  if r.rss_slope_bytes_per_buffered_span is not None else "")
                if r.mode not in ("passthrough", "rotel") else ""))

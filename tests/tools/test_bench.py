@@ -38,3 +38,25 @@ def test_a_run_with_one_early_delivery_and_none_in_its_window_fails():
     assert failed == "" and rate == 10_000
     rate, failed = window_rate([(0.1 * i, 0) for i in range(100)], 10.0)
     assert rate is None and "no span reached the sink while the load ran" in failed
+
+
+def test_memory_a_buffered_span_adds_is_the_slope_through_samples_above_the_line():
+    """RSS = 50 MB held whatever the buffer + 300 B a buffered span; a third of the samples are
+    taken while a 60 MB batch is in flight: the slope is still 300 B, where dividing the RSS by
+    the buffered spans reads 300 B plus the fixed part spread over them."""
+    from processor.tools.bench import robust_slope
+
+    points = [(n, 50e6 + 300.0 * n + (60e6 if i % 3 == 0 else 0)) for i, n in enumerate(range(1_000, 200_000, 2_000))]
+    assert robust_slope(points) == 300.0
+    assert points[-1][1] / points[-1][0] > 550
+    assert robust_slope([(1_000, 5.0), (1_050, 9.0)]) is None   # the buffer never varied: no slope
+    assert robust_slope([]) is None
+
+
+def test_each_analysing_mode_reports_its_memory_a_buffered_span():
+    full = run("full", 30_000.0)
+    full.rss_slope_bytes_per_buffered_span = 1_100.0
+    summary = summarize([run("pipeline", 60_000.0), full])
+    assert summary["rss_bytes_per_buffered_span"] == 900 and summary["rss_slope_bytes_per_buffered_span"] is None
+    assert summary["full_rss_bytes_per_buffered_span"] == 900
+    assert summary["full_rss_slope_bytes_per_buffered_span"] == 1_100
