@@ -32,20 +32,21 @@ METRICS_SQL = """
 WITH src AS (
     SELECT trace_id, span_id, parent_span_id, service, name, start_ns, end_ns,
            coalesce(status_code, 0) AS status_code, coalesce(exception, false) AS exception,
-           {pod} AS pod, {node} AS node
+           {pod} AS pod, {node} AS node,
+           {tk} AS tk, {sk} AS sk, {pk} AS pk  -- the keys every join and grouping below is on
     FROM {table}
 ),
 -- each span beside its parent (p_span NULL where the parent is not in the batch), joined once for
 -- the parent's columns and everything per parent below
 pj AS MATERIALIZED (
-    SELECT c.*, p.span_id AS p_span, p.service AS parent_service, p.start_ns AS p_start, p.end_ns AS p_end
-    FROM src c LEFT JOIN src p ON c.trace_id = p.trace_id AND c.parent_span_id = p.span_id
+    SELECT c.*, p.sk AS p_span, p.service AS parent_service, p.start_ns AS p_start, p.end_ns AS p_end
+    FROM src c LEFT JOIN src p ON c.tk = p.tk AND c.pk = p.sk
 ),
 -- per parent id, one aggregation over its children: the callee (its longest child in another service:
 -- its service, pod and node), errors below, and for a parent of one child (most of them: every client
 -- span) its call shape and the time it covers, which need no list or sweep
 kids AS MATERIALIZED (
-    SELECT trace_id, parent_span_id AS pid,
+    SELECT tk, pk AS pid,
            arg_max(CASE WHEN service <> parent_service THEN service END,
                    CASE WHEN service <> parent_service THEN end_ns - start_ns END) AS callee,
            arg_max(CASE WHEN service <> parent_service THEN pod END,
@@ -57,30 +58,30 @@ kids AS MATERIALIZED (
            any_value(service || ':' || name) AS one_sig,
            any_value(greatest(0, least(end_ns, p_end) - greatest(start_ns, p_start))) AS one_covered
     FROM pj WHERE p_span IS NOT NULL
-    GROUP BY trace_id, parent_span_id
+    GROUP BY tk, pk
 ),
 -- the children of parents with several: their clipped intervals, for the sorted shape and the sweep
 fan AS (
-    SELECT c.trace_id, c.parent_span_id, c.service, c.name,
+    SELECT c.tk, c.pk, c.service, c.name,
            greatest(c.start_ns, c.p_start) AS cs, least(c.end_ns, c.p_end) AS ce
-    FROM pj c SEMI JOIN kids k ON c.trace_id = k.trace_id AND c.parent_span_id = k.pid AND k.n_children > 1
+    FROM pj c SEMI JOIN kids k ON c.tk = k.tk AND c.pk = k.pid AND k.n_children > 1
     WHERE c.p_span IS NOT NULL
 ),
 shapes AS (
-    SELECT trace_id, parent_span_id AS pid,
+    SELECT tk, pk AS pid,
            -- sorting each group's list is cheaper than string_agg's ORDER BY (a sort per group)
            array_to_string(list_transform(list_sort(list(struct_pack(s := service, n := name))),
                                           lambda x: x.s || ':' || x.n), '|') AS sig
-    FROM fan GROUP BY trace_id, parent_span_id
+    FROM fan GROUP BY tk, pk
 ),
-covered AS ({covered}),  -- dsl.spantree: keyed by (trace, span_id), so copies of a span id share it
+covered AS ({covered}),  -- dsl.spantree: keyed by (trace, span id), so copies of a span id share it
 per_parent AS (
-    SELECT k.trace_id, k.pid, k.callee, k.callee_pod, k.callee_node, k.n_children, k.child_error,
+    SELECT k.tk, k.pid, k.callee, k.callee_pod, k.callee_node, k.n_children, k.child_error,
            CASE WHEN k.n_children = 1 THEN k.one_sig ELSE s.sig END AS sig,
            CASE WHEN k.n_children = 1 THEN k.one_covered ELSE cv.covered END AS covered
     FROM kids k
-    LEFT JOIN shapes s ON s.trace_id = k.trace_id AND s.pid = k.pid
-    LEFT JOIN covered cv ON cv.trace_id = k.trace_id AND cv.span_id = k.pid
+    LEFT JOIN shapes s ON s.tk = k.tk AND s.pid = k.pid
+    LEFT JOIN covered cv ON cv.tk = k.tk AND cv.sk = k.pid
 ),
 mt AS (
 SELECT sp.trace_id, sp.span_id, sp.parent_span_id, sp.service, sp.name, sp.start_ns, sp.end_ns,
@@ -94,21 +95,41 @@ SELECT sp.trace_id, sp.span_id, sp.parent_span_id, sp.service, sp.name, sp.start
        coalesce(k.n_children, 0) AS n_children,
        coalesce(k.child_error, false) AS child_error,
        -- the call shape, read by the window's shape evidence and learned by the history
-       coalesce(k.sig, '') AS shape_sig, coalesce(k.n_children, 0) AS shape_k
+       coalesce(k.sig, '') AS shape_sig, coalesce(k.n_children, 0) AS shape_k,
+       sp.tk, sp.sk, sp.pk
 FROM pj sp
-LEFT JOIN per_parent k ON sp.trace_id = k.trace_id AND sp.span_id = k.pid
+LEFT JOIN per_parent k ON sp.tk = k.tk AND sp.sk = k.pid
 ),
 last AS (  -- per parent id: the service charged when the tree stops after its last child
-    SELECT trace_id, parent_span_id AS pid, arg_max(blame, end_ns) AS last_blame
-    FROM mt WHERE parent_span_id IS NOT NULL GROUP BY trace_id, parent_span_id
+    SELECT tk, pk AS pid, arg_max(blame, end_ns) AS last_blame
+    FROM mt WHERE pk IS NOT NULL GROUP BY tk, pk
 )
-SELECT mt.*, s.last_blame AS shape_last_blame
-FROM mt LEFT JOIN last s ON mt.trace_id = s.trace_id AND mt.span_id = s.pid
+SELECT mt.* EXCLUDE (tk, sk, pk), s.last_blame AS shape_last_blame
+FROM mt LEFT JOIN last s ON mt.tk = s.tk AND mt.sk = s.pid
 """
 
 # the children of parents with several, clipped to them: covered_sql's input (a parent of one child
 # covers its clipped interval, METRICS_SQL's one_covered)
-_CLIPPED = "SELECT trace_id, parent_span_id AS span_id, cs, ce FROM fan"
+_CLIPPED = "SELECT tk, pk AS sk, cs, ce FROM fan"
+
+
+def _fixed(column: str, width: int, kind: str) -> str:
+    """``column``, a blob of ``width`` bytes, as the integer of the same bytes (``kind``: a bijection,
+    so integer equality is the blobs' equality); NULL stays NULL, and any other length fails the
+    statement (``INVALID_KEY``) rather than share an integer with a different blob."""
+    # a 16-byte blob casts to a UUID byte for byte; an 8-byte one to BIGINT only through BIT
+    cast = f"CAST({column} AS UUID)" if kind == "UUID" else f"CAST(CAST({column} AS BIT) AS {kind})"
+    return (f"CASE WHEN {column} IS NULL THEN NULL WHEN octet_length({column}) = {width} "
+            f"THEN {cast} ELSE error('{INVALID_KEY}') END")
+
+
+INVALID_KEY = "span_metrics: an id of unexpected length"
+# The keys METRICS_SQL joins and groups on: the ids as fixed-width integers (OTLP's trace ids are 16
+# bytes, span ids 8: the receiver refuses others), cheaper to hash and compare than blobs; or the blobs
+# themselves, for a batch with ids of other lengths (a corpus read from files).
+_INT_KEYS = {"tk": _fixed("trace_id", 16, "UUID"), "sk": _fixed("span_id", 8, "BIGINT"),
+             "pk": _fixed("parent_span_id", 8, "BIGINT")}
+_BLOB_KEYS = {"tk": "trace_id", "sk": "span_id", "pk": "parent_span_id"}
 
 
 # Where a span ran, when the spans say (OpenTelemetry resource attributes), as ``dsl.column_name`` names
@@ -148,10 +169,23 @@ def span_metrics_of(conn: duckdb.DuckDBPyConnection, source: str, columns: Seque
     """``span_metrics`` of a relation on ``conn`` (a table's name or a parenthesized query) with
     ``columns``: the live localizer reads the released batch in place instead of copying its
     span columns out first, from a relation it keeps (``reads``: the statement is bound once,
-    not ~4 ms every batch)."""
-    sql = METRICS_SQL.format(table=source, covered=covered_of_sql(_CLIPPED, ("trace_id", "span_id")),
-                             self_time=self_time_sql("sp", "k.covered"),
-                             pod=_placement(columns, POD_KEYS), node=_placement(columns, NODE_KEYS))
+    not ~4 ms every batch).  Joined on the ids as integers (``_INT_KEYS``), or where an id has
+    another length, which fails that statement, on the blobs."""
+    try:
+        return _run(conn, _sql(source, columns, _INT_KEYS), reads)
+    except duckdb.InvalidInputException as err:
+        if INVALID_KEY not in str(err):
+            raise
+        return _run(conn, _sql(source, columns, _BLOB_KEYS), reads)
+
+
+def _sql(source: str, columns: Sequence[str], keys: dict[str, str]) -> str:
+    return METRICS_SQL.format(table=source, covered=covered_of_sql(_CLIPPED, ("tk", "sk")),
+                              self_time=self_time_sql("sp", "k.covered"),
+                              pod=_placement(columns, POD_KEYS), node=_placement(columns, NODE_KEYS), **keys)
+
+
+def _run(conn: duckdb.DuckDBPyConnection, sql: str, reads: Reads | None) -> pa.Table:
     if reads is not None:
         return reads.rows(conn, sql)
     return conn.sql(parsed(sql)).to_arrow_table()

@@ -190,3 +190,39 @@ def test_span_metrics_equal_the_plain_formulation_on_random_batches() -> None:
         assert got.select(reference.column_names).sort_by(order).equals(reference.sort_by(order)), seed
         shapes = got.column("shape_k").to_pylist()
         assert 1 in shapes and max(shapes) > 1  # both kinds of parent were there
+
+
+def test_span_metrics_of_ids_of_other_lengths_equal_the_plain_formulation() -> None:
+    # METRICS_SQL joins on the ids as integers (a 16-byte trace id, 8-byte span ids); a batch with ids of
+    # other lengths (a corpus read from files) is joined on the blobs instead, with the same result
+    from dsl import covered_sql, self_time_sql
+
+    conn = duckdb.connect()
+    for seed, odd in ((0, "span_id"), (1, "parent_span_id"), (2, "trace_id")):
+        table = _random_batch(random.Random(seed), 200)
+        column = table.column(odd).to_pylist()
+        column[0] = column[0][:4] if column[0] else b"\x01\x02"  # one id of another length (a parent's may be null)
+        table = table.set_column(table.column_names.index(odd), odd, pa.array(column, pa.binary()))
+        conn.register("batch", table)
+        reference = conn.sql(REFERENCE_SQL.format(
+            covered=covered_sql("sp", key=("trace_id", "span_id"), ref=("trace_id", "parent_span_id")),
+            self_time=self_time_sql("sp", "cv.covered"))).to_arrow_table()
+        got = span_metrics(conn, table)
+        order = [(c, "ascending") for c in reference.column_names]
+        assert got.select(reference.column_names).sort_by(order).equals(reference.sort_by(order)), odd
+
+
+def test_integer_keys_are_the_ids_equality() -> None:
+    # the keys are bijections of the blobs: a span id equal to another's as integers is the same bytes,
+    # and one differing in any byte (the sign bit, the last byte) is a different integer
+    from processor.localizer.graph import _INT_KEYS
+
+    ids = [b"\x00" * 7 + b"\x01", b"\x01" + b"\x00" * 7, b"\x80" + b"\x00" * 7, b"\xff" * 8, b"\x7f" + b"\xff" * 7]
+    traces = [b"\x00" * 15 + b"\x01", b"\x80" + b"\x00" * 15, b"\xff" * 16, b"\x01" + b"\x00" * 15]
+    rows = pa.table({"trace_id": pa.array(traces + [traces[0]] * (len(ids) - len(traces)), pa.binary()),
+                     "span_id": pa.array(ids, pa.binary()), "parent_span_id": pa.array([None, *ids[1:]], pa.binary())})
+    conn = duckdb.connect()
+    conn.register("k", rows)
+    got = conn.sql(f"SELECT {_INT_KEYS['tk']}, {_INT_KEYS['sk']}, {_INT_KEYS['pk']} FROM k").fetchall()
+    assert len({t for t, _, _ in got}) == len(traces) and len({s for _, s, _ in got}) == len(ids)
+    assert [p for _, _, p in got] == [None, *(s for _, s, _ in got[1:])]
