@@ -100,9 +100,13 @@ SELECT sp.trace_id, sp.span_id, sp.parent_span_id, sp.service, sp.name, sp.start
 FROM pj sp
 LEFT JOIN per_parent k ON sp.tk = k.tk AND sp.sk = k.pid
 ),
-last AS (  -- per parent id: the service charged when the tree stops after its last child
-    SELECT tk, pk AS pid, arg_max(blame, end_ns) AS last_blame
-    FROM mt WHERE pk IS NOT NULL GROUP BY tk, pk
+-- per parent id: the service charged when the tree stops after its last child (its blame, as mt's: the
+-- child's callee, else its service), from pj and kids rather than mt, so mt is read once and not
+-- materialized (a copy of every column of every span)
+last AS (
+    SELECT c.tk, c.pk AS pid, arg_max(coalesce(k.callee, c.service), c.end_ns) AS last_blame
+    FROM pj c LEFT JOIN kids k ON c.tk = k.tk AND c.sk = k.pid
+    WHERE c.pk IS NOT NULL GROUP BY c.tk, c.pk
 )
 SELECT mt.* EXCLUDE (tk, sk, pk), s.last_blame AS shape_last_blame
 FROM mt LEFT JOIN last s ON mt.tk = s.tk AND mt.sk = s.pid
