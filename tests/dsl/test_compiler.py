@@ -234,6 +234,22 @@ def test_depth_and_orphans(rules_from, run):
     assert sorted(f.message for f in run(rs, t)) == ["c=1/false", "g=2/false", "orphan=0/false", "r=0/true"]
 
 
+def test_depth_at_the_cap_and_in_a_cycle(rules_from, run):
+    """A chain of 258 spans: depth counts up to the recursion's cap (256) and is 0 past it, as for
+    spans whose parents form a cycle (no root above them) and the spans below such a cycle."""
+    t = Trace()
+    chain = [t.span("n0")]
+    for i in range(1, 258):
+        chain.append(t.span(f"n{i}", chain[-1]))
+    a = t.span("a", span_id=b"\xa0" * 8, parent_id=b"\xb0" * 8)
+    t.span("b", span_id=b"\xb0" * 8, parent_id=a.span_id)
+    t.span("below", parent_id=a.span_id)
+    rs = rules_from(rule("true", message='"{e.name}={e.depth}"'))
+    got = dict(f.message.split("=") for f in run(rs, t))
+    assert [got[f"n{i}"] for i in (0, 1, 255, 256, 257)] == ["0", "1", "255", "256", "0"]
+    assert (got["a"], got["b"], got["below"]) == ("0", "0", "0")
+
+
 def test_trace_intrinsics(rules_from, run, shop):
     rs = rules_from(rule("e.is_root", message='"{trace.duration} {trace.root_service} {trace.root_name} {trace.span_count} {trace.error_count}"'))
     (f,) = run(rs, shop)
