@@ -174,20 +174,10 @@ def _random_batch(rng: random.Random, traces: int) -> pa.Table:
 def test_span_metrics_equal_the_plain_formulation_on_random_batches() -> None:
     # METRICS_SQL takes the call shape and covered time of a parent of one child without a list or a
     # sweep, and the rest in one pass over the parents of several: the same columns for every span
-    from dsl import covered_sql, self_time_sql
-
     conn = duckdb.connect()
     for seed in range(6):
         rng = random.Random(seed)
-        table = _random_batch(rng, rng.choice([20, 300]))
-        conn.register("batch", table)
-        reference = conn.sql(REFERENCE_SQL.format(
-            covered=covered_sql("sp", key=("trace_id", "span_id"), ref=("trace_id", "parent_span_id")),
-            self_time=self_time_sql("sp", "cv.covered"))).to_arrow_table()
-        got = span_metrics(conn, table)
-        order = [(c, "ascending") for c in reference.column_names]
-        assert got.num_rows == reference.num_rows
-        assert got.select(reference.column_names).sort_by(order).equals(reference.sort_by(order)), seed
+        got = _against_reference(conn, _random_batch(rng, rng.choice([20, 300])), seed)
         shapes = got.column("shape_k").to_pylist()
         assert 1 in shapes and max(shapes) > 1  # both kinds of parent were there
 
@@ -195,21 +185,28 @@ def test_span_metrics_equal_the_plain_formulation_on_random_batches() -> None:
 def test_span_metrics_of_ids_of_other_lengths_equal_the_plain_formulation() -> None:
     # METRICS_SQL joins on the ids as integers (a 16-byte trace id, 8-byte span ids); a batch with ids of
     # other lengths (a corpus read from files) is joined on the blobs instead, with the same result
-    from dsl import covered_sql, self_time_sql
-
     conn = duckdb.connect()
     for seed, odd in ((0, "span_id"), (1, "parent_span_id"), (2, "trace_id")):
         table = _random_batch(random.Random(seed), 200)
         column = table.column(odd).to_pylist()
         column[0] = column[0][:4] if column[0] else b"\x01\x02"  # one id of another length (a parent's may be null)
         table = table.set_column(table.column_names.index(odd), odd, pa.array(column, pa.binary()))
-        conn.register("batch", table)
-        reference = conn.sql(REFERENCE_SQL.format(
-            covered=covered_sql("sp", key=("trace_id", "span_id"), ref=("trace_id", "parent_span_id")),
-            self_time=self_time_sql("sp", "cv.covered"))).to_arrow_table()
-        got = span_metrics(conn, table)
-        order = [(c, "ascending") for c in reference.column_names]
-        assert got.select(reference.column_names).sort_by(order).equals(reference.sort_by(order)), odd
+        _against_reference(conn, table, odd)
+
+
+def _against_reference(conn: duckdb.DuckDBPyConnection, table: pa.Table, case: object) -> pa.Table:
+    """``span_metrics`` of ``table``, asserted equal to REFERENCE_SQL's plain formulation (row order aside)."""
+    from dsl import covered_sql, self_time_sql
+
+    conn.register("batch", table)
+    reference = conn.sql(REFERENCE_SQL.format(
+        covered=covered_sql("sp", key=("trace_id", "span_id"), ref=("trace_id", "parent_span_id")),
+        self_time=self_time_sql("sp", "cv.covered"))).to_arrow_table()
+    got = span_metrics(conn, table)
+    order = [(c, "ascending") for c in reference.column_names]
+    assert got.num_rows == reference.num_rows
+    assert got.select(reference.column_names).sort_by(order).equals(reference.sort_by(order)), case
+    return got
 
 
 def test_integer_keys_are_the_ids_equality() -> None:
