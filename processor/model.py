@@ -22,7 +22,7 @@ class SpanBatch:
     ``table`` has the store's columns (``store.STORE_SCHEMA``: ``dsl.SPAN_COLUMNS``,
     ``resource_id``, ``scope_id``, ``raw``; no attributes).  ``resources`` and
     ``scopes`` map group ids to their encoded heads (``receivers.decode``).
-    ``traces`` counts spans per trace id, for the assembler.
+    ``traces`` counts spans per trace id, for the assembler and the store's index of traces.
     """
 
     table: pa.Table

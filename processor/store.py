@@ -334,12 +334,10 @@ class SpanStore:
             with self._db_lock:
                 self._append_durable(batch)
         chunks = [_Chunk.pack(b, self._codec) for b in batch.table.to_batches()]  # outside the lock
-        # From the rows, not ``batch.traces``: the store's index must hold whatever it was given.
-        traces = pc.unique(batch.table.column("trace_id")).to_pylist()
         with self._rows_lock:
             self._resources.update(batch.resources)
             self._scopes.update(batch.scopes)
-            self._keep(chunks, traces)
+            self._keep(chunks, batch.traces)
 
     def _keep(self, chunks: list[_Chunk], traces: Iterable[bytes]) -> None:
         """Append ``chunks`` (the spans of ``traces``) to the newest generation."""
@@ -385,28 +383,28 @@ class SpanStore:
     async def release(self, trace_ids: Iterable[bytes]) -> ReleasedSpans:
         """Remove the traces' spans from the store and hand them back.  A durable
         store keeps them in its journal until they are ``forget``-ten (delivered)."""
-        ids = pa.array(list(trace_ids), pa.binary())
-        return await self._run(self._release, ids)
+        return await self._run(self._release, list(trace_ids))
 
-    def _release(self, ids: pa.Array) -> ReleasedSpans:
+    def _release(self, trace_ids: list[bytes]) -> ReleasedSpans:
         with self._rows_lock:
-            released = self._take(ids)
-            spans = self._released_spans(released, len(ids))
+            released = self._take(trace_ids)
+            spans = self._released_spans(released, len(trace_ids))
             self._collect_generations()
         return spans
 
     async def complete(self, trace_ids: Iterable[bytes]) -> list[bytes]:
         """Those of ``trace_ids`` whose buffered spans all have their parent among them
         (a trace whose root has arrived and nothing known missing: the assembler's candidates)."""
-        ids = pa.array(list(trace_ids), pa.binary())
-        if not len(ids):
+        ids = list(trace_ids)
+        if not ids:
             return []
         return await self._run(self._complete, ids)
 
-    def _complete(self, ids: pa.Array) -> list[bytes]:
+    def _complete(self, trace_ids: list[bytes]) -> list[bytes]:
+        ids = pa.array(trace_ids, pa.binary())
         with self._rows_lock:
             parts = []
-            for gen in self._holding(ids.to_pylist()):
+            for gen in self._holding(trace_ids):
                 if gen.live == 0:
                     continue
                 table = gen.table().select(("trace_id", "span_id", "parent_span_id"))
@@ -427,7 +425,7 @@ class SpanStore:
         orphan = pc.and_(pc.is_valid(parents), pc.invert(pc.is_in(parents, value_set=spans.combine_chunks())))
         incomplete = set(pc.unique(pc.filter(trace, orphan)).to_pylist())
         present = set(pc.unique(trace).to_pylist())
-        return [t for t in ids.to_pylist() if t in present and t not in incomplete]
+        return [t for t in trace_ids if t in present and t not in incomplete]
 
     def forget(self, keys: pa.Table) -> None:
         """Drop released spans (``KEY_COLUMNS`` of each) from the journal: they are
@@ -458,11 +456,11 @@ class SpanStore:
         except Exception:  # component boundary: the spans stay journaled, a restart sends them again
             log.exception("deleting %d delivered spans from the journal failed", keys.num_rows)
 
-    def _take(self, ids: pa.Array) -> pa.Table:
-        """Select (and mark released) the rows of ``ids`` in every generation."""
+    def _take(self, trace_ids: list[bytes]) -> pa.Table:
+        """Select (and mark released) the rows of ``trace_ids`` in the generations holding them."""
         parts: list[tuple[_Chunk, pa.Array | None]] = []  # the chunks holding released rows, and which (None: all)
-        if len(ids):
-            trace_ids = ids.to_pylist()
+        if trace_ids:
+            ids = pa.array(trace_ids, pa.binary())
             gens = self._holding(trace_ids)
             for trace_id in trace_ids:
                 self._first_gen.pop(trace_id, None)
@@ -493,11 +491,8 @@ class SpanStore:
     def _holding(self, trace_ids: list[bytes]) -> list[_Generation]:
         """The generations that may hold spans of ``trace_ids`` (from the earliest one's first on)."""
         first = self._first_gen
-        numbers = [first[t] for t in trace_ids if t in first]
-        if not numbers:
-            return []
-        oldest = min(numbers)
-        return [gen for gen in self._gens if gen.number >= oldest]
+        oldest = min((first[t] for t in trace_ids if t in first), default=None)
+        return [] if oldest is None else [gen for gen in self._gens if gen.number >= oldest]
 
     def _joined_raw(self, parts: list[tuple[_Chunk, pa.Array | None]]) -> pa.Array | pa.ChunkedArray:
         """The released rows' bytes as one array, unpacked chunk by chunk into it.  One array:
