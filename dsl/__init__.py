@@ -17,6 +17,7 @@ from dsl.api import (  # noqa: E402
     RuleSet,
     check_paths,
     cli_check,
+    columns_of,
     known_batch,
     known_of,
     load_rules,
@@ -28,7 +29,7 @@ from dsl.spantree import antecedents_sql, covered_sql, no_parent_sql, root_key_s
 
 __all__ += [
     "BASELINE_COLUMNS", "BASELINE_TABLE", "Diagnostic", "Evaluation", "Finding", "KnownBatch", "TreeOutcome", "RuleError", "RuleRuntimeError", "RuleSet", "Severity", "SourceSpan",
-    "antecedents_sql", "check_paths", "cli_check", "covered_sql", "fixtures", "known_batch", "known_of", "load_rules", "no_parent_sql", "root_key_sql",
+    "antecedents_sql", "check_paths", "cli_check", "columns_of", "covered_sql", "fixtures", "known_batch", "known_of", "load_rules", "no_parent_sql", "root_key_sql",
     "self_time_sql",
 ]
 

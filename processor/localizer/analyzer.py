@@ -32,7 +32,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dsl import AttrRef, AttrSource, AttrType, column_name, known_of
+from dsl import AttrRef, AttrSource, AttrType, column_name, columns_of
 from dsl.api import parsed
 from processor.analysis.attributes import ALL_ATTRIBUTES, LongForm, all_attributes_sql
 from processor.analysis.verdict import BatchVerdict, ServiceRank, TraceVerdict
@@ -197,7 +197,7 @@ class LocalizerAnalyzer:
         return self.localize(conn, table)
 
     def localize(self, conn: duckdb.DuckDBPyConnection, table: str) -> LocalizedBatch:
-        columns = _columns(conn, table)
+        columns = set(columns_of(conn, table))
         metrics = span_metrics_of(conn, *_spans(table, columns), self.reads)
         if metrics.num_rows == 0:
             return LocalizedBatch()
@@ -276,15 +276,6 @@ def _values(conn: duckdb.DuckDBPyConnection, reads: Reads, table: str, columns: 
     casts = ", ".join(f"CAST({c} AS VARCHAR) AS {c}" for c in cols)
     where = " WHERE trace_id IN (SELECT trace_id FROM lz_value_sample)" if sampled else ""
     return reads.rows(conn, f"SELECT trace_id, service, {casts} FROM {table}{where}")
-
-
-def _columns(conn: duckdb.DuckDBPyConnection, table: str) -> set[str]:
-    """The batch's columns: as the caller knows them from its Arrow table (``dsl.known_batch``: the
-    worker's), else from DuckDB (a statement binding the batch's 70-odd columns, ~2 ms)."""
-    known = known_of(table)
-    if known is not None:
-        return set(known.columns)
-    return {d[0] for d in conn.execute(f"SELECT * FROM {table} LIMIT 0").description}
 
 
 def _slow_pods(pods: list[PodShift]) -> list[str]:

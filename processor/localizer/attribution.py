@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import duckdb
 import pyarrow as pa
 
+from dsl import columns_of
 from processor.localizer.evidence import wilson_lower
 
 MIN_SUPPORT = 3    # anomalous spans that must carry a value before it is reported
@@ -136,7 +137,7 @@ def attribute(conn: duckdb.DuckDBPyConnection, table: str, selected: pa.Table, c
 
     Columns missing from ``table`` are skipped; NULL (attribute absent) is never a value.
     """
-    present = set(conn.sql(f"SELECT * FROM {table} LIMIT 0").columns)
+    present = columns_of(conn, table)  # the caller's known batch, else bound
     labels = {col: label for label, col in columns.items() if col in present}
     if not labels or selected.num_rows == 0:
         return []

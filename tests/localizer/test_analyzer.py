@@ -304,17 +304,16 @@ def test_attribution_compares_with_the_values_learned_from_the_baseline(
 
 
 def test_the_batch_columns_the_caller_knows_are_read_as_from_duckdb(conn: duckdb.DuckDBPyConnection) -> None:
-    from dsl import known_batch
-    from processor.localizer.analyzer import _columns
+    from dsl import columns_of, known_batch
 
     rows = synth.spans(n=5, seed=950)
     batch = synth.batch(rows, {NODE: ["node-1"] * len(rows)})
     conn.register("released", batch)
     try:
-        probed = _columns(conn, "released")
+        probed = columns_of(conn, "released")
         with known_batch("released", batch):
-            assert _columns(conn, "released") == probed == set(batch.column_names)
+            assert columns_of(conn, "released") == probed == set(batch.column_names)
         with known_batch("another", batch.drop_columns([NODE])):  # known of another table: asked of DuckDB
-            assert _columns(conn, "released") == probed
+            assert columns_of(conn, "released") == probed
     finally:
         conn.unregister("released")
