@@ -229,7 +229,7 @@ class Releaser:
             fresh = self._left + [t for t, r in zip(due.trace_ids, due.reasons) if r is not ReleaseReason.LATE]
             self._left = []
             if hold_last and not late:
-                fresh, self._left = self._short_tail(fresh, self._analysing)
+                fresh, self._left = self._short_tail(fresh)
             for start in range(0, len(fresh), RELEASE_CHUNK):
                 # Until a chunk is exported the next stays packed in the store, not unpacked
                 # beside those under analysis.
@@ -248,7 +248,7 @@ class Releaser:
                     self._observer.exported(spans, None)
             self.update_gauges()
 
-    def _short_tail(self, fresh: list[bytes], analysing: bool) -> tuple[list[bytes], list[bytes]]:
+    def _short_tail(self, fresh: list[bytes]) -> tuple[list[bytes], list[bytes]]:
         """``fresh`` split into the traces to release now and a last chunk short of
         ``RELEASE_CHUNK`` to leave for the next turn, when the analysis has a chunk to work on
         meanwhile (one under analysis, or a whole one in this turn).  Each analysis costs about a
@@ -256,7 +256,7 @@ class Releaser:
         chunks and tails (500-45,000 of the bench's spans), whose fixed costs took a third of
         the worker's CPU.  The tail leads the next turn, which comes as soon as the analysis is
         idle (``_left_for_idle``); without analysis nothing is left."""
-        if self._analysis is None or (len(fresh) < RELEASE_CHUNK and not analysing):
+        if self._analysis is None or (len(fresh) < RELEASE_CHUNK and not self._analysing):
             return fresh, []
         whole = len(fresh) - len(fresh) % RELEASE_CHUNK
         return fresh[:whole], fresh[whole:]
