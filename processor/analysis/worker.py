@@ -14,8 +14,9 @@ On Linux the IPC stream is written into an anonymous memory file
 (``memfd_create``) whose descriptor is passed over the pipe, and the worker
 maps it: read from the pipe, a release of 100k of the bench's spans (~60 MB)
 cost the worker ~0.8 µs a span, mapped ~0.2, and the receiving process about
-the same either way (measured on the 2-core machine).  Elsewhere the stream
-goes through the pipe.
+the same either way (measured on the 2-core machine).  The files are written
+again once the worker has let go of them (``transport``): a new file's pages
+cost the kernel more than the copy.  Elsewhere the stream goes through the pipe.
 
 Batches are sent ahead: the next batch is written while the worker still
 analyses the one before, so the worker finds it waiting when it is done
@@ -30,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import mmap
 import multiprocessing as mp
 import os
 import pickle
@@ -48,6 +48,7 @@ from dsl import AttrRef
 from processor.analysis.attributes import Projection, Projector
 from processor.analysis.build import analysis_projection, build_analyzer
 from processor.analysis.runner import NOT_RUN, SerialAnalysis, analysis_connection, analyze_released, or_nothing
+from processor.analysis.transport import Mappings, MemoryFiles, write_stream
 from processor.analysis.verdict import BatchVerdict
 from processor.config import FaulttraceProcessorConfig
 from processor.service.memory import FreeMemory
@@ -72,7 +73,7 @@ def _serve(config_json: str, conn: Connection) -> None:
     projection = analysis_projection(config, analyzer) if analyzer else Projection.of(())
     projector = Projector(projection)
     db = analysis_connection(config.storage)
-    free_memory, analysed = FreeMemory(), False
+    free_memory, analysed, mappings = FreeMemory(), False, Mappings()
     conn.send(pickle.dumps(projection.refs))
     while True:
         if analysed and not conn.poll(IDLE):  # the batches stopped: what they freed goes back
@@ -81,61 +82,66 @@ def _serve(config_json: str, conn: Connection) -> None:
             message = pickle.loads(conn.recv_bytes())  # None: stop
             if message is None:
                 break
-            resources, size = message
-            table = _receive_table(conn, size)
+            resources, size, token = message
+            table = _receive_table(conn, size, token, mappings)
         except EOFError:
             break
         verdict = (analyze_released(analyzer, projector, db, table, resources) if analyzer
                    else BatchVerdict())
-        conn.send_bytes(pickle.dumps(verdict, protocol=pickle.HIGHEST_PROTOCOL))
+        del table  # its mapping can be let go of once no array of it is left
+        conn.send_bytes(pickle.dumps((verdict, mappings.let_go()), protocol=pickle.HIGHEST_PROTOCOL))
         analysed = True
     if analyzer is not None:
         analyzer.close()
 
 
-def _send_table(conn: Connection, table: pa.Table, resources: Mapping[int, bytes], pid: int | None) -> None:
-    """Send a batch and its resource heads to the worker ``pid`` (``_receive_table`` takes it)."""
-    if not SHARED_MEMORY:
+def _send_table(conn: Connection, table: pa.Table, resources: Mapping[int, bytes], pid: int | None,
+                files: MemoryFiles | None) -> None:
+    """Send a batch and its resource heads to the worker ``pid`` (``_receive_table`` takes it): in
+    one of the worker's memory ``files``, or (None) through the pipe."""
+    if files is None:
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, table.schema) as writer:
             writer.write_table(table)
-        conn.send_bytes(pickle.dumps((resources, None), protocol=pickle.HIGHEST_PROTOCOL))
+        conn.send_bytes(pickle.dumps((resources, None, None), protocol=pickle.HIGHEST_PROTOCOL))
         conn.send_bytes(sink.getvalue())
         return
-    fd = os.memfd_create("faulttrace-batch", os.MFD_CLOEXEC)
+    token, fd = files.take()
     try:
         # Written straight into the file: no stream buffer grown to the batch's size on this side.
-        with open(fd, "wb", buffering=0, closefd=False) as file:
-            with pa.ipc.new_stream(pa.PythonFile(file, mode="w"), table.schema) as writer:
-                writer.write_table(table)
-            size = file.tell()
-        conn.send_bytes(pickle.dumps((resources, size), protocol=pickle.HIGHEST_PROTOCOL))
+        size = write_stream(fd, table)
+    except BaseException:  # the worker never saw the file
+        if token is None:
+            os.close(fd)
+        else:
+            files.give_back([token])
+        raise
+    try:
+        conn.send_bytes(pickle.dumps((resources, size, token), protocol=pickle.HIGHEST_PROTOCOL))
         reduction.send_handle(conn, fd, pid)
     finally:
-        os.close(fd)  # the worker holds its own descriptor (or mapping) once it has the batch
+        if token is None:
+            os.close(fd)  # the worker holds its own descriptor (or mapping) once it has the batch
 
 
-def _receive_table(conn: Connection, size: int | None) -> pa.Table:
-    """The batch ``_send_table`` sent: ``size`` bytes in a memory file whose descriptor follows,
-    or (None) the stream itself.  A mapped batch's arrays are views of the mapping, which is
-    unmapped once the last of them is dropped."""
+def _receive_table(conn: Connection, size: int | None, token: int | None, mappings: Mappings) -> pa.Table:
+    """The batch ``_send_table`` sent: ``size`` bytes in a memory file whose descriptor follows
+    (``token``: lent, see ``Mappings``), or (None) the stream itself.  A mapped batch's arrays are
+    views of the mapping."""
     if size is None:
         return pa.ipc.open_stream(conn.recv_bytes()).read_all()
-    fd = reduction.recv_handle(conn)
-    try:
-        mapped = mmap.mmap(fd, size, prot=mmap.PROT_READ)
-    finally:
-        os.close(fd)
-    return pa.ipc.open_stream(pa.py_buffer(mapped)).read_all()
+    return mappings.read(reduction.recv_handle(conn), size, token)
 
 
 @dataclasses.dataclass(frozen=True)
 class _Sent:
     """Where a batch went: its verdict is read from the same pipe, even if the worker has been
-    replaced since (a dead worker's pipe answers EOF: no verdict)."""
+    replaced since (a dead worker's pipe answers EOF: no verdict), and the files it lets go of
+    go back to that worker's ``files``."""
 
     process: BaseProcess
     conn: Connection
+    files: MemoryFiles | None
 
 
 class ProcessAnalysis(SerialAnalysis):
@@ -155,6 +161,7 @@ class ProcessAnalysis(SerialAnalysis):
         self._started_at = 0.0
         self.restarts = 0  # workers started for one that died (faulttrace_analysis_worker_restarts)
         self._process, self._conn, projection = self._start()
+        self._files = MemoryFiles() if SHARED_MEMORY else None  # the worker's: a new worker gets new ones
         self._projection = projection
         super().__init__()  # its thread sends the batches, one at a time: they are not interleaved on the pipe
         # Verdicts are read on a thread of their own, so the next batch is sent while one is analysed.
@@ -211,9 +218,9 @@ class ProcessAnalysis(SerialAnalysis):
             return None
         batch = released.drop_columns([c for c in self._left_behind if c in released.column_names])
         heads = dict(resources) if self._projection.reads_resources else {}
-        sent = _Sent(self._process, self._conn)
+        sent = _Sent(self._process, self._conn, self._files)
         try:
-            _send_table(sent.conn, batch, heads, sent.process.pid)
+            _send_table(sent.conn, batch, heads, sent.process.pid, sent.files)
         except OSError as err:
             self._gone(sent, err, released.num_rows)
             return None
@@ -222,10 +229,13 @@ class ProcessAnalysis(SerialAnalysis):
     def _verdict(self, sent: _Sent, spans: int) -> BatchVerdict:
         """The verdict on the batch ``sent``: answers come back in the order the batches went."""
         try:
-            return pickle.loads(sent.conn.recv_bytes())
+            verdict, let_go = pickle.loads(sent.conn.recv_bytes())
         except (EOFError, OSError) as err:
             self._gone(sent, err, spans)
             return BatchVerdict()
+        if sent.files is not None:
+            sent.files.give_back(let_go)
+        return verdict
 
     @staticmethod
     def _gone(sent: _Sent, err: Exception, spans: int) -> None:
@@ -247,6 +257,9 @@ class ProcessAnalysis(SerialAnalysis):
             log.error("the restarted analysis process projects other attributes; stopping it")
             process.kill()
             return False
+        if self._files is not None:  # lent to the dead worker: closed, never written again
+            self._files.close()
+            self._files = MemoryFiles()
         self._process, self._conn = process, conn
         self.restarts += 1
         log.warning("the analysis process was restarted; its learned state starts over")
@@ -263,3 +276,5 @@ class ProcessAnalysis(SerialAnalysis):
         self._process.join(10)
         if self._process.is_alive():
             self._process.kill()
+        if self._files is not None:
+            self._files.close()
