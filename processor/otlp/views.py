@@ -16,7 +16,8 @@ For the projection, a span's attribute, event and link lists are also read
 with every element as ``bytes`` (``span_lists_view``): the exact encoding of
 each KeyValue, by which the projection remembers what it puts in the columns.
 For the receivers, a request's spans concatenated are read as one message of
-their links only (``span_links_view``): whether any span has links to check.
+their links and status only (``span_presence_view``): whether any span has
+links to check, or a status to read.
 
 A view with bytes where messages were checks nothing inside them: the
 receivers check requests whole with the OTLP classes
@@ -129,10 +130,12 @@ def _classes() -> dict[str, Any]:
     lists = fd.message_type.add(name="SpanListsView")
     for name, number in (("attributes", 9), ("events", 11), ("links", 13)):
         lists.field.add(name=name, number=number, type=_F.TYPE_BYTES, label=_F.LABEL_REPEATED)
-    # Spans' links only, each as its exact encoding: the receivers parse a request's spans
-    # concatenated with it to learn whether any has links to check (``receivers.decode``).
-    span_links = fd.message_type.add(name="SpanLinksView")
-    span_links.field.add(name="links", number=13, type=_F.TYPE_BYTES, label=_F.LABEL_REPEATED)
+    # Spans' links and status only, each as its exact encoding: the receivers parse a request's
+    # spans concatenated with it to learn whether any has links to check or a status to read
+    # (``receivers.decode``).
+    presence = fd.message_type.add(name="SpanPresenceView")
+    presence.field.add(name="links", number=13, type=_F.TYPE_BYTES, label=_F.LABEL_REPEATED)
+    presence.field.add(name="status", number=15, type=_F.TYPE_BYTES, label=_F.LABEL_REPEATED)
     # A KeyValue with its value's encoding, for the odd one the projection's
     # own reading of canonical encodings does not take (fields reordered,
     # repeated or unknown): the same last-one-wins as any protobuf parser.
@@ -146,7 +149,7 @@ def _classes() -> dict[str, Any]:
     pool.Add(fd)
     return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.{name}"))
             for name in ("RequestView", "ScopeSpansView", "ResourceSpansView", "ResourceView", "SpanAttributesView",
-                         "SpanListsView", "SpanLinksView", "KeyValueView")}
+                         "SpanListsView", "SpanPresenceView", "KeyValueView")}
 
 
 def request_view() -> Any:
@@ -176,9 +179,10 @@ def span_lists_view() -> Any:
     return _classes()["SpanListsView"]
 
 
-def span_links_view() -> Any:
-    """The class reading a span's (or many concatenated spans') links, each as its exact encoding."""
-    return _classes()["SpanLinksView"]
+def span_presence_view() -> Any:
+    """The class reading a span's (or many concatenated spans') links and status (each
+    occurrence as its exact encoding)."""
+    return _classes()["SpanPresenceView"]
 
 
 def key_value_view() -> Any:

@@ -20,8 +20,10 @@ are rejected one by one; the rest go on.
 from __future__ import annotations
 
 import hashlib
+from array import array
 from collections import Counter
 from collections.abc import Sequence
+from functools import lru_cache
 from itertools import chain
 from typing import Any
 
@@ -33,7 +35,7 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from processor.model import DecodedRequest, SpanBatch
-from processor.otlp.views import request_view, span_links_view
+from processor.otlp.views import request_view, span_presence_view
 from processor.otlp.wire import (
     REQUEST_RESOURCE_SPANS,
     RESOURCE_SPANS_SCOPE_SPANS,
@@ -85,6 +87,144 @@ def decode(request: bytes | ExportTraceServiceRequest) -> DecodedRequest:
 
 
 def _decode(whole: ExportTraceServiceRequest, frames: Any) -> DecodedRequest:
+    """The request's spans column by column, a list comprehension per field and group and one
+    Arrow call per column; requests with links or an invalid id are decoded span by span
+    (``_decode_span_by_span``: which spans are rejected, and why)."""
+    # Each group's spans as their bytes, and whether any of them has links (rare: only then is
+    # each span's links list read) or a status (else none is read): see _presence.
+    groups = [list(ss_frame.spans) for rs_frame in frames.resource_spans for ss_frame in rs_frame.scope_spans]
+    present = _presence(b"".join(chain.from_iterable(groups)))
+    if present.links:
+        return _decode_span_by_span(whole, frames, groups, linked=True)
+    read_status = bool(present.status)
+    trace_ids: list[bytes] = []
+    span_ids: list[bytes] = []
+    parents: list[bytes] = []
+    names: list[str] = []
+    kinds: list[int] = []
+    starts: list[int] = []
+    ends: list[int] = []
+    statuses: list[Any] = []
+    resources: dict[int, bytes] = {}
+    scopes: dict[int, bytes] = {}
+    group_rows: list[tuple[str, int, int]] = []   # (service, resource id, scope id) of each group
+    counts: list[int] = []                        # and its spans
+    for rs, rs_frame in zip(whole.resource_spans, frames.resource_spans):
+        rhead = group_head(rs_frame.resource if rs_frame.HasField("resource") else None, rs_frame.schema_url)
+        rid = group_id(rhead)
+        resources[rid] = rhead
+        service = _service_name(rs.resource)
+        for ss, ss_frame in zip(rs.scope_spans, rs_frame.scope_spans):
+            shead = group_head(ss_frame.scope if ss_frame.HasField("scope") else None, ss_frame.schema_url)
+            sid_group = group_id(shead)
+            scopes[sid_group] = shead
+            spans = list(ss.spans)
+            trace_ids += [s.trace_id for s in spans]
+            span_ids += [s.span_id for s in spans]
+            parents += [s.parent_span_id for s in spans]
+            names += [s.name for s in spans]
+            kinds += [s.kind for s in spans]
+            starts += [s.start_time_unix_nano for s in spans]
+            ends += [s.end_time_unix_nano for s in spans]
+            if read_status:
+                statuses += [s.status if s.HasField("status") else None for s in spans]
+            group_rows.append((service, rid, sid_group))
+            counts.append(len(spans))
+    trace_column, span_column = pa.array(trace_ids, pa.binary()), pa.array(span_ids, pa.binary())
+    if not (_sized(trace_column, 16) and _sized(span_column, 8) and _ZERO_TRACE not in trace_ids
+            and _ZERO_SPAN not in span_ids and set(map(len, parents)) <= {0, 8}):
+        return _decode_span_by_span(whole, frames, groups, linked=False)
+
+    n = len(trace_ids)
+    if _ZERO_SPAN in parents:  # an all-zero parent means none
+        parents = [p if p != _ZERO_SPAN else b"" for p in parents]
+    if read_status:
+        codes: pa.Array = _ints([0 if s is None else s.code for s in statuses], STORE_SCHEMA.field("status_code").type)
+        messages = pa.array(["" if s is None else s.message for s in statuses], pa.string())
+    else:
+        codes = _ints(bytes(n), STORE_SCHEMA.field("status_code").type)
+        messages = _empty_strings(n)
+    services, rids, sids = zip(*group_rows) if group_rows else ((), (), ())
+    columns = {
+        "trace_id": trace_column,
+        "span_id": span_column,
+        "parent_span_id": pa.array([p or None for p in parents], pa.binary()),
+        "service": pa.array(list(chain.from_iterable([s] * count for s, count in zip(services, counts))), pa.string()),
+        "name": pa.array(names, pa.string()),
+        "kind": _ints(kinds, STORE_SCHEMA.field("kind").type),
+        "start_ns": _ints(starts, pa.int64()),
+        "end_ns": _ints(ends, pa.int64()),
+        "status_code": codes,
+        "status_message": messages,
+        "resource_id": _repeated_int64s(rids, counts),
+        "scope_id": _repeated_int64s(sids, counts),
+        "raw": pa.array(list(chain.from_iterable(groups)), pa.binary()),
+    }
+    table = pa.Table.from_arrays([columns[f.name] for f in STORE_SCHEMA], schema=STORE_SCHEMA)
+    batch = SpanBatch(table=table, resources=resources, scopes=scopes, traces=dict(Counter(trace_ids)))
+    return DecodedRequest(batch=batch)
+
+
+def _sized(column: pa.Array, size: int) -> bool:
+    """Whether every value of a binary column (as built: no offset) is ``size`` bytes long:
+    its offsets are 0, size, 2 size…"""
+    n = len(column)
+    return column.buffers()[1].slice(0, 4 * (n + 1)).equals(_steps(size, n))
+
+
+@lru_cache(maxsize=64)
+def _steps(size: int, n: int) -> pa.Buffer:
+    """The int32 offsets of ``n`` values of ``size`` bytes (requests often have as many spans)."""
+    return pa.py_buffer(array("i", range(0, size * n + 1, size)))
+
+
+def _presence(joined: bytes) -> Any:
+    """The links and status of spans (their bytes concatenated), read as one message of those
+    only (``otlp.views.span_presence_view``): whether any span has links, or a status.
+
+    Not ``span.links`` or ``span.status`` for each span: reading an absent sub-message or an
+    empty list of messages gives that span's Python object an arena of its own in protobuf
+    (upb), freed with it, and upb calls ``malloc_trim(0)`` every 10,000 frees of its arenas'
+    blocks: the receiving process trimmed malloc's arenas every 10,000 spans (6-7 times a
+    second in ``faulttrace bench``), handing every free page back to the system, and took 0.5
+    page faults a span (11% of its CPU, measured with perf).
+    """
+    return span_presence_view().FromString(joined)
+
+
+def _ints(values: Sequence[int] | bytes, type_: pa.DataType) -> pa.Array:
+    """An integer column, packed by one C call (``bytes``, ``array``) when every value fits
+    its type; else ``_column`` (values out of range)."""
+    n = len(values)
+    try:
+        if pa.types.is_uint8(type_):
+            data: Any = values if isinstance(values, bytes) else bytes(values)
+        elif pa.types.is_int64(type_):
+            data = array("q", values)
+        else:
+            return _column(values, type_)
+    except (ValueError, OverflowError):
+        return _column(values, type_)
+    return pa.Array.from_buffers(type_, n, [None, pa.py_buffer(data)])
+
+
+def _empty_strings(n: int) -> pa.Array:
+    """A string column of ``n`` empty strings."""
+    return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(bytes(4 * (n + 1))), pa.py_buffer(b"")])
+
+
+def _repeated_int64s(values: Sequence[int], counts: list[int]) -> pa.Array:
+    """``values[g]`` repeated ``counts[g]`` times, for each ``g`` in order (an int64 column)."""
+    data = array("q")
+    for value, count in zip(values, counts):
+        data += array("q", [value]) * count
+    return pa.Array.from_buffers(pa.int64(), len(data), [None, pa.py_buffer(data)])
+
+
+def _decode_span_by_span(whole: ExportTraceServiceRequest, frames: Any, groups: list[list[bytes]],
+                         linked: bool) -> DecodedRequest:
+    """``_decode`` one span at a time, for requests with links (``linked``) or an invalid id:
+    spans with invalid ids (their own or their links') are rejected, the first problem named."""
     trace_ids: list[bytes] = []
     span_ids: list[bytes] = []
     parents: list[bytes | None] = []
@@ -102,10 +242,6 @@ def _decode(whole: ExportTraceServiceRequest, frames: Any) -> DecodedRequest:
     scopes: dict[int, bytes] = {}
     rejected = 0
     first_problem = ""
-    # Each group's spans as their bytes, and whether any of them has links (rare: only then is
-    # each span's links list read, see _any_links).
-    groups = [list(ss_frame.spans) for rs_frame in frames.resource_spans for ss_frame in rs_frame.scope_spans]
-    linked = _any_links(groups)
     group_raws = iter(groups)
     # Bound methods: this loop runs once per span, attribute lookups add up.
     add_trace, add_span, add_parent, add_name = trace_ids.append, span_ids.append, parents.append, names.append
@@ -137,7 +273,7 @@ def _decode(whole: ExportTraceServiceRequest, frames: Any) -> DecodedRequest:
                 add_kind(span.kind)
                 add_start(span.start_time_unix_nano)
                 add_end(span.end_time_unix_nano)
-                if span.HasField("status"):  # an absent one is not read: see _any_links
+                if span.HasField("status"):  # an absent one is not read: see _presence
                     status = span.status
                     add_code(status.code)
                     add_message(status.message)
@@ -159,20 +295,6 @@ def _decode(whole: ExportTraceServiceRequest, frames: Any) -> DecodedRequest:
         message = f"{rejected} span(s) rejected: {first_problem}"
     batch = SpanBatch(table=table, resources=resources, scopes=scopes, traces=dict(Counter(trace_ids)))
     return DecodedRequest(batch=batch, rejected_spans=rejected, error_message=message)
-
-
-def _any_links(groups: list[list[bytes]]) -> bool:
-    """Whether any of these spans has links: their bytes concatenated, read as one message of
-    links only (``otlp.views.span_links_view``).
-
-    Not ``span.links`` for each span: reading an absent sub-message or an empty list of
-    messages (``span.status``, ``span.links``) gives that span's Python object an arena of its
-    own in protobuf (upb), freed with it, and upb calls ``malloc_trim(0)`` every 10,000 frees
-    of its arenas' blocks: the receiving process trimmed malloc's arenas every 10,000 spans
-    (6-7 times a second in ``faulttrace bench``), handing every free page back to the system,
-    and took 0.5 page faults a span (11% of its CPU, measured with perf).
-    """
-    return bool(span_links_view().FromString(b"".join(chain.from_iterable(groups))).links)
 
 
 def _service_name(resource: Resource) -> str:

@@ -376,3 +376,37 @@ def test_kind_and_status_code_are_open_enums(value):
     fits = value if 0 <= value <= 255 else 0
     assert (row["kind"], row["status_code"]) == (fits, fits)
     assert Span.FromString(row["raw"]) == span
+
+
+def test_column_wise_decoding_equals_span_by_span():
+    # Requests without links or invalid ids are decoded a column at a time (list comprehensions,
+    # one Arrow call per column); the span-by-span decoding, kept for the others, is the reference.
+    from itertools import chain
+
+    from processor.receivers import decode as decoding
+
+    req = one_span_request(valid_span(parent_span_id=sid(9), kind=-1, start_time_unix_nano=2**64 - 1,
+                                      end_time_unix_nano=2**63 - 1))
+    spans = req.resource_spans[0].scope_spans[0].spans
+    spans.append(valid_span(span_id=sid(2), parent_span_id=bytes(8), kind=256, name="é"))
+    spans.append(valid_span(span_id=sid(3), trace_id=tid(2), kind=3))
+    spans[1].status.code, spans[1].status.message = 2, "broken"
+    spans[2].status.SetInParent()
+    req.resource_spans.add().scope_spans.add()  # no resource, an empty group
+    other = req.resource_spans.add()
+    other.schema_url = "https://schema"
+    other.resource.attributes.extend([kv("service.name", "db")])
+    other.scope_spans.add(scope=InstrumentationScope(name="s")).spans.append(valid_span(span_id=sid(4)))
+    for statuses in (True, False):
+        if not statuses:
+            for span in spans:
+                span.ClearField("status")
+        data = req.SerializeToString()
+        whole, frames = ExportTraceServiceRequest.FromString(data), parse_protobuf(data)
+        groups = [list(ss.spans) for rs in frames.resource_spans for ss in rs.scope_spans]
+        assert len(list(chain.from_iterable(groups))) == 4
+        fast, reference = decoding._decode(whole, frames), decoding._decode_span_by_span(whole, frames, groups, False)
+        assert fast.batch.table.equals(reference.batch.table)
+        assert fast.batch.table.column("status_code").to_pylist() == ([0, 2, 0, 0] if statuses else [0] * 4)
+        assert (fast.batch.resources, fast.batch.scopes, fast.batch.traces) == (
+            reference.batch.resources, reference.batch.scopes, reference.batch.traces)
