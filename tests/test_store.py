@@ -18,7 +18,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 
 from processor.model import SpanBatch
 from processor.receivers.decode import decode
-from processor.store import KEY_COLUMNS, STORE_SCHEMA, JournalError, SpanStore
+from processor.store import KEY_COLUMNS, STORE_SCHEMA, JournalError, SpanStore, incomplete_traces
 from tests.support.harness import kv, sid, tid
 
 
@@ -455,6 +455,34 @@ def test_complete_agrees_with_a_check_span_by_span(seed: int) -> None:
         return await store.complete(list(traces))
 
     assert run(test) == whole
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_incomplete_traces_agree_with_a_check_span_by_span_whatever_the_ids_length(seed: int) -> None:
+    """Eight-byte span ids (looked up as numbers, those reused across traces by the whole key)
+    and the same ids a byte longer (all by the whole key) give the traces a plain check finds."""
+    rng = random.Random(seed)
+    shared = [rng.randbytes(8) for _ in range(5)]
+    rows: list[tuple[bytes, bytes, bytes | None]] = []
+    for _ in range(60):
+        trace_id = rng.randbytes(16)
+        ids = rng.sample(shared, 3) if rng.random() < 0.4 else [rng.randbytes(8) for _ in range(3)]
+        parents = [None, ids[0], rng.choice([ids[1], rng.choice(shared), rng.randbytes(8)])]
+        rows += [(trace_id, span_id, parent) for span_id, parent in zip(ids, parents)]
+    rng.shuffle(rows)
+    spans = {(t, s) for t, s, _ in rows}
+    expected = {t for t, _, p in rows if p is not None and (t, p) not in spans}
+    assert 0 < len(expected) < 60
+
+    def table(longer: bytes) -> pa.Table:
+        return pa.table({"trace_id": pa.array([t for t, _, _ in rows], pa.binary()),
+                         "span_id": pa.array([s + longer for _, s, _ in rows], pa.binary()),
+                         "parent_span_id": pa.array([None if p is None else p + longer for _, _, p in rows],
+                                                    pa.binary())})
+
+    assert incomplete_traces(table(b"")) == expected
+    assert incomplete_traces(table(b"+")) == expected
+    assert incomplete_traces(table(b"").slice(0, 0)) == set()
 
 
 def test_a_store_in_memory_refuses_journal_work():
