@@ -31,10 +31,12 @@ from dsl.absence import ERROR, Absent, can_fire
 from dsl.checker import CheckResult, check
 from dsl.columnar import ColumnarPlan
 from dsl.compiler import (
+    ANCESTORS,
     BASELINE_COLUMNS,
     BASELINE_TABLE,
     CompiledRule,
     EvidenceQuery,
+    ancestors_statement,
     cleanup_statements,
     compile_evidence,
     compile_rule,
@@ -227,7 +229,8 @@ class RuleSet:
         known = known_of(table)
         plan = self._batch_plan(self._absent(conn, table, known))
         baseline = "baseline" in self.needs and _has_baseline(conn)
-        stmts = prepare_statements(table, self.needs, self.columns, _row_key(conn, table), baseline, plan.nulls,
+        needs = self.needs if plan.ancestors else self.needs - {"ancestors"}
+        stmts = prepare_statements(table, needs, self.columns, _row_key(conn, table), baseline, plan.nulls,
                                    plan.reads)
         return stmts, plan
 
@@ -267,7 +270,7 @@ class RuleSet:
         for stmt in stmts:
             conn.execute(parsed(stmt))
         try:
-            findings = self._columnar_findings(conn, plan.columnar, report)
+            findings = self._columnar_findings(conn, plan, report)
             findings += [f for _, f in _run_statements(conn, plan.rule_statements, report)]
             conditions: list[Finding] = []
             per_trace: list[tuple[object, ...]] | None = None
@@ -285,14 +288,17 @@ class RuleSet:
         trees = self._trees(findings, conditions, per_trace, failed) if self.trees else []
         return Evaluation(findings, trees)
 
-    def _columnar_findings(self, conn: duckdb.DuckDBPyConnection, plan: ColumnarPlan,
+    def _columnar_findings(self, conn: duckdb.DuckDBPyConnection, batch: _BatchPlan,
                            report: Callable[[RuleRuntimeError], None]) -> list[Finding]:
         """The findings of the columnar plan's rules.  If one of its statements fails, its
         rules run as statements instead, so that only the failing rule loses its findings."""
+        plan = batch.columnar
         try:
             fired = plan.run(conn)
         except duckdb.Error:
             log.debug("columnar evaluation failed; running its rules one statement each", exc_info=True)
+            if not batch.ancestors and any("ancestors" in r.needs for r in plan.rules):
+                conn.execute(parsed(ancestors_statement()))  # their own statements read it
             return [f for _, f in _run_statements(conn, statements(plan.rules, self.statement_rules), report)]
         out: list[Finding] = []
         for r, rows in fired.hits:
@@ -405,6 +411,10 @@ class _BatchPlan:
     condition_groups: _ConditionGroups
     evidence: duckdb.Statement | None
     reads: frozenset[str]
+    # whether the statements read ``ANCESTORS``: a columnar scan walks the closure from the spans its
+    # quantifiers count instead (``compiler.scan_statement``), and the table is built only for a
+    # statement that reads it, or for the rules of a failed scan (``RuleSet._columnar_findings``)
+    ancestors: bool = True
 
     @classmethod
     def of(cls, ruleset: RuleSet, absent: Absent) -> _BatchPlan:
@@ -432,7 +442,9 @@ class _BatchPlan:
         texts = [evidence_sql, columnar.render, *(s.sql for s in columnar.scans), *(r.sql for r in columnar.rules),
                  *(s.sql for s in (*rule_statements, *conditions.stmts))]
         reads = read_columns(texts) | {"trace_id", "span_id"}
-        return cls(types, columnar, rule_statements, conditions, evidence, reads)
+        run = [evidence_sql, columnar.render, *(s.sql for s in (*columnar.scans, *rule_statements, *conditions.stmts))]
+        ancestors = any(ANCESTORS in text for text in run)
+        return cls(types, columnar, rule_statements, conditions, evidence, reads, ancestors)
 
 
 def statements(rules: Iterable[CompiledRule], size: int = STATEMENT_RULES) -> tuple[_Statement, ...]:

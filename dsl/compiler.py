@@ -427,25 +427,49 @@ def foldable(condition: ir.CheckedRule) -> bool:
 def compile_evidence(rules: list[ir.CheckedRule], conditions: list[ir.CheckedRule]) -> EvidenceQuery:
     """Columns: trace id; ``broken`` as a state byte (2 = unknown, 0 = known);
     one state byte per three-valued rule (2 when the trace is broken or the
-    condition was NULL on some span); one span id (or NULL) per condition."""
-    ctx = _Ctx()
-    broken = "bool_or(NOT s._is_root AND s._parent IS NULL)"
-    cols = ["any_value(s.trace_id)", f"CAST(CASE WHEN {broken} THEN 2 ELSE 0 END AS UTINYINT)"]
+    condition was NULL on some span); one span id (or NULL) per condition.
+
+    Each distinct aggregate (its SQL and parameters) is computed once, in a grouped
+    subquery the columns read: trees often share a top event or house condition (the
+    library's 12 conditions are 5), and every rule column reads ``broken``; each aggregate
+    costs ~1 ms of a 100,000-span batch.  A condition's earliest span is the span id at the
+    least start among the spans meeting it (a conditional key, not a FILTER clause: DuckDB's
+    hash aggregate slows down with each FILTER it carries, ``compile_aggregate``)."""
+    aggregates: dict[tuple[str, tuple[tuple[str, object], ...]], int] = {}
+    fragments: list[Fragment] = []
+    needs: set[str] = set()
+
+    def aggregate(compile_: Callable[[_Ctx], str], var: str = "") -> str:
+        ctx = _Ctx(aliases={var: "s"} if var else {})
+        sql = compile_(ctx)
+        needs.update(ctx.needs)
+        key = (sql, tuple((type(p).__name__, p) for p in ctx.params))  # 1, 1.0 and True are equal in Python
+        if key not in aggregates:
+            aggregates[key] = len(fragments)
+            fragments.append(Fragment(sql, tuple(ctx.params)))
+        return f"_a{aggregates[key]}"
+
+    broken = aggregate(lambda _: "bool_or(NOT s._is_root AND s._parent IS NULL)")
+    cols = ["_trace_id", f"CAST(CASE WHEN {broken} THEN 2 ELSE 0 END AS UTINYINT)"]
     rule_ids, cond_ids = [], []
     for rule in rules:
         if not three_valued(rule):
             continue
-        ctx.aliases = {rule.bindings[0].var: "s"}
-        unknown = f"bool_or(({_kleene(rule.where, ctx)}) IS NULL)"  # type: ignore[arg-type]
+        unknown = aggregate(lambda ctx, r=rule: f"bool_or(({_kleene(r.where, ctx)}) IS NULL)",  # type: ignore[misc]
+                            rule.bindings[0].var)
         cols.append(f"CAST(CASE WHEN {broken} OR {unknown} THEN 2 ELSE 0 END AS UTINYINT)")
         rule_ids.append(rule.meta.id)
     for cond in conditions:
-        ctx.aliases = {cond.bindings[0].var: "s"}
-        where = _bool(cond.where, ctx) if cond.where is not None else "TRUE"
-        cols.append(f"arg_min(s.span_id, s.start_ns) FILTER (WHERE {where})")
+        def earliest(ctx: _Ctx, c: ir.CheckedRule = cond) -> str:
+            if c.where is None:
+                return "arg_min(s.span_id, s.start_ns)"
+            return f"arg_min(s.span_id, CASE WHEN {_bool(c.where, ctx)} THEN s.start_ns END)"
+        cols.append(aggregate(earliest, cond.bindings[0].var))
         cond_ids.append(cond.meta.id)
-    sql = f"SELECT {', '.join(cols)} FROM {SPANS} AS s GROUP BY s._trace"
-    return EvidenceQuery(sql, tuple(ctx.params), tuple(rule_ids), tuple(cond_ids), frozenset(ctx.needs))
+    texts, params = renumber(fragments)
+    inner = ", ".join(["any_value(s.trace_id) AS _trace_id", *(f"{t} AS _a{i}" for i, t in enumerate(texts))])
+    sql = f"SELECT {', '.join(cols)} FROM (SELECT {inner} FROM {SPANS} AS s GROUP BY s._trace)"
+    return EvidenceQuery(sql, params, tuple(rule_ids), tuple(cond_ids), frozenset(needs))
 
 
 def _kleene(node: ir.Node, ctx: _Ctx) -> str:
@@ -599,12 +623,7 @@ def prepare_statements(table: str, needs: frozenset[str], columns: tuple[str, ..
         f"SELECT {', '.join('t.' + c for c in copied)}, x.* FROM {src} AS t JOIN x ON x._row = t.{row_key}"
     )
     if "ancestors" in needs:
-        stmts.append(
-            f"CREATE OR REPLACE TEMP TABLE {ANCESTORS} AS WITH RECURSIVE a(_row, _anc, _dist) AS ("
-            f"SELECT _row, _parent, 1 FROM {SPANS} WHERE _parent IS NOT NULL "
-            f"UNION ALL SELECT a._row, s._parent, a._dist + 1 FROM a JOIN {SPANS} AS s ON s._row = a._anc "
-            f"WHERE s._parent IS NOT NULL AND a._dist < {_MAX_DEPTH}) SELECT _row, _anc FROM a"
-        )
+        stmts.append(ancestors_statement())
     if "events" in needs:
         stmts.append(with_nulls(_events_statement(copied), absent))
     if "links" in needs:
@@ -615,6 +634,15 @@ def prepare_statements(table: str, needs: frozenset[str], columns: tuple[str, ..
             f"FROM (SELECT s._row, unnest(s.{lk}) AS k FROM {SPANS} AS s) AS l JOIN {SPANS} AS t "
             "ON t.trace_id = struct_extract(l.k, 'trace_id') AND t.span_id = struct_extract(l.k, 'span_id')", absent))
     return stmts
+
+
+def ancestors_statement() -> str:
+    """The statement that builds ``ANCESTORS``: a row per span and each of its proper ancestors,
+    up the parent chain (``_MAX_DEPTH`` steps at most: a parent cycle in bad data repeats)."""
+    return (f"CREATE OR REPLACE TEMP TABLE {ANCESTORS} AS WITH RECURSIVE a(_row, _anc, _dist) AS ("
+            f"SELECT _row, _parent, 1 FROM {SPANS} WHERE _parent IS NOT NULL "
+            f"UNION ALL SELECT a._row, s._parent, a._dist + 1 FROM a JOIN {SPANS} AS s ON s._row = a._anc "
+            f"WHERE s._parent IS NOT NULL AND a._dist < {_MAX_DEPTH}) SELECT _row, _anc FROM a")
 
 
 def _events_statement(columns: tuple[str, ...]) -> str:
@@ -668,6 +696,40 @@ _GROUPED = {
     "child": (f"{SPANS} AS {{v}}", "{v}._parent", "_row"),
     "descendant": (f"{ANCESTORS} AS k JOIN {SPANS} AS {{v}} ON {{v}}._row = k._row", "k._anc", "_row"),
     "ancestor": (f"{ANCESTORS} AS k JOIN {SPANS} AS {{v}} ON {{v}}._row = k._anc", "k._row", "_row"),
+}
+
+
+
+
+def _descendants_of(name: str, counted: str) -> str:
+    """A CTE ``name`` with the rows of ``ANCESTORS`` (``_row``, ``_anc``, ``_dist``) whose ``_row``
+    is a span ``v`` meeting ``counted``: walked up from those spans as ``ancestors_statement`` walks
+    up from every span, so the same rows, repeats on a parent cycle too.  A quantifier over
+    descendants groups by ``_anc`` the rows whose descendant meets its condition; in healthy
+    traffic few spans do (an error), and building every span's ancestors for them cost ~25 ms of
+    a 100,000-span batch."""
+    return (f"{name}(_row, _anc, _dist) AS (SELECT v._row, v._parent, 1 FROM {SPANS} AS v "
+            f"WHERE v._parent IS NOT NULL AND ({counted}) "
+            f"UNION ALL SELECT a._row, s._parent, a._dist + 1 FROM {name} AS a JOIN {SPANS} AS s ON s._row = a._anc "
+            f"WHERE s._parent IS NOT NULL AND a._dist < {_MAX_DEPTH})")
+
+
+def _ancestors_of(name: str, counted: str) -> str:
+    """A CTE ``name`` with the rows of ``ANCESTORS`` whose ``_anc`` is a span ``v`` meeting
+    ``counted``, walked down from those spans: the ``_dist``-th parent of a span is one span, so
+    each row of the walk up from every span (``ancestors_statement``) that ends at such a span is
+    one row of this walk down from it, and no other."""
+    return (f"{name}(_row, _anc, _dist) AS (SELECT c._row, v._row, 1 FROM {SPANS} AS v "
+            f"JOIN {SPANS} AS c ON c._parent = v._row WHERE ({counted}) "
+            f"UNION ALL SELECT c._row, a._anc, a._dist + 1 FROM {name} AS a JOIN {SPANS} AS c ON c._parent = a._row "
+            f"WHERE a._dist < {_MAX_DEPTH})")
+
+
+# the grouped sources over ``ANCESTORS`` (``_GROUPED``), and the CTE of their rows for the spans
+# meeting a condition (``scan_statement``)
+_CLOSURES: dict[str, Callable[[str, str], str]] = {
+    _GROUPED["descendant"][0].format(v="v"): _descendants_of,
+    _GROUPED["ancestor"][0].format(v="v"): _ancestors_of,
 }
 
 
@@ -807,7 +869,12 @@ def scan_statement(masks: list[list[str]], groups: dict[int, tuple[tuple[str, st
         conds = [_counted_rows(sql) for _, sql in aggs]
         # rows no aggregate counts are left out before the grouping (and the join a source may
         # make): in healthy traffic few spans meet the conditions (an error, an exception)
-        where = f" WHERE {' OR '.join(f'({c})' for c in conds)}" if all(conds) else ""  # type: ignore[misc]
+        counted = " OR ".join(f"({c})" for c in conds) if all(conds) else ""  # type: ignore[misc]
+        if counted and src in _CLOSURES:
+            # the closure pairs of the counted spans only, not every span's ancestors
+            ctes.append(_CLOSURES[src](f"_c{g}", counted))
+            src = src.replace(f"{ANCESTORS} AS k", f"_c{g} AS k")
+        where = f" WHERE {counted}" if counted else ""
         ctes.append(f"g{g} AS (SELECT {key} AS _key, {cols} FROM {src}{where} GROUP BY {key})")
         joins.append(f" LEFT JOIN g{g} ON g{g}._key = v0.{outer}")
     cols = []
@@ -817,7 +884,8 @@ def scan_statement(masks: list[list[str]], groups: dict[int, tuple[tuple[str, st
         bits = " + ".join(f"CASE WHEN {c} THEN CAST({1 << b} AS BIGINT) ELSE CAST(0 AS BIGINT) END"
                           for b, c in enumerate(conds))
         cols.append(f"({bits}) AS m{j}")
-    with_ = f"WITH {', '.join(ctes)} " if ctes else ""
+    recursive = "RECURSIVE " if any(c.startswith("_c") for c in ctes) else ""
+    with_ = f"WITH {recursive}{', '.join(ctes)} " if ctes else ""
     scan = f"{with_}SELECT v0._row, {', '.join(cols)} FROM {SPANS} AS v0{''.join(joins)}"
     # the rows where some condition holds, usually few: a filter on the materialized scan's
     # masks cannot be pushed into it (which would compute every condition twice)

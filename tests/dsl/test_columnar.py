@@ -136,3 +136,55 @@ def test_a_grouped_scan_leaves_out_the_rows_no_aggregate_counts():
     # count(*) counts every row: its group keeps them all
     every = scan_statement([["g0._s0 > 1"]], {0: (source, [(0, "bool_or((v.status_code = $1))"), (1, "count(*)")])})
     assert "FROM __ft_spans AS v GROUP BY" in every
+
+
+def test_closure_quantifiers_walk_from_the_spans_they_count(tmp_path):
+    """A quantifier over descendants or ancestors counting the spans that meet its condition is
+    computed from a walk up (or down) from those spans, not the prepared ``ANCESTORS`` table, which
+    the batch then does without: the same counts on a chain past the recursion's cap and on a
+    parent cycle (whose spans repeat as their own ancestors up to the cap) as the rules' own
+    statements over the table."""
+    from dsl.compiler import ANCESTORS
+    from tests.support.dsl_spans import Trace, load
+
+    t = Trace()
+    chain = [t.span("n0", status="error")]
+    for i in range(1, 260):
+        chain.append(t.span(f"n{i}", chain[-1], status="error" if i % 50 == 0 else "unset"))
+    a = t.span("a", span_id=b"\xa0" * 8, parent_id=b"\xb0" * 8, status="error")
+    t.span("b", span_id=b"\xb0" * 8, parent_id=a.span_id)
+    t.span("below", parent_id=a.span_id, status="error")
+    t.span("alone")
+    shapes = [
+        "count(descendant d of c where d.status = error) > 0",
+        "exists(descendant d of c where d.status = error)",
+        "count(ancestor a of c where a.status = error) > 1",
+        "not exists(ancestor a of c where a.status = error)",
+    ]
+    text = "\n".join(RULE.format(i=i, sev="low", c=5, match=f"span c where {m}", msg="{c.name}")
+                     for i, m in enumerate(shapes))
+    ruleset = _load(tmp_path, text)
+    assert ruleset._columnar.rest == ()
+    assert all(ANCESTORS not in s.sql for s in ruleset._columnar.scans)
+    conn = duckdb.connect()
+    try:
+        load(conn, [t], ruleset.projection)
+        columnar = ruleset.evaluate(conn, "batch")
+        statements = dataclasses.replace(ruleset, columnar=False).evaluate(conn, "batch")
+        built = ruleset.prepare_statements(conn, "batch")
+        # a scan that fails: its rules run as their own statements, over the table built then
+        bad = ruleset.rules[0]
+        source = ruleset.checked[bad.id]
+        where = ir.Regex(ir.Intrinsic(source.bindings[0].var, "name", ir.Ty.STRING), "(", False)
+        broken = dataclasses.replace(
+            ruleset, rules=(dataclasses.replace(bad, sql="SELECT error('boom')", params=()), *ruleset.rules[1:]),
+            checked={**ruleset.checked, bad.id: dataclasses.replace(source, where=where)})
+        errors: list[RuleRuntimeError] = []
+        found = broken.evaluate(conn, "batch", on_error=errors.append)
+    finally:
+        conn.close()
+    assert {f.rule_id for f in columnar} == set(ruleset.ids)
+    assert columnar == statements
+    assert not any(ANCESTORS in s for s in built)  # no statement of the plan reads the table
+    assert [e.rule_id for e in errors] == [bad.id]
+    assert found == [f for f in columnar if f.rule_id != bad.id]
