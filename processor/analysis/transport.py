@@ -28,9 +28,14 @@ import time
 import pyarrow as pa
 
 WRITE_BUFFER = 256 << 10  # bytes: 64 KiB to 4 MiB measured the same; a few hundred writes for 60 MB
-KEEP = 2  # free files kept: the worker analyses one batch while the next waits
+# Free files kept: one does while a batch is analysed and the next written, the one before given
+# back with its verdict (more only when batches are sent further ahead).
+KEEP = 1
 LENT = 8  # files lent at most; beyond, a batch goes in a file of its own (a worker holding on to its batches)
-IDLE = 2.0  # seconds without a batch after which the free files are closed (their memory goes back)
+# Seconds without a batch after which the free files are closed, their memory going back.  Longer
+# than the release loop's gaps between batches under load: 2 s closed the file between most of the
+# bench's batches (3 s apart on the loaded 2-core machine) and every batch took a new one.
+IDLE = 10.0
 
 
 def write_stream(fd: int, table: pa.Table) -> int:
