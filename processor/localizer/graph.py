@@ -54,6 +54,9 @@ kids AS MATERIALIZED (
            arg_max(CASE WHEN service <> parent_service THEN node END,
                    CASE WHEN service <> parent_service THEN end_ns - start_ns END) AS callee_node,
            count(*) AS n_children,
+           -- the last child to end: its key, to read its own callee below, and its service (arg_max_null:
+           -- both of the same row, a null one too; one arg_max of both as a struct costs twice as much here)
+           arg_max_null(sk, end_ns) AS last_sk, arg_max_null(service, end_ns) AS last_service,
            bool_or(status_code = 2) AS child_error,
            any_value(service || ':' || name) AS one_sig,
            any_value(greatest(0, least(end_ns, p_end) - greatest(start_ns, p_start))) AS one_covered
@@ -74,16 +77,31 @@ shapes AS (
                                           lambda x: x.s || ':' || x.n), '|') AS sig
     FROM fan GROUP BY tk, pk
 ),
+-- the parents whose last child has no service, whose blame is then its callee's, or where it has
+-- none the blame of the last child that has one: every child's blame, as per_parent reads the rest
+unnamed AS (
+    SELECT c.tk, c.pk AS pid, arg_max(coalesce(k.callee, c.service), c.end_ns) AS last_blame
+    FROM pj c SEMI JOIN kids p ON c.tk = p.tk AND c.pk = p.pid AND p.last_service IS NULL
+    LEFT JOIN kids k ON c.tk = k.tk AND c.sk = k.pid
+    WHERE c.p_span IS NOT NULL
+    GROUP BY c.tk, c.pk
+),
 covered AS ({covered}),  -- dsl.spantree: keyed by (trace, span id), so copies of a span id share it
 per_parent AS (
     SELECT k.tk, k.pid, k.callee, k.callee_pod, k.callee_node, k.n_children, k.child_error,
            CASE WHEN k.n_children = 1 THEN k.one_sig ELSE s.sig END AS sig,
-           CASE WHEN k.n_children = 1 THEN k.one_covered ELSE cv.covered END AS covered
+           CASE WHEN k.n_children = 1 THEN k.one_covered ELSE cv.covered END AS covered,
+           -- the service charged when the tree stops after the last child: that child's blame (its
+           -- callee, from its own row of kids, else its service), read from kids joined to itself
+           -- rather than by grouping every span's blame per parent and joining that back
+           CASE WHEN k.last_service IS NOT NULL THEN coalesce(l.callee, k.last_service)
+                ELSE u.last_blame END AS last_blame
     FROM kids k
     LEFT JOIN shapes s ON s.tk = k.tk AND s.pid = k.pid
     LEFT JOIN covered cv ON cv.tk = k.tk AND cv.sk = k.pid
-),
-mt AS (
+    LEFT JOIN kids l ON l.tk = k.tk AND l.pid = k.last_sk
+    LEFT JOIN unnamed u ON u.tk = k.tk AND u.pid = k.pid
+)
 SELECT sp.trace_id, sp.span_id, sp.parent_span_id, sp.service, sp.name, sp.start_ns, sp.end_ns,
        sp.status_code, sp.exception, sp.pod, sp.node,
        sp.end_ns - sp.start_ns AS dur,
@@ -96,20 +114,9 @@ SELECT sp.trace_id, sp.span_id, sp.parent_span_id, sp.service, sp.name, sp.start
        coalesce(k.child_error, false) AS child_error,
        -- the call shape, read by the window's shape evidence and learned by the history
        coalesce(k.sig, '') AS shape_sig, coalesce(k.n_children, 0) AS shape_k,
-       sp.tk, sp.sk, sp.pk
+       k.last_blame AS shape_last_blame
 FROM pj sp
 LEFT JOIN per_parent k ON sp.tk = k.tk AND sp.sk = k.pid
-),
--- per parent id: the service charged when the tree stops after its last child (its blame, as mt's: the
--- child's callee, else its service), from pj and kids rather than mt, so mt is read once and not
--- materialized (a copy of every column of every span)
-last AS (
-    SELECT c.tk, c.pk AS pid, arg_max(coalesce(k.callee, c.service), c.end_ns) AS last_blame
-    FROM pj c LEFT JOIN kids k ON c.tk = k.tk AND c.sk = k.pid
-    WHERE c.pk IS NOT NULL GROUP BY c.tk, c.pk
-)
-SELECT mt.* EXCLUDE (tk, sk, pk), s.last_blame AS shape_last_blame
-FROM mt LEFT JOIN last s ON mt.tk = s.tk AND mt.sk = s.pid
 """
 
 # the children of parents with several, clipped to them: covered_sql's input (a parent of one child

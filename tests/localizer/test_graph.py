@@ -182,6 +182,21 @@ def test_span_metrics_equal_the_plain_formulation_on_random_batches() -> None:
         assert 1 in shapes and max(shapes) > 1  # both kinds of parent were there
 
 
+def test_last_blame_of_a_last_child_without_a_service() -> None:
+    # shape_last_blame is the blame of the last child to end that has one: a last child without a
+    # service is charged its callee (here through a copy of its span id in service c, calling d), and
+    # one with neither leaves it to the child before it
+    trace = b"\x01" * 16
+    spans = [(1, None, "a", 0, 100), (2, 1, "b", 10, 50), (3, 1, None, 20, 90), (3, 9, "c", 20, 90),
+             (4, 3, "d", 30, 60), (5, None, "a", 0, 100), (6, 5, "b", 10, 50), (7, 5, None, 20, 90)]
+    rows = [{"trace_id": trace, "span_id": _sid(i), "parent_span_id": _sid(p) if p else None, "service": svc,
+             "name": "op", "kind": 0, "start_ns": st, "end_ns": e, "status_code": 0, "exception": False}
+            for i, p, svc, st, e in spans]
+    got = _against_reference(duckdb.connect(), pa.Table.from_pylist(rows, schema=SCHEMA), "no service")
+    last = {r["span_id"]: r["shape_last_blame"] for r in got.to_pylist()}
+    assert last[_sid(1)] == "d" and last[_sid(5)] == "b"
+
+
 def test_span_metrics_of_ids_of_other_lengths_equal_the_plain_formulation() -> None:
     # METRICS_SQL joins on the ids as integers (a 16-byte trace id, 8-byte span ids); a batch with ids of
     # other lengths (a corpus read from files) is joined on the blobs instead, with the same result
