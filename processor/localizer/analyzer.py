@@ -41,7 +41,7 @@ from processor.localizer.attribution import Attribution, attribute
 from processor.localizer.baseline import Baseline
 from processor.localizer.blame import LocalizedBatch, blame_traces
 from processor.localizer.contrast import excess_inside, why_not_first
-from processor.localizer.graph import placement_refs, span_metrics, span_metrics_of
+from processor.localizer.graph import any_failed, placement_refs, span_metrics, span_metrics_of
 from processor.localizer.history import History, HistoryConfig, Sketches
 from processor.localizer.reads import Reads
 from processor.localizer.shift import PodShift
@@ -202,21 +202,24 @@ class LocalizerAnalyzer:
         if metrics.num_rows == 0:
             return LocalizedBatch()
         baseline = self.history.baseline()
+        # the batch's traces are those of its span metrics: counted once for the samples' scales and
+        # the history's decay
+        traces = pc.count_distinct(metrics.column("trace_id")).as_py()
         # ``m`` and the baseline registered once for every step of the batch that reads them
         with baseline.beside(conn, metrics):
-            verdict, values, learned, scales, ranking = self._blame(conn, table, columns, metrics, baseline)
+            verdict, values, learned, scales, ranking = self._blame(conn, table, columns, metrics, traces, baseline)
         self.history.learn(metrics, dict.fromkeys(verdict.traces, self.learn_suspect), values, learned, scales.attributes,
-                           value_scale=scales.values)
+                           value_scale=scales.values, traces=traces)
         services = tuple(ServiceRank(r.service, round(r.score, 4), round(r.probability, 4))
                          for r in ranking if r.score > 0)
         return dataclasses.replace(verdict, services=services)
 
     def _blame(self, conn: duckdb.DuckDBPyConnection, table: str, columns: set[str], metrics: pa.Table,
-               baseline: Baseline) -> tuple[LocalizedBatch, pa.Table | None, pa.Table | None, _Scales,
-                                            list[ServiceScore]]:
-        """The batch's verdict (``m`` and ``baseline`` beside it), the attribution values and the
-        attributes to learn (of the sampled traces), the traces a sampled one stands for, and the
-        services' ranking."""
+               traces: int, baseline: Baseline) -> tuple[LocalizedBatch, pa.Table | None, pa.Table | None, _Scales,
+                                                         list[ServiceScore]]:
+        """The batch's verdict (``m`` and ``baseline`` beside it; ``traces`` its distinct traces), the
+        attribution values and the attributes to learn (of the sampled traces), the traces a sampled
+        one stands for, and the services' ranking."""
         # the pods' shifts serve the window's ranking and the per-trace blame: read once
         pods = window_pods(conn, self.sources)
         ranking = rank_services(conn, metrics, baseline, self.sources, self.null, pods)
@@ -225,7 +228,7 @@ class LocalizerAnalyzer:
             self.contrast = tuple(why_not_first(ranking, excess_inside(conn, metrics, baseline)))
         long, scales, rows = None, _Scales(), None
         if column_name(ALL_ATTRIBUTES) in columns:
-            rows, scales = _long_form(conn, self.reads, table, columns, metrics, self.sample_traces,
+            rows, scales = _long_form(conn, self.reads, table, columns, traces, self.sample_traces,
                                       self.value_sample_traces, self.long_form)
             long = "SELECT * FROM lz_long"
         try:
@@ -235,7 +238,8 @@ class LocalizerAnalyzer:
                 silent = Silent((), self.causal_past, self.lift, "lz_sample",
                                 lambda: tuple(abnormal_spans(conn, long, SPANS_SQL.format(table=table), attrs,
                                                              max_keys)))
-            details = _details(conn, table, columns)
+            # a batch without a failed span has no error details: no statement for them
+            details = _details(conn, table, columns) if any_failed(metrics) else {}
             verdict = blame_traces(conn, metrics, baseline, ranking, self.per_trace, details, silent,
                                    _slow_pods(pods))
             found = self._attribute(conn, table, verdict)
@@ -349,17 +353,17 @@ class _Scales:
     values: float = 1.0
 
 
-def _long_form(conn: duckdb.DuckDBPyConnection, reads: Reads, table: str, columns: set[str], metrics: pa.Table,
+def _long_form(conn: duckdb.DuckDBPyConnection, reads: Reads, table: str, columns: set[str], total: int,
                sample: int, value_sample: int, long_form: LongForm) -> tuple[pa.Table, _Scales]:
     """The attributes of the batch's sampled and failing traces in long form, with ``sampled``,
     registered as ``lz_long``, the sampled traces as ``lz_sample`` (their spans: ``SPANS_SQL``) and
     those whose attribution values are learned as ``lz_value_sample`` (the first ``value_sample``
     in the same order, so one holds the other): decoded from the span bytes when the batch has
     them, else from its ``ALL_ATTRIBUTES`` column.  Returns the long form and how many traces a
-    sampled one stands for.  ``metrics`` (as ``m``) and the baseline (``base_ops``) are registered
-    (``Baseline.beside``).  The long form and the samples stay Arrow tables, registered, not copied
-    into DuckDB tables: what is learned of the long form is its sampled rows, taken in Arrow (~8 ms
-    a batch less than two more statements)."""
+    sampled one stands for (of the batch's ``total`` traces).  The span metrics (as ``m``) and the
+    baseline (``base_ops``) are registered (``Baseline.beside``).  The long form and the samples
+    stay Arrow tables, registered, not copied into DuckDB tables: what is learned of the long form
+    is its sampled rows, taken in Arrow (~8 ms a batch less than two more statements)."""
     ordered = reads.rows(conn, SAMPLE_SQL.format(table=table), {"n": max(sample, value_sample)})
     sampled = ordered.slice(0, sample)
     conn.register("lz_sample", sampled)
@@ -372,9 +376,8 @@ def _long_form(conn: duckdb.DuckDBPyConnection, reads: Reads, table: str, column
         long = conn.sql(all_attributes_sql(f"({read})")).to_arrow_table()
     long = long.append_column("sampled", pc.is_in(long.column("trace_id"), sampled.column("trace_id").combine_chunks()))
     conn.register("lz_long", long)
-    # the batch's traces are those of its span metrics, and a sample is the first of them: counted
-    # here instead of by two more statements per batch
-    total = pc.count_distinct(metrics.column("trace_id")).as_py()
+    # a sample is the first of the batch's traces (those of its span metrics, counted by the caller
+    # instead of by two more statements per batch)
     return long, _Scales(total / min(sample, total) if total else 1.0,
                          total / min(value_sample, total) if total else 1.0)
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from dsl import AttrRef, AttrSource, column_name, self_time_sql
 from dsl.api import parsed
@@ -200,6 +201,12 @@ def _run(conn: duckdb.DuckDBPyConnection, sql: str, reads: Reads | None) -> pa.T
     if reads is not None:
         return reads.rows(conn, sql)
     return conn.sql(parsed(sql)).to_arrow_table()
+
+
+def any_failed(metrics: pa.Table) -> bool:
+    """Whether a span of ``span_metrics`` has status ERROR (2): the readers of error origins and
+    error details skip their statements for a batch without one (healthy traffic's common case)."""
+    return bool(pc.any(pc.equal(metrics.column("status_code"), 2)).as_py())
 
 
 @dataclass(frozen=True, slots=True)

@@ -402,7 +402,7 @@ class History:
 
     def learn(self, metrics: pa.Table, weights: dict[bytes, float] | None = None,
               values: pa.Table | None = None, attributes: pa.Table | None = None, scale: float = 1.0,
-              value_scale: float = 1.0) -> int:
+              value_scale: float = 1.0, traces: int | None = None) -> int:
         """Fold span metrics (``graph.span_metrics``) in, each trace weighted by ``weights``
         (default 1: a weight below one learns a suspicious trace only a little); ``values``
         (``trace_id``, ``service`` and one string column per attribute, named by
@@ -411,7 +411,8 @@ class History:
         learned per operation from the traces without a failure (root span in error, or weight
         below one).  ``attributes`` are of a sample of the traces when ``scale`` (the traces one
         of them stands for) is above 1, ``values`` when ``value_scale`` is: each sampled trace's
-        weight counts that many times."""
+        weight counts that many times.  ``traces``: the distinct traces of ``metrics``, when the caller
+        has counted them (else counted here)."""
         if metrics.num_rows == 0:
             return 0
         cfg = self.config
@@ -421,7 +422,8 @@ class History:
         failed = _failed(new, weights) if attributes is not None else None
         if failed is not None:  # ``ok``: the spans of the traces whose attributes are learned
             new = new.append_column("ok", pc.invert(pc.is_in(new.column("trace_id"), failed)))
-        traces = pc.count_distinct(metrics.column("trace_id")).as_py()
+        if traces is None:
+            traces = pc.count_distinct(metrics.column("trace_id")).as_py()
         f = 0.5 ** (traces / cfg.half_life)
         with self._lock:
             conn = self._conn
