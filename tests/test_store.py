@@ -485,6 +485,17 @@ def test_incomplete_traces_agree_with_a_check_span_by_span_whatever_the_ids_leng
     assert incomplete_traces(table(b"").slice(0, 0)) == set()
 
 
+def test_incomplete_traces_tells_apart_traces_whose_spans_have_the_same_number():
+    """Trace ids whose halves are swapped XOR to the same number: with the same span ids, each
+    span's number is the other trace's too, and the whole key decides."""
+    a, b = bytes(range(8)), bytes(range(8, 16))
+    whole, broken = a + b, b + a
+    rows = pa.table({"trace_id": pa.array([broken, broken, whole, whole], pa.binary()),
+                     "span_id": pa.array([sid(2), sid(3), sid(1), sid(2)], pa.binary()),
+                     "parent_span_id": pa.array([sid(1), None, None, sid(1)], pa.binary())})
+    assert incomplete_traces(rows) == {broken}
+
+
 def test_a_store_in_memory_refuses_journal_work():
     async def test(store: SpanStore) -> None:
         with pytest.raises(RuntimeError, match="needs a durable store"):
