@@ -94,7 +94,7 @@ def encode_payloads(spans: ReleasedSpans, edits: Mapping[int, bytes] | None = No
     # cum[k]: what the first k rows (in framing order) take in a request, 6 B of framing each at most.
     cum = pa.concat_arrays([pa.array([0], pa.int64()),
                             pc.cumulative_sum(pc.add(sizes.take(order.rows), 6))])
-    frame = _Framer(spans, raw, order.rows, edits or {}, edit_rows)
+    frame = _Framer(spans, raw, order.rows, sizes, edits or {}, edit_rows)
     pieces: list[tuple[tuple[int, int], int, int]] = []  # the next request's (group, start, stop) in framing order
     size = count = pos = 0
     for key, n in order.groups:
@@ -123,36 +123,71 @@ def encode_payloads(spans: ReleasedSpans, edits: Mapping[int, bytes] | None = No
 
 
 class _Framer:
-    """Frames consecutive rows (in framing order) of released spans into one export request."""
+    """Frames consecutive rows (in framing order) of released spans into one export request.
 
-    def __init__(self, spans: ReleasedSpans, raw: pa.ChunkedArray, rows: pa.Array, edits: Mapping[int, bytes],
-                 edit_rows: pa.Array | None) -> None:
+    The rows' bytes are copied once into the request's body, each after its field key and
+    length: a payload's spans and their prefixes are gathered as views (``binary_view``: 16
+    bytes a value, pointing into the released column, a prefix held inline) and the views cast
+    to one binary array, instead of taking the rows' bytes and copying them again to prefix
+    them, and once more to put edits in their place."""
+
+    def __init__(self, spans: ReleasedSpans, raw: pa.ChunkedArray, rows: pa.Array, sizes: pa.Array,
+                 edits: Mapping[int, bytes], edit_rows: pa.Array | None) -> None:
         self._spans = spans
-        self._raw = raw
         self._rows = rows
-        self._edits = edits
-        self._edit_rows = edit_rows
+        self._sizes = sizes
+        views = [raw.cast(pa.binary_view()).combine_chunks()]  # views into the column's own buffers
+        self._sources: pa.Array | None = None  # row -> its view's index, where edits are views of their own
+        if edit_rows is not None:
+            views.append(pa.array([edits[r] for r in edit_rows.to_pylist()], pa.binary()).cast(pa.binary_view()))
+            n = len(views[0])
+            self._sources = pc.replace_with_mask(_arange(n), pc.is_in(_arange(n), value_set=edit_rows),
+                                                 pc.add(_arange(len(edit_rows)), pa.scalar(n, pa.int64())))
+        self._views = pa.concat_arrays(views) if len(views) > 1 else views[0]
 
     def __call__(self, pieces: list[tuple[tuple[int, int], int, int]]) -> ExportPayload:
         first, last = pieces[0][1], pieces[-1][2]
         rows = self._rows.slice(first, last - first)
-        data = self._raw.take(rows).combine_chunks()
-        if self._edit_rows is not None:
-            edited = pc.is_in(rows, value_set=self._edit_rows)
-            if pc.any(edited).as_py():
-                new = [self._edits[r] for r in rows.filter(edited).to_pylist()]
-                data = pc.replace_with_mask(data, edited, pa.array(new, pa.binary()))
-        framed = pc.binary_join_element_wise(_prefix(pc.binary_length(data)), data, NO_SEPARATOR)
+        framed = self._framed(rows)
         offsets = pa.Array.from_buffers(pa.int32(), len(framed) + 1, [None, framed.buffers()[1]], offset=framed.offset)
         body = memoryview(framed.buffers()[2])
         by_resource: dict[int, list[tuple[bytes, memoryview]]] = {}
         for (rid, sid), start, stop in pieces:
-            if stop > start:
-                group = body[offsets[start - first].as_py():offsets[stop - first].as_py()]
+            if stop > start:  # a span is two values of ``framed``: its prefix, then its bytes
+                group = body[offsets[2 * (start - first)].as_py():offsets[2 * (stop - first)].as_py()]
                 by_resource.setdefault(rid, []).append((self._spans.scopes[sid], group))
         traces = pc.count_distinct(self._spans.table.column("trace_id").take(rows)).as_py()
         return ExportPayload(data=_request_of(self._spans.resources, by_resource), span_count=len(rows),
                              trace_count=traces)
+
+    def _framed(self, rows: pa.Array) -> pa.Array:
+        """Each row's field key and length, then its bytes (edited or not): two values a row."""
+        k = len(rows)
+        spans = _fixed_views(self._views).take(rows if self._sources is None else self._sources.take(rows))
+        prefixes = _fixed_views(_prefix(pc.cast(self._sizes.take(rows), pa.int32())).cast(pa.binary_view()))
+        # One 32-byte value a row, prefix view then span view: as a buffer, the 2k views in order.
+        pairs = pc.binary_join_element_wise(_as_binary(prefixes), _as_binary(spans), NO_SEPARATOR)
+        both = pa.Array.from_buffers(pa.binary_view(), 2 * k, [None, pairs.buffers()[2], *self._views.buffers()[2:]])
+        return both.cast(pa.binary())
+
+
+_VIEW = pa.binary(16)  # a binary_view value: length, then the bytes inline or a prefix, buffer index and offset
+
+
+def _fixed_views(views: pa.Array) -> pa.Array:
+    """A binary_view array's views as 16-byte values (no copy), which ``take`` gathers."""
+    return pa.Array.from_buffers(_VIEW, len(views), [None, views.buffers()[1]], offset=views.offset)
+
+
+def _as_binary(fixed: pa.Array) -> pa.Array:
+    """16-byte values (``_fixed_views``, as taken: no offset) as a binary array over the same buffer."""
+    return pa.Array.from_buffers(pa.binary(), len(fixed), [None, _steps16(len(fixed)), fixed.buffers()[1]])
+
+
+@lru_cache(maxsize=64)
+def _steps16(n: int) -> pa.Buffer:
+    """The int32 offsets of ``n`` values of 16 bytes."""
+    return pc.multiply(pc.cast(_arange(n + 1), pa.int32()), pa.scalar(16, pa.int32())).buffers()[1]
 
 
 def _prefix(lengths: pa.Array) -> pa.Array:

@@ -180,3 +180,24 @@ def test_max_spans_caps_every_payload_across_groups():
     assert_same_spans([expected_request(rows)], requests)
     assert [len([s for rs in r.resource_spans for ss in rs.scope_spans for s in ss.spans]) for r in requests] \
         == [p.span_count for p in payloads]
+
+
+def test_long_spans_edits_and_a_chunked_column_are_framed_byte_for_byte():
+    # Framing gathers the rows' bytes as views into the released column (and the edits') and
+    # prefixes each from a table of keys and lengths below 2**14; a longer span's prefix is built.
+    import pyarrow as pa
+
+    from processor.otlp.wire import varint
+
+    spans = released(ROWS, name_size=20_000)
+    spans = dataclasses.replace(spans, table=pa.concat_tables([spans.table.slice(0, 3), spans.table.slice(3)]))
+    short = Span(trace_id=tid(9), span_id=sid(9), name="edited").SerializeToString()
+    edits = {1: short, 4: short + b"\x4a\x00"}
+    payloads = list(encode_payloads(spans, edits, max_bytes=45_000))
+    assert len(payloads) > 1 and sum(p.span_count for p in payloads) == 7
+    assert all(len(p.data) <= 45_000 for p in payloads)
+    framed = [rs for p in payloads for rs in ExportTraceServiceRequest.FromString(p.data).resource_spans]
+    got = sorted(s.SerializeToString() for rs in framed for ss in rs.scope_spans for s in ss.spans)
+    assert got == sorted(edits.get(row, raw) for row, raw in enumerate(spans.raw))
+    first = spans.raw[0]  # row 0 frames first, after its key and its length (3 bytes: past the table)
+    assert b"\x12" + varint(len(first)) + first in payloads[0].data and len(varint(len(first))) == 3
