@@ -525,6 +525,8 @@ def _render(node: ir.Node, ctx: _Ctx) -> str:
 # the trace's root span, as dsl.spantree defines it for the processor's verdicts too
 _ROOT = root_key_sql("s", no_parent="s._is_root", parent_found="s._parent IS NOT NULL")
 # the trace-level values (``trace.…``) by column, as aggregates over the trace's rows of ``s``
+# the span columns of ``s`` a trace value reads besides its times, ids and root key
+_TRACE_READS = {"_t_root_service": ("service",), "_t_root_name": ("name",), "_t_error_count": ("status_code",)}
 _TRACE_VALUES = {"_t_duration": "max(end_ns) - min(start_ns)",
                  "_t_root_service": f"nullif(arg_min(service, {_ROOT}), '')",
                  "_t_root_name": f"arg_min(name, {_ROOT})",
@@ -566,15 +568,26 @@ def prepare_statements(table: str, needs: frozenset[str], columns: tuple[str, ..
     if row_key is None:
         stmts.append(f"CREATE OR REPLACE TEMP TABLE {_SOURCE} AS SELECT {', '.join(columns)} FROM {src}")
         src, row_key = _SOURCE, "rowid"
+
+    def read(derived: dict[str, str]) -> dict[str, str]:
+        # the trace and baseline values the batch's statements read: each costs its aggregate or
+        # join and its copy (the library reads 2 of their 9)
+        return {c: sql for c, sql in derived.items() if reads is None or c in reads}
+
+    trace = read(_TRACE_VALUES) if "trace" in needs else {}
+    base = read(_BASELINE_VALUES) if "baseline" in needs else {}
+    # the span columns the derived values read beyond times and ids (only the trace values'): each
+    # is copied into both materialized steps (k, s), strings for service and name
+    carried = [c for c in ("status_code", "service", "name") if any(c in _TRACE_READS.get(t, ()) for t in trace)]
     ctes = [
         # a dense integer per trace: integer joins are much cheaper than on 16-byte ids
         f"tids AS (SELECT trace_id, CAST(row_number() OVER () AS BIGINT) AS _trace FROM (SELECT DISTINCT trace_id FROM {src}))",
-        f"k AS MATERIALIZED (SELECT b.{row_key} AS _row, tids._trace, b.span_id, b.parent_span_id, b.start_ns, b.end_ns, "
-        f"b.status_code, b.service, b.name FROM {src} AS b JOIN tids ON tids.trace_id = b.trace_id)",
+        f"k AS MATERIALIZED (SELECT b.{row_key} AS _row, tids._trace, b.span_id, b.parent_span_id, b.start_ns, b.end_ns"
+        f"{''.join(f', b.{c}' for c in carried)} FROM {src} AS b JOIN tids ON tids.trace_id = b.trace_id)",
         # spans whose parent is in the batch; a duplicated span id keeps its first row
         "ids AS (SELECT _trace, span_id, min(_row) AS _row FROM k GROUP BY _trace, span_id)",
-        "s AS MATERIALIZED (SELECT k._row, k._trace, k.start_ns, k.end_ns, k.status_code, k.service, k.name, p._row AS _parent, "
-        f"{no_parent_sql('k.parent_span_id')} AS _is_root "
+        f"s AS MATERIALIZED (SELECT k._row, k._trace, k.start_ns, k.end_ns{''.join(f', k.{c}' for c in carried)}, "
+        f"p._row AS _parent, {no_parent_sql('k.parent_span_id')} AS _is_root "
         "FROM k LEFT JOIN ids AS p ON p._trace = k._trace AND p.span_id = k.parent_span_id)",
         f"d(_row, _depth) AS (SELECT _row, 0 FROM s WHERE _parent IS NULL "
         f"UNION ALL SELECT s._row, d._depth + 1 FROM s JOIN d ON s._parent = d._row WHERE d._depth < {_MAX_DEPTH})",
@@ -592,35 +605,31 @@ def prepare_statements(table: str, needs: frozenset[str], columns: tuple[str, ..
         ctes.append(f"cov AS ({covered_sql('s', key=('_row',), ref=('_parent',))})")
         cols.append(f"CAST({self_time_sql('s', 'cov.covered')} AS BIGINT) AS _self")
         joins.append("LEFT JOIN cov ON cov._row = s._row")
-
-    def read(derived: dict[str, str]) -> dict[str, str]:
-        # the trace and baseline values the batch's statements read: each costs its aggregate or
-        # join and its copy (the library reads 2 of their 9)
-        return {c: sql for c, sql in derived.items() if reads is None or c in reads}
-
-    if "trace" in needs and (trace := read(_TRACE_VALUES)):
+    if trace:
         ctes.append(f"tr AS (SELECT _trace, {', '.join(f'{sql} AS {c}' for c, sql in trace.items())} "
                     "FROM s GROUP BY _trace)")
         cols.append(", ".join(f"tr.{c}" for c in trace))
         joins.append("LEFT JOIN tr ON tr._trace = s._trace")
-    if "baseline" in needs and (base := read(_BASELINE_VALUES)):
-        if baseline:
-            # one row per operation even if the caller's table repeats one
-            ctes.append(
-                "bl AS (SELECT service, name, max(CAST(p99_self_ns AS DOUBLE)) AS p99, "
-                "max(CAST(median_self_ns AS DOUBLE)) AS med, max(CAST(mad_self_ns AS DOUBLE)) AS mad "
-                f"FROM {BASELINE_TABLE} GROUP BY service, name)"
-            )
-            cols.append(", ".join(f"{sql} AS {c}" for c, sql in base.items()))
-            joins.append("LEFT JOIN bl ON bl.service = s.service AND bl.name = s.name")
-        else:
-            cols.append(", ".join(f"CAST(NULL AS {_BASELINE_TYPES[c]}) AS {c}" for c in base))
+    # the baseline values join the copy, by the batch's own service and name
+    copy_cols, copy_joins = "", ""
+    if base and baseline:
+        # one row per operation even if the caller's table repeats one
+        ctes.append(
+            "bl AS (SELECT service, name, max(CAST(p99_self_ns AS DOUBLE)) AS p99, "
+            "max(CAST(median_self_ns AS DOUBLE)) AS med, max(CAST(mad_self_ns AS DOUBLE)) AS mad "
+            f"FROM {BASELINE_TABLE} GROUP BY service, name)"
+        )
+        copy_cols = "".join(f", {sql} AS {c}" for c, sql in base.items())
+        copy_joins = " LEFT JOIN bl ON bl.service = t.service AND bl.name = t.name"
+    elif base:
+        copy_cols = "".join(f", CAST(NULL AS {_BASELINE_TYPES[c]}) AS {c}" for c in base)
     # the derived values and the copy in one statement: a table of the derived values would
     # cost its writing and a scan (~10 ms of 100,000 spans)
     ctes.append(f"x AS (SELECT {', '.join(cols)} FROM s {' '.join(joins)})")
     stmts.append(
         f"CREATE OR REPLACE TEMP TABLE {SPANS} AS WITH RECURSIVE {', '.join(ctes)} "
-        f"SELECT {', '.join('t.' + c for c in copied)}, x.* FROM {src} AS t JOIN x ON x._row = t.{row_key}"
+        f"SELECT {', '.join('t.' + c for c in copied)}, x.*{copy_cols} FROM {src} AS t JOIN x ON x._row = t.{row_key}"
+        f"{copy_joins}"
     )
     if "ancestors" in needs:
         stmts.append(ancestors_statement())
