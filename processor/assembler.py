@@ -98,46 +98,53 @@ class Assembler(Generic[V]):
         """Record spans that were just stored (trace id -> span count; ``ended``: the traces
         whose root span, with its end time, was among them); returns how many were late."""
         late = 0
+        # Locals: the loops below run once per trace received, checked and released.
+        open_, candidates, grace = self._open, self._candidates, self.complete_grace
+        check_at = now + grace
         for trace_id, count in traces.items():
-            state = self._open.get(trace_id)
+            state = open_.get(trace_id)
             if state is None:
                 if trace_id in self._decided:
                     late += count
                     self._mark_urgent(trace_id, ReleaseReason.LATE)
                     continue
-                state = self._open[trace_id] = _Trace(now, 0)
+                state = open_[trace_id] = _Trace(now, count)
             else:
                 state.last_seen = now
-                self._open.move_to_end(trace_id)
-            state.spans += count
+                state.spans += count
+                open_.move_to_end(trace_id)
             if state.spans >= self.max_spans_per_trace:
                 self._mark_urgent(trace_id, ReleaseReason.SPAN_LIMIT)
-            elif self.complete_grace > 0 and (state.ended or trace_id in ended):
+            elif grace > 0 and (state.ended or trace_id in ended):
                 # Every new span restarts the grace: more may be on their way.
                 state.ended = True
-                self._candidates[trace_id] = now + self.complete_grace
-                self._candidates.move_to_end(trace_id)
+                if trace_id in candidates:
+                    candidates.move_to_end(trace_id)
+                candidates[trace_id] = check_at
         return late
 
     def to_check(self, now: float) -> list[bytes]:
         """Take the candidates whose grace has ended: the caller checks that every span's
         parent is present and reports the ones that pass to ``assembled``."""
-        out = []
-        while self._candidates:
-            trace_id, at = next(iter(self._candidates.items()))
+        candidates = self._candidates
+        ended = []
+        for trace_id, at in candidates.items():
             if at > now:
                 break
-            self._candidates.popitem(last=False)
-            if trace_id in self._open and trace_id not in self._urgent_ids:
-                out.append(trace_id)
-        return out
+            ended.append(trace_id)
+        for _ in ended:
+            candidates.popitem(last=False)
+        open_, urgent = self._open, self._urgent_ids
+        return [t for t in ended if t in open_ and t not in urgent]
 
     def assembled(self, trace_ids: Iterable[bytes]) -> None:
         """These checked candidates are whole: the next ``due`` releases them.  A trace
         that failed the check stays open until a new span (a new candidacy) or decision_wait."""
-        for trace_id in trace_ids:
-            if trace_id in self._open:
-                self._mark_urgent(trace_id, ReleaseReason.ASSEMBLED)
+        open_, urgent = self._open, self._urgent_ids
+        whole = [t for t in dict.fromkeys(trace_ids) if t in open_ and t not in urgent]
+        urgent.update(whole)
+        self._urgent.trace_ids.extend(whole)
+        self._urgent.reasons.extend([ReleaseReason.ASSEMBLED] * len(whole))
 
     def _mark_urgent(self, trace_id: bytes, reason: ReleaseReason) -> None:
         if trace_id not in self._urgent_ids:
@@ -147,21 +154,23 @@ class Assembler(Generic[V]):
     def due(self, now: float) -> Due:
         """Take the traces to release now (they are considered decided from here on)."""
         due, self._urgent, self._urgent_ids = self._urgent, Due(), set()
+        open_ = self._open
         for trace_id in due.trace_ids:
-            self._open.pop(trace_id, None)
+            open_.pop(trace_id, None)
         horizon = now - self.decision_wait
-        while self._open:
-            trace_id, state = next(iter(self._open.items()))
+        while open_:
+            trace_id, state = next(iter(open_.items()))
             if state.last_seen > horizon:
                 break
-            self._open.popitem(last=False)
+            open_.popitem(last=False)
             due.add(trace_id, ReleaseReason.COMPLETE)
-        while len(self._open) > self.max_traces:
-            trace_id, _ = self._open.popitem(last=False)
+        while len(open_) > self.max_traces:
+            trace_id, _ = open_.popitem(last=False)
             due.add(trace_id, ReleaseReason.MAX_TRACES)
+        candidates = self._candidates
         for trace_id in due.trace_ids:
-            self._candidates.pop(trace_id, None)
-            self._remember(trace_id, None)
+            candidates.pop(trace_id, None)
+        self._remember_all(due.trace_ids)
         return due
 
     def drain(self) -> Due:
@@ -174,6 +183,18 @@ class Assembler(Generic[V]):
             due.add(trace_id, ReleaseReason.SHUTDOWN)
         self._candidates.clear()
         return due
+
+    def _remember_all(self, trace_ids: list[bytes]) -> None:
+        """``_remember(trace_id, None)`` for each, in order."""
+        if self.late_span_cache == 0:
+            return
+        decided = self._decided
+        for trace_id in trace_ids:
+            decided.setdefault(trace_id, None)  # a late batch keeps the trace's verdict
+            decided.move_to_end(trace_id)
+        # The oldest go past the bound, as one by one: the last ``late_span_cache`` touched stay.
+        while len(decided) > self.late_span_cache:
+            decided.popitem(last=False)
 
     def _remember(self, trace_id: bytes, verdict: V | None) -> None:
         if self.late_span_cache == 0:
