@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from dsl import ir
 from dsl.ir import Ty
 from dsl.projection import EVENT_COLUMN_PREFIX, EVENT_LIST, LINK_LIST, column_name
-from dsl.spantree import covered_sql, no_parent_sql, root_key_sql, self_time_sql
+from dsl.spantree import clipped_sql, covered_by_fan_sql, no_parent_sql, root_key_sql, self_time_sql
 
 SPANS = "__ft_spans"  # prepared span table (temp)
 ANCESTORS = "__ft_ancestors"  # (_row, _anc) for every proper ancestor (temp)
@@ -602,7 +602,8 @@ def prepare_statements(table: str, needs: frozenset[str], columns: tuple[str, ..
     if "self_time" in needs:
         # keyed by row: a duplicated span id's children are its first copy's (``ids``), so self time is
         # negative only for a span that ends before it starts
-        ctes.append(f"cov AS ({covered_sql('s', key=('_row',), ref=('_parent',))})")
+        ctes.append(f"cl AS MATERIALIZED ({clipped_sql('s', key=('_row',), ref=('_parent',))})")
+        ctes.append(f"cov AS ({covered_by_fan_sql('cl', ('_row',))})")
         cols.append(f"CAST({self_time_sql('s', 'cov.covered')} AS BIGINT) AS _self")
         joins.append("LEFT JOIN cov ON cov._row = s._row")
     if trace:

@@ -25,13 +25,30 @@ def covered_sql(spans: str, key: Sequence[str], ref: Sequence[str]) -> str:
     union of the children clipped to each of them.  Empty or inverted
     intervals cover nothing.  The union is a sweep in start order: each child
     adds what lies beyond the furthest end of those that started before it."""
+    return covered_of_sql(clipped_sql(spans, key, ref), key)
+
+
+def clipped_sql(spans: str, key: Sequence[str], ref: Sequence[str]) -> str:
+    """A query: each child of ``spans`` joined to its parent (``covered_sql``'s ``key`` and ``ref``),
+    with the parent's ``key`` columns and the child's interval clipped to the parent's (``cs``, ``ce``)."""
     if len(key) != len(ref) or not key:
         raise ValueError("key and ref must pair up")
     pairs = " AND ".join(f"ch.{r} = pa.{k}" for k, r in zip(key, ref))
-    clipped = (f"SELECT {', '.join(f'ch.{r} AS {k}' for k, r in zip(key, ref))}, "
-               f"greatest(ch.start_ns, pa.start_ns) AS cs, least(ch.end_ns, pa.end_ns) AS ce "
-               f"FROM {spans} AS ch JOIN {spans} AS pa ON {pairs}")
-    return covered_of_sql(clipped, key)
+    return (f"SELECT {', '.join(f'ch.{r} AS {k}' for k, r in zip(key, ref))}, "
+            f"greatest(ch.start_ns, pa.start_ns) AS cs, least(ch.end_ns, pa.end_ns) AS ce "
+            f"FROM {spans} AS ch JOIN {spans} AS pa ON {pairs}")
+
+
+def covered_by_fan_sql(clipped: str, key: Sequence[str]) -> str:
+    """``covered_of_sql`` of ``clipped`` (a relation's name: it is read twice), where a parent with one
+    child interval that is not empty covers that interval, ``ce - cs``, without the sweep: the
+    sweep's window sorts every parent's children, and in many traces most parents call one
+    child (a chain of calls).  The same values: the sweep adds ``ce - cs`` for a lone interval."""
+    keys = ", ".join(key)
+    on = " AND ".join(f"n.{k} = c.{k}" for k in key)
+    fan = f"(SELECT {keys}, count(*) AS n, sum(ce - cs) AS one FROM {clipped} WHERE ce > cs GROUP BY {keys})"
+    several = f"(SELECT c.* FROM {clipped} AS c SEMI JOIN {fan} AS n ON {on} AND n.n > 1)"
+    return f"SELECT {keys}, one AS covered FROM {fan} WHERE n = 1 UNION ALL {covered_of_sql(several, key)}"
 
 
 def covered_of_sql(clipped: str, key: Sequence[str]) -> str:

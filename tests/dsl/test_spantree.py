@@ -8,6 +8,7 @@ import pyarrow as pa
 import pytest
 
 from dsl import antecedents_sql, covered_sql, no_parent_sql, root_key_sql, self_time_sql
+from dsl.spantree import clipped_sql, covered_by_fan_sql
 
 # (row, span id, parent id, start, end) of one trace
 Row = tuple[int, str, str | None, int, int]
@@ -45,6 +46,31 @@ def test_a_duplicated_span_id_is_one_span_by_id_and_its_first_copy_by_row() -> N
     # by id both copies have the child, clipped to each: it covers [0, 200), more than either copy
     assert _self_times(rows, "ids") == {0: 100 - 200, 1: 150 - 200, 2: 200}
     assert _self_times(rows, "rows") == {0: 0, 1: 150, 2: 200}
+
+
+def test_covered_by_fan_is_the_sweep() -> None:
+    """``covered_by_fan_sql`` (a lone child's interval without the sweep) gives ``covered_sql``'s
+    values on random trees: parents of one child or several, children overlapping, outside their
+    parent, empty or inverted, and keys several rows share."""
+    import random
+
+    rnd = random.Random(7)
+    rows: list[tuple[int, int | None, int, int]] = []
+    for i in range(3000):
+        parent = rnd.choice([None, rnd.randrange(0, i), rnd.randrange(0, min(i, 300))]) if i else None
+        start = (rows[parent][2] if parent is not None else 0) + rnd.randrange(-20, 200)
+        end = start + rnd.choice([-5, 0, 1, rnd.randrange(0, 400)])
+        rows.append((i % 2900, parent, start, end))  # keys 0..99 are shared by two rows
+    conn = duckdb.connect()
+    conn.execute("CREATE TABLE s (_row BIGINT, _parent BIGINT, start_ns BIGINT, end_ns BIGINT)")
+    conn.executemany("INSERT INTO s VALUES (?, ?, ?, ?)", rows)
+    conn.execute(f"CREATE TABLE cl AS {clipped_sql('s', ('_row',), ('_parent',))}")
+    sweep = conn.execute(covered_sql("s", ("_row",), ("_parent",))).fetchall()
+    fan = conn.execute(covered_by_fan_sql("cl", ("_row",))).fetchall()
+    counts = dict(conn.execute("SELECT n, count(*) FROM (SELECT _row, count(*) AS n FROM cl WHERE ce > cs "
+                               "GROUP BY _row) GROUP BY n").fetchall())
+    assert counts.get(1, 0) > 50 and sum(v for n, v in counts.items() if n > 1) > 20  # both kinds of parent
+    assert sorted(fan) == sorted(sweep)
 
 
 def _root(rows: list[tuple[str, str | None, int, int]]) -> str:
