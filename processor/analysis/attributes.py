@@ -680,13 +680,20 @@ class Projector:
 
     def _resource_values(self, resource_ids: pa.ChunkedArray, resources: Mapping[int, bytes],
                          columns: list[Any]) -> None:
-        """Resource attribute columns: one conversion per resource, spread over its spans in C."""
+        """Resource attribute columns: one conversion per resource, spread over its spans in C.
+        A key no resource has (most of those the rules name, in most deployments) is a column
+        of nulls made as such, not taken row by row."""
         ids = pc.unique(resource_ids)
         attrs = [_resource_attributes(resources.get(rid, b"")) for rid in ids.to_pylist()]
-        where = pc.index_in(resource_ids, value_set=ids)
+        where = None
         for slot, ref in self._resource_refs:
             type_ = self.projection.schema.field(len(SPAN_COLUMNS) + slot).type
             per_resource = [None if (v := a.get(ref.key)) is None else convert_value(v, ref.type) for a in attrs]
+            if not any(v is not None for v in per_resource):
+                columns[slot] = pa.nulls(len(resource_ids), type_)
+                continue
+            if where is None:
+                where = pc.index_in(resource_ids, value_set=ids)
             columns[slot] = pa.array(per_resource, type_).take(where)
 
 

@@ -66,6 +66,19 @@ def test_resource_values_follow_each_row_whatever_the_row_order():
     assert column(Projector(Projection.of([ref])).project(shuffled, resources), ref) == ["c", "a", "b", "a"]
 
 
+def test_a_resource_key_no_resource_has_is_a_column_of_typed_nulls():
+    # Made as nulls, not taken row by row; beside a key some resources have, taken as before.
+    absent = [AttrRef(R, "k8s.pod.name"), AttrRef(R, "k8s.container.restart_count", AttrType.INT)]
+    present = AttrRef(R, "cloud.zone")
+    projection = Projection.of([*absent, present])
+    table, resources = stored(request([("a", [{}, {}]), ("b", [{}])]))
+    out = Projector(projection).project(table.take([2, 0, 1]), resources)
+    assert out.schema == projection.schema
+    for ref in absent:
+        assert column(out, ref) == [None, None, None]
+    assert column(out, present) == ["b", "a", "a"]
+
+
 def test_one_encoding_converts_per_column_type_and_the_cache_keeps_them_apart():
     as_int, as_double, as_string = (AttrRef(S, "n", t) for t in (AttrType.INT, AttrType.DOUBLE, AttrType.STRING))
     projector = Projector(Projection.of([as_int, as_double, as_string]))
