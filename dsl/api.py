@@ -19,6 +19,8 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
+from itertools import compress, repeat
+from operator import is_not
 from pathlib import Path
 from typing import TextIO, cast
 
@@ -185,9 +187,10 @@ class RuleSet:
         folded = set(self.evidence.condition_ids) if self.evidence else set()
         return _ConditionGroups.of([c for c in self.conditions if c.id not in folded], self.statement_rules)
 
-    @property
+    @cached_property
     def columns(self) -> tuple[str, ...]:
-        """The store columns the rules read: intrinsics, then the projection."""
+        """The store columns the rules read: intrinsics, then the projection (named once: each
+        attribute's column name is a hash, ~4 ms for the library's, which every batch asked for)."""
         return tuple(n for n, _ in SPAN_COLUMNS) + tuple(column_name(r) for r in sorted(self.projection))
 
     @cached_property
@@ -319,7 +322,7 @@ class RuleSet:
         width = 2 + len(ev.rule_ids) + len(ev.condition_ids)
         columns: list[tuple[object, ...]] = list(zip(*per_trace)) if n else [()] * width
         trace_ids = cast(list[bytes], list(columns[0]))
-        index = {t: i for i, t in enumerate(trace_ids)}
+        index = dict(zip(trace_ids, range(n)))
         broken = bytearray(cast(tuple[int, ...], columns[1]))
         unknown_cols = {rid: k + 2 for k, rid in enumerate(ev.rule_ids)}
         ids = set(self.ids)
@@ -343,7 +346,9 @@ class RuleSet:
         top_spans: dict[str, list[bytes | None]] = {}
         for k, cid in enumerate(ev.condition_ids):
             spans = cast(list[bytes | None], list(columns[first + k]))
-            holds[cid] = {i for i, span_id in enumerate(spans) if span_id is not None}
+            # the traces where it holds, picked out in C (a loop in Python was ~0.5 ms a condition
+            # over 10,000 traces, for the library's 12 conditions every batch)
+            holds[cid] = set(compress(range(n), map(is_not, spans, repeat(None))))
             top_spans[cid] = spans
         for f in conditions:
             i = index.get(f.trace_id)
