@@ -92,6 +92,7 @@ STORAGE_COLUMNS: tuple[tuple[str, str], ...] = (
 # What the store keeps of a span: its intrinsics, where it came from and its bytes.
 STORE_SCHEMA = pa.schema([pa.field(name, ARROW_TYPES[sql]) for name, sql in (*SPAN_COLUMNS, *STORAGE_COLUMNS)])
 _RAW = STORE_SCHEMA.get_field_index("raw")
+_TRACE_ID = STORE_SCHEMA.get_field_index("trace_id")  # the same in META_SCHEMA (before ``raw``)
 META_SCHEMA = STORE_SCHEMA.remove(_RAW)  # the columns a buffered span keeps as Arrow arrays (all but its bytes)
 _MAX_COMBINED = 1 << 30  # bytes of released spans above which their column stays in chunks (int32 offsets)
 RAW_CODEC = "lz4_raw"  # spans' bytes while buffered: fast both ways (see the module docstring)
@@ -524,14 +525,17 @@ class SpanStore:
     def _take(self, trace_ids: list[bytes]) -> pa.Table:
         """Select (and mark released) the rows of ``trace_ids`` in the generations holding them."""
         parts: list[tuple[_Chunk, pa.Array | None]] = []  # the chunks holding released rows, and which (None: all)
-        if trace_ids:
-            ids = pa.array(trace_ids, pa.binary())
-            for gen in self._holding(trace_ids, forget=True):
-                if gen.live == 0:
-                    continue
-                hit = pc.is_in(gen.table().column("trace_id"), value_set=ids)
-                if gen.alive is not None:
-                    hit = pc.and_(hit, gen.alive)  # a late span's trace: not its already released rows
+        gens = [gen for gen in self._holding(trace_ids, forget=True) if gen.live] if trace_ids else []
+        if gens:
+            # One lookup over every generation holding them: each builds its set of the ids anew.
+            column = pa.chunked_array([c.meta.column(_TRACE_ID) for gen in gens for c in gen.chunks], pa.binary())
+            hits = pc.is_in(column, value_set=pa.array(trace_ids, pa.binary())).combine_chunks()
+            start = 0
+            for gen in gens:
+                hit, start = hits.slice(start, gen.rows), start + gen.rows
+                alive = gen.alive.combine_chunks() if gen.alive is not None else None
+                if alive is not None:
+                    hit = pc.and_(hit, alive)  # a late span's trace: not its already released rows
                 count = pc.sum(hit).as_py() or 0
                 if count == 0:
                     continue
@@ -543,7 +547,7 @@ class SpanStore:
                     continue
                 parts.extend(self._hits(gen, hit))
                 gen.live -= count
-                gen.alive = pc.and_not(gen.alive, hit) if gen.alive is not None else pc.invert(hit)
+                gen.alive = pa.chunked_array([pc.and_not(alive, hit) if alive is not None else pc.invert(hit)])
         if not parts:
             return self.schema.empty_table()
         metas = pa.Table.from_batches([c.meta if rows is None else c.meta.filter(rows) for c, rows in parts], META_SCHEMA)
@@ -595,9 +599,9 @@ class SpanStore:
         return pa.Array.from_buffers(pa.binary(), rows, [None, pa.concat_arrays(offsets).buffers()[1], data])
 
     @staticmethod
-    def _hits(gen: _Generation, hit: pa.ChunkedArray) -> Iterator[tuple[_Chunk, pa.Array]]:
+    def _hits(gen: _Generation, hit: pa.Array | pa.ChunkedArray) -> Iterator[tuple[_Chunk, pa.Array]]:
         """The chunks of ``gen`` holding rows where ``hit``, each with its part of ``hit``."""
-        mask = hit.combine_chunks()
+        mask = hit.combine_chunks() if isinstance(hit, pa.ChunkedArray) else hit
         start = 0
         for chunk in gen.chunks:
             part = mask.slice(start, chunk.rows)
