@@ -83,7 +83,14 @@ EXCEPTION_CONFIDENCE = 0.85  # ... that also recorded an exception event
 # Every span of the traces with evidence: an error origin, or self time above p99; with its trace's root
 # (``dsl.root_key_sql``: the one the rules and their ``trace.root_service`` see too).
 ROWS_SQL = f"""
-WITH j AS (
+-- the traces with evidence, found from the few columns that say so before every column of their spans is
+-- read (a CTE of every span's columns, read twice, was materialized: most of the statement's cost)
+WITH hit AS (
+    SELECT DISTINCT m.trace_id FROM m LEFT JOIN base_ops o USING (service, name)
+    WHERE (m.status_code = 2 AND NOT m.child_error) OR m.self_ns::DOUBLE > o.self_p99::DOUBLE
+          OR (m.pod IN (SELECT pod FROM lz_slow_pods) AND m.self_ns::DOUBLE > o.self_med::DOUBLE)
+),
+j AS (
     SELECT m.trace_id, m.span_id, m.parent_span_id, m.service, m.name, m.callee, m.start_ns, m.end_ns,
            m.n_children, m.dur::DOUBLE AS dur, m.self_ns::DOUBLE AS self_ns, m.status_code = 2 AS error,
            coalesce(m.exception, false) AS exception, m.pod IN (SELECT pod FROM lz_slow_pods) AS slow_pod,
@@ -92,11 +99,11 @@ WITH j AS (
            o.self_max::DOUBLE AS self_max, o.n::DOUBLE AS base_n,
            coalesce(o.err_rate, 0.0)::DOUBLE AS err_rate
     FROM m LEFT JOIN base_ops o USING (service, name)
+    WHERE m.trace_id IN (SELECT trace_id FROM hit)
 )
 SELECT *, arg_min(span_id, {root_key_sql("j", no_parent_sql("j.parent_span_id"), "NOT j.orphan")})
               OVER (PARTITION BY trace_id) AS trace_root
 FROM j
-WHERE trace_id IN (SELECT trace_id FROM j WHERE origin OR self_ns > self_p99 OR (slow_pod AND self_ns > self_med))
 ORDER BY trace_id, start_ns, span_id  -- span_id: spans starting together in one order every run
 """
 
