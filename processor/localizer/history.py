@@ -157,15 +157,21 @@ EVICTED = {t: f"({k}) NOT IN (SELECT ({k}) FROM lz_ops)" for t, k in _EVICTED_KE
 STALE_SQL = " UNION ALL ".join(f"SELECT '{t}' FROM (SELECT 1 FROM {t} ANTI JOIN lz_ops USING ({k}) LIMIT 1)"
                                for t, k in _EVICTED_KEYS.items())
 
+def _bucket_sql(v: str, unit: int, gamma: float) -> str:
+    """The log bucket of ``v`` (ns): 0 below ``unit``, else 1 + the power of ``gamma`` it reaches in units."""
+    return f"CASE WHEN {v} < {unit} THEN 0 ELSE ceil(ln({v} / {unit}) / ln({gamma}))::INTEGER + 1 END"
+
+
 HIST_SQL = """
 CREATE OR REPLACE TABLE lz_hist AS
 SELECT service, name, metric, b, sum(w) AS w FROM (
     SELECT service, name, metric, b, w * $f AS w FROM lz_hist
     UNION ALL
-    SELECT service, name, metric,
-           CASE WHEN v < {unit} THEN 0 ELSE ceil(ln(v / {unit}) / ln({gamma}))::INTEGER + 1 END AS b,
-           weight AS w
-    FROM (SELECT service, name, weight, unnest([0, 1]) AS metric, unnest([self_ns, dur]) AS v FROM lz_in)
+    -- self time (metric 0) and duration (1) of every span: two reads of lz_in, cheaper than two lists a
+    -- span unnested
+    SELECT service, name, 0 AS metric, {self_b} AS b, weight AS w FROM lz_in
+    UNION ALL
+    SELECT service, name, 1 AS metric, {dur_b} AS b, weight AS w FROM lz_in
 ) GROUP BY ALL HAVING sum(w) >= $prune
 """
 
@@ -434,7 +440,8 @@ class History:
                     self._learn_values(_weighted(values, weights, value_scale), common)
                 if attributes is not None and failed is not None:
                     self._learn_attributes(attributes, failed, common, scale)
-                conn.execute(parsed(HIST_SQL.format(unit=UNIT_NS, gamma=cfg.gamma)), common)
+                conn.execute(parsed(HIST_SQL.format(self_b=_bucket_sql("self_ns", UNIT_NS, cfg.gamma),
+                                                     dur_b=_bucket_sql("dur", UNIT_NS, cfg.gamma))), common)
                 evicting = self._may_evict(new, weights, f)
                 conn.execute(parsed(OPS_UPDATE_SQL), {**common, "max_ops": cfg.max_ops})
                 conn.execute(parsed(SHAPES_UPDATE_SQL), {**common, "max_shapes": cfg.max_shapes})
