@@ -319,7 +319,7 @@ class RuleSet:
         if per_trace is None or ev is None:
             return []
         n = len(per_trace)
-        width = 2 + len(ev.rule_ids) + len(ev.condition_ids)
+        width = 2 + len(ev.rule_ids) + len(set(ev.condition_columns))
         columns: list[tuple[object, ...]] = list(zip(*per_trace)) if n else [()] * width
         trace_ids = cast(list[bytes], list(columns[0]))
         index = dict(zip(trace_ids, range(n)))
@@ -344,12 +344,15 @@ class RuleSet:
         holds: dict[str, set[int]] = {}
         first = 2 + len(ev.rule_ids)
         top_spans: dict[str, list[bytes | None]] = {}
-        for k, cid in enumerate(ev.condition_ids):
-            spans = cast(list[bytes | None], list(columns[first + k]))
-            # the traces where it holds, picked out in C (a loop in Python was ~0.5 ms a condition
-            # over 10,000 traces, for the library's 12 conditions every batch)
-            holds[cid] = set(compress(range(n), map(is_not, spans, repeat(None))))
-            top_spans[cid] = spans
+        held: dict[int, tuple[set[int], list[bytes | None]]] = {}  # conditions written alike share a column
+        for cid, k in zip(ev.condition_ids, ev.condition_columns):
+            if k not in held:
+                spans = cast(list[bytes | None], list(columns[first + k]))
+                # the traces where it holds, picked out in C (a loop in Python was ~0.5 ms a condition
+                # over 10,000 traces, for the library's 12 conditions every batch)
+                held[k] = set(compress(range(n), map(is_not, spans, repeat(None)))), spans
+            holds[cid] = set(held[k][0])  # the conditions' findings add to each set on its own
+            top_spans[cid] = held[k][1]
         for f in conditions:
             i = index.get(f.trace_id)
             if i is not None:

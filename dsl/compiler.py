@@ -396,13 +396,16 @@ class EvidenceQuery:
     of ``rule_ids``, whether its condition was undetermined (NULL: an
     attribute it needs is absent) on some span; and for each span condition
     of ``condition_ids`` (house and top events), the earliest span meeting
-    it, or NULL."""
+    it, or NULL: conditions written alike share a column, the
+    ``condition_columns``-th after the rules' (a column per condition repeated
+    the same span ids, each fetched into Python)."""
 
     sql: str
     params: tuple[object, ...]
     rule_ids: tuple[str, ...]
     condition_ids: tuple[str, ...]
     needs: frozenset[str]
+    condition_columns: tuple[int, ...]  # per condition id, its column among the conditions'
 
 
 def _local(rule: ir.CheckedRule) -> bool:
@@ -459,17 +462,21 @@ def compile_evidence(rules: list[ir.CheckedRule], conditions: list[ir.CheckedRul
                             rule.bindings[0].var)
         cols.append(f"CAST(CASE WHEN {broken} OR {unknown} THEN 2 ELSE 0 END AS UTINYINT)")
         rule_ids.append(rule.meta.id)
+    cond_cols: dict[str, int] = {}  # a condition's aggregate -> its column among the conditions'
+    cond_of: list[int] = []  # per condition, that column
     for cond in conditions:
         def earliest(ctx: _Ctx, c: ir.CheckedRule = cond) -> str:
             if c.where is None:
                 return "arg_min(s.span_id, s.start_ns)"
             return f"arg_min(s.span_id, CASE WHEN {_bool(c.where, ctx)} THEN s.start_ns END)"
-        cols.append(aggregate(earliest, cond.bindings[0].var))
+        column = aggregate(earliest, cond.bindings[0].var)
+        cond_cols.setdefault(column, len(cond_cols))
         cond_ids.append(cond.meta.id)
+        cond_of.append(cond_cols[column])
     texts, params = renumber(fragments)
     inner = ", ".join(["any_value(s.trace_id) AS _trace_id", *(f"{t} AS _a{i}" for i, t in enumerate(texts))])
-    sql = f"SELECT {', '.join(cols)} FROM (SELECT {inner} FROM {SPANS} AS s GROUP BY s._trace)"
-    return EvidenceQuery(sql, params, tuple(rule_ids), tuple(cond_ids), frozenset(needs))
+    sql = f"SELECT {', '.join([*cols, *cond_cols])} FROM (SELECT {inner} FROM {SPANS} AS s GROUP BY s._trace)"
+    return EvidenceQuery(sql, params, tuple(rule_ids), tuple(cond_ids), frozenset(needs), tuple(cond_of))
 
 
 def _kleene(node: ir.Node, ctx: _Ctx) -> str:
