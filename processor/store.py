@@ -104,6 +104,7 @@ FORGET_DELAY = 0.1  # seconds delivered spans are gathered before one delete tak
 # each call, and its conversion tries to import dateutil, which costs ~60 µs where it is not installed.
 NO_SEPARATOR = pa.scalar(b"", pa.binary())
 _FIRST, _SECOND = pa.scalar(0, pa.int32()), pa.scalar(1, pa.int32())
+_SPREAD = pa.scalar(0x9E3779B97F4A7C15, pa.uint64())  # odd: 2**64 / the golden ratio
 
 
 def released_from_rows(trace_ids: list[bytes], span_ids: list[bytes], parent_span_ids: list[bytes | None],
@@ -129,20 +130,26 @@ def _data_size(raw: pa.Array) -> int:
     return offsets[len(raw)].as_py() - offsets[0].as_py()
 
 
-def incomplete_traces(rows: pa.Table) -> set[bytes]:
+def incomplete_traces(rows: pa.Table, numbers: pa.Array | None = None) -> set[bytes]:
     """The traces among ``rows`` (``trace_id``, ``span_id``, ``parent_span_id``: all of each
-    trace's spans) with a span whose parent is not among its trace's spans.
+    trace's spans) with a span whose parent is not among its trace's spans.  ``numbers``: a
+    number for each row's trace, the same for a trace's rows and different for another trace's
+    (``complete`` has the trace's place among those asked); by default its id's two halves XOR-ed,
+    which two traces may share (their ids then tell them apart).
 
     A span's key is its trace id and span id together: span ids are unique within a trace only
-    (the bench's requests, copies of a few templates, reuse them across traces).  With the ids
-    the receiver accepts (16-byte trace, 8-byte span ids), a span is looked up by a number: its
-    span id XOR its trace id's two halves, the same for a parent in its own trace; the first
-    span of that number is the parent if it is in the same trace, and no span of it means the
-    parent is missing.  Only a parent whose number first belongs to another trace's span (by
-    chance, or ids made so) is looked for by the whole key, as are ids of other lengths."""
+    (the bench's requests, copies of a few templates, reuse them across traces).  With 8-byte
+    span ids (all the receiver accepts), a span is looked up by one number: its span id XOR its
+    trace's number spread over 64 bits, the same for a parent in its own trace; the first span of
+    that number is the parent if it is in the same trace, and no span of it means the parent is
+    missing.  Only a parent whose number first belongs to another trace's span (by chance, or
+    ids made so) is looked for by the whole key, as are ids of other lengths."""
     trace, span, parent = (_one_chunk(rows.column(c)) for c in ("trace_id", "span_id", "parent_span_id"))
+    owner = trace if numbers is None else numbers  # what tells one trace's rows from another's
     try:
-        mix = _trace_numbers(trace)
+        if numbers is None:
+            numbers = _trace_numbers(trace)  # two traces may have the same
+        mix = pc.multiply(numbers.cast(pa.uint64()), _SPREAD)  # wraps: an odd factor, so one-to-one
         span_n = pc.bit_wise_xor(_as_numbers(span), mix)
         parent_n = pc.bit_wise_xor(_as_numbers(parent), mix)
     except pa.ArrowInvalid:  # an id of another length
@@ -151,7 +158,7 @@ def incomplete_traces(rows: pa.Table) -> set[bytes]:
     with_parent = pc.is_valid(parent)
     missing = pc.and_(with_parent, pc.is_null(at))  # no span has that number
     incomplete = set(pc.unique(trace.filter(missing)).to_pylist())
-    elsewhere = pc.and_(with_parent, pc.invert(pc.equal(trace.take(at), trace)))  # null where missing
+    elsewhere = pc.and_(with_parent, pc.invert(pc.equal(owner.take(at), owner)))  # null where missing
     if pc.any(elsewhere).as_py():
         holders = pc.is_in(span_n, value_set=parent_n.filter(elsewhere))  # every span such a parent may be
         incomplete |= _orphaned(trace, span, parent, pc.fill_null(elsewhere, False), holders)
@@ -476,22 +483,25 @@ class SpanStore:
             buffered = [t for t in trace_ids if t in first]
             if not buffered:
                 return []
-            rows = self._live_rows(buffered, ("trace_id", "span_id", "parent_span_id"))
-        incomplete = incomplete_traces(rows)
+            rows, places = self._live_rows(buffered, ("trace_id", "span_id", "parent_span_id"))
+        incomplete = incomplete_traces(rows, places)
         return [t for t in buffered if t not in incomplete] if incomplete else buffered
 
-    def _live_rows(self, trace_ids: list[bytes], columns: tuple[str, ...]) -> pa.Table:
-        """``columns`` of the buffered rows of ``trace_ids``, as one chunk each."""
+    def _live_rows(self, trace_ids: list[bytes], columns: tuple[str, ...]) -> tuple[pa.Table, pa.Array]:
+        """``columns`` of the buffered rows of ``trace_ids``, as one chunk each, and the place
+        of each row's trace in ``trace_ids`` (its first)."""
         gens = [gen for gen in self._holding(trace_ids) if gen.live]
         table = pa.Table.from_batches([c.meta for gen in gens for c in gen.chunks], META_SCHEMA).select(columns)
         # One lookup over every generation holding them: each builds its set of the ids anew.
-        hit = pc.is_in(table.column("trace_id"), value_set=pa.array(trace_ids, pa.binary()))
+        places = pc.index_in(table.column("trace_id"), value_set=pa.array(trace_ids, pa.binary()))
+        hit = pc.is_valid(places)
         if any(gen.alive is not None for gen in gens):
             alive = [part for gen in gens
                      for part in (gen.alive.chunks if gen.alive is not None else [pa.repeat(True, gen.rows)])]
             hit = pc.and_(hit, pa.chunked_array(alive, pa.bool_()))
         # Filtered as one chunk: chunk by chunk (a request's spans each) took twice as long.
-        return table.combine_chunks().filter(hit.combine_chunks())
+        mask = hit.combine_chunks()
+        return table.combine_chunks().filter(mask), places.combine_chunks().filter(mask)
 
     def forget(self, keys: pa.Table) -> None:
         """Drop released spans (``KEY_COLUMNS`` of each) from the journal: they are
