@@ -23,7 +23,6 @@ import hashlib
 from array import array
 from collections import Counter
 from collections.abc import Sequence
-from functools import lru_cache
 from itertools import chain
 from typing import Any
 
@@ -170,13 +169,17 @@ def _sized(column: pa.Array, size: int) -> bool:
     """Whether every value of a binary column (as built: no offset) is ``size`` bytes long:
     its offsets are 0, size, 2 size…"""
     n = len(column)
-    return column.buffers()[1].slice(0, 4 * (n + 1)).equals(_steps(size, n))
+    if size * (n + 1) >= 2**31:  # not the offsets of a column as built (int32)
+        return False
+    steps = _STEPS.get(size)
+    if steps is None or steps.size < 4 * (n + 1):
+        # kept for the largest request yet (any shorter one's offsets are its beginning), grown by doubling
+        count = max(min(2 * n, 2**31 // size - 1), 1024)
+        steps = _STEPS[size] = pa.py_buffer(array("i", range(0, size * count + 1, size)))
+    return column.buffers()[1].slice(0, 4 * (n + 1)).equals(steps.slice(0, 4 * (n + 1)))
 
 
-@lru_cache(maxsize=64)
-def _steps(size: int, n: int) -> pa.Buffer:
-    """The int32 offsets of ``n`` values of ``size`` bytes (requests often have as many spans)."""
-    return pa.py_buffer(array("i", range(0, size * n + 1, size)))
+_STEPS: dict[int, pa.Buffer] = {}  # id size -> int32 offsets 0, size, 2 size… (``_sized``)
 
 
 def _presence(raws: pa.Array) -> Any:

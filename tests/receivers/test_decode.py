@@ -410,3 +410,17 @@ def test_column_wise_decoding_equals_span_by_span():
         assert fast.batch.table.column("status_code").to_pylist() == ([0, 2, 0, 0] if statuses else [0] * 4)
         assert (fast.batch.resources, fast.batch.scopes, fast.batch.traces) == (
             reference.batch.resources, reference.batch.scopes, reference.batch.traces)
+
+
+def test_requests_of_any_size_have_their_ids_checked_alike():
+    # decode checks the ids' lengths against offsets kept for the largest request yet (grown
+    # past it on demand): a larger request, then a smaller one with one id too long.
+    for n, bad in ((1500, None), (3000, None), (700, 699)):
+        req = ExportTraceServiceRequest()
+        spans = req.resource_spans.add().scope_spans.add().spans
+        spans.extend(valid_span(span_id=(k + 1).to_bytes(8, "big")) for k in range(n))
+        if bad is not None:
+            spans[bad].trace_id = tid(1) + b"\x00"
+        decoded = decode(req)
+        assert decoded.batch.span_count == n - (bad is not None)
+        assert decoded.rejected_spans == (bad is not None)
