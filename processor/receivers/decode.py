@@ -90,13 +90,16 @@ def _decode(whole: ExportTraceServiceRequest, frames: Any) -> DecodedRequest:
     Arrow call per column; requests with links or an invalid id are decoded span by span
     (``_decode_span_by_span``: which spans are rejected, and why)."""
     # Each group's spans as their bytes, and whether any of them has links (rare: only then is
-    # each span's links list read) or a status (else none is read): see _presence.
+    # each span's links list read) or a status (else none is read, see _presence).
     groups = [list(ss_frame.spans) for rs_frame in frames.resource_spans for ss_frame in rs_frame.scope_spans]
     raws = pa.array(list(chain.from_iterable(groups)), pa.binary())
     present = _presence(raws)
     if present.links:
         return _decode_span_by_span(whole, frames, groups, linked=True)
-    read_status = bool(present.status)
+    # Only when some status is not empty: a span's status is absent, or its occurrences merged,
+    # so with every occurrence empty every span's is unset (OTel SDKs send an empty one for unset).
+    occurrences = list(present.status)
+    read_status = occurrences.count(b"") != len(occurrences)
     trace_ids: list[bytes] = []
     span_ids: list[bytes] = []
     parents: list[bytes] = []

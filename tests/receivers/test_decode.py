@@ -424,3 +424,17 @@ def test_requests_of_any_size_have_their_ids_checked_alike():
         decoded = decode(req)
         assert decoded.batch.span_count == n - (bad is not None)
         assert decoded.rejected_spans == (bad is not None)
+
+
+def test_empty_statuses_read_unset_and_a_single_error_is_read():
+    # OTel SDKs send an empty status for unset: with every status empty none is read.
+    spans = [valid_span(span_id=sid(k)) for k in (1, 2, 3)]
+    for span in spans:
+        span.status.SetInParent()
+    req = one_span_request(spans[0])
+    req.resource_spans[0].scope_spans[0].spans.extend(spans[1:])
+    assert decode(req).batch.table.column("status_code").to_pylist() == [0, 0, 0]
+    req.resource_spans[0].scope_spans[0].spans[2].status.message = "late"
+    table = decode(req).batch.table
+    assert table.column("status_code").to_pylist() == [0, 0, 0]
+    assert table.column("status_message").to_pylist() == ["", "", "late"]
