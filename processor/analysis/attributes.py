@@ -49,6 +49,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
+from operator import itemgetter
 from typing import Any
 
 import pyarrow as pa
@@ -71,6 +73,11 @@ from processor.receivers.decode import decode
 from processor.store import ARROW_TYPES, NO_SEPARATOR, STORAGE_COLUMNS
 
 CACHED_VALUES = 50_000   # distinct encoded values remembered per column type
+
+# A span's end among LongForm's entry numbers; as a remembered encoding, the end mark's
+# (``_END``: no KeyValue has it), with no key.
+_SPAN_END = -1
+_END_ITEM: tuple[str | None, bytes, tuple[int, ...]] = (None, b"", (_SPAN_END,))
 
 # Every span attribute in long form (module docstring); "*" is no attribute key.
 ALL_ATTRIBUTES = AttrRef(AttrSource.SPAN, "*")
@@ -184,12 +191,22 @@ def long_array(rows: Sequence[list[tuple[str, str, str | None, float | None]]]) 
 class LongForm:
     """``ALL_ATTRIBUTES`` entries numbered once per distinct (key, encoded value): a span costs
     a lookup per attribute, and the column is the entries taken by number in Arrow.  At most
-    ``CACHED_VALUES`` entries are kept; past that the numbering restarts at a batch's start."""
+    ``CACHED_VALUES`` entries are kept; past that the numbering restarts at a batch's start.
+
+    ``table`` parses ``CHUNK`` spans in one call, as the ``Projector`` does (``_joined``): each
+    span's attributes come as their KeyValue encodings, and most encodings are remembered
+    (``_kv_cache``) with their key and entry numbers, so a span costs a lookup per attribute."""
 
     def __init__(self) -> None:
         self.cardinality = KeyCardinality()
         self._ids: dict[str, dict[bytes, tuple[int, ...]]] = {}
-        self._presence: dict[tuple[str, int], tuple[int, ...]] = {}
+        # (high key, value's first byte) -> (key, b"", the numbers of its presence)
+        self._presence: dict[tuple[str, int], tuple[str, bytes, tuple[int, ...]]] = {}
+        # encoded KeyValue -> (key, encoded value, entry numbers), for those whose numbers no
+        # longer depend on the key's cardinality (``_numbers``)
+        self._kv_cache: dict[bytes, tuple[str | None, bytes, tuple[int, ...]]] = {_END: _END_ITEM}
+        # the usual encoding's head (0x0A, size, key, 0x12) of each high key -> the key
+        self._high_heads: dict[bytes, str] = {}
         self._entries: list[tuple[str, str, str | None, float | None]] = []
         self._dictionary: pa.StructArray = _entries_array([])
         self.start(restart=True)
@@ -197,9 +214,11 @@ class LongForm:
     def start(self, restart: bool = False) -> None:
         """Before a batch: restart the numbering when it holds too much.  Entry 0 is a
         placeholder no span refers to."""
-        if restart or len(self._entries) >= CACHED_VALUES:
+        if restart or len(self._entries) >= CACHED_VALUES or len(self._kv_cache) >= CACHED_VALUES:
             self._ids.clear()
             self._presence.clear()
+            self._kv_cache.clear()
+            self._kv_cache[_END] = _END_ITEM
             self._entries = [("", "", None, None)]
             self._dictionary = _entries_array([])
 
@@ -208,58 +227,184 @@ class LongForm:
         self._entries.extend(entries)
         return tuple(range(at, at + len(entries)))
 
+    def _numbers(self, key: str, data: bytes) -> tuple[tuple[int, ...], bool]:
+        """The entry numbers of one (key, encoded AnyValue), counted by the key's cardinality,
+        and whether the pair may be remembered by its encoding: not when it is presence (a high
+        key's new values) or counted (until its key is decided).  Numbers remembered of a key
+        later found high are forgotten then (``_kv_cache`` emptied)."""
+        high = self.cardinality.high
+        if key in high and len(data) > SHORT_VALUE:
+            item = self._presence.get((key, data[0]))
+            if item is None:
+                item = self._presence[(key, data[0])] = (key, b"", self._add(
+                    [(key, _ENCODED_TYPES.get(data[0], "string"), None, None)]))
+            return item[2], False   # a new value each time (ids, urls): not remembered by encoding
+        per = self._ids.get(key)
+        if per is None:
+            per = self._ids[key] = {}
+        got = per.get(data)
+        new = got is None
+        if got is None:
+            got = per[data] = self._add(_long_entries(key, _python_value(AnyValue.FromString(data))))
+        counted = bool(got) and self._entries[got[0]][1] in ("string", "string[]")
+        if counted and key not in self.cardinality.decided:
+            self.cardinality.observe(key, new)
+            if key in high:   # found high: its long values (any type's) are presence from now on
+                self._kv_cache.clear()
+                self._kv_cache[_END] = _END_ITEM
+                self._high_heads = {_usual_head(k): k for k in high}
+            return got, False   # its next occurrence is counted too
+        return got, True
+
     def add_span(self, items: Iterable[tuple[str, bytes]], out: list[int]) -> None:
         """Append the entry numbers of a span's (key, encoded AnyValue) pairs to ``out``."""
-        ids, high, decided = self._ids, self.cardinality.high, self.cardinality.decided
         for key, data in items:
-            if key in high and len(data) > SHORT_VALUE:
-                got = self._presence.get((key, data[0]))
-                if got is None:
-                    got = self._presence[(key, data[0])] = self._add(
-                        [(key, _ENCODED_TYPES.get(data[0], "string"), None, None)])
-                out.extend(got)
-                continue
-            per = ids.get(key)
-            if per is None:
-                per = ids[key] = {}
-            got = per.get(data)
-            new = got is None
+            out.extend(self._numbers(key, data)[0])
+
+    def _add_encoded(self, kvs: Sequence[bytes], out: list[int]) -> None:
+        """Append the entry numbers of a span's KeyValue encodings (in wire order) to ``out``.
+        Duplicate keys, which OTLP forbids, resolve to the last one, as the map the span was
+        once read into did (the key at its first place); an earlier one is never counted."""
+        known: list[Any] = list(map(self._kv_cache.get, kvs))
+        pending = None in known and self._resolve(kvs, known)
+        if len({item[0] for item in known}) < len(known):
+            for key, data, got in {item[0]: item for item in known}.values():
+                out.extend(got if got is not None else self._numbers(key, data)[0])
+            return
+        if not pending:
+            for item in known:
+                out.extend(item[2])
+            return
+        for kv, (key, data, got) in zip(kvs, known):
             if got is None:
-                got = per[data] = self._add(_long_entries(key, _python_value(AnyValue.FromString(data))))
-            if key not in decided and got and self._entries[got[0]][1] in ("string", "string[]"):
-                self.cardinality.observe(key, new)
+                got, remembered = self._numbers(key, data)
+                if remembered:
+                    self._kv_cache[kv] = (key, data, got)
             out.extend(got)
+
+    def _resolve(self, kvs: Sequence[bytes], known: list[Any]) -> bool:
+        """Fill the encodings not remembered in ``known`` with (key, encoded value, None), or, for
+        a high key's long value numbered already, its presence (``_presence_of``): no side
+        effect (no counting, no numbering), as one of them may be a duplicate key dropped.
+        Returns whether some are left to number (``_numbers``)."""
+        pending, i = False, -1
+        while None in known:
+            i = known.index(None, i + 1)
+            item = self._presence_of(kvs[i])
+            if item is None:
+                key, data = _split_key_value(kvs[i])
+                item = (key.decode(), data, None)
+                pending = True
+            known[i] = item
+        return pending
 
     def table(self, spans: pa.Table) -> pa.Table:
         """The long form (``all_attributes_sql``'s columns) of ``spans`` (trace_id, span_id,
         service, name, raw): each span's attributes and those of its first event of each name."""
         self.start()
-        parse = span_attributes_view().FromString
-        offsets, flat = [0], []
-        for raw in spans.column("raw").to_pylist():
-            span = parse(raw)
-            self.add_span(span.attributes.items(), flat)
-            if span.events:
-                seen: set[str] = set()
-                for event in span.events:
-                    if event.name not in seen:
-                        seen.add(event.name)
-                        name = event.name
-                        self.add_span(((f"{name}:{k}", v) for k, v in event.attributes.items()), flat)
-            offsets.append(len(flat))
-        owner = pa.array([i for i, (a, b) in enumerate(zip(offsets, offsets[1:])) for _ in range(b - a)], pa.int64())
-        entries = self._entries_for(flat)
+        raws = spans.column("raw")
+        numbers: list[int] = []   # each span's entry numbers, then _SPAN_END
+        parse = span_lists_view().FromString
+        for start in range(0, len(raws), CHUNK):
+            count = min(len(raws), start + CHUNK) - start
+            lists = parse(_joined(raws.slice(start, count), _ATTRIBUTES_END + _EVENTS_END))
+            kvs, events = list(lists.attributes), list(lists.events)
+            if kvs.count(_END) != count or events.count(_END) != count:
+                # a mark read inside a span (not a valid span): each span read alone
+                for raw in raws.slice(start).to_pylist():
+                    self._span_alone(raw, numbers)
+                    numbers.append(_SPAN_END)
+                break
+            # a span's events' entries come after its attributes'
+            with_events = {row: raws[start + row].as_py() for row in _rows_with_elements(events, count)}
+            if not self._chunk_known(kvs, numbers, with_events):
+                self._chunk_by_span(kvs, numbers, with_events)
+        all_numbers = pa.array(numbers, pa.int32())
+        ends = pc.equal(all_numbers, _SPAN_END)
+        # the span of each entry: the ends before it
+        owner = pc.filter(pc.cumulative_sum(ends.cast(pa.int64())), pc.invert(ends))
+        entries = self._entries_for(pc.filter(all_numbers, pc.invert(ends)))
         base = spans.select(["trace_id", "span_id", "service", "name"]).take(owner)
         return pa.table({"trace_id": base.column("trace_id"), "span_id": base.column("span_id"),
                          "service": base.column("service"), "name": base.column("name"),
                          "key": entries.field("k"), "type": entries.field("t"), "sval": entries.field("s"),
                          "nval": entries.field("n")})
 
-    def _entries_for(self, flat: list[int]) -> pa.StructArray:
+    def _chunk_known(self, kvs: list[bytes], numbers: list[int], with_events: Mapping[int, bytes]) -> bool:
+        """Append the entry numbers of a chunk's spans (``kvs``: their KeyValue encodings, each
+        span's ended by ``_END``; ``with_events``: the bytes of those with events, by row), each
+        span's ended by ``_SPAN_END``, when every encoding is remembered or a high key's presence
+        already numbered, and no span repeats a key.  Otherwise nothing is appended, and False
+        returned.  In C but for the encodings not remembered and the spans with events."""
+        known: list[Any] = list(map(self._kv_cache.get, kvs))
+        at = -1
+        try:
+            while True:
+                at = known.index(None, at + 1)
+                item = self._presence_of(kvs[at])
+                if item is None:
+                    return False
+                known[at] = item
+        except ValueError:
+            pass
+        keys, at, ends = list(map(itemgetter(0), known)), 0, []
+        for _ in range(keys.count(None)):
+            end = keys.index(None, at)
+            if len(set(keys[at:end])) < end - at:
+                return False   # a span repeats a key
+            ends.append(end)
+            at = end + 1
+        at = 0
+        for row, raw in with_events.items():
+            end = ends[row]
+            numbers.extend(chain.from_iterable(map(itemgetter(2), known[at:end])))
+            self._event_entries(span_attributes_view().FromString(raw), numbers)
+            at = end
+        numbers.extend(chain.from_iterable(map(itemgetter(2), known[at:])))
+        return True
+
+    def _chunk_by_span(self, kvs: list[bytes], numbers: list[int], with_events: Mapping[int, bytes]) -> None:
+        """``_chunk_known`` for any chunk, span by span."""
+        at = 0
+        for row in range(kvs.count(_END)):
+            end = kvs.index(_END, at)
+            self._add_encoded(kvs[at:end], numbers)
+            at = end + 1
+            raw = with_events.get(row)
+            if raw is not None:
+                self._event_entries(span_attributes_view().FromString(raw), numbers)
+            numbers.append(_SPAN_END)
+
+    def _presence_of(self, kv: bytes) -> tuple[str, bytes, tuple[int, ...]] | None:
+        """A KeyValue encoding's (key, b"", numbers) when it is a high key's long value in the
+        usual encoding (one length byte to the end) whose presence is numbered, else None."""
+        at = kv[1] + 3 if len(kv) > 3 else 0
+        key = self._high_heads.get(kv[:at]) if at else None
+        if key is None or len(kv) <= at + 1 + SHORT_VALUE or kv[at] != len(kv) - at - 1:
+            return None
+        return self._presence.get((key, kv[at + 1]))
+
+    def _span_alone(self, raw: bytes, out: list[int]) -> None:
+        """A span's entries, parsed on its own (raises DecodeError on an invalid span)."""
+        self._add_encoded(list(span_lists_view().FromString(raw).attributes), out)
+        span = span_attributes_view().FromString(raw)
+        if span.events:
+            self._event_entries(span, out)
+
+    def _event_entries(self, span: Any, out: list[int]) -> None:
+        """The entries of a span's first event of each name, keyed ``event:key``."""
+        seen: set[str] = set()
+        for event in span.events:
+            if event.name not in seen:
+                seen.add(event.name)
+                name = event.name
+                self.add_span(((f"{name}:{k}", v) for k, v in event.attributes.items()), out)
+
+    def _entries_for(self, flat: pa.Array) -> pa.StructArray:
         if len(self._dictionary) < len(self._entries):
             self._dictionary = pa.concat_arrays(
                 [self._dictionary, _entries_array(self._entries[len(self._dictionary):])])
-        return self._dictionary.take(pa.array(flat, pa.int32()))
+        return self._dictionary.take(flat)
 
 
 EVENT_LIST_TYPE = pa.list_(pa.struct([("name", pa.string()), ("time", pa.int64())]))
@@ -695,6 +840,13 @@ class Projector:
             if where is None:
                 where = pc.index_in(resource_ids, value_set=ids)
             columns[slot] = pa.array(per_resource, type_).take(where)
+
+
+def _usual_head(key: str) -> bytes:
+    """How a KeyValue of ``key`` usually starts: its key field, then the value's tag (0x12);
+    for a key of 128 bytes or more (a longer length varint) b"\\xff", which starts no KeyValue."""
+    data = key.encode()
+    return b"\x0a" + bytes([len(data)]) + data + b"\x12" if len(data) < 0x80 else b"\xff"
 
 
 # the type of an encoded AnyValue from its first byte (field tag): high-cardinality keys are not decoded

@@ -198,3 +198,78 @@ def test_an_attribute_that_is_no_key_value_fails_as_before():
         span_attributes_view().FromString(bad.column("raw")[0].as_py())  # what reading a map of it did
     with pytest.raises(DecodeError):
         Projector(Projection.of([AttrRef(S, "a")])).project(bad, resources)
+
+
+def long_entries(long: pa.Table, raws: list[bytes]) -> list[list[tuple]]:
+    """Each span's rows of a long form as (key, type, sval, nval), sorted by key; a key's entries
+    (an array's elements) stay in order.  Which key comes first is no part of the long form: the
+    map spans were once read into gave its keys in an order of its own."""
+    per: dict[bytes, list[tuple]] = {}
+    for r in long.to_pylist():
+        per.setdefault(r["span_id"], []).append((r["key"], r["type"], r["sval"], r["nval"]))
+    return [sorted(per.get(Span.FromString(raw).span_id, []), key=lambda e: e[0]) for raw in raws]
+
+
+def long_reference(raws: list[bytes]) -> list[list[tuple]]:
+    """Each span's long form as the OTLP classes read it (the last of a key wins; the first event of
+    each name), no key having shown enough values to be found high-cardinality."""
+    out = []
+    for raw in raws:
+        span = Span.FromString(raw)
+        attrs = {a.key: a.value for a in span.attributes}
+        for name in dict.fromkeys(e.name for e in span.events):
+            event = next(e for e in span.events if e.name == name)
+            attrs.update({f"{name}:{k}": v for k, v in {a.key: a.value for a in event.attributes}.items()})
+        entries = [e for k, v in attrs.items() for e in attributes_module._long_entries(k, attributes_module._python_value(v))]
+        out.append(sorted(entries, key=lambda e: e[0]))
+    return out
+
+
+def long_form(raws: list[bytes]) -> pa.Table:
+    table, _ = stored(raws)
+    return table.select(["trace_id", "span_id", "service", "name", "raw"])
+
+
+def test_the_long_form_reads_every_encoding_as_the_otlp_classes_read_it():
+    with_events = Span(trace_id=tid(99), span_id=sid(99), name="op99", attributes=[kv("a", "x")])
+    for name, value in (("exception", "E"), ("retry", 1), ("exception", "later")):
+        with_events.events.add(name=name, attributes=[kv("v", value), kv("v", value)])
+    odd = [span(n, kvs) for n, kvs in enumerate(ODD_SPANS * 2, start=1)]
+    raws = [*odd[:3], with_events.SerializeToString(), *odd[3:]]   # the events' entries in their span's place
+    long = attributes_module.LongForm()
+    for _ in range(2):  # the second time from the remembered KeyValues
+        assert long_entries(long.table(long_form(raws)), raws) == long_reference(raws)
+    assert long_entries(long.table(long_form(raws)), raws)[1] == [("a", "string", "second", None),
+                                                                   ("b", "int", None, 1.0)]
+
+
+def test_the_long_form_in_one_parse_equals_the_spans_parsed_one_by_one(monkeypatch):
+    # spans over several parse calls, batches and a key found high-cardinality midway (its long
+    # values then presence); duplicate keys, odd encodings, empty attribute lists between them
+    monkeypatch.setattr(attributes_module, "CHUNK", 7)
+    seen = attributes_module.KeyCardinality.MIN_SEEN
+    spans = []
+    for i in range(3 * seen):
+        kvs = [key_value("request.id", f"id-{i}"), key_value("route", "/x" if i % 3 else "/y"),
+               key_value("n", i), key_value("tags", ["a", str(i % 2)])]
+        if i % 5 == 0:
+            kvs += [key_value("request.id", "" if i % 10 else f"dup-{i}"), key_value("route", "/z")]
+        if i % 7 == 0:
+            kvs = []
+        spans.append(kvs + ODD_SPANS[i % len(ODD_SPANS)])
+    raws = [span(n, kvs) for n, kvs in enumerate(spans, start=1)]
+    batched, alone = attributes_module.LongForm(), attributes_module.LongForm()
+    for at in range(0, len(raws), seen):   # batches of MIN_SEEN spans
+        part = raws[at:at + seen]
+        one_by_one = []
+        for raw in part:   # as the OTLP classes read each span: the last of a key wins
+            numbers: list[int] = []
+            alone.add_span({a.key: a.value.SerializeToString() for a in Span.FromString(raw).attributes}.items(),
+                           numbers)
+            one_by_one.append(sorted((alone._entries[n] for n in numbers), key=lambda e: e[0]))
+        assert long_entries(batched.table(long_form(part)), part) == one_by_one
+        assert batched.cardinality.high == alone.cardinality.high
+        assert batched.cardinality.decided == alone.cardinality.decided
+    assert "request.id" in batched.cardinality.high and "route" not in batched.cardinality.high
+    rows = long_entries(batched.table(long_form(raws[-3:])), raws[-3:])
+    assert ("request.id", "string", None, None) in rows[0]   # presence only, once found high
