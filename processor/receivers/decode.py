@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 from array import array
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from itertools import chain
 from typing import Any
 
@@ -112,27 +112,19 @@ def _decode(whole: ExportTraceServiceRequest, frames: Any) -> DecodedRequest:
     scopes: dict[int, bytes] = {}
     group_rows: list[tuple[str, int, int]] = []   # (service, resource id, scope id) of each group
     counts: list[int] = []                        # and its spans
-    for rs, rs_frame in zip(whole.resource_spans, frames.resource_spans):
-        rhead = group_head(rs_frame.resource if rs_frame.HasField("resource") else None, rs_frame.schema_url)
-        rid = group_id(rhead)
-        resources[rid] = rhead
-        service = _service_name(rs.resource)
-        for ss, ss_frame in zip(rs.scope_spans, rs_frame.scope_spans):
-            shead = group_head(ss_frame.scope if ss_frame.HasField("scope") else None, ss_frame.schema_url)
-            sid_group = group_id(shead)
-            scopes[sid_group] = shead
-            spans = list(ss.spans)
-            trace_ids += [s.trace_id for s in spans]
-            span_ids += [s.span_id for s in spans]
-            parents += [s.parent_span_id for s in spans]
-            names += [s.name for s in spans]
-            kinds += [s.kind for s in spans]
-            starts += [s.start_time_unix_nano for s in spans]
-            ends += [s.end_time_unix_nano for s in spans]
-            if read_status:
-                statuses += [s.status if s.HasField("status") else None for s in spans]
-            group_rows.append((service, rid, sid_group))
-            counts.append(len(spans))
+    for service, rid, sid_group, group in _groups(whole, frames, resources, scopes):
+        spans = list(group)
+        trace_ids += [s.trace_id for s in spans]
+        span_ids += [s.span_id for s in spans]
+        parents += [s.parent_span_id for s in spans]
+        names += [s.name for s in spans]
+        kinds += [s.kind for s in spans]
+        starts += [s.start_time_unix_nano for s in spans]
+        ends += [s.end_time_unix_nano for s in spans]
+        if read_status:
+            statuses += [s.status if s.HasField("status") else None for s in spans]
+        group_rows.append((service, rid, sid_group))
+        counts.append(len(spans))
     trace_column, span_column = pa.array(trace_ids, pa.binary()), pa.array(span_ids, pa.binary())
     if not (_sized(trace_column, 16) and _sized(span_column, 8) and _ZERO_TRACE not in trace_ids
             and _ZERO_SPAN not in span_ids and set(map(len, parents)) <= {0, 8}):
@@ -166,6 +158,23 @@ def _decode(whole: ExportTraceServiceRequest, frames: Any) -> DecodedRequest:
     table = pa.Table.from_arrays([columns[f.name] for f in STORE_SCHEMA], schema=STORE_SCHEMA)
     batch = SpanBatch(table=table, resources=resources, scopes=scopes, traces=dict(Counter(trace_ids)))
     return DecodedRequest(batch=batch)
+
+
+def _groups(whole: ExportTraceServiceRequest, frames: Any, resources: dict[int, bytes],
+            scopes: dict[int, bytes]) -> Iterator[tuple[str, int, int, Any]]:
+    """Each scope group of the request in order: its service name, resource id and scope id,
+    and its spans (as parsed whole); each group's resource and scope heads are recorded in
+    ``resources`` and ``scopes`` by id."""
+    for rs, rs_frame in zip(whole.resource_spans, frames.resource_spans):
+        rhead = group_head(rs_frame.resource if rs_frame.HasField("resource") else None, rs_frame.schema_url)
+        rid = group_id(rhead)
+        resources[rid] = rhead
+        service = _service_name(rs.resource)
+        for ss, ss_frame in zip(rs.scope_spans, rs_frame.scope_spans):
+            shead = group_head(ss_frame.scope if ss_frame.HasField("scope") else None, ss_frame.schema_url)
+            sid = group_id(shead)
+            scopes[sid] = shead
+            yield service, rid, sid, ss.spans
 
 
 def _sized(column: pa.Array, size: int) -> bool:
@@ -259,44 +268,36 @@ def _decode_span_by_span(whole: ExportTraceServiceRequest, frames: Any, groups: 
     add_kind, add_start, add_end, add_code = kinds.append, starts.append, ends.append, codes.append
     add_message, add_raw = messages.append, raws.append
 
-    for rs, rs_frame in zip(whole.resource_spans, frames.resource_spans):
-        rhead = group_head(rs_frame.resource if rs_frame.HasField("resource") else None, rs_frame.schema_url)
-        rid = group_id(rhead)
-        resources[rid] = rhead
-        service = _service_name(rs.resource)
-        for ss, ss_frame in zip(rs.scope_spans, rs_frame.scope_spans):
-            shead = group_head(ss_frame.scope if ss_frame.HasField("scope") else None, ss_frame.schema_url)
-            sid_group = group_id(shead)
-            scopes[sid_group] = shead
-            before = len(raws)
-            for span, raw in zip(ss.spans, next(group_raws)):
-                tid, sid, pid = span.trace_id, span.span_id, span.parent_span_id
-                if len(tid) != 16 or tid == _ZERO_TRACE or len(sid) != 8 or sid == _ZERO_SPAN or (
-                        pid and len(pid) != 8) or (linked and span.links and _link_problem(span)):
-                    rejected += 1
-                    if not first_problem:
-                        first_problem = _id_problem(span)
-                    continue
-                add_trace(tid)
-                add_span(sid)
-                add_parent(pid if pid and pid != _ZERO_SPAN else None)
-                add_name(span.name)
-                add_kind(span.kind)
-                add_start(span.start_time_unix_nano)
-                add_end(span.end_time_unix_nano)
-                if span.HasField("status"):  # an absent one is not read: see _presence
-                    status = span.status
-                    add_code(status.code)
-                    add_message(status.message)
-                else:
-                    add_code(0)
-                    add_message("")
-                add_raw(raw)
-            # Per-group columns are filled at C speed, not once per span.
-            n = len(raws) - before
-            services.extend([service] * n)
-            resource_ids.extend([rid] * n)
-            scope_ids.extend([sid_group] * n)
+    for service, rid, sid_group, group in _groups(whole, frames, resources, scopes):
+        before = len(raws)
+        for span, raw in zip(group, next(group_raws)):
+            tid, sid, pid = span.trace_id, span.span_id, span.parent_span_id
+            if len(tid) != 16 or tid == _ZERO_TRACE or len(sid) != 8 or sid == _ZERO_SPAN or (
+                    pid and len(pid) != 8) or (linked and span.links and _link_problem(span)):
+                rejected += 1
+                if not first_problem:
+                    first_problem = _id_problem(span)
+                continue
+            add_trace(tid)
+            add_span(sid)
+            add_parent(pid if pid and pid != _ZERO_SPAN else None)
+            add_name(span.name)
+            add_kind(span.kind)
+            add_start(span.start_time_unix_nano)
+            add_end(span.end_time_unix_nano)
+            if span.HasField("status"):  # an absent one is not read: see _presence
+                status = span.status
+                add_code(status.code)
+                add_message(status.message)
+            else:
+                add_code(0)
+                add_message("")
+            add_raw(raw)
+        # Per-group columns are filled at C speed, not once per span.
+        n = len(raws) - before
+        services.extend([service] * n)
+        resource_ids.extend([rid] * n)
+        scope_ids.extend([sid_group] * n)
 
     columns = [trace_ids, span_ids, parents, services, names, kinds, starts, ends, codes, messages,
                resource_ids, scope_ids, raws]
