@@ -103,7 +103,6 @@ FORGET_DELAY = 0.1  # seconds delivered spans are gathered before one delete tak
 # Scalars given to compute functions are typed: pyarrow converts an untyped Python value anew on
 # each call, and its conversion tries to import dateutil, which costs ~60 µs where it is not installed.
 NO_SEPARATOR = pa.scalar(b"", pa.binary())
-_FIRST, _SECOND = pa.scalar(0, pa.int32()), pa.scalar(1, pa.int32())
 _SPREAD = pa.scalar(0x9E3779B97F4A7C15, pa.uint64())  # odd: 2**64 / the golden ratio
 
 
@@ -134,8 +133,8 @@ def incomplete_traces(rows: pa.Table, numbers: pa.Array | None = None) -> set[by
     """The traces among ``rows`` (``trace_id``, ``span_id``, ``parent_span_id``: all of each
     trace's spans) with a span whose parent is not among its trace's spans.  ``numbers``: a
     number for each row's trace, the same for a trace's rows and different for another trace's
-    (``complete`` has the trace's place among those asked); by default its id's two halves XOR-ed,
-    which two traces may share (their ids then tell them apart).
+    (``complete`` has the trace's place among those asked); by default its place among the
+    distinct trace ids of ``rows``.
 
     A span's key is its trace id and span id together: span ids are unique within a trace only
     (the bench's requests, copies of a few templates, reuse them across traces).  With 8-byte
@@ -145,10 +144,9 @@ def incomplete_traces(rows: pa.Table, numbers: pa.Array | None = None) -> set[by
     missing.  Only a parent whose number first belongs to another trace's span (by chance, or
     ids made so) is looked for by the whole key, as are ids of other lengths."""
     trace, span, parent = (_one_chunk(rows.column(c)) for c in ("trace_id", "span_id", "parent_span_id"))
-    owner = trace if numbers is None else numbers  # what tells one trace's rows from another's
+    if numbers is None:
+        numbers = pc.index_in(trace, value_set=pc.unique(trace))
     try:
-        if numbers is None:
-            numbers = _trace_numbers(trace)  # two traces may have the same
         mix = pc.multiply(numbers.cast(pa.uint64()), _SPREAD)  # wraps: an odd factor, so one-to-one
         span_n = pc.bit_wise_xor(_as_numbers(span), mix)
         parent_n = pc.bit_wise_xor(_as_numbers(parent), mix)
@@ -158,7 +156,7 @@ def incomplete_traces(rows: pa.Table, numbers: pa.Array | None = None) -> set[by
     with_parent = pc.is_valid(parent)
     missing = pc.and_(with_parent, pc.is_null(at))  # no span has that number
     incomplete = set(pc.unique(trace.filter(missing)).to_pylist())
-    elsewhere = pc.and_(with_parent, pc.invert(pc.equal(owner.take(at), owner)))  # null where missing
+    elsewhere = pc.and_(with_parent, pc.invert(pc.equal(numbers.take(at), numbers)))  # null where missing
     if pc.any(elsewhere).as_py():
         holders = pc.is_in(span_n, value_set=parent_n.filter(elsewhere))  # every span such a parent may be
         incomplete |= _orphaned(trace, span, parent, pc.fill_null(elsewhere, False), holders)
@@ -183,17 +181,6 @@ def _as_numbers(ids: pa.Array) -> pa.Array:
     fixed = ids.cast(pa.binary(8))
     return pa.Array.from_buffers(pa.uint64(), len(fixed), [fixed.buffers()[0], fixed.buffers()[1]],
                                  offset=fixed.offset)
-
-
-def _trace_numbers(trace: pa.Array) -> pa.Array:
-    """Each 16-byte trace id's two halves XOR-ed (unsigned 64-bit numbers); ``ArrowInvalid``
-    if one is of another length or null."""
-    if trace.null_count:
-        raise pa.ArrowInvalid("a null trace id")
-    fixed = trace.cast(pa.binary(16))
-    words = pa.Array.from_buffers(pa.uint64(), 2 * len(fixed), [None, fixed.buffers()[1]], offset=2 * fixed.offset)
-    halves = pa.FixedSizeListArray.from_arrays(words, 2)
-    return pc.bit_wise_xor(pc.list_element(halves, _FIRST), pc.list_element(halves, _SECOND))
 
 
 def _one_chunk(column: pa.ChunkedArray) -> pa.Array:
@@ -492,16 +479,24 @@ class SpanStore:
         of each row's trace in ``trace_ids`` (its first)."""
         gens = [gen for gen in self._holding(trace_ids) if gen.live]
         table = pa.Table.from_batches([c.meta for gen in gens for c in gen.chunks], META_SCHEMA).select(columns)
-        # One lookup over every generation holding them: each builds its set of the ids anew.
-        places = pc.index_in(table.column("trace_id"), value_set=pa.array(trace_ids, pa.binary()))
+        places, hit = self._lookup(gens, trace_ids)
+        # Filtered as one chunk: chunk by chunk (a request's spans each) took twice as long.
+        return table.combine_chunks().filter(hit), places.filter(hit)
+
+    @staticmethod
+    def _lookup(gens: list[_Generation], trace_ids: list[bytes]) -> tuple[pa.Array, pa.Array]:
+        """Over the rows of ``gens`` in order, as one chunk each: the place of each row's trace in
+        ``trace_ids`` (null: not asked), and which rows are asked and still buffered (not a late
+        span's trace's already released rows).  One lookup over every generation: each built its
+        set of the ids anew."""
+        column = pa.chunked_array([c.meta.column(_TRACE_ID) for gen in gens for c in gen.chunks], pa.binary())
+        places = pc.index_in(column, value_set=pa.array(trace_ids, pa.binary())).combine_chunks()
         hit = pc.is_valid(places)
         if any(gen.alive is not None for gen in gens):
             alive = [part for gen in gens
                      for part in (gen.alive.chunks if gen.alive is not None else [pa.repeat(True, gen.rows)])]
-            hit = pc.and_(hit, pa.chunked_array(alive, pa.bool_()))
-        # Filtered as one chunk: chunk by chunk (a request's spans each) took twice as long.
-        mask = hit.combine_chunks()
-        return table.combine_chunks().filter(mask), places.combine_chunks().filter(mask)
+            hit = pc.and_(hit, pa.chunked_array(alive, pa.bool_()).combine_chunks())
+        return places, hit
 
     def forget(self, keys: pa.Table) -> None:
         """Drop released spans (``KEY_COLUMNS`` of each) from the journal: they are
@@ -537,15 +532,10 @@ class SpanStore:
         parts: list[tuple[_Chunk, pa.Array | None]] = []  # the chunks holding released rows, and which (None: all)
         gens = [gen for gen in self._holding(trace_ids, forget=True) if gen.live] if trace_ids else []
         if gens:
-            # One lookup over every generation holding them: each builds its set of the ids anew.
-            column = pa.chunked_array([c.meta.column(_TRACE_ID) for gen in gens for c in gen.chunks], pa.binary())
-            hits = pc.is_in(column, value_set=pa.array(trace_ids, pa.binary())).combine_chunks()
+            hits = self._lookup(gens, trace_ids)[1]
             start = 0
             for gen in gens:
                 hit, start = hits.slice(start, gen.rows), start + gen.rows
-                alive = gen.alive.combine_chunks() if gen.alive is not None else None
-                if alive is not None:
-                    hit = pc.and_(hit, alive)  # a late span's trace: not its already released rows
                 count = pc.sum(hit).as_py() or 0
                 if count == 0:
                     continue
@@ -557,6 +547,7 @@ class SpanStore:
                     continue
                 parts.extend(self._hits(gen, hit))
                 gen.live -= count
+                alive = gen.alive.combine_chunks() if gen.alive is not None else None
                 gen.alive = pa.chunked_array([pc.and_not(alive, hit) if alive is not None else pc.invert(hit)])
         if not parts:
             return self.schema.empty_table()

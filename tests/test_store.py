@@ -486,8 +486,8 @@ def test_incomplete_traces_agree_with_a_check_span_by_span_whatever_the_ids_leng
 
 
 def test_incomplete_traces_tells_apart_traces_whose_spans_have_the_same_number():
-    """Trace ids whose halves are swapped XOR to the same number: with the same span ids, each
-    span's number is the other trace's too, and the whole key decides."""
+    """Two traces with the same span ids (their ids each other's halves swapped): a span's
+    parent is looked for in its own trace only."""
     a, b = bytes(range(8)), bytes(range(8, 16))
     whole, broken = a + b, b + a
     rows = pa.table({"trace_id": pa.array([broken, broken, whole, whole], pa.binary()),
