@@ -479,24 +479,16 @@ class SpanStore:
         of each row's trace in ``trace_ids`` (its first)."""
         gens = [gen for gen in self._holding(trace_ids) if gen.live]
         table = pa.Table.from_batches([c.meta for gen in gens for c in gen.chunks], META_SCHEMA).select(columns)
-        places, hit = self._lookup(gens, trace_ids)
-        # Filtered as one chunk: chunk by chunk (a request's spans each) took twice as long.
-        return table.combine_chunks().filter(hit), places.filter(hit)
-
-    @staticmethod
-    def _lookup(gens: list[_Generation], trace_ids: list[bytes]) -> tuple[pa.Array, pa.Array]:
-        """Over the rows of ``gens`` in order, as one chunk each: the place of each row's trace in
-        ``trace_ids`` (null: not asked), and which rows are asked and still buffered (not a late
-        span's trace's already released rows).  One lookup over every generation: each built its
-        set of the ids anew."""
-        column = pa.chunked_array([c.meta.column(_TRACE_ID) for gen in gens for c in gen.chunks], pa.binary())
-        places = pc.index_in(column, value_set=pa.array(trace_ids, pa.binary())).combine_chunks()
+        # One lookup over every generation holding them: each builds its set of the ids anew.
+        places = pc.index_in(table.column("trace_id"), value_set=pa.array(trace_ids, pa.binary()))
         hit = pc.is_valid(places)
         if any(gen.alive is not None for gen in gens):
             alive = [part for gen in gens
                      for part in (gen.alive.chunks if gen.alive is not None else [pa.repeat(True, gen.rows)])]
-            hit = pc.and_(hit, pa.chunked_array(alive, pa.bool_()).combine_chunks())
-        return places, hit
+            hit = pc.and_(hit, pa.chunked_array(alive, pa.bool_()))
+        # Filtered as one chunk: chunk by chunk (a request's spans each) took twice as long.
+        mask = hit.combine_chunks()
+        return table.combine_chunks().filter(mask), places.combine_chunks().filter(mask)
 
     def forget(self, keys: pa.Table) -> None:
         """Drop released spans (``KEY_COLUMNS`` of each) from the journal: they are
@@ -532,10 +524,15 @@ class SpanStore:
         parts: list[tuple[_Chunk, pa.Array | None]] = []  # the chunks holding released rows, and which (None: all)
         gens = [gen for gen in self._holding(trace_ids, forget=True) if gen.live] if trace_ids else []
         if gens:
-            hits = self._lookup(gens, trace_ids)[1]
+            # One lookup over every generation holding them: each builds its set of the ids anew.
+            column = pa.chunked_array([c.meta.column(_TRACE_ID) for gen in gens for c in gen.chunks], pa.binary())
+            hits = pc.is_in(column, value_set=pa.array(trace_ids, pa.binary())).combine_chunks()
             start = 0
             for gen in gens:
                 hit, start = hits.slice(start, gen.rows), start + gen.rows
+                alive = gen.alive.combine_chunks() if gen.alive is not None else None
+                if alive is not None:
+                    hit = pc.and_(hit, alive)  # a late span's trace: not its already released rows
                 count = pc.sum(hit).as_py() or 0
                 if count == 0:
                     continue
@@ -547,7 +544,6 @@ class SpanStore:
                     continue
                 parts.extend(self._hits(gen, hit))
                 gen.live -= count
-                alive = gen.alive.combine_chunks() if gen.alive is not None else None
                 gen.alive = pa.chunked_array([pc.and_not(alive, hit) if alive is not None else pc.invert(hit)])
         if not parts:
             return self.schema.empty_table()
